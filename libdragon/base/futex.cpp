@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: MIT
+#include "base/futex.hpp"
+
+#include <cerrno>
+#include <climits>
+#include <ctime>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace dragon::base {
+namespace {
+
+timespec toTimespec(std::int64_t ns) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  return ts;
+}
+
+}  // namespace
+
+WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                      const Deadline& deadline) noexcept {
+  if (deadline.isNow()) {
+    return WaitOutcome::TimedOut;
+  }
+  timespec ts = toTimespec(deadline.monotonicNs());
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries never stretch it.
+  long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET,
+                    expected, deadline.isForever() ? nullptr : &ts, nullptr,
+                    FUTEX_BITSET_MATCH_ANY);
+  if (rc == -1 && errno == ETIMEDOUT) {
+    return WaitOutcome::TimedOut;
+  }
+  return WaitOutcome::Woken;  // woken, EAGAIN (value changed) or EINTR: caller re-checks
+}
+
+void futexWakeAll(std::atomic<std::uint32_t>* word) noexcept {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr,
+          nullptr, 0);
+}
+
+WaitOutcome futexWaitMany(std::span<const FutexWaitItem> items, const Deadline& deadline) noexcept {
+  if (deadline.isNow()) {
+    return WaitOutcome::TimedOut;
+  }
+  struct futex_waitv v[kMaxWaitItems] = {};
+  const std::size_t n = items.size() < kMaxWaitItems ? items.size() : kMaxWaitItems;
+  for (std::size_t i = 0; i < n; ++i) {
+    v[i].val = items[i].expected;
+    v[i].uaddr = reinterpret_cast<std::uintptr_t>(items[i].word);
+    v[i].flags = FUTEX_32;  // shared (no FUTEX_PRIVATE_FLAG): the words live in shared memory
+  }
+  timespec ts = toTimespec(deadline.monotonicNs());
+  long rc = syscall(SYS_futex_waitv, v, static_cast<unsigned>(n), 0u,
+                    deadline.isForever() ? nullptr : &ts, CLOCK_MONOTONIC);
+  if (rc == -1 && errno == ETIMEDOUT) {
+    return WaitOutcome::TimedOut;
+  }
+  return WaitOutcome::Woken;
+}
+
+}  // namespace dragon::base

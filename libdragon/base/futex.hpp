@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+// Futex primitives on process-shared 32-bit words, and the wait-word protocol every blocking
+// object of the data plane uses.
+#pragma once
+
+#include "base/private.hpp"
+
+#include <dragon/timeout.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace dragon::base {
+
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#else
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#endif
+}
+
+enum class WaitOutcome { Woken, TimedOut };
+
+// Sleeps while *word == expected, until woken or the deadline passes. Spurious wake-ups are
+// possible: callers re-check their condition. EINTR is treated as a wake-up.
+WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                      const Deadline& deadline) noexcept;
+void futexWakeAll(std::atomic<std::uint32_t>* word) noexcept;
+
+struct FutexWaitItem {
+  std::atomic<std::uint32_t>* word;
+  std::uint32_t expected;
+};
+inline constexpr std::size_t kMaxWaitItems = 128;  // FUTEX_WAITV_MAX
+// Sleeps until any word differs from its expected value or is woken, or the deadline passes.
+WaitOutcome futexWaitMany(std::span<const FutexWaitItem> items, const Deadline& deadline) noexcept;
+
+// A wait word: bit 0 says "someone sleeps on me", bits 1.. count changes. Waiters arm the bit,
+// re-check their condition, then sleep on the armed value. Notifiers change the state, issue a
+// full fence, then call notify(), which costs one load when nobody sleeps. A waiter killed while
+// armed costs at most one spurious wake-up: the next notify clears the bit.
+class WaitWord {
+ public:
+  // Sets the sleeper bit (seq_cst) and returns the value to sleep on.
+  static std::uint32_t arm(std::atomic<std::uint32_t>& w) noexcept {
+    std::uint32_t v = w.load(std::memory_order_relaxed);
+    while ((v & 1u) == 0) {
+      if (w.compare_exchange_weak(v, v | 1u, std::memory_order_seq_cst)) {
+        return v | 1u;
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return v;
+  }
+  // Call after the state change and a seq_cst fence (see publishFence()).
+  static void notify(std::atomic<std::uint32_t>& w) noexcept {
+    std::uint32_t v = w.load(std::memory_order_relaxed);
+    if ((v & 1u) != 0 && w.compare_exchange_strong(v, (v + 2u) & ~1u)) {
+      futexWakeAll(&w);
+    }
+  }
+  // Bumps the counter whether or not anyone sleeps, and wakes sleepers (used by close()).
+  static void notifyAlways(std::atomic<std::uint32_t>& w) noexcept {
+    std::uint32_t old = w.fetch_add(2u);
+    if ((old & 1u) != 0) {
+      w.fetch_and(~1u);
+    }
+    futexWakeAll(&w);
+  }
+};
+
+// The fence between a state change and WaitWord::notify().
+inline void publishFence() noexcept { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+// Bounded, adaptive spinning before a futex sleep. The budget grows while spinning pays off and
+// halves each time the caller had to sleep anyway, so oversubscribed processes stop burning the
+// core their peer needs. Process-local; relaxed atomics make sharing a handle between threads
+// harmless.
+class AdaptiveSpin {
+ public:
+  static constexpr std::uint32_t kMin = 16;
+  static constexpr std::uint32_t kMax = 4096;
+  static constexpr std::uint32_t kInitial = 1024;
+
+  std::uint32_t budget() const noexcept { return budget_.load(std::memory_order_relaxed); }
+  void succeeded(std::uint32_t used) noexcept {
+    std::uint32_t b = budget();
+    if (used * 2 >= b && b < kMax) {
+      budget_.store(b * 2 > kMax ? kMax : b * 2, std::memory_order_relaxed);
+    }
+  }
+  void failed() noexcept {
+    std::uint32_t b = budget();
+    budget_.store(b / 2 < kMin ? kMin : b / 2, std::memory_order_relaxed);
+  }
+
+  // Spins until pred() holds or the budget is spent; true when pred() held.
+  template <typename Pred>
+  bool spin(Pred&& pred) noexcept {
+    const std::uint32_t b = budget();
+    for (std::uint32_t i = 0; i < b; ++i) {
+      if (pred()) {
+        succeeded(i);
+        return true;
+      }
+      cpuRelax();
+    }
+    failed();
+    return false;
+  }
+
+ private:
+  std::atomic<std::uint32_t> budget_{kInitial};
+};
+
+}  // namespace dragon::base

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+#include "base/robust_mutex.hpp"
+
+#include "base/futex.hpp"
+
+#include <cerrno>
+
+namespace dragon::base {
+
+Status RobustMutex::init(pthread_mutex_t* m) {
+  pthread_mutexattr_t attr;
+  int rc = pthread_mutexattr_init(&attr);
+  if (rc != 0) {
+    return Status::fromErrno("pthread_mutexattr_init", rc);
+  }
+  rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  if (rc == 0) {
+    rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  }
+  if (rc == 0) {
+    rc = pthread_mutex_init(m, &attr);
+  }
+  pthread_mutexattr_destroy(&attr);
+  if (rc != 0) {
+    return Status::fromErrno("robust mutex init", rc);
+  }
+  return Status::ok();
+}
+
+LockState RobustMutex::lock(pthread_mutex_t* m) noexcept {
+  // Critical sections are a few dozen instructions: a short trylock spin avoids sleeping in the
+  // kernel when the holder is running on the other core.
+  int rc = EBUSY;
+  for (int i = 0; i < 64 && rc == EBUSY; ++i) {
+    rc = pthread_mutex_trylock(m);
+    if (rc == EBUSY) {
+      cpuRelax();
+    }
+  }
+  if (rc == EBUSY) {
+    rc = pthread_mutex_lock(m);
+  }
+  if (rc == 0) {
+    return LockState::Locked;
+  }
+  if (rc == EOWNERDEAD) {
+    return LockState::OwnerDied;
+  }
+  return LockState::Unrecoverable;
+}
+
+void RobustMutex::markConsistent(pthread_mutex_t* m) noexcept { pthread_mutex_consistent(m); }
+
+void RobustMutex::unlock(pthread_mutex_t* m) noexcept { pthread_mutex_unlock(m); }
+
+}  // namespace dragon::base

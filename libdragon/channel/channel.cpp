@@ -1,0 +1,418 @@
+// SPDX-License-Identifier: MIT
+#include <dragon/channel.hpp>
+
+#include "base/futex.hpp"
+#include "base/log.hpp"
+#include "base/robust_mutex.hpp"
+#include "channel/layout.hpp"
+
+#include <cstring>
+#include <new>
+#include <sys/random.h>
+#include <vector>
+
+namespace dragon {
+
+using detail::ChannelHeader;
+using detail::Slot;
+using detail::SlotKind;
+
+struct Channel::SpinState {
+  base::AdaptiveSpin send;
+  base::AdaptiveSpin recv;
+};
+
+namespace {
+
+// Takes one of the channel's robust locks. Its state needs no repair after a dead owner.
+Status lockChannel(pthread_mutex_t* m, const char* which) {
+  switch (base::RobustMutex::lock(m)) {
+    case base::LockState::Locked:
+      return Status::ok();
+    case base::LockState::OwnerDied:
+      base::RobustMutex::markConsistent(m);
+      DRAGON_LOG(Info, "channel", "recovered the %s lock from a dead owner", which);
+      return Status::ok();
+    case base::LockState::Unrecoverable:
+      break;
+  }
+  return Status(StatusCode::Corrupt, std::string("channel ") + which + " lock is unrecoverable");
+}
+
+std::uint64_t randomChannelId() {
+  std::uint64_t id = 0;
+  while (id == 0) {
+    if (getrandom(&id, sizeof id, 0) != static_cast<ssize_t>(sizeof id)) {
+      id = static_cast<std::uint64_t>(monotonicNowNs()) | 1;
+    }
+  }
+  return id;
+}
+
+struct Taken {
+  SlotKind kind = SlotKind::Inline;
+  std::size_t length = 0;
+  PoolAllocation block;
+};
+
+}  // namespace
+
+Channel::Channel(Pool* pool, ChannelHeader* h, std::uint64_t offset)
+    : pool_(pool), h_(h), offset_(offset), spin_(std::make_unique<SpinState>()) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+Result<Channel> Channel::create(Pool& pool, const ChannelOptions& o) {
+  if (o.capacity == 0 || o.capacity > detail::kMaxCapacity) {
+    return Status(StatusCode::InvalidArgument,
+                  "channel capacity must be 1.." + std::to_string(detail::kMaxCapacity));
+  }
+  if (o.inlineSize > detail::kMaxInline) {
+    return Status(StatusCode::InvalidArgument,
+                  "channel inline size must be at most " + std::to_string(detail::kMaxInline));
+  }
+  const std::uint64_t stride = (sizeof(Slot) + o.inlineSize + 63) / 64 * 64;
+  const std::uint64_t slotsOffset = sizeof(ChannelHeader);
+  const std::uint64_t bytes = slotsOffset + stride * o.capacity;
+  DRAGON_ASSIGN_OR_RETURN(PoolAllocation a, pool.allocAs(bytes, OwnerTag::object(), Timeout::none()));
+
+  auto* h = new (pool.pointer(a)) ChannelHeader();
+  h->version = detail::kChannelVersion;
+  h->capacity = o.capacity;
+  h->id = o.id != 0 ? o.id : randomChannelId();
+  h->inlineSize = o.inlineSize;
+  h->slotStride = static_cast<std::uint32_t>(stride);
+  h->maxMessageSize = o.maxMessageSize != 0 ? o.maxMessageSize : pool.segmentSize();
+  h->slotsOffset = slotsOffset;
+  h->node = pool.node();
+  Status st = base::RobustMutex::init(&h->sendLock);
+  if (st.isOk()) {
+    st = base::RobustMutex::init(&h->recvLock);
+  }
+  if (!st.isOk()) {
+    (void)pool.free(a);
+    return st;
+  }
+  std::atomic_ref<std::uint64_t>(h->magic).store(detail::kChannelMagic, std::memory_order_release);
+  return Channel(&pool, h, a.offset);
+}
+
+Result<Channel> Channel::attach(Pool& pool, const ObjectDescriptor& d) {
+  if (d.kind != ObjectKind::Channel) {
+    return Status(StatusCode::InvalidArgument, "descriptor does not name a channel");
+  }
+  if (d.poolId != pool.id()) {
+    return Status(StatusCode::InvalidArgument,
+                  "channel lives in pool " + std::to_string(d.poolId) + ", not in pool " +
+                      std::to_string(pool.id()));
+  }
+  auto a = pool.allocationAt(d.offset);
+  if (!a.has_value() || a->size < sizeof(ChannelHeader)) {
+    return Status(StatusCode::NotFound, "no channel at the descriptor's offset");
+  }
+  auto* h = static_cast<ChannelHeader*>(pool.pointer(*a));
+  if (std::atomic_ref<std::uint64_t>(h->magic).load(std::memory_order_acquire) !=
+          detail::kChannelMagic ||
+      h->id != d.id) {
+    return Status(StatusCode::NotFound, "no channel with id " + std::to_string(d.id) + " here");
+  }
+  if (h->version != detail::kChannelVersion || h->capacity == 0 ||
+      h->slotStride < sizeof(Slot) + h->inlineSize ||
+      h->slotsOffset + std::uint64_t{h->slotStride} * h->capacity > a->size) {
+    return Status(StatusCode::Corrupt, "channel header is inconsistent");
+  }
+  return Channel(&pool, h, d.offset);
+}
+
+ObjectDescriptor Channel::descriptor() const noexcept {
+  ObjectDescriptor d;
+  d.kind = ObjectKind::Channel;
+  d.node = h_->node;
+  d.id = h_->id;
+  d.poolId = pool_->id();
+  d.offset = offset_;
+  return d;
+}
+
+std::uint64_t Channel::id() const noexcept { return h_->id; }
+std::uint32_t Channel::capacity() const noexcept { return h_->capacity; }
+std::uint32_t Channel::inlineSize() const noexcept { return h_->inlineSize; }
+std::uint64_t Channel::maxMessageSize() const noexcept { return h_->maxMessageSize; }
+
+bool Channel::isClosed() const noexcept { return h_->closed.load(std::memory_order_acquire) != 0; }
+
+std::size_t Channel::size() const noexcept {
+  const std::uint64_t hd = h_->head.load(std::memory_order_acquire);
+  const std::uint64_t t = h_->tail.load(std::memory_order_acquire);
+  return t > hd ? static_cast<std::size_t>(t - hd) : 0;
+}
+
+bool Channel::readable() const noexcept { return size() > 0 || isClosed(); }
+bool Channel::writable() const noexcept { return size() < h_->capacity || isClosed(); }
+
+Status Channel::trySendSlot(std::span<const std::byte> inlineMsg, const PoolAllocation* block,
+                            std::size_t length) {
+  {
+    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    base::RobustGuard guard(&h_->sendLock);
+    if (h_->closed.load(std::memory_order_relaxed) != 0) {
+      return StatusCode::ChannelClosed;
+    }
+    const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+    if (t - h_->head.load(std::memory_order_acquire) >= h_->capacity) {
+      return StatusCode::ChannelFull;
+    }
+    Slot* s = detail::slotAt(h_, t);
+    if (block != nullptr) {
+      (void)pool_->setOwner(*block, OwnerTag::channel(offset_));
+      s->kind = SlotKind::Block;
+      s->blockOffset = block->offset;
+    } else {
+      if (!inlineMsg.empty()) {
+        std::memcpy(detail::inlineBytes(s), inlineMsg.data(), inlineMsg.size());
+      }
+      s->kind = SlotKind::Inline;
+    }
+    s->length = length;
+    h_->tail.store(t + 1, std::memory_order_release);  // commit
+  }
+  base::publishFence();
+  base::WaitWord::notify(h_->notEmpty);
+  return Status::ok();
+}
+
+Status Channel::sendSlot(std::span<const std::byte> inlineMsg, const PoolAllocation* block,
+                         std::size_t length, Timeout timeout) {
+  Status st = trySendSlot(inlineMsg, block, length);
+  if (st.code() != StatusCode::ChannelFull || timeout.isNone()) {
+    return st;
+  }
+  if (spin_->send.spin([this] { return writable(); })) {
+    st = trySendSlot(inlineMsg, block, length);
+    if (st.code() != StatusCode::ChannelFull) {
+      return st;
+    }
+  }
+  const Deadline deadline(timeout);
+  for (;;) {
+    const std::uint32_t armed = base::WaitWord::arm(h_->notFull);
+    st = trySendSlot(inlineMsg, block, length);
+    if (st.code() != StatusCode::ChannelFull) {
+      return st;
+    }
+    if (base::futexWait(&h_->notFull, armed, deadline) == base::WaitOutcome::TimedOut) {
+      st = trySendSlot(inlineMsg, block, length);
+      return st.code() == StatusCode::ChannelFull ? Status(StatusCode::Timeout) : st;
+    }
+  }
+}
+
+Status Channel::send(std::span<const std::byte> msg, Timeout timeout) {
+  if (msg.size() > h_->maxMessageSize) {
+    return Status(StatusCode::MessageTooLarge,
+                  "message of " + std::to_string(msg.size()) + " bytes exceeds the channel's " +
+                      std::to_string(h_->maxMessageSize) + "-byte limit");
+  }
+  if (msg.size() <= h_->inlineSize) {
+    return sendSlot(msg, nullptr, msg.size(), timeout);
+  }
+  // Copy path for large messages: into a pool block of our own, then hand the block over.
+  const Deadline deadline(timeout);
+  const Timeout allocTimeout =
+      timeout.isNone() || timeout.isForever()
+          ? timeout
+          : Timeout::after(std::chrono::nanoseconds(deadline.monotonicNs() - monotonicNowNs()));
+  auto a = pool_->alloc(msg.size(), allocTimeout);
+  if (!a.has_value()) {
+    if (a.error().code() == StatusCode::InvalidArgument) {
+      return Status(StatusCode::MessageTooLarge,
+                    "message of " + std::to_string(msg.size()) + " bytes can never fit the pool");
+    }
+    return a.error();
+  }
+  std::memcpy(pool_->pointer(*a), msg.data(), msg.size());
+  const Timeout rest =
+      timeout.isNone() || timeout.isForever()
+          ? timeout
+          : Timeout::after(std::chrono::nanoseconds(deadline.monotonicNs() - monotonicNowNs()));
+  Status st = sendSlot({}, &*a, msg.size(), rest);
+  if (!st.isOk()) {
+    (void)pool_->free(*a);
+  }
+  return st;
+}
+
+Status Channel::sendBlock(const PoolAllocation& block, std::size_t length, Timeout timeout) {
+  if (block.poolId != pool_->id()) {
+    return Status(StatusCode::InvalidArgument, "block belongs to another pool");
+  }
+  if (length > block.size) {
+    return Status(StatusCode::InvalidArgument, "length exceeds the block");
+  }
+  if (length > h_->maxMessageSize) {
+    return Status(StatusCode::MessageTooLarge,
+                  "message of " + std::to_string(length) + " bytes exceeds the channel's limit");
+  }
+  auto owner = pool_->ownerOf(block);
+  if (!owner.has_value()) {
+    return Status(StatusCode::InvalidArgument, "block is not a live allocation of the pool");
+  }
+  return sendSlot({}, &block, length, timeout);
+}
+
+namespace {
+
+// Under the receive lock: consumes the head message. Inline bytes go to `dst` (room for `cap`);
+// with `mustFit`, a message longer than `cap` stays queued and MessageTooLarge is returned.
+Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap, bool mustFit,
+                   Taken& out) {
+  {
+    DRAGON_TRY(lockChannel(&h->recvLock, "receive"));
+    base::RobustGuard guard(&h->recvLock);
+    const std::uint64_t hd = h->head.load(std::memory_order_relaxed);
+    const bool closed = h->closed.load(std::memory_order_acquire) != 0;
+    if (hd == h->tail.load(std::memory_order_acquire)) {
+      return closed ? StatusCode::ChannelClosed : StatusCode::WouldBlock;
+    }
+    Slot* s = detail::slotAt(h, hd);
+    out.kind = s->kind;
+    out.length = s->length;
+    if (mustFit && out.length > cap) {
+      return Status(StatusCode::MessageTooLarge,
+                    "next message has " + std::to_string(out.length) +
+                        " bytes; the buffer holds " + std::to_string(cap));
+    }
+    Status bad;
+    if (out.kind == SlotKind::Inline && out.length <= h->inlineSize) {
+      if (out.length > 0) {
+        std::memcpy(dst, detail::inlineBytes(s), out.length);
+      }
+    } else if (out.kind == SlotKind::Block) {
+      auto a = pool.allocationAt(s->blockOffset);
+      if (a.has_value() && a->size >= out.length) {
+        out.block = *a;
+      } else {
+        bad = Status(StatusCode::Corrupt, "queued message names no live pool block");
+      }
+    } else {
+      bad = Status(StatusCode::Corrupt, "queued message slot is malformed");
+    }
+    h->head.store(hd + 1, std::memory_order_release);  // commit (a malformed slot is skipped)
+    if (bad.isOk() && out.kind == SlotKind::Block) {
+      (void)pool.setOwner(out.block, OwnerTag::self());
+    }
+    if (!bad.isOk()) {
+      DRAGON_LOG(Error, "channel", "channel %llu: %s", static_cast<unsigned long long>(h->id),
+                 bad.toString().c_str());
+      return bad;
+    }
+  }
+  base::publishFence();
+  base::WaitWord::notify(h->notFull);
+  return Status::ok();
+}
+
+}  // namespace
+
+template <typename Take>
+Status Channel::recvWith(Take&& take, Timeout timeout) {
+  Status st = take();
+  if (st.code() != StatusCode::WouldBlock || timeout.isNone()) {
+    return st;
+  }
+  if (spin_->recv.spin([this] { return readable(); })) {
+    st = take();
+    if (st.code() != StatusCode::WouldBlock) {
+      return st;
+    }
+  }
+  const Deadline deadline(timeout);
+  for (;;) {
+    const std::uint32_t armed = base::WaitWord::arm(h_->notEmpty);
+    st = take();
+    if (st.code() != StatusCode::WouldBlock) {
+      return st;
+    }
+    if (base::futexWait(&h_->notEmpty, armed, deadline) == base::WaitOutcome::TimedOut) {
+      st = take();
+      return st.code() == StatusCode::WouldBlock ? Status(StatusCode::Timeout) : st;
+    }
+  }
+}
+
+Result<std::size_t> Channel::recv(std::span<std::byte> buf, Timeout timeout) {
+  Taken tk;
+  Status st = recvWith(
+      [&] { return tryRecvSlot(*pool_, h_, buf.data(), buf.size(), true, tk); }, timeout);
+  if (!st.isOk()) {
+    return st;
+  }
+  if (tk.kind == SlotKind::Block) {
+    std::memcpy(buf.data(), pool_->pointer(tk.block), tk.length);
+    (void)pool_->free(tk.block);
+  }
+  return tk.length;
+}
+
+Status Channel::recv(Message& out, Timeout timeout) {
+  out.reset();
+  if (out.inline_.size() < h_->inlineSize) {
+    out.inline_.resize(h_->inlineSize);
+  }
+  Taken tk;
+  DRAGON_TRY(recvWith(
+      [&] { return tryRecvSlot(*pool_, h_, out.inline_.data(), h_->inlineSize, false, tk); },
+      timeout));
+  out.size_ = tk.length;
+  if (tk.kind == SlotKind::Block) {
+    out.pool_ = pool_;
+    out.block_ = tk.block;
+  }
+  return Status::ok();
+}
+
+Status Channel::close() {
+  {
+    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    base::RobustGuard guard(&h_->sendLock);
+    h_->closed.store(1, std::memory_order_release);
+  }
+  base::WaitWord::notifyAlways(h_->notEmpty);
+  base::WaitWord::notifyAlways(h_->notFull);
+  return Status::ok();
+}
+
+Status Channel::destroy() {
+  std::vector<PoolAllocation> queued;
+  {
+    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    base::RobustGuard sendGuard(&h_->sendLock);
+    DRAGON_TRY(lockChannel(&h_->recvLock, "receive"));
+    base::RobustGuard recvGuard(&h_->recvLock);
+    h_->closed.store(1, std::memory_order_release);
+    const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
+    for (std::uint64_t i = h_->head.load(std::memory_order_relaxed); i < t; ++i) {
+      Slot* s = detail::slotAt(h_, i);
+      if (s->kind == SlotKind::Block) {
+        if (auto a = pool_->allocationAt(s->blockOffset); a.has_value()) {
+          queued.push_back(*a);
+        }
+      }
+    }
+    h_->head.store(t, std::memory_order_release);
+    std::atomic_ref<std::uint64_t>(h_->magic).store(0, std::memory_order_release);
+  }
+  base::WaitWord::notifyAlways(h_->notEmpty);
+  base::WaitWord::notifyAlways(h_->notFull);
+  for (const PoolAllocation& a : queued) {
+    (void)pool_->free(a);
+  }
+  auto self = pool_->allocationAt(offset_);
+  if (!self.has_value()) {
+    return Status(StatusCode::Corrupt, "channel memory is no longer allocated");
+  }
+  return pool_->free(*self);
+}
+
+}  // namespace dragon

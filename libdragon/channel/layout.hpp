@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MIT
+// The shared-memory layout of a channel: one pool allocation holding this header and a ring of
+// `capacity` slots. Senders serialise on sendLock and commit a message by advancing `tail`;
+// receivers serialise on recvLock and commit by advancing `head`. Both locks are robust and the
+// state they guard is consistent at every instruction, so a dead owner needs no repair.
+//
+// Ownership of a large message's pool block, for reclaimOrphans():
+//   send: (under sendLock) tag the block as queued in this channel, fill the slot, commit tail;
+//   recv: (under recvLock) commit head, then tag the block as the receiver's.
+// A block tagged for the channel but not in [head, tail) was orphaned by a killed sender or
+// receiver; one tagged with a dead pid belonged to a killed process.
+#pragma once
+
+#include "base/private.hpp"
+
+#include <dragon/channel.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <pthread.h>
+
+namespace dragon::detail {
+
+inline constexpr std::uint64_t kChannelMagic = 0x4c4e48434e475244ull;  // "DRGNCHNL"
+inline constexpr std::uint32_t kChannelVersion = 1;
+inline constexpr std::uint32_t kMaxCapacity = 1u << 24;
+inline constexpr std::uint32_t kMaxInline = 1u << 20;
+
+enum class SlotKind : std::uint32_t { Inline = 1, Block = 2 };
+
+struct Slot {
+  SlotKind kind;
+  std::uint32_t reserved;
+  std::uint64_t length;
+  std::uint64_t blockOffset;  // payload offset of the pool block (Block only)
+  std::uint64_t reserved2;
+  // followed by the inline bytes
+};
+static_assert(sizeof(Slot) == 32);
+
+struct alignas(64) ChannelHeader {
+  std::uint64_t magic;  // written last at creation, cleared by destroy()
+  std::uint32_t version;
+  std::uint32_t capacity;
+  std::uint64_t id;
+  std::uint32_t inlineSize;
+  std::uint32_t slotStride;
+  std::uint64_t maxMessageSize;
+  std::uint64_t slotsOffset;  // from the start of this header
+  std::uint32_t node;
+
+  alignas(64) pthread_mutex_t sendLock;
+  alignas(64) pthread_mutex_t recvLock;
+  alignas(64) std::atomic<std::uint64_t> tail;  // messages ever committed by senders
+  alignas(64) std::atomic<std::uint64_t> head;  // messages ever committed by receivers
+  alignas(64) std::atomic<std::uint32_t> notEmpty;  // wait words (base/futex.hpp)
+  alignas(64) std::atomic<std::uint32_t> notFull;
+  alignas(64) std::atomic<std::uint32_t> closed;
+};
+
+inline Slot* slotAt(ChannelHeader* h, std::uint64_t seq) noexcept {
+  return reinterpret_cast<Slot*>(reinterpret_cast<char*>(h) + h->slotsOffset +
+                                 (seq % h->capacity) * h->slotStride);
+}
+inline std::byte* inlineBytes(Slot* s) noexcept { return reinterpret_cast<std::byte*>(s + 1); }
+
+}  // namespace dragon::detail

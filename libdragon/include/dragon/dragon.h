@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: MIT
+ * Dragon's C ABI: opaque handles, status codes, outputs written only on success.
+ * Every function is safe to call from C; none throws or aborts on bad input. */
+#ifndef DRAGON_DRAGON_H
+#define DRAGON_DRAGON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum dragon_status {
+  DRAGON_OK = 0,
+  DRAGON_WOULD_BLOCK = 1,
+  DRAGON_TIMEOUT = 2,
+  DRAGON_INVALID_ARGUMENT = 10,
+  DRAGON_NOT_FOUND = 11,
+  DRAGON_PERMISSION_DENIED = 12,
+  DRAGON_ALREADY_EXISTS = 13,
+  DRAGON_MESSAGE_TOO_LARGE = 14,
+  DRAGON_CHANNEL_CLOSED = 15,
+  DRAGON_POOL_EXHAUSTED = 20,
+  DRAGON_CHANNEL_FULL = 21,
+  DRAGON_PEER_LOST = 30,
+  DRAGON_NODE_LOST = 31,
+  DRAGON_SYSTEM_ERROR = 40,
+  DRAGON_CORRUPT = 41,
+  DRAGON_INTERNAL = 42
+} dragon_status_t;
+
+/* Timeouts are in nanoseconds. */
+#define DRAGON_TIMEOUT_NONE ((int64_t)0)
+#define DRAGON_TIMEOUT_FOREVER ((int64_t)-1)
+
+typedef struct dragon_pool dragon_pool_t;
+typedef struct dragon_channel dragon_channel_t;
+typedef struct dragon_message dragon_message_t;
+
+typedef struct dragon_allocation {
+  uint64_t pool_id;
+  uint64_t offset;
+  uint64_t size;
+} dragon_allocation_t;
+
+/* A serialised object descriptor (32 bytes). */
+typedef struct dragon_descriptor {
+  uint8_t bytes[32];
+} dragon_descriptor_t;
+
+typedef struct dragon_pool_stats_s {
+  uint64_t total_bytes;
+  uint64_t used_bytes;
+  uint64_t free_bytes;
+  uint64_t largest_free_block;
+  uint64_t allocation_count;
+  uint64_t free_block_count;
+} dragon_pool_stats_t;
+
+enum { DRAGON_READABLE = 1, DRAGON_WRITABLE = 2 };
+
+typedef struct dragon_wait_item {
+  dragon_channel_t* channel;
+  uint32_t events; /* DRAGON_READABLE | DRAGON_WRITABLE */
+  uint32_t ready;  /* set by dragon_channel_wait_any */
+} dragon_wait_item_t;
+
+/* A short name of a status ("PoolExhausted"), never NULL. */
+const char* dragon_status_name(dragon_status_t status);
+/* The message of this thread's last failed call, never NULL. */
+const char* dragon_last_error(void);
+
+dragon_status_t dragon_pool_create(uint64_t size, dragon_pool_t** out_pool);
+/* Takes ownership of `fd` on success only. */
+dragon_status_t dragon_pool_attach(int fd, const dragon_descriptor_t* desc, dragon_pool_t** out_pool);
+/* Unmaps the pool from this process; the memory lives on while others map it. */
+void dragon_pool_detach(dragon_pool_t* pool);
+dragon_status_t dragon_pool_fd(const dragon_pool_t* pool, int* out_fd);
+dragon_status_t dragon_pool_descriptor(const dragon_pool_t* pool, dragon_descriptor_t* out_desc);
+dragon_status_t dragon_pool_alloc(dragon_pool_t* pool, uint64_t size, int64_t timeout_ns,
+                                  dragon_allocation_t* out_alloc);
+dragon_status_t dragon_pool_free(dragon_pool_t* pool, const dragon_allocation_t* alloc);
+dragon_status_t dragon_pool_pointer(dragon_pool_t* pool, const dragon_allocation_t* alloc,
+                                    void** out_ptr);
+dragon_status_t dragon_pool_stats(dragon_pool_t* pool, dragon_pool_stats_t* out_stats);
+/* Frees allocations whose owners are gone; `out_freed` may be NULL. */
+dragon_status_t dragon_pool_reclaim(dragon_pool_t* pool, uint64_t* out_freed);
+
+dragon_status_t dragon_channel_create(dragon_pool_t* pool, uint32_t capacity, uint32_t inline_size,
+                                      dragon_channel_t** out_channel);
+dragon_status_t dragon_channel_attach(dragon_pool_t* pool, const dragon_descriptor_t* desc,
+                                      dragon_channel_t** out_channel);
+/* Releases the handle; the channel lives on. */
+void dragon_channel_detach(dragon_channel_t* channel);
+/* Frees the channel and its queued messages, then releases the handle. */
+dragon_status_t dragon_channel_destroy(dragon_channel_t* channel);
+dragon_status_t dragon_channel_descriptor(const dragon_channel_t* channel,
+                                          dragon_descriptor_t* out_desc);
+dragon_status_t dragon_channel_send(dragon_channel_t* channel, const void* data, size_t length,
+                                    int64_t timeout_ns);
+/* Zero copy: on success the channel owns the allocation. */
+dragon_status_t dragon_channel_send_block(dragon_channel_t* channel,
+                                          const dragon_allocation_t* alloc, size_t length,
+                                          int64_t timeout_ns);
+dragon_status_t dragon_channel_recv(dragon_channel_t* channel, void* buffer, size_t capacity,
+                                    size_t* out_length, int64_t timeout_ns);
+/* Receives in place: read it with dragon_message_data, then dragon_message_release it. */
+dragon_status_t dragon_channel_recv_message(dragon_channel_t* channel, int64_t timeout_ns,
+                                            dragon_message_t** out_message);
+dragon_status_t dragon_message_data(const dragon_message_t* message, const void** out_data,
+                                    size_t* out_length);
+void dragon_message_release(dragon_message_t* message);
+dragon_status_t dragon_channel_close(dragon_channel_t* channel);
+dragon_status_t dragon_channel_wait_any(dragon_wait_item_t* items, size_t count,
+                                        int64_t timeout_ns, size_t* out_ready);
+
+dragon_status_t dragon_descriptor_to_string(const dragon_descriptor_t* desc, char* buffer,
+                                            size_t capacity);
+dragon_status_t dragon_descriptor_from_string(const char* text, dragon_descriptor_t* out_desc);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DRAGON_DRAGON_H */
