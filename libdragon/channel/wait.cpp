@@ -10,6 +10,7 @@
 #include <csignal>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace dragon {
 
@@ -125,25 +126,39 @@ Result<std::size_t> Channel::waitAny(std::span<WaitItem> items, Timeout timeout)
   }
 }
 
-Result<std::size_t> Channel::reclaimOrphans(Pool& pool) {
-  // For every channel seen, the blocks its ring holds, snapshotted under both of its locks: with
-  // them held no live sender or receiver is half-way through a hand-over, so a block tagged for
-  // the channel but absent from its ring can never be claimed again.
-  std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> rings;
-  std::unordered_set<std::uint64_t> keepAll;  // channels whose ring could not be read
-  auto ringOf = [&](std::uint64_t channelOffset) -> const std::unordered_set<std::uint64_t>* {
-    if (auto it = rings.find(channelOffset); it != rings.end()) {
-      return &it->second;
+namespace {
+
+bool processAlive(std::uint64_t pid) {
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH;
+}
+
+// Holds both locks of every channel it has snapshotted, until destroyed.
+class RingSnapshots {
+ public:
+  explicit RingSnapshots(Pool& pool) : pool_(pool) {}
+  RingSnapshots(const RingSnapshots&) = delete;
+  RingSnapshots& operator=(const RingSnapshots&) = delete;
+  ~RingSnapshots() {
+    for (pthread_mutex_t* m : held_) {
+      base::RobustMutex::unlock(m);
     }
-    auto& ring = rings[channelOffset];
-    auto a = pool.allocationAt(channelOffset);
+  }
+
+  // The blocks queued in the channel at `channelOffset`, or nullptr when they cannot be read
+  // (then everything tagged for it must be kept).
+  const std::unordered_set<std::uint64_t>* ring(std::uint64_t channelOffset) {
+    if (auto it = rings_.find(channelOffset); it != rings_.end()) {
+      return it->second.readable ? &it->second.blocks : nullptr;
+    }
+    Entry& e = rings_[channelOffset];
+    auto a = pool_.allocationAt(channelOffset);
     if (!a.has_value() || a->size < sizeof(ChannelHeader)) {
-      return &ring;  // the channel is gone: nothing it held is live
+      return &e.blocks;  // the channel is gone: nothing it held is live
     }
-    auto* h = static_cast<ChannelHeader*>(pool.pointer(*a));
+    auto* h = static_cast<ChannelHeader*>(pool_.pointer(*a));
     if (std::atomic_ref<std::uint64_t>(h->magic).load(std::memory_order_acquire) !=
         detail::kChannelMagic) {
-      return &ring;
+      return &e.blocks;
     }
     for (pthread_mutex_t* m : {&h->sendLock, &h->recvLock}) {
       switch (base::RobustMutex::lock(m)) {
@@ -153,31 +168,55 @@ Result<std::size_t> Channel::reclaimOrphans(Pool& pool) {
           base::RobustMutex::markConsistent(m);
           break;
         case base::LockState::Unrecoverable:
-          // Never left so by this code; keep everything the channel may hold.
-          if (m == &h->recvLock) {
-            base::RobustMutex::unlock(&h->sendLock);
-          }
-          keepAll.insert(channelOffset);
-          return &ring;
+          e.readable = false;
+          return nullptr;
       }
+      held_.push_back(m);
     }
     const std::uint64_t t = h->tail.load(std::memory_order_acquire);
     for (std::uint64_t i = h->head.load(std::memory_order_acquire); i < t; ++i) {
       detail::Slot* s = detail::slotAt(h, i);
       if (s->kind == detail::SlotKind::Block) {
-        ring.insert(s->blockOffset);
+        e.blocks.insert(s->blockOffset);
       }
     }
-    base::RobustMutex::unlock(&h->recvLock);
-    base::RobustMutex::unlock(&h->sendLock);
-    return &ring;
+    return &e.blocks;
+  }
+
+ private:
+  struct Entry {
+    std::unordered_set<std::uint64_t> blocks;
+    bool readable = true;
   };
+  Pool& pool_;
+  std::unordered_map<std::uint64_t, Entry> rings_;
+  std::vector<pthread_mutex_t*> held_;
+};
+
+}  // namespace
+
+Result<std::size_t> Channel::reclaimOrphans(Pool& pool) {
+  // A channel's tags only change under its locks (send: tag for the channel, then commit tail,
+  // under the send lock; receive: commit head, then tag for the receiver, under the receive
+  // lock). So once both are held, and held until the frees are done, a block tagged for the
+  // channel but absent from its ring is orphaned for good. The tag read before the locks were
+  // taken may be stale: it is read again under them. Lock order: pool, then send, then receive;
+  // nothing that holds a channel lock ever waits for the pool lock.
+  RingSnapshots snapshots(pool);
   return pool.reclaim([&](OwnerTag owner, const PoolAllocation& a) {
+    if (owner.kind() == OwnerTag::Kind::Channel) {
+      const auto* ring = snapshots.ring(owner.value());
+      auto now = pool.ownerOf(a);
+      if (now.has_value() && *now != owner) {
+        owner = *now;  // handed on while we waited for the locks
+      } else {
+        return ring == nullptr || ring->count(a.offset) != 0;
+      }
+    }
     switch (owner.kind()) {
       case OwnerTag::Kind::Process:
-        return ::kill(static_cast<pid_t>(owner.value()), 0) == 0 || errno != ESRCH;
+        return processAlive(owner.value());
       case OwnerTag::Kind::Channel:
-        return ringOf(owner.value())->count(a.offset) != 0 || keepAll.count(owner.value()) != 0;
       case OwnerTag::Kind::Object:
       case OwnerTag::Kind::None:
         break;

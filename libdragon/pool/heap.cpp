@@ -89,21 +89,33 @@ void Heap::removeFree(std::uint64_t block) noexcept {
 std::uint64_t Heap::findFree(std::uint64_t size) const noexcept {
   const std::uint64_t rounded = roundToClass(size);
   Mapping m = mapping(rounded);
-  if (m.fl >= kFlCount) {
+  if (m.fl < kFlCount) {
+    std::uint32_t slMap = h_->slBitmap[m.fl] & (~0u << m.sl);
+    std::uint64_t flMap = 0;
+    if (slMap == 0 && m.fl + 1 < kFlCount) {
+      flMap = h_->flBitmap & (~std::uint64_t{0} << (m.fl + 1));
+      if (flMap != 0) {
+        m.fl = static_cast<unsigned>(std::countr_zero(flMap));
+        slMap = h_->slBitmap[m.fl];
+      }
+    }
+    if (slMap != 0) {
+      m.sl = static_cast<unsigned>(std::countr_zero(slMap));
+      return h_->freeHead[m.fl][m.sl];  // good fit: O(1)
+    }
+  }
+  // Near exhaustion, the only blocks that fit may share the request's own class, which the
+  // rounded search skips: scan that one list for an exact fit.
+  const Mapping exact = mapping(size);
+  if (exact.fl >= kFlCount) {
     return kNone;
   }
-  std::uint32_t slMap = h_->slBitmap[m.fl] & (~0u << m.sl);
-  if (slMap == 0) {
-    const std::uint64_t flMap =
-        m.fl + 1 >= 64 ? 0 : (h_->flBitmap & (~std::uint64_t{0} << (m.fl + 1)));
-    if (flMap == 0) {
-      return kNone;
+  for (std::uint64_t f = h_->freeHead[exact.fl][exact.sl]; f != kNone; f = at(f)->nextFree) {
+    if (sizeOf(at(f)) >= size) {
+      return f;
     }
-    m.fl = static_cast<unsigned>(std::countr_zero(flMap));
-    slMap = h_->slBitmap[m.fl];
   }
-  m.sl = static_cast<unsigned>(std::countr_zero(slMap));
-  return h_->freeHead[m.fl][m.sl];
+  return kNone;
 }
 
 void Heap::format() noexcept {
