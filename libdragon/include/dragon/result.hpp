@@ -35,6 +35,7 @@ class [[nodiscard]] Result {
   const T* operator->() const { return &std::get<0>(v_); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
 
   const Status& error() const& { return std::get<1>(v_); }
   Status&& error() && { return std::get<1>(std::move(v_)); }
