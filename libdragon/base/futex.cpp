@@ -36,6 +36,20 @@ WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
   return WaitOutcome::Woken;  // woken, EAGAIN (value changed) or EINTR: caller re-checks
 }
 
+std::uint32_t relaxesPerMicrosecond() noexcept {
+  static const std::uint32_t perUs = [] {
+    constexpr int kProbe = 2000;
+    const std::int64_t t0 = monotonicNowNs();
+    for (int i = 0; i < kProbe; ++i) {
+      cpuRelax();
+    }
+    const std::int64_t ns = monotonicNowNs() - t0;
+    const std::int64_t v = ns > 0 ? kProbe * 1000 / ns : 1000;
+    return static_cast<std::uint32_t>(v < 1 ? 1 : (v > 10000 ? 10000 : v));
+  }();
+  return perUs;
+}
+
 void futexWakeAll(std::atomic<std::uint32_t>* word) noexcept {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr,
           nullptr, 0);

@@ -77,29 +77,43 @@ class WaitWord {
 // The fence between a state change and WaitWord::notify().
 inline void publishFence() noexcept { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
-// Bounded, adaptive spinning before a futex sleep. The budget grows while spinning pays off and
-// halves each time the caller had to sleep anyway, so oversubscribed processes stop burning the
-// core their peer needs. Process-local; relaxed atomics make sharing a handle between threads
-// harmless.
+// How many cpuRelax() calls take one microsecond on this machine, measured once per process
+// (a pause costs 3 to 150 cycles depending on the CPU, so budgets are set in time, not counts).
+std::uint32_t relaxesPerMicrosecond() noexcept;
+
+// Bounded, adaptive spinning before a futex sleep. The budget is a time: it doubles while
+// spinning pays off and halves after two sleeps in a row, so oversubscribed processes stop
+// burning the core their peer needs. A single sleep leaves it alone: when one side of a
+// ping-pong sleeps once (a descheduled vCPU), its peer's next wait lasts a whole wake-up, and
+// shrinking on that would cascade into both sides sleeping every turn. The floor (~2 us) stays
+// well below a futex sleep and wake-up (~10 us here). Process-local; relaxed atomics make
+// sharing a handle harmless.
 class AdaptiveSpin {
  public:
-  static constexpr std::uint32_t kMin = 16;
-  static constexpr std::uint32_t kMax = 4096;
-  static constexpr std::uint32_t kInitial = 1024;
+  static constexpr std::uint32_t kMinUs = 2;
+  static constexpr std::uint32_t kMaxUs = 50;
+  static constexpr std::uint32_t kInitialUs = 20;
+
+  AdaptiveSpin() noexcept : perUs_(relaxesPerMicrosecond()), budget_(kInitialUs * perUs_) {}
 
   std::uint32_t budget() const noexcept { return budget_.load(std::memory_order_relaxed); }
   void succeeded(std::uint32_t used) noexcept {
-    std::uint32_t b = budget();
-    if (used * 2 >= b && b < kMax) {
-      budget_.store(b * 2 > kMax ? kMax : b * 2, std::memory_order_relaxed);
+    misses_.store(0, std::memory_order_relaxed);
+    const std::uint32_t b = budget();
+    if (used * 2 >= b && b < kMaxUs * perUs_) {
+      budget_.store(b * 2 > kMaxUs * perUs_ ? kMaxUs * perUs_ : b * 2, std::memory_order_relaxed);
     }
   }
   void failed() noexcept {
-    std::uint32_t b = budget();
-    budget_.store(b / 2 < kMin ? kMin : b / 2, std::memory_order_relaxed);
+    if (misses_.fetch_add(1, std::memory_order_relaxed) == 0) {
+      return;
+    }
+    const std::uint32_t b = budget();
+    budget_.store(b / 2 < kMinUs * perUs_ ? kMinUs * perUs_ : b / 2, std::memory_order_relaxed);
   }
 
-  // Spins until pred() holds or the budget is spent; true when pred() held.
+  // Spins until pred() holds or the budget is spent; true when pred() held. One poll per
+  // pause: polling a line more often only steals it from the writer filling it.
   template <typename Pred>
   bool spin(Pred&& pred) noexcept {
     const std::uint32_t b = budget();
@@ -115,7 +129,9 @@ class AdaptiveSpin {
   }
 
  private:
-  std::atomic<std::uint32_t> budget_{kInitial};
+  std::uint32_t perUs_;
+  std::atomic<std::uint32_t> budget_;
+  std::atomic<std::uint32_t> misses_{0};
 };
 
 }  // namespace dragon::base

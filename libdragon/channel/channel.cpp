@@ -24,12 +24,18 @@ struct Channel::SpinState {
 
 namespace {
 
-// Takes one of the channel's robust locks. Its state needs no repair after a dead owner.
-Status lockChannel(pthread_mutex_t* m, const char* which) {
+Status lockChannel(pthread_mutex_t* m, const char* which, ChannelHeader* h) noexcept {
   switch (base::RobustMutex::lock(m)) {
     case base::LockState::Locked:
       return Status::ok();
     case base::LockState::OwnerDied:
+      if (m == &h->sendLock) {
+        // A sender may have died after publishing its slot but before advancing tail.
+        const std::uint64_t t = h->tail.load(std::memory_order_relaxed);
+        if (detail::published(h, t)) {
+          h->tail.store(t + 1, std::memory_order_release);
+        }
+      }
       base::RobustMutex::markConsistent(m);
       DRAGON_LOG(Info, "channel", "recovered the %s lock from a dead owner", which);
       return Status::ok();
@@ -48,6 +54,15 @@ std::uint64_t randomChannelId() {
   }
   return id;
 }
+
+}  // namespace
+
+namespace detail {
+Status lockSend(ChannelHeader* h) noexcept { return lockChannel(&h->sendLock, "send", h); }
+Status lockRecv(ChannelHeader* h) noexcept { return lockChannel(&h->recvLock, "receive", h); }
+}  // namespace detail
+
+namespace {
 
 struct Taken {
   SlotKind kind = SlotKind::Inline;
@@ -86,6 +101,10 @@ Result<Channel> Channel::create(Pool& pool, const ChannelOptions& o) {
   h->maxMessageSize = o.maxMessageSize != 0 ? o.maxMessageSize : pool.segmentSize();
   h->slotsOffset = slotsOffset;
   h->node = pool.node();
+  // Pool memory is reused: no stale bytes may look like a published slot.
+  for (std::uint32_t i = 0; i < o.capacity; ++i) {
+    detail::slotAt(h, i)->seq.store(0, std::memory_order_relaxed);
+  }
   Status st = base::RobustMutex::init(&h->sendLock);
   if (st.isOk()) {
     st = base::RobustMutex::init(&h->recvLock);
@@ -148,20 +167,25 @@ std::size_t Channel::size() const noexcept {
   return t > hd ? static_cast<std::size_t>(t - hd) : 0;
 }
 
-bool Channel::readable() const noexcept { return size() > 0 || isClosed(); }
+bool Channel::readable() const noexcept {
+  return detail::published(h_, h_->head.load(std::memory_order_acquire)) || isClosed();
+}
 bool Channel::writable() const noexcept { return size() < h_->capacity || isClosed(); }
 
 Status Channel::trySendSlot(std::span<const std::byte> inlineMsg, const PoolAllocation* block,
                             std::size_t length) {
   {
-    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    DRAGON_TRY(detail::lockSend(h_));
     base::RobustGuard guard(&h_->sendLock);
     if (h_->closed.load(std::memory_order_relaxed) != 0) {
       return StatusCode::ChannelClosed;
     }
     const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
-    if (t - h_->head.load(std::memory_order_acquire) >= h_->capacity) {
-      return StatusCode::ChannelFull;
+    if (t - h_->cachedHead >= h_->capacity) {
+      h_->cachedHead = h_->head.load(std::memory_order_acquire);
+      if (t - h_->cachedHead >= h_->capacity) {
+        return StatusCode::ChannelFull;
+      }
     }
     Slot* s = detail::slotAt(h_, t);
     if (block != nullptr) {
@@ -175,7 +199,8 @@ Status Channel::trySendSlot(std::span<const std::byte> inlineMsg, const PoolAllo
       s->kind = SlotKind::Inline;
     }
     s->length = length;
-    h_->tail.store(t + 1, std::memory_order_release);  // commit
+    s->seq.store(t + 1, std::memory_order_release);  // commit: receivers may take it now
+    h_->tail.store(t + 1, std::memory_order_release);
   }
   base::publishFence();
   base::WaitWord::notify(h_->notEmpty);
@@ -268,11 +293,12 @@ namespace {
 Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap, bool mustFit,
                    Taken& out) {
   {
-    DRAGON_TRY(lockChannel(&h->recvLock, "receive"));
+    DRAGON_TRY(detail::lockRecv(h));
     base::RobustGuard guard(&h->recvLock);
     const std::uint64_t hd = h->head.load(std::memory_order_relaxed);
+    // closed first: every send committed before close() is published by the time it shows.
     const bool closed = h->closed.load(std::memory_order_acquire) != 0;
-    if (hd == h->tail.load(std::memory_order_acquire)) {
+    if (!detail::published(h, hd)) {
       return closed ? StatusCode::ChannelClosed : StatusCode::WouldBlock;
     }
     Slot* s = detail::slotAt(h, hd);
@@ -374,7 +400,7 @@ Status Channel::recv(Message& out, Timeout timeout) {
 
 Status Channel::close() {
   {
-    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    DRAGON_TRY(detail::lockSend(h_));
     base::RobustGuard guard(&h_->sendLock);
     h_->closed.store(1, std::memory_order_release);
   }
@@ -386,9 +412,9 @@ Status Channel::close() {
 Status Channel::destroy() {
   std::vector<PoolAllocation> queued;
   {
-    DRAGON_TRY(lockChannel(&h_->sendLock, "send"));
+    DRAGON_TRY(detail::lockSend(h_));
     base::RobustGuard sendGuard(&h_->sendLock);
-    DRAGON_TRY(lockChannel(&h_->recvLock, "receive"));
+    DRAGON_TRY(detail::lockRecv(h_));
     base::RobustGuard recvGuard(&h_->recvLock);
     h_->closed.store(1, std::memory_order_release);
     const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);

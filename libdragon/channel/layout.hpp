@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The shared-memory layout of a channel: one pool allocation holding this header and a ring of
-// `capacity` slots. Senders serialise on sendLock and commit a message by advancing `tail`;
-// receivers serialise on recvLock and commit by advancing `head`. Both locks are robust and the
-// state they guard is consistent at every instruction, so a dead owner needs no repair.
+// `capacity` slots. Senders serialise on sendLock and publish message t by storing t+1 in its
+// slot's `seq` (in the same cache line as the slot header and a small payload, so a receiver
+// polls one line), then advance `tail`. Receivers serialise on recvLock and commit by advancing
+// `head`. Senders read `head` only when their cached copy says the ring is full. Both locks are
+// robust. The only repair a dead owner can need: a sender killed between publishing and
+// advancing `tail`; whoever next takes the send lock advances it (lockSend()).
 //
 // Ownership of a large message's pool block, for reclaimOrphans():
 //   send: (under sendLock) tag the block as queued in this channel, fill the slot, commit tail;
@@ -33,7 +36,7 @@ struct Slot {
   std::uint32_t reserved;
   std::uint64_t length;
   std::uint64_t blockOffset;  // payload offset of the pool block (Block only)
-  std::uint64_t reserved2;
+  std::atomic<std::uint64_t> seq;  // t+1 once message t is published in this slot
   // followed by the inline bytes
 };
 static_assert(sizeof(Slot) == 32);
@@ -52,6 +55,7 @@ struct alignas(64) ChannelHeader {
   alignas(64) pthread_mutex_t sendLock;
   alignas(64) pthread_mutex_t recvLock;
   alignas(64) std::atomic<std::uint64_t> tail;  // messages ever committed by senders
+  std::uint64_t cachedHead;                      // senders' last view of head (under sendLock)
   alignas(64) std::atomic<std::uint64_t> head;  // messages ever committed by receivers
   alignas(64) std::atomic<std::uint32_t> notEmpty;  // wait words (base/futex.hpp)
   alignas(64) std::atomic<std::uint32_t> notFull;
@@ -63,5 +67,13 @@ inline Slot* slotAt(ChannelHeader* h, std::uint64_t seq) noexcept {
                                  (seq % h->capacity) * h->slotStride);
 }
 inline std::byte* inlineBytes(Slot* s) noexcept { return reinterpret_cast<std::byte*>(s + 1); }
+inline bool published(ChannelHeader* h, std::uint64_t seq) noexcept {
+  return slotAt(h, seq)->seq.load(std::memory_order_acquire) == seq + 1;
+}
+
+// Take the send or receive lock, repairing what a dead owner may have left (see above).
+// Corrupt only if a lock was left unrecoverable, which this code never does.
+Status lockSend(ChannelHeader* h) noexcept;
+Status lockRecv(ChannelHeader* h) noexcept;
 
 }  // namespace dragon::detail

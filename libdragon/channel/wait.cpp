@@ -160,19 +160,16 @@ class RingSnapshots {
         detail::kChannelMagic) {
       return &e.blocks;
     }
-    for (pthread_mutex_t* m : {&h->sendLock, &h->recvLock}) {
-      switch (base::RobustMutex::lock(m)) {
-        case base::LockState::Locked:
-          break;
-        case base::LockState::OwnerDied:
-          base::RobustMutex::markConsistent(m);
-          break;
-        case base::LockState::Unrecoverable:
-          e.readable = false;
-          return nullptr;
-      }
-      held_.push_back(m);
+    if (!detail::lockSend(h).isOk()) {
+      e.readable = false;
+      return nullptr;
     }
+    held_.push_back(&h->sendLock);
+    if (!detail::lockRecv(h).isOk()) {
+      e.readable = false;
+      return nullptr;
+    }
+    held_.push_back(&h->recvLock);
     const std::uint64_t t = h->tail.load(std::memory_order_acquire);
     for (std::uint64_t i = h->head.load(std::memory_order_acquire); i < t; ++i) {
       detail::Slot* s = detail::slotAt(h, i);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every package Dragon needs to build, test and benchmark, from Debian 12's archive.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+packages=(
+  meson ninja-build pkg-config g++ gcc     # build
+  libgtest-dev libgmock-dev googletest     # tests (GoogleTest through pkg-config)
+  gdb                                      # backtraces when a test hangs
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every test: installs what it needs, builds, and runs all suites three ways: a normal
+# optimised build, AddressSanitizer + UndefinedBehaviorSanitizer, and ThreadSanitizer on the
+# threaded suite (TSan cannot follow memory shared between processes). Ends with one line
+# "tests: N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh || exit 1
+
+passed=0
+failed=0
+run() {  # run NAME DIR [meson test args...]
+  local name=$1 dir=$2
+  shift 2
+  echo "== $name"
+  local log
+  log=$(mktemp)
+  meson test -C "$dir" --print-errorlogs --num-processes 1 "$@" 2>&1 | tee "$log" | grep -E '^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):'
+  local ok fail timeout
+  ok=$(awk '/^Ok:/ {print $2}' "$log")
+  fail=$(awk '/^Fail:/ {print $2}' "$log")
+  timeout=$(awk '/^Timeout:/ {print $2}' "$log")
+  if [ -z "$ok" ]; then  # meson itself failed
+    tail -30 "$log"
+    fail=1
+  fi
+  passed=$((passed + ${ok:-0}))
+  failed=$((failed + ${fail:-0} + ${timeout:-0}))
+  rm -f "$log"
+}
+
+build() {  # build DIR [meson options...]
+  echo "== build $1"
+  if ! scripts/build.sh "$@"; then
+    echo "build of $1 failed" >&2
+    failed=$((failed + 1))
+    return 1
+  fi
+}
+
+build build -Dtests=true -Dbench=true -Dexamples=true && run "tests" build
+build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false \
+  -Dexamples=false -Dkill_loop_iterations=300 &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    run "tests under ASan+UBSan" build-asan
+build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false \
+  -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
+
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
