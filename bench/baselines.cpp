@@ -29,6 +29,9 @@ struct alignas(64) Turn {
 struct PingPong {
   Turn toChild;
   Turn toParent;
+  // Payload buffers, one per direction, for the ping-pongs that carry a message.
+  alignas(64) char toChildData[4096];
+  alignas(64) char toParentData[4096];
 };
 
 // Waits until t.seq == want. Spins up to `spins` first (0: plain futex, every wait sleeps).
@@ -51,8 +54,10 @@ void post(Turn& t, std::uint32_t v, bool alwaysWake) {
   if (alwaysWake || t.sleeping.exchange(0, std::memory_order_seq_cst) != 0) futexWake(&t.seq);
 }
 
-// Round-trip time in microseconds over `iters` round trips, for `pairs` pairs at once.
-double pingPongUs(int iters, int spins, int pairs) {
+// Round-trip time in microseconds over `iters` round trips, for `pairs` pairs at once. With
+// `payload` > 0 each turn also copies that many bytes into shared memory and out again, as any
+// message-passing ping-pong must.
+double pingPongUs(int iters, int spins, int pairs, std::size_t payload = 0) {
   const bool plain = spins == 0;
   std::vector<PingPong*> pp;
   std::vector<pid_t> kids;
@@ -63,17 +68,23 @@ double pingPongUs(int iters, int spins, int pairs) {
     PingPong* s = bench::sharedNew<PingPong>();
     pp.push_back(s);
     kids.push_back(bench::forkRun([=] {
+      char local[4096] = {};
       for (std::uint32_t i = 1; i <= static_cast<std::uint32_t>(iters); ++i) {
         await(s->toChild, i, spins);
+        if (payload > 0) std::memcpy(local, s->toChildData, payload);
+        if (payload > 0) std::memcpy(s->toParentData, local, payload);
         post(s->toParent, i, plain);
       }
     }));
     kids.push_back(bench::forkRun([=] {
       while (start->load() == 0) __builtin_ia32_pause();
+      char local[4096] = {};
       const double t0 = bench::nowSeconds();
       for (std::uint32_t i = 1; i <= static_cast<std::uint32_t>(iters); ++i) {
+        if (payload > 0) std::memcpy(s->toChildData, local, payload);
         post(s->toChild, i, plain);
         await(s->toParent, i, spins);
+        if (payload > 0) std::memcpy(local, s->toParentData, payload);
       }
       const double us = (bench::nowSeconds() - t0) * 1e6 / iters;
       double cur = total->load();
@@ -119,7 +130,9 @@ double mallocFreeNs() {
 
 int main() {
   bench::metric("futex_rtt", bench::median(bench::kReps, [] { return pingPongUs(20000, 0, 1); }), "us");
-  bench::metric("spin_futex_rtt", bench::median(bench::kReps, [] { return pingPongUs(200000, 4000, 1); }), "us");
+  bench::metric("spin_futex_rtt_word", bench::median(bench::kReps, [] { return pingPongUs(200000, 4000, 1); }), "us");
+  bench::metric("spin_futex_rtt_8B", bench::median(bench::kReps, [] { return pingPongUs(200000, 4000, 1, 8); }), "us");
+  bench::metric("spin_futex_rtt_4KiB", bench::median(bench::kReps, [] { return pingPongUs(100000, 4000, 1, 4096); }), "us");
   bench::metric("futex_rtt_4pairs", bench::median(bench::kReps, [] { return pingPongUs(10000, 0, 4); }), "us");
   bench::metric("memcpy_64B", bench::median(bench::kReps, [] { return memcpyGBs(64); }), "GB/s");
   bench::metric("memcpy_4KiB", bench::median(bench::kReps, [] { return memcpyGBs(4096); }), "GB/s");

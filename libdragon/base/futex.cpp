@@ -5,6 +5,7 @@
 #include <climits>
 #include <ctime>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -49,6 +50,8 @@ std::uint32_t relaxesPerMicrosecond() noexcept {
   }();
   return perUs;
 }
+
+void yieldCore() noexcept { sched_yield(); }
 
 void futexWakeAll(std::atomic<std::uint32_t>* word) noexcept {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr,

@@ -80,6 +80,8 @@ inline void publishFence() noexcept { std::atomic_thread_fence(std::memory_order
 // How many cpuRelax() calls take one microsecond on this machine, measured once per process
 // (a pause costs 3 to 150 cycles depending on the CPU, so budgets are set in time, not counts).
 std::uint32_t relaxesPerMicrosecond() noexcept;
+// sched_yield(): gives the core to another runnable process, if any.
+void yieldCore() noexcept;
 
 // Bounded, adaptive spinning before a futex sleep. The budget is a time: it doubles while
 // spinning pays off and halves after two sleeps in a row, so oversubscribed processes stop
@@ -127,6 +129,40 @@ class AdaptiveSpin {
     failed();
     return false;
   }
+
+  // After a failed spin: yields the core up to kYields times, checking pred() after each.
+  // When more processes are runnable than there are cores, the one we wait for is often
+  // queued behind us, and a yield lets it run without a futex sleep and wake-up. Sets
+  // `contended` when a yield gave the core away (it took long): the machine is oversubscribed.
+  template <typename Pred>
+  static bool yieldWhile(Pred&& pred, bool& contended) noexcept {
+    for (int i = 0; i < kYields; ++i) {
+      const std::int64_t t0 = monotonicNowNs();
+      yieldCore();
+      contended = contended || monotonicNowNs() - t0 > kContendedYieldNs;
+      if (pred()) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // After a wait that spinning did not cover: if it lasted less than the ceiling and nobody
+  // else needed the core, spinning that long would have been cheaper than sleeping, so the
+  // budget grows to twice the wait. (Growing only on spin successes can never escape the
+  // floor once waits are longer than it, e.g. a receiver waiting out a 1 MiB memcpy.)
+  void learn(std::int64_t waitedNs, bool contended) noexcept {
+    if (contended || waitedNs <= 0 || waitedNs >= std::int64_t{kMaxUs} * 1000) {
+      return;
+    }
+    const auto want = static_cast<std::uint32_t>(waitedNs * 2 * perUs_ / 1000);
+    if (want > budget()) {
+      budget_.store(want > kMaxUs * perUs_ ? kMaxUs * perUs_ : want, std::memory_order_relaxed);
+      misses_.store(0, std::memory_order_relaxed);
+    }
+  }
+  static constexpr std::int64_t kContendedYieldNs = 3000;
+  static constexpr int kYields = 8;
 
  private:
   std::uint32_t perUs_;

@@ -7,6 +7,9 @@
 #include "channel/layout.hpp"
 
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <new>
 #include <sys/random.h>
 #include <vector>
@@ -63,6 +66,35 @@ Status lockRecv(ChannelHeader* h) noexcept { return lockChannel(&h->recvLock, "r
 }  // namespace detail
 
 namespace {
+
+// Copies a large message into pool memory with non-temporal stores: the receiver, on another
+// core, then reads it from memory instead of snooping it out of the sender's private caches,
+// and the sender's caches are not flushed of its own working set.
+void copyToPool(void* dst, const void* src, std::size_t n) noexcept {
+#if defined(__x86_64__)
+  constexpr std::size_t kThreshold = std::size_t{256} << 10;
+  auto* d = static_cast<char*>(dst);
+  const auto* sp = static_cast<const char*>(src);
+  constexpr std::size_t kCeiling = std::size_t{8} << 20;  // above: glibc memcpy does better
+  if (n >= kThreshold && n < kCeiling && (reinterpret_cast<std::uintptr_t>(d) & 15) == 0) {
+    const std::size_t blocks = n / 64;
+    for (std::size_t i = 0; i < blocks; ++i) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 64 * i));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 64 * i + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 64 * i + 32));
+      const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 64 * i + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + 64 * i), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + 64 * i + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + 64 * i + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + 64 * i + 48), e);
+    }
+    _mm_sfence();  // the streamed stores are visible before the slot that publishes them
+    std::memcpy(d + 64 * blocks, sp + 64 * blocks, n - 64 * blocks);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n);
+}
 
 struct Taken {
   SlotKind kind = SlotKind::Inline;
@@ -213,7 +245,10 @@ Status Channel::sendSlot(std::span<const std::byte> inlineMsg, const PoolAllocat
   if (st.code() != StatusCode::ChannelFull || timeout.isNone()) {
     return st;
   }
-  if (spin_->send.spin([this] { return writable(); })) {
+  const std::int64_t waitStart = monotonicNowNs();
+  bool contended = false;
+  if (spin_->send.spin([this] { return writable(); }) ||
+      base::AdaptiveSpin::yieldWhile([this] { return writable(); }, contended)) {
     st = trySendSlot(inlineMsg, block, length);
     if (st.code() != StatusCode::ChannelFull) {
       return st;
@@ -224,6 +259,7 @@ Status Channel::sendSlot(std::span<const std::byte> inlineMsg, const PoolAllocat
     const std::uint32_t armed = base::WaitWord::arm(h_->notFull);
     st = trySendSlot(inlineMsg, block, length);
     if (st.code() != StatusCode::ChannelFull) {
+      spin_->send.learn(monotonicNowNs() - waitStart, contended);
       return st;
     }
     if (base::futexWait(&h_->notFull, armed, deadline) == base::WaitOutcome::TimedOut) {
@@ -256,7 +292,7 @@ Status Channel::send(std::span<const std::byte> msg, Timeout timeout) {
     }
     return a.error();
   }
-  std::memcpy(pool_->pointer(*a), msg.data(), msg.size());
+  copyToPool(pool_->pointer(*a), msg.data(), msg.size());
   const Timeout rest =
       timeout.isNone() || timeout.isForever()
           ? timeout
@@ -347,7 +383,10 @@ Status Channel::recvWith(Take&& take, Timeout timeout) {
   if (st.code() != StatusCode::WouldBlock || timeout.isNone()) {
     return st;
   }
-  if (spin_->recv.spin([this] { return readable(); })) {
+  const std::int64_t waitStart = monotonicNowNs();
+  bool contended = false;
+  if (spin_->recv.spin([this] { return readable(); }) ||
+      base::AdaptiveSpin::yieldWhile([this] { return readable(); }, contended)) {
     st = take();
     if (st.code() != StatusCode::WouldBlock) {
       return st;
@@ -358,6 +397,7 @@ Status Channel::recvWith(Take&& take, Timeout timeout) {
     const std::uint32_t armed = base::WaitWord::arm(h_->notEmpty);
     st = take();
     if (st.code() != StatusCode::WouldBlock) {
+      spin_->recv.learn(monotonicNowNs() - waitStart, contended);
       return st;
     }
     if (base::futexWait(&h_->notEmpty, armed, deadline) == base::WaitOutcome::TimedOut) {

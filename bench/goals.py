@@ -1,0 +1,87 @@
+#!/usr/bin/python3
+"""Turns the metric lines of one bench run into goal lines (see bench/README.md).
+
+A goal compares a measured metric with a baseline metric from the same run:
+  '<=' / '<'  the ratio measured/baseline must be at most / below the target (times, latencies)
+  '>='        the ratio must be at least the target (rates)
+  'abs<='     the measured value itself must be at most the target (in the metric's unit);
+              the ratio to the baseline is printed for context
+"""
+import sys
+
+GOALS = {
+    "dataplane": [
+        ("rtt_8B_vs_spin_futex", "chan_rtt_8B", "spin_futex_rtt_8B", "<=", 3),
+        ("rtt_8B_vs_futex", "chan_rtt_8B", "futex_rtt", "<", 1),
+        ("rtt_4KiB_vs_spin_futex", "chan_rtt_4KiB", "spin_futex_rtt_4KiB", "<=", 3),
+        ("rtt_4KiB_vs_futex", "chan_rtt_4KiB", "futex_rtt", "<", 1),
+        ("rtt_8B_4pairs_on_2cores_vs_futex", "chan_rtt_8B_4pairs", "futex_rtt_4pairs", "<=", 1.5),
+        ("copy_1MiB_vs_memcpy", "chan_copy_1MiB", "memcpy_1MiB", ">=", 0.5),
+        ("copy_16MiB_vs_memcpy", "chan_copy_16MiB", "memcpy_16MiB", ">=", 0.5),
+        ("zerocopy_1MiB_vs_copy", "chan_zc_1MiB", "chan_copy_1MiB", ">=", 10),
+        ("zerocopy_16MiB_vs_copy", "chan_zc_16MiB", "chan_copy_16MiB", ">=", 10),
+        ("fanin_4to1_64B_vs_1to1", "chan_fanin4_64B", "chan_tput_64B", ">=", 0.5),
+        ("pool_alloc_free", "pool_alloc_free", "malloc_free", "abs<=", 100),
+    ],
+}
+
+# Printed for context, never judged.
+INFO = {
+    "dataplane": [
+        ("rtt_8B_vs_word_only_spin_futex", "chan_rtt_8B", "spin_futex_rtt_word"),
+        ("tput_64B_msgs", "chan_tput_64B", None),
+        ("copy_4KiB_vs_memcpy", "chan_copy_4KiB", "memcpy_4KiB"),
+    ],
+}
+
+
+def fmt(v):
+    return f"{v:.4g}"
+
+
+def main():
+    path, groups = sys.argv[1], sys.argv[2:]
+    metrics = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "metric":
+                metrics[parts[1]] = (float(parts[2]), parts[3])
+    missing = []
+    lines = []
+    for g in groups:
+        for name, m, b, kind, target in GOALS[g]:
+            if m not in metrics or b not in metrics:
+                missing.append(name)
+                continue
+            (mv, mu), (bv, bu) = metrics[m], metrics[b]
+            ratio = mv / bv if bv else float("inf")
+            if kind == "<=":
+                ok, t = ratio <= target, f"<={target}"
+            elif kind == "<":
+                ok, t = ratio < target, f"<{target}"
+            elif kind == ">=":
+                ok, t = ratio >= target, f">={target}"
+            else:
+                ok, t = mv <= target, f"<={target}{mu}"
+            lines.append(f"goal {name} measured={fmt(mv)}{mu} baseline={fmt(bv)}{bu} "
+                         f"ratio={ratio:.3f} target={t} {'met' if ok else 'missed'}")
+        for name, m, b in INFO.get(g, []):
+            if m in metrics and (b is None or b in metrics):
+                mv, mu = metrics[m]
+                if b is None:
+                    print(f"info {name} measured={fmt(mv)}{mu}")
+                else:
+                    bv, bu = metrics[b]
+                    print(f"info {name} measured={fmt(mv)}{mu} baseline={fmt(bv)}{bu} "
+                          f"ratio={mv / bv:.3f}")
+    for line in lines:
+        print(line)
+    if missing:
+        print("bench: no measurement for goal(s): " + ", ".join(missing), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
