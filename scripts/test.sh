@@ -46,5 +46,8 @@ build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false \
 build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false \
   -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
 
+echo "== install check"
+if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+
 echo "tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -75,8 +75,7 @@ void copyToPool(void* dst, const void* src, std::size_t n) noexcept {
   constexpr std::size_t kThreshold = std::size_t{256} << 10;
   auto* d = static_cast<char*>(dst);
   const auto* sp = static_cast<const char*>(src);
-  constexpr std::size_t kCeiling = std::size_t{8} << 20;  // above: glibc memcpy does better
-  if (n >= kThreshold && n < kCeiling && (reinterpret_cast<std::uintptr_t>(d) & 15) == 0) {
+  if (n >= kThreshold && (reinterpret_cast<std::uintptr_t>(d) & 15) == 0) {
     const std::size_t blocks = n / 64;
     for (std::size_t i = 0; i < blocks; ++i) {
       const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 64 * i));

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs Dragon into a fresh prefix and builds and runs a C program and a C++ program against
+# what was installed, found only through pkg-config: proves `meson install` gives a user
+# everything they need. Prints "install check: ok" on success.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+prefix=$work/prefix
+meson setup "$work/build" --prefix="$prefix" -Dtests=false -Dbench=false -Dexamples=false >/dev/null
+ninja -C "$work/build" -j2 >/dev/null
+meson install -C "$work/build" >/dev/null
+pcdir=$(dirname "$(find "$prefix" -name dragon.pc | head -1)")
+export PKG_CONFIG_PATH=$pcdir
+libdir=$(pkg-config --variable=libdir dragon)
+# shellcheck disable=SC2046
+gcc -std=c11 -Wall -Werror tests/capi/capi_test.c -o "$work/capi" $(pkg-config --cflags --libs dragon)
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Werror tests/public_headers_test.cpp -o "$work/cxx" $(pkg-config --cflags --libs dragon)
+LD_LIBRARY_PATH=$libdir "$work/capi" >/dev/null
+LD_LIBRARY_PATH=$libdir "$work/cxx"
+for f in include/dragon/channel.hpp include/dragon/dragon.h; do
+  [ -f "$prefix/$f" ] || { echo "install check: $f was not installed" >&2; exit 1; }
+done
+if find "$prefix/include" -name 'private.hpp' | grep -q .; then
+  echo "install check: an internal header was installed" >&2
+  exit 1
+fi
+echo "install check: ok"
