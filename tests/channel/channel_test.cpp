@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <dragon/channel.hpp>
 
+#include "base/robust_mutex.hpp"
 #include "channel/layout.hpp"
 #include "support/process.hpp"
 
@@ -370,6 +371,47 @@ TEST_F(ChannelTest, ReclaimFreesBlocksLeftByADeadProcessButNotQueuedOnes) {
   EXPECT_EQ(*n, 1u);
   EXPECT_EQ(recvString(ch), std::string(3000, 'q'));
   EXPECT_EQ(pool_->stats()->allocationCount, before);
+}
+
+// A sender killed after publishing its slot but before advancing tail: the next sender gets
+// the lock back EOWNERDEAD and must advance tail, not overwrite the published message.
+TEST_F(ChannelTest, ASenderKilledBetweenPublishAndTailKeepsItsMessage) {
+  Channel ch = make(4, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
+  pid_t pid = forkChild([&] {
+    if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) return 2;
+    const std::uint64_t t = h->tail.load();
+    detail::Slot* s = detail::slotAt(h, t);
+    std::memcpy(detail::inlineBytes(s), "abc", 3);
+    s->kind = detail::SlotKind::Inline;
+    s->length = 3;
+    s->seq.store(t + 1);  // published...
+    raise(SIGKILL);       // ...but tail never advanced, and the lock dies with us
+    return 3;
+  });
+  ASSERT_TRUE(WIFSIGNALED(waitFor(pid, 10s)));
+  ASSERT_TRUE(ch.send(bytesOf("xyz"), kBounded).isOk());
+  EXPECT_EQ(recvString(ch), "abc");
+  EXPECT_EQ(recvString(ch), "xyz");
+  EXPECT_EQ(ch.size(), 0u);
+}
+
+// Pool memory is reused: a channel made where an old one left published-looking slots must
+// start empty.
+TEST_F(ChannelTest, ANewChannelInReusedMemoryStartsEmpty) {
+  Channel old = make(8, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(old.descriptor().offset));
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    detail::slotAt(h, i)->seq.store(i + 1);  // looks like messages 0..7 were published
+    detail::slotAt(h, i)->kind = detail::SlotKind::Inline;
+  }
+  const std::uint64_t offset = old.descriptor().offset;
+  ASSERT_TRUE(old.destroy().isOk());
+  Channel fresh = make(8, 64);
+  ASSERT_EQ(fresh.descriptor().offset, offset) << "the allocator should reuse the block";
+  std::byte b[64];
+  EXPECT_EQ(fresh.recv(b, Timeout::none()).error().code(), StatusCode::WouldBlock);
+  EXPECT_FALSE(fresh.readable());
 }
 
 // A process started from scratch (posix_spawn + exec) attaches through the fd it inherits and
