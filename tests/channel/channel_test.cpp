@@ -373,6 +373,30 @@ TEST_F(ChannelTest, ReclaimFreesBlocksLeftByADeadProcessButNotQueuedOnes) {
   EXPECT_EQ(pool_->stats()->allocationCount, before);
 }
 
+// Shared memory scribbled by a buggy peer: a malformed slot or one naming no live block is
+// skipped with Corrupt, never a crash, and the channel keeps working.
+TEST_F(ChannelTest, MalformedSlotsAreReportedAsCorruptAndSkipped) {
+  Channel ch = make(4, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
+  ASSERT_TRUE(ch.send(bytesOf("one"), kBounded).isOk());
+  ASSERT_TRUE(ch.send(bytesOf(std::string(1000, 'b')), kBounded).isOk());
+  ASSERT_TRUE(ch.send(bytesOf("three"), kBounded).isOk());
+  detail::slotAt(h, 0)->kind = static_cast<detail::SlotKind>(77);
+  const std::uint64_t realBlock = detail::slotAt(h, 1)->blockOffset;
+  detail::slotAt(h, 1)->blockOffset = 12345;  // no allocation starts there
+  std::byte buf[2000];
+  EXPECT_EQ(ch.recv(buf, kBounded).error().code(), StatusCode::Corrupt);
+  Message m;
+  EXPECT_EQ(ch.recv(m, kBounded).code(), StatusCode::Corrupt);
+  EXPECT_EQ(recvString(ch), "three");
+  ASSERT_TRUE(ch.send(bytesOf("four"), kBounded).isOk());
+  EXPECT_EQ(recvString(ch), "four");
+  // The block the scribbled slot lost is an orphan tagged for the channel: reclaim frees it.
+  EXPECT_EQ(pool_->ownerOf(*pool_->allocationAt(realBlock))->kind(), OwnerTag::Kind::Channel);
+  EXPECT_EQ(*Channel::reclaimOrphans(*pool_), 1u);
+  EXPECT_TRUE(pool_->validate().isOk());
+}
+
 // A sender killed after publishing its slot but before advancing tail: the next sender gets
 // the lock back EOWNERDEAD and must advance tail, not overwrite the published message.
 TEST_F(ChannelTest, ASenderKilledBetweenPublishAndTailKeepsItsMessage) {

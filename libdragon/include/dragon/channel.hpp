@@ -64,7 +64,8 @@ enum class WaitFor : std::uint8_t { Readable = 1, Writable = 2, Either = 3 };
 
 class Channel {
  public:
-  // Creates a channel in `pool`. The pool must outlive every handle to the channel.
+  // Creates a channel in `pool`. The Pool object must outlive every handle to the channel and
+  // stay where it is (a handle keeps its address): don't move it while channels use it.
   static Result<Channel> create(Pool& pool, const ChannelOptions& options);
   static Result<Channel> attach(Pool& pool, const ObjectDescriptor& desc);
 
