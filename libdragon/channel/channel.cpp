@@ -278,11 +278,17 @@ Status Channel::send(std::span<const std::byte> msg, Timeout timeout) {
     return sendSlot(msg, nullptr, msg.size(), timeout);
   }
   // Copy path for large messages: into a pool block of our own, then hand the block over.
+  // Both steps share the caller's one deadline; once it has passed, a step still waits 1 ns
+  // so the caller hears Timeout, not the PoolExhausted / ChannelFull of a try.
   const Deadline deadline(timeout);
-  const Timeout allocTimeout =
-      timeout.isNone() || timeout.isForever()
-          ? timeout
-          : Timeout::after(std::chrono::nanoseconds(deadline.monotonicNs() - monotonicNowNs()));
+  auto remaining = [&] {
+    if (timeout.isNone() || timeout.isForever()) {
+      return timeout;
+    }
+    const std::int64_t ns = deadline.monotonicNs() - monotonicNowNs();
+    return Timeout::after(std::chrono::nanoseconds(ns > 0 ? ns : 1));
+  };
+  const Timeout allocTimeout = remaining();
   auto a = pool_->alloc(msg.size(), allocTimeout);
   if (!a.has_value()) {
     if (a.error().code() == StatusCode::InvalidArgument) {
@@ -292,11 +298,7 @@ Status Channel::send(std::span<const std::byte> msg, Timeout timeout) {
     return a.error();
   }
   copyToPool(pool_->pointer(*a), msg.data(), msg.size());
-  const Timeout rest =
-      timeout.isNone() || timeout.isForever()
-          ? timeout
-          : Timeout::after(std::chrono::nanoseconds(deadline.monotonicNs() - monotonicNowNs()));
-  Status st = sendSlot({}, &*a, msg.size(), rest);
+  Status st = sendSlot({}, &*a, msg.size(), remaining());
   if (!st.isOk()) {
     (void)pool_->free(*a);
   }
