@@ -46,6 +46,15 @@ build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false \
 build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false \
   -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
 
+echo "== naming check (clang-tidy, .clang-tidy)"
+if clang-tidy -p build --quiet libdragon/*/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
+  passed=$((passed + 1))
+else
+  grep -E "error:" /tmp/dragon-tidy.$$ | sort -u
+  failed=$((failed + 1))
+fi
+rm -f /tmp/dragon-tidy.$$
+
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 

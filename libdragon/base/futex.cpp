@@ -38,7 +38,7 @@ WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
 }
 
 std::uint32_t relaxesPerMicrosecond() noexcept {
-  static const std::uint32_t perUs = [] {
+  static const std::uint32_t kPerUs = [] {
     constexpr int kProbe = 2000;
     const std::int64_t t0 = monotonicNowNs();
     for (int i = 0; i < kProbe; ++i) {
@@ -48,7 +48,7 @@ std::uint32_t relaxesPerMicrosecond() noexcept {
     const std::int64_t v = ns > 0 ? kProbe * 1000 / ns : 1000;
     return static_cast<std::uint32_t>(v < 1 ? 1 : (v > 10000 ? 10000 : v));
   }();
-  return perUs;
+  return kPerUs;
 }
 
 void yieldCore() noexcept { sched_yield(); }

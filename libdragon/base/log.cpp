@@ -41,8 +41,8 @@ const char* levelName(LogLevel l) {
 }  // namespace
 
 LogLevel logThreshold() noexcept {
-  static const LogLevel level = parseLevel(std::getenv("DRAGON_LOG_LEVEL"));
-  return level;
+  static const LogLevel kLevel = parseLevel(std::getenv("DRAGON_LOG_LEVEL"));
+  return kLevel;
 }
 
 void logMessage(LogLevel level, std::string_view component, const char* fmt, ...) noexcept {

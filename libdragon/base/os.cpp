@@ -36,6 +36,9 @@ Result<MappedRegion> MappedRegion::mapShared(int fd, std::size_t size, bool pref
   if (p == MAP_FAILED) {
     return Status::fromErrno("mmap", errno);
   }
+  // Where the kernel backs shared memory with transparent huge pages on request (shmem_enabled
+  // = advise), ask for them: fewer TLB misses and page faults. A no-op elsewhere.
+  (void)::madvise(p, size, MADV_HUGEPAGE);
   return MappedRegion(p, size);
 }
 
@@ -60,7 +63,7 @@ Deadline::Deadline(Timeout t) {
     now_ = true;
   } else {
     std::int64_t now = monotonicNowNs();
-    abs_ns_ = t.nanoseconds() > Timeout::kForeverNs - now ? Timeout::kForeverNs
+    absNs_ = t.nanoseconds() > Timeout::kForeverNs - now ? Timeout::kForeverNs
                                                           : now + t.nanoseconds();
   }
 }
@@ -72,7 +75,7 @@ bool Deadline::expired() const {
   if (now_) {
     return true;
   }
-  return monotonicNowNs() >= abs_ns_;
+  return monotonicNowNs() >= absNs_;
 }
 
 }  // namespace dragon

@@ -92,8 +92,8 @@ class PoolLock {
 OwnerTag OwnerTag::self() noexcept {
   std::uint32_t pid = gPid.load(std::memory_order_relaxed);
   if (pid == 0) {
-    static const int registered = pthread_atfork(nullptr, nullptr, forgetPidInChild);
-    (void)registered;
+    static const int kRegistered = pthread_atfork(nullptr, nullptr, forgetPidInChild);
+    (void)kRegistered;
     pid = static_cast<std::uint32_t>(getpid());
     gPid.store(pid, std::memory_order_relaxed);
   }

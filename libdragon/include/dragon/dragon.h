@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* C naming, not the C++ API's. NOLINTBEGIN(readability-identifier-naming) */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -122,5 +123,6 @@ dragon_status_t dragon_descriptor_from_string(const char* text, dragon_descripto
 #ifdef __cplusplus
 }
 #endif
+/* NOLINTEND(readability-identifier-naming) */
 
 #endif /* DRAGON_DRAGON_H */

@@ -25,7 +25,7 @@ class [[nodiscard]] Result {
   }
   Result(StatusCode code) : Result(Status(code)) {}  // NOLINT
 
-  bool has_value() const noexcept { return v_.index() == 0; }
+  bool has_value() const noexcept { return v_.index() == 0; }  // NOLINT: std::expected spelling
   explicit operator bool() const noexcept { return has_value(); }
 
   T& value() & { return std::get<0>(v_); }

@@ -39,10 +39,10 @@ class Deadline {
   bool isNow() const { return now_; }
   bool expired() const;
   // Absolute CLOCK_MONOTONIC time in ns (meaningless when forever).
-  std::int64_t monotonicNs() const { return abs_ns_; }
+  std::int64_t monotonicNs() const { return absNs_; }
 
  private:
-  std::int64_t abs_ns_ = 0;
+  std::int64_t absNs_ = 0;
   bool forever_ = false;
   bool now_ = false;
 };
