@@ -246,6 +246,19 @@ TEST_F(ChannelTest, AttachValidatesTheDescriptor) {
             StatusCode::InvalidArgument);
 }
 
+TEST_F(ChannelTest, AttachRefusesAScribbledHeaderInsteadOfReadingOutOfBounds) {
+  Channel ch = make(4, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
+  const std::uint32_t capacity = h->capacity;
+  h->capacity = 1u << 30;  // a ring far larger than the channel's allocation
+  auto r = Channel::attach(*pool_, ch.descriptor());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), StatusCode::Corrupt);
+  h->capacity = capacity;
+  h->slotStride = 8;  // smaller than a slot header
+  EXPECT_EQ(Channel::attach(*pool_, ch.descriptor()).error().code(), StatusCode::Corrupt);
+}
+
 TEST_F(ChannelTest, ManyProducersAndConsumersAcrossProcessesDeliverEachMessageOnce) {
   constexpr int kProducers = 4;
   constexpr int kConsumers = 3;

@@ -127,7 +127,8 @@ class Pool {
   // Walks the whole heap and checks every invariant of the allocator; Corrupt says which failed.
   Status validate() const;
   // Frees every allocation for which keep(owner, allocation) is false; returns how many it
-  // freed. keep runs under the pool's lock and must not call back into this pool.
+  // freed. keep runs under the pool's lock: it may use allocationAt, ownerOf and pointer, but
+  // nothing that takes the lock (alloc, free, stats, validate, reclaim).
   Result<std::size_t> reclaim(const std::function<bool(OwnerTag, const PoolAllocation&)>& keep);
 
  private:
