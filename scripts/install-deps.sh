@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   meson ninja-build pkg-config g++ gcc     # build
+  libyaml-cpp-dev                          # configuration files
   libgtest-dev libgmock-dev googletest     # tests (GoogleTest through pkg-config)
   clang-tidy                               # naming check (STYLE.md)
   gdb                                      # backtraces when a test hangs

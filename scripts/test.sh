@@ -47,7 +47,7 @@ build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=f
   -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
 
 echo "== naming check (clang-tidy, .clang-tidy)"
-if clang-tidy -p build --quiet libdragon/*/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
+if clang-tidy -p build --quiet libdragon/*/*.cpp config/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
   passed=$((passed + 1))
 else
   grep -E "error:" /tmp/dragon-tidy.$$ | sort -u
