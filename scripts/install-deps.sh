@@ -6,8 +6,10 @@ set -euo pipefail
 packages=(
   meson ninja-build pkg-config g++ gcc     # build
   libyaml-cpp-dev                          # configuration files
+  libprotobuf-dev protobuf-compiler        # control protocol
   libgtest-dev libgmock-dev googletest     # tests (GoogleTest through pkg-config)
   clang-tidy                               # naming check (STYLE.md)
+  clang libclang-rt-14-dev                 # libFuzzer targets
   gdb                                      # backtraces when a test hangs
 )
 

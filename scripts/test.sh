@@ -46,6 +46,26 @@ build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false \
 build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false \
   -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
 
+echo "== fuzzing the control-frame decoder (30 s, libFuzzer + ASan + UBSan)"
+if CC=clang CXX=clang++ scripts/build-target.sh build-fuzz tests/fuzz/protocol_fuzz \
+     -Dfuzz=true -Dtests=false -Dbench=false -Dexamples=false \
+     -Db_sanitize=address,undefined -Db_lundef=false; then
+  corpus=$(mktemp -d)
+  cp tests/protocol/corpus/* "$corpus"/
+  if build-fuzz/tests/fuzz/protocol_fuzz -max_total_time=30 -rss_limit_mb=2048 \
+       -print_final_stats=1 "$corpus" >"$corpus.log" 2>&1; then
+    grep -E "^Done|stat::number_of_executed_units" "$corpus.log" | head -2
+    passed=$((passed + 1))
+  else
+    tail -40 "$corpus.log"
+    failed=$((failed + 1))
+  fi
+  rm -rf "$corpus" "$corpus.log"
+else
+  echo "fuzz build failed" >&2
+  failed=$((failed + 1))
+fi
+
 echo "== naming check (clang-tidy, .clang-tidy)"
 if clang-tidy -p build --quiet libdragon/*/*.cpp config/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
   passed=$((passed + 1))

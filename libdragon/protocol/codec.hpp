@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: MIT
+// Framing of control messages. A frame is a 12-byte header, then one serialized Envelope:
+//   bytes 0-3  magic "DRGN"
+//   bytes 4-5  protocol version (little-endian)
+//   bytes 6-7  flags (0; reserved)
+//   bytes 8-11 body length (little-endian), at most the decoder's limit
+// Nothing a peer sends can crash the decoder or make it buffer more than one frame: bad
+// magic, an unsupported version, set flags, an oversized length, a body that does not parse
+// and an envelope with no body are errors, after which the stream is unusable and the
+// connection should be closed (after an Error reply, if the peer is worth answering).
+#pragma once
+
+#include "base/private.hpp"
+
+#include <dragon/result.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "dragon.pb.h"
+
+namespace dragon::protocol {
+
+inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::size_t kHeaderSize = 12;
+inline constexpr std::size_t kDefaultMaxBody = std::size_t{1} << 20;
+
+// Appends one frame holding `msg` to `out`. InvalidArgument for an empty envelope or one
+// larger than `maxBody`.
+Status encode(const Envelope& msg, std::string& out, std::size_t maxBody = kDefaultMaxBody);
+
+// Incremental decoder for one connection's byte stream.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(std::size_t maxBody = kDefaultMaxBody) : maxBody_(maxBody) {}
+
+  // Appends bytes as they arrive (any split, down to one byte at a time).
+  void feed(std::span<const std::byte> bytes);
+  // The next whole message; WouldBlock until one is complete; InvalidArgument for a bad
+  // stream (then every later call returns the same error).
+  Result<Envelope> next();
+  // Bytes held that do not yet make a whole frame.
+  std::size_t buffered() const noexcept { return buf_.size() - pos_; }
+
+ private:
+  std::size_t maxBody_;
+  std::string buf_;
+  std::size_t pos_ = 0;
+  Status broken_;
+};
+
+}  // namespace dragon::protocol

@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: MIT
+#include "protocol/codec.hpp"
+
+#include <google/protobuf/util/message_differencer.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace dragon::protocol {
+namespace {
+
+std::span<const std::byte> bytesOf(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+std::string frame(const Envelope& e) {
+  std::string out;
+  EXPECT_TRUE(encode(e, out).isOk());
+  return out;
+}
+
+std::string header(std::uint16_t version, std::uint16_t flags, std::uint32_t length) {
+  std::string h = "DRGN";
+  h += static_cast<char>(version & 0xff);
+  h += static_cast<char>(version >> 8);
+  h += static_cast<char>(flags & 0xff);
+  h += static_cast<char>(flags >> 8);
+  for (int i = 0; i < 4; ++i) h += static_cast<char>((length >> (8 * i)) & 0xff);
+  return h;
+}
+
+Status errorOf(const std::string& stream, std::size_t maxBody = kDefaultMaxBody) {
+  FrameDecoder d(maxBody);
+  d.feed(bytesOf(stream));
+  auto r = d.next();
+  EXPECT_FALSE(r.has_value());
+  return r.has_value() ? Status::ok() : r.error();
+}
+
+TEST(Codec, MessagesRoundTripThroughAStreamFedOneByteAtATime) {
+  Envelope hello;
+  hello.set_request_id(1);
+  hello.mutable_hello()->set_min_version(1);
+  hello.mutable_hello()->set_max_version(1);
+  hello.mutable_hello()->set_client_name("test");
+  Envelope spawn;
+  spawn.set_request_id(2);
+  auto* s = spawn.mutable_spawn();
+  s->add_argv("/bin/echo");
+  s->add_argv("hi");
+  s->add_env("PATH=/bin");
+  s->add_argv(std::string("caf\xe9-latin1", 11));  // argv is bytes: not UTF-8 is fine
+  s->set_stdout_mode(Spawn::CAPTURE);
+  Envelope line;
+  line.mutable_output_line()->set_puid(7);
+  line.mutable_output_line()->set_line(std::string("bin\0ary\n", 8));
+  const std::string stream = frame(hello) + frame(spawn) + frame(line);
+
+  FrameDecoder d;
+  std::vector<Envelope> got;
+  for (char c : stream) {
+    d.feed(std::as_bytes(std::span(&c, 1)));
+    for (auto r = d.next(); r.has_value(); r = d.next()) got.push_back(*r);
+  }
+  ASSERT_EQ(got.size(), 3u);
+  using google::protobuf::util::MessageDifferencer;
+  EXPECT_TRUE(MessageDifferencer::Equals(got[0], hello));
+  EXPECT_TRUE(MessageDifferencer::Equals(got[1], spawn));
+  EXPECT_TRUE(MessageDifferencer::Equals(got[2], line));
+  EXPECT_EQ(d.next().error().code(), StatusCode::WouldBlock);
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(Codec, EncodeRefusesEmptyAndOversizedMessages) {
+  std::string out;
+  EXPECT_EQ(encode(Envelope(), out).code(), StatusCode::InvalidArgument);
+  Envelope big;
+  big.mutable_output_line()->set_line(std::string(2000, 'x'));
+  Status st = encode(big, out, 1000);
+  EXPECT_EQ(st.code(), StatusCode::InvalidArgument);
+  EXPECT_NE(st.toString().find("1000-byte limit"), std::string::npos);
+  EXPECT_TRUE(out.empty()) << "nothing is written for a refused message";
+}
+
+TEST(Codec, BadMagicIsRefusedFromTheFirstWrongByte) {
+  Status st = errorOf("X");
+  EXPECT_EQ(st.code(), StatusCode::InvalidArgument);
+  EXPECT_NE(st.toString().find("bad magic"), std::string::npos);
+  EXPECT_NE(errorOf("DRGX").toString().find("bad magic"), std::string::npos);
+}
+
+TEST(Codec, HeadersAreJudgedBeforeAnyBodyIsBuffered) {
+  EXPECT_NE(errorOf(header(2, 0, 0)).toString().find("version 2 is not supported"),
+            std::string::npos);
+  EXPECT_NE(errorOf(header(1, 4, 0)).toString().find("reserved flags"), std::string::npos);
+  FrameDecoder d(1000);
+  d.feed(bytesOf(header(1, 0, 0x7fffffff)));
+  auto r = d.next();
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().toString().find("2147483647 bytes exceeds the 1000-byte limit"),
+            std::string::npos);
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(Codec, ATruncatedFrameWaitsForTheRest) {
+  Envelope e;
+  e.mutable_ok();
+  e.set_request_id(99);
+  const std::string f = frame(e);
+  FrameDecoder d;
+  d.feed(bytesOf(f.substr(0, f.size() - 1)));
+  EXPECT_EQ(d.next().error().code(), StatusCode::WouldBlock);
+  EXPECT_EQ(d.buffered(), f.size() - 1);
+  d.feed(bytesOf(f.substr(f.size() - 1)));
+  auto r = d.next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->request_id(), 99u);
+}
+
+TEST(Codec, MalformedBodiesBreakTheStreamForGood) {
+  EXPECT_NE(errorOf(header(1, 0, 3) + "\xff\xff\xff").toString().find("does not parse"),
+            std::string::npos);
+  EXPECT_NE(errorOf(header(1, 0, 0)).toString().find("carries no message"), std::string::npos);
+  // A message from a newer peer that this side does not know (field 99): no body it knows.
+  EXPECT_NE(errorOf(header(1, 0, 3) + "\x98\x06\x01").toString().find("carries no message"),
+            std::string::npos);
+  FrameDecoder d;
+  d.feed(bytesOf("garbage"));
+  EXPECT_FALSE(d.next().has_value());
+  Envelope ok;
+  ok.mutable_ok();
+  d.feed(bytesOf(frame(ok)));
+  EXPECT_EQ(d.next().error().code(), StatusCode::InvalidArgument) << "a broken stream stays broken";
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(Codec, TheBufferNeverHoldsMoreThanTheUnreadPart) {
+  Envelope e;
+  e.mutable_output_line()->set_line("a line of output\n");
+  const std::string f = frame(e);
+  FrameDecoder d;
+  for (int i = 0; i < 10000; ++i) {
+    d.feed(bytesOf(f));
+    ASSERT_TRUE(d.next().has_value());
+    ASSERT_EQ(d.buffered(), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace dragon::protocol
