@@ -70,6 +70,42 @@ Status outOfRange(const KeySpec& spec, std::string_view text) {
                                                  formatValue(spec, hi));
 }
 
+struct Unit {
+  std::string_view name;  // lower case
+  std::int64_t scale;
+};
+
+// "<whole number><unit>" -> number * scale, the unit looked up case-insensitively in `units`
+// (an empty name there allows a bare number).
+Result<std::int64_t> parseScaled(const KeySpec& spec, std::string_view text,
+                                 std::span<const Unit> units, const char* what,
+                                 const char* unitKind, const char* unitList) {
+  std::string_view unit;
+  std::int64_t n = 0;
+  const Num r = splitNumber(text, n, unit);
+  if (r == Num::TooLarge) {
+    return outOfRange(spec, text);
+  }
+  if (r != Num::Ok) {
+    return Status(StatusCode::InvalidArgument, "'" + std::string(text) + "' is not " + what);
+  }
+  const std::string u = lower(unit);
+  for (const Unit& candidate : units) {
+    if (candidate.name == u) {
+      if (n > std::numeric_limits<std::int64_t>::max() / candidate.scale) {
+        return outOfRange(spec, text);
+      }
+      return n * candidate.scale;
+    }
+  }
+  if (u.empty()) {
+    return Status(StatusCode::InvalidArgument, "'" + std::string(text) + "' is not " + what);
+  }
+  return Status(StatusCode::InvalidArgument, "'" + std::string(text) + "' has an unknown " +
+                                                 unitKind + " '" + std::string(unit) + "' (" +
+                                                 unitList + ")");
+}
+
 }  // namespace
 
 std::span<const KeySpec> keys() noexcept { return kKeys; }
@@ -117,62 +153,22 @@ Result<Value> parseValue(const KeySpec& spec, std::string_view raw) {
       break;
     }
     case Type::Size: {
-      std::string_view unit;
-      std::int64_t n = 0;
-      const Num r = splitNumber(text, n, unit);
-      if (r == Num::TooLarge) {
-        return outOfRange(spec, text);
-      }
-      if (r != Num::Ok) {
-        return Status(StatusCode::InvalidArgument,
-                      "'" + std::string(text) + "' is not a size (e.g. 4096, 64KiB, 256MiB, 1GiB)");
-      }
-      const std::string u = lower(unit);
-      std::int64_t mult = 0;
-      if (u.empty() || u == "b") mult = 1;
-      else if (u == "k" || u == "kb" || u == "kib") mult = kKiB;
-      else if (u == "m" || u == "mb" || u == "mib") mult = kMiB;
-      else if (u == "g" || u == "gb" || u == "gib") mult = kGiB;
-      else if (u == "t" || u == "tb" || u == "tib") mult = kTiB;
-      if (mult == 0) {
-        return Status(StatusCode::InvalidArgument,
-                      "'" + std::string(text) + "' has an unknown size unit '" + std::string(unit) +
-                          "' (B, KiB, MiB, GiB, TiB; K/KB mean KiB)");
-      }
-      if (n > std::numeric_limits<std::int64_t>::max() / mult) {
-        return outOfRange(spec, text);
-      }
-      v.number = n * mult;
+      static constexpr Unit kSizeUnits[] = {
+          {"", 1},       {"b", 1},        {"k", kKiB},    {"kb", kKiB},   {"kib", kKiB},
+          {"m", kMiB},   {"mb", kMiB},    {"mib", kMiB},  {"g", kGiB},    {"gb", kGiB},
+          {"gib", kGiB}, {"t", kTiB},     {"tb", kTiB},   {"tib", kTiB}};
+      DRAGON_ASSIGN_OR_RETURN(v.number,
+                              parseScaled(spec, text, kSizeUnits, "a size (e.g. 4096, 64KiB, 256MiB, 1GiB)",
+                                          "size unit", "B, KiB, MiB, GiB, TiB; K/KB mean KiB"));
       break;
     }
     case Type::Duration: {
-      std::string_view unit;
-      std::int64_t n = 0;
-      const Num r = splitNumber(text, n, unit);
-      if (r == Num::TooLarge) {
-        return outOfRange(spec, text);
-      }
-      if (r != Num::Ok || unit.empty()) {
-        return Status(StatusCode::InvalidArgument,
-                      "'" + std::string(text) + "' is not a duration (e.g. 250ms, 5s, 2m)");
-      }
-      const std::string u = lower(unit);
-      std::int64_t mult = 0;
-      if (u == "ns") mult = 1;
-      else if (u == "us") mult = 1000;
-      else if (u == "ms") mult = 1'000'000;
-      else if (u == "s") mult = kSecond;
-      else if (u == "m" || u == "min") mult = 60 * kSecond;
-      else if (u == "h") mult = 3600 * kSecond;
-      if (mult == 0) {
-        return Status(StatusCode::InvalidArgument, "'" + std::string(text) +
-                                                       "' has an unknown time unit '" +
-                                                       std::string(unit) + "' (ns, us, ms, s, m, h)");
-      }
-      if (n > std::numeric_limits<std::int64_t>::max() / mult) {
-        return outOfRange(spec, text);
-      }
-      v.number = n * mult;
+      static constexpr Unit kTimeUnits[] = {
+          {"ns", 1},           {"us", 1000},         {"ms", 1'000'000},         {"s", kSecond},
+          {"m", 60 * kSecond}, {"min", 60 * kSecond}, {"h", 3600 * kSecond}};
+      DRAGON_ASSIGN_OR_RETURN(v.number,
+                              parseScaled(spec, text, kTimeUnits, "a duration (e.g. 250ms, 5s, 2m)",
+                                          "time unit", "ns, us, ms, s, m, h"));
       break;
     }
     case Type::String:

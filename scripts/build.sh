@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Configures (once) and builds one build directory: scripts/build.sh DIR [meson options...]
+# Configures (once) a build directory and builds it, or one target in it:
+#   scripts/build.sh DIR [--target TARGET] [meson options...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$1
 shift
+target=()
+if [ "${1:-}" = "--target" ]; then
+  target=("$2")
+  shift 2
+fi
 if [ ! -f "$dir/build.ninja" ]; then
   meson setup "$dir" "$@" >/dev/null
 else
   meson configure "$dir" "$@" >/dev/null
 fi
-ninja -C "$dir" -j2 >/dev/null
+ninja -C "$dir" -j2 "${target[@]}" >/dev/null

@@ -47,7 +47,7 @@ build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=f
   -Dcpp_args=-Wno-tsan && TSAN_OPTIONS=halt_on_error=1 run "threaded tests under TSan" build-tsan threads
 
 echo "== fuzzing the control-frame decoder (30 s, libFuzzer + ASan + UBSan)"
-if CC=clang CXX=clang++ scripts/build-target.sh build-fuzz tests/fuzz/protocol_fuzz \
+if CC=clang CXX=clang++ scripts/build.sh build-fuzz --target tests/fuzz/protocol_fuzz \
      -Dfuzz=true -Dtests=false -Dbench=false -Dexamples=false \
      -Db_sanitize=address,undefined -Db_lundef=false; then
   corpus=$(mktemp -d)
