@@ -31,6 +31,7 @@ constexpr int kSenders = 3;
 constexpr int kReceivers = 2;
 constexpr std::uint32_t kMaxSeq = 4096;
 constexpr std::uint32_t kInline = 64;
+constexpr std::uint64_t kBudgetStep = 256;  // sends allowed per kill; > the 48 awaited
 
 struct MsgHeader {
   std::uint32_t producer;
@@ -59,6 +60,10 @@ struct Shared {
   std::atomic<std::uint32_t> corrupt;
   std::atomic<std::uint32_t> badErrors;
   std::atomic<std::uint32_t> lastBadCode;
+  // Senders stop once `sends` reaches `budget`, which the kill loop raises every iteration:
+  // unpaced senders on a fast machine used up every producer id within a few seconds.
+  std::atomic<std::uint64_t> sends;
+  std::atomic<std::uint64_t> budget;
   // Producer ids are handed out here: a sender that uses up kMaxSeq takes a fresh one.
   std::atomic<std::uint32_t> nextProducer;
   std::uint32_t maxProducers;
@@ -76,6 +81,10 @@ void noteBad(Shared& sh, const Status& st) {
 // Sends one message as `producer`/`seq`; false when told to stop or on an unexpected error.
 bool sendOne(Pool& pool, Channel& ch, Shared& sh, std::mt19937& rng, std::vector<std::byte>& msg,
              std::uint32_t producer, std::uint32_t seq) {
+  while (sh.sends.load() >= sh.budget.load()) {
+    if (sh.stop.load() != 0) return false;
+    sched_yield();
+  }
   MsgHeader h{producer, seq, 0, patternSum(producer, seq)};
   h.length = rng() % 2 == 0 ? static_cast<std::uint32_t>(sizeof h + rng() % (kInline - sizeof h))
                             : 200 + rng() % 3000;
@@ -111,6 +120,7 @@ bool sendOne(Pool& pool, Channel& ch, Shared& sh, std::mt19937& rng, std::vector
     }
   }
   sh.sent[producer].store(seq + 1);
+  sh.sends.fetch_add(1);
   return true;
 }
 
@@ -195,6 +205,7 @@ TEST(KillLoop, SigkillAtRandomInstructionsNeverWedgesOrCorrupts) {
   ASSERT_NE(sh, nullptr);
   new (sh) Shared{};
   sh->maxProducers = static_cast<std::uint32_t>(maxProducers);
+  sh->budget.store(kBudgetStep);
   sh->sent = sharedArray<std::atomic<std::uint32_t>>(maxProducers);
   sh->attempt = sharedArray<std::atomic<std::uint32_t>>(maxProducers);
   sh->count = sharedArray<std::atomic<std::uint8_t>>(maxProducers * kMaxSeq);
@@ -224,6 +235,7 @@ TEST(KillLoop, SigkillAtRandomInstructionsNeverWedgesOrCorrupts) {
   std::size_t reclaimed = 0;
   for (int it = 0; it < iters; ++it) {
     // Wait for fresh progress: the channel must keep working after every kill.
+    sh->budget.fetch_add(kBudgetStep);
     const std::uint64_t target = sh->progress.load() + 1 + rng() % 48;
     const auto deadline = std::chrono::steady_clock::now() + 20s;
     while (sh->progress.load() < target && std::chrono::steady_clock::now() < deadline &&
