@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   meson ninja-build pkg-config g++ gcc     # build
   libyaml-cpp-dev                          # configuration files
+  libsystemd-dev                           # sd_notify, socket activation
   libprotobuf-dev protobuf-compiler        # control protocol
   libgtest-dev libgmock-dev googletest     # tests (GoogleTest through pkg-config)
   clang-tidy                               # naming check (STYLE.md)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "base/log.hpp"
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -40,9 +41,29 @@ const char* levelName(LogLevel l) {
 
 }  // namespace
 
+std::atomic<int>& threshold() noexcept {
+  static std::atomic<int> level{static_cast<int>(parseLevel(std::getenv("DRAGON_LOG_LEVEL")))};
+  return level;
+}
+
 LogLevel logThreshold() noexcept {
-  static const LogLevel kLevel = parseLevel(std::getenv("DRAGON_LOG_LEVEL"));
-  return kLevel;
+  return static_cast<LogLevel>(threshold().load(std::memory_order_relaxed));
+}
+
+void setLogThreshold(LogLevel level) noexcept {
+  threshold().store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+bool parseLogLevel(const char* name, LogLevel& out) noexcept {
+  if (name == nullptr) return false;
+  static constexpr const char* kNames[] = {"debug", "info", "warn", "error", "off"};
+  for (int i = 0; i < 5; ++i) {
+    if (std::strcmp(name, kNames[i]) == 0) {
+      out = static_cast<LogLevel>(i);
+      return true;
+    }
+  }
+  return false;
 }
 
 void logMessage(LogLevel level, std::string_view component, const char* fmt, ...) noexcept {

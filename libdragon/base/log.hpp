@@ -12,6 +12,10 @@ enum class LogLevel { Debug = 0, Info = 1, Warn = 2, Error = 3, Off = 4 };
 
 // The threshold, read once from DRAGON_LOG_LEVEL (debug, info, warn, error, off; default warn).
 LogLevel logThreshold() noexcept;
+// Overrides it (dragond's --log-level and config).
+void setLogThreshold(LogLevel level) noexcept;
+// "debug" .. "off"; false for anything else.
+bool parseLogLevel(const char* name, LogLevel& out) noexcept;
 void logMessage(LogLevel level, std::string_view component, const char* fmt, ...) noexcept
     __attribute__((format(printf, 3, 4)));
 

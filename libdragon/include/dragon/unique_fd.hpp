@@ -23,6 +23,7 @@ class UniqueFd {
 
   int get() const noexcept { return fd_; }
   bool isValid() const noexcept { return fd_ >= 0; }
+  explicit operator bool() const noexcept { return isValid(); }
   // Gives up ownership without closing.
   int release() noexcept { return std::exchange(fd_, -1); }
   void reset(int fd = -1) noexcept;

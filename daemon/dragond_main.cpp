@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: MIT
+// dragond's command line. main() only parses and calls runDaemon().
+#include "config/config.hpp"
+#include "daemon/daemon.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <getopt.h>
+#include <string>
+
+namespace {
+
+constexpr const char* kUsage = R"(Usage: dragond [OPTIONS]
+The Dragon runtime's per-node service: processes, output, shared-memory pools and channels.
+
+  --standalone        serve this node alone (a laptop, or one node without PMIx)
+  --config FILE       read FILE after /etc/dragon/dragon.yaml and ~/.config/dragon/dragon.yaml
+  --set KEY=VALUE     set any configuration key (see --print-config), highest precedence
+  --socket PATH       listen on PATH instead of RUNTIME_DIR/dragond.sock
+  --log-level LEVEL   debug, info, warn, error or off
+  --allow-root        run even as root (dragond should run as the user it serves)
+  --print-config      print the resulting configuration as YAML and exit
+  --version           print the version and exit
+  --help              print this and exit
+
+Signals: SIGTERM or SIGINT stop it (processes get SIGTERM, then SIGKILL after
+process.kill_grace); SIGUSR1 writes every manager's state to the log.
+Under systemd it takes a socket-activated listener (LISTEN_FDS) and reports
+READY, STOPPING and WATCHDOG through NOTIFY_SOCKET.
+)";
+
+int run(int argc, char** argv) {
+  enum { kConfig = 1, kSet, kSocket, kLogLevel, kAllowRoot, kPrint, kVersion, kHelp, kStandalone,
+         kReadyFd };
+  static const option kOptions[] = {
+      {"standalone", no_argument, nullptr, kStandalone},
+      {"config", required_argument, nullptr, kConfig},
+      {"set", required_argument, nullptr, kSet},
+      {"socket", required_argument, nullptr, kSocket},
+      {"log-level", required_argument, nullptr, kLogLevel},
+      {"allow-root", no_argument, nullptr, kAllowRoot},
+      {"print-config", no_argument, nullptr, kPrint},
+      {"version", no_argument, nullptr, kVersion},
+      {"help", no_argument, nullptr, kHelp},
+      {"ready-fd", required_argument, nullptr, kReadyFd},  // for the launcher
+      {nullptr, 0, nullptr, 0},
+  };
+  dragon::config::LoadOptions load;
+  dragon::daemon::DaemonOptions options;
+  bool print = false;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
+    switch (c) {
+      case kStandalone: options.standalone = true; break;
+      case kConfig: load.explicitFile = optarg; break;
+      case kSet: {
+        std::string kv = optarg;
+        const auto eq = kv.find('=');
+        if (eq == std::string::npos) {
+          std::fprintf(stderr, "dragond: --set wants KEY=VALUE, not '%s'\n", optarg);
+          return 2;
+        }
+        load.overrides.push_back({kv.substr(0, eq), kv.substr(eq + 1), "--set " + kv.substr(0, eq)});
+        break;
+      }
+      case kSocket: load.overrides.push_back({"socket", optarg, "--socket"}); break;
+      case kLogLevel: load.overrides.push_back({"log_level", optarg, "--log-level"}); break;
+      case kAllowRoot: load.overrides.push_back({"allow_root", "true", "--allow-root"}); break;
+      case kPrint: print = true; break;
+      case kVersion: std::printf("dragond %s\n", DRAGON_VERSION); return 0;
+      case kHelp: std::fputs(kUsage, stdout); return 0;
+      case kReadyFd: {
+        char* end = nullptr;
+        const long fd = std::strtol(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || fd < 0 || fd > 1 << 20) {
+          std::fprintf(stderr, "dragond: --ready-fd wants an fd number, not '%s'\n", optarg);
+          return 2;
+        }
+        options.readyFd = static_cast<int>(fd);
+        break;
+      }
+      default:
+        std::fprintf(stderr, "dragond: unknown or incomplete option '%s' (see --help)\n",
+                     argv[optind - 1]);
+        return 2;
+    }
+  }
+  if (optind < argc) {
+    std::fprintf(stderr, "dragond: unexpected argument '%s' (see --help)\n", argv[optind]);
+    return 2;
+  }
+  auto config = dragon::config::Config::load(load);
+  if (!config.has_value()) {
+    std::fprintf(stderr, "dragond: %s\n", std::string(config.error().message()).c_str());
+    return 2;
+  }
+  for (const auto& w : config->warnings()) std::fprintf(stderr, "dragond: warning: %s\n", w.c_str());
+  if (print) {
+    std::fputs(config->print().c_str(), stdout);
+    return 0;
+  }
+  options.config = std::move(*config);
+  return dragon::daemon::runDaemon(options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return run(argc, argv); }

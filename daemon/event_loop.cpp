@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/event_loop.hpp"
+
+#include <dragon/timeout.hpp>
+
+#include <cerrno>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+namespace dragon::daemon {
+
+namespace {
+constexpr int kTimerKey = -1;
+std::uint64_t key(int fd, std::uint32_t generation) {
+  return (std::uint64_t{generation} << 32) | static_cast<std::uint32_t>(fd);
+}
+}  // namespace
+
+EventLoop::EventLoop(UniqueFd epoll, UniqueFd timer)
+    : epoll_(std::move(epoll)), timerFd_(std::move(timer)) {}
+
+Result<EventLoop> EventLoop::create() {
+  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) {
+    return Status::fromErrno("epoll_create1", errno);
+  }
+  UniqueFd tf(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!tf) {
+    return Status::fromErrno("timerfd_create", errno);
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = key(kTimerKey, 0);
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, tf.get(), &ev) != 0) {
+    return Status::fromErrno("epoll_ctl(timerfd)", errno);
+  }
+  return EventLoop(std::move(ep), std::move(tf));
+}
+
+Status EventLoop::add(int fd, std::uint32_t events, Handler handler) {
+  const std::uint32_t gen = ++generation_;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = key(fd, gen);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    return Status::fromErrno("epoll_ctl(add)", errno);
+  }
+  handlers_[fd] = Entry{gen, std::make_shared<Handler>(std::move(handler))};
+  return Status::ok();
+}
+
+Status EventLoop::modify(int fd, std::uint32_t events) {
+  auto it = handlers_.find(fd);
+  if (it == handlers_.end()) {
+    return Status(StatusCode::NotFound, "fd is not watched");
+  }
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = key(fd, it->second.generation);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) {
+    return Status::fromErrno("epoll_ctl(mod)", errno);
+  }
+  return Status::ok();
+}
+
+void EventLoop::remove(int fd) {
+  if (handlers_.erase(fd) != 0) {
+    (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  }
+}
+
+EventLoop::TimerId EventLoop::addTimer(std::int64_t atNs, std::function<void()> fn) {
+  const TimerId id = nextTimer_++;
+  timers_[id] = Timer{atNs, std::move(fn)};
+  byTime_.emplace(atNs, id);
+  armTimer();
+  return id;
+}
+
+EventLoop::TimerId EventLoop::addTimerAfterNs(std::int64_t ns, std::function<void()> fn) {
+  return addTimer(monotonicNowNs() + ns, std::move(fn));
+}
+
+void EventLoop::cancelTimer(TimerId id) {
+  auto it = timers_.find(id);
+  if (it == timers_.end()) {
+    return;
+  }
+  auto range = byTime_.equal_range(it->second.atNs);
+  for (auto b = range.first; b != range.second; ++b) {
+    if (b->second == id) {
+      byTime_.erase(b);
+      break;
+    }
+  }
+  timers_.erase(it);
+}
+
+void EventLoop::armTimer() {
+  const std::int64_t next = byTime_.empty() ? 0 : byTime_.begin()->first;
+  if (next == armedAt_) {
+    return;
+  }
+  armedAt_ = next;
+  itimerspec spec{};
+  if (next != 0) {
+    const std::int64_t at = next <= 0 ? 1 : next;
+    spec.it_value.tv_sec = at / 1'000'000'000;
+    spec.it_value.tv_nsec = at % 1'000'000'000;
+  }
+  (void)timerfd_settime(timerFd_.get(), TFD_TIMER_ABSTIME, &spec, nullptr);
+}
+
+void EventLoop::fireTimers() {
+  std::uint64_t expirations;
+  (void)read(timerFd_.get(), &expirations, sizeof expirations);
+  armedAt_ = -1;
+  const std::int64_t now = monotonicNowNs();
+  while (!byTime_.empty() && byTime_.begin()->first <= now) {
+    const TimerId id = byTime_.begin()->second;
+    byTime_.erase(byTime_.begin());
+    auto it = timers_.find(id);
+    if (it == timers_.end()) {
+      continue;
+    }
+    auto fn = std::move(it->second.fn);
+    timers_.erase(it);
+    fn();
+  }
+  armTimer();
+}
+
+Status EventLoop::run() {
+  epoll_event events[64];
+  while (!stopping_) {
+    const int n = epoll_wait(epoll_.get(), events, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return Status::fromErrno("epoll_wait", errno);
+    }
+    for (int i = 0; i < n && !stopping_; ++i) {
+      const int fd = static_cast<int>(static_cast<std::uint32_t>(events[i].data.u64));
+      const auto gen = static_cast<std::uint32_t>(events[i].data.u64 >> 32);
+      if (fd == kTimerKey) {
+        fireTimers();
+        continue;
+      }
+      auto it = handlers_.find(fd);
+      if (it == handlers_.end() || it->second.generation != gen) {
+        continue;  // removed (and perhaps reused) by an earlier handler of this batch
+      }
+      auto handler = it->second.handler;  // keeps it alive if the handler removes itself
+      (*handler)(events[i].events);
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace dragon::daemon

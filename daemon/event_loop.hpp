@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+// dragond's event loop: epoll over every fd the daemon waits on (listening socket, client
+// connections, signalfd, pidfds, output pipes) plus one timerfd for all deadlines.
+//
+// Why epoll with signalfd / pidfd / timerfd rather than Asio: everything dragond waits for is
+// already an fd on Linux, so one epoll set covers it with no extra threads, no signal handlers
+// and no dependency; Asio would add an abstraction over exactly these calls.
+//
+// Owning thread: the daemon's main thread. Nothing here is thread-safe.
+#pragma once
+
+#include "base/private.hpp"
+
+#include <dragon/result.hpp>
+#include <dragon/unique_fd.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+
+namespace dragon::daemon {
+
+class EventLoop {
+ public:
+  using Handler = std::function<void(std::uint32_t events)>;
+  using TimerId = std::uint64_t;
+
+  static Result<EventLoop> create();
+
+  // Watches `fd` (which the caller owns and keeps open until remove()).
+  Status add(int fd, std::uint32_t events, Handler handler);
+  Status modify(int fd, std::uint32_t events);
+  // Safe from inside a handler, including the fd's own.
+  void remove(int fd);
+
+  // Runs `fn` once at CLOCK_MONOTONIC time `atNs`.
+  TimerId addTimer(std::int64_t atNs, std::function<void()> fn);
+  TimerId addTimerAfterNs(std::int64_t ns, std::function<void()> fn);
+  void cancelTimer(TimerId id);
+
+  // Dispatches events until stop().
+  Status run();
+  void stop() noexcept { stopping_ = true; }
+
+  std::size_t watchedFds() const noexcept { return handlers_.size(); }
+  std::size_t pendingTimers() const noexcept { return timers_.size(); }
+
+ private:
+  EventLoop(UniqueFd epoll, UniqueFd timer);
+  void fireTimers();
+  void armTimer();
+
+  struct Entry {
+    std::uint32_t generation;
+    std::shared_ptr<Handler> handler;
+  };
+  struct Timer {
+    std::int64_t atNs;
+    std::function<void()> fn;
+  };
+
+  UniqueFd epoll_;
+  UniqueFd timerFd_;
+  std::map<int, Entry> handlers_;
+  std::uint32_t generation_ = 0;
+  std::map<TimerId, Timer> timers_;
+  std::multimap<std::int64_t, TimerId> byTime_;
+  TimerId nextTimer_ = 1;
+  std::int64_t armedAt_ = -1;
+  bool stopping_ = false;
+};
+
+}  // namespace dragon::daemon

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/object_manager.hpp"
+
+#include "base/log.hpp"
+
+namespace dragon::daemon {
+namespace {
+
+bool dropRef(std::map<std::uint64_t, std::uint32_t>& refs, std::uint64_t owner) {
+  auto it = refs.find(owner);
+  if (it == refs.end()) {
+    return false;
+  }
+  if (--it->second == 0) {
+    refs.erase(it);
+  }
+  return true;
+}
+
+Status notHere(const ObjectDescriptor& d) {
+  return Status(StatusCode::NotFound, "no such object on this node: " + d.toString());
+}
+
+}  // namespace
+
+Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t size) {
+  PoolOptions o;
+  o.size = size == 0 ? limits_.defaultPoolSize : size;
+  o.node = node_;
+  o.prefault = limits_.prefault;
+  if (o.size < Pool::kMinSize || o.size > Pool::kMaxSize) {
+    return Status(StatusCode::InvalidArgument,
+                  "a pool has " + std::to_string(Pool::kMinSize) + " to " +
+                      std::to_string(Pool::kMaxSize) + " bytes, not " + std::to_string(o.size));
+  }
+  DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::create(o));
+  const ObjectDescriptor d = pool.descriptor();
+  auto& e = pools_[d.id];
+  e.pool = std::make_unique<Pool>(std::move(pool));
+  e.refs[owner] = 1;
+  DRAGON_LOG(Debug, "objects", "pool %llu created (%zu bytes) for owner %llu",
+             static_cast<unsigned long long>(d.id), e.pool->segmentSize(),
+             static_cast<unsigned long long>(owner));
+  return ObjectGrant{d, d, e.pool->fd()};
+}
+
+Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const ObjectDescriptor& pool,
+                                                 ChannelOptions options) {
+  if (pool.kind != ObjectKind::Pool) {
+    return Status(StatusCode::InvalidArgument, "a channel is created in a pool");
+  }
+  auto p = pools_.find(pool.id);
+  if (p == pools_.end() || pool.node != node_) {
+    return notHere(pool);
+  }
+  if (options.capacity == 0) options.capacity = limits_.defaultCapacity;
+  if (options.inlineSize == 0) options.inlineSize = limits_.defaultInlineSize;
+  options.id = 0;
+  DRAGON_ASSIGN_OR_RETURN(Channel ch, Channel::create(*p->second.pool, options));
+  const ObjectDescriptor d = ch.descriptor();
+  auto& e = channels_[d.id];
+  e.desc = d;
+  e.refs[owner] = 1;
+  p->second.channels++;
+  return ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()};
+}
+
+Result<ObjectGrant> ObjectManager::attach(std::uint64_t owner, const ObjectDescriptor& object) {
+  if (object.node != node_) {
+    return notHere(object);
+  }
+  if (object.kind == ObjectKind::Pool) {
+    auto p = pools_.find(object.id);
+    if (p == pools_.end()) {
+      return notHere(object);
+    }
+    p->second.refs[owner]++;
+    return ObjectGrant{object, object, p->second.pool->fd()};
+  }
+  auto c = channels_.find(object.id);
+  if (c == channels_.end() || !(c->second.desc == object)) {
+    return notHere(object);
+  }
+  auto p = pools_.find(object.poolId);
+  if (p == pools_.end()) {
+    return Status(StatusCode::Internal, "channel outlived its pool");
+  }
+  c->second.refs[owner]++;
+  return ObjectGrant{object, p->second.pool->descriptor(), p->second.pool->fd()};
+}
+
+Status ObjectManager::detach(std::uint64_t owner, const ObjectDescriptor& object) {
+  bool had = false;
+  if (object.kind == ObjectKind::Pool) {
+    auto p = pools_.find(object.id);
+    had = p != pools_.end() && dropRef(p->second.refs, owner);
+  } else {
+    auto c = channels_.find(object.id);
+    had = c != channels_.end() && dropRef(c->second.refs, owner);
+  }
+  if (!had) {
+    return Status(StatusCode::NotFound, "this client holds no reference to " + object.toString());
+  }
+  maybeRelease(object);
+  return Status::ok();
+}
+
+Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor& object) {
+  const bool exists = object.kind == ObjectKind::Pool ? pools_.count(object.id) != 0
+                                                      : channels_.count(object.id) != 0;
+  if (!exists || object.node != node_) {
+    return notHere(object);
+  }
+  return global_.registerName(name, object);
+}
+
+void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
+  if (global_.isNamed(object.id)) {
+    return;
+  }
+  if (object.kind == ObjectKind::Channel) {
+    auto c = channels_.find(object.id);
+    if (c != channels_.end() && c->second.refs.empty()) {
+      const std::uint64_t poolId = c->second.desc.poolId;
+      destroyChannel(c);
+      auto p = pools_.find(poolId);
+      if (p != pools_.end()) {
+        maybeRelease(p->second.pool->descriptor());
+      }
+    }
+    return;
+  }
+  auto p = pools_.find(object.id);
+  if (p != pools_.end() && p->second.refs.empty() && p->second.channels == 0) {
+    destroyPool(p);
+  }
+}
+
+void ObjectManager::destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it) {
+  auto p = pools_.find(it->second.desc.poolId);
+  if (p != pools_.end()) {
+    auto ch = Channel::attach(*p->second.pool, it->second.desc);
+    if (ch.has_value()) {
+      Status st = ch->destroy();
+      if (!st.isOk()) {
+        DRAGON_LOG(Warn, "objects", "destroying channel %llu: %s",
+                   static_cast<unsigned long long>(it->first), st.toString().c_str());
+      }
+    }
+    p->second.channels--;
+  }
+  global_.dropNamesOf(it->first);
+  channels_.erase(it);
+}
+
+void ObjectManager::destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it) {
+  for (auto c = channels_.begin(); c != channels_.end();) {
+    if (c->second.desc.poolId == it->first) {
+      global_.dropNamesOf(c->first);
+      c = channels_.erase(c);
+    } else {
+      ++c;
+    }
+  }
+  global_.dropNamesOf(it->first);
+  DRAGON_LOG(Debug, "objects", "pool %llu released", static_cast<unsigned long long>(it->first));
+  pools_.erase(it);  // unmaps and closes the memfd; clients' mappings stay valid until unmapped
+}
+
+Status ObjectManager::destroy(const ObjectDescriptor& object) {
+  if (object.kind == ObjectKind::Pool) {
+    auto p = pools_.find(object.id);
+    if (p == pools_.end()) {
+      return notHere(object);
+    }
+    destroyPool(p);
+    return Status::ok();
+  }
+  auto c = channels_.find(object.id);
+  if (c == channels_.end()) {
+    return notHere(object);
+  }
+  const std::uint64_t poolId = c->second.desc.poolId;
+  destroyChannel(c);
+  auto p = pools_.find(poolId);
+  if (p != pools_.end()) {
+    maybeRelease(p->second.pool->descriptor());
+  }
+  return Status::ok();
+}
+
+void ObjectManager::releaseOwner(std::uint64_t owner) {
+  std::vector<ObjectDescriptor> touched;
+  for (auto& [id, c] : channels_) {
+    if (c.refs.erase(owner) != 0) touched.push_back(c.desc);
+  }
+  for (auto& [id, p] : pools_) {
+    if (p.refs.erase(owner) != 0) touched.push_back(p.pool->descriptor());
+  }
+  for (const auto& d : touched) {
+    maybeRelease(d);
+  }
+}
+
+std::string ObjectManager::dump() const {
+  std::string out = "objects: " + std::to_string(pools_.size()) + " pools, " +
+                    std::to_string(channels_.size()) + " channels";
+  for (const auto& [id, p] : pools_) {
+    auto st = p.pool->stats();
+    out += "\n  pool " + std::to_string(id) + ": " + std::to_string(p.pool->segmentSize()) +
+           " bytes, " + std::to_string(p.refs.size()) + " owners, " +
+           std::to_string(p.channels) + " channels";
+    if (st.has_value()) {
+      out += ", " + std::to_string(st->usedBytes) + " used in " +
+             std::to_string(st->allocationCount) + " allocations";
+    }
+  }
+  for (const auto& [id, c] : channels_) {
+    out += "\n  channel " + std::to_string(id) + " in pool " + std::to_string(c.desc.poolId) +
+           ": " + std::to_string(c.refs.size()) + " owners";
+  }
+  return out;
+}
+
+}  // namespace dragon::daemon

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+// The node's pools and channels: created as memfds here, handed to clients by fd, counted by
+// the references each owner (a client connection) holds. An object whose last reference goes
+// is destroyed unless it has a name; destroy() ends it at once.
+//
+// Owning thread: the daemon's event-loop thread.
+#pragma once
+
+#include "base/private.hpp"
+#include "daemon/global_services.hpp"
+
+#include <dragon/channel.hpp>
+#include <dragon/descriptor.hpp>
+#include <dragon/pool.hpp>
+#include <dragon/result.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace dragon::daemon {
+
+struct ObjectLimits {
+  std::uint64_t defaultPoolSize = std::uint64_t{256} << 20;
+  bool prefault = true;
+  std::uint32_t defaultCapacity = 64;
+  std::uint32_t defaultInlineSize = 256;
+};
+
+// What a client needs to map an object: its descriptor, its pool's, and the pool's memfd.
+struct ObjectGrant {
+  ObjectDescriptor object;
+  ObjectDescriptor pool;
+  int poolFd = -1;  // owned by the manager; dup or send before the next call
+};
+
+class ObjectManager {
+ public:
+  ObjectManager(GlobalServices& global, std::uint32_t node, ObjectLimits limits)
+      : global_(global), node_(node), limits_(limits) {}
+
+  Result<ObjectGrant> createPool(std::uint64_t owner, std::uint64_t size);
+  Result<ObjectGrant> createChannel(std::uint64_t owner, const ObjectDescriptor& pool,
+                                    ChannelOptions options);
+  Result<ObjectGrant> attach(std::uint64_t owner, const ObjectDescriptor& object);
+  Status detach(std::uint64_t owner, const ObjectDescriptor& object);
+  Status destroy(const ObjectDescriptor& object);
+  // A name keeps an object alive with no references.
+  Status registerName(std::string_view name, const ObjectDescriptor& object);
+  // Drops every reference `owner` holds (its connection closed).
+  void releaseOwner(std::uint64_t owner);
+
+  std::size_t poolCount() const noexcept { return pools_.size(); }
+  std::size_t channelCount() const noexcept { return channels_.size(); }
+  std::string dump() const;
+
+ private:
+  struct PoolEntry {
+    std::unique_ptr<Pool> pool;  // stays at one address: channels point into it
+    std::map<std::uint64_t, std::uint32_t> refs;  // owner -> count
+    std::size_t channels = 0;
+  };
+  struct ChannelEntry {
+    ObjectDescriptor desc;
+    std::map<std::uint64_t, std::uint32_t> refs;
+  };
+
+  Result<ObjectGrant> grantChannel(std::uint64_t owner, ChannelEntry& ch);
+  void maybeRelease(const ObjectDescriptor& object);
+  void destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it);
+  void destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it);
+
+  GlobalServices& global_;
+  std::uint32_t node_;
+  ObjectLimits limits_;
+  std::map<std::uint64_t, PoolEntry> pools_;        // by id
+  std::map<std::uint64_t, ChannelEntry> channels_;  // by id
+};
+
+}  // namespace dragon::daemon

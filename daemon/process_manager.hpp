@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// The node's processes: spawned with posix_spawn (vfork semantics, no shell in between), each
+// in its own process group, watched through a pidfd, reaped with waitid(P_PIDFD). Captured
+// stdout/stderr is cut into lines and handed to the job's output sink; a process counts as
+// finished once it has exited and its pipes are drained (or a second after it exited, when a
+// descendant still holds them), so no line is lost and its last lines come before its exit.
+//
+// Jobs: every process belongs to a job (the launcher's connection, or whichever client started
+// it from outside the runtime). Ending a job terminates its processes: SIGTERM to each process
+// group, SIGKILL after the grace period.
+//
+// Owning thread: the daemon's event-loop thread.
+#pragma once
+
+#include "base/private.hpp"
+#include "daemon/event_loop.hpp"
+#include "daemon/global_services.hpp"
+#include "daemon/line_splitter.hpp"
+
+#include <dragon/result.hpp>
+#include <dragon/unique_fd.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "dragon.pb.h"
+
+namespace dragon::daemon {
+
+struct ExitRecord {
+  std::uint64_t puid = 0;
+  int exitCode = 0;
+  int signal = 0;
+};
+
+class ProcessManager {
+ public:
+  // Delivers one captured line to a job's launcher; returns true when that connection's
+  // backlog is high, so the job's pipes pause until resumeOutput(job).
+  using OutputSink = std::function<bool(std::uint64_t job, const protocol::Envelope& line)>;
+  using WaitDone = std::function<void(Result<std::vector<ExitRecord>>)>;
+
+  ProcessManager(EventLoop& loop, GlobalServices& global, std::uint32_t node,
+                 std::int64_t killGraceNs, OutputSink sink)
+      : loop_(loop), global_(global), node_(node), killGraceNs_(killGraceNs),
+        sink_(std::move(sink)) {}
+  ~ProcessManager();
+
+  struct Spawned {
+    std::vector<std::uint64_t> puids;
+    std::vector<pid_t> pids;
+    std::uint64_t group = 0;
+  };
+  // `passed` holds the requester's fds for PASSED streams, in stdin, stdout, stderr order.
+  Result<Spawned> spawn(const protocol::Spawn& request, std::uint64_t job,
+                        std::vector<UniqueFd>& passed);
+  // Calls `done` once every process in `puids` has finished, or with Timeout at the deadline
+  // (timeoutNs < 0: none). NotFound at once for an unknown puid.
+  void wait(const std::vector<std::uint64_t>& puids, std::int64_t timeoutNs, WaitDone done);
+  Status signal(const std::vector<std::uint64_t>& puids, int sig);
+  Status signalGroup(std::uint64_t group, int sig);
+
+  // Terminates the job's processes (SIGTERM, SIGKILL after the grace period) and calls `done`
+  // when all have finished; forgets them then. `done` may be empty.
+  void endJob(std::uint64_t job, std::function<void()> done, bool now = false);
+  // endJob for every job (shutdown).
+  void endAll(std::function<void()> done);
+  void resumeOutput(std::uint64_t job);
+
+  // The job of a running process of this node with this pid, or 0.
+  std::uint64_t jobOfPid(pid_t pid) const;
+  std::size_t running() const noexcept;
+  std::string dump() const;
+
+ private:
+  struct Stream {
+    UniqueFd fd;
+    LineSplitter lines;
+    bool isStderr = false;
+    bool paused = false;
+  };
+  struct Process {
+    std::uint64_t puid = 0;
+    pid_t pid = 0;
+    std::uint64_t job = 0;
+    std::string label;
+    UniqueFd pidfd;
+    std::unique_ptr<Stream> out, err;
+    bool exited = false;
+    bool finished = false;
+    int exitCode = 0;
+    int signal = 0;
+    EventLoop::TimerId drainTimer = 0;
+  };
+  struct Waiter {
+    std::vector<std::uint64_t> puids;
+    WaitDone done;
+    EventLoop::TimerId timer = 0;
+  };
+  struct Ending {
+    std::vector<std::function<void()>> done;
+    EventLoop::TimerId killTimer = 0;
+  };
+
+  Result<pid_t> spawnOne(const protocol::Spawn& request, std::vector<UniqueFd>& passed,
+                         UniqueFd& outRead, UniqueFd& errRead);
+  void watch(Process& p);
+  void onExit(std::uint64_t puid);
+  void onOutput(std::uint64_t puid, bool isStderr);
+  void closeStream(Process& p, bool isStderr);
+  void emit(Process& p, bool isStderr, std::string_view line);
+  void maybeFinish(Process& p);
+  void finished(Process& p);
+  void checkWaiters();
+  void checkEnding(std::uint64_t job);
+  void killJob(std::uint64_t job, int sig);
+
+  EventLoop& loop_;
+  GlobalServices& global_;
+  std::uint32_t node_;
+  std::int64_t killGraceNs_;
+  OutputSink sink_;
+  std::map<std::uint64_t, Process> processes_;  // by puid, until their job ends
+  std::map<pid_t, std::uint64_t> byPid_;        // running ones
+  std::map<std::uint64_t, Waiter> waiters_;
+  std::uint64_t nextWaiter_ = 1;
+  std::map<std::uint64_t, Ending> ending_;      // by job
+  std::set<std::uint64_t> pausedJobs_;
+};
+
+}  // namespace dragon::daemon

@@ -1,0 +1,532 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/server.hpp"
+
+#include "base/log.hpp"
+#include "protocol/socket_io.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+namespace dragon::daemon {
+namespace pb = dragon::protocol;
+
+namespace {
+// Requests handled per readiness event: one busy client cannot starve the others.
+constexpr int kMaxRequestsPerEvent = 64;
+}  // namespace
+
+Server::Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::uint32_t node)
+    : loop_(loop), listener_(std::move(listener)), global_(global), node_(node), uid_(geteuid()) {}
+
+Server::~Server() {
+  // The managers may already be gone: drop the connections without calling back into them.
+  for (auto& [id, c] : conns_) {
+    if (!c->dead) loop_.remove(c->fd.get());
+  }
+  conns_.clear();
+}
+
+Status Server::start(ObjectManager& objects, ProcessManager& processes) {
+  objects_ = &objects;
+  processes_ = &processes;
+  return loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
+}
+
+void Server::stopAccepting() {
+  if (listener_) {
+    loop_.remove(listener_.get());
+    listener_.reset();
+  }
+}
+
+void Server::onAccept() {
+  for (int i = 0; i < 64; ++i) {
+    UniqueFd fd(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd) {
+      if (errno != EAGAIN && errno != EINTR) {
+        DRAGON_LOG(Warn, "server", "accept: %s", std::strerror(errno));
+      }
+      return;
+    }
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
+      DRAGON_LOG(Warn, "server", "SO_PEERCRED: %s", std::strerror(errno));
+      continue;
+    }
+    auto c = std::make_unique<Connection>();
+    c->id = nextConn_++;
+    c->fd = std::move(fd);
+    c->peer = peer;
+    Connection& conn = *c;
+    conns_[c->id] = std::move(c);
+    if (peer.uid != uid_) {
+      DRAGON_LOG(Warn, "server", "refused a connection from uid %u (pid %d): dragond serves uid %u",
+                 peer.uid, peer.pid, uid_);
+      sendError(conn, 0,
+                Status(StatusCode::PermissionDenied,
+                       "this dragond serves uid " + std::to_string(uid_) + " only"));
+      conn.closing = true;
+    }
+    const std::uint64_t id = conn.id;
+    Status st = loop_.add(conn.fd.get(), EPOLLIN | EPOLLRDHUP,
+                          [this, id](std::uint32_t ev) { onEvent(id, ev); });
+    if (!st.isOk()) {
+      DRAGON_LOG(Error, "server", "watching a connection: %s", st.toString().c_str());
+      conns_.erase(id);
+      continue;
+    }
+    flush(conn);
+  }
+}
+
+Server::Connection* Server::find(std::uint64_t id) {
+  auto it = conns_.find(id);
+  return it == conns_.end() ? nullptr : it->second.get();
+}
+
+void Server::onEvent(std::uint64_t id, std::uint32_t events) {
+  Connection* c = find(id);
+  if (c == nullptr || c->dead) return;
+  if ((events & EPOLLOUT) != 0) {
+    flush(*c);
+    if (c->dead) return;
+  }
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0) {
+    if (c->closing) {
+      // Refused or broken: discard what it sends, but notice when it goes.
+      char buf[4096];
+      std::vector<UniqueFd> fds;
+      auto n = pb::recvSome(c->fd.get(), buf, fds);
+      if (!n.has_value() && n.error().code() != StatusCode::WouldBlock) scheduleClose(*c);
+      return;
+    }
+    readFrom(*c);
+  }
+}
+
+void Server::readFrom(Connection& c) {
+  char buf[65536];
+  auto n = pb::recvSome(c.fd.get(), buf, c.inFds);
+  if (!n.has_value()) {
+    if (n.error().code() == StatusCode::WouldBlock) return;
+    if (n.error().code() != StatusCode::PeerLost) {
+      DRAGON_LOG(Info, "server", "connection %llu: %s", static_cast<unsigned long long>(c.id),
+                 n.error().toString().c_str());
+    }
+    scheduleClose(c);
+    return;
+  }
+  if (c.inFds.size() > 3 * pb::kMaxFdsPerMessage) {
+    sendError(c, 0, Status(StatusCode::InvalidArgument, "too many fds passed"));
+    c.closing = true;
+    flush(c);
+    return;
+  }
+  c.decoder.feed(std::as_bytes(std::span<const char>(buf, *n)));
+  for (int i = 0; i < kMaxRequestsPerEvent; ++i) {
+    auto msg = c.decoder.next();
+    if (!msg.has_value()) {
+      if (msg.error().code() == StatusCode::WouldBlock) return;
+      DRAGON_LOG(Info, "server", "connection %llu (pid %d) sent a bad frame: %s",
+                 static_cast<unsigned long long>(c.id), c.peer.pid,
+                 std::string(msg.error().message()).c_str());
+      sendError(c, 0, msg.error());
+      c.closing = true;
+      flush(c);
+      return;
+    }
+    const std::uint64_t id = c.id;
+    handle(c, *msg);
+    if (find(id) == nullptr || c.dead || c.closing) return;
+  }
+  // More whole frames may be buffered: come back on the next turn (level-triggered epoll
+  // would not fire again if the socket itself is empty).
+  const std::uint64_t id = c.id;
+  loop_.addTimerAfterNs(0, [this, id] {
+    Connection* again = find(id);
+    if (again != nullptr && !again->dead && !again->closing) {
+      for (int i = 0; i < kMaxRequestsPerEvent; ++i) {
+        auto msg = again->decoder.next();
+        if (!msg.has_value()) {
+          if (msg.error().code() != StatusCode::WouldBlock) {
+            sendError(*again, 0, msg.error());
+            again->closing = true;
+            flush(*again);
+          }
+          return;
+        }
+        handle(*again, *msg);
+        if (find(id) == nullptr || again->dead || again->closing) return;
+      }
+    }
+  });
+}
+
+std::uint64_t Server::jobOf(Connection& c) {
+  if (c.job != 0) return c.job;
+  // A process the runtime started acts in its job; anyone else starts a job of its own.
+  c.job = processes_->jobOfPid(c.peer.pid);
+  if (c.job == 0) {
+    c.job = global_.newJob();
+    c.jobRoot = true;
+    jobRoots_[c.job] = c.id;
+  }
+  return c.job;
+}
+
+void Server::handle(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  if (!c.hello) {
+    if (!msg.has_hello()) {
+      sendError(c, rid, Status(StatusCode::InvalidArgument, "the first message must be Hello"));
+      c.closing = true;
+      flush(c);
+      return;
+    }
+    const auto& h = msg.hello();
+    if (h.min_version() > pb::kVersion || h.max_version() < pb::kVersion) {
+      sendError(c, rid, Status(StatusCode::InvalidArgument,
+                               "dragond speaks protocol version " + std::to_string(pb::kVersion)));
+      c.closing = true;
+      flush(c);
+      return;
+    }
+    c.hello = true;
+    c.name = h.client_name().substr(0, 64);
+    pb::Envelope reply;
+    reply.set_request_id(rid);
+    reply.mutable_hello_reply()->set_version(pb::kVersion);
+    reply.mutable_hello_reply()->set_node(node_);
+    send(c, reply);
+    return;
+  }
+  switch (msg.body_case()) {
+    case pb::Envelope::kCreatePool:
+    case pb::Envelope::kCreateChannel:
+    case pb::Envelope::kAttach:
+    case pb::Envelope::kDetach:
+    case pb::Envelope::kDestroy:
+    case pb::Envelope::kRegisterName:
+    case pb::Envelope::kLookupName:
+      handleObject(c, msg);
+      break;
+    case pb::Envelope::kSpawn:
+    case pb::Envelope::kWait:
+    case pb::Envelope::kSignal:
+    case pb::Envelope::kListProcesses:
+    case pb::Envelope::kEndJob:
+      handleProcess(c, msg);
+      break;
+    default:
+      sendError(c, rid, Status(StatusCode::InvalidArgument, "not a request dragond serves"));
+      break;
+  }
+  // Fds that came with a request and were not used by it are not kept.
+  c.inFds.clear();
+}
+
+void Server::replyObject(Connection& c, std::uint64_t rid, Result<ObjectGrant> grant) {
+  if (!grant.has_value()) {
+    sendError(c, rid, grant.error());
+    return;
+  }
+  pb::Envelope reply;
+  reply.set_request_id(rid);
+  *reply.mutable_object()->mutable_object() = pb::toRef(grant->object);
+  *reply.mutable_object()->mutable_pool() = pb::toRef(grant->pool);
+  std::vector<UniqueFd> fds;
+  fds.emplace_back(fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3));
+  if (!fds.back()) {
+    sendError(c, rid, Status::fromErrno("dup", errno));
+    return;
+  }
+  send(c, reply, std::move(fds));
+}
+
+void Server::handleObject(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  const std::uint64_t owner = c.id;
+  switch (msg.body_case()) {
+    case pb::Envelope::kCreatePool: {
+      auto g = objects_->createPool(owner, msg.create_pool().size());
+      if (g.has_value() && !msg.create_pool().name().empty()) {
+        Status st = objects_->registerName(msg.create_pool().name(), g->object);
+        if (!st.isOk()) {
+          (void)objects_->destroy(g->object);
+          g = st;
+        }
+      }
+      replyObject(c, rid, std::move(g));
+      return;
+    }
+    case pb::Envelope::kCreateChannel: {
+      const auto& r = msg.create_channel();
+      auto pool = pb::fromRef(r.pool());
+      if (!pool.has_value()) {
+        sendError(c, rid, pool.error());
+        return;
+      }
+      ChannelOptions o;
+      o.capacity = r.capacity();
+      o.inlineSize = r.inline_size();
+      o.maxMessageSize = r.max_message_size();
+      auto g = objects_->createChannel(owner, *pool, o);
+      if (g.has_value() && !r.name().empty()) {
+        Status st = objects_->registerName(r.name(), g->object);
+        if (!st.isOk()) {
+          (void)objects_->destroy(g->object);
+          g = st;
+        }
+      }
+      replyObject(c, rid, std::move(g));
+      return;
+    }
+    case pb::Envelope::kAttach: {
+      Result<ObjectDescriptor> d = msg.attach().has_object()
+                                       ? pb::fromRef(msg.attach().object())
+                                       : global_.lookupName(msg.attach().name());
+      if (!d.has_value()) {
+        sendError(c, rid, d.error());
+        return;
+      }
+      replyObject(c, rid, objects_->attach(owner, *d));
+      return;
+    }
+    case pb::Envelope::kDetach:
+    case pb::Envelope::kDestroy: {
+      const bool detach = msg.has_detach();
+      auto d = pb::fromRef(detach ? msg.detach().object() : msg.destroy().object());
+      if (!d.has_value()) {
+        sendError(c, rid, d.error());
+        return;
+      }
+      Status st = detach ? objects_->detach(owner, *d) : objects_->destroy(*d);
+      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      return;
+    }
+    case pb::Envelope::kRegisterName: {
+      auto d = pb::fromRef(msg.register_name().object());
+      Status st = d.has_value() ? objects_->registerName(msg.register_name().name(), *d)
+                                : d.error();
+      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      return;
+    }
+    case pb::Envelope::kLookupName: {
+      auto d = global_.lookupName(msg.lookup_name().name());
+      if (!d.has_value()) {
+        sendError(c, rid, d.error());
+        return;
+      }
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      *reply.mutable_object()->mutable_object() = pb::toRef(*d);
+      send(c, reply);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void Server::handleProcess(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  const std::uint64_t cid = c.id;
+  switch (msg.body_case()) {
+    case pb::Envelope::kSpawn: {
+      auto r = processes_->spawn(msg.spawn(), jobOf(c), c.inFds);
+      if (!r.has_value()) {
+        sendError(c, rid, r.error());
+        return;
+      }
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      for (auto p : r->puids) reply.mutable_spawned()->add_puid(p);
+      for (auto p : r->pids) reply.mutable_spawned()->add_pid(p);
+      reply.mutable_spawned()->set_group(r->group);
+      send(c, reply);
+      return;
+    }
+    case pb::Envelope::kWait: {
+      std::vector<std::uint64_t> puids(msg.wait().puid().begin(), msg.wait().puid().end());
+      processes_->wait(puids, msg.wait().timeout_ns(),
+                       [this, cid, rid](Result<std::vector<ExitRecord>> r) {
+                         Connection* conn = find(cid);
+                         if (conn == nullptr || conn->dead) return;
+                         if (!r.has_value()) {
+                           sendError(*conn, rid, r.error());
+                           return;
+                         }
+                         pb::Envelope reply;
+                         reply.set_request_id(rid);
+                         auto* w = reply.mutable_wait_reply();
+                         for (const auto& e : *r) {
+                           auto* x = w->add_exited();
+                           x->set_puid(e.puid);
+                           x->set_exit_code(e.exitCode);
+                           x->set_signal(e.signal);
+                         }
+                         send(*conn, reply);
+                       });
+      return;
+    }
+    case pb::Envelope::kSignal: {
+      const auto& s = msg.signal();
+      Status st = s.group() != 0
+                      ? processes_->signalGroup(s.group(), s.signal())
+                      : processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      return;
+    }
+    case pb::Envelope::kListProcesses: {
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      auto* list = reply.mutable_process_list();
+      for (const auto& r : global_.listProcesses()) {
+        auto* e = list->add_process();
+        e->set_puid(r.puid);
+        e->set_pid(r.pid);
+        e->set_state(r.running ? pb::ProcessEntry::RUNNING : pb::ProcessEntry::EXITED);
+        for (const auto& a : r.argv) e->add_argv(a);
+        e->set_exit_code(r.exitCode);
+        e->set_signal(r.signal);
+        e->set_group(r.group);
+        e->set_job(r.job);
+        e->set_label(r.label);
+      }
+      send(c, reply);
+      return;
+    }
+    case pb::Envelope::kEndJob: {
+      processes_->endJob(jobOf(c), [this, cid, rid] {
+        Connection* conn = find(cid);
+        if (conn != nullptr && !conn->dead) sendOk(*conn, rid);
+      }, msg.end_job().now());
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void Server::send(Connection& c, const pb::Envelope& msg, std::vector<UniqueFd> fds) {
+  if (c.dead) return;
+  OutFrame f;
+  Status st = pb::encode(msg, f.bytes, std::size_t{64} << 20);
+  if (!st.isOk()) {
+    DRAGON_LOG(Error, "server", "encoding a reply: %s", st.toString().c_str());
+    return;
+  }
+  f.fds = std::move(fds);
+  c.outBytes += f.bytes.size();
+  c.out.push_back(std::move(f));
+  flush(c);
+}
+
+void Server::sendError(Connection& c, std::uint64_t rid, const Status& st) {
+  pb::Envelope reply;
+  reply.set_request_id(rid);
+  pb::fillError(*reply.mutable_error(), st);
+  send(c, reply);
+}
+
+void Server::sendOk(Connection& c, std::uint64_t rid) {
+  pb::Envelope reply;
+  reply.set_request_id(rid);
+  reply.mutable_ok();
+  send(c, reply);
+}
+
+void Server::flush(Connection& c) {
+  const std::size_t before = c.outBytes;
+  while (!c.out.empty() && !c.dead) {
+    OutFrame& f = c.out.front();
+    std::vector<int> raw;
+    if (f.offset == 0) {
+      for (const auto& fd : f.fds) raw.push_back(fd.get());
+    }
+    auto n = pb::sendSome(c.fd.get(), std::span<const char>(f.bytes).subspan(f.offset), raw);
+    if (!n.has_value()) {
+      if (n.error().code() == StatusCode::WouldBlock) break;
+      scheduleClose(c);
+      return;
+    }
+    f.offset += *n;
+    c.outBytes -= *n;
+    if (f.offset == f.bytes.size()) c.out.pop_front();
+  }
+  const bool wantWrite = !c.out.empty();
+  if (wantWrite != c.waitingWrite) {
+    c.waitingWrite = wantWrite;
+    (void)loop_.modify(c.fd.get(), EPOLLIN | EPOLLRDHUP | (wantWrite ? EPOLLOUT : 0u));
+  }
+  if (c.jobRoot && before >= kLowWater && c.outBytes < kLowWater) {
+    processes_->resumeOutput(c.job);
+  }
+  if (c.out.empty() && c.closing) {
+    scheduleClose(c);
+  }
+}
+
+bool Server::deliverOutput(std::uint64_t job, const pb::Envelope& line) {
+  auto it = jobRoots_.find(job);
+  if (it == jobRoots_.end()) return false;
+  Connection* c = find(it->second);
+  if (c == nullptr || c->dead) return false;
+  send(*c, line);
+  return c->outBytes >= kHighWater;
+}
+
+void Server::scheduleClose(Connection& c) {
+  if (c.dead) return;
+  c.dead = true;
+  loop_.remove(c.fd.get());
+  const std::uint64_t id = c.id;
+  // Never close inside a manager's callback: the manager may be iterating its own state.
+  loop_.addTimerAfterNs(0, [this, id] { closeConnection(id); });
+}
+
+void Server::closeConnection(std::uint64_t id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  std::unique_ptr<Connection> c = std::move(it->second);
+  conns_.erase(it);
+  if (!c->dead) loop_.remove(c->fd.get());
+  if (objects_ != nullptr) objects_->releaseOwner(c->id);
+  if (c->jobRoot) {
+    jobRoots_.erase(c->job);
+    if (processes_ != nullptr) processes_->endJob(c->job, nullptr);
+  }
+  DRAGON_LOG(Debug, "server", "connection %llu (pid %d) closed",
+             static_cast<unsigned long long>(id), c->peer.pid);
+}
+
+void Server::closeAll() {
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, c] : conns_) ids.push_back(id);
+  for (auto id : ids) {
+    Connection* c = find(id);
+    if (c != nullptr) {
+      // Best effort: whatever is queued goes out if the socket takes it now.
+      c->closing = false;
+      flush(*c);
+    }
+    closeConnection(id);
+  }
+}
+
+std::string Server::dump() const {
+  std::string out = "server: " + std::to_string(conns_.size()) + " connections" +
+                    (listener_ ? "" : " (not accepting)");
+  for (const auto& [id, c] : conns_) {
+    out += "\n  connection " + std::to_string(id) + " pid " + std::to_string(c->peer.pid) +
+           " '" + c->name + "' job " + std::to_string(c->job) + (c->jobRoot ? " (root)" : "") +
+           ", " + std::to_string(c->outBytes) + " bytes queued";
+  }
+  return out;
+}
+
+}  // namespace dragon::daemon

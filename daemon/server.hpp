@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: MIT
+// dragond's client side: accepts connections on the Unix socket, refuses other users
+// (SO_PEERCRED), decodes requests and answers them from the managers. Replies and output lines
+// are queued per connection and written as the socket takes them; a connection whose queue
+// grows past the high-water mark pauses its job's output pipes until it drains.
+//
+// Owning thread: the daemon's event-loop thread.
+#pragma once
+
+#include "base/private.hpp"
+#include "daemon/event_loop.hpp"
+#include "daemon/global_services.hpp"
+#include "daemon/object_manager.hpp"
+#include "daemon/process_manager.hpp"
+#include "protocol/codec.hpp"
+
+#include <dragon/unique_fd.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <sys/socket.h>
+
+namespace dragon::daemon {
+
+class Server {
+ public:
+  static constexpr std::size_t kHighWater = std::size_t{16} << 20;
+  static constexpr std::size_t kLowWater = std::size_t{4} << 20;
+
+  Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::uint32_t node);
+  ~Server();
+
+  Status start(ObjectManager& objects, ProcessManager& processes);
+  // Closes the listening socket (shutdown: no new clients).
+  void stopAccepting();
+  // Sends an output line to the job's launcher; true when its backlog is high.
+  bool deliverOutput(std::uint64_t job, const protocol::Envelope& line);
+  // Closes every connection (end of shutdown).
+  void closeAll();
+
+  std::size_t connections() const noexcept { return conns_.size(); }
+  std::string dump() const;
+
+ private:
+  struct OutFrame {
+    std::string bytes;
+    std::size_t offset = 0;
+    std::vector<UniqueFd> fds;  // sent with the first byte
+  };
+  struct Connection {
+    std::uint64_t id = 0;
+    UniqueFd fd;
+    ucred peer{};
+    protocol::FrameDecoder decoder;
+    std::vector<UniqueFd> inFds;
+    std::deque<OutFrame> out;
+    std::size_t outBytes = 0;
+    bool hello = false;
+    bool closing = false;    // close once the queue is flushed
+    bool dead = false;       // close at the next turn of the loop
+    std::uint64_t job = 0;   // the job its requests act in
+    bool jobRoot = false;    // it started the job: output goes here; closing ends the job
+    bool waitingWrite = false;
+    std::string name;
+  };
+
+  void onAccept();
+  void onEvent(std::uint64_t id, std::uint32_t events);
+  void readFrom(Connection& c);
+  void handle(Connection& c, protocol::Envelope& msg);
+  void handleObject(Connection& c, protocol::Envelope& msg);
+  void handleProcess(Connection& c, protocol::Envelope& msg);
+  void replyObject(Connection& c, std::uint64_t requestId, Result<ObjectGrant> grant);
+  void send(Connection& c, const protocol::Envelope& msg, std::vector<UniqueFd> fds = {});
+  void sendError(Connection& c, std::uint64_t requestId, const Status& st);
+  void sendOk(Connection& c, std::uint64_t requestId);
+  void flush(Connection& c);
+  void scheduleClose(Connection& c);
+  void closeConnection(std::uint64_t id);
+  Connection* find(std::uint64_t id);
+  std::uint64_t jobOf(Connection& c);
+
+  EventLoop& loop_;
+  UniqueFd listener_;
+  GlobalServices& global_;
+  std::uint32_t node_;
+  ObjectManager* objects_ = nullptr;
+  ProcessManager* processes_ = nullptr;
+  std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;
+  std::map<std::uint64_t, std::uint64_t> jobRoots_;  // job -> connection id
+  std::uint64_t nextConn_ = 1;
+  uid_t uid_;
+};
+
+}  // namespace dragon::daemon

@@ -1,0 +1,491 @@
+// SPDX-License-Identifier: MIT
+// The client side of the control protocol: one request at a time per call, replies matched by
+// request id (calls may nest from an interrupt handler), output lines dispatched as they come.
+#include <dragon/client.hpp>
+
+#include "protocol/codec.hpp"
+#include "protocol/socket_io.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace dragon {
+namespace pb = dragon::protocol;
+
+std::string defaultRuntimeDir() {
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  if (xdg != nullptr && xdg[0] == '/') {
+    return std::string(xdg) + "/dragon";
+  }
+  return "/tmp/dragon-" + std::to_string(getuid());
+}
+
+std::string defaultSocketPath() {
+  const char* s = std::getenv("DRAGON_SOCKET");
+  if (s != nullptr && s[0] != '\0') {
+    return s;
+  }
+  return defaultRuntimeDir() + "/dragond.sock";
+}
+
+struct Client::Impl {
+  struct Reply {
+    pb::Envelope msg;
+    std::vector<UniqueFd> fds;
+  };
+
+  UniqueFd sock;
+  pb::FrameDecoder decoder{std::size_t{64} << 20};
+  std::vector<UniqueFd> inFds;  // received, not yet matched to a reply
+  std::uint64_t nextId = 1;
+  std::uint32_t node = 0;
+  Status broken;
+  std::map<std::uint64_t, Reply> stash;  // replies of outer (nesting) calls
+  std::function<void(const OutputLine&)> output;
+  int interruptFd = -1;
+  std::function<void()> interrupt;
+  bool inInterrupt = false;
+  std::map<std::uint64_t, std::weak_ptr<Pool>> pools;  // one mapping per pool
+
+  Status fail(Status st) {
+    if (broken.isOk()) {
+      broken = st;
+    }
+    return broken;
+  }
+
+  // Reads what is there and decodes whole frames; PeerLost when dragond has gone.
+  Status readAvailable() {
+    char buf[65536];
+    for (;;) {
+      auto n = pb::recvSome(sock.get(), buf, inFds);
+      if (!n.has_value()) {
+        if (n.error().code() == StatusCode::WouldBlock) {
+          return Status::ok();
+        }
+        if (n.error().code() == StatusCode::PeerLost) {
+          return fail(Status(StatusCode::PeerLost, "dragond closed the connection"));
+        }
+        return fail(n.error());
+      }
+      decoder.feed(std::as_bytes(std::span<const char>(buf, *n)));
+      for (;;) {
+        auto m = decoder.next();
+        if (!m.has_value()) {
+          if (m.error().code() == StatusCode::WouldBlock) {
+            break;
+          }
+          return fail(Status(StatusCode::PeerLost, "dragond sent a bad frame: " +
+                                                       std::string(m.error().message())));
+        }
+        dispatch(std::move(*m));
+      }
+      if (*n < sizeof buf) {
+        return Status::ok();
+      }
+    }
+  }
+
+  void dispatch(pb::Envelope&& msg) {
+    if (msg.has_output_line()) {
+      if (output) {
+        const auto& o = msg.output_line();
+        output(OutputLine{o.puid(), o.stream() == pb::OutputLine::STDERR, o.line()});
+      }
+      return;
+    }
+    Reply r;
+    if (msg.has_object() && !inFds.empty()) {
+      r.fds.push_back(std::move(inFds.front()));
+      inFds.erase(inFds.begin());
+    }
+    const std::uint64_t id = msg.request_id();
+    r.msg = std::move(msg);
+    stash[id] = std::move(r);
+  }
+
+  // Waits for input (or the interrupt fd) up to `timeout`; false when the time is up.
+  Result<bool> waitInput(const Deadline& deadline) {
+    pollfd p[2] = {{sock.get(), POLLIN, 0}, {interruptFd, POLLIN, 0}};
+    const nfds_t n = interruptFd >= 0 && !inInterrupt ? 2 : 1;
+    int ms = -1;
+    if (!deadline.isForever()) {
+      const std::int64_t ns = deadline.monotonicNs() - monotonicNowNs();
+      ms = ns <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((ns + 999'999) / 1'000'000, 1 << 30));
+    }
+    int rc = poll(p, n, ms);
+    if (rc < 0) {
+      if (errno == EINTR) {
+        return true;
+      }
+      return fail(Status::fromErrno("poll", errno));
+    }
+    if (n == 2 && (p[1].revents & POLLIN) != 0) {
+      inInterrupt = true;
+      interrupt();
+      inInterrupt = false;
+    }
+    return rc > 0;
+  }
+
+  Result<Reply> call(pb::Envelope& req, std::span<const int> fds = {}) {
+    if (!broken.isOk()) {
+      return broken;
+    }
+    const std::uint64_t id = nextId++;
+    req.set_request_id(id);
+    std::string frame;
+    DRAGON_TRY(pb::encode(req, frame, std::size_t{64} << 20));
+    Status st = pb::sendAll(sock.get(), frame, fds);
+    if (!st.isOk()) {
+      return fail(st.code() == StatusCode::PeerLost
+                      ? Status(StatusCode::PeerLost, "dragond closed the connection")
+                      : st);
+    }
+    for (;;) {
+      auto it = stash.find(id);
+      if (it != stash.end()) {
+        Reply r = std::move(it->second);
+        stash.erase(it);
+        if (r.msg.has_error()) {
+          return pb::statusFromError(r.msg.error());
+        }
+        return r;
+      }
+      if (!broken.isOk()) {
+        return broken;
+      }
+      auto w = waitInput(Deadline(Timeout::forever()));
+      if (!w.has_value()) {
+        return w.error();
+      }
+      DRAGON_TRY(readAvailable());
+    }
+  }
+
+  Result<std::shared_ptr<Pool>> poolFromReply(Reply& r, const ObjectDescriptor& poolDesc) {
+    auto it = pools.find(poolDesc.id);
+    if (it != pools.end()) {
+      if (auto p = it->second.lock()) {
+        return p;
+      }
+    }
+    if (r.fds.empty()) {
+      return Status(StatusCode::Internal, "dragond sent no memory for pool " +
+                                              std::to_string(poolDesc.id));
+    }
+    DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::attach(std::move(r.fds.front()), poolDesc));
+    auto p = std::make_shared<Pool>(std::move(pool));
+    pools[poolDesc.id] = p;
+    return p;
+  }
+
+  Result<std::shared_ptr<Pool>> poolCall(pb::Envelope& req) {
+    DRAGON_ASSIGN_OR_RETURN(Reply r, call(req));
+    if (!r.msg.has_object()) {
+      return Status(StatusCode::Internal, "unexpected reply to a pool request");
+    }
+    DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor d, pb::fromRef(r.msg.object().object()));
+    if (d.kind != ObjectKind::Pool) {
+      return Status(StatusCode::InvalidArgument, "the object is not a pool");
+    }
+    return poolFromReply(r, d);
+  }
+
+  Result<std::unique_ptr<ClientChannel>> channelCall(pb::Envelope& req) {
+    DRAGON_ASSIGN_OR_RETURN(Reply r, call(req));
+    if (!r.msg.has_object()) {
+      return Status(StatusCode::Internal, "unexpected reply to a channel request");
+    }
+    DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor d, pb::fromRef(r.msg.object().object()));
+    if (d.kind != ObjectKind::Channel) {
+      return Status(StatusCode::InvalidArgument, "the object is not a channel");
+    }
+    DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor pd, pb::fromRef(r.msg.object().pool()));
+    DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<Pool> pool, poolFromReply(r, pd));
+    DRAGON_ASSIGN_OR_RETURN(Channel ch, Channel::attach(*pool, d));
+    return std::unique_ptr<ClientChannel>(new ClientChannel(std::move(pool), std::move(ch)));
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+int Client::fd() const noexcept { return impl_->sock.get(); }
+std::uint32_t Client::node() const noexcept { return impl_->node; }
+
+Result<Client> Client::connect(const Options& options) {
+  const std::string path = options.socketPath.empty() ? defaultSocketPath() : options.socketPath;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    return Status(StatusCode::InvalidArgument, "socket path too long: " + path);
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock) {
+    return Status::fromErrno("socket", errno);
+  }
+  if (::connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ECONNREFUSED) {
+      return Status(StatusCode::NotFound, "no dragond at " + path);
+    }
+    if (err == EACCES) {
+      return Status(StatusCode::PermissionDenied, "not allowed to reach dragond at " + path);
+    }
+    return Status::fromErrno("connect " + path, err);
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->sock = std::move(sock);
+  pb::Envelope hello;
+  hello.mutable_hello()->set_min_version(pb::kVersion);
+  hello.mutable_hello()->set_max_version(pb::kVersion);
+  hello.mutable_hello()->set_client_name(options.name);
+  // The handshake is bounded: a socket that accepts but never answers is not a dragond.
+  hello.set_request_id(impl->nextId++);
+  std::string frame;
+  DRAGON_TRY(pb::encode(hello, frame));
+  DRAGON_TRY(pb::sendAll(impl->sock.get(), frame, {}));
+  const Deadline deadline(options.connectTimeout);
+  while (impl->stash.empty()) {
+    DRAGON_ASSIGN_OR_RETURN(bool ready, impl->waitInput(deadline));
+    if (!ready && deadline.expired()) {
+      return Status(StatusCode::Timeout, "dragond at " + path + " did not answer the handshake");
+    }
+    DRAGON_TRY(impl->readAvailable());
+  }
+  Impl::Reply r = std::move(impl->stash.begin()->second);
+  impl->stash.clear();
+  if (r.msg.has_error()) {
+    return pb::statusFromError(r.msg.error());
+  }
+  if (!r.msg.has_hello_reply()) {
+    return Status(StatusCode::PeerLost, "the peer at " + path + " is not a dragond");
+  }
+  impl->node = r.msg.hello_reply().node();
+  return Client(std::move(impl));
+}
+
+Result<std::shared_ptr<Pool>> Client::createPool(std::uint64_t size, std::string_view name) {
+  pb::Envelope req;
+  req.mutable_create_pool()->set_size(size);
+  req.mutable_create_pool()->set_name(std::string(name));
+  return impl_->poolCall(req);
+}
+
+Result<std::unique_ptr<ClientChannel>> Client::createChannel(const ObjectDescriptor& pool,
+                                                             const ChannelOptions& options,
+                                                             std::string_view name) {
+  pb::Envelope req;
+  auto* c = req.mutable_create_channel();
+  *c->mutable_pool() = pb::toRef(pool);
+  c->set_capacity(options.capacity);
+  c->set_inline_size(options.inlineSize);
+  c->set_max_message_size(options.maxMessageSize);
+  c->set_name(std::string(name));
+  return impl_->channelCall(req);
+}
+
+Result<std::shared_ptr<Pool>> Client::attachPool(const ObjectDescriptor& pool) {
+  pb::Envelope req;
+  *req.mutable_attach()->mutable_object() = pb::toRef(pool);
+  return impl_->poolCall(req);
+}
+
+Result<std::shared_ptr<Pool>> Client::attachPool(std::string_view name) {
+  pb::Envelope req;
+  req.mutable_attach()->set_name(std::string(name));
+  return impl_->poolCall(req);
+}
+
+Result<std::unique_ptr<ClientChannel>> Client::attachChannel(const ObjectDescriptor& channel) {
+  pb::Envelope req;
+  *req.mutable_attach()->mutable_object() = pb::toRef(channel);
+  return impl_->channelCall(req);
+}
+
+Result<std::unique_ptr<ClientChannel>> Client::attachChannel(std::string_view name) {
+  pb::Envelope req;
+  req.mutable_attach()->set_name(std::string(name));
+  return impl_->channelCall(req);
+}
+
+Status Client::detach(const ObjectDescriptor& object) {
+  pb::Envelope req;
+  *req.mutable_detach()->mutable_object() = pb::toRef(object);
+  return impl_->call(req).status();
+}
+
+Status Client::destroy(const ObjectDescriptor& object) {
+  pb::Envelope req;
+  *req.mutable_destroy()->mutable_object() = pb::toRef(object);
+  return impl_->call(req).status();
+}
+
+Status Client::registerName(std::string_view name, const ObjectDescriptor& object) {
+  pb::Envelope req;
+  req.mutable_register_name()->set_name(std::string(name));
+  *req.mutable_register_name()->mutable_object() = pb::toRef(object);
+  return impl_->call(req).status();
+}
+
+Result<ObjectDescriptor> Client::lookupName(std::string_view name) {
+  pb::Envelope req;
+  req.mutable_lookup_name()->set_name(std::string(name));
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_object()) {
+    return Status(StatusCode::Internal, "unexpected reply to a lookup");
+  }
+  return pb::fromRef(r.msg.object().object());
+}
+
+namespace {
+
+pb::Spawn::Stdio toWire(Stdio s) {
+  switch (s) {
+    case Stdio::Inherit: return pb::Spawn::INHERIT;
+    case Stdio::Capture: return pb::Spawn::CAPTURE;
+    case Stdio::Null: return pb::Spawn::NULL_DEVICE;
+    case Stdio::File: return pb::Spawn::FILE;
+    case Stdio::Passed: return pb::Spawn::PASSED;
+  }
+  return pb::Spawn::NULL_DEVICE;
+}
+
+}  // namespace
+
+Result<std::vector<ProcessInfo>> Client::spawn(const SpawnOptions& o) {
+  if (o.argv.empty()) {
+    return Status(StatusCode::InvalidArgument, "spawn needs a program");
+  }
+  pb::Envelope req;
+  auto* s = req.mutable_spawn();
+  for (const auto& a : o.argv) s->add_argv(a);
+  if (o.env.empty()) {
+    for (char** e = environ; *e != nullptr; ++e) s->add_env(*e);
+  } else {
+    for (const auto& e : o.env) s->add_env(e);
+  }
+  if (o.cwd.empty()) {
+    char buf[4096];
+    if (getcwd(buf, sizeof buf) != nullptr) s->set_cwd(buf);
+  } else {
+    s->set_cwd(o.cwd);
+  }
+  s->set_stdin_mode(toWire(o.stdinMode));
+  s->set_stdout_mode(toWire(o.stdoutMode));
+  s->set_stderr_mode(toWire(o.stderrMode));
+  s->set_stdin_file(o.stdinFile);
+  s->set_stdout_file(o.stdoutFile);
+  s->set_stderr_file(o.stderrFile);
+  s->set_label(o.label);
+  s->set_group(o.group);
+  s->set_count(o.count);
+  std::vector<int> fds;
+  if (o.stdinMode == Stdio::Passed) fds.push_back(o.stdinFd);
+  if (o.stdoutMode == Stdio::Passed) fds.push_back(o.stdoutFd);
+  if (o.stderrMode == Stdio::Passed) fds.push_back(o.stderrFd);
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req, fds));
+  if (!r.msg.has_spawned() || r.msg.spawned().puid_size() != r.msg.spawned().pid_size()) {
+    return Status(StatusCode::Internal, "unexpected reply to spawn");
+  }
+  std::vector<ProcessInfo> out;
+  for (int i = 0; i < r.msg.spawned().puid_size(); ++i) {
+    out.push_back(ProcessInfo{r.msg.spawned().puid(i), r.msg.spawned().pid(i),
+                              r.msg.spawned().group()});
+  }
+  return out;
+}
+
+Result<std::vector<ExitInfo>> Client::wait(const std::vector<std::uint64_t>& puids,
+                                           Timeout timeout) {
+  pb::Envelope req;
+  for (auto p : puids) req.mutable_wait()->add_puid(p);
+  req.mutable_wait()->set_timeout_ns(timeout.isForever() ? -1 : timeout.nanoseconds());
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_wait_reply()) {
+    return Status(StatusCode::Internal, "unexpected reply to wait");
+  }
+  std::vector<ExitInfo> out;
+  for (const auto& e : r.msg.wait_reply().exited()) {
+    out.push_back(ExitInfo{e.puid(), e.exit_code(), e.signal()});
+  }
+  return out;
+}
+
+Status Client::signal(const std::vector<std::uint64_t>& puids, int sig) {
+  pb::Envelope req;
+  for (auto p : puids) req.mutable_signal()->add_puid(p);
+  req.mutable_signal()->set_signal(sig);
+  return impl_->call(req).status();
+}
+
+Status Client::signalGroup(std::uint64_t group, int sig) {
+  pb::Envelope req;
+  req.mutable_signal()->set_group(group);
+  req.mutable_signal()->set_signal(sig);
+  return impl_->call(req).status();
+}
+
+Result<std::vector<ProcessEntry>> Client::listProcesses() {
+  pb::Envelope req;
+  req.mutable_list_processes();
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_process_list()) {
+    return Status(StatusCode::Internal, "unexpected reply to a process listing");
+  }
+  std::vector<ProcessEntry> out;
+  for (const auto& p : r.msg.process_list().process()) {
+    ProcessEntry e;
+    e.puid = p.puid();
+    e.pid = p.pid();
+    e.running = p.state() == pb::ProcessEntry::RUNNING;
+    for (const auto& a : p.argv()) e.argv.push_back(a);
+    e.exit = ExitInfo{p.puid(), p.exit_code(), p.signal()};
+    e.group = p.group();
+    e.job = p.job();
+    e.label = p.label();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Status Client::endJob(bool now) {
+  pb::Envelope req;
+  req.mutable_end_job()->set_now(now);
+  return impl_->call(req).status();
+}
+
+void Client::setOutputHandler(std::function<void(const OutputLine&)> handler) {
+  impl_->output = std::move(handler);
+}
+
+void Client::setInterrupt(int fd, std::function<void()> handler) {
+  impl_->interruptFd = fd;
+  impl_->interrupt = std::move(handler);
+}
+
+Status Client::pump(Timeout timeout) {
+  if (!impl_->broken.isOk()) {
+    return impl_->broken;
+  }
+  DRAGON_ASSIGN_OR_RETURN(bool ready, impl_->waitInput(Deadline(timeout)));
+  if (ready) {
+    DRAGON_TRY(impl_->readAvailable());
+  }
+  return impl_->broken;
+}
+
+}  // namespace dragon

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: MIT
+// The client of the local dragond: every control operation (objects, names, processes) is a
+// request over dragond's Unix socket. Data operations never go through it: the pools and
+// channels it hands out are mapped into this process and used directly.
+//
+// A Client is used by one thread at a time. If dragond goes away, every call, including one
+// already blocked, returns PeerLost at once (the socket reports the hang-up), and so does every
+// later call.
+#pragma once
+
+#include <dragon/channel.hpp>
+#include <dragon/descriptor.hpp>
+#include <dragon/pool.hpp>
+#include <dragon/result.hpp>
+#include <dragon/timeout.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <sys/types.h>
+#include <vector>
+
+namespace dragon {
+
+// The runtime directory of the calling user: $XDG_RUNTIME_DIR/dragon if XDG_RUNTIME_DIR is set,
+// else /tmp/dragon-UID.
+std::string defaultRuntimeDir();
+// Where a client looks for dragond: $DRAGON_SOCKET if set, else RUNTIME_DIR/dragond.sock.
+std::string defaultSocketPath();
+
+// A channel handed out by dragond, with the pool that holds it kept mapped as long as it lives.
+class ClientChannel {
+ public:
+  Channel& channel() noexcept { return channel_; }
+  Pool& pool() noexcept { return *pool_; }
+  ObjectDescriptor descriptor() const noexcept { return channel_.descriptor(); }
+
+ private:
+  friend class Client;
+  ClientChannel(std::shared_ptr<Pool> pool, Channel channel)
+      : pool_(std::move(pool)), channel_(std::move(channel)) {}
+  std::shared_ptr<Pool> pool_;  // declared first: outlives channel_
+  Channel channel_;
+};
+
+enum class Stdio : std::uint8_t {
+  Inherit = 0,  // dragond's own fd (a daemon's is usually /dev/null or the journal)
+  Capture = 1,  // forwarded to this client line by line (outputHandler)
+  Null = 2,
+  File = 3,     // the path in SpawnOptions (stdout/stderr appended to, created 0600)
+  Passed = 4,   // this process's own fd 0/1/2 (or the fd given), lent to the child
+};
+
+struct SpawnOptions {
+  std::vector<std::string> argv;  // argv[0] is the program: a path, or a name looked up in PATH
+  std::vector<std::string> env;   // the whole environment ("NAME=value"); empty: this process's
+  std::string cwd;                // empty: this process's
+  Stdio stdinMode = Stdio::Null;
+  Stdio stdoutMode = Stdio::Capture;
+  Stdio stderrMode = Stdio::Capture;
+  std::string stdinFile, stdoutFile, stderrFile;
+  int stdinFd = 0, stdoutFd = 1, stderrFd = 2;  // for Passed
+  std::string label;       // prefixes captured lines, e.g. "[worker 3] "
+  std::uint64_t group = 0;  // join this process group; 0: none
+  std::uint32_t count = 1;  // start this many, all in `group` if set
+};
+
+struct ProcessInfo {
+  std::uint64_t puid = 0;  // runtime-unique id
+  pid_t pid = 0;
+  std::uint64_t group = 0;  // its process group, if any
+};
+
+struct ExitInfo {
+  std::uint64_t puid = 0;
+  int exitCode = 0;  // when it exited normally
+  int signal = 0;    // when a signal killed it, else 0
+  // A shell-style code: exitCode, or 128 + signal.
+  int shellCode() const noexcept { return signal != 0 ? 128 + signal : exitCode; }
+};
+
+struct ProcessEntry {
+  std::uint64_t puid = 0;
+  pid_t pid = 0;
+  bool running = false;
+  std::vector<std::string> argv;
+  ExitInfo exit;
+  std::uint64_t group = 0;
+  std::uint64_t job = 0;
+  std::string label;
+};
+
+struct OutputLine {
+  std::uint64_t puid = 0;
+  bool isStderr = false;
+  std::string_view line;  // the label, then one whole line, newline included (the last may lack it)
+};
+
+class Client {
+ public:
+  struct Options {
+    std::string socketPath;  // empty: defaultSocketPath()
+    std::string name;        // shown in dragond's log
+    Timeout connectTimeout = Timeout::after(std::chrono::seconds(5));
+  };
+  static Result<Client> connect(const Options& options);
+  static Result<Client> connect() { return connect(Options{}); }
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  // Objects. An object lives while some client holds it (create and attach take a reference,
+  // detach drops one, a client's references go when it disconnects) or while it has a name.
+  Result<std::shared_ptr<Pool>> createPool(std::uint64_t size = 0, std::string_view name = {});
+  Result<std::unique_ptr<ClientChannel>> createChannel(const ObjectDescriptor& pool,
+                                                       const ChannelOptions& options,
+                                                       std::string_view name = {});
+  Result<std::shared_ptr<Pool>> attachPool(const ObjectDescriptor& pool);
+  Result<std::shared_ptr<Pool>> attachPool(std::string_view name);
+  Result<std::unique_ptr<ClientChannel>> attachChannel(const ObjectDescriptor& channel);
+  Result<std::unique_ptr<ClientChannel>> attachChannel(std::string_view name);
+  Status detach(const ObjectDescriptor& object);
+  // Destroys the object now, for every user: its name goes and later attaches fail.
+  Status destroy(const ObjectDescriptor& object);
+  Status registerName(std::string_view name, const ObjectDescriptor& object);
+  Result<ObjectDescriptor> lookupName(std::string_view name);
+
+  // Processes.
+  Result<std::vector<ProcessInfo>> spawn(const SpawnOptions& options);
+  // Waits until every listed process has exited (Timeout if not by then; they keep running).
+  Result<std::vector<ExitInfo>> wait(const std::vector<std::uint64_t>& puids,
+                                     Timeout timeout = Timeout::forever());
+  Status signal(const std::vector<std::uint64_t>& puids, int sig);
+  Status signalGroup(std::uint64_t group, int sig);
+  Result<std::vector<ProcessEntry>> listProcesses();
+  // Ends this client's job: its processes get SIGTERM (SIGKILL after dragond's grace period,
+  // or at once with `now`); returns when all have exited and their output was delivered.
+  Status endJob(bool now = false);
+
+  // Captured output of processes this client spawned arrives while a call is in progress (or
+  // in pump()). The handler must not call back into this Client.
+  void setOutputHandler(std::function<void(const OutputLine&)> handler);
+  // Called while a call is blocked, whenever `fd` becomes readable (a launcher's signal fd):
+  // the handler may make calls on this Client (they nest) and must consume what made `fd`
+  // readable. -1 removes it.
+  void setInterrupt(int fd, std::function<void()> handler);
+  // Handles what dragond sent (output) for up to `timeout`; PeerLost if it went away.
+  Status pump(Timeout timeout);
+
+  int fd() const noexcept;
+  std::uint32_t node() const noexcept;
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dragon
