@@ -495,9 +495,16 @@ Status ProcessManager::signalGroup(std::uint64_t group, int sig) {
 
 void ProcessManager::killJob(std::uint64_t job, int sig) {
   for (auto& [puid, p] : processes_) {
-    if (p.job == job && !p.exited) {
+    if (p.job != job) continue;
+    if (!p.exited) {
       // The whole process group: descendants that stayed in it go too.
       if (kill(-p.pid, sig) != 0) kill(p.pid, sig);
+    } else if (byPid_.count(p.pid) == 0) {
+      // Its group may outlive it (a background child). The group id is the reaped leader's
+      // pid; skipped when that pid now belongs to another process of ours. A foreign process
+      // of this user that reused the pid as a new group's id in between would be hit: a
+      // window accepted for not leaving a job's processes behind.
+      kill(-p.pid, sig);
     }
   }
 }

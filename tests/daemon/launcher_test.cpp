@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: MIT
+// The `dragon` launcher, run as a user would: exit codes, output, Ctrl-C, a private dragond
+// that leaves nothing behind, `dragon ps`.
+#include "daemon_fixture.hpp"
+
+#include <dirent.h>
+#include <set>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+
+struct Launched {
+  pid_t pid = -1;
+  int out = -1;  // the launcher's stdout and stderr, merged
+};
+
+// Starts `dragon ARGS...` with a private runtime directory (XDG_RUNTIME_DIR=runtimeDir).
+Launched launch(const std::vector<std::string>& args, const std::string& runtimeDir,
+                const std::vector<std::string>& env = {}) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return {};
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], 1);
+    dup2(p[1], 2);
+    int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    setenv("XDG_RUNTIME_DIR", runtimeDir.c_str(), 1);
+    setenv("DRAGON_ALLOW_ROOT", "true", 1);
+    setenv("DRAGON_PROCESS_KILL_GRACE", "2s", 1);
+    unsetenv("DRAGON_SOCKET");
+    for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+    std::vector<std::string> all = {LAUNCHER_PATH};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(p[1]);
+  return {pid, p[0]};
+}
+
+// Reads the launcher's output until it closes (bounded), then reaps it: (wait status, output).
+std::pair<int, std::string> finish(Launched l, std::chrono::milliseconds timeout = 60s) {
+  std::string out;
+  char buf[4096];
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{l.out, POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+    const ssize_t n = read(l.out, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  close(l.out);
+  return {testing::waitFor(l.pid, 10s), out};
+}
+
+// Reads from the launcher's output until `text` appears (bounded).
+bool readUntil(int fd, const std::string& text, std::string& out) {
+  return testing::eventually(
+      [&] {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, 10) == 1) {
+          char buf[4096];
+          const ssize_t n = read(fd, buf, sizeof buf);
+          if (n > 0) out.append(buf, static_cast<std::size_t>(n));
+        }
+        return out.find(text) != std::string::npos;
+      },
+      30s);
+}
+
+std::set<std::string> entries(const std::string& dir) {
+  std::set<std::string> out;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') out.insert(e->d_name);
+    }
+    closedir(d);
+  }
+  return out;
+}
+
+class Launcher : public ::testing::Test {
+ protected:
+  void SetUp() override { runtime_ = testing::makeTempDir(); }
+  void TearDown() override { testing::removeTree(runtime_); }
+  std::string runtime_;
+};
+
+TEST_F(Launcher, ExitsWithTheHeadsCodeAndForwardsItsOutput) {
+  auto [st, out] = finish(launch({"--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st), 7);
+  EXPECT_NE(out.find("out\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("err\n"), std::string::npos) << out;
+  auto [st2, out2] = finish(launch({"/bin/sh", "-c", "kill -USR1 $$"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st2), 128 + SIGUSR1);
+  auto [st3, out3] = finish(launch({"--label", "/bin/echo", "labelled"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st3), 0);
+  EXPECT_NE(out3.find("] labelled\n"), std::string::npos) << out3;
+  EXPECT_EQ(out3[0], '[') << out3;
+}
+
+TEST_F(Launcher, BadCommandLinesAndMissingProgramsAreClearErrors) {
+  auto [st, out] = finish(launch({}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st), 2);
+  EXPECT_NE(out.find("no program"), std::string::npos) << out;
+  auto [st2, out2] = finish(launch({"--bogus", "x"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st2), 2);
+  EXPECT_NE(out2.find("--bogus"), std::string::npos) << out2;
+  auto [st3, out3] = finish(launch({"no-such-program-xyz"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st3), 127);
+  EXPECT_NE(out3.find("no-such-program-xyz"), std::string::npos) << out3;
+  EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "nothing left after a failed start";
+}
+
+TEST_F(Launcher, APrivateDragondJobLeavesNoProcessSocketOrMemoryBehind) {
+  // The head starts a background process that would outlive it, and reports both pids.
+  Launched l = launch({"/bin/sh", "-c", "sleep 600 & echo \"pids $$ $!\"; exit 0"}, runtime_);
+  auto [st, out] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 0) << out;
+  int head = 0, background = 0;
+  const auto at = out.find("pids ");
+  ASSERT_NE(at, std::string::npos) << out;
+  ASSERT_EQ(std::sscanf(out.c_str() + at, "pids %d %d", &head, &background), 2);
+  EXPECT_TRUE(testing::processGone(head));
+  EXPECT_TRUE(testing::eventually([&] { return testing::processGone(background); }))
+      << "the job's leftover process is ended";
+  EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "no socket is left";
+  // No dragond of this runtime directory is left either (memfds die with it).
+  bool daemonLeft = false;
+  for (const auto& pid : entries("/proc")) {
+    const std::string e = testing::readFile("/proc/" + pid + "/environ");
+    const std::string name = testing::readFile("/proc/" + pid + "/comm");
+    if (name == "dragond\n" && e.find(runtime_) != std::string::npos) daemonLeft = true;
+  }
+  EXPECT_FALSE(daemonLeft);
+}
+
+TEST_F(Launcher, CtrlCGoesToTheHeadAndASecondOneKillsTheJob) {
+  // A head that reports SIGINT and carries on, with a helper that ignores SIGTERM.
+  Launched l = launch({"/bin/sh", "-c",
+                       "trap 'echo got-int' INT; echo ready; while :; do sleep 0.05; done"},
+                      runtime_);
+  std::string out;
+  ASSERT_TRUE(readUntil(l.out, "ready\n", out)) << out;
+  kill(l.pid, SIGINT);
+  ASSERT_TRUE(readUntil(l.out, "got-int\n", out)) << out;
+  kill(l.pid, SIGINT);
+  auto [st, rest] = finish(l);
+  out += rest;
+  EXPECT_EQ(testing::exitCodeOf(st), 128 + SIGKILL) << out;
+  EXPECT_NE(out.find("killing the job"), std::string::npos) << out;
+}
+
+TEST_F(Launcher, SigtermEndsTheJob) {
+  Launched l = launch({"/bin/sh", "-c", "echo ready; exec sleep 600"}, runtime_);
+  std::string out;
+  ASSERT_TRUE(readUntil(l.out, "ready\n", out)) << out;
+  kill(l.pid, SIGTERM);
+  auto [st, rest] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 128 + SIGTERM) << out << rest;
+}
+
+TEST_F(Launcher, UsesARunningDragondAndPsListsTheJob) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  const std::string env = "DRAGON_SOCKET=" + d->socket();
+  Launched l = launch({"/bin/sh", "-c", "echo ready; exec sleep 600"}, runtime_, {env});
+  std::string out;
+  ASSERT_TRUE(readUntil(l.out, "ready\n", out)) << out;
+  Launched ps = launch({"ps"}, runtime_, {env});
+  auto [pst, listing] = finish(ps);
+  EXPECT_EQ(testing::exitCodeOf(pst), 0) << listing;
+  EXPECT_NE(listing.find("PUID"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("sleep 600"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("running"), std::string::npos) << listing;
+  kill(l.pid, SIGTERM);
+  auto [st, rest] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 128 + SIGTERM) << out << rest;
+  EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "no private dragond was started";
+  // The shared dragond keeps serving after the job.
+  Client c = d->connect();
+  EXPECT_TRUE(c.listProcesses().has_value());
+}
+
+TEST_F(Launcher, PsWithoutADragondSaysSo) {
+  auto [st, out] = finish(launch({"ps"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st), 1);
+  EXPECT_NE(out.find("no dragond"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace dragon

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: MIT
+// Pools and channels served by a real dragond: created, handed over by fd, named, counted,
+// released when their owner dies.
+#include "daemon_fixture.hpp"
+
+#include <cstring>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+
+std::span<const std::byte> bytesOf(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+TEST(Objects, AChannelCreatedByOneClientCarriesMessagesFromAnotherProcess) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto pool = c.createPool(1 << 20);
+  ASSERT_TRUE(pool.has_value()) << pool.error().toString();
+  ChannelOptions co;
+  co.capacity = 8;
+  auto ch = c.createChannel((*pool)->descriptor(), co, "inbox");
+  ASSERT_TRUE(ch.has_value()) << ch.error().toString();
+  // A separate process attaches by name through its own connection and sends.
+  const std::string socket = d->socket();
+  pid_t child = testing::forkChild([&] {
+    Client::Options o;
+    o.socketPath = socket;
+    auto cc = Client::connect(o);
+    if (!cc.has_value()) return 10;
+    auto peer = cc->attachChannel(std::string_view("inbox"));
+    if (!peer.has_value()) return 11;
+    const std::string big(100000, 'z');  // through a pool block, not the ring
+    if (!(*peer)->channel().send(bytesOf("hello")).isOk()) return 12;
+    if (!(*peer)->channel().send(bytesOf(big)).isOk()) return 13;
+    return 0;
+  });
+  EXPECT_EQ(testing::exitCodeOf(testing::waitFor(child, 30s)), 0);
+  Message m;
+  ASSERT_TRUE((*ch)->channel().recv(m, Timeout::after(10s)).isOk());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data().data()), m.data().size()), "hello");
+  ASSERT_TRUE((*ch)->channel().recv(m, Timeout::after(10s)).isOk());
+  EXPECT_EQ(m.data().size(), 100000u);
+}
+
+TEST(Objects, NamesAreUniqueAndLookupsFindThem) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto a = c.createPool(1 << 20, "shared");
+  ASSERT_TRUE(a.has_value());
+  auto b = c.createPool(1 << 20, "shared");
+  ASSERT_FALSE(b.has_value());
+  EXPECT_EQ(b.error().code(), StatusCode::AlreadyExists);
+  auto found = c.lookupName("shared");
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(*found, (*a)->descriptor());
+  EXPECT_EQ(c.lookupName("absent").error().code(), StatusCode::NotFound);
+  auto other = c.createPool(1 << 20);
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ(c.registerName("shared", (*other)->descriptor()).code(), StatusCode::AlreadyExists);
+  EXPECT_TRUE(c.registerName("second", (*other)->descriptor()).isOk());
+  EXPECT_EQ(c.attachChannel(std::string_view("shared")).error().code(),
+            StatusCode::InvalidArgument);  // it names a pool
+}
+
+TEST(Objects, DetachOfTheLastReferenceReleasesAndDestroyEndsAtOnce) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto pool = c.createPool(1 << 20);
+  ASSERT_TRUE(pool.has_value());
+  const auto desc = (*pool)->descriptor();
+  ASSERT_TRUE(c.detach(desc).isOk());
+  EXPECT_EQ(c.attachPool(desc).error().code(), StatusCode::NotFound);
+  EXPECT_EQ(c.detach(desc).code(), StatusCode::NotFound);
+
+  auto named = c.createPool(1 << 20, "keep");
+  ASSERT_TRUE(named.has_value());
+  ASSERT_TRUE(c.detach((*named)->descriptor()).isOk());
+  EXPECT_TRUE(c.attachPool(std::string_view("keep")).has_value()) << "a name keeps it";
+  ASSERT_TRUE(c.destroy((*named)->descriptor()).isOk());
+  EXPECT_EQ(c.attachPool(std::string_view("keep")).error().code(), StatusCode::NotFound);
+  EXPECT_EQ(c.destroy((*named)->descriptor()).code(), StatusCode::NotFound);
+}
+
+TEST(Objects, AKilledClientsUnnamedObjectsAreReleasedButNamedAndSharedOnesStay) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const std::string socket = d->socket();
+  pid_t child = testing::forkChild([&] {
+    Client::Options o;
+    o.socketPath = socket;
+    auto cc = Client::connect(o);
+    if (!cc.has_value()) return 1;
+    auto lone = cc->createPool(1 << 20);
+    auto named = cc->createPool(1 << 20, "survivor");
+    auto shared = cc->createPool(1 << 20);
+    if (!lone.has_value() || !named.has_value() || !shared.has_value()) return 2;
+    ObjectDescriptor ds[3] = {(*lone)->descriptor(), (*named)->descriptor(),
+                              (*shared)->descriptor()};
+    (void)!write(fds[1], ds, sizeof ds);
+    pause();  // until SIGKILL
+    return 0;
+  });
+  ObjectDescriptor ds[3];
+  ASSERT_EQ(read(fds[0], ds, sizeof ds), static_cast<ssize_t>(sizeof ds));
+  Client c = d->connect();
+  auto shared = c.attachPool(ds[2]);  // handed on: this client holds it too
+  ASSERT_TRUE(shared.has_value());
+  kill(child, SIGKILL);
+  testing::waitFor(child, 10s);
+  EXPECT_TRUE(testing::eventually([&] {
+    auto r = c.attachPool(ds[0]);
+    if (r.has_value()) {
+      (void)c.detach(ds[0]);  // not yet released: give back the reference this probe took
+      return false;
+    }
+    return r.error().code() == StatusCode::NotFound;
+  })) << "the dead client's unnamed pool is released";
+  EXPECT_TRUE(c.attachPool(std::string_view("survivor")).has_value());
+  EXPECT_TRUE(c.attachPool(ds[2]).has_value());
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST(Objects, BadObjectRequestsGetClearErrors) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  EXPECT_EQ(c.createPool(1024).error().code(), StatusCode::InvalidArgument);  // below the minimum
+  ObjectDescriptor bogus;
+  bogus.kind = ObjectKind::Pool;
+  bogus.id = 42;
+  bogus.poolId = 42;
+  EXPECT_EQ(c.attachPool(bogus).error().code(), StatusCode::NotFound);
+  EXPECT_EQ(c.createChannel(bogus, ChannelOptions{}).error().code(), StatusCode::NotFound);
+  auto pool = c.createPool(1 << 20);
+  ASSERT_TRUE(pool.has_value());
+  ChannelOptions huge;
+  huge.capacity = 1u << 23;  // cannot fit in a 1 MiB pool
+  EXPECT_FALSE(c.createChannel((*pool)->descriptor(), huge).has_value());
+  EXPECT_TRUE(c.createChannel((*pool)->descriptor(), ChannelOptions{}).has_value());
+}
+
+}  // namespace
+}  // namespace dragon

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+// dragond's process manager through the client API, against a real dragond and real processes.
+#include "daemon_fixture.hpp"
+
+#include <fcntl.h>
+#include <map>
+#include <thread>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+
+SpawnOptions shell(const std::string& script) {
+  SpawnOptions o;
+  o.argv = {"/bin/sh", "-c", script};
+  o.stdoutMode = Stdio::Null;
+  o.stderrMode = Stdio::Null;
+  return o;
+}
+
+TEST(Processes, FiveHundredRunConcurrentlyAndAreAllReapedWithTheirStatus) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  // Every process blocks reading the same pipe until the test closes it: all 500 are alive at
+  // once, then all exit together.
+  int gate[2];
+  ASSERT_EQ(pipe2(gate, O_CLOEXEC), 0);
+  constexpr int kCount = 500;
+  std::vector<std::uint64_t> puids;
+  std::map<std::uint64_t, int> expected;  // puid -> shell code
+  for (int i = 0; i < kCount; ++i) {
+    SpawnOptions o = shell(i % 10 == 9 ? "read x; kill -KILL $$" : "read x; exit " +
+                                                                      std::to_string(i % 200));
+    o.stdinMode = Stdio::Passed;
+    o.stdinFd = gate[0];
+    auto r = c.spawn(o);
+    ASSERT_TRUE(r.has_value()) << "spawn " << i << ": " << r.error().toString();
+    puids.push_back(r->front().puid);
+    expected[r->front().puid] = i % 10 == 9 ? 128 + SIGKILL : i % 200;
+  }
+  close(gate[0]);
+  auto list = c.listProcesses();
+  ASSERT_TRUE(list.has_value());
+  std::size_t running = 0;
+  for (const auto& p : *list) running += p.running ? 1 : 0;
+  EXPECT_EQ(running, static_cast<std::size_t>(kCount)) << "all must be alive together";
+  close(gate[1]);
+  auto exits = c.wait(puids, Timeout::after(120s));
+  ASSERT_TRUE(exits.has_value()) << exits.error().toString();
+  ASSERT_EQ(exits->size(), puids.size());
+  for (const auto& e : *exits) {
+    EXPECT_EQ(e.shellCode(), expected[e.puid]) << "puid " << e.puid;
+  }
+}
+
+TEST(Processes, FiftyWritersOfTenThousandLinesLoseNothingAndTearNoLine) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  constexpr int kProcs = 50;
+  constexpr long kLines = 10000;
+  std::map<std::uint64_t, int> idOf;
+  std::vector<long> nextOut(kProcs, 0), nextErr(kProcs, 0);
+  std::size_t bad = 0;
+  std::string firstBad;
+  c.setOutputHandler([&](const OutputLine& l) {
+    // "[ID] ID:N:PAYLOAD\n" with the label the spawn asked for.
+    std::string_view s = l.line;
+    int label = -1, id = -1;
+    long n = -1;
+    int payloadAt = 0;
+    char ch = 0;
+    const std::string str(s);
+    const int fields = std::sscanf(str.c_str(), "[%d] %d:%ld:%n", &label, &id, &n, &payloadAt);
+    const auto payload = static_cast<std::size_t>(payloadAt);
+    bool ok = fields == 3 && label == id && id >= 0 && id < kProcs && !s.empty() &&
+              s.back() == '\n';
+    if (ok) {
+      const std::size_t len = s.size() - payload - 1;
+      ch = static_cast<char>('a' + (id + n) % 26);
+      ok = len == static_cast<std::size_t>(n % 97) &&
+           s.substr(payload, len).find_first_not_of(ch) == std::string_view::npos;
+      auto& next = n % 7 == 0 ? nextErr[id] : nextOut[id];
+      ok = ok && l.isStderr == (n % 7 == 0) && next <= n;
+      if (ok) next = n + 1;  // lines of one stream arrive in order
+    }
+    if (!ok && bad++ == 0) firstBad = str;
+  });
+  std::vector<std::uint64_t> puids;
+  for (int i = 0; i < kProcs; ++i) {
+    SpawnOptions o;
+    o.argv = {OUTPUT_WRITER_PATH, std::to_string(i), std::to_string(kLines)};
+    o.label = "[" + std::to_string(i) + "] ";
+    auto r = c.spawn(o);
+    ASSERT_TRUE(r.has_value()) << r.error().toString();
+    puids.push_back(r->front().puid);
+  }
+  auto exits = c.wait(puids, Timeout::after(300s));
+  ASSERT_TRUE(exits.has_value()) << exits.error().toString();
+  for (std::size_t i = 0; i < exits->size(); ++i) {
+    EXPECT_EQ((*exits)[i].exitCode, static_cast<int>(i % 50));
+  }
+  EXPECT_EQ(bad, 0u) << "first bad line: " << firstBad;
+  // Every line of every process arrived before its exit was reported.
+  for (int i = 0; i < kProcs; ++i) {
+    const long lastErr = (kLines - 1) / 7 * 7;
+    long lastOut = kLines - 1;
+    if (lastOut % 7 == 0) --lastOut;
+    EXPECT_EQ(nextOut[i], lastOut + 1) << "process " << i << " stdout";
+    EXPECT_EQ(nextErr[i], lastErr + 1) << "process " << i << " stderr";
+  }
+}
+
+TEST(Processes, ALineWithoutNewlineAtExitIsStillDelivered) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  std::vector<std::string> lines;
+  c.setOutputHandler([&](const OutputLine& l) { lines.emplace_back(l.line); });
+  SpawnOptions o;
+  o.argv = {"/bin/sh", "-c", "printf 'one\\ntwo'; kill -KILL $$"};
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value());
+  auto e = c.wait({r->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->front().signal, SIGKILL);
+  EXPECT_EQ(lines, (std::vector<std::string>{"one\n", "two"}));
+}
+
+TEST(Processes, WaitTimesOutWhileTheProcessRunsAndSignalEndsIt) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto r = c.spawn(shell("exec sleep 600"));
+  ASSERT_TRUE(r.has_value());
+  const auto puid = r->front().puid;
+  auto w = c.wait({puid}, Timeout::after(50ms));
+  ASSERT_FALSE(w.has_value());
+  EXPECT_EQ(w.error().code(), StatusCode::Timeout);
+  ASSERT_TRUE(c.signal({puid}, SIGUSR2).isOk());
+  w = c.wait({puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->front().signal, SIGUSR2);
+  EXPECT_EQ(w->front().shellCode(), 128 + SIGUSR2);
+}
+
+TEST(Processes, GroupsStartTogetherAndTakeOneSignal) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  SpawnOptions o = shell("exec sleep 600");
+  o.count = 4;
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->size(), 4u);
+  const auto group = r->front().group;
+  ASSERT_NE(group, 0u);
+  std::vector<std::uint64_t> puids;
+  for (const auto& p : *r) {
+    EXPECT_EQ(p.group, group);
+    puids.push_back(p.puid);
+  }
+  ASSERT_TRUE(c.signalGroup(group, SIGTERM).isOk());
+  auto w = c.wait(puids, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  for (const auto& e : *w) EXPECT_EQ(e.signal, SIGTERM);
+  EXPECT_EQ(c.signalGroup(987654, SIGTERM).code(), StatusCode::NotFound);
+}
+
+TEST(Processes, EnvironmentWorkingDirectoryAndFileOutputAreTheRequested) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  SpawnOptions o;
+  o.argv = {"sh", "-c", "echo \"$GREETING $(pwd)\"; echo oops >&2"};
+  o.env = {"GREETING=hello", "PATH=/usr/bin:/bin"};
+  o.cwd = d->dir();
+  o.stdoutMode = Stdio::File;
+  o.stdoutFile = d->dir() + "/out.txt";
+  o.stderrMode = Stdio::Null;
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  auto w = c.wait({r->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->front().exitCode, 0);
+  EXPECT_EQ(testing::readFile(d->dir() + "/out.txt"), "hello " + d->dir() + "\n");
+}
+
+TEST(Processes, BadSpawnRequestsGetClearErrors) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  SpawnOptions o;
+  o.argv = {"no-such-program-anywhere"};
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::NotFound);
+  o.argv = {"/nonexistent/prog"};
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::NotFound);
+  o.argv = {"/bin/true"};
+  o.stdinMode = Stdio::Capture;
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::InvalidArgument);
+  o.stdinMode = Stdio::Null;
+  o.env = {"NOEQUALS"};
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::InvalidArgument);
+  o.env = {};
+  o.count = 1'000'000;
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(c.wait({12345}, Timeout::after(1s)).error().code(), StatusCode::NotFound);
+  EXPECT_EQ(c.signal({12345}, SIGTERM).code(), StatusCode::NotFound);
+  // dragond is still serving.
+  o.count = 1;
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(c.wait({r->front().puid}, Timeout::after(30s)).has_value());
+}
+
+TEST(Processes, EndingAJobTerminatesItsProcessesAndTheirDescendants) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  // A process that ignores SIGTERM (SIGKILL after the grace period) with a child of its own.
+  SpawnOptions o = shell("trap '' TERM; sleep 600 & echo $!; wait");
+  o.stdoutMode = Stdio::Capture;
+  pid_t grandchild = 0;
+  c.setOutputHandler([&](const OutputLine& l) { grandchild = std::atoi(std::string(l.line).c_str()); });
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(testing::eventually([&] {
+    (void)c.pump(Timeout::after(10ms));
+    return grandchild > 0;
+  }));
+  ASSERT_TRUE(c.endJob().isOk());
+  EXPECT_TRUE(testing::processGone(r->front().pid));
+  EXPECT_TRUE(testing::eventually([&] { return testing::processGone(grandchild); }));
+}
+
+TEST(Processes, DragondStopsItsProcessesOnSigtermAndExitsZero) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto r = c.spawn(shell("exec sleep 600"));
+  ASSERT_TRUE(r.has_value());
+  const int st = d->stop();
+  EXPECT_EQ(testing::exitCodeOf(st), 0);
+  EXPECT_TRUE(testing::processGone(r->front().pid));
+  EXPECT_NE(access(d->socket().c_str(), F_OK), 0) << "the socket file is removed";
+}
+
+}  // namespace
+}  // namespace dragon

@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: MIT
+// dragond's front door: the handshake, malformed frames, other users, a vanished daemon,
+// its command line and configuration errors.
+#include "daemon_fixture.hpp"
+
+#include "protocol/codec.hpp"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <atomic>
+#include <optional>
+#include <thread>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+
+int rawConnect(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads until dragond closes the connection (bounded by a 10 s receive timeout); returns the
+// messages it sent and whether it closed.
+std::vector<protocol::Envelope> readUntilClosed(int fd, bool& closed) {
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  protocol::FrameDecoder dec;
+  std::vector<protocol::Envelope> out;
+  closed = false;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n == 0) {
+      closed = true;
+      break;
+    }
+    if (n < 0) break;
+    dec.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
+    for (auto m = dec.next(); m.has_value(); m = dec.next()) out.push_back(*m);
+  }
+  return out;
+}
+
+void expectErrorThenClose(const std::string& socket, const std::string& bytes, StatusCode code) {
+  int fd = rawConnect(socket);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  bool closed = false;
+  auto msgs = readUntilClosed(fd, closed);
+  close(fd);
+  EXPECT_TRUE(closed) << "dragond closes a connection that sent a bad stream";
+  ASSERT_EQ(msgs.size(), 1u);
+  ASSERT_TRUE(msgs[0].has_error());
+  EXPECT_EQ(msgs[0].error().code(), static_cast<std::uint32_t>(code));
+}
+
+std::string frameOf(const protocol::Envelope& e) {
+  std::string s;
+  EXPECT_TRUE(protocol::encode(e, s).isOk());
+  return s;
+}
+
+TEST(Server, MalformedTruncatedAndOversizedFramesGetAnErrorAndACloseNeverACrash) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  expectErrorThenClose(d->socket(), "GET / HTTP/1.1\r\n\r\n", StatusCode::InvalidArgument);
+  std::string oversized = std::string("DRGN") + '\x01' + '\0' + '\0' + '\0' + "\xff\xff\xff\x7f";
+  expectErrorThenClose(d->socket(), oversized, StatusCode::InvalidArgument);
+  std::string badVersion = std::string("DRGN") + '\x09' + '\0' + '\0' + '\0' + '\0' + '\0' + '\0' + '\0';
+  expectErrorThenClose(d->socket(), badVersion, StatusCode::InvalidArgument);
+  std::string garbageBody = std::string("DRGN") + '\x01' + '\0' + '\0' + '\0' + '\x04' + '\0' +
+                            '\0' + '\0' + "\xff\xff\xff\xff";
+  expectErrorThenClose(d->socket(), garbageBody, StatusCode::InvalidArgument);
+  // A request before Hello.
+  protocol::Envelope spawn;
+  spawn.set_request_id(1);
+  spawn.mutable_spawn()->add_argv("/bin/true");
+  expectErrorThenClose(d->socket(), frameOf(spawn), StatusCode::InvalidArgument);
+  // A Hello for versions dragond does not speak.
+  protocol::Envelope hello;
+  hello.mutable_hello()->set_min_version(7);
+  hello.mutable_hello()->set_max_version(9);
+  expectErrorThenClose(d->socket(), frameOf(hello), StatusCode::InvalidArgument);
+  // Half a frame, then the client vanishes.
+  int fd = rawConnect(d->socket());
+  const std::string half = frameOf(spawn).substr(0, 7);
+  ASSERT_EQ(write(fd, half.data(), half.size()), static_cast<ssize_t>(half.size()));
+  close(fd);
+  // dragond serves on.
+  Client c = d->connect();
+  EXPECT_TRUE(c.listProcesses().has_value());
+  EXPECT_EQ(testing::exitCodeOf(d->stop()), 0);
+}
+
+TEST(Server, AClientBlockedOnADragondThatDiesGetsPeerLostWithinASecond) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  SpawnOptions o;
+  o.argv = {"/bin/sleep", "600"};
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value());
+  const pid_t daemonPid = d->pid();
+  const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+  std::atomic<std::int64_t> killedAtNs{0};
+  std::thread killer([daemonPid, tid, &killedAtNs] {
+    // Kill dragond once the client thread sits in poll() (syscall 7 on x86-64, waiting for
+    // the reply), so the kill lands on a blocked call.
+    const std::string path = "/proc/self/task/" + std::to_string(tid) + "/syscall";
+    testing::eventually([&] {
+      FILE* f = std::fopen(path.c_str(), "r");
+      long nr = -1;
+      if (f != nullptr) {
+        if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;
+        std::fclose(f);
+      }
+      return nr == SYS_poll || nr == SYS_ppoll;
+    });
+    killedAtNs = monotonicNowNs();
+    kill(daemonPid, SIGKILL);
+  });
+  auto w = c.wait({r->front().puid}, Timeout::forever());
+  const std::int64_t returnedNs = monotonicNowNs();
+  killer.join();
+  d->crash();
+  ASSERT_FALSE(w.has_value());
+  EXPECT_EQ(w.error().code(), StatusCode::PeerLost);
+  EXPECT_LT(returnedNs - killedAtNs.load(), 1'000'000'000) << "PeerLost within a second";
+  EXPECT_EQ(c.listProcesses().error().code(), StatusCode::PeerLost) << "and every later call";
+  kill(r->front().pid, SIGKILL);  // orphaned by the crash
+}
+
+// Another user, made for the test.
+struct OtherUser {
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+std::optional<OtherUser> otherUser() {
+  if (geteuid() != 0) return std::nullopt;
+  const char* name = "dragon-test-user";
+  if (getpwnam(name) == nullptr) {
+    (void)!std::system("useradd --system --no-create-home --shell /usr/sbin/nologin "
+                       "dragon-test-user >/dev/null 2>&1");
+  }
+  const passwd* pw = getpwnam(name);
+  if (pw == nullptr) return std::nullopt;
+  return OtherUser{pw->pw_uid, pw->pw_gid};
+}
+
+TEST(Server, AnotherUserIsRefused) {
+  auto other = otherUser();
+  if (!other) GTEST_SKIP() << "needs root to create a second user";
+  // 1. The other user cannot even reach the socket of ours (0700 directory).
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  const std::string socket = d->socket();
+  pid_t child = testing::forkChild([&] {
+    if (setgroups(0, nullptr) != 0 || setgid(other->gid) != 0 || setuid(other->uid) != 0) return 9;
+    Client::Options o;
+    o.socketPath = socket;
+    auto c = Client::connect(o);
+    return !c.has_value() && c.error().code() == StatusCode::PermissionDenied ? 0 : 1;
+  });
+  EXPECT_EQ(testing::exitCodeOf(testing::waitFor(child, 30s)), 0);
+
+  // 2. A dragond of the other user refuses us (root can reach its socket; SO_PEERCRED says no).
+  const std::string dir = testing::makeTempDir();
+  ASSERT_EQ(chown(dir.c_str(), other->uid, other->gid), 0);
+  const std::string theirs = dir + "/dragond.sock";
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t daemon = fork();
+  if (daemon == 0) {
+    close(ready[0]);
+    if (setgroups(0, nullptr) != 0 || setgid(other->gid) != 0 || setuid(other->uid) != 0) _exit(9);
+    setenv("HOME", dir.c_str(), 1);  // root's home is not readable by the other user
+    unsetenv("XDG_CONFIG_HOME");
+    const std::string fd = std::to_string(ready[1]);
+    execl(DRAGOND_PATH, DRAGOND_PATH, "--standalone", "--socket", theirs.c_str(), "--ready-fd",
+          fd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(ready[1]);
+  char buf[8];
+  pollfd p{ready[0], POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 30'000), 1);
+  ASSERT_EQ(read(ready[0], buf, 5), 5);
+  close(ready[0]);
+  Client::Options o;
+  o.socketPath = theirs;
+  auto c = Client::connect(o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code(), StatusCode::PermissionDenied) << c.error().toString();
+  kill(daemon, SIGTERM);
+  EXPECT_EQ(testing::exitCodeOf(testing::waitFor(daemon, 30s)), 0);
+  testing::removeTree(dir);
+}
+
+// Runs dragond with `args` (and `env` added); its exit code and everything it printed.
+std::pair<int, std::string> runDragond(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " DRAGOND_PATH " " + args + " 2>&1";
+  FILE* f = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const int st = pclose(f);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+TEST(Server, RootIsRefusedUnlessAllowed) {
+  if (geteuid() != 0) GTEST_SKIP() << "only meaningful as root";
+  auto [rc, out] = runDragond("--standalone --socket /tmp/dragon-test-never.sock",
+                              "env -u DRAGON_ALLOW_ROOT");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("refusing to run as root"), std::string::npos) << out;
+}
+
+TEST(Server, EveryConfigurationErrorStopsDragondWithWhereAndWhich) {
+  const std::string dir = testing::makeTempDir();
+  auto write = [&](const std::string& name, const std::string& text) {
+    const std::string path = dir + "/" + name;
+    FILE* f = std::fopen(path.c_str(), "w");
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+    return path;
+  };
+  struct Case {
+    std::string args, env, mustContain;
+  };
+  const std::vector<Case> cases = {
+      {"--config " + write("unknown.yaml", "log_level: info\npool:\n  defualt_size: 1GiB\n"), "",
+       "unknown.yaml:3"},
+      {"--config " + dir + "/unknown.yaml", "", "pool.defualt_size"},
+      {"--config " + write("type.yaml", "channel:\n  capacity: lots\n"), "", "type.yaml:2"},
+      {"--config " + dir + "/type.yaml", "", "channel.capacity"},
+      {"--config " + write("size.yaml", "pool:\n  default_size: 12 parsecs\n"), "", "pool.default_size"},
+      {"--config " + write("range.yaml", "pool:\n  default_size: 1KiB\n"), "", "range.yaml:2"},
+      {"--config " + write("enum.yaml", "log_level: chatty\n"), "", "log_level"},
+      {"--config " + write("syntax.yaml", "pool: [unclosed\n"), "", "syntax.yaml"},
+      {"--config " + dir + "/missing.yaml", "", "missing.yaml"},
+      {"--set pool.default_size=banana", "", "--set pool.default_size"},
+      {"--set no.such.key=1", "", "no.such.key"},
+      {"--log-level loud", "", "--log-level"},
+      {"", "DRAGON_CHANNEL_CAPACITY=0", "DRAGON_CHANNEL_CAPACITY"},
+      {"--no-such-flag", "", "--no-such-flag"},
+      {"--ready-fd x", "", "--ready-fd"},
+      {"stray", "", "stray"},
+  };
+  for (const auto& c : cases) {
+    auto [rc, out] = runDragond("--standalone --allow-root --socket " + dir + "/s.sock " + c.args,
+                                c.env);
+    EXPECT_EQ(rc, 2) << c.args << " " << c.env << ":\n" << out;
+    EXPECT_NE(out.find(c.mustContain), std::string::npos)
+        << c.args << " " << c.env << " should name " << c.mustContain << ":\n" << out;
+  }
+  testing::removeTree(dir);
+}
+
+TEST(Server, PrintConfigShowsEveryKeyWithItsSourceAndVersionAndHelpWork) {
+  auto [rc, out] = runDragond("--print-config --set channel.capacity=99", "DRAGON_LOG_LEVEL=info");
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(out.find("capacity: 99"), std::string::npos) << out;
+  EXPECT_NE(out.find("--set channel.capacity"), std::string::npos) << out;
+  EXPECT_NE(out.find("DRAGON_LOG_LEVEL"), std::string::npos) << out;
+  EXPECT_NE(out.find("kill_grace"), std::string::npos) << out;
+  auto [vrc, version] = runDragond("--version");
+  EXPECT_EQ(vrc, 0);
+  EXPECT_EQ(version, "dragond " DRAGON_VERSION "\n");
+  auto [hrc, help] = runDragond("--help");
+  EXPECT_EQ(hrc, 0);
+  EXPECT_NE(help.find("--print-config"), std::string::npos);
+}
+
+TEST(Server, ASecondDragondOnALiveSocketAndAnUnsafeRuntimeDirectoryAreRefused) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  auto [rc, out] = runDragond("--standalone --allow-root --socket " + d->socket());
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("another dragond"), std::string::npos) << out;
+  Client c = d->connect();
+  EXPECT_TRUE(c.listProcesses().has_value()) << "the first one still serves";
+
+  const std::string dir = testing::makeTempDir();
+  ASSERT_EQ(chmod(dir.c_str(), 0755), 0);
+  auto [rc2, out2] = runDragond("--standalone --allow-root --set runtime_dir=" + dir);
+  EXPECT_EQ(rc2, 1);
+  EXPECT_NE(out2.find("0755"), std::string::npos) << out2;
+  testing::removeTree(dir);
+}
+
+TEST(Server, Sigusr1DumpsEveryManagersState) {
+  const std::string dir = testing::makeTempDir();
+  const std::string log = dir + "/log";
+  const std::string sock = dir + "/d.sock";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, 2);
+    execl(DRAGOND_PATH, DRAGOND_PATH, "--standalone", "--allow-root", "--socket", sock.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  Client::Options o;
+  o.socketPath = sock;
+  Result<Client> c = Status(StatusCode::NotFound);
+  ASSERT_TRUE(testing::eventually([&] { return (c = Client::connect(o)).has_value(); }));
+  ASSERT_TRUE(c->createPool(1 << 20, "dumped").has_value());
+  kill(pid, SIGUSR1);
+  auto contents = [&] {
+    FILE* f = std::fopen(log.c_str(), "r");
+    std::string s;
+    char buf[4096];
+    std::size_t n;
+    while (f != nullptr && (n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+    if (f != nullptr) std::fclose(f);
+    return s;
+  };
+  EXPECT_TRUE(testing::eventually([&] { return contents().find("event loop:") != std::string::npos; }));
+  const std::string text = contents();
+  for (const char* part : {"global services", "processes:", "objects: 1 pools", "server: 1 connections",
+                           "name 'dumped'"}) {
+    EXPECT_NE(text.find(part), std::string::npos) << part << " missing from:\n" << text;
+  }
+  kill(pid, SIGTERM);
+  EXPECT_EQ(testing::exitCodeOf(testing::waitFor(pid, 30s)), 0);
+  testing::removeTree(dir);
+}
+
+}  // namespace
+}  // namespace dragon
