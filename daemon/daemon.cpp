@@ -55,15 +55,16 @@ class Daemon {
     }
     startWatchdog();
     // READY only now: the socket is bound and the loop is about to serve it.
-    const std::string status = "READY=1\nSTATUS=serving " + socketPathFor(options_.config);
+    const std::string where =
+        boundPath_.empty() ? std::string("the socket systemd passed") : boundPath_;
+    const std::string status = "READY=1\nSTATUS=serving " + where;
     (void)sd_notify(0, status.c_str());
     if (options_.readyFd >= 0) {
       const char msg[] = "ready\n";
       (void)!write(options_.readyFd, msg, sizeof msg - 1);
       close(options_.readyFd);
     }
-    DRAGON_LOG(Info, "dragond", "serving %s (pid %d)", socketPathFor(options_.config).c_str(),
-               static_cast<int>(getpid()));
+    DRAGON_LOG(Info, "dragond", "serving %s (pid %d)", where.c_str(), static_cast<int>(getpid()));
     st = loop_.run();
     if (!st.isOk()) {
       DRAGON_LOG(Error, "dragond", "event loop: %s", st.toString().c_str());

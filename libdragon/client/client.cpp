@@ -34,6 +34,11 @@ std::string defaultSocketPath() {
   if (s != nullptr && s[0] != '\0') {
     return s;
   }
+  // The system's per-user instance (dragond@UID.socket), when one is set up.
+  const std::string system = "/run/dragon/" + std::to_string(getuid()) + "/dragond.sock";
+  if (access(system.c_str(), F_OK) == 0) {
+    return system;
+  }
   return defaultRuntimeDir() + "/dragond.sock";
 }
 

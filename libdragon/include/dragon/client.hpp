@@ -27,7 +27,8 @@ namespace dragon {
 // The runtime directory of the calling user: $XDG_RUNTIME_DIR/dragon if XDG_RUNTIME_DIR is set,
 // else /tmp/dragon-UID.
 std::string defaultRuntimeDir();
-// Where a client looks for dragond: $DRAGON_SOCKET if set, else RUNTIME_DIR/dragond.sock.
+// Where a client looks for dragond: $DRAGON_SOCKET if set, else the system's per-user instance
+// /run/dragon/UID/dragond.sock if it exists, else RUNTIME_DIR/dragond.sock.
 std::string defaultSocketPath();
 
 // A channel handed out by dragond, with the pool that holds it kept mapped as long as it lives.
