@@ -7,6 +7,7 @@ packages=(
   meson ninja-build pkg-config g++ gcc     # build
   libyaml-cpp-dev                          # configuration files
   libsystemd-dev                           # sd_notify, socket activation
+  systemd systemd-container util-linux     # units tested under a real systemd (nspawn)
   libprotobuf-dev protobuf-compiler        # control protocol
   libgtest-dev libgmock-dev googletest     # tests (GoogleTest through pkg-config)
   clang-tidy                               # naming check (STYLE.md)
