@@ -19,9 +19,18 @@ libdir=$(pkg-config --variable=libdir dragon)
 gcc -std=c11 -Wall -Werror tests/capi/capi_test.c -o "$work/capi" $(pkg-config --cflags --libs dragon)
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Werror tests/public_headers_test.cpp -o "$work/cxx" $(pkg-config --cflags --libs dragon)
+# shellcheck disable=SC2046
+gcc -std=c11 -Wall -Werror -DDRAGOND_PATH="\"$prefix/bin/dragond\"" tests/capi/capi_client_test.c \
+  -o "$work/capi_client" $(pkg-config --cflags --libs dragon)
 LD_LIBRARY_PATH=$libdir "$work/capi" >/dev/null
 LD_LIBRARY_PATH=$libdir "$work/cxx"
-for f in include/dragon/channel.hpp include/dragon/dragon.h; do
+# The installed dragond serves the installed client library.
+LD_LIBRARY_PATH=$libdir "$work/capi_client" >/dev/null
+# The installed launcher runs a job (with a private dragond it finds beside itself).
+out=$(XDG_RUNTIME_DIR=$work DRAGON_ALLOW_ROOT=true "$prefix/bin/dragon" -- /bin/echo installed-ok)
+[ "$out" = "installed-ok" ] || { echo "install check: the installed launcher said '$out'" >&2; exit 1; }
+for f in bin/dragon bin/dragond lib/systemd/system/dragond@.service lib/systemd/system/dragond@.socket \
+  include/dragon/channel.hpp include/dragon/client.hpp include/dragon/dragon.h; do
   [ -f "$prefix/$f" ] || { echo "install check: $f was not installed" >&2; exit 1; }
 done
 if find "$prefix/include" -name 'private.hpp' | grep -q .; then

@@ -6,70 +6,23 @@
 #include <dragon/pool.hpp>
 
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
 
-struct dragon_pool {
-  dragon::Pool pool;
-};
-struct dragon_channel {
-  dragon::Channel channel;
-};
-struct dragon_message {
-  dragon::Message message;
-};
+#include "capi/internal.hpp"
 
-namespace {
+namespace dragon::capi {
 
-thread_local std::string tLastError;
-
-dragon_status_t fail(const dragon::Status& st) {
-  try {
-    tLastError = st.toString();
-  } catch (...) {
-    tLastError.clear();
-  }
-  return static_cast<dragon_status_t>(st.code());
+std::string& lastError() noexcept {
+  thread_local std::string message;
+  return message;
 }
 
-dragon_status_t invalid(const char* what) {
-  return fail(dragon::Status(dragon::StatusCode::InvalidArgument, what));
-}
+}  // namespace dragon::capi
 
-dragon::Timeout toTimeout(int64_t ns) {
-  if (ns < 0) {
-    return dragon::Timeout::forever();
-  }
-  return dragon::Timeout::after(std::chrono::nanoseconds(ns));
-}
-
-dragon::PoolAllocation toAlloc(const dragon_allocation_t* a) {
-  return {a->pool_id, a->offset, a->size};
-}
-
-dragon::Result<dragon::ObjectDescriptor> toDesc(const dragon_descriptor_t* d) {
-  return dragon::ObjectDescriptor::parse(std::as_bytes(std::span(d->bytes)));
-}
-
-void fromDesc(const dragon::ObjectDescriptor& d, dragon_descriptor_t* out) {
-  const auto b = d.serialize();
-  std::memcpy(out->bytes, b.data(), b.size());
-}
-
-// Runs `body`, turning any escaping exception into a status.
-template <typename F>
-dragon_status_t guarded(F&& body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return fail(dragon::Status(dragon::StatusCode::SystemError, "out of memory"));
-  } catch (...) {
-    return fail(dragon::Status(dragon::StatusCode::Internal, "unexpected exception"));
-  }
-}
-
-}  // namespace
+using namespace dragon::capi;  // NOLINT: this file implements the C ABI on those helpers
 
 extern "C" {
 
@@ -77,7 +30,7 @@ const char* dragon_status_name(dragon_status_t status) {
   return dragon::statusCodeName(static_cast<dragon::StatusCode>(status)).data();
 }
 
-const char* dragon_last_error(void) { return tLastError.c_str(); }
+const char* dragon_last_error(void) { return dragon::capi::lastError().c_str(); }
 
 dragon_status_t dragon_pool_create(uint64_t size, dragon_pool_t** out_pool) {
   return guarded([&] {
@@ -90,7 +43,7 @@ dragon_status_t dragon_pool_create(uint64_t size, dragon_pool_t** out_pool) {
     if (!p) {
       return fail(p.error());
     }
-    *out_pool = new dragon_pool{std::move(*p)};
+    *out_pool = new dragon_pool{std::make_shared<dragon::Pool>(std::move(*p))};
     return DRAGON_OK;
   });
 }
@@ -111,7 +64,7 @@ dragon_status_t dragon_pool_attach(int fd, const dragon_descriptor_t* desc,
       // Not ours to close on failure: the caller keeps the fd.
       return fail(p.error());
     }
-    *out_pool = new dragon_pool{std::move(*p)};
+    *out_pool = new dragon_pool{std::make_shared<dragon::Pool>(std::move(*p))};
     return DRAGON_OK;
   });
 }
@@ -122,7 +75,7 @@ dragon_status_t dragon_pool_fd(const dragon_pool_t* pool, int* out_fd) {
   if (pool == nullptr || out_fd == nullptr) {
     return invalid("pool or out_fd is NULL");
   }
-  *out_fd = pool->pool.fd();
+  *out_fd = pool->pool->fd();
   return DRAGON_OK;
 }
 
@@ -130,7 +83,7 @@ dragon_status_t dragon_pool_descriptor(const dragon_pool_t* pool, dragon_descrip
   if (pool == nullptr || out_desc == nullptr) {
     return invalid("pool or out_desc is NULL");
   }
-  fromDesc(pool->pool.descriptor(), out_desc);
+  fromDesc(pool->pool->descriptor(), out_desc);
   return DRAGON_OK;
 }
 
@@ -140,7 +93,7 @@ dragon_status_t dragon_pool_alloc(dragon_pool_t* pool, uint64_t size, int64_t ti
     if (pool == nullptr || out_alloc == nullptr) {
       return invalid("pool or out_alloc is NULL");
     }
-    auto a = pool->pool.alloc(size, toTimeout(timeout_ns));
+    auto a = pool->pool->alloc(size, toTimeout(timeout_ns));
     if (!a) {
       return fail(a.error());
     }
@@ -154,7 +107,7 @@ dragon_status_t dragon_pool_free(dragon_pool_t* pool, const dragon_allocation_t*
     if (pool == nullptr || alloc == nullptr) {
       return invalid("pool or alloc is NULL");
     }
-    dragon::Status st = pool->pool.free(toAlloc(alloc));
+    dragon::Status st = pool->pool->free(toAlloc(alloc));
     return st.isOk() ? DRAGON_OK : fail(st);
   });
 }
@@ -165,14 +118,14 @@ dragon_status_t dragon_pool_pointer(dragon_pool_t* pool, const dragon_allocation
     if (pool == nullptr || alloc == nullptr || out_ptr == nullptr) {
       return invalid("pool, alloc or out_ptr is NULL");
     }
-    if (alloc->pool_id != pool->pool.id()) {
+    if (alloc->pool_id != pool->pool->id()) {
       return invalid("allocation belongs to another pool");
     }
-    auto a = pool->pool.allocationAt(alloc->offset);
+    auto a = pool->pool->allocationAt(alloc->offset);
     if (!a) {
       return fail(a.error());
     }
-    *out_ptr = pool->pool.pointer(*a);
+    *out_ptr = pool->pool->pointer(*a);
     return DRAGON_OK;
   });
 }
@@ -182,7 +135,7 @@ dragon_status_t dragon_pool_stats(dragon_pool_t* pool, dragon_pool_stats_t* out_
     if (pool == nullptr || out_stats == nullptr) {
       return invalid("pool or out_stats is NULL");
     }
-    auto s = pool->pool.stats();
+    auto s = pool->pool->stats();
     if (!s) {
       return fail(s.error());
     }
@@ -197,7 +150,7 @@ dragon_status_t dragon_pool_reclaim(dragon_pool_t* pool, uint64_t* out_freed) {
     if (pool == nullptr) {
       return invalid("pool is NULL");
     }
-    auto n = dragon::Channel::reclaimOrphans(pool->pool);
+    auto n = dragon::Channel::reclaimOrphans(*pool->pool);
     if (!n) {
       return fail(n.error());
     }
@@ -217,11 +170,11 @@ dragon_status_t dragon_channel_create(dragon_pool_t* pool, uint32_t capacity, ui
     dragon::ChannelOptions o;
     o.capacity = capacity;
     o.inlineSize = inline_size;
-    auto c = dragon::Channel::create(pool->pool, o);
+    auto c = dragon::Channel::create(*pool->pool, o);
     if (!c) {
       return fail(c.error());
     }
-    *out_channel = new dragon_channel{std::move(*c)};
+    *out_channel = new dragon_channel{pool->pool, std::move(*c)};
     return DRAGON_OK;
   });
 }
@@ -236,11 +189,11 @@ dragon_status_t dragon_channel_attach(dragon_pool_t* pool, const dragon_descript
     if (!d) {
       return fail(d.error());
     }
-    auto c = dragon::Channel::attach(pool->pool, *d);
+    auto c = dragon::Channel::attach(*pool->pool, *d);
     if (!c) {
       return fail(c.error());
     }
-    *out_channel = new dragon_channel{std::move(*c)};
+    *out_channel = new dragon_channel{pool->pool, std::move(*c)};
     return DRAGON_OK;
   });
 }

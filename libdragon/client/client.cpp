@@ -177,6 +177,13 @@ struct Client::Impl {
     }
   }
 
+  // Gives back the reference an attach of the wrong kind took.
+  void dropReference(const ObjectDescriptor& d) {
+    pb::Envelope req;
+    *req.mutable_detach()->mutable_object() = pb::toRef(d);
+    (void)call(req);
+  }
+
   Result<std::shared_ptr<Pool>> poolFromReply(Reply& r, const ObjectDescriptor& poolDesc) {
     auto it = pools.find(poolDesc.id);
     if (it != pools.end()) {
@@ -201,6 +208,7 @@ struct Client::Impl {
     }
     DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor d, pb::fromRef(r.msg.object().object()));
     if (d.kind != ObjectKind::Pool) {
+      dropReference(d);
       return Status(StatusCode::InvalidArgument, "the object is not a pool");
     }
     return poolFromReply(r, d);
@@ -213,6 +221,7 @@ struct Client::Impl {
     }
     DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor d, pb::fromRef(r.msg.object().object()));
     if (d.kind != ObjectKind::Channel) {
+      dropReference(d);
       return Status(StatusCode::InvalidArgument, "the object is not a channel");
     }
     DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor pd, pb::fromRef(r.msg.object().pool()));

@@ -37,6 +37,7 @@ class ClientChannel {
   Channel& channel() noexcept { return channel_; }
   Pool& pool() noexcept { return *pool_; }
   ObjectDescriptor descriptor() const noexcept { return channel_.descriptor(); }
+  std::shared_ptr<Pool> sharedPool() const noexcept { return pool_; }
 
  private:
   friend class Client;

@@ -120,6 +120,105 @@ dragon_status_t dragon_descriptor_to_string(const dragon_descriptor_t* desc, cha
                                             size_t capacity);
 dragon_status_t dragon_descriptor_from_string(const char* text, dragon_descriptor_t* out_desc);
 
+/* ---- The client of dragond: every control operation ------------------------------------- */
+
+typedef struct dragon_client dragon_client_t;
+
+/* socket_path NULL: $DRAGON_SOCKET, else /run/dragon/UID/dragond.sock, else the runtime dir's. */
+dragon_status_t dragon_client_connect(const char* socket_path, dragon_client_t** out_client);
+/* Disconnects: objects this client holds references to are released unless named or shared. */
+void dragon_client_close(dragon_client_t* client);
+
+/* Objects. `name` may be NULL (no name). Attach by descriptor (desc) or by name (desc NULL). */
+dragon_status_t dragon_client_pool_create(dragon_client_t* client, uint64_t size, const char* name,
+                                          dragon_pool_t** out_pool);
+dragon_status_t dragon_client_pool_attach(dragon_client_t* client, const dragon_descriptor_t* desc,
+                                          const char* name, dragon_pool_t** out_pool);
+dragon_status_t dragon_client_channel_create(dragon_client_t* client, dragon_pool_t* pool,
+                                             uint32_t capacity, uint32_t inline_size,
+                                             const char* name, dragon_channel_t** out_channel);
+dragon_status_t dragon_client_channel_attach(dragon_client_t* client,
+                                             const dragon_descriptor_t* desc, const char* name,
+                                             dragon_channel_t** out_channel);
+dragon_status_t dragon_client_detach(dragon_client_t* client, const dragon_descriptor_t* desc);
+dragon_status_t dragon_client_destroy(dragon_client_t* client, const dragon_descriptor_t* desc);
+dragon_status_t dragon_client_register_name(dragon_client_t* client, const char* name,
+                                            const dragon_descriptor_t* desc);
+dragon_status_t dragon_client_lookup_name(dragon_client_t* client, const char* name,
+                                          dragon_descriptor_t* out_desc);
+
+/* Processes. */
+enum {
+  DRAGON_STDIO_INHERIT = 0, /* dragond's own */
+  DRAGON_STDIO_CAPTURE = 1, /* lines to this client's output handler */
+  DRAGON_STDIO_NULL = 2,
+  DRAGON_STDIO_FILE = 3,
+  DRAGON_STDIO_PASSED = 4 /* this process's fd (stdin_fd...), lent to the child */
+};
+
+typedef struct dragon_spawn_options {
+  const char* const* argv; /* NULL-terminated; argv[0] is the program (looked up in PATH) */
+  const char* const* env;  /* NULL-terminated "NAME=value"; NULL: this process's environment */
+  const char* cwd;         /* NULL: this process's */
+  int stdin_mode, stdout_mode, stderr_mode; /* DRAGON_STDIO_* */
+  const char* stdin_file;
+  const char* stdout_file;
+  const char* stderr_file;
+  int stdin_fd, stdout_fd, stderr_fd; /* for DRAGON_STDIO_PASSED */
+  const char* label;                  /* prefix of captured lines; "{puid}" is replaced */
+  uint64_t group;                     /* join this group; 0: none (a new one when count > 1) */
+  uint32_t count;                     /* 0 or 1: one process */
+} dragon_spawn_options_t;
+
+/* Defaults: stdin null, stdout and stderr captured, one process. */
+void dragon_spawn_options_init(dragon_spawn_options_t* options);
+
+typedef struct dragon_process {
+  uint64_t puid;
+  int32_t pid;
+  uint64_t group;
+} dragon_process_t;
+
+typedef struct dragon_exit {
+  uint64_t puid;
+  int32_t exit_code; /* when it exited */
+  int32_t signal;    /* when a signal ended it, else 0 */
+} dragon_exit_t;
+
+typedef struct dragon_process_entry {
+  uint64_t puid;
+  int32_t pid;
+  int32_t running;
+  int32_t exit_code;
+  int32_t signal;
+  uint64_t group;
+  uint64_t job;
+} dragon_process_entry_t;
+
+/* Starts options->count processes; writes up to `capacity` of them and their number. */
+dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_options_t* options,
+                                    dragon_process_t* out_processes, size_t capacity,
+                                    size_t* out_count);
+/* Waits for all `count` processes; out_exits has room for `count`. */
+dragon_status_t dragon_client_wait(dragon_client_t* client, const uint64_t* puids, size_t count,
+                                   int64_t timeout_ns, dragon_exit_t* out_exits);
+dragon_status_t dragon_client_signal(dragon_client_t* client, const uint64_t* puids, size_t count,
+                                     int signal);
+dragon_status_t dragon_client_signal_group(dragon_client_t* client, uint64_t group, int signal);
+/* Writes up to `capacity` entries and the total number in *out_count. */
+dragon_status_t dragon_client_list_processes(dragon_client_t* client,
+                                             dragon_process_entry_t* out_entries, size_t capacity,
+                                             size_t* out_count);
+/* Ends this client's job (SIGTERM, SIGKILL after the grace period; at once if `now`). */
+dragon_status_t dragon_client_end_job(dragon_client_t* client, int now);
+
+/* Captured output: called during client calls and dragon_client_pump. */
+typedef void (*dragon_output_fn)(void* context, uint64_t puid, int is_stderr, const char* line,
+                                 size_t length);
+dragon_status_t dragon_client_set_output_handler(dragon_client_t* client, dragon_output_fn fn,
+                                                 void* context);
+dragon_status_t dragon_client_pump(dragon_client_t* client, int64_t timeout_ns);
+
 #ifdef __cplusplus
 }
 #endif
