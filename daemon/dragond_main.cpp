@@ -30,19 +30,19 @@ READY, STOPPING and WATCHDOG through NOTIFY_SOCKET.
 )";
 
 int run(int argc, char** argv) {
-  enum { kConfig = 1, kSet, kSocket, kLogLevel, kAllowRoot, kPrint, kVersion, kHelp, kStandalone,
-         kReadyFd };
+  enum { OptConfig = 1, OptSet, OptSocket, OptLogLevel, OptAllowRoot, OptPrint, OptVersion, OptHelp, OptStandalone,
+         OptReadyFd };
   static const option kOptions[] = {
-      {"standalone", no_argument, nullptr, kStandalone},
-      {"config", required_argument, nullptr, kConfig},
-      {"set", required_argument, nullptr, kSet},
-      {"socket", required_argument, nullptr, kSocket},
-      {"log-level", required_argument, nullptr, kLogLevel},
-      {"allow-root", no_argument, nullptr, kAllowRoot},
-      {"print-config", no_argument, nullptr, kPrint},
-      {"version", no_argument, nullptr, kVersion},
-      {"help", no_argument, nullptr, kHelp},
-      {"ready-fd", required_argument, nullptr, kReadyFd},  // for the launcher
+      {"standalone", no_argument, nullptr, OptStandalone},
+      {"config", required_argument, nullptr, OptConfig},
+      {"set", required_argument, nullptr, OptSet},
+      {"socket", required_argument, nullptr, OptSocket},
+      {"log-level", required_argument, nullptr, OptLogLevel},
+      {"allow-root", no_argument, nullptr, OptAllowRoot},
+      {"print-config", no_argument, nullptr, OptPrint},
+      {"version", no_argument, nullptr, OptVersion},
+      {"help", no_argument, nullptr, OptHelp},
+      {"ready-fd", required_argument, nullptr, OptReadyFd},  // for the launcher
       {nullptr, 0, nullptr, 0},
   };
   dragon::config::LoadOptions load;
@@ -52,9 +52,9 @@ int run(int argc, char** argv) {
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
     switch (c) {
-      case kStandalone: options.standalone = true; break;
-      case kConfig: load.explicitFile = optarg; break;
-      case kSet: {
+      case OptStandalone: options.standalone = true; break;
+      case OptConfig: load.explicitFile = optarg; break;
+      case OptSet: {
         std::string kv = optarg;
         const auto eq = kv.find('=');
         if (eq == std::string::npos) {
@@ -64,13 +64,13 @@ int run(int argc, char** argv) {
         load.overrides.push_back({kv.substr(0, eq), kv.substr(eq + 1), "--set " + kv.substr(0, eq)});
         break;
       }
-      case kSocket: load.overrides.push_back({"socket", optarg, "--socket"}); break;
-      case kLogLevel: load.overrides.push_back({"log_level", optarg, "--log-level"}); break;
-      case kAllowRoot: load.overrides.push_back({"allow_root", "true", "--allow-root"}); break;
-      case kPrint: print = true; break;
-      case kVersion: std::printf("dragond %s\n", DRAGON_VERSION); return 0;
-      case kHelp: std::fputs(kUsage, stdout); return 0;
-      case kReadyFd: {
+      case OptSocket: load.overrides.push_back({"socket", optarg, "--socket"}); break;
+      case OptLogLevel: load.overrides.push_back({"log_level", optarg, "--log-level"}); break;
+      case OptAllowRoot: load.overrides.push_back({"allow_root", "true", "--allow-root"}); break;
+      case OptPrint: print = true; break;
+      case OptVersion: std::printf("dragond %s\n", DRAGON_VERSION); return 0;
+      case OptHelp: std::fputs(kUsage, stdout); return 0;
+      case OptReadyFd: {
         char* end = nullptr;
         const long fd = std::strtol(optarg, &end, 10);
         if (end == optarg || *end != '\0' || fd < 0 || fd > 1 << 20) {

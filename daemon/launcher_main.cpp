@@ -182,15 +182,15 @@ int listProcesses(const Options& o) {
 }
 
 std::optional<int> parse(int argc, char** argv, Options& o) {
-  enum { kLabel = 1, kSocket, kPrivate, kConfig, kLogLevel, kVersion, kHelp };
+  enum { OptLabel = 1, OptSocket, OptPrivate, OptConfig, OptLogLevel, OptVersion, OptHelp };
   static const option kOptions[] = {
-      {"label", no_argument, nullptr, kLabel},
-      {"socket", required_argument, nullptr, kSocket},
-      {"private", no_argument, nullptr, kPrivate},
-      {"config", required_argument, nullptr, kConfig},
-      {"log-level", required_argument, nullptr, kLogLevel},
-      {"version", no_argument, nullptr, kVersion},
-      {"help", no_argument, nullptr, kHelp},
+      {"label", no_argument, nullptr, OptLabel},
+      {"socket", required_argument, nullptr, OptSocket},
+      {"private", no_argument, nullptr, OptPrivate},
+      {"config", required_argument, nullptr, OptConfig},
+      {"log-level", required_argument, nullptr, OptLogLevel},
+      {"version", no_argument, nullptr, OptVersion},
+      {"help", no_argument, nullptr, OptHelp},
       {nullptr, 0, nullptr, 0},
   };
   opterr = 0;
@@ -198,13 +198,13 @@ std::optional<int> parse(int argc, char** argv, Options& o) {
   // "+": options end at the program's name, so its own options are left alone.
   while ((c = getopt_long(argc, argv, "+", kOptions, nullptr)) != -1) {
     switch (c) {
-      case kLabel: o.label = true; break;
-      case kSocket: o.socket = optarg; break;
-      case kPrivate: o.forcePrivate = true; break;
-      case kConfig: o.config = optarg; break;
-      case kLogLevel: o.logLevel = optarg; break;
-      case kVersion: std::printf("dragon %s\n", DRAGON_VERSION); return 0;
-      case kHelp: std::fputs(kUsage, stdout); return 0;
+      case OptLabel: o.label = true; break;
+      case OptSocket: o.socket = optarg; break;
+      case OptPrivate: o.forcePrivate = true; break;
+      case OptConfig: o.config = optarg; break;
+      case OptLogLevel: o.logLevel = optarg; break;
+      case OptVersion: std::printf("dragon %s\n", DRAGON_VERSION); return 0;
+      case OptHelp: std::fputs(kUsage, stdout); return 0;
       default:
         complain(std::string("unknown or incomplete option '") + argv[optind - 1] + "' (see --help)");
         return 2;

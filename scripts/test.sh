@@ -67,7 +67,7 @@ else
 fi
 
 echo "== naming check (clang-tidy, .clang-tidy)"
-if clang-tidy -p build --quiet --extra-arg=-Wno-unknown-warning-option libdragon/*/*.cpp config/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
+if clang-tidy -p build --quiet --extra-arg=-Wno-unknown-warning-option libdragon/*/*.cpp config/*.cpp daemon/*.cpp >/tmp/dragon-tidy.$$ 2>&1; then
   passed=$((passed + 1))
 else
   grep -E "error:" /tmp/dragon-tidy.$$ | sort -u
