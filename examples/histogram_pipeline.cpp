@@ -2,11 +2,12 @@
 // A parallel pipeline over Dragon channels: the parent fills 1 MiB blocks of samples straight
 // into pool memory and hands them to worker processes without copying (sendBlock); the workers
 // read them in place, reduce each to a sum and a histogram, and send the small result back
-// inline. Workers are separate programs (posix_spawn of this binary) that attach to the pool
-// through an inherited fd and to the channels through descriptor strings.
+// inline. dragond provides everything: the pool and channels (as memfds it hands out), the
+// worker processes (spawned with their output forwarded to the launcher), their exit codes.
+// Workers find the channels by descriptor strings passed in their argv.
 //
-//   histogram_pipeline [--workers N] [--blocks N]
-#include <dragon/channel.hpp>
+//   dragon histogram_pipeline [--workers N] [--blocks N]
+#include <dragon/client.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -14,13 +15,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
-#include <spawn.h>
 #include <string>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
-
-extern char** environ;
 
 namespace {
 
@@ -51,17 +48,19 @@ int fail(const char* what, const dragon::Status& st) {
   return 1;
 }
 
-int runWorker(int fd, const char* poolDesc, const char* workDesc, const char* resultDesc,
-              std::uint32_t index) {
-  auto pd = dragon::ObjectDescriptor::fromString(poolDesc);
+int runWorker(const char* workDesc, const char* resultDesc, std::uint32_t index) {
   auto wd = dragon::ObjectDescriptor::fromString(workDesc);
   auto rd = dragon::ObjectDescriptor::fromString(resultDesc);
-  if (!pd || !wd || !rd) return fail("worker descriptors", pd ? (wd ? rd.error() : wd.error()) : pd.error());
-  auto pool = dragon::Pool::attach(dragon::UniqueFd(fd), *pd);
-  if (!pool) return fail("worker attach pool", pool.error());
-  auto work = dragon::Channel::attach(*pool, *wd);
-  auto results = dragon::Channel::attach(*pool, *rd);
-  if (!work || !results) return fail("worker attach channel", work ? results.error() : work.error());
+  if (!wd || !rd) return fail("worker descriptors", wd ? rd.error() : wd.error());
+  auto client = dragon::Client::connect();
+  if (!client) return fail("worker connect to dragond", client.error());
+  auto workCh = client->attachChannel(*wd);
+  auto resultCh = client->attachChannel(*rd);
+  if (!workCh || !resultCh) {
+    return fail("worker attach channel", workCh ? resultCh.error() : workCh.error());
+  }
+  dragon::Channel* work = &(*workCh)->channel();
+  dragon::Channel* results = &(*resultCh)->channel();
   dragon::Message m;
   for (;;) {
     dragon::Status st = work->recv(m, dragon::Timeout::forever());
@@ -80,38 +79,40 @@ int runWorker(int fd, const char* poolDesc, const char* workDesc, const char* re
 }
 
 int runParent(int workers, int blocks) {
-  dragon::PoolOptions po;
-  po.size = std::size_t{64} << 20;
-  auto pool = dragon::Pool::create(po);
-  if (!pool) return fail("create pool", pool.error());
+  auto client = dragon::Client::connect();
+  if (!client) {
+    return fail("connect to dragond (run me as `dragon histogram_pipeline`)", client.error());
+  }
+  auto poolHandle = client->createPool(std::size_t{64} << 20);
+  if (!poolHandle) return fail("create pool", poolHandle.error());
+  dragon::Pool* pool = poolHandle->get();
   dragon::ChannelOptions co;
   co.capacity = 16;
   co.inlineSize = 256;
-  auto work = dragon::Channel::create(*pool, co);
-  auto results = dragon::Channel::create(*pool, co);
-  if (!work || !results) return fail("create channel", work ? results.error() : work.error());
+  auto workCh = client->createChannel(pool->descriptor(), co);
+  auto resultCh = client->createChannel(pool->descriptor(), co);
+  if (!workCh || !resultCh) {
+    return fail("create channel", workCh ? resultCh.error() : workCh.error());
+  }
+  dragon::Channel* work = &(*workCh)->channel();
+  dragon::Channel* results = &(*resultCh)->channel();
 
   char self[4096];
   const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
   if (len <= 0) return fail("readlink", dragon::Status::fromErrno("/proc/self/exe", errno));
   self[len] = '\0';
-  const int inheritFd = dup(pool->fd());  // no O_CLOEXEC: the workers inherit it
-  const std::string fdArg = std::to_string(inheritFd);
-  const std::string poolArg = pool->descriptor().toString();
-  const std::string workArg = work->descriptor().toString();
-  const std::string resultArg = results->descriptor().toString();
-  std::vector<pid_t> pids;
+  // Workers: a process group started by dragond; their output reaches the launcher labelled.
+  dragon::SpawnOptions so;
+  so.argv = {self, "--worker", work->descriptor().toString(), results->descriptor().toString()};
+  so.label = "[worker {puid}] ";
+  std::vector<std::uint64_t> puids;
   for (int w = 0; w < workers; ++w) {
-    const std::string idx = std::to_string(w);
-    const char* argv[] = {self, "--worker", fdArg.c_str(), poolArg.c_str(), workArg.c_str(),
-                          resultArg.c_str(), idx.c_str(), nullptr};
-    pid_t pid = 0;
-    if (posix_spawn(&pid, self, nullptr, nullptr, const_cast<char**>(argv), environ) != 0) {
-      return fail("spawn worker", dragon::Status::fromErrno("posix_spawn", errno));
-    }
-    pids.push_back(pid);
+    so.argv.resize(4);
+    so.argv.push_back(std::to_string(w));
+    auto p = client->spawn(so);
+    if (!p) return fail("spawn worker", p.error());
+    puids.push_back(p->front().puid);
   }
-  close(inheritFd);
 
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> dist(0.0, 1.0);
@@ -158,11 +159,9 @@ int runParent(int workers, int blocks) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   (void)work->close();
   int bad = 0;
-  for (pid_t p : pids) {
-    int status = 0;
-    waitpid(p, &status, 0);
-    bad += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  }
+  auto exits = client->wait(puids, dragon::Timeout::after(60s));
+  if (!exits) return fail("wait for workers", exits.error());
+  for (const auto& e : *exits) bad += e.shellCode() != 0;
   std::printf("histogram_pipeline: %d blocks of 1 MiB through %d worker processes in %.3f s "
               "(%.2f GB/s handed over without copies)\n",
               blocks, workers, secs, blocks * 1.048576e-3 / secs);
@@ -179,9 +178,8 @@ int runParent(int workers, int blocks) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 7 && std::strcmp(argv[1], "--worker") == 0) {
-    return runWorker(std::atoi(argv[2]), argv[3], argv[4], argv[5],
-                     static_cast<std::uint32_t>(std::atoi(argv[6])));
+  if (argc == 5 && std::strcmp(argv[1], "--worker") == 0) {
+    return runWorker(argv[2], argv[3], static_cast<std::uint32_t>(std::atoi(argv[4])));
   }
   int workers = 2;
   int blocks = 256;

@@ -271,14 +271,22 @@ Result<Client> Client::connect(const Options& options) {
   hello.set_request_id(impl->nextId++);
   std::string frame;
   DRAGON_TRY(pb::encode(hello, frame));
-  DRAGON_TRY(pb::sendAll(impl->sock.get(), frame, {}));
+  Status sent = pb::sendAll(impl->sock.get(), frame, {});
+  if (!sent.isOk() && sent.code() != StatusCode::PeerLost) {
+    return sent;
+  }
+  // A dragond that refuses us says why and closes, perhaps before our Hello arrived: its
+  // answer is still there to read.
   const Deadline deadline(options.connectTimeout);
   while (impl->stash.empty()) {
     DRAGON_ASSIGN_OR_RETURN(bool ready, impl->waitInput(deadline));
     if (!ready && deadline.expired()) {
       return Status(StatusCode::Timeout, "dragond at " + path + " did not answer the handshake");
     }
-    DRAGON_TRY(impl->readAvailable());
+    Status st = impl->readAvailable();
+    if (!st.isOk() && impl->stash.empty()) {
+      return st;
+    }
   }
   Impl::Reply r = std::move(impl->stash.begin()->second);
   impl->stash.clear();
