@@ -72,7 +72,8 @@ void Server::onAccept() {
       conn.closing = true;
     }
     const std::uint64_t id = conn.id;
-    Status st = loop_.add(conn.fd.get(), EPOLLIN | EPOLLRDHUP,
+    conn.events = EPOLLIN | EPOLLRDHUP;
+    Status st = loop_.add(conn.fd.get(), conn.events,
                           [this, id](std::uint32_t ev) { onEvent(id, ev); });
     if (!st.isOk()) {
       DRAGON_LOG(Error, "server", "watching a connection: %s", st.toString().c_str());
@@ -104,7 +105,9 @@ void Server::onEvent(std::uint64_t id, std::uint32_t events) {
       if (!n.has_value() && n.error().code() != StatusCode::WouldBlock) scheduleClose(*c);
       return;
     }
-    readFrom(*c);
+    // Requests already read but not yet handled come first: reading more now would let a
+    // fast sender grow the decoder's buffer without bound.
+    if (!c->drainScheduled || (events & (EPOLLHUP | EPOLLERR)) != 0) readFrom(*c);
   }
 }
 
@@ -127,43 +130,38 @@ void Server::readFrom(Connection& c) {
     return;
   }
   c.decoder.feed(std::as_bytes(std::span<const char>(buf, *n)));
+  processBuffered(c.id);
+}
+
+void Server::processBuffered(std::uint64_t id) {
   for (int i = 0; i < kMaxRequestsPerEvent; ++i) {
-    auto msg = c.decoder.next();
+    Connection* c = find(id);
+    if (c == nullptr || c->dead || c->closing) return;
+    auto msg = c->decoder.next();
     if (!msg.has_value()) {
       if (msg.error().code() == StatusCode::WouldBlock) return;
       DRAGON_LOG(Info, "server", "connection %llu (pid %d) sent a bad frame: %s",
-                 static_cast<unsigned long long>(c.id), c.peer.pid,
+                 static_cast<unsigned long long>(c->id), c->peer.pid,
                  std::string(msg.error().message()).c_str());
-      sendError(c, 0, msg.error());
-      c.closing = true;
-      flush(c);
+      sendError(*c, 0, msg.error());
+      c->closing = true;
+      flush(*c);
       return;
     }
-    const std::uint64_t id = c.id;
-    handle(c, *msg);
-    if (find(id) == nullptr || c.dead || c.closing) return;
+    handle(*c, *msg);
   }
-  // More whole frames may be buffered: come back on the next turn (level-triggered epoll
-  // would not fire again if the socket itself is empty).
-  const std::uint64_t id = c.id;
-  loop_.addTimerAfterNs(0, [this, id] {
-    Connection* again = find(id);
-    if (again != nullptr && !again->dead && !again->closing) {
-      for (int i = 0; i < kMaxRequestsPerEvent; ++i) {
-        auto msg = again->decoder.next();
-        if (!msg.has_value()) {
-          if (msg.error().code() != StatusCode::WouldBlock) {
-            sendError(*again, 0, msg.error());
-            again->closing = true;
-            flush(*again);
-          }
-          return;
-        }
-        handle(*again, *msg);
-        if (find(id) == nullptr || again->dead || again->closing) return;
+  // More whole frames may be buffered, and the socket may have nothing new to wake us: come
+  // back on the next turn of the loop, after the other connections had theirs.
+  Connection* c = find(id);
+  if (c != nullptr && !c->drainScheduled) {
+    c->drainScheduled = true;
+    loop_.addTimerAfterNs(0, [this, id] {
+      if (Connection* again = find(id)) {
+        again->drainScheduled = false;
+        processBuffered(id);
       }
-    }
-  });
+    });
+  }
 }
 
 std::uint64_t Server::jobOf(Connection& c) {
@@ -458,10 +456,13 @@ void Server::flush(Connection& c) {
     c.outBytes -= *n;
     if (f.offset == f.bytes.size()) c.out.pop_front();
   }
-  const bool wantWrite = !c.out.empty();
-  if (wantWrite != c.waitingWrite) {
-    c.waitingWrite = wantWrite;
-    (void)loop_.modify(c.fd.get(), EPOLLIN | EPOLLRDHUP | (wantWrite ? EPOLLOUT : 0u));
+  // Reading stops above the high-water mark and resumes below the low one.
+  const bool readable = c.outBytes < (c.events & EPOLLIN ? kHighWater : kLowWater);
+  const std::uint32_t events = EPOLLRDHUP | (readable ? std::uint32_t{EPOLLIN} : 0u) |
+                               (c.out.empty() ? 0u : std::uint32_t{EPOLLOUT});
+  if (events != c.events) {
+    c.events = events;
+    (void)loop_.modify(c.fd.get(), events);
   }
   if (c.jobRoot && before >= kLowWater && c.outBytes < kLowWater) {
     processes_->resumeOutput(c.job);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // dragond's client side: accepts connections on the Unix socket, refuses other users
 // (SO_PEERCRED), decodes requests and answers them from the managers. Replies and output lines
-// are queued per connection and written as the socket takes them; a connection whose queue
-// grows past the high-water mark pauses its job's output pipes until it drains.
+// are queued per connection and written as the socket takes them. A connection whose queue
+// grows past the high-water mark is not read from (a client that sends requests but never
+// reads the replies cannot grow dragond's memory) and pauses its job's output pipes, until it
+// drains below the low-water mark.
 //
 // Owning thread: the daemon's event-loop thread.
 #pragma once
@@ -62,13 +64,16 @@ class Server {
     bool dead = false;       // close at the next turn of the loop
     std::uint64_t job = 0;   // the job its requests act in
     bool jobRoot = false;    // it started the job: output goes here; closing ends the job
-    bool waitingWrite = false;
+    std::uint32_t events = 0;  // what the loop watches for now
+    bool drainScheduled = false;
     std::string name;
   };
 
   void onAccept();
   void onEvent(std::uint64_t id, std::uint32_t events);
   void readFrom(Connection& c);
+  // Handles up to a turn's worth of the requests already decoded-ready in its buffer.
+  void processBuffered(std::uint64_t id);
   void handle(Connection& c, protocol::Envelope& msg);
   void handleObject(Connection& c, protocol::Envelope& msg);
   void handleProcess(Connection& c, protocol::Envelope& msg);

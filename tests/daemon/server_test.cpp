@@ -104,6 +104,65 @@ TEST(Server, MalformedTruncatedAndOversizedFramesGetAnErrorAndACloseNeverACrash)
   EXPECT_EQ(testing::exitCodeOf(d->stop()), 0);
 }
 
+TEST(Server, AClientThatSendsRequestsButNeverReadsIsThrottledAndLosesNothing) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client owner = d->connect();
+  ASSERT_TRUE(owner.createPool(1 << 20, "flood").has_value());
+  int fd = rawConnect(d->socket());
+  ASSERT_GE(fd, 0);
+  protocol::Envelope hello;
+  hello.mutable_hello()->set_min_version(protocol::kVersion);
+  hello.mutable_hello()->set_max_version(protocol::kVersion);
+  protocol::Envelope lookup;
+  lookup.set_request_id(7);
+  lookup.mutable_lookup_name()->set_name("flood");
+  std::string batch;
+  for (int i = 0; i < 1000; ++i) batch += frameOf(lookup);
+  const std::string first = frameOf(hello);
+  ASSERT_EQ(write(fd, first.data(), first.size()), static_cast<ssize_t>(first.size()));
+  ASSERT_EQ(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+  // dragond must stop reading once its replies pile up (16 MiB): the socket then stays full.
+  // Were it buffering every reply, it would keep draining the socket up to this bound.
+  std::size_t sentBytes = 0;
+  bool blocked = false;
+  std::size_t off = 0;
+  while (!blocked && sentBytes < (std::size_t{64} << 20)) {
+    pollfd p{fd, POLLOUT, 0};
+    if (poll(&p, 1, 2000) == 0) {
+      blocked = true;  // nothing taken for 2 s: dragond has stopped reading us
+      break;
+    }
+    const ssize_t n = write(fd, batch.data() + off, batch.size() - off);
+    if (n > 0) {
+      sentBytes += static_cast<std::size_t>(n);
+      off = (off + static_cast<std::size_t>(n)) % batch.size();
+    }
+  }
+  ASSERT_TRUE(blocked) << "dragond kept reading a client that never reads its replies (sent " << sentBytes << " bytes)";
+  // Others are served meanwhile.
+  EXPECT_TRUE(owner.listProcesses().has_value());
+  // Every whole request sent gets its reply once the client reads.
+  const std::size_t frameSize = frameOf(lookup).size();
+  const std::size_t requests = sentBytes / frameSize;
+  ASSERT_EQ(fcntl(fd, F_SETFL, 0), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  protocol::FrameDecoder dec(std::size_t{1} << 20);
+  std::size_t replies = 0;
+  std::vector<char> buf(1 << 16);
+  while (replies < requests + 1) {  // + the hello reply
+    const ssize_t n = read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    dec.feed(std::as_bytes(std::span<const char>(buf.data(), static_cast<std::size_t>(n))));
+    for (auto m = dec.next(); m.has_value(); m = dec.next()) {
+      if (m->has_object() || m->has_hello_reply()) ++replies;
+    }
+  }
+  EXPECT_EQ(replies, requests + 1);
+  close(fd);
+}
+
 TEST(Server, AClientBlockedOnADragondThatDiesGetsPeerLostWithinASecond) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
