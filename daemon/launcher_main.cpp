@@ -34,9 +34,11 @@ using dragon::StatusCode;
 using dragon::Result;
 
 constexpr const char* kUsage = R"(Usage: dragon [OPTIONS] [--] PROGRAM [ARGS...]
+       dragon [OPTIONS] SCRIPT.py [ARGS...]
        dragon ps [--socket PATH]
 Runs PROGRAM as the head process of a Dragon job on this node and exits with its exit code
-(128+N when signal N ended it). Uses the dragond serving this user, or starts a private one
+(128+N when signal N ended it). A Python script runs under /usr/bin/python3 (or
+$DRAGON_PYTHON) as __main__ with the multiprocessing start method "dragon". Uses the dragond serving this user, or starts a private one
 for the job and stops it at the end.
 
   --label          prefix every output line with "[PUID] "
@@ -152,6 +154,24 @@ class PrivateDaemon {
   pid_t pid_ = -1;
 };
 
+bool isPythonScript(const std::string& program) {
+  return program.size() > 3 && program.compare(program.size() - 3, 3, ".py") == 0;
+}
+
+// Where the `dragon` package is: beside this launcher in a build tree (build/python), else
+// where `meson install` put it.
+std::string pythonPackageDir() {
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    std::string dir(self, static_cast<std::size_t>(n));
+    dir.resize(dir.rfind('/'));
+    const std::string build = dir + "/../python";
+    if (access((build + "/dragon/__init__.py").c_str(), F_OK) == 0) return build;
+  }
+  return DRAGON_PYTHON_DIR;
+}
+
 int listProcesses(const Options& o) {
   Client::Options co;
   co.socketPath = o.socket;
@@ -251,10 +271,24 @@ int runJob(const Options& o) {
 
   dragon::SpawnOptions spawn;
   spawn.argv = o.program;
+  std::string pythonPath;
+  if (isPythonScript(o.program.front())) {
+    // `dragon app.py`: the script runs as __main__ with the dragon start method.
+    const char* py = std::getenv("DRAGON_PYTHON");
+    spawn.argv = {py != nullptr && py[0] != '\0' ? py : "/usr/bin/python3", "-m", "dragon.run"};
+    spawn.argv.insert(spawn.argv.end(), o.program.begin(), o.program.end());
+    pythonPath = pythonPackageDir();
+  }
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "DRAGON_SOCKET=", 14) != 0) spawn.env.emplace_back(*e);
+    if (std::strncmp(*e, "DRAGON_SOCKET=", 14) == 0) continue;
+    if (!pythonPath.empty() && std::strncmp(*e, "PYTHONPATH=", 11) == 0) {
+      pythonPath += ":" + std::string(*e + 11);
+      continue;
+    }
+    spawn.env.emplace_back(*e);
   }
   spawn.env.push_back("DRAGON_SOCKET=" + socket);
+  if (!pythonPath.empty()) spawn.env.push_back("PYTHONPATH=" + pythonPath);
   spawn.stdinMode = dragon::Stdio::Passed;
   spawn.label = o.label ? "[{puid}] " : "";
   auto head = client->spawn(spawn);

@@ -29,6 +29,20 @@ LD_LIBRARY_PATH=$libdir "$work/capi_client" >/dev/null
 # The installed launcher runs a job (with a private dragond it finds beside itself).
 out=$(XDG_RUNTIME_DIR=$work DRAGON_ALLOW_ROOT=true "$prefix/bin/dragon" -- /bin/echo installed-ok)
 [ "$out" = "installed-ok" ] || { echo "install check: the installed launcher said '$out'" >&2; exit 1; }
+# The installed Python package, through the installed launcher: `dragon app.py`.
+cat > "$work/app.py" <<'PY'
+import multiprocessing as mp
+def square(q, x):
+    q.put(x * x)
+if __name__ == "__main__":
+    q = mp.Queue()
+    p = mp.Process(target=square, args=(q, 12))
+    p.start()
+    print(mp.get_start_method(), q.get(timeout=60))
+    p.join()
+PY
+out=$(cd "$work" && XDG_RUNTIME_DIR=$work DRAGON_ALLOW_ROOT=true "$prefix/bin/dragon" app.py)
+[ "$out" = "dragon 144" ] || { echo "install check: the installed Python package said '$out'" >&2; exit 1; }
 for f in bin/dragon bin/dragond lib/systemd/system/dragond@.service lib/systemd/system/dragond@.socket \
   include/dragon/channel.hpp include/dragon/client.hpp include/dragon/dragon.h; do
   [ -f "$prefix/$f" ] || { echo "install check: $f was not installed" >&2; exit 1; }

@@ -13,6 +13,7 @@ packages=(
   clang-tidy                               # naming check (STYLE.md)
   clang libclang-rt-14-dev                 # libFuzzer targets
   gdb                                      # backtraces when a test hangs
+  python3-dev pybind11-dev                 # the Python package (extension module)
 )
 
 missing=()

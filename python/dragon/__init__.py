@@ -1,0 +1,38 @@
+# SPDX-License-Identifier: MIT
+"""Dragon: Python multiprocessing on Dragon's runtime.
+
+``import dragon`` registers the multiprocessing start method ``"dragon"``. With it selected
+(``multiprocessing.set_start_method("dragon")``, or by running a script as ``dragon app.py``),
+processes are started by dragond with spawn's clean state, and queues, pipes and locks are
+Dragon channels in shared-memory pools.
+"""
+import multiprocessing.context as _mpcontext
+
+from ._native import ChannelClosed, DragonError, PeerLost  # noqa: F401
+from .context import DragonContext
+
+__all__ = ["DragonContext", "DragonError", "ChannelClosed", "PeerLost"]
+
+if "dragon" not in _mpcontext._concrete_contexts:
+    _mpcontext._concrete_contexts["dragon"] = DragonContext()
+
+    # multiprocessing.Queue() and friends are bound methods of the default context, which build
+    # the stdlib's objects whatever the start method. With "dragon" selected they must build
+    # dragon objects: route them through the selected context.
+    import multiprocessing as _mp
+
+    def _routed(name, original):
+        def call(*args, **kwargs):
+            ctx = _mpcontext._default_context.get_context()
+            if isinstance(ctx, DragonContext):
+                return getattr(ctx, name)(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        call.__name__ = name
+        call.__qualname__ = name
+        call.__doc__ = original.__doc__
+        return call
+
+    for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
+                  "BoundedSemaphore", "Condition", "Event", "Barrier"):
+        setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))

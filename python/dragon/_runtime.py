@@ -1,0 +1,158 @@
+# SPDX-License-Identifier: MIT
+"""This process's link to dragond: one client for requests, a pool for its objects.
+
+Under the launcher (``dragon app.py``) dragond's socket is in ``DRAGON_SOCKET``. A plain
+``python3 app.py`` that selects the dragon start method with no dragond around starts a private
+one on first use and stops it at exit, as the launcher would.
+"""
+import atexit
+import os
+import shutil
+import subprocess
+import threading
+
+from . import _native
+
+_lock = threading.RLock()
+_client = None
+_pool = None
+_private = None
+_waiters = []  # spare clients for blocking waits, so that one wait does not hold the others
+
+POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(64 << 20)))
+
+
+def _daemon_path():
+    env = os.environ.get("DRAGON_DAEMON")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    # The build tree: build/python/dragon -> build/daemon/dragond.
+    candidate = os.path.normpath(os.path.join(here, "..", "..", "daemon", "dragond"))
+    if os.access(candidate, os.X_OK):
+        return candidate
+    try:
+        from ._paths import BINDIR
+        candidate = os.path.join(BINDIR, "dragond")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    except ImportError:
+        pass
+    return shutil.which("dragond") or "dragond"
+
+
+def _start_private():
+    global _private
+    rundir = _native.default_runtime_dir()
+    os.makedirs(rundir, mode=0o700, exist_ok=True)
+    sock = os.path.join(rundir, "py-%d.sock" % os.getpid())
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [_daemon_path(), "--standalone", "--socket", sock, "--ready-fd", str(w)],
+        pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True)
+    os.close(w)
+    with os.fdopen(r, "rb") as ready:
+        if ready.read(5) != b"ready":
+            proc.wait()
+            raise _native.DragonError("could not start a private dragond (see its message above)")
+    _private = proc
+    os.environ["DRAGON_SOCKET"] = sock
+    atexit.register(_stop_private)
+    return sock
+
+
+def _stop_private():
+    global _client, _private
+    if _private is None:
+        return
+    with _lock:
+        if _client is not None:
+            try:
+                _client.end_job()
+            except Exception:
+                pass
+        _client = None
+        _waiters.clear()
+    _private.terminate()
+    _private.wait()
+    _private = None
+
+
+def _connect():
+    sock = os.environ.get("DRAGON_SOCKET") or _native.default_socket_path()
+    return _native.Client(sock, "python %d" % os.getpid())
+
+
+def client():
+    """The client of this process (connecting, or starting a private dragond, on first use)."""
+    global _client
+    with _lock:
+        if _client is None or _client_pid != os.getpid():
+            _reset_after_fork()
+            try:
+                _client = _connect()
+            except LookupError:
+                if os.environ.get("DRAGON_SOCKET"):
+                    raise
+                _start_private()
+                _client = _connect()
+        return _client
+
+
+_client_pid = os.getpid()
+
+
+def _reset_after_fork():
+    global _client, _pool, _client_pid
+    if _client_pid != os.getpid():
+        _client = None
+        _pool = None
+        _waiters.clear()
+        _client_pid = os.getpid()
+
+
+def pool():
+    """The pool this process creates its objects in."""
+    global _pool
+    with _lock:
+        c = client()
+        if _pool is None:
+            _pool = c.create_pool(POOL_SIZE)
+        return _pool
+
+
+def new_channel(capacity=0, inline_size=0):
+    with _lock:
+        p = pool()
+        return client().create_channel(p, capacity, inline_size)
+
+
+def attach_channel(descriptor):
+    with _lock:
+        return client().attach_channel(descriptor)
+
+
+def spawn(argv, env, cwd, **kwargs):
+    with _lock:
+        return client().spawn(argv, env, cwd, **kwargs)
+
+
+def signal(puids, sig):
+    with _lock:
+        client().signal(puids, sig)
+
+
+def wait(puids, timeout=None):
+    """Waits on a client of its own: a long wait does not stall other threads' requests."""
+    if timeout is not None and timeout <= 0:
+        with _lock:
+            return client().wait(puids, 0)
+    with _lock:
+        client()
+        w = _waiters.pop() if _waiters else _connect()
+    try:
+        return w.wait(puids, timeout)
+    finally:
+        with _lock:
+            if _client_pid == os.getpid():
+                _waiters.append(w)

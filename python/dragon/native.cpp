@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: MIT
+// dragon._native: the pybind11 edge over libdragon's public C++ API. The one place where a
+// Status becomes a Python exception; blocking calls release the GIL.
+#include <dragon/client.hpp>
+
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+namespace py = pybind11;
+
+namespace {
+
+using dragon::Status;
+using dragon::StatusCode;
+
+// Registered in PYBIND11_MODULE: DragonError and its subclasses.
+PyObject* gDragonError = nullptr;
+PyObject* gChannelClosed = nullptr;
+PyObject* gPeerLost = nullptr;
+
+[[noreturn]] void raise(const Status& st) {
+  const std::string msg = st.toString();
+  switch (st.code()) {
+    case StatusCode::Timeout:
+    case StatusCode::WouldBlock:
+    case StatusCode::ChannelFull:  // a try that found no room: "not now", like a timeout
+      PyErr_SetString(PyExc_TimeoutError, msg.c_str());
+      break;
+    case StatusCode::NotFound:
+      PyErr_SetString(PyExc_LookupError, msg.c_str());
+      break;
+    case StatusCode::InvalidArgument:
+      PyErr_SetString(PyExc_ValueError, msg.c_str());
+      break;
+    case StatusCode::PermissionDenied:
+      PyErr_SetString(PyExc_PermissionError, msg.c_str());
+      break;
+    case StatusCode::ChannelClosed:
+      PyErr_SetString(gChannelClosed, msg.c_str());
+      break;
+    case StatusCode::PeerLost:
+      PyErr_SetString(gPeerLost, msg.c_str());
+      break;
+    default:
+      PyErr_SetString(gDragonError, msg.c_str());
+      break;
+  }
+  throw py::error_already_set();
+}
+
+void check(const Status& st) {
+  if (!st.isOk()) raise(st);
+}
+
+template <typename T>
+T take(dragon::Result<T>&& r) {
+  if (!r.has_value()) raise(r.error());
+  return std::move(*r);
+}
+
+// seconds (None: forever) -> Timeout
+dragon::Timeout timeoutOf(const py::object& seconds) {
+  if (seconds.is_none()) return dragon::Timeout::forever();
+  const double s = seconds.cast<double>();
+  if (s <= 0) return dragon::Timeout::none();
+  return dragon::Timeout::after(std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9)));
+}
+
+std::string descOf(const dragon::ObjectDescriptor& d) { return d.toString(); }
+dragon::ObjectDescriptor parseDesc(const std::string& s) {
+  return take(dragon::ObjectDescriptor::fromString(s));
+}
+
+// A channel with the pool that holds it: what Python code holds.
+struct PyChannel {
+  std::unique_ptr<dragon::ClientChannel> ch;
+
+  void send(py::buffer data, const py::object& timeout) {
+    py::buffer_info info = data.request();
+    if (info.ndim > 1 && info.strides.back() != info.itemsize) {
+      throw py::value_error("send needs a contiguous buffer");
+    }
+    const auto* p = static_cast<const std::byte*>(info.ptr);
+    const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
+    const dragon::Timeout t = timeoutOf(timeout);
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = ch->channel().send({p, n}, t);
+    }
+    check(st);
+  }
+
+  py::bytes recv(const py::object& timeout) {
+    const dragon::Timeout t = timeoutOf(timeout);
+    dragon::Message m;
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = ch->channel().recv(m, t);
+    }
+    check(st);
+    return py::bytes(reinterpret_cast<const char*>(m.data().data()), m.data().size());
+  }
+};
+
+dragon::Stdio stdioOf(const std::string& s) {
+  if (s == "inherit") return dragon::Stdio::Inherit;
+  if (s == "capture") return dragon::Stdio::Capture;
+  if (s == "null") return dragon::Stdio::Null;
+  if (s == "file") return dragon::Stdio::File;
+  if (s == "passed") return dragon::Stdio::Passed;
+  throw py::value_error("stdio mode is one of inherit, capture, null, file, passed: " + s);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "Dragon's native layer: the dragond client, pools and channels";
+  static py::exception<std::runtime_error> dragonError(m, "DragonError");
+  gDragonError = dragonError.ptr();
+  static py::exception<std::runtime_error> channelClosed(m, "ChannelClosed", dragonError.ptr());
+  gChannelClosed = channelClosed.ptr();
+  static py::exception<std::runtime_error> peerLost(m, "PeerLost", PyExc_ConnectionError);
+  gPeerLost = peerLost.ptr();
+
+  m.def("default_socket_path", &dragon::defaultSocketPath);
+  m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
+
+  py::class_<dragon::Pool, std::shared_ptr<dragon::Pool>>(m, "Pool")
+      .def_property_readonly("descriptor",
+                             [](const dragon::Pool& p) { return descOf(p.descriptor()); })
+      .def_property_readonly("size", &dragon::Pool::segmentSize)
+      .def("stats", [](const dragon::Pool& p) {
+        auto s = take(p.stats());
+        py::dict d;
+        d["total_bytes"] = s.totalBytes;
+        d["used_bytes"] = s.usedBytes;
+        d["free_bytes"] = s.freeBytes;
+        d["largest_free_block"] = s.largestFreeBlock;
+        d["allocation_count"] = s.allocationCount;
+        return d;
+      });
+
+  py::class_<PyChannel>(m, "Channel")
+      .def_property_readonly("descriptor",
+                             [](const PyChannel& c) { return descOf(c.ch->descriptor()); })
+      .def_property_readonly("capacity",
+                             [](PyChannel& c) { return c.ch->channel().capacity(); })
+      .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
+      .def("recv", &PyChannel::recv, py::arg("timeout") = py::none())
+      .def("size", [](PyChannel& c) { return c.ch->channel().size(); })
+      .def("readable", [](PyChannel& c) { return c.ch->channel().readable(); })
+      .def("writable", [](PyChannel& c) { return c.ch->channel().writable(); })
+      .def("close", [](PyChannel& c) { check(c.ch->channel().close()); })
+      .def("is_closed", [](PyChannel& c) { return c.ch->channel().isClosed(); });
+
+  py::class_<dragon::Client>(m, "Client")
+      .def(py::init([](const std::string& socket, const std::string& name) {
+             dragon::Client::Options o;
+             o.socketPath = socket;
+             o.name = name;
+             return take(dragon::Client::connect(o));
+           }),
+           py::arg("socket") = "", py::arg("name") = "python")
+      .def("create_pool",
+           [](dragon::Client& c, std::uint64_t size, const std::string& name) {
+             return take(c.createPool(size, name));
+           },
+           py::arg("size") = 0, py::arg("name") = "")
+      .def("create_channel",
+           [](dragon::Client& c, const std::shared_ptr<dragon::Pool>& pool, std::uint32_t capacity,
+              std::uint32_t inlineSize, const std::string& name) {
+             dragon::ChannelOptions o;
+             o.capacity = capacity;
+             o.inlineSize = inlineSize;
+             return PyChannel{take(c.createChannel(pool->descriptor(), o, name))};
+           },
+           py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
+           py::arg("name") = "")
+      .def("attach_channel",
+           [](dragon::Client& c, const std::string& desc) {
+             if (desc.rfind("dragon:", 0) == 0) {
+               return PyChannel{take(c.attachChannel(parseDesc(desc)))};
+             }
+             return PyChannel{take(c.attachChannel(std::string_view(desc)))};
+           })
+      .def("attach_pool",
+           [](dragon::Client& c, const std::string& desc) {
+             if (desc.rfind("dragon:", 0) == 0) return take(c.attachPool(parseDesc(desc)));
+             return take(c.attachPool(std::string_view(desc)));
+           })
+      .def("detach", [](dragon::Client& c, const std::string& d) { check(c.detach(parseDesc(d))); })
+      .def("destroy",
+           [](dragon::Client& c, const std::string& d) { check(c.destroy(parseDesc(d))); })
+      .def("lookup_name",
+           [](dragon::Client& c, const std::string& name) { return descOf(take(c.lookupName(name))); })
+      .def("spawn",
+           [](dragon::Client& c, const std::vector<std::string>& argv,
+              const std::vector<std::string>& env, const std::string& cwd, const std::string& in,
+              const std::string& out, const std::string& err, int inFd, int outFd, int errFd,
+              const std::string& label, std::uint32_t count) {
+             dragon::SpawnOptions o;
+             o.argv = argv;
+             o.env = env;
+             o.cwd = cwd;
+             o.stdinMode = stdioOf(in);
+             o.stdoutMode = stdioOf(out);
+             o.stderrMode = stdioOf(err);
+             o.stdinFd = inFd;
+             o.stdoutFd = outFd;
+             o.stderrFd = errFd;
+             o.label = label;
+             o.count = count;
+             std::vector<std::tuple<std::uint64_t, int, std::uint64_t>> out2;
+             dragon::Result<std::vector<dragon::ProcessInfo>> r = Status(StatusCode::Internal);
+             {
+               py::gil_scoped_release release;
+               r = c.spawn(o);
+             }
+             for (const auto& p : take(std::move(r))) out2.emplace_back(p.puid, p.pid, p.group);
+             return out2;
+           },
+           py::arg("argv"), py::arg("env") = std::vector<std::string>{}, py::arg("cwd") = "",
+           py::arg("stdin") = "null", py::arg("stdout") = "passed", py::arg("stderr") = "passed",
+           py::arg("stdin_fd") = 0, py::arg("stdout_fd") = 1, py::arg("stderr_fd") = 2,
+           py::arg("label") = "", py::arg("count") = 1)
+      .def("wait",
+           [](dragon::Client& c, const std::vector<std::uint64_t>& puids, const py::object& timeout) {
+             const dragon::Timeout t = timeoutOf(timeout);
+             dragon::Result<std::vector<dragon::ExitInfo>> r = Status(StatusCode::Internal);
+             {
+               py::gil_scoped_release release;
+               r = c.wait(puids, t);
+             }
+             std::vector<std::tuple<std::uint64_t, int, int>> out;
+             for (const auto& e : take(std::move(r))) out.emplace_back(e.puid, e.exitCode, e.signal);
+             return out;
+           },
+           py::arg("puids"), py::arg("timeout") = py::none())
+      .def("signal",
+           [](dragon::Client& c, const std::vector<std::uint64_t>& puids, int sig) {
+             check(c.signal(puids, sig));
+           })
+      .def("list_processes",
+           [](dragon::Client& c) {
+             py::list out;
+             for (const auto& p : take(c.listProcesses())) {
+               py::dict d;
+               d["puid"] = p.puid;
+               d["pid"] = p.pid;
+               d["running"] = p.running;
+               d["argv"] = p.argv;
+               d["exit_code"] = p.exit.exitCode;
+               d["signal"] = p.exit.signal;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("end_job", [](dragon::Client& c, bool now) { check(c.endJob(now)); },
+           py::arg("now") = false)
+      .def_property_readonly("fd", &dragon::Client::fd);
+}

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+"""Queues on Dragon channels. Objects are pickled (protocol 5) and sent as one message: small
+ones are copied into the channel's ring, large ones travel in a pool block."""
+import queue
+
+from multiprocessing import context
+from multiprocessing.reduction import ForkingPickler
+
+from . import _runtime
+from ._native import ChannelClosed
+
+# A queue created without maxsize holds this many items before put() blocks.
+UNBOUNDED_CAPACITY = 4096
+
+
+def _timeout(block, timeout):
+    if not block:
+        return 0
+    if timeout is None:
+        return None
+    return max(timeout, 0)
+
+
+class Queue:
+    def __init__(self, maxsize=0, *, ctx=None):
+        self._maxsize = maxsize
+        self._channel = _runtime.new_channel(maxsize if maxsize > 0 else UNBOUNDED_CAPACITY)
+        self._closed = False
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._maxsize, self._channel.descriptor)
+
+    def __setstate__(self, state):
+        self._maxsize, descriptor = state
+        self._channel = _runtime.attach_channel(descriptor)
+        self._closed = False
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
+
+    def put(self, obj, block=True, timeout=None):
+        self._check_open()
+        data = ForkingPickler.dumps(obj)
+        try:
+            self._channel.send(data, _timeout(block, timeout))
+        except TimeoutError:
+            raise queue.Full from None
+
+    def get(self, block=True, timeout=None):
+        self._check_open()
+        try:
+            data = self._channel.recv(_timeout(block, timeout))
+        except TimeoutError:
+            raise queue.Empty from None
+        except ChannelClosed:
+            raise EOFError("the queue was closed") from None
+        return ForkingPickler.loads(data)
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def qsize(self):
+        return self._channel.size()
+
+    def empty(self):
+        return not self._channel.readable()
+
+    def full(self):
+        return not self._channel.writable()
+
+    def close(self):
+        self._closed = True
+
+    def join_thread(self):
+        pass  # puts go straight to the channel: there is no feeder thread to join
+
+    def cancel_join_thread(self):
+        pass
+
+
+class JoinableQueue(Queue):
+    def __init__(self, maxsize=0, *, ctx=None):
+        super().__init__(maxsize, ctx=ctx)
+        from .synchronize import Condition, Semaphore
+        self._unfinished = Semaphore(0, ctx=ctx)
+        self._cond = Condition(ctx=ctx)
+
+    def __getstate__(self):
+        return Queue.__getstate__(self) + (self._unfinished, self._cond)
+
+    def __setstate__(self, state):
+        Queue.__setstate__(self, state[:2])
+        self._unfinished, self._cond = state[2:]
+
+    def put(self, obj, block=True, timeout=None):
+        with self._cond:
+            super().put(obj, block, timeout)
+            self._unfinished.release()
+
+    def task_done(self):
+        with self._cond:
+            if not self._unfinished.acquire(False):
+                raise ValueError("task_done() called too many times")
+            if self._unfinished.get_value() == 0:
+                self._cond.notify_all()
+
+    def join(self):
+        with self._cond:
+            if self._unfinished.get_value() != 0:
+                self._cond.wait()
+
+
+class SimpleQueue:
+    """multiprocessing.SimpleQueue's shape (a one-way pipe and two locks, which Pool reaches
+    into) on dragon channels."""
+
+    def __init__(self, *, ctx=None):
+        from .connection import Pipe
+        from .synchronize import Lock
+        self._reader, self._writer = Pipe(duplex=False)
+        self._rlock = Lock(ctx=ctx)
+        self._wlock = Lock(ctx=ctx)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._reader, self._writer, self._rlock, self._wlock)
+
+    def __setstate__(self, state):
+        (self._reader, self._writer, self._rlock, self._wlock) = state
+
+    def empty(self):
+        return not self._reader.poll()
+
+    def get(self):
+        with self._rlock:
+            res = self._reader.recv_bytes()
+        return ForkingPickler.loads(res)
+
+    def put(self, obj):
+        data = ForkingPickler.dumps(obj)
+        with self._wlock:
+            self._writer.send_bytes(data)
+
+    def close(self):
+        self._reader.close()
+        self._writer.close()

@@ -1,0 +1,29 @@
+# SPDX-License-Identifier: MIT
+"""``python3 -m dragon.run SCRIPT [ARGS]``: runs SCRIPT as ``__main__`` with the dragon start
+method, the way ``python3 SCRIPT`` would. The ``dragon`` launcher runs Python scripts so."""
+import multiprocessing.context as mpcontext
+import os
+import runpy
+import sys
+
+import dragon  # noqa: F401  (registers the start method)
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.stderr.write("usage: python3 -m dragon.run SCRIPT [ARGS...]\n")
+        sys.exit(2)
+    script = sys.argv[1]
+    if not os.path.exists(script):
+        sys.stderr.write("dragon: can't open file %r: No such file or directory\n" % script)
+        sys.exit(2)
+    # "dragon" becomes the default start method; the script may still choose one itself
+    # (set_start_method("dragon") included), as it could under plain python3.
+    mpcontext._default_context._default_context = mpcontext._concrete_contexts["dragon"]
+    sys.argv = sys.argv[1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

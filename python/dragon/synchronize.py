@@ -1,0 +1,287 @@
+# SPDX-License-Identifier: MIT
+"""Locks, semaphores, events, conditions and barriers as Dragon channels: a semaphore's value
+is the number of tokens queued in a channel, so acquire is a receive and release a send, with
+the channel's deadlines and futex sleeps, from any process that attached it."""
+import os
+import threading
+
+from multiprocessing import context
+
+from . import _runtime
+
+_TOKEN = b"\x01"
+SEM_VALUE_MAX = 1 << 20
+
+
+def _timeout(block, timeout):
+    if not block:
+        return 0
+    return timeout if timeout is None else max(timeout, 0)
+
+
+class Semaphore:
+    def __init__(self, value=1, *, ctx=None, _capacity=None):
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        capacity = _capacity if _capacity is not None else max(value, 1) + 4096
+        self._capacity = capacity
+        self._channel = _runtime.new_channel(capacity, 8)
+        for _ in range(value):
+            self._channel.send(_TOKEN, 0)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._capacity, self._channel.descriptor)
+
+    def __setstate__(self, state):
+        self._capacity, descriptor = state
+        self._channel = _runtime.attach_channel(descriptor)
+
+    def acquire(self, block=True, timeout=None):
+        try:
+            self._channel.recv(_timeout(block, timeout))
+            return True
+        except TimeoutError:
+            return False
+
+    def release(self, n=1):
+        for _ in range(n):
+            try:
+                self._channel.send(_TOKEN, 0)
+            except TimeoutError:
+                raise ValueError("semaphore or lock released too many times") from None
+
+    def get_value(self):
+        return self._channel.size()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *args):
+        self.release()
+
+    def __repr__(self):
+        return "<%s(value=%s)>" % (type(self).__name__, self.get_value())
+
+
+class BoundedSemaphore(Semaphore):
+    def __init__(self, value=1, *, ctx=None):
+        super().__init__(value, ctx=ctx, _capacity=max(value, 1))
+
+
+class Lock(Semaphore):
+    def __init__(self, *, ctx=None):
+        super().__init__(1, ctx=ctx, _capacity=1)
+
+    def __repr__(self):
+        return "<Lock(%s)>" % ("unlocked" if self.get_value() else "locked")
+
+
+class RLock:
+    """A lock its owner (process and thread) may take again; the owner is known per process."""
+
+    def __init__(self, *, ctx=None):
+        self._lock = Lock(ctx=ctx)
+        self._owner = None
+        self._count = 0
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return self._lock
+
+    def __setstate__(self, lock):
+        self._lock = lock
+        self._owner = None
+        self._count = 0
+
+    def _me(self):
+        return (os.getpid(), threading.get_ident())
+
+    def acquire(self, block=True, timeout=None):
+        if self._owner == self._me():
+            self._count += 1
+            return True
+        if not self._lock.acquire(block, timeout):
+            return False
+        self._owner = self._me()
+        self._count = 1
+        return True
+
+    def release(self):
+        if self._owner != self._me():
+            raise AssertionError("attempt to release recursive lock not owned by thread")
+        self._count -= 1
+        if self._count == 0:
+            self._owner = None
+            self._lock.release()
+
+    def _is_owned(self):
+        return self._owner == self._me()
+
+    __enter__ = acquire
+
+    def __exit__(self, *args):
+        self.release()
+
+
+class Condition:
+    """A condition variable over three dragon semaphores: how many wait, a semaphore waiters
+    sleep on, and how many have woken (notify waits for the ones it woke to take note, and
+    forgets waiters whose wait timed out)."""
+
+    def __init__(self, lock=None, *, ctx=None):
+        self._lock = lock or RLock(ctx=ctx)
+        self._sleepers = Semaphore(0, ctx=ctx)
+        self._wakeup = Semaphore(0, ctx=ctx)
+        self._woke = Semaphore(0, ctx=ctx)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._lock, self._sleepers, self._wakeup, self._woke)
+
+    def __setstate__(self, state):
+        self._lock, self._sleepers, self._wakeup, self._woke = state
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+    def acquire(self, *args, **kwargs):
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self):
+        self._lock.release()
+
+    def _release_fully(self):
+        if isinstance(self._lock, RLock):
+            if not self._lock._is_owned():
+                raise AssertionError("wait() on an un-acquired lock")
+            count = self._lock._count
+            self._lock._count = 1
+            self._lock.release()
+            return count
+        self._lock.release()
+        return 1
+
+    def _reacquire(self, count):
+        self._lock.acquire()
+        if isinstance(self._lock, RLock):
+            self._lock._count = count
+
+    def wait(self, timeout=None):
+        self._sleepers.release()
+        count = self._release_fully()
+        try:
+            return self._wakeup.acquire(True, timeout)
+        finally:
+            self._woke.release()
+            self._reacquire(count)
+
+    def notify(self, n=1):
+        # Waiters that timed out since the last notify still count as sleepers: forget them.
+        while self._woke.acquire(False):
+            self._sleepers.acquire(False)
+        woken = 0
+        while woken < n and self._sleepers.acquire(False):
+            self._wakeup.release()
+            woken += 1
+        for _ in range(woken):
+            self._woke.acquire()
+        # A waiter that timed out while being woken left its wake-up behind: take it back.
+        while self._wakeup.acquire(False):
+            pass
+
+    def notify_all(self):
+        self.notify(SEM_VALUE_MAX)
+
+    def wait_for(self, predicate, timeout=None):
+        import time
+        result = predicate()
+        end = None if timeout is None else time.monotonic() + timeout
+        while not result:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+
+class Event:
+    def __init__(self, *, ctx=None):
+        self._flag = Semaphore(0, ctx=ctx, _capacity=1)
+        self._cond = Condition(Lock(ctx=ctx), ctx=ctx)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._flag, self._cond)
+
+    def __setstate__(self, state):
+        self._flag, self._cond = state
+
+    def is_set(self):
+        return self._flag.get_value() == 1
+
+    def set(self):
+        with self._cond:
+            if not self.is_set():
+                self._flag.release()
+            self._cond.notify_all()
+
+    def clear(self):
+        with self._cond:
+            self._flag.acquire(False)
+
+    def wait(self, timeout=None):
+        with self._cond:
+            if self.is_set():
+                return True
+            self._cond.wait(timeout)
+            return self.is_set()
+
+
+class Barrier(threading.Barrier):
+    """threading.Barrier's algorithm over a dragon Condition and shared state in a queue."""
+
+    def __init__(self, parties, action=None, timeout=None, *, ctx=None):
+        from .queues import Queue
+        self._cond = Condition(Lock(ctx=ctx), ctx=ctx)
+        self._state_q = Queue(1)
+        self._state_q.put((0, 0))  # (state, count)
+        self._action = action
+        self._timeout = timeout
+        self._parties = parties
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._parties, self._action, self._timeout, self._cond, self._state_q)
+
+    def __setstate__(self, state):
+        (self._parties, self._action, self._timeout, self._cond, self._state_q) = state
+
+    def _get(self):
+        s = self._state_q.get()
+        self._state_q.put(s)
+        return s
+
+    def _set(self, state=None, count=None):
+        s, c = self._state_q.get()
+        self._state_q.put((s if state is None else state, c if count is None else count))
+
+    @property
+    def _state(self):
+        return self._get()[0]
+
+    @_state.setter
+    def _state(self, value):
+        self._set(state=value)
+
+    @property
+    def _count(self):
+        return self._get()[1]
+
+    @_count.setter
+    def _count(self, value):
+        self._set(count=value)

@@ -1,0 +1,357 @@
+# SPDX-License-Identifier: MIT
+"""The dragon start method against a real dragond (a private one this test process starts):
+processes, queues, pipes and synchronisation objects across real processes."""
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+# An isolated runtime directory: the private dragond's socket goes there.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+os.environ.pop("DRAGON_SOCKET", None)
+
+import multiprocessing as mp  # noqa: E402
+
+import dragon  # noqa: E402,F401
+
+CTX = mp.get_context("dragon")
+
+
+def put_square(q, n):
+    q.put((n, n * n, os.getpid()))
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def raise_error():
+    raise RuntimeError("boom")
+
+
+def sleep_forever():
+    time.sleep(600)
+
+
+def report_parent(q):
+    parent = mp.parent_process()
+    q.put((mp.current_process().name, parent.pid if parent else None,
+           parent.is_alive() if parent else None, mp.get_start_method()))
+
+
+def echo_pipe(conn):
+    while True:
+        try:
+            obj = conn.recv()
+        except EOFError:
+            return
+        conn.send(("echo", obj))
+
+
+def produce(q, who, n):
+    for i in range(n):
+        q.put((who, i))
+
+
+def hold_lock(lock, held, release):
+    with lock:
+        held.set()
+        release.wait(30)
+
+
+def set_event_later(ready, event):
+    ready.wait(30)
+    event.set()
+
+
+def notify_condition(cond, box):
+    with cond:
+        box.put("ready")
+        cond.notify_all()
+
+
+def barrier_party(barrier, q):
+    q.put(barrier.wait(30))
+
+
+def consume_tasks(jq):
+    while True:
+        item = jq.get()
+        jq.task_done()
+        if item is None:
+            return
+
+
+def send_big(q, size):
+    q.put(bytes(range(256)) * (size // 256))
+
+
+class ProcessTest(unittest.TestCase):
+    def test_start_join_and_exit_codes(self):
+        q = CTX.Queue()
+        ps = [CTX.Process(target=put_square, args=(q, i)) for i in range(4)]
+        for p in ps:
+            p.start()
+        results = sorted(q.get(timeout=30) for _ in ps)
+        for p in ps:
+            p.join(30)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual([r[:2] for r in results], [(i, i * i) for i in range(4)])
+        self.assertEqual(sorted(r[2] for r in results), sorted(p.pid for p in ps))
+        p = CTX.Process(target=exit_with, args=(3,))
+        p.start()
+        p.join(30)
+        self.assertEqual(p.exitcode, 3)
+        p = CTX.Process(target=raise_error)
+        p.start()
+        p.join(30)
+        self.assertEqual(p.exitcode, 1)
+
+    def test_terminate_kill_is_alive_and_sentinel(self):
+        p = CTX.Process(target=sleep_forever)
+        p.start()
+        self.assertTrue(p.is_alive())
+        p.join(0.05)
+        self.assertIsNone(p.exitcode)
+        p.terminate()
+        r, _, _ = select.select([p.sentinel], [], [], 30)
+        self.assertEqual(r, [p.sentinel], "the sentinel becomes ready when the process ends")
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGTERM)
+        self.assertFalse(p.is_alive())
+        p = CTX.Process(target=sleep_forever)
+        p.start()
+        p.kill()
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGKILL)
+        p.close()
+
+    def test_child_knows_its_name_parent_and_method(self):
+        q = CTX.Queue()
+        p = CTX.Process(target=report_parent, args=(q,), name="worker-7")
+        p.start()
+        name, ppid, alive, method = q.get(timeout=30)
+        p.join(30)
+        self.assertEqual((name, ppid, alive, method), ("worker-7", os.getpid(), True, "dragon"))
+
+
+class QueueTest(unittest.TestCase):
+    def test_fifo_timeouts_and_sizes(self):
+        q = CTX.Queue(maxsize=2)
+        self.assertTrue(q.empty())
+        q.put(1)
+        q.put_nowait(2)
+        self.assertTrue(q.full())
+        self.assertEqual(q.qsize(), 2)
+        t0 = time.monotonic()
+        with self.assertRaises(queue.Full):
+            q.put(3, timeout=0.05)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.04)
+        with self.assertRaises(queue.Full):
+            q.put_nowait(3)
+        self.assertEqual([q.get(), q.get_nowait()], [1, 2])
+        with self.assertRaises(queue.Empty):
+            q.get(timeout=0.05)
+        with self.assertRaises(queue.Empty):
+            q.get_nowait()
+        q.close()
+        with self.assertRaises(ValueError):
+            q.put(1)
+
+    def test_four_producers_deliver_everything_once(self):
+        q = CTX.Queue()
+        ps = [CTX.Process(target=produce, args=(q, w, 500)) for w in range(4)]
+        for p in ps:
+            p.start()
+        got = [q.get(timeout=30) for _ in range(2000)]
+        for p in ps:
+            p.join(30)
+        self.assertEqual(sorted(got), sorted((w, i) for w in range(4) for i in range(500)))
+        for w in range(4):
+            self.assertEqual([i for who, i in got if who == w], list(range(500)), "FIFO per producer")
+
+    def test_large_payload_crosses_processes_whole(self):
+        q = CTX.Queue()
+        size = 4 << 20
+        p = CTX.Process(target=send_big, args=(q, size))
+        p.start()
+        data = q.get(timeout=60)
+        p.join(30)
+        self.assertEqual(data, bytes(range(256)) * (size // 256))
+
+    def test_module_level_constructors_build_dragon_objects(self):
+        old = mp.get_start_method(allow_none=True)
+        mp.set_start_method("dragon", force=True)
+        try:
+            self.assertEqual(type(mp.Queue()).__module__, "dragon.queues")
+            self.assertEqual(type(mp.Lock()).__module__, "dragon.synchronize")
+            self.assertEqual(type(mp.Pipe()[0]).__module__, "dragon.connection")
+        finally:
+            mp.set_start_method(old, force=True)
+
+    def test_joinable_queue_join_waits_for_task_done(self):
+        jq = CTX.JoinableQueue()
+        p = CTX.Process(target=consume_tasks, args=(jq,))
+        p.start()
+        for i in range(20):
+            jq.put(i)
+        jq.put(None)
+        jq.join()
+        self.assertTrue(jq.empty())
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        with self.assertRaises(ValueError):
+            jq.task_done()
+
+    def test_simple_queue(self):
+        sq = CTX.SimpleQueue()
+        self.assertTrue(sq.empty())
+        sq.put({"a": 1})
+        self.assertFalse(sq.empty())
+        self.assertEqual(sq.get(), {"a": 1})
+
+
+class PipeTest(unittest.TestCase):
+    def test_duplex_objects_bytes_and_eof(self):
+        a, b = CTX.Pipe()
+        p = CTX.Process(target=echo_pipe, args=(b,))
+        p.start()
+        a.send([1, "two", 3.0])
+        self.assertEqual(a.recv(), ("echo", [1, "two", 3.0]))
+        a.close()
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+
+    def test_bytes_offsets_poll_and_one_way_ends(self):
+        r, w = CTX.Pipe(duplex=False)
+        self.assertFalse(r.poll())
+        self.assertFalse(r.poll(0.05))
+        w.send_bytes(b"0123456789", 2, 5)
+        self.assertTrue(r.poll())
+        self.assertEqual(r.recv_bytes(), b"23456")
+        w.send_bytes(b"abc")
+        buf = bytearray(8)
+        self.assertEqual(r.recv_bytes_into(buf, 4), 3)
+        self.assertEqual(bytes(buf), b"\0\0\0\0abc\0")
+        w.send_bytes(b"too long for it")
+        with self.assertRaises(mp.BufferTooShort):
+            r.recv_bytes_into(bytearray(4))
+        with self.assertRaises(OSError):
+            r.send(1)
+        with self.assertRaises(OSError):
+            w.recv()
+        with self.assertRaises(ValueError):
+            w.send_bytes(b"abc", 5)
+        w.close()
+        with self.assertRaises(EOFError):
+            r.recv()
+
+
+class SynchronizeTest(unittest.TestCase):
+    def test_lock_held_by_another_process_times_out(self):
+        lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
+        p = CTX.Process(target=hold_lock, args=(lock, held, release))
+        p.start()
+        self.assertTrue(held.wait(30))
+        self.assertFalse(lock.acquire(timeout=0.05))
+        self.assertFalse(lock.acquire(False))
+        release.set()
+        self.assertTrue(lock.acquire(timeout=30))
+        lock.release()
+        p.join(30)
+        with self.assertRaises(ValueError):
+            lock.release()  # not held
+
+    def test_rlock_semaphores(self):
+        r = CTX.RLock()
+        with r:
+            with r:
+                pass
+        with self.assertRaises(AssertionError):
+            r.release()
+        s = CTX.Semaphore(2)
+        self.assertTrue(s.acquire(False) and s.acquire(False))
+        self.assertFalse(s.acquire(False))
+        s.release(2)
+        self.assertEqual(s.get_value(), 2)
+        b = CTX.BoundedSemaphore(1)
+        with self.assertRaises(ValueError):
+            b.release()
+
+    def test_event_condition_and_barrier_across_processes(self):
+        ready, event = CTX.Event(), CTX.Event()
+        p = CTX.Process(target=set_event_later, args=(ready, event))
+        p.start()
+        self.assertFalse(event.wait(0.05))
+        ready.set()
+        self.assertTrue(event.wait(30))
+        self.assertTrue(event.is_set())
+        event.clear()
+        self.assertFalse(event.is_set())
+        p.join(30)
+
+        cond, box = CTX.Condition(), CTX.Queue()
+        with cond:
+            p = CTX.Process(target=notify_condition, args=(cond, box))
+            p.start()
+            self.assertTrue(cond.wait(30))
+        self.assertEqual(box.get(timeout=30), "ready")
+        p.join(30)
+        with cond:
+            self.assertFalse(cond.wait(0.05))
+
+        barrier, q = CTX.Barrier(3), CTX.Queue()
+        ps = [CTX.Process(target=barrier_party, args=(barrier, q)) for _ in range(2)]
+        for p in ps:
+            p.start()
+        mine = barrier.wait(30)
+        indices = sorted([mine] + [q.get(timeout=30) for _ in ps])
+        self.assertEqual(indices, [0, 1, 2])
+        for p in ps:
+            p.join(30)
+
+
+class LauncherTest(unittest.TestCase):
+    LAUNCHER = os.environ.get("DRAGON_LAUNCHER")
+
+    def run_script(self, text, *args):
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(text)
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        try:
+            return subprocess.run([self.LAUNCHER, f.name, *args], capture_output=True, text=True,
+                                  timeout=120, env=env)
+        finally:
+            os.unlink(f.name)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_dragon_app_py_runs_main_with_argv_and_exit_code(self):
+        r = self.run_script(
+            "import multiprocessing as mp, sys\n"
+            "def sq(x):\n    return x * x\n"
+            "def child(q):\n    q.put(sq(7))\n"
+            "if __name__ == '__main__':\n"
+            "    q = mp.Queue()\n"
+            "    p = mp.Process(target=child, args=(q,))\n"
+            "    p.start()\n"
+            "    print(mp.get_start_method(), sys.argv[1:], q.get(timeout=30))\n"
+            "    p.join()\n"
+            "    sys.exit(5)\n", "a", "b")
+        self.assertEqual(r.returncode, 5, r.stderr)
+        self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_an_uncaught_exception_prints_its_traceback_and_exits_one(self):
+        r = self.run_script("raise KeyError('nope')\n")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("KeyError: 'nope'", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
