@@ -13,6 +13,7 @@ fi
 if [ ! -f "$dir/build.ninja" ]; then
   meson setup "$dir" "$@" >/dev/null
 else
-  meson configure "$dir" "$@" >/dev/null
+  # --reconfigure (not `meson configure`): it also learns options added since the setup.
+  meson setup --reconfigure "$dir" "$@" >/dev/null
 fi
 ninja -C "$dir" -j2 "${target[@]}" >/dev/null
