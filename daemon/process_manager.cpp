@@ -3,6 +3,7 @@
 
 #include "base/log.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -115,6 +116,17 @@ ProcessManager::~ProcessManager() {
 Result<pid_t> ProcessManager::spawnOne(const pb::Spawn& req, std::vector<UniqueFd>& passed,
                                        UniqueFd& outRead, UniqueFd& errRead) {
   DRAGON_ASSIGN_OR_RETURN(std::string program, resolveProgram(req));
+  // A passed fd must not sit where an earlier dup2 of the child's setup would overwrite it:
+  // move any below 3 or inside the extra fds' target range above that range.
+  const int top = static_cast<int>(req.extra_fd_base() + req.extra_fds());
+  for (auto& fd : passed) {
+    const int n = fd.get();
+    if (n < 3 || (req.extra_fds() > 0 && n >= static_cast<int>(req.extra_fd_base()) && n < top)) {
+      UniqueFd moved(fcntl(n, F_DUPFD_CLOEXEC, std::max(top, 3)));
+      if (!moved) return Status::fromErrno("fcntl(F_DUPFD_CLOEXEC)", errno);
+      fd = std::move(moved);
+    }
+  }
   FileActions fa;
   std::size_t nextPassed = 0;
   UniqueFd outWrite, errWrite;
@@ -161,6 +173,19 @@ Result<pid_t> ProcessManager::spawnOne(const pb::Spawn& req, std::vector<UniqueF
   DRAGON_TRY(setup(0, req.stdin_mode(), req.stdin_file()));
   DRAGON_TRY(setup(1, req.stdout_mode(), req.stdout_file()));
   DRAGON_TRY(setup(2, req.stderr_mode(), req.stderr_file()));
+  if (req.extra_fds() > 0) {
+    if (req.extra_fds() > 32 || req.extra_fd_base() < 3 || req.extra_fd_base() > 4096) {
+      return Status(StatusCode::InvalidArgument,
+                    "extra fds: at most 32, placed from fd 3 to 4128");
+    }
+    if (passed.size() < nextPassed + req.extra_fds()) {
+      return Status(StatusCode::InvalidArgument, "fewer fds came with the request than it names");
+    }
+    for (std::uint32_t i = 0; i < req.extra_fds(); ++i) {
+      posix_spawn_file_actions_adddup2(fa.get(), passed[nextPassed + i].get(),
+                                       static_cast<int>(req.extra_fd_base() + i));
+    }
+  }
   if (!req.cwd().empty()) {
     posix_spawn_file_actions_addchdir_np(fa.get(), req.cwd().c_str());
   }

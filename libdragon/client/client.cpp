@@ -419,6 +419,12 @@ Result<std::vector<ProcessInfo>> Client::spawn(const SpawnOptions& o) {
   if (o.stdinMode == Stdio::Passed) fds.push_back(o.stdinFd);
   if (o.stdoutMode == Stdio::Passed) fds.push_back(o.stdoutFd);
   if (o.stderrMode == Stdio::Passed) fds.push_back(o.stderrFd);
+  if (o.extraFds.size() > 32) {
+    return Status(StatusCode::InvalidArgument, "at most 32 extra fds per spawn");
+  }
+  fds.insert(fds.end(), o.extraFds.begin(), o.extraFds.end());
+  s->set_extra_fds(static_cast<std::uint32_t>(o.extraFds.size()));
+  s->set_extra_fd_base(static_cast<std::uint32_t>(o.extraFdBase));
   DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req, fds));
   if (!r.msg.has_spawned() || r.msg.spawned().puid_size() != r.msg.spawned().pid_size()) {
     return Status(StatusCode::Internal, "unexpected reply to spawn");

@@ -18,7 +18,7 @@
 namespace dragon::protocol {
 
 // At most this many fds travel with one message.
-inline constexpr std::size_t kMaxFdsPerMessage = 8;
+inline constexpr std::size_t kMaxFdsPerMessage = 64;
 
 // One sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL): the bytes written (the fds went with the first),
 // WouldBlock when the socket is full, PeerLost when the peer has gone.

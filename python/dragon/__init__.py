@@ -33,6 +33,10 @@ if "dragon" not in _mpcontext._concrete_contexts:
         call.__doc__ = original.__doc__
         return call
 
+    from .connection import _install_wait
+
+    _install_wait()
+
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
                   "BoundedSemaphore", "Condition", "Event", "Barrier"):
         setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Pipe on two Dragon channels (one per direction; one for a one-way pipe)."""
-import io
+import atexit
 import itertools
 import time
 
@@ -14,23 +14,34 @@ PIPE_CAPACITY = 1024
 
 
 class Connection:
-    def __init__(self, recv_channel, send_channel, readable=True, writable=True):
+    """One end of a Pipe. The channel it sends on carries a count of the handles that can
+    write to it, in every process (a dragon semaphore): taken when a handle is made or pickled
+    for a child, given back when one is closed or its process exits. When the last writer goes
+    the channel is closed, so the reader's recv() raises EOFError, as with an OS pipe."""
+
+    def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None):
         self._recv = recv_channel
         self._send = send_channel
         self._readable = readable
         self._writable = writable
+        self._writers = writers
         self._closed = False
 
     def __getstate__(self):
         context.assert_spawning(self)
+        if self._send is not None and self._writers is not None and not self._closed:
+            self._writers.release()  # the child's handle, counted before the parent can close
         return (self._recv.descriptor if self._recv else None,
-                self._send.descriptor if self._send else None, self._readable, self._writable)
+                self._send.descriptor if self._send else None, self._readable, self._writable,
+                self._writers)
 
     def __setstate__(self, state):
-        r, s, self._readable, self._writable = state
+        r, s, self._readable, self._writable, self._writers = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
+        if self._send is not None:
+            atexit.register(self.close)  # a process that exits gives back its handle
 
     @property
     def closed(self):
@@ -56,13 +67,17 @@ class Connection:
         raise OSError("a dragon Connection has no file descriptor")
 
     def close(self):
-        if not self._closed:
-            self._closed = True
-            if self._send is not None and self._writable:
-                try:
-                    self._send.close()  # the peer's recv now ends with EOFError
-                except Exception:
-                    pass
+        if self._closed:
+            return
+        self._closed = True
+        if self._send is None or self._writers is None:
+            return
+        try:
+            self._writers.acquire(False)
+            if self._writers.get_value() == 0:
+                self._send.close()  # the last writer: the reader sees end of file
+        except Exception:
+            pass
 
     def send_bytes(self, buf, offset=0, size=None):
         self._check(False)
@@ -110,9 +125,12 @@ class Connection:
         self._check(True)
         return ForkingPickler.loads(self._recv_message())
 
+    def _ready(self):
+        return self._recv is not None and (self._recv.readable() or self._recv.is_closed())
+
     def poll(self, timeout=0.0):
         self._check(True)
-        if self._recv.readable() or self._recv.is_closed():
+        if self._ready():
             return True
         if timeout is not None and timeout <= 0:
             return False
@@ -133,12 +151,65 @@ class Connection:
         self.close()
 
 
+def _writer_count():
+    from .synchronize import Semaphore
+    return Semaphore(1)
+
+
 def Pipe(duplex=True):
     a = _runtime.new_channel(PIPE_CAPACITY)
+    wa = _writer_count()
     if duplex:
         b = _runtime.new_channel(PIPE_CAPACITY)
-        return Connection(a, b), Connection(b, a)
-    return Connection(a, None, True, False), Connection(None, a, False, True)
+        wb = _writer_count()
+        return Connection(a, b, writers=wb), Connection(b, a, writers=wa)
+    return Connection(a, None, True, False), Connection(None, a, False, True, writers=wa)
 
 
-__all__ = ["Connection", "Pipe", "io"]
+def _backoff():
+    return itertools.chain((0.0001, 0.0005, 0.001), itertools.repeat(0.005))
+
+
+def wait(object_list, timeout=None):
+    """multiprocessing.connection.wait that also takes dragon Connections: those are checked
+    between bounded waits on the rest (fds: sentinels, sockets), which still wake it at once."""
+    ours = [o for o in object_list if isinstance(o, Connection)]
+    if not ours:
+        return _stdlib_wait(object_list, timeout)
+    others = [o for o in object_list if not isinstance(o, Connection)]
+    end = None if timeout is None else time.monotonic() + timeout
+    for delay in _backoff():
+        ready = [o for o in ours if o._ready()]
+        if others:
+            ready += _stdlib_wait(others, 0)
+        if ready:
+            return ready
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return []
+        step = delay if left is None else min(delay, left)
+        if others:
+            woke = _stdlib_wait(others, step)
+            if woke:
+                return [o for o in ours if o._ready()] + woke
+        else:
+            time.sleep(step)
+
+
+_stdlib_wait = None
+
+
+def _install_wait():
+    """Routes multiprocessing.connection.wait (and Pool's copy of it) through ours."""
+    global _stdlib_wait
+    import multiprocessing.connection as mpconnection
+    import sys
+    if _stdlib_wait is None:
+        _stdlib_wait = mpconnection.wait
+        mpconnection.wait = wait
+        pool = sys.modules.get("multiprocessing.pool")
+        if pool is not None and getattr(pool, "wait", None) is _stdlib_wait:
+            pool.wait = wait
+
+
+__all__ = ["Connection", "Pipe", "wait"]

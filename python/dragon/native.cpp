@@ -203,7 +203,8 @@ PYBIND11_MODULE(_native, m) {
            [](dragon::Client& c, const std::vector<std::string>& argv,
               const std::vector<std::string>& env, const std::string& cwd, const std::string& in,
               const std::string& out, const std::string& err, int inFd, int outFd, int errFd,
-              const std::string& label, std::uint32_t count) {
+              const std::string& label, std::uint32_t count, const std::vector<int>& extraFds,
+              int extraFdBase) {
              dragon::SpawnOptions o;
              o.argv = argv;
              o.env = env;
@@ -216,6 +217,8 @@ PYBIND11_MODULE(_native, m) {
              o.stderrFd = errFd;
              o.label = label;
              o.count = count;
+             o.extraFds = extraFds;
+             o.extraFdBase = extraFdBase;
              std::vector<std::tuple<std::uint64_t, int, std::uint64_t>> out2;
              dragon::Result<std::vector<dragon::ProcessInfo>> r = Status(StatusCode::Internal);
              {
@@ -228,7 +231,8 @@ PYBIND11_MODULE(_native, m) {
            py::arg("argv"), py::arg("env") = std::vector<std::string>{}, py::arg("cwd") = "",
            py::arg("stdin") = "null", py::arg("stdout") = "passed", py::arg("stderr") = "passed",
            py::arg("stdin_fd") = 0, py::arg("stdout_fd") = 1, py::arg("stderr_fd") = 2,
-           py::arg("label") = "", py::arg("count") = 1)
+           py::arg("label") = "", py::arg("count") = 1,
+           py::arg("extra_fds") = std::vector<int>{}, py::arg("extra_fd_base") = 100)
       .def("wait",
            [](dragon::Client& c, const std::vector<std::uint64_t>& puids, const py::object& timeout) {
              const dragon::Timeout t = timeoutOf(timeout);

@@ -31,6 +31,7 @@ class Popen:
         self.returncode = None
         self.finalizer = None
         self.sentinel = None
+        self._fds = []
         prep_data = spawn.get_preparation_data(process_obj._name)
         fp = io.BytesIO()
         context.set_spawning_popen(self)
@@ -46,16 +47,22 @@ class Popen:
                 self._channel.descriptor]
         [(self._puid, self.pid, _)] = _runtime.spawn(
             argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
-            stderr="passed", stdout_fd=1, stderr_fd=2)
+            stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=self._fds,
+            extra_fd_base=self.FD_BASE)
         try:
             self.sentinel = os.pidfd_open(self.pid)
             self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
         except OSError:
             self.sentinel = None  # it has already gone and been reaped
 
+    # The child finds the fds lent to it from here on (dragond places them there).
+    FD_BASE = 100
+
     def duplicate_for_child(self, fd):
-        raise ValueError("a file descriptor cannot be passed to a process of the dragon start "
-                         "method; use a dragon Queue or Pipe")
+        if len(self._fds) >= 32:
+            raise ValueError("a process of the dragon start method takes at most 32 fds")
+        self._fds.append(fd)
+        return self.FD_BASE + len(self._fds) - 1
 
     def _record(self, result):
         [(_, code, sig)] = result

@@ -189,6 +189,36 @@ TEST(Processes, EnvironmentWorkingDirectoryAndFileOutputAreTheRequested) {
   EXPECT_EQ(testing::readFile(d->dir() + "/out.txt"), "hello " + d->dir() + "\n");
 }
 
+TEST(Processes, ExtraFdsLentToAChildLandWhereAsked) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  int p1[2], p2[2];
+  ASSERT_EQ(pipe2(p1, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(p2, O_CLOEXEC), 0);
+  SpawnOptions o = shell("echo first >&7; echo second >&8");  // dash: one-digit fds
+  o.extraFds = {p1[1], p2[1]};
+  o.extraFdBase = 7;
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  close(p1[1]);
+  close(p2[1]);
+  auto w = c.wait({r->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->front().exitCode, 0);
+  char buf[32] = {};
+  EXPECT_EQ(read(p1[0], buf, sizeof buf), 6);
+  EXPECT_STREQ(buf, "first\n");
+  char buf2[32] = {};
+  EXPECT_EQ(read(p2[0], buf2, sizeof buf2), 7);
+  EXPECT_STREQ(buf2, "second\n");
+  o.extraFds = {p1[0]};
+  o.extraFdBase = 1;  // would clobber stdio
+  EXPECT_EQ(c.spawn(o).error().code(), StatusCode::InvalidArgument);
+  close(p1[0]);
+  close(p2[0]);
+}
+
 TEST(Processes, BadSpawnRequestsGetClearErrors) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);

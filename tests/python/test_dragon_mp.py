@@ -58,6 +58,11 @@ def produce(q, who, n):
         q.put((who, i))
 
 
+def write_three(w):
+    for i in range(3):
+        w.send(i)
+
+
 def hold_lock(lock, held, release):
     with lock:
         held.set()
@@ -227,6 +232,18 @@ class PipeTest(unittest.TestCase):
         p.join(30)
         self.assertEqual(p.exitcode, 0)
 
+    def test_reader_sees_eof_once_every_writer_in_every_process_is_gone(self):
+        r, w = CTX.Pipe(duplex=False)
+        p = CTX.Process(target=write_three, args=(w,))
+        p.start()
+        w.close()  # the child's copy still writes
+        got = []
+        with self.assertRaises(EOFError):
+            while True:
+                got.append(r.recv())
+        self.assertEqual(got, [0, 1, 2])
+        p.join(30)
+
     def test_bytes_offsets_poll_and_one_way_ends(self):
         r, w = CTX.Pipe(duplex=False)
         self.assertFalse(r.poll())
@@ -314,6 +331,30 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(indices, [0, 1, 2])
         for p in ps:
             p.join(30)
+
+
+def square(x):
+    return x * x
+
+
+class PoolAndWaitTest(unittest.TestCase):
+    def test_pool_map_apply_async_and_imap(self):
+        with CTX.Pool(2) as pool:
+            self.assertEqual(pool.map(square, range(20)), [x * x for x in range(20)])
+            self.assertEqual(pool.apply_async(square, (7,)).get(30), 49)
+            self.assertEqual(sorted(pool.imap_unordered(square, range(5))), [0, 1, 4, 9, 16])
+
+    def test_connection_wait_over_dragon_connections_and_sentinels(self):
+        from multiprocessing.connection import wait
+        a, b = CTX.Pipe()
+        c, d = CTX.Pipe()
+        self.assertEqual(wait([a, c], 0.05), [])
+        d.send("x")
+        self.assertEqual(wait([a, c], 30), [c])
+        p = CTX.Process(target=exit_with, args=(0,))
+        p.start()
+        self.assertEqual(wait([a, p.sentinel], 30), [p.sentinel])
+        p.join()
 
 
 class LauncherTest(unittest.TestCase):

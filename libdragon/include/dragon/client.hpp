@@ -67,6 +67,10 @@ struct SpawnOptions {
   std::string label;       // prefixes captured lines, e.g. "[worker 3] "
   std::uint64_t group = 0;  // join this process group; 0: none
   std::uint32_t count = 1;  // start this many, all in `group` if set
+  // This process's fds to lend the child, which finds extraFds[i] as fd extraFdBase + i
+  // (base 3 or more; at most 32 of them).
+  std::vector<int> extraFds;
+  int extraFdBase = 100;
 };
 
 struct ProcessInfo {
