@@ -4,7 +4,6 @@ import atexit
 import itertools
 import time
 
-from multiprocessing import context
 from multiprocessing.reduction import ForkingPickler
 
 from . import _runtime
@@ -28,7 +27,8 @@ class Connection:
         self._closed = False
 
     def __getstate__(self):
-        context.assert_spawning(self)
+        # Descriptors are valid in any process of the runtime: a Connection may travel through
+        # a Queue or another Connection, not only to a child at its start.
         if self._send is not None and self._writers is not None and not self._closed:
             self._writers.release()  # the child's handle, counted before the parent can close
         return (self._recv.descriptor if self._recv else None,

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -75,6 +76,32 @@ dragon::ObjectDescriptor parseDesc(const std::string& s) {
   return take(dragon::ObjectDescriptor::fromString(s));
 }
 
+// Runs a blocking channel call in slices of at most 50 ms with the GIL released, checking for
+// signals between them: Ctrl-C interrupts a blocked get() or acquire() the way it would a
+// blocked stdlib one (KeyboardInterrupt raised before anything was taken).
+template <typename Op>
+Status sliced(const dragon::Timeout& timeout, Op&& op) {
+  constexpr std::int64_t kSliceNs = 50'000'000;
+  const dragon::Deadline deadline(timeout);
+  for (;;) {
+    std::int64_t left = kSliceNs;
+    if (!deadline.isForever()) {
+      left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
+      if (left < 0) left = 0;
+    }
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = op(dragon::Timeout::after(std::chrono::nanoseconds(left)));
+    }
+    if (st.code() != StatusCode::Timeout || (!deadline.isForever() && deadline.expired()) ||
+        timeout.isNone()) {
+      return st;
+    }
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+}
+
 // A channel with the pool that holds it: what Python code holds.
 struct PyChannel {
   std::unique_ptr<dragon::ClientChannel> ch;
@@ -86,24 +113,15 @@ struct PyChannel {
     }
     const auto* p = static_cast<const std::byte*>(info.ptr);
     const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
-    const dragon::Timeout t = timeoutOf(timeout);
-    Status st;
-    {
-      py::gil_scoped_release release;
-      st = ch->channel().send({p, n}, t);
-    }
-    check(st);
+    dragon::Channel& c = ch->channel();
+    check(sliced(timeoutOf(timeout),
+                 [&](dragon::Timeout t) { return c.send({p, n}, t); }));
   }
 
   py::bytes recv(const py::object& timeout) {
-    const dragon::Timeout t = timeoutOf(timeout);
     dragon::Message m;
-    Status st;
-    {
-      py::gil_scoped_release release;
-      st = ch->channel().recv(m, t);
-    }
-    check(st);
+    dragon::Channel& c = ch->channel();
+    check(sliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.recv(m, t); }));
     return py::bytes(reinterpret_cast<const char*>(m.data().data()), m.data().size());
   }
 };

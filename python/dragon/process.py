@@ -23,8 +23,19 @@ def _child_environment():
     return ["%s=%s" % kv for kv in env.items()]
 
 
+class _DupFd:
+    """An fd lent to the child (see duplicate_for_child): in the child it is already there."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def detach(self):
+        return self.fd
+
+
 class Popen:
     method = "dragon"
+    DupFd = _DupFd
 
     def __init__(self, process_obj):
         util._flush_std_streams()

@@ -11,6 +11,7 @@ from . import _runtime
 
 _TOKEN = b"\x01"
 SEM_VALUE_MAX = 1 << 20
+MAX_TOKENS = 1 << 16
 
 
 def _timeout(block, timeout):
@@ -23,7 +24,14 @@ class Semaphore:
     def __init__(self, value=1, *, ctx=None, _capacity=None):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        capacity = _capacity if _capacity is not None else max(value, 1) + 4096
+        # Tokens are messages in a ring, so the value is capped: the stdlib's own classes ask
+        # for SEM_VALUE_MAX (2**31 - 1) to mean "no limit"; that becomes MAX_TOKENS.
+        value = min(value, MAX_TOKENS)
+        if _capacity is None:
+            capacity = max(value, 1) + 4096
+        else:
+            capacity = min(max(_capacity, 1), MAX_TOKENS)
+        capacity = min(capacity, MAX_TOKENS)
         self._capacity = capacity
         self._channel = _runtime.new_channel(capacity, 8)
         for _ in range(value):
@@ -131,16 +139,16 @@ class Condition:
 
     def __init__(self, lock=None, *, ctx=None):
         self._lock = lock or RLock(ctx=ctx)
-        self._sleepers = Semaphore(0, ctx=ctx)
-        self._wakeup = Semaphore(0, ctx=ctx)
-        self._woke = Semaphore(0, ctx=ctx)
+        self._sleeping_count = Semaphore(0, ctx=ctx)
+        self._wait_semaphore = Semaphore(0, ctx=ctx)
+        self._woken_count = Semaphore(0, ctx=ctx)
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._lock, self._sleepers, self._wakeup, self._woke)
+        return (self._lock, self._sleeping_count, self._wait_semaphore, self._woken_count)
 
     def __setstate__(self, state):
-        self._lock, self._sleepers, self._wakeup, self._woke = state
+        self._lock, self._sleeping_count, self._wait_semaphore, self._woken_count = state
 
     def __enter__(self):
         return self._lock.__enter__()
@@ -171,26 +179,26 @@ class Condition:
             self._lock._count = count
 
     def wait(self, timeout=None):
-        self._sleepers.release()
+        self._sleeping_count.release()
         count = self._release_fully()
         try:
-            return self._wakeup.acquire(True, timeout)
+            return self._wait_semaphore.acquire(True, timeout)
         finally:
-            self._woke.release()
+            self._woken_count.release()
             self._reacquire(count)
 
     def notify(self, n=1):
         # Waiters that timed out since the last notify still count as sleepers: forget them.
-        while self._woke.acquire(False):
-            self._sleepers.acquire(False)
+        while self._woken_count.acquire(False):
+            self._sleeping_count.acquire(False)
         woken = 0
-        while woken < n and self._sleepers.acquire(False):
-            self._wakeup.release()
+        while woken < n and self._sleeping_count.acquire(False):
+            self._wait_semaphore.release()
             woken += 1
         for _ in range(woken):
-            self._woke.acquire()
+            self._woken_count.acquire()
         # A waiter that timed out while being woken left its wake-up behind: take it back.
-        while self._wakeup.acquire(False):
+        while self._wait_semaphore.acquire(False):
             pass
 
     def notify_all(self):
@@ -223,6 +231,9 @@ class Event:
 
     def is_set(self):
         return self._flag.get_value() == 1
+
+    def __repr__(self):
+        return "<%s at %#x %s>" % (type(self).__name__, id(self), "set" if self.is_set() else "unset")
 
     def set(self):
         with self._cond:
