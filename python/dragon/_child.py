@@ -15,6 +15,9 @@ def main():
     from . import _runtime
 
     descriptor = sys.argv[1]
+    if len(sys.argv) > 2:
+        from multiprocessing import resource_tracker
+        resource_tracker._resource_tracker._fd = int(sys.argv[2])
     channel = _runtime.attach_channel(descriptor)
     payload = channel.recv()
     del channel

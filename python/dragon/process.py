@@ -51,11 +51,15 @@ class Popen:
             reduction.dump(process_obj, fp)
         finally:
             context.set_spawning_popen(None)
+        # The child shares this process's resource tracker, as spawn's children do (else its
+        # own tracker would unlink shared memory it merely attached, when it exits).
+        from multiprocessing import resource_tracker
+        tracker_fd = self.duplicate_for_child(resource_tracker.getfd())
         # The payload waits in a channel of ours until the child takes it.
         self._channel = _runtime.new_channel(capacity=1)
         self._channel.send(fp.getbuffer())
         argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
-                self._channel.descriptor]
+                self._channel.descriptor, str(tracker_fd)]
         [(self._puid, self.pid, _)] = _runtime.spawn(
             argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
             stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=self._fds,

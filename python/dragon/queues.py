@@ -42,7 +42,13 @@ class Queue:
 
     def put(self, obj, block=True, timeout=None):
         self._check_open()
-        data = ForkingPickler.dumps(obj)
+        try:
+            data = ForkingPickler.dumps(obj)
+        except Exception as e:
+            # As the stdlib Queue's feeder thread does: report the object that cannot be
+            # pickled and drop it; put() itself does not fail.
+            self._on_queue_feeder_error(e, obj)
+            return
         try:
             self._channel.send(data, _timeout(block, timeout))
         except TimeoutError:
@@ -57,6 +63,11 @@ class Queue:
         except ChannelClosed:
             raise EOFError("the queue was closed") from None
         return ForkingPickler.loads(data)
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        import traceback
+        traceback.print_exc()
 
     def put_nowait(self, obj):
         return self.put(obj, False)

@@ -38,7 +38,7 @@ class Semaphore:
             self._channel.send(_TOKEN, 0)
 
     def __getstate__(self):
-        context.assert_spawning(self)
+        # Its descriptor is valid in every process of the runtime: no need to be inherited.
         return (self._capacity, self._channel.descriptor)
 
     def __setstate__(self, state):
