@@ -75,18 +75,22 @@ void writeAll(int fd, std::string_view s) {
 
 void complain(const std::string& what) { writeAll(2, "dragon: " + what + "\n"); }
 
+// The directory this launcher's binary is in, or "" if unknown.
+std::string selfDir() {
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return {};
+  std::string dir(self, static_cast<std::size_t>(n));
+  dir.resize(dir.rfind('/'));
+  return dir;
+}
+
 std::string daemonPath() {
   if (const char* env = std::getenv("DRAGON_DAEMON"); env != nullptr && env[0] != '\0') {
     return env;
   }
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    std::string dir(self, static_cast<std::size_t>(n));
-    dir.resize(dir.rfind('/'));
-    const std::string candidate = dir + "/dragond";
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
+  const std::string dir = selfDir();
+  if (!dir.empty() && access((dir + "/dragond").c_str(), X_OK) == 0) return dir + "/dragond";
   return "dragond";  // looked up in PATH
 }
 
@@ -161,14 +165,9 @@ bool isPythonScript(const std::string& program) {
 // Where the `dragon` package is: beside this launcher in a build tree (build/python), else
 // where `meson install` put it.
 std::string pythonPackageDir() {
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    std::string dir(self, static_cast<std::size_t>(n));
-    dir.resize(dir.rfind('/'));
-    const std::string build = dir + "/../python";
-    if (access((build + "/dragon/__init__.py").c_str(), F_OK) == 0) return build;
-  }
+  const std::string dir = selfDir();
+  const std::string build = dir + "/../python";
+  if (!dir.empty() && access((build + "/dragon/__init__.py").c_str(), F_OK) == 0) return build;
   return DRAGON_PYTHON_DIR;
 }
 
