@@ -47,8 +47,6 @@ class LineSplitter {
     }
   }
 
-  std::size_t pending() const noexcept { return partial_.size(); }
-
  private:
   std::string partial_;
 };

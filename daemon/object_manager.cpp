@@ -23,7 +23,20 @@ Status notHere(const ObjectDescriptor& d) {
 
 }  // namespace
 
-Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t size) {
+Result<ObjectGrant> ObjectManager::named(Result<ObjectGrant> created, std::string_view name) {
+  if (!created.has_value() || name.empty()) {
+    return created;
+  }
+  Status st = registerName(name, created->object);
+  if (!st.isOk()) {
+    (void)destroy(created->object);
+    return st;
+  }
+  return created;
+}
+
+Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t size,
+                                              std::string_view name) {
   PoolOptions o;
   o.size = size == 0 ? limits_.defaultPoolSize : size;
   o.node = node_;
@@ -41,11 +54,11 @@ Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t
   DRAGON_LOG(Debug, "objects", "pool %llu created (%zu bytes) for owner %llu",
              static_cast<unsigned long long>(d.id), e.pool->segmentSize(),
              static_cast<unsigned long long>(owner));
-  return ObjectGrant{d, d, e.pool->fd()};
+  return named(ObjectGrant{d, d, e.pool->fd()}, name);
 }
 
 Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const ObjectDescriptor& pool,
-                                                 ChannelOptions options) {
+                                                 ChannelOptions options, std::string_view name) {
   if (pool.kind != ObjectKind::Pool) {
     return Status(StatusCode::InvalidArgument, "a channel is created in a pool");
   }
@@ -62,7 +75,7 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
   e.desc = d;
   e.refs[owner] = 1;
   p->second.channels++;
-  return ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()};
+  return named(ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()}, name);
 }
 
 Result<ObjectGrant> ObjectManager::attach(std::uint64_t owner, const ObjectDescriptor& object) {

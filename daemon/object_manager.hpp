@@ -40,9 +40,11 @@ class ObjectManager {
   ObjectManager(GlobalServices& global, std::uint32_t node, ObjectLimits limits)
       : global_(global), node_(node), limits_(limits) {}
 
-  Result<ObjectGrant> createPool(std::uint64_t owner, std::uint64_t size);
+  // With a name, the object is created and named at once: a taken name creates nothing.
+  Result<ObjectGrant> createPool(std::uint64_t owner, std::uint64_t size,
+                                 std::string_view name = {});
   Result<ObjectGrant> createChannel(std::uint64_t owner, const ObjectDescriptor& pool,
-                                    ChannelOptions options);
+                                    ChannelOptions options, std::string_view name = {});
   Result<ObjectGrant> attach(std::uint64_t owner, const ObjectDescriptor& object);
   Status detach(std::uint64_t owner, const ObjectDescriptor& object);
   Status destroy(const ObjectDescriptor& object);
@@ -51,8 +53,6 @@ class ObjectManager {
   // Drops every reference `owner` holds (its connection closed).
   void releaseOwner(std::uint64_t owner);
 
-  std::size_t poolCount() const noexcept { return pools_.size(); }
-  std::size_t channelCount() const noexcept { return channels_.size(); }
   std::string dump() const;
 
  private:
@@ -66,7 +66,8 @@ class ObjectManager {
     std::map<std::uint64_t, std::uint32_t> refs;
   };
 
-  Result<ObjectGrant> grantChannel(std::uint64_t owner, ChannelEntry& ch);
+  // Names a just-created object, or destroys it again if the name is taken.
+  Result<ObjectGrant> named(Result<ObjectGrant> created, std::string_view name);
   void maybeRelease(const ObjectDescriptor& object);
   void destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it);
   void destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it);

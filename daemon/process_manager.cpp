@@ -242,12 +242,10 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
                   "at most " + std::to_string(kMaxCount) + " processes per spawn");
   }
   std::uint64_t group = req.group();
-  if (group != 0) {
-    const auto* any = global_.groupMembers(group).empty() ? nullptr : &group;
-    if (any == nullptr) {
-      return Status(StatusCode::NotFound, "no process group " + std::to_string(group));
-    }
-  } else if (count > 1) {
+  if (group != 0 && global_.groupMembers(group).empty()) {
+    return Status(StatusCode::NotFound, "no process group " + std::to_string(group));
+  }
+  if (group == 0 && count > 1) {
     group = global_.newGroup();
   }
   Spawned out;
@@ -589,7 +587,6 @@ std::uint64_t ProcessManager::jobOfPid(pid_t pid) const {
   return processes_.at(it->second).job;
 }
 
-std::size_t ProcessManager::running() const noexcept { return byPid_.size(); }
 
 std::string ProcessManager::dump() const {
   std::string out = "processes: " + std::to_string(processes_.size()) + " known, " +

@@ -74,7 +74,6 @@ class ProcessManager {
 
   // The job of a running process of this node with this pid, or 0.
   std::uint64_t jobOfPid(pid_t pid) const;
-  std::size_t running() const noexcept;
   std::string dump() const;
 
  private:

@@ -250,15 +250,8 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
   const std::uint64_t owner = c.id;
   switch (msg.body_case()) {
     case pb::Envelope::kCreatePool: {
-      auto g = objects_->createPool(owner, msg.create_pool().size());
-      if (g.has_value() && !msg.create_pool().name().empty()) {
-        Status st = objects_->registerName(msg.create_pool().name(), g->object);
-        if (!st.isOk()) {
-          (void)objects_->destroy(g->object);
-          g = st;
-        }
-      }
-      replyObject(c, rid, std::move(g));
+      replyObject(c, rid, objects_->createPool(owner, msg.create_pool().size(),
+                                               msg.create_pool().name()));
       return;
     }
     case pb::Envelope::kCreateChannel: {
@@ -272,15 +265,7 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       o.capacity = r.capacity();
       o.inlineSize = r.inline_size();
       o.maxMessageSize = r.max_message_size();
-      auto g = objects_->createChannel(owner, *pool, o);
-      if (g.has_value() && !r.name().empty()) {
-        Status st = objects_->registerName(r.name(), g->object);
-        if (!st.isOk()) {
-          (void)objects_->destroy(g->object);
-          g = st;
-        }
-      }
-      replyObject(c, rid, std::move(g));
+      replyObject(c, rid, objects_->createChannel(owner, *pool, o, r.name()));
       return;
     }
     case pb::Envelope::kAttach: {

@@ -130,19 +130,7 @@ class Connection:
 
     def poll(self, timeout=0.0):
         self._check(True)
-        if self._ready():
-            return True
-        if timeout is not None and timeout <= 0:
-            return False
-        end = None if timeout is None else time.monotonic() + timeout
-        # Bounded sleeps until the channel is readable (a wait-any over channels is the next
-        # step: libdragon has it, the Python layer does not expose it yet).
-        for delay in itertools.chain((0.0001, 0.0005, 0.001), itertools.repeat(0.005)):
-            if self._recv.readable() or self._recv.is_closed():
-                return True
-            if end is not None and time.monotonic() >= end:
-                return False
-            time.sleep(delay if end is None else max(0, min(delay, end - time.monotonic())))
+        return bool(wait([self], timeout))
 
     def __enter__(self):
         return self
