@@ -14,6 +14,8 @@ packages=(
   clang libclang-rt-14-dev                 # libFuzzer targets
   gdb                                      # backtraces when a test hangs
   python3-dev pybind11-dev                 # the Python package (extension module)
+  python3-numpy                            # zero-copy transfer tests, examples, benchmarks
+  libpython3.11-testsuite                  # CPython's multiprocessing test suite (compatibility)
 )
 
 missing=()

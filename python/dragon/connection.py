@@ -4,10 +4,9 @@ import atexit
 import itertools
 import time
 
-from multiprocessing.reduction import ForkingPickler
-
 from . import _runtime
 from ._native import ChannelClosed
+from ._pickling import dumps_inband
 
 PIPE_CAPACITY = 1024
 
@@ -92,7 +91,7 @@ class Connection:
 
     def send(self, obj):
         self._check(False)
-        self._send.send(ForkingPickler.dumps(obj), None)
+        self._send.send(dumps_inband(obj), None)
 
     def _recv_message(self, timeout=None):
         try:
@@ -123,7 +122,10 @@ class Connection:
 
     def recv(self):
         self._check(True)
-        return ForkingPickler.loads(self._recv_message())
+        try:
+            return self._recv.recv_object(None)  # unpickled from the message in place
+        except ChannelClosed:
+            raise EOFError from None
 
     def _ready(self):
         return self._recv is not None and (self._recv.readable() or self._recv.is_closed())

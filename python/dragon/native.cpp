@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // dragon._native: the pybind11 edge over libdragon's public C++ API. The one place where a
 // Status becomes a Python exception; blocking calls release the GIL.
+#include "edge.hpp"
+
 #include <dragon/client.hpp>
 
 #include <pybind11/functional.h>
@@ -11,120 +13,31 @@
 #include <memory>
 #include <string>
 
-namespace py = pybind11;
+namespace dragon::python {
+
+void PyChannel::send(py::buffer data, const py::object& timeout) {
+  py::buffer_info info = data.request();
+  if (info.ndim > 1 && info.strides.back() != info.itemsize) {
+    throw py::value_error("send needs a contiguous buffer");
+  }
+  const auto* p = static_cast<const std::byte*>(info.ptr);
+  const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
+  dragon::Channel& c = ch->channel();
+  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.send({p, n}, t); }));
+}
+
+py::bytes PyChannel::recv(const py::object& timeout) {
+  dragon::Message m;
+  dragon::Channel& c = ch->channel();
+  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.recv(m, t); }));
+  return py::bytes(reinterpret_cast<const char*>(m.data().data()), m.data().size());
+}
+
+}  // namespace dragon::python
 
 namespace {
 
-using dragon::Status;
-using dragon::StatusCode;
-
-// Registered in PYBIND11_MODULE: DragonError and its subclasses.
-PyObject* gDragonError = nullptr;
-PyObject* gChannelClosed = nullptr;
-PyObject* gPeerLost = nullptr;
-
-[[noreturn]] void raise(const Status& st) {
-  const std::string msg = st.toString();
-  switch (st.code()) {
-    case StatusCode::Timeout:
-    case StatusCode::WouldBlock:
-    case StatusCode::ChannelFull:  // a try that found no room: "not now", like a timeout
-      PyErr_SetString(PyExc_TimeoutError, msg.c_str());
-      break;
-    case StatusCode::NotFound:
-      PyErr_SetString(PyExc_LookupError, msg.c_str());
-      break;
-    case StatusCode::InvalidArgument:
-      PyErr_SetString(PyExc_ValueError, msg.c_str());
-      break;
-    case StatusCode::PermissionDenied:
-      PyErr_SetString(PyExc_PermissionError, msg.c_str());
-      break;
-    case StatusCode::ChannelClosed:
-      PyErr_SetString(gChannelClosed, msg.c_str());
-      break;
-    case StatusCode::PeerLost:
-      PyErr_SetString(gPeerLost, msg.c_str());
-      break;
-    default:
-      PyErr_SetString(gDragonError, msg.c_str());
-      break;
-  }
-  throw py::error_already_set();
-}
-
-void check(const Status& st) {
-  if (!st.isOk()) raise(st);
-}
-
-template <typename T>
-T take(dragon::Result<T>&& r) {
-  if (!r.has_value()) raise(r.error());
-  return std::move(*r);
-}
-
-// seconds (None: forever) -> Timeout
-dragon::Timeout timeoutOf(const py::object& seconds) {
-  if (seconds.is_none()) return dragon::Timeout::forever();
-  const double s = seconds.cast<double>();
-  if (s <= 0) return dragon::Timeout::none();
-  return dragon::Timeout::after(std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9)));
-}
-
-std::string descOf(const dragon::ObjectDescriptor& d) { return d.toString(); }
-dragon::ObjectDescriptor parseDesc(const std::string& s) {
-  return take(dragon::ObjectDescriptor::fromString(s));
-}
-
-// Runs a blocking channel call in slices of at most 50 ms with the GIL released, checking for
-// signals between them: Ctrl-C interrupts a blocked get() or acquire() the way it would a
-// blocked stdlib one (KeyboardInterrupt raised before anything was taken).
-template <typename Op>
-Status sliced(const dragon::Timeout& timeout, Op&& op) {
-  constexpr std::int64_t kSliceNs = 50'000'000;
-  const dragon::Deadline deadline(timeout);
-  for (;;) {
-    std::int64_t left = kSliceNs;
-    if (!deadline.isForever()) {
-      left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
-      if (left < 0) left = 0;
-    }
-    Status st;
-    {
-      py::gil_scoped_release release;
-      st = op(dragon::Timeout::after(std::chrono::nanoseconds(left)));
-    }
-    if (st.code() != StatusCode::Timeout || (!deadline.isForever() && deadline.expired()) ||
-        timeout.isNone()) {
-      return st;
-    }
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-  }
-}
-
-// A channel with the pool that holds it: what Python code holds.
-struct PyChannel {
-  std::unique_ptr<dragon::ClientChannel> ch;
-
-  void send(py::buffer data, const py::object& timeout) {
-    py::buffer_info info = data.request();
-    if (info.ndim > 1 && info.strides.back() != info.itemsize) {
-      throw py::value_error("send needs a contiguous buffer");
-    }
-    const auto* p = static_cast<const std::byte*>(info.ptr);
-    const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
-    dragon::Channel& c = ch->channel();
-    check(sliced(timeoutOf(timeout),
-                 [&](dragon::Timeout t) { return c.send({p, n}, t); }));
-  }
-
-  py::bytes recv(const py::object& timeout) {
-    dragon::Message m;
-    dragon::Channel& c = ch->channel();
-    check(sliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.recv(m, t); }));
-    return py::bytes(reinterpret_cast<const char*>(m.data().data()), m.data().size());
-  }
-};
+using namespace dragon::python;  // NOLINT(google-build-using-namespace): this file's own edge
 
 dragon::Stdio stdioOf(const std::string& s) {
   if (s == "inherit") return dragon::Stdio::Inherit;
@@ -145,6 +58,8 @@ PYBIND11_MODULE(_native, m) {
   gChannelClosed = channelClosed.ptr();
   static py::exception<std::runtime_error> peerLost(m, "PeerLost", PyExc_ConnectionError);
   gPeerLost = peerLost.ptr();
+
+  bindCodec(m);
 
   m.def("default_socket_path", &dragon::defaultSocketPath);
   m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
@@ -171,6 +86,10 @@ PYBIND11_MODULE(_native, m) {
                              [](PyChannel& c) { return c.ch->channel().capacity(); })
       .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
       .def("recv", &PyChannel::recv, py::arg("timeout") = py::none())
+      .def("put", &PyChannel::put, py::arg("obj"), py::arg("block") = true,
+           py::arg("timeout") = py::none(), py::arg("on_error") = py::none())
+      .def("get", &PyChannel::get, py::arg("block") = true, py::arg("timeout") = py::none())
+      .def("recv_object", &PyChannel::recvObject, py::arg("timeout") = py::none())
       .def("size", [](PyChannel& c) { return c.ch->channel().size(); })
       .def("readable", [](PyChannel& c) { return c.ch->channel().readable(); })
       .def("writable", [](PyChannel& c) { return c.ch->channel().writable(); })

@@ -1,13 +1,12 @@
 # SPDX-License-Identifier: MIT
-"""Queues on Dragon channels. Objects are pickled (protocol 5) and sent as one message: small
-ones are copied into the channel's ring, large ones travel in a pool block."""
-import queue
-
+"""Queues on Dragon channels. An object is one message (codec.cpp): pickled with protocol 5,
+small ones copied into the channel's ring, large ones written once into a pool block that the
+receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
 from multiprocessing import context
-from multiprocessing.reduction import ForkingPickler
 
 from . import _runtime
 from ._native import ChannelClosed
+from ._pickling import dumps_inband
 
 # A queue created without maxsize holds this many items before put() blocks.
 UNBOUNDED_CAPACITY = 4096
@@ -41,28 +40,18 @@ class Queue:
             raise ValueError("Queue %r is closed" % self)
 
     def put(self, obj, block=True, timeout=None):
-        self._check_open()
-        try:
-            data = ForkingPickler.dumps(obj)
-        except Exception as e:
-            # As the stdlib Queue's feeder thread does: report the object that cannot be
-            # pickled and drop it; put() itself does not fail.
-            self._on_queue_feeder_error(e, obj)
-            return
-        try:
-            self._channel.send(data, _timeout(block, timeout))
-        except TimeoutError:
-            raise queue.Full from None
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
+        # An object that cannot be pickled is reported and dropped, as by the stdlib's feeder.
+        self._channel.put(obj, block, timeout, self._on_queue_feeder_error)
 
     def get(self, block=True, timeout=None):
-        self._check_open()
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
         try:
-            data = self._channel.recv(_timeout(block, timeout))
-        except TimeoutError:
-            raise queue.Empty from None
+            return self._channel.get(block, timeout)
         except ChannelClosed:
             raise EOFError("the queue was closed") from None
-        return ForkingPickler.loads(data)
 
     @staticmethod
     def _on_queue_feeder_error(e, obj):
@@ -149,11 +138,10 @@ class SimpleQueue:
 
     def get(self):
         with self._rlock:
-            res = self._reader.recv_bytes()
-        return ForkingPickler.loads(res)
+            return self._reader.recv()
 
     def put(self, obj):
-        data = ForkingPickler.dumps(obj)
+        data = dumps_inband(obj)
         with self._wlock:
             self._writer.send_bytes(data)
 

@@ -1,0 +1,223 @@
+#!/usr/bin/python3
+"""The python group of bench/run: Dragon's multiprocessing objects against stock fork, spawn
+and forkserver, measured in one run on this machine.
+
+Prints `metric py_<method>_<name> <value> <unit>` for every method, and
+`metric py_stock_<name> ...` with the best stock method's figure, which bench/goals.py
+compares Dragon's with. Each figure is the median of REPS repetitions.
+
+    /usr/bin/python3 bench/python_bench.py [--methods fork,spawn,forkserver,dragon] [--quick]
+"""
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+REPS = 5
+
+
+def _noop():
+    pass
+
+
+def _square(x):
+    return x * x
+
+
+def _echo(inq, outq, n):
+    for _ in range(n):
+        outq.put(inq.get())
+
+
+def _pipe_echo(conn, n):
+    for _ in range(n):
+        conn.send_bytes(conn.recv_bytes())
+
+
+def _producer(q, go, n, payload):
+    go.wait()
+    for _ in range(n):
+        q.put(payload)
+
+
+def _sink(q, n, done):
+    for _ in range(n):
+        q.get()
+    done.put(time.perf_counter())
+
+
+class Bench:
+    """The measurements of one start method (a context)."""
+
+    def __init__(self, ctx, quick):
+        self.ctx = ctx
+        self.scale = 0.2 if quick else 1.0
+
+    def n(self, count):
+        return max(10, int(count * self.scale))
+
+    def queue_rtt(self, size):
+        """Mean round trip of a `size`-byte bytes object through two queues, in us."""
+        n = self.n(2000)
+        a, b = self.ctx.Queue(), self.ctx.Queue()
+        p = self.ctx.Process(target=_echo, args=(a, b, n + 100))
+        p.start()
+        payload = b"x" * size
+        for _ in range(100):  # warm-up: the child is running and both ends are set up
+            a.put(payload)
+            b.get()
+        reps = []
+        for _ in range(REPS):
+            m = n // REPS
+            t0 = time.perf_counter()
+            for _ in range(m):
+                a.put(payload)
+                b.get()
+            reps.append((time.perf_counter() - t0) / m * 1e6)
+        left = n - (n // REPS) * REPS
+        for _ in range(left):
+            a.put(payload)
+            b.get()
+        p.join()
+        return statistics.median(reps), "us"
+
+    def pipe_rtt(self):
+        n = self.n(4000)
+        here, there = self.ctx.Pipe()
+        p = self.ctx.Process(target=_pipe_echo, args=(there, n + 100))
+        p.start()
+        for _ in range(100):
+            here.send_bytes(b"12345678")
+            here.recv_bytes()
+        reps = []
+        m = n // REPS
+        for _ in range(REPS):
+            t0 = time.perf_counter()
+            for _ in range(m):
+                here.send_bytes(b"12345678")
+                here.recv_bytes()
+            reps.append((time.perf_counter() - t0) / m * 1e6)
+        for _ in range(n - m * REPS):
+            here.send_bytes(b"12345678")
+            here.recv_bytes()
+        p.join()
+        return statistics.median(reps), "us"
+
+    def queue_tput(self, size, producers, total):
+        """Messages (or bytes) per second from `producers` processes into one consumer."""
+        total = self.n(total)
+        per = max(1, total // producers)
+        payload = b"x" * size
+        reps = []
+        for _ in range(REPS):
+            q = self.ctx.Queue()
+            go = self.ctx.Event()
+            ps = [self.ctx.Process(target=_producer, args=(q, go, per, payload))
+                  for _ in range(producers)]
+            for p in ps:
+                p.start()
+            t0 = time.perf_counter()
+            go.set()
+            for _ in range(per * producers):
+                q.get()
+            dt = time.perf_counter() - t0
+            for p in ps:
+                p.join()
+            reps.append(per * producers / dt)
+        rate = statistics.median(reps)
+        if size >= 1 << 20:
+            return rate * size / 1e9, "GB/s"
+        return rate / 1e3, "kmsg/s"
+
+    def start_join(self):
+        """Start and join of a process with a no-op target, in ms."""
+        n = self.n(20)
+        for _ in range(2):  # warm-up (forkserver starts its server, dragon its runtime)
+            p = self.ctx.Process(target=_noop)
+            p.start()
+            p.join()
+        reps = []
+        for _ in range(REPS):
+            t0 = time.perf_counter()
+            for _ in range(max(1, n // REPS)):
+                p = self.ctx.Process(target=_noop)
+                p.start()
+                p.join()
+            reps.append((time.perf_counter() - t0) / max(1, n // REPS) * 1e3)
+        return statistics.median(reps), "ms"
+
+    def pool_map(self):
+        n = self.n(20000)
+        with self.ctx.Pool(2) as pool:
+            pool.map(_square, range(200), chunksize=1)
+            reps = []
+            for _ in range(REPS):
+                t0 = time.perf_counter()
+                out = pool.map(_square, range(n // REPS), chunksize=1)
+                reps.append(len(out) / (time.perf_counter() - t0) / 1e3)
+                assert out[-1] == (n // REPS - 1) ** 2
+        return statistics.median(reps), "ktasks/s"
+
+    def apply_rtt(self):
+        n = self.n(2000)
+        with self.ctx.Pool(2) as pool:
+            for i in range(100):
+                pool.apply_async(_square, (i,)).get()
+            reps = []
+            for _ in range(REPS):
+                t0 = time.perf_counter()
+                for i in range(n // REPS):
+                    assert pool.apply_async(_square, (i,)).get(timeout=60) == i * i
+                reps.append((time.perf_counter() - t0) / (n // REPS) * 1e6)
+        return statistics.median(reps), "us"
+
+
+# name -> (how to measure it, True when higher is better)
+METRICS = {
+    "queue_rtt_8B": (lambda b: b.queue_rtt(8), False),
+    "queue_rtt_4KiB": (lambda b: b.queue_rtt(4096), False),
+    "pipe_rtt_8B": (lambda b: b.pipe_rtt(), False),
+    "queue_tput_64B": (lambda b: b.queue_tput(64, 1, 100000), True),
+    "queue_tput_64B_4prod": (lambda b: b.queue_tput(64, 4, 100000), True),
+    "queue_tput_1MiB": (lambda b: b.queue_tput(1 << 20, 1, 400), True),
+    "queue_tput_16MiB": (lambda b: b.queue_tput(16 << 20, 1, 40), True),
+    "start_join": (lambda b: b.start_join(), False),
+    "pool_map_c1": (lambda b: b.pool_map(), True),
+    "apply_async_rtt": (lambda b: b.apply_rtt(), False),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="fork,spawn,forkserver,dragon")
+    ap.add_argument("--metrics", default=",".join(METRICS))
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    args = ap.parse_args()
+    methods = args.methods.split(",")
+    names = args.metrics.split(",")
+    if "dragon" in methods:
+        import dragon  # noqa: F401  (registers the start method)
+    results = {}
+    for method in methods:
+        b = Bench(mp.get_context(method), args.quick)
+        for name in names:
+            value, unit = METRICS[name][0](b)
+            results[(method, name)] = (value, unit)
+            print(f"metric py_{method}_{name} {value:.4g} {unit}", flush=True)
+    stock = [m for m in methods if m != "dragon"]
+    for name in names:
+        if not stock:
+            break
+        higher = METRICS[name][1]
+        vals = [(results[(m, name)][0], m) for m in stock]
+        value, best = max(vals) if higher else min(vals)
+        unit = results[(best, name)][1]
+        print(f"metric py_stock_{name} {value:.4g} {unit}", flush=True)
+        print(f"# best stock method for {name}: {best}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

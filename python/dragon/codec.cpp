@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: MIT
+// Queue messages: how a Python object travels through a channel.
+//
+// A message is one of
+//   - a pickle stream (protocol 5; its first byte is 0x80, PROTO): the object pickled in band;
+//   - kRawBytes, then the contents of a bytes object (a large bytes object is not pickled);
+//   - kOutOfBand, 7 bytes of padding, u64 count, u64 pickle length, count x u64 buffer length,
+//     then the pickle stream, then each out-of-band buffer (pickle protocol 5's PickleBuffer)
+//     at the next 64-byte boundary. The receiver unpickles with buffers that are views of the
+//     message's pool block, so a numpy array arrives without a second copy: the block is freed
+//     when the last view of it goes.
+// A sender copies each payload once, straight into the pool block it then hands over; small
+// messages are copied into the channel's ring.
+#include "edge.hpp"
+
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace dragon::python {
+
+namespace {
+
+constexpr std::uint8_t kRawBytes = 0x00;
+constexpr std::uint8_t kOutOfBand = 0x01;
+constexpr std::uint8_t kPickleProto = 0x80;
+constexpr std::size_t kRawThreshold = 1024;    // bytes objects at least this long travel raw
+constexpr std::size_t kAlign = 64;             // of out-of-band buffers in a message
+constexpr std::size_t kCopyWithoutGil = 64 << 10;
+constexpr std::uint64_t kMaxBuffers = 1 << 16;
+constexpr std::size_t kOobFixed = 24;          // tag + padding, count, pickle length
+
+// The Python functions the codec calls, looked up once and kept for the interpreter's life
+// (never destroyed: they would outlive the interpreter at exit).
+struct Codec {
+  py::object dumps;       // pickle.dumps
+  py::object loads;       // pickle.loads
+  py::object dumpsOob;    // dragon._pickling.dumps: ForkingPickler semantics, protocol 5
+  py::object full;        // queue.Full
+  py::object empty;       // queue.Empty
+  py::object memoryview;  // builtins.memoryview
+};
+
+Codec& codec() {
+  static Codec* c = [] {
+    auto* k = new Codec;
+    py::module_ pickle = py::module_::import("pickle");
+    k->dumps = pickle.attr("dumps");
+    k->loads = pickle.attr("loads");
+    k->dumpsOob = py::module_::import("dragon._pickling").attr("dumps");
+    py::module_ queue = py::module_::import("queue");
+    k->full = queue.attr("Full");
+    k->empty = queue.attr("Empty");
+    k->memoryview = py::module_::import("builtins").attr("memoryview");
+    return k;
+  }();
+  return *c;
+}
+
+std::size_t alignUp(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+// What remains of a deadline, as a Timeout for the next step of the same call.
+dragon::Timeout remaining(const dragon::Timeout& original, const dragon::Deadline& d) {
+  if (original.isNone() || d.isForever()) return original;
+  const std::int64_t left = d.monotonicNs() - dragon::monotonicNowNs();
+  if (left <= 0) return dragon::Timeout::none();
+  return dragon::Timeout::after(std::chrono::nanoseconds(left));
+}
+
+// One part of a message: bytes to copy in, starting at a multiple of `align`.
+struct Piece {
+  const std::byte* data;
+  std::size_t size;
+  std::size_t align;
+};
+
+void copyPieces(std::byte* dst, std::span<const Piece> pieces, std::span<const std::size_t> at) {
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    if (pieces[i].size > 0) std::memcpy(dst + at[i], pieces[i].data, pieces[i].size);
+  }
+}
+
+// Lays the pieces out one after another (each at its alignment) and sends them as one message:
+// into the ring when it fits there, else straight into a pool block that is handed over.
+Status sendPieces(dragon::Channel& c, std::span<const Piece> pieces,
+                  const dragon::Timeout& timeout) {
+  std::vector<std::size_t> at(pieces.size());
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    at[i] = alignUp(total, pieces[i].align);
+    total = at[i] + pieces[i].size;
+  }
+  constexpr std::size_t kStack = 1024;
+  if (total <= c.inlineSize() && total <= kStack) {
+    std::byte buf[kStack];
+    copyPieces(buf, pieces, at);
+    return tryThenSliced(timeout, [&](dragon::Timeout t) { return c.send({buf, total}, t); });
+  }
+  const dragon::Deadline deadline(timeout);
+  dragon::Pool& pool = c.pool();
+  std::optional<dragon::PoolAllocation> block;
+  DRAGON_TRY(tryThenSliced(timeout, [&](dragon::Timeout t) {
+    auto r = pool.alloc(total, t);
+    if (!r.has_value()) return r.error();
+    block = *r;
+    return Status::ok();
+  }));
+  auto* dst = static_cast<std::byte*>(pool.pointer(*block));
+  if (total >= kCopyWithoutGil) {
+    py::gil_scoped_release release;
+    copyPieces(dst, pieces, at);
+  } else {
+    copyPieces(dst, pieces, at);
+  }
+  Status st = tryThenSliced(remaining(timeout, deadline),
+                            [&](dragon::Timeout t) { return c.sendBlock(*block, total, t); });
+  if (!st.isOk()) (void)pool.free(*block);
+  return st;
+}
+
+// A received message kept alive for the views that out-of-band buffers are: the buffer protocol
+// of _native.Block exposes it, writable (the receiver owns the block).
+struct PyBlock {
+  std::unique_ptr<dragon::Message> message;
+};
+
+[[noreturn]] void corrupt(const char* what) {
+  raise(Status(StatusCode::Corrupt, std::string("malformed queue message: ") + what));
+}
+
+// Reads a u64 of an out-of-band header (bounds checked by the caller).
+std::uint64_t u64At(std::span<const std::byte> d, std::size_t offset) {
+  std::uint64_t v;
+  std::memcpy(&v, d.data() + offset, sizeof v);
+  return v;
+}
+
+py::object decodeOutOfBand(std::unique_ptr<dragon::Message> m) {
+  const std::span<const std::byte> d = m->data();
+  if (d.size() < kOobFixed) corrupt("short out-of-band header");
+  const std::uint64_t count = u64At(d, 8);
+  const std::uint64_t pickleLen = u64At(d, 16);
+  if (count == 0 || count > kMaxBuffers) corrupt("bad buffer count");
+  const std::size_t header = kOobFixed + 8 * count;
+  if (header > d.size()) corrupt("short out-of-band header");
+  if (pickleLen > d.size() - header) corrupt("pickle runs past the end");
+  std::vector<std::pair<std::size_t, std::size_t>> spans;  // offset, length of each buffer
+  std::size_t end = header + pickleLen;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t len = u64At(d, kOobFixed + 8 * i);
+    const std::size_t at = alignUp(end, kAlign);
+    if (at > d.size() || len > d.size() - at) corrupt("buffer runs past the end");
+    spans.emplace_back(at, len);
+    end = at + len;
+  }
+  Codec& k = codec();
+  py::object holder = py::cast(PyBlock{std::move(m)});
+  py::object whole = k.memoryview(holder);
+  py::list buffers;
+  for (const auto& [at, len] : spans) {
+    buffers.append(whole[py::slice(static_cast<py::ssize_t>(at), static_cast<py::ssize_t>(at + len), 1)]);
+  }
+  py::object pickle = whole[py::slice(static_cast<py::ssize_t>(header),
+                                      static_cast<py::ssize_t>(header + pickleLen), 1)];
+  py::object obj = k.loads(pickle, py::arg("buffers") = buffers);
+  pickle.attr("release")();
+  return obj;
+}
+
+py::object decode(std::unique_ptr<dragon::Message> m) {
+  const std::span<const std::byte> d = m->data();
+  if (d.empty()) corrupt("empty");
+  const auto tag = static_cast<std::uint8_t>(d[0]);
+  if (tag == kPickleProto) {
+    // Unpickled from a view of the message itself: no copy of the stream.
+    py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromMemory(
+        const_cast<char*>(reinterpret_cast<const char*>(d.data())),
+        static_cast<py::ssize_t>(d.size()), PyBUF_READ));
+    if (!view) throw py::error_already_set();
+    py::object obj;
+    try {
+      obj = codec().loads(view);
+    } catch (...) {
+      view.attr("release")();
+      throw;
+    }
+    view.attr("release")();
+    return obj;
+  }
+  if (tag == kRawBytes) {
+    const std::size_t n = d.size() - 1;
+    PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
+    if (b == nullptr) throw py::error_already_set();
+    if (n >= kCopyWithoutGil) {
+      py::gil_scoped_release release;
+      std::memcpy(PyBytes_AS_STRING(b), d.data() + 1, n);
+    } else {
+      std::memcpy(PyBytes_AS_STRING(b), d.data() + 1, n);
+    }
+    return py::reinterpret_steal<py::object>(b);
+  }
+  if (tag == kOutOfBand) return decodeOutOfBand(std::move(m));
+  corrupt("unknown tag");
+}
+
+// Exact types that no reducer of ForkingPickler's can change: pickle.dumps is the same there.
+bool plainPickle(PyObject* o) {
+  return PyBytes_CheckExact(o) || PyUnicode_CheckExact(o) || PyLong_CheckExact(o) ||
+         PyFloat_CheckExact(o) || o == Py_None || PyBool_Check(o);
+}
+
+std::span<const std::byte> bytesOf(const py::buffer_info& b) {
+  return {static_cast<const std::byte*>(b.ptr), static_cast<std::size_t>(b.size * b.itemsize)};
+}
+
+[[noreturn]] void raiseQueue(const Status& st, const py::object& instead) {
+  const StatusCode c = st.code();
+  if (c == StatusCode::Timeout || c == StatusCode::WouldBlock || c == StatusCode::ChannelFull ||
+      c == StatusCode::PoolExhausted) {
+    PyErr_SetNone(instead.ptr());
+    throw py::error_already_set();
+  }
+  raise(st);
+}
+
+}  // namespace
+
+void PyChannel::put(const py::object& obj, bool block, const py::object& timeout,
+                    const py::object& onError) {
+  const dragon::Timeout t = block ? timeoutOf(timeout) : dragon::Timeout::none();
+  dragon::Channel& c = ch->channel();
+  Codec& k = codec();
+  PyObject* o = obj.ptr();
+  Status st;
+  if (PyBytes_CheckExact(o) && static_cast<std::size_t>(PyBytes_GET_SIZE(o)) >= kRawThreshold) {
+    static const std::byte tag{kRawBytes};
+    const Piece pieces[] = {{&tag, 1, 1},
+                            {reinterpret_cast<const std::byte*>(PyBytes_AS_STRING(o)),
+                             static_cast<std::size_t>(PyBytes_GET_SIZE(o)), 1}};
+    st = sendPieces(c, pieces, t);
+  } else if (plainPickle(o)) {
+    py::bytes data = k.dumps(obj, 5);
+    const char* p = PyBytes_AS_STRING(data.ptr());
+    const auto n = static_cast<std::size_t>(PyBytes_GET_SIZE(data.ptr()));
+    st = tryThenSliced(t, [&](dragon::Timeout tt) {
+      return c.send({reinterpret_cast<const std::byte*>(p), n}, tt);
+    });
+  } else {
+    py::tuple res;
+    try {
+      res = k.dumpsOob(obj);
+    } catch (py::error_already_set& e) {
+      if (onError.is_none()) throw;
+      // As the stdlib Queue's feeder thread does: report the object and drop it.
+      onError(e.value(), obj);
+      return;
+    }
+    py::buffer data = res[0];
+    py::list bufs = res[1];
+    py::buffer_info pinfo = data.request();
+    if (bufs.empty()) {
+      const auto s = bytesOf(pinfo);
+      st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.send(s, tt); });
+    } else {
+      // Header, pickle stream, then every buffer (PickleBuffer.raw(): contiguous bytes).
+      const std::size_t hdr = kOobFixed + 8 * bufs.size();
+      std::vector<std::byte> header(hdr);
+      header[0] = std::byte{kOutOfBand};
+      const std::uint64_t count = bufs.size();
+      const std::uint64_t plen = bytesOf(pinfo).size();
+      std::memcpy(header.data() + 8, &count, 8);
+      std::memcpy(header.data() + 16, &plen, 8);
+      std::vector<py::buffer_info> infos;
+      infos.reserve(bufs.size());
+      for (py::handle b : bufs) {
+        infos.push_back(py::reinterpret_borrow<py::object>(b).attr("raw")().cast<py::buffer>().request());
+      }
+      std::vector<Piece> pieces{{header.data(), hdr, 1}, {bytesOf(pinfo).data(), plen, 1}};
+      for (std::size_t i = 0; i < infos.size(); ++i) {
+        const auto s = bytesOf(infos[i]);
+        const std::uint64_t len = s.size();
+        std::memcpy(header.data() + kOobFixed + 8 * i, &len, 8);
+        pieces.push_back({s.data(), s.size(), kAlign});
+      }
+      st = sendPieces(c, pieces, t);
+    }
+  }
+  if (!st.isOk()) raiseQueue(st, k.full);
+}
+
+py::object PyChannel::get(bool block, const py::object& timeout) {
+  const dragon::Timeout t = block ? timeoutOf(timeout) : dragon::Timeout::none();
+  auto m = std::make_unique<dragon::Message>();
+  dragon::Channel& c = ch->channel();
+  Status st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.recv(*m, tt); });
+  if (!st.isOk()) raiseQueue(st, codec().empty);
+  return decode(std::move(m));
+}
+
+py::object PyChannel::recvObject(const py::object& timeout) {
+  auto m = std::make_unique<dragon::Message>();
+  dragon::Channel& c = ch->channel();
+  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout tt) { return c.recv(*m, tt); }));
+  return decode(std::move(m));
+}
+
+void bindCodec(py::module_& m) {
+  py::class_<PyBlock>(m, "Block", py::buffer_protocol(),
+                      "A received message's pool memory, seen through memoryviews")
+      .def_buffer([](PyBlock& b) {
+        const std::span<std::byte> d = b.message->mutableData();
+        return py::buffer_info(d.data(), 1, py::format_descriptor<std::uint8_t>::format(),
+                               static_cast<py::ssize_t>(d.size()), false);
+      })
+      .def_property_readonly("in_pool", [](const PyBlock& b) { return b.message->isBlock(); });
+}
+
+}  // namespace dragon::python

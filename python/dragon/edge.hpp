@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// The Python edge's shared helpers: Status -> Python exception (the one place it happens),
+// timeouts from seconds, and blocking calls sliced so that signals are seen.
+#pragma once
+
+#include <dragon/client.hpp>
+
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+
+namespace dragon::python {
+
+namespace py = pybind11;
+
+using dragon::Status;
+using dragon::StatusCode;
+
+// Registered in PYBIND11_MODULE: DragonError and its subclasses.
+inline PyObject* gDragonError = nullptr;
+inline PyObject* gChannelClosed = nullptr;
+inline PyObject* gPeerLost = nullptr;
+
+[[noreturn]] inline void raise(const Status& st) {
+  const std::string msg = st.toString();
+  switch (st.code()) {
+    case StatusCode::Timeout:
+    case StatusCode::WouldBlock:
+    case StatusCode::ChannelFull:  // a try that found no room: "not now", like a timeout
+      PyErr_SetString(PyExc_TimeoutError, msg.c_str());
+      break;
+    case StatusCode::NotFound:
+      PyErr_SetString(PyExc_LookupError, msg.c_str());
+      break;
+    case StatusCode::InvalidArgument:
+      PyErr_SetString(PyExc_ValueError, msg.c_str());
+      break;
+    case StatusCode::PermissionDenied:
+      PyErr_SetString(PyExc_PermissionError, msg.c_str());
+      break;
+    case StatusCode::ChannelClosed:
+      PyErr_SetString(gChannelClosed, msg.c_str());
+      break;
+    case StatusCode::PeerLost:
+      PyErr_SetString(gPeerLost, msg.c_str());
+      break;
+    default:
+      PyErr_SetString(gDragonError, msg.c_str());
+      break;
+  }
+  throw py::error_already_set();
+}
+
+inline void check(const Status& st) {
+  if (!st.isOk()) raise(st);
+}
+
+template <typename T>
+T take(dragon::Result<T>&& r) {
+  if (!r.has_value()) raise(r.error());
+  return std::move(*r);
+}
+
+// seconds (None: forever) -> Timeout
+inline dragon::Timeout timeoutOf(const py::object& seconds) {
+  if (seconds.is_none()) return dragon::Timeout::forever();
+  const double s = seconds.cast<double>();
+  if (s <= 0) return dragon::Timeout::none();
+  return dragon::Timeout::after(std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9)));
+}
+
+inline std::string descOf(const dragon::ObjectDescriptor& d) { return d.toString(); }
+inline dragon::ObjectDescriptor parseDesc(const std::string& s) {
+  return take(dragon::ObjectDescriptor::fromString(s));
+}
+
+// Runs a blocking channel call in slices of at most 50 ms with the GIL released, checking for
+// signals between them: Ctrl-C interrupts a blocked get() or acquire() the way it would a
+// blocked stdlib one (KeyboardInterrupt raised before anything was taken).
+template <typename Op>
+Status sliced(const dragon::Timeout& timeout, Op&& op) {
+  constexpr std::int64_t kSliceNs = 50'000'000;
+  const dragon::Deadline deadline(timeout);
+  for (;;) {
+    std::int64_t left = kSliceNs;
+    if (!deadline.isForever()) {
+      left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
+      if (left < 0) left = 0;
+    }
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = op(dragon::Timeout::after(std::chrono::nanoseconds(left)));
+    }
+    if (st.code() != StatusCode::Timeout || (!deadline.isForever() && deadline.expired()) ||
+        timeout.isNone()) {
+      return st;
+    }
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+}
+
+// Runs `op` once as a try with the GIL held (the fast path: no GIL hand-over, no sleep), and
+// only when that finds nothing to do, sliced() as above.
+template <typename Op>
+Status tryThenSliced(const dragon::Timeout& timeout, Op&& op) {
+  Status st = op(dragon::Timeout::none());
+  const StatusCode c = st.code();
+  if (timeout.isNone() || (c != StatusCode::WouldBlock && c != StatusCode::ChannelFull &&
+                           c != StatusCode::Timeout && c != StatusCode::PoolExhausted)) {
+    return st;
+  }
+  return sliced(timeout, op);
+}
+
+// A channel with the pool that holds it: what Python code holds.
+struct PyChannel {
+  std::unique_ptr<dragon::ClientChannel> ch;
+
+  void send(py::buffer data, const py::object& timeout);
+  py::bytes recv(const py::object& timeout);
+  // Queue messages (codec.cpp): put pickles (or not) and sends; get receives and unpickles.
+  // put() reports an object that cannot be pickled to on_error(exception, obj) when given (and
+  // drops it, as the stdlib Queue's feeder thread does); get() and put() raise queue.Empty and
+  // queue.Full. recv_object() decodes any queue message and raises TimeoutError.
+  void put(const py::object& obj, bool block, const py::object& timeout, const py::object& onError);
+  py::object get(bool block, const py::object& timeout);
+  py::object recvObject(const py::object& timeout);
+};
+
+// Registers the codec's types and functions (codec.cpp).
+void bindCodec(py::module_& m);
+
+}  // namespace dragon::python

@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: MIT
+"""How objects travel through dragon queues (python/dragon/codec.cpp): in-band pickles, raw
+bytes, out-of-band buffers read in place from pool memory, and what a malformed message, a
+full pool or an unpicklable object gets."""
+import os
+import pickle
+import queue
+import sys
+import tempfile
+import time
+import unittest
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="dragon-pytest-"))
+
+import multiprocessing as mp  # noqa: E402
+from multiprocessing.reduction import ForkingPickler  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import dragon  # noqa: E402,F401
+from dragon import _native, _runtime  # noqa: E402
+
+CTX = mp.get_context("dragon")
+
+
+def double_arrays(inq, outq):
+    """Receives a dict of arrays, reports how each arrived, doubles them in place, sends back."""
+    got = inq.get(timeout=60)
+    report = {}
+    for k, a in got.items():
+        base = a.base
+        while base is not None and not isinstance(base, memoryview):
+            base = base.base
+        in_pool = isinstance(base, memoryview) and isinstance(base.obj, _native.Block)
+        report[k] = (a.flags.writeable, in_pool, a.flags.c_contiguous or a.flags.f_contiguous)
+        a *= 2
+    outq.put((report, got), timeout=60)
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def reduce_point(p):
+    return Point, (p.x * 10,)
+
+
+class TransferTest(unittest.TestCase):
+    def test_numpy_arrays_arrive_in_pool_memory_writable_and_exact(self):
+        inq, outq = CTX.Queue(), CTX.Queue()
+        p = CTX.Process(target=double_arrays, args=(inq, outq))
+        p.start()
+        arrays = {
+            "big": np.arange(1 << 18, dtype=np.float64),           # 2 MiB, out of band
+            "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+            "small": np.arange(5, dtype=np.int32),
+            "strided": np.arange(100)[::3],                          # not contiguous: in band
+        }
+        expected = {k: a.copy() for k, a in arrays.items()}
+        inq.put(arrays)
+        arrays["big"][:] = -1  # put() copied: the receiver must not see this
+        report, back = outq.get(timeout=60)
+        p.join(60)
+        self.assertEqual(p.exitcode, 0)
+        for k in expected:
+            np.testing.assert_array_equal(back[k], expected[k] * 2)
+            self.assertEqual(back[k].dtype, expected[k].dtype)
+        writable, in_pool, _ = report["big"]
+        self.assertTrue(writable)
+        self.assertTrue(in_pool, "a 2 MiB array must be a view of the message's pool block")
+        self.assertTrue(report["fortran"][1])
+        self.assertFalse(report["strided"][1])  # non-contiguous arrays are pickled in band
+
+    def test_large_bytes_bytearray_and_str_round_trip(self):
+        q = CTX.Queue()
+        payloads = [b"", b"x" * 1023, os.urandom(1024), os.urandom(3 << 20),
+                    bytearray(os.urandom(1 << 20)), "é" * 100000, memoryview(b"abc").tobytes()]
+        for obj in payloads:
+            q.put(obj)
+        for obj in payloads:
+            got = q.get(timeout=10)
+            self.assertEqual(type(got), type(obj))
+            self.assertEqual(got, obj)
+
+    def test_a_block_is_freed_when_its_last_view_goes(self):
+        q = CTX.Queue()
+        pool = _runtime.pool()
+        before = pool.stats()["allocation_count"]
+        q.put(np.ones(1 << 17))
+        a = q.get(timeout=10)
+        view = a[10:20]
+        del a
+        self.assertEqual(pool.stats()["allocation_count"], before + 1)  # the view keeps it
+        del view
+        self.assertEqual(pool.stats()["allocation_count"], before)
+
+    def test_malformed_messages_are_errors_and_the_queue_goes_on(self):
+        q = CTX.Queue()
+        raw = q._channel
+        bad = [b"", b"\x01short", b"\x07unknown tag",
+               b"\x01" + b"\0" * 7 + (1 << 40).to_bytes(8, "little") + b"\0" * 8,
+               b"\x01" + b"\0" * 7 + (1).to_bytes(8, "little") + (99).to_bytes(8, "little")
+               + (5).to_bytes(8, "little") + b"ab"]
+        for m in bad:
+            raw.send(m)
+            with self.assertRaisesRegex(_native.DragonError, "malformed queue message"):
+                q.get(timeout=5)
+        raw.send(b"\x80\x05not a pickle")
+        with self.assertRaises(pickle.UnpicklingError):
+            q.get(timeout=5)
+        q.put("still works")
+        self.assertEqual(q.get(timeout=5), "still works")
+
+    def test_a_full_pool_makes_put_wait_then_raise_full(self):
+        q = CTX.Queue()
+        block = np.zeros(16 << 17)  # 16 MiB
+        put = 0
+        deadline = time.monotonic() + 60
+        with self.assertRaises(queue.Full):
+            while put < 16 and time.monotonic() < deadline:
+                q.put(block, timeout=0.2)
+                put += 1
+        self.assertGreaterEqual(put, 1)
+        self.assertLess(put, 16)
+        q.get(timeout=5)
+        q.put(block, timeout=5)  # room again once one is received and dropped
+        for _ in range(put):
+            q.get(timeout=5)
+
+    def test_an_unpicklable_object_is_reported_and_dropped(self):
+        reported = []
+
+        class Q(type(CTX.Queue())):
+            @staticmethod
+            def _on_queue_feeder_error(e, obj):
+                reported.append((type(e), obj))
+
+        q = Q()
+        f = (lambda: 0)  # noqa: E731
+        q.put({"f": f})
+        q.put(1)
+        self.assertEqual(q.get(timeout=5), 1)
+        self.assertEqual(len(reported), 1)
+        self.assertTrue(issubclass(reported[0][0], Exception))
+
+    def test_reducers_registered_later_are_used(self):
+        q = CTX.Queue()
+        q.put([Point(1)])
+        self.assertEqual(q.get(timeout=5)[0].x, 1)
+        ForkingPickler.register(Point, reduce_point)
+        try:
+            q.put([Point(1)])
+            self.assertEqual(q.get(timeout=5)[0].x, 10)
+            a, b = CTX.Pipe()
+            a.send(Point(2))
+            self.assertEqual(b.recv().x, 20)
+        finally:
+            del ForkingPickler._extra_reducers[Point]
+
+
+if __name__ == "__main__":
+    sys.exit(unittest.main())
