@@ -38,5 +38,6 @@ if "dragon" not in _mpcontext._concrete_contexts:
     _install_wait()
 
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
-                  "BoundedSemaphore", "Condition", "Event", "Barrier"):
+                  "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",
+                  "RawValue", "RawArray"):
         setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))

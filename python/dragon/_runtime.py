@@ -108,6 +108,7 @@ def _reset_after_fork():
         _client = None
         _pool = None
         _waiters.clear()
+        _attached_pools.clear()
         _client_pid = os.getpid()
 
 
@@ -125,6 +126,21 @@ def new_channel(capacity=0, inline_size=0):
     with _lock:
         p = pool()
         return client().create_channel(p, capacity, inline_size)
+
+
+_attached_pools = {}
+
+
+def attach_pool(descriptor):
+    """The pool of `descriptor`, mapped once per process (this process's own pool included)."""
+    with _lock:
+        p = pool()
+        if descriptor == p.descriptor:
+            return p
+        found = _attached_pools.get(descriptor)
+        if found is None:
+            found = _attached_pools[descriptor] = client().attach_pool(descriptor)
+        return found
 
 
 def attach_channel(descriptor):

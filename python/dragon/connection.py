@@ -2,7 +2,11 @@
 """Pipe on two Dragon channels (one per direction; one for a one-way pipe)."""
 import atexit
 import itertools
+import os
+import socket
 import time
+
+from multiprocessing import context
 
 from . import _runtime
 from ._native import ChannelClosed
@@ -15,14 +19,20 @@ class Connection:
     """One end of a Pipe. The channel it sends on carries a count of the handles that can
     write to it, in every process (a dragon semaphore): taken when a handle is made or pickled
     for a child, given back when one is closed or its process exits. When the last writer goes
-    the channel is closed, so the reader's recv() raises EOFError, as with an OS pipe."""
+    the channel is closed, so the reader's recv() raises EOFError, as with an OS pipe.
 
-    def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None):
+    Each end also has a Unix socket of a socketpair (`fileno()`), lent to a child started with
+    it, over which multiprocessing.reduction.send_handle/recv_handle pass file descriptors.
+    Messages never travel on it: readiness is the channel's (connection.wait, poll)."""
+
+    def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None,
+                 fd=None):
         self._recv = recv_channel
         self._send = send_channel
         self._readable = readable
         self._writable = writable
         self._writers = writers
+        self._fd = fd
         self._closed = False
 
     def __getstate__(self):
@@ -30,17 +40,29 @@ class Connection:
         # a Queue or another Connection, not only to a child at its start.
         if self._send is not None and self._writers is not None and not self._closed:
             self._writers.release()  # the child's handle, counted before the parent can close
+        fd = None
+        popen = context.get_spawning_popen()
+        if popen is not None and self._fd is not None and not self._closed:
+            fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket
         return (self._recv.descriptor if self._recv else None,
                 self._send.descriptor if self._send else None, self._readable, self._writable,
-                self._writers)
+                self._writers, fd)
 
     def __setstate__(self, state):
-        r, s, self._readable, self._writable, self._writers = state
+        r, s, self._readable, self._writable, self._writers, self._fd = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
         if self._send is not None:
             atexit.register(self.close)  # a process that exits gives back its handle
+
+    def __del__(self):
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     @property
     def closed(self):
@@ -63,12 +85,18 @@ class Connection:
             raise OSError("connection is read-only")
 
     def fileno(self):
-        raise OSError("a dragon Connection has no file descriptor")
+        if self._closed:
+            raise OSError("handle is closed")
+        if self._fd is None:
+            raise OSError("this end of a dragon Pipe reached this process through a queue or "
+                          "pipe, not at a process start: it has no file descriptor here")
+        return self._fd
 
     def close(self):
         if self._closed:
             return
         self._closed = True
+        self.__del__()
         if self._send is None or self._writers is None:
             return
         try:
@@ -147,13 +175,16 @@ def _writer_count():
 
 
 def Pipe(duplex=True):
+    s1, s2 = socket.socketpair()
+    f1, f2 = s1.detach(), s2.detach()
     a = _runtime.new_channel(PIPE_CAPACITY)
     wa = _writer_count()
     if duplex:
         b = _runtime.new_channel(PIPE_CAPACITY)
         wb = _writer_count()
-        return Connection(a, b, writers=wb), Connection(b, a, writers=wa)
-    return Connection(a, None, True, False), Connection(None, a, False, True, writers=wa)
+        return Connection(a, b, writers=wb, fd=f1), Connection(b, a, writers=wa, fd=f2)
+    return (Connection(a, None, True, False, fd=f1),
+            Connection(None, a, False, True, writers=wa, fd=f2))
 
 
 def _backoff():

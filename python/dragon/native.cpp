@@ -48,6 +48,14 @@ dragon::Stdio stdioOf(const std::string& s) {
   throw py::value_error("stdio mode is one of inherit, capture, null, file, passed: " + s);
 }
 
+// Writable memory of a live pool allocation, exported through the buffer protocol; holding it
+// keeps the pool mapped.
+struct PoolView {
+  std::shared_ptr<dragon::Pool> pool;
+  std::uint64_t offset;
+  std::size_t size;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -68,6 +76,23 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("descriptor",
                              [](const dragon::Pool& p) { return descOf(p.descriptor()); })
       .def_property_readonly("size", &dragon::Pool::segmentSize)
+      .def("alloc",
+           [](dragon::Pool& p, std::size_t bytes) {
+             if (bytes == 0) throw py::value_error("an allocation needs at least one byte");
+             return take(p.alloc(bytes)).offset;
+           },
+           py::arg("size"), "Allocates size bytes (owned by this process); returns the offset")
+      .def("free",
+           [](dragon::Pool& p, std::uint64_t offset) { check(p.free(take(p.allocationAt(offset)))); },
+           py::arg("offset"))
+      .def("view",
+           [](const std::shared_ptr<dragon::Pool>& p, std::uint64_t offset, std::size_t size) {
+             const dragon::PoolAllocation a = take(p->allocationAt(offset));
+             if (size > a.size) throw py::value_error("the view is larger than the allocation");
+             return PoolView{p, offset, size};
+           },
+           py::arg("offset"), py::arg("size"),
+           "A writable buffer over an allocation (it keeps the pool mapped)")
       .def("stats", [](const dragon::Pool& p) {
         auto s = take(p.stats());
         py::dict d;
@@ -77,6 +102,13 @@ PYBIND11_MODULE(_native, m) {
         d["largest_free_block"] = s.largestFreeBlock;
         d["allocation_count"] = s.allocationCount;
         return d;
+      });
+
+  py::class_<PoolView>(m, "PoolView", py::buffer_protocol())
+      .def_buffer([](PoolView& v) {
+        return py::buffer_info(v.pool->pointerAt(v.offset), 1,
+                               py::format_descriptor<std::uint8_t>::format(),
+                               static_cast<py::ssize_t>(v.size), false);
       });
 
   py::class_<PyChannel>(m, "Channel")

@@ -53,6 +53,22 @@ def echo_pipe(conn):
         conn.send(("echo", obj))
 
 
+def write_to_received_fd(conn, data):
+    from multiprocessing import reduction
+    fd = reduction.recv_handle(conn)
+    os.write(fd, data)
+    os.close(fd)
+
+
+def forward_pipe_end(q, back):
+    end = q.get(timeout=30)
+    try:
+        end.fileno()
+        back.put("it had an fd")
+    except OSError as e:
+        back.put(str(e))
+
+
 def produce(q, who, n):
     for i in range(n):
         q.put((who, i))
@@ -267,6 +283,37 @@ class PipeTest(unittest.TestCase):
         w.close()
         with self.assertRaises(EOFError):
             r.recv()
+
+
+    def test_file_descriptors_pass_over_a_pipe_given_to_a_child(self):
+        from multiprocessing import reduction
+        a, b = CTX.Pipe()
+        p = CTX.Process(target=write_to_received_fd, args=(b, b"through dragon"))
+        p.start()
+        fd, path = tempfile.mkstemp()
+        try:
+            reduction.send_handle(a, fd, p.pid)
+            os.close(fd)
+            p.join(30)
+            self.assertEqual(p.exitcode, 0)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), b"through dragon")
+        finally:
+            os.unlink(path)
+
+    def test_an_end_received_through_a_queue_has_no_fd_and_says_why(self):
+        a, b = CTX.Pipe()
+        self.assertIsInstance(a.fileno(), int)
+        q, back = CTX.Queue(), CTX.Queue()
+        p = CTX.Process(target=forward_pipe_end, args=(q, back))
+        p.start()
+        q.put(b)
+        report = back.get(timeout=30)
+        p.join(30)
+        self.assertIn("through a queue or pipe", report)
+        a.close()
+        with self.assertRaises(OSError):
+            a.fileno()
 
 
 class SynchronizeTest(unittest.TestCase):

@@ -2,6 +2,8 @@
 """How objects travel through dragon queues (python/dragon/codec.cpp): in-band pickles, raw
 bytes, out-of-band buffers read in place from pool memory, and what a malformed message, a
 full pool or an unpicklable object gets."""
+import ctypes
+import gc
 import os
 import pickle
 import queue
@@ -35,6 +37,24 @@ def double_arrays(inq, outq):
         report[k] = (a.flags.writeable, in_pool, a.flags.c_contiguous or a.flags.f_contiguous)
         a *= 2
     outq.put((report, got), timeout=60)
+
+
+def add_under_lock(v, arr, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+    with arr.get_lock():
+        for i in range(len(arr)):
+            arr[i] = arr[i] * 2
+
+
+def fill_raw(raw, point):
+    raw.value = b"from child"
+    point.x, point.y = 7, 8
+
+
+class Pair(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
 
 
 class Point:
@@ -157,6 +177,55 @@ class TransferTest(unittest.TestCase):
             self.assertEqual(b.recv().x, 20)
         finally:
             del ForkingPickler._extra_reducers[Point]
+
+
+
+class SharedCtypesTest(unittest.TestCase):
+    def test_value_and_array_are_shared_and_locked_across_processes(self):
+        v = CTX.Value("i", 0)
+        arr = CTX.Array("d", [1.0, 2.5, -3.0])
+        ps = [CTX.Process(target=add_under_lock, args=(v, arr, 300)) for _ in range(3)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join(60)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(v.value, 900)
+        self.assertEqual(arr[:], [8.0, 20.0, -24.0])
+        from dragon.sharedctypes import PoolBuffer
+        self.assertIsInstance(v.get_obj()._wrapper, PoolBuffer)
+
+    def test_raw_values_and_structures_live_in_pool_memory(self):
+        pool = _runtime.pool()
+        before = pool.stats()["allocation_count"]
+        raw = CTX.RawArray(ctypes.c_char, 16)
+        point = CTX.RawValue(Pair, 1, 2.0)
+        self.assertEqual(pool.stats()["allocation_count"], before + 2)
+        self.assertEqual((point.x, point.y), (1, 2.0))
+        self.assertEqual(raw.raw, b"\0" * 16)
+        p = CTX.Process(target=fill_raw, args=(raw, point))
+        p.start()
+        p.join(60)
+        self.assertEqual(p.exitcode, 0)
+        self.assertEqual(raw.value, b"from child")
+        self.assertEqual((point.x, point.y), (7, 8.0))
+        held = pool.stats()["allocation_count"]
+        del raw, point
+        gc.collect()
+        self.assertEqual(pool.stats()["allocation_count"], held - 2)
+
+    def test_module_level_value_builds_pool_memory_with_dragon_selected(self):
+        old = mp.get_start_method(allow_none=True)
+        mp.set_start_method("dragon", force=True)
+        try:
+            v = mp.Value("q", 5)
+            a = mp.RawArray("b", 3)
+        finally:
+            mp.set_start_method(old, force=True)
+        from dragon.sharedctypes import PoolBuffer
+        self.assertIsInstance(v.get_obj()._wrapper, PoolBuffer)
+        self.assertIsInstance(a._wrapper, PoolBuffer)
+        self.assertEqual(v.value, 5)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: MIT
+"""Value, Array, RawValue and RawArray in Dragon pool memory.
+
+The ctypes objects are the stdlib's (``multiprocessing.sharedctypes``: synchronized wrappers,
+``get_obj``, ``get_lock``, slicing...), laid over an allocation of this process's pool instead of
+the stdlib's mmap arena. A child started with one attaches the pool through dragond and sees
+the same bytes. The allocation is freed when the creator's object is collected, or when the
+creator exits (dragond reclaims a dead process's blocks)."""
+import ctypes
+
+from multiprocessing import context, sharedctypes as _std, util
+
+from . import _runtime
+
+
+class PoolBuffer:
+    """What the stdlib's heap.BufferWrapper is to its arena: `size` bytes of pool memory."""
+
+    def __init__(self, size):
+        pool = _runtime.pool()
+        self._pool_descriptor = pool.descriptor
+        self._offset = pool.alloc(max(size, 1))
+        self._size = size
+        self._view = pool.view(self._offset, max(size, 1))
+        util.Finalize(self, _free, (pool, self._offset), exitpriority=-100)
+
+    def create_memoryview(self):
+        return memoryview(self._view)[:self._size]
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return _rebuild, (self._pool_descriptor, self._offset, self._size)
+
+
+def _free(pool, offset):
+    try:
+        pool.free(offset)
+    except Exception:  # the runtime is already gone at exit: dragond reclaims the block
+        pass
+
+
+def _rebuild(descriptor, offset, size):
+    b = PoolBuffer.__new__(PoolBuffer)
+    b._pool_descriptor = descriptor
+    b._offset = offset
+    b._size = size
+    b._view = _runtime.attach_pool(descriptor).view(offset, max(size, 1))
+    return b
+
+
+def _new_value(type_):
+    return _std.rebuild_ctype(type_, PoolBuffer(ctypes.sizeof(type_)), None)
+
+
+def _zeroed(type_):
+    obj = _new_value(type_)
+    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    return obj
+
+
+def RawValue(typecode_or_type, *args):
+    obj = _zeroed(_std.typecode_to_type.get(typecode_or_type, typecode_or_type))
+    obj.__init__(*args)
+    return obj
+
+
+def RawArray(typecode_or_type, size_or_initializer):
+    type_ = _std.typecode_to_type.get(typecode_or_type, typecode_or_type)
+    if isinstance(size_or_initializer, int):
+        return _zeroed(type_ * size_or_initializer)
+    obj = _zeroed(type_ * len(size_or_initializer))
+    obj.__init__(*size_or_initializer)
+    return obj
+
+
+def _locked(obj, lock, ctx):
+    if lock is False:
+        return obj
+    if lock in (True, None):
+        lock = (ctx or context.get_context("dragon")).RLock()
+    if not hasattr(lock, "acquire"):
+        raise AttributeError("%r has no method 'acquire'" % lock)
+    return _std.synchronized(obj, lock, ctx=ctx)
+
+
+def Value(typecode_or_type, *args, lock=True, ctx=None):
+    return _locked(RawValue(typecode_or_type, *args), lock, ctx)
+
+
+def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
+    return _locked(RawArray(typecode_or_type, size_or_initializer), lock, ctx)
