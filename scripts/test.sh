@@ -77,6 +77,28 @@ else
 fi
 rm -f /tmp/dragon-tidy.$$
 
+echo "== CPython's multiprocessing test suite, processes flavour, dragon start method"
+# The team's harness (../shared/mp-suite, beside the repository in CI) runs one test class per
+# subprocess with a watchdog per test; every test counts here.
+suite=../shared/mp-suite/run_cpython_mp_suite.sh
+if [ -x "$suite" ] || [ -f "$suite" ]; then
+  out=$(mktemp -d)
+  DRAGON_ALLOW_ROOT=true bash "$suite" dragon "$PWD/build/python" --out "$out" >"$out/run.log" 2>&1
+  line=$(grep -E '^mp-suite: ' "$out/run.log" | tail -1)
+  if [[ $line =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped,\ ([0-9]+)\ errors ]]; then
+    echo "$line"
+    passed=$((passed + BASH_REMATCH[1]))
+    failed=$((failed + BASH_REMATCH[2] + BASH_REMATCH[4]))
+    grep -E '^ +(FAIL|ERROR) ' "$out/run.log" || true
+  else
+    tail -30 "$out/run.log"
+    failed=$((failed + 1))
+  fi
+  rm -rf "$out"
+else
+  echo "NOT RUN: $suite is not beside this repository (it is in the team's shared folder, which CI has)"
+fi
+
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
