@@ -435,6 +435,22 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_the_examples_run_under_dragon_and_verify_their_results(self):
+        examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "examples")
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        for name, args, says in [
+                ("monte_carlo_pi.py", ["--tasks", "8", "--darts", "20000"], "pi ~ 3.1"),
+                ("queue_pipeline.py", ["--records", "5000"], "5000 of 5000 records"),
+                ("numpy_pipeline.py", ["--blocks", "16"], "histogram verified")]:
+            r = subprocess.run([self.LAUNCHER, os.path.join(examples, name), *args],
+                               capture_output=True, text=True, timeout=120, env=env)
+            self.assertEqual(r.returncode, 0, name + ": " + r.stderr)
+            self.assertIn(says, r.stdout)
+            self.assertIn("dragon start method", r.stdout)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_an_uncaught_exception_prints_its_traceback_and_exits_one(self):
         r = self.run_script("raise KeyError('nope')\n")
         self.assertEqual(r.returncode, 1)
