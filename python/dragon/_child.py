@@ -1,26 +1,20 @@
 # SPDX-License-Identifier: MIT
 """The start of a process of the dragon start method (what spawn's ``spawn_main`` is to spawn).
 
-dragond runs ``python3 -c 'from dragon._child import main; main()' CHANNEL``; the parent has
-put spawn's preparation data and the pickled Process object in that channel.
+dragond runs ``python3 -c 'from dragon._child import main; main()' CHANNEL [TRACKER_FD]``;
+the parent has put spawn's preparation data and the pickled Process object in that channel.
+A child forked by the template (``_template.py``) gets the same payload over its socket and
+calls ``run_payload`` directly.
 """
 import io
 import os
 import sys
 
 
-def main():
+def run_payload(payload):
+    """Prepares this process as spawn would and runs the Process object; its exit code."""
     from multiprocessing import process, reduction, spawn
 
-    from . import _runtime
-
-    descriptor = sys.argv[1]
-    if len(sys.argv) > 2:
-        from multiprocessing import resource_tracker
-        resource_tracker._resource_tracker._fd = int(sys.argv[2])
-    channel = _runtime.attach_channel(descriptor)
-    payload = channel.recv()
-    del channel
     fp = io.BytesIO(payload)
     process.current_process()._inheriting = True
     try:
@@ -33,5 +27,17 @@ def main():
         parent_sentinel = os.pidfd_open(self._parent_pid)
     except OSError:
         parent_sentinel = None
-    exitcode = self._bootstrap(parent_sentinel)
-    sys.exit(exitcode)
+    return self._bootstrap(parent_sentinel)
+
+
+def main():
+    from . import _runtime
+
+    descriptor = sys.argv[1]
+    if len(sys.argv) > 2:
+        from multiprocessing import resource_tracker
+        resource_tracker._resource_tracker._fd = int(sys.argv[2])
+    channel = _runtime.attach_channel(descriptor)
+    payload = channel.recv()
+    del channel
+    sys.exit(run_payload(payload))

@@ -78,9 +78,15 @@ def _stop_private():
     _private = None
 
 
+_socket = None  # the dragond this process (and a fork of it) talks to, once known
+
+
 def _connect():
-    sock = os.environ.get("DRAGON_SOCKET") or _native.default_socket_path()
-    return _native.Client(sock, "python %d" % os.getpid())
+    global _socket
+    sock = _socket or os.environ.get("DRAGON_SOCKET") or _native.default_socket_path()
+    c = _native.Client(sock, "python %d" % os.getpid())
+    _socket = sock
+    return c
 
 
 def client():

@@ -3,17 +3,23 @@
 (spawn's clean state) and reports its exit; the sentinel is a pidfd."""
 import io
 import os
+import select
 import signal
+import socket
+import struct
 import sys
+import threading
 
 from multiprocessing import context, process, reduction, spawn, util
 
 from . import _runtime
+from . import _template as _template_wire
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child_environment():
+    _runtime.client()  # connected first: a private dragond puts its socket in the environment
     env = dict(os.environ)
     # The child must import this package whether the parent found it through PYTHONPATH or not.
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -33,31 +39,77 @@ class _DupFd:
         return self.fd
 
 
-class Popen:
+def _payload(popen, process_obj):
+    """Spawn's preparation data and the pickled process object, as a child reads them; fds the
+    pickling lends go through popen.duplicate_for_child."""
+    prep_data = spawn.get_preparation_data(process_obj._name)
+    fp = io.BytesIO()
+    context.set_spawning_popen(popen)
+    try:
+        reduction.dump(prep_data, fp)
+        reduction.dump(process_obj, fp)
+    finally:
+        context.set_spawning_popen(None)
+    return fp.getbuffer()
+
+
+class _PopenBase:
     method = "dragon"
     DupFd = _DupFd
+    # The child finds the fds lent to it from here on.
+    FD_BASE = 100
 
-    def __init__(self, process_obj):
+    def _init(self):
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
         self.sentinel = None
         self._fds = []
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        fp = io.BytesIO()
-        context.set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, fp)
-            reduction.dump(process_obj, fp)
-        finally:
-            context.set_spawning_popen(None)
+
+    def duplicate_for_child(self, fd):
+        if len(self._fds) >= 32:
+            raise ValueError("a process of the dragon start method takes at most 32 fds")
+        self._fds.append(fd)
+        return self.FD_BASE + len(self._fds) - 1
+
+    def _tracker_fd(self):
         # The child shares this process's resource tracker, as spawn's children do (else its
         # own tracker would unlink shared memory it merely attached, when it exits).
         from multiprocessing import resource_tracker
-        tracker_fd = self.duplicate_for_child(resource_tracker.getfd())
+        return self.duplicate_for_child(resource_tracker.getfd())
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            self._reap(timeout)
+        return self.returncode
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            self._reap(0 if flag else None)
+        return self.returncode
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        if self.finalizer is not None:
+            self.finalizer()
+
+
+class _DaemonPopen(_PopenBase):
+    """A child that dragond starts itself: a fresh interpreter (the first process a parent
+    starts, and every one when the template cannot serve)."""
+
+    def __init__(self, process_obj):
+        self._init()
+        tracker_fd = self._tracker_fd()
+        payload = _payload(self, process_obj)
         # The payload waits in a channel of ours until the child takes it.
         self._channel = _runtime.new_channel(capacity=1)
-        self._channel.send(fp.getbuffer())
+        self._channel.send(payload)
         argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
                 self._channel.descriptor, str(tracker_fd)]
         [(self._puid, self.pid, _)] = _runtime.spawn(
@@ -70,35 +122,13 @@ class Popen:
         except OSError:
             self.sentinel = None  # it has already gone and been reaped
 
-    # The child finds the fds lent to it from here on (dragond places them there).
-    FD_BASE = 100
-
-    def duplicate_for_child(self, fd):
-        if len(self._fds) >= 32:
-            raise ValueError("a process of the dragon start method takes at most 32 fds")
-        self._fds.append(fd)
-        return self.FD_BASE + len(self._fds) - 1
-
-    def _record(self, result):
-        [(_, code, sig)] = result
+    def _reap(self, timeout):
+        try:
+            [(_, code, sig)] = _runtime.wait([self._puid], timeout)
+        except TimeoutError:
+            return
         self.returncode = -sig if sig else code
         self._channel = None
-
-    def poll(self, flag=os.WNOHANG):
-        if self.returncode is None:
-            try:
-                self._record(_runtime.wait([self._puid], 0 if flag else None))
-            except TimeoutError:
-                return None
-        return self.returncode
-
-    def wait(self, timeout=None):
-        if self.returncode is None:
-            try:
-                self._record(_runtime.wait([self._puid], timeout))
-            except TimeoutError:
-                return None
-        return self.returncode
 
     def _send_signal(self, sig):
         if self.returncode is None:
@@ -107,15 +137,141 @@ class Popen:
             except LookupError:
                 pass
 
-    def terminate(self):
-        self._send_signal(signal.SIGTERM)
 
-    def kill(self):
-        self._send_signal(signal.SIGKILL)
+class _TemplatePopen(_PopenBase):
+    """A child forked by this process's template (see _template.py)."""
 
-    def close(self):
-        if self.finalizer is not None:
-            self.finalizer()
+    def __init__(self, process_obj, template):
+        self._init()
+        tracker_fd = self._tracker_fd()
+        payload = _payload(self, process_obj)
+        self._status = _runtime.new_channel(capacity=1)
+        env = dict(var.split("=", 1) for var in _child_environment())
+        self.pid, self.sentinel = template.start(
+            (bytes(payload), env, os.getcwd(), self._status.descriptor, self.FD_BASE,
+             tracker_fd), self._fds)
+        self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
+
+    def _reap(self, timeout):
+        try:
+            data = self._status.recv(timeout)
+        except TimeoutError:
+            return
+        (self.returncode,) = struct.unpack("<i", data)
+        self._status = None
+
+    def _send_signal(self, sig):
+        if self.returncode is None and self.sentinel is not None:
+            try:
+                signal.pidfd_send_signal(self.sentinel, sig)
+            except ProcessLookupError:
+                pass
+
+
+class _Template:
+    """This process's template: started through dragond at the first Process.start() (which
+    does not wait for it), used by every later one once it is ready."""
+
+    def __init__(self, process_obj):
+        self._lock = threading.Lock()
+        self._ready = False
+        self.broken = False
+        ours, theirs = socket.socketpair()
+        self._sock = ours
+        from multiprocessing import resource_tracker
+        fds = [theirs.fileno(), resource_tracker.getfd()]
+        base = _PopenBase.FD_BASE
+        argv = [spawn.get_executable(), "-c", "from dragon._template import main; main()",
+                str(base), str(base + 1)]
+        try:
+            _runtime.spawn(argv, _child_environment(), os.getcwd(), stdin="null",
+                           stdout="passed", stderr="passed", stdout_fd=1, stderr_fd=2,
+                           extra_fds=fds, extra_fd_base=base)
+            # The preparation data holds the authkey, which pickles only for a child's start.
+            context.set_spawning_popen(self)
+            try:
+                prep = reduction.ForkingPickler.dumps(
+                    spawn.get_preparation_data(process_obj._name))
+            finally:
+                context.set_spawning_popen(None)
+            _template_wire.send_message(ours, (bytes(prep), _runtime.pool().descriptor))
+        except Exception as e:
+            self._give_up("could not start it: %s: %s" % (type(e).__name__, e))
+        finally:
+            theirs.close()
+
+    def duplicate_for_child(self, fd):
+        raise ValueError("the preparation data lends no fds")
+
+    def _give_up(self, why):
+        self.broken = True
+        sys.stderr.write("dragon: the process template is not used (%s); processes start as "
+                         "fresh interpreters instead\n" % why)
+
+    def ready(self):
+        """True once the template has prepared (never blocks)."""
+        if self._ready or self.broken:
+            return self._ready
+        with self._lock:
+            if not self._ready and not self.broken:
+                r, _, _ = select.select([self._sock], [], [], 0)
+                if r:
+                    reply = None
+                    try:
+                        reply, _ = _template_wire.recv_message(self._sock)
+                    except (OSError, EOFError):
+                        pass
+                    self._ready = reply is not None and reply[0] == "ready"
+                    if not self._ready:
+                        self._give_up("it ended before it was ready; see its message above")
+        return self._ready
+
+    def start(self, request, fds):
+        """(pid, pidfd) of a child the template forked for `request`."""
+        with self._lock:
+            try:
+                _template_wire.send_message(self._sock, ("start",) + request, fds)
+                reply, got = _template_wire.recv_message(self._sock)
+            except (OSError, EOFError) as e:
+                self.broken = True
+                raise _TemplateLost(str(e)) from None
+            if reply is None or reply[0] != "started" or len(got) != 1:
+                for fd in got:
+                    os.close(fd)
+                if reply is None:
+                    self.broken = True
+                    raise _TemplateLost("the template has gone")
+                raise OSError("the template could not start the process: %s" % (reply,))
+            return reply[1], got[0]
+
+
+class _TemplateLost(Exception):
+    pass
+
+
+_template = None
+_template_pid = None
+
+
+def Popen(process_obj):
+    """A child of the template when it is ready; else one dragond starts (and the first such
+    start also starts the template)."""
+    global _template, _template_pid
+    if _template_pid != os.getpid():
+        _template, _template_pid = None, os.getpid()
+    if _template is None and _TEMPLATES_ENABLED:
+        _template = _Template(process_obj)
+        return _DaemonPopen(process_obj)
+    if _template is not None and not _template.broken and _template.ready():
+        try:
+            return _TemplatePopen(process_obj, _template)
+        except _TemplateLost:
+            pass  # started as below instead
+    return _DaemonPopen(process_obj)
+
+
+# DRAGON_PROCESS_TEMPLATE=0: every process is a fresh interpreter started by dragond.
+_TEMPLATES_ENABLED = os.environ.get("DRAGON_PROCESS_TEMPLATE", "1") not in ("0", "false", "no")
 
 
 class DragonProcess(process.BaseProcess):

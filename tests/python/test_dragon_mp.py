@@ -11,9 +11,12 @@ import tempfile
 import time
 import unittest
 
-# An isolated runtime directory: the private dragond's socket goes there.
-os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
-os.environ.pop("DRAGON_SOCKET", None)
+# An isolated runtime directory: the private dragond's socket goes there. Only in the test
+# process: children import this module too, and must keep the runtime they were started in.
+if "DRAGON_PYTEST_DIR" not in os.environ:
+    os.environ["DRAGON_PYTEST_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+    os.environ["XDG_RUNTIME_DIR"] = os.environ["DRAGON_PYTEST_DIR"]
+    os.environ.pop("DRAGON_SOCKET", None)
 
 import multiprocessing as mp  # noqa: E402
 

@@ -12,7 +12,8 @@ import tempfile
 import time
 import unittest
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="dragon-pytest-"))
+if "XDG_RUNTIME_DIR" not in os.environ:  # children keep their parent's
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
 
 import multiprocessing as mp  # noqa: E402
 from multiprocessing.reduction import ForkingPickler  # noqa: E402
