@@ -60,6 +60,7 @@ struct Client::Impl {
   std::function<void()> interrupt;
   bool inInterrupt = false;
   std::map<std::uint64_t, std::weak_ptr<Pool>> pools;  // one mapping per pool
+  bool prefault = true;                                // Options::prefault
 
   Status fail(Status st) {
     if (broken.isOk()) {
@@ -195,7 +196,8 @@ struct Client::Impl {
       return Status(StatusCode::Internal, "dragond sent no memory for pool " +
                                               std::to_string(poolDesc.id));
     }
-    DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::attach(std::move(r.fds.front()), poolDesc));
+    DRAGON_ASSIGN_OR_RETURN(Pool pool,
+                            Pool::attach(std::move(r.fds.front()), poolDesc, prefault));
     auto p = std::make_shared<Pool>(std::move(pool));
     pools[poolDesc.id] = p;
     return p;
@@ -263,6 +265,7 @@ Result<Client> Client::connect(const Options& options) {
   }
   auto impl = std::make_unique<Impl>();
   impl->sock = std::move(sock);
+  impl->prefault = options.prefault;
   pb::Envelope hello;
   hello.mutable_hello()->set_min_version(pb::kVersion);
   hello.mutable_hello()->set_max_version(pb::kVersion);

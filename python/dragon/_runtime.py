@@ -20,6 +20,7 @@ _private = None
 _waiters = []  # spare clients for blocking waits, so that one wait does not hold the others
 
 POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(64 << 20)))
+PREFAULT = os.environ.get("DRAGON_PY_PREFAULT", "0") not in ("0", "false", "no")
 
 
 def _daemon_path():
@@ -84,7 +85,9 @@ _socket = None  # the dragond this process (and a fork of it) talks to, once kno
 def _connect():
     global _socket
     sock = _socket or os.environ.get("DRAGON_SOCKET") or _native.default_socket_path()
-    c = _native.Client(sock, "python %d" % os.getpid())
+    # Pools map lazily: a process touches only the pages of the objects it uses, so a child
+    # that attaches its parent's 64 MiB pool starts in microseconds, not milliseconds.
+    c = _native.Client(sock, "python %d" % os.getpid(), PREFAULT)
     _socket = sock
     return c
 

@@ -7,14 +7,20 @@ the job like any other). The template runs ``spawn.prepare()`` once with the par
 preparation data, which is what every spawn child does first (import the main module as
 ``__mp_main__``, set ``sys.path``, the cwd...), and then waits. Each ``Process.start()`` sends
 it the pickled process object, the environment and the fds to lend over a Unix socket; the
-template forks, replies with the child's pidfd (so the parent's sentinel and signals can't hit
-a reused pid) and reports the child's exit code into a channel the parent made for it.
+template replies with the child's pidfd (so the parent's sentinel and signals can't hit a
+reused pid), and the child's exit code reaches the parent through memory both share.
 
 Wire format on the socket, both ways: u32 length, then a pickle; fds ride with the first
 byte (SCM_RIGHTS). First the parent sends (preparation data, its pool's descriptor) and the
-template answers ("ready", pid). Requests: ("start", payload, env, cwd, status_channel,
-fd_base, tracker_fd) with the fds to lend; replies: ("started", pid) with the child's pidfd,
-or ("error", text).
+template answers ("ready", pid). Requests: ("start", payload, env, cwd, exit_slot, fd_base,
+tracker_fd) with the fds to lend (env None: the same as the last request's); replies: ("started", pid) with the child's pidfd, or
+("error", text).
+
+The template keeps one spare child forked ahead, waiting on a socket of its own: a request
+goes to the spare, which becomes the process, and the next spare is forked after the reply,
+so no fork is on the parent's path. A child stores its exit code in its exit slot (a word in
+the parent's pool, which the template and so every child have mapped) just before it exits;
+for a child that dies without storing one, the template stores it when it reaps the child.
 """
 import os
 import pickle
@@ -32,10 +38,11 @@ MAX_MESSAGE = 1 << 30
 def send_message(sock, obj, fds=()):
     data = pickle.dumps(obj, 5)
     buf = _HEADER.pack(len(data)) + data
-    sent = socket.send_fds(sock, [buf[:1]], list(fds)) if fds else sock.send(buf[:1])
-    if sent != 1:
-        raise OSError("template socket: short send")
-    sock.sendall(buf[1:])
+    # One sendmsg (the fds ride with its first byte): a receiver woken by a first byte sent
+    # alone would take the CPU from the sender before the rest is written.
+    sent = socket.send_fds(sock, [buf], list(fds)) if fds else sock.send(buf)
+    if sent < len(buf):
+        sock.sendall(memoryview(buf)[sent:])
 
 
 def recv_message(sock):
@@ -63,16 +70,42 @@ def _recv_exactly(sock, n):
     return b"".join(chunks)
 
 
-def _child(sock, wake_fds, request, fds):
-    """In the forked child: become the process the parent asked for, never return."""
+# The exit slot: a u64 in the parent's pool, one per child. Bits 0-31: the exit code (as
+# Popen.returncode: -N for signal N); bit 32: the child stored it; bit 33: the template stored
+# it (the child died without storing); bit 34: the template has reaped the child, so the
+# parent may free the slot.
+CODE_MASK = (1 << 32) - 1
+BY_CHILD = 1 << 32
+BY_TEMPLATE = 1 << 33
+REAPED = 1 << 34
+
+
+def slot_code(word):
+    """The exit code a slot holds, or None while nobody has stored one."""
+    if not word & (BY_CHILD | BY_TEMPLATE):
+        return None
+    code = word & CODE_MASK
+    return code - (1 << 32) if code >= 1 << 31 else code
+
+
+def _store_reaped(pool, offset, code):
+    while True:
+        word = pool.load_u64(offset)
+        new = word | REAPED
+        if not word & BY_CHILD:
+            new = (code & CODE_MASK) | BY_TEMPLATE | REAPED
+        if pool.cas_u64(offset, word, new):
+            return
+
+
+def _become_child(channel, pool, request, fds):
+    """In a spare, once its request came: become the process the parent asked for and exit
+    with its code (stored in the exit slot first). Never returns."""
     code = 1
+    slot = None
     try:
-        _, payload, env, cwd, _, fd_base, tracker_fd = request
-        sock.close()
-        for fd in wake_fds:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _, payload, env, cwd, slot, fd_base, tracker_fd = request
+        channel.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # The lent fds go where the parent's duplicate_for_child() said they would be.
         for i, fd in enumerate(fds):
@@ -81,9 +114,14 @@ def _child(sock, wake_fds, request, fds):
         for fd in fds:
             if not fd_base <= fd < fd_base + len(fds):
                 os.close(fd)
-        os.environ.clear()
-        os.environ.update(env)
-        os.chdir(cwd)
+        # The parent's environment and cwd as they are now (only what changed is set).
+        for k in [k for k in os.environ if k not in env]:
+            del os.environ[k]
+        for k, v in env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
         from multiprocessing import resource_tracker
         resource_tracker._resource_tracker._fd = tracker_fd
         from ._child import run_payload
@@ -101,8 +139,23 @@ def _child(sock, wake_fds, request, fds):
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
+            if slot is not None:
+                pool.store_u64(slot, (code & CODE_MASK) | BY_CHILD)
         finally:
             os._exit(code)
+
+
+def _spare_main(channel, pool):
+    """A forked spare: waits for the one request it will serve (or for the template to go)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        request, fds = recv_message(channel)
+    except BaseException:
+        os._exit(1)
+    if request is None:
+        os._exit(0)
+    _become_child(channel, pool, request, fds)
 
 
 def main():
@@ -115,16 +168,40 @@ def main():
     resource_tracker._resource_tracker._fd = int(sys.argv[2])  # the parent's tracker
     (prep, parent_pool), _ = recv_message(sock)
     prep = pickle.loads(prep)
-    keep_mapped = _runtime.attach_pool(parent_pool)  # noqa: F841 (status channels live there)
+    pool = _runtime.attach_pool(parent_pool)  # where the exit slots are
     spawn.prepare(prep)  # once, for every child: the main module is imported here
+    # Dragon's own modules, which a child would otherwise import while it unpickles its
+    # arguments (they hold no state of the program's).
+    from . import _child, connection, queues, sharedctypes, synchronize  # noqa: F401
+    # What is here now is shared by every child: keep the collector off it, so that a child
+    # does not copy-on-write the whole heap by walking it.
+    import gc
+    gc.collect()
+    gc.freeze()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
-    children = {}  # pid -> status channel
-    send_message(sock, ("ready", os.getpid()))
+    children = {}  # pid -> exit slot offset (None: a spare, or a slot never assigned)
+    spare = None   # (pid, pidfd, socket to it)
+
+    def fork_spare():
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                sock.close()
+                os.close(wake_r)
+                os.close(wake_w)
+            finally:
+                _spare_main(theirs, pool)
+        theirs.close()
+        children[pid] = None
+        return pid, os.pidfd_open(pid), ours  # the pidfd before it can be reaped
 
     def reap():
+        nonlocal spare
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -132,14 +209,40 @@ def main():
                 return
             if pid == 0:
                 return
-            channel = children.pop(pid, None)
-            if channel is not None:
+            slot = children.pop(pid, None)
+            if spare is not None and spare[0] == pid:  # a spare that died waiting
+                os.close(spare[1])
+                spare[2].close()
+                spare = None
+            if slot is not None:
                 try:
-                    channel.send(struct.pack("<i", os.waitstatus_to_exitcode(status)), 5)
-                except Exception as e:  # the parent is gone, or its channel is
-                    print("dragon template: exit of %d not reported: %s" % (pid, e),
+                    _store_reaped(pool, slot, os.waitstatus_to_exitcode(status))
+                except Exception as e:  # the parent's pool is gone with the parent
+                    print("dragon template: exit of %d not stored: %s" % (pid, e),
                           file=sys.stderr)
 
+    last_env = {}
+
+    def serve(request, fds):
+        """Hands the request to the spare; the pid and pidfd of the child it becomes."""
+        nonlocal spare, last_env
+        if request[2] is None:  # the environment has not changed since the last request
+            request = request[:2] + (last_env,) + request[3:]
+        else:
+            last_env = request[2]
+        if spare is None:
+            spare = fork_spare()
+        pid, pidfd, channel = spare
+        spare = None
+        try:
+            send_message(channel, request, fds)
+        finally:
+            channel.close()
+        children[pid] = request[4]
+        return pid, pidfd
+
+    spare = fork_spare()
+    send_message(sock, ("ready", os.getpid()))
     open_socket = True
     while open_socket or children:
         ready, _, _ = select.select([wake_r] + ([sock] if open_socket else []), [], [])
@@ -157,20 +260,21 @@ def main():
                 print("dragon template: bad request, stopping: %s" % e, file=sys.stderr)
                 request, fds = None, []
             if request is None:
-                open_socket = False  # the parent has gone: finish with the children it has
+                # The parent has gone: the spare ends, the children it has run on.
+                open_socket = False
+                if spare is not None:
+                    os.close(spare[1])
+                    spare[2].close()
+                    spare = None
                 continue
             try:
-                pid = os.fork()
+                pid, pidfd = serve(request, fds)
             except Exception as e:
-                for fd in fds:
-                    os.close(fd)
                 send_message(sock, ("error", "%s: %s" % (type(e).__name__, e)))
                 continue
-            if pid == 0:
-                _child(sock, (wake_r, wake_w), request, fds)
-            for fd in fds:
-                os.close(fd)
-            pidfd = os.pidfd_open(pid)  # before it can be reaped: the pid is still ours
+            finally:
+                for fd in fds:
+                    os.close(fd)
             try:
                 send_message(sock, ("started", pid), [pidfd])
             except OSError:
@@ -178,11 +282,9 @@ def main():
             finally:
                 os.close(pidfd)
             try:
-                children[pid] = _runtime.attach_channel(request[4])
-            except Exception as e:
-                children[pid] = None
-                print("dragon template: no status channel for %d: %s" % (pid, e),
-                      file=sys.stderr)
+                spare = fork_spare()  # the next one, off the parent's path
+            except OSError as e:
+                print("dragon template: no spare: %s" % e, file=sys.stderr)
             reap()
     sys.exit(0)
 

@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -46,6 +47,13 @@ dragon::Stdio stdioOf(const std::string& s) {
   if (s == "file") return dragon::Stdio::File;
   if (s == "passed") return dragon::Stdio::Passed;
   throw py::value_error("stdio mode is one of inherit, capture, null, file, passed: " + s);
+}
+
+// The first word of a live allocation of at least 8 bytes (allocations are 8-aligned).
+std::uint64_t* wordAt(const dragon::Pool& p, std::uint64_t offset) {
+  const dragon::PoolAllocation a = take(p.allocationAt(offset));
+  if (a.size < sizeof(std::uint64_t)) throw py::value_error("the allocation is under 8 bytes");
+  return static_cast<std::uint64_t*>(p.pointerAt(offset));
 }
 
 // Writable memory of a live pool allocation, exported through the buffer protocol; holding it
@@ -93,6 +101,24 @@ PYBIND11_MODULE(_native, m) {
            },
            py::arg("offset"), py::arg("size"),
            "A writable buffer over an allocation (it keeps the pool mapped)")
+      .def("load_u64",
+           [](const dragon::Pool& p, std::uint64_t offset) {
+             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset)).load();
+           },
+           py::arg("offset"), "Atomically reads the first 8 bytes of an allocation")
+      .def("store_u64",
+           [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t value) {
+             std::atomic_ref<std::uint64_t>(*wordAt(p, offset)).store(value);
+           },
+           py::arg("offset"), py::arg("value"))
+      .def("cas_u64",
+           [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t expected,
+              std::uint64_t desired) {
+             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset))
+                 .compare_exchange_strong(expected, desired);
+           },
+           py::arg("offset"), py::arg("expected"), py::arg("desired"),
+           "Atomically replaces the word if it holds expected; True if it did")
       .def("stats", [](const dragon::Pool& p) {
         auto s = take(p.stats());
         py::dict d;
@@ -129,13 +155,14 @@ PYBIND11_MODULE(_native, m) {
       .def("is_closed", [](PyChannel& c) { return c.ch->channel().isClosed(); });
 
   py::class_<dragon::Client>(m, "Client")
-      .def(py::init([](const std::string& socket, const std::string& name) {
+      .def(py::init([](const std::string& socket, const std::string& name, bool prefault) {
              dragon::Client::Options o;
              o.socketPath = socket;
              o.name = name;
+             o.prefault = prefault;
              return take(dragon::Client::connect(o));
            }),
-           py::arg("socket") = "", py::arg("name") = "python")
+           py::arg("socket") = "", py::arg("name") = "python", py::arg("prefault") = true)
       .def("create_pool",
            [](dragon::Client& c, std::uint64_t size, const std::string& name) {
              return take(c.createPool(size, name));

@@ -6,9 +6,9 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
+import time
 
 from multiprocessing import context, process, reduction, spawn, util
 
@@ -139,26 +139,49 @@ class _DaemonPopen(_PopenBase):
 
 
 class _TemplatePopen(_PopenBase):
-    """A child forked by this process's template (see _template.py)."""
+    """A child that this process's template started (see _template.py). Its exit code comes
+    from its exit slot once its pidfd (the sentinel) says it has gone."""
 
     def __init__(self, process_obj, template):
         self._init()
         tracker_fd = self._tracker_fd()
         payload = _payload(self, process_obj)
-        self._status = _runtime.new_channel(capacity=1)
-        env = dict(var.split("=", 1) for var in _child_environment())
-        self.pid, self.sentinel = template.start(
-            (bytes(payload), env, os.getcwd(), self._status.descriptor, self.FD_BASE,
-             tracker_fd), self._fds)
-        self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
+        self._pool = _runtime.pool()
+        self._slot = _exit_slots.take(self._pool)
+        try:
+            self.pid, self.sentinel = template.start(
+                (bytes(payload), os.getcwd(), self._slot, self.FD_BASE, tracker_fd), self._fds)
+        except BaseException:
+            _exit_slots.give_back(self._pool, self._slot)
+            raise
+        self.finalizer = util.Finalize(self, _TemplatePopen._release,
+                                       (self.sentinel, self._pool, self._slot))
+
+    @staticmethod
+    def _release(sentinel, pool, slot):
+        os.close(sentinel)
+        _exit_slots.give_back(pool, slot)
 
     def _reap(self, timeout):
-        try:
-            data = self._status.recv(timeout)
-        except TimeoutError:
+        if not select.select([self.sentinel], [], [], timeout)[0]:
             return
-        (self.returncode,) = struct.unpack("<i", data)
-        self._status = None
+        code = _template_wire.slot_code(self._pool.load_u64(self._slot))
+        if code is None:
+            # Gone without storing its code (a signal): the template stores it when it reaps
+            # the child, an instant later unless the template itself has died.
+            end = time.monotonic() + 10
+            while code is None and time.monotonic() < end:
+                time.sleep(0.0005 if timeout is None or timeout > 0 else 0)
+                code = _template_wire.slot_code(self._pool.load_u64(self._slot))
+                if timeout is not None and timeout <= 0:
+                    break
+            if code is None:
+                if timeout is not None and timeout <= 0:
+                    return
+                sys.stderr.write("dragon: the exit status of process %d was lost with its "
+                                 "template; reporting 255\n" % self.pid)
+                code = 255
+        self.returncode = code
 
     def _send_signal(self, sig):
         if self.returncode is None and self.sentinel is not None:
@@ -168,12 +191,42 @@ class _TemplatePopen(_PopenBase):
                 pass
 
 
+class _ExitSlots:
+    """Exit slots (8 bytes of this process's pool each). A slot is freed only once the
+    template has reaped its child, since the template writes it then."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done = []  # (pool, slot) of closed Popens, freed once reaped
+
+    def take(self, pool):
+        with self._lock:
+            keep = []
+            for p, s in self._done:
+                if p is pool and p.load_u64(s) & _template_wire.REAPED:
+                    p.free(s)
+                else:
+                    keep.append((p, s))
+            self._done = keep
+        slot = pool.alloc(8)
+        pool.store_u64(slot, 0)
+        return slot
+
+    def give_back(self, pool, slot):
+        with self._lock:
+            self._done.append((pool, slot))
+
+
+_exit_slots = _ExitSlots()
+
+
 class _Template:
     """This process's template: started through dragond at the first Process.start() (which
     does not wait for it), used by every later one once it is ready."""
 
     def __init__(self, process_obj):
         self._lock = threading.Lock()
+        self._last_env = None
         self._ready = False
         self.broken = False
         ours, theirs = socket.socketpair()
@@ -184,9 +237,9 @@ class _Template:
         argv = [spawn.get_executable(), "-c", "from dragon._template import main; main()",
                 str(base), str(base + 1)]
         try:
-            _runtime.spawn(argv, _child_environment(), os.getcwd(), stdin="null",
-                           stdout="passed", stderr="passed", stdout_fd=1, stderr_fd=2,
-                           extra_fds=fds, extra_fd_base=base)
+            [(self._puid, self._pid, _)] = _runtime.spawn(
+                argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
+                stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=fds, extra_fd_base=base)
             # The preparation data holds the authkey, which pickles only for a child's start.
             context.set_spawning_popen(self)
             try:
@@ -226,20 +279,31 @@ class _Template:
                         self._give_up("it ended before it was ready; see its message above")
         return self._ready
 
+    def _environment(self):
+        """The children's environment, or None when it is the one the template last got
+        (called under the lock, so requests and environments stay in step)."""
+        env = dict(var.split("=", 1) for var in _child_environment())
+        if env == self._last_env:
+            return None
+        self._last_env = env
+        return env
+
     def start(self, request, fds):
-        """(pid, pidfd) of a child the template forked for `request`."""
+        """(pid, pidfd) of the child the template started for request = (payload, cwd,
+        exit slot, fd base, tracker fd)."""
         with self._lock:
             try:
-                _template_wire.send_message(self._sock, ("start",) + request, fds)
+                message = ("start", request[0], self._environment()) + request[1:]
+                _template_wire.send_message(self._sock, message, fds)
                 reply, got = _template_wire.recv_message(self._sock)
             except (OSError, EOFError) as e:
-                self.broken = True
+                self._give_up("it has gone: %s" % e)
                 raise _TemplateLost(str(e)) from None
             if reply is None or reply[0] != "started" or len(got) != 1:
                 for fd in got:
                     os.close(fd)
                 if reply is None:
-                    self.broken = True
+                    self._give_up("it has gone")
                     raise _TemplateLost("the template has gone")
                 raise OSError("the template could not start the process: %s" % (reply,))
             return reply[1], got[0]

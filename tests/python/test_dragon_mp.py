@@ -164,6 +164,86 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual((name, ppid, alive, method), ("worker-7", os.getpid(), True, "dragon"))
 
 
+def report_env_and_cwd(q):
+    q.put((os.environ.get("DRAGON_TEST_VALUE"), os.getcwd(), os.getppid()))
+
+
+class TemplateTest(unittest.TestCase):
+    """Processes after a parent's first are forked by its template (python/dragon/_template.py)."""
+
+    def start(self, target, *args):
+        p = CTX.Process(target=target, args=args)
+        p.start()
+        return p
+
+    def warm(self):
+        from dragon import process as dp
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the template prepares once, in the background
+            p = self.start(exit_with, 0)
+            p.join(30)
+            if type(p._popen).__name__ == "_TemplatePopen":
+                return dp._template
+            time.sleep(0.01)
+        self.fail("the template never became ready")
+
+    def test_exit_codes_signals_and_liveness_of_template_children(self):
+        self.warm()
+        p = self.start(exit_with, 3)
+        p.join(30)
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        self.assertEqual(p.exitcode, 3)
+        p = self.start(sleep_forever)
+        self.assertTrue(p.is_alive())
+        self.assertIsNone(p.exitcode)
+        p.join(0.05)
+        self.assertIsNone(p.exitcode)
+        p.kill()
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGKILL)  # stored by the template when it reaped
+        p = self.start(sleep_forever)
+        p.terminate()
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGTERM)
+        p = self.start(raise_error)
+        p.join(30)
+        self.assertEqual(p.exitcode, 1)
+
+    def test_children_see_the_environment_and_cwd_of_their_start(self):
+        template = self.warm()
+        q = CTX.Queue()
+        old = os.getcwd()
+        with tempfile.TemporaryDirectory() as d:
+            os.environ["DRAGON_TEST_VALUE"] = "one"
+            os.chdir(d)
+            try:
+                p = self.start(report_env_and_cwd, q)
+                first = q.get(timeout=30)
+                p.join(30)
+                os.environ["DRAGON_TEST_VALUE"] = "two"
+                p = self.start(report_env_and_cwd, q)
+                second = q.get(timeout=30)
+                p.join(30)
+            finally:
+                os.chdir(old)
+                del os.environ["DRAGON_TEST_VALUE"]
+            self.assertEqual(first[:2], ("one", os.path.realpath(d)))
+            self.assertEqual(second[:2], ("two", os.path.realpath(d)))
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        self.assertNotEqual(first[2], os.getpid())  # the template is their OS parent
+
+    def test_processes_still_start_when_the_template_is_killed(self):
+        template = self.warm()
+        os.kill(template._pid, signal.SIGKILL)
+        q = CTX.Queue()
+        for _ in range(2):
+            p = self.start(put_square, q, 4)
+            self.assertEqual(q.get(timeout=30)[:2], (4, 16))
+            p.join(30)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(type(p._popen).__name__, "_DaemonPopen")
+
+
 class QueueTest(unittest.TestCase):
     def test_fifo_timeouts_and_sizes(self):
         q = CTX.Queue(maxsize=2)

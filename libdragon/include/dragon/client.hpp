@@ -110,6 +110,9 @@ class Client {
     std::string socketPath;  // empty: defaultSocketPath()
     std::string name;        // shown in dragond's log
     Timeout connectTimeout = Timeout::after(std::chrono::seconds(5));
+    // Fault every page of a pool in when it is mapped (no page faults on the data path later);
+    // false maps lazily, so a process touches only the pages it uses.
+    bool prefault = true;
   };
   static Result<Client> connect(const Options& options);
   static Result<Client> connect() { return connect(Options{}); }
