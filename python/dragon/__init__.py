@@ -41,3 +41,32 @@ if "dragon" not in _mpcontext._concrete_contexts:
                   "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",
                   "RawValue", "RawArray"):
         setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))
+
+    # A stock spawn or forkserver child of a process whose start method is "dragon" calls
+    # set_start_method("dragon") in spawn.prepare(): it must have imported dragon first.
+    import os as _os
+    from multiprocessing import forkserver as _forkserver, spawn as _spawn
+
+    _package_parent = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _stock_command_line = _spawn.get_command_line
+    _stock_ensure_running = _forkserver.ForkServer.ensure_running
+
+    def _dragon_is_global():
+        return _mpcontext._default_context._actual_context is not None and \
+            _mpcontext._default_context.get_start_method(allow_none=True) == "dragon"
+
+    def get_command_line(**kwds):
+        cmd = _stock_command_line(**kwds)
+        if _dragon_is_global() and len(cmd) >= 3 and cmd[-3] == "-c":
+            cmd[-2] = "import sys; sys.path.insert(0, %r); import dragon; %s" % (
+                _package_parent, cmd[-2])
+        return cmd
+
+    def ensure_running(self):
+        if _dragon_is_global() and "dragon" not in self._preload_modules:
+            self._preload_modules = list(self._preload_modules) + ["dragon"]
+        return _stock_ensure_running(self)
+
+    get_command_line.__doc__ = _stock_command_line.__doc__
+    _spawn.get_command_line = get_command_line
+    _forkserver.ForkServer.ensure_running = ensure_running

@@ -164,8 +164,6 @@ def main():
     from . import _runtime
 
     sock = socket.socket(fileno=int(sys.argv[1]))
-    from multiprocessing import resource_tracker
-    resource_tracker._resource_tracker._fd = int(sys.argv[2])  # the parent's tracker
     (prep, parent_pool), _ = recv_message(sock)
     prep = pickle.loads(prep)
     pool = _runtime.attach_pool(parent_pool)  # where the exit slots are

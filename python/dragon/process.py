@@ -163,6 +163,8 @@ class _TemplatePopen(_PopenBase):
         _exit_slots.give_back(pool, slot)
 
     def _reap(self, timeout):
+        if timeout is not None:
+            timeout = max(timeout, 0)  # join(-1) is a try, as with the stdlib
         if not select.select([self.sentinel], [], [], timeout)[0]:
             return
         code = _template_wire.slot_code(self._pool.load_u64(self._slot))
@@ -231,11 +233,13 @@ class _Template:
         self.broken = False
         ours, theirs = socket.socketpair()
         self._sock = ours
-        from multiprocessing import resource_tracker
-        fds = [theirs.fileno(), resource_tracker.getfd()]
+        # Only the socket: the resource tracker's fd goes to each child with its request, so
+        # that the long-lived template does not keep the tracker (and this process's exit,
+        # which waits for the tracker to see its last writer go) alive.
+        fds = [theirs.fileno()]
         base = _PopenBase.FD_BASE
         argv = [spawn.get_executable(), "-c", "from dragon._template import main; main()",
-                str(base), str(base + 1)]
+                str(base)]
         try:
             [(self._puid, self._pid, _)] = _runtime.spawn(
                 argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",

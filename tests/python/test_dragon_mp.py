@@ -197,6 +197,7 @@ class TemplateTest(unittest.TestCase):
         self.assertTrue(p.is_alive())
         self.assertIsNone(p.exitcode)
         p.join(0.05)
+        p.join(-1)  # a negative timeout is a try, as with the stdlib
         self.assertIsNone(p.exitcode)
         p.kill()
         p.join(30)
