@@ -48,6 +48,9 @@ class Daemon {
 
   int run() {
     Status st = loop_.add(signals_.get(), EPOLLIN, [this](std::uint32_t) { onSignal(); });
+    if (st.isOk() && options_.exitWithFd >= 0) {
+      st = loop_.add(options_.exitWithFd, EPOLLIN, [this](std::uint32_t) { onCreatorFd(); });
+    }
     if (st.isOk()) st = server_.start(objects_, processes_);
     if (!st.isOk()) {
       DRAGON_LOG(Error, "dragond", "%s", st.toString().c_str());
@@ -84,6 +87,17 @@ class Daemon {
     l.defaultCapacity = static_cast<std::uint32_t>(c.getInt("channel.capacity"));
     l.defaultInlineSize = static_cast<std::uint32_t>(c.getSize("channel.inline_size"));
     return l;
+  }
+
+  // The --exit-with-fd pipe: bytes written to it are ignored; end of file (or an error) means
+  // the creator has gone.
+  void onCreatorFd() {
+    char buf[64];
+    const ssize_t n = read(options_.exitWithFd, buf, sizeof buf);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) return;
+    loop_.remove(options_.exitWithFd);
+    DRAGON_LOG(Info, "dragond", "the process that started it has gone (--exit-with-fd)");
+    shutdown(SIGTERM);
   }
 
   void onSignal() {

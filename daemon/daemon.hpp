@@ -17,6 +17,9 @@ struct DaemonOptions {
   config::Config config = config::Config::defaults();
   bool standalone = true;
   int readyFd = -1;  // written "ready\n" and closed once serving (the launcher waits on it)
+  // Stop as on SIGTERM once this fd (a pipe's read end) reaches end of file: the process that
+  // holds the write end has gone, however it ended (a private dragond dies with its creator).
+  int exitWithFd = -1;
 };
 
 // The socket path dragond uses with this configuration.

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fcntl.h>
 #include <getopt.h>
 #include <string>
 
@@ -19,6 +20,8 @@ The Dragon runtime's per-node service: processes, output, shared-memory pools an
   --socket PATH       listen on PATH instead of RUNTIME_DIR/dragond.sock
   --log-level LEVEL   debug, info, warn, error or off
   --allow-root        run even as root (dragond should run as the user it serves)
+  --exit-with-fd FD   stop (as on SIGTERM) once FD, a pipe's read end, reaches end of file:
+                      a private dragond ends with the process holding the write end
   --print-config      print the resulting configuration as YAML and exit
   --version           print the version and exit
   --help              print this and exit
@@ -31,7 +34,7 @@ READY, STOPPING and WATCHDOG through NOTIFY_SOCKET.
 
 int run(int argc, char** argv) {
   enum { OptConfig = 1, OptSet, OptSocket, OptLogLevel, OptAllowRoot, OptPrint, OptVersion, OptHelp, OptStandalone,
-         OptReadyFd };
+         OptReadyFd, OptExitWithFd };
   static const option kOptions[] = {
       {"standalone", no_argument, nullptr, OptStandalone},
       {"config", required_argument, nullptr, OptConfig},
@@ -43,6 +46,7 @@ int run(int argc, char** argv) {
       {"version", no_argument, nullptr, OptVersion},
       {"help", no_argument, nullptr, OptHelp},
       {"ready-fd", required_argument, nullptr, OptReadyFd},  // for the launcher
+      {"exit-with-fd", required_argument, nullptr, OptExitWithFd},
       {nullptr, 0, nullptr, 0},
   };
   dragon::config::LoadOptions load;
@@ -78,6 +82,17 @@ int run(int argc, char** argv) {
           return 2;
         }
         options.readyFd = static_cast<int>(fd);
+        break;
+      }
+      case OptExitWithFd: {
+        char* end = nullptr;
+        const long fd = std::strtol(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || fd < 0 || fd > 1 << 20 ||
+            fcntl(static_cast<int>(fd), F_GETFD) < 0) {
+          std::fprintf(stderr, "dragond: --exit-with-fd wants an open fd, not '%s'\n", optarg);
+          return 2;
+        }
+        options.exitWithFd = static_cast<int>(fd);
         break;
       }
       default:

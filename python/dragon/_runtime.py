@@ -17,6 +17,7 @@ _lock = threading.RLock()
 _client = None
 _pool = None
 _private = None
+_lifeline = None  # the write end of the private dragond's --exit-with-fd pipe
 _waiters = []  # spare clients for blocking waits, so that one wait does not hold the others
 
 POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(64 << 20)))
@@ -48,10 +49,17 @@ def _start_private():
     os.makedirs(rundir, mode=0o700, exist_ok=True)
     sock = os.path.join(rundir, "py-%d.sock" % os.getpid())
     r, w = os.pipe()
+    # dragond ends with this process however it ends (--exit-with-fd: it holds the read end,
+    # we the write end, which nothing else inherits but forks of this process).
+    life_r, life_w = os.pipe()
     proc = subprocess.Popen(
-        [_daemon_path(), "--standalone", "--socket", sock, "--ready-fd", str(w)],
-        pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True)
+        [_daemon_path(), "--standalone", "--socket", sock, "--ready-fd", str(w),
+         "--exit-with-fd", str(life_r)],
+        pass_fds=(w, life_r), stdin=subprocess.DEVNULL, start_new_session=True)
     os.close(w)
+    os.close(life_r)
+    global _lifeline
+    _lifeline = life_w
     with os.fdopen(r, "rb") as ready:
         if ready.read(5) != b"ready":
             proc.wait()

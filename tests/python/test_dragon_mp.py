@@ -164,6 +164,15 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual((name, ppid, alive, method), ("worker-7", os.getpid(), True, "dragon"))
 
 
+def alive(pid):
+    """True while pid runs (a zombie waiting for its reaper has ended)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def report_env_and_cwd(q):
     q.put((os.environ.get("DRAGON_TEST_VALUE"), os.getcwd(), os.getppid()))
 
@@ -517,6 +526,38 @@ class LauncherTest(unittest.TestCase):
             "    sys.exit(5)\n", "a", "b")
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
+
+    def test_a_killed_python_takes_its_private_dragond_and_template_with_it(self):
+        script = (
+            "import multiprocessing as mp, sys, time, dragon\n"
+            "from dragon import _runtime, process\n"
+            "def noop():\n    pass\n"
+            "if __name__ == '__main__':\n"
+            "    ctx = mp.get_context('dragon')\n"
+            "    for _ in range(50):\n"
+            "        p = ctx.Process(target=noop); p.start(); p.join()\n"
+            "        if process._template.ready(): break\n"
+            "        time.sleep(0.05)\n"
+            "    print(_runtime._private.pid, process._template._pid, flush=True)\n"
+            "    time.sleep(120)\n")
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env,
+                             text=True)
+        try:
+            daemon, template = map(int, p.stdout.readline().split())
+            self.assertTrue(alive(daemon) and alive(template))
+            p.kill()
+            p.wait(30)
+            deadline = time.monotonic() + 30
+            while (alive(daemon) or alive(template)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertFalse(alive(daemon), "the private dragond outlived its python")
+            self.assertFalse(alive(template), "the template outlived its python")
+        finally:
+            p.kill()
+            p.stdout.close()
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_the_examples_run_under_dragon_and_verify_their_results(self):
