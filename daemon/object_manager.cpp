@@ -36,11 +36,11 @@ Result<ObjectGrant> ObjectManager::named(Result<ObjectGrant> created, std::strin
 }
 
 Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t size,
-                                              std::string_view name) {
+                                              std::string_view name, bool lazy) {
   PoolOptions o;
   o.size = size == 0 ? limits_.defaultPoolSize : size;
   o.node = node_;
-  o.prefault = limits_.prefault;
+  o.prefault = limits_.prefault && !lazy;
   if (o.size < Pool::kMinSize || o.size > Pool::kMaxSize) {
     return Status(StatusCode::InvalidArgument,
                   "a pool has " + std::to_string(Pool::kMinSize) + " to " +

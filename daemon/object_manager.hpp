@@ -41,8 +41,9 @@ class ObjectManager {
       : global_(global), node_(node), limits_(limits) {}
 
   // With a name, the object is created and named at once: a taken name creates nothing.
+  // lazy: no prefault whatever pool.prefault says (a large pool costs only what is touched).
   Result<ObjectGrant> createPool(std::uint64_t owner, std::uint64_t size,
-                                 std::string_view name = {});
+                                 std::string_view name = {}, bool lazy = false);
   Result<ObjectGrant> createChannel(std::uint64_t owner, const ObjectDescriptor& pool,
                                     ChannelOptions options, std::string_view name = {});
   Result<ObjectGrant> attach(std::uint64_t owner, const ObjectDescriptor& object);

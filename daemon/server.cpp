@@ -251,7 +251,8 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
   switch (msg.body_case()) {
     case pb::Envelope::kCreatePool: {
       replyObject(c, rid, objects_->createPool(owner, msg.create_pool().size(),
-                                               msg.create_pool().name()));
+                                               msg.create_pool().name(),
+                                               msg.create_pool().lazy()));
       return;
     }
     case pb::Envelope::kCreateChannel: {

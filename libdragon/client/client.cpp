@@ -303,10 +303,12 @@ Result<Client> Client::connect(const Options& options) {
   return Client(std::move(impl));
 }
 
-Result<std::shared_ptr<Pool>> Client::createPool(std::uint64_t size, std::string_view name) {
+Result<std::shared_ptr<Pool>> Client::createPool(std::uint64_t size, std::string_view name,
+                                                 bool lazy) {
   pb::Envelope req;
   req.mutable_create_pool()->set_size(size);
   req.mutable_create_pool()->set_name(std::string(name));
+  req.mutable_create_pool()->set_lazy(lazy);
   return impl_->poolCall(req);
 }
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
+import weakref
 
 from . import _native
 
@@ -20,7 +21,9 @@ _private = None
 _lifeline = None  # the write end of the private dragond's --exit-with-fd pipe
 _waiters = []  # spare clients for blocking waits, so that one wait does not hold the others
 
-POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(64 << 20)))
+# A process's pool: large, and lazy (dragond does not fault it in), so it costs memory only
+# where objects and messages are; large messages sent to this process's queues live here.
+POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(1 << 30)))
 PREFAULT = os.environ.get("DRAGON_PY_PREFAULT", "0") not in ("0", "false", "no")
 
 
@@ -135,14 +138,32 @@ def pool():
     with _lock:
         c = client()
         if _pool is None:
-            _pool = c.create_pool(POOL_SIZE)
+            _pool = c.create_pool(POOL_SIZE, lazy=True)
         return _pool
+
+
+def _release(descriptor, pid):
+    """A channel object of this process was collected: its reference at dragond goes, so that
+    dragond frees the channel once no process holds it."""
+    if pid != os.getpid() or _client is None or _client_pid != pid:
+        return
+    try:
+        with _lock:
+            _client.detach(descriptor)
+    except Exception:  # dragond is gone (shutdown): it frees everything itself
+        pass
+
+
+def _released_when_collected(ch):
+    f = weakref.finalize(ch, _release, ch.descriptor, os.getpid())
+    f.atexit = False  # at exit the connection closes, which releases everything at once
+    return ch
 
 
 def new_channel(capacity=0, inline_size=0):
     with _lock:
         p = pool()
-        return client().create_channel(p, capacity, inline_size)
+        return _released_when_collected(client().create_channel(p, capacity, inline_size))
 
 
 _attached_pools = {}
@@ -162,7 +183,7 @@ def attach_pool(descriptor):
 
 def attach_channel(descriptor):
     with _lock:
-        return client().attach_channel(descriptor)
+        return _released_when_collected(client().attach_channel(descriptor))
 
 
 def spawn(argv, env, cwd, **kwargs):

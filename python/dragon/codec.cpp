@@ -29,6 +29,7 @@ constexpr std::size_t kAlign = 64;             // of out-of-band buffers in a me
 constexpr std::size_t kCopyWithoutGil = 64 << 10;
 constexpr std::uint64_t kMaxBuffers = 1 << 16;
 constexpr std::size_t kOobFixed = 24;          // tag + padding, count, pickle length
+constexpr std::size_t kSmallMessage = 4096;    // unpickled from a bytes copy, not a view
 
 // The Python functions the codec calls, looked up once and kept for the interpreter's life
 // (never destroyed: they would outlive the interpreter at exit).
@@ -39,6 +40,7 @@ struct Codec {
   py::object full;        // queue.Full
   py::object empty;       // queue.Empty
   py::object memoryview;  // builtins.memoryview
+  py::object protocol;    // 5
 };
 
 Codec& codec() {
@@ -52,6 +54,7 @@ Codec& codec() {
     k->full = queue.attr("Full");
     k->empty = queue.attr("Empty");
     k->memoryview = py::module_::import("builtins").attr("memoryview");
+    k->protocol = py::int_(5);
     return k;
   }();
   return *c;
@@ -171,6 +174,17 @@ py::object decode(std::unique_ptr<dragon::Message> m) {
   const std::span<const std::byte> d = m->data();
   if (d.empty()) corrupt("empty");
   const auto tag = static_cast<std::uint8_t>(d[0]);
+  if (tag == kPickleProto && d.size() <= kSmallMessage) {
+    // A small stream: a bytes copy costs less than making and releasing a view.
+    PyObject* b = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(d.data()),
+                                            static_cast<py::ssize_t>(d.size()));
+    if (b == nullptr) throw py::error_already_set();
+    PyObject* args[] = {b};
+    PyObject* obj = PyObject_Vectorcall(codec().loads.ptr(), args, 1, nullptr);
+    Py_DECREF(b);
+    if (obj == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(obj);
+  }
   if (tag == kPickleProto) {
     // Unpickled from a view of the message itself: no copy of the stream.
     py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromMemory(
@@ -239,7 +253,10 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
                              static_cast<std::size_t>(PyBytes_GET_SIZE(o)), 1}};
     st = sendPieces(c, pieces, t);
   } else if (plainPickle(o)) {
-    py::bytes data = k.dumps(obj, 5);
+    PyObject* args[] = {o, k.protocol.ptr()};
+    auto data = py::reinterpret_steal<py::object>(
+        PyObject_Vectorcall(k.dumps.ptr(), args, 2, nullptr));
+    if (!data) throw py::error_already_set();
     const char* p = PyBytes_AS_STRING(data.ptr());
     const auto n = static_cast<std::size_t>(PyBytes_GET_SIZE(data.ptr()));
     st = tryThenSliced(t, [&](dragon::Timeout tt) {
@@ -248,7 +265,10 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
   } else {
     py::tuple res;
     try {
-      res = k.dumpsOob(obj);
+      PyObject* args[] = {o};
+      PyObject* r = PyObject_Vectorcall(k.dumpsOob.ptr(), args, 1, nullptr);
+      if (r == nullptr) throw py::error_already_set();
+      res = py::reinterpret_steal<py::tuple>(r);
     } catch (py::error_already_set& e) {
       if (onError.is_none()) throw;
       // As the stdlib Queue's feeder thread does: report the object and drop it.

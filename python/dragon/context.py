@@ -68,3 +68,7 @@ class DragonContext(_ctx.BaseContext):
     def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
         from .sharedctypes import Array
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self)
+
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+        from .pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self)

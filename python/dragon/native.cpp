@@ -164,10 +164,10 @@ PYBIND11_MODULE(_native, m) {
            }),
            py::arg("socket") = "", py::arg("name") = "python", py::arg("prefault") = true)
       .def("create_pool",
-           [](dragon::Client& c, std::uint64_t size, const std::string& name) {
-             return take(c.createPool(size, name));
+           [](dragon::Client& c, std::uint64_t size, const std::string& name, bool lazy) {
+             return take(c.createPool(size, name, lazy));
            },
-           py::arg("size") = 0, py::arg("name") = "")
+           py::arg("size") = 0, py::arg("name") = "", py::arg("lazy") = false)
       .def("create_channel",
            [](dragon::Client& c, const std::shared_ptr<dragon::Pool>& pool, std::uint32_t capacity,
               std::uint32_t inlineSize, const std::string& name) {
@@ -190,7 +190,12 @@ PYBIND11_MODULE(_native, m) {
              if (desc.rfind("dragon:", 0) == 0) return take(c.attachPool(parseDesc(desc)));
              return take(c.attachPool(std::string_view(desc)));
            })
-      .def("detach", [](dragon::Client& c, const std::string& d) { check(c.detach(parseDesc(d))); })
+      .def("detach",
+           [](dragon::Client& c, const std::string& d) {
+             dragon::Result<dragon::ObjectDescriptor> desc = dragon::ObjectDescriptor::fromString(d);
+             if (!desc.has_value()) raise(desc.error());
+             check(c.detach(*desc));
+           })
       .def("destroy",
            [](dragon::Client& c, const std::string& d) { check(c.destroy(parseDesc(d))); })
       .def("lookup_name",

@@ -136,14 +136,14 @@ class SimpleQueue:
     def empty(self):
         return not self._reader.poll()
 
+    # No lock around get and put: a channel hands each message whole to one receiver, where
+    # the stdlib's pipe needs its reader and writer locks to keep messages from interleaving.
+    # The locks stay for code that takes them (Pool drains its task queue under _rlock).
     def get(self):
-        with self._rlock:
-            return self._reader.recv()
+        return self._reader.recv()
 
     def put(self, obj):
-        data = dumps_inband(obj)
-        with self._wlock:
-            self._writer.send_bytes(data)
+        self._writer.send(obj)
 
     def close(self):
         self._reader.close()

@@ -62,6 +62,12 @@ class Semaphore:
     def get_value(self):
         return self._channel.size()
 
+    @property
+    def _semlock(self):
+        """What stdlib code that reaches into a semaphore's SemLock reads (the stdlib Queue's
+        full(), so concurrent.futures' call queue on the dragon context)."""
+        return _SemLockView(self)
+
     def __enter__(self):
         return self.acquire()
 
@@ -70,6 +76,17 @@ class Semaphore:
 
     def __repr__(self):
         return "<%s(value=%s)>" % (type(self).__name__, self.get_value())
+
+
+class _SemLockView:
+    def __init__(self, sem):
+        self._sem = sem
+
+    def _is_zero(self):
+        return self._sem.get_value() == 0
+
+    def _get_value(self):
+        return self._sem.get_value()
 
 
 class BoundedSemaphore(Semaphore):

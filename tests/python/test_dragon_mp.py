@@ -484,6 +484,54 @@ class PoolAndWaitTest(unittest.TestCase):
             self.assertEqual(pool.apply_async(square, (7,)).get(30), 49)
             self.assertEqual(sorted(pool.imap_unordered(square, range(5))), [0, 1, 4, 9, 16])
 
+    def test_apply_async_from_many_threads_with_callbacks_and_errors(self):
+        import threading
+        from dragon.pool import Pool
+        got, errors = [], []
+        with CTX.Pool(2, maxtasksperchild=7) as pool:
+            self.assertIsInstance(pool, Pool)
+            results = []
+
+            def submit(base):
+                for i in range(base, base + 50):
+                    results.append(pool.apply_async(square, (i,), callback=got.append))
+
+            threads = [threading.Thread(target=submit, args=(b,)) for b in (0, 1000, 2000)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            values = sorted(r.get(60) for r in results)
+            bad = pool.apply_async(square, (lambda: 0,), error_callback=errors.append)
+            with self.assertRaises(Exception):
+                bad.get(60)  # the task cannot be pickled: its error is its result
+            failing = pool.apply_async(raise_error, error_callback=errors.append)
+            with self.assertRaisesRegex(RuntimeError, "boom"):
+                failing.get(60)
+            self.assertEqual(pool.apply(square, (9,)), 81)
+        expected = sorted(i * i for b in (0, 1000, 2000) for i in range(b, b + 50))
+        self.assertEqual(values, expected)
+        self.assertEqual(sorted(got), expected)
+        self.assertEqual(len(errors), 2)
+
+    def test_module_pool_is_dragon_and_process_pool_executor_runs_on_it(self):
+        import concurrent.futures
+        from dragon.pool import Pool
+        old = mp.get_start_method(allow_none=True)
+        mp.set_start_method("dragon", force=True)
+        try:
+            with mp.Pool(2) as pool:
+                self.assertIsInstance(pool, Pool)
+                self.assertEqual(pool.starmap(pow, [(2, 3), (3, 2)]), [8, 9])
+        finally:
+            mp.set_start_method(old, force=True)
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=CTX) as ex:
+            self.assertEqual(list(ex.map(square, range(30), chunksize=4)),
+                             [x * x for x in range(30)])
+            f = ex.submit(raise_error)
+            with self.assertRaisesRegex(RuntimeError, "boom"):
+                f.result(60)
+
     def test_connection_wait_over_dragon_connections_and_sentinels(self):
         from multiprocessing.connection import wait
         a, b = CTX.Pipe()
@@ -543,7 +591,10 @@ class LauncherTest(unittest.TestCase):
         env = dict(os.environ)
         env.pop("DRAGON_SOCKET", None)
         env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env,
+        path = os.path.join(env["XDG_RUNTIME_DIR"], "killed.py")
+        with open(path, "w") as f:
+            f.write(script)
+        p = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE, env=env,
                              text=True)
         try:
             daemon, template = map(int, p.stdout.readline().split())

@@ -116,6 +116,28 @@ class TransferTest(unittest.TestCase):
         del view
         self.assertEqual(pool.stats()["allocation_count"], before)
 
+    def test_dropped_queues_give_their_pool_memory_back(self):
+        pool = _runtime.pool()
+        gc.collect()
+        before = pool.stats()["used_bytes"]
+        for _ in range(200):  # 200 rings of 4096 slots would not fit if they stayed
+            q = CTX.Queue()
+            q.put(b"x" * 100)
+            q.get(timeout=5)
+            del q
+        gc.collect()
+        self.assertLessEqual(pool.stats()["used_bytes"], before + (8 << 20))
+
+    def test_large_messages_keep_flowing_past_the_pool_size_of_old(self):
+        # 64 x 16 MiB through one queue, with objects created and dropped in between: the
+        # pool (lazy, 1 GiB) does not run dry or fragment into a hang.
+        q = CTX.Queue()
+        block = b"y" * (16 << 20)
+        for i in range(64):
+            q.put(block, timeout=30)
+            CTX.Event()
+            self.assertEqual(len(q.get(timeout=30)), len(block))
+
     def test_malformed_messages_are_errors_and_the_queue_goes_on(self):
         q = CTX.Queue()
         raw = q._channel
@@ -134,20 +156,25 @@ class TransferTest(unittest.TestCase):
         self.assertEqual(q.get(timeout=5), "still works")
 
     def test_a_full_pool_makes_put_wait_then_raise_full(self):
-        q = CTX.Queue()
-        block = np.zeros(16 << 17)  # 16 MiB
+        client = _runtime.client()
+        small = client.create_pool(32 << 20, lazy=True)
+        ch = client.create_channel(small, 64, 256)
+        block = np.zeros(1 << 20)  # 8 MiB
         put = 0
-        deadline = time.monotonic() + 60
+        t0 = time.monotonic()
         with self.assertRaises(queue.Full):
-            while put < 16 and time.monotonic() < deadline:
-                q.put(block, timeout=0.2)
+            while put < 16:
+                ch.put(block, True, 0.2)
                 put += 1
+        self.assertGreaterEqual(time.monotonic() - t0, 0.2)  # it waited for room first
         self.assertGreaterEqual(put, 1)
-        self.assertLess(put, 16)
-        q.get(timeout=5)
-        q.put(block, timeout=5)  # room again once one is received and dropped
+        self.assertLess(put, 4)
+        ch.get(True, 5)
+        ch.put(block, True, 5)  # room again once one is received and dropped
         for _ in range(put):
-            q.get(timeout=5)
+            ch.get(True, 5)
+        with self.assertRaises(queue.Empty):
+            ch.get(False)
 
     def test_an_unpicklable_object_is_reported_and_dropped(self):
         reported = []
