@@ -155,7 +155,7 @@ class Connection:
         except ChannelClosed:
             raise EOFError from None
 
-    def _ready(self):
+    def _dragon_ready(self):
         return self._recv is not None and (self._recv.readable() or self._recv.is_closed())
 
     def poll(self, timeout=0.0):
@@ -192,15 +192,16 @@ def _backoff():
 
 
 def wait(object_list, timeout=None):
-    """multiprocessing.connection.wait that also takes dragon Connections: those are checked
-    between bounded waits on the rest (fds: sentinels, sockets), which still wake it at once."""
-    ours = [o for o in object_list if isinstance(o, Connection)]
+    """multiprocessing.connection.wait that also takes dragon Connections and Queues (and a
+    Queue's `_reader`): those are checked between bounded waits on the rest (fds: sentinels,
+    sockets), which still wake it at once."""
+    ours = [o for o in object_list if hasattr(o, "_dragon_ready")]
     if not ours:
         return _stdlib_wait(object_list, timeout)
-    others = [o for o in object_list if not isinstance(o, Connection)]
+    others = [o for o in object_list if not hasattr(o, "_dragon_ready")]
     end = None if timeout is None else time.monotonic() + timeout
     for delay in _backoff():
-        ready = [o for o in ours if o._ready()]
+        ready = [o for o in ours if o._dragon_ready()]
         if others:
             ready += _stdlib_wait(others, 0)
         if ready:
@@ -212,7 +213,7 @@ def wait(object_list, timeout=None):
         if others:
             woke = _stdlib_wait(others, step)
             if woke:
-                return [o for o in ours if o._ready()] + woke
+                return [o for o in ours if o._dragon_ready()] + woke
         else:
             time.sleep(step)
 

@@ -67,6 +67,15 @@ class Queue:
     def qsize(self):
         return self._channel.size()
 
+    def _dragon_ready(self):
+        """For connection.wait: a get would not block (or the queue is closed)."""
+        return self._channel.readable() or self._channel.is_closed()
+
+    @property
+    def _reader(self):
+        # Code written for the stdlib Queue waits on q._reader: here that is the queue itself.
+        return self
+
     def empty(self):
         return not self._channel.readable()
 

@@ -543,6 +543,13 @@ class PoolAndWaitTest(unittest.TestCase):
         p.start()
         self.assertEqual(wait([a, p.sentinel], 30), [p.sentinel])
         p.join()
+        q = CTX.Queue()
+        self.assertEqual(wait([q, a], 0.05), [])
+        p = CTX.Process(target=put_square, args=(q, 3))
+        p.start()
+        self.assertEqual(wait([a, q._reader], 30), [q])  # stdlib-style code waits on _reader
+        self.assertEqual(q.get(timeout=5)[:2], (3, 9))
+        p.join(30)
 
 
 class LauncherTest(unittest.TestCase):
