@@ -27,6 +27,26 @@ GOALS = {
         ("spawn_reap_true_vs_posix_spawn", "spawn_dragond_rate", "spawn_direct_rate", ">=", 0.8),
         ("control_rtt_vs_unix_socket", "control_rtt", "unix_socket_rtt", "<=", 2),
     ],
+    # Dragon's multiprocessing against the best of stock fork, spawn and forkserver (issue 4).
+    "python": [
+        ("py_queue_rtt_8B_vs_stock", "py_dragon_queue_rtt_8B", "py_stock_queue_rtt_8B", "<=", 0.25),
+        ("py_queue_rtt_4KiB_vs_stock", "py_dragon_queue_rtt_4KiB", "py_stock_queue_rtt_4KiB",
+         "<=", 0.25),
+        ("py_pipe_rtt_8B_vs_stock", "py_dragon_pipe_rtt_8B", "py_stock_pipe_rtt_8B", "<=", 0.333),
+        ("py_queue_tput_64B_vs_stock", "py_dragon_queue_tput_64B", "py_stock_queue_tput_64B",
+         ">=", 3),
+        ("py_queue_tput_64B_4producers_vs_stock", "py_dragon_queue_tput_64B_4prod",
+         "py_stock_queue_tput_64B_4prod", ">=", 3),
+        ("py_queue_tput_1MiB_numpy_vs_stock", "py_dragon_queue_tput_1MiB",
+         "py_stock_queue_tput_1MiB", ">=", 40),
+        ("py_queue_tput_16MiB_numpy_vs_stock", "py_dragon_queue_tput_16MiB",
+         "py_stock_queue_tput_16MiB", ">=", 20),
+        ("py_start_join_vs_fork", "py_dragon_start_join", "py_fork_start_join", "<=", 1),
+        ("py_pool_map_chunksize1_vs_stock", "py_dragon_pool_map_c1", "py_stock_pool_map_c1",
+         ">=", 3),
+        ("py_apply_async_rtt_vs_stock", "py_dragon_apply_async_rtt", "py_stock_apply_async_rtt",
+         "<=", 0.333),
+    ],
 }
 
 # Printed for context, never judged.
@@ -37,6 +57,13 @@ INFO = {
         ("copy_4KiB_vs_memcpy", "chan_copy_4KiB", "memcpy_4KiB"),
     ],
     "daemon": [],
+    "python": [
+        ("py_queue_tput_1MiB_bytes_vs_stock", "py_dragon_queue_tput_1MiB_bytes",
+         "py_stock_queue_tput_1MiB_bytes"),
+        ("py_queue_tput_16MiB_bytes_vs_stock", "py_dragon_queue_tput_16MiB_bytes",
+         "py_stock_queue_tput_16MiB_bytes"),
+        ("py_start_join_vs_spawn", "py_dragon_start_join", "py_spawn_start_join"),
+    ],
 }
 
 

@@ -36,7 +36,8 @@ def _pipe_echo(conn, n):
         conn.send_bytes(conn.recv_bytes())
 
 
-def _producer(q, go, n, payload):
+def _producer(q, ready, go, n, payload):
+    ready.put(None)  # running, its payload unpickled (and numpy imported): start the clock
     go.wait()
     for _ in range(n):
         q.put(payload)
@@ -105,19 +106,27 @@ class Bench:
         p.join()
         return statistics.median(reps), "us"
 
-    def queue_tput(self, size, producers, total):
-        """Messages (or bytes) per second from `producers` processes into one consumer."""
+    def queue_tput(self, size, producers, total, kind="bytes"):
+        """Messages (or bytes) per second from `producers` processes into one consumer; the
+        payload is a bytes object, or a float64 numpy array of that many bytes."""
         total = self.n(total)
         per = max(1, total // producers)
-        payload = b"x" * size
+        if kind == "numpy":
+            import numpy
+            payload = numpy.ones(size // 8)
+        else:
+            payload = b"x" * size
         reps = []
         for _ in range(REPS):
             q = self.ctx.Queue()
+            ready = self.ctx.Queue()
             go = self.ctx.Event()
-            ps = [self.ctx.Process(target=_producer, args=(q, go, per, payload))
+            ps = [self.ctx.Process(target=_producer, args=(q, ready, go, per, payload))
                   for _ in range(producers)]
             for p in ps:
                 p.start()
+            for _ in ps:  # throughput, not process start: every producer is running
+                ready.get()
             t0 = time.perf_counter()
             go.set()
             for _ in range(per * producers):
@@ -181,8 +190,10 @@ METRICS = {
     "pipe_rtt_8B": (lambda b: b.pipe_rtt(), False),
     "queue_tput_64B": (lambda b: b.queue_tput(64, 1, 100000), True),
     "queue_tput_64B_4prod": (lambda b: b.queue_tput(64, 4, 100000), True),
-    "queue_tput_1MiB": (lambda b: b.queue_tput(1 << 20, 1, 400), True),
-    "queue_tput_16MiB": (lambda b: b.queue_tput(16 << 20, 1, 40), True),
+    "queue_tput_1MiB": (lambda b: b.queue_tput(1 << 20, 1, 400, "numpy"), True),
+    "queue_tput_16MiB": (lambda b: b.queue_tput(16 << 20, 1, 40, "numpy"), True),
+    "queue_tput_1MiB_bytes": (lambda b: b.queue_tput(1 << 20, 1, 400), True),
+    "queue_tput_16MiB_bytes": (lambda b: b.queue_tput(16 << 20, 1, 40), True),
     "start_join": (lambda b: b.start_join(), False),
     "pool_map_c1": (lambda b: b.pool_map(), True),
     "apply_async_rtt": (lambda b: b.apply_rtt(), False),
