@@ -56,13 +56,15 @@ class Connection:
         if self._send is not None:
             atexit.register(self.close)  # a process that exits gives back its handle
 
-    def __del__(self):
+    def _close_fd(self):
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    __del__ = _close_fd
 
     @property
     def closed(self):
@@ -96,7 +98,7 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        self.__del__()
+        self._close_fd()
         if self._send is None or self._writers is None:
             return
         try:

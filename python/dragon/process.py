@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""Process and its Popen for the dragon start method: dragond starts a fresh interpreter
-(spawn's clean state) and reports its exit; the sentinel is a pidfd."""
+"""Process and its Popen for the dragon start method. A parent's first process is a fresh
+interpreter that dragond starts (spawn's clean state) and reaps; that start also starts the
+parent's template (_template.py), which forks every later process from a prepared spare. The
+sentinel is a pidfd either way."""
 import io
 import os
 import select
