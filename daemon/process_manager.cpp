@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <spawn.h>
@@ -585,6 +586,38 @@ std::uint64_t ProcessManager::jobOfPid(pid_t pid) const {
   auto it = byPid_.find(pid);
   if (it == byPid_.end()) return 0;
   return processes_.at(it->second).job;
+}
+
+namespace {
+
+// The parent of pid from /proc/PID/stat ("pid (comm) state ppid ..."; comm may hold spaces
+// and parentheses, so the fields after the last ')' are read), or 0.
+pid_t parentOf(pid_t pid) {
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  UniqueFd fd(open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) return 0;
+  char buf[512];
+  const ssize_t n = read(fd.get(), buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* close = std::strrchr(buf, ')');
+  if (close == nullptr) return 0;
+  char state = 0;
+  int ppid = 0;
+  if (std::sscanf(close + 1, " %c %d", &state, &ppid) != 2) return 0;
+  return static_cast<pid_t>(ppid);
+}
+
+}  // namespace
+
+std::uint64_t ProcessManager::jobOfPidOrAncestor(pid_t pid) const {
+  constexpr int kMaxDepth = 64;  // bounded: a chain of forks this deep is not ours
+  for (int depth = 0; pid > 1 && depth < kMaxDepth; ++depth) {
+    if (const std::uint64_t job = jobOfPid(pid); job != 0) return job;
+    pid = parentOf(pid);
+  }
+  return 0;
 }
 
 

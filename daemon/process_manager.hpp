@@ -74,6 +74,9 @@ class ProcessManager {
 
   // The job of a running process of this node with this pid, or 0.
   std::uint64_t jobOfPid(pid_t pid) const;
+  // The job of pid or of its nearest ancestor that is a running process of this node (a
+  // process that one of ours forked, as the Python template does, acts in its job), or 0.
+  std::uint64_t jobOfPidOrAncestor(pid_t pid) const;
   std::string dump() const;
 
  private:

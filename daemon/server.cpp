@@ -166,8 +166,9 @@ void Server::processBuffered(std::uint64_t id) {
 
 std::uint64_t Server::jobOf(Connection& c) {
   if (c.job != 0) return c.job;
-  // A process the runtime started acts in its job; anyone else starts a job of its own.
-  c.job = processes_->jobOfPid(c.peer.pid);
+  // A process the runtime started, or one that such a process forked (the Python template's
+  // children), acts in its job; anyone else starts a job of its own.
+  c.job = processes_->jobOfPidOrAncestor(c.peer.pid);
   if (c.job == 0) {
     c.job = global_.newJob();
     c.jobRoot = true;

@@ -254,6 +254,8 @@ def main():
         if sock in ready:
             try:
                 request, fds = recv_message(sock)
+            except ConnectionResetError:  # the parent went with our reply unread: its end
+                request, fds = None, []
             except (OSError, EOFError, pickle.UnpicklingError) as e:
                 print("dragon template: bad request, stopping: %s" % e, file=sys.stderr)
                 request, fds = None, []

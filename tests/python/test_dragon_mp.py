@@ -173,6 +173,18 @@ def alive(pid):
         return False
 
 
+def report_parent_alive(w):
+    parent = mp.parent_process()
+    w.send("alive" if parent.is_alive() else "not alive")
+    parent.join(timeout=60)
+    w.send("alive" if parent.is_alive() else "not alive")
+
+
+def start_grandchild_reporting_parent(w):
+    CTX.Process(target=report_parent_alive, args=(w,)).start()
+    time.sleep(300)
+
+
 def report_env_and_cwd(q):
     q.put((os.environ.get("DRAGON_TEST_VALUE"), os.getcwd(), os.getppid()))
 
@@ -241,6 +253,21 @@ class TemplateTest(unittest.TestCase):
             self.assertEqual(second[:2], ("two", os.path.realpath(d)))
         self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
         self.assertNotEqual(first[2], os.getpid())  # the template is their OS parent
+
+    def test_a_grandchild_outlives_its_template_child_parent_and_sees_it_go(self):
+        # CPython's test_parent_process, on a template child: the processes that child starts
+        # are in the job (dragond finds it through the child's parent), so they do not end
+        # with the child's connection.
+        self.warm()
+        r, w = CTX.Pipe(duplex=False)
+        p = self.start(start_grandchild_reporting_parent, w)
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        self.assertTrue(r.poll(60))
+        self.assertEqual(r.recv(), "alive")
+        p.terminate()
+        p.join(30)
+        self.assertTrue(r.poll(60), "the grandchild did not report its parent's end")
+        self.assertEqual(r.recv(), "not alive")
 
     def test_processes_still_start_when_the_template_is_killed(self):
         template = self.warm()
