@@ -198,15 +198,22 @@ class TemplateTest(unittest.TestCase):
         return p
 
     def warm(self):
+        """The parent's template, ready (it prepares once, in the background, after the
+        parent's first start)."""
         from dragon import process as dp
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the template prepares once, in the background
-            p = self.start(exit_with, 0)
-            p.join(30)
-            if type(p._popen).__name__ == "_TemplatePopen":
-                return dp._template
-            time.sleep(0.01)
-        self.fail("the template never became ready")
+        if dp._template is not None and dp._template.broken:
+            dp._template = None  # an earlier test killed it: the next start makes another
+        p = self.start(exit_with, 0)
+        p.join(30)
+        template = dp._template
+        if not template.ready():  # its "ready" message is on its socket, or comes there
+            self.assertTrue(select.select([template._sock], [], [], 60)[0],
+                            "the template never said it was ready")
+            self.assertTrue(template.ready())
+        p = self.start(exit_with, 0)
+        p.join(30)
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        return template
 
     def test_exit_codes_signals_and_liveness_of_template_children(self):
         self.warm()
@@ -616,10 +623,7 @@ class LauncherTest(unittest.TestCase):
             "def noop():\n    pass\n"
             "if __name__ == '__main__':\n"
             "    ctx = mp.get_context('dragon')\n"
-            "    for _ in range(50):\n"
-            "        p = ctx.Process(target=noop); p.start(); p.join()\n"
-            "        if process._template.ready(): break\n"
-            "        time.sleep(0.05)\n"
+            "    p = ctx.Process(target=noop); p.start(); p.join()\n"
             "    print(_runtime._private.pid, process._template._pid, flush=True)\n"
             "    time.sleep(120)\n")
         env = dict(os.environ)
@@ -632,14 +636,18 @@ class LauncherTest(unittest.TestCase):
                              text=True)
         try:
             daemon, template = map(int, p.stdout.readline().split())
+            pidfds = [os.pidfd_open(daemon), os.pidfd_open(template)]
             self.assertTrue(alive(daemon) and alive(template))
             p.kill()
             p.wait(30)
-            deadline = time.monotonic() + 30
-            while (alive(daemon) or alive(template)) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            self.assertFalse(alive(daemon), "the private dragond outlived its python")
-            self.assertFalse(alive(template), "the template outlived its python")
+            try:
+                for fd, what in zip(pidfds, ("the private dragond", "the template")):
+                    # A pidfd turns readable when its process ends.
+                    self.assertTrue(select.select([fd], [], [], 30)[0],
+                                    what + " outlived its python")
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
         finally:
             p.kill()
             p.stdout.close()
