@@ -138,7 +138,9 @@ std::uint64_t u64At(std::span<const std::byte> d, std::size_t offset) {
   return v;
 }
 
-py::object decodeOutOfBand(std::unique_ptr<dragon::Message> m) {
+// Takes the message over: its views outlive this call.
+py::object decodeOutOfBand(dragon::Message&& received) {
+  auto m = std::make_unique<dragon::Message>(std::move(received));
   const std::span<const std::byte> d = m->data();
   if (d.size() < kOobFixed) corrupt("short out-of-band header");
   const std::uint64_t count = u64At(d, 8);
@@ -170,8 +172,8 @@ py::object decodeOutOfBand(std::unique_ptr<dragon::Message> m) {
   return obj;
 }
 
-py::object decode(std::unique_ptr<dragon::Message> m) {
-  const std::span<const std::byte> d = m->data();
+py::object decode(dragon::Message&& m) {
+  const std::span<const std::byte> d = m.data();
   if (d.empty()) corrupt("empty");
   const auto tag = static_cast<std::uint8_t>(d[0]);
   if (tag == kPickleProto && d.size() <= kSmallMessage) {
@@ -228,9 +230,7 @@ std::span<const std::byte> bytesOf(const py::buffer_info& b) {
 }
 
 [[noreturn]] void raiseQueue(const Status& st, const py::object& instead) {
-  const StatusCode c = st.code();
-  if (c == StatusCode::Timeout || c == StatusCode::WouldBlock || c == StatusCode::ChannelFull ||
-      c == StatusCode::PoolExhausted) {
+  if (isNotNow(st.code())) {
     PyErr_SetNone(instead.ptr());
     throw py::error_already_set();
   }
@@ -310,17 +310,17 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
 
 py::object PyChannel::get(bool block, const py::object& timeout) {
   const dragon::Timeout t = block ? timeoutOf(timeout) : dragon::Timeout::none();
-  auto m = std::make_unique<dragon::Message>();
+  dragon::Message m;
   dragon::Channel& c = ch->channel();
-  Status st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.recv(*m, tt); });
+  Status st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.recv(m, tt); });
   if (!st.isOk()) raiseQueue(st, codec().empty);
   return decode(std::move(m));
 }
 
 py::object PyChannel::recvObject(const py::object& timeout) {
-  auto m = std::make_unique<dragon::Message>();
+  dragon::Message m;
   dragon::Channel& c = ch->channel();
-  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout tt) { return c.recv(*m, tt); }));
+  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout tt) { return c.recv(m, tt); }));
   return decode(std::move(m));
 }
 

@@ -102,16 +102,19 @@ Status sliced(const dragon::Timeout& timeout, Op&& op) {
   }
 }
 
+// A status that means "not now" (nothing to take, no room yet, the deadline passed), not an
+// error: what a blocking call retries, and what a queue reports as Empty or Full.
+inline bool isNotNow(StatusCode c) {
+  return c == StatusCode::WouldBlock || c == StatusCode::ChannelFull ||
+         c == StatusCode::Timeout || c == StatusCode::PoolExhausted;
+}
+
 // Runs `op` once as a try with the GIL held (the fast path: no GIL hand-over, no sleep), and
 // only when that finds nothing to do, sliced() as above.
 template <typename Op>
 Status tryThenSliced(const dragon::Timeout& timeout, Op&& op) {
   Status st = op(dragon::Timeout::none());
-  const StatusCode c = st.code();
-  if (timeout.isNone() || (c != StatusCode::WouldBlock && c != StatusCode::ChannelFull &&
-                           c != StatusCode::Timeout && c != StatusCode::PoolExhausted)) {
-    return st;
-  }
+  if (timeout.isNone() || !isNotNow(st.code())) return st;
   return sliced(timeout, op);
 }
 

@@ -35,10 +35,6 @@ class Queue:
         self._channel = _runtime.attach_channel(descriptor)
         self._closed = False
 
-    def _check_open(self):
-        if self._closed:
-            raise ValueError("Queue %r is closed" % self)
-
     def put(self, obj, block=True, timeout=None):
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
