@@ -81,6 +81,15 @@ bool LocalGlobalServices::dropNamesOf(std::uint64_t objectId) {
   return std::erase_if(names_, [&](const auto& kv) { return kv.second.id == objectId; }) != 0;
 }
 
+bool LocalGlobalServices::dropName(std::string_view name, const ObjectDescriptor& object) {
+  auto it = names_.find(name);
+  if (it == names_.end() || !(it->second == object)) {
+    return false;
+  }
+  names_.erase(it);
+  return true;
+}
+
 bool LocalGlobalServices::isNamed(std::uint64_t objectId) const {
   return std::any_of(names_.begin(), names_.end(),
                      [&](const auto& kv) { return kv.second.id == objectId; });

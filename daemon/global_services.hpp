@@ -54,6 +54,8 @@ class GlobalServices {
   virtual Result<ObjectDescriptor> lookupName(std::string_view name) const = 0;
   // Drops every name of the object; true if it had one.
   virtual bool dropNamesOf(std::uint64_t objectId) = 0;
+  // Drops the name if it still names `object`; true if it did.
+  virtual bool dropName(std::string_view name, const ObjectDescriptor& object) = 0;
   virtual bool isNamed(std::uint64_t objectId) const = 0;
 
   virtual std::string dump() const = 0;
@@ -77,6 +79,7 @@ class LocalGlobalServices final : public GlobalServices {
   Status registerName(std::string_view name, const ObjectDescriptor& object) override;
   Result<ObjectDescriptor> lookupName(std::string_view name) const override;
   bool dropNamesOf(std::uint64_t objectId) override;
+  bool dropName(std::string_view name, const ObjectDescriptor& object) override;
   bool isNamed(std::uint64_t objectId) const override;
 
   std::string dump() const override;

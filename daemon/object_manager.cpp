@@ -118,13 +118,19 @@ Status ObjectManager::detach(std::uint64_t owner, const ObjectDescriptor& object
   return Status::ok();
 }
 
-Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor& object) {
+Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor& object,
+                                   std::uint64_t scopedOwner) {
   const bool exists = object.kind == ObjectKind::Pool ? pools_.count(object.id) != 0
                                                       : channels_.count(object.id) != 0;
   if (!exists || object.node != node_) {
     return notHere(object);
   }
-  return global_.registerName(name, object);
+  const bool wasNamed = global_.lookupName(name).has_value();
+  DRAGON_TRY(global_.registerName(name, object));
+  if (scopedOwner != 0 && !wasNamed) {
+    scopedNames_.emplace(scopedOwner, ScopedName{std::string(name), object});
+  }
+  return Status::ok();
 }
 
 void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
@@ -204,6 +210,11 @@ Status ObjectManager::destroy(const ObjectDescriptor& object) {
 
 void ObjectManager::releaseOwner(std::uint64_t owner) {
   std::vector<ObjectDescriptor> touched;
+  auto [first, last] = scopedNames_.equal_range(owner);
+  for (auto it = first; it != last; ++it) {
+    if (global_.dropName(it->second.name, it->second.object)) touched.push_back(it->second.object);
+  }
+  scopedNames_.erase(first, last);
   for (auto& [id, c] : channels_) {
     if (c.refs.erase(owner) != 0) touched.push_back(c.desc);
   }

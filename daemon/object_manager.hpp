@@ -49,8 +49,10 @@ class ObjectManager {
   Result<ObjectGrant> attach(std::uint64_t owner, const ObjectDescriptor& object);
   Status detach(std::uint64_t owner, const ObjectDescriptor& object);
   Status destroy(const ObjectDescriptor& object);
-  // A name keeps an object alive with no references.
-  Status registerName(std::string_view name, const ObjectDescriptor& object);
+  // A name keeps an object alive with no references. A scoped name is the owner's: it goes
+  // when the owner's references do (releaseOwner), and the object with it if nothing holds it.
+  Status registerName(std::string_view name, const ObjectDescriptor& object,
+                      std::uint64_t scopedOwner = 0);
   // Drops every reference `owner` holds (its connection closed).
   void releaseOwner(std::uint64_t owner);
 
@@ -78,6 +80,11 @@ class ObjectManager {
   ObjectLimits limits_;
   std::map<std::uint64_t, PoolEntry> pools_;        // by id
   std::map<std::uint64_t, ChannelEntry> channels_;  // by id
+  struct ScopedName {
+    std::string name;
+    ObjectDescriptor object;
+  };
+  std::multimap<std::uint64_t, ScopedName> scopedNames_;  // by owner
 };
 
 }  // namespace dragon::daemon

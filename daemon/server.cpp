@@ -295,7 +295,8 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
     }
     case pb::Envelope::kRegisterName: {
       auto d = pb::fromRef(msg.register_name().object());
-      Status st = d.has_value() ? objects_->registerName(msg.register_name().name(), *d)
+      const auto& r = msg.register_name();
+      Status st = d.has_value() ? objects_->registerName(r.name(), *d, r.scoped() ? owner : 0)
                                 : d.error();
       st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
       return;

@@ -361,9 +361,10 @@ Status Client::destroy(const ObjectDescriptor& object) {
   return impl_->call(req).status();
 }
 
-Status Client::registerName(std::string_view name, const ObjectDescriptor& object) {
+Status Client::registerName(std::string_view name, const ObjectDescriptor& object, bool scoped) {
   pb::Envelope req;
   req.mutable_register_name()->set_name(std::string(name));
+  req.mutable_register_name()->set_scoped(scoped);
   *req.mutable_register_name()->mutable_object() = pb::toRef(object);
   return impl_->call(req).status();
 }

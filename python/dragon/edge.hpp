@@ -34,6 +34,9 @@ inline PyObject* gPeerLost = nullptr;
     case StatusCode::NotFound:
       PyErr_SetString(PyExc_LookupError, msg.c_str());
       break;
+    case StatusCode::AlreadyExists:  // a name that is taken
+      PyErr_SetString(PyExc_FileExistsError, msg.c_str());
+      break;
     case StatusCode::InvalidArgument:
       PyErr_SetString(PyExc_ValueError, msg.c_str());
       break;

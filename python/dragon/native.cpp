@@ -198,6 +198,12 @@ PYBIND11_MODULE(_native, m) {
            })
       .def("destroy",
            [](dragon::Client& c, const std::string& d) { check(c.destroy(parseDesc(d))); })
+      .def("register_name",
+           [](dragon::Client& c, const std::string& name, const std::string& desc, bool scoped) {
+             check(c.registerName(name, parseDesc(desc), scoped));
+           },
+           py::arg("name"), py::arg("descriptor"), py::arg("scoped") = false,
+           "Names an object; a scoped name goes when this client disconnects")
       .def("lookup_name",
            [](dragon::Client& c, const std::string& name) { return descOf(take(c.lookupName(name))); })
       .def("spawn",

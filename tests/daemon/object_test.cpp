@@ -66,6 +66,55 @@ TEST(Objects, NamesAreUniqueAndLookupsFindThem) {
             StatusCode::InvalidArgument);  // it names a pool
 }
 
+TEST(Objects, AScopedNameGoesWithItsClientAndAPlainOneStays) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client other = d->connect();
+  ObjectDescriptor listening, kept;
+  {
+    Client owner = d->connect();
+    auto pool = owner.createPool(1 << 20);
+    ASSERT_TRUE(pool.has_value());
+    auto ch = owner.createChannel((*pool)->descriptor(), ChannelOptions{});
+    ASSERT_TRUE(ch.has_value());
+    listening = (*ch)->descriptor();
+    ASSERT_TRUE(owner.registerName("listen", listening, /*scoped=*/true).isOk());
+    auto named = owner.createPool(1 << 20, "kept");
+    ASSERT_TRUE(named.has_value());
+    kept = (*named)->descriptor();
+    // While its client lives, the name is like any other: found, and not taken twice.
+    auto found = other.lookupName("listen");
+    ASSERT_TRUE(found.has_value());
+    EXPECT_EQ(*found, listening);
+    EXPECT_EQ(other.registerName("listen", kept).code(), StatusCode::AlreadyExists);
+    auto attached = other.attachChannel(std::string_view("listen"));
+    ASSERT_TRUE(attached.has_value());
+    ASSERT_TRUE(other.detach(listening).isOk());
+  }  // the owner disconnects
+  ASSERT_TRUE(testing::eventually([&] {
+    auto r = other.lookupName("listen");
+    return !r.has_value() && r.error().code() == StatusCode::NotFound;
+  }));
+  // The channel went with its last reference and its name; the plain name still holds its pool.
+  EXPECT_EQ(other.attachChannel(listening).error().code(), StatusCode::NotFound);
+  auto stays = other.lookupName("kept");
+  ASSERT_TRUE(stays.has_value());
+  EXPECT_EQ(*stays, kept);
+  // A taken name registered again as scoped stays the plain name it was.
+  auto pool2 = other.createPool(1 << 20, "plain");
+  ASSERT_TRUE(pool2.has_value());
+  {
+    Client third = d->connect();
+    EXPECT_TRUE(third.registerName("plain", (*pool2)->descriptor(), true).isOk());
+    auto marker = third.createPool(1 << 20);
+    ASSERT_TRUE(marker.has_value());
+    ASSERT_TRUE(third.registerName("marker", (*marker)->descriptor(), true).isOk());
+  }
+  // Once dragond has handled third's hang-up (its own scoped name is gone)...
+  ASSERT_TRUE(testing::eventually([&] { return !other.lookupName("marker").has_value(); }));
+  EXPECT_TRUE(other.lookupName("plain").has_value());
+}
+
 TEST(Objects, DetachOfTheLastReferenceReleasesAndDestroyEndsAtOnce) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);

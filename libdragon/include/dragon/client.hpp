@@ -137,7 +137,10 @@ class Client {
   Status detach(const ObjectDescriptor& object);
   // Destroys the object now, for every user: its name goes and later attaches fail.
   Status destroy(const ObjectDescriptor& object);
-  Status registerName(std::string_view name, const ObjectDescriptor& object);
+  // scoped: the name is this client's, gone when it disconnects (and the object with it unless
+  // something else holds it), like a listening address; otherwise it keeps the object alive
+  // until destroy().
+  Status registerName(std::string_view name, const ObjectDescriptor& object, bool scoped = false);
   Result<ObjectDescriptor> lookupName(std::string_view name);
 
   // Processes.
