@@ -95,6 +95,14 @@ bool LocalGlobalServices::isNamed(std::uint64_t objectId) const {
                      [&](const auto& kv) { return kv.second.id == objectId; });
 }
 
+std::vector<std::string> LocalGlobalServices::namesOf(std::uint64_t objectId) const {
+  std::vector<std::string> out;
+  for (const auto& [name, d] : names_) {
+    if (d.id == objectId) out.push_back(name);
+  }
+  return out;
+}
+
 std::string LocalGlobalServices::dump() const {
   std::size_t running = 0;
   for (const auto& [puid, r] : processes_) running += r.running ? 1 : 0;

@@ -57,6 +57,7 @@ class GlobalServices {
   // Drops the name if it still names `object`; true if it did.
   virtual bool dropName(std::string_view name, const ObjectDescriptor& object) = 0;
   virtual bool isNamed(std::uint64_t objectId) const = 0;
+  virtual std::vector<std::string> namesOf(std::uint64_t objectId) const = 0;
 
   virtual std::string dump() const = 0;
 };
@@ -81,6 +82,7 @@ class LocalGlobalServices final : public GlobalServices {
   bool dropNamesOf(std::uint64_t objectId) override;
   bool dropName(std::string_view name, const ObjectDescriptor& object) override;
   bool isNamed(std::uint64_t objectId) const override;
+  std::vector<std::string> namesOf(std::uint64_t objectId) const override;
 
   std::string dump() const override;
 

@@ -129,12 +129,37 @@ Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor
   DRAGON_TRY(global_.registerName(name, object));
   if (scopedOwner != 0 && !wasNamed) {
     scopedNames_.emplace(scopedOwner, ScopedName{std::string(name), object});
+    scoped_.emplace(name);
   }
   return Status::ok();
 }
 
+void ObjectManager::closeChannel(const ObjectDescriptor& object) {
+  if (object.kind != ObjectKind::Channel) return;
+  auto c = channels_.find(object.id);
+  auto p = pools_.find(object.poolId);
+  if (c == channels_.end() || p == pools_.end()) return;
+  auto ch = Channel::attach(*p->second.pool, object);
+  if (ch.has_value()) (void)ch->close();
+}
+
+bool ObjectManager::keptByName(std::uint64_t objectId) const {
+  for (const auto& name : global_.namesOf(objectId)) {
+    if (scoped_.count(name) == 0) return true;
+  }
+  return false;
+}
+
+void ObjectManager::dropNamesOf(std::uint64_t objectId) {
+  for (const auto& name : global_.namesOf(objectId)) {
+    auto it = scoped_.find(name);
+    if (it != scoped_.end()) scoped_.erase(it);
+  }
+  global_.dropNamesOf(objectId);
+}
+
 void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
-  if (global_.isNamed(object.id)) {
+  if (keptByName(object.id)) {
     return;
   }
   if (object.kind == ObjectKind::Channel) {
@@ -168,20 +193,20 @@ void ObjectManager::destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterat
     }
     p->second.channels--;
   }
-  global_.dropNamesOf(it->first);
+  dropNamesOf(it->first);
   channels_.erase(it);
 }
 
 void ObjectManager::destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it) {
   for (auto c = channels_.begin(); c != channels_.end();) {
     if (c->second.desc.poolId == it->first) {
-      global_.dropNamesOf(c->first);
+      dropNamesOf(c->first);
       c = channels_.erase(c);
     } else {
       ++c;
     }
   }
-  global_.dropNamesOf(it->first);
+  dropNamesOf(it->first);
   DRAGON_LOG(Debug, "objects", "pool %llu released", static_cast<unsigned long long>(it->first));
   pools_.erase(it);  // unmaps and closes the memfd; clients' mappings stay valid until unmapped
 }
@@ -212,7 +237,11 @@ void ObjectManager::releaseOwner(std::uint64_t owner) {
   std::vector<ObjectDescriptor> touched;
   auto [first, last] = scopedNames_.equal_range(owner);
   for (auto it = first; it != last; ++it) {
-    if (global_.dropName(it->second.name, it->second.object)) touched.push_back(it->second.object);
+    if (global_.dropName(it->second.name, it->second.object)) {
+      scoped_.erase(it->second.name);
+      touched.push_back(it->second.object);
+      closeChannel(it->second.object);
+    }
   }
   scopedNames_.erase(first, last);
   for (auto& [id, c] : channels_) {

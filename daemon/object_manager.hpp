@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 namespace dragon::daemon {
@@ -49,8 +50,10 @@ class ObjectManager {
   Result<ObjectGrant> attach(std::uint64_t owner, const ObjectDescriptor& object);
   Status detach(std::uint64_t owner, const ObjectDescriptor& object);
   Status destroy(const ObjectDescriptor& object);
-  // A name keeps an object alive with no references. A scoped name is the owner's: it goes
-  // when the owner's references do (releaseOwner), and the object with it if nothing holds it.
+  // A name keeps an object alive with no references. A scoped name does not: it is the owner's,
+  // and goes with the object or when the owner's references do (releaseOwner); a channel whose
+  // scoped name goes that way is also closed (nobody is left to answer what is sent to it).
+  // A name that is taken already stays what it was.
   Status registerName(std::string_view name, const ObjectDescriptor& object,
                       std::uint64_t scopedOwner = 0);
   // Drops every reference `owner` holds (its connection closed).
@@ -85,6 +88,11 @@ class ObjectManager {
     ObjectDescriptor object;
   };
   std::multimap<std::uint64_t, ScopedName> scopedNames_;  // by owner
+  std::set<std::string, std::less<>> scoped_;             // the names in scopedNames_
+  // True if a name that is not scoped keeps the object alive.
+  bool keptByName(std::uint64_t objectId) const;
+  void dropNamesOf(std::uint64_t objectId);
+  void closeChannel(const ObjectDescriptor& object);
 };
 
 }  // namespace dragon::daemon

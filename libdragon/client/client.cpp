@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -55,6 +56,7 @@ struct Client::Impl {
   std::uint32_t node = 0;
   Status broken;
   std::map<std::uint64_t, Reply> stash;  // replies of outer (nesting) calls
+  std::set<std::uint64_t> unwanted;        // requests posted without waiting: replies dropped
   std::function<void(const OutputLine&)> output;
   int interruptFd = -1;
   std::function<void()> interrupt;
@@ -115,6 +117,9 @@ struct Client::Impl {
       inFds.erase(inFds.begin());
     }
     const std::uint64_t id = msg.request_id();
+    if (unwanted.erase(id) != 0) {
+      return;
+    }
     r.msg = std::move(msg);
     stash[id] = std::move(r);
   }
@@ -141,6 +146,28 @@ struct Client::Impl {
       inInterrupt = false;
     }
     return rc > 0;
+  }
+
+  // Sends a request whose reply nobody waits for (it is dropped when it comes).
+  Status post(pb::Envelope& req) {
+    if (!broken.isOk()) {
+      return broken;
+    }
+    if (unwanted.size() >= 64) {
+      DRAGON_TRY(readAvailable());  // what came so far (without waiting): replies do not pile up
+    }
+    const std::uint64_t id = nextId++;
+    req.set_request_id(id);
+    std::string frame;
+    DRAGON_TRY(pb::encode(req, frame, std::size_t{64} << 20));
+    Status st = pb::sendAll(sock.get(), frame, {});
+    if (!st.isOk()) {
+      return fail(st.code() == StatusCode::PeerLost
+                      ? Status(StatusCode::PeerLost, "dragond closed the connection")
+                      : st);
+    }
+    unwanted.insert(id);
+    return Status::ok();
   }
 
   Result<Reply> call(pb::Envelope& req, std::span<const int> fds = {}) {
@@ -353,6 +380,12 @@ Status Client::detach(const ObjectDescriptor& object) {
   pb::Envelope req;
   *req.mutable_detach()->mutable_object() = pb::toRef(object);
   return impl_->call(req).status();
+}
+
+Status Client::detachLater(const ObjectDescriptor& object) {
+  pb::Envelope req;
+  *req.mutable_detach()->mutable_object() = pb::toRef(object);
+  return impl_->post(req);
 }
 
 Status Client::destroy(const ObjectDescriptor& object) {

@@ -33,13 +33,24 @@ if "dragon" not in _mpcontext._concrete_contexts:
         call.__doc__ = original.__doc__
         return call
 
-    from .connection import _install_wait
+    from . import _hooks
+
+    def _patch_shared_memory(module):
+        from .shared_memory import _install
+        _install()
+    from .connection import (_install_listener_client, _install_wait, _patch_managers,
+                             _patch_resource_sharer)
 
     _install_wait()
+    _install_listener_client()
+    # Modules imported only by some programs are patched when (and if) they are imported.
+    _hooks.after_import("multiprocessing.managers", _patch_managers)
+    _hooks.after_import("multiprocessing.resource_sharer", _patch_resource_sharer)
+    _hooks.after_import("multiprocessing.shared_memory", _patch_shared_memory)
 
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
                   "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",
-                  "RawValue", "RawArray", "Pool"):
+                  "RawValue", "RawArray", "Pool", "Manager"):
         setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))
 
     # A stock spawn or forkserver child of a process whose start method is "dragon" calls

@@ -6,6 +6,7 @@ Under the launcher (``dragon app.py``) dragond's socket is in ``DRAGON_SOCKET``.
 one on first use and stops it at exit, as the launcher would.
 """
 import atexit
+import collections
 import os
 import shutil
 import subprocess
@@ -129,6 +130,7 @@ def _reset_after_fork():
         _pool = None
         _waiters.clear()
         _attached_pools.clear()
+        _recent_pools.clear()
         _client_pid = os.getpid()
 
 
@@ -149,7 +151,7 @@ def _release(descriptor, pid):
         return
     try:
         with _lock:
-            _client.detach(descriptor)
+            _client.detach_later(descriptor)  # nobody waits for it
     except Exception:  # dragond is gone (shutdown): it frees everything itself
         pass
 
@@ -181,9 +183,34 @@ def attach_pool(descriptor):
         return found
 
 
+def register_name(name, descriptor, scoped=False):
+    with _lock:
+        client().register_name(name, descriptor, scoped)
+
+
+def lookup_name(name):
+    with _lock:
+        return client().lookup_name(name)
+
+
+# Pools of other processes whose channels this process attached lately stay mapped, so that
+# attaching another channel of theirs (a Listener's connections) does not map the pool again.
+_recent_pools = collections.OrderedDict()
+RECENT_POOLS = 32
+
+
 def attach_channel(descriptor):
     with _lock:
-        return _released_when_collected(client().attach_channel(descriptor))
+        ch = client().attach_channel(descriptor)
+        p = ch.pool
+        key = p.descriptor
+        if key in _recent_pools:
+            _recent_pools.move_to_end(key)
+        else:
+            _recent_pools[key] = p
+            if len(_recent_pools) > RECENT_POOLS:
+                _recent_pools.popitem(last=False)
+        return _released_when_collected(ch)
 
 
 def spawn(argv, env, cwd, **kwargs):

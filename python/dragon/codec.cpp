@@ -110,7 +110,7 @@ Status sendPieces(dragon::Channel& c, std::span<const Piece> pieces,
   }));
   auto* dst = static_cast<std::byte*>(pool.pointer(*block));
   if (total >= kCopyWithoutGil) {
-    py::gil_scoped_release release;
+    GilReleased released;
     copyPieces(dst, pieces, at);
   } else {
     copyPieces(dst, pieces, at);
@@ -208,7 +208,7 @@ py::object decode(dragon::Message&& m) {
     PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(n));
     if (b == nullptr) throw py::error_already_set();
     if (n >= kCopyWithoutGil) {
-      py::gil_scoped_release release;
+      GilReleased released;
       std::memcpy(PyBytes_AS_STRING(b), d.data() + 1, n);
     } else {
       std::memcpy(PyBytes_AS_STRING(b), d.data() + 1, n);

@@ -5,6 +5,7 @@ import itertools
 import os
 import socket
 import time
+import weakref
 
 from multiprocessing import context
 
@@ -17,13 +18,15 @@ PIPE_CAPACITY = 1024
 
 class Connection:
     """One end of a Pipe. The channel it sends on carries a count of the handles that can
-    write to it, in every process (a dragon semaphore): taken when a handle is made or pickled
-    for a child, given back when one is closed or its process exits. When the last writer goes
-    the channel is closed, so the reader's recv() raises EOFError, as with an OS pipe.
+    write to it, in every process: a word in that channel's pool, taken when a handle is made
+    or pickled for another process, given back when one is closed, collected, or its process
+    exits. When the last writer goes the channel is closed, so the reader's recv() raises
+    EOFError, as with an OS pipe.
 
-    Each end also has a Unix socket of a socketpair (`fileno()`), lent to a child started with
-    it, over which multiprocessing.reduction.send_handle/recv_handle pass file descriptors.
-    Messages never travel on it: readiness is the channel's (connection.wait, poll)."""
+    Each end of a Pipe also has a Unix socket of a socketpair (`fileno()`), lent to a child
+    started with it, over which multiprocessing.reduction.send_handle/recv_handle pass file
+    descriptors. Messages never travel on it: readiness is the channel's (connection.wait,
+    poll)."""
 
     def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None,
                  fd=None):
@@ -31,18 +34,21 @@ class Connection:
         self._send = send_channel
         self._readable = readable
         self._writable = writable
-        self._writers = writers
+        self._writers = writers  # the offset of the count in the send channel's pool
         self._fd = fd
         self._closed = False
 
     def __getstate__(self):
         # Descriptors are valid in any process of the runtime: a Connection may travel through
         # a Queue or another Connection, not only to a child at its start.
-        if self._send is not None and self._writers is not None and not self._closed:
-            self._writers.release()  # the child's handle, counted before the parent can close
+        if self._closed:
+            raise OSError("handle is closed")
+        if self._send is not None and self._writers is not None:
+            # The other process's handle, counted before this one can close.
+            self._send.pool.add_u64(self._writers, 1)
         fd = None
         popen = context.get_spawning_popen()
-        if popen is not None and self._fd is not None and not self._closed:
+        if popen is not None and self._fd is not None:
             fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket
         return (self._recv.descriptor if self._recv else None,
                 self._send.descriptor if self._send else None, self._readable, self._writable,
@@ -53,8 +59,8 @@ class Connection:
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
-        if self._send is not None:
-            atexit.register(self.close)  # a process that exits gives back its handle
+        if self._send is not None and self._writers is not None:
+            _open_writers.add(self)  # a process that exits gives back its handle
 
     def _close_fd(self):
         fd, self._fd = getattr(self, "_fd", None), None
@@ -64,7 +70,11 @@ class Connection:
             except OSError:
                 pass
 
-    __del__ = _close_fd
+    def __del__(self):
+        # Like an fd: a handle that is collected is closed (the peer may see end of file).
+        if not getattr(self, "_closed", True):
+            self.close()
+        self._close_fd()
 
     @property
     def closed(self):
@@ -90,8 +100,9 @@ class Connection:
         if self._closed:
             raise OSError("handle is closed")
         if self._fd is None:
-            raise OSError("this end of a dragon Pipe reached this process through a queue or "
-                          "pipe, not at a process start: it has no file descriptor here")
+            raise OSError("this dragon connection has no file descriptor here: only a Pipe end "
+                          "lent to a child at its start has one (connection.wait and poll "
+                          "work without it)")
         return self._fd
 
     def close(self):
@@ -101,10 +112,12 @@ class Connection:
         self._close_fd()
         if self._send is None or self._writers is None:
             return
+        _open_writers.discard(self)
         try:
-            self._writers.acquire(False)
-            if self._writers.get_value() == 0:
+            pool = self._send.pool
+            if pool.add_u64(self._writers, -1) == 0:
                 self._send.close()  # the last writer: the reader sees end of file
+                pool.free(self._writers)
         except Exception:
             pass
 
@@ -171,19 +184,43 @@ class Connection:
         self.close()
 
 
-def _writer_count():
-    from .synchronize import Semaphore
-    return Semaphore(1)
+def _writer_count(channel):
+    """A count of one writer of `channel`, in its pool: shared, so that it outlives the process
+    that made it (the last writer to close frees it)."""
+    pool = channel.pool
+    offset = pool.alloc(8, shared=True)
+    pool.store_u64(offset, 1)
+    return offset
+
+
+# The handles this process received from others: closed when it exits.
+_open_writers = weakref.WeakSet()
+
+
+def _close_open_writers():
+    for c in list(_open_writers):
+        c.close()
+
+
+atexit.register(_close_open_writers)
+
+
+def _channel_pair():
+    """A duplex Pipe without the socketpair: the two ends of a Listener's connection."""
+    a = _runtime.new_channel(PIPE_CAPACITY)
+    b = _runtime.new_channel(PIPE_CAPACITY)
+    return (Connection(a, b, writers=_writer_count(b)),
+            Connection(b, a, writers=_writer_count(a)))
 
 
 def Pipe(duplex=True):
     s1, s2 = socket.socketpair()
     f1, f2 = s1.detach(), s2.detach()
     a = _runtime.new_channel(PIPE_CAPACITY)
-    wa = _writer_count()
+    wa = _writer_count(a)
     if duplex:
         b = _runtime.new_channel(PIPE_CAPACITY)
-        wb = _writer_count()
+        wb = _writer_count(b)
         return Connection(a, b, writers=wb, fd=f1), Connection(b, a, writers=wa, fd=f2)
     return (Connection(a, None, True, False, fd=f1),
             Connection(None, a, False, True, writers=wa, fd=f2))
@@ -236,4 +273,424 @@ def _install_wait():
             pool.wait = wait
 
 
-__all__ = ["Connection", "Pipe", "wait"]
+__all__ = ["Connection", "Pipe", "wait", "Listener", "Client"]
+
+
+# --- Listener and Client --------------------------------------------------------------------
+#
+# A Listener binds the OS socket its address names, as the stdlib's does (the address is
+# reserved, a port of 0 is chosen, a taken address is an OSError), and also names an accept
+# channel at dragond after the address, with a scoped name that goes when the listening process
+# does. A dragon Client looks that name up: if a dragon Listener has the address, it hands the
+# listener one end of a fresh pair of channels through the accept channel, and both ends then
+# talk over Dragon channels. Otherwise (a stock server, another host) it connects the OS socket,
+# and so do stock clients of a dragon Listener, whose accepts come through the same channel from
+# a thread that accepts on the socket. The authkey challenge runs over either, unchanged.
+
+import threading as _threading
+import multiprocessing.connection as _mpc
+
+_LISTENER_PREFIX = "mp.listener:"
+_stock_tls = _threading.local()  # callers that need the OS socket itself (resource_sharer)
+_stock_mpc_client = _mpc.Client
+
+
+def _dragon_selected():
+    from multiprocessing import context as _context
+    if getattr(_stock_tls, "depth", 0):
+        return False
+    default = _context._default_context
+    return default._actual_context is not None and \
+        default.get_start_method(allow_none=True) == "dragon"
+
+
+def _address_keys(address, family, listening):
+    """The names a listening address is known by: one for a Listener, the ones to look up in
+    order for a Client. None: no dragon name (the OS socket only)."""
+    import socket as _socket
+    if family == "AF_UNIX":
+        raw = os.fsencode(address)
+        if not raw:
+            return None
+        if raw[:1] != b"\0":
+            raw = os.fsencode(os.path.abspath(os.fsdecode(raw)))
+        return ["unix:" + raw.hex()]
+    if family not in ("AF_INET", "AF_INET6") or not isinstance(address, tuple):
+        return None
+    fam = getattr(_socket, family)
+    host, port = address[0], address[1]
+    try:
+        ip = _socket.getaddrinfo(host or None, port, fam, _socket.SOCK_STREAM,
+                                 0, _socket.AI_PASSIVE if listening else 0)[0][4][0]
+    except (OSError, UnicodeError):
+        return None
+    key = "%s:%s:%d" % (family, ip, port)
+    if listening:
+        return [key]
+    keys = [key]
+    if _is_local(ip):
+        keys.append("%s:%s:%d" % (family, "0.0.0.0" if family == "AF_INET" else "::", port))
+    return keys
+
+
+_local_ips = None
+
+
+def _is_local(ip):
+    global _local_ips
+    import ipaddress
+    import socket as _socket
+    try:
+        if ipaddress.ip_address(ip).is_loopback:
+            return True
+    except ValueError:
+        return False
+    if _local_ips is None:
+        found = set()
+        try:
+            for info in _socket.getaddrinfo(_socket.gethostname(), None):
+                found.add(info[4][0])
+        except OSError:
+            pass
+        _local_ips = found
+    return ip in _local_ips
+
+
+class Listener(_mpc.Listener):
+    """multiprocessing.connection.Listener whose connections from dragon Clients are Dragon
+    channels (see above). accept() takes both kinds; last_accepted is the peer's socket address
+    for a socket connection, and for a dragon one what an unnamed peer has: '' for AF_UNIX,
+    (the host it asked for, 0) for AF_INET.
+
+    Two daemon threads serve the address while the Listener is open, as the kernel serves a
+    socket's backlog: one accepts on the socket, one answers dragon connection requests. A
+    request carries the client's reply channel; the answer is the client's end of a pair of
+    channels this process creates (and so keeps alive: a client may send and exit before its
+    connection is accepted, as with a socket)."""
+
+    ACCEPT_CAPACITY = 256
+
+    @staticmethod
+    def _use_dragon():
+        return True
+
+    def __init__(self, address=None, family=None, backlog=1, authkey=None):
+        self._dragon = self._use_dragon()
+        super().__init__(address, family, backlog, authkey)  # binds, or raises what stock does
+        if not self._dragon:
+            return
+        import queue
+        self._family = family or (address and _mpc.address_type(address)) or _mpc.default_family
+        self._requests = None
+        self._ready = queue.SimpleQueue()  # (connection, last_accepted); None: closed
+        self._last = None
+        self._closing = False
+        keys = _address_keys(self._listener._address, self._family, True)
+        if keys is not None:
+            try:
+                ch = _runtime.new_channel(self.ACCEPT_CAPACITY)
+                _runtime.register_name(_LISTENER_PREFIX + keys[0], ch.descriptor, scoped=True)
+            except FileExistsError:
+                self._listener.close()
+                raise OSError(98, "the address is in use by another dragon Listener: %r"
+                              % (self._listener._address,)) from None
+            except BaseException:
+                self._listener.close()
+                raise
+            self._requests = ch
+            _threading.Thread(target=self._serve_requests, args=(ch,),
+                              name="dragon-listener-requests", daemon=True).start()
+        _threading.Thread(target=self._serve_socket, args=(self._listener,),
+                          name="dragon-listener-socket", daemon=True).start()
+
+    @property
+    def last_accepted(self):
+        if not self._dragon or self._listener is None:
+            return super().last_accepted
+        return self._last
+
+    def _serve_socket(self, listener):
+        while True:
+            try:
+                s, peer = listener._socket.accept()
+            except OSError:
+                return  # shut down by close()
+            s.setblocking(True)
+            self._ready.put((_mpc.Connection(s.detach()), peer))
+            if self._closing:
+                self._discard_ready()
+
+    def _serve_requests(self, requests):
+        import collections
+        replies = collections.OrderedDict()  # clients' reply channels, attached lately
+        spare = None
+        while True:
+            if spare is None:
+                try:
+                    spare = _channel_pair()  # made ahead: a request waits only for its hand-over
+                except Exception:
+                    spare = None
+            try:
+                reply, rid, host = requests.get()
+            except Exception:  # closed (and drained)
+                return
+            to_client = replies.pop(reply, None)
+            if to_client is None:
+                try:
+                    to_client = _runtime.attach_channel(reply)
+                except LookupError:
+                    continue  # the client gave up
+            replies[reply] = to_client
+            if len(replies) > 64:
+                replies.popitem(last=False)
+            if self._closing:
+                _refuse(to_client, rid)
+                continue
+            try:
+                mine, theirs = spare if spare is not None else _channel_pair()
+            except Exception:
+                _refuse(to_client, rid)
+                continue
+            spare = None
+            mine._peer_end = theirs  # the client's end stays alive until it has attached it
+            try:
+                to_client.put((rid, theirs))
+            except Exception:
+                replies.pop(reply, None)
+                mine.close()
+                continue
+            finally:
+                theirs.close()
+            self._ready.put((mine, "" if self._family == "AF_UNIX" else (host, 0)))
+            if self._closing:
+                self._discard_ready()
+
+    def _discard_ready(self):
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except Exception:
+                return
+            if item is not None:
+                item[0].close()
+
+    def accept(self):
+        if not self._dragon:
+            return super().accept()
+        if self._listener is None:
+            raise OSError("listener is closed")
+        item = self._ready.get()
+        if item is None:
+            self._ready.put(None)  # for the next accept() of another thread
+            raise OSError("listener is closed")
+        c, self._last = item
+        if self._authkey:
+            try:
+                _mpc.deliver_challenge(c, self._authkey)
+                _mpc.answer_challenge(c, self._authkey)
+            except BaseException:
+                c.close()
+                raise
+        return c
+
+    def close(self):
+        if not self._dragon:
+            return super().close()
+        if self._listener is None:
+            return
+        self._closing = True
+        requests, self._requests = self._requests, None
+        listener = self._listener
+        if requests is not None:
+            # No more requests (a client's hand-over now fails: connection refused); the
+            # request thread refuses what is queued, and this process's reference goes, with
+            # the scoped name.
+            try:
+                requests.close()
+            except Exception:
+                pass
+            try:
+                _runtime.client().detach(requests.descriptor)
+            except Exception:
+                pass
+        import socket as _socket
+        try:
+            listener._socket.shutdown(_socket.SHUT_RDWR)  # wakes the socket thread
+        except OSError:
+            pass
+        super().close()
+        # Connections made but not accepted are closed: their clients read end of file.
+        self._discard_ready()
+        self._ready.put(None)
+
+
+def _refuse(to_client, rid):
+    try:
+        to_client.put((rid, None))
+    except Exception:
+        pass
+
+
+def Client(address, family=None, authkey=None):
+    """multiprocessing.connection.Client: Dragon channels to a dragon Listener of the address,
+    the OS socket to anything else."""
+    family = family or _mpc.address_type(address)
+    _mpc._validate_family(family)
+    if authkey is not None and not isinstance(authkey, bytes):
+        raise TypeError("authkey should be a byte string")
+    c = _dragon_connect(address, family)
+    if c is None:
+        return _stock_mpc_client(address, family, authkey)
+    if authkey is not None:
+        try:
+            _mpc.answer_challenge(c, authkey)
+            _mpc.deliver_challenge(c, authkey)
+        except BaseException:
+            c.close()
+            raise
+    return c
+
+
+# While it waits for its answer, a client checks this often that the Listener is still there.
+_LIVENESS_INTERVAL = 1.0
+
+
+class _ConnectState(_threading.local):
+    """A thread's reply channel (reused by its connects) and the request ids it sent."""
+    pid = None
+    reply = None
+    next_id = 0
+
+
+_connect_state = _ConnectState()
+_accept_channels = {}  # name -> (pid, attached accept channel of a dragon Listener)
+
+
+def _accept_channel(name, fresh):
+    pid = os.getpid()
+    found = None if fresh else _accept_channels.get(name)
+    if found is not None and found[0] == pid:
+        return found[1]
+    try:
+        ch = _runtime.attach_channel(name)
+    except LookupError:
+        _accept_channels.pop(name, None)
+        return None
+    _accept_channels[name] = (pid, ch)
+    return ch
+
+
+def _dragon_connect(address, family):
+    keys = _address_keys(address, family, False)
+    if not keys:
+        return None
+    st = _connect_state
+    if st.pid != os.getpid():
+        st.pid, st.reply, st.next_id = os.getpid(), _runtime.new_channel(4), 0
+    refused = ConnectionRefusedError(111, "the dragon Listener of %r closed" % (address,))
+    host = address[0] if isinstance(address, tuple) else ""
+    # A Listener that was cached but has closed since (or whose process ended: dragond closes
+    # its channel) refuses the hand-over at once: then the name is looked up again.
+    for fresh in (False, True):
+        requests = name = None
+        for key in keys:
+            requests = _accept_channel(_LISTENER_PREFIX + key, fresh)
+            if requests is not None:
+                name = _LISTENER_PREFIX + key
+                break
+        if requests is None:
+            return None
+        st.next_id += 1
+        rid = st.next_id
+        try:
+            requests.put((st.reply.descriptor, rid, host))
+            break
+        except ChannelClosed:
+            _accept_channels.pop(name, None)
+    else:
+        raise refused
+    expected = requests.descriptor
+    del requests
+    while True:
+        try:
+            got, conn = st.reply.get(True, _LIVENESS_INTERVAL)
+        except TimeoutError:
+            try:
+                alive = _runtime.lookup_name(name) == expected
+            except LookupError:
+                alive = False
+            if not alive and not st.reply.readable():
+                _accept_channels.pop(name, None)
+                raise refused from None
+            continue
+        if got == rid:
+            break
+        if conn is not None:
+            conn.close()  # the late answer to a request this thread gave up on
+    if conn is None:
+        raise refused
+    return conn
+
+
+class _RoutedListener(Listener):
+    """What multiprocessing.connection.Listener is once dragon is imported: dragon's when the
+    dragon start method is selected, the stock one otherwise."""
+
+    @staticmethod
+    def _use_dragon():
+        return _dragon_selected()
+
+
+_RoutedListener.__name__ = _RoutedListener.__qualname__ = "Listener"
+
+
+def _routed_client(address, family=None, authkey=None):
+    if _dragon_selected():
+        return Client(address, family, authkey)
+    return _stock_mpc_client(address, family, authkey)
+
+
+_routed_client.__name__ = _routed_client.__qualname__ = "Client"
+_routed_client.__doc__ = Client.__doc__
+
+
+class _OsSocketsHere:
+    """Within it, this thread's Listeners and Clients are the OS socket ones."""
+
+    def __enter__(self):
+        _stock_tls.depth = getattr(_stock_tls, "depth", 0) + 1
+
+    def __exit__(self, *exc):
+        _stock_tls.depth -= 1
+
+
+def _with_os_sockets(fn):
+    def call(*args, **kwargs):
+        with _OsSocketsHere():
+            return fn(*args, **kwargs)
+    call.__name__ = fn.__name__
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def _install_listener_client():
+    """multiprocessing.connection's Listener and Client become the routed ones."""
+    if _mpc.Listener is not _RoutedListener:
+        _mpc.Listener = _RoutedListener
+        _mpc.Client = _routed_client
+
+
+def _patch_managers(managers):
+    """The managers' copies of Listener and Client: routed for the 'pickle' serializer, and
+    always dragon's for 'dragon' (the dragon context's Manager)."""
+    managers.listener_client["pickle"] = (_RoutedListener, _routed_client)
+    managers.listener_client["dragon"] = (Listener, Client)
+
+
+def _patch_resource_sharer(resource_sharer):
+    """resource_sharer passes file descriptors, which only the OS socket can carry: it keeps
+    the stock Listener and Client."""
+    rs = resource_sharer._ResourceSharer
+    rs._start = _with_os_sockets(rs._start)
+    rs.stop = _with_os_sockets(rs.stop)
+    rs.get_connection = staticmethod(_with_os_sockets(rs.get_connection))

@@ -69,6 +69,14 @@ class DragonContext(_ctx.BaseContext):
         from .sharedctypes import Array
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self)
 
+    def Manager(self):
+        """A SyncManager whose server is a dragon process and whose connections (proxies to
+        the server) are Dragon channels, whatever the default start method."""
+        from multiprocessing.managers import SyncManager
+        m = SyncManager(ctx=self.get_context(), serializer="dragon")
+        m.start()
+        return m
+
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self)

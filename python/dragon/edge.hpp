@@ -3,6 +3,8 @@
 // timeouts from seconds, and blocking calls sliced so that signals are seen.
 #pragma once
 
+#include <unistd.h>
+
 #include <dragon/client.hpp>
 
 #include <pybind11/pybind11.h>
@@ -79,6 +81,33 @@ inline dragon::ObjectDescriptor parseDesc(const std::string& s) {
   return take(dragon::ObjectDescriptor::fromString(s));
 }
 
+// Releases the GIL for its scope, like py::gil_scoped_release, except when it is over after
+// the interpreter began to finalize: a daemon thread that woke then would be ended inside
+// PyEval_RestoreThread (by pthread_exit), and that unwinding through a destructor aborts the
+// process ("terminate called without an active exception"). Such a thread is parked instead,
+// for the moment the process has left to live.
+class GilReleased {
+ public:
+  GilReleased() : state_(PyEval_SaveThread()) {}
+  GilReleased(const GilReleased&) = delete;
+  GilReleased& operator=(const GilReleased&) = delete;
+  ~GilReleased() {
+    while (_Py_IsFinalizing()) pause();
+    PyEval_RestoreThread(state_);
+  }
+
+ private:
+  PyThreadState* state_;
+};
+
+// Runs f() (a call on the dragond client, which touches no Python object) with the GIL
+// released: a round trip to dragond does not stop the process's other threads.
+template <typename F>
+auto unlocked(F&& f) {
+  GilReleased released;
+  return f();
+}
+
 // Runs a blocking channel call in slices of at most 50 ms with the GIL released, checking for
 // signals between them: Ctrl-C interrupts a blocked get() or acquire() the way it would a
 // blocked stdlib one (KeyboardInterrupt raised before anything was taken).
@@ -94,7 +123,7 @@ Status sliced(const dragon::Timeout& timeout, Op&& op) {
     }
     Status st;
     {
-      py::gil_scoped_release release;
+      GilReleased released;
       st = op(dragon::Timeout::after(std::chrono::nanoseconds(left)));
     }
     if (st.code() != StatusCode::Timeout || (!deadline.isForever() && deadline.expired()) ||

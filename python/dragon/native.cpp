@@ -85,11 +85,17 @@ PYBIND11_MODULE(_native, m) {
                              [](const dragon::Pool& p) { return descOf(p.descriptor()); })
       .def_property_readonly("size", &dragon::Pool::segmentSize)
       .def("alloc",
-           [](dragon::Pool& p, std::size_t bytes) {
+           [](dragon::Pool& p, std::size_t bytes, bool shared) {
              if (bytes == 0) throw py::value_error("an allocation needs at least one byte");
+             if (shared) {
+               return take(p.allocAs(bytes, dragon::OwnerTag::object(), dragon::Timeout::none()))
+                   .offset;
+             }
              return take(p.alloc(bytes)).offset;
            },
-           py::arg("size"), "Allocates size bytes (owned by this process); returns the offset")
+           py::arg("size"), py::arg("shared") = false,
+           "Allocates size bytes, owned by this process (freed if it dies) or, shared, by no "
+           "process (freed by whoever frees it last); returns the offset")
       .def("free",
            [](dragon::Pool& p, std::uint64_t offset) { check(p.free(take(p.allocationAt(offset)))); },
            py::arg("offset"))
@@ -111,6 +117,15 @@ PYBIND11_MODULE(_native, m) {
              std::atomic_ref<std::uint64_t>(*wordAt(p, offset)).store(value);
            },
            py::arg("offset"), py::arg("value"))
+      .def("add_u64",
+           [](const dragon::Pool& p, std::uint64_t offset, std::int64_t delta) {
+             return static_cast<std::int64_t>(
+                 std::atomic_ref<std::uint64_t>(*wordAt(p, offset))
+                     .fetch_add(static_cast<std::uint64_t>(delta)) +
+                 static_cast<std::uint64_t>(delta));
+           },
+           py::arg("offset"), py::arg("delta"),
+           "Atomically adds delta to the first 8 bytes of an allocation; returns the new value")
       .def("cas_u64",
            [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t expected,
               std::uint64_t desired) {
@@ -119,6 +134,17 @@ PYBIND11_MODULE(_native, m) {
            },
            py::arg("offset"), py::arg("expected"), py::arg("desired"),
            "Atomically replaces the word if it holds expected; True if it did")
+      .def("allocations",
+           [](dragon::Pool& p) {
+             std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+             check(p.reclaim([&](dragon::OwnerTag, const dragon::PoolAllocation& a) {
+                      out.emplace_back(a.offset, a.size);
+                      return true;  // keeps every one: a walk, not a reclaim
+                    })
+                       .status());
+             return out;
+           },
+           "(offset, size) of every live allocation")
       .def("stats", [](const dragon::Pool& p) {
         auto s = take(p.stats());
         py::dict d;
@@ -140,6 +166,8 @@ PYBIND11_MODULE(_native, m) {
   py::class_<PyChannel>(m, "Channel")
       .def_property_readonly("descriptor",
                              [](const PyChannel& c) { return descOf(c.ch->descriptor()); })
+      .def_property_readonly("pool", [](const PyChannel& c) { return c.ch->sharedPool(); },
+                             "The pool that holds it (holding it keeps the pool mapped)")
       .def_property_readonly("capacity",
                              [](PyChannel& c) { return c.ch->channel().capacity(); })
       .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
@@ -165,7 +193,7 @@ PYBIND11_MODULE(_native, m) {
            py::arg("socket") = "", py::arg("name") = "python", py::arg("prefault") = true)
       .def("create_pool",
            [](dragon::Client& c, std::uint64_t size, const std::string& name, bool lazy) {
-             return take(c.createPool(size, name, lazy));
+             return take(unlocked([&] { return c.createPool(size, name, lazy); }));
            },
            py::arg("size") = 0, py::arg("name") = "", py::arg("lazy") = false)
       .def("create_channel",
@@ -174,38 +202,55 @@ PYBIND11_MODULE(_native, m) {
              dragon::ChannelOptions o;
              o.capacity = capacity;
              o.inlineSize = inlineSize;
-             return PyChannel{take(c.createChannel(pool->descriptor(), o, name))};
+             const dragon::ObjectDescriptor pd = pool->descriptor();
+             return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); }))};
            },
            py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
            py::arg("name") = "")
       .def("attach_channel",
            [](dragon::Client& c, const std::string& desc) {
              if (desc.rfind("dragon:", 0) == 0) {
-               return PyChannel{take(c.attachChannel(parseDesc(desc)))};
+               const dragon::ObjectDescriptor d = parseDesc(desc);
+               return PyChannel{take(unlocked([&] { return c.attachChannel(d); }))};
              }
-             return PyChannel{take(c.attachChannel(std::string_view(desc)))};
+             return PyChannel{take(unlocked([&] { return c.attachChannel(std::string_view(desc)); }))};
            })
       .def("attach_pool",
            [](dragon::Client& c, const std::string& desc) {
-             if (desc.rfind("dragon:", 0) == 0) return take(c.attachPool(parseDesc(desc)));
-             return take(c.attachPool(std::string_view(desc)));
+             if (desc.rfind("dragon:", 0) == 0) {
+               const dragon::ObjectDescriptor d = parseDesc(desc);
+               return take(unlocked([&] { return c.attachPool(d); }));
+             }
+             return take(unlocked([&] { return c.attachPool(std::string_view(desc)); }));
            })
       .def("detach",
            [](dragon::Client& c, const std::string& d) {
              dragon::Result<dragon::ObjectDescriptor> desc = dragon::ObjectDescriptor::fromString(d);
              if (!desc.has_value()) raise(desc.error());
-             check(c.detach(*desc));
+             check(unlocked([&] { return c.detach(*desc); }));
            })
+      .def("detach_later",
+           [](dragon::Client& c, const std::string& d) {
+             const dragon::ObjectDescriptor desc = parseDesc(d);
+             check(unlocked([&] { return c.detachLater(desc); }));
+           },
+           "Detaches without waiting for dragond's answer")
       .def("destroy",
-           [](dragon::Client& c, const std::string& d) { check(c.destroy(parseDesc(d))); })
+           [](dragon::Client& c, const std::string& d) {
+             const dragon::ObjectDescriptor desc = parseDesc(d);
+             check(unlocked([&] { return c.destroy(desc); }));
+           })
       .def("register_name",
            [](dragon::Client& c, const std::string& name, const std::string& desc, bool scoped) {
-             check(c.registerName(name, parseDesc(desc), scoped));
+             const dragon::ObjectDescriptor d = parseDesc(desc);
+             check(unlocked([&] { return c.registerName(name, d, scoped); }));
            },
            py::arg("name"), py::arg("descriptor"), py::arg("scoped") = false,
            "Names an object; a scoped name goes when this client disconnects")
       .def("lookup_name",
-           [](dragon::Client& c, const std::string& name) { return descOf(take(c.lookupName(name))); })
+           [](dragon::Client& c, const std::string& name) {
+             return descOf(take(unlocked([&] { return c.lookupName(name); })));
+           })
       .def("spawn",
            [](dragon::Client& c, const std::vector<std::string>& argv,
               const std::vector<std::string>& env, const std::string& cwd, const std::string& in,
@@ -229,7 +274,7 @@ PYBIND11_MODULE(_native, m) {
              std::vector<std::tuple<std::uint64_t, int, std::uint64_t>> out2;
              dragon::Result<std::vector<dragon::ProcessInfo>> r = Status(StatusCode::Internal);
              {
-               py::gil_scoped_release release;
+               GilReleased released;
                r = c.spawn(o);
              }
              for (const auto& p : take(std::move(r))) out2.emplace_back(p.puid, p.pid, p.group);
@@ -245,7 +290,7 @@ PYBIND11_MODULE(_native, m) {
              const dragon::Timeout t = timeoutOf(timeout);
              dragon::Result<std::vector<dragon::ExitInfo>> r = Status(StatusCode::Internal);
              {
-               py::gil_scoped_release release;
+               GilReleased released;
                r = c.wait(puids, t);
              }
              std::vector<std::tuple<std::uint64_t, int, int>> out;

@@ -71,6 +71,7 @@ TEST(Objects, AScopedNameGoesWithItsClientAndAPlainOneStays) {
   ASSERT_TRUE(d);
   Client other = d->connect();
   ObjectDescriptor listening, kept;
+  Result<std::unique_ptr<ClientChannel>> held = Status(StatusCode::NotFound);
   {
     Client owner = d->connect();
     auto pool = owner.createPool(1 << 20);
@@ -87,19 +88,34 @@ TEST(Objects, AScopedNameGoesWithItsClientAndAPlainOneStays) {
     ASSERT_TRUE(found.has_value());
     EXPECT_EQ(*found, listening);
     EXPECT_EQ(other.registerName("listen", kept).code(), StatusCode::AlreadyExists);
-    auto attached = other.attachChannel(std::string_view("listen"));
-    ASSERT_TRUE(attached.has_value());
-    ASSERT_TRUE(other.detach(listening).isOk());
+    held = other.attachChannel(std::string_view("listen"));
+    ASSERT_TRUE(held.has_value());
   }  // the owner disconnects
   ASSERT_TRUE(testing::eventually([&] {
     auto r = other.lookupName("listen");
     return !r.has_value() && r.error().code() == StatusCode::NotFound;
   }));
-  // The channel went with its last reference and its name; the plain name still holds its pool.
+  // The channel is closed for the client that still holds it, and goes with that reference.
+  EXPECT_TRUE((*held)->channel().isClosed());
+  EXPECT_EQ((*held)->channel().send(bytesOf("x")).code(), StatusCode::ChannelClosed);
+  ASSERT_TRUE(other.detach(listening).isOk());
+  held = Status(StatusCode::NotFound);
   EXPECT_EQ(other.attachChannel(listening).error().code(), StatusCode::NotFound);
   auto stays = other.lookupName("kept");
   ASSERT_TRUE(stays.has_value());
   EXPECT_EQ(*stays, kept);
+  // A scoped name does not keep its object: the last detach releases both at once.
+  auto pool3 = other.createPool(1 << 20);
+  ASSERT_TRUE(pool3.has_value());
+  const auto desc3 = (*pool3)->descriptor();
+  ASSERT_TRUE(other.registerName("brief", desc3, true).isOk());
+  ASSERT_TRUE(other.lookupName("brief").has_value());
+  ASSERT_TRUE(other.detach(desc3).isOk());
+  EXPECT_EQ(other.lookupName("brief").error().code(), StatusCode::NotFound);
+  EXPECT_EQ(other.attachPool(desc3).error().code(), StatusCode::NotFound);
+  // ...and the name is free again, for a plain name this time.
+  auto pool4 = other.createPool(1 << 20, "brief");
+  ASSERT_TRUE(pool4.has_value());
   // A taken name registered again as scoped stays the plain name it was.
   auto pool2 = other.createPool(1 << 20, "plain");
   ASSERT_TRUE(pool2.has_value());

@@ -437,7 +437,7 @@ class PipeTest(unittest.TestCase):
         q.put(b)
         report = back.get(timeout=30)
         p.join(30)
-        self.assertIn("through a queue or pipe", report)
+        self.assertIn("only a Pipe end lent to a child at its start", report)
         a.close()
         with self.assertRaises(OSError):
             a.fileno()

@@ -135,11 +135,15 @@ class Client {
   Result<std::unique_ptr<ClientChannel>> attachChannel(const ObjectDescriptor& channel);
   Result<std::unique_ptr<ClientChannel>> attachChannel(std::string_view name);
   Status detach(const ObjectDescriptor& object);
+  // Sends the detach without waiting for dragond's answer (which is dropped when it comes, so
+  // a failure goes unreported): for references dropped on a hot path. Later requests of this
+  // client are handled after it.
+  Status detachLater(const ObjectDescriptor& object);
   // Destroys the object now, for every user: its name goes and later attaches fail.
   Status destroy(const ObjectDescriptor& object);
-  // scoped: the name is this client's, gone when it disconnects (and the object with it unless
-  // something else holds it), like a listening address; otherwise it keeps the object alive
-  // until destroy().
+  // A name keeps its object alive until destroy(). A scoped one does not: it is this client's,
+  // like a listening address, and goes with the object or when this client disconnects; a
+  // channel whose scoped name goes that way is also closed (ChannelClosed for its senders).
   Status registerName(std::string_view name, const ObjectDescriptor& object, bool scoped = false);
   Result<ObjectDescriptor> lookupName(std::string_view name);
 
