@@ -119,13 +119,26 @@ Status ObjectManager::detach(std::uint64_t owner, const ObjectDescriptor& object
 }
 
 Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor& object,
-                                   std::uint64_t scopedOwner) {
+                                   std::uint64_t scopedOwner, bool replace) {
   const bool exists = object.kind == ObjectKind::Pool ? pools_.count(object.id) != 0
                                                       : channels_.count(object.id) != 0;
   if (!exists || object.node != node_) {
     return notHere(object);
   }
-  const bool wasNamed = global_.lookupName(name).has_value();
+  auto previous = global_.lookupName(name);
+  if (replace && scopedOwner != 0 && previous.has_value() && !(*previous == object) &&
+      scoped_.count(name) != 0) {
+    const ObjectDescriptor old = *previous;
+    for (auto it = scopedNames_.begin(); it != scopedNames_.end();) {
+      it = it->second.name == name ? scopedNames_.erase(it) : std::next(it);
+    }
+    scoped_.erase(scoped_.find(name));
+    (void)global_.dropName(name, old);
+    closeChannel(old);
+    maybeRelease(old);
+    previous = Status(StatusCode::NotFound);
+  }
+  const bool wasNamed = previous.has_value();
   DRAGON_TRY(global_.registerName(name, object));
   if (scopedOwner != 0 && !wasNamed) {
     scopedNames_.emplace(scopedOwner, ScopedName{std::string(name), object});

@@ -54,8 +54,11 @@ class ObjectManager {
   // and goes with the object or when the owner's references do (releaseOwner); a channel whose
   // scoped name goes that way is also closed (nobody is left to answer what is sent to it).
   // A name that is taken already stays what it was.
+  // replace (scoped only): a scoped name that is taken is moved to this object, and the
+  // object it named loses it as if its owner had gone (a listening address that was bound
+  // again: the process that binds it knows the old name is stale).
   Status registerName(std::string_view name, const ObjectDescriptor& object,
-                      std::uint64_t scopedOwner = 0);
+                      std::uint64_t scopedOwner = 0, bool replace = false);
   // Drops every reference `owner` holds (its connection closed).
   void releaseOwner(std::uint64_t owner);
 

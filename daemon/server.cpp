@@ -296,7 +296,8 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kRegisterName: {
       auto d = pb::fromRef(msg.register_name().object());
       const auto& r = msg.register_name();
-      Status st = d.has_value() ? objects_->registerName(r.name(), *d, r.scoped() ? owner : 0)
+      Status st = d.has_value() ? objects_->registerName(r.name(), *d, r.scoped() ? owner : 0,
+                                                         r.replace())
                                 : d.error();
       st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
       return;

@@ -394,10 +394,12 @@ Status Client::destroy(const ObjectDescriptor& object) {
   return impl_->call(req).status();
 }
 
-Status Client::registerName(std::string_view name, const ObjectDescriptor& object, bool scoped) {
+Status Client::registerName(std::string_view name, const ObjectDescriptor& object, bool scoped,
+                            bool replace) {
   pb::Envelope req;
   req.mutable_register_name()->set_name(std::string(name));
   req.mutable_register_name()->set_scoped(scoped);
+  req.mutable_register_name()->set_replace(replace);
   *req.mutable_register_name()->mutable_object() = pb::toRef(object);
   return impl_->call(req).status();
 }

@@ -183,9 +183,9 @@ def attach_pool(descriptor):
         return found
 
 
-def register_name(name, descriptor, scoped=False):
+def register_name(name, descriptor, scoped=False, replace=False):
     with _lock:
-        client().register_name(name, descriptor, scoped)
+        client().register_name(name, descriptor, scoped, replace)
 
 
 def lookup_name(name):

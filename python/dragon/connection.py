@@ -29,14 +29,17 @@ class Connection:
     poll)."""
 
     def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None,
-                 fd=None):
+                 fd=None, peer=None):
         self._recv = recv_channel
         self._send = send_channel
         self._readable = readable
         self._writable = writable
-        self._writers = writers  # the offset of the count in the send channel's pool
+        self._writers = writers  # the offset of the send channel's writer record, in its pool
+        self._peer = peer  # the recv channel's writer record, for a connection with one peer
         self._fd = fd
         self._closed = False
+        self._peer_dead = False
+        self._handover = False
 
     def __getstate__(self):
         # Descriptors are valid in any process of the runtime: a Connection may travel through
@@ -44,22 +47,29 @@ class Connection:
         if self._closed:
             raise OSError("handle is closed")
         if self._send is not None and self._writers is not None:
+            pool = self._send.pool
             # The other process's handle, counted before this one can close.
-            self._send.pool.add_u64(self._writers, 1)
+            pool.add_u64(self._writers, 1)
+            if not self._handover:
+                pool.store_u64(self._writers, _MANY_WRITERS, 1)
         fd = None
         popen = context.get_spawning_popen()
         if popen is not None and self._fd is not None:
             fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket
         return (self._recv.descriptor if self._recv else None,
                 self._send.descriptor if self._send else None, self._readable, self._writable,
-                self._writers, fd)
+                self._writers, fd, self._peer)
 
     def __setstate__(self, state):
-        r, s, self._readable, self._writable, self._writers, self._fd = state
+        r, s, self._readable, self._writable, self._writers, self._fd, self._peer = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
+        self._peer_dead = False
+        self._handover = False
         if self._send is not None and self._writers is not None:
+            # The end a Listener handed over: this process is now its one writer.
+            self._send.pool.cas_u64(self._writers, 0, os.getpid(), 1)
             _open_writers.add(self)  # a process that exits gives back its handle
 
     def _close_fd(self):
@@ -137,10 +147,41 @@ class Connection:
         self._send.send(dumps_inband(obj), None)
 
     def _recv_message(self, timeout=None):
+        if self._peer is not None:
+            return self._watching_peer(self._recv.recv)
         try:
             return self._recv.recv(timeout)
         except ChannelClosed:
             raise EOFError from None
+
+    def _peer_gone(self):
+        """True once the one process that can write to this end has died (killed: one that
+        exits closes its handle, and the channel)."""
+        if self._peer_dead:
+            return True
+        if self._peer is None or self._recv is None:
+            return False
+        try:
+            pid = self._recv.pool.load_u64(self._peer, 1)
+        except Exception:
+            return False
+        if pid in (0, _MANY_WRITERS) or _process_alive(pid):
+            return False
+        self._peer_dead = True
+        return True
+
+    def _watching_peer(self, receive):
+        """receive(timeout) until a message comes, the channel closes, or the peer is found dead
+        (checked each _PEER_CHECK seconds): then EOFError, as a socket would report a peer
+        that was killed."""
+        while True:
+            try:
+                return receive(0 if self._peer_dead else _PEER_CHECK)
+            except ChannelClosed:
+                raise EOFError from None
+            except TimeoutError:
+                if self._peer_gone():
+                    raise EOFError("the peer process died") from None
 
     def recv_bytes(self, maxlength=None):
         self._check(True)
@@ -165,13 +206,16 @@ class Connection:
 
     def recv(self):
         self._check(True)
+        if self._peer is not None:
+            return self._watching_peer(self._recv.recv_object)
         try:
             return self._recv.recv_object(None)  # unpickled from the message in place
         except ChannelClosed:
             raise EOFError from None
 
     def _dragon_ready(self):
-        return self._recv is not None and (self._recv.readable() or self._recv.is_closed())
+        return self._recv is not None and (self._recv.readable() or self._recv.is_closed()
+                                           or self._peer_gone())
 
     def poll(self, timeout=0.0):
         self._check(True)
@@ -184,13 +228,36 @@ class Connection:
         self.close()
 
 
-def _writer_count(channel):
+# A writer record: word 0 counts the handles that can write to a channel, word 1 is the pid of
+# the one process that holds them, 0 while a Listener's hand-over is in flight, or this when
+# there may be several (a Pipe's ends, or any end pickled for another process).
+_MANY_WRITERS = (1 << 64) - 1
+# How often a receive that waits checks that the peer is alive.
+_PEER_CHECK = 1.0
+
+
+def _writer_count(channel, pid=_MANY_WRITERS):
     """A count of one writer of `channel`, in its pool: shared, so that it outlives the process
     that made it (the last writer to close frees it)."""
     pool = channel.pool
-    offset = pool.alloc(8, shared=True)
+    offset = pool.alloc(16, shared=True)
     pool.store_u64(offset, 1)
+    pool.store_u64(offset, pid, 1)
     return offset
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead too
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 # The handles this process received from others: closed when it exits.
@@ -206,11 +273,15 @@ atexit.register(_close_open_writers)
 
 
 def _channel_pair():
-    """A duplex Pipe without the socketpair: the two ends of a Listener's connection."""
+    """The two ends of a Listener's connection: a duplex Pipe without the socketpair, whose
+    ends each have one writer (this process, and the client that will claim the other end),
+    so that a reader finds out when its peer was killed."""
     a = _runtime.new_channel(PIPE_CAPACITY)
     b = _runtime.new_channel(PIPE_CAPACITY)
-    return (Connection(a, b, writers=_writer_count(b)),
-            Connection(b, a, writers=_writer_count(a)))
+    wa, wb = _writer_count(a, 0), _writer_count(b, os.getpid())
+    mine, theirs = Connection(a, b, writers=wb, peer=wa), Connection(b, a, writers=wa, peer=wb)
+    theirs._handover = True
+    return mine, theirs
 
 
 def Pipe(duplex=True):
@@ -369,6 +440,7 @@ class Listener(_mpc.Listener):
     connection is accepted, as with a socket)."""
 
     ACCEPT_CAPACITY = 256
+    _dragon = False  # stock subclasses (XmlListener) reach these methods too
 
     @staticmethod
     def _use_dragon():
@@ -376,6 +448,8 @@ class Listener(_mpc.Listener):
 
     def __init__(self, address=None, family=None, backlog=1, authkey=None):
         self._dragon = self._use_dragon()
+        if authkey is not None and not isinstance(authkey, bytes):
+            raise TypeError("authkey should be a byte string")  # before binding: no socket left
         super().__init__(address, family, backlog, authkey)  # binds, or raises what stock does
         if not self._dragon:
             return
@@ -389,7 +463,11 @@ class Listener(_mpc.Listener):
         if keys is not None:
             try:
                 ch = _runtime.new_channel(self.ACCEPT_CAPACITY)
-                _runtime.register_name(_LISTENER_PREFIX + keys[0], ch.descriptor, scoped=True)
+                # This process holds the bound socket, so a dragon Listener that had the address
+                # is gone (its process not yet seen out by dragond, or its socket closed
+                # without close()): its name is stale, and taken over.
+                _runtime.register_name(_LISTENER_PREFIX + keys[0], ch.descriptor, scoped=True,
+                                       replace=True)
             except FileExistsError:
                 self._listener.close()
                 raise OSError(98, "the address is in use by another dragon Listener: %r"

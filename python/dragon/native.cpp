@@ -49,11 +49,13 @@ dragon::Stdio stdioOf(const std::string& s) {
   throw py::value_error("stdio mode is one of inherit, capture, null, file, passed: " + s);
 }
 
-// The first word of a live allocation of at least 8 bytes (allocations are 8-aligned).
-std::uint64_t* wordAt(const dragon::Pool& p, std::uint64_t offset) {
+// Word `index` of a live allocation (allocations are 8-aligned).
+std::uint64_t* wordAt(const dragon::Pool& p, std::uint64_t offset, std::uint64_t index) {
   const dragon::PoolAllocation a = take(p.allocationAt(offset));
-  if (a.size < sizeof(std::uint64_t)) throw py::value_error("the allocation is under 8 bytes");
-  return static_cast<std::uint64_t*>(p.pointerAt(offset));
+  if (a.size / sizeof(std::uint64_t) <= index) {
+    throw py::value_error("the allocation has no word " + std::to_string(index));
+  }
+  return static_cast<std::uint64_t*>(p.pointerAt(offset)) + index;
 }
 
 // Writable memory of a live pool allocation, exported through the buffer protocol; holding it
@@ -108,31 +110,34 @@ PYBIND11_MODULE(_native, m) {
            py::arg("offset"), py::arg("size"),
            "A writable buffer over an allocation (it keeps the pool mapped)")
       .def("load_u64",
-           [](const dragon::Pool& p, std::uint64_t offset) {
-             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset)).load();
+           [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t index) {
+             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset, index)).load();
            },
-           py::arg("offset"), "Atomically reads the first 8 bytes of an allocation")
+           py::arg("offset"), py::arg("index") = 0,
+           "Atomically reads word `index` (8 bytes) of an allocation")
       .def("store_u64",
-           [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t value) {
-             std::atomic_ref<std::uint64_t>(*wordAt(p, offset)).store(value);
+           [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t value,
+              std::uint64_t index) {
+             std::atomic_ref<std::uint64_t>(*wordAt(p, offset, index)).store(value);
            },
-           py::arg("offset"), py::arg("value"))
+           py::arg("offset"), py::arg("value"), py::arg("index") = 0)
       .def("add_u64",
-           [](const dragon::Pool& p, std::uint64_t offset, std::int64_t delta) {
+           [](const dragon::Pool& p, std::uint64_t offset, std::int64_t delta,
+              std::uint64_t index) {
              return static_cast<std::int64_t>(
-                 std::atomic_ref<std::uint64_t>(*wordAt(p, offset))
+                 std::atomic_ref<std::uint64_t>(*wordAt(p, offset, index))
                      .fetch_add(static_cast<std::uint64_t>(delta)) +
                  static_cast<std::uint64_t>(delta));
            },
-           py::arg("offset"), py::arg("delta"),
-           "Atomically adds delta to the first 8 bytes of an allocation; returns the new value")
+           py::arg("offset"), py::arg("delta"), py::arg("index") = 0,
+           "Atomically adds delta to word `index` of an allocation; returns the new value")
       .def("cas_u64",
            [](const dragon::Pool& p, std::uint64_t offset, std::uint64_t expected,
-              std::uint64_t desired) {
-             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset))
+              std::uint64_t desired, std::uint64_t index) {
+             return std::atomic_ref<std::uint64_t>(*wordAt(p, offset, index))
                  .compare_exchange_strong(expected, desired);
            },
-           py::arg("offset"), py::arg("expected"), py::arg("desired"),
+           py::arg("offset"), py::arg("expected"), py::arg("desired"), py::arg("index") = 0,
            "Atomically replaces the word if it holds expected; True if it did")
       .def("allocations",
            [](dragon::Pool& p) {
@@ -241,11 +246,13 @@ PYBIND11_MODULE(_native, m) {
              check(unlocked([&] { return c.destroy(desc); }));
            })
       .def("register_name",
-           [](dragon::Client& c, const std::string& name, const std::string& desc, bool scoped) {
+           [](dragon::Client& c, const std::string& name, const std::string& desc, bool scoped,
+              bool replace) {
              const dragon::ObjectDescriptor d = parseDesc(desc);
-             check(unlocked([&] { return c.registerName(name, d, scoped); }));
+             check(unlocked([&] { return c.registerName(name, d, scoped, replace); }));
            },
            py::arg("name"), py::arg("descriptor"), py::arg("scoped") = false,
+           py::arg("replace") = false,
            "Names an object; a scoped name goes when this client disconnects")
       .def("lookup_name",
            [](dragon::Client& c, const std::string& name) {

@@ -131,6 +131,42 @@ TEST(Objects, AScopedNameGoesWithItsClientAndAPlainOneStays) {
   EXPECT_TRUE(other.lookupName("plain").has_value());
 }
 
+TEST(Objects, AScopedNameIsTakenOverWithReplaceAndAPlainOneNever) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client b = d->connect();
+  auto bPool = b.createPool(1 << 20);
+  ASSERT_TRUE(bPool.has_value());
+  auto bChannel = b.createChannel((*bPool)->descriptor(), ChannelOptions{});
+  ASSERT_TRUE(bChannel.has_value());
+  {
+    Client a = d->connect();
+    auto aPool = a.createPool(1 << 20);
+    ASSERT_TRUE(aPool.has_value());
+    auto aChannel = a.createChannel((*aPool)->descriptor(), ChannelOptions{});
+    ASSERT_TRUE(aChannel.has_value());
+    ASSERT_TRUE(a.registerName("addr", (*aChannel)->descriptor(), true).isOk());
+    // Without replace a taken name stays taken.
+    EXPECT_EQ(b.registerName("addr", (*bChannel)->descriptor(), true).code(),
+              StatusCode::AlreadyExists);
+    ASSERT_TRUE(b.registerName("addr", (*bChannel)->descriptor(), true, true).isOk());
+    auto found = b.lookupName("addr");
+    ASSERT_TRUE(found.has_value());
+    EXPECT_EQ(*found, (*bChannel)->descriptor());
+    // The channel that lost the name is closed for its holder.
+    EXPECT_TRUE((*aChannel)->channel().isClosed());
+    ASSERT_TRUE(a.registerName("gone-with-a", (*aPool)->descriptor(), true).isOk());
+  }  // a disconnects: the name it lost is not taken from b
+  ASSERT_TRUE(testing::eventually([&] { return !b.lookupName("gone-with-a").has_value(); }));
+  auto still = b.lookupName("addr");
+  ASSERT_TRUE(still.has_value());
+  EXPECT_EQ(*still, (*bChannel)->descriptor());
+  // A plain name is never replaced.
+  ASSERT_TRUE(b.registerName("plain-addr", (*bPool)->descriptor()).isOk());
+  EXPECT_EQ(b.registerName("plain-addr", (*bChannel)->descriptor(), true, true).code(),
+            StatusCode::AlreadyExists);
+}
+
 TEST(Objects, DetachOfTheLastReferenceReleasesAndDestroyEndsAtOnce) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);

@@ -144,7 +144,10 @@ class Client {
   // A name keeps its object alive until destroy(). A scoped one does not: it is this client's,
   // like a listening address, and goes with the object or when this client disconnects; a
   // channel whose scoped name goes that way is also closed (ChannelClosed for its senders).
-  Status registerName(std::string_view name, const ObjectDescriptor& object, bool scoped = false);
+  // replace (with scoped): takes over a name another scoped registration holds (its channel is
+  // closed, as if its client had gone); a plain name is never replaced.
+  Status registerName(std::string_view name, const ObjectDescriptor& object, bool scoped = false,
+                      bool replace = false);
   Result<ObjectDescriptor> lookupName(std::string_view name);
 
   // Processes.
