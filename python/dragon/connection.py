@@ -427,7 +427,10 @@ def _is_local(ip):
     return ip in _local_ips
 
 
-class Listener(_mpc.Listener):
+_StockListener = _mpc.Listener
+
+
+class Listener(_StockListener):
     """multiprocessing.connection.Listener whose connections from dragon Clients are Dragon
     channels (see above). accept() takes both kinds; last_accepted is the peer's socket address
     for a socket connection, and for a dragon one what an unnamed peer has: '' for AF_UNIX,
@@ -440,7 +443,7 @@ class Listener(_mpc.Listener):
     connection is accepted, as with a socket)."""
 
     ACCEPT_CAPACITY = 256
-    _dragon = False  # stock subclasses (XmlListener) reach these methods too
+    _dragon = False
 
     @staticmethod
     def _use_dragon():
@@ -451,7 +454,7 @@ class Listener(_mpc.Listener):
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")  # before binding: no socket left
         super().__init__(address, family, backlog, authkey)  # binds, or raises what stock does
-        if not self._dragon:
+        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
             return
         import queue
         self._family = family or (address and _mpc.address_type(address)) or _mpc.default_family
@@ -483,8 +486,8 @@ class Listener(_mpc.Listener):
 
     @property
     def last_accepted(self):
-        if not self._dragon or self._listener is None:
-            return super().last_accepted
+        if not getattr(self, "_dragon", False) or self._listener is None:
+            return _StockListener.last_accepted.fget(self)
         return self._last
 
     def _serve_socket(self, listener):
@@ -553,8 +556,8 @@ class Listener(_mpc.Listener):
                 item[0].close()
 
     def accept(self):
-        if not self._dragon:
-            return super().accept()
+        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
+            return _StockListener.accept(self)
         if self._listener is None:
             raise OSError("listener is closed")
         item = self._ready.get()
@@ -572,8 +575,8 @@ class Listener(_mpc.Listener):
         return c
 
     def close(self):
-        if not self._dragon:
-            return super().close()
+        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
+            return _StockListener.close(self)
         if self._listener is None:
             return
         self._closing = True
