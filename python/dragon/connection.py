@@ -763,9 +763,41 @@ def _install_listener_client():
 
 def _patch_managers(managers):
     """The managers' copies of Listener and Client: routed for the 'pickle' serializer, and
-    always dragon's for 'dragon' (the dragon context's Manager)."""
+    always dragon's for 'dragon' (the dragon context's Manager). A manager started with the
+    dragon context gets its server's address back over a dragon Pipe, not an OS pipe."""
     managers.listener_client["pickle"] = (_RoutedListener, _routed_client)
     managers.listener_client["dragon"] = (Listener, Client)
+    stock_start = managers.BaseManager.start
+
+    def start(self, initializer=None, initargs=()):
+        from .context import DragonContext
+        if not isinstance(getattr(self, "_ctx", None), DragonContext):
+            return stock_start(self, initializer, initargs)
+        _pipe_tls.dragon = getattr(_pipe_tls, "dragon", 0) + 1
+        try:
+            return stock_start(self, initializer, initargs)
+        finally:
+            _pipe_tls.dragon -= 1
+
+    start.__doc__ = stock_start.__doc__
+    managers.BaseManager.start = start
+    if _mpc.Pipe is _stock_mpc_pipe:
+        _mpc.Pipe = _routed_pipe
+
+
+# multiprocessing.connection.Pipe is a dragon Pipe only inside a dragon manager's start(): other
+# stdlib code that calls it (a stock context's Queue) keeps OS pipes.
+_pipe_tls = _threading.local()
+_stock_mpc_pipe = _mpc.Pipe
+
+
+def _routed_pipe(duplex=True):
+    if getattr(_pipe_tls, "dragon", 0):
+        return Pipe(duplex)
+    return _stock_mpc_pipe(duplex)
+
+
+_routed_pipe.__doc__ = _stock_mpc_pipe.__doc__
 
 
 def _patch_resource_sharer(resource_sharer):

@@ -237,6 +237,26 @@ class ManagerTest(unittest.TestCase):
             q.put([1, 2])
             self.assertEqual(q.get(timeout=10), [1, 2])
 
+    def test_the_server_address_comes_back_over_a_dragon_pipe_and_other_pipes_stay_stock(self):
+        made = []
+        real = dconnection.Pipe
+
+        def spy(duplex=True):
+            made.append(real(duplex))
+            return made[-1]
+
+        dconnection.Pipe = spy
+        try:
+            with CTX.Manager():
+                pass
+        finally:
+            dconnection.Pipe = real
+        self.assertEqual(len(made), 1)
+        a, b = connection.Pipe()  # the stdlib's own callers (a stock context's Queue) keep it
+        self.assertIsInstance(a, connection.Connection)
+        a.close()
+        b.close()
+
     def test_module_level_manager_follows_the_selected_method(self):
         with mp.Manager() as m:
             shared = m.list([1])
