@@ -79,7 +79,8 @@ Result<std::size_t> Channel::waitAny(std::span<WaitItem> items, Timeout timeout)
     for (WaitItem& it : items) {
       unsigned ready = 0;
       const auto ev = static_cast<unsigned>(it.events);
-      if ((ev & 1u) != 0 && it.channel->readable()) {
+      // Readable: a recv would not block, which a closed channel's would not either.
+      if ((ev & 1u) != 0 && (it.channel->readable() || it.channel->isClosed())) {
         ready |= 1u;
       }
       if ((ev & 2u) != 0 && it.channel->writable()) {

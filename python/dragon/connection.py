@@ -9,7 +9,7 @@ import weakref
 
 from multiprocessing import context
 
-from . import _runtime
+from . import _native, _runtime
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
@@ -82,9 +82,14 @@ class Connection:
 
     def __del__(self):
         # Like an fd: a handle that is collected is closed (the peer may see end of file).
-        if not getattr(self, "_closed", True):
-            self.close()
-        self._close_fd()
+        # At interpreter exit the modules it uses may be gone already: then nothing is left
+        # to do (the process's exit closes everything).
+        try:
+            if not getattr(self, "_closed", True):
+                self.close()
+            self._close_fd()
+        except Exception:
+            pass
 
     @property
     def closed(self):
@@ -217,6 +222,10 @@ class Connection:
         return self._recv is not None and (self._recv.readable() or self._recv.is_closed()
                                            or self._peer_gone())
 
+    def _dragon_channel(self):
+        """The channel connection.wait sleeps on (None: this end never becomes readable)."""
+        return self._recv
+
     def poll(self, timeout=0.0):
         self._check(True)
         return bool(wait([self], timeout))
@@ -301,16 +310,30 @@ def _backoff():
     return itertools.chain((0.0001, 0.0005, 0.001), itertools.repeat(0.005))
 
 
+def _fd_of(o):
+    return o if isinstance(o, int) else o.fileno()
+
+
 def wait(object_list, timeout=None):
     """multiprocessing.connection.wait that also takes dragon Connections and Queues (and a
-    Queue's `_reader`): those are checked between bounded waits on the rest (fds: sentinels,
-    sockets), which still wake it at once."""
+    Queue's `_reader`). Their channels are waited on with their futexes, with the GIL
+    released; the other objects' fds (sentinels, sockets) are polled in between, at most 5 ms
+    apart. A Listener connection is also checked each second for a killed peer."""
     ours = [o for o in object_list if hasattr(o, "_dragon_ready")]
     if not ours:
         return _stdlib_wait(object_list, timeout)
     others = [o for o in object_list if not hasattr(o, "_dragon_ready")]
     end = None if timeout is None else time.monotonic() + timeout
-    for delay in _backoff():
+    channels = [o._dragon_channel() for o in ours]
+    channels = [c for c in channels if c is not None]
+    peers = any(getattr(o, "_peer", None) is not None for o in ours)
+    try:
+        fds = [_fd_of(o) for o in others]
+    except (AttributeError, OSError, ValueError):
+        fds = None  # something without a usable fd: let the stdlib's wait report it
+    native = bool(channels) and len(channels) <= 64 and fds is not None
+    backoff = _backoff()
+    while True:
         ready = [o for o in ours if o._dragon_ready()]
         if others:
             ready += _stdlib_wait(others, 0)
@@ -319,7 +342,13 @@ def wait(object_list, timeout=None):
         left = None if end is None else end - time.monotonic()
         if left is not None and left <= 0:
             return []
-        step = delay if left is None else min(delay, left)
+        if native:
+            step = left
+            if peers:
+                step = _PEER_CHECK if step is None else min(step, _PEER_CHECK)
+            _native.wait_any(channels, fds, step)
+            continue
+        step = next(backoff) if left is None else min(next(backoff), left)
         if others:
             woke = _stdlib_wait(others, step)
             if woke:

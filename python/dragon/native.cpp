@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <poll.h>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -66,6 +67,48 @@ struct PoolView {
   std::size_t size;
 };
 
+// connection.wait over dragon channels and fds. The channels are waited on with their futexes
+// (Channel::waitAny); fds, which no futex reports, are polled between slices of that wait that
+// grow from 50 us to 5 ms. The GIL is released throughout (other threads run), and signals are
+// checked between slices, as in every blocking call here.
+bool waitAnyOf(const std::vector<PyChannel*>& channels, const std::vector<int>& fds,
+               const py::object& timeout) {
+  if (channels.empty() || channels.size() > dragon::Channel::kMaxWaitItems) {
+    throw py::value_error("wait_any takes 1 to 64 channels");
+  }
+  std::vector<dragon::Channel::WaitItem> items;
+  items.reserve(channels.size());
+  for (PyChannel* c : channels) {
+    if (c == nullptr) throw py::value_error("wait_any: None is not a channel");
+    items.push_back({&c->ch->channel(), dragon::WaitFor::Readable, {}});
+  }
+  std::vector<pollfd> pfds;
+  for (int fd : fds) pfds.push_back({fd, POLLIN, 0});
+  const dragon::Deadline deadline(timeoutOf(timeout));
+  constexpr std::int64_t kSignalSliceNs = 50'000'000;
+  std::int64_t slice = pfds.empty() ? kSignalSliceNs : 50'000;
+  for (;;) {
+    std::int64_t left = slice;
+    if (!deadline.isForever()) {
+      left = std::min(slice, deadline.monotonicNs() - dragon::monotonicNowNs());
+      if (left < 0) left = 0;
+    }
+    dragon::Result<std::size_t> n = std::size_t{0};
+    bool fdReady = false;
+    {
+      GilReleased released;
+      if (!pfds.empty()) fdReady = ::poll(pfds.data(), pfds.size(), 0) > 0;
+      if (!fdReady) n = dragon::Channel::waitAny(items, dragon::Timeout::after(std::chrono::nanoseconds(left)));
+    }
+    if (fdReady) return true;
+    if (!n.has_value()) raise(n.error());
+    if (*n > 0) return true;
+    if (!deadline.isForever() && deadline.expired()) return false;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (!pfds.empty()) slice = std::min<std::int64_t>(slice * 2, 5'000'000);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -79,6 +122,9 @@ PYBIND11_MODULE(_native, m) {
 
   bindCodec(m);
 
+  m.def("wait_any", &waitAnyOf, py::arg("channels"), py::arg("fds"), py::arg("timeout"),
+        "Waits until one of the channels is readable or closed, or one of the fds readable "
+        "(True), or the timeout (seconds, None: forever) passes (False)");
   m.def("default_socket_path", &dragon::defaultSocketPath);
   m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
 

@@ -6,12 +6,20 @@ result handler...), over dragon SimpleQueues. One thing differs: apply_async() p
 into the task channel from the calling thread, where the stdlib hands it to the task-handler
 thread first. A channel takes puts from any thread or process at once, so the extra thread
 hand-over (tens of microseconds of wake-up on every call) buys nothing here. Map-style calls
-still go through the task handler, which feeds their chunks lazily as the stdlib does.
+still go through the task handler, which feeds their chunks lazily as the stdlib does. And
+the worker handler does not wake for each result (below).
 """
 from multiprocessing import pool as _pool
 
 
 class Pool(_pool.Pool):
+    def _get_sentinels(self):
+        # The worker-handler thread wakes for worker exits and the change notifier (state
+        # changes, the cache drained), as the stdlib's ThreadPool has it; not for every result
+        # that reaches the result queue, where it would spin on the GIL against the result
+        # handler and the caller until the result handler took the result.
+        return [self._change_notifier._reader]
+
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
         self._check_running()
         result = _pool.ApplyResult(self, callback, error_callback)

@@ -67,6 +67,9 @@ class Queue:
         """For connection.wait: a get would not block (or the queue is closed)."""
         return self._channel.readable() or self._channel.is_closed()
 
+    def _dragon_channel(self):
+        return self._channel
+
     @property
     def _reader(self):
         # Code written for the stdlib Queue waits on q._reader: here that is the queue itself.

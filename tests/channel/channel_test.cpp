@@ -359,6 +359,30 @@ TEST_F(ChannelTest, WaitAnySleepsUntilAnotherProcessSends) {
   munmap(go, 4096);
 }
 
+TEST_F(ChannelTest, WaitAnyReportsAChannelClosedWhileItSleeps) {
+  Channel a = make(1), b = make(1);
+  const ObjectDescriptor bd = b.descriptor();
+  auto* go = static_cast<std::atomic<int>*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  new (go) std::atomic<int>(0);
+  pid_t pid = forkChild([&] {
+    auto mine = Channel::attach(*pool_, bd);
+    if (!mine) return 2;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (go->load() == 0 && std::chrono::steady_clock::now() < deadline) sched_yield();
+    return mine->close().isOk() ? 0 : 3;
+  });
+  Channel::WaitItem items[2] = {{&a, WaitFor::Readable, {}}, {&b, WaitFor::Readable, {}}};
+  go->store(1);
+  // Closed and empty: a recv would not block (it reports ChannelClosed), so it is ready.
+  auto n = Channel::waitAny(items, Timeout::after(20s));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(items[1].ready, WaitFor::Readable);
+  EXPECT_EQ(exitCodeOf(waitFor(pid, 10s)), 0);
+  munmap(go, 4096);
+}
+
 TEST_F(ChannelTest, WaitAnyRejectsBadItems) {
   Channel a = make();
   std::vector<Channel::WaitItem> many(Channel::kMaxWaitItems + 1, {&a, WaitFor::Readable, {}});

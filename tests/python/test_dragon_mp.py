@@ -63,6 +63,11 @@ def write_to_received_fd(conn, data):
     os.close(fd)
 
 
+def close_after_ready(conn):
+    conn.send("ready")
+    conn.close()
+
+
 def forward_pipe_end(q, back):
     end = q.get(timeout=30)
     try:
@@ -584,6 +589,24 @@ class PoolAndWaitTest(unittest.TestCase):
         self.assertEqual(wait([a, q._reader], 30), [q])  # stdlib-style code waits on _reader
         self.assertEqual(q.get(timeout=5)[:2], (3, 9))
         p.join(30)
+        # A peer that closes its end (in another process) wakes a wait that sleeps on the
+        # channel: the closed channel is ready (recv reports EOFError).
+        p = CTX.Process(target=close_after_ready, args=(b,))
+        p.start()
+        b.close()
+        self.assertEqual(a.recv(), "ready")
+        self.assertEqual(wait([a], 30), [a])
+        with self.assertRaises(EOFError):
+            a.recv()
+        p.join(30)
+
+    def test_connection_wait_with_more_than_64_dragon_objects(self):
+        from multiprocessing.connection import wait
+        pipes = [CTX.Pipe() for _ in range(70)]
+        readers = [r for r, _ in pipes]
+        self.assertEqual(wait(readers, 0.05), [])
+        pipes[67][1].send(1)
+        self.assertEqual(wait(readers, 30), [readers[67]])
 
 
 class LauncherTest(unittest.TestCase):
