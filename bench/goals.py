@@ -63,6 +63,10 @@ INFO = {
         ("py_queue_tput_16MiB_bytes_vs_stock", "py_dragon_queue_tput_16MiB_bytes",
          "py_stock_queue_tput_16MiB_bytes"),
         ("py_start_join_vs_spawn", "py_dragon_start_join", "py_spawn_start_join"),
+        # What one copy allows: a ratio near 1 means put() costs its one copy and little else.
+        ("py_queue_tput_1MiB_numpy_vs_one_copy", "py_dragon_queue_tput_1MiB", "py_copyto_1MiB"),
+        ("py_queue_tput_16MiB_numpy_vs_one_copy", "py_dragon_queue_tput_16MiB",
+         "py_copyto_16MiB"),
     ],
 }
 

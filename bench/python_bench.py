@@ -183,6 +183,20 @@ class Bench:
         return statistics.median(reps), "us"
 
 
+def _copy_bandwidth(size, quick):
+    import numpy
+    src = numpy.ones(size // 8)
+    dst = numpy.empty_like(src)
+    n = max(4, (2 if quick else 10) * (64 << 20) // size)
+    reps = []
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            numpy.copyto(dst, src)
+        reps.append(n * size / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(reps)
+
+
 # name -> (how to measure it, True when higher is better)
 METRICS = {
     "queue_rtt_8B": (lambda b: b.queue_rtt(8), False),
@@ -217,6 +231,12 @@ def main():
             value, unit = METRICS[name][0](b)
             results[(method, name)] = (value, unit)
             print(f"metric py_{method}_{name} {value:.4g} {unit}", flush=True)
+    # The ceiling of a transfer that copies once: numpy.copyto between two arrays of the size,
+    # in this process (what one put of an array costs at the least; context, never judged).
+    if any(n in names for n in ("queue_tput_1MiB", "queue_tput_16MiB")):
+        for size, label in ((1 << 20, "1MiB"), (16 << 20, "16MiB")):
+            value = _copy_bandwidth(size, args.quick)
+            print(f"metric py_copyto_{label} {value:.4g} GB/s", flush=True)
     stock = [m for m in methods if m != "dragon"]
     for name in names:
         if not stock:
