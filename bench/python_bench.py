@@ -4,7 +4,8 @@ and forkserver, measured in one run on this machine.
 
 Prints `metric py_<method>_<name> <value> <unit>` for every method, and
 `metric py_stock_<name> ...` with the best stock method's figure, which bench/goals.py
-compares Dragon's with. Each figure is the median of REPS repetitions.
+compares Dragon's with. Each figure is the median of ROUNDS rounds (the methods measured one
+after another for each metric, in rotating order), each the median of REPS repetitions.
 
     /usr/bin/python3 bench/python_bench.py [--methods fork,spawn,forkserver,dragon] [--quick]
 """
@@ -16,6 +17,7 @@ import sys
 import time
 
 REPS = 5
+ROUNDS = 3
 
 
 def _noop():
@@ -224,11 +226,25 @@ def main():
     names = args.metrics.split(",")
     if "dragon" in methods:
         import dragon  # noqa: F401  (registers the start method)
+    # Every metric is measured for all methods one after another, in ROUNDS rounds whose
+    # method order rotates, and each method's figure is the median of its rounds: this VM's
+    # speed drifts over a run, and measuring one method's metrics all before the next would
+    # put that drift into the ratios.
+    rounds = 1 if args.quick else ROUNDS
+    benches = {m: Bench(mp.get_context(m), args.quick) for m in methods}
     results = {}
-    for method in methods:
-        b = Bench(mp.get_context(method), args.quick)
-        for name in names:
-            value, unit = METRICS[name][0](b)
+    for name in names:
+        seen = {m: [] for m in methods}
+        unit = None
+        for r in range(rounds):
+            order = methods[r % len(methods):] + methods[:r % len(methods)]
+            for method in order:
+                value, unit = METRICS[name][0](benches[method])
+                seen[method].append(value)
+                print(f"# round {r + 1}: {method} {name} {value:.4g} {unit}", file=sys.stderr,
+                      flush=True)
+        for method in methods:
+            value = statistics.median(seen[method])
             results[(method, name)] = (value, unit)
             print(f"metric py_{method}_{name} {value:.4g} {unit}", flush=True)
     # The ceiling of a transfer that copies once: numpy.copyto between two arrays of the size,

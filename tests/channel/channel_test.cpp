@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -335,52 +336,59 @@ TEST_F(ChannelTest, WaitAnyReportsWhichChannelsAreReady) {
   EXPECT_EQ(items[2].ready, WaitFor{});
 }
 
+// A child that attaches channel `desc` and, once the parent is asleep in waitAny (a bounded
+// wait on a shared flag the parent raises just before), runs act on it; exits with act's code.
+class AfterParentSleeps {
+ public:
+  AfterParentSleeps(Pool& pool, const ObjectDescriptor& desc,
+                    const std::function<bool(Channel&)>& act)
+      : go_(static_cast<std::atomic<int>*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+                                                MAP_SHARED | MAP_ANONYMOUS, -1, 0))) {
+    new (go_) std::atomic<int>(0);
+    pid_ = forkChild([&] {
+      auto mine = Channel::attach(pool, desc);
+      if (!mine) return 2;
+      const auto deadline = std::chrono::steady_clock::now() + 10s;
+      while (go_->load() == 0 && std::chrono::steady_clock::now() < deadline) sched_yield();
+      return act(*mine) ? 0 : 3;
+    });
+  }
+  AfterParentSleeps(const AfterParentSleeps&) = delete;
+  AfterParentSleeps& operator=(const AfterParentSleeps&) = delete;
+  ~AfterParentSleeps() { munmap(go_, 4096); }
+  void go() { go_->store(1); }
+  int exitCode() { return exitCodeOf(waitFor(pid_, 10s)); }
+
+ private:
+  std::atomic<int>* go_;
+  pid_t pid_ = -1;
+};
+
 TEST_F(ChannelTest, WaitAnySleepsUntilAnotherProcessSends) {
   Channel a = make(1), b = make(1);
-  const ObjectDescriptor bd = b.descriptor();
-  auto* go = static_cast<std::atomic<int>*>(
-      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  new (go) std::atomic<int>(0);
-  pid_t pid = forkChild([&] {
-    auto mine = Channel::attach(*pool_, bd);
-    if (!mine) return 2;
-    // Send once the parent is asleep in waitAny (bounded wait on its flag).
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (go->load() == 0 && std::chrono::steady_clock::now() < deadline) sched_yield();
-    return mine->send(std::as_bytes(std::span("hi", 2)), kBounded).isOk() ? 0 : 3;
+  AfterParentSleeps child(*pool_, b.descriptor(), [](Channel& c) {
+    return c.send(std::as_bytes(std::span("hi", 2)), kBounded).isOk();
   });
   Channel::WaitItem items[2] = {{&a, WaitFor::Readable, {}}, {&b, WaitFor::Readable, {}}};
-  go->store(1);
+  child.go();
   auto n = Channel::waitAny(items, Timeout::after(20s));
   ASSERT_TRUE(n.has_value());
   EXPECT_EQ(*n, 1u);
   EXPECT_EQ(items[1].ready, WaitFor::Readable);
-  EXPECT_EQ(exitCodeOf(waitFor(pid, 10s)), 0);
-  munmap(go, 4096);
+  EXPECT_EQ(child.exitCode(), 0);
 }
 
 TEST_F(ChannelTest, WaitAnyReportsAChannelClosedWhileItSleeps) {
   Channel a = make(1), b = make(1);
-  const ObjectDescriptor bd = b.descriptor();
-  auto* go = static_cast<std::atomic<int>*>(
-      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  new (go) std::atomic<int>(0);
-  pid_t pid = forkChild([&] {
-    auto mine = Channel::attach(*pool_, bd);
-    if (!mine) return 2;
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (go->load() == 0 && std::chrono::steady_clock::now() < deadline) sched_yield();
-    return mine->close().isOk() ? 0 : 3;
-  });
+  AfterParentSleeps child(*pool_, b.descriptor(), [](Channel& c) { return c.close().isOk(); });
   Channel::WaitItem items[2] = {{&a, WaitFor::Readable, {}}, {&b, WaitFor::Readable, {}}};
-  go->store(1);
+  child.go();
   // Closed and empty: a recv would not block (it reports ChannelClosed), so it is ready.
   auto n = Channel::waitAny(items, Timeout::after(20s));
   ASSERT_TRUE(n.has_value());
   EXPECT_EQ(*n, 1u);
   EXPECT_EQ(items[1].ready, WaitFor::Readable);
-  EXPECT_EQ(exitCodeOf(waitFor(pid, 10s)), 0);
-  munmap(go, 4096);
+  EXPECT_EQ(child.exitCode(), 0);
 }
 
 TEST_F(ChannelTest, WaitAnyRejectsBadItems) {
