@@ -17,60 +17,60 @@ PIPE_CAPACITY = 1024
 
 
 class Connection:
-    """One end of a Pipe. The channel it sends on carries a count of the handles that can
-    write to it, in every process: a word in that channel's pool, taken when a handle is made
-    or pickled for another process, given back when one is closed, collected, or its process
-    exits. When the last writer goes the channel is closed, so the reader's recv() raises
-    EOFError, as with an OS pipe.
+    """One end of a Pipe. Each channel has a handle record in its pool (below) that counts the
+    handles, in every process, that can write to it and read from it: taken when a handle is
+    made or pickled for another process, given back when one is closed, collected, or its
+    process exits. When the last writer goes the channel is closed, so the reader's recv()
+    raises EOFError, as with an OS pipe. A writer killed before it could give its handles back
+    is found by a reader that has waited for a second (its pid is in the record): its handles
+    are dropped, and the reader sees end of file once no writer is left, as an OS pipe's
+    reader would once the kernel closed the killed process's fds.
 
     Each end of a Pipe also has a Unix socket of a socketpair (`fileno()`), lent to a child
     started with it, over which multiprocessing.reduction.send_handle/recv_handle pass file
     descriptors. Messages never travel on it: readiness is the channel's (connection.wait,
     poll)."""
 
-    def __init__(self, recv_channel, send_channel, readable=True, writable=True, writers=None,
-                 fd=None, peer=None):
+    def __init__(self, recv_channel, send_channel, readable=True, writable=True, wrec=None,
+                 rrec=None, fd=None):
         self._recv = recv_channel
         self._send = send_channel
         self._readable = readable
         self._writable = writable
-        self._writers = writers  # the offset of the send channel's writer record, in its pool
-        self._peer = peer  # the recv channel's writer record, for a connection with one peer
+        self._wrec = wrec  # the send channel's handle record (an offset in its pool)
+        self._rrec = rrec  # the recv channel's
         self._fd = fd
         self._closed = False
-        self._peer_dead = False
-        self._handover = False
+        self._pid = os.getpid()  # a forked copy of this object holds no handle
+        _open_handles.add(self)
 
     def __getstate__(self):
         # Descriptors are valid in any process of the runtime: a Connection may travel through
         # a Queue or another Connection, not only to a child at its start.
         if self._closed:
             raise OSError("handle is closed")
-        if self._send is not None and self._writers is not None:
-            pool = self._send.pool
-            # The other process's handle, counted before this one can close.
-            pool.add_u64(self._writers, 1)
-            if not self._handover:
-                pool.store_u64(self._writers, _MANY_WRITERS, 1)
+        # The other process's handles, counted before this one can close.
+        if self._send is not None and self._wrec is not None:
+            self._send.pool.add_u64(self._wrec, 1)
+        if self._recv is not None and self._rrec is not None:
+            self._recv.pool.add_u64(self._rrec, _READER)
         fd = None
         popen = context.get_spawning_popen()
         if popen is not None and self._fd is not None:
             fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket
         return (self._recv.descriptor if self._recv else None,
                 self._send.descriptor if self._send else None, self._readable, self._writable,
-                self._writers, fd, self._peer)
+                self._wrec, self._rrec, fd)
 
     def __setstate__(self, state):
-        r, s, self._readable, self._writable, self._writers, self._fd, self._peer = state
+        r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
-        self._peer_dead = False
-        self._handover = False
-        if self._send is not None and self._writers is not None:
-            # The end a Listener handed over: this process is now its one writer.
-            self._send.pool.cas_u64(self._writers, 0, os.getpid(), 1)
-            _open_writers.add(self)  # a process that exits gives back its handle
+        self._pid = os.getpid()
+        if self._send is not None and self._wrec is not None:
+            _writer_slot(self._send.pool, self._wrec, self._pid, 1)
+        _open_handles.add(self)  # a process that exits gives back its handles
 
     def _close_fd(self):
         fd, self._fd = getattr(self, "_fd", None), None
@@ -125,14 +125,22 @@ class Connection:
             return
         self._closed = True
         self._close_fd()
-        if self._send is None or self._writers is None:
-            return
-        _open_writers.discard(self)
+        _open_handles.discard(self)
+        if self._pid != os.getpid():
+            return  # a copy a stock fork made: its handles are the parent's
         try:
-            pool = self._send.pool
-            if pool.add_u64(self._writers, -1) == 0:
-                self._send.close()  # the last writer: the reader sees end of file
-                pool.free(self._writers)
+            if self._send is not None and self._wrec is not None:
+                pool = self._send.pool
+                _writer_slot(pool, self._wrec, self._pid, -1)
+                left = pool.add_u64(self._wrec, -1)
+                if left & _LOW == 0:
+                    self._send.close()  # the last writer: the reader sees end of file
+                if left == 0:
+                    pool.free(self._wrec)
+            if self._recv is not None and self._rrec is not None:
+                pool = self._recv.pool
+                if pool.add_u64(self._rrec, -_READER) == 0:
+                    pool.free(self._rrec)
         except Exception:
             pass
 
@@ -152,41 +160,36 @@ class Connection:
         self._send.send(dumps_inband(obj), None)
 
     def _recv_message(self, timeout=None):
-        if self._peer is not None:
-            return self._watching_peer(self._recv.recv)
+        if self._rrec is not None:
+            return self._watching_writers(self._recv.recv)
         try:
             return self._recv.recv(timeout)
         except ChannelClosed:
             raise EOFError from None
 
-    def _peer_gone(self):
-        """True once the one process that can write to this end has died (killed: one that
-        exits closes its handle, and the channel)."""
-        if self._peer_dead:
-            return True
-        if self._peer is None or self._recv is None:
+    def _writers_gone(self):
+        """True once every writer has gone, counting the ones that were killed (whose handles
+        this drops, closing the channel for every reader)."""
+        if self._recv is None or self._rrec is None or self._closed:
             return False
         try:
-            pid = self._recv.pool.load_u64(self._peer, 1)
+            if _drop_dead_writers(self._recv.pool, self._rrec):
+                self._recv.close()
+                return True
         except Exception:
-            return False
-        if pid in (0, _MANY_WRITERS) or _process_alive(pid):
-            return False
-        self._peer_dead = True
-        return True
+            pass
+        return False
 
-    def _watching_peer(self, receive):
-        """receive(timeout) until a message comes, the channel closes, or the peer is found dead
-        (checked each _PEER_CHECK seconds): then EOFError, as a socket would report a peer
-        that was killed."""
+    def _watching_writers(self, receive):
+        """receive(timeout) until a message comes or the channel closes, checking each
+        _WRITER_CHECK seconds for writers that were killed."""
         while True:
             try:
-                return receive(0 if self._peer_dead else _PEER_CHECK)
+                return receive(_WRITER_CHECK)
             except ChannelClosed:
                 raise EOFError from None
             except TimeoutError:
-                if self._peer_gone():
-                    raise EOFError("the peer process died") from None
+                self._writers_gone()  # closes the channel: the next receive drains, then EOF
 
     def recv_bytes(self, maxlength=None):
         self._check(True)
@@ -211,8 +214,8 @@ class Connection:
 
     def recv(self):
         self._check(True)
-        if self._peer is not None:
-            return self._watching_peer(self._recv.recv_object)
+        if self._rrec is not None:
+            return self._watching_writers(self._recv.recv_object)
         try:
             return self._recv.recv_object(None)  # unpickled from the message in place
         except ChannelClosed:
@@ -220,7 +223,7 @@ class Connection:
 
     def _dragon_ready(self):
         return self._recv is not None and (self._recv.readable() or self._recv.is_closed()
-                                           or self._peer_gone())
+                                           or self._writers_gone())
 
     def _dragon_channel(self):
         """The channel connection.wait sleeps on (None: this end never becomes readable)."""
@@ -237,22 +240,64 @@ class Connection:
         self.close()
 
 
-# A writer record: word 0 counts the handles that can write to a channel, word 1 is the pid of
-# the one process that holds them, 0 while a Listener's hand-over is in flight, or this when
-# there may be several (a Pipe's ends, or any end pickled for another process).
-_MANY_WRITERS = (1 << 64) - 1
-# How often a receive that waits checks that the peer is alive.
-_PEER_CHECK = 1.0
+# A channel's handle record: a shared allocation in the channel's pool (it outlives the
+# process that made it; whoever gives back the last handle frees it).
+#   word 0: the handles in every process: writers in the low 32 bits, readers in the high 32
+#           (handles pickled for another process are counted before they arrive);
+#   word 1: 1 once a writer found no free slot (then killed writers are not looked for);
+#   words 2, 3 ... : _SLOTS pairs (pid, writer handles that process holds); a pid is _DEAD once
+#           a reader dropped the handles of that killed process.
+_SLOTS = 6
+_RECORD_WORDS = 2 + 2 * _SLOTS
+_READER = 1 << 32
+_LOW = (1 << 32) - 1
+_DEAD = (1 << 64) - 1
+# How often a receive that waits looks for killed writers.
+_WRITER_CHECK = 1.0
 
 
-def _writer_count(channel, pid=_MANY_WRITERS):
-    """A count of one writer of `channel`, in its pool: shared, so that it outlives the process
-    that made it (the last writer to close frees it)."""
+def _new_record(channel, pid):
+    """The record of a new channel: one writer handle (held by pid) and one reader handle."""
     pool = channel.pool
-    offset = pool.alloc(16, shared=True)
-    pool.store_u64(offset, 1)
-    pool.store_u64(offset, pid, 1)
+    offset = pool.alloc(8 * _RECORD_WORDS, shared=True)
+    for i in range(1, _RECORD_WORDS):
+        pool.store_u64(offset, 0, i)
+    pool.store_u64(offset, pid, 2)
+    pool.store_u64(offset, 1, 3)
+    pool.store_u64(offset, 1 + _READER, 0)
     return offset
+
+
+def _writer_slot(pool, offset, pid, delta):
+    """Adds delta (+1, -1) to the writer handles `pid` holds in its slot (+1 takes a free slot
+    when it has none; with no free slot left, killed writers are no longer looked for)."""
+    for i in range(_SLOTS):
+        w = 2 + 2 * i
+        if pool.load_u64(offset, w) == pid and (delta > 0 or pool.load_u64(offset, w + 1) > 0):
+            pool.add_u64(offset, delta, w + 1)
+            return
+    if delta < 0:
+        return
+    for i in range(_SLOTS):
+        w = 2 + 2 * i
+        if pool.cas_u64(offset, 0, pid, w):
+            pool.add_u64(offset, 1, w + 1)
+            return
+    pool.store_u64(offset, 1, 1)
+
+
+def _drop_dead_writers(pool, offset):
+    """Drops the writer handles of processes that were killed; True if no writer is left. The
+    caller holds a reader handle, so the record is not freed meanwhile."""
+    if pool.load_u64(offset, 1) == 0:
+        for i in range(_SLOTS):
+            w = 2 + 2 * i
+            pid = pool.load_u64(offset, w)
+            if pid in (0, _DEAD) or pool.load_u64(offset, w + 1) == 0 or _process_alive(pid):
+                continue
+            if pool.cas_u64(offset, pid, _DEAD, w):
+                pool.add_u64(offset, -pool.load_u64(offset, w + 1))  # its count is still now
+    return pool.load_u64(offset) & _LOW == 0
 
 
 def _process_alive(pid):
@@ -269,41 +314,40 @@ def _process_alive(pid):
         return True
 
 
-# The handles this process received from others: closed when it exits.
-_open_writers = weakref.WeakSet()
+# The handles of this process: closed when it exits, so that peers see end of file at once.
+_open_handles = weakref.WeakSet()
 
 
-def _close_open_writers():
-    for c in list(_open_writers):
+def _close_open_handles():
+    for c in list(_open_handles):
         c.close()
 
 
-atexit.register(_close_open_writers)
+atexit.register(_close_open_handles)
 
 
 def _channel_pair():
-    """The two ends of a Listener's connection: a duplex Pipe without the socketpair, whose
-    ends each have one writer (this process, and the client that will claim the other end),
-    so that a reader finds out when its peer was killed."""
+    """The two ends of a Listener's connection: a duplex Pipe without the socketpair."""
     a = _runtime.new_channel(PIPE_CAPACITY)
     b = _runtime.new_channel(PIPE_CAPACITY)
-    wa, wb = _writer_count(a, 0), _writer_count(b, os.getpid())
-    mine, theirs = Connection(a, b, writers=wb, peer=wa), Connection(b, a, writers=wa, peer=wb)
-    theirs._handover = True
-    return mine, theirs
+    pid = os.getpid()
+    ra, rb = _new_record(a, pid), _new_record(b, pid)
+    return Connection(a, b, wrec=rb, rrec=ra), Connection(b, a, wrec=ra, rrec=rb)
 
 
 def Pipe(duplex=True):
     s1, s2 = socket.socketpair()
     f1, f2 = s1.detach(), s2.detach()
+    pid = os.getpid()
     a = _runtime.new_channel(PIPE_CAPACITY)
-    wa = _writer_count(a)
+    ra = _new_record(a, pid)
     if duplex:
         b = _runtime.new_channel(PIPE_CAPACITY)
-        wb = _writer_count(b)
-        return Connection(a, b, writers=wb, fd=f1), Connection(b, a, writers=wa, fd=f2)
-    return (Connection(a, None, True, False, fd=f1),
-            Connection(None, a, False, True, writers=wa, fd=f2))
+        rb = _new_record(b, pid)
+        return (Connection(a, b, wrec=rb, rrec=ra, fd=f1),
+                Connection(b, a, wrec=ra, rrec=rb, fd=f2))
+    return (Connection(a, None, True, False, rrec=ra, fd=f1),
+            Connection(None, a, False, True, wrec=ra, fd=f2))
 
 
 def _backoff():
@@ -326,7 +370,7 @@ def wait(object_list, timeout=None):
     end = None if timeout is None else time.monotonic() + timeout
     channels = [o._dragon_channel() for o in ours]
     channels = [c for c in channels if c is not None]
-    peers = any(getattr(o, "_peer", None) is not None for o in ours)
+    peers = any(getattr(o, "_rrec", None) is not None for o in ours)
     try:
         fds = [_fd_of(o) for o in others]
     except (AttributeError, OSError, ValueError):
@@ -345,7 +389,7 @@ def wait(object_list, timeout=None):
         if native:
             step = left
             if peers:
-                step = _PEER_CHECK if step is None else min(step, _PEER_CHECK)
+                step = _WRITER_CHECK if step is None else min(step, _WRITER_CHECK)
             _native.wait_any(channels, fds, step)
             continue
         step = next(backoff) if left is None else min(next(backoff), left)
@@ -562,7 +606,6 @@ class Listener(_StockListener):
                 _refuse(to_client, rid)
                 continue
             spare = None
-            mine._peer_end = theirs  # the client's end stays alive until it has attached it
             try:
                 to_client.put((rid, theirs))
             except Exception:

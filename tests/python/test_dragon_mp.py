@@ -369,7 +369,63 @@ class QueueTest(unittest.TestCase):
         self.assertEqual(sq.get(), {"a": 1})
 
 
+def hold_end_and_report(conn, ready):
+    ready.send("holding")
+    ready.close()
+    while True:
+        signal.pause()  # holding conn until killed
+
+
 class PipeTest(unittest.TestCase):
+    def test_a_killed_writer_is_end_of_file_once_no_other_writer_is_left(self):
+        for duplex in (True, False):
+            with self.subTest(duplex=duplex):
+                reader, writer = CTX.Pipe(duplex)
+                # The child needs to say it is running: a one-way pipe's child end cannot.
+                ready_r, ready_w = CTX.Pipe(False)
+                p = CTX.Process(target=hold_end_and_report, args=(writer, ready_w))
+                p.start()
+                writer.close()  # the child's handle is the last writer
+                ready_w.close()
+                self.assertEqual(ready_r.recv(), "holding")
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(30)
+                self.assertTrue(reader.poll(30))  # a reader that waits finds it within a second
+                with self.assertRaises(EOFError):
+                    reader.recv()
+                reader.close()
+                ready_r.close()
+
+    def test_a_killed_writer_is_not_end_of_file_while_another_writer_lives(self):
+        reader, writer = CTX.Pipe(False)
+        ready_r, ready_w = CTX.Pipe(False)
+        p = CTX.Process(target=hold_end_and_report, args=(writer, ready_w))
+        p.start()
+        self.assertEqual(ready_r.recv(), "holding")
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        # This process still holds a writer: the reader waits, as it would on an OS pipe.
+        self.assertFalse(reader.poll(2.5))
+        writer.send("still open")
+        self.assertEqual(reader.recv(), "still open")
+        writer.close()
+        with self.assertRaises(EOFError):
+            reader.recv()
+
+    def test_a_copy_made_by_a_stock_fork_holds_no_handle(self):
+        a, b = CTX.Pipe()
+        pid = os.fork()
+        if pid == 0:
+            b.close()  # the copy's close gives back nothing: the handle is the parent's
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        b.send("after the fork")
+        self.assertEqual(a.recv(), "after the fork")
+        b.close()
+        with self.assertRaises(EOFError):
+            a.recv()
+
     def test_duplex_objects_bytes_and_eof(self):
         a, b = CTX.Pipe()
         p = CTX.Process(target=echo_pipe, args=(b,))
