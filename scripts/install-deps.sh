@@ -16,6 +16,7 @@ packages=(
   python3-dev pybind11-dev                 # the Python package (extension module)
   python3-numpy                            # zero-copy transfer tests, examples, benchmarks
   libpython3.11-testsuite                  # CPython's multiprocessing test suite (compatibility)
+  python3-pytest                           # dragon under pytest (tests/python)
 )
 
 missing=()

@@ -695,6 +695,58 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
 
+    def test_pytest_runs_tests_that_use_dragon_processes_and_managers(self):
+        test_file = (
+            "import multiprocessing as mp\n"
+            "import dragon\n"
+            "def square(x):\n    return x * x\n"
+            "def test_pool_and_process():\n"
+            "    ctx = mp.get_context('dragon')\n"
+            "    with ctx.Pool(2) as pool:\n"
+            "        assert pool.map(square, range(10)) == [x * x for x in range(10)]\n"
+            "    q = ctx.Queue()\n"
+            "    p = ctx.Process(target=q.put, args=(42,)); p.start()\n"
+            "    assert q.get(timeout=30) == 42\n"
+            "    p.join(30); assert p.exitcode == 0\n"
+            "def test_selected_start_method():\n"
+            "    mp.set_start_method('dragon', force=True)\n"
+            "    with mp.Manager() as m:\n"
+            "        d = m.dict(a=1); assert d['a'] == 1\n"
+            "def test_a_failure_is_reported():\n"
+            "    ctx = mp.get_context('dragon')\n"
+            "    with ctx.Pool(1) as pool:\n"
+            "        assert pool.apply(square, (3,)) == 10\n")
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        path = os.path.join(env["XDG_RUNTIME_DIR"], "test_uses_dragon.py")
+        with open(path, "w") as f:
+            f.write(test_file)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            path], capture_output=True, text=True, timeout=120, env=env,
+                           cwd=env["XDG_RUNTIME_DIR"])
+        self.assertIn("1 failed, 2 passed", r.stdout, r.stdout + r.stderr)
+        self.assertIn("assert 9 == 10", r.stdout)
+        self.assertEqual(r.returncode, 1)
+
+    def test_an_interactive_session_starts_and_ends_a_private_runtime(self):
+        session = ("import multiprocessing as mp, dragon, operator\n"
+                   "mp.set_start_method('dragon')\n"
+                   "with mp.Pool(2) as p: print(p.map(operator.neg, range(5)))\n\n"
+                   "q = mp.Queue(); w = mp.Process(target=q.put, args=(7,)); w.start()\n"
+                   "print('got', q.get(timeout=30)); w.join(30)\n")
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        r = subprocess.run([sys.executable, "-q", "-i"], input=session, capture_output=True,
+                           text=True, timeout=120, env=env)
+        self.assertIn("[0, -1, -2, -3, -4]", r.stdout, r.stderr)
+        self.assertIn("got 7", r.stdout, r.stderr)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.listdir(env["XDG_RUNTIME_DIR"] + "/dragon"), [])  # its socket went
+
     def test_a_killed_python_takes_its_private_dragond_and_template_with_it(self):
         script = (
             "import multiprocessing as mp, sys, time, dragon\n"
