@@ -143,6 +143,16 @@ class ListenerClientTest(unittest.TestCase):
             c.send("again")
             self.assertEqual(d.recv(), "again")
 
+    def test_a_wildcard_listener_is_reached_through_this_hosts_addresses(self):
+        with connection.Listener(("", 0)) as listener:
+            port = listener.address[1]
+            for host in ("127.0.0.1", "localhost"):
+                with self.subTest(host=host):
+                    with connection.Client((host, port)) as c, listener.accept() as d:
+                        self.assertIsInstance(c, dconnection.Connection)
+                        c.send(host)
+                        self.assertEqual(d.recv(), host)
+
     def test_an_address_in_use_is_an_oserror(self):
         for family in FAMILIES:
             with self.subTest(family=family):
