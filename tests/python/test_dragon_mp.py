@@ -377,40 +377,44 @@ def hold_end_and_report(conn, ready):
 
 
 class PipeTest(unittest.TestCase):
-    def test_a_killed_writer_is_end_of_file_once_no_other_writer_is_left(self):
-        for duplex in (True, False):
-            with self.subTest(duplex=duplex):
-                reader, writer = CTX.Pipe(duplex)
-                # The child needs to say it is running: a one-way pipe's child end cannot.
-                ready_r, ready_w = CTX.Pipe(False)
-                p = CTX.Process(target=hold_end_and_report, args=(writer, ready_w))
-                p.start()
-                writer.close()  # the child's handle is the last writer
-                ready_w.close()
-                self.assertEqual(ready_r.recv(), "holding")
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(30)
-                self.assertTrue(reader.poll(30))  # a reader that waits finds it within a second
-                with self.assertRaises(EOFError):
-                    reader.recv()
-                reader.close()
-                ready_r.close()
-
-    def test_a_killed_writer_is_not_end_of_file_while_another_writer_lives(self):
-        reader, writer = CTX.Pipe(False)
-        ready_r, ready_w = CTX.Pipe(False)
-        p = CTX.Process(target=hold_end_and_report, args=(writer, ready_w))
-        p.start()
-        self.assertEqual(ready_r.recv(), "holding")
-        os.kill(p.pid, signal.SIGKILL)
-        p.join(30)
-        # This process still holds a writer: the reader waits, as it would on an OS pipe.
-        self.assertFalse(reader.poll(2.5))
+    def assert_open_until_closed(self, writer, reader):
+        """The pipe still carries messages, and its reader sees EOF once `writer` closes."""
         writer.send("still open")
         self.assertEqual(reader.recv(), "still open")
         writer.close()
         with self.assertRaises(EOFError):
             reader.recv()
+
+    def kill_a_child_holding(self, end, close_here):
+        """Starts a child with `end`, optionally closes this process's copy, and SIGKILLs the
+        child once it runs (it says so on a pipe of its own: a one-way end cannot)."""
+        ready_r, ready_w = CTX.Pipe(False)
+        p = CTX.Process(target=hold_end_and_report, args=(end, ready_w))
+        p.start()
+        if close_here:
+            end.close()
+        ready_w.close()
+        self.assertEqual(ready_r.recv(), "holding")
+        ready_r.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+
+    def test_a_killed_writer_is_end_of_file_once_no_other_writer_is_left(self):
+        for duplex in (True, False):
+            with self.subTest(duplex=duplex):
+                reader, writer = CTX.Pipe(duplex)
+                self.kill_a_child_holding(writer, close_here=True)  # its handle was the last
+                self.assertTrue(reader.poll(30))  # a reader that waits finds it within a second
+                with self.assertRaises(EOFError):
+                    reader.recv()
+                reader.close()
+
+    def test_a_killed_writer_is_not_end_of_file_while_another_writer_lives(self):
+        reader, writer = CTX.Pipe(False)
+        self.kill_a_child_holding(writer, close_here=False)
+        # This process still holds a writer: the reader waits, as it would on an OS pipe.
+        self.assertFalse(reader.poll(2.5))
+        self.assert_open_until_closed(writer, reader)
 
     def test_a_copy_made_by_a_stock_fork_holds_no_handle(self):
         a, b = CTX.Pipe()
@@ -420,11 +424,7 @@ class PipeTest(unittest.TestCase):
             os._exit(0)
         _, status = os.waitpid(pid, 0)
         self.assertEqual(os.waitstatus_to_exitcode(status), 0)
-        b.send("after the fork")
-        self.assertEqual(a.recv(), "after the fork")
-        b.close()
-        with self.assertRaises(EOFError):
-            a.recv()
+        self.assert_open_until_closed(b, a)
 
     def test_duplex_objects_bytes_and_eof(self):
         a, b = CTX.Pipe()
