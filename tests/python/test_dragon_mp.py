@@ -665,6 +665,22 @@ class PoolAndWaitTest(unittest.TestCase):
         self.assertEqual(wait(readers, 30), [readers[67]])
 
 
+def private_runtime_env(name=None, text=None):
+    """The environment of a python that starts a private runtime of its own, with this one's
+    sys.path (the dragon package); and the path of file `name` holding `text` in its fresh
+    runtime directory, when given."""
+    env = dict(os.environ)
+    env.pop("DRAGON_SOCKET", None)
+    env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    path = None
+    if name is not None:
+        path = os.path.join(env["XDG_RUNTIME_DIR"], name)
+        with open(path, "w") as f:
+            f.write(text)
+    return env, path
+
+
 class LauncherTest(unittest.TestCase):
     LAUNCHER = os.environ.get("DRAGON_LAUNCHER")
 
@@ -716,13 +732,7 @@ class LauncherTest(unittest.TestCase):
             "    ctx = mp.get_context('dragon')\n"
             "    with ctx.Pool(1) as pool:\n"
             "        assert pool.apply(square, (3,)) == 10\n")
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        path = os.path.join(env["XDG_RUNTIME_DIR"], "test_uses_dragon.py")
-        with open(path, "w") as f:
-            f.write(test_file)
+        env, path = private_runtime_env("test_uses_dragon.py", test_file)
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             path], capture_output=True, text=True, timeout=120, env=env,
                            cwd=env["XDG_RUNTIME_DIR"])
@@ -736,10 +746,7 @@ class LauncherTest(unittest.TestCase):
                    "with mp.Pool(2) as p: print(p.map(operator.neg, range(5)))\n\n"
                    "q = mp.Queue(); w = mp.Process(target=q.put, args=(7,)); w.start()\n"
                    "print('got', q.get(timeout=30)); w.join(30)\n")
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env, _ = private_runtime_env()
         r = subprocess.run([sys.executable, "-q", "-i"], input=session, capture_output=True,
                            text=True, timeout=120, env=env)
         self.assertIn("[0, -1, -2, -3, -4]", r.stdout, r.stderr)
@@ -757,12 +764,7 @@ class LauncherTest(unittest.TestCase):
             "    p = ctx.Process(target=noop); p.start(); p.join()\n"
             "    print(_runtime._private.pid, process._template._pid, flush=True)\n"
             "    time.sleep(120)\n")
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="dragon-pytest-")
-        path = os.path.join(env["XDG_RUNTIME_DIR"], "killed.py")
-        with open(path, "w") as f:
-            f.write(script)
+        env, path = private_runtime_env("killed.py", script)
         p = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE, env=env,
                              text=True)
         try:
