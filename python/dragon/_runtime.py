@@ -193,23 +193,27 @@ def lookup_name(name):
         return client().lookup_name(name)
 
 
-# Pools of other processes whose channels this process attached lately stay mapped, so that
-# attaching another channel of theirs (a Listener's connections) does not map the pool again.
+# The pools of the named channels this process attached lately (a Listener's accept channel,
+# whose pool also holds the channels of each connection it hands out) stay mapped, so that a
+# connect does not map that pool again. Only named ones: keeping the pools of every channel
+# (a short-lived producer's queue) mapped would keep their memory after their processes end.
 _recent_pools = collections.OrderedDict()
-RECENT_POOLS = 32
+RECENT_POOLS = 16
 
 
 def attach_channel(descriptor):
+    """A channel, by descriptor ("dragon:...") or by name."""
     with _lock:
         ch = client().attach_channel(descriptor)
-        p = ch.pool
-        key = p.descriptor
-        if key in _recent_pools:
-            _recent_pools.move_to_end(key)
-        else:
-            _recent_pools[key] = p
-            if len(_recent_pools) > RECENT_POOLS:
-                _recent_pools.popitem(last=False)
+        if not descriptor.startswith("dragon:"):
+            p = ch.pool
+            key = p.descriptor
+            if key in _recent_pools:
+                _recent_pools.move_to_end(key)
+            else:
+                _recent_pools[key] = p
+                if len(_recent_pools) > RECENT_POOLS:
+                    _recent_pools.popitem(last=False)
         return _released_when_collected(ch)
 
 

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""Pipe on two Dragon channels (one per direction; one for a one-way pipe)."""
+"""multiprocessing.connection on Dragon: Pipe on two Dragon channels (one per direction; one
+for a one-way pipe), connection.wait over channels, and Listener/Client (below)."""
 import atexit
+import collections
 import itertools
 import os
 import socket
@@ -575,7 +577,6 @@ class Listener(_StockListener):
                 self._discard_ready()
 
     def _serve_requests(self, requests):
-        import collections
         replies = collections.OrderedDict()  # clients' reply channels, attached lately
         spare = None
         while True:
@@ -595,7 +596,7 @@ class Listener(_StockListener):
                 except LookupError:
                     continue  # the client gave up
             replies[reply] = to_client
-            if len(replies) > 64:
+            if len(replies) > 8:  # each keeps a client's pool mapped here
                 replies.popitem(last=False)
             if self._closing:
                 _refuse(to_client, rid)
@@ -716,13 +717,20 @@ class _ConnectState(_threading.local):
 
 
 _connect_state = _ConnectState()
-_accept_channels = {}  # name -> (pid, attached accept channel of a dragon Listener)
+# name -> (pid, attached accept channel of a dragon Listener), the most recent last. A Listener
+# that went away leaves its channel closed (by dragond, or by its close()): such entries are
+# dropped, and at most ACCEPT_CACHE are kept, since each keeps its Listener's pool mapped.
+_accept_channels = collections.OrderedDict()
+ACCEPT_CACHE = 16
 
 
 def _accept_channel(name, fresh):
     pid = os.getpid()
+    for key in [k for k, (p, ch) in _accept_channels.items() if p != pid or ch.is_closed()]:
+        del _accept_channels[key]
     found = None if fresh else _accept_channels.get(name)
-    if found is not None and found[0] == pid:
+    if found is not None:
+        _accept_channels.move_to_end(name)
         return found[1]
     try:
         ch = _runtime.attach_channel(name)
@@ -730,6 +738,8 @@ def _accept_channel(name, fresh):
         _accept_channels.pop(name, None)
         return None
     _accept_channels[name] = (pid, ch)
+    if len(_accept_channels) > ACCEPT_CACHE:
+        _accept_channels.popitem(last=False)
     return ch
 
 

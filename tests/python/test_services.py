@@ -153,6 +153,24 @@ class ListenerClientTest(unittest.TestCase):
                         c.send(host)
                         self.assertEqual(d.recv(), host)
 
+    def test_a_client_keeps_no_listener_that_went_away_and_a_bounded_few_that_live(self):
+        live = []
+        for i in range(dconnection.ACCEPT_CACHE + 4):
+            listener = connection.Listener()
+            with connection.Client(listener.address), listener.accept():
+                pass
+            if i % 2:
+                listener.close()
+            else:
+                live.append(listener)
+        cached = list(dconnection._accept_channels.values())
+        self.assertLessEqual(len(cached), dconnection.ACCEPT_CACHE)
+        with connection.Client(live[-1].address), live[-1].accept():
+            pass  # a connect sweeps out the closed ones
+        self.assertFalse([ch for _, ch in dconnection._accept_channels.values() if ch.is_closed()])
+        for listener in live:
+            listener.close()
+
     def test_an_address_in_use_is_an_oserror(self):
         for family in FAMILIES:
             with self.subTest(family=family):
