@@ -125,24 +125,18 @@ Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor
   if (!exists || object.node != node_) {
     return notHere(object);
   }
-  auto previous = global_.lookupName(name);
-  if (replace && scopedOwner != 0 && previous.has_value() && !(*previous == object) &&
-      scoped_.count(name) != 0) {
-    const ObjectDescriptor old = *previous;
-    for (auto it = scopedNames_.begin(); it != scopedNames_.end();) {
-      it = it->second.name == name ? scopedNames_.erase(it) : std::next(it);
-    }
-    scoped_.erase(scoped_.find(name));
+  auto taken = scoped_.find(name);
+  if (replace && scopedOwner != 0 && taken != scoped_.end() && !(taken->second.object == object)) {
+    const ObjectDescriptor old = taken->second.object;
+    scoped_.erase(taken);
     (void)global_.dropName(name, old);
     closeChannel(old);
     maybeRelease(old);
-    previous = Status(StatusCode::NotFound);
   }
-  const bool wasNamed = previous.has_value();
+  const bool wasNamed = global_.lookupName(name).has_value();
   DRAGON_TRY(global_.registerName(name, object));
   if (scopedOwner != 0 && !wasNamed) {
-    scopedNames_.emplace(scopedOwner, ScopedName{std::string(name), object});
-    scoped_.emplace(name);
+    scoped_.emplace(std::string(name), ScopedName{scopedOwner, object});
   }
   return Status::ok();
 }
@@ -248,15 +242,16 @@ Status ObjectManager::destroy(const ObjectDescriptor& object) {
 
 void ObjectManager::releaseOwner(std::uint64_t owner) {
   std::vector<ObjectDescriptor> touched;
-  auto [first, last] = scopedNames_.equal_range(owner);
-  for (auto it = first; it != last; ++it) {
-    if (global_.dropName(it->second.name, it->second.object)) {
-      scoped_.erase(it->second.name);
-      touched.push_back(it->second.object);
-      closeChannel(it->second.object);
+  for (auto it = scoped_.begin(); it != scoped_.end();) {
+    if (it->second.owner != owner) {
+      ++it;
+      continue;
     }
+    (void)global_.dropName(it->first, it->second.object);
+    touched.push_back(it->second.object);
+    closeChannel(it->second.object);
+    it = scoped_.erase(it);
   }
-  scopedNames_.erase(first, last);
   for (auto& [id, c] : channels_) {
     if (c.refs.erase(owner) != 0) touched.push_back(c.desc);
   }

@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 
 namespace dragon::daemon {
@@ -87,11 +86,10 @@ class ObjectManager {
   std::map<std::uint64_t, PoolEntry> pools_;        // by id
   std::map<std::uint64_t, ChannelEntry> channels_;  // by id
   struct ScopedName {
-    std::string name;
+    std::uint64_t owner;
     ObjectDescriptor object;
   };
-  std::multimap<std::uint64_t, ScopedName> scopedNames_;  // by owner
-  std::set<std::string, std::less<>> scoped_;             // the names in scopedNames_
+  std::map<std::string, ScopedName, std::less<>> scoped_;  // the scoped names, by name
   // True if a name that is not scoped keeps the object alive.
   bool keptByName(std::uint64_t objectId) const;
   void dropNamesOf(std::uint64_t objectId);

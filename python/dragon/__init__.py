@@ -34,12 +34,12 @@ if "dragon" not in _mpcontext._concrete_contexts:
         return call
 
     from . import _hooks
+    from .connection import (_install_listener_client, _install_wait, _patch_managers,
+                             _patch_resource_sharer)
 
     def _patch_shared_memory(module):
         from .shared_memory import _install
         _install()
-    from .connection import (_install_listener_client, _install_wait, _patch_managers,
-                             _patch_resource_sharer)
 
     _install_wait()
     _install_listener_client()

@@ -6,7 +6,6 @@ Under the launcher (``dragon app.py``) dragond's socket is in ``DRAGON_SOCKET``.
 one on first use and stops it at exit, as the launcher would.
 """
 import atexit
-import collections
 import os
 import shutil
 import subprocess
@@ -130,7 +129,6 @@ def _reset_after_fork():
         _pool = None
         _waiters.clear()
         _attached_pools.clear()
-        _recent_pools.clear()
         _client_pid = os.getpid()
 
 
@@ -193,28 +191,32 @@ def lookup_name(name):
         return client().lookup_name(name)
 
 
-# The pools of the named channels this process attached lately (a Listener's accept channel,
-# whose pool also holds the channels of each connection it hands out) stay mapped, so that a
-# connect does not map that pool again. Only named ones: keeping the pools of every channel
-# (a short-lived producer's queue) mapped would keep their memory after their processes end.
-_recent_pools = collections.OrderedDict()
-RECENT_POOLS = 16
-
-
 def attach_channel(descriptor):
     """A channel, by descriptor ("dragon:...") or by name."""
     with _lock:
-        ch = client().attach_channel(descriptor)
-        if not descriptor.startswith("dragon:"):
-            p = ch.pool
-            key = p.descriptor
-            if key in _recent_pools:
-                _recent_pools.move_to_end(key)
-            else:
-                _recent_pools[key] = p
-                if len(_recent_pools) > RECENT_POOLS:
-                    _recent_pools.popitem(last=False)
-        return _released_when_collected(ch)
+        return _released_when_collected(client().attach_channel(descriptor))
+
+
+def create_pool(size, name="", lazy=False):
+    """A pool of its own (not this process's object pool), optionally named."""
+    with _lock:
+        return client().create_pool(size, name, lazy)
+
+
+def attach_named_pool(name):
+    """The pool of that name, mapped anew (not kept by attach_pool's cache)."""
+    with _lock:
+        return client().attach_pool(name)
+
+
+def detach(descriptor):
+    with _lock:
+        client().detach(descriptor)
+
+
+def destroy(descriptor):
+    with _lock:
+        client().destroy(descriptor)
 
 
 def spawn(argv, env, cwd, **kwargs):

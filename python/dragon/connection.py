@@ -3,9 +3,13 @@
 for a one-way pipe), connection.wait over channels, and Listener/Client (below)."""
 import atexit
 import collections
+import ipaddress
 import itertools
+import multiprocessing.connection as _mpc
 import os
+import queue
 import socket
+import threading
 import time
 import weakref
 
@@ -328,32 +332,33 @@ def _close_open_handles():
 atexit.register(_close_open_handles)
 
 
-def _channel_pair():
-    """The two ends of a Listener's connection: a duplex Pipe without the socketpair."""
+def _channel_pair(fds=(None, None)):
+    """The two ends of a duplex Pipe (with fds, its socketpair's), or of a Listener's
+    connection (without)."""
     a = _runtime.new_channel(PIPE_CAPACITY)
     b = _runtime.new_channel(PIPE_CAPACITY)
     pid = os.getpid()
     ra, rb = _new_record(a, pid), _new_record(b, pid)
-    return Connection(a, b, wrec=rb, rrec=ra), Connection(b, a, wrec=ra, rrec=rb)
+    return (Connection(a, b, wrec=rb, rrec=ra, fd=fds[0]),
+            Connection(b, a, wrec=ra, rrec=rb, fd=fds[1]))
 
 
 def Pipe(duplex=True):
     s1, s2 = socket.socketpair()
-    f1, f2 = s1.detach(), s2.detach()
-    pid = os.getpid()
-    a = _runtime.new_channel(PIPE_CAPACITY)
-    ra = _new_record(a, pid)
+    fds = (s1.detach(), s2.detach())
     if duplex:
-        b = _runtime.new_channel(PIPE_CAPACITY)
-        rb = _new_record(b, pid)
-        return (Connection(a, b, wrec=rb, rrec=ra, fd=f1),
-                Connection(b, a, wrec=ra, rrec=rb, fd=f2))
-    return (Connection(a, None, True, False, rrec=ra, fd=f1),
-            Connection(None, a, False, True, wrec=ra, fd=f2))
+        return _channel_pair(fds)
+    a = _runtime.new_channel(PIPE_CAPACITY)
+    ra = _new_record(a, os.getpid())
+    return (Connection(a, None, True, False, rrec=ra, fd=fds[0]),
+            Connection(None, a, False, True, wrec=ra, fd=fds[1]))
 
 
 def _backoff():
     return itertools.chain((0.0001, 0.0005, 0.001), itertools.repeat(0.005))
+
+
+_MAX_WAIT_CHANNELS = 64  # what one Channel::waitAny takes; more are polled
 
 
 def _fd_of(o):
@@ -364,7 +369,7 @@ def wait(object_list, timeout=None):
     """multiprocessing.connection.wait that also takes dragon Connections and Queues (and a
     Queue's `_reader`). Their channels are waited on with their futexes, with the GIL
     released; the other objects' fds (sentinels, sockets) are polled in between, at most 5 ms
-    apart. A Listener connection is also checked each second for a killed peer."""
+    apart. A connection is also checked each second for writers that were killed."""
     ours = [o for o in object_list if hasattr(o, "_dragon_ready")]
     if not ours:
         return _stdlib_wait(object_list, timeout)
@@ -372,12 +377,12 @@ def wait(object_list, timeout=None):
     end = None if timeout is None else time.monotonic() + timeout
     channels = [o._dragon_channel() for o in ours]
     channels = [c for c in channels if c is not None]
-    peers = any(getattr(o, "_rrec", None) is not None for o in ours)
+    check_writers = any(getattr(o, "_rrec", None) is not None for o in ours)
     try:
         fds = [_fd_of(o) for o in others]
     except (AttributeError, OSError, ValueError):
         fds = None  # something without a usable fd: let the stdlib's wait report it
-    native = bool(channels) and len(channels) <= 64 and fds is not None
+    native = bool(channels) and len(channels) <= _MAX_WAIT_CHANNELS and fds is not None
     backoff = _backoff()
     while True:
         ready = [o for o in ours if o._dragon_ready()]
@@ -390,7 +395,7 @@ def wait(object_list, timeout=None):
             return []
         if native:
             step = left
-            if peers:
+            if check_writers:
                 step = _WRITER_CHECK if step is None else min(step, _WRITER_CHECK)
             _native.wait_any(channels, fds, step)
             continue
@@ -428,24 +433,35 @@ __all__ = ["Connection", "Pipe", "wait", "Listener", "Client"]
 # reserved, a port of 0 is chosen, a taken address is an OSError), and also names an accept
 # channel at dragond after the address, with a scoped name that goes when the listening process
 # does. A dragon Client looks that name up: if a dragon Listener has the address, it hands the
-# listener one end of a fresh pair of channels through the accept channel, and both ends then
-# talk over Dragon channels. Otherwise (a stock server, another host) it connects the OS socket,
-# and so do stock clients of a dragon Listener, whose accepts come through the same channel from
-# a thread that accepts on the socket. The authkey challenge runs over either, unchanged.
-
-import threading as _threading
-import multiprocessing.connection as _mpc
+# listener a request with its reply channel, gets one end of a pair of channels back, and both
+# ends then talk over Dragon channels. Otherwise (a stock server, another host) it connects the
+# OS socket, and so do stock clients of a dragon Listener, which a thread of the Listener
+# accepts. The authkey challenge runs over either, unchanged.
 
 _LISTENER_PREFIX = "mp.listener:"
-_stock_tls = _threading.local()  # callers that need the OS socket itself (resource_sharer)
+class _ThreadFlag(threading.local):
+    """True in this thread within a `with` of it (nests)."""
+    depth = 0
+
+    def __enter__(self):
+        self.depth += 1
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+
+    def __bool__(self):
+        return self.depth > 0
+
+
+# Within it, this thread's Listeners and Clients are the OS socket ones (resource_sharer).
+_os_sockets = _ThreadFlag()
 _stock_mpc_client = _mpc.Client
 
 
 def _dragon_selected():
-    from multiprocessing import context as _context
-    if getattr(_stock_tls, "depth", 0):
+    if _os_sockets:
         return False
-    default = _context._default_context
+    default = context._default_context
     return default._actual_context is not None and \
         default.get_start_method(allow_none=True) == "dragon"
 
@@ -453,7 +469,6 @@ def _dragon_selected():
 def _address_keys(address, family, listening):
     """The names a listening address is known by: one for a Listener, the ones to look up in
     order for a Client. None: no dragon name (the OS socket only)."""
-    import socket as _socket
     if family == "AF_UNIX":
         raw = os.fsencode(address)
         if not raw:
@@ -463,11 +478,11 @@ def _address_keys(address, family, listening):
         return ["unix:" + raw.hex()]
     if family not in ("AF_INET", "AF_INET6") or not isinstance(address, tuple):
         return None
-    fam = getattr(_socket, family)
+    fam = getattr(socket, family)
     host, port = address[0], address[1]
     try:
-        ip = _socket.getaddrinfo(host or None, port, fam, _socket.SOCK_STREAM,
-                                 0, _socket.AI_PASSIVE if listening else 0)[0][4][0]
+        ip = socket.getaddrinfo(host or None, port, fam, socket.SOCK_STREAM,
+                                0, socket.AI_PASSIVE if listening else 0)[0][4][0]
     except (OSError, UnicodeError):
         return None
     key = "%s:%s:%d" % (family, ip, port)
@@ -484,8 +499,6 @@ _local_ips = None
 
 def _is_local(ip):
     global _local_ips
-    import ipaddress
-    import socket as _socket
     try:
         if ipaddress.ip_address(ip).is_loopback:
             return True
@@ -494,7 +507,7 @@ def _is_local(ip):
     if _local_ips is None:
         found = set()
         try:
-            for info in _socket.getaddrinfo(_socket.gethostname(), None):
+            for info in socket.getaddrinfo(socket.gethostname(), None):
                 found.add(info[4][0])
         except OSError:
             pass
@@ -503,6 +516,7 @@ def _is_local(ip):
 
 
 _StockListener = _mpc.Listener
+_REPLY_CACHE = 8  # clients' reply channels a Listener keeps attached
 
 
 class Listener(_StockListener):
@@ -518,7 +532,7 @@ class Listener(_StockListener):
     connection is accepted, as with a socket)."""
 
     ACCEPT_CAPACITY = 256
-    _dragon = False
+    _dragon = False  # stock subclasses (XmlListener) reach these methods without __init__
 
     @staticmethod
     def _use_dragon():
@@ -529,9 +543,8 @@ class Listener(_StockListener):
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")  # before binding: no socket left
         super().__init__(address, family, backlog, authkey)  # binds, or raises what stock does
-        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
+        if not self._dragon:
             return
-        import queue
         self._family = family or (address and _mpc.address_type(address)) or _mpc.default_family
         self._requests = None
         self._ready = queue.SimpleQueue()  # (connection, last_accepted); None: closed
@@ -554,9 +567,9 @@ class Listener(_StockListener):
                 self._listener.close()
                 raise
             self._requests = ch
-            _threading.Thread(target=self._serve_requests, args=(ch,),
+            threading.Thread(target=self._serve_requests, args=(ch,),
                               name="dragon-listener-requests", daemon=True).start()
-        _threading.Thread(target=self._serve_socket, args=(self._listener,),
+        threading.Thread(target=self._serve_socket, args=(self._listener,),
                           name="dragon-listener-socket", daemon=True).start()
 
     @property
@@ -584,7 +597,7 @@ class Listener(_StockListener):
                 try:
                     spare = _channel_pair()  # made ahead: a request waits only for its hand-over
                 except Exception:
-                    spare = None
+                    pass
             try:
                 reply, rid, host = requests.get()
             except Exception:  # closed (and drained)
@@ -596,7 +609,7 @@ class Listener(_StockListener):
                 except LookupError:
                     continue  # the client gave up
             replies[reply] = to_client
-            if len(replies) > 8:  # each keeps a client's pool mapped here
+            if len(replies) > _REPLY_CACHE:  # each keeps a client's pool mapped here
                 replies.popitem(last=False)
             if self._closing:
                 _refuse(to_client, rid)
@@ -664,12 +677,11 @@ class Listener(_StockListener):
             except Exception:
                 pass
             try:
-                _runtime.client().detach(requests.descriptor)
+                _runtime.detach(requests.descriptor)
             except Exception:
                 pass
-        import socket as _socket
         try:
-            listener._socket.shutdown(_socket.SHUT_RDWR)  # wakes the socket thread
+            listener._socket.shutdown(socket.SHUT_RDWR)  # wakes the socket thread
         except OSError:
             pass
         super().close()
@@ -709,7 +721,7 @@ def Client(address, family=None, authkey=None):
 _LIVENESS_INTERVAL = 1.0
 
 
-class _ConnectState(_threading.local):
+class _ConnectState(threading.local):
     """A thread's reply channel (reused by its connects) and the request ids it sent."""
     pid = None
     reply = None
@@ -817,19 +829,9 @@ _routed_client.__name__ = _routed_client.__qualname__ = "Client"
 _routed_client.__doc__ = Client.__doc__
 
 
-class _OsSocketsHere:
-    """Within it, this thread's Listeners and Clients are the OS socket ones."""
-
-    def __enter__(self):
-        _stock_tls.depth = getattr(_stock_tls, "depth", 0) + 1
-
-    def __exit__(self, *exc):
-        _stock_tls.depth -= 1
-
-
 def _with_os_sockets(fn):
     def call(*args, **kwargs):
-        with _OsSocketsHere():
+        with _os_sockets:
             return fn(*args, **kwargs)
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
@@ -855,11 +857,8 @@ def _patch_managers(managers):
         from .context import DragonContext
         if not isinstance(getattr(self, "_ctx", None), DragonContext):
             return stock_start(self, initializer, initargs)
-        _pipe_tls.dragon = getattr(_pipe_tls, "dragon", 0) + 1
-        try:
+        with _dragon_pipes:
             return stock_start(self, initializer, initargs)
-        finally:
-            _pipe_tls.dragon -= 1
 
     start.__doc__ = stock_start.__doc__
     managers.BaseManager.start = start
@@ -869,12 +868,12 @@ def _patch_managers(managers):
 
 # multiprocessing.connection.Pipe is a dragon Pipe only inside a dragon manager's start(): other
 # stdlib code that calls it (a stock context's Queue) keeps OS pipes.
-_pipe_tls = _threading.local()
+_dragon_pipes = _ThreadFlag()
 _stock_mpc_pipe = _mpc.Pipe
 
 
 def _routed_pipe(duplex=True):
-    if getattr(_pipe_tls, "dragon", 0):
+    if _dragon_pipes:
         return Pipe(duplex)
     return _stock_mpc_pipe(duplex)
 

@@ -81,17 +81,19 @@ inline dragon::ObjectDescriptor parseDesc(const std::string& s) {
   return take(dragon::ObjectDescriptor::fromString(s));
 }
 
-// Releases the GIL for its scope, like py::gil_scoped_release, except when it is over after
-// the interpreter began to finalize: a daemon thread that woke then would be ended inside
-// PyEval_RestoreThread (by pthread_exit), and that unwinding through a destructor aborts the
-// process ("terminate called without an active exception"). Such a thread is parked instead,
-// for the moment the process has left to live.
+// Releases the GIL for its scope, like py::gil_scoped_release, but safe for a daemon thread
+// whose scope ends while the interpreter finalizes. Such a thread is ended inside
+// PyEval_RestoreThread (by pthread_exit, which unwinds the stack): through a noexcept
+// destructor, as py::gil_scoped_release's is, that unwinding aborts the process ("terminate
+// called without an active exception"), so this destructor lets it pass. A thread that finds
+// finalization already begun is parked instead, for the moment the process has left to live.
 class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
   GilReleased(const GilReleased&) = delete;
   GilReleased& operator=(const GilReleased&) = delete;
-  ~GilReleased() {
+  // NOLINTNEXTLINE(bugprone-exception-escape): the unwinding of pthread_exit, see above
+  ~GilReleased() noexcept(false) {
     while (_Py_IsFinalizing()) pause();
     PyEval_RestoreThread(state_);
   }

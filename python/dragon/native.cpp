@@ -10,9 +10,9 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <poll.h>
 #include <atomic>
 #include <memory>
+#include <poll.h>
 #include <string>
 
 namespace dragon::python {
@@ -98,7 +98,9 @@ bool waitAnyOf(const std::vector<PyChannel*>& channels, const std::vector<int>& 
     {
       GilReleased released;
       if (!pfds.empty()) fdReady = ::poll(pfds.data(), pfds.size(), 0) > 0;
-      if (!fdReady) n = dragon::Channel::waitAny(items, dragon::Timeout::after(std::chrono::nanoseconds(left)));
+      if (!fdReady) {
+        n = dragon::Channel::waitAny(items, dragon::Timeout::after(std::chrono::nanoseconds(left)));
+      }
     }
     if (fdReady) return true;
     if (!n.has_value()) raise(n.error());
@@ -264,7 +266,8 @@ PYBIND11_MODULE(_native, m) {
                const dragon::ObjectDescriptor d = parseDesc(desc);
                return PyChannel{take(unlocked([&] { return c.attachChannel(d); }))};
              }
-             return PyChannel{take(unlocked([&] { return c.attachChannel(std::string_view(desc)); }))};
+             const std::string_view name(desc);
+             return PyChannel{take(unlocked([&] { return c.attachChannel(name); }))};
            })
       .def("attach_pool",
            [](dragon::Client& c, const std::string& desc) {
@@ -276,9 +279,8 @@ PYBIND11_MODULE(_native, m) {
            })
       .def("detach",
            [](dragon::Client& c, const std::string& d) {
-             dragon::Result<dragon::ObjectDescriptor> desc = dragon::ObjectDescriptor::fromString(d);
-             if (!desc.has_value()) raise(desc.error());
-             check(unlocked([&] { return c.detach(*desc); }));
+             const dragon::ObjectDescriptor desc = parseDesc(d);
+             check(unlocked([&] { return c.detach(desc); }));
            })
       .def("detach_later",
            [](dragon::Client& c, const std::string& d) {
@@ -325,12 +327,9 @@ PYBIND11_MODULE(_native, m) {
              o.extraFds = extraFds;
              o.extraFdBase = extraFdBase;
              std::vector<std::tuple<std::uint64_t, int, std::uint64_t>> out2;
-             dragon::Result<std::vector<dragon::ProcessInfo>> r = Status(StatusCode::Internal);
-             {
-               GilReleased released;
-               r = c.spawn(o);
+             for (const auto& p : take(unlocked([&] { return c.spawn(o); }))) {
+               out2.emplace_back(p.puid, p.pid, p.group);
              }
-             for (const auto& p : take(std::move(r))) out2.emplace_back(p.puid, p.pid, p.group);
              return out2;
            },
            py::arg("argv"), py::arg("env") = std::vector<std::string>{}, py::arg("cwd") = "",
@@ -341,13 +340,10 @@ PYBIND11_MODULE(_native, m) {
       .def("wait",
            [](dragon::Client& c, const std::vector<std::uint64_t>& puids, const py::object& timeout) {
              const dragon::Timeout t = timeoutOf(timeout);
-             dragon::Result<std::vector<dragon::ExitInfo>> r = Status(StatusCode::Internal);
-             {
-               GilReleased released;
-               r = c.wait(puids, t);
-             }
              std::vector<std::tuple<std::uint64_t, int, int>> out;
-             for (const auto& e : take(std::move(r))) out.emplace_back(e.puid, e.exitCode, e.signal);
+             for (const auto& e : take(unlocked([&] { return c.wait(puids, t); }))) {
+               out.emplace_back(e.puid, e.exitCode, e.signal);
+             }
              return out;
            },
            py::arg("puids"), py::arg("timeout") = py::none())

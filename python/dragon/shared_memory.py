@@ -55,16 +55,15 @@ class SharedMemory(_stock.SharedMemory):
                 full = _stock._make_filename()
                 if self._create(full, size):
                     break
-        else:
-            full = "/" + name if self._prepend_leading_slash else name
-            if flags & os.O_CREAT and size > 0 and self._create(full, size):
-                pass
-            elif flags & os.O_EXCL:
-                raise FileExistsError(errno.EEXIST, "File exists: %r" % (name,))
-            elif not self._attach(full):
-                # No dragon block of that name: a POSIX segment of stock Python processes?
-                super().__init__(name, False, size)
-                return
+            return
+        full = "/" + name if self._prepend_leading_slash else name
+        if flags & os.O_CREAT and size > 0 and self._create(full, size):
+            return
+        if flags & os.O_EXCL:
+            raise FileExistsError(errno.EEXIST, "File exists: %r" % (name,))
+        if not self._attach(full):
+            # No dragon block of that name: a POSIX segment of stock Python processes?
+            super().__init__(name, False, size)
 
     def _key(self, full):
         return _NAME_PREFIX + (full[1:] if self._prepend_leading_slash else full)
@@ -72,9 +71,7 @@ class SharedMemory(_stock.SharedMemory):
     def _create(self, full, size):
         """True if it made the block; False if the name is taken."""
         try:
-            with _runtime._lock:
-                pool = _runtime.client().create_pool(size + _POOL_OVERHEAD, self._key(full),
-                                                     lazy=True)
+            pool = _runtime.create_pool(size + _POOL_OVERHEAD, self._key(full), lazy=True)
         except FileExistsError:
             return False
         offset = pool.alloc(size, shared=True)
@@ -83,8 +80,7 @@ class SharedMemory(_stock.SharedMemory):
 
     def _attach(self, full):
         try:
-            with _runtime._lock:
-                pool = _runtime.client().attach_pool(self._key(full))
+            pool = _runtime.attach_named_pool(self._key(full))
         except LookupError:
             return False
         blocks = pool.allocations()
@@ -105,9 +101,8 @@ class SharedMemory(_stock.SharedMemory):
     @staticmethod
     def _detach(pool):
         try:
-            with _runtime._lock:
-                _runtime.client().detach(pool.descriptor)
-        except Exception:
+            _runtime.detach(pool.descriptor)
+        except Exception:  # dragond is gone (exit): nothing is left to give back
             pass
 
     def __reduce__(self):
@@ -119,7 +114,8 @@ class SharedMemory(_stock.SharedMemory):
         if not self._dragon:
             return super().close()
         if self._buf is not None:
-            self._buf.release()  # BufferError while views of it are alive, as with stock
+            # Views of it (slices, numpy arrays over it) keep the pool mapped and stay valid.
+            self._buf.release()
             self._buf = None
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -129,10 +125,7 @@ class SharedMemory(_stock.SharedMemory):
         if not self._dragon:
             return super().unlink()
         try:
-            with _runtime._lock:
-                c = _runtime.client()
-                desc = c.lookup_name(self._key(self._name))
-                c.destroy(desc)
+            _runtime.destroy(_runtime.lookup_name(self._key(self._name)))
         except LookupError:
             raise _not_found(self.name) from None
 
