@@ -48,6 +48,7 @@ class Connection:
         self._fd = fd
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this object holds no handle
+        self._writers_checked = 0.0  # when _writers_gone() last looked
         _open_handles.add(self)
 
     def __getstate__(self):
@@ -74,6 +75,7 @@ class Connection:
         self._send = _runtime.attach_channel(s) if s else None
         self._closed = False
         self._pid = os.getpid()
+        self._writers_checked = 0.0
         if self._send is not None and self._wrec is not None:
             _writer_slot(self._send.pool, self._wrec, self._pid, 1)
         _open_handles.add(self)  # a process that exits gives back its handles
@@ -175,9 +177,14 @@ class Connection:
 
     def _writers_gone(self):
         """True once every writer has gone, counting the ones that were killed (whose handles
-        this drops, closing the channel for every reader)."""
+        this drops, closing the channel for every reader). Looks at most once a _WRITER_CHECK
+        (a poll() loop does not pay a kill() per writer each time round)."""
         if self._recv is None or self._rrec is None or self._closed:
             return False
+        now = time.monotonic()
+        if now < self._writers_checked + _WRITER_CHECK:
+            return False
+        self._writers_checked = now
         try:
             if _drop_dead_writers(self._recv.pool, self._rrec):
                 self._recv.close()
