@@ -19,7 +19,17 @@ from . import _native, _runtime
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
+# What a Pipe's channels hold before a sender blocks. A stock duplex Pipe is a socketpair, which
+# blocks a writer after a few hundred small messages: 1024 holds more. A stock one-way Pipe is an
+# OS pipe, which holds 64 KiB: 16384 of the smallest messages (send_bytes(b"") writes a 4-byte
+# header). Programs lean on that: CPython 3.11's ProcessPoolExecutor sends one empty wake-up
+# per submit() while holding the lock its manager thread needs to drain them (gh-105829), so a
+# one-way channel that held fewer than an OS pipe deadlocked thousands of submits. A one-way
+# Pipe's ring therefore has 16384 slots of 64 bytes (1 MiB of the lazy 1 GiB pool, faulted in as
+# it is used); its messages over 32 bytes travel in pool blocks.
 PIPE_CAPACITY = 1024
+ONE_WAY_PIPE_CAPACITY = 16384
+ONE_WAY_PIPE_INLINE = 32
 
 
 class Connection:
@@ -355,7 +365,7 @@ def Pipe(duplex=True):
     fds = (s1.detach(), s2.detach())
     if duplex:
         return _channel_pair(fds)
-    a = _runtime.new_channel(PIPE_CAPACITY)
+    a = _runtime.new_channel(ONE_WAY_PIPE_CAPACITY, ONE_WAY_PIPE_INLINE)
     ra = _new_record(a, os.getpid())
     return (Connection(a, None, True, False, rrec=ra, fd=fds[0]),
             Connection(None, a, False, True, wrec=ra, fd=fds[1]))
