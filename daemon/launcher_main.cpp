@@ -106,26 +106,47 @@ class PrivateDaemon {
     socketPath = dir + "/job-" + std::to_string(getpid()) + ".sock";
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return Status::fromErrno("pipe2", errno);
+    // The lifeline: dragond holds the read end and stops (as on SIGTERM: the job's processes,
+    // its memory and its socket go) once it reads end of file, which the kernel delivers when
+    // this launcher ends however it ends, SIGKILL included. Only this process holds the write
+    // end (close-on-exec), so no process of the job keeps dragond alive.
+    int life[2];
+    if (pipe2(life, O_CLOEXEC) != 0) {
+      const int e = errno;
+      close(ready[0]);
+      close(ready[1]);
+      return Status::fromErrno("pipe2", e);
+    }
+    lifeline_ = dragon::UniqueFd(life[1]);
     std::vector<std::string> args = {daemonPath(), "--standalone", "--socket", socketPath,
-                                     "--ready-fd", std::to_string(ready[1])};
+                                     "--ready-fd", std::to_string(ready[1]),
+                                     "--exit-with-fd", std::to_string(life[0])};
     if (!o.config.empty()) args.insert(args.end(), {"--config", o.config});
     if (!o.logLevel.empty()) args.insert(args.end(), {"--log-level", o.logLevel});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     pid_ = fork();
-    if (pid_ < 0) return Status::fromErrno("fork", errno);
+    if (pid_ < 0) {
+      const int e = errno;
+      close(ready[0]);
+      close(ready[1]);
+      close(life[0]);
+      return Status::fromErrno("fork", e);
+    }
     if (pid_ == 0) {
       setsid();
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);
       fcntl(ready[1], F_SETFD, 0);
+      fcntl(life[0], F_SETFD, 0);
       execvp(argv[0], argv.data());
       std::fprintf(stderr, "dragon: cannot run %s: %s\n", argv[0], std::strerror(errno));
       _exit(127);
     }
     close(ready[1]);
+    close(life[0]);
     dragon::UniqueFd readFd(ready[0]);
     // dragond writes "ready" once it serves, or exits (closing the pipe) when it cannot.
     pollfd p{readFd.get(), POLLIN, 0};
@@ -156,6 +177,7 @@ class PrivateDaemon {
 
  private:
   pid_t pid_ = -1;
+  dragon::UniqueFd lifeline_;  // write end of dragond's --exit-with-fd pipe
 };
 
 bool isPythonScript(const std::string& program) {

@@ -4,6 +4,7 @@
 #include "daemon_fixture.hpp"
 
 #include <dirent.h>
+#include <random>
 #include <set>
 
 namespace dragon {
@@ -143,6 +144,53 @@ TEST_F(Launcher, APrivateDragondJobLeavesNoProcessSocketOrMemoryBehind) {
     if (name == "dragond\n" && e.find(runtime_) != std::string::npos) daemonLeft = true;
   }
   EXPECT_FALSE(daemonLeft);
+}
+
+// The live (not zombie) processes that run with `runtimeDir` in their environment: the
+// private dragond and every process of its job inherit the launcher's XDG_RUNTIME_DIR.
+std::vector<pid_t> processesOf(const std::string& runtimeDir) {
+  std::vector<pid_t> out;
+  const std::string needle = "XDG_RUNTIME_DIR=" + runtimeDir + '\0';
+  for (const auto& name : entries("/proc")) {
+    const pid_t pid = std::atoi(name.c_str());
+    if (pid <= 0 || pid == getpid()) continue;
+    if (testing::readFile("/proc/" + name + "/environ").find(needle) != std::string::npos &&
+        !testing::processGone(pid)) {
+      out.push_back(pid);
+    }
+  }
+  return out;
+}
+
+TEST_F(Launcher, ASigkilledLauncherTakesItsPrivateDragondAndJobWithIt) {
+  // SIGKILL at random points: while the private dragond starts, while the head starts, and
+  // while the job runs (a head with two background processes that would outlive it).
+  const unsigned seed = static_cast<unsigned>(std::random_device{}());
+  std::mt19937 rng(seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  for (int round = 0; round < 8; ++round) {
+    Launched l = launch({"/bin/sh", "-c", "sleep 600 & sleep 600 & echo running; wait"},
+                        runtime_, {"DRAGON_PROCESS_KILL_GRACE=1s"});
+    std::string out;
+    if (round % 2 == 0) {
+      // Somewhere in the first 150 ms: the daemon's or the head's start, or just after.
+      const int us = std::uniform_int_distribution<int>(0, 150'000)(rng);
+      pollfd none{-1, 0, 0};
+      poll(&none, 0, us / 1000);
+    } else {
+      ASSERT_TRUE(readUntil(l.out, "running\n", out)) << out;
+    }
+    kill(l.pid, SIGKILL);
+    auto [st, rest] = finish(l, 10s);
+    EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << out << rest;
+    std::vector<pid_t> left;
+    EXPECT_TRUE(testing::eventually([&] { return (left = processesOf(runtime_)).empty(); }, 20s))
+        << "round " << round << ": " << left.size() << " processes of the job are left, first "
+        << (left.empty() ? 0 : left.front());
+    EXPECT_TRUE(testing::eventually([&] { return entries(runtime_ + "/dragon").empty(); }, 10s))
+        << "round " << round << ": the private dragond's socket is left";
+    for (pid_t pid : left) kill(pid, SIGKILL);
+  }
 }
 
 TEST_F(Launcher, CtrlCGoesToTheHeadAndASecondOneKillsTheJob) {

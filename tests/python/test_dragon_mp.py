@@ -786,6 +786,49 @@ class LauncherTest(unittest.TestCase):
             p.stdout.close()
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_a_sigkilled_launcher_leaves_no_dragond_process_or_socket(self):
+        script = ("import multiprocessing as mp, time\n"
+                  "def busy(x):\n    end = time.time() + 600\n"
+                  "    while time.time() < end: pass\n"
+                  "if __name__ == '__main__':\n"
+                  "    with mp.Pool(4) as pool:\n"
+                  "        r = pool.map_async(busy, range(4))\n"
+                  "        print('busy', flush=True); r.get()\n")
+        env, path = private_runtime_env("busy.py", script)
+        needle = ("XDG_RUNTIME_DIR=" + env["XDG_RUNTIME_DIR"] + "\0").encode()
+
+        def left():
+            pids = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open("/proc/%s/environ" % pid, "rb") as f:
+                        mine = needle in f.read()
+                    with open("/proc/%s/stat" % pid) as f:
+                        zombie = f.read().rsplit(")", 1)[1].split()[0] in "ZX"
+                except OSError:
+                    continue
+                if mine and not zombie and int(pid) != os.getpid():
+                    pids.append(int(pid))
+            return pids
+
+        p = subprocess.Popen([self.LAUNCHER, path], stdout=subprocess.PIPE, env=env, text=True)
+        try:
+            self.assertEqual(p.stdout.readline(), "busy\n")
+            self.assertGreaterEqual(len(left()), 7)  # dragond, template, head, 4 workers
+            p.kill()
+            p.wait(30)
+            deadline = time.monotonic() + 30
+            while left() and time.monotonic() < deadline:
+                select.select([], [], [], 0.05)
+            self.assertEqual(left(), [], "processes of the killed launcher's job are left")
+            self.assertEqual(os.listdir(env["XDG_RUNTIME_DIR"] + "/dragon"), [])
+        finally:
+            p.kill()
+            p.stdout.close()
+            for pid in left():
+                os.kill(pid, signal.SIGKILL)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_the_examples_run_under_dragon_and_verify_their_results(self):
         examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "examples")
