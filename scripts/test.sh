@@ -27,6 +27,21 @@ run() {  # run NAME DIR [meson test args...]
   passed=$((passed + ${ok:-0}))
   failed=$((failed + ${fail:-0} + ${timeout:-0}))
   rm -f "$log"
+  report_skips "$dir/meson-logs/testlog.txt"
+}
+
+skipped=0
+# Tests that skip themselves (a GoogleTest GTEST_SKIP, a unittest skip, a script's exit 77) are
+# named with their reason, and counted in the closing line: a skip is never silent.
+report_skips() {  # report_skips TESTLOG
+  [ -f "$1" ] || return 0
+  local lines
+  lines=$(grep -hE '^\[  SKIPPED \] [A-Za-z_0-9/]+\.[A-Za-z_0-9/]+ \([0-9]+ ms\)|\.\.\. skipped |^skipped: ' "$1" || true)
+  [ -n "$lines" ] || return 0
+  echo "$lines" | sed 's/^/  SKIPPED: /'
+  # A GoogleTest skip gives its reason on the line after "FILE:LINE: Skipped".
+  grep -hA1 -E '^[^ ]+:[0-9]+: Skipped$' "$1" | grep -vE 'Skipped$|^--$' | sed 's/^/    reason: /' || true
+  skipped=$((skipped + $(echo "$lines" | wc -l)))
 }
 
 build() {  # build DIR [meson options...]
@@ -95,6 +110,9 @@ if [ -x "$suite" ] || [ -f "$suite" ]; then
     failed=$((failed + 1))
   fi
   rm -rf "$out"
+elif [ "${CI:-}" = "true" ]; then
+  echo "FAILED: $suite is not beside this repository: CI must run CPython's suite"
+  failed=$((failed + 1))
 else
   echo "NOT RUN: $suite is not beside this repository (it is in the team's shared folder, which CI has)"
 fi
@@ -102,5 +120,5 @@ fi
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Compiles every installed header alone, with only the public include path: none may reach an
-// internal header.
+// Every installed header together, with only the public include path, in a program that runs
+// against libdragon (tests/meson.build also compiles each header alone).
 #include <dragon/channel.hpp>
+#include <dragon/client.hpp>
 #include <dragon/descriptor.hpp>
 #include <dragon/dragon.h>
 #include <dragon/mapped_region.hpp>

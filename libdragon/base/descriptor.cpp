@@ -20,6 +20,22 @@ std::uint64_t get(std::span<const std::byte> b, std::size_t at, std::size_t n) {
 }
 
 constexpr std::string_view kPrefix = "dragon:";
+constexpr std::size_t kCheckAt = ObjectDescriptor::kSerializedSize - 2;
+constexpr std::uint64_t kMaxOffset = (std::uint64_t{1} << 48) - 1;
+
+// CRC-16/CCITT-FALSE of the first 30 bytes: a CRC of 16 bits detects every error burst of up to
+// 16 bits, so every change confined to one byte (or two adjacent ones) of a descriptor is caught.
+std::uint16_t check(std::span<const std::byte> b) {
+  std::uint16_t crc = 0xffff;
+  for (std::size_t i = 0; i < kCheckAt; ++i) {
+    crc ^= static_cast<std::uint16_t>(std::to_integer<std::uint16_t>(b[i]) << 8);
+    for (int bit = 0; bit < 8; ++bit) {
+      crc = (crc & 0x8000) != 0 ? static_cast<std::uint16_t>((crc << 1) ^ 0x1021)
+                                : static_cast<std::uint16_t>(crc << 1);
+    }
+  }
+  return crc;
+}
 
 }  // namespace
 
@@ -32,7 +48,8 @@ std::array<std::byte, ObjectDescriptor::kSerializedSize> ObjectDescriptor::seria
   put(b, 4, node, 4);
   put(b, 8, id, 8);
   put(b, 16, poolId, 8);
-  put(b, 24, offset, 8);
+  put(b, 24, offset & kMaxOffset, 6);  // pools are at most 1 TiB: offsets fit 48 bits
+  put(b, kCheckAt, check(b), 2);
   return b;
 }
 
@@ -56,12 +73,16 @@ Result<ObjectDescriptor> ObjectDescriptor::parse(std::span<const std::byte> b) {
     return Status(StatusCode::InvalidArgument,
                   "descriptor names an unknown object kind " + std::to_string(kind));
   }
+  if (get(b, kCheckAt, 2) != check(b)) {
+    return Status(StatusCode::InvalidArgument,
+                  "descriptor is corrupt (its check bytes do not match its contents)");
+  }
   ObjectDescriptor d;
   d.kind = static_cast<ObjectKind>(kind);
   d.node = static_cast<std::uint32_t>(get(b, 4, 4));
   d.id = get(b, 8, 8);
   d.poolId = get(b, 16, 8);
-  d.offset = get(b, 24, 8);
+  d.offset = get(b, 24, 6);
   if (d.id == 0 || d.poolId == 0) {
     return Status(StatusCode::InvalidArgument, "descriptor has a zero id");
   }
