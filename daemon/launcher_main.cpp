@@ -215,6 +215,9 @@ int listProcesses(const Options& o) {
                                              : "exit " + std::to_string(p.exit.exitCode);
     std::string cmd;
     for (const auto& a : p.argv) cmd += (cmd.empty() ? "" : " ") + a;
+    // A Python Process forked by the template runs the template's command line; its label is
+    // the Process's name. (A spawned process's label is its output prefix, a "{puid}" format.)
+    if (!p.label.empty() && p.label.find('{') == std::string::npos) cmd += " (" + p.label + ")";
     std::printf("%-14llu %-8d %-12s %-6llu %-6llu %s\n", static_cast<unsigned long long>(p.puid),
                 static_cast<int>(p.pid), state.c_str(), static_cast<unsigned long long>(p.job),
                 static_cast<unsigned long long>(p.group), cmd.c_str());

@@ -24,6 +24,8 @@ namespace {
 constexpr std::uint32_t kMaxCount = 10000;
 constexpr std::int64_t kDrainAfterExitNs = 1'000'000'000;
 constexpr std::size_t kReadChunk = 64 * 1024;
+// The exit code recorded for an adopted process whose adopter went before reporting its end.
+constexpr int kLostExitCode = 255;
 
 bool hasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
 
@@ -100,11 +102,22 @@ std::string expandLabel(const std::string& label, std::uint64_t puid, pid_t pid)
   return out;
 }
 
+// Through the pidfd: the pid of an adopted process may name another process once its parent
+// has reaped it. 0, or -1 with errno.
+int pidfdSignal(const UniqueFd& pidfd, int sig) {
+  if (!pidfd) return 0;  // it has ended
+  return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd.get(), sig, nullptr, 0));
+}
+
 }  // namespace
 
 ProcessManager::~ProcessManager() {
   // dragond only gets here after endAll() finished, or on a fatal error: leave nothing behind.
   for (auto& [puid, p] : processes_) {
+    if (p.adopted) {
+      (void)pidfdSignal(p.pidfd, SIGKILL);  // its parent reaps it
+      continue;
+    }
     if (!p.exited) {
       kill(-p.pid, SIGKILL);
       kill(p.pid, SIGKILL);
@@ -323,6 +336,10 @@ void ProcessManager::onExit(std::uint64_t puid) {
   auto it = processes_.find(puid);
   if (it == processes_.end()) return;
   Process& p = it->second;
+  if (p.adopted) {
+    onAdoptedEnd(p);
+    return;
+  }
   siginfo_t info{};
   if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(p.pidfd.get()), &info,
              WEXITED | WNOHANG) != 0 || info.si_pid == 0) {
@@ -502,7 +519,11 @@ Status ProcessManager::signal(const std::vector<std::uint64_t>& puids, int sig) 
   }
   for (auto puid : puids) {
     const Process& p = processes_.at(puid);
-    if (!p.exited && kill(p.pid, sig) != 0 && errno != ESRCH) {
+    if (p.adopted) {
+      if (pidfdSignal(p.pidfd, sig) != 0 && errno != ESRCH) {
+        return Status::fromErrno("pidfd_send_signal", errno);
+      }
+    } else if (!p.exited && kill(p.pid, sig) != 0 && errno != ESRCH) {
       return Status::fromErrno("kill", errno);
     }
   }
@@ -520,7 +541,11 @@ Status ProcessManager::signalGroup(std::uint64_t group, int sig) {
 void ProcessManager::killJob(std::uint64_t job, int sig) {
   for (auto& [puid, p] : processes_) {
     if (p.job != job) continue;
-    if (!p.exited) {
+    if (p.adopted) {
+      // It leads no group of its own (it is in its adopter's, which is signalled as a
+      // process of the job if dragond started it).
+      (void)pidfdSignal(p.pidfd, sig);
+    } else if (!p.exited) {
       // The whole process group: descendants that stayed in it go too.
       if (kill(-p.pid, sig) != 0) kill(p.pid, sig);
     } else if (byPid_.count(p.pid) == 0) {
@@ -620,6 +645,165 @@ std::uint64_t ProcessManager::jobOfPidOrAncestor(pid_t pid) const {
   return 0;
 }
 
+Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterPid,
+                                            std::uint64_t adopter, std::uint64_t job) {
+  const pid_t pid = req.pid();
+  if (pid <= 0) {
+    return Status(StatusCode::InvalidArgument, "adopt needs a pid");
+  }
+  for (const auto& a : req.argv()) {
+    if (hasNul(a)) return Status(StatusCode::InvalidArgument, "an argument holds a NUL byte");
+  }
+  if (byPid_.count(pid) != 0) {
+    return Status(StatusCode::AlreadyExists,
+                  "process " + std::to_string(pid) + " is already in the process table");
+  }
+  // The pidfd first, then the parent check: the adopter does not reap the process before our
+  // reply, so the pid cannot name another process in between.
+  UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) {
+    if (errno == ESRCH) return Status(StatusCode::NotFound, "no process " + std::to_string(pid));
+    return Status::fromErrno("pidfd_open", errno);
+  }
+  // Only its parent may adopt it: the parent is the one that can reap it and report its end,
+  // and no client may put another's processes in its job.
+  if (adopterPid <= 0 || parentOf(pid) != adopterPid) {
+    return Status(StatusCode::PermissionDenied,
+                  "process " + std::to_string(pid) + " is not the requester's child");
+  }
+  Process p;
+  p.puid = global_.newPuid();
+  p.pid = pid;
+  p.job = job;
+  p.pidfd = std::move(pidfd);
+  p.adopted = true;
+  p.adopter = adopter;
+  p.idle = req.idle();
+  p.argv.assign(req.argv().begin(), req.argv().end());
+  if (!p.idle) {
+    ProcessRecord rec;
+    rec.puid = p.puid;
+    rec.pid = p.pid;
+    rec.node = node_;
+    rec.argv = std::move(p.argv);
+    rec.job = job;
+    global_.addProcess(rec);
+  }
+  const std::uint64_t puid = p.puid;
+  byPid_[pid] = puid;
+  watch(processes_[puid] = std::move(p));
+  return puid;
+}
+
+Result<ProcessManager::Process*> ProcessManager::adoptedBy(std::uint64_t adopter,
+                                                           std::uint64_t puid) {
+  auto it = processes_.find(puid);
+  if (it == processes_.end() || !it->second.adopted) {
+    return Status(StatusCode::NotFound, "no adopted process with puid " + std::to_string(puid));
+  }
+  if (it->second.adopter != adopter) {
+    return Status(StatusCode::PermissionDenied,
+                  "puid " + std::to_string(puid) + " was adopted by another client");
+  }
+  return &it->second;
+}
+
+Status ProcessManager::adoptedStarted(std::uint64_t adopter, std::uint64_t puid,
+                                      const std::string& label) {
+  DRAGON_ASSIGN_OR_RETURN(Process * p, adoptedBy(adopter, puid));
+  if (!p->idle) {
+    return Status(StatusCode::InvalidArgument, "puid " + std::to_string(puid) + " already runs");
+  }
+  p->idle = false;
+  p->label = label;
+  ProcessRecord rec;
+  rec.puid = p->puid;
+  rec.pid = p->pid;
+  rec.node = node_;
+  rec.argv = std::move(p->argv);
+  rec.label = label;
+  rec.job = p->job;
+  rec.running = !p->finished;
+  rec.exitCode = p->exitCode;
+  rec.signal = p->signal;
+  global_.addProcess(rec);
+  return Status::ok();
+}
+
+Status ProcessManager::reportExit(std::uint64_t adopter, std::uint64_t puid, int exitCode,
+                                  int signal) {
+  // As waitid() reports it: a code of 0-255, or a signal (never both).
+  if (exitCode < 0 || exitCode > 255 || signal < 0 || signal >= NSIG ||
+      (signal != 0 && exitCode != 0)) {
+    return Status(StatusCode::InvalidArgument, "not an exit status: code " +
+                                                   std::to_string(exitCode) + ", signal " +
+                                                   std::to_string(signal));
+  }
+  DRAGON_ASSIGN_OR_RETURN(Process * p, adoptedBy(adopter, puid));
+  if (p->finished) {
+    return Status(StatusCode::InvalidArgument, "puid " + std::to_string(puid) + " has ended");
+  }
+  // It may be reported before its pidfd's readiness is handled: the report is the end.
+  if (p->pidfd) {
+    loop_.remove(p->pidfd.get());
+    p->pidfd.reset();
+  }
+  p->gone = true;
+  forgetPid(*p);
+  recordExit(*p, exitCode, signal);  // may forget it (its job ended): not used after this
+  return Status::ok();
+}
+
+void ProcessManager::onAdoptedEnd(Process& p) {
+  // Not our child: the pidfd says it ended, its status comes from its adopter.
+  loop_.remove(p.pidfd.get());
+  p.pidfd.reset();
+  p.gone = true;
+  forgetPid(p);
+  if (p.adopter == 0 && !p.finished) {
+    DRAGON_LOG(Debug, "processes", "puid %llu (pid %d) ended after its adopter: status lost",
+               static_cast<unsigned long long>(p.puid), p.pid);
+    recordExit(p, kLostExitCode, 0);
+  }
+}
+
+void ProcessManager::adopterGone(std::uint64_t adopter) {
+  std::vector<std::uint64_t> lost;
+  std::size_t orphans = 0;
+  for (auto& [puid, p] : processes_) {
+    if (!p.adopted || p.adopter != adopter || p.finished) continue;
+    p.adopter = 0;
+    ++orphans;
+    if (p.gone) lost.push_back(puid);  // the others are recorded when their pidfd says so
+  }
+  if (orphans == 0) return;
+  DRAGON_LOG(Warn, "processes",
+             "connection %llu went before reporting the end of %zu process(es) it adopted: "
+             "their exit status is lost and reads %d",
+             static_cast<unsigned long long>(adopter), orphans, kLostExitCode);
+  // One at a time, looked up again: recording an end may end a job and forget its records.
+  for (auto puid : lost) {
+    auto it = processes_.find(puid);
+    if (it != processes_.end() && !it->second.finished) {
+      recordExit(it->second, kLostExitCode, 0);
+    }
+  }
+}
+
+void ProcessManager::recordExit(Process& p, int exitCode, int signal) {
+  p.exited = true;
+  p.exitCode = exitCode;
+  p.signal = signal;
+  DRAGON_LOG(Debug, "processes", "adopted puid %llu (pid %d) ended: code %d signal %d",
+             static_cast<unsigned long long>(p.puid), p.pid, exitCode, signal);
+  finished(p);
+}
+
+void ProcessManager::forgetPid(const Process& p) {
+  // Only its own entry: once reaped, its pid may already be another process's.
+  auto it = byPid_.find(p.pid);
+  if (it != byPid_.end() && it->second == p.puid) byPid_.erase(it);
+}
 
 std::string ProcessManager::dump() const {
   std::string out = "processes: " + std::to_string(processes_.size()) + " known, " +
@@ -630,6 +814,7 @@ std::string ProcessManager::dump() const {
   for (const auto& [puid, p] : processes_) {
     out += "\n  puid " + std::to_string(puid) + " pid " + std::to_string(p.pid) + " job " +
            std::to_string(p.job) +
+           (p.adopted ? " adopted" : "") + (p.idle ? " idle" : "") +
            (p.finished ? " finished (code " + std::to_string(p.exitCode) + ", signal " +
                              std::to_string(p.signal) + ")"
                        : p.exited ? " exited, draining output" : " running");

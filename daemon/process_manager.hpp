@@ -5,6 +5,12 @@
 // finished once it has exited and its pipes are drained (or a second after it exited, when a
 // descendant still holds them), so no line is lost and its last lines come before its exit.
 //
+// Adopted processes: a client's own child that it registers (the Python template's children,
+// forked from a spare). dragond cannot reap what it did not start: its pidfd says when the
+// process ends, and the adopter, which reaps it, reports its status (reportExit). That report
+// is the one record of the status. If the adopter goes first, the status is lost: the end is
+// recorded with exit code 255 (kLostExitCode).
+//
 // Jobs: every process belongs to a job (the launcher's connection, or whichever client started
 // it from outside the runtime). Ending a job terminates its processes: SIGTERM to each process
 // group, SIGKILL after the grace period.
@@ -72,6 +78,17 @@ class ProcessManager {
   void endAll(std::function<void()> done);
   void resumeOutput(std::uint64_t job);
 
+  // The adopter's own child request.pid() joins the table, in `job`; adopterPid is the
+  // requesting connection's peer pid, `adopter` its id. Its puid.
+  Result<std::uint64_t> adopt(const protocol::Adopt& request, pid_t adopterPid,
+                              std::uint64_t adopter, std::uint64_t job);
+  // From the adopter: an idle adopted process now runs (it is listed from now on).
+  Status adoptedStarted(std::uint64_t adopter, std::uint64_t puid, const std::string& label);
+  // From the adopter, which reaped it: how an adopted process ended.
+  Status reportExit(std::uint64_t adopter, std::uint64_t puid, int exitCode, int signal);
+  // The connection `adopter` closed: its adopted processes' statuses can no longer come.
+  void adopterGone(std::uint64_t adopter);
+
   // The job of a running process of this node with this pid, or 0.
   std::uint64_t jobOfPid(pid_t pid) const;
   // The job of pid or of its nearest ancestor that is a running process of this node (a
@@ -98,6 +115,14 @@ class ProcessManager {
     int exitCode = 0;
     int signal = 0;
     EventLoop::TimerId drainTimer = 0;
+    // Adopted (not our child): the connection that adopted it and reports its status (0 once
+    // that connection has gone); `gone` once its pidfd said it ended; `idle` until it runs
+    // something, with the argv it is listed with then.
+    bool adopted = false;
+    std::uint64_t adopter = 0;
+    bool gone = false;
+    bool idle = false;
+    std::vector<std::string> argv;
   };
   struct Waiter {
     std::vector<std::uint64_t> puids;
@@ -113,6 +138,10 @@ class ProcessManager {
                          UniqueFd& outRead, UniqueFd& errRead);
   void watch(Process& p);
   void onExit(std::uint64_t puid);
+  void onAdoptedEnd(Process& p);
+  Result<Process*> adoptedBy(std::uint64_t adopter, std::uint64_t puid);
+  void recordExit(Process& p, int exitCode, int signal);
+  void forgetPid(const Process& p);
   void onOutput(std::uint64_t puid, bool isStderr);
   void closeStream(Process& p, bool isStderr);
   void emit(Process& p, bool isStderr, std::string_view line);

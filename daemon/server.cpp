@@ -218,14 +218,21 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kSignal:
     case pb::Envelope::kListProcesses:
     case pb::Envelope::kEndJob:
+    case pb::Envelope::kAdopt:
+    case pb::Envelope::kAdoptedStarted:
+    case pb::Envelope::kExited:
       handleProcess(c, msg);
       break;
     default:
       sendError(c, rid, Status(StatusCode::InvalidArgument, "not a request dragond serves"));
       break;
   }
-  // Fds that came with a request and were not used by it are not kept.
-  c.inFds.clear();
+  // Fds are kept until the request they came with is handled: one read can return requests
+  // sent before that one as well (the kernel ends a read after the bytes that carried fds, not
+  // before), so clearing them after every request lost a Spawn's fds whenever a one-way
+  // request (a detach) was read with it. Only a Spawn takes fds; a client that sends fds with
+  // anything else is refused once they pile up (readFrom).
+  if (msg.body_case() == pb::Envelope::kSpawn) c.inFds.clear();
 }
 
 void Server::replyObject(Connection& c, std::uint64_t rid, Result<ObjectGrant> grant) {
@@ -372,7 +379,7 @@ void Server::handleProcess(Connection& c, pb::Envelope& msg) {
       pb::Envelope reply;
       reply.set_request_id(rid);
       auto* list = reply.mutable_process_list();
-      for (const auto& r : global_.listProcesses()) {
+      for (const auto& r : global_.listProcesses()) {  // idle adopted processes are not there
         auto* e = list->add_process();
         e->set_puid(r.puid);
         e->set_pid(r.pid);
@@ -385,6 +392,31 @@ void Server::handleProcess(Connection& c, pb::Envelope& msg) {
         e->set_label(r.label);
       }
       send(c, reply);
+      return;
+    }
+    case pb::Envelope::kAdopt: {
+      auto r = processes_->adopt(msg.adopt(), c.peer.pid, c.id, jobOf(c));
+      if (!r.has_value()) {
+        sendError(c, rid, r.error());
+        return;
+      }
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      reply.mutable_spawned()->add_puid(*r);
+      reply.mutable_spawned()->add_pid(msg.adopt().pid());
+      send(c, reply);
+      return;
+    }
+    case pb::Envelope::kAdoptedStarted: {
+      const auto& s = msg.adopted_started();
+      Status st = processes_->adoptedStarted(c.id, s.puid(), s.label());
+      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      return;
+    }
+    case pb::Envelope::kExited: {
+      const auto& e = msg.exited();
+      Status st = processes_->reportExit(c.id, e.puid(), e.exit_code(), e.signal());
+      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
       return;
     }
     case pb::Envelope::kEndJob: {
@@ -486,6 +518,8 @@ void Server::closeConnection(std::uint64_t id) {
   conns_.erase(it);
   if (!c->dead) loop_.remove(c->fd.get());
   if (objects_ != nullptr) objects_->releaseOwner(c->id);
+  // Before its job may end below: the ends of the processes it adopted can no longer come.
+  if (processes_ != nullptr) processes_->adopterGone(c->id);
   if (c->jobRoot) {
     jobRoots_.erase(c->job);
     if (processes_ != nullptr) processes_->endJob(c->job, nullptr);

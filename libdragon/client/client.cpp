@@ -531,6 +531,35 @@ Result<std::vector<ProcessEntry>> Client::listProcesses() {
   return out;
 }
 
+Result<ProcessInfo> Client::adopt(pid_t pid, const std::vector<std::string>& argv, bool idle) {
+  pb::Envelope req;
+  auto* a = req.mutable_adopt();
+  a->set_pid(pid);
+  for (const auto& s : argv) a->add_argv(s);
+  a->set_idle(idle);
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_spawned() || r.msg.spawned().puid_size() != 1) {
+    return Status(StatusCode::Internal, "unexpected reply to adopt");
+  }
+  return ProcessInfo{r.msg.spawned().puid(0), pid, r.msg.spawned().group()};
+}
+
+Status Client::reportStarted(std::uint64_t puid, std::string_view label) {
+  pb::Envelope req;
+  req.mutable_adopted_started()->set_puid(puid);
+  req.mutable_adopted_started()->set_label(std::string(label));
+  return impl_->post(req);
+}
+
+Status Client::reportExited(const ExitInfo& exit) {
+  pb::Envelope req;
+  auto* e = req.mutable_exited();
+  e->set_puid(exit.puid);
+  e->set_exit_code(exit.exitCode);
+  e->set_signal(exit.signal);
+  return impl_->post(req);
+}
+
 Status Client::endJob(bool now) {
   pb::Envelope req;
   req.mutable_end_job()->set_now(now);

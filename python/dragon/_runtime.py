@@ -224,6 +224,23 @@ def spawn(argv, env, cwd, **kwargs):
         return client().spawn(argv, env, cwd, **kwargs)
 
 
+def adopt(pid, argv, idle=False):
+    """Puts this process's own child in dragond's process table (see Client.adopt); its puid."""
+    with _lock:
+        return client().adopt(pid, argv, idle)
+
+
+def report_started(puid, label):
+    with _lock:
+        client().report_started(puid, label)
+
+
+def report_exited(puid, returncode):
+    """An adopted child's end, reaped: returncode as Popen's (-N for signal N)."""
+    with _lock:
+        client().report_exited(puid, max(returncode, 0), max(-returncode, 0))
+
+
 def signal(puids, sig):
     with _lock:
         client().signal(puids, sig)

@@ -7,20 +7,24 @@ the job like any other). The template runs ``spawn.prepare()`` once with the par
 preparation data, which is what every spawn child does first (import the main module as
 ``__mp_main__``, set ``sys.path``, the cwd...), and then waits. Each ``Process.start()`` sends
 it the pickled process object, the environment and the fds to lend over a Unix socket; the
-template replies with the child's pidfd (so the parent's sentinel and signals can't hit a
-reused pid), and the child's exit code reaches the parent through memory both share.
+template replies with the child's puid and pidfd (so the parent's sentinel and signals can't
+hit a reused pid).
 
 Wire format on the socket, both ways: u32 length, then a pickle; fds ride with the first
-byte (SCM_RIGHTS). First the parent sends (preparation data, its pool's descriptor) and the
-template answers ("ready", pid). Requests: ("start", payload, env, cwd, exit_slot, fd_base,
-tracker_fd) with the fds to lend (env None: the same as the last request's); replies: ("started", pid) with the child's pidfd, or
-("error", text).
+byte (SCM_RIGHTS). First the parent sends (preparation data,) and the template answers
+("ready", pid). Requests: ("start", payload, env, cwd, name, fd_base, tracker_fd) with the fds
+to lend (env None: the same as the last request's); replies: ("started", pid, puid) with the
+child's pidfd, or ("error", text).
 
 The template keeps one spare child forked ahead, waiting on a socket of its own: a request
 goes to the spare, which becomes the process, and the next spare is forked after the reply,
-so no fork is on the parent's path. A child stores its exit code in its exit slot (a word in
-the parent's pool, which the template and so every child have mapped) just before it exits;
-for a child that dies without storing one, the template stores it when it reaps the child.
+so no fork is on the parent's path. Every child is in dragond's process table, so in
+``dragon ps`` and in the parent's job: the template adopts each spare as it forks it (a
+request to dragond, off the parent's path, which gives the puid), tells dragond when the
+spare becomes a process (one-way), and, being the child's parent, reaps it and reports how it
+ended (one-way). dragond's table is the one record of the exit status: the parent's join asks
+dragond for it. If the template dies first, dragond records the end of its children with
+exit code 255 (the status is lost with their parent).
 """
 import os
 import pickle
@@ -70,41 +74,12 @@ def _recv_exactly(sock, n):
     return b"".join(chunks)
 
 
-# The exit slot: a u64 in the parent's pool, one per child. Bits 0-31: the exit code (as
-# Popen.returncode: -N for signal N); bit 32: the child stored it; bit 33: the template stored
-# it (the child died without storing); bit 34: the template has reaped the child, so the
-# parent may free the slot.
-CODE_MASK = (1 << 32) - 1
-BY_CHILD = 1 << 32
-BY_TEMPLATE = 1 << 33
-REAPED = 1 << 34
-
-
-def slot_code(word):
-    """The exit code a slot holds, or None while nobody has stored one."""
-    if not word & (BY_CHILD | BY_TEMPLATE):
-        return None
-    code = word & CODE_MASK
-    return code - (1 << 32) if code >= 1 << 31 else code
-
-
-def _store_reaped(pool, offset, code):
-    while True:
-        word = pool.load_u64(offset)
-        new = word | REAPED
-        if not word & BY_CHILD:
-            new = (code & CODE_MASK) | BY_TEMPLATE | REAPED
-        if pool.cas_u64(offset, word, new):
-            return
-
-
-def _become_child(channel, pool, request, fds):
+def _become_child(channel, request, fds):
     """In a spare, once its request came: become the process the parent asked for and exit
-    with its code (stored in the exit slot first). Never returns."""
+    with its code (the template reaps it and reports that to dragond). Never returns."""
     code = 1
-    slot = None
     try:
-        _, payload, env, cwd, slot, fd_base, tracker_fd = request
+        _, payload, env, cwd, _name, fd_base, tracker_fd = request
         channel.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # The lent fds go where the parent's duplicate_for_child() said they would be.
@@ -139,13 +114,11 @@ def _become_child(channel, pool, request, fds):
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
-            if slot is not None:
-                pool.store_u64(slot, (code & CODE_MASK) | BY_CHILD)
         finally:
             os._exit(code)
 
 
-def _spare_main(channel, pool):
+def _spare_main(channel):
     """A forked spare: waits for the one request it will serve (or for the template to go)."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -155,7 +128,7 @@ def _spare_main(channel, pool):
         os._exit(1)
     if request is None:
         os._exit(0)
-    _become_child(channel, pool, request, fds)
+    _become_child(channel, request, fds)
 
 
 def main():
@@ -164,9 +137,12 @@ def main():
     from . import _runtime
 
     sock = socket.socket(fileno=int(sys.argv[1]))
-    (prep, parent_pool), _ = recv_message(sock)
+    (prep,), _ = recv_message(sock)
     prep = pickle.loads(prep)
-    pool = _runtime.attach_pool(parent_pool)  # where the exit slots are
+    _runtime.client()  # connected now: in the parent's job (dragond started this process)
+    # How dragond lists a child: as /proc shows it, the template's command line.
+    with open("/proc/self/cmdline", "rb") as f:
+        cmdline = f.read().split(b"\0")[:-1]
     spawn.prepare(prep)  # once, for every child: the main module is imported here
     # Dragon's own modules, which a child would otherwise import while it unpickles its
     # arguments (they hold no state of the program's).
@@ -180,23 +156,37 @@ def main():
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
-    children = {}  # pid -> exit slot offset (None: a spare, or a slot never assigned)
-    spare = None   # (pid, pidfd, socket to it)
+    children = {}  # pid -> puid at dragond (None: not adopted, so not reported)
+    spare = None   # (pid, pidfd, socket to it, puid)
 
     def fork_spare():
+        """A new spare, adopted by dragond before it can be reaped (only reap() reaps, and
+        dragond must hold its pidfd first)."""
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             try:
+                # Not the template's connection to dragond: dragond must see it close when
+                # the template goes, whoever of its children lives on. A child connects anew.
+                _runtime._reset_after_fork()
                 ours.close()
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
             finally:
-                _spare_main(theirs, pool)
+                _spare_main(theirs)
         theirs.close()
         children[pid] = None
-        return pid, os.pidfd_open(pid), ours  # the pidfd before it can be reaped
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(pid)
+            children[pid] = _runtime.adopt(pid, cmdline, idle=True)
+        except BaseException:
+            ours.close()  # the spare ends; reaped, not reported
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        return pid, pidfd, ours, children[pid]
 
     def reap():
         nonlocal spare
@@ -207,22 +197,22 @@ def main():
                 return
             if pid == 0:
                 return
-            slot = children.pop(pid, None)
+            puid = children.pop(pid, None)
             if spare is not None and spare[0] == pid:  # a spare that died waiting
                 os.close(spare[1])
                 spare[2].close()
                 spare = None
-            if slot is not None:
+            if puid is not None:
                 try:
-                    _store_reaped(pool, slot, os.waitstatus_to_exitcode(status))
-                except Exception as e:  # the parent's pool is gone with the parent
-                    print("dragon template: exit of %d not stored: %s" % (pid, e),
+                    _runtime.report_exited(puid, os.waitstatus_to_exitcode(status))
+                except Exception as e:  # dragond has gone
+                    print("dragon template: the end of %d not reported: %s" % (pid, e),
                           file=sys.stderr)
 
     last_env = {}
 
     def serve(request, fds):
-        """Hands the request to the spare; the pid and pidfd of the child it becomes."""
+        """Hands the request to the spare; the pid, pidfd and puid of the child it becomes."""
         nonlocal spare, last_env
         if request[2] is None:  # the environment has not changed since the last request
             request = request[:2] + (last_env,) + request[3:]
@@ -230,14 +220,16 @@ def main():
             last_env = request[2]
         if spare is None:
             spare = fork_spare()
-        pid, pidfd, channel = spare
+        pid, pidfd, channel, puid = spare
         spare = None
         try:
             send_message(channel, request, fds)
+        except BaseException:
+            os.close(pidfd)
+            raise
         finally:
             channel.close()
-        children[pid] = request[4]
-        return pid, pidfd
+        return pid, pidfd, puid
 
     spare = fork_spare()
     send_message(sock, ("ready", os.getpid()))
@@ -268,7 +260,7 @@ def main():
                     spare = None
                 continue
             try:
-                pid, pidfd = serve(request, fds)
+                pid, pidfd, puid = serve(request, fds)
             except Exception as e:
                 send_message(sock, ("error", "%s: %s" % (type(e).__name__, e)))
                 continue
@@ -276,14 +268,20 @@ def main():
                 for fd in fds:
                     os.close(fd)
             try:
-                send_message(sock, ("started", pid), [pidfd])
+                send_message(sock, ("started", pid, puid), [pidfd])
             except OSError:
                 open_socket = False
             finally:
                 os.close(pidfd)
+            # Off the parent's path from here on.
             try:
-                spare = fork_spare()  # the next one, off the parent's path
-            except OSError as e:
+                _runtime.report_started(puid, request[4])  # dragond lists it from now on
+            except Exception as e:
+                print("dragon template: start of %d not reported: %s" % (pid, e),
+                      file=sys.stderr)
+            try:
+                spare = fork_spare()  # the next one
+            except Exception as e:
                 print("dragon template: no spare: %s" % e, file=sys.stderr)
             reap()
     sys.exit(0)

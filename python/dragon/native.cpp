@@ -362,10 +362,32 @@ PYBIND11_MODULE(_native, m) {
                d["argv"] = p.argv;
                d["exit_code"] = p.exit.exitCode;
                d["signal"] = p.exit.signal;
+               d["group"] = p.group;
+               d["job"] = p.job;
+               d["label"] = p.label;
                out.append(d);
              }
              return out;
            })
+      .def("adopt",
+           [](dragon::Client& c, int pid, const std::vector<std::string>& argv, bool idle) {
+             return take(unlocked([&] { return c.adopt(pid, argv, idle); })).puid;
+           },
+           py::arg("pid"), py::arg("argv"), py::arg("idle") = false,
+           "Puts this process's own child in dragond's process table and job (it must not be "
+           "reaped before this returns); its puid. Report its end with report_exited")
+      .def("report_started",
+           [](dragon::Client& c, std::uint64_t puid, const std::string& label) {
+             check(unlocked([&] { return c.reportStarted(puid, label); }));
+           },
+           py::arg("puid"), py::arg("label") = "",
+           "One-way: an idle adopted process now runs (dragond lists it from now on)")
+      .def("report_exited",
+           [](dragon::Client& c, std::uint64_t puid, int exitCode, int sig) {
+             check(unlocked([&] { return c.reportExited(dragon::ExitInfo{puid, exitCode, sig}); }));
+           },
+           py::arg("puid"), py::arg("exit_code"), py::arg("signal"),
+           "One-way: how an adopted process ended, as waitpid() said (having reaped it)")
       .def("end_job", [](dragon::Client& c, bool now) { check(c.endJob(now)); },
            py::arg("now") = false)
       .def_property_readonly("fd", &dragon::Client::fd);

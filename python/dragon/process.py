@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Process and its Popen for the dragon start method. A parent's first process is a fresh
 interpreter that dragond starts (spawn's clean state) and reaps; that start also starts the
-parent's template (_template.py), which forks every later process from a prepared spare. The
-sentinel is a pidfd either way."""
+parent's template (_template.py), which forks every later process from a prepared spare. Every
+process is in dragond's process table (the template's children too) and has a puid: its exit
+status is dragond's, and join asks dragond for it. The sentinel is a pidfd either way."""
 import io
 import os
 import select
@@ -10,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from multiprocessing import context, process, reduction, spawn, util
 
@@ -18,6 +18,10 @@ from . import _runtime
 from . import _template as _template_wire
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# How long join/poll wait for dragond to have a template child's status once its pidfd said it
+# ended (the template reaps it and reports at once; dragond records the end itself, as lost,
+# when the template has gone).
+_STATUS_GRACE = 1.0
 
 
 def _child_environment():
@@ -80,6 +84,14 @@ class _PopenBase:
         from multiprocessing import resource_tracker
         return self.duplicate_for_child(resource_tracker.getfd())
 
+    def _status(self, timeout):
+        """Sets returncode from dragond's record once the process has ended (by `timeout`)."""
+        try:
+            [(_, code, sig)] = _runtime.wait([self._puid], timeout)
+        except TimeoutError:
+            return
+        self.returncode = -sig if sig else code
+
     def wait(self, timeout=None):
         if self.returncode is None:
             self._reap(timeout)
@@ -125,12 +137,9 @@ class _DaemonPopen(_PopenBase):
             self.sentinel = None  # it has already gone and been reaped
 
     def _reap(self, timeout):
-        try:
-            [(_, code, sig)] = _runtime.wait([self._puid], timeout)
-        except TimeoutError:
-            return
-        self.returncode = -sig if sig else code
-        self._channel = None
+        self._status(timeout)
+        if self.returncode is not None:
+            self._channel = None
 
     def _send_signal(self, sig):
         if self.returncode is None:
@@ -141,51 +150,25 @@ class _DaemonPopen(_PopenBase):
 
 
 class _TemplatePopen(_PopenBase):
-    """A child that this process's template started (see _template.py). Its exit code comes
-    from its exit slot once its pidfd (the sentinel) says it has gone."""
+    """A child that this process's template started (see _template.py). Its pidfd (the
+    sentinel) says whether it runs, without asking dragond; once it has ended, its status
+    comes from dragond, to which the template reports it."""
 
     def __init__(self, process_obj, template):
         self._init()
         tracker_fd = self._tracker_fd()
         payload = _payload(self, process_obj)
-        self._pool = _runtime.pool()
-        self._slot = _exit_slots.take(self._pool)
-        try:
-            self.pid, self.sentinel = template.start(
-                (bytes(payload), os.getcwd(), self._slot, self.FD_BASE, tracker_fd), self._fds)
-        except BaseException:
-            _exit_slots.give_back(self._pool, self._slot)
-            raise
-        self.finalizer = util.Finalize(self, _TemplatePopen._release,
-                                       (self.sentinel, self._pool, self._slot))
-
-    @staticmethod
-    def _release(sentinel, pool, slot):
-        os.close(sentinel)
-        _exit_slots.give_back(pool, slot)
+        self.pid, self._puid, self.sentinel = template.start(
+            (bytes(payload), os.getcwd(), process_obj.name, self.FD_BASE, tracker_fd),
+            self._fds)
+        self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
 
     def _reap(self, timeout):
         if timeout is not None:
             timeout = max(timeout, 0)  # join(-1) is a try, as with the stdlib
         if not select.select([self.sentinel], [], [], timeout)[0]:
             return
-        code = _template_wire.slot_code(self._pool.load_u64(self._slot))
-        if code is None:
-            # Gone without storing its code (a signal): the template stores it when it reaps
-            # the child, an instant later unless the template itself has died.
-            end = time.monotonic() + 10
-            while code is None and time.monotonic() < end:
-                time.sleep(0.0005 if timeout is None or timeout > 0 else 0)
-                code = _template_wire.slot_code(self._pool.load_u64(self._slot))
-                if timeout is not None and timeout <= 0:
-                    break
-            if code is None:
-                if timeout is not None and timeout <= 0:
-                    return
-                sys.stderr.write("dragon: the exit status of process %d was lost with its "
-                                 "template; reporting 255\n" % self.pid)
-                code = 255
-        self.returncode = code
+        self._status(None if timeout is None else max(timeout, _STATUS_GRACE))
 
     def _send_signal(self, sig):
         if self.returncode is None and self.sentinel is not None:
@@ -193,35 +176,6 @@ class _TemplatePopen(_PopenBase):
                 signal.pidfd_send_signal(self.sentinel, sig)
             except ProcessLookupError:
                 pass
-
-
-class _ExitSlots:
-    """Exit slots (8 bytes of this process's pool each). A slot is freed only once the
-    template has reaped its child, since the template writes it then."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._done = []  # (pool, slot) of closed Popens, freed once reaped
-
-    def take(self, pool):
-        with self._lock:
-            keep = []
-            for p, s in self._done:
-                if p is pool and p.load_u64(s) & _template_wire.REAPED:
-                    p.free(s)
-                else:
-                    keep.append((p, s))
-            self._done = keep
-        slot = pool.alloc(8)
-        pool.store_u64(slot, 0)
-        return slot
-
-    def give_back(self, pool, slot):
-        with self._lock:
-            self._done.append((pool, slot))
-
-
-_exit_slots = _ExitSlots()
 
 
 class _Template:
@@ -253,7 +207,7 @@ class _Template:
                     spawn.get_preparation_data(process_obj._name))
             finally:
                 context.set_spawning_popen(None)
-            _template_wire.send_message(ours, (bytes(prep), _runtime.pool().descriptor))
+            _template_wire.send_message(ours, (bytes(prep),))
         except Exception as e:
             self._give_up("could not start it: %s: %s" % (type(e).__name__, e))
         finally:
@@ -295,8 +249,8 @@ class _Template:
         return env
 
     def start(self, request, fds):
-        """(pid, pidfd) of the child the template started for request = (payload, cwd,
-        exit slot, fd base, tracker fd)."""
+        """(pid, puid, pidfd) of the child the template started for request = (payload, cwd,
+        name, fd base, tracker fd)."""
         with self._lock:
             try:
                 message = ("start", request[0], self._environment()) + request[1:]
@@ -312,7 +266,7 @@ class _Template:
                     self._give_up("it has gone")
                     raise _TemplateLost("the template has gone")
                 raise OSError("the template could not start the process: %s" % (reply,))
-            return reply[1], got[0]
+            return reply[1], reply[2], got[0]
 
 
 class _TemplateLost(Exception):

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <map>
+#include <optional>
 #include <thread>
 
 namespace dragon {
@@ -276,6 +277,74 @@ TEST(Processes, DragondStopsItsProcessesOnSigtermAndExitsZero) {
   EXPECT_EQ(testing::exitCodeOf(st), 0);
   EXPECT_TRUE(testing::processGone(r->front().pid));
   EXPECT_NE(access(d->socket().c_str(), F_OK), 0) << "the socket file is removed";
+}
+
+TEST(Processes, AnAdoptedChildIsListedOnceStartedAndItsReportedEndIsItsStatus) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  const pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  auto a = c.adopt(child, {"adopted", "child"}, /*idle=*/true);
+  ASSERT_TRUE(a.has_value()) << a.error().toString();
+  EXPECT_EQ(a->pid, child);
+  auto find = [&]() -> std::optional<ProcessEntry> {
+    auto list = c.listProcesses();
+    if (!list.has_value()) return std::nullopt;
+    for (const auto& p : *list) {
+      if (p.puid == a->puid) return p;
+    }
+    return std::nullopt;
+  };
+  EXPECT_FALSE(find().has_value()) << "an idle adopted process is not listed";
+  // One-way, but on the same connection as the listing that follows: handled before it.
+  ASSERT_TRUE(c.reportStarted(a->puid, "Process-1").isOk());
+  auto e = find();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_TRUE(e->running);
+  EXPECT_EQ(e->pid, child);
+  EXPECT_EQ(e->argv, (std::vector<std::string>{"adopted", "child"}));
+  EXPECT_EQ(e->label, "Process-1");
+  // Signalled through dragond (its pidfd); reaped here, as dragond cannot.
+  ASSERT_TRUE(c.signal({a->puid}, SIGUSR2).isOk());
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  // It has ended, but until its adopter says how, dragond has no status for it.
+  auto w = c.wait({a->puid}, Timeout::after(50ms));
+  ASSERT_FALSE(w.has_value());
+  EXPECT_EQ(w.error().code(), StatusCode::Timeout);
+  ASSERT_TRUE(c.reportExited(ExitInfo{a->puid, 0, WTERMSIG(status)}).isOk());
+  w = c.wait({a->puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value()) << w.error().toString();
+  EXPECT_EQ(w->front().signal, SIGUSR2);
+  e = find();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_FALSE(e->running);
+  EXPECT_EQ(e->exit.signal, SIGUSR2);
+}
+
+TEST(Processes, OnlyItsParentAdoptsAProcessAndOnlyTheAdopterReportsItsEnd) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto r = c.adopt(getppid(), {"not", "ours"});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), StatusCode::PermissionDenied);
+  r = c.adopt(0, {"x"});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code(), StatusCode::InvalidArgument);
+  // A spawned process is dragond's child: nobody reports its end.
+  auto s = c.spawn(shell("exit 3"));
+  ASSERT_TRUE(s.has_value());
+  ASSERT_TRUE(c.reportExited(ExitInfo{s->front().puid, 9, 0}).isOk());  // one-way: refused
+  auto w = c.wait({s->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->front().exitCode, 3);
 }
 
 }  // namespace

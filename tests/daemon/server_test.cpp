@@ -4,6 +4,7 @@
 #include "daemon_fixture.hpp"
 
 #include "protocol/codec.hpp"
+#include "protocol/socket_io.hpp"
 
 #include <grp.h>
 #include <pwd.h>
@@ -160,6 +161,74 @@ TEST(Server, AClientThatSendsRequestsButNeverReadsIsThrottledAndLosesNothing) {
     }
   }
   EXPECT_EQ(replies, requests + 1);
+  close(fd);
+}
+
+// One read can return a request and, after it, a Spawn whose fds came with it (the kernel ends
+// a read after the bytes that carried fds, not before): the Spawn still gets its fds. dragond
+// is stopped while both are sent, so that it reads them at once.
+TEST(Server, FdsSentWithASpawnReachItWhenAnEarlierRequestIsReadWithIt) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  int fd = rawConnect(d->socket());
+  ASSERT_GE(fd, 0);
+  protocol::Envelope hello;
+  hello.mutable_hello()->set_min_version(protocol::kVersion);
+  hello.mutable_hello()->set_max_version(protocol::kVersion);
+  const std::string first = frameOf(hello);
+  ASSERT_EQ(write(fd, first.data(), first.size()), static_cast<ssize_t>(first.size()));
+  protocol::FrameDecoder dec;
+  auto next = [&]() -> std::optional<protocol::Envelope> {
+    char buf[4096];
+    for (int i = 0; i < 100; ++i) {
+      if (auto m = dec.next(); m.has_value()) return *m;
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 10'000) != 1) return std::nullopt;
+      const ssize_t n = read(fd, buf, sizeof buf);
+      if (n <= 0) return std::nullopt;
+      dec.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
+    }
+    return std::nullopt;
+  };
+  ASSERT_TRUE(next().has_value());  // the hello reply
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  protocol::Envelope lookup;
+  lookup.set_request_id(1);
+  lookup.mutable_lookup_name()->set_name("nothing-by-this-name");
+  protocol::Envelope spawn;
+  spawn.set_request_id(2);
+  auto* s = spawn.mutable_spawn();
+  s->add_argv("/bin/echo");
+  s->add_argv("through the passed fd");
+  s->set_stdout_mode(protocol::Spawn::PASSED);
+  s->set_stdin_mode(protocol::Spawn::NULL_DEVICE);
+  s->set_stderr_mode(protocol::Spawn::NULL_DEVICE);
+  ASSERT_EQ(kill(d->pid(), SIGSTOP), 0);
+  const std::string a = frameOf(lookup);
+  const std::string b = frameOf(spawn);
+  const int passed[] = {out[1]};
+  EXPECT_TRUE(protocol::sendAll(fd, std::span<const char>(a.data(), a.size()), {}).isOk());
+  EXPECT_TRUE(protocol::sendAll(fd, std::span<const char>(b.data(), b.size()), passed).isOk());
+  ASSERT_EQ(kill(d->pid(), SIGCONT), 0);
+  close(out[1]);
+  auto r1 = next();
+  auto r2 = next();
+  ASSERT_TRUE(r1.has_value() && r2.has_value());
+  EXPECT_EQ(r1->request_id(), 1u);
+  EXPECT_TRUE(r1->has_error());  // no such name
+  EXPECT_EQ(r2->request_id(), 2u);
+  EXPECT_TRUE(r2->has_spawned()) << r2->DebugString();
+  std::string text;
+  char buf[256];
+  pollfd p{out[0], POLLIN, 0};
+  while (poll(&p, 1, 10'000) == 1) {
+    const ssize_t n = read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_EQ(text, "through the passed fd\n");
+  close(out[0]);
   close(fd);
 }
 

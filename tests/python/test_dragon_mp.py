@@ -281,6 +281,38 @@ class TemplateTest(unittest.TestCase):
         self.assertTrue(r.poll(60), "the grandchild did not report its parent's end")
         self.assertEqual(r.recv(), "not alive")
 
+    def test_template_children_are_listed_by_dragond_which_holds_their_status(self):
+        from dragon import _runtime
+        self.warm()
+        p = self.start(sleep_forever)
+        # The template told dragond of p's start before it adopted the spare that the next
+        # start uses (one connection, handled in order): once that start returns, p is listed.
+        q = self.start(exit_with, 7)
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        listed = {e["puid"]: e for e in _runtime.client().list_processes()}
+        e = listed[p._popen._puid]
+        self.assertEqual((e["pid"], e["running"], e["label"]), (p.pid, True, p.name))
+        p.kill()
+        p.join(30)
+        q.join(30)
+        self.assertEqual((p.exitcode, q.exitcode), (-signal.SIGKILL, 7))
+        listed = {e["puid"]: e for e in _runtime.client().list_processes()}
+        self.assertEqual((listed[p._popen._puid]["running"], listed[p._popen._puid]["signal"]),
+                         (False, signal.SIGKILL))
+        self.assertEqual(listed[q._popen._puid]["exit_code"], 7)
+
+    def test_a_template_child_outliving_its_template_ends_with_status_255(self):
+        template = self.warm()
+        p = self.start(sleep_forever)
+        self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
+        os.kill(template._pid, signal.SIGKILL)
+        p.kill()  # through its pidfd: the parent needs no template for that
+        p.join(30)
+        self.assertEqual(p.exitcode, 255)  # its status went with its parent, the template
+        p = self.start(exit_with, 0)  # finds the template gone (the next test starts another)
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
+
     def test_processes_still_start_when_the_template_is_killed(self):
         template = self.warm()
         os.kill(template._pid, signal.SIGKILL)

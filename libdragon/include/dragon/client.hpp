@@ -158,6 +158,16 @@ class Client {
   Status signal(const std::vector<std::uint64_t>& puids, int sig);
   Status signalGroup(std::uint64_t group, int sig);
   Result<std::vector<ProcessEntry>> listProcesses();
+  // Puts this process's own child `pid` (which it forked, and must not reap before this
+  // returns) in dragond's process table and this client's job. dragond cannot reap it: this
+  // client reaps it and reports its end with reportExited(); if this client goes first, its
+  // end is recorded with exit code 255. idle: forked ahead of use, not listed until
+  // reportStarted(). The process's puid (group 0).
+  Result<ProcessInfo> adopt(pid_t pid, const std::vector<std::string>& argv, bool idle = false);
+  // One-way (sent without waiting for dragond's answer, like detachLater): an idle adopted
+  // process now runs, shown with `label`; an adopted process has ended, as waitid() said.
+  Status reportStarted(std::uint64_t puid, std::string_view label);
+  Status reportExited(const ExitInfo& exit);
   // Ends this client's job: its processes get SIGTERM (SIGKILL after dragond's grace period,
   // or at once with `now`); returns when all have exited and their output was delivered.
   Status endJob(bool now = false);
