@@ -42,6 +42,8 @@ GOALS = {
         ("py_queue_tput_16MiB_numpy_vs_stock", "py_dragon_queue_tput_16MiB",
          "py_stock_queue_tput_16MiB", ">=", 20),
         ("py_start_join_vs_fork", "py_dragon_start_join", "py_fork_start_join", "<=", 1),
+        ("py_start_1000_concurrent_vs_fork", "py_dragon_start_1000", "py_fork_start_1000",
+         "<=", 1),
         ("py_pool_map_chunksize1_vs_stock", "py_dragon_pool_map_c1", "py_stock_pool_map_c1",
          ">=", 3),
         ("py_apply_async_rtt_vs_stock", "py_dragon_apply_async_rtt", "py_stock_apply_async_rtt",

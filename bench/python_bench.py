@@ -24,6 +24,10 @@ def _noop():
     pass
 
 
+def _put(q, x):
+    q.put(x)
+
+
 def _square(x):
     return x * x
 
@@ -159,6 +163,27 @@ class Bench:
             reps.append((time.perf_counter() - t0) / max(1, n // REPS) * 1e3)
         return statistics.median(reps), "ms"
 
+    def start_many(self):
+        """1000 processes started back to back, each putting one item on a Queue, then
+        collected and joined: seconds for the whole (what starting many at once costs)."""
+        n = self.n(1000)
+        q = self.ctx.Queue()
+        for _ in range(2):  # warm-up (forkserver starts its server, dragon its template)
+            p = self.ctx.Process(target=_put, args=(q, -1))
+            p.start()
+            q.get(timeout=60)
+            p.join()
+        t0 = time.perf_counter()
+        ps = [self.ctx.Process(target=_put, args=(q, i)) for i in range(n)]
+        for p in ps:
+            p.start()
+        got = sorted(q.get(timeout=120) for _ in range(n))
+        for p in ps:
+            p.join()
+        elapsed = time.perf_counter() - t0
+        assert got == list(range(n)) and all(p.exitcode == 0 for p in ps)
+        return elapsed, "s"
+
     def pool_map(self):
         n = self.n(20000)
         with self.ctx.Pool(2) as pool:
@@ -211,6 +236,7 @@ METRICS = {
     "queue_tput_1MiB_bytes": (lambda b: b.queue_tput(1 << 20, 1, 400), True),
     "queue_tput_16MiB_bytes": (lambda b: b.queue_tput(16 << 20, 1, 40), True),
     "start_join": (lambda b: b.start_join(), False),
+    "start_1000": (lambda b: b.start_many(), False),
     "pool_map_c1": (lambda b: b.pool_map(), True),
     "apply_async_rtt": (lambda b: b.apply_rtt(), False),
 }

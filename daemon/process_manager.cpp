@@ -773,14 +773,16 @@ void ProcessManager::adopterGone(std::uint64_t adopter) {
   for (auto& [puid, p] : processes_) {
     if (!p.adopted || p.adopter != adopter || p.finished) continue;
     p.adopter = 0;
-    ++orphans;
+    if (!p.idle) ++orphans;  // an unused spare ran nothing of the program: its end is no loss
     if (p.gone) lost.push_back(puid);  // the others are recorded when their pidfd says so
   }
-  if (orphans == 0) return;
-  DRAGON_LOG(Warn, "processes",
-             "connection %llu went before reporting the end of %zu process(es) it adopted: "
-             "their exit status is lost and reads %d",
-             static_cast<unsigned long long>(adopter), orphans, kLostExitCode);
+  if (orphans == 0 && lost.empty()) return;
+  if (orphans != 0) {
+    DRAGON_LOG(Warn, "processes",
+               "connection %llu went before reporting the end of %zu process(es) it adopted: "
+               "their exit status is lost and reads %d",
+               static_cast<unsigned long long>(adopter), orphans, kLostExitCode);
+  }
   // One at a time, looked up again: recording an end may end a job and forget its records.
   for (auto puid : lost) {
     auto it = processes_.find(puid);
