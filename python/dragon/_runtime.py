@@ -23,7 +23,7 @@ _waiters = []  # spare clients for blocking waits, so that one wait does not hol
 
 # A process's pool: large, and lazy (dragond does not fault it in), so it costs memory only
 # where objects and messages are; large messages sent to this process's queues live here.
-POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(1 << 30)))
+POOL_SIZE = int(os.environ.get("DRAGON_PY_POOL_SIZE", str(4 << 30)))
 PREFAULT = os.environ.get("DRAGON_PY_PREFAULT", "0") not in ("0", "false", "no")
 
 

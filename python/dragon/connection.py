@@ -20,16 +20,17 @@ from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
 # What a Pipe's channels hold before a sender blocks. A stock duplex Pipe is a socketpair, which
-# blocks a writer after a few hundred small messages: 1024 holds more. A stock one-way Pipe is an
-# OS pipe, which holds 64 KiB: 16384 of the smallest messages (send_bytes(b"") writes a 4-byte
-# header). Programs lean on that: CPython 3.11's ProcessPoolExecutor sends one empty wake-up
-# per submit() while holding the lock its manager thread needs to drain them (gh-105829), so a
-# one-way channel that held fewer than an OS pipe deadlocked thousands of submits. A one-way
-# Pipe's ring therefore has 16384 slots of 64 bytes (1 MiB of the lazy 1 GiB pool, faulted in as
-# it is used); its messages over 32 bytes travel in pool blocks.
+# blocks a writer after a few hundred small messages: 1024 holds more. A stock one-way Pipe (and
+# so a SimpleQueue) is an OS pipe, which holds 64 KiB: 16384 of the smallest messages
+# (send_bytes(b"") writes a 4-byte header). Programs lean on that: CPython 3.11's
+# ProcessPoolExecutor sends one empty wake-up per submit() while holding the lock its manager
+# thread needs to drain them (gh-105829), and a one-way channel that held 1024 deadlocked a few
+# thousand submits. A one-way Pipe's ring therefore has 16384 slots of 256 bytes (messages up
+# to 224 bytes, a Pool's task tuples among them, travel inline): 4 MiB of the process's lazy
+# pool (_runtime.POOL_SIZE), faulted in only as the ring is used.
 PIPE_CAPACITY = 1024
 ONE_WAY_PIPE_CAPACITY = 16384
-ONE_WAY_PIPE_INLINE = 32
+ONE_WAY_PIPE_INLINE = 224
 
 
 class Connection:

@@ -4,8 +4,12 @@
 The ctypes objects are the stdlib's (``multiprocessing.sharedctypes``: synchronized wrappers,
 ``get_obj``, ``get_lock``, slicing...), laid over an allocation of this process's pool instead of
 the stdlib's mmap arena. A child started with one attaches the pool through dragond and sees
-the same bytes. The allocation is freed when the creator's object is collected, or when the
-creator exits (dragond reclaims a dead process's blocks)."""
+the same bytes. The allocation is freed when the creator's object is collected (at the latest
+when the creator exits normally). A creator that is killed frees nothing: its block stays until
+its pool goes, which dragond releases once the creator and every process that attached the pool
+have gone. That is the stdlib's lifetime (an arena lives while any process maps it), and it is
+deliberate: a child may still be using the object, so a dead creator's block must not be
+reclaimed and reused under it."""
 import ctypes
 
 from multiprocessing import context, sharedctypes as _std, util
@@ -35,7 +39,7 @@ class PoolBuffer:
 def _free(pool, offset):
     try:
         pool.free(offset)
-    except Exception:  # the runtime is already gone at exit: dragond reclaims the block
+    except Exception:  # the runtime is already gone at exit: the block goes with the pool
         pass
 
 
