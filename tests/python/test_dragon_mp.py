@@ -536,6 +536,39 @@ class PipeTest(unittest.TestCase):
             a.fileno()
 
 
+def use_value_after_go(v, w, go):
+    w.send("ready")
+    go.wait(60)
+    for _ in range(1000):
+        with v.get_lock():
+            v.value += 1
+    w.send(v.value)
+
+
+def create_value_and_hand_it_on(w, go):
+    v = CTX.Value("i", 0)
+    CTX.Process(target=use_value_after_go, args=(v, w, go)).start()
+    time.sleep(600)  # until killed
+
+
+class SharedValueTest(unittest.TestCase):
+    def test_a_killed_creators_value_stays_valid_for_the_child_using_it(self):
+        # Its block is not reclaimed when the creator dies: the child still uses it (the
+        # stdlib's arena likewise lives while any process maps it).
+        r, w = CTX.Pipe(duplex=False)
+        go = CTX.Event()
+        creator = CTX.Process(target=create_value_and_hand_it_on, args=(w, go))
+        creator.start()
+        self.assertTrue(r.poll(60))
+        self.assertEqual(r.recv(), "ready")
+        creator.kill()
+        creator.join(30)
+        self.assertEqual(creator.exitcode, -signal.SIGKILL)
+        go.set()
+        self.assertTrue(r.poll(60))
+        self.assertEqual(r.recv(), 1000)
+
+
 class SynchronizeTest(unittest.TestCase):
     def test_lock_held_by_another_process_times_out(self):
         lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
