@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Patches for stdlib modules that a program may never import (managers, shared_memory):
 applied right after the module's own code runs, so that `import dragon` does not import them."""
-import importlib.abc
 import importlib.machinery
 import sys
 import threading
@@ -22,7 +21,10 @@ def after_import(name, patch):
             sys.meta_path.insert(0, _Finder)
 
 
-class _PatchingLoader(importlib.abc.Loader):
+# A loader is any object with create_module and exec_module: no importlib.abc base, whose import
+# brings importlib.resources, pathlib and urllib into every process (and every forked child's
+# memory).
+class _PatchingLoader:
     def __init__(self, loader, patch):
         self._loader = loader
         self._patch = patch
