@@ -44,6 +44,9 @@ struct ExitRecord {
   int signal = 0;
 };
 
+// The parent of pid, from /proc/PID/stat, or 0 when it cannot be read.
+pid_t parentOf(pid_t pid);
+
 class ProcessManager {
  public:
   // Delivers one captured line to a job's launcher; returns true when that connection's
