@@ -25,7 +25,9 @@ from ._pickling import dumps_inband
 # (send_bytes(b"") writes a 4-byte header). Programs lean on that: CPython 3.11's
 # ProcessPoolExecutor sends one empty wake-up per submit() while holding the lock its manager
 # thread needs to drain them (gh-105829), and a one-way channel that held 1024 deadlocked a few
-# thousand submits. A one-way Pipe's ring therefore has 16384 slots of 256 bytes (messages up
+# thousand submits. Only under `dragon app.py`: there "dragon" is the default start method, so
+# the module-level multiprocessing.Pipe() that the executor's wake-up uses is a dragon Pipe;
+# `python3 app.py` with get_context("dragon") keeps it an OS pipe. A one-way Pipe's ring therefore has 16384 slots of 256 bytes (messages up
 # to 224 bytes, a Pool's task tuples among them, travel inline): 4 MiB of the process's lazy
 # pool (_runtime.POOL_SIZE), faulted in only as the ring is used.
 PIPE_CAPACITY = 1024
