@@ -92,4 +92,8 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--default" in sys.argv:
+        # As under `dragon app.py`: module-level objects (multiprocessing.Pipe(), which the
+        # executor's wake-up uses) are dragon's too.
+        mp.set_start_method("dragon")
     main()

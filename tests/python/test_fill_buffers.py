@@ -41,6 +41,11 @@ class FillBuffersTest(unittest.TestCase):
         self.check(subprocess.run([sys.executable, APP], capture_output=True, text=True,
                                   timeout=240, env=env))
 
+    def test_as_a_plain_python_program_with_dragon_as_its_default_start_method(self):
+        env, _ = private_runtime_env()
+        self.check(subprocess.run([sys.executable, APP, "--default"], capture_output=True,
+                                  text=True, timeout=240, env=env))
+
 
 if __name__ == "__main__":
     unittest.main()
