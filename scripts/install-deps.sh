@@ -17,6 +17,7 @@ packages=(
   python3-numpy                            # zero-copy transfer tests, examples, benchmarks
   libpython3.11-testsuite                  # CPython's multiprocessing test suite (compatibility)
   python3-pytest                           # dragon under pytest (tests/python)
+  scdoc                                    # man pages (docs/man)
 )
 
 missing=()
