@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include "daemon/event_loop.hpp"
 
+#include "base/log.hpp"
+
 #include <dragon/timeout.hpp>
 
 #include <cerrno>
+#include <cstring>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -113,8 +116,12 @@ void EventLoop::armTimer() {
 }
 
 void EventLoop::fireTimers() {
-  std::uint64_t expirations;
-  (void)read(timerFd_.get(), &expirations, sizeof expirations);
+  // Only to clear the timerfd's readiness: the timers due are found by their times below (a
+  // spurious wake-up reads EAGAIN and fires nothing early).
+  std::uint64_t expirations = 0;
+  if (read(timerFd_.get(), &expirations, sizeof expirations) < 0 && errno != EAGAIN) {
+    DRAGON_LOG(Warn, "loop", "reading the timerfd: %s", std::strerror(errno));
+  }
   armedAt_ = -1;
   const std::int64_t now = monotonicNowNs();
   while (!byTime_.empty() && byTime_.begin()->first <= now) {

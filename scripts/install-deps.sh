@@ -18,6 +18,7 @@ packages=(
   libpython3.11-testsuite                  # CPython's multiprocessing test suite (compatibility)
   python3-pytest                           # dragon under pytest (tests/python)
   scdoc                                    # man pages (docs/man)
+  debhelper dh-python libpython3-dev lintian  # Debian packages (packaging/build-deb.sh)
 )
 
 missing=()

@@ -117,6 +117,23 @@ else
   echo "NOT RUN: $suite is not beside this repository (it is in the team's shared folder, which CI has)"
 fi
 
+echo "== Debian packages (packaging/build-deb.sh), checked by lintian"
+debs=$(mktemp -d)
+if packaging/build-deb.sh "$debs" >"$debs/build.log" 2>&1; then
+  # Errors and warnings fail; what is overridden says why in packaging/debian/*lintian-overrides.
+  if lintian --fail-on error,warning --display-info "$debs"/*.changes >"$debs/lintian.log" 2>&1; then
+    ls "$debs"/*.deb | xargs -n1 basename
+    passed=$((passed + 1))
+  else
+    cat "$debs/lintian.log"
+    failed=$((failed + 1))
+  fi
+else
+  tail -40 "$debs/build.log"
+  failed=$((failed + 1))
+fi
+rm -rf "$debs"
+
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Build tool: copies the dragon.yaml(5) source (argv[1]) to stdout with its "@KEYS@" line
-// replaced by every key of the configuration table, so the man page cannot drift from it.
+// Build tool, both outputs from the configuration table so that neither can drift from it:
+//   config_reference SOURCE.scd.in  the dragon.yaml(5) source with its "@KEYS@" line replaced
+//                                   by every key;
+//   config_reference --yaml         the default /etc/dragon/dragon.yaml: every key, commented
+//                                   out, with its default and help.
 #include "config/config.hpp"
 
 #include <cstdio>
@@ -51,9 +54,26 @@ void printKey(const KeySpec& k) {
 
 }  // namespace
 
+void printYaml() {
+  std::printf(
+      "# Dragon's system-wide configuration, read by every dragond on this host before\n"
+      "# ~/.config/dragon/dragon.yaml, DRAGON_* variables and flags (see dragon.yaml(5)).\n"
+      "# Every key is shown with its built-in default, commented out. A dotted key may also\n"
+      "# be written as a nested mapping (pool:, then default_size: 1GiB indented).\n");
+  for (const KeySpec& k : dragon::config::keys()) {
+    const std::string def = k.defaultValue.empty() ? "\"\"" : std::string(k.defaultValue);
+    std::printf("\n# %.*s\n# %.*s: %s\n", static_cast<int>(k.help.size()), k.help.data(),
+                static_cast<int>(k.name.size()), k.name.data(), def.c_str());
+  }
+}
+
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--yaml") {
+    printYaml();
+    return 0;
+  }
   if (argc != 2) {
-    std::fprintf(stderr, "usage: config_reference SOURCE.scd.in\n");
+    std::fprintf(stderr, "usage: config_reference SOURCE.scd.in | --yaml\n");
     return 2;
   }
   std::ifstream in(argv[1]);
