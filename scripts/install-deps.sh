@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  meson ninja-build pkg-config g++ gcc     # build
+  meson ninja-build pkg-config g++ gcc git # build (git: packaging/build-deb.sh lists the tree)
   libyaml-cpp-dev                          # configuration files
   libsystemd-dev                           # sd_notify, socket activation
   systemd systemd-container util-linux     # units tested under a real systemd (nspawn)
@@ -18,7 +18,8 @@ packages=(
   libpython3.11-testsuite                  # CPython's multiprocessing test suite (compatibility)
   python3-pytest                           # dragon under pytest (tests/python)
   scdoc                                    # man pages (docs/man)
-  debhelper dh-python libpython3-dev lintian  # Debian packages (packaging/build-deb.sh)
+  build-essential debhelper dh-python      # Debian packages (packaging/build-deb.sh;
+  libpython3-dev lintian                   #   dpkg-buildpackage requires build-essential)
 )
 
 missing=()
