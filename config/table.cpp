@@ -32,6 +32,20 @@ constexpr KeySpec kKeys[] = {
     {"process.kill_grace", Type::Duration, "5s",
      "how long dragond waits after SIGTERM before SIGKILL when it stops processes", "", 0,
      3600 * kSecond},
+    {"cluster.transport", Type::Enum, "ucx",
+     "how the dragonds of a multi-node job reach each other (a module in LIBDIR/dragon)", "ucx"},
+    {"cluster.connect_timeout", Type::Duration, "30s",
+     "how long the wire-up of a multi-node job (PMIx exchange, first contact) may take", "",
+     kSecond / 10, 3600 * kSecond},
+    {"cluster.heartbeat_interval", Type::Duration, "500ms",
+     "how often a dragond tells the head node it is alive (and hears back)", "",
+     kSecond / 100, 600 * kSecond},
+    {"cluster.node_timeout", Type::Duration, "5s",
+     "a node not heard from for this long is lost (a partition, a hung node)", "",
+     kSecond / 10, 3600 * kSecond},
+    {"cluster.node_lost_grace", Type::Duration, "2s",
+     "after a node is lost, how long the job's processes have to act on NodeLost before the "
+     "job is ended", "", 0, 3600 * kSecond},
 };
 
 std::string lower(std::string_view s) {

@@ -2,6 +2,7 @@
 #include "daemon/daemon.hpp"
 
 #include "base/log.hpp"
+#include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
 #include "daemon/global_services.hpp"
 #include "daemon/listener.hpp"
@@ -35,13 +36,14 @@ class Daemon {
   Daemon(const DaemonOptions& options, EventLoop loop, UniqueFd signals, UniqueFd listener,
          std::string boundPath)
       : options_(options),
+        node_(options.nodeId < 0 ? 0 : static_cast<std::uint32_t>(options.nodeId)),
         loop_(std::move(loop)),
         signals_(std::move(signals)),
         boundPath_(std::move(boundPath)),
-        global_(kNode),
-        objects_(global_, kNode, limits(options.config)),
-        server_(loop_, std::move(listener), global_, kNode),
-        processes_(loop_, global_, kNode, options.config.getDurationNs("process.kill_grace"),
+        global_(node_),
+        objects_(global_, node_, limits(options.config)),
+        server_(loop_, std::move(listener), global_, node_),
+        processes_(loop_, global_, node_, options.config.getDurationNs("process.kill_grace"),
                    [this](std::uint64_t job, const protocol::Envelope& line) {
                      return server_.deliverOutput(job, line);
                    }) {}
@@ -52,6 +54,16 @@ class Daemon {
       st = loop_.add(options_.exitWithFd, EPOLLIN, [this](std::uint32_t) { onCreatorFd(); });
     }
     if (st.isOk()) st = server_.start(objects_, processes_);
+    if (st.isOk() && options_.nodeId >= 0) {
+      auto cluster = Cluster::create(loop_, node_, options_.config);
+      if (cluster.has_value()) {
+        cluster_ = std::move(*cluster);
+        server_.setCluster(*cluster_, boundPath_,
+                           options_.config.getDurationNs("cluster.node_lost_grace"));
+      } else {
+        st = cluster.error();
+      }
+    }
     if (!st.isOk()) {
       DRAGON_LOG(Error, "dragond", "%s", st.toString().c_str());
       return 1;
@@ -78,8 +90,6 @@ class Daemon {
   }
 
  private:
-  static constexpr std::uint32_t kNode = 0;
-
   static ObjectLimits limits(const config::Config& c) {
     ObjectLimits l;
     l.defaultPoolSize = c.getSize("pool.default_size");
@@ -128,6 +138,7 @@ class Daemon {
     server_.stopAccepting();
     if (!boundPath_.empty()) unlink(boundPath_.c_str());
     processes_.endAll([this] {
+      if (cluster_ != nullptr) cluster_->shutdown();
       server_.closeAll();
       loop_.stop();
     });
@@ -135,7 +146,7 @@ class Daemon {
 
   void dump() {
     // Asked for explicitly: written whatever the log level.
-    const std::string text = "state dump\n" + global_.dump() + "\n" + processes_.dump() + "\n" +
+    const std::string text = "state dump\n" + (cluster_ ? cluster_->dump() + "\n" : "") + global_.dump() + "\n" + processes_.dump() + "\n" +
                              objects_.dump() + "\n" + server_.dump() + "\nevent loop: " +
                              std::to_string(loop_.watchedFds()) + " fds, " +
                              std::to_string(loop_.pendingTimers()) + " timers";
@@ -163,6 +174,7 @@ class Daemon {
   }
 
   const DaemonOptions& options_;
+  std::uint32_t node_;
   EventLoop loop_;
   UniqueFd signals_;
   std::string boundPath_;
@@ -170,6 +182,7 @@ class Daemon {
   ObjectManager objects_;
   Server server_;
   ProcessManager processes_;
+  std::unique_ptr<Cluster> cluster_;  // in a multi-node job
   bool stopping_ = false;
   std::int64_t watchdogNs_ = 0;
 };

@@ -9,6 +9,7 @@
 
 #include <dragon/result.hpp>
 
+#include <cstdint>
 #include <string>
 
 namespace dragon::daemon {
@@ -20,6 +21,10 @@ struct DaemonOptions {
   // Stop as on SIGTERM once this fd (a pipe's read end) reaches end of file: the process that
   // holds the write end has gone, however it ended (a private dragond dies with its creator).
   int exitWithFd = -1;
+  // Serve node `nodeId` of a multi-node job (the launcher gives it from PMIx): the transport
+  // is loaded and opened, and the launcher hands over the node table (JoinCluster). -1: one
+  // node, no transport.
+  std::int64_t nodeId = -1;
 };
 
 // The socket path dragond uses with this configuration.

@@ -22,6 +22,8 @@ The Dragon runtime's per-node service: processes, output, shared-memory pools an
   --allow-root        run even as root (dragond should run as the user it serves)
   --exit-with-fd FD   stop (as on SIGTERM) once FD, a pipe's read end, reaches end of file:
                       a private dragond ends with the process holding the write end
+  --node-id N         serve node N of a multi-node job: open the transport
+                      (cluster.transport) and wait for the launcher's node table
   --print-config      print the resulting configuration as YAML and exit
   --version           print the version and exit
   --help              print this and exit
@@ -34,7 +36,7 @@ READY, STOPPING and WATCHDOG through NOTIFY_SOCKET.
 
 int run(int argc, char** argv) {
   enum { OptConfig = 1, OptSet, OptSocket, OptLogLevel, OptAllowRoot, OptPrint, OptVersion, OptHelp, OptStandalone,
-         OptReadyFd, OptExitWithFd };
+         OptReadyFd, OptExitWithFd, OptNodeId };
   static const option kOptions[] = {
       {"standalone", no_argument, nullptr, OptStandalone},
       {"config", required_argument, nullptr, OptConfig},
@@ -47,6 +49,7 @@ int run(int argc, char** argv) {
       {"help", no_argument, nullptr, OptHelp},
       {"ready-fd", required_argument, nullptr, OptReadyFd},  // for the launcher
       {"exit-with-fd", required_argument, nullptr, OptExitWithFd},
+      {"node-id", required_argument, nullptr, OptNodeId},
       {nullptr, 0, nullptr, 0},
   };
   dragon::config::LoadOptions load;
@@ -93,6 +96,17 @@ int run(int argc, char** argv) {
           return 2;
         }
         options.exitWithFd = static_cast<int>(fd);
+        break;
+      }
+      case OptNodeId: {
+        char* end = nullptr;
+        const long long id = std::strtoll(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || id < 0 || id >= (1LL << 24)) {
+          std::fprintf(stderr, "dragond: --node-id wants a node number below 2^24, not '%s'\n",
+                       optarg);
+          return 2;
+        }
+        options.nodeId = id;
         break;
       }
       default:

@@ -3,10 +3,14 @@
 // (starting a private one when none serves this user), forwards the job's output, passes
 // Ctrl-C to the head, and exits with the head's exit code. `dragon ps` lists processes.
 #include "base/log.hpp"
+#include "daemon/bootstrap.hpp"
 #include "daemon/listener.hpp"
+#include "daemon/modules.hpp"
+#include "protocol/codec.hpp"
 
 #include <dragon/client.hpp>
 
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -18,6 +22,7 @@
 #include <optional>
 #include <poll.h>
 #include <string>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -100,10 +105,12 @@ class PrivateDaemon {
  public:
   ~PrivateDaemon() { stop(); }
 
-  Status start(const Options& o, std::string& socketPath) {
+  // nodeId >= 0: node nodeId of a multi-node job, serving `socketPath` (which must be per node:
+  // nodes may share /tmp).
+  Status start(const Options& o, std::string& socketPath, std::int64_t nodeId = -1) {
     const std::string dir = dragon::defaultRuntimeDir();
     DRAGON_TRY(dragon::daemon::ensurePrivateDir(dir));
-    socketPath = dir + "/job-" + std::to_string(getpid()) + ".sock";
+    if (nodeId < 0) socketPath = dir + "/job-" + std::to_string(getpid()) + ".sock";
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return Status::fromErrno("pipe2", errno);
     // The lifeline: dragond holds the read end and stops (as on SIGTERM: the job's processes,
@@ -118,9 +125,14 @@ class PrivateDaemon {
       return Status::fromErrno("pipe2", e);
     }
     lifeline_ = dragon::UniqueFd(life[1]);
-    std::vector<std::string> args = {daemonPath(), "--standalone", "--socket", socketPath,
+    std::vector<std::string> args = {daemonPath(), "--socket", socketPath,
                                      "--ready-fd", std::to_string(ready[1]),
                                      "--exit-with-fd", std::to_string(life[0])};
+    if (nodeId >= 0) {
+      args.insert(args.end(), {"--node-id", std::to_string(nodeId)});
+    } else {
+      args.push_back("--standalone");
+    }
     if (!o.config.empty()) args.insert(args.end(), {"--config", o.config});
     if (!o.logLevel.empty()) args.insert(args.end(), {"--log-level", o.logLevel});
     std::vector<char*> argv;
@@ -262,15 +274,80 @@ std::optional<int> parse(int argc, char** argv, Options& o) {
   return std::nullopt;
 }
 
-int runJob(const Options& o) {
-  // Terminal signals arrive through a signalfd that the client watches while it waits.
+// Terminal signals arrive through a signalfd that the client watches while it waits.
+dragon::UniqueFd blockTerminalSignals() {
   sigset_t set;
   sigemptyset(&set);
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, s);
   sigprocmask(SIG_BLOCK, &set, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  dragon::UniqueFd sigfd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  return dragon::UniqueFd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+}
 
+// Runs the head program on `client`'s dragond and waits for it; its shell-style exit code, or
+// -1 after saying why it could not run or was lost. `endCode` is passed to endJob.
+int runHead(const Options& o, Client& client, const std::string& socket, int sigfd,
+            bool multiNode) {
+  dragon::SpawnOptions spawn;
+  spawn.argv = o.program;
+  std::string pythonPath;
+  if (isPythonScript(o.program.front())) {
+    // `dragon app.py`: the script runs as __main__ with the dragon start method.
+    const char* py = std::getenv("DRAGON_PYTHON");
+    spawn.argv = {py != nullptr && py[0] != '\0' ? py : "/usr/bin/python3", "-m", "dragon.run"};
+    spawn.argv.insert(spawn.argv.end(), o.program.begin(), o.program.end());
+    pythonPath = pythonPackageDir();
+  }
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "DRAGON_SOCKET=", 14) == 0) continue;
+    // The job's processes are Dragon's, not the PMIx server's clients: a PMIx_Init in one of
+    // them must not pose as this launcher.
+    if (multiNode && std::strncmp(*e, "PMIX_", 5) == 0) continue;
+    if (!pythonPath.empty() && std::strncmp(*e, "PYTHONPATH=", 11) == 0) {
+      pythonPath += ":" + std::string(*e + 11);
+      continue;
+    }
+    spawn.env.emplace_back(*e);
+  }
+  spawn.env.push_back("DRAGON_SOCKET=" + socket);
+  if (!pythonPath.empty()) spawn.env.push_back("PYTHONPATH=" + pythonPath);
+  spawn.stdinMode = dragon::Stdio::Passed;
+  spawn.label = o.label ? "[{puid}] " : "";
+  auto head = client.spawn(spawn);
+  if (!head.has_value()) {
+    complain(head.error().toString());
+    return head.error().code() == StatusCode::NotFound ? 127 : 126;
+  }
+  const std::uint64_t puid = head->front().puid;
+
+  int interrupts = 0;
+  Client* cl = &client;
+  client.setInterrupt(sigfd, [&] {
+    signalfd_siginfo si{};
+    while (read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+      if (si.ssi_signo == SIGINT) {
+        if (++interrupts == 1) {
+          (void)cl->signal({puid}, SIGINT);
+        } else {
+          complain(std::string("interrupted again: killing the job"));
+          (void)cl->endJob(true, 128 + SIGINT);
+        }
+      } else {
+        (void)cl->endJob(false, 128 + static_cast<int>(si.ssi_signo));
+      }
+    }
+  });
+  auto exited = client.wait({puid});
+  client.setInterrupt(-1, nullptr);
+  if (!exited.has_value()) {
+    complain("lost the job: " + exited.error().toString());
+    return -1;
+  }
+  return exited->front().shellCode();
+}
+
+int runJob(const Options& o) {
+  dragon::UniqueFd sigfd = blockTerminalSignals();
   PrivateDaemon privateDaemon;
   std::string socket = o.socket.empty() ? dragon::defaultSocketPath() : o.socket;
   Client::Options co;
@@ -292,63 +369,207 @@ int runJob(const Options& o) {
     return 1;
   }
   client->setOutputHandler([](const dragon::OutputLine& l) { writeAll(l.isStderr ? 2 : 1, l.line); });
-
-  dragon::SpawnOptions spawn;
-  spawn.argv = o.program;
-  std::string pythonPath;
-  if (isPythonScript(o.program.front())) {
-    // `dragon app.py`: the script runs as __main__ with the dragon start method.
-    const char* py = std::getenv("DRAGON_PYTHON");
-    spawn.argv = {py != nullptr && py[0] != '\0' ? py : "/usr/bin/python3", "-m", "dragon.run"};
-    spawn.argv.insert(spawn.argv.end(), o.program.begin(), o.program.end());
-    pythonPath = pythonPackageDir();
-  }
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "DRAGON_SOCKET=", 14) == 0) continue;
-    if (!pythonPath.empty() && std::strncmp(*e, "PYTHONPATH=", 11) == 0) {
-      pythonPath += ":" + std::string(*e + 11);
-      continue;
-    }
-    spawn.env.emplace_back(*e);
-  }
-  spawn.env.push_back("DRAGON_SOCKET=" + socket);
-  if (!pythonPath.empty()) spawn.env.push_back("PYTHONPATH=" + pythonPath);
-  spawn.stdinMode = dragon::Stdio::Passed;
-  spawn.label = o.label ? "[{puid}] " : "";
-  auto head = client->spawn(spawn);
-  if (!head.has_value()) {
-    complain(head.error().toString());
-    return head.error().code() == StatusCode::NotFound ? 127 : 126;
-  }
-  const std::uint64_t puid = head->front().puid;
-
-  int interrupts = 0;
-  Client* cl = &*client;
-  client->setInterrupt(sigfd.get(), [&] {
-    signalfd_siginfo si{};
-    while (read(sigfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-      if (si.ssi_signo == SIGINT) {
-        if (++interrupts == 1) {
-          (void)cl->signal({puid}, SIGINT);
-        } else {
-          complain(std::string("interrupted again: killing the job"));
-          (void)cl->endJob(true);
-        }
-      } else {
-        (void)cl->endJob(false);
-      }
-    }
-  });
-  auto exited = client->wait({puid});
-  if (!exited.has_value()) {
-    complain("lost the job: " + exited.error().toString());
-    return 1;
-  }
-  const int code = exited->front().shellCode();
+  int code = runHead(o, *client, socket, sigfd.get(), false);
+  if (code < 0) return 1;
   // Whatever the head left running goes with it.
   Status st = client->endJob(false);
   if (!st.isOk()) complain("ending the job: " + st.toString());
   client = Status(StatusCode::PeerLost);  // disconnect before the private dragond stops
+  privateDaemon.stop();
+  return code;
+}
+
+// --- Multi-node jobs (docs/cluster.md) ---
+
+constexpr std::int64_t kWireUpTimeoutNs = std::int64_t{60} * 1'000'000'000;
+constexpr const char* kNodeKey = "dragon.node";
+constexpr const char* kSecretKey = "dragon.secret";
+
+// How many tasks Slurm started in this step, when it did (0 otherwise).
+long slurmStepTasks() {
+  const char* step = std::getenv("SLURM_STEP_ID");
+  const char* n = std::getenv("SLURM_STEP_NUM_TASKS");
+  if (n == nullptr) n = std::getenv("SLURM_NTASKS");
+  if (step == nullptr || n == nullptr) return 0;
+  return std::strtol(n, nullptr, 10);
+}
+
+// The PMIx bootstrap when a PMIx server started us; null for a one-node job; an error when the
+// environment says several tasks were started but no PMIx server is there to wire them up.
+Result<std::unique_ptr<dragon::bootstrap::Bootstrap>> chooseBootstrap() {
+  const char* ns = std::getenv("PMIX_NAMESPACE");
+  const char* rank = std::getenv("PMIX_RANK");
+  if (ns != nullptr && rank != nullptr) {
+    auto info = dragon::modules::loadModule("pmix_plugin", "dragon-bootstrap-pmix.so",
+                                            dragon::bootstrap::kBootstrapModuleSymbol,
+                                            "PMIx (a PMIx server started this dragon)");
+    if (!info.has_value()) return info.error();
+    const auto* m = static_cast<const dragon::bootstrap::BootstrapModule*>(*info);
+    if (m->abiVersion != dragon::bootstrap::kAbiVersion) {
+      return Status(StatusCode::InvalidArgument,
+                    "the PMIx module was built for another dragon (ABI " +
+                        std::to_string(m->abiVersion) + ")");
+    }
+    Status error;
+    auto b = m->create(error);
+    if (b == nullptr) return Status(error.code(), "PMIx: " + std::string(error.message()));
+    return b;
+  }
+  const long tasks = slurmStepTasks();
+  if (tasks > 1) {
+    return Status(StatusCode::InvalidArgument,
+                  "srun started " + std::to_string(tasks) +
+                      " tasks but no PMIx server answers, so they cannot form one job: run "
+                      "`srun --mpi=pmix ... dragon ...` (or set MpiDefault=pmix in slurm.conf); "
+                      "one task per node is enough (--ntasks-per-node=1)");
+  }
+  return std::unique_ptr<dragon::bootstrap::Bootstrap>();
+}
+
+std::string randomSecret() {
+  std::string s(32, '\0');
+  std::size_t got = 0;
+  while (got < s.size()) {
+    const ssize_t n = getrandom(s.data() + got, s.size() - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return {};
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  return s;
+}
+
+// A name safe in a file name, from the PMIx namespace ("slurm.pmix.42.0").
+std::string fileSafe(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    out += (std::isalnum(static_cast<unsigned char>(ch)) != 0 || ch == '.' || ch == '-') ? ch : '_';
+  }
+  return out.substr(0, 64);
+}
+
+int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b) {
+  const auto& f = b.facts();
+  dragon::UniqueFd sigfd = blockTerminalSignals();
+  const bool serving = f.localRank == 0;
+  if (f.rank == 0 && !serving) {
+    complain("PMIx placed rank 0 after another rank on its node; dragon needs rank 0 to be "
+             "the first rank of its node");
+    b.abort(1, "dragon: rank 0 is not its node's first rank");
+    return 1;
+  }
+  // Nodes may share /tmp (and do, in network namespaces): the socket is named after the node.
+  const std::string socket = dragon::defaultRuntimeDir() + "/job-" + fileSafe(f.job) + "-node" +
+                             std::to_string(f.nodeId) + ".sock";
+  PrivateDaemon privateDaemon;
+  Client::Options co;
+  co.name = "dragon launcher (rank " + std::to_string(f.rank) + ")";
+  co.socketPath = socket;
+  Result<Client> client = Status(StatusCode::NotFound);
+  auto fail = [&](const std::string& what) {
+    complain("rank " + std::to_string(f.rank) + " on " + f.hostname + ": " + what);
+    b.abort(1, "dragon: " + what);
+    return 1;
+  };
+  std::string socketPath = socket;
+  if (serving) {
+    Status st = privateDaemon.start(o, socketPath, f.nodeId);
+    if (!st.isOk()) return fail(std::string(st.message()));
+    client = Client::connect(co);
+    if (!client.has_value()) return fail(client.error().toString());
+    auto address = client->clusterAddress();
+    if (!address.has_value()) return fail(address.error().toString());
+    dragon::protocol::NodeInfo me;
+    me.set_node(f.nodeId);
+    me.set_hostname(f.hostname);
+    me.set_cpus(f.cpus);
+    me.set_rank(f.rank);
+    me.set_address(*address);
+    Status put = b.put(kNodeKey, me.SerializeAsString());
+    if (!put.isOk()) return fail(put.toString());
+  }
+  if (f.rank == 0) {
+    const std::string secret = randomSecret();
+    if (secret.empty()) return fail("no random bytes for the job secret");
+    Status put = b.put(kSecretKey, secret);
+    if (!put.isOk()) return fail(put.toString());
+  }
+  Status ex = b.exchange(kWireUpTimeoutNs);
+  if (!ex.isOk()) return fail("the PMIx exchange failed: " + ex.toString());
+
+  if (!serving) {
+    // Another launcher of this node serves it: wait for the job's end there, and exit as the
+    // job does. (Its dragond is up: that launcher started it before the exchange.)
+    client = Client::connect(co);
+    if (!client.has_value()) return fail(client.error().toString());
+    auto end = client->waitJobEnd();
+    if (!end.has_value()) {
+      complain(end.error().toString());
+      return 1;
+    }
+    return *end;
+  }
+
+  dragon::ClusterJoin join;
+  for (std::uint32_t r = 0; r < f.size; ++r) {
+    auto v = b.get(r, kNodeKey);
+    if (!v.has_value()) {
+      if (v.error().code() == StatusCode::NotFound) continue;  // not its node's first rank
+      return fail(v.error().toString());
+    }
+    dragon::protocol::NodeInfo n;
+    if (!n.ParseFromString(*v)) return fail("rank " + std::to_string(r) + " published a bad node");
+    dragon::ClusterJoin::Peer p;
+    p.info = dragon::NodeInfo{n.node(), n.hostname(), n.cpus(), n.rank()};
+    p.address = n.address();
+    if (r == 0) join.headNode = n.node();
+    join.nodes.push_back(std::move(p));
+  }
+  auto secret = b.get(0, kSecretKey);
+  if (!secret.has_value()) return fail(secret.error().toString());
+  join.secret = *secret;
+  // Global services live with the lowest rank: known to every node from the exchange alone.
+  join.globalNode = join.headNode;
+  Status st = client->joinCluster(join);
+  if (!st.isOk()) return fail("joining the job: " + st.toString());
+  client->setOutputHandler([](const dragon::OutputLine& l) { writeAll(l.isStderr ? 2 : 1, l.line); });
+
+  int code = 0;
+  if (f.rank == 0) {
+    code = runHead(o, *client, socket, sigfd.get(), true);
+    if (code < 0) code = 1;
+    Status end = client->endJob(false, code);
+    if (!end.isOk()) {
+      complain("the job failed: " + std::string(end.message()));
+      if (code == 0) code = 1;
+    }
+  } else {
+    // Until the head node ends the job. SIGTERM (scancel) or SIGHUP end it here at once; the
+    // head node then hears that this node left.
+    Client* cl = &*client;
+    int fd = sigfd.get();
+    int signalled = 0;
+    client->setInterrupt(fd, [&] {
+      signalfd_siginfo si{};
+      while (read(fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+        if (si.ssi_signo == SIGINT) continue;  // rank 0 passes Ctrl-C to the head
+        signalled = static_cast<int>(si.ssi_signo);
+        (void)cl->endJob(false);
+      }
+    });
+    auto end = client->waitJobEnd();
+    client->setInterrupt(-1, nullptr);
+    if (signalled != 0) {
+      code = 128 + signalled;
+    } else if (!end.has_value()) {
+      complain(end.error().toString());
+      code = 1;
+    } else {
+      code = *end;
+    }
+  }
+  client = Status(StatusCode::PeerLost);
   privateDaemon.stop();
   return code;
 }
@@ -366,6 +587,19 @@ int run(int argc, char** argv) {
   }
   Options o;
   if (auto rc = parse(argc, argv, o)) return *rc;
+  auto bootstrap = chooseBootstrap();
+  if (!bootstrap.has_value()) {
+    complain(std::string(bootstrap.error().message()));
+    return 1;
+  }
+  if (*bootstrap != nullptr) {
+    if (!o.socket.empty() || o.forcePrivate) {
+      complain(std::string("--socket and --private do not apply to a multi-node job: each node "
+                           "gets a private dragond"));
+      return 2;
+    }
+    return runCluster(o, **bootstrap);
+  }
   return runJob(o);
 }
 

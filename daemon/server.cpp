@@ -223,6 +223,15 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kExited:
       handleProcess(c, msg);
       break;
+    case pb::Envelope::kClusterAddress:
+    case pb::Envelope::kJoinCluster:
+    case pb::Envelope::kWaitJobEnd:
+    case pb::Envelope::kListNodes:
+      if (!handleCluster(c, msg)) {
+        sendError(c, rid, Status(StatusCode::InvalidArgument,
+                                 "this dragond does not serve a multi-node job (no --node-id)"));
+      }
+      break;
     default:
       sendError(c, rid, Status(StatusCode::InvalidArgument, "not a request dragond serves"));
       break;
@@ -326,47 +335,100 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
   }
 }
 
+Server::Reply Server::replyTo(Connection& c, std::uint64_t rid) {
+  const std::uint64_t cid = c.id;
+  return [this, cid, rid](pb::Envelope reply) {
+    Connection* conn = find(cid);
+    if (conn == nullptr || conn->dead) return;
+    reply.set_request_id(rid);
+    send(*conn, reply);
+  };
+}
+
+pb::Envelope Server::errorEnvelope(const Status& st) {
+  pb::Envelope e;
+  pb::fillError(*e.mutable_error(), st);
+  return e;
+}
+
+pb::Envelope Server::okEnvelope() {
+  pb::Envelope e;
+  e.mutable_ok();
+  return e;
+}
+
+void Server::localSpawn(const pb::Spawn& spawn, std::uint64_t job, std::vector<UniqueFd>& fds,
+                        const Reply& reply) {
+  auto r = processes_->spawn(spawn, job, fds);
+  if (!r.has_value()) {
+    reply(errorEnvelope(r.error()));
+    return;
+  }
+  pb::Envelope e;
+  for (auto p : r->puids) e.mutable_spawned()->add_puid(p);
+  for (auto p : r->pids) e.mutable_spawned()->add_pid(p);
+  e.mutable_spawned()->set_group(r->group);
+  reply(std::move(e));
+}
+
+void Server::localWait(const pb::Wait& wait, Reply reply) {
+  std::vector<std::uint64_t> puids(wait.puid().begin(), wait.puid().end());
+  processes_->wait(puids, wait.timeout_ns(),
+                   [reply = std::move(reply)](Result<std::vector<ExitRecord>> r) {
+                     if (!r.has_value()) {
+                       reply(errorEnvelope(r.error()));
+                       return;
+                     }
+                     pb::Envelope e;
+                     auto* w = e.mutable_wait_reply();
+                     for (const auto& x : *r) {
+                       auto* out = w->add_exited();
+                       out->set_puid(x.puid);
+                       out->set_exit_code(x.exitCode);
+                       out->set_signal(x.signal);
+                     }
+                     reply(std::move(e));
+                   });
+}
+
+pb::Envelope Server::localList() {
+  pb::Envelope reply;
+  auto* list = reply.mutable_process_list();
+  for (const auto& r : global_.listProcesses()) {  // idle adopted processes are not there
+    auto* e = list->add_process();
+    e->set_puid(r.puid);
+    e->set_pid(r.pid);
+    e->set_state(r.running ? pb::ProcessEntry::RUNNING : pb::ProcessEntry::EXITED);
+    for (const auto& a : r.argv) e->add_argv(a);
+    e->set_exit_code(r.exitCode);
+    e->set_signal(r.signal);
+    e->set_group(r.group);
+    e->set_job(r.job);
+    e->set_label(r.label);
+    e->set_node(node_);
+  }
+  return reply;
+}
+
 void Server::handleProcess(Connection& c, pb::Envelope& msg) {
   const std::uint64_t rid = msg.request_id();
   const std::uint64_t cid = c.id;
+  if (cluster_ != nullptr && cluster_->joined() && handleCluster(c, msg)) return;
+  if (msg.has_spawn() && msg.spawn().placement() == pb::Spawn::PLACE_NODE &&
+      msg.spawn().node() != node_) {
+    sendError(c, rid, Status(StatusCode::NotFound,
+                             "there is no node " + std::to_string(msg.spawn().node()) +
+                                 ": this job runs on node " + std::to_string(node_) + " only"));
+    c.inFds.clear();
+    return;
+  }
   switch (msg.body_case()) {
-    case pb::Envelope::kSpawn: {
-      auto r = processes_->spawn(msg.spawn(), jobOf(c), c.inFds);
-      if (!r.has_value()) {
-        sendError(c, rid, r.error());
-        return;
-      }
-      pb::Envelope reply;
-      reply.set_request_id(rid);
-      for (auto p : r->puids) reply.mutable_spawned()->add_puid(p);
-      for (auto p : r->pids) reply.mutable_spawned()->add_pid(p);
-      reply.mutable_spawned()->set_group(r->group);
-      send(c, reply);
+    case pb::Envelope::kSpawn:
+      localSpawn(msg.spawn(), jobOf(c), c.inFds, replyTo(c, rid));
       return;
-    }
-    case pb::Envelope::kWait: {
-      std::vector<std::uint64_t> puids(msg.wait().puid().begin(), msg.wait().puid().end());
-      processes_->wait(puids, msg.wait().timeout_ns(),
-                       [this, cid, rid](Result<std::vector<ExitRecord>> r) {
-                         Connection* conn = find(cid);
-                         if (conn == nullptr || conn->dead) return;
-                         if (!r.has_value()) {
-                           sendError(*conn, rid, r.error());
-                           return;
-                         }
-                         pb::Envelope reply;
-                         reply.set_request_id(rid);
-                         auto* w = reply.mutable_wait_reply();
-                         for (const auto& e : *r) {
-                           auto* x = w->add_exited();
-                           x->set_puid(e.puid);
-                           x->set_exit_code(e.exitCode);
-                           x->set_signal(e.signal);
-                         }
-                         send(*conn, reply);
-                       });
+    case pb::Envelope::kWait:
+      localWait(msg.wait(), replyTo(c, rid));
       return;
-    }
     case pb::Envelope::kSignal: {
       const auto& s = msg.signal();
       Status st = s.group() != 0
@@ -376,21 +438,8 @@ void Server::handleProcess(Connection& c, pb::Envelope& msg) {
       return;
     }
     case pb::Envelope::kListProcesses: {
-      pb::Envelope reply;
+      pb::Envelope reply = localList();
       reply.set_request_id(rid);
-      auto* list = reply.mutable_process_list();
-      for (const auto& r : global_.listProcesses()) {  // idle adopted processes are not there
-        auto* e = list->add_process();
-        e->set_puid(r.puid);
-        e->set_pid(r.pid);
-        e->set_state(r.running ? pb::ProcessEntry::RUNNING : pb::ProcessEntry::EXITED);
-        for (const auto& a : r.argv) e->add_argv(a);
-        e->set_exit_code(r.exitCode);
-        e->set_signal(r.signal);
-        e->set_group(r.group);
-        e->set_job(r.job);
-        e->set_label(r.label);
-      }
       send(c, reply);
       return;
     }

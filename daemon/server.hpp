@@ -10,6 +10,7 @@
 #pragma once
 
 #include "base/private.hpp"
+#include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
 #include "daemon/global_services.hpp"
 #include "daemon/object_manager.hpp"
@@ -20,6 +21,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sys/socket.h>
@@ -35,6 +37,10 @@ class Server {
   ~Server();
 
   Status start(ObjectManager& objects, ProcessManager& processes);
+  // A dragond of a multi-node job: requests may name other nodes, and other nodes' requests
+  // arrive through `cluster` (server_cluster.cpp). `socketPath` is given to processes started
+  // here for other nodes (as DRAGON_SOCKET).
+  void setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs);
   // Closes the listening socket (shutdown: no new clients).
   void stopAccepting();
   // Sends an output line to the job's launcher; true when its backlog is high.
@@ -87,6 +93,30 @@ class Server {
   Connection* find(std::uint64_t id);
   std::uint64_t jobOf(Connection& c);
 
+  // The reply path of one request, whoever sent it: a local connection or a peer dragond.
+  using Reply = std::function<void(protocol::Envelope reply)>;
+  Reply replyTo(Connection& c, std::uint64_t requestId);
+  static protocol::Envelope errorEnvelope(const Status& st);
+  static protocol::Envelope okEnvelope();
+  // The local halves of the process requests, shared by both origins.
+  void localSpawn(const protocol::Spawn& spawn, std::uint64_t job, std::vector<UniqueFd>& fds,
+                  const Reply& reply);
+  void localWait(const protocol::Wait& wait, Reply reply);
+  protocol::Envelope localList();
+  // Multi-node (server_cluster.cpp).
+  bool handleCluster(Connection& c, protocol::Envelope& msg);
+  void handlePeer(std::uint32_t from, protocol::Envelope& msg, Reply reply);
+  void clusterSpawn(Connection& c, protocol::Envelope& msg);
+  void clusterWait(Connection& c, protocol::Envelope& msg);
+  void clusterSignal(Connection& c, protocol::Envelope& msg);
+  void clusterList(Connection& c, protocol::Envelope& msg);
+  void clusterEndJob(Connection& c, protocol::Envelope& msg);
+  void onNodeLost(std::uint32_t node, const Status& why);
+  void finishClusterJob(Result<int> outcome);
+  static std::uint32_t nodeOfPuid(std::uint64_t puid) {
+    return static_cast<std::uint32_t>(puid >> 40);
+  }
+
   EventLoop& loop_;
   UniqueFd listener_;
   GlobalServices& global_;
@@ -97,6 +127,18 @@ class Server {
   std::map<std::uint64_t, std::uint64_t> jobRoots_;  // job -> connection id
   std::uint64_t nextConn_ = 1;
   uid_t uid_;
+
+  // Multi-node state.
+  Cluster* cluster_ = nullptr;
+  std::string socketPath_;
+  std::int64_t nodeLostGraceNs_ = 0;
+  std::uint64_t clusterRoot_ = 0;  // the connection that joined (this node's launcher)
+  std::uint64_t clusterJob_ = 0;   // its job: processes other nodes place here
+  std::uint32_t nextPlacement_ = 0;
+  bool clusterEnded_ = false;
+  Result<int> clusterOutcome_ = 0;
+  Status nodeLost_;                // the first lost node, reported at the end of the job
+  std::vector<Reply> jobEndWaiters_;
 };
 
 }  // namespace dragon::daemon

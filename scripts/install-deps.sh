@@ -20,6 +20,10 @@ packages=(
   scdoc                                    # man pages (docs/man)
   build-essential debhelper dh-python      # Debian packages (packaging/build-deb.sh;
   libpython3-dev lintian                   #   dpkg-buildpackage requires build-essential)
+  libpmix-dev libpmix2                     # multi-node wire-up (pmix_plugin/)
+  libucx-dev ucx-utils                     # inter-node transport (ucx_transport/), ucx_perftest
+  slurmd slurmctld slurm-client munge      # the test cluster (tests/cluster/)
+  iproute2                                 #   its nodes live in network namespaces
 )
 
 missing=()

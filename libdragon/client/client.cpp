@@ -456,6 +456,14 @@ Result<std::vector<ProcessInfo>> Client::spawn(const SpawnOptions& o) {
   s->set_label(o.label);
   s->set_group(o.group);
   s->set_count(o.count);
+  switch (o.placement.kind) {
+    case Placement::Kind::ThisNode: s->set_placement(pb::Spawn::THIS_NODE); break;
+    case Placement::Kind::Node:
+      s->set_placement(pb::Spawn::PLACE_NODE);
+      s->set_node(o.placement.node);
+      break;
+    case Placement::Kind::RoundRobin: s->set_placement(pb::Spawn::ROUND_ROBIN); break;
+  }
   std::vector<int> fds;
   if (o.stdinMode == Stdio::Passed) fds.push_back(o.stdinFd);
   if (o.stdoutMode == Stdio::Passed) fds.push_back(o.stdoutFd);
@@ -526,6 +534,7 @@ Result<std::vector<ProcessEntry>> Client::listProcesses() {
     e.group = p.group();
     e.job = p.job();
     e.label = p.label();
+    e.node = p.node();
     out.push_back(std::move(e));
   }
   return out;
@@ -560,10 +569,62 @@ Status Client::reportExited(const ExitInfo& exit) {
   return impl_->post(req);
 }
 
-Status Client::endJob(bool now) {
+Status Client::endJob(bool now, int exitCode) {
   pb::Envelope req;
   req.mutable_end_job()->set_now(now);
+  req.mutable_end_job()->set_exit_code(exitCode);
   return impl_->call(req).status();
+}
+
+Result<std::vector<NodeInfo>> Client::nodes() {
+  pb::Envelope req;
+  req.mutable_list_nodes();
+  auto r = impl_->call(req);
+  if (!r.has_value()) {
+    if (r.error().code() != StatusCode::InvalidArgument) return r.error();
+    return std::vector<NodeInfo>{NodeInfo{impl_->node, {}, 0, 0}};  // not a multi-node job
+  }
+  if (!r->msg.has_node_list()) return Status(StatusCode::Internal, "unexpected reply to ListNodes");
+  std::vector<NodeInfo> out;
+  for (const auto& n : r->msg.node_list().node()) {
+    out.push_back(NodeInfo{n.node(), n.hostname(), n.cpus(), n.rank()});
+  }
+  return out;
+}
+
+Result<std::string> Client::clusterAddress() {
+  pb::Envelope req;
+  req.mutable_cluster_address();
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_cluster_address_reply()) {
+    return Status(StatusCode::Internal, "unexpected reply to ClusterAddress");
+  }
+  return r.msg.cluster_address_reply().address();
+}
+
+Status Client::joinCluster(const ClusterJoin& join) {
+  pb::Envelope req;
+  auto* j = req.mutable_join_cluster();
+  for (const auto& p : join.nodes) {
+    auto* n = j->add_node();
+    n->set_node(p.info.node);
+    n->set_hostname(p.info.hostname);
+    n->set_cpus(p.info.cpus);
+    n->set_rank(p.info.rank);
+    n->set_address(p.address);
+  }
+  j->set_secret(join.secret);
+  j->set_global_node(join.globalNode);
+  j->set_head_node(join.headNode);
+  return impl_->call(req).status();
+}
+
+Result<int> Client::waitJobEnd() {
+  pb::Envelope req;
+  req.mutable_wait_job_end();
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  if (!r.msg.has_job_ended()) return Status(StatusCode::Internal, "unexpected reply to WaitJobEnd");
+  return r.msg.job_ended().exit_code();
 }
 
 void Client::setOutputHandler(std::function<void(const OutputLine&)> handler) {

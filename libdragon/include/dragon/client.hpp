@@ -55,6 +55,20 @@ enum class Stdio : std::uint8_t {
   Passed = 4,   // this process's own fd 0/1/2 (or the fd given), lent to the child
 };
 
+// Where a process starts, in a multi-node job (on one node, every placement is this node).
+struct Placement {
+  enum class Kind : std::uint8_t {
+    ThisNode,    // the requester's node
+    Node,        // the node given
+    RoundRobin,  // the next node in turn (counted by the requester's dragond)
+  };
+  Kind kind = Kind::ThisNode;
+  std::uint32_t node = 0;
+  static Placement thisNode() { return {}; }
+  static Placement onNode(std::uint32_t n) { return {Kind::Node, n}; }
+  static Placement roundRobin() { return {Kind::RoundRobin, 0}; }
+};
+
 struct SpawnOptions {
   std::vector<std::string> argv;  // argv[0] is the program: a path, or a name looked up in PATH
   std::vector<std::string> env;   // the whole environment ("NAME=value"); empty: this process's
@@ -71,6 +85,9 @@ struct SpawnOptions {
   // (base 3 or more; at most 32 of them).
   std::vector<int> extraFds;
   int extraFdBase = 100;
+  // On another node, Passed streams become Capture (stdin: Null; output comes back through the
+  // launcher of that node) and extraFds are refused.
+  Placement placement;
 };
 
 struct ProcessInfo {
@@ -96,6 +113,27 @@ struct ProcessEntry {
   std::uint64_t group = 0;
   std::uint64_t job = 0;
   std::string label;
+  std::uint32_t node = 0;
+};
+
+// A node of a multi-node job.
+struct NodeInfo {
+  std::uint32_t node = 0;
+  std::string hostname;
+  std::uint32_t cpus = 0;  // granted to the job there
+  std::uint32_t rank = 0;  // of the launcher that serves it
+};
+
+// What a launcher of a multi-node job hands its dragond after the PMIx exchange.
+struct ClusterJoin {
+  struct Peer {
+    NodeInfo info;
+    std::string address;  // its transport address
+  };
+  std::vector<Peer> nodes;  // every node, this one included
+  std::string secret;
+  std::uint32_t globalNode = 0;
+  std::uint32_t headNode = 0;
 };
 
 struct OutputLine {
@@ -170,7 +208,19 @@ class Client {
   Status reportExited(const ExitInfo& exit);
   // Ends this client's job: its processes get SIGTERM (SIGKILL after dragond's grace period,
   // or at once with `now`); returns when all have exited and their output was delivered.
-  Status endJob(bool now = false);
+  // On the head node of a multi-node job, called by the launcher that joined, it ends the job
+  // on every node, and `exitCode` is what the other nodes' launchers exit with; NodeLost if a
+  // node was lost during the job.
+  Status endJob(bool now = false, int exitCode = 0);
+
+  // Multi-node jobs. The nodes of this job (one, this node, outside a multi-node job).
+  Result<std::vector<NodeInfo>> nodes();
+  // For the launcher: this dragond's transport address (InvalidArgument if it was not started
+  // for a multi-node job), then the node table; waitJobEnd() returns the head's exit code once
+  // the job has ended on this node, or NodeLost.
+  Result<std::string> clusterAddress();
+  Status joinCluster(const ClusterJoin& join);
+  Result<int> waitJobEnd();
 
   // Captured output of processes this client spawned arrives while a call is in progress (or
   // in pump()). The handler must not call back into this Client.

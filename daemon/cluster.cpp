@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/cluster.hpp"
+
+#include "base/log.hpp"
+#include "daemon/modules.hpp"
+
+#include <ctime>
+#include <sys/epoll.h>
+
+namespace dragon::daemon {
+namespace pb = dragon::protocol;
+
+namespace {
+
+std::int64_t nowNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Largest control message between dragonds (a spawn's argv and environment, a process list).
+constexpr std::size_t kMaxPeerMessage = std::size_t{16} << 20;
+
+}  // namespace
+
+Result<std::unique_ptr<Cluster>> Cluster::create(EventLoop& loop, std::uint32_t self,
+                                                 const config::Config& config) {
+  const std::string kind = config.getString("cluster.transport");
+  auto info = modules::loadModule("ucx_transport", "dragon-transport-" + kind + ".so",
+                                  transport::kTransportModuleSymbol,
+                                  "the " + kind + " transport (multi-node jobs)");
+  if (!info.has_value()) return info.error();
+  const auto* module = static_cast<const transport::TransportModule*>(*info);
+  if (module->abiVersion != transport::kAbiVersion) {
+    return Status(StatusCode::InvalidArgument,
+                  "the " + kind + " transport module was built for another dragond (module ABI " +
+                      std::to_string(module->abiVersion) + ", dragond's " +
+                      std::to_string(transport::kAbiVersion) + ")");
+  }
+  transport::TransportOptions o;
+  o.selfNode = self;
+  o.maxMessageBytes = kMaxPeerMessage + pb::kHeaderSize;
+  Status error;
+  std::unique_ptr<transport::Transport> t = module->create(o, error);
+  if (t == nullptr) {
+    return Status(error.code(), "starting the " + kind + " transport: " +
+                                    std::string(error.message()));
+  }
+  std::unique_ptr<Cluster> c(new Cluster(loop, self, std::move(t), config));
+  Cluster* raw = c.get();
+  DRAGON_TRY(loop.add(raw->transport_->eventFd(), EPOLLIN, [raw](std::uint32_t) { raw->pump(); }));
+  return c;
+}
+
+Cluster::Cluster(EventLoop& loop, std::uint32_t self, std::unique_ptr<transport::Transport> t,
+                 const config::Config& config)
+    : loop_(loop),
+      self_(self),
+      transport_(std::move(t)),
+      connectTimeoutNs_(config.getDurationNs("cluster.connect_timeout")),
+      heartbeatNs_(config.getDurationNs("cluster.heartbeat_interval")),
+      nodeTimeoutNs_(config.getDurationNs("cluster.node_timeout")) {
+  transport::TransportCallbacks cb;
+  cb.onMessage = [this](std::uint32_t from, std::string_view bytes) { onMessage(from, bytes); };
+  cb.onPeerLost = [this](std::uint32_t node, const Status& why) { onPeerLost(node, why); };
+  transport_->setCallbacks(std::move(cb));
+}
+
+Cluster::~Cluster() {
+  if (transport_ != nullptr && !closed_) loop_.remove(transport_->eventFd());
+}
+
+std::string_view Cluster::transportName() const { return transport_->name(); }
+std::string Cluster::address() const { return transport_->address(); }
+
+bool Cluster::lost(std::uint32_t node) const {
+  auto it = nodes_.find(node);
+  return it == nodes_.end() || it->second.lost;
+}
+
+std::string Cluster::describe(std::uint32_t node) const {
+  auto it = nodes_.find(node);
+  std::string s = "node " + std::to_string(node);
+  if (it != nodes_.end() && !it->second.hostname.empty()) s += " (" + it->second.hostname + ")";
+  return s;
+}
+
+Status Cluster::join(const pb::JoinCluster& join) {
+  if (joined_) return Status(StatusCode::AlreadyExists, "this dragond already joined its job");
+  if (join.secret().size() < 16) {
+    return Status(StatusCode::InvalidArgument, "the job secret must be at least 16 bytes");
+  }
+  std::map<std::uint32_t, Node> table;
+  for (const auto& n : join.node()) {
+    if (table.count(n.node()) != 0) {
+      return Status(StatusCode::InvalidArgument,
+                    "node " + std::to_string(n.node()) + " is listed twice");
+    }
+    Node node;
+    node.id = n.node();
+    node.hostname = n.hostname().substr(0, 255);
+    node.cpus = n.cpus();
+    node.rank = n.rank();
+    node.address = n.address();
+    table[node.id] = std::move(node);
+  }
+  for (std::uint32_t must : {self_, join.head_node(), join.global_node()}) {
+    if (table.count(must) == 0) {
+      return Status(StatusCode::InvalidArgument,
+                    "the node table lacks node " + std::to_string(must));
+    }
+  }
+  if (table[self_].address != transport_->address()) {
+    return Status(StatusCode::InvalidArgument,
+                  "the node table gives this node another dragond's address");
+  }
+  transport_->setSecret(join.secret());
+  const std::int64_t now = nowNs();
+  for (auto& [id, n] : table) {
+    n.lastHeardNs = now;
+    if (id == self_) continue;
+    Status st = transport_->addPeer(id, n.address);
+    if (!st.isOk()) {
+      return Status(st.code(), "connecting to node " + std::to_string(id) + " (" + n.hostname +
+                                   "): " + std::string(st.message()));
+    }
+  }
+  nodes_ = std::move(table);
+  head_ = join.head_node();
+  global_ = join.global_node();
+  joined_ = true;
+  scheduleProgress();
+  DRAGON_LOG(Info, "cluster", "node %u of %zu joined its job (head node %u, global services on %u)",
+             self_, nodes_.size(), head_, global_);
+  if (nodes_.size() > 1) loop_.addTimerAfterNs(heartbeatNs_, [this] { heartbeat(); });
+  return Status::ok();
+}
+
+Status Cluster::sendEnvelope(std::uint32_t node, const pb::Envelope& msg) {
+  if (closed_) return Status(StatusCode::PeerLost, "dragond is shutting down");
+  std::string bytes;
+  DRAGON_TRY(pb::encode(msg, bytes, kMaxPeerMessage));
+  Status st = transport_->send(node, bytes);
+  scheduleProgress();
+  return st;
+}
+
+void Cluster::forward(std::uint32_t node, pb::Envelope request, Done done) {
+  if (!known(node)) {
+    done(Status(StatusCode::NotFound, "there is no node " + std::to_string(node) + " in this job"));
+    return;
+  }
+  if (lost(node)) {
+    done(Status(StatusCode::NodeLost, describe(node) + " was lost"));
+    return;
+  }
+  const std::uint64_t id = nextId_++;
+  request.set_request_id(id);
+  request.set_peer_reply(false);
+  Status st = sendEnvelope(node, request);
+  if (!st.isOk()) {
+    done(st.code() == StatusCode::NodeLost
+             ? Status(StatusCode::NodeLost, describe(node) + " was lost")
+             : st);
+    return;
+  }
+  pending_[id] = Pending{node, std::move(done)};
+}
+
+Status Cluster::post(std::uint32_t node, const pb::Envelope& message) {
+  if (!known(node)) return Status(StatusCode::NotFound);
+  if (lost(node)) return Status(StatusCode::NodeLost, describe(node) + " was lost");
+  return sendEnvelope(node, message);
+}
+
+void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
+  auto it = nodes_.find(from);
+  if (it == nodes_.end() || it->second.lost) return;  // the transport checked the secret
+  it->second.lastHeardNs = nowNs();
+  pb::FrameDecoder decoder(kMaxPeerMessage);
+  decoder.feed(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
+  auto msg = decoder.next();
+  if (!msg.has_value() || decoder.buffered() != 0) {
+    // Only a dragond holding the job secret gets here: a bug or a version mismatch, not an
+    // attack. The message is dropped; the connection stays.
+    if (dropped_++ < 10) {
+      DRAGON_LOG(Warn, "cluster", "dropped a malformed message from %s: %s",
+                 describe(from).c_str(),
+                 msg.has_value() ? "trailing bytes" : std::string(msg.error().message()).c_str());
+    }
+    return;
+  }
+  if (msg->has_heartbeat()) return;
+  if (msg->peer_reply()) {
+    auto p = pending_.find(msg->request_id());
+    if (p == pending_.end() || p->second.node != from) return;  // late, after NodeLost
+    Done done = std::move(p->second.done);
+    pending_.erase(p);
+    done(std::move(*msg));
+    return;
+  }
+  if (!onRequest_) return;
+  const std::uint64_t rid = msg->request_id();
+  onRequest_(from, *msg, [this, from, rid](pb::Envelope reply) {
+    reply.set_request_id(rid);
+    reply.set_peer_reply(true);
+    if (!lost(from)) (void)sendEnvelope(from, reply);
+  });
+}
+
+void Cluster::onPeerLost(std::uint32_t node, const Status& why) {
+  auto it = nodes_.find(node);
+  if (it == nodes_.end() || it->second.lost) return;
+  it->second.lost = true;
+  DRAGON_LOG(Error, "cluster", "%s was lost: %s", describe(node).c_str(),
+             std::string(why.message()).c_str());
+  const Status lostStatus(StatusCode::NodeLost, describe(node) + " was lost");
+  std::vector<Done> failed;
+  for (auto p = pending_.begin(); p != pending_.end();) {
+    if (p->second.node == node) {
+      failed.push_back(std::move(p->second.done));
+      p = pending_.erase(p);
+    } else {
+      ++p;
+    }
+  }
+  for (auto& d : failed) d(lostStatus);
+  if (onLost_) onLost_(node, lostStatus);
+}
+
+void Cluster::heartbeat() {
+  if (closed_) return;
+  const std::int64_t now = nowNs();
+  pb::Envelope beat;
+  beat.mutable_heartbeat();
+  // A star around the head node: it hears from every node, and every node from it.
+  std::vector<std::uint32_t> silent;
+  for (auto& [id, n] : nodes_) {
+    if (id == self_ || n.lost) continue;
+    if (self_ != head_ && id != head_) continue;
+    (void)sendEnvelope(id, beat);
+    if (now - n.lastHeardNs > nodeTimeoutNs_) silent.push_back(id);
+  }
+  for (auto id : silent) {
+    onPeerLost(id, Status(StatusCode::NodeLost,
+                          "not heard from for " + std::to_string(nodeTimeoutNs_ / 1'000'000) +
+                              " ms (cluster.node_timeout)"));
+  }
+  loop_.addTimerAfterNs(heartbeatNs_, [this] { heartbeat(); });
+}
+
+void Cluster::pump() {
+  if (closed_) return;
+  transport_->progress();
+  if (transport_->needsProgress()) scheduleProgress();
+}
+
+void Cluster::scheduleProgress() {
+  if (progressScheduled_ || closed_) return;
+  progressScheduled_ = true;
+  loop_.addTimerAfterNs(0, [this] {
+    progressScheduled_ = false;
+    pump();
+  });
+}
+
+void Cluster::shutdown() {
+  if (closed_) return;
+  // Replies and end-of-job messages still queued get a moment to leave.
+  transport_->shutdown(std::min<std::int64_t>(connectTimeoutNs_, 2'000'000'000));
+  loop_.remove(transport_->eventFd());
+  closed_ = true;
+  std::vector<Done> failed;
+  for (auto& [id, p] : pending_) failed.push_back(std::move(p.done));
+  pending_.clear();
+  for (auto& d : failed) d(Status(StatusCode::PeerLost, "dragond is shutting down"));
+}
+
+std::string Cluster::dump() const {
+  std::string out = "cluster: node " + std::to_string(self_) + ", transport " +
+                    std::string(transport_->name()) + (joined_ ? "" : ", not joined") + ", " +
+                    std::to_string(pending_.size()) + " forwarded requests pending";
+  for (const auto& [id, n] : nodes_) {
+    out += "\n  " + describe(id) + " rank " + std::to_string(n.rank) + " cpus " +
+           std::to_string(n.cpus) + (n.lost ? " LOST" : "");
+  }
+  return out;
+}
+
+}  // namespace dragon::daemon

@@ -1,0 +1,436 @@
+// SPDX-License-Identifier: MIT
+// The multi-node half of the server: requests that name another node are forwarded to its
+// dragond through the cluster and answered when it replies; requests from other dragonds are
+// served here by the same local code that serves this node's clients.
+#include "base/log.hpp"
+#include "daemon/server.hpp"
+#include "protocol/socket_io.hpp"
+
+#include <algorithm>
+#include <memory>
+
+namespace dragon::daemon {
+namespace pb = dragon::protocol;
+
+namespace {
+
+// An answer from a peer, as this node's client should see it.
+pb::Envelope fromPeer(Result<pb::Envelope> r) {
+  if (!r.has_value()) {
+    pb::Envelope e;
+    pb::fillError(*e.mutable_error(), r.error());
+    return e;
+  }
+  r->set_peer_reply(false);
+  return std::move(*r);
+}
+
+Status statusOf(const pb::Envelope& e) {
+  if (!e.has_error()) return Status::ok();
+  return pb::statusFromError(e.error());
+}
+
+// Counts answers from several nodes and replies once: with the first error, at once, or with
+// `finish()` when every node has answered.
+struct FanIn {
+  int remaining = 0;
+  bool done = false;
+  std::function<void(pb::Envelope)> reply;
+};
+
+}  // namespace
+
+void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs) {
+  cluster_ = &cluster;
+  socketPath_ = std::move(socketPath);
+  nodeLostGraceNs_ = nodeLostGraceNs;
+  cluster_->setRequestHandler([this](std::uint32_t from, pb::Envelope& msg, Reply reply) {
+    handlePeer(from, msg, std::move(reply));
+  });
+  cluster_->setLostHandler([this](std::uint32_t node, const Status& why) { onNodeLost(node, why); });
+}
+
+bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  switch (msg.body_case()) {
+    case pb::Envelope::kClusterAddress: {
+      if (cluster_ == nullptr) return false;
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      auto* a = reply.mutable_cluster_address_reply();
+      a->set_node(cluster_->self());
+      a->set_transport(std::string(cluster_->transportName()));
+      a->set_address(cluster_->address());
+      send(c, reply);
+      return true;
+    }
+    case pb::Envelope::kJoinCluster: {
+      if (cluster_ == nullptr) return false;
+      Status st = cluster_->join(msg.join_cluster());
+      if (!st.isOk()) {
+        sendError(c, rid, st);
+        return true;
+      }
+      // The launcher that joined is this node's root of the job: what other nodes start here
+      // is in its job, and their output goes to it.
+      jobOf(c);
+      clusterRoot_ = c.id;
+      clusterJob_ = c.job;
+      sendOk(c, rid);
+      return true;
+    }
+    case pb::Envelope::kWaitJobEnd: {
+      // Taken before the join too: the node's other launchers ask as soon as dragond is up.
+      if (cluster_ == nullptr) return false;
+      Reply reply = replyTo(c, rid);
+      if (!clusterEnded_) {
+        jobEndWaiters_.push_back(std::move(reply));
+      } else if (clusterOutcome_.has_value()) {
+        pb::Envelope e;
+        e.mutable_job_ended()->set_exit_code(*clusterOutcome_);
+        reply(std::move(e));
+      } else {
+        reply(errorEnvelope(clusterOutcome_.error()));
+      }
+      return true;
+    }
+    case pb::Envelope::kListNodes: {
+      if (cluster_ == nullptr || !cluster_->joined()) return false;
+      pb::Envelope reply;
+      reply.set_request_id(rid);
+      auto* list = reply.mutable_node_list();
+      list->set_this_node(cluster_->self());
+      list->set_global_node(cluster_->globalNode());
+      for (const auto& [id, n] : cluster_->nodes()) {
+        if (n.lost) continue;
+        auto* e = list->add_node();
+        e->set_node(id);
+        e->set_hostname(n.hostname);
+        e->set_cpus(n.cpus);
+        e->set_rank(n.rank);
+      }
+      send(c, reply);
+      return true;
+    }
+    case pb::Envelope::kSpawn: {
+      const auto& sp = msg.spawn();
+      if (sp.placement() == pb::Spawn::THIS_NODE) return false;
+      if (sp.placement() == pb::Spawn::PLACE_NODE && sp.node() == cluster_->self()) return false;
+      clusterSpawn(c, msg);
+      return true;
+    }
+    case pb::Envelope::kWait: {
+      for (auto p : msg.wait().puid()) {
+        if (nodeOfPuid(p) != cluster_->self()) {
+          clusterWait(c, msg);
+          return true;
+        }
+      }
+      return false;
+    }
+    case pb::Envelope::kSignal: {
+      if (msg.signal().group() != 0) return false;  // groups are per node
+      for (auto p : msg.signal().puid()) {
+        if (nodeOfPuid(p) != cluster_->self()) {
+          clusterSignal(c, msg);
+          return true;
+        }
+      }
+      return false;
+    }
+    case pb::Envelope::kListProcesses:
+      if (msg.list_processes().this_node_only()) return false;
+      clusterList(c, msg);
+      return true;
+    case pb::Envelope::kEndJob:
+      if (c.id != clusterRoot_ || cluster_->self() != cluster_->headNode()) return false;
+      clusterEndJob(c, msg);
+      return true;
+    default:
+      return false;
+  }
+}
+
+void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  pb::Spawn sp = msg.spawn();
+  std::uint32_t target = sp.node();
+  if (sp.placement() == pb::Spawn::ROUND_ROBIN) {
+    // The next live node after the last one this dragond placed on, in node order.
+    std::vector<std::uint32_t> live;
+    for (const auto& [id, n] : cluster_->nodes()) {
+      if (!n.lost) live.push_back(id);
+    }
+    target = live[nextPlacement_++ % live.size()];
+    if (target == cluster_->self()) {
+      localSpawn(sp, jobOf(c), c.inFds, replyTo(c, rid));
+      return;
+    }
+  } else if (sp.placement() != pb::Spawn::PLACE_NODE) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument, "unknown placement"));
+    return;
+  }
+  if (!cluster_->known(target)) {
+    sendError(c, rid,
+              Status(StatusCode::NotFound, "there is no node " + std::to_string(target) +
+                                               " in this job (it has " +
+                                               std::to_string(cluster_->nodes().size()) +
+                                               " nodes, 0 .. " +
+                                               std::to_string(cluster_->nodes().size() - 1) + ")"));
+    return;
+  }
+  if (sp.extra_fds() != 0) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument,
+                             "fds cannot be lent to a process on another node"));
+    return;
+  }
+  // This process's terminal cannot be lent across nodes: its output comes back through the
+  // launcher of the node it runs on (as srun gathers every task's output), its stdin is empty.
+  if (sp.stdin_mode() == pb::Spawn::PASSED) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
+  if (sp.stdout_mode() == pb::Spawn::PASSED) sp.set_stdout_mode(pb::Spawn::CAPTURE);
+  if (sp.stderr_mode() == pb::Spawn::PASSED) sp.set_stderr_mode(pb::Spawn::CAPTURE);
+  sp.set_placement(pb::Spawn::PLACE_NODE);
+  sp.set_node(target);
+  pb::Envelope fwd;
+  *fwd.mutable_spawn() = std::move(sp);
+  Reply reply = replyTo(c, rid);
+  cluster_->forward(target, std::move(fwd),
+                    [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+}
+
+void Server::clusterWait(Connection& c, pb::Envelope& msg) {
+  const pb::Wait& w = msg.wait();
+  std::map<std::uint32_t, pb::Wait> byNode;
+  for (auto p : w.puid()) {
+    const std::uint32_t node = nodeOfPuid(p);
+    if (node != cluster_->self() && !cluster_->known(node)) {
+      sendError(c, msg.request_id(),
+                Status(StatusCode::NotFound, "no process " + std::to_string(p) + " in this job"));
+      return;
+    }
+    auto& sub = byNode[node];
+    sub.add_puid(p);
+    sub.set_timeout_ns(w.timeout_ns());
+  }
+  auto fan = std::make_shared<FanIn>();
+  fan->remaining = static_cast<int>(byNode.size());
+  fan->reply = replyTo(c, msg.request_id());
+  auto exits = std::make_shared<std::map<std::uint64_t, pb::Exited>>();
+  std::vector<std::uint64_t> order(w.puid().begin(), w.puid().end());
+  auto collect = [fan, exits, order](pb::Envelope e) {
+    if (fan->done) return;
+    Status st = statusOf(e);
+    if (!st.isOk()) {
+      // The first failure answers at once: a lost node does not wait for the others.
+      fan->done = true;
+      fan->reply(std::move(e));
+      return;
+    }
+    for (const auto& x : e.wait_reply().exited()) (*exits)[x.puid()] = x;
+    if (--fan->remaining > 0) return;
+    fan->done = true;
+    pb::Envelope out;
+    auto* wr = out.mutable_wait_reply();
+    for (auto p : order) *wr->add_exited() = (*exits)[p];
+    fan->reply(std::move(out));
+  };
+  for (auto& [node, sub] : byNode) {
+    if (node == cluster_->self()) {
+      localWait(sub, collect);
+    } else {
+      pb::Envelope fwd;
+      *fwd.mutable_wait() = std::move(sub);
+      cluster_->forward(node, std::move(fwd),
+                        [collect](Result<pb::Envelope> r) { collect(fromPeer(std::move(r))); });
+    }
+  }
+}
+
+void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
+  const pb::Signal& s = msg.signal();
+  std::map<std::uint32_t, pb::Signal> byNode;
+  for (auto p : s.puid()) {
+    auto& sub = byNode[nodeOfPuid(p)];
+    sub.add_puid(p);
+    sub.set_signal(s.signal());
+  }
+  auto fan = std::make_shared<FanIn>();
+  fan->remaining = static_cast<int>(byNode.size());
+  fan->reply = replyTo(c, msg.request_id());
+  auto collect = [fan](pb::Envelope e) {
+    if (fan->done) return;
+    if (e.has_error() || --fan->remaining == 0) {
+      fan->done = true;
+      fan->reply(e.has_error() ? std::move(e) : okEnvelope());
+    }
+  };
+  for (auto& [node, sub] : byNode) {
+    if (node == cluster_->self()) {
+      Status st = processes_->signal({sub.puid().begin(), sub.puid().end()}, sub.signal());
+      collect(st.isOk() ? okEnvelope() : errorEnvelope(st));
+    } else {
+      pb::Envelope fwd;
+      *fwd.mutable_signal() = std::move(sub);
+      cluster_->forward(node, std::move(fwd),
+                        [collect](Result<pb::Envelope> r) { collect(fromPeer(std::move(r))); });
+    }
+  }
+}
+
+void Server::clusterList(Connection& c, pb::Envelope& msg) {
+  auto fan = std::make_shared<FanIn>();
+  fan->reply = replyTo(c, msg.request_id());
+  auto merged = std::make_shared<pb::Envelope>(localList());
+  std::vector<std::uint32_t> peers;
+  for (const auto& [id, n] : cluster_->nodes()) {
+    if (id != cluster_->self() && !n.lost) peers.push_back(id);
+  }
+  fan->remaining = static_cast<int>(peers.size());
+  auto finish = [fan, merged] {
+    auto* list = merged->mutable_process_list()->mutable_process();
+    std::stable_sort(list->begin(), list->end(),
+                     [](const pb::ProcessEntry& a, const pb::ProcessEntry& b) {
+                       return a.node() != b.node() ? a.node() < b.node() : a.puid() < b.puid();
+                     });
+    fan->done = true;
+    fan->reply(std::move(*merged));
+  };
+  if (peers.empty()) {
+    finish();
+    return;
+  }
+  for (auto node : peers) {
+    pb::Envelope fwd;
+    fwd.mutable_list_processes()->set_this_node_only(true);
+    cluster_->forward(node, std::move(fwd), [fan, merged, finish](Result<pb::Envelope> r) {
+      if (fan->done) return;
+      // A node lost meanwhile is left out of the list, not an error: ps shows what is there.
+      if (r.has_value() && r->has_process_list()) {
+        for (auto& p : *r->mutable_process_list()->mutable_process()) {
+          *merged->mutable_process_list()->add_process() = std::move(p);
+        }
+      }
+      if (--fan->remaining == 0) finish();
+    });
+  }
+}
+
+void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
+  const int code = msg.end_job().exit_code();
+  const bool now = msg.end_job().now();
+  auto fan = std::make_shared<FanIn>();
+  fan->reply = replyTo(c, msg.request_id());
+  std::vector<std::uint32_t> peers;
+  for (const auto& [id, n] : cluster_->nodes()) {
+    if (id != cluster_->self() && !n.lost) peers.push_back(id);
+  }
+  fan->remaining = static_cast<int>(peers.size()) + 1;
+  auto one = [this, fan, code] {
+    if (--fan->remaining > 0) return;
+    fan->done = true;
+    // A node lost during the job makes the whole job fail, whatever the head returned.
+    if (!nodeLost_.isOk()) {
+      finishClusterJob(nodeLost_);
+      fan->reply(errorEnvelope(nodeLost_));
+    } else {
+      finishClusterJob(code);
+      fan->reply(okEnvelope());
+    }
+  };
+  for (auto node : peers) {
+    pb::Envelope fwd;
+    fwd.mutable_peer_end_job()->set_exit_code(code);
+    fwd.mutable_peer_end_job()->set_now(now);
+    cluster_->forward(node, std::move(fwd), [one](Result<pb::Envelope>) { one(); });
+  }
+  processes_->endJob(clusterJob_, one, now);
+}
+
+void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
+  switch (msg.body_case()) {
+    case pb::Envelope::kSpawn: {
+      pb::Spawn sp = msg.spawn();
+      if (sp.stdin_mode() == pb::Spawn::PASSED || sp.stdout_mode() == pb::Spawn::PASSED ||
+          sp.stderr_mode() == pb::Spawn::PASSED || sp.extra_fds() != 0) {
+        reply(errorEnvelope(Status(StatusCode::InvalidArgument, "no fds cross nodes")));
+        return;
+      }
+      // It talks to this node's dragond, whatever the requester's environment said.
+      bool set = false;
+      for (auto& e : *sp.mutable_env()) {
+        if (e.rfind("DRAGON_SOCKET=", 0) == 0) {
+          e = "DRAGON_SOCKET=" + socketPath_;
+          set = true;
+        }
+      }
+      if (!set && sp.env_size() > 0) sp.add_env("DRAGON_SOCKET=" + socketPath_);
+      std::vector<UniqueFd> none;
+      localSpawn(sp, clusterJob_, none, reply);
+      return;
+    }
+    case pb::Envelope::kWait:
+      localWait(msg.wait(), std::move(reply));
+      return;
+    case pb::Envelope::kSignal: {
+      const auto& s = msg.signal();
+      Status st = processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
+      return;
+    }
+    case pb::Envelope::kListProcesses:
+      reply(localList());
+      return;
+    case pb::Envelope::kPeerEndJob: {
+      if (from != cluster_->headNode()) {
+        reply(errorEnvelope(Status(StatusCode::PermissionDenied, "only the head node ends the job")));
+        return;
+      }
+      const int code = msg.peer_end_job().exit_code();
+      processes_->endJob(clusterJob_, [this, reply, code] {
+        reply(okEnvelope());
+        finishClusterJob(code);
+      }, msg.peer_end_job().now());
+      return;
+    }
+    default:
+      reply(errorEnvelope(Status(StatusCode::InvalidArgument,
+                                 "not a request one dragond makes of another")));
+      return;
+  }
+}
+
+void Server::onNodeLost(std::uint32_t node, const Status& why) {
+  if (clusterEnded_) return;
+  if (nodeLost_.isOk()) nodeLost_ = why;
+  if (node == cluster_->headNode()) {
+    // Nobody is left to end the job: end it here, and tell whoever waits for its end.
+    processes_->endJob(clusterJob_, [this, why] { finishClusterJob(why); });
+    return;
+  }
+  if (cluster_->self() == cluster_->headNode()) {
+    // The job's processes get NodeLost from what they wait on; after the grace period the
+    // job ends (its head, then the launcher reports the lost node).
+    loop_.addTimerAfterNs(nodeLostGraceNs_, [this] {
+      if (!clusterEnded_) processes_->endJob(clusterJob_, nullptr);
+    });
+  }
+}
+
+void Server::finishClusterJob(Result<int> outcome) {
+  if (clusterEnded_) return;
+  clusterEnded_ = true;
+  clusterOutcome_ = outcome;
+  std::vector<Reply> waiters = std::move(jobEndWaiters_);
+  jobEndWaiters_.clear();
+  for (auto& w : waiters) {
+    if (outcome.has_value()) {
+      pb::Envelope e;
+      e.mutable_job_ended()->set_exit_code(*outcome);
+      w(std::move(e));
+    } else {
+      w(errorEnvelope(outcome.error()));
+    }
+  }
+}
+
+}  // namespace dragon::daemon
