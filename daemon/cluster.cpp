@@ -39,13 +39,21 @@ Result<std::unique_ptr<Cluster>> Cluster::create(EventLoop& loop, std::uint32_t 
   }
   transport::TransportOptions o;
   o.selfNode = self;
-  o.maxMessageBytes = kMaxPeerMessage + pb::kHeaderSize;
+  o.maxMessageBytes = maxMessageBytes();
   Status error;
   std::unique_ptr<transport::Transport> t = module->create(o, error);
   if (t == nullptr) {
     return Status(error.code(), "starting the " + kind + " transport: " +
                                     std::string(error.message()));
   }
+  return create(loop, self, config, std::move(t));
+}
+
+std::uint64_t Cluster::maxMessageBytes() { return kMaxPeerMessage + pb::kHeaderSize; }
+
+Result<std::unique_ptr<Cluster>> Cluster::create(EventLoop& loop, std::uint32_t self,
+                                                 const config::Config& config,
+                                                 std::unique_ptr<transport::Transport> t) {
   std::unique_ptr<Cluster> c(new Cluster(loop, self, std::move(t), config));
   Cluster* raw = c.get();
   DRAGON_TRY(loop.add(raw->transport_->eventFd(), EPOLLIN, [raw](std::uint32_t) { raw->pump(); }));
@@ -212,9 +220,12 @@ void Cluster::onPeerLost(std::uint32_t node, const Status& why) {
   auto it = nodes_.find(node);
   if (it == nodes_.end() || it->second.lost) return;
   it->second.lost = true;
-  DRAGON_LOG(Error, "cluster", "%s was lost: %s", describe(node).c_str(),
+  // The owner logs it: whether a loss is a failure depends on the job (a node that has done
+  // its part of the job's end just leaves).
+  DRAGON_LOG(Debug, "cluster", "%s was lost: %s", describe(node).c_str(),
              std::string(why.message()).c_str());
-  const Status lostStatus(StatusCode::NodeLost, describe(node) + " was lost");
+  const Status lostStatus(StatusCode::NodeLost,
+                          describe(node) + " was lost (" + std::string(why.message()) + ")");
   std::vector<Done> failed;
   for (auto p = pending_.begin(); p != pending_.end();) {
     if (p->second.node == node) {

@@ -49,6 +49,12 @@ class Cluster {
   // Loads the configured transport and opens it for node `self`.
   static Result<std::unique_ptr<Cluster>> create(EventLoop& loop, std::uint32_t self,
                                                  const config::Config& config);
+  // With a transport made by the caller (the fake, in unit tests).
+  static Result<std::unique_ptr<Cluster>> create(EventLoop& loop, std::uint32_t self,
+                                                 const config::Config& config,
+                                                 std::unique_ptr<transport::Transport> t);
+  // What the transport needs to know of the messages it carries.
+  static std::uint64_t maxMessageBytes();
   ~Cluster();
 
   std::uint32_t self() const noexcept { return self_; }

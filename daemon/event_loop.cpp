@@ -140,6 +140,7 @@ void EventLoop::fireTimers() {
 
 Status EventLoop::run() {
   epoll_event events[64];
+  stopping_ = false;  // a loop stopped once may run again
   while (!stopping_) {
     const int n = epoll_wait(epoll_.get(), events, 64, -1);
     if (n < 0) {

@@ -39,7 +39,7 @@ class EventLoop {
   TimerId addTimerAfterNs(std::int64_t ns, std::function<void()> fn);
   void cancelTimer(TimerId id);
 
-  // Dispatches events until stop().
+  // Dispatches events until stop() (called from a handler or timer).
   Status run();
   void stop() noexcept { stopping_ = true; }
 

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <optional>
@@ -99,6 +100,50 @@ std::string daemonPath() {
   return "dragond";  // looked up in PATH
 }
 
+// Kills (SIGKILL) every process whose environment names `socket` as its DRAGON_SOCKET: what a
+// job left on this node if its dragond died without ending it (SIGKILL, a crash). Bounded.
+void sweepJobProcesses(const std::string& socket) {
+  const std::string marker = "DRAGON_SOCKET=" + socket;
+  for (int round = 0; round < 20; ++round) {
+    int found = 0;
+    DIR* proc = opendir("/proc");
+    if (proc == nullptr) return;
+    while (dirent* e = readdir(proc)) {
+      char* end = nullptr;
+      const long pid = std::strtol(e->d_name, &end, 10);
+      if (end == e->d_name || *end != '\0' || pid <= 1 || pid == getpid()) continue;
+      const std::string path = std::string("/proc/") + e->d_name + "/environ";
+      FILE* f = std::fopen(path.c_str(), "re");
+      if (f == nullptr) continue;
+      std::string env;
+      char buf[4096];
+      std::size_t n;
+      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && env.size() < (std::size_t{1} << 20)) {
+        env.append(buf, n);
+      }
+      std::fclose(f);
+      std::size_t at = 0;
+      bool match = false;
+      while (at < env.size()) {
+        const std::size_t nul = env.find('\0', at);
+        const std::size_t len = (nul == std::string::npos ? env.size() : nul) - at;
+        if (env.compare(at, len, marker) == 0) {
+          match = true;
+          break;
+        }
+        if (nul == std::string::npos) break;
+        at = nul + 1;
+      }
+      if (match && kill(static_cast<pid_t>(pid), SIGKILL) == 0) ++found;
+    }
+    closedir(proc);
+    if (found == 0) return;
+    // Killed ones leave the table once reaped by their parent (init for orphans).
+    pollfd none{-1, 0, 0};
+    (void)poll(&none, 0, 20);
+  }
+}
+
 // A job-private dragond: our child in a session of its own (so terminal signals reach only
 // the launcher), serving a socket named after this launcher.
 class PrivateDaemon {
@@ -111,6 +156,7 @@ class PrivateDaemon {
     const std::string dir = dragon::defaultRuntimeDir();
     DRAGON_TRY(dragon::daemon::ensurePrivateDir(dir));
     if (nodeId < 0) socketPath = dir + "/job-" + std::to_string(getpid()) + ".sock";
+    socket_ = socketPath;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return Status::fromErrno("pipe2", errno);
     // The lifeline: dragond holds the read end and stops (as on SIGTERM: the job's processes,
@@ -177,7 +223,9 @@ class PrivateDaemon {
     return Status::ok();
   }
 
-  // SIGTERM, then wait: dragond ends what is left of the job and releases its memory.
+  // SIGTERM, then wait: dragond ends what is left of the job and releases its memory. If it
+  // had died before (SIGKILL, a crash), what it left is cleared here: the job's processes on
+  // this node and its socket.
   void stop() {
     if (pid_ <= 0) return;
     kill(pid_, SIGTERM);
@@ -185,10 +233,15 @@ class PrivateDaemon {
     while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
     }
     pid_ = -1;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      sweepJobProcesses(socket_);
+      (void)unlink(socket_.c_str());
+    }
   }
 
  private:
   pid_t pid_ = -1;
+  std::string socket_;
   dragon::UniqueFd lifeline_;  // write end of dragond's --exit-with-fd pipe
 };
 

@@ -24,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <sys/socket.h>
 
 namespace dragon::daemon {
@@ -139,6 +140,7 @@ class Server {
   Result<int> clusterOutcome_ = 0;
   Status nodeLost_;                // the first lost node, reported at the end of the job
   std::vector<Reply> jobEndWaiters_;
+  std::set<std::uint32_t> endedPeers_;  // nodes that have ended their part of the job
 };
 
 }  // namespace dragon::daemon

@@ -341,7 +341,11 @@ void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
     pb::Envelope fwd;
     fwd.mutable_peer_end_job()->set_exit_code(code);
     fwd.mutable_peer_end_job()->set_now(now);
-    cluster_->forward(node, std::move(fwd), [one](Result<pb::Envelope>) { one(); });
+    cluster_->forward(node, std::move(fwd), [this, one, node](Result<pb::Envelope> r) {
+      // Done there: its dragond may go now without that being a loss.
+      if (r.has_value() && !r->has_error()) endedPeers_.insert(node);
+      one();
+    });
   }
   processes_->endJob(clusterJob_, one, now);
 }
@@ -400,7 +404,11 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
 }
 
 void Server::onNodeLost(std::uint32_t node, const Status& why) {
-  if (clusterEnded_) return;
+  if (clusterEnded_ || endedPeers_.count(node) != 0) {
+    DRAGON_LOG(Debug, "cluster", "%s left at the end of the job", cluster_->describe(node).c_str());
+    return;
+  }
+  DRAGON_LOG(Error, "cluster", "%s", std::string(why.message()).c_str());
   if (nodeLost_.isOk()) nodeLost_ = why;
   if (node == cluster_->headNode()) {
     // Nobody is left to end the job: end it here, and tell whoever waits for its end.

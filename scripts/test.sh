@@ -137,5 +137,22 @@ rm -rf "$debs"
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
+echo "== multi-node tests: a 3-node Slurm cluster in network namespaces (tests/cluster/run.sh)"
+clog=$(mktemp)
+DRAGON_BUILD_DIR=$PWD/build tests/cluster/run.sh >"$clog" 2>&1
+grep -E '^(PASS|FAIL|SKIP) |^    \| ' "$clog" || true
+line=$(grep -E '^cluster tests: ' "$clog" | tail -1)
+if [[ $line =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped ]]; then
+  echo "$line"
+  passed=$((passed + BASH_REMATCH[1]))
+  failed=$((failed + BASH_REMATCH[2]))
+  skipped=$((skipped + BASH_REMATCH[3]))
+  grep -E '^SKIP ' "$clog" | sed 's/^/  SKIPPED: /' || true
+else
+  tail -30 "$clog"
+  failed=$((failed + 1))
+fi
+rm -f "$clog"
+
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

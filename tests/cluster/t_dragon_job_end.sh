@@ -1,0 +1,29 @@
+#!/bin/bash
+# The job's exit code is the head's, on every rank; several tasks per node start one dragond per
+# node; srun without --mpi=pmix is a clear error, not three separate jobs.
+. "$(dirname "$0")/lib.sh"
+set +e
+out=$(srun_dragon -- sh -c 'echo head on $(hostname); exit 7' 2>&1); rc=$?
+set -e
+echo "$out"
+[ "$rc" -eq 7 ] || fail "srun exited $rc, not the head's 7"
+grep -q "^head on n1$" <<<"$out" || fail "the head did not run on n1"
+wait_nothing_left
+
+set +e
+out=$(srun_dragon --ntasks-per-node=2 -- "$PROBE" spawn-all 2>&1); rc=$?
+set -e
+echo "$out"
+[ "$rc" -eq 0 ] || fail "with 2 tasks per node srun exited $rc"
+grep -q "probe: ok spawn-all 3 nodes" <<<"$out" || fail "the probe did not pass with 2 tasks per node"
+wait_nothing_left
+
+set +e
+out=$("$CLUSTER" exec timeout -k 5 60 srun -I30 --mpi=none -N3 --ntasks-per-node=1 \
+        env DRAGON_ALLOW_ROOT=true "$DRAGON" -- /bin/true 2>&1); rc=$?
+set -e
+echo "$out"
+[ "$rc" -ne 0 ] || fail "srun without PMIx succeeded"
+grep -q "srun --mpi=pmix" <<<"$out" || fail "the error does not name the fix"
+wait_nothing_left
+echo "ok"

@@ -1,0 +1,15 @@
+#!/bin/bash
+# The head program (on rank 0's node) starts a process on every node by node id, gets each one's
+# exit code back, and every process's output reaches srun; then nothing of the job is left.
+. "$(dirname "$0")/lib.sh"
+out=$(srun_dragon --label -- "$PROBE" spawn-all 2>&1) || fail "srun exited $?: $out"
+echo "$out"
+grep -q "probe: ok spawn-all 3 nodes" <<<"$out" || fail "the probe did not pass"
+for k in 1 2 3; do
+  # Each line comes from the launcher of the node the process ran on (srun labels it with the
+  # rank), and the process talked to that node's dragond.
+  grep -qE "^$((k - 1)): hello from n$k node $((k - 1)) socket job-.*-node$((k - 1))\.sock$" <<<"$out" ||
+    fail "no output from node $((k - 1)) through rank $((k - 1))"
+done
+wait_nothing_left
+echo "ok"

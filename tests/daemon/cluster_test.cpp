@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: MIT
+// dragond's Cluster over the in-process fake transport: forwarding and replies, lost nodes
+// (failed endpoint, silence past cluster.node_timeout), malformed peer messages, and the
+// validation of the node table.
+#include "config/config.hpp"
+#include "daemon/cluster.hpp"
+#include "daemon/event_loop.hpp"
+#include "daemon/transport.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace dragon::daemon {
+namespace {
+
+namespace pb = dragon::protocol;
+
+config::Config testConfig(const std::string& heartbeat = "20ms", const std::string& timeout = "5s") {
+  config::LoadOptions o;
+  o.systemFile.reset();
+  o.userFile = "/nonexistent";
+  o.useProcessEnvironment = false;
+  o.overrides.push_back({"cluster.heartbeat_interval", heartbeat, "test"});
+  o.overrides.push_back({"cluster.node_timeout", timeout, "test"});
+  auto c = config::Config::load(o);
+  EXPECT_TRUE(c.has_value()) << (c.has_value() ? "" : c.error().toString());
+  return *c;
+}
+
+// Runs the loop until `done()` or the deadline; whether done() held.
+bool runUntil(EventLoop& loop, const std::function<bool()>& done,
+              std::chrono::milliseconds deadline = std::chrono::milliseconds(5000)) {
+  if (done()) return true;
+  bool expired = false;
+  auto deadlineTimer = loop.addTimerAfterNs(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline).count(), [&] {
+        expired = true;
+        loop.stop();
+      });
+  std::function<void()> check = [&] {
+    if (done()) {
+      loop.stop();
+      return;
+    }
+    loop.addTimerAfterNs(1'000'000, check);
+  };
+  loop.addTimerAfterNs(0, check);
+  EXPECT_TRUE(loop.run().isOk());
+  loop.cancelTimer(deadlineTimer);
+  (void)expired;
+  return done();
+}
+
+struct Fixture : ::testing::Test {
+  static constexpr std::uint32_t kNodes = 3;
+  std::unique_ptr<EventLoop> loop;
+  std::shared_ptr<transport::FakeHub> hub = transport::makeFakeHub();
+  std::vector<std::unique_ptr<Cluster>> nodes;
+  std::vector<transport::Transport*> raw;  // each node's transport, owned by its Cluster
+
+  void make(const config::Config& cfg) {
+    auto l = EventLoop::create();
+    ASSERT_TRUE(l.has_value());
+    loop = std::make_unique<EventLoop>(std::move(*l));
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      transport::TransportOptions o;
+      o.selfNode = i;
+      o.maxMessageBytes = Cluster::maxMessageBytes();
+      auto t = transport::makeFakeTransport(hub, o);
+      raw.push_back(t.get());
+      auto c = Cluster::create(*loop, i, cfg, std::move(t));
+      ASSERT_TRUE(c.has_value()) << c.error().toString();
+      nodes.push_back(std::move(*c));
+    }
+  }
+
+  pb::JoinCluster table(const std::string& secret = std::string(32, 's')) {
+    pb::JoinCluster j;
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      auto* n = j.add_node();
+      n->set_node(i);
+      n->set_hostname("n" + std::to_string(i + 1));
+      n->set_cpus(2);
+      n->set_rank(i);
+      n->set_address(nodes[i]->address());
+    }
+    j.set_secret(secret);
+    j.set_head_node(0);
+    j.set_global_node(0);
+    return j;
+  }
+
+  void joinAll(const config::Config& cfg) {
+    make(cfg);
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      ASSERT_TRUE(nodes[i]->join(table()).isOk());
+    }
+  }
+};
+
+TEST_F(Fixture, ForwardedRequestIsAnsweredThroughThePeersHandler) {
+  joinAll(testConfig());
+  nodes[2]->setRequestHandler([](std::uint32_t from, pb::Envelope& req, Cluster::Reply reply) {
+    pb::Envelope r;
+    auto* e = r.mutable_process_list()->add_process();
+    e->set_node(2);
+    e->set_puid(from);  // echo who asked
+    e->set_signal(req.has_list_processes() ? 1 : 0);
+    reply(std::move(r));
+  });
+  std::optional<Result<pb::Envelope>> got;
+  pb::Envelope req;
+  req.mutable_list_processes()->set_this_node_only(true);
+  nodes[1]->forward(2, req, [&](Result<pb::Envelope> r) { got = std::move(r); });
+  ASSERT_TRUE(runUntil(*loop, [&] { return got.has_value(); }));
+  ASSERT_TRUE(got->has_value()) << got->error().toString();
+  ASSERT_EQ((*got)->process_list().process_size(), 1);
+  EXPECT_EQ((*got)->process_list().process(0).puid(), 1u);
+  EXPECT_EQ((*got)->process_list().process(0).signal(), 1);
+}
+
+TEST_F(Fixture, RepliesKeepTheirRequestsApartAndArriveInOrder) {
+  joinAll(testConfig());
+  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope& req, Cluster::Reply reply) {
+    pb::Envelope r;
+    r.mutable_job_ended()->set_exit_code(req.peer_end_job().exit_code());
+    reply(std::move(r));
+  });
+  std::vector<int> codes;
+  for (int i = 0; i < 1000; ++i) {
+    pb::Envelope req;
+    req.mutable_peer_end_job()->set_exit_code(i);
+    nodes[0]->forward(1, req, [&codes](Result<pb::Envelope> r) {
+      codes.push_back(r.has_value() ? r->job_ended().exit_code() : -1);
+    });
+  }
+  ASSERT_TRUE(runUntil(*loop, [&] { return codes.size() == 1000; }));
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(codes[static_cast<std::size_t>(i)], i);
+}
+
+TEST_F(Fixture, AFailedNodeFailsWhatWaitsOnItWithNodeLostAndIsReportedOnce) {
+  joinAll(testConfig());
+  std::vector<Cluster::Reply> held;  // node 2 never answers
+  nodes[2]->setRequestHandler([&](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+    held.push_back(std::move(reply));
+  });
+  std::vector<std::uint32_t> lostSeen;
+  nodes[0]->setLostHandler([&](std::uint32_t n, const Status& why) {
+    EXPECT_EQ(why.code(), StatusCode::NodeLost);
+    lostSeen.push_back(n);
+  });
+  std::vector<Status> results;
+  for (int i = 0; i < 3; ++i) {
+    pb::Envelope req;
+    req.mutable_list_processes();
+    nodes[0]->forward(2, req, [&](Result<pb::Envelope> r) {
+      results.push_back(r.has_value() ? Status::ok() : r.error());
+    });
+  }
+  ASSERT_TRUE(runUntil(*loop, [&] { return held.size() == 3; }));
+  transport::fakeKillNode(hub, 2);
+  ASSERT_TRUE(runUntil(*loop, [&] { return results.size() == 3; }));
+  for (const auto& st : results) {
+    EXPECT_EQ(st.code(), StatusCode::NodeLost);
+    EXPECT_NE(std::string(st.message()).find("node 2 (n3)"), std::string::npos) << st.toString();
+  }
+  ASSERT_EQ(lostSeen, std::vector<std::uint32_t>{2});
+  EXPECT_TRUE(nodes[0]->lost(2));
+  // Later requests fail at once, and the other node still answers.
+  std::optional<Status> late;
+  pb::Envelope req;
+  req.mutable_list_processes();
+  nodes[0]->forward(2, req, [&](Result<pb::Envelope> r) { late = r.has_value() ? Status::ok() : r.error(); });
+  ASSERT_TRUE(late.has_value());
+  EXPECT_EQ(late->code(), StatusCode::NodeLost);
+  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+    pb::Envelope r;
+    r.mutable_ok();
+    reply(std::move(r));
+  });
+  std::optional<bool> okFrom1;
+  nodes[0]->forward(1, req, [&](Result<pb::Envelope> r) { okFrom1 = r.has_value() && r->has_ok(); });
+  ASSERT_TRUE(runUntil(*loop, [&] { return okFrom1.has_value(); }));
+  EXPECT_TRUE(*okFrom1);
+  EXPECT_EQ(lostSeen.size(), 1u);
+}
+
+TEST_F(Fixture, ANodeThatFallsSilentIsLostAfterTheNodeTimeout) {
+  // Node 1 is silent while its endpoint stays up (a partition, a hung dragond): it never
+  // joins, so it sends no heartbeats; nodes 0 (the head) and 2 do.
+  make(testConfig("10ms", "150ms"));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(nodes[0]->join(table()).isOk());
+  ASSERT_TRUE(nodes[2]->join(table()).isOk());
+  std::vector<std::uint32_t> lostSeen;
+  nodes[0]->setLostHandler([&](std::uint32_t n, const Status&) { lostSeen.push_back(n); });
+  ASSERT_TRUE(runUntil(*loop, [&] { return !lostSeen.empty(); }));
+  EXPECT_EQ(lostSeen, std::vector<std::uint32_t>{1});
+  // Not before the timeout (the heartbeats of the other nodes kept them alive meanwhile).
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100));
+  EXPECT_FALSE(nodes[0]->lost(2));
+}
+
+TEST_F(Fixture, AMalformedMessageFromAPeerIsDroppedAndTheLinkStays) {
+  joinAll(testConfig());
+  int requests = 0;
+  nodes[0]->setRequestHandler([&](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+    ++requests;
+    pb::Envelope r;
+    r.mutable_ok();
+    reply(std::move(r));
+  });
+  // Garbage, a truncated frame, and a frame with trailing bytes, all with the right secret.
+  ASSERT_TRUE(raw[1]->send(0, "not a frame at all").isOk());
+  std::string frame;
+  pb::Envelope req;
+  req.mutable_list_processes();
+  req.set_request_id(77);
+  ASSERT_TRUE(pb::encode(req, frame).isOk());
+  ASSERT_TRUE(raw[1]->send(0, frame.substr(0, frame.size() - 1)).isOk());
+  ASSERT_TRUE(raw[1]->send(0, frame + "x").isOk());
+  ASSERT_TRUE(raw[1]->send(0, "").isOk());
+  std::optional<bool> ok;
+  nodes[1]->forward(0, req, [&](Result<pb::Envelope> r) { ok = r.has_value() && r->has_ok(); });
+  ASSERT_TRUE(runUntil(*loop, [&] { return ok.has_value(); }));
+  EXPECT_TRUE(*ok);
+  EXPECT_EQ(requests, 1);
+  EXPECT_FALSE(nodes[0]->lost(1));
+}
+
+TEST_F(Fixture, ForwardingToANodeNotInTheJobIsNotFound) {
+  joinAll(testConfig());
+  std::optional<Status> st;
+  pb::Envelope req;
+  req.mutable_list_processes();
+  nodes[0]->forward(9, req, [&](Result<pb::Envelope> r) { st = r.has_value() ? Status::ok() : r.error(); });
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->code(), StatusCode::NotFound);
+}
+
+TEST_F(Fixture, ABadNodeTableIsRefused) {
+  make(testConfig());
+  auto j = table("short");
+  EXPECT_EQ(nodes[0]->join(j).code(), StatusCode::InvalidArgument);  // secret too short
+  j = table();
+  j.mutable_node(0)->set_address(nodes[1]->address());
+  EXPECT_EQ(nodes[0]->join(j).code(), StatusCode::InvalidArgument);  // not our address
+  j = table();
+  j.mutable_node(2)->set_node(1);
+  EXPECT_EQ(nodes[0]->join(j).code(), StatusCode::InvalidArgument);  // listed twice
+  j = table();
+  j.set_head_node(7);
+  EXPECT_EQ(nodes[0]->join(j).code(), StatusCode::InvalidArgument);  // no such head
+  EXPECT_FALSE(nodes[0]->joined());
+  EXPECT_TRUE(nodes[0]->join(table()).isOk());
+  EXPECT_EQ(nodes[0]->join(table()).code(), StatusCode::AlreadyExists);
+}
+
+}  // namespace
+}  // namespace dragon::daemon

@@ -1,0 +1,753 @@
+// SPDX-License-Identifier: MIT
+// The Transport conformance suite (daemon/transport.hpp), one set of cases run against every
+// implementation: the in-process fake, and the UCX module (loaded with dlopen, as dragond does)
+// over tcp and over shared memory. Transports live in this process and are pumped by a bounded
+// poll loop that calls progress() only when the event fd is readable or needsProgress() says
+// so, which checks the wake-up contract too. A killed peer is a child process (this binary,
+// re-run as TransportPeerProcess.DISABLED_EchoesUntilKilled) for UCX, fakeKillNode for the fake.
+#include "daemon/transport.hpp"
+
+#include <gtest/gtest.h>
+
+#ifdef DRAGON_UCX_MODULE
+#include "ucx_transport/wire.hpp"
+
+#include <ucp/api/ucp.h>
+#endif
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <functional>
+#include <memory>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+extern char** environ;
+
+namespace dragon::transport {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+const std::string kSecret = "0123456789abcdef0123456789ABCDEF";
+constexpr std::uint64_t kLimit = std::uint64_t{64} << 20;
+
+#ifdef DRAGON_UCX_MODULE
+constexpr const char* kUcxModulePath = DRAGON_UCX_MODULE;
+#else
+constexpr const char* kUcxModulePath = "(not built)";
+#endif
+
+struct Impl {
+  const char* name;
+  const char* tls;  // UCX_TLS, or null for the fake
+};
+
+const TransportModule* ucxModule() {
+#ifdef DRAGON_UCX_MODULE
+  static const TransportModule* module = []() -> const TransportModule* {
+    void* handle = dlopen(DRAGON_UCX_MODULE, RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) return nullptr;
+    void* sym = dlsym(handle, kTransportModuleSymbol);
+    if (sym == nullptr) return nullptr;
+    using Info = const TransportModule* (*)();
+    Info info = nullptr;
+    std::memcpy(&info, &sym, sizeof info);
+    return info();
+  }();
+  return module;
+#else
+  return nullptr;
+#endif
+}
+
+std::string pattern(std::size_t n, std::uint64_t seed) {
+  std::string s(n, '\0');
+  std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (char& c : s) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c = static_cast<char>(x);
+  }
+  return s;
+}
+
+std::uint64_t checksum(std::string_view s) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+
+std::string toHex(std::string_view s) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (char c : s) {
+    out.push_back(kDigits[static_cast<unsigned char>(c) >> 4]);
+    out.push_back(kDigits[static_cast<unsigned char>(c) & 15]);
+  }
+  return out;
+}
+
+std::string fromHex(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i + 1 < s.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i, 2)), nullptr, 16)));
+  }
+  return out;
+}
+
+// One transport and what its callbacks saw.
+struct Node {
+  std::uint32_t id = 0;
+  std::unique_ptr<Transport> t;
+  std::vector<std::pair<std::uint32_t, std::string>> got;
+  std::vector<std::pair<std::uint32_t, Status>> lost;
+  std::function<void(std::uint32_t, std::string_view)> onMessage;  // after `got` is updated
+};
+
+void watch(Node& n) {
+  TransportCallbacks cb;
+  cb.onMessage = [&n](std::uint32_t from, std::string_view bytes) {
+    n.got.emplace_back(from, std::string(bytes));
+    if (n.onMessage) n.onMessage(from, bytes);
+  };
+  cb.onPeerLost = [&n](std::uint32_t node, const Status& why) { n.lost.emplace_back(node, why); };
+  n.t->setCallbacks(std::move(cb));
+}
+
+// Pumps `nodes` (and `extra`, when given) until `done` or `limit`. `everyRound` also calls
+// progress() on every poll timeout, as dragond's heartbeats do (UCX's keepalive runs there).
+bool pump(const std::vector<Node*>& nodes, const std::function<bool()>& done,
+          Clock::duration limit, bool everyRound = false,
+          const std::function<void()>& extra = nullptr) {
+  const auto deadline = Clock::now() + limit;
+  for (;;) {
+    if (done()) return true;
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    std::vector<pollfd> fds;
+    std::vector<Transport*> live;
+    bool busy = extra != nullptr;
+    for (Node* n : nodes) {
+      if (n->t == nullptr) continue;
+      fds.push_back({n->t->eventFd(), POLLIN, 0});
+      live.push_back(n->t.get());
+      busy = busy || n->t->needsProgress();
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+    const int waitMs = busy ? 0 : static_cast<int>(std::clamp<std::int64_t>(left.count(), 1, 20));
+    if (poll(fds.data(), fds.size(), waitMs) < 0 && errno != EINTR) return false;
+    for (std::size_t i = 0; i < live.size(); ++i) {
+      if (everyRound || (fds[i].revents & POLLIN) != 0 || live[i]->needsProgress()) {
+        live[i]->progress();
+      }
+    }
+    if (extra) extra();
+  }
+}
+
+class TransportConformance : public ::testing::TestWithParam<Impl> {
+ protected:
+  void SetUp() override {
+    if (ucx()) {
+      ASSERT_NE(ucxModule(), nullptr) << "cannot load " << kUcxModulePath;
+      setenv("UCX_TLS", GetParam().tls, 1);
+      // UCX 1.13's shared memory offers peer failure detection (UCP_ERR_HANDLING_MODE_PEER)
+      // only when asked; without it UCX_TLS=sm has no transport for the module's endpoints.
+      if (std::string_view(GetParam().tls) == "sm") {
+        setenv("UCX_POSIX_ERROR_HANDLING", "y", 1);
+      } else {
+        unsetenv("UCX_POSIX_ERROR_HANDLING");
+      }
+      // A shared-memory peer's death is seen by UCX's keepalive (default 20 s).
+      setenv("UCX_KEEPALIVE_INTERVAL", "100ms", 1);
+    } else {
+      hub_ = makeFakeHub();
+    }
+  }
+
+  bool ucx() const { return GetParam().tls != nullptr; }
+
+  std::unique_ptr<Transport> create(std::uint32_t id, const std::string& secret,
+                                    std::uint64_t limit) {
+    TransportOptions o;
+    o.selfNode = id;
+    o.secret = secret;
+    o.maxMessageBytes = limit;
+    if (!ucx()) return makeFakeTransport(hub_, o);
+    Status error;
+    auto t = ucxModule()->create(o, error);
+    if (t == nullptr) ADD_FAILURE() << "creating a UCX transport: " << error.toString();
+    return t;
+  }
+
+  Node* make(std::uint32_t id, const std::string& secret = kSecret, std::uint64_t limit = kLimit) {
+    auto t = create(id, secret, limit);
+    if (t == nullptr) return nullptr;
+    auto n = std::make_unique<Node>();
+    n->id = id;
+    n->t = std::move(t);
+    watch(*n);
+    nodes_.push_back(std::move(n));
+    return nodes_.back().get();
+  }
+
+  static void link(Node& from, const Node& to) {
+    const Status st = from.t->addPeer(to.id, to.t->address());
+    EXPECT_TRUE(st.isOk()) << st.toString();
+  }
+  static void connect(Node& a, Node& b) {
+    link(a, b);
+    link(b, a);
+  }
+
+  bool pumpUntil(const std::function<bool()>& done, Clock::duration limit = 30s,
+                 bool everyRound = false, const std::function<void()>& extra = nullptr) {
+    std::vector<Node*> all;
+    for (auto& n : nodes_) all.push_back(n.get());
+    return pump(all, done, limit, everyRound, extra);
+  }
+  // For what must not happen: pumps for a while.
+  void pumpFor(Clock::duration d) { (void)pumpUntil([] { return false; }, d); }
+
+  // a -> b -> a once, so that both directions are wired up.
+  void roundTrip(Node& a, Node& b) {
+    b.onMessage = [&b](std::uint32_t from, std::string_view bytes) {
+      (void)b.t->send(from, "re:" + std::string(bytes));
+    };
+    const std::size_t before = a.got.size();
+    ASSERT_TRUE(a.t->send(b.id, "hello").isOk());
+    ASSERT_TRUE(pumpUntil([&] { return a.got.size() > before; }));
+    EXPECT_EQ(a.got.back(), std::make_pair(b.id, std::string("re:hello")));
+    b.onMessage = nullptr;
+  }
+
+  std::shared_ptr<FakeHub> hub_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+};
+
+TEST_P(TransportConformance, AddressesAreExchangedAndAMessageMakesARoundTrip) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  EXPECT_EQ(a->t->name(), ucx() ? "ucx" : "fake");
+  EXPECT_FALSE(a->t->address().empty());
+  EXPECT_NE(a->t->address(), b->t->address());
+  EXPECT_EQ(a->t->address(), a->t->address());
+  EXPECT_GE(a->t->eventFd(), 0);
+  connect(*a, *b);
+  // The reply is sent from inside the receiver's callback.
+  b->onMessage = [b](std::uint32_t from, std::string_view bytes) {
+    const Status st = b->t->send(from, "pong:" + std::string(bytes));
+    EXPECT_TRUE(st.isOk()) << st.toString();
+  };
+  ASSERT_TRUE(a->t->send(1, "ping").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !a->got.empty(); }));
+  EXPECT_EQ(b->got, (std::vector<std::pair<std::uint32_t, std::string>>{{0, "ping"}}));
+  EXPECT_EQ(a->got, (std::vector<std::pair<std::uint32_t, std::string>>{{1, "pong:ping"}}));
+  EXPECT_TRUE(a->lost.empty());
+  EXPECT_TRUE(b->lost.empty());
+}
+
+TEST_P(TransportConformance, AddPeerRefusesAKnownNodeAndAGarbageAddress) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  EXPECT_EQ(a->t->addPeer(1, b->t->address()).code(), StatusCode::AlreadyExists);
+  EXPECT_FALSE(a->t->addPeer(2, "").isOk());
+  EXPECT_FALSE(a->t->addPeer(3, "not an address").isOk());
+  const std::string addr = b->t->address();
+  EXPECT_FALSE(a->t->addPeer(4, addr.substr(0, addr.size() / 2)).isOk());
+  std::string flipped = addr;
+  flipped.back() = static_cast<char>(flipped.back() ^ 0x5a);
+  if (ucx()) {
+    EXPECT_FALSE(a->t->addPeer(5, flipped).isOk());
+  }
+  // Still usable.
+  ASSERT_TRUE(a->t->send(1, "x").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !b->got.empty(); }));
+}
+
+TEST_P(TransportConformance, SendIsRefusedUntilTheSecretIsSet) {
+  Node* a = make(0, "");
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  EXPECT_EQ(a->t->send(1, "x").code(), StatusCode::PermissionDenied);
+  a->t->setSecret(kSecret);
+  ASSERT_TRUE(a->t->send(1, "y").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !b->got.empty(); }));
+  EXPECT_EQ(b->got.front().second, "y");
+}
+
+TEST_P(TransportConformance, TenThousandSmallMessagesArriveInOrderBothWays) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  constexpr int kCount = 10'000;
+  for (int i = 0; i < kCount; ++i) {
+    const std::string m = std::to_string(i) + std::string(static_cast<std::size_t>(i % 61), 'x');
+    ASSERT_TRUE(a->t->send(1, m).isOk()) << i;
+    ASSERT_TRUE(b->t->send(0, m).isOk()) << i;
+  }
+  ASSERT_TRUE(pumpUntil([&] { return a->got.size() >= kCount && b->got.size() >= kCount; }))
+      << a->got.size() << " and " << b->got.size() << " arrived";
+  ASSERT_EQ(a->got.size(), static_cast<std::size_t>(kCount));
+  ASSERT_EQ(b->got.size(), static_cast<std::size_t>(kCount));
+  for (int i = 0; i < kCount; ++i) {
+    const std::string m = std::to_string(i) + std::string(static_cast<std::size_t>(i % 61), 'x');
+    ASSERT_EQ(b->got[static_cast<std::size_t>(i)], std::make_pair(0u, m)) << i;
+    ASSERT_EQ(a->got[static_cast<std::size_t>(i)], std::make_pair(1u, m)) << i;
+  }
+}
+
+TEST_P(TransportConformance, MessagesOfEverySizeArriveWholeIntactAndInOrder) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  // Large (rendezvous) and small (eager) messages interleaved: order must survive both.
+  const std::vector<std::size_t> sizes = {16u << 20, 0, 1, 8u << 10, 1u << 20, 0, 1,
+                                          (1u << 20) + 3, 8u << 10, 16u << 20, 1};
+  std::vector<std::uint64_t> sums;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const std::string m = pattern(sizes[i], i);
+    sums.push_back(checksum(m));
+    ASSERT_TRUE(a->t->send(1, m).isOk()) << "size " << sizes[i];
+  }
+  ASSERT_TRUE(pumpUntil([&] { return b->got.size() >= sizes.size(); }, 60s))
+      << b->got.size() << " arrived";
+  ASSERT_EQ(b->got.size(), sizes.size());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    EXPECT_EQ(b->got[i].first, 0u);
+    EXPECT_EQ(b->got[i].second.size(), sizes[i]) << "message " << i;
+    EXPECT_EQ(checksum(b->got[i].second), sums[i]) << "message " << i;
+    EXPECT_TRUE(b->got[i].second == pattern(sizes[i], i)) << "message " << i;
+  }
+}
+
+TEST_P(TransportConformance, SendToAnUnknownNodeIsNotFound) {
+  Node* a = make(0);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->t->send(7, "x").code(), StatusCode::NotFound);
+}
+
+TEST_P(TransportConformance, AMessageOverTheLimitIsRefusedAndOneAtTheLimitArrives) {
+  constexpr std::uint64_t kSmall = 1u << 20;
+  Node* a = make(0, kSecret, kSmall);
+  Node* b = make(1, kSecret, kSmall);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  EXPECT_EQ(a->t->send(1, pattern(kSmall + 1, 1)).code(), StatusCode::MessageTooLarge);
+  ASSERT_TRUE(a->t->send(1, pattern(kSmall, 2)).isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !b->got.empty(); }));
+  EXPECT_TRUE(b->got.front().second == pattern(kSmall, 2));
+}
+
+TEST_P(TransportConformance, AMessageOverTheReceiversLimitIsDroppedAndLaterOnesArrive) {
+  Node* a = make(0, kSecret, 1u << 20);
+  Node* b = make(1, kSecret, 64u << 10);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  ASSERT_TRUE(a->t->send(1, "before").isOk());
+  ASSERT_TRUE(a->t->send(1, pattern(100u << 10, 3)).isOk());  // eager or rendezvous, dropped
+  ASSERT_TRUE(a->t->send(1, pattern(900u << 10, 4)).isOk());
+  ASSERT_TRUE(a->t->send(1, "after").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return b->got.size() >= 2; }));
+  EXPECT_EQ(b->got, (std::vector<std::pair<std::uint32_t, std::string>>{{0, "before"},
+                                                                          {0, "after"}}));
+  EXPECT_TRUE(b->lost.empty());
+}
+
+TEST_P(TransportConformance, AMessageWithTheWrongSecretIsDropped) {
+  Node* a = make(0);
+  Node* b = make(1);
+  Node* c = make(2, "another job's secret, same size!");
+  Node* impostor = make(1, "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ");  // claims to be b
+  ASSERT_TRUE(a != nullptr && b != nullptr && c != nullptr && impostor != nullptr);
+  connect(*a, *b);
+  link(*a, *c);
+  link(*c, *a);
+  link(*impostor, *a);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(c->t->send(0, "from c").isOk());
+    ASSERT_TRUE(impostor->t->send(0, "from the impostor").isOk());
+  }
+  ASSERT_TRUE(pumpUntil([&] { return !c->t->needsProgress() && !impostor->t->needsProgress(); }));
+  ASSERT_TRUE(b->t->send(0, "from b").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !a->got.empty(); }));
+  pumpFor(300ms);
+  EXPECT_EQ(a->got, (std::vector<std::pair<std::uint32_t, std::string>>{{1, "from b"}}));
+  EXPECT_TRUE(a->lost.empty());
+  // The right secret still works both ways.
+  ASSERT_TRUE(a->t->send(1, "to b").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !b->got.empty(); }));
+  EXPECT_EQ(b->got.front(), std::make_pair(0u, std::string("to b")));
+}
+
+TEST_P(TransportConformance, MessagesBeforeTheReceiverIsReadyAreDroppedWithoutStallingLaterOnes) {
+  Node* a = make(0);
+  Node* b = make(1, "");  // no secret yet, no peers
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  link(*a, *b);
+  ASSERT_TRUE(a->t->send(1, "early 1").isOk());
+  ASSERT_TRUE(a->t->send(1, pattern(1u << 20, 5)).isOk());
+  ASSERT_TRUE(a->t->send(1, "early 2").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !a->t->needsProgress(); }));
+  pumpFor(200ms);
+  EXPECT_TRUE(b->got.empty());
+  b->t->setSecret(kSecret);  // knows the secret, but not node 0 yet
+  ASSERT_TRUE(a->t->send(1, "early 3").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !a->t->needsProgress(); }));
+  pumpFor(200ms);
+  EXPECT_TRUE(b->got.empty());
+  link(*b, *a);
+  ASSERT_TRUE(a->t->send(1, "late").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !b->got.empty(); }));
+  pumpFor(100ms);
+  EXPECT_EQ(b->got, (std::vector<std::pair<std::uint32_t, std::string>>{{0, "late"}}));
+}
+
+TEST_P(TransportConformance, ADestroyedPeerIsLostOnceAndSendThenFailsWithNodeLost) {
+  Node* a = make(0);
+  Node* b = make(1);
+  Node* c = make(2);
+  ASSERT_TRUE(a != nullptr && b != nullptr && c != nullptr);
+  connect(*a, *b);
+  connect(*a, *c);
+  roundTrip(*a, *b);
+  ASSERT_TRUE(b->t->send(0, "last words").isOk());
+  b->t.reset();
+  ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }));
+  EXPECT_EQ(a->got.back(), std::make_pair(1u, std::string("last words")));  // before the loss
+  EXPECT_EQ(a->lost.front().first, 1u);
+  EXPECT_EQ(a->lost.front().second.code(), StatusCode::NodeLost)
+      << a->lost.front().second.toString();
+  EXPECT_EQ(a->t->send(1, "x").code(), StatusCode::NodeLost);
+  // The others go on.
+  ASSERT_TRUE(a->t->send(2, "still here").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !c->got.empty(); }));
+  EXPECT_EQ(c->got.front(), std::make_pair(0u, std::string("still here")));
+  pumpFor(200ms);
+  EXPECT_EQ(a->lost.size(), 1u);
+  EXPECT_TRUE(c->lost.empty());
+}
+
+// This binary, re-run in a child process by AKilledPeerIsLostOnce: a UCX transport for node 1
+// that echoes what it gets, until it is killed or its parent goes.
+TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
+  const char* in = std::getenv("DRAGON_TEST_PEER_IN");
+  const char* out = std::getenv("DRAGON_TEST_PEER_OUT");
+  if (in == nullptr || out == nullptr || ucxModule() == nullptr) GTEST_SKIP();
+  const int inFd = std::atoi(in);
+  const int outFd = std::atoi(out);
+  TransportOptions o;
+  o.selfNode = 1;
+  o.secret = kSecret;
+  Status error;
+  std::unique_ptr<Transport> t = ucxModule()->create(o, error);
+  ASSERT_NE(t, nullptr) << error.toString();
+  const std::string line = toHex(t->address()) + "\n";
+  ASSERT_EQ(write(outFd, line.data(), line.size()), static_cast<ssize_t>(line.size()));
+  std::string parent;
+  char c = 0;
+  while (read(inFd, &c, 1) == 1 && c != '\n') parent.push_back(c);
+  ASSERT_TRUE(t->addPeer(0, fromHex(parent)).isOk());
+  TransportCallbacks cb;
+  cb.onMessage = [&t](std::uint32_t from, std::string_view bytes) { (void)t->send(from, bytes); };
+  t->setCallbacks(std::move(cb));
+  for (;;) {
+    pollfd fds[2] = {{t->eventFd(), POLLIN, 0}, {inFd, POLLIN, 0}};
+    (void)poll(fds, 2, t->needsProgress() ? 0 : 100);
+    if (fds[1].revents != 0) return;  // the parent closed its end
+    t->progress();
+  }
+}
+
+TEST_P(TransportConformance, AKilledPeerIsLostOnce) {
+  Node* a = make(0);
+  ASSERT_NE(a, nullptr);
+  if (!ucx()) {
+    Node* b = make(1);
+    ASSERT_NE(b, nullptr);
+    connect(*a, *b);
+    roundTrip(*a, *b);
+    fakeKillNode(hub_, 1);
+    ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }));
+    EXPECT_EQ(b->t->send(0, "from the dead").code(), StatusCode::Ok);  // it does not know
+  } else {
+    int toChild[2];
+    int fromChild[2];
+    ASSERT_EQ(pipe2(toChild, O_CLOEXEC), 0);
+    ASSERT_EQ(pipe2(fromChild, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, toChild[0], 100);
+    posix_spawn_file_actions_adddup2(&fa, fromChild[1], 101);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    std::vector<std::string> env = {"DRAGON_TEST_PEER_IN=100", "DRAGON_TEST_PEER_OUT=101"};
+    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::string exe = "/proc/self/exe";
+    std::string filter = "--gtest_filter=TransportPeerProcess.DISABLED_EchoesUntilKilled";
+    std::string disabled = "--gtest_also_run_disabled_tests";
+    char* argv[] = {exe.data(), filter.data(), disabled.data(), nullptr};
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    close(toChild[0]);
+    close(fromChild[1]);
+    ASSERT_EQ(rc, 0) << std::strerror(rc);
+    std::string childAddress;
+    const auto deadline = Clock::now() + 30s;
+    for (char c = 0; Clock::now() < deadline && c != '\n';) {
+      pollfd p{fromChild[0], POLLIN, 0};
+      if (poll(&p, 1, 100) == 1) {
+        if (read(fromChild[0], &c, 1) != 1) break;
+        if (c != '\n') childAddress.push_back(c);
+      }
+    }
+    close(fromChild[0]);
+    bool ok = !childAddress.empty();
+    if (ok) {
+      const Status st = a->t->addPeer(1, fromHex(childAddress));
+      ok = st.isOk();
+      EXPECT_TRUE(ok) << st.toString();
+      const std::string line = toHex(a->t->address()) + "\n";
+      ok = ok && write(toChild[1], line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    }
+    if (ok) {
+      ok = a->t->send(1, "echo?").isOk();
+      ok = ok && pumpUntil([&] { return !a->got.empty(); });
+      EXPECT_TRUE(ok) << "no echo from the child";
+      if (ok) {
+        EXPECT_EQ(a->got.front(), std::make_pair(1u, std::string("echo?")));
+      }
+    }
+    kill(pid, SIGKILL);
+    int status = 0;
+    (void)waitpid(pid, &status, 0);
+    close(toChild[1]);
+    ASSERT_TRUE(ok) << "the child peer did not come up";
+    ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }, 30s, /*everyRound=*/true));
+  }
+  EXPECT_EQ(a->lost.front().first, 1u);
+  EXPECT_EQ(a->lost.front().second.code(), StatusCode::NodeLost);
+  EXPECT_EQ(a->t->send(1, "x").code(), StatusCode::NodeLost);
+  pumpFor(200ms);
+  EXPECT_EQ(a->lost.size(), 1u);
+  EXPECT_EQ(a->got.size(), 1u);  // the echo only
+}
+
+TEST_P(TransportConformance, ShutdownSendsWhatIsQueuedThenThePeerSeesTheLoss) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  a->got.clear();
+  // b has its own owning thread while a shuts down on this one.
+  std::jthread owner([&] {
+    (void)pump({b}, [&] { return !b->lost.empty(); }, 30s);
+  });
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(a->t->send(1, "m" + std::to_string(i)).isOk());
+  ASSERT_TRUE(a->t->send(1, pattern(1u << 20, 6)).isOk());
+  ASSERT_TRUE(a->t->send(1, "last").isOk());
+  a->t->shutdown(10'000'000'000);
+  owner.join();
+  ASSERT_EQ(b->got.size(), 103u);  // "hello" from the round trip, then these
+  for (std::size_t i = 0; i < 100; ++i) {
+    EXPECT_EQ(b->got[1 + i].second, "m" + std::to_string(i));
+  }
+  EXPECT_TRUE(b->got[101].second == pattern(1u << 20, 6));
+  EXPECT_EQ(b->got[102].second, "last");
+  ASSERT_EQ(b->lost.size(), 1u);
+  EXPECT_EQ(b->lost.front().first, 0u);
+  EXPECT_EQ(b->lost.front().second.code(), StatusCode::NodeLost);
+  // After shutdown: sends are refused, the event fd stays open and quiet.
+  EXPECT_FALSE(a->t->send(1, "x").isOk());
+  pollfd p{a->t->eventFd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 0), 0);
+  EXPECT_GE(fcntl(a->t->eventFd(), F_GETFD), 0);
+}
+
+#ifdef DRAGON_UCX_MODULE
+// An AM header laid out as ucx_transport/wire.hpp says, with any field wrong.
+std::string wireHeader(std::uint32_t magic, std::uint16_t version, std::uint16_t kind,
+                       std::uint32_t node, std::string_view secret, std::uint64_t seq,
+                       std::uint64_t length) {
+  std::string h;
+  ucx_wire::putLe(h, magic);
+  ucx_wire::putLe(h, version);
+  ucx_wire::putLe(h, kind);
+  ucx_wire::putLe(h, node);
+  ucx_wire::putLe(h, static_cast<std::uint32_t>(secret.size()));
+  ucx_wire::putLe(h, seq);
+  ucx_wire::putLe(h, length);
+  h.append(secret);
+  return h;
+}
+
+// A bare UCP worker that sends whatever it is told to the module's AM handler.
+class RawSender {
+ public:
+  explicit RawSender(const std::string& address) {
+    ucp_config_t* config = nullptr;
+    if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) return;
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES;
+    params.features = UCP_FEATURE_AM;
+    const ucs_status_t st = ucp_init(&params, config, &context_);
+    ucp_config_release(config);
+    if (st != UCS_OK) return;
+    ucp_worker_params_t wp{};
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+    if (ucp_worker_create(context_, &wp, &worker_) != UCS_OK) return;
+    const std::string_view raw = ucx_wire::unwrapAddress(address);
+    if (raw.empty()) return;
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.address = reinterpret_cast<const ucp_address_t*>(raw.data());
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    if (ucp_ep_create(worker_, &ep, &ep_) != UCS_OK) ep_ = nullptr;
+  }
+  ~RawSender() {
+    if (ep_ != nullptr) {
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+      p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+      const ucs_status_ptr_t r = ucp_ep_close_nbx(ep_, &p);
+      if (UCS_PTR_IS_PTR(r)) {
+        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(worker_);
+        ucp_request_free(r);
+      }
+    }
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    if (context_ != nullptr) ucp_cleanup(context_);
+  }
+  bool ok() const { return ep_ != nullptr; }
+  void send(const std::string& header, const std::string& payload, bool rndv) {
+    pending_.push_back(std::make_unique<std::pair<std::string, std::string>>(header, payload));
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = rndv ? UCP_AM_SEND_FLAG_RNDV : 0;
+    const auto& [h, d] = *pending_.back();
+    const ucs_status_ptr_t r =
+        ucp_am_send_nbx(ep_, ucx_wire::kAmId, h.data(), h.size(), d.data(), d.size(), &p);
+    if (UCS_PTR_IS_PTR(r)) requests_.push_back(r);
+  }
+  void progress() {
+    ucp_worker_progress(worker_);
+    std::erase_if(requests_, [](void* r) {
+      if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
+      ucp_request_free(r);
+      return true;
+    });
+  }
+  bool idle() const { return requests_.empty(); }
+
+ private:
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_ep_h ep_ = nullptr;
+  std::vector<std::unique_ptr<std::pair<std::string, std::string>>> pending_;
+  std::vector<void*> requests_;
+};
+#endif
+
+TEST_P(TransportConformance, GarbageOnTheWireIsDroppedWithoutACrash) {
+#ifndef DRAGON_UCX_MODULE
+  GTEST_SKIP() << "the UCX module is not built";
+#else
+  if (!ucx()) GTEST_SKIP() << "nothing reaches the fake but its own transports";
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  RawSender raw(a->t->address());
+  ASSERT_TRUE(raw.ok());
+  constexpr std::uint32_t kMagic = ucx_wire::kWireMagic;
+  const std::string wrong(kSecret.size(), 'w');
+  const std::string big = pattern(1u << 20, 7);
+  raw.send("", "no header", false);
+  raw.send("abc", "short header", false);
+  raw.send(std::string(32, '\0'), "zero header", false);
+  raw.send(wireHeader(0xdeadbeef, 1, 0, 1, kSecret, 0, 3), "bad", false);
+  raw.send(wireHeader(kMagic, 99, 0, 1, kSecret, 0, 3), "ver", false);
+  raw.send(wireHeader(kMagic, 1, 7, 1, kSecret, 0, 4), "kind", false);
+  raw.send(wireHeader(kMagic, 1, 0, 1, kSecret, 0, 4).substr(0, 40), "trun", false);
+  raw.send(wireHeader(kMagic, 1, 0, 1, kSecret, 0, 999), "len", false);
+  raw.send(wireHeader(kMagic, 1, 0, 1, wrong, 0, 6), "secret", false);
+  raw.send(wireHeader(kMagic, 1, 0, 77, kSecret, 0, 7), "unknown", false);
+  raw.send(wireHeader(kMagic, 1, 0, 1, kSecret, std::uint64_t{1} << 40, 3), "far", false);
+  raw.send(wireHeader(0, 0, 0, 0, "", 0, 0), big, true);
+  raw.send(wireHeader(kMagic, 1, 0, 1, wrong, 0, big.size()), big, true);
+  raw.send(wireHeader(kMagic, 1, 0, 1, kSecret, std::uint64_t{1} << 40, big.size()), big, true);
+  ASSERT_TRUE(pumpUntil([&] { return raw.idle(); }, 30s, false, [&] { raw.progress(); }));
+  ASSERT_TRUE(b->t->send(0, "after").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return !a->got.empty(); }, 30s, false, [&] { raw.progress(); }));
+  pumpFor(200ms);
+  EXPECT_EQ(a->got, (std::vector<std::pair<std::uint32_t, std::string>>{{1, "after"}}));
+  EXPECT_TRUE(a->lost.empty());
+#endif
+}
+
+std::vector<Impl> implementations() {
+  std::vector<Impl> impls = {{"fake", nullptr}};
+#ifdef DRAGON_UCX_MODULE
+  impls.push_back({"ucx_tcp", "tcp"});
+  impls.push_back({"ucx_sm", "sm"});
+#endif
+  return impls;
+}
+
+std::string implName(const ::testing::TestParamInfo<Impl>& p) { return p.param.name; }
+
+INSTANTIATE_TEST_SUITE_P(All, TransportConformance, ::testing::ValuesIn(implementations()),
+                         implName);
+
+TEST(TransportModule, TheUcxModuleExportsItsVersionedInfoSymbol) {
+#ifndef DRAGON_UCX_MODULE
+  GTEST_SKIP() << "the UCX module is not built";
+#else
+  void* handle = dlopen(DRAGON_UCX_MODULE, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(handle, nullptr) << dlerror();
+  void* sym = dlsym(handle, kTransportModuleSymbol);
+  ASSERT_NE(sym, nullptr) << dlerror();
+  using Info = const TransportModule* (*)();
+  Info info = nullptr;
+  std::memcpy(&info, &sym, sizeof info);
+  const TransportModule* m = info();
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->abiVersion, kAbiVersion);
+  EXPECT_STREQ(m->name, "ucx");
+  ASSERT_NE(m->create, nullptr);
+  Status error;
+  TransportOptions o;
+  auto t = m->create(o, error);
+  ASSERT_NE(t, nullptr) << error.toString();
+  EXPECT_EQ(t->name(), "ucx");
+#endif
+}
+
+}  // namespace
+}  // namespace dragon::transport

@@ -1,0 +1,762 @@
+// SPDX-License-Identifier: MIT
+// The UCX transport (daemon/transport.hpp): one ucp context and one worker per dragond, driven
+// from the owner's event loop through the worker's event fd; there is no progress thread.
+//
+// Wire (wire.hpp): each message is one UCP active message (id kAmId) whose AM header is a fixed
+// header (magic, version, kind, sender node, sequence number, payload length) followed by the
+// job secret, compared in constant time; the payload is the message.
+//
+// Order: UCX may run the AM handler out of send order (a multi-fragment eager message on several
+// lanes), and a rendezvous message is whole only once ucp_am_recv_data_nbx completes, so every
+// message takes a slot by its per-(sender, receiver) sequence number and slots are delivered
+// strictly in sequence. A message from the job that the receiver drops (sent before this node
+// knew the secret or the sender, or over maxMessageBytes) leaves a skipped slot, so it cannot
+// stall the messages after it.
+//
+// Lost peers: the endpoint's error handler (UCP_ERR_HANDLING_MODE_PEER), a send that fails, or
+// the "bye" a peer sends from shutdown() marks the peer failed; progress() then delivers what had
+// arrived from it, reports onPeerLost once, and force-closes the endpoint.
+//
+// Owning thread: the daemon's event-loop thread (the worker is UCS_THREAD_MODE_SINGLE). UCX
+// callbacks only record what happened; the owner's callbacks run in progress(), outside them.
+#include "daemon/transport.hpp"
+
+#include "base/log.hpp"
+#include "ucx_transport/wire.hpp"
+
+#include <dragon/unique_fd.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+#include <fcntl.h>
+#include <iterator>
+#include <list>
+#include <map>
+#include <poll.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+namespace dragon::transport {
+namespace {
+
+constexpr const char* kLog = "transport";
+// How far past the next message to deliver a sequence number may be.
+constexpr std::uint64_t kMaxReorder = std::uint64_t{1} << 24;
+// What is remembered of messages dropped before this node knew their secret or sender.
+constexpr std::size_t kMaxEarlyDrops = 4096;
+constexpr std::size_t kMaxSkipped = 65536;
+// ucp_worker_progress calls per round, and rounds per progress() call: a flood cannot keep
+// progress() from returning to the event loop (needsProgress() says there is more).
+constexpr unsigned kMaxProgressCalls = 1024;
+constexpr unsigned kMaxRounds = 8;
+constexpr std::int64_t kDestructorShutdownNs = 200'000'000;
+// Drop reports: at most kDropBurst per kDropWindowNs, the rest counted.
+constexpr unsigned kDropBurst = 5;
+constexpr std::int64_t kDropWindowNs = 10'000'000'000;
+
+using namespace ucx_wire;
+
+std::int64_t nowNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+Status ucxError(const std::string& what, ucs_status_t st) {
+  return Status(StatusCode::SystemError, what + ": " + ucs_status_string(st));
+}
+
+class UcpContext {
+ public:
+  static Result<UcpContext> create() {
+    ucp_config_t* config = nullptr;
+    ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);  // UCX_* from the environment
+    if (st != UCS_OK) return ucxError("reading the UCX configuration", st);
+    // A peer killed outright is noticed by UCX's keepalive; its default (20 s) is far longer
+    // than the 2 s within which Dragon reports a lost node. The environment still wins.
+    if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
+      (void)ucp_config_modify(config, "KEEPALIVE_INTERVAL", "250ms");
+    }
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.name = "dragond";
+    ucp_context_h h = nullptr;
+    st = ucp_init(&params, config, &h);
+    ucp_config_release(config);
+    if (st != UCS_OK) return ucxError("initialising UCX (check UCX_TLS)", st);
+    return UcpContext(h);
+  }
+  UcpContext(UcpContext&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  UcpContext& operator=(UcpContext&&) = delete;
+  ~UcpContext() { reset(); }
+  void reset() {
+    if (h_ != nullptr) ucp_cleanup(std::exchange(h_, nullptr));
+  }
+  ucp_context_h get() const { return h_; }
+
+ private:
+  explicit UcpContext(ucp_context_h h) : h_(h) {}
+  ucp_context_h h_ = nullptr;
+};
+
+class UcpWorker {
+ public:
+  static Result<UcpWorker> create(ucp_context_h context) {
+    ucp_worker_params_t params{};
+    params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    params.thread_mode = UCS_THREAD_MODE_SINGLE;
+    ucp_worker_h h = nullptr;
+    const ucs_status_t st = ucp_worker_create(context, &params, &h);
+    if (st != UCS_OK) return ucxError("creating the UCX worker", st);
+    return UcpWorker(h);
+  }
+  UcpWorker(UcpWorker&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  UcpWorker& operator=(UcpWorker&&) = delete;
+  ~UcpWorker() { reset(); }
+  void reset() {
+    if (h_ != nullptr) ucp_worker_destroy(std::exchange(h_, nullptr));
+  }
+  ucp_worker_h get() const { return h_; }
+
+ private:
+  explicit UcpWorker(ucp_worker_h h) : h_(h) {}
+  ucp_worker_h h_ = nullptr;
+};
+
+class UcxTransport;
+
+// A message being sent: the copies UCX reads until the send completes.
+struct SendOp {
+  UcxTransport* self = nullptr;
+  std::uint32_t node = 0;
+  std::string header;
+  std::string payload;
+  ucs_status_t status = UCS_INPROGRESS;
+  std::list<SendOp>::iterator it;
+};
+
+// A rendezvous message being received into `data`.
+struct RecvOp {
+  UcxTransport* self = nullptr;
+  std::uint32_t node = 0;
+  std::uint64_t seq = 0;
+  std::string data;
+  ucs_status_t status = UCS_INPROGRESS;
+  std::list<RecvOp>::iterator it;
+};
+
+// A message by its sequence number, waiting for its turn.
+struct Slot {
+  enum class State { Ready, Receiving, Skip };
+  State state = State::Skip;
+  Kind kind = Kind::Data;
+  std::string data;
+  RecvOp* op = nullptr;  // while Receiving
+};
+
+struct Peer {
+  UcxTransport* self = nullptr;
+  std::uint32_t node = 0;
+  ucp_ep_h ep = nullptr;
+  bool failed = false;    // no more messages to or from it
+  bool reported = false;  // onPeerLost ran
+  Status why;
+  std::uint64_t sendSeq = 0;
+  std::uint64_t nextSeq = 0;  // the next to deliver
+  std::map<std::uint64_t, Slot> slots;
+};
+
+struct EarlyDrop {
+  std::uint32_t node;
+  std::uint64_t seq;
+  std::string secret;
+};
+
+class UcxTransport final : public Transport {
+ public:
+  static Result<std::unique_ptr<UcxTransport>> create(const TransportOptions& options);
+  ~UcxTransport() override { shutdown(kDestructorShutdownNs); }
+
+  std::string_view name() const override { return "ucx"; }
+  std::string address() const override { return address_; }
+  int eventFd() const override { return efd_.get(); }
+  void progress() override;
+  bool needsProgress() const override {
+    return !closed_ && (kick_ || !sendOps_.empty() || !closeReqs_.empty());
+  }
+  void setCallbacks(TransportCallbacks callbacks) override { callbacks_ = std::move(callbacks); }
+  void setSecret(std::string secret) override;
+  Status addPeer(std::uint32_t node, std::string_view address) override;
+  Status send(std::uint32_t node, std::string_view bytes) override;
+  void shutdown(std::int64_t timeoutNs) override;
+
+ private:
+  UcxTransport(const TransportOptions& options, UcpContext context, UcpWorker worker,
+               UniqueFd efd, std::string address, std::size_t maxAmHeader)
+      : options_(options),
+        address_(std::move(address)),
+        maxAmHeader_(maxAmHeader),
+        efd_(std::move(efd)),
+        context_(std::move(context)),
+        worker_(std::move(worker)) {
+    options_.secret.clear();
+  }
+
+  static ucs_status_t onAmCallback(void* arg, const void* header, std::size_t headerLength,
+                                   void* data, std::size_t length,
+                                   const ucp_am_recv_param_t* param) noexcept {
+    return static_cast<UcxTransport*>(arg)->onAm(header, headerLength, data, length, param);
+  }
+  static void onSendDone(void* request, ucs_status_t status, void* user) noexcept {
+    auto* op = static_cast<SendOp*>(user);
+    op->status = status;
+    op->self->doneSends_.push_back(op);
+    ucp_request_free(request);
+  }
+  static void onRecvDone(void* request, ucs_status_t status, std::size_t length,
+                         void* user) noexcept {
+    auto* op = static_cast<RecvOp*>(user);
+    op->status = (status == UCS_OK && length != op->data.size()) ? UCS_ERR_MESSAGE_TRUNCATED
+                                                                  : status;
+    op->self->doneRecvs_.push_back(op);
+    ucp_request_free(request);
+  }
+  static void onEndpointError(void* arg, ucp_ep_h, ucs_status_t status) noexcept {
+    auto* peer = static_cast<Peer*>(arg);
+    peer->self->markFailed(*peer, Status(StatusCode::NodeLost,
+                                         "the connection to node " + std::to_string(peer->node) +
+                                             " failed: " + ucs_status_string(status)));
+  }
+
+  ucs_status_t onAm(const void* header, std::size_t headerLength, void* data, std::size_t length,
+                    const ucp_am_recv_param_t* param);
+  ucs_status_t receiveRendezvous(Peer& peer, Slot& slot, std::uint64_t seq, void* desc,
+                                 std::size_t length);
+  Status post(Peer& peer, Kind kind, std::string_view bytes);
+  void markFailed(Peer& peer, Status why);
+  void noteSkipped(std::uint32_t node, std::uint64_t seq);
+  void dropped(const WireHeader* h, const char* why);
+  // One round's bookkeeping after ucp_worker_progress; runs the owner's callbacks.
+  void settle();
+  void reapSends();
+  void reapRecvs();
+  void reapCloses();
+  void deliver();
+  void reportLost();
+  void closeEndpoint(Peer& peer);
+  // Progresses (sleeping on the event fd when idle) until `done` or the deadline.
+  template <typename Done>
+  bool waitUntil(Done done, std::int64_t deadlineNs);
+  void flushWorker(std::int64_t deadlineNs);
+
+  TransportOptions options_;
+  TransportCallbacks callbacks_;
+  const std::string address_;
+  const std::size_t maxAmHeader_;
+  std::string secret_;
+  bool secretSet_ = false;
+  bool secretRefused_ = false;
+  bool kick_ = true;  // progress() has work the event fd will not announce
+  bool inProgress_ = false;
+  bool closing_ = false;  // shutdown() began: nothing more is delivered
+  bool closed_ = false;   // the worker and context are gone
+  // A dup of the worker's event fd: stays valid (and quiet) after shutdown() until destruction.
+  UniqueFd efd_;
+  // Declared in the order of construction: the worker references the peers and operations below
+  // (callbacks' arguments), the context outlives the worker.
+  UcpContext context_;
+  std::map<std::uint32_t, std::unique_ptr<Peer>> peers_;
+  std::list<SendOp> sendOps_;
+  std::list<RecvOp> recvOps_;
+  std::vector<SendOp*> doneSends_;
+  std::vector<RecvOp*> doneRecvs_;
+  std::vector<void*> closeReqs_;
+  std::vector<EarlyDrop> early_;
+  std::map<std::uint32_t, std::vector<std::uint64_t>> skipped_;
+  std::size_t skippedCount_ = 0;
+  std::int64_t dropWindowNs_ = 0;
+  unsigned dropsInWindow_ = 0;
+  std::uint64_t dropsSuppressed_ = 0;
+  UcpWorker worker_;
+};
+
+Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOptions& options) {
+  DRAGON_ASSIGN_OR_RETURN(UcpContext context, UcpContext::create());
+  DRAGON_ASSIGN_OR_RETURN(UcpWorker worker, UcpWorker::create(context.get()));
+  ucp_worker_attr_t attr{};
+  attr.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+  ucs_status_t st = ucp_worker_query(worker.get(), &attr);
+  if (st != UCS_OK) return ucxError("querying the UCX worker", st);
+  int fd = -1;
+  st = ucp_worker_get_efd(worker.get(), &fd);
+  if (st != UCS_OK) return ucxError("getting the UCX worker's event fd", st);
+  UniqueFd efd(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!efd) return Status::fromErrno("duplicating the UCX worker's event fd", errno);
+  ucp_address_t* raw = nullptr;
+  std::size_t rawBytes = 0;
+  st = ucp_worker_get_address(worker.get(), &raw, &rawBytes);
+  if (st != UCS_OK) return ucxError("getting the UCX worker's address", st);
+  std::string address = wrapAddress(std::string_view(reinterpret_cast<const char*>(raw), rawBytes));
+  ucp_worker_release_address(worker.get(), raw);
+
+  std::unique_ptr<UcxTransport> t(new UcxTransport(options, std::move(context), std::move(worker),
+                                                   std::move(efd), std::move(address),
+                                                   attr.max_am_header));
+  ucp_am_handler_param_t handler{};
+  handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                       UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+  handler.id = kAmId;
+  handler.flags = UCP_AM_FLAG_WHOLE_MSG;
+  handler.cb = &UcxTransport::onAmCallback;
+  handler.arg = t.get();
+  st = ucp_worker_set_am_recv_handler(t->worker_.get(), &handler);
+  if (st != UCS_OK) return ucxError("setting the UCX active message handler", st);
+  if (!options.secret.empty()) t->setSecret(options.secret);
+  t->progress();  // arms the event fd
+  return t;
+}
+
+void UcxTransport::setSecret(std::string secret) {
+  if (closing_ || secret.empty()) return;
+  if (secretSet_) {
+    if (!sameSecret(secret, secret_)) {
+      DRAGON_LOG(Warn, kLog, "node %u: the job secret is already set; the new one is ignored",
+                 options_.selfNode);
+    }
+    return;
+  }
+  if (secret.size() > kMaxSecretBytes || kWireHeaderBytes + secret.size() > maxAmHeader_) {
+    DRAGON_LOG(Error, kLog, "node %u: a job secret of %zu bytes is too long for UCX (at most %zu)",
+               options_.selfNode, secret.size(),
+               std::min(kMaxSecretBytes, maxAmHeader_ - std::min(maxAmHeader_, kWireHeaderBytes)));
+    secretRefused_ = true;
+    return;
+  }
+  secret_ = std::move(secret);
+  secretSet_ = true;
+  // Messages dropped before now that carried this secret came from the job: keep their
+  // sequence numbers, or the messages after them would wait for them forever.
+  std::vector<EarlyDrop> early = std::exchange(early_, {});
+  for (const EarlyDrop& e : early) {
+    if (sameSecret(e.secret, secret_)) noteSkipped(e.node, e.seq);
+  }
+}
+
+Status UcxTransport::addPeer(std::uint32_t node, std::string_view address) {
+  if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
+  if (node == options_.selfNode) {
+    return Status(StatusCode::InvalidArgument, "node " + std::to_string(node) + " is this node");
+  }
+  if (peers_.count(node) != 0) {
+    return Status(StatusCode::AlreadyExists, "node " + std::to_string(node) + " is already known");
+  }
+  const std::string_view raw = unwrapAddress(address);
+  if (raw.empty()) {
+    return Status(StatusCode::InvalidArgument,
+                  "the address of node " + std::to_string(node) +
+                      " is not a UCX transport address");
+  }
+  auto peer = std::make_unique<Peer>();
+  peer->self = this;
+  peer->node = node;
+  ucp_ep_params_t params{};
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  params.address = reinterpret_cast<const ucp_address_t*>(raw.data());
+  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  params.err_handler.cb = &UcxTransport::onEndpointError;
+  params.err_handler.arg = peer.get();
+  const ucs_status_t st = ucp_ep_create(worker_.get(), &params, &peer->ep);
+  if (st == UCS_ERR_UNREACHABLE) {
+    // UCX 1.13's shared memory (posix) detects peer failures only with
+    // UCX_POSIX_ERROR_HANDLING=y; it is not set for the user because the pid check it does is
+    // wrong across pid namespaces that share a boot_id (containers of one host).
+    return Status(StatusCode::SystemError,
+                  "connecting to node " + std::to_string(node) + ": no UCX transport in UCX_TLS "
+                  "reaches it with peer failure detection (tcp does; shared memory only with "
+                  "UCX_POSIX_ERROR_HANDLING=y)");
+  }
+  if (st != UCS_OK) return ucxError("connecting to node " + std::to_string(node), st);
+  if (auto s = skipped_.find(node); s != skipped_.end()) {
+    for (std::uint64_t seq : s->second) {
+      if (seq <= kMaxReorder) peer->slots.try_emplace(seq);  // a Skip slot
+    }
+    skippedCount_ -= s->second.size();
+    skipped_.erase(s);
+  }
+  peers_.emplace(node, std::move(peer));
+  kick_ = true;  // wire-up needs progress
+  return Status::ok();
+}
+
+Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
+  if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
+  if (!secretSet_) {
+    return Status(StatusCode::PermissionDenied, secretRefused_
+                                                    ? "the job secret is too long for UCX"
+                                                    : "no job secret yet");
+  }
+  auto it = peers_.find(node);
+  if (it == peers_.end()) {
+    return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
+  }
+  Peer& peer = *it->second;
+  if (peer.failed) return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+  if (bytes.size() > options_.maxMessageBytes) {
+    return Status(StatusCode::MessageTooLarge,
+                  "a message of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
+                      std::to_string(options_.maxMessageBytes));
+  }
+  return post(peer, Kind::Data, bytes);
+}
+
+Status UcxTransport::post(Peer& peer, Kind kind, std::string_view bytes) {
+  SendOp& op = sendOps_.emplace_back();
+  op.it = std::prev(sendOps_.end());
+  op.self = this;
+  op.node = peer.node;
+  op.header = encodeHeader(kind, options_.selfNode, peer.sendSeq++, bytes.size(), secret_);
+  if (!bytes.empty()) op.payload.assign(bytes.data(), bytes.size());
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &UcxTransport::onSendDone;
+  param.user_data = &op;
+  const ucs_status_ptr_t r = ucp_am_send_nbx(peer.ep, kAmId, op.header.data(), op.header.size(),
+                                             op.payload.data(), op.payload.size(), &param);
+  if (r == nullptr) {
+    sendOps_.erase(op.it);
+    return Status::ok();
+  }
+  if (UCS_PTR_IS_ERR(r)) {
+    sendOps_.erase(op.it);
+    Status why(StatusCode::NodeLost, "sending to node " + std::to_string(peer.node) +
+                                         " failed: " + ucs_status_string(UCS_PTR_STATUS(r)));
+    markFailed(peer, why);
+    return why;
+  }
+  return Status::ok();  // in flight: onSendDone
+}
+
+void UcxTransport::markFailed(Peer& peer, Status why) {
+  if (peer.failed) return;
+  peer.failed = true;
+  peer.why = std::move(why);
+  kick_ = true;  // reported from progress()
+}
+
+void UcxTransport::noteSkipped(std::uint32_t node, std::uint64_t seq) {
+  if (auto it = peers_.find(node); it != peers_.end()) {
+    Peer& peer = *it->second;
+    if (!peer.failed && seq >= peer.nextSeq && seq - peer.nextSeq <= kMaxReorder) {
+      peer.slots.try_emplace(seq);
+    }
+    return;
+  }
+  if (skippedCount_ >= kMaxSkipped) return;
+  skipped_[node].push_back(seq);
+  ++skippedCount_;
+}
+
+void UcxTransport::dropped(const WireHeader* h, const char* why) {
+  const std::int64_t now = nowNs();
+  if (now - dropWindowNs_ >= kDropWindowNs) {
+    if (dropsSuppressed_ > 0) {
+      DRAGON_LOG(Warn, kLog, "node %u: %llu more dropped messages were not logged",
+                 options_.selfNode, static_cast<unsigned long long>(dropsSuppressed_));
+    }
+    dropWindowNs_ = now;
+    dropsInWindow_ = 0;
+    dropsSuppressed_ = 0;
+  }
+  if (dropsInWindow_ >= kDropBurst) {
+    ++dropsSuppressed_;
+    return;
+  }
+  ++dropsInWindow_;
+  if (h != nullptr) {
+    DRAGON_LOG(Warn, kLog, "node %u dropped a message that claims to come from node %u: %s",
+               options_.selfNode, h->node, why);
+  } else {
+    DRAGON_LOG(Warn, kLog, "node %u dropped a message: %s", options_.selfNode, why);
+  }
+}
+
+ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, void* data,
+                                std::size_t length, const ucp_am_recv_param_t* param) {
+  // Returning UCS_OK drops a rendezvous message without receiving it.
+  if (closing_) return UCS_OK;
+  WireHeader h;
+  if (const char* why = parseHeader(header, headerLength, length, h)) {
+    dropped(nullptr, why);
+    return UCS_OK;
+  }
+  if (!secretSet_) {
+    if (early_.size() < kMaxEarlyDrops) early_.push_back({h.node, h.seq, std::string(h.secret)});
+    dropped(&h, "this node has no job secret yet");
+    return UCS_OK;
+  }
+  if (!sameSecret(h.secret, secret_)) {
+    dropped(&h, "wrong job secret");
+    return UCS_OK;
+  }
+  auto it = peers_.find(h.node);
+  if (it == peers_.end()) {
+    noteSkipped(h.node, h.seq);
+    dropped(&h, "unknown sender node");
+    return UCS_OK;
+  }
+  Peer& peer = *it->second;
+  if (peer.failed) return UCS_OK;  // lost, or said goodbye
+  if (h.seq < peer.nextSeq || peer.slots.count(h.seq) != 0) {
+    dropped(&h, "duplicate sequence number");
+    return UCS_OK;
+  }
+  if (h.seq - peer.nextSeq > kMaxReorder) {
+    dropped(&h, "sequence number out of range");
+    return UCS_OK;
+  }
+  Slot& slot = peer.slots[h.seq];
+  slot.kind = h.kind;
+  if (length > options_.maxMessageBytes) {
+    dropped(&h, "larger than maxMessageBytes");
+    return UCS_OK;  // a Skip slot
+  }
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+    return receiveRendezvous(peer, slot, h.seq, data, length);
+  }
+  if (length != 0) slot.data.assign(static_cast<const char*>(data), length);
+  slot.state = Slot::State::Ready;
+  return UCS_OK;
+}
+
+ucs_status_t UcxTransport::receiveRendezvous(Peer& peer, Slot& slot, std::uint64_t seq,
+                                             void* desc, std::size_t length) {
+  RecvOp& op = recvOps_.emplace_back();
+  op.it = std::prev(recvOps_.end());
+  op.self = this;
+  op.node = peer.node;
+  op.seq = seq;
+  op.data.resize(length);
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.recv_am = &UcxTransport::onRecvDone;
+  param.user_data = &op;
+  const ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_.get(), desc, op.data.data(), length,
+                                                  &param);
+  if (r == nullptr) {
+    slot.data = std::move(op.data);
+    slot.state = Slot::State::Ready;
+    recvOps_.erase(op.it);
+    return UCS_OK;
+  }
+  if (UCS_PTR_IS_ERR(r)) {
+    WireHeader h;
+    h.node = peer.node;
+    dropped(&h, ucs_status_string(UCS_PTR_STATUS(r)));
+    recvOps_.erase(op.it);
+    return UCS_OK;  // a Skip slot
+  }
+  slot.state = Slot::State::Receiving;
+  slot.op = &op;
+  return UCS_INPROGRESS;
+}
+
+void UcxTransport::progress() {
+  if (closing_ || inProgress_) return;
+  inProgress_ = true;
+  kick_ = false;
+  for (unsigned round = 0;; ++round) {
+    unsigned calls = 0;
+    while (calls < kMaxProgressCalls && ucp_worker_progress(worker_.get()) != 0) ++calls;
+    settle();
+    if (closing_) break;  // shutdown() from a callback
+    if (calls == kMaxProgressCalls || round + 1 == kMaxRounds) {
+      kick_ = true;
+      break;
+    }
+    const ucs_status_t st = ucp_worker_arm(worker_.get());
+    if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile
+    if (st != UCS_OK) {
+      DRAGON_LOG(Error, kLog, "node %u: arming the UCX worker failed: %s", options_.selfNode,
+                 ucs_status_string(st));
+      kick_ = true;
+    }
+    break;
+  }
+  inProgress_ = false;
+}
+
+void UcxTransport::settle() {
+  reapRecvs();
+  reapSends();
+  reapCloses();
+  deliver();
+  if (closing_) return;
+  reportLost();
+  if (closing_) return;
+  for (auto& [node, peer] : peers_) {
+    if (peer->failed && peer->ep != nullptr) closeEndpoint(*peer);
+  }
+}
+
+void UcxTransport::reapSends() {
+  for (SendOp* op : std::exchange(doneSends_, {})) {
+    if (op->status != UCS_OK) {
+      if (auto it = peers_.find(op->node); it != peers_.end()) {
+        markFailed(*it->second, Status(StatusCode::NodeLost,
+                                       "sending to node " + std::to_string(op->node) +
+                                           " failed: " + ucs_status_string(op->status)));
+      }
+    }
+    sendOps_.erase(op->it);
+  }
+}
+
+void UcxTransport::reapRecvs() {
+  for (RecvOp* op : std::exchange(doneRecvs_, {})) {
+    if (auto p = peers_.find(op->node); p != peers_.end()) {
+      auto s = p->second->slots.find(op->seq);
+      if (s != p->second->slots.end() && s->second.op == op) {
+        s->second.op = nullptr;
+        if (op->status == UCS_OK) {
+          s->second.data = std::move(op->data);
+          s->second.state = Slot::State::Ready;
+        } else {
+          s->second.state = Slot::State::Skip;
+          WireHeader h;
+          h.node = op->node;
+          dropped(&h, ucs_status_string(op->status));
+        }
+      }
+    }
+    recvOps_.erase(op->it);
+  }
+}
+
+void UcxTransport::reapCloses() {
+  std::erase_if(closeReqs_, [](void* r) {
+    if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
+    ucp_request_free(r);
+    return true;
+  });
+}
+
+void UcxTransport::deliver() {
+  // Callbacks may send, add peers (std::map insertion keeps this iteration valid) or shut down.
+  for (auto& [node, peerPtr] : peers_) {
+    Peer& peer = *peerPtr;
+    while (!peer.reported) {
+      auto it = peer.slots.begin();
+      if (it == peer.slots.end() || it->first != peer.nextSeq ||
+          it->second.state == Slot::State::Receiving) {
+        break;
+      }
+      Slot slot = std::move(it->second);
+      peer.slots.erase(it);
+      ++peer.nextSeq;
+      if (slot.state == Slot::State::Skip) continue;
+      if (slot.kind == Kind::Bye) {
+        markFailed(peer, Status(StatusCode::NodeLost,
+                                "node " + std::to_string(node) + " shut down its transport"));
+        break;
+      }
+      if (callbacks_.onMessage) callbacks_.onMessage(node, slot.data);
+      if (closing_) return;
+    }
+  }
+}
+
+void UcxTransport::reportLost() {
+  for (auto& [node, peer] : peers_) {
+    if (!peer->failed || peer->reported) continue;
+    peer->reported = true;
+    peer->slots.clear();  // a receive still in flight keeps its RecvOp until it completes
+    if (callbacks_.onPeerLost) callbacks_.onPeerLost(node, peer->why);
+    if (closing_) return;
+  }
+}
+
+void UcxTransport::closeEndpoint(Peer& peer) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_EP_CLOSE_FLAG_FORCE;  // valid: both sides use UCP_ERR_HANDLING_MODE_PEER
+  const ucs_status_ptr_t r = ucp_ep_close_nbx(std::exchange(peer.ep, nullptr), &param);
+  if (UCS_PTR_IS_PTR(r)) closeReqs_.push_back(r);
+}
+
+template <typename Done>
+bool UcxTransport::waitUntil(Done done, std::int64_t deadlineNs) {
+  for (;;) {
+    unsigned calls = 0;
+    while (calls < kMaxProgressCalls && ucp_worker_progress(worker_.get()) != 0) ++calls;
+    reapRecvs();
+    reapSends();
+    reapCloses();
+    if (done()) return true;
+    const std::int64_t left = deadlineNs - nowNs();
+    if (left <= 0) return false;
+    if (calls == 0 && ucp_worker_arm(worker_.get()) == UCS_OK) {
+      // Not every completion is announced on the fd: wake up every millisecond regardless.
+      pollfd p{efd_.get(), POLLIN, 0};
+      (void)poll(&p, 1, 1);
+    }
+  }
+}
+
+void UcxTransport::flushWorker(std::int64_t deadlineNs) {
+  ucp_request_param_t param{};
+  const ucs_status_ptr_t r = ucp_worker_flush_nbx(worker_.get(), &param);
+  if (!UCS_PTR_IS_PTR(r)) return;
+  (void)waitUntil([r] { return ucp_request_check_status(r) != UCS_INPROGRESS; }, deadlineNs);
+  ucp_request_free(r);
+}
+
+void UcxTransport::shutdown(std::int64_t timeoutNs) {
+  if (closing_) return;
+  closing_ = true;
+  const std::int64_t deadline = nowNs() + std::max<std::int64_t>(timeoutNs, 0);
+  // Peers hear of the end at once (after everything sent before it) instead of by a failure.
+  if (secretSet_) {
+    for (auto& [node, peer] : peers_) {
+      if (!peer->failed && peer->ep != nullptr) (void)post(*peer, Kind::Bye, {});
+    }
+  }
+  if (waitUntil([this] { return sendOps_.empty(); }, deadline)) flushWorker(deadline);
+  for (auto& [node, peer] : peers_) {
+    if (peer->ep != nullptr) closeEndpoint(*peer);
+  }
+  (void)waitUntil([this] { return closeReqs_.empty(); }, deadline);
+  for (void* r : std::exchange(closeReqs_, {})) ucp_request_free(r);
+  worker_.reset();  // completes what is left (callbacks may still run here)
+  context_.reset();
+  closed_ = true;
+  doneSends_.clear();
+  doneRecvs_.clear();
+  sendOps_.clear();
+  recvOps_.clear();
+  for (auto& [node, peer] : peers_) peer->slots.clear();
+}
+
+std::unique_ptr<Transport> createTransport(const TransportOptions& options, Status& error) {
+  auto t = UcxTransport::create(options);
+  if (!t.has_value()) {
+    error = std::move(t).error();
+    return nullptr;
+  }
+  return std::move(*t);
+}
+
+const TransportModule kModule{kAbiVersion, "ucx", &createTransport};
+
+}  // namespace
+}  // namespace dragon::transport
+
+extern "C" __attribute__((visibility("default"))) const dragon::transport::TransportModule*
+dragon_transport_module_v1() {
+  return &dragon::transport::kModule;
+}
