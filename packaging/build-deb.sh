@@ -3,7 +3,7 @@
 # The tree's tracked files are copied, packaging/debian becomes debian/, and the changelog is
 # written with the version from meson.build (its one home), then `dpkg-buildpackage -us -uc -b`.
 # Packages: libdragon0, libdragon-dev, dragon (dragond, the launcher, the systemd units, the man
-# pages, /etc/dragon/dragon.yaml) and python3-dragon.
+# pages, /etc/dragon/dragon.yaml), dragon-cluster (the PMIx and UCX modules) and python3-dragon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-packaging/out}")
