@@ -6,6 +6,7 @@ A goal compares a measured metric with a baseline metric from the same run:
   '>='        the ratio must be at least the target (rates)
   'abs<='     the measured value itself must be at most the target (in the metric's unit);
               the ratio to the baseline is printed for context
+  'diff<='    measured minus baseline must be at most the target (in the metric's unit)
 """
 import sys
 
@@ -49,6 +50,13 @@ GOALS = {
         ("py_apply_async_rtt_vs_stock", "py_dragon_apply_async_rtt", "py_stock_apply_async_rtt",
          "<=", 0.333),
     ],
+    # A 3-node Slurm cluster in network namespaces (tests/cluster), tcp between nodes.
+    "cluster": [
+        ("cluster_bringup_3nodes_vs_bare_srun", "cluster_bringup_dragon", "cluster_bringup_bare",
+         "diff<=", 0.5),
+        ("cluster_spawn_reap_remote_vs_local", "cluster_spawn_remote_rate",
+         "cluster_spawn_local_rate", ">=", 0.5),
+    ],
 }
 
 # Printed for context, never judged.
@@ -59,6 +67,7 @@ INFO = {
         ("copy_4KiB_vs_memcpy", "chan_copy_4KiB", "memcpy_4KiB"),
     ],
     "daemon": [],
+    "cluster": [],
     "python": [
         ("py_queue_tput_1MiB_bytes_vs_stock", "py_dragon_queue_tput_1MiB_bytes",
          "py_stock_queue_tput_1MiB_bytes"),
@@ -100,6 +109,8 @@ def main():
                 ok, t = ratio < target, f"<{target}"
             elif kind == ">=":
                 ok, t = ratio >= target, f">={target}"
+            elif kind == "diff<=":
+                ok, t = mv - bv <= target, f"baseline+{target}{mu}"
             else:
                 ok, t = mv <= target, f"<={target}{mu}"
             lines.append(f"goal {name} measured={fmt(mv)}{mu} baseline={fmt(bv)}{bu} "

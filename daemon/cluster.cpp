@@ -141,7 +141,38 @@ Status Cluster::join(const pb::JoinCluster& join) {
   DRAGON_LOG(Info, "cluster", "node %u of %zu joined its job (head node %u, global services on %u)",
              self_, nodes_.size(), head_, global_);
   if (nodes_.size() > 1) loop_.addTimerAfterNs(heartbeatNs_, [this] { heartbeat(); });
+  // The greeting: the head node to every node, every other node to the head node.
+  pb::Envelope hello;
+  hello.mutable_heartbeat();
+  for (const auto& [id, n] : nodes_) {
+    if (id != self_ && (self_ == head_ || id == head_)) (void)sendEnvelope(id, hello);
+  }
+  loop_.addTimerAfterNs(connectTimeoutNs_, [this] {
+    if (joinWaiters_.empty()) return;
+    std::string missing;
+    for (const auto& [id, n] : nodes_) {
+      if (id != self_ && heard_.count(id) == 0) missing += (missing.empty() ? "" : ", ") + describe(id);
+    }
+    auto waiters = std::move(joinWaiters_);
+    joinWaiters_.clear();
+    const Status st(StatusCode::Timeout, "not heard from " + missing + " within " +
+                                             std::to_string(connectTimeoutNs_ / 1'000'000) +
+                                             " ms of joining (cluster.connect_timeout)");
+    for (auto& w : waiters) w(st);
+  });
   return Status::ok();
+}
+
+void Cluster::whenAllJoined(std::function<void(Status)> done) {
+  joinWaiters_.push_back(std::move(done));
+  checkAllJoined();
+}
+
+void Cluster::checkAllJoined() {
+  if (joinWaiters_.empty() || heard_.size() + 1 < nodes_.size()) return;
+  auto waiters = std::move(joinWaiters_);
+  joinWaiters_.clear();
+  for (auto& w : waiters) w(Status::ok());
 }
 
 Status Cluster::sendEnvelope(std::uint32_t node, const pb::Envelope& msg) {
@@ -185,6 +216,17 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
   auto it = nodes_.find(from);
   if (it == nodes_.end() || it->second.lost) return;  // the transport checked the secret
   it->second.lastHeardNs = nowNs();
+  if (joined_ && heard_.insert(from).second) {
+    if (from == head_ && !greetedHead_ && self_ != head_) {
+      // The head node has joined (its greeting got through): greet it back, in case ours
+      // came before it could read it.
+      greetedHead_ = true;
+      pb::Envelope hello;
+      hello.mutable_heartbeat();
+      (void)sendEnvelope(head_, hello);
+    }
+    checkAllJoined();
+  }
   pb::FrameDecoder decoder(kMaxPeerMessage);
   decoder.feed(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
   auto msg = decoder.next();

@@ -25,6 +25,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
+#include <vector>
 #include <string>
 
 namespace dragon::daemon {
@@ -67,6 +69,11 @@ class Cluster {
   // The node table from the launcher: connects to every other node.
   Status join(const protocol::JoinCluster& join);
   bool joined() const noexcept { return joined_; }
+  // Calls `done` once this node has heard from every other node since it joined (each node
+  // greets the head node when it joins, and answers the head node's greeting), or with Timeout
+  // after cluster.connect_timeout naming the nodes missing. The head node starts the job only
+  // then: a message to a node that has not joined yet would be dropped (it has no secret).
+  void whenAllJoined(std::function<void(Status)> done);
   std::uint32_t headNode() const noexcept { return head_; }
   std::uint32_t globalNode() const noexcept { return global_; }
   const std::map<std::uint32_t, Node>& nodes() const noexcept { return nodes_; }
@@ -116,6 +123,10 @@ class Cluster {
   bool progressScheduled_ = false;
   bool closed_ = false;
   std::uint64_t dropped_ = 0;
+  std::set<std::uint32_t> heard_;  // nodes heard from since the join
+  bool greetedHead_ = false;
+  std::vector<std::function<void(Status)>> joinWaiters_;
+  void checkAllJoined();
 };
 
 }  // namespace dragon::daemon

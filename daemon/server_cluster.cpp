@@ -76,7 +76,14 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
       jobOf(c);
       clusterRoot_ = c.id;
       clusterJob_ = c.job;
-      sendOk(c, rid);
+      if (cluster_->self() != cluster_->headNode()) {
+        sendOk(c, rid);
+        return true;
+      }
+      // The head node answers once every node has joined: then the job may start.
+      cluster_->whenAllJoined([reply = replyTo(c, rid)](Status joined) {
+        reply(joined.isOk() ? okEnvelope() : errorEnvelope(joined));
+      });
       return true;
     }
     case pb::Envelope::kWaitJobEnd: {

@@ -150,6 +150,26 @@ int waitLost(Client& c, std::uint32_t node) {
   return 3;  // the job goes on failing: the launcher must still say which node was lost
 }
 
+// Spawn + reap of /bin/true on `node`, one at a time, for `seconds`: prints the rate.
+int spawnRate(Client& c, std::uint32_t node, double seconds) {
+  SpawnOptions o;
+  o.argv = {"/bin/true"};
+  o.stdoutMode = dragon::Stdio::Null;
+  o.stderrMode = dragon::Stdio::Null;
+  o.placement = Placement::onNode(node);
+  const auto t0 = std::chrono::steady_clock::now();
+  int n = 0;
+  while (secondsSince(t0) < seconds) {
+    auto p = c.spawn(o);
+    if (!p.has_value()) return failWith("spawn: " + p.error().toString());
+    auto e = c.wait({p->front().puid}, dragon::Timeout::after(std::chrono::seconds(30)));
+    if (!e.has_value()) return failWith("wait: " + e.error().toString());
+    ++n;
+  }
+  std::printf("probe: spawn-rate node %u %.1f per s\n", node, n / secondsSince(t0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -161,6 +181,9 @@ int main(int argc, char** argv) {
   if (mode == "spawn-all") return spawnAll(*client);
   if (mode == "ps-signal") return psAndSignal(*client);
   if (mode == "round-robin" && argc == 3) return roundRobin(*client, std::atoi(argv[2]));
+  if (mode == "spawn-rate" && argc == 4) {
+    return spawnRate(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atof(argv[3]));
+  }
   if (mode == "wait-lost" && argc == 3) {
     return waitLost(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   }

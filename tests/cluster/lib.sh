@@ -5,7 +5,7 @@ set -euo pipefail
 : "${DRAGON_BUILD_DIR:?}"
 BUILD=$(cd "$DRAGON_BUILD_DIR" && pwd)
 DRAGON=$BUILD/daemon/dragon
-PROBE=$BUILD/tests/cluster_probe
+PROBE=$BUILD/tests/cluster/cluster_probe
 NODES=${DRAGON_CLUSTER_NODES:-3}
 [ "$NODES" -ge 3 ] || { echo "needs 3 nodes, the cluster has $NODES"; exit 77; }
 [ -x "$DRAGON" ] || { echo "no dragon at $DRAGON (build first)"; exit 1; }

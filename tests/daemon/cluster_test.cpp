@@ -12,6 +12,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace dragon::daemon {
@@ -19,13 +20,15 @@ namespace {
 
 namespace pb = dragon::protocol;
 
-config::Config testConfig(const std::string& heartbeat = "20ms", const std::string& timeout = "5s") {
+config::Config testConfig(const std::string& heartbeat = "20ms", const std::string& timeout = "5s",
+                          const std::string& connect = "30s") {
   config::LoadOptions o;
   o.systemFile.reset();
   o.userFile = "/nonexistent";
   o.useProcessEnvironment = false;
   o.overrides.push_back({"cluster.heartbeat_interval", heartbeat, "test"});
   o.overrides.push_back({"cluster.node_timeout", timeout, "test"});
+  o.overrides.push_back({"cluster.connect_timeout", connect, "test"});
   auto c = config::Config::load(o);
   EXPECT_TRUE(c.has_value()) << (c.has_value() ? "" : c.error().toString());
   return *c;
@@ -240,6 +243,34 @@ TEST_F(Fixture, ForwardingToANodeNotInTheJobIsNotFound) {
   nodes[0]->forward(9, req, [&](Result<pb::Envelope> r) { st = r.has_value() ? Status::ok() : r.error(); });
   ASSERT_TRUE(st.has_value());
   EXPECT_EQ(st->code(), StatusCode::NotFound);
+}
+
+TEST_F(Fixture, TheHeadIsReadyOnlyOnceEveryNodeHasJoinedWhateverTheOrder) {
+  // A long heartbeat: only the greetings can make the head ready in time.
+  make(testConfig("10s", "60s"));
+  // Node 1 joins before the head (its greeting is dropped: the head has no secret yet).
+  ASSERT_TRUE(nodes[1]->join(table()).isOk());
+  ASSERT_TRUE(runUntil(*loop, [] { return false; }, std::chrono::milliseconds(20)) == false);
+  ASSERT_TRUE(nodes[0]->join(table()).isOk());
+  std::optional<Status> ready;
+  nodes[0]->whenAllJoined([&](Status st) { ready = st; });
+  ASSERT_TRUE(runUntil(*loop, [] { return false; }, std::chrono::milliseconds(50)) == false);
+  EXPECT_FALSE(ready.has_value()) << "ready before node 2 joined";
+  ASSERT_TRUE(nodes[2]->join(table()).isOk());  // after the head
+  ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }, std::chrono::milliseconds(2000)));
+  EXPECT_TRUE(ready->isOk()) << ready->toString();
+}
+
+TEST_F(Fixture, ANodeThatNeverJoinsFailsTheHeadsWaitAfterTheConnectTimeout) {
+  make(testConfig("10s", "60s", "200ms"));
+  ASSERT_TRUE(nodes[0]->join(table()).isOk());
+  ASSERT_TRUE(nodes[1]->join(table()).isOk());
+  std::optional<Status> ready;
+  nodes[0]->whenAllJoined([&](Status st) { ready = st; });
+  ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }));
+  EXPECT_EQ(ready->code(), StatusCode::Timeout);
+  EXPECT_NE(std::string(ready->message()).find("node 2 (n3)"), std::string::npos) << ready->toString();
+  EXPECT_EQ(std::string(ready->message()).find("node 1"), std::string::npos) << ready->toString();
 }
 
 TEST_F(Fixture, ABadNodeTableIsRefused) {
