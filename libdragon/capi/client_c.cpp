@@ -4,6 +4,7 @@
 
 #include "capi/internal.hpp"
 
+#include <cstdio>
 #include <vector>
 
 struct dragon_client {
@@ -166,9 +167,11 @@ void dragon_spawn_options_init(dragon_spawn_options_t* options) {
   options->count = 1;
 }
 
-dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_options_t* options,
-                                    dragon_process_t* out_processes, size_t capacity,
-                                    size_t* out_count) {
+namespace {
+
+dragon_status_t spawnPlaced(dragon_client_t* client, const dragon_spawn_options_t* options,
+                            dragon::Placement placement, dragon_process_t* out_processes,
+                            size_t capacity, size_t* out_count) {
   return guarded([&] {
     if (client == nullptr || options == nullptr || options->argv == nullptr ||
         options->argv[0] == nullptr) {
@@ -197,10 +200,51 @@ dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_
     o.label = options->label == nullptr ? "" : options->label;
     o.group = options->group;
     o.count = options->count == 0 ? 1 : options->count;
+    o.placement = placement;
     auto r = client->client.spawn(o);
     if (!r.has_value()) return fail(r.error());
     for (std::size_t i = 0; i < r->size() && i < capacity; ++i) {
       out_processes[i] = dragon_process_t{(*r)[i].puid, (*r)[i].pid, (*r)[i].group};
+    }
+    if (out_count != nullptr) *out_count = r->size();
+    return DRAGON_OK;
+  });
+}
+
+}  // namespace
+
+dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_options_t* options,
+                                    dragon_process_t* out_processes, size_t capacity,
+                                    size_t* out_count) {
+  return spawnPlaced(client, options, dragon::Placement::thisNode(), out_processes, capacity,
+                     out_count);
+}
+
+dragon_status_t dragon_client_spawn_on(dragon_client_t* client,
+                                       const dragon_spawn_options_t* options, uint32_t node,
+                                       dragon_process_t* out_processes, size_t capacity,
+                                       size_t* out_count) {
+  const dragon::Placement where = node == DRAGON_NODE_ROUND_ROBIN
+                                      ? dragon::Placement::roundRobin()
+                                      : dragon::Placement::onNode(node);
+  return spawnPlaced(client, options, where, out_processes, capacity, out_count);
+}
+
+dragon_status_t dragon_client_nodes(dragon_client_t* client, dragon_node_t* out_nodes,
+                                    size_t capacity, size_t* out_count) {
+  return guarded([&] {
+    if (client == nullptr || (capacity > 0 && out_nodes == nullptr)) {
+      return invalid("client or out_nodes is NULL");
+    }
+    auto r = client->client.nodes();
+    if (!r.has_value()) return fail(r.error());
+    for (std::size_t i = 0; i < r->size() && i < capacity; ++i) {
+      const auto& n = (*r)[i];
+      dragon_node_t out{};
+      out.node = n.node;
+      out.cpus = n.cpus;
+      std::snprintf(out.hostname, sizeof out.hostname, "%s", n.hostname.c_str());
+      out_nodes[i] = out;
     }
     if (out_count != nullptr) *out_count = r->size();
     return DRAGON_OK;
@@ -249,8 +293,9 @@ dragon_status_t dragon_client_list_processes(dragon_client_t* client,
     if (!r.has_value()) return fail(r.error());
     for (std::size_t i = 0; i < r->size() && i < capacity; ++i) {
       const auto& p = (*r)[i];
-      out_entries[i] = dragon_process_entry_t{p.puid, p.pid, p.running ? 1 : 0, p.exit.exitCode,
-                                              p.exit.signal, p.group, p.job};
+      out_entries[i] = dragon_process_entry_t{p.puid,   p.pid,         p.running ? 1 : 0,
+                                              p.exit.exitCode, p.exit.signal, p.group,
+                                              p.job};
     }
     if (out_count != nullptr) *out_count = r->size();
     return DRAGON_OK;

@@ -12,4 +12,9 @@ for k in 1 2 3; do
     fail "no output from node $((k - 1)) through rank $((k - 1))"
 done
 wait_nothing_left
+# The same from C.
+out=$(srun_dragon "$BUILD/tests/cluster/capi_probe" 2>&1) || fail "capi_probe: srun exited $?: $out"
+echo "$out"
+grep -q "capi-probe: ok 3 nodes" <<<"$out" || fail "the C probe did not pass"
+wait_nothing_left
 echo "ok"

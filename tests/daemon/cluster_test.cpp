@@ -44,16 +44,20 @@ bool runUntil(EventLoop& loop, const std::function<bool()>& done,
         expired = true;
         loop.stop();
       });
+  // The pending check is cancelled before returning: it refers to this call's locals.
+  EventLoop::TimerId pending = 0;
   std::function<void()> check = [&] {
+    pending = 0;
     if (done()) {
       loop.stop();
       return;
     }
-    loop.addTimerAfterNs(1'000'000, check);
+    pending = loop.addTimerAfterNs(1'000'000, check);
   };
-  loop.addTimerAfterNs(0, check);
+  pending = loop.addTimerAfterNs(0, check);
   EXPECT_TRUE(loop.run().isOk());
   loop.cancelTimer(deadlineTimer);
+  if (pending != 0) loop.cancelTimer(pending);
   (void)expired;
   return done();
 }

@@ -199,6 +199,28 @@ typedef struct dragon_process_entry {
 dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_options_t* options,
                                     dragon_process_t* out_processes, size_t capacity,
                                     size_t* out_count);
+/* Multi-node jobs (docs/cluster.md). dragon_client_spawn starts processes on the caller's node;
+ * dragon_client_spawn_on on node `node` (DRAGON_NODE_ROUND_ROBIN: the next live node in turn).
+ * A node not in the job is DRAGON_NOT_FOUND; on another node, PASSED streams become CAPTURE
+ * (stdin: NULL) and their output comes back through that node's launcher. Waits, signals and
+ * listings take processes of any node. */
+#define DRAGON_NODE_ROUND_ROBIN UINT32_MAX
+dragon_status_t dragon_client_spawn_on(dragon_client_t* client,
+                                       const dragon_spawn_options_t* options, uint32_t node,
+                                       dragon_process_t* out_processes, size_t capacity,
+                                       size_t* out_count);
+
+typedef struct dragon_node {
+  uint32_t node;
+  uint32_t cpus;      /* granted to the job there */
+  char hostname[256]; /* NUL-terminated, truncated if longer */
+} dragon_node_t;
+
+/* The nodes of the caller's job (one entry, this node, outside a multi-node job): writes up to
+ * `capacity` of them and their number. */
+dragon_status_t dragon_client_nodes(dragon_client_t* client, dragon_node_t* out_nodes,
+                                    size_t capacity, size_t* out_count);
+
 /* Waits for all `count` processes; out_exits has room for `count`. */
 dragon_status_t dragon_client_wait(dragon_client_t* client, const uint64_t* puids, size_t count,
                                    int64_t timeout_ns, dragon_exit_t* out_exits);
