@@ -3,6 +3,7 @@
 
 #include "base/log.hpp"
 #include "daemon/modules.hpp"
+#include "protocol/socket_io.hpp"
 
 #include <ctime>
 #include <sys/epoll.h>
@@ -241,6 +242,14 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
     return;
   }
   if (msg->has_heartbeat()) return;
+  if (msg->has_node_lost()) {
+    if (from == head_ && msg->node_lost().node() != self_) {
+      onPeerLost(msg->node_lost().node(),
+                 Status(StatusCode::NodeLost, "the head node lost it: " +
+                                                  msg->node_lost().why().substr(0, 200)));
+    }
+    return;
+  }
   if (msg->peer_reply()) {
     auto p = pending_.find(msg->request_id());
     if (p == pending_.end() || p->second.node != from) return;  // late, after NodeLost
@@ -254,7 +263,20 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
   onRequest_(from, *msg, [this, from, rid](pb::Envelope reply) {
     reply.set_request_id(rid);
     reply.set_peer_reply(true);
-    if (!lost(from)) (void)sendEnvelope(from, reply);
+    if (lost(from)) return;
+    Status st = sendEnvelope(from, reply);
+    if (!st.isOk() && st.code() != StatusCode::NodeLost && st.code() != StatusCode::PeerLost) {
+      // Too large to send (a listing of 100,000 exited processes): the requester must still
+      // get an answer, or it waits forever.
+      pb::Envelope error;
+      error.set_request_id(rid);
+      error.set_peer_reply(true);
+      pb::fillError(*error.mutable_error(),
+                    Status(StatusCode::MessageTooLarge,
+                           "the answer of " + describe(self_) + " could not be sent: " +
+                               std::string(st.message())));
+      (void)sendEnvelope(from, error);
+    }
   });
 }
 
@@ -278,6 +300,21 @@ void Cluster::onPeerLost(std::uint32_t node, const Status& why) {
     }
   }
   for (auto& d : failed) d(lostStatus);
+  if (!joinWaiters_.empty()) {
+    auto waiters = std::move(joinWaiters_);
+    joinWaiters_.clear();
+    for (auto& w : waiters) w(lostStatus);
+  }
+  // The head node tells every other node: a node that never talks to the lost one directly
+  // (heartbeats are a star) must still fail what it forwarded there.
+  if (self_ == head_ && joined_ && !closed_) {
+    pb::Envelope notice;
+    notice.mutable_node_lost()->set_node(node);
+    notice.mutable_node_lost()->set_why(std::string(why.message()));
+    for (const auto& [id, n] : nodes_) {
+      if (id != self_ && !n.lost) (void)sendEnvelope(id, notice);
+    }
+  }
   if (onLost_) onLost_(node, lostStatus);
 }
 
@@ -292,7 +329,8 @@ void Cluster::heartbeat() {
     if (id == self_ || n.lost) continue;
     if (self_ != head_ && id != head_) continue;
     (void)sendEnvelope(id, beat);
-    if (now - n.lastHeardNs > nodeTimeoutNs_) silent.push_back(id);
+    // A node not heard from since the join has cluster.connect_timeout to greet us.
+    if (heard_.count(id) != 0 && now - n.lastHeardNs > nodeTimeoutNs_) silent.push_back(id);
   }
   for (auto id : silent) {
     onPeerLost(id, Status(StatusCode::NodeLost,

@@ -61,6 +61,7 @@ class FakeHub {
   std::uint64_t nextAddress = 1;                 // under mu
   std::map<std::uint64_t, Mailbox> mailboxes;    // under mu
   std::set<std::uint32_t> killed;                // under mu
+  std::set<std::uint32_t> partitioned;           // under mu: silent, nobody told
 };
 
 namespace {
@@ -163,6 +164,10 @@ class FakeTransport final : public Transport {
     std::lock_guard lock(hub_->mu);
     // A killed node's messages go nowhere; the Killed event reports it to its peers.
     if (hub_->killed.count(options_.selfNode) != 0 || hub_->killed.count(node) != 0) {
+      return Status::ok();
+    }
+    // A partitioned node's messages, both ways, are lost without a word.
+    if (hub_->partitioned.count(options_.selfNode) != 0 || hub_->partitioned.count(node) != 0) {
       return Status::ok();
     }
     Event e;
@@ -305,6 +310,11 @@ std::unique_ptr<Transport> makeFakeTransport(const std::shared_ptr<FakeHub>& hub
   auto t = std::make_unique<FakeTransport>(hub, options, std::move(wake));
   if (!options.secret.empty()) t->setSecret(options.secret);
   return t;
+}
+
+void fakePartitionNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node) {
+  std::lock_guard lock(hub->mu);
+  hub->partitioned.insert(node);
 }
 
 void fakeKillNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node) {

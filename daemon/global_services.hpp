@@ -90,7 +90,8 @@ class LocalGlobalServices final : public GlobalServices {
   std::uint32_t node_;
   // puids start high in the node's range so that a puid names its node (multi-node issue).
   std::uint64_t nextPuid_ = (std::uint64_t{node_} << 40) + 1;
-  std::uint64_t nextGroup_ = 1;
+  // Groups too: a group id names the node its processes are on (groups are per node).
+  std::uint64_t nextGroup_ = (std::uint64_t{node_} << 40) + 1;
   std::uint64_t nextJob_ = 1;
   std::map<std::uint64_t, ProcessRecord> processes_;
   std::map<std::uint64_t, std::vector<std::uint64_t>> groups_;

@@ -399,8 +399,7 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   return exited->front().shellCode();
 }
 
-int runJob(const Options& o) {
-  dragon::UniqueFd sigfd = blockTerminalSignals();
+int runJob(const Options& o, dragon::UniqueFd sigfd) {
   PrivateDaemon privateDaemon;
   std::string socket = o.socket.empty() ? dragon::defaultSocketPath() : o.socket;
   Client::Options co;
@@ -502,9 +501,8 @@ std::string fileSafe(const std::string& s) {
   return out.substr(0, 64);
 }
 
-int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b) {
+int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::UniqueFd sigfd) {
   const auto& f = b.facts();
-  dragon::UniqueFd sigfd = blockTerminalSignals();
   const bool serving = f.localRank == 0;
   if (f.rank == 0 && !serving) {
     complain("PMIx placed rank 0 after another rank on its node; dragon needs rank 0 to be "
@@ -608,7 +606,8 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b) {
       while (read(fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
         if (si.ssi_signo == SIGINT) continue;  // rank 0 passes Ctrl-C to the head
         signalled = static_cast<int>(si.ssi_signo);
-        (void)cl->endJob(false);
+        // Ends this node's part of the job; dragond then answers the waitJobEnd below.
+        (void)cl->endJob(false, 128 + signalled);
       }
     });
     auto end = client->waitJobEnd();
@@ -640,6 +639,9 @@ int run(int argc, char** argv) {
   }
   Options o;
   if (auto rc = parse(argc, argv, o)) return *rc;
+  // Before PMIx_Init: the threads it starts inherit the mask, so that terminal signals reach
+  // the signalfd instead of killing the launcher in one of them.
+  dragon::UniqueFd sigfd = blockTerminalSignals();
   auto bootstrap = chooseBootstrap();
   if (!bootstrap.has_value()) {
     complain(std::string(bootstrap.error().message()));
@@ -651,9 +653,9 @@ int run(int argc, char** argv) {
                            "gets a private dragond"));
       return 2;
     }
-    return runCluster(o, **bootstrap);
+    return runCluster(o, **bootstrap, std::move(sigfd));
   }
-  return runJob(o);
+  return runJob(o, std::move(sigfd));
 }
 
 }  // namespace

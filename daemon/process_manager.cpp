@@ -237,6 +237,10 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
   if (req.argv_size() == 0) {
     return Status(StatusCode::InvalidArgument, "spawn needs a program");
   }
+  if (ending_.count(job) != 0) {
+    // Its end would wait for a process started after the kill: refused instead.
+    return Status(StatusCode::PeerLost, "the job is ending");
+  }
   for (const auto& a : req.argv()) {
     if (hasNul(a)) return Status(StatusCode::InvalidArgument, "an argument holds a NUL byte");
   }

@@ -136,7 +136,17 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
       return false;
     }
     case pb::Envelope::kSignal: {
-      if (msg.signal().group() != 0) return false;  // groups are per node
+      if (msg.signal().group() != 0) {
+        // A group lives on one node, which its id names.
+        const std::uint32_t node = nodeOfPuid(msg.signal().group());
+        if (node == cluster_->self()) return false;
+        pb::Envelope fwd;
+        *fwd.mutable_signal() = msg.signal();
+        Reply reply = replyTo(c, rid);
+        cluster_->forward(node, std::move(fwd),
+                          [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+        return true;
+      }
       for (auto p : msg.signal().puid()) {
         if (nodeOfPuid(p) != cluster_->self()) {
           clusterSignal(c, msg);
@@ -149,10 +159,23 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
       if (msg.list_processes().this_node_only()) return false;
       clusterList(c, msg);
       return true;
-    case pb::Envelope::kEndJob:
-      if (c.id != clusterRoot_ || cluster_->self() != cluster_->headNode()) return false;
-      clusterEndJob(c, msg);
+    case pb::Envelope::kEndJob: {
+      if (c.id != clusterRoot_) return false;
+      if (cluster_->self() == cluster_->headNode()) {
+        clusterEndJob(c, msg);
+        return true;
+      }
+      // This node's launcher was told to stop (SIGTERM, scancel): its part of the job ends
+      // here, and so does its wait for the job's end. The head node hears of it when this
+      // node's dragond goes.
+      const int code = msg.end_job().exit_code();
+      Reply reply = replyTo(c, rid);
+      processes_->endJob(clusterJob_, [this, reply, code] {
+        finishClusterJob(code);
+        reply(okEnvelope());
+      }, msg.end_job().now());
       return true;
+    }
     default:
       return false;
   }
@@ -191,11 +214,22 @@ void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
                              "fds cannot be lent to a process on another node"));
     return;
   }
+  if (sp.group() != 0 && nodeOfPuid(sp.group()) != target) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument,
+                             "process group " + std::to_string(sp.group()) + " is on node " +
+                                 std::to_string(nodeOfPuid(sp.group())) +
+                                 ": a group's processes are on one node"));
+    return;
+  }
   // This process's terminal cannot be lent across nodes: its output comes back through the
   // launcher of the node it runs on (as srun gathers every task's output), its stdin is empty.
-  if (sp.stdin_mode() == pb::Spawn::PASSED) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
-  if (sp.stdout_mode() == pb::Spawn::PASSED) sp.set_stdout_mode(pb::Spawn::CAPTURE);
-  if (sp.stderr_mode() == pb::Spawn::PASSED) sp.set_stderr_mode(pb::Spawn::CAPTURE);
+  // (Inherit likewise: that node's dragond's stdio is its launcher's, the user's terminal.)
+  auto remote = [](pb::Spawn::Stdio m) {
+    return m == pb::Spawn::PASSED || m == pb::Spawn::INHERIT;
+  };
+  if (remote(sp.stdin_mode())) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
+  if (remote(sp.stdout_mode())) sp.set_stdout_mode(pb::Spawn::CAPTURE);
+  if (remote(sp.stderr_mode())) sp.set_stderr_mode(pb::Spawn::CAPTURE);
   sp.set_placement(pb::Spawn::PLACE_NODE);
   sp.set_node(target);
   pb::Envelope fwd;
@@ -238,7 +272,16 @@ void Server::clusterWait(Connection& c, pb::Envelope& msg) {
     fan->done = true;
     pb::Envelope out;
     auto* wr = out.mutable_wait_reply();
-    for (auto p : order) *wr->add_exited() = (*exits)[p];
+    for (auto p : order) {
+      auto it = exits->find(p);
+      if (it == exits->end()) {
+        // A node answered without this process: never make up an exit for it.
+        fan->reply(errorEnvelope(Status(StatusCode::Internal,
+                                        "no exit reported for process " + std::to_string(p))));
+        return;
+      }
+      *wr->add_exited() = it->second;
+    }
     fan->reply(std::move(out));
   };
   for (auto& [node, sub] : byNode) {
@@ -350,7 +393,11 @@ void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
     fwd.mutable_peer_end_job()->set_now(now);
     cluster_->forward(node, std::move(fwd), [this, one, node](Result<pb::Envelope> r) {
       // Done there: its dragond may go now without that being a loss.
-      if (r.has_value() && !r->has_error()) endedPeers_.insert(node);
+      if (r.has_value() && !r->has_error()) {
+        endedPeers_.insert(node);
+      } else if (nodeLost_.isOk()) {
+        nodeLost_ = r.has_value() ? statusOf(*r) : r.error();
+      }
       one();
     });
   }
@@ -366,6 +413,9 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
         reply(errorEnvelope(Status(StatusCode::InvalidArgument, "no fds cross nodes")));
         return;
       }
+      if (sp.stdin_mode() == pb::Spawn::INHERIT) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
+      if (sp.stdout_mode() == pb::Spawn::INHERIT) sp.set_stdout_mode(pb::Spawn::CAPTURE);
+      if (sp.stderr_mode() == pb::Spawn::INHERIT) sp.set_stderr_mode(pb::Spawn::CAPTURE);
       // It talks to this node's dragond, whatever the requester's environment said.
       bool set = false;
       for (auto& e : *sp.mutable_env()) {
@@ -384,7 +434,9 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       return;
     case pb::Envelope::kSignal: {
       const auto& s = msg.signal();
-      Status st = processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+      Status st = s.group() != 0
+                      ? processes_->signalGroup(s.group(), s.signal())
+                      : processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }

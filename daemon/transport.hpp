@@ -97,5 +97,7 @@ std::unique_ptr<Transport> makeFakeTransport(const std::shared_ptr<FakeHub>& hub
                                              const TransportOptions& options);
 // The fake's failure injection: `node` behaves as a lost peer for every other transport.
 void fakeKillNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node);
+// A partition: messages to and from `node` vanish, and nobody is told (only silence says so).
+void fakePartitionNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node);
 
 }  // namespace dragon::transport

@@ -196,20 +196,49 @@ TEST_F(Fixture, AFailedNodeFailsWhatWaitsOnItWithNodeLostAndIsReportedOnce) {
   EXPECT_EQ(lostSeen.size(), 1u);
 }
 
-TEST_F(Fixture, ANodeThatFallsSilentIsLostAfterTheNodeTimeout) {
-  // Node 1 is silent while its endpoint stays up (a partition, a hung dragond): it never
-  // joins, so it sends no heartbeats; nodes 0 (the head) and 2 do.
-  make(testConfig("10ms", "150ms"));
+TEST_F(Fixture, ANodeThatFallsSilentIsLostAfterTheNodeTimeoutAndEveryNodeIsTold) {
+  joinAll(testConfig("10ms", "150ms"));
+  std::vector<std::uint32_t> lostAt0, lostAt2;
+  nodes[0]->setLostHandler([&](std::uint32_t n, const Status&) { lostAt0.push_back(n); });
+  nodes[2]->setLostHandler([&](std::uint32_t n, const Status&) { lostAt2.push_back(n); });
+  // Every node has greeted the head.
+  std::optional<Status> ready;
+  nodes[0]->whenAllJoined([&](Status st) { ready = st; });
+  ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }));
+  ASSERT_TRUE(ready->isOk());
+  // Node 2 forwards a request to node 1, which never answers it.
+  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope&, Cluster::Reply) {});
+  std::optional<Status> fromNode1;
+  pb::Envelope req;
+  req.mutable_list_processes();
+  nodes[2]->forward(1, req, [&](Result<pb::Envelope> r) {
+    fromNode1 = r.has_value() ? Status::ok() : r.error();
+  });
+  // Then node 1 goes silent (a partition: its endpoint does not fail, nobody is told).
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(nodes[0]->join(table()).isOk());
-  ASSERT_TRUE(nodes[2]->join(table()).isOk());
-  std::vector<std::uint32_t> lostSeen;
-  nodes[0]->setLostHandler([&](std::uint32_t n, const Status&) { lostSeen.push_back(n); });
-  ASSERT_TRUE(runUntil(*loop, [&] { return !lostSeen.empty(); }));
-  EXPECT_EQ(lostSeen, std::vector<std::uint32_t>{1});
-  // Not before the timeout (the heartbeats of the other nodes kept them alive meanwhile).
+  transport::fakePartitionNode(hub, 1);
+  ASSERT_TRUE(runUntil(*loop, [&] { return !lostAt0.empty() && fromNode1.has_value(); }));
+  EXPECT_EQ(lostAt0, std::vector<std::uint32_t>{1});
+  // Not before the timeout (heartbeats kept the others alive meanwhile).
   EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100));
   EXPECT_FALSE(nodes[0]->lost(2));
+  // Node 2 never talks to node 1 on its own (heartbeats are a star around the head): the
+  // head's notice failed its request.
+  EXPECT_EQ(fromNode1->code(), StatusCode::NodeLost);
+  EXPECT_EQ(lostAt2, std::vector<std::uint32_t>{1});
+}
+
+TEST_F(Fixture, ANodeNotYetHeardFromIsNotTimedOutButTheJoinWaitIs) {
+  make(testConfig("10ms", "100ms", "400ms"));
+  ASSERT_TRUE(nodes[0]->join(table()).isOk());
+  ASSERT_TRUE(nodes[1]->join(table()).isOk());
+  std::vector<std::uint32_t> lost;
+  nodes[0]->setLostHandler([&](std::uint32_t n, const Status&) { lost.push_back(n); });
+  std::optional<Status> ready;
+  nodes[0]->whenAllJoined([&](Status st) { ready = st; });
+  ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }));
+  EXPECT_EQ(ready->code(), StatusCode::Timeout);
+  EXPECT_TRUE(lost.empty()) << "node " << lost.front() << " was lost before it joined";
 }
 
 TEST_F(Fixture, AMalformedMessageFromAPeerIsDroppedAndTheLinkStays) {
