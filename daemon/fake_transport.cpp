@@ -9,6 +9,7 @@
 // Owning thread: each transport's owner. The hub's mutex guards the mailboxes, so the
 // transports of one hub may have different owning threads.
 #include "daemon/transport.hpp"
+#include "daemon/transport_util.hpp"
 
 #include "base/log.hpp"
 
@@ -68,8 +69,6 @@ namespace {
 
 constexpr const char* kLog = "transport";
 constexpr std::string_view kAddressPrefix = "fake:";
-constexpr unsigned kDropBurst = 5;
-constexpr std::int64_t kDropWindowNs = 10'000'000'000;
 
 std::int64_t nowNs() {
   timespec ts{};
@@ -77,15 +76,6 @@ std::int64_t nowNs() {
   return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-bool sameSecret(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  volatile unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^
-                                              static_cast<unsigned char>(b[i])));
-  }
-  return diff == 0;
-}
 
 using Event = FakeHub::Event;
 
@@ -261,21 +251,7 @@ class FakeTransport final : public Transport {
   }
 
   void dropped(std::uint32_t node, const char* why) {
-    const std::int64_t now = nowNs();
-    if (now - dropWindowNs_ >= kDropWindowNs) {
-      if (dropsSuppressed_ > 0) {
-        DRAGON_LOG(Warn, kLog, "node %u: %llu more dropped messages were not logged",
-                   options_.selfNode, static_cast<unsigned long long>(dropsSuppressed_));
-      }
-      dropWindowNs_ = now;
-      dropsInWindow_ = 0;
-      dropsSuppressed_ = 0;
-    }
-    if (dropsInWindow_ >= kDropBurst) {
-      ++dropsSuppressed_;
-      return;
-    }
-    ++dropsInWindow_;
+    if (!dropLog_.admit(nowNs(), kLog, options_.selfNode)) return;
     DRAGON_LOG(Warn, kLog, "node %u dropped a message that claims to come from node %u: %s",
                options_.selfNode, node, why);
   }
@@ -290,9 +266,7 @@ class FakeTransport final : public Transport {
   bool inProgress_ = false;
   bool closed_ = false;
   std::map<std::uint32_t, Peer> peers_;
-  std::int64_t dropWindowNs_ = 0;
-  unsigned dropsInWindow_ = 0;
-  std::uint64_t dropsSuppressed_ = 0;
+  DropLog dropLog_;
 };
 
 }  // namespace

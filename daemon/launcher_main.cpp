@@ -81,15 +81,7 @@ void writeAll(int fd, std::string_view s) {
 
 void complain(const std::string& what) { writeAll(2, "dragon: " + what + "\n"); }
 
-// The directory this launcher's binary is in, or "" if unknown.
-std::string selfDir() {
-  char self[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) return {};
-  std::string dir(self, static_cast<std::size_t>(n));
-  dir.resize(dir.rfind('/'));
-  return dir;
-}
+using dragon::modules::selfDir;
 
 std::string daemonPath() {
   if (const char* env = std::getenv("DRAGON_DAEMON"); env != nullptr && env[0] != '\0') {

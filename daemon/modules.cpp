@@ -10,8 +10,6 @@
 
 namespace dragon::modules {
 
-namespace {
-
 std::string selfDir() {
   char self[PATH_MAX];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -20,8 +18,6 @@ std::string selfDir() {
   dir.resize(dir.rfind('/'));
   return dir;
 }
-
-}  // namespace
 
 std::string moduleDir(const std::string& kind) {
   if (const char* env = std::getenv("DRAGON_MODULE_DIR"); env != nullptr && env[0] != '\0') {

@@ -13,6 +13,9 @@
 
 namespace dragon::modules {
 
+// The directory of the running binary (from /proc/self/exe), or "" if unknown.
+std::string selfDir();
+
 // Where modules are looked for: $DRAGON_MODULE_DIR, else the build tree's module directories
 // when this binary runs from a build tree, else LIBDIR/dragon.
 std::string moduleDir(const std::string& kind);

@@ -391,6 +391,11 @@ void Server::localWait(const pb::Wait& wait, Reply reply) {
                    });
 }
 
+Status Server::localSignal(const pb::Signal& s) {
+  return s.group() != 0 ? processes_->signalGroup(s.group(), s.signal())
+                        : processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+}
+
 pb::Envelope Server::localList() {
   pb::Envelope reply;
   auto* list = reply.mutable_process_list();
@@ -430,10 +435,7 @@ void Server::handleProcess(Connection& c, pb::Envelope& msg) {
       localWait(msg.wait(), replyTo(c, rid));
       return;
     case pb::Envelope::kSignal: {
-      const auto& s = msg.signal();
-      Status st = s.group() != 0
-                      ? processes_->signalGroup(s.group(), s.signal())
-                      : processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+      Status st = localSignal(msg.signal());
       st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
       return;
     }

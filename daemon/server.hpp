@@ -103,6 +103,7 @@ class Server {
   void localSpawn(const protocol::Spawn& spawn, std::uint64_t job, std::vector<UniqueFd>& fds,
                   const Reply& reply);
   void localWait(const protocol::Wait& wait, Reply reply);
+  Status localSignal(const protocol::Signal& signal);
   protocol::Envelope localList();
   // Multi-node (server_cluster.cpp).
   bool handleCluster(Connection& c, protocol::Envelope& msg);

@@ -433,10 +433,7 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       localWait(msg.wait(), std::move(reply));
       return;
     case pb::Envelope::kSignal: {
-      const auto& s = msg.signal();
-      Status st = s.group() != 0
-                      ? processes_->signalGroup(s.group(), s.signal())
-                      : processes_->signal({s.puid().begin(), s.puid().end()}, s.signal());
+      Status st = localSignal(msg.signal());
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }

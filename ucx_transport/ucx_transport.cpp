@@ -20,6 +20,7 @@
 // Owning thread: the daemon's event-loop thread (the worker is UCS_THREAD_MODE_SINGLE). UCX
 // callbacks only record what happened; the owner's callbacks run in progress(), outside them.
 #include "daemon/transport.hpp"
+#include "daemon/transport_util.hpp"
 
 #include "base/log.hpp"
 #include "ucx_transport/wire.hpp"
@@ -55,8 +56,6 @@ constexpr unsigned kMaxProgressCalls = 1024;
 constexpr unsigned kMaxRounds = 8;
 constexpr std::int64_t kDestructorShutdownNs = 200'000'000;
 // Drop reports: at most kDropBurst per kDropWindowNs, the rest counted.
-constexpr unsigned kDropBurst = 5;
-constexpr std::int64_t kDropWindowNs = 10'000'000'000;
 
 using namespace ucx_wire;
 
@@ -279,9 +278,7 @@ class UcxTransport final : public Transport {
   std::vector<EarlyDrop> early_;
   std::map<std::uint32_t, std::vector<std::uint64_t>> skipped_;
   std::size_t skippedCount_ = 0;
-  std::int64_t dropWindowNs_ = 0;
-  unsigned dropsInWindow_ = 0;
-  std::uint64_t dropsSuppressed_ = 0;
+  DropLog dropLog_;
   UcpWorker worker_;
 };
 
@@ -463,21 +460,7 @@ void UcxTransport::noteSkipped(std::uint32_t node, std::uint64_t seq) {
 }
 
 void UcxTransport::dropped(const WireHeader* h, const char* why) {
-  const std::int64_t now = nowNs();
-  if (now - dropWindowNs_ >= kDropWindowNs) {
-    if (dropsSuppressed_ > 0) {
-      DRAGON_LOG(Warn, kLog, "node %u: %llu more dropped messages were not logged",
-                 options_.selfNode, static_cast<unsigned long long>(dropsSuppressed_));
-    }
-    dropWindowNs_ = now;
-    dropsInWindow_ = 0;
-    dropsSuppressed_ = 0;
-  }
-  if (dropsInWindow_ >= kDropBurst) {
-    ++dropsSuppressed_;
-    return;
-  }
-  ++dropsInWindow_;
+  if (!dropLog_.admit(nowNs(), kLog, options_.selfNode)) return;
   if (h != nullptr) {
     DRAGON_LOG(Warn, kLog, "node %u dropped a message that claims to come from node %u: %s",
                options_.selfNode, h->node, why);

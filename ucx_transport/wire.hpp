@@ -51,16 +51,6 @@ inline std::uint32_t fnv1a(std::string_view bytes) {
   return h;
 }
 
-// Equal lengths and bytes, in time that depends on the length only.
-inline bool sameSecret(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  volatile unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^
-                                              static_cast<unsigned char>(b[i])));
-  }
-  return diff == 0;
-}
 
 // A parsed header; `secret` points into the AM header it came from.
 struct WireHeader {
