@@ -59,7 +59,8 @@ class Daemon {
       if (cluster.has_value()) {
         cluster_ = std::move(*cluster);
         server_.setCluster(*cluster_, boundPath_,
-                           options_.config.getDurationNs("cluster.node_lost_grace"));
+                           options_.config.getDurationNs("cluster.node_lost_grace"),
+                           options_.config.getDurationNs("cluster.connect_timeout"));
       } else {
         st = cluster.error();
       }

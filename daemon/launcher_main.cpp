@@ -613,6 +613,11 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
       code = *end;
     }
   }
+  if (f.localSize > 1) {
+    // This node's other launchers learn the job's end from this dragond: it stays until they
+    // have (bounded by cluster.connect_timeout).
+    (void)client->waitJobEnd(f.localSize - 1);
+  }
   client = Status(StatusCode::PeerLost);
   privateDaemon.stop();
   return code;

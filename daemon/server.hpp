@@ -41,7 +41,8 @@ class Server {
   // A dragond of a multi-node job: requests may name other nodes, and other nodes' requests
   // arrive through `cluster` (server_cluster.cpp). `socketPath` is given to processes started
   // here for other nodes (as DRAGON_SOCKET).
-  void setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs);
+  void setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs,
+                  std::int64_t drainTimeoutNs);
   // Closes the listening socket (shutdown: no new clients).
   void stopAccepting();
   // Sends an output line to the job's launcher; true when its backlog is high.
@@ -115,6 +116,9 @@ class Server {
   void clusterEndJob(Connection& c, protocol::Envelope& msg);
   void onNodeLost(std::uint32_t node, const Status& why);
   void finishClusterJob(Result<int> outcome);
+  protocol::Envelope jobEndEnvelope() const;
+  // Answers the serving launcher's final WaitJobEnd once enough others were answered.
+  void answerDrainWaiters(bool timedOut);
   static std::uint32_t nodeOfPuid(std::uint64_t puid) {
     return static_cast<std::uint32_t>(puid >> 40);
   }
@@ -140,8 +144,11 @@ class Server {
   bool clusterEnded_ = false;
   Result<int> clusterOutcome_ = 0;
   Status nodeLost_;                // the first lost node, reported at the end of the job
-  std::vector<Reply> jobEndWaiters_;
+  std::vector<std::pair<std::uint64_t, Reply>> jobEndWaiters_;  // by connection
   std::set<std::uint32_t> endedPeers_;  // nodes that have ended their part of the job
+  std::uint32_t jobEndAnswered_ = 0;    // WaitJobEnd answers sent to this node's other launchers
+  std::vector<std::pair<std::uint32_t, Reply>> drainWaiters_;
+  std::int64_t drainTimeoutNs_ = 0;
 };
 
 }  // namespace dragon::daemon

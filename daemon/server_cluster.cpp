@@ -40,8 +40,10 @@ struct FanIn {
 
 }  // namespace
 
-void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs) {
+void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs,
+                        std::int64_t drainTimeoutNs) {
   cluster_ = &cluster;
+  drainTimeoutNs_ = drainTimeoutNs;
   socketPath_ = std::move(socketPath);
   nodeLostGraceNs_ = nodeLostGraceNs;
   cluster_->setRequestHandler([this](std::uint32_t from, pb::Envelope& msg, Reply reply) {
@@ -89,15 +91,18 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kWaitJobEnd: {
       // Taken before the join too: the node's other launchers ask as soon as dragond is up.
       if (cluster_ == nullptr) return false;
+      const std::uint32_t others = msg.wait_job_end().others();
       Reply reply = replyTo(c, rid);
-      if (!clusterEnded_) {
-        jobEndWaiters_.push_back(std::move(reply));
-      } else if (clusterOutcome_.has_value()) {
-        pb::Envelope e;
-        e.mutable_job_ended()->set_exit_code(*clusterOutcome_);
-        reply(std::move(e));
+      if (others > 0) {
+        drainWaiters_.push_back({others, std::move(reply)});
+        loop_.addTimerAfterNs(drainTimeoutNs_, [this] { answerDrainWaiters(true); });
+        answerDrainWaiters(false);
+      } else if (!clusterEnded_) {
+        jobEndWaiters_.push_back({c.id, std::move(reply)});
       } else {
-        reply(errorEnvelope(clusterOutcome_.error()));
+        if (c.id != clusterRoot_) ++jobEndAnswered_;
+        reply(jobEndEnvelope());
+        answerDrainWaiters(false);
       }
       return true;
     }
@@ -480,19 +485,37 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
   }
 }
 
+pb::Envelope Server::jobEndEnvelope() const {
+  if (!clusterOutcome_.has_value()) return errorEnvelope(clusterOutcome_.error());
+  pb::Envelope e;
+  e.mutable_job_ended()->set_exit_code(*clusterOutcome_);
+  return e;
+}
+
 void Server::finishClusterJob(Result<int> outcome) {
   if (clusterEnded_) return;
   clusterEnded_ = true;
   clusterOutcome_ = outcome;
-  std::vector<Reply> waiters = std::move(jobEndWaiters_);
+  auto waiters = std::move(jobEndWaiters_);
   jobEndWaiters_.clear();
-  for (auto& w : waiters) {
-    if (outcome.has_value()) {
-      pb::Envelope e;
-      e.mutable_job_ended()->set_exit_code(*outcome);
-      w(std::move(e));
+  for (auto& [conn, w] : waiters) {
+    if (conn != clusterRoot_) ++jobEndAnswered_;  // another launcher of this node
+    w(jobEndEnvelope());
+  }
+  answerDrainWaiters(false);
+}
+
+void Server::answerDrainWaiters(bool timedOut) {
+  if (!clusterEnded_ && !timedOut) return;
+  for (auto it = drainWaiters_.begin(); it != drainWaiters_.end();) {
+    if (timedOut || jobEndAnswered_ >= it->first) {
+      Reply w = std::move(it->second);
+      it = drainWaiters_.erase(it);
+      w(clusterEnded_ ? jobEndEnvelope()
+                      : errorEnvelope(Status(StatusCode::Timeout,
+                                             "the job had not ended (cluster.connect_timeout)")));
     } else {
-      w(errorEnvelope(outcome.error()));
+      ++it;
     }
   }
 }

@@ -619,9 +619,9 @@ Status Client::joinCluster(const ClusterJoin& join) {
   return impl_->call(req).status();
 }
 
-Result<int> Client::waitJobEnd() {
+Result<int> Client::waitJobEnd(std::uint32_t otherLaunchers) {
   pb::Envelope req;
-  req.mutable_wait_job_end();
+  req.mutable_wait_job_end()->set_others(otherLaunchers);
   DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
   if (!r.msg.has_job_ended()) return Status(StatusCode::Internal, "unexpected reply to WaitJobEnd");
   return r.msg.job_ended().exit_code();

@@ -18,6 +18,16 @@ echo "$out"
 grep -q "probe: ok spawn-all 3 nodes" <<<"$out" || fail "the probe did not pass with 2 tasks per node"
 wait_nothing_left
 
+# The shortest job with 2 tasks per node: the other launchers of each node must still find
+# its dragond to learn the job's end (it waits for them), 10 times over.
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  set +e
+  out=$(srun_dragon --ntasks-per-node=2 -- sh -c 'exit 5' 2>&1); rc=$?
+  set -e
+  [ "$rc" -eq 5 ] || { echo "$out"; fail "run $i of a short job with 2 tasks per node exited $rc"; }
+done
+wait_nothing_left
+
 set +e
 out=$("$CLUSTER" exec timeout -k 5 60 srun -I30 --mpi=none -N3 --ntasks-per-node=1 \
         env DRAGON_ALLOW_ROOT=true "$DRAGON" -- /bin/true 2>&1); rc=$?

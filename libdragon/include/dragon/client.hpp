@@ -220,7 +220,9 @@ class Client {
   // the job has ended on this node, or NodeLost.
   Result<std::string> clusterAddress();
   Status joinCluster(const ClusterJoin& join);
-  Result<int> waitJobEnd();
+  // otherLaunchers: from the launcher that serves the node, the number of this node's other
+  // launchers; the answer then also waits until they have had theirs.
+  Result<int> waitJobEnd(std::uint32_t otherLaunchers = 0);
 
   // Captured output of processes this client spawned arrives while a call is in progress (or
   // in pump()). The handler must not call back into this Client.
