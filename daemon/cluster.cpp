@@ -207,12 +207,6 @@ void Cluster::forward(std::uint32_t node, pb::Envelope request, Done done) {
   pending_[id] = Pending{node, std::move(done)};
 }
 
-Status Cluster::post(std::uint32_t node, const pb::Envelope& message) {
-  if (!known(node)) return Status(StatusCode::NotFound);
-  if (lost(node)) return Status(StatusCode::NodeLost, describe(node) + " was lost");
-  return sendEnvelope(node, message);
-}
-
 void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
   auto it = nodes_.find(from);
   if (it == nodes_.end() || it->second.lost) return;  // the transport checked the secret

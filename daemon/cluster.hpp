@@ -85,8 +85,6 @@ class Cluster {
   // Sends `request` to `node`; `done` runs once with its reply (an Error reply stays an
   // Envelope) or with NodeLost / NotFound when it cannot be answered.
   void forward(std::uint32_t node, protocol::Envelope request, Done done);
-  // Sends a one-way message (no reply expected).
-  Status post(std::uint32_t node, const protocol::Envelope& message);
 
   // Sends what is queued (bounded) and closes the transport.
   void shutdown();
