@@ -187,7 +187,28 @@ void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
   }
 }
 
+Result<ObjectGrant> ObjectManager::find(const ObjectDescriptor& object) const {
+  if (object.node != node_ || object.kind != ObjectKind::Channel) {
+    return notHere(object);
+  }
+  auto c = channels_.find(object.id);
+  if (c == channels_.end() || !(c->second.desc == object)) {
+    return notHere(object);
+  }
+  auto p = pools_.find(object.poolId);
+  if (p == pools_.end()) {
+    return Status(StatusCode::Internal, "channel outlived its pool");
+  }
+  return ObjectGrant{object, p->second.pool->descriptor(), p->second.pool->fd()};
+}
+
+Result<Channel> ObjectManager::channel(const ObjectDescriptor& object) {
+  DRAGON_TRY(find(object).status());
+  return Channel::attach(*pools_.find(object.poolId)->second.pool, object);
+}
+
 void ObjectManager::destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it) {
+  if (channelGone_) channelGone_(it->first);
   auto p = pools_.find(it->second.desc.poolId);
   if (p != pools_.end()) {
     auto ch = Channel::attach(*p->second.pool, it->second.desc);
@@ -207,6 +228,7 @@ void ObjectManager::destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterat
 void ObjectManager::destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it) {
   for (auto c = channels_.begin(); c != channels_.end();) {
     if (c->second.desc.poolId == it->first) {
+      if (channelGone_) channelGone_(c->first);
       dropNamesOf(c->first);
       c = channels_.erase(c);
     } else {

@@ -15,6 +15,7 @@
 #include <dragon/result.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -60,6 +61,14 @@ class ObjectManager {
                       std::uint64_t scopedOwner = 0, bool replace = false);
   // Drops every reference `owner` holds (its connection closed).
   void releaseOwner(std::uint64_t owner);
+  // The channel `object` of this node, without taking a reference: a handle on the manager's
+  // own mapping (valid until the channel or its pool goes) and its grant (pool and memfd).
+  Result<Channel> channel(const ObjectDescriptor& object);
+  Result<ObjectGrant> find(const ObjectDescriptor& object) const;
+  // Called with a channel's id just before the channel is destroyed (or its pool is).
+  void setChannelGoneHook(std::function<void(std::uint64_t channelId)> hook) {
+    channelGone_ = std::move(hook);
+  }
 
   std::string dump() const;
 
@@ -89,7 +98,8 @@ class ObjectManager {
     std::uint64_t owner;
     ObjectDescriptor object;
   };
-  std::map<std::string, ScopedName, std::less<>> scoped_;  // the scoped names, by name
+  std::map<std::string, ScopedName, std::less<>> scoped_;
+  std::function<void(std::uint64_t)> channelGone_;  // the scoped names, by name
   // True if a name that is not scoped keeps the object alive.
   bool keptByName(std::uint64_t objectId) const;
   void dropNamesOf(std::uint64_t objectId);

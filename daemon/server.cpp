@@ -22,6 +22,8 @@ Server::Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::
     : loop_(loop), listener_(std::move(listener)), global_(global), node_(node), uid_(geteuid()) {}
 
 Server::~Server() {
+  if (objects_ != nullptr) objects_->setChannelGoneHook(nullptr);
+  gateway_.reset();
   // The managers may already be gone: drop the connections without calling back into them.
   for (auto& [id, c] : conns_) {
     if (!c->dead) loop_.remove(c->fd.get());
@@ -32,6 +34,8 @@ Server::~Server() {
 Status Server::start(ObjectManager& objects, ProcessManager& processes) {
   objects_ = &objects;
   processes_ = &processes;
+  gateway_ = std::make_unique<Gateway>(loop_, objects);
+  objects.setChannelGoneHook([this](std::uint64_t id) { gateway_->channelGone(id); });
   return loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
 }
 
@@ -204,14 +208,20 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     return;
   }
   switch (msg.body_case()) {
-    case pb::Envelope::kCreatePool:
-    case pb::Envelope::kCreateChannel:
     case pb::Envelope::kAttach:
     case pb::Envelope::kDetach:
     case pb::Envelope::kDestroy:
+      if (cluster_ != nullptr && clusterObject(c, msg)) break;
+      handleObject(c, msg);
+      break;
+    case pb::Envelope::kCreatePool:
+    case pb::Envelope::kCreateChannel:
     case pb::Envelope::kRegisterName:
     case pb::Envelope::kLookupName:
       handleObject(c, msg);
+      break;
+    case pb::Envelope::kChannelOp:
+      handleChannelOp(c, msg);
       break;
     case pb::Envelope::kSpawn:
     case pb::Envelope::kWait:
@@ -253,6 +263,7 @@ void Server::replyObject(Connection& c, std::uint64_t rid, Result<ObjectGrant> g
   reply.set_request_id(rid);
   *reply.mutable_object()->mutable_object() = pb::toRef(grant->object);
   *reply.mutable_object()->mutable_pool() = pb::toRef(grant->pool);
+  reply.mutable_object()->set_fd_count(1);
   std::vector<UniqueFd> fds;
   fds.emplace_back(fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3));
   if (!fds.back()) {
@@ -569,6 +580,7 @@ void Server::closeConnection(std::uint64_t id) {
   conns_.erase(it);
   if (!c->dead) loop_.remove(c->fd.get());
   if (objects_ != nullptr) objects_->releaseOwner(c->id);
+  cancelRemoteOps(c->id);
   // Before its job may end below: the ends of the processes it adopted can no longer come.
   if (processes_ != nullptr) processes_->adopterGone(c->id);
   if (c->jobRoot) {

@@ -12,6 +12,7 @@
 #include "base/private.hpp"
 #include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
+#include "daemon/gateway.hpp"
 #include "daemon/global_services.hpp"
 #include "daemon/object_manager.hpp"
 #include "daemon/process_manager.hpp"
@@ -33,6 +34,7 @@ class Server {
  public:
   static constexpr std::size_t kHighWater = std::size_t{16} << 20;
   static constexpr std::size_t kLowWater = std::size_t{4} << 20;
+  static constexpr std::size_t kMaxRequestBody = (std::size_t{16} << 20) + (std::size_t{64} << 10);
 
   Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::uint32_t node);
   ~Server();
@@ -63,7 +65,8 @@ class Server {
     std::uint64_t id = 0;
     UniqueFd fd;
     ucred peer{};
-    protocol::FrameDecoder decoder;
+    // A request carries at most one channel message that crosses nodes (ChannelOp).
+    protocol::FrameDecoder decoder{kMaxRequestBody};
     std::vector<UniqueFd> inFds;
     std::deque<OutFrame> out;
     std::size_t outBytes = 0;
@@ -108,6 +111,18 @@ class Server {
   protocol::Envelope localList();
   // Multi-node (server_cluster.cpp).
   bool handleCluster(Connection& c, protocol::Envelope& msg);
+  // Attach, detach and destroy of another node's object; false when it is this node's.
+  bool clusterObject(Connection& c, protocol::Envelope& msg);
+  void clusterAttach(Connection& c, protocol::Envelope& msg, const ObjectDescriptor& d);
+  // A channel operation: through this node's gateway, or forwarded to the channel's home.
+  void handleChannelOp(Connection& c, protocol::Envelope& msg);
+  protocol::Envelope peerAttach(std::uint32_t from, const protocol::Attach& attach);
+  // Tells the home nodes of a closed connection's waiting channel operations to drop them.
+  void cancelRemoteOps(std::uint64_t connection);
+  // Who holds the references another node's clients took here: one owner per node.
+  static std::uint64_t peerOwner(std::uint32_t node) {
+    return (std::uint64_t{1} << 63) | node;
+  }
   void handlePeer(std::uint32_t from, protocol::Envelope& msg, Reply reply);
   void clusterSpawn(Connection& c, protocol::Envelope& msg);
   void clusterWait(Connection& c, protocol::Envelope& msg);
@@ -128,6 +143,7 @@ class Server {
   GlobalServices& global_;
   std::uint32_t node_;
   ObjectManager* objects_ = nullptr;
+  std::unique_ptr<Gateway> gateway_;
   ProcessManager* processes_ = nullptr;
   std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;
   std::map<std::uint64_t, std::uint64_t> jobRoots_;  // job -> connection id
@@ -149,6 +165,11 @@ class Server {
   std::uint32_t jobEndAnswered_ = 0;    // WaitJobEnd answers sent to this node's other launchers
   std::vector<std::pair<std::uint32_t, Reply>> drainWaiters_;
   std::int64_t drainTimeoutNs_ = 0;
+  // Channel operations forwarded to other nodes and not answered yet: connection -> (node, key).
+  std::map<std::uint64_t, std::set<std::pair<std::uint32_t, std::uint64_t>>> remoteOps_;
+  std::uint64_t nextOpKey_ = 1;
+  // References this node's clients hold on other nodes' channels, given back when they leave.
+  std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;
 };
 
 }  // namespace dragon::daemon

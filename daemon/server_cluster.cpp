@@ -445,6 +445,27 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
     case pb::Envelope::kListProcesses:
       reply(localList());
       return;
+    case pb::Envelope::kAttach:
+      reply(peerAttach(from, msg.attach()));
+      return;
+    case pb::Envelope::kDetach:
+    case pb::Envelope::kDestroy: {
+      const bool detach = msg.has_detach();
+      auto d = pb::fromRef(detach ? msg.detach().object() : msg.destroy().object());
+      Status st = !d.has_value() ? d.error()
+                  : detach       ? objects_->detach(peerOwner(from), *d)
+                                 : objects_->destroy(*d);
+      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
+      return;
+    }
+    case pb::Envelope::kChannelOp:
+      if (msg.channel_op().kind() == pb::ChannelOp::CANCEL) {
+        gateway_->cancel(from, msg.channel_op().op_key());
+        reply(okEnvelope());
+        return;
+      }
+      gateway_->submit(from, msg.channel_op(), std::move(reply));
+      return;
     case pb::Envelope::kPeerEndJob: {
       if (from != cluster_->headNode()) {
         reply(errorEnvelope(Status(StatusCode::PermissionDenied, "only the head node ends the job")));
@@ -465,6 +486,9 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
 }
 
 void Server::onNodeLost(std::uint32_t node, const Status& why) {
+  // Its clients' waiting channel operations and references here go with it.
+  gateway_->cancelFrom(node);
+  objects_->releaseOwner(peerOwner(node));
   if (clusterEnded_ || endedPeers_.count(node) != 0) {
     DRAGON_LOG(Debug, "cluster", "%s left at the end of the job", cluster_->describe(node).c_str());
     return;
@@ -518,6 +542,171 @@ void Server::answerDrainWaiters(bool timedOut) {
       ++it;
     }
   }
+}
+
+}  // namespace dragon::daemon
+
+namespace dragon::daemon {
+
+bool Server::clusterObject(Connection& c, pb::Envelope& msg) {
+  const pb::ObjectRef* ref = nullptr;
+  if (msg.has_attach()) {
+    if (!msg.attach().has_object()) return false;  // names are looked up on this node
+    ref = &msg.attach().object();
+  } else if (msg.has_detach()) {
+    ref = &msg.detach().object();
+  } else if (msg.has_destroy()) {
+    ref = &msg.destroy().object();
+  }
+  if (ref == nullptr) return false;
+  auto d = pb::fromRef(*ref);
+  if (!d.has_value() || d->node == node_) return false;  // the local path answers
+  const std::uint64_t rid = msg.request_id();
+  if (!cluster_->joined() || cluster_->nodes().count(d->node) == 0) {
+    sendError(c, rid, Status(StatusCode::NotFound, "object " + d->toString() + " names node " +
+                                                       std::to_string(d->node) +
+                                                       ", which is not in this job"));
+    return true;
+  }
+  if (msg.has_attach()) {
+    clusterAttach(c, msg, *d);
+    return true;
+  }
+  pb::Envelope fwd;
+  if (msg.has_detach()) {
+    *fwd.mutable_detach() = msg.detach();
+    auto it = remoteRefs_.find(c.id);
+    if (it != remoteRefs_.end()) {
+      auto one = std::find(it->second.begin(), it->second.end(), *d);
+      if (one != it->second.end()) it->second.erase(one);
+    }
+  } else {
+    *fwd.mutable_destroy() = msg.destroy();
+  }
+  Reply reply = replyTo(c, rid);
+  cluster_->forward(d->node, std::move(fwd),
+                    [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+  return true;
+}
+
+void Server::clusterAttach(Connection& c, pb::Envelope& msg, const ObjectDescriptor& d) {
+  if (d.kind != ObjectKind::Channel) {
+    sendError(c, msg.request_id(),
+              Status(StatusCode::InvalidArgument,
+                     "pool " + d.toString() + " lives on node " + std::to_string(d.node) +
+                         ": a pool is mapped only on its own node"));
+    return;
+  }
+  pb::Envelope fwd;
+  *fwd.mutable_attach() = msg.attach();
+  Reply reply = replyTo(c, msg.request_id());
+  const std::uint64_t cid = c.id;
+  cluster_->forward(d.node, std::move(fwd), [this, reply, cid, d](Result<pb::Envelope> r) {
+    if (r.has_value() && r->has_object()) {
+      if (find(cid) != nullptr) {
+        remoteRefs_[cid].push_back(d);
+      } else {
+        // The client left meanwhile: give the reference back.
+        pb::Envelope drop;
+        *drop.mutable_detach()->mutable_object() = pb::toRef(d);
+        cluster_->forward(d.node, std::move(drop), [](Result<pb::Envelope>) {});
+      }
+    }
+    reply(fromPeer(std::move(r)));
+  });
+}
+
+pb::Envelope Server::peerAttach(std::uint32_t from, const pb::Attach& attach) {
+  if (!attach.has_object()) {
+    return errorEnvelope(Status(StatusCode::InvalidArgument, "a name is looked up on its own node"));
+  }
+  auto d = pb::fromRef(attach.object());
+  if (!d.has_value()) return errorEnvelope(d.error());
+  if (d->kind != ObjectKind::Channel) {
+    return errorEnvelope(Status(StatusCode::InvalidArgument, "only channels are used across nodes"));
+  }
+  auto ch = objects_->channel(*d);
+  if (!ch.has_value()) return errorEnvelope(ch.error());
+  auto grant = objects_->attach(peerOwner(from), *d);
+  if (!grant.has_value()) return errorEnvelope(grant.error());
+  pb::Envelope e;
+  auto* o = e.mutable_object();
+  *o->mutable_object() = pb::toRef(grant->object);
+  *o->mutable_pool() = pb::toRef(grant->pool);
+  o->set_fd_count(0);
+  o->set_remote(true);
+  o->set_capacity(ch->capacity());
+  // A message crosses nodes whole, in one transport message with its envelope around it.
+  const std::uint64_t wire = Cluster::maxMessageBytes() - (std::uint64_t{64} << 10);
+  o->set_max_message_size(std::min<std::uint64_t>(ch->maxMessageSize(), wire));
+  return e;
+}
+
+void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  auto d = pb::fromRef(msg.channel_op().channel());
+  if (!d.has_value()) {
+    sendError(c, rid, d.error());
+    return;
+  }
+  if (msg.channel_op().kind() == pb::ChannelOp::CANCEL) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL is between dragonds"));
+    return;
+  }
+  const std::uint32_t node = d->node;
+  const std::uint64_t key = nextOpKey_++;
+  const std::uint64_t cid = c.id;
+  pb::ChannelOp op = msg.channel_op();
+  op.set_op_key(key);
+  remoteOps_[cid].insert({node, key});
+  auto done = [this, cid, node, key, reply = replyTo(c, rid)](pb::Envelope answer) {
+    auto it = remoteOps_.find(cid);
+    if (it != remoteOps_.end()) {
+      it->second.erase({node, key});
+      if (it->second.empty()) remoteOps_.erase(it);
+    }
+    reply(std::move(answer));
+  };
+  if (node == node_ || cluster_ == nullptr) {
+    // A channel of this node (or no cluster: the gateway answers NotFound for another node's).
+    gateway_->submit(node_, op, std::move(done));
+    return;
+  }
+  if (!cluster_->joined() || cluster_->nodes().count(node) == 0) {
+    done(errorEnvelope(Status(StatusCode::NotFound, "channel " + d->toString() + " names node " +
+                                                        std::to_string(node) +
+                                                        ", which is not in this job")));
+    return;
+  }
+  pb::Envelope fwd;
+  *fwd.mutable_channel_op() = std::move(op);
+  cluster_->forward(node, std::move(fwd), [done](Result<pb::Envelope> r) {
+    done(fromPeer(std::move(r)));
+  });
+}
+
+void Server::cancelRemoteOps(std::uint64_t connection) {
+  if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
+    for (const auto& d : refs->second) {
+      pb::Envelope drop;
+      *drop.mutable_detach()->mutable_object() = pb::toRef(d);
+      cluster_->forward(d.node, std::move(drop), [](Result<pb::Envelope>) {});
+    }
+    remoteRefs_.erase(refs);
+  }
+  auto it = remoteOps_.find(connection);
+  if (it == remoteOps_.end()) return;
+  for (const auto& [node, key] : it->second) {
+    if (node == node_ || cluster_ == nullptr) {
+      gateway_->cancel(node_, key);
+      continue;
+    }
+    pb::Envelope fwd;
+    fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
+    fwd.mutable_channel_op()->set_op_key(key);
+    cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
+  }
+  remoteOps_.erase(it);
 }
 
 }  // namespace dragon::daemon

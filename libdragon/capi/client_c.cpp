@@ -28,7 +28,11 @@ dragon_status_t wrapPool(dragon::Result<std::shared_ptr<dragon::Pool>> p, dragon
 dragon_status_t wrapChannel(dragon::Result<std::unique_ptr<dragon::ClientChannel>> c,
                             dragon_channel_t** out) {
   if (!c.has_value()) return fail(c.error());
-  *out = new dragon_channel{(*c)->sharedPool(), std::move((*c)->channel())};
+  if ((*c)->isRemote()) {
+    *out = new dragon_channel{nullptr, std::nullopt, std::move(*c)};
+  } else {
+    *out = new dragon_channel{(*c)->sharedPool(), std::move((*c)->channel()), nullptr};
+  }
   return DRAGON_OK;
 }
 

@@ -174,7 +174,7 @@ dragon_status_t dragon_channel_create(dragon_pool_t* pool, uint32_t capacity, ui
     if (!c) {
       return fail(c.error());
     }
-    *out_channel = new dragon_channel{pool->pool, std::move(*c)};
+    *out_channel = new dragon_channel{pool->pool, std::move(*c), nullptr};
     return DRAGON_OK;
   });
 }
@@ -193,7 +193,7 @@ dragon_status_t dragon_channel_attach(dragon_pool_t* pool, const dragon_descript
     if (!c) {
       return fail(c.error());
     }
-    *out_channel = new dragon_channel{pool->pool, std::move(*c)};
+    *out_channel = new dragon_channel{pool->pool, std::move(*c), nullptr};
     return DRAGON_OK;
   });
 }
@@ -205,7 +205,10 @@ dragon_status_t dragon_channel_destroy(dragon_channel_t* channel) {
     if (channel == nullptr) {
       return invalid("channel is NULL");
     }
-    dragon::Status st = channel->channel.destroy();
+    if (channel->remote) {
+      return invalid("a channel of another node is destroyed with dragon_client_destroy");
+    }
+    dragon::Status st = channel->channel->destroy();
     delete channel;
     return st.isOk() ? DRAGON_OK : fail(st);
   });
@@ -216,7 +219,8 @@ dragon_status_t dragon_channel_descriptor(const dragon_channel_t* channel,
   if (channel == nullptr || out_desc == nullptr) {
     return invalid("channel or out_desc is NULL");
   }
-  fromDesc(channel->channel.descriptor(), out_desc);
+  fromDesc(channel->remote ? channel->remote->descriptor() : channel->channel->descriptor(),
+           out_desc);
   return DRAGON_OK;
 }
 
@@ -226,8 +230,9 @@ dragon_status_t dragon_channel_send(dragon_channel_t* channel, const void* data,
     if (channel == nullptr || (data == nullptr && length > 0)) {
       return invalid("channel or data is NULL");
     }
-    dragon::Status st = channel->channel.send(
-        {static_cast<const std::byte*>(data), length}, toTimeout(timeout_ns));
+    const std::span<const std::byte> msg{static_cast<const std::byte*>(data), length};
+    dragon::Status st = channel->remote ? channel->remote->send(msg, toTimeout(timeout_ns))
+                                        : channel->channel->send(msg, toTimeout(timeout_ns));
     return st.isOk() ? DRAGON_OK : fail(st);
   });
 }
@@ -239,7 +244,10 @@ dragon_status_t dragon_channel_send_block(dragon_channel_t* channel,
     if (channel == nullptr || alloc == nullptr) {
       return invalid("channel or alloc is NULL");
     }
-    dragon::Status st = channel->channel.sendBlock(toAlloc(alloc), length, toTimeout(timeout_ns));
+    if (channel->remote) {
+      return invalid("a block is sent only to a channel of its own pool's node");
+    }
+    dragon::Status st = channel->channel->sendBlock(toAlloc(alloc), length, toTimeout(timeout_ns));
     return st.isOk() ? DRAGON_OK : fail(st);
   });
 }
@@ -250,8 +258,9 @@ dragon_status_t dragon_channel_recv(dragon_channel_t* channel, void* buffer, siz
     if (channel == nullptr || out_length == nullptr || (buffer == nullptr && capacity > 0)) {
       return invalid("channel, buffer or out_length is NULL");
     }
-    auto n = channel->channel.recv({static_cast<std::byte*>(buffer), capacity},
-                                   toTimeout(timeout_ns));
+    const std::span<std::byte> buf{static_cast<std::byte*>(buffer), capacity};
+    auto n = channel->remote ? channel->remote->recv(buf, toTimeout(timeout_ns))
+                             : channel->channel->recv(buf, toTimeout(timeout_ns));
     if (!n) {
       return fail(n.error());
     }
@@ -266,8 +275,11 @@ dragon_status_t dragon_channel_recv_message(dragon_channel_t* channel, int64_t t
     if (channel == nullptr || out_message == nullptr) {
       return invalid("channel or out_message is NULL");
     }
+    if (channel->remote) {
+      return invalid("a message of another node's channel is received with dragon_channel_recv");
+    }
     auto* m = new dragon_message{};
-    dragon::Status st = channel->channel.recv(m->message, toTimeout(timeout_ns));
+    dragon::Status st = channel->channel->recv(m->message, toTimeout(timeout_ns));
     if (!st.isOk()) {
       delete m;
       return fail(st);
@@ -294,8 +306,29 @@ dragon_status_t dragon_channel_close(dragon_channel_t* channel) {
     if (channel == nullptr) {
       return invalid("channel is NULL");
     }
-    dragon::Status st = channel->channel.close();
+    dragon::Status st = channel->remote ? channel->remote->close() : channel->channel->close();
     return st.isOk() ? DRAGON_OK : fail(st);
+  });
+}
+
+dragon_status_t dragon_channel_poll(dragon_channel_t* channel, uint32_t events, int64_t timeout_ns,
+                                    uint32_t* out_ready) {
+  return guarded([&] {
+    if (channel == nullptr || out_ready == nullptr || (events & 3u) == 0 || events > 3u) {
+      return invalid("channel or out_ready is NULL, or no events");
+    }
+    const auto ev = static_cast<dragon::WaitFor>(events);
+    auto r = channel->remote ? channel->remote->poll(ev, toTimeout(timeout_ns)) : [&] {
+      dragon::Channel::WaitItem item{&*channel->channel, ev, {}};
+      auto n = dragon::Channel::waitAny(std::span(&item, 1), toTimeout(timeout_ns));
+      return n.has_value() ? dragon::Result<dragon::WaitFor>(*n == 0 ? dragon::WaitFor{} : item.ready)
+                           : dragon::Result<dragon::WaitFor>(n.error());
+    }();
+    if (!r) {
+      return fail(r.error());
+    }
+    *out_ready = static_cast<uint32_t>(*r);
+    return DRAGON_OK;
   });
 }
 
@@ -313,7 +346,10 @@ dragon_status_t dragon_channel_wait_any(dragon_wait_item_t* items, size_t count,
       if (items[i].channel == nullptr || (items[i].events & 3u) == 0 || items[i].events > 3u) {
         return invalid("wait item without a channel or events");
       }
-      w[i].channel = &items[i].channel->channel;
+      if (items[i].channel->remote) {
+        return invalid("a channel of another node is waited on with dragon_channel_poll");
+      }
+      w[i].channel = &*items[i].channel->channel;
       w[i].events = static_cast<dragon::WaitFor>(items[i].events);
     }
     auto n = dragon::Channel::waitAny({w, count}, toTimeout(timeout_ns));

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <dragon/channel.hpp>
+#include <dragon/client.hpp>
 #include <dragon/dragon.h>
 #include <dragon/pool.hpp>
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <new>
 #include <string>
 
@@ -18,7 +20,8 @@ struct dragon_pool {
 };
 struct dragon_channel {
   std::shared_ptr<dragon::Pool> keep;  // declared first: outlives channel
-  dragon::Channel channel;
+  std::optional<dragon::Channel> channel;           // a channel mapped here, or
+  std::unique_ptr<dragon::ClientChannel> remote;    // one of another node (through dragond)
 };
 struct dragon_message {
   dragon::Message message;

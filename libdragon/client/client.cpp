@@ -43,7 +43,14 @@ std::string defaultSocketPath() {
   return defaultRuntimeDir() + "/dragond.sock";
 }
 
-struct Client::Impl {
+namespace detail {
+// What a remote ClientChannel reaches its dragond through (the Client's Impl).
+struct ClientConnection {
+  Result<pb::ChannelOpReply> channelOp(pb::ChannelOp& op);
+};
+}  // namespace detail
+
+struct Client::Impl : detail::ClientConnection {
   struct Reply {
     pb::Envelope msg;
     std::vector<UniqueFd> fds;
@@ -112,9 +119,12 @@ struct Client::Impl {
       return;
     }
     Reply r;
-    if (msg.has_object() && !inFds.empty()) {
-      r.fds.push_back(std::move(inFds.front()));
-      inFds.erase(inFds.begin());
+    // A reply declares the fds that came with it.
+    if (msg.has_object()) {
+      for (std::uint32_t i = 0; i < msg.object().fd_count() && !inFds.empty(); ++i) {
+        r.fds.push_back(std::move(inFds.front()));
+        inFds.erase(inFds.begin());
+      }
     }
     const std::uint64_t id = msg.request_id();
     if (unwanted.erase(id) != 0) {
@@ -253,12 +263,106 @@ struct Client::Impl {
       dropReference(d);
       return Status(StatusCode::InvalidArgument, "the object is not a channel");
     }
+    if (r.msg.object().remote()) {
+      return std::unique_ptr<ClientChannel>(new ClientChannel(
+          this, d, r.msg.object().capacity(), r.msg.object().max_message_size()));
+    }
     DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor pd, pb::fromRef(r.msg.object().pool()));
     DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<Pool> pool, poolFromReply(r, pd));
     DRAGON_ASSIGN_OR_RETURN(Channel ch, Channel::attach(*pool, d));
     return std::unique_ptr<ClientChannel>(new ClientChannel(std::move(pool), std::move(ch)));
   }
 };
+
+Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op) {
+  auto* impl = static_cast<Client::Impl*>(this);
+  pb::Envelope req;
+  *req.mutable_channel_op() = std::move(op);
+  DRAGON_ASSIGN_OR_RETURN(Client::Impl::Reply r, impl->call(req));
+  if (!r.msg.has_channel_op_reply()) {
+    return Status(StatusCode::Internal, "unexpected reply to a channel operation");
+  }
+  return std::move(*r.msg.mutable_channel_op_reply());
+}
+
+namespace {
+
+pb::ChannelOp remoteOp(const ObjectDescriptor& d, pb::ChannelOp::Kind kind, Timeout t) {
+  pb::ChannelOp op;
+  *op.mutable_channel() = pb::toRef(d);
+  op.set_kind(kind);
+  op.set_timeout_ns(t.isForever() ? -1 : t.nanoseconds());
+  return op;
+}
+
+}  // namespace
+
+std::uint32_t ClientChannel::capacity() const noexcept {
+  return channel_ ? channel_->capacity() : capacity_;
+}
+
+std::uint64_t ClientChannel::maxMessageSize() const noexcept {
+  return channel_ ? channel_->maxMessageSize() : maxMessageSize_;
+}
+
+Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
+  if (channel_) return channel_->send(msg, timeout);
+  if (msg.size() > maxMessageSize_) {
+    return Status(StatusCode::MessageTooLarge,
+                  "message of " + std::to_string(msg.size()) + " bytes; the channel takes " +
+                      std::to_string(maxMessageSize_));
+  }
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
+  op.set_data(reinterpret_cast<const char*>(msg.data()), msg.size());
+  return remote_->channelOp(op).status();
+}
+
+Result<std::size_t> ClientChannel::recv(std::span<std::byte> buf, Timeout timeout) {
+  if (channel_) return channel_->recv(buf, timeout);
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::RECV, timeout);
+  op.set_bounded(true);
+  op.set_max_size(buf.size());
+  DRAGON_ASSIGN_OR_RETURN(pb::ChannelOpReply r, remote_->channelOp(op));
+  if (r.data().size() > buf.size()) {
+    return Status(StatusCode::Internal, "the home node sent more than the buffer holds");
+  }
+  std::memcpy(buf.data(), r.data().data(), r.data().size());
+  return r.data().size();
+}
+
+Result<std::vector<std::byte>> ClientChannel::recvBytes(Timeout timeout) {
+  if (channel_) {
+    Message m;
+    DRAGON_TRY(channel_->recv(m, timeout));
+    auto d = m.data();
+    return std::vector<std::byte>(d.begin(), d.end());
+  }
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::RECV, timeout);
+  DRAGON_ASSIGN_OR_RETURN(pb::ChannelOpReply r, remote_->channelOp(op));
+  const auto* p = reinterpret_cast<const std::byte*>(r.data().data());
+  return std::vector<std::byte>(p, p + r.data().size());
+}
+
+Result<WaitFor> ClientChannel::poll(WaitFor events, Timeout timeout) {
+  if (channel_) {
+    Channel::WaitItem item{&*channel_, events, {}};
+    DRAGON_ASSIGN_OR_RETURN(std::size_t n, Channel::waitAny(std::span(&item, 1), timeout));
+    return n == 0 ? WaitFor{} : item.ready;
+  }
+  if ((static_cast<unsigned>(events) & 3u) == 0) {
+    return Status(StatusCode::InvalidArgument, "poll without events");
+  }
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::POLL, timeout);
+  op.set_events(static_cast<unsigned>(events) & 3u);
+  DRAGON_ASSIGN_OR_RETURN(pb::ChannelOpReply r, remote_->channelOp(op));
+  return static_cast<WaitFor>(r.ready() & 3u);
+}
+
+Status ClientChannel::close() {
+  if (channel_) return channel_->close();
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::CLOSE, Timeout::none());
+  return remote_->channelOp(op).status();
+}
 
 Client::Client(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 Client::Client(Client&&) noexcept = default;

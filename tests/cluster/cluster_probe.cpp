@@ -9,6 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <span>
+#include <unistd.h>
 #include <map>
 #include <set>
 #include <string>
@@ -170,6 +173,211 @@ int spawnRate(Client& c, std::uint32_t node, double seconds) {
   return 0;
 }
 
+// --- Remote channels ---
+
+using dragon::ClientChannel;
+using dragon::Timeout;
+using dragon::WaitFor;
+using namespace std::chrono_literals;
+
+std::span<const std::byte> bytesOf(const std::string& s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+std::string textOf(const std::vector<std::byte>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size());
+}
+
+// The process on another node: attaches the head's channels REQ and REP (remote to it),
+// creates P and Q on its own node and sends their descriptors back on REP; then forwards every
+// message of P to REP until "stop", then waits (a remote blocking recv) for one message on
+// REQ and answers "bye:" + it on REP.
+int channelEcho(Client& c, const std::string& reqText, const std::string& repText) {
+  auto reqDesc = dragon::ObjectDescriptor::fromString(reqText);
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!reqDesc || !repDesc) return failWith("echo: bad descriptors");
+  auto req = c.attachChannel(*reqDesc);
+  auto rep = c.attachChannel(*repDesc);
+  if (!req || !rep) return failWith("echo: attach: " + (req ? rep.error() : req.error()).toString());
+  if (!(*req)->isRemote() || !(*rep)->isRemote()) return failWith("echo: the head's channels are not remote here");
+  auto pool = c.createPool(std::size_t{64} << 20);
+  if (!pool) return failWith("echo: pool: " + pool.error().toString());
+  dragon::ChannelOptions po;
+  po.capacity = 4;
+  auto p = c.createChannel((*pool)->descriptor(), po);
+  po.capacity = 2;
+  po.inlineSize = 64;
+  po.maxMessageSize = 64;
+  auto q = c.createChannel((*pool)->descriptor(), po);
+  if (!p || !q) return failWith("echo: channels: " + (p ? q.error() : p.error()).toString());
+  for (const auto* ch : {&*p, &*q}) {
+    dragon::Status st = (*rep)->send(bytesOf((**ch).descriptor().toString()));
+    if (!st.isOk()) return failWith("echo: send descriptor: " + st.toString());
+  }
+  for (;;) {
+    auto m = (*p)->recvBytes();
+    if (!m) return failWith("echo: recv: " + m.error().toString());
+    if (textOf(*m) == "stop") break;
+    dragon::Status st = (*rep)->send(*m);
+    if (!st.isOk()) return failWith("echo: forward: " + st.toString());
+  }
+  auto last = (*req)->recvBytes();
+  if (!last) return failWith("echo: remote recv: " + last.error().toString());
+  dragon::Status st = (*rep)->send(bytesOf("bye:" + textOf(*last)));
+  if (!st.isOk()) return failWith("echo: bye: " + st.toString());
+  return 0;
+}
+
+// The head: a channel on another node behaves as a local one (FIFO, exactly once, try,
+// deadline, poll, MessageTooLarge, close), both ways, with large messages too.
+int channels(Client& c, std::uint32_t node) {
+  auto pool = c.createPool(std::size_t{64} << 20);
+  if (!pool) return failWith("pool: " + pool.error().toString());
+  dragon::ChannelOptions o;
+  o.capacity = 4;
+  auto req = c.createChannel((*pool)->descriptor(), o);
+  o.capacity = 1024;
+  auto rep = c.createChannel((*pool)->descriptor(), o);
+  if (!req || !rep) return failWith("channels: " + (req ? rep.error() : req.error()).toString());
+  char self[64];
+  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
+  char exe[4096] = {};
+  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
+  SpawnOptions so;
+  so.argv = {exe, "channel-echo", (*req)->descriptor().toString(), (*rep)->descriptor().toString()};
+  so.placement = Placement::onNode(node);
+  auto echo = c.spawn(so);
+  if (!echo) return failWith("spawn echo: " + echo.error().toString());
+  const auto deadline = Timeout::after(30s);
+  std::unique_ptr<ClientChannel> pq[2];
+  for (auto& ch : pq) {
+    auto m = (*rep)->recvBytes(deadline);
+    if (!m) return failWith("descriptor from the echo: " + m.error().toString());
+    auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
+    if (!d) return failWith("descriptor: " + d.error().toString());
+    if (d->node != node) return failWith("the echo's channel lives on node " + std::to_string(d->node));
+    auto a = c.attachChannel(*d);
+    if (!a) return failWith("attach remote: " + a.error().toString());
+    if (!(*a)->isRemote()) return failWith("a channel of another node is not remote");
+    ch = std::move(*a);
+  }
+  ClientChannel& p = *pq[0];
+  ClientChannel& q = *pq[1];
+  if (p.capacity() != 4 || q.maxMessageSize() != 64) return failWith("remote channel facts");
+
+  // Try, deadline, poll and the error codes on Q (nobody reads it).
+  std::byte buf[128];
+  auto r = q.recv(buf, Timeout::none());
+  if (r || r.error().code() != StatusCode::WouldBlock) return failWith("try recv of empty: not WouldBlock");
+  auto t0 = std::chrono::steady_clock::now();
+  r = q.recv(buf, Timeout::after(300ms));
+  const double waited = secondsSince(t0);
+  if (r || r.error().code() != StatusCode::Timeout) return failWith("recv with deadline: not Timeout");
+  if (waited < 0.3 || waited > 2.0) return failWith("recv deadline honoured badly: " + std::to_string(waited) + " s");
+  auto ready = q.poll(WaitFor::Readable, Timeout::after(100ms));
+  if (!ready || *ready != WaitFor{}) return failWith("poll of empty was ready");
+  for (const char* m : {"one", "two"}) {
+    if (!q.send(bytesOf(m), Timeout::none()).isOk()) return failWith("send to Q");
+  }
+  dragon::Status st = q.send(bytesOf("three"), Timeout::none());
+  if (st.code() != StatusCode::ChannelFull) return failWith("try send to full: " + st.toString());
+  st = q.send(bytesOf("three"), Timeout::after(200ms));
+  if (st.code() != StatusCode::Timeout) return failWith("send to full with deadline: " + st.toString());
+  ready = q.poll(WaitFor::Either, Timeout::after(100ms));
+  if (!ready || *ready != WaitFor::Readable) return failWith("poll of full: not just readable");
+  st = q.send(bytesOf(std::string(65, 'x')), Timeout::none());
+  if (st.code() != StatusCode::MessageTooLarge) return failWith("oversized send: " + st.toString());
+  r = q.recv(std::span(buf, 2), Timeout::none());
+  if (r || r.error().code() != StatusCode::MessageTooLarge) return failWith("small buffer: not MessageTooLarge");
+  r = q.recv(buf, Timeout::none());
+  if (!r || std::string(reinterpret_cast<char*>(buf), *r) != "one") return failWith("the message was lost by a small buffer");
+  if (!q.close().isOk()) return failWith("close");
+  auto m2 = q.recvBytes(Timeout::none());
+  if (!m2 || textOf(*m2) != "two") return failWith("a closed channel is not drained first");
+  m2 = q.recvBytes(Timeout::after(1s));
+  if (m2 || m2.error().code() != StatusCode::ChannelClosed) return failWith("drained closed channel: not ChannelClosed");
+
+  // FIFO and exactly once through P (capacity 4: the sends wait on the home node) and back.
+  constexpr int kMessages = 1000;
+  for (int i = 0; i < kMessages; ++i) {
+    st = p.send(bytesOf("m" + std::to_string(i)), deadline);
+    if (!st.isOk()) return failWith("send " + std::to_string(i) + ": " + st.toString());
+  }
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = (*rep)->recvBytes(deadline);
+    if (!m) return failWith("recv " + std::to_string(i) + ": " + m.error().toString());
+    if (textOf(*m) != "m" + std::to_string(i)) return failWith("out of order at " + std::to_string(i) + ": " + textOf(*m));
+  }
+  // Large messages, both ways.
+  for (std::size_t size : {std::size_t{1} << 20, std::size_t{8} << 20}) {
+    std::string big(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) big[i] = static_cast<char>((i * 7 + size) & 0xff);
+    st = p.send(bytesOf(big), deadline);
+    if (!st.isOk()) return failWith("large send: " + st.toString());
+    auto m = (*rep)->recvBytes(deadline);
+    if (!m || textOf(*m) != big) return failWith("large message changed on the way");
+  }
+  auto extra = (*rep)->recvBytes(Timeout::none());
+  if (extra) return failWith("a message arrived twice");
+  // The echo blocks in a remote recv on REQ (home: here) until we send.
+  if (!p.send(bytesOf("stop"), deadline).isOk()) return failWith("stop");
+  if (!(*req)->send(bytesOf("last"), deadline).isOk()) return failWith("last");
+  auto bye = (*rep)->recvBytes(deadline);
+  if (!bye || textOf(*bye) != "bye:last") return failWith("the echo's remote recv did not get the message");
+  auto exits = c.wait({echo->front().puid}, deadline);
+  if (!exits || (*exits)[0].exitCode != 0) return failWith("the echo failed");
+  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close, 1 MiB and 8 MiB\n",
+              node, kMessages);
+  return 0;
+}
+
+// A process on `node` makes a channel there and sends its descriptor; the head blocks in a
+// recv on it; the test kills that node's dragond: the recv must end with NodeLost.
+int channelHost(Client& c, const std::string& repText) {
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!repDesc) return failWith("host: bad descriptor");
+  auto rep = c.attachChannel(*repDesc);
+  auto pool = c.createPool(std::size_t{16} << 20);
+  if (!rep || !pool) return failWith("host: attach or pool");
+  auto ch = c.createChannel((*pool)->descriptor(), {});
+  if (!ch) return failWith("host: channel: " + ch.error().toString());
+  if (!(*rep)->send(bytesOf((*ch)->descriptor().toString())).isOk()) return failWith("host: send");
+  auto never = (*ch)->recvBytes();  // until the job ends
+  return never ? 0 : 1;
+}
+
+int recvLost(Client& c, std::uint32_t node) {
+  auto pool = c.createPool(std::size_t{16} << 20);
+  if (!pool) return failWith("pool");
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  if (!rep) return failWith("channel");
+  char self[64];
+  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
+  char exe[4096] = {};
+  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
+  SpawnOptions so;
+  so.argv = {exe, "channel-host", (*rep)->descriptor().toString()};
+  so.placement = Placement::onNode(node);
+  auto host = c.spawn(so);
+  if (!host) return failWith("spawn: " + host.error().toString());
+  auto m = (*rep)->recvBytes(Timeout::after(30s));
+  if (!m) return failWith("descriptor: " + m.error().toString());
+  auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
+  if (!d) return failWith("bad descriptor");
+  auto remote = c.attachChannel(*d);
+  if (!remote) return failWith("attach: " + remote.error().toString());
+  std::printf("probe: blocked on a channel of node %u\n", node);
+  std::fflush(stdout);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto got = (*remote)->recvBytes(Timeout::after(60s));
+  if (got) return failWith("the recv returned a message");
+  if (got.error().code() != StatusCode::NodeLost) {
+    return failWith("the recv failed with " + got.error().toString() + ", not NodeLost");
+  }
+  std::printf("probe: ok recv-lost after %.2f s: %s\n", secondsSince(t0), got.error().toString().c_str());
+  std::fflush(stdout);
+  return 3;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -183,6 +391,14 @@ int main(int argc, char** argv) {
   if (mode == "round-robin" && argc == 3) return roundRobin(*client, std::atoi(argv[2]));
   if (mode == "spawn-rate" && argc == 4) {
     return spawnRate(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atof(argv[3]));
+  }
+  if (mode == "channels" && argc == 3) {
+    return channels(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
+  }
+  if (mode == "channel-echo" && argc == 4) return channelEcho(*client, argv[2], argv[3]);
+  if (mode == "channel-host" && argc == 3) return channelHost(*client, argv[2]);
+  if (mode == "recv-lost" && argc == 3) {
+    return recvLost(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   }
   if (mode == "wait-lost" && argc == 3) {
     return waitLost(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));

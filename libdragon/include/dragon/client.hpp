@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -31,20 +33,53 @@ std::string defaultRuntimeDir();
 // /run/dragon/UID/dragond.sock if it exists, else RUNTIME_DIR/dragond.sock.
 std::string defaultSocketPath();
 
-// A channel handed out by dragond, with the pool that holds it kept mapped as long as it lives.
+namespace detail {
+struct ClientConnection;
+}
+
+// A channel handed out by dragond. On this node it is mapped into this process (channel()),
+// with the pool that holds it kept mapped as long as it lives. A channel of another node of a
+// multi-node job is remote: its operations go through this node's dragond to the channel's
+// home dragond, with the same semantics (FIFO per sender, exactly once, the same status codes
+// and deadlines) and NodeLost when its node is lost. send/recv/poll work on both kinds; a
+// remote channel must not outlive the Client that attached it.
 class ClientChannel {
  public:
-  Channel& channel() noexcept { return channel_; }
+  bool isRemote() const noexcept { return remote_ != nullptr; }
+  // The mapped channel and its pool: a local channel's only (isRemote() false).
+  Channel& channel() noexcept { return *channel_; }
   Pool& pool() noexcept { return *pool_; }
-  ObjectDescriptor descriptor() const noexcept { return channel_.descriptor(); }
   std::shared_ptr<Pool> sharedPool() const noexcept { return pool_; }
+  ObjectDescriptor descriptor() const noexcept { return desc_; }
+  std::uint32_t capacity() const noexcept;
+  std::uint64_t maxMessageSize() const noexcept;
+
+  // Channel::send, Channel::recv (into `buf`; MessageTooLarge leaves the message queued) and a
+  // recv of the next message whatever its size, on either kind of channel.
+  Status send(std::span<const std::byte> msg, Timeout timeout = Timeout::forever());
+  Result<std::size_t> recv(std::span<std::byte> buf, Timeout timeout = Timeout::forever());
+  Result<std::vector<std::byte>> recvBytes(Timeout timeout = Timeout::forever());
+  // Waits until `events` hold (a closed channel counts as readable) and returns those that do;
+  // WaitFor{} (0) when the timeout passed first.
+  Result<WaitFor> poll(WaitFor events, Timeout timeout);
+  Status close();
 
  private:
   friend class Client;
+  friend struct detail::ClientConnection;
   ClientChannel(std::shared_ptr<Pool> pool, Channel channel)
-      : pool_(std::move(pool)), channel_(std::move(channel)) {}
+      : pool_(std::move(pool)), desc_(channel.descriptor()) {
+    channel_.emplace(std::move(channel));
+  }
+  ClientChannel(detail::ClientConnection* remote, ObjectDescriptor desc, std::uint32_t capacity,
+                std::uint64_t maxMessageSize)
+      : desc_(desc), remote_(remote), capacity_(capacity), maxMessageSize_(maxMessageSize) {}
   std::shared_ptr<Pool> pool_;  // declared first: outlives channel_
-  Channel channel_;
+  std::optional<Channel> channel_;
+  ObjectDescriptor desc_;
+  detail::ClientConnection* remote_ = nullptr;
+  std::uint32_t capacity_ = 0;
+  std::uint64_t maxMessageSize_ = 0;
 };
 
 enum class Stdio : std::uint8_t {
@@ -238,6 +273,7 @@ class Client {
   std::uint32_t node() const noexcept;
 
  private:
+  friend struct detail::ClientConnection;
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;

@@ -113,6 +113,12 @@ dragon_status_t dragon_message_data(const dragon_message_t* message, const void*
                                     size_t* out_length);
 void dragon_message_release(dragon_message_t* message);
 dragon_status_t dragon_channel_close(dragon_channel_t* channel);
+/* Waits until `events` (1 readable, 2 writable) hold on one channel, local or of another node
+   (attached with dragon_client_channel_attach), and sets *out_ready to those that do (0 when
+   the timeout passed first). */
+dragon_status_t dragon_channel_poll(dragon_channel_t* channel, uint32_t events, int64_t timeout_ns,
+                                    uint32_t* out_ready);
+/* Local channels only (a remote one is refused: use dragon_channel_poll). */
 dragon_status_t dragon_channel_wait_any(dragon_wait_item_t* items, size_t count,
                                         int64_t timeout_ns, size_t* out_ready);
 

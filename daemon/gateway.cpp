@@ -1,0 +1,395 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/gateway.hpp"
+
+#include "base/log.hpp"
+#include "protocol/socket_io.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace dragon::daemon {
+namespace pb = dragon::protocol;
+
+namespace {
+
+constexpr std::size_t kBellSlots = 1;
+// waitAny takes 64 items; one is the doorbell. Beyond that many channels with parked
+// operations, the thread waits on the first ones and looks at the rest every kScanNs.
+constexpr std::size_t kWaitChannels = Channel::kMaxWaitItems - 1;
+constexpr std::int64_t kScanNs = 1'000'000;
+
+pb::Envelope errorOf(const Status& st) {
+  pb::Envelope e;
+  pb::fillError(*e.mutable_error(), st);
+  return e;
+}
+
+// The outcome of one attempt: an answer, or nothing yet (the operation would block).
+struct Attempt {
+  bool done = false;
+  pb::Envelope answer;
+  Status wouldBlock;  // what a try answers
+};
+
+Attempt attempt(Channel& ch, const pb::ChannelOp& op, Message& scratch) {
+  Attempt a;
+  switch (op.kind()) {
+    case pb::ChannelOp::SEND: {
+      Status st = ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
+                          Timeout::none());
+      if (st.code() == StatusCode::ChannelFull) {
+        a.wouldBlock = st;
+        return a;
+      }
+      a.done = true;
+      if (st.isOk()) {
+        a.answer.mutable_channel_op_reply();
+      } else {
+        a.answer = errorOf(st);
+      }
+      return a;
+    }
+    case pb::ChannelOp::RECV: {
+      const std::uint64_t max = op.max_size();
+      if (!op.bounded() || max >= ch.maxMessageSize()) {
+        Status st = ch.recv(scratch, Timeout::none());
+        if (st.code() == StatusCode::WouldBlock) {
+          a.wouldBlock = st;
+          return a;
+        }
+        a.done = true;
+        if (!st.isOk()) {
+          a.answer = errorOf(st);
+          return a;
+        }
+        auto data = scratch.data();
+        a.answer.mutable_channel_op_reply()->set_data(
+            reinterpret_cast<const char*>(data.data()), data.size());
+        scratch.reset();
+        return a;
+      }
+      std::string buf(max, '\0');
+      auto n = ch.recv(std::as_writable_bytes(std::span(buf.data(), buf.size())), Timeout::none());
+      if (!n.has_value() && n.error().code() == StatusCode::WouldBlock) {
+        a.wouldBlock = n.error();
+        return a;
+      }
+      a.done = true;
+      if (!n.has_value()) {
+        a.answer = errorOf(n.error());
+        return a;
+      }
+      buf.resize(*n);
+      a.answer.mutable_channel_op_reply()->set_data(std::move(buf));
+      return a;
+    }
+    case pb::ChannelOp::POLL: {
+      unsigned ready = 0;
+      if ((op.events() & 1u) != 0 && (ch.readable() || ch.isClosed())) ready |= 1u;
+      if ((op.events() & 2u) != 0 && ch.writable()) ready |= 2u;
+      if (ready == 0) return a;
+      a.done = true;
+      a.answer.mutable_channel_op_reply()->set_ready(ready);
+      return a;
+    }
+    case pb::ChannelOp::CLOSE: {
+      a.done = true;
+      Status st = ch.close();
+      if (st.isOk()) {
+        a.answer.mutable_channel_op_reply();
+      } else {
+        a.answer = errorOf(st);
+      }
+      return a;
+    }
+    default:
+      a.done = true;
+      a.answer = errorOf(Status(StatusCode::InvalidArgument, "not a channel operation"));
+      return a;
+  }
+}
+
+// The answer of an operation whose deadline passed: as the local call's.
+pb::Envelope expired(const pb::ChannelOp& op) {
+  if (op.kind() == pb::ChannelOp::POLL) {
+    pb::Envelope e;
+    e.mutable_channel_op_reply()->set_ready(0);
+    return e;
+  }
+  return errorOf(Status(StatusCode::Timeout, op.kind() == pb::ChannelOp::SEND
+                                                 ? "the channel stayed full until the deadline"
+                                                 : "no message came before the deadline"));
+}
+
+}  // namespace
+
+struct Gateway::Op {
+  std::uint32_t from = 0;
+  std::uint64_t key = 0;
+  std::uint64_t channelId = 0;
+  pb::ChannelOp op;
+  Channel channel;             // on the thread's own mapping of the pool
+  std::shared_ptr<Pool> pool;  // that mapping
+  std::int64_t deadlineNs = 0; // CLOCK_MONOTONIC; INT64_MAX: forever
+  Reply reply;
+  bool finished = false;       // answered or cancelled: the thread drops it
+};
+
+Gateway::Gateway(EventLoop& loop, ObjectManager& objects) : loop_(loop), objects_(objects) {}
+
+Gateway::~Gateway() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    ring();
+    thread_.join();
+  }
+  if (doneFd_) loop_.remove(doneFd_.get());
+}
+
+Status Gateway::startThread() {
+  if (thread_.joinable()) return Status::ok();
+  doneFd_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!doneFd_) return Status::fromErrno("eventfd", errno);
+  PoolOptions po;
+  po.size = std::size_t{64} << 10;
+  po.prefault = false;
+  DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::create(po));
+  bellPool_ = std::make_unique<Pool>(std::move(pool));
+  ChannelOptions co;
+  co.capacity = kBellSlots;
+  co.inlineSize = 8;
+  DRAGON_ASSIGN_OR_RETURN(Channel bell, Channel::create(*bellPool_, co));
+  bell_ = std::make_unique<Channel>(std::move(bell));
+  DRAGON_TRY(loop_.add(doneFd_.get(), EPOLLIN, [this](std::uint32_t) { onDone(); }));
+  thread_ = std::thread([this] { run(); });
+  return Status::ok();
+}
+
+void Gateway::ring() {
+  if (!bell_) return;  // no thread yet, nothing parked
+  const std::byte b{1};
+  (void)bell_->send(std::span(&b, 1), Timeout::none());  // full: it rang already
+}
+
+void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
+  auto desc = pb::fromRef(op.channel());
+  if (!desc.has_value()) {
+    reply(errorOf(desc.error()));
+    return;
+  }
+  auto ch = objects_.channel(*desc);
+  if (!ch.has_value()) {
+    reply(errorOf(ch.error()));
+    return;
+  }
+  const bool poll = op.kind() == pb::ChannelOp::POLL;
+  if ((op.kind() != pb::ChannelOp::SEND && op.kind() != pb::ChannelOp::RECV && !poll &&
+       op.kind() != pb::ChannelOp::CLOSE) ||
+      (poll && (op.events() == 0 || op.events() > 3))) {
+    reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
+    return;
+  }
+  Message scratch;
+  Attempt a = attempt(*ch, op, scratch);
+  if (a.done) {
+    reply(std::move(a.answer));
+    return;
+  }
+  if (op.timeout_ns() == 0) {
+    if (op.kind() == pb::ChannelOp::POLL) {
+      pb::Envelope e;
+      e.mutable_channel_op_reply()->set_ready(0);
+      reply(std::move(e));
+    } else {
+      reply(errorOf(a.wouldBlock));
+    }
+    return;
+  }
+  // Park it with the thread, on the thread's own mapping of the pool.
+  Status st = startThread();
+  if (!st.isOk()) {
+    reply(errorOf(st));
+    return;
+  }
+  std::shared_ptr<Pool> mine;
+  if (auto it = mappings_.find(desc->poolId); it != mappings_.end()) mine = it->second.lock();
+  if (!mine) {
+    auto grant = objects_.find(*desc);
+    UniqueFd fd(grant.has_value() ? fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3) : -1);
+    if (!fd) {
+      reply(errorOf(grant.has_value() ? Status::fromErrno("dup", errno) : grant.error()));
+      return;
+    }
+    auto pool = Pool::attach(std::move(fd), grant->pool, /*prefault=*/false);
+    if (!pool.has_value()) {
+      reply(errorOf(pool.error()));
+      return;
+    }
+    mine = std::make_shared<Pool>(std::move(*pool));
+    mappings_[desc->poolId] = mine;
+  }
+  auto own = Channel::attach(*mine, *desc);
+  if (!own.has_value()) {
+    reply(errorOf(own.error()));
+    return;
+  }
+  park(from, op, std::move(*own), std::move(mine), std::move(reply));
+}
+
+Gateway::Op* Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
+                           std::shared_ptr<Pool> pool, Reply reply) {
+  auto o = std::unique_ptr<Op>(new Op{from, op.op_key(), mine.id(), op, std::move(mine),
+                                      std::move(pool), 0, std::move(reply), false});
+  const std::int64_t t = op.timeout_ns();
+  const std::int64_t now = monotonicNowNs();
+  o->deadlineNs = t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;
+  Op* raw = o.get();
+  {
+    std::lock_guard lk(mu_);
+    ops_.push_back(std::move(o));
+  }
+  ring();
+  // Forget mappings nobody uses any more (the thread holds the live ones).
+  std::erase_if(mappings_, [](const auto& kv) { return kv.second.expired(); });
+  return raw;
+}
+
+void Gateway::fail(const std::function<bool(const Op&)>& which, const Status* why) {
+  std::vector<Reply> answers;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& o : ops_) {
+      if (!o->finished && which(*o)) {
+        o->finished = true;
+        if (why != nullptr) answers.push_back(std::move(o->reply));
+      }
+    }
+  }
+  ring();  // the thread drops them
+  for (auto& r : answers) r(errorOf(*why));
+}
+
+void Gateway::cancel(std::uint32_t from, std::uint64_t opKey) {
+  fail([&](const Op& o) { return o.from == from && o.key == opKey; }, nullptr);
+}
+
+void Gateway::cancelFrom(std::uint32_t from) {
+  fail([&](const Op& o) { return o.from == from; }, nullptr);
+}
+
+void Gateway::channelGone(std::uint64_t channelId) {
+  if (!thread_.joinable()) return;
+  const Status why(StatusCode::ChannelClosed, "the channel was destroyed");
+  fail([&](const Op& o) { return o.channelId == channelId; }, &why);
+}
+
+std::size_t Gateway::parked() const {
+  std::lock_guard lk(mu_);
+  return static_cast<std::size_t>(
+      std::count_if(ops_.begin(), ops_.end(), [](const auto& o) { return !o->finished; }));
+}
+
+void Gateway::onDone() {
+  std::uint64_t n = 0;
+  (void)!read(doneFd_.get(), &n, sizeof n);
+  std::vector<std::pair<Reply, pb::Envelope>> done;
+  {
+    std::lock_guard lk(mu_);
+    done.swap(done_);
+  }
+  for (auto& [reply, answer] : done) reply(std::move(answer));
+}
+
+// The gateway thread: completes parked operations as their channels allow.
+void Gateway::run() {
+  Message scratch;
+  std::vector<Channel::WaitItem> items;
+  std::vector<std::uint64_t> waitedIds;
+  std::size_t rotate = 0;
+  for (;;) {
+    std::int64_t nextDeadline = INT64_MAX;
+    bool answered = false;
+    bool partial = false;
+    items.clear();
+    waitedIds.clear();
+    {
+      std::lock_guard lk(mu_);
+      if (stop_) return;
+      const std::int64_t now = monotonicNowNs();
+      for (auto it = ops_.begin(); it != ops_.end();) {
+        Op& o = **it;
+        if (!o.finished) {
+          Attempt a = attempt(o.channel, o.op, scratch);
+          if (a.done || now >= o.deadlineNs) {
+            done_.emplace_back(std::move(o.reply), a.done ? std::move(a.answer) : expired(o.op));
+            o.finished = true;
+            answered = true;
+          }
+        }
+        if (o.finished) {
+          it = ops_.erase(it);
+          continue;
+        }
+        nextDeadline = std::min(nextDeadline, o.deadlineNs);
+        ++it;
+      }
+      // One wait item per channel and direction, the doorbell first.
+      items.push_back({bell_.get(), WaitFor::Readable, {}});
+      const std::size_t count = ops_.size();
+      for (std::size_t i = 0; i < count; ++i) {
+        auto it = std::next(ops_.begin(), static_cast<std::ptrdiff_t>((i + rotate) % count));
+        Op& o = **it;
+        const WaitFor ev = o.op.kind() == pb::ChannelOp::SEND ? WaitFor::Writable
+                           : o.op.kind() == pb::ChannelOp::RECV
+                               ? WaitFor::Readable
+                               : static_cast<WaitFor>(o.op.events() & 3u);
+        bool merged = false;
+        for (std::size_t k = 1; k < items.size(); ++k) {
+          if (waitedIds[k - 1] == o.channelId) {
+            items[k].events = static_cast<WaitFor>(static_cast<unsigned>(items[k].events) |
+                                                   static_cast<unsigned>(ev));
+            merged = true;
+            break;
+          }
+        }
+        if (merged) continue;
+        if (items.size() > kWaitChannels) {
+          partial = true;
+          continue;
+        }
+        items.push_back({&o.channel, ev, {}});
+        waitedIds.push_back(o.channelId);
+      }
+      ++rotate;
+    }
+    if (answered) {
+      const std::uint64_t one = 1;
+      (void)!write(doneFd_.get(), &one, sizeof one);
+    }
+    std::int64_t waitNs = nextDeadline == INT64_MAX ? Timeout::kForeverNs
+                                                    : std::max<std::int64_t>(
+                                                          0, nextDeadline - monotonicNowNs());
+    if (partial) waitNs = std::min(waitNs, kScanNs);
+    const Timeout t = waitNs == Timeout::kForeverNs
+                          ? Timeout::forever()
+                          : Timeout::after(std::chrono::nanoseconds(waitNs));
+    // Channels of cancelled operations may be destroyed while we sleep: waitAny only reads
+    // their words, in this thread's own mapping, and the next pass skips them.
+    auto r = Channel::waitAny(items, t);
+    if (!r.has_value()) {
+      DRAGON_LOG(Warn, "gateway", "waiting on parked channels: %s", r.error().toString().c_str());
+    }
+    std::byte drain[8];
+    while (bell_->recv(std::span(drain), Timeout::none()).has_value()) {
+    }
+  }
+}
+
+}  // namespace dragon::daemon

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+// The home side of remote channel operations (docs/cluster.md, "Remote channels"): a send,
+// receive or poll that a process on another node makes of a channel of this node arrives here
+// (forwarded by its own dragond) and is done with the channel's own semantics.
+//
+// The event loop tries each operation once at once; most complete there. One that would block
+// and may wait is parked with the gateway's one thread, which sleeps in Channel::waitAny over
+// every parked channel (plus a doorbell channel that new work rings), completes the operation
+// as soon as the channel allows or answers Timeout at its deadline, and hands the answer back
+// to the loop through an eventfd. The thread maps each pool itself (a dup of the pool's memfd),
+// so a pool that the loop releases stays mapped for it; the loop cancels an operation before
+// its channel is destroyed, and the thread touches no channel of a cancelled one after that.
+//
+// Owning thread: the event loop calls everything here; the gateway thread is internal.
+#pragma once
+
+#include "base/private.hpp"
+#include "daemon/event_loop.hpp"
+#include "daemon/object_manager.hpp"
+#include "protocol/codec.hpp"
+
+#include <dragon/unique_fd.hpp>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace dragon::daemon {
+
+class Gateway {
+ public:
+  using Reply = std::function<void(protocol::Envelope)>;
+
+  Gateway(EventLoop& loop, ObjectManager& objects);
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // Does `op` (SEND, RECV or POLL) on the channel of this node it names and calls `reply` on
+  // the loop thread with the answer: at once, or when the parked operation completes.
+  // `from` and op.op_key() name it for cancel().
+  void submit(std::uint32_t from, const protocol::ChannelOp& op, Reply reply);
+  // Drops a parked operation whose requester left (no answer is sent).
+  void cancel(std::uint32_t from, std::uint64_t opKey);
+  // Drops every parked operation of a lost node.
+  void cancelFrom(std::uint32_t from);
+  // The channel is about to be destroyed: its parked operations fail with ChannelClosed.
+  void channelGone(std::uint64_t channelId);
+  // Operations parked now (for dumps and tests).
+  std::size_t parked() const;
+
+ private:
+  struct Op;
+  Status startThread();
+  void run();
+  void ring();
+  void onDone();
+  Op* park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
+           std::shared_ptr<Pool> pool, Reply reply);
+  void fail(const std::function<bool(const Op&)>& which, const Status* why);
+
+  EventLoop& loop_;
+  ObjectManager& objects_;
+  UniqueFd doneFd_;  // eventfd: the thread has answers for the loop
+
+  // Shared with the thread, under mu_.
+  mutable std::mutex mu_;
+  std::list<std::unique_ptr<Op>> ops_;  // parked; the thread erases finished and cancelled ones
+  std::vector<std::pair<Reply, protocol::Envelope>> done_;
+  bool stop_ = false;
+
+  std::unique_ptr<Pool> bellPool_;  // the doorbell: a one-slot channel of a private pool
+  std::unique_ptr<Channel> bell_;
+  std::map<std::uint64_t, std::weak_ptr<Pool>> mappings_;  // the thread's own, by pool id
+  std::thread thread_;
+};
+
+}  // namespace dragon::daemon
