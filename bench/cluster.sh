@@ -6,7 +6,14 @@
 #   cluster_bringup_dragon  srun --mpi=pmix -N3 dragon -- /bin/true (wire-up, 3 dragonds, job end)
 #   cluster_spawn_local_rate / cluster_spawn_remote_rate
 #                           spawn + reap of /bin/true from the head, on its node / on another
-# Medians of 7 runs (bring-up) and of 3 runs of 2 s (spawn rates).
+#   cluster_ucx_tag_rtt / cluster_ucx_tag_bw_1MiB
+#                           ucx_perftest n1<->n2 (tcp over the veths): 2 x tag_lat, and tag_bw
+#                           of 1 MiB messages
+#   cluster_channel_send_8B / cluster_channel_bw_1MiB
+#                           acknowledged sends from the head (n1) to a channel on n2, 8 B and
+#                           1 MiB (tests/cluster/cluster_probe channel-bench)
+#   cluster_control_rtt     a request the head's own dragond answers (the control-plane floor)
+# Medians of 7 runs (bring-up) and of 3 runs (the rest).
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -49,3 +56,37 @@ remote_rate=$(for _ in 1 2 3; do rate 1; done | median)
 [ -n "$local_rate" ] && [ -n "$remote_rate" ] || { echo "bench/cluster: no spawn rate" >&2; exit 1; }
 echo "metric cluster_spawn_local_rate $local_rate /s"
 echo "metric cluster_spawn_remote_rate $remote_rate /s"
+
+# UCX alone between the same two nodes: ucx_perftest's server on n1, its client on n2.
+perftest() {  # perftest PORT ARGS... : the client's "Final:" line
+  local port=$1 deadline=$((SECONDS + 20)) spid
+  shift
+  timeout 60 "$cluster" node 1 ucx_perftest -p "$port" >/dev/null 2>&1 &
+  spid=$!
+  until "$cluster" node 1 ss -Hltn "sport = :$port" | grep -q LISTEN; do
+    [ $SECONDS -lt $deadline ] || { echo "bench/cluster: ucx_perftest server not listening" >&2; exit 1; }
+    sleep 0.05
+  done
+  timeout 60 "$cluster" node 2 ucx_perftest "$("$cluster" addr 1)" -p "$port" "$@" 2>&1 | grep '^Final:'
+  wait "$spid" || true
+}
+# "Final: iters typical_lat avg_lat overall_lat avg_bw overall_bw ..." (us, MB/s)
+tag_rtt=$(for p in 18101 18102 18103; do perftest "$p" -t tag_lat -n 10000 -w 500; done |
+  awk '{ printf "%.3f\n", 2 * $4 }' | median)
+tag_bw=$(for p in 18104 18105 18106; do perftest "$p" -t tag_bw -s 1048576 -n 300 -w 20; done |
+  awk '{ print $7 }' | median)
+[ -n "$tag_rtt" ] && [ -n "$tag_bw" ] || { echo "bench/cluster: no ucx_perftest result" >&2; exit 1; }
+echo "metric cluster_ucx_tag_rtt $tag_rtt us"
+echo "metric cluster_ucx_tag_bw_1MiB $tag_bw MB/s"
+
+probe() { srun3 "${dragon[@]}" -- "$build/tests/cluster/cluster_probe" "$@" 2>&1; }
+send8=$(for _ in 1 2 3; do probe channel-bench 1 5000 8; done |
+  sed -n 's/^probe: channel-bench 8 B: \([0-9.]*\) us per send.*/\1/p' | median)
+bw=$(for _ in 1 2 3; do probe channel-bench 1 300 1048576; done |
+  sed -n 's/^probe: channel-bench 1048576 B: .* \([0-9.]*\) MB\/s$/\1/p' | median)
+ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
+  sed -n 's/^probe: control-rtt \([0-9.]*\) us$/\1/p' | median)
+[ -n "$send8" ] && [ -n "$bw" ] && [ -n "$ctl" ] || { echo "bench/cluster: no channel result" >&2; exit 1; }
+echo "metric cluster_channel_send_8B $send8 us"
+echo "metric cluster_channel_bw_1MiB $bw MB/s"
+echo "metric cluster_control_rtt $ctl us"

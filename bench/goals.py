@@ -56,6 +56,12 @@ GOALS = {
          "diff<=", 0.5),
         ("cluster_spawn_reap_remote_vs_local", "cluster_spawn_remote_rate",
          "cluster_spawn_local_rate", ">=", 0.5),
+        # One acknowledged 8 B send to a channel of another node (a round trip between the
+        # nodes) against ucx_perftest's tag round trip (2 x its one-way tag_lat) n1<->n2.
+        ("cluster_channel_rtt_8B_vs_ucx_tag_rtt", "cluster_channel_send_8B",
+         "cluster_ucx_tag_rtt", "<=", 1.5),
+        ("cluster_channel_bw_1MiB_vs_ucx_tag_bw", "cluster_channel_bw_1MiB",
+         "cluster_ucx_tag_bw_1MiB", ">=", 0.8),
     ],
 }
 
@@ -67,7 +73,10 @@ INFO = {
         ("copy_4KiB_vs_memcpy", "chan_copy_4KiB", "memcpy_4KiB"),
     ],
     "daemon": [],
-    "cluster": [],
+    "cluster": [
+        # A request the local dragond answers itself: the floor under every remote operation.
+        ("cluster_control_rtt_vs_ucx_tag_rtt", "cluster_control_rtt", "cluster_ucx_tag_rtt"),
+    ],
     "python": [
         ("py_queue_tput_1MiB_bytes_vs_stock", "py_dragon_queue_tput_1MiB_bytes",
          "py_stock_queue_tput_1MiB_bytes"),

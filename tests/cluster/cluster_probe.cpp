@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -378,6 +379,73 @@ int recvLost(Client& c, std::uint32_t node) {
   return 3;
 }
 
+// The far end of channel-bench: makes a channel on its node, sends its descriptor on REP and
+// drains it until a 1-byte message.
+int channelSink(Client& c, const std::string& repText) {
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!repDesc) return failWith("sink: bad descriptor");
+  auto rep = c.attachChannel(*repDesc);
+  auto pool = c.createPool(std::size_t{256} << 20);
+  if (!rep || !pool) return failWith("sink: attach or pool");
+  dragon::ChannelOptions o;
+  o.capacity = 64;
+  auto ch = c.createChannel((*pool)->descriptor(), o);
+  if (!ch) return failWith("sink: channel: " + ch.error().toString());
+  if (!(*rep)->send(bytesOf((*ch)->descriptor().toString())).isOk()) return failWith("sink: send");
+  dragon::Message m;
+  for (;;) {
+    dragon::Status st = (*ch)->channel().recv(m);
+    if (!st.isOk()) return failWith("sink: recv: " + st.toString());
+    if (m.size() == 1) return 0;
+    m.reset();
+  }
+}
+
+// Sends `count` messages of `size` bytes to a channel on `node` (each send returns once the
+// home node has queued it: one round trip across nodes) and prints the time per send and the
+// bandwidth.
+int channelBench(Client& c, std::uint32_t node, int count, std::size_t size) {
+  auto pool = c.createPool(std::size_t{16} << 20);
+  if (!pool) return failWith("pool");
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  if (!rep) return failWith("channel");
+  char self[64];
+  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
+  char exe[4096] = {};
+  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
+  SpawnOptions so;
+  so.argv = {exe, "channel-sink", (*rep)->descriptor().toString()};
+  so.placement = Placement::onNode(node);
+  auto sink = c.spawn(so);
+  if (!sink) return failWith("spawn: " + sink.error().toString());
+  auto m = (*rep)->recvBytes(Timeout::after(30s));
+  if (!m) return failWith("descriptor: " + m.error().toString());
+  auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
+  if (!d) return failWith("bad descriptor");
+  auto ch = c.attachChannel(*d);
+  if (!ch) return failWith("attach: " + ch.error().toString());
+  const std::string payload(size, 'p');
+  auto run = [&](int n) -> dragon::Status {
+    for (int i = 0; i < n; ++i) {
+      dragon::Status st = (*ch)->send(bytesOf(payload), Timeout::after(30s));
+      if (!st.isOk()) return st;
+    }
+    return dragon::Status::ok();
+  };
+  dragon::Status st = run(std::max(10, count / 10));  // warm up
+  if (!st.isOk()) return failWith("send: " + st.toString());
+  const auto t0 = std::chrono::steady_clock::now();
+  st = run(count);
+  const double secs = secondsSince(t0);
+  if (!st.isOk()) return failWith("send: " + st.toString());
+  (void)(*ch)->send(bytesOf("x"), Timeout::after(30s));
+  auto e = c.wait({sink->front().puid}, Timeout::after(30s));
+  if (!e || (*e)[0].exitCode != 0) return failWith("the sink failed");
+  std::printf("probe: channel-bench %zu B: %.2f us per send, %.1f MB/s\n", size,
+              secs * 1e6 / count, static_cast<double>(size) * count / secs / 1e6);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -397,6 +465,22 @@ int main(int argc, char** argv) {
   }
   if (mode == "channel-echo" && argc == 4) return channelEcho(*client, argv[2], argv[3]);
   if (mode == "channel-host" && argc == 3) return channelHost(*client, argv[2]);
+  if (mode == "control-rtt" && argc == 3) {
+    // The round trip of a request this node's dragond answers itself (the control plane's
+    // floor under every remote operation).
+    const int n = std::atoi(argv[2]);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) {
+      if (!client->nodes()) return failWith("nodes");
+    }
+    std::printf("probe: control-rtt %.2f us\n", secondsSince(t0) * 1e6 / n);
+    return 0;
+  }
+  if (mode == "channel-sink" && argc == 3) return channelSink(*client, argv[2]);
+  if (mode == "channel-bench" && argc == 5) {
+    return channelBench(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atoi(argv[3]),
+                        static_cast<std::size_t>(std::atoll(argv[4])));
+  }
   if (mode == "recv-lost" && argc == 3) {
     return recvLost(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   }
