@@ -47,6 +47,10 @@ namespace detail {
 // What a remote ClientChannel reaches its dragond through (the Client's Impl).
 struct ClientConnection {
   Result<pb::ChannelOpReply> channelOp(pb::ChannelOp& op);
+  // The message of a remote send, kept between sends: glibc serves a block as large as the
+  // last one freed with a fresh mmap each time (its threshold rises only to that size), so a
+  // new 1 MiB string per send cost more than the rest of the send.
+  std::string payloadBuffer;
 };
 }  // namespace detail
 
@@ -61,6 +65,7 @@ struct Client::Impl : detail::ClientConnection {
   std::vector<UniqueFd> inFds;  // received, not yet matched to a reply
   std::uint64_t nextId = 1;
   std::uint32_t node = 0;
+  std::string sendBuffer;
   Status broken;
   std::map<std::uint64_t, Reply> stash;  // replies of outer (nesting) calls
   std::set<std::uint64_t> unwanted;        // requests posted without waiting: replies dropped
@@ -186,9 +191,15 @@ struct Client::Impl : detail::ClientConnection {
     }
     const std::uint64_t id = nextId++;
     req.set_request_id(id);
-    std::string frame;
+    // One buffer for every request: a large one (a remote channel's message) is not
+    // allocated, faulted in and given back each time.
+    std::string& frame = sendBuffer;
+    frame.clear();
     DRAGON_TRY(pb::encode(req, frame, std::size_t{64} << 20));
     Status st = pb::sendAll(sock.get(), frame, fds);
+    if (frame.capacity() > (std::size_t{1} << 20) && frame.size() < (std::size_t{64} << 10)) {
+      std::string().swap(frame);  // a big one once: do not keep it for small requests forever
+    }
     if (!st.isOk()) {
       return fail(st.code() == StatusCode::PeerLost
                       ? Status(StatusCode::PeerLost, "dragond closed the connection")
@@ -278,11 +289,15 @@ Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op
   auto* impl = static_cast<Client::Impl*>(this);
   pb::Envelope req;
   *req.mutable_channel_op() = std::move(op);
-  DRAGON_ASSIGN_OR_RETURN(Client::Impl::Reply r, impl->call(req));
-  if (!r.msg.has_channel_op_reply()) {
+  const bool send = req.channel_op().kind() == pb::ChannelOp::SEND;
+  auto r = impl->call(req);
+  // The payload buffer goes back for the next send (see payloadBuffer).
+  if (send) req.mutable_channel_op()->mutable_data()->swap(payloadBuffer);
+  if (!r.has_value()) return r.error();
+  if (!r->msg.has_channel_op_reply()) {
     return Status(StatusCode::Internal, "unexpected reply to a channel operation");
   }
-  return std::move(*r.msg.mutable_channel_op_reply());
+  return std::move(*r->msg.mutable_channel_op_reply());
 }
 
 namespace {
@@ -313,8 +328,14 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
                       std::to_string(maxMessageSize_));
   }
   pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
-  op.set_data(reinterpret_cast<const char*>(msg.data()), msg.size());
-  return remote_->channelOp(op).status();
+  std::string& payload = remote_->payloadBuffer;
+  payload.assign(reinterpret_cast<const char*>(msg.data()), msg.size());
+  op.mutable_data()->swap(payload);
+  Status st = remote_->channelOp(op).status();
+  if (remote_->payloadBuffer.capacity() > (std::size_t{16} << 20)) {
+    std::string().swap(remote_->payloadBuffer);
+  }
+  return st;
 }
 
 Result<std::size_t> ClientChannel::recv(std::span<std::byte> buf, Timeout timeout) {

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: MIT
+// dragond's channel gateway (daemon/gateway.cpp), on one real dragond: the ChannelOp requests
+// that another node's dragond forwards, sent here straight over the Unix socket to a channel of
+// this node. Parked operations complete when the channel allows, deadlines give Timeout, a
+// destroyed channel fails its waiters, a requester that leaves takes no message, and
+// malformed operations are errors.
+#include "daemon_fixture.hpp"
+
+#include "protocol/codec.hpp"
+#include "protocol/socket_io.hpp"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <chrono>
+#include <optional>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+namespace pb = dragon::protocol;
+
+// A connection that speaks the protocol by hand: requests without waiting, replies with a
+// bounded wait.
+class RawConn {
+ public:
+  explicit RawConn(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    EXPECT_EQ(connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    pb::Envelope hello;
+    hello.mutable_hello()->set_min_version(pb::kVersion);
+    hello.mutable_hello()->set_max_version(pb::kVersion);
+    const std::uint64_t id = post(hello);
+    auto r = reply(id, 10s);
+    EXPECT_TRUE(r.has_value() && r->has_hello_reply());
+  }
+  ~RawConn() { closeNow(); }
+  void closeNow() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+  std::uint64_t post(pb::Envelope e) {
+    const std::uint64_t id = next_++;
+    e.set_request_id(id);
+    std::string frame;
+    EXPECT_TRUE(pb::encode(e, frame, std::size_t{64} << 20).isOk());
+    EXPECT_TRUE(pb::sendAll(fd_, frame, {}).isOk());
+    return id;
+  }
+  // The reply to request `id`, or nothing when none came within `timeout`.
+  std::optional<pb::Envelope> reply(std::uint64_t id, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      if (auto it = got_.find(id); it != got_.end()) {
+        pb::Envelope e = std::move(it->second);
+        got_.erase(it);
+        return e;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char buf[65536];
+      const ssize_t n = read(fd_, buf, sizeof buf);
+      if (n <= 0) return std::nullopt;
+      dec_.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
+      for (auto m = dec_.next(); m.has_value(); m = dec_.next()) got_[m->request_id()] = *m;
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  std::uint64_t next_ = 1;
+  pb::FrameDecoder dec_{std::size_t{64} << 20};
+  std::map<std::uint64_t, pb::Envelope> got_;
+};
+
+pb::Envelope op(const ObjectDescriptor& ch, pb::ChannelOp::Kind kind, std::int64_t timeoutNs) {
+  pb::Envelope e;
+  auto* o = e.mutable_channel_op();
+  *o->mutable_channel() = pb::toRef(ch);
+  o->set_kind(kind);
+  o->set_timeout_ns(timeoutNs);
+  return e;
+}
+
+StatusCode codeOf(const pb::Envelope& e) {
+  return e.has_error() ? static_cast<StatusCode>(e.error().code()) : StatusCode::Ok;
+}
+
+std::span<const std::byte> bytesOf(std::string_view s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+struct Gateway : ::testing::Test {
+  std::unique_ptr<RunningDaemon> d = RunningDaemon::start();
+  Client client = d->connect();
+  std::shared_ptr<Pool> pool;
+  std::unique_ptr<ClientChannel> ch;
+
+  void SetUp() override {
+    auto p = client.createPool(std::size_t{4} << 20);
+    ASSERT_TRUE(p.has_value()) << p.error().toString();
+    pool = *p;
+    ChannelOptions o;
+    o.capacity = 2;
+    o.inlineSize = 64;
+    auto c = client.createChannel(pool->descriptor(), o);
+    ASSERT_TRUE(c.has_value()) << c.error().toString();
+    ch = std::move(*c);
+  }
+};
+
+TEST_F(Gateway, AParkedRecvCompletesWhenAMessageIsSentAndOrderIsKept) {
+  RawConn raw(d->socket());
+  const auto first = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
+  EXPECT_FALSE(raw.reply(first, 100ms).has_value()) << "a recv of an empty channel waits";
+  ASSERT_TRUE(ch->send(bytesOf("one")).isOk());
+  ASSERT_TRUE(ch->send(bytesOf("two")).isOk());
+  auto r = raw.reply(first, 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(r->has_channel_op_reply()) << r->DebugString();
+  EXPECT_EQ(r->channel_op_reply().data(), "one");
+  r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1)), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply());
+  EXPECT_EQ(r->channel_op_reply().data(), "two");
+}
+
+TEST_F(Gateway, AParkedSendCompletesWhenRoomIsMadeAndPollSeesIt) {
+  RawConn raw(d->socket());
+  ASSERT_TRUE(ch->send(bytesOf("a")).isOk());
+  ASSERT_TRUE(ch->send(bytesOf("b")).isOk());
+  auto send = op(ch->descriptor(), pb::ChannelOp::SEND, -1);
+  send.mutable_channel_op()->set_data("c");
+  const auto sent = raw.post(send);
+  auto poll = op(ch->descriptor(), pb::ChannelOp::POLL, -1);
+  poll.mutable_channel_op()->set_events(2);
+  EXPECT_FALSE(raw.reply(sent, 100ms).has_value()) << "a send to a full channel waits";
+  std::byte buf[8];
+  ASSERT_TRUE(ch->recv(buf).has_value());
+  auto r = raw.reply(sent, 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  for (const char* want : {"b", "c"}) {
+    auto n = ch->recv(buf, Timeout::none());
+    ASSERT_TRUE(n.has_value());
+    EXPECT_EQ(std::string(reinterpret_cast<char*>(buf), *n), want);
+  }
+  r = raw.reply(raw.post(poll), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply());
+  EXPECT_EQ(r->channel_op_reply().ready(), 2u);
+}
+
+TEST_F(Gateway, TriesAndDeadlinesAnswerAsTheLocalCalls) {
+  RawConn raw(d->socket());
+  auto r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, 0)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::WouldBlock);
+  const auto t0 = std::chrono::steady_clock::now();
+  r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, 200'000'000)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Timeout);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 200ms);
+  auto poll = op(ch->descriptor(), pb::ChannelOp::POLL, 50'000'000);
+  poll.mutable_channel_op()->set_events(1);
+  r = raw.reply(raw.post(poll), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply());
+  EXPECT_EQ(r->channel_op_reply().ready(), 0u);
+  ASSERT_TRUE(ch->send(bytesOf("x")).isOk());
+  ASSERT_TRUE(ch->send(bytesOf("y")).isOk());
+  auto send = op(ch->descriptor(), pb::ChannelOp::SEND, 0);
+  send.mutable_channel_op()->set_data("z");
+  r = raw.reply(raw.post(send), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::ChannelFull);
+  send.mutable_channel_op()->set_timeout_ns(100'000'000);
+  r = raw.reply(raw.post(send), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Timeout);
+  auto small = op(ch->descriptor(), pb::ChannelOp::RECV, 0);
+  small.mutable_channel_op()->set_bounded(true);
+  small.mutable_channel_op()->set_max_size(0);
+  r = raw.reply(raw.post(small), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::MessageTooLarge);
+  EXPECT_EQ(ch->channel().size(), 2u) << "a message too large for the buffer stays queued";
+}
+
+TEST_F(Gateway, DestroyingTheChannelFailsItsParkedOperationsWithChannelClosed) {
+  RawConn raw(d->socket());
+  const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
+  EXPECT_FALSE(raw.reply(waiting, 100ms).has_value());
+  ASSERT_TRUE(client.destroy(ch->descriptor()).isOk());
+  auto r = raw.reply(waiting, 10s);
+  ASSERT_TRUE(r.has_value()) << "the waiter was not answered";
+  EXPECT_EQ(codeOf(*r), StatusCode::ChannelClosed);
+}
+
+TEST_F(Gateway, ClosingTheChannelWakesAParkedRecvWithChannelClosed) {
+  RawConn raw(d->socket());
+  const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
+  EXPECT_FALSE(raw.reply(waiting, 100ms).has_value());
+  auto r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::CLOSE, 0)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Ok);
+  r = raw.reply(waiting, 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::ChannelClosed);
+  EXPECT_TRUE(ch->channel().isClosed());
+}
+
+TEST_F(Gateway, ARequesterThatLeavesTakesNoMessage) {
+  auto raw = std::make_unique<RawConn>(d->socket());
+  // A scoped name of its own (for another channel: a scoped name's channel is closed with it)
+  // goes when dragond has handled the connection's end.
+  auto other = client.createChannel(pool->descriptor(), {});
+  ASSERT_TRUE(other.has_value());
+  pb::Envelope name;
+  name.mutable_register_name()->set_name("gateway-test-marker");
+  *name.mutable_register_name()->mutable_object() = pb::toRef((*other)->descriptor());
+  name.mutable_register_name()->set_scoped(true);
+  auto named = raw->reply(raw->post(name), 10s);
+  ASSERT_TRUE(named.has_value() && named->has_ok());
+  ASSERT_TRUE(client.lookupName("gateway-test-marker").has_value());
+  const auto waiting = raw->post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
+  EXPECT_FALSE(raw->reply(waiting, 100ms).has_value());
+  raw.reset();
+  ASSERT_TRUE(testing::eventually([&] { return !client.lookupName("gateway-test-marker").has_value(); }))
+      << "dragond did not notice the connection's end";
+  // A receiver that stays, parked after the one that left: it must get the message (the
+  // gateway serves parked operations in order, so a stale one would take it first).
+  RawConn stays(d->socket());
+  const auto second = stays.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
+  EXPECT_FALSE(stays.reply(second, 100ms).has_value());
+  ASSERT_TRUE(ch->send(bytesOf("kept")).isOk());
+  auto r = stays.reply(second, 5s);
+  ASSERT_TRUE(r.has_value()) << "the message went to a receiver that had left";
+  ASSERT_TRUE(r->has_channel_op_reply()) << r->DebugString();
+  EXPECT_EQ(r->channel_op_reply().data(), "kept");
+}
+
+TEST_F(Gateway, MalformedOperationsAreErrorsAndTheConnectionStays) {
+  RawConn raw(d->socket());
+  pb::Envelope bad;
+  bad.mutable_channel_op()->mutable_channel()->set_serialized("not a descriptor");
+  auto r = raw.reply(raw.post(bad), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  auto poll = op(ch->descriptor(), pb::ChannelOp::POLL, -1);
+  poll.mutable_channel_op()->set_events(0);
+  r = raw.reply(raw.post(poll), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::CANCEL, 0)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument) << "CANCEL is between dragonds only";
+  auto kind = op(ch->descriptor(), static_cast<pb::ChannelOp::Kind>(77), 0);
+  r = raw.reply(raw.post(kind), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  ObjectDescriptor elsewhere = ch->descriptor();
+  elsewhere.node = 7;
+  r = raw.reply(raw.post(op(elsewhere, pb::ChannelOp::RECV, -1)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::NotFound) << "no node 7 outside a multi-node job";
+  auto attach = client.attachChannel(elsewhere);
+  ASSERT_FALSE(attach.has_value());
+  EXPECT_EQ(attach.error().code(), StatusCode::NotFound);
+  // Still served.
+  r = raw.reply(raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, 0)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::WouldBlock);
+}
+
+TEST_F(Gateway, ManyParkedOperationsOnManyChannelsAllComplete) {
+  // More channels than one waitAny takes (64): the gateway still completes every one.
+  constexpr int kChannels = 80;
+  RawConn raw(d->socket());
+  std::vector<std::unique_ptr<ClientChannel>> chans;
+  std::vector<std::uint64_t> ids;
+  for (int i = 0; i < kChannels; ++i) {
+    ChannelOptions o;
+    o.capacity = 1;
+    auto c = client.createChannel(pool->descriptor(), o);
+    ASSERT_TRUE(c.has_value()) << c.error().toString();
+    ids.push_back(raw.post(op((*c)->descriptor(), pb::ChannelOp::RECV, -1)));
+    chans.push_back(std::move(*c));
+  }
+  EXPECT_FALSE(raw.reply(ids.back(), 100ms).has_value());
+  for (int i = 0; i < kChannels; ++i) {
+    ASSERT_TRUE(chans[static_cast<std::size_t>(i)]->send(bytesOf(std::to_string(i))).isOk());
+  }
+  for (int i = 0; i < kChannels; ++i) {
+    auto r = raw.reply(ids[static_cast<std::size_t>(i)], 10s);
+    ASSERT_TRUE(r.has_value()) << "channel " << i << " was not answered";
+    ASSERT_TRUE(r->has_channel_op_reply()) << r->DebugString();
+    EXPECT_EQ(r->channel_op_reply().data(), std::to_string(i));
+  }
+}
+
+}  // namespace
+}  // namespace dragon
