@@ -261,23 +261,26 @@ Gateway::Op* Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel 
   return raw;
 }
 
-void Gateway::fail(const std::function<bool(const Op&)>& which, const Status* why) {
-  std::vector<Reply> answers;
+void Gateway::fail(const std::function<bool(const Op&)>& which,
+                   const std::function<pb::Envelope(const Op&)>& answer) {
+  std::vector<std::pair<Reply, pb::Envelope>> answers;
   {
     std::lock_guard lk(mu_);
     for (auto& o : ops_) {
       if (!o->finished && which(*o)) {
         o->finished = true;
-        if (why != nullptr) answers.push_back(std::move(o->reply));
+        if (answer) answers.emplace_back(std::move(o->reply), answer(*o));
       }
     }
   }
   ring();  // the thread drops them
-  for (auto& r : answers) r(errorOf(*why));
+  for (auto& [reply, e] : answers) reply(std::move(e));
 }
 
 void Gateway::cancel(std::uint32_t from, std::uint64_t opKey) {
-  fail([&](const Op& o) { return o.from == from && o.key == opKey; }, nullptr);
+  // Answered as if its time ran out, so that whoever forwarded it is not left waiting.
+  fail([&](const Op& o) { return o.from == from && o.key == opKey; },
+       [](const Op& o) { return expired(o.op); });
 }
 
 void Gateway::cancelFrom(std::uint32_t from) {
@@ -286,8 +289,9 @@ void Gateway::cancelFrom(std::uint32_t from) {
 
 void Gateway::channelGone(std::uint64_t channelId) {
   if (!thread_.joinable()) return;
-  const Status why(StatusCode::ChannelClosed, "the channel was destroyed");
-  fail([&](const Op& o) { return o.channelId == channelId; }, &why);
+  fail([&](const Op& o) { return o.channelId == channelId; }, [](const Op&) {
+    return errorOf(Status(StatusCode::ChannelClosed, "the channel was destroyed"));
+  });
 }
 
 std::size_t Gateway::parked() const {

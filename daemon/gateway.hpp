@@ -46,7 +46,7 @@ class Gateway {
   // the loop thread with the answer: at once, or when the parked operation completes.
   // `from` and op.op_key() name it for cancel().
   void submit(std::uint32_t from, const protocol::ChannelOp& op, Reply reply);
-  // Drops a parked operation whose requester left (no answer is sent).
+  // Ends a parked operation whose requester no longer wants it, answered as a timeout.
   void cancel(std::uint32_t from, std::uint64_t opKey);
   // Drops every parked operation of a lost node.
   void cancelFrom(std::uint32_t from);
@@ -63,7 +63,9 @@ class Gateway {
   void onDone();
   Op* park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
            std::shared_ptr<Pool> pool, Reply reply);
-  void fail(const std::function<bool(const Op&)>& which, const Status* why);
+  // Finishes the parked operations `which` selects, answering each with `answer` (if given).
+  void fail(const std::function<bool(const Op&)>& which,
+            const std::function<protocol::Envelope(const Op&)>& answer);
 
   EventLoop& loop_;
   ObjectManager& objects_;

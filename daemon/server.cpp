@@ -223,6 +223,12 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kChannelOp:
       handleChannelOp(c, msg);
       break;
+    case pb::Envelope::kWaitAny:
+      handleWaitAny(c, msg);
+      break;
+    case pb::Envelope::kCancelWait:
+      handleCancelWait(c, msg);
+      break;
     case pb::Envelope::kSpawn:
     case pb::Envelope::kWait:
     case pb::Envelope::kSignal:

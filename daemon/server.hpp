@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sys/socket.h>
 
@@ -116,6 +117,14 @@ class Server {
   void clusterAttach(Connection& c, protocol::Envelope& msg, const ObjectDescriptor& d);
   // A channel operation: through this node's gateway, or forwarded to the channel's home.
   void handleChannelOp(Connection& c, protocol::Envelope& msg);
+  // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`.
+  void routeChannelOp(std::uint64_t cid, protocol::ChannelOp op, Reply reply);
+  struct WaitAnyState;
+  void handleWaitAny(Connection& c, protocol::Envelope& msg);
+  void handleCancelWait(Connection& c, protocol::Envelope& msg);
+  // By value: `st` may be the entry of waits_ that it erases.
+  void finishWaitAny(std::shared_ptr<WaitAnyState> st,
+                     std::optional<protocol::Envelope> error);
   protocol::Envelope peerAttach(std::uint32_t from, const protocol::Attach& attach);
   // Tells the home nodes of a closed connection's waiting channel operations to drop them.
   void cancelRemoteOps(std::uint64_t connection);
@@ -168,6 +177,7 @@ class Server {
   // Channel operations forwarded to other nodes and not answered yet: connection -> (node, key).
   std::map<std::uint64_t, std::set<std::pair<std::uint32_t, std::uint64_t>>> remoteOps_;
   std::uint64_t nextOpKey_ = 1;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<WaitAnyState>> waits_;
   // References this node's clients hold on other nodes' channels, given back when they leave.
   std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;
 };

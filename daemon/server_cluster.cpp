@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 
 namespace dragon::daemon {
 namespace pb = dragon::protocol;
@@ -653,13 +654,20 @@ void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
     sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL is between dragonds"));
     return;
   }
+  routeChannelOp(c.id, msg.channel_op(), replyTo(c, rid));
+}
+
+void Server::routeChannelOp(std::uint64_t cid, pb::ChannelOp op, Reply reply) {
+  auto d = pb::fromRef(op.channel());
+  if (!d.has_value()) {
+    reply(errorEnvelope(d.error()));
+    return;
+  }
   const std::uint32_t node = d->node;
   const std::uint64_t key = nextOpKey_++;
-  const std::uint64_t cid = c.id;
-  pb::ChannelOp op = msg.channel_op();
   op.set_op_key(key);
   remoteOps_[cid].insert({node, key});
-  auto done = [this, cid, node, key, reply = replyTo(c, rid)](pb::Envelope answer) {
+  auto done = [this, cid, node, key, reply = std::move(reply)](pb::Envelope answer) {
     auto it = remoteOps_.find(cid);
     if (it != remoteOps_.end()) {
       it->second.erase({node, key});
@@ -685,7 +693,120 @@ void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
   });
 }
 
+// One WaitAny: a POLL per channel at its home; the first that is ready (or fails) answers it,
+// and the others are cancelled there.
+struct Server::WaitAnyState {
+  std::uint64_t cid = 0;
+  std::uint64_t rid = 0;
+  Reply reply;
+  std::vector<std::uint32_t> ready;
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> polls;  // (node, op key) per item
+  std::size_t remaining = 0;
+  bool done = false;
+  std::optional<ObjectDescriptor> doorbell;
+};
+
+void Server::handleWaitAny(Connection& c, pb::Envelope& msg) {
+  const std::uint64_t rid = msg.request_id();
+  const auto& w = msg.wait_any();
+  if (w.item_size() == 0 || w.item_size() > static_cast<int>(Channel::kMaxWaitItems)) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument, "WaitAny takes 1 to 64 channels"));
+    return;
+  }
+  auto st = std::make_shared<WaitAnyState>();
+  st->cid = c.id;
+  st->rid = rid;
+  st->reply = replyTo(c, rid);
+  st->ready.assign(static_cast<std::size_t>(w.item_size()), 0);
+  if (w.has_doorbell()) {
+    auto bell = pb::fromRef(w.doorbell());
+    if (!bell.has_value() || bell->node != node_ || !objects_->channel(*bell).has_value()) {
+      sendError(c, rid, Status(StatusCode::InvalidArgument, "the doorbell is not a channel of this node"));
+      return;
+    }
+    st->doorbell = *bell;
+  }
+  std::vector<pb::ChannelOp> ops;
+  for (const auto& item : w.item()) {
+    if (item.events() == 0 || item.events() > 3 || !pb::fromRef(item.channel()).has_value()) {
+      sendError(c, rid, Status(StatusCode::InvalidArgument, "a WaitAny item without a channel or events"));
+      return;
+    }
+    pb::ChannelOp op;
+    *op.mutable_channel() = item.channel();
+    op.set_kind(pb::ChannelOp::POLL);
+    op.set_events(item.events());
+    op.set_timeout_ns(w.timeout_ns());
+    ops.push_back(std::move(op));
+  }
+  waits_[{c.id, rid}] = st;
+  st->remaining = ops.size();
+  st->polls.resize(ops.size());
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    // The key routeChannelOp gives this POLL is the next one: remember it to cancel it.
+    const auto node = pb::fromRef(ops[i].channel())->node;
+    st->polls[i] = {node, nextOpKey_};
+    routeChannelOp(c.id, std::move(ops[i]), [this, st, i](pb::Envelope answer) {
+      if (st->done) return;
+      st->polls[i].second = 0;  // answered
+      if (answer.has_error()) {
+        finishWaitAny(st, answer);
+        return;
+      }
+      st->ready[i] = answer.channel_op_reply().ready();
+      if (st->ready[i] != 0 || --st->remaining == 0) finishWaitAny(st, std::nullopt);
+    });
+    if (st->done) break;  // answered at once (an error, or ready)
+  }
+}
+
+void Server::finishWaitAny(std::shared_ptr<WaitAnyState> st,
+                           std::optional<pb::Envelope> error) {
+  if (st->done) return;
+  st->done = true;
+  waits_.erase({st->cid, st->rid});
+  // The polls still waiting at their homes are cancelled (each then answers "not ready").
+  for (const auto& [node, key] : st->polls) {
+    if (key == 0) continue;
+    if (node == node_ || cluster_ == nullptr) {
+      gateway_->cancel(node_, key);
+    } else if (cluster_->nodes().count(node) != 0) {
+      pb::Envelope fwd;
+      fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
+      fwd.mutable_channel_op()->set_op_key(key);
+      cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
+    }
+  }
+  if (error.has_value()) {
+    st->reply(std::move(*error));
+  } else {
+    pb::Envelope e;
+    for (auto r : st->ready) e.mutable_wait_any_reply()->add_ready(r);
+    st->reply(std::move(e));
+  }
+  // Then the doorbell: the client, waiting on its local channels too, reads the answer now.
+  if (st->doorbell.has_value()) {
+    auto bell = objects_->channel(*st->doorbell);
+    const std::byte one{1};
+    if (bell.has_value()) (void)bell->send(std::span(&one, 1), Timeout::none());
+  }
+}
+
+void Server::handleCancelWait(Connection& c, pb::Envelope& msg) {
+  auto it = waits_.find({c.id, msg.cancel_wait().wait_request_id()});
+  if (it != waits_.end()) finishWaitAny(it->second, std::nullopt);  // else answered already
+  sendOk(c, msg.request_id());
+}
+
 void Server::cancelRemoteOps(std::uint64_t connection) {
+  for (auto it = waits_.begin(); it != waits_.end();) {
+    if (it->first.first == connection) {
+      it->second->done = true;  // nobody to answer; its polls are cancelled below
+      it = waits_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
     for (const auto& d : refs->second) {
       pb::Envelope drop;
@@ -696,7 +817,10 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
   }
   auto it = remoteOps_.find(connection);
   if (it == remoteOps_.end()) return;
-  for (const auto& [node, key] : it->second) {
+  // Taken out first: a cancelled operation is answered at once, and its answer updates the map.
+  const auto ops = std::move(it->second);
+  remoteOps_.erase(it);
+  for (const auto& [node, key] : ops) {
     if (node == node_ || cluster_ == nullptr) {
       gateway_->cancel(node_, key);
       continue;
@@ -706,7 +830,6 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
     fwd.mutable_channel_op()->set_op_key(key);
     cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
   }
-  remoteOps_.erase(it);
 }
 
 }  // namespace dragon::daemon

@@ -66,6 +66,7 @@ struct Client::Impl : detail::ClientConnection {
   std::uint64_t nextId = 1;
   std::uint32_t node = 0;
   std::string sendBuffer;
+  std::unique_ptr<ClientChannel> doorbell;  // rung by dragond when a WaitAny is answered
   Status broken;
   std::map<std::uint64_t, Reply> stash;  // replies of outer (nesting) calls
   std::set<std::uint64_t> unwanted;        // requests posted without waiting: replies dropped
@@ -185,7 +186,8 @@ struct Client::Impl : detail::ClientConnection {
     return Status::ok();
   }
 
-  Result<Reply> call(pb::Envelope& req, std::span<const int> fds = {}) {
+  // Sends a request and returns its id; finish(id) waits for its reply.
+  Result<std::uint64_t> start(pb::Envelope& req, std::span<const int> fds = {}) {
     if (!broken.isOk()) {
       return broken;
     }
@@ -205,6 +207,10 @@ struct Client::Impl : detail::ClientConnection {
                       ? Status(StatusCode::PeerLost, "dragond closed the connection")
                       : st);
     }
+    return id;
+  }
+
+  Result<Reply> finish(std::uint64_t id) {
     for (;;) {
       auto it = stash.find(id);
       if (it != stash.end()) {
@@ -224,6 +230,11 @@ struct Client::Impl : detail::ClientConnection {
       }
       DRAGON_TRY(readAvailable());
     }
+  }
+
+  Result<Reply> call(pb::Envelope& req, std::span<const int> fds = {}) {
+    DRAGON_ASSIGN_OR_RETURN(std::uint64_t id, start(req, fds));
+    return finish(id);
   }
 
   // Gives back the reference an attach of the wrong kind took.
@@ -759,6 +770,110 @@ void Client::setOutputHandler(std::function<void(const OutputLine&)> handler) {
 void Client::setInterrupt(int fd, std::function<void()> handler) {
   impl_->interruptFd = fd;
   impl_->interrupt = std::move(handler);
+}
+
+Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout timeout) {
+  if (items.size() >= Channel::kMaxWaitItems) {
+    return Status(StatusCode::InvalidArgument,
+                  "waitAny takes at most " + std::to_string(Channel::kMaxWaitItems - 1) + " items");
+  }
+  std::vector<Channel::WaitItem> local;
+  std::vector<std::size_t> localAt;
+  pb::Envelope req;
+  auto* w = req.mutable_wait_any();
+  std::vector<std::size_t> remoteAt;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    ClientWaitItem& it = items[i];
+    const auto ev = static_cast<unsigned>(it.events);
+    if (it.channel == nullptr || (ev & 3u) == 0 || ev > 3u) {
+      return Status(StatusCode::InvalidArgument, "waitAny item without a channel or events");
+    }
+    it.ready = WaitFor{};
+    if (it.channel->isRemote()) {
+      auto* item = w->add_item();
+      *item->mutable_channel() = pb::toRef(it.channel->descriptor());
+      item->set_events(ev);
+      remoteAt.push_back(i);
+    } else {
+      local.push_back({&it.channel->channel(), it.events, {}});
+      localAt.push_back(i);
+    }
+  }
+  auto collectLocal = [&](std::size_t& n) {
+    for (std::size_t k = 0; k < local.size(); ++k) {
+      items[localAt[k]].ready = local[k].ready;
+      n += local[k].ready != WaitFor{} ? 1 : 0;
+    }
+  };
+  if (remoteAt.empty()) {
+    DRAGON_ASSIGN_OR_RETURN(std::size_t n, Channel::waitAny(local, timeout));
+    (void)n;
+    std::size_t count = 0;
+    collectLocal(count);
+    return count;
+  }
+  // What is ready here already needs no request.
+  if (!local.empty()) {
+    DRAGON_ASSIGN_OR_RETURN(std::size_t n, Channel::waitAny(local, Timeout::none()));
+    if (n > 0) {
+      std::size_t count = 0;
+      collectLocal(count);
+      return count;
+    }
+  }
+  const Deadline deadline(timeout);
+  w->set_timeout_ns(timeout.isForever() ? -1 : timeout.nanoseconds());
+  Impl& impl = *impl_;
+  if (!local.empty()) {
+    // The doorbell: a one-slot channel of this client that dragond rings when it answers.
+    if (!impl.doorbell) {
+      DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<Pool> pool, createPool(std::size_t{64} << 10));
+      ChannelOptions o;
+      o.capacity = 1;
+      o.inlineSize = 8;
+      DRAGON_ASSIGN_OR_RETURN(impl.doorbell, createChannel(pool->descriptor(), o));
+    }
+    *w->mutable_doorbell() = pb::toRef(impl.doorbell->descriptor());
+  }
+  auto drainBell = [&] {
+    std::byte b[8];
+    while (impl.doorbell && impl.doorbell->channel().recv(b, Timeout::none()).has_value()) {
+    }
+  };
+  drainBell();
+  DRAGON_ASSIGN_OR_RETURN(std::uint64_t id, impl.start(req));
+  std::size_t count = 0;
+  if (!local.empty()) {
+    local.push_back({&impl.doorbell->channel(), WaitFor::Readable, {}});
+    auto n = Channel::waitAny(local, timeout.isForever() ? Timeout::forever()
+                                                          : Timeout::after(std::chrono::nanoseconds(
+                                                                std::max<std::int64_t>(
+                                                                    0, deadline.monotonicNs() -
+                                                                           monotonicNowNs()))));
+    const bool bell = n.has_value() && local.back().ready != WaitFor{};
+    local.pop_back();
+    if (!bell) {
+      // A local channel (or the deadline) came first: dragond answers the wait at once.
+      pb::Envelope cancel;
+      cancel.mutable_cancel_wait()->set_wait_request_id(id);
+      DRAGON_TRY(impl.post(cancel));
+    }
+    if (!n.has_value()) {
+      (void)impl.finish(id);
+      drainBell();
+      return n.error();
+    }
+    collectLocal(count);
+  }
+  auto r = impl.finish(id);
+  drainBell();
+  if (!r.has_value()) return r.error();
+  const auto& ready = r->msg.wait_any_reply().ready();
+  for (std::size_t k = 0; k < remoteAt.size() && k < static_cast<std::size_t>(ready.size()); ++k) {
+    items[remoteAt[k]].ready = static_cast<WaitFor>(ready[static_cast<int>(k)] & 3u);
+    count += ready[static_cast<int>(k)] != 0 ? 1 : 0;
+  }
+  return count;
 }
 
 Status Client::pump(Timeout timeout) {

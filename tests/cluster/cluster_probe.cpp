@@ -209,8 +209,9 @@ int channelEcho(Client& c, const std::string& reqText, const std::string& repTex
   po.inlineSize = 64;
   po.maxMessageSize = 64;
   auto q = c.createChannel((*pool)->descriptor(), po);
-  if (!p || !q) return failWith("echo: channels: " + (p ? q.error() : p.error()).toString());
-  for (const auto* ch : {&*p, &*q}) {
+  auto last = c.createChannel((*pool)->descriptor(), {});
+  if (!p || !q || !last) return failWith("echo: channels");
+  for (const auto* ch : {&*p, &*q, &*last}) {
     dragon::Status st = (*rep)->send(bytesOf((**ch).descriptor().toString()));
     if (!st.isOk()) return failWith("echo: send descriptor: " + st.toString());
   }
@@ -221,11 +222,13 @@ int channelEcho(Client& c, const std::string& reqText, const std::string& repTex
     dragon::Status st = (*rep)->send(*m);
     if (!st.isOk()) return failWith("echo: forward: " + st.toString());
   }
-  auto last = (*req)->recvBytes();
-  if (!last) return failWith("echo: remote recv: " + last.error().toString());
-  dragon::Status st = (*rep)->send(bytesOf("bye:" + textOf(*last)));
+  auto final = (*req)->recvBytes();
+  if (!final) return failWith("echo: remote recv: " + final.error().toString());
+  dragon::Status st = (*last)->send(bytesOf("bye:" + textOf(*final)));
   if (!st.isOk()) return failWith("echo: bye: " + st.toString());
-  return 0;
+  // Until the head has read it (the channel goes with this process's references).
+  auto gone = (*req)->recvBytes(Timeout::after(30s));
+  return gone ? 0 : failWith("echo: no goodbye: " + gone.error().toString());
 }
 
 // The head: a channel on another node behaves as a local one (FIFO, exactly once, try,
@@ -249,7 +252,7 @@ int channels(Client& c, std::uint32_t node) {
   auto echo = c.spawn(so);
   if (!echo) return failWith("spawn echo: " + echo.error().toString());
   const auto deadline = Timeout::after(30s);
-  std::unique_ptr<ClientChannel> pq[2];
+  std::unique_ptr<ClientChannel> pq[3];
   for (auto& ch : pq) {
     auto m = (*rep)->recvBytes(deadline);
     if (!m) return failWith("descriptor from the echo: " + m.error().toString());
@@ -263,7 +266,23 @@ int channels(Client& c, std::uint32_t node) {
   }
   ClientChannel& p = *pq[0];
   ClientChannel& q = *pq[1];
+  ClientChannel& last = *pq[2];
+  auto mine = c.createChannel((*pool)->descriptor(), {});  // a local one nobody sends to
+  if (!mine) return failWith("local channel: " + mine.error().toString());
   if (p.capacity() != 4 || q.maxMessageSize() != 64) return failWith("remote channel facts");
+
+  // waitAny over a local and a remote channel: the deadline, then a remote one ready.
+  dragon::ClientWaitItem both[2] = {{mine->get(), WaitFor::Readable, {}}, {&q, WaitFor::Readable, {}}};
+  auto t1 = std::chrono::steady_clock::now();
+  auto nw = c.waitAny(both, Timeout::after(200ms));
+  if (!nw || *nw != 0) return failWith("waitAny of empty channels: " + (nw ? std::to_string(*nw) : nw.error().toString()));
+  if (secondsSince(t1) < 0.2 || secondsSince(t1) > 2.0) return failWith("waitAny deadline honoured badly");
+  if (!q.send(bytesOf("w"), Timeout::none()).isOk()) return failWith("send w");
+  nw = c.waitAny(both, Timeout::after(10s));
+  if (!nw || *nw != 1 || both[1].ready != WaitFor::Readable || both[0].ready != WaitFor{}) {
+    return failWith("waitAny did not see the remote channel ready");
+  }
+  if (!q.recvBytes(Timeout::none())) return failWith("recv w");
 
   // Try, deadline, poll and the error codes on Q (nobody reads it).
   std::byte buf[128];
@@ -321,12 +340,23 @@ int channels(Client& c, std::uint32_t node) {
   if (extra) return failWith("a message arrived twice");
   // The echo blocks in a remote recv on REQ (home: here) until we send.
   if (!p.send(bytesOf("stop"), deadline).isOk()) return failWith("stop");
+  // Local first: a remote poll is parked on node 2 while a local channel gets a message.
+  if (!(*rep)->send(bytesOf("local"), Timeout::none()).isOk()) return failWith("local send");
+  dragon::ClientWaitItem mixed[2] = {{&last, WaitFor::Readable, {}}, {rep->get(), WaitFor::Readable, {}}};
+  nw = c.waitAny(mixed, Timeout::after(10s));
+  if (!nw || *nw != 1 || mixed[1].ready != WaitFor::Readable) return failWith("waitAny missed the local channel");
+  if (!(*rep)->recvBytes(Timeout::none())) return failWith("recv local");
+  // Remote later: the echo answers on its own channel once it has our message.
   if (!(*req)->send(bytesOf("last"), deadline).isOk()) return failWith("last");
-  auto bye = (*rep)->recvBytes(deadline);
+  dragon::ClientWaitItem later[2] = {{mine->get(), WaitFor::Readable, {}}, {&last, WaitFor::Readable, {}}};
+  nw = c.waitAny(later, Timeout::after(30s));
+  if (!nw || *nw != 1 || later[1].ready != WaitFor::Readable) return failWith("waitAny missed the remote channel");
+  auto bye = last.recvBytes(Timeout::none());
   if (!bye || textOf(*bye) != "bye:last") return failWith("the echo's remote recv did not get the message");
+  if (!(*req)->send(bytesOf("goodbye"), deadline).isOk()) return failWith("goodbye");
   auto exits = c.wait({echo->front().puid}, deadline);
   if (!exits || (*exits)[0].exitCode != 0) return failWith("the echo failed");
-  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close, 1 MiB and 8 MiB\n",
+  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1 MiB and 8 MiB\n",
               node, kMessages);
   return 0;
 }

@@ -307,3 +307,99 @@ TEST_F(Gateway, ManyParkedOperationsOnManyChannelsAllComplete) {
 
 }  // namespace
 }  // namespace dragon
+
+namespace dragon {
+namespace {
+
+pb::Envelope waitAnyOf(const std::vector<ObjectDescriptor>& chans, std::int64_t timeoutNs,
+                       const ObjectDescriptor* bell) {
+  pb::Envelope e;
+  auto* w = e.mutable_wait_any();
+  for (const auto& d : chans) {
+    auto* item = w->add_item();
+    *item->mutable_channel() = pb::toRef(d);
+    item->set_events(1);
+  }
+  w->set_timeout_ns(timeoutNs);
+  if (bell != nullptr) *w->mutable_doorbell() = pb::toRef(*bell);
+  return e;
+}
+
+TEST_F(Gateway, WaitAnyAnswersTheFirstReadyChannelAndRingsTheDoorbell) {
+  RawConn raw(d->socket());
+  auto other = client.createChannel(pool->descriptor(), {});
+  ChannelOptions bo;
+  bo.capacity = 1;
+  auto bell = client.createChannel(pool->descriptor(), bo);
+  ASSERT_TRUE(other.has_value() && bell.has_value());
+  const ObjectDescriptor b = (*bell)->descriptor();
+  // Nothing comes: all zero at the deadline, and the doorbell rings.
+  auto r = raw.reply(raw.post(waitAnyOf({ch->descriptor(), (*other)->descriptor()}, 100'000'000, &b)), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_wait_any_reply()) << (r ? r->DebugString() : "no reply");
+  ASSERT_EQ(r->wait_any_reply().ready_size(), 2);
+  EXPECT_EQ(r->wait_any_reply().ready(0) | r->wait_any_reply().ready(1), 0u);
+  std::byte one[8];
+  EXPECT_TRUE((*bell)->recv(one, Timeout::after(5s)).has_value()) << "the doorbell did not ring";
+  // The second channel gets a message while the wait is parked: it answers, ready there.
+  const auto id = raw.post(waitAnyOf({ch->descriptor(), (*other)->descriptor()}, -1, &b));
+  EXPECT_FALSE(raw.reply(id, 100ms).has_value());
+  ASSERT_TRUE((*other)->send(bytesOf("go")).isOk());
+  r = raw.reply(id, 10s);
+  ASSERT_TRUE(r.has_value() && r->has_wait_any_reply());
+  EXPECT_EQ(r->wait_any_reply().ready(0), 0u);
+  EXPECT_EQ(r->wait_any_reply().ready(1), 1u);
+  EXPECT_TRUE((*bell)->recv(one, Timeout::after(5s)).has_value());
+  // A poll does not take the message, and the other poll was cancelled, not left behind: a
+  // message to the first channel is there for a plain recv.
+  EXPECT_EQ((*other)->channel().size(), 1u);
+  ASSERT_TRUE(ch->send(bytesOf("mine")).isOk());
+  EXPECT_TRUE(ch->recv(one, Timeout::none()).has_value());
+}
+
+TEST_F(Gateway, CancelWaitAnswersAtOnceAndBadWaitsAreErrors) {
+  RawConn raw(d->socket());
+  const auto id = raw.post(waitAnyOf({ch->descriptor()}, -1, nullptr));
+  EXPECT_FALSE(raw.reply(id, 100ms).has_value());
+  pb::Envelope cancel;
+  cancel.mutable_cancel_wait()->set_wait_request_id(id);
+  const auto cid = raw.post(cancel);
+  auto r = raw.reply(id, 10s);
+  ASSERT_TRUE(r.has_value() && r->has_wait_any_reply()) << (r ? r->DebugString() : "none");
+  EXPECT_EQ(r->wait_any_reply().ready(0), 0u);
+  r = raw.reply(cid, 10s);
+  ASSERT_TRUE(r.has_value() && r->has_ok());
+  // Nothing lists, a bad item, a doorbell that is not a channel here.
+  r = raw.reply(raw.post(waitAnyOf({}, 0, nullptr)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  auto bad = waitAnyOf({ch->descriptor()}, 0, nullptr);
+  bad.mutable_wait_any()->mutable_item(0)->set_events(0);
+  r = raw.reply(raw.post(bad), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  ObjectDescriptor elsewhere = ch->descriptor();
+  elsewhere.node = 9;
+  r = raw.reply(raw.post(waitAnyOf({ch->descriptor()}, 0, &elsewhere)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  // A channel of a node that is not in the job.
+  r = raw.reply(raw.post(waitAnyOf({elsewhere}, -1, nullptr)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::NotFound);
+}
+
+TEST_F(Gateway, ClientWaitAnyOverLocalChannelsOnlyIsChannelWaitAny) {
+  auto other = client.createChannel(pool->descriptor(), {});
+  ASSERT_TRUE(other.has_value());
+  ClientWaitItem items[2] = {{ch.get(), WaitFor::Readable, {}}, {other->get(), WaitFor::Writable, {}}};
+  auto n = client.waitAny(items, Timeout::after(1s));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(items[0].ready, WaitFor{});
+  EXPECT_EQ(items[1].ready, WaitFor::Writable);
+  ClientWaitItem none[1] = {{nullptr, WaitFor::Readable, {}}};
+  EXPECT_FALSE(client.waitAny(none, Timeout::none()).has_value());
+}
+
+}  // namespace
+}  // namespace dragon

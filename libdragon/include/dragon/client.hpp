@@ -82,6 +82,13 @@ class ClientChannel {
   std::uint64_t maxMessageSize_ = 0;
 };
 
+// One entry of Client::waitAny: a channel, local or remote, and what to wait for.
+struct ClientWaitItem {
+  ClientChannel* channel = nullptr;
+  WaitFor events = WaitFor::Readable;
+  WaitFor ready{};  // set by waitAny: the subset of events that hold (0 when none)
+};
+
 enum class Stdio : std::uint8_t {
   Inherit = 0,  // dragond's own fd (a daemon's is usually /dev/null or the journal)
   Capture = 1,  // forwarded to this client line by line (outputHandler)
@@ -266,6 +273,14 @@ class Client {
   // the handler may make calls on this Client (they nest) and must consume what made `fd`
   // readable. -1 removes it.
   void setInterrupt(int fd, std::function<void()> handler);
+  // Channel::waitAny over channels of this node and of other nodes together: waits until at
+  // least one item is ready (a closed channel counts as readable) and returns how many are;
+  // 0 when the timeout passed first. At most 63 items. With only local channels it is
+  // Channel::waitAny; remote ones are polled at their homes by this node's dragond, which
+  // rings a private doorbell channel of this client when one is ready. NodeLost when a remote
+  // channel's node is lost.
+  Result<std::size_t> waitAny(std::span<ClientWaitItem> items, Timeout timeout);
+
   // Handles what dragond sent (output) for up to `timeout`; PeerLost if it went away.
   Status pump(Timeout timeout);
 
