@@ -15,6 +15,6 @@ wait_nothing_left
 # The same from C.
 out=$(srun_dragon "$BUILD/tests/cluster/capi_probe" 2>&1) || fail "capi_probe: srun exited $?: $out"
 echo "$out"
-grep -q "capi-probe: ok 3 nodes" <<<"$out" || fail "the C probe did not pass"
+grep -q "capi-probe: ok 3 nodes, channels with node 1" <<<"$out" || fail "the C probe did not pass"
 wait_nothing_left
 echo "ok"
