@@ -13,6 +13,9 @@
 #                           acknowledged sends from the head (n1) to a channel on n2, 8 B and
 #                           1 MiB (tests/cluster/cluster_probe channel-bench)
 #   cluster_control_rtt     a request the head's own dragond answers (the control-plane floor)
+#   cluster_bringup_{dragon,bare}_N{2,4,8,16}
+#                           bring-up as above on a 16-node cluster, at 2, 4, 8 and 16 nodes
+#                           (info: how it grows)
 # Medians of 7 runs (bring-up) and of 3 runs (the rest).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -90,3 +93,14 @@ ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
 echo "metric cluster_channel_send_8B $send8 us"
 echo "metric cluster_channel_bw_1MiB $bw MB/s"
 echo "metric cluster_control_rtt $ctl us"
+
+# How bring-up grows: a 16-node cluster (16 slurmd namespaces on this machine), median of 3.
+"$cluster" up 16 >&2
+srunN() { local n=$1; shift; "$cluster" exec timeout -k 5 60 srun -I30 --mpi=pmix -N"$n" --ntasks-per-node=1 "$@"; }
+srunN 16 "$build/tests/cluster/pmix_minimal" >/dev/null 2>&1
+for n in 2 4 8 16; do
+  b=$(for _ in 1 2 3; do timed srunN "$n" "$build/tests/cluster/pmix_minimal"; done | median)
+  d=$(for _ in 1 2 3; do timed srunN "$n" "${dragon[@]}" -- /bin/true; done | median)
+  echo "metric cluster_bringup_bare_N$n $b s"
+  echo "metric cluster_bringup_dragon_N$n $d s"
+done

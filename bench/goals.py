@@ -76,6 +76,10 @@ INFO = {
     "cluster": [
         # A request the local dragond answers itself: the floor under every remote operation.
         ("cluster_control_rtt_vs_ucx_tag_rtt", "cluster_control_rtt", "cluster_ucx_tag_rtt"),
+        ("cluster_bringup_2nodes_vs_bare_srun", "cluster_bringup_dragon_N2", "cluster_bringup_bare_N2"),
+        ("cluster_bringup_4nodes_vs_bare_srun", "cluster_bringup_dragon_N4", "cluster_bringup_bare_N4"),
+        ("cluster_bringup_8nodes_vs_bare_srun", "cluster_bringup_dragon_N8", "cluster_bringup_bare_N8"),
+        ("cluster_bringup_16nodes_vs_bare_srun", "cluster_bringup_dragon_N16", "cluster_bringup_bare_N16"),
     ],
     "python": [
         ("py_queue_tput_1MiB_bytes_vs_stock", "py_dragon_queue_tput_1MiB_bytes",

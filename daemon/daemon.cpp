@@ -61,6 +61,9 @@ class Daemon {
         server_.setCluster(*cluster_, boundPath_,
                            options_.config.getDurationNs("cluster.node_lost_grace"),
                            options_.config.getDurationNs("cluster.connect_timeout"));
+        global_.setNameDroppedHook([this](const std::string& name, const ObjectDescriptor& d) {
+          server_.nameDropped(name, d);
+        });
       } else {
         st = cluster.error();
       }

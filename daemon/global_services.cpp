@@ -78,7 +78,11 @@ Result<ObjectDescriptor> LocalGlobalServices::lookupName(std::string_view name) 
 }
 
 bool LocalGlobalServices::dropNamesOf(std::uint64_t objectId) {
-  return std::erase_if(names_, [&](const auto& kv) { return kv.second.id == objectId; }) != 0;
+  return std::erase_if(names_, [&](const auto& kv) {
+           if (kv.second.id != objectId) return false;
+           if (nameDropped_) nameDropped_(kv.first, kv.second);
+           return true;
+         }) != 0;
 }
 
 bool LocalGlobalServices::dropName(std::string_view name, const ObjectDescriptor& object) {
@@ -86,6 +90,7 @@ bool LocalGlobalServices::dropName(std::string_view name, const ObjectDescriptor
   if (it == names_.end() || !(it->second == object)) {
     return false;
   }
+  if (nameDropped_) nameDropped_(it->first, it->second);
   names_.erase(it);
   return true;
 }

@@ -12,6 +12,7 @@
 #include <dragon/result.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -85,8 +86,14 @@ class LocalGlobalServices final : public GlobalServices {
   std::vector<std::string> namesOf(std::uint64_t objectId) const override;
 
   std::string dump() const override;
+  // Called for every name that goes (dropName, dropNamesOf): the job-wide directory of a
+  // multi-node job hears of it.
+  void setNameDroppedHook(std::function<void(const std::string&, const ObjectDescriptor&)> hook) {
+    nameDropped_ = std::move(hook);
+  }
 
  private:
+  std::function<void(const std::string&, const ObjectDescriptor&)> nameDropped_;
   std::uint32_t node_;
   // puids start high in the node's range so that a puid names its node (multi-node issue).
   std::uint64_t nextPuid_ = (std::uint64_t{node_} << 40) + 1;

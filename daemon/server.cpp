@@ -211,13 +211,16 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kAttach:
     case pb::Envelope::kDetach:
     case pb::Envelope::kDestroy:
-      if (cluster_ != nullptr && clusterObject(c, msg)) break;
+      if (cluster_ != nullptr && (clusterObject(c, msg) || clusterNames(c, msg))) break;
+      handleObject(c, msg);
+      break;
+    case pb::Envelope::kRegisterName:
+    case pb::Envelope::kLookupName:
+      if (cluster_ != nullptr && clusterNames(c, msg)) break;
       handleObject(c, msg);
       break;
     case pb::Envelope::kCreatePool:
     case pb::Envelope::kCreateChannel:
-    case pb::Envelope::kRegisterName:
-    case pb::Envelope::kLookupName:
       handleObject(c, msg);
       break;
     case pb::Envelope::kChannelOp:

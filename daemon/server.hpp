@@ -55,6 +55,8 @@ class Server {
 
   std::size_t connections() const noexcept { return conns_.size(); }
   std::string dump() const;
+  // A name of this node went (its object or its owner did): the directory forgets it.
+  void nameDropped(const std::string& name, const ObjectDescriptor& d);
 
  private:
   struct OutFrame {
@@ -126,6 +128,17 @@ class Server {
   void finishWaitAny(std::shared_ptr<WaitAnyState> st,
                      std::optional<protocol::Envelope> error);
   protocol::Envelope peerAttach(std::uint32_t from, const protocol::Attach& attach);
+  // Names across nodes: the job-wide directory lives on the global services node; every node
+  // claims a name there before naming one of its objects, and releases it when the name goes.
+  bool clusterNames(Connection& c, protocol::Envelope& msg);
+  void claimName(const std::string& name, const ObjectDescriptor& d, bool replace,
+                 std::function<void(Status)> done);
+  void releaseName(const std::string& name, const ObjectDescriptor& d);
+  void lookupGlobal(const std::string& name, std::function<void(Result<ObjectDescriptor>)> done);
+  Status directClaim(const std::string& name, const ObjectDescriptor& d, bool replace);
+  // Registers a name for an object of this node, claimed job-wide first.
+  void registerClaimed(std::uint64_t owner, const protocol::RegisterName& r,
+                       const ObjectDescriptor& d, Reply reply);
   // Tells the home nodes of a closed connection's waiting channel operations to drop them.
   void cancelRemoteOps(std::uint64_t connection);
   // Who holds the references another node's clients took here: one owner per node.
@@ -177,6 +190,7 @@ class Server {
   // Channel operations forwarded to other nodes and not answered yet: connection -> (node, key).
   std::map<std::uint64_t, std::set<std::pair<std::uint32_t, std::uint64_t>>> remoteOps_;
   std::uint64_t nextOpKey_ = 1;
+  std::map<std::string, ObjectDescriptor, std::less<>> directory_;  // on the global node
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<WaitAnyState>> waits_;
   // References this node's clients hold on other nodes' channels, given back when they leave.
   std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;

@@ -459,6 +459,44 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }
+    case pb::Envelope::kNameClaim: {
+      auto d = pb::fromRef(msg.name_claim().object());
+      Status st = !d.has_value() ? d.error()
+                  : cluster_->self() != cluster_->globalNode()
+                      ? Status(StatusCode::InvalidArgument, "this node does not host global services")
+                      : directClaim(msg.name_claim().name(), *d, msg.name_claim().replace());
+      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
+      return;
+    }
+    case pb::Envelope::kNameRelease: {
+      auto d = pb::fromRef(msg.name_release().object());
+      auto it = directory_.find(msg.name_release().name());
+      if (d.has_value() && it != directory_.end() && it->second == *d) directory_.erase(it);
+      reply(okEnvelope());
+      return;
+    }
+    case pb::Envelope::kLookupName: {
+      auto it = directory_.find(msg.lookup_name().name());
+      if (cluster_->self() != cluster_->globalNode() || it == directory_.end()) {
+        reply(errorEnvelope(Status(StatusCode::NotFound, "no object is named '" +
+                                                             msg.lookup_name().name() + "'")));
+        return;
+      }
+      pb::Envelope e;
+      *e.mutable_object()->mutable_object() = pb::toRef(it->second);
+      reply(std::move(e));
+      return;
+    }
+    case pb::Envelope::kRegisterName: {
+      // Another node names an object of this one (never a scoped name: its owner is there).
+      auto d = pb::fromRef(msg.register_name().object());
+      if (!d.has_value() || msg.register_name().scoped()) {
+        reply(errorEnvelope(d.has_value() ? Status(StatusCode::InvalidArgument, "a scoped name is registered on its object's node") : d.error()));
+        return;
+      }
+      registerClaimed(0, msg.register_name(), *d, std::move(reply));
+      return;
+    }
     case pb::Envelope::kChannelOp:
       if (msg.channel_op().kind() == pb::ChannelOp::CANCEL) {
         gateway_->cancel(from, msg.channel_op().op_key());
@@ -487,9 +525,10 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
 }
 
 void Server::onNodeLost(std::uint32_t node, const Status& why) {
-  // Its clients' waiting channel operations and references here go with it.
+  // Its clients' waiting channel operations and references here go with it, and its names.
   gateway_->cancelFrom(node);
   objects_->releaseOwner(peerOwner(node));
+  std::erase_if(directory_, [node](const auto& kv) { return kv.second.node == node; });
   if (clusterEnded_ || endedPeers_.count(node) != 0) {
     DRAGON_LOG(Debug, "cluster", "%s left at the end of the job", cluster_->describe(node).c_str());
     return;
@@ -829,6 +868,176 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
     fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
     fwd.mutable_channel_op()->set_op_key(key);
     cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
+  }
+}
+
+}  // namespace dragon::daemon
+
+namespace dragon::daemon {
+
+Status Server::directClaim(const std::string& name, const ObjectDescriptor& d, bool replace) {
+  if (name.empty() || name.size() > 255) {
+    return Status(StatusCode::InvalidArgument, "a name has 1 to 255 bytes");
+  }
+  auto [it, inserted] = directory_.try_emplace(name, d);
+  if (inserted || it->second == d) return Status::ok();
+  if (replace && it->second.node == d.node) {
+    it->second = d;
+    return Status::ok();
+  }
+  return Status(StatusCode::AlreadyExists, "the name '" + name + "' is taken (by an object of node " +
+                                               std::to_string(it->second.node) + ")");
+}
+
+void Server::claimName(const std::string& name, const ObjectDescriptor& d, bool replace,
+                       std::function<void(Status)> done) {
+  if (cluster_->self() == cluster_->globalNode()) {
+    done(directClaim(name, d, replace));
+    return;
+  }
+  pb::Envelope fwd;
+  auto* claim = fwd.mutable_name_claim();
+  claim->set_name(name);
+  *claim->mutable_object() = pb::toRef(d);
+  claim->set_replace(replace);
+  cluster_->forward(cluster_->globalNode(), std::move(fwd),
+                    [done = std::move(done)](Result<pb::Envelope> r) {
+                      done(statusOf(fromPeer(std::move(r))));
+                    });
+}
+
+void Server::releaseName(const std::string& name, const ObjectDescriptor& d) {
+  if (cluster_->self() == cluster_->globalNode()) {
+    auto it = directory_.find(name);
+    if (it != directory_.end() && it->second == d) directory_.erase(it);
+    return;
+  }
+  pb::Envelope fwd;
+  fwd.mutable_name_release()->set_name(name);
+  *fwd.mutable_name_release()->mutable_object() = pb::toRef(d);
+  cluster_->forward(cluster_->globalNode(), std::move(fwd), [](Result<pb::Envelope>) {});
+}
+
+void Server::nameDropped(const std::string& name, const ObjectDescriptor& d) {
+  if (cluster_ == nullptr || !cluster_->joined() || clusterEnded_) return;
+  releaseName(name, d);
+}
+
+void Server::lookupGlobal(const std::string& name,
+                          std::function<void(Result<ObjectDescriptor>)> done) {
+  if (cluster_->self() == cluster_->globalNode()) {
+    auto it = directory_.find(name);
+    if (it == directory_.end()) {
+      done(Status(StatusCode::NotFound, "no object is named '" + name + "'"));
+    } else {
+      done(it->second);
+    }
+    return;
+  }
+  pb::Envelope fwd;
+  fwd.mutable_lookup_name()->set_name(name);
+  cluster_->forward(cluster_->globalNode(), std::move(fwd),
+                    [done = std::move(done)](Result<pb::Envelope> r) {
+                      pb::Envelope e = fromPeer(std::move(r));
+                      if (e.has_error()) {
+                        done(pb::statusFromError(e.error()));
+                      } else if (!e.has_object()) {
+                        done(Status(StatusCode::Internal, "unexpected answer to a name lookup"));
+                      } else {
+                        done(pb::fromRef(e.object().object()));
+                      }
+                    });
+}
+
+void Server::registerClaimed(std::uint64_t owner, const pb::RegisterName& r,
+                             const ObjectDescriptor& d, Reply reply) {
+  const std::string name = r.name();
+  const bool replace = r.replace() && owner != 0;
+  claimName(name, d, replace, [this, owner, name, d, replace, reply](Status claimed) {
+    if (!claimed.isOk()) {
+      reply(errorEnvelope(claimed));
+      return;
+    }
+    if (owner != 0 && find(owner) == nullptr) {
+      releaseName(name, d);  // its owner left meanwhile: a scoped name would be stale at once
+      return;
+    }
+    const bool had = global_.lookupName(name).has_value();
+    Status st = objects_->registerName(name, d, owner, replace);
+    if (!st.isOk() && !had) releaseName(name, d);
+    reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
+  });
+}
+
+bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
+  if (!cluster_->joined()) return false;
+  const std::uint64_t rid = msg.request_id();
+  const std::uint64_t cid = c.id;
+  switch (msg.body_case()) {
+    case pb::Envelope::kRegisterName: {
+      const auto& r = msg.register_name();
+      auto d = pb::fromRef(r.object());
+      if (!d.has_value()) return false;  // the local path says why
+      if (d->node != node_) {
+        if (r.scoped()) {
+          sendError(c, rid, Status(StatusCode::InvalidArgument,
+                                   "a scoped name is registered on its object's node"));
+          return true;
+        }
+        if (cluster_->nodes().count(d->node) == 0) return false;  // NotFound from the local path
+        pb::Envelope fwd;
+        *fwd.mutable_register_name() = r;
+        Reply reply = replyTo(c, rid);
+        cluster_->forward(d->node, std::move(fwd),
+                          [reply](Result<pb::Envelope> res) { reply(fromPeer(std::move(res))); });
+        return true;
+      }
+      // Taken here by another object (and not to be replaced): the local path says so.
+      auto here = global_.lookupName(r.name());
+      if (here.has_value() && !(*here == *d) && !r.replace()) return false;
+      registerClaimed(r.scoped() ? cid : 0, r, *d, replyTo(c, rid));
+      return true;
+    }
+    case pb::Envelope::kLookupName: {
+      if (global_.lookupName(msg.lookup_name().name()).has_value()) return false;
+      lookupGlobal(msg.lookup_name().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
+        Connection* conn = find(cid);
+        if (conn == nullptr) return;
+        if (!d.has_value()) {
+          sendError(*conn, rid, d.error());
+          return;
+        }
+        pb::Envelope reply;
+        reply.set_request_id(rid);
+        *reply.mutable_object()->mutable_object() = pb::toRef(*d);
+        send(*conn, reply);
+      });
+      return true;
+    }
+    case pb::Envelope::kAttach: {
+      if (!msg.attach().has_name() || global_.lookupName(msg.attach().name()).has_value()) {
+        return false;
+      }
+      lookupGlobal(msg.attach().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
+        Connection* conn = find(cid);
+        if (conn == nullptr) return;
+        if (!d.has_value()) {
+          sendError(*conn, rid, d.error());
+          return;
+        }
+        if (d->node == node_) {
+          replyObject(*conn, rid, objects_->attach(cid, *d));
+          return;
+        }
+        pb::Envelope byObject;
+        byObject.set_request_id(rid);
+        *byObject.mutable_attach()->mutable_object() = pb::toRef(*d);
+        clusterAttach(*conn, byObject, *d);
+      });
+      return true;
+    }
+    default:
+      return false;
   }
 }
 

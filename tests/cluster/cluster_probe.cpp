@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <span>
+#include <poll.h>
 #include <unistd.h>
 #include <map>
 #include <set>
@@ -476,6 +477,85 @@ int channelBench(Client& c, std::uint32_t node, int count, std::size_t size) {
   return 0;
 }
 
+// --- Names across nodes ---
+
+// On another node: names a channel of its node (plain and scoped), says so on REP, answers
+// one message that arrives on its channel (sent by the head, which found it by name), looks up
+// the head's name, and exits when told (its scoped name goes with it).
+int nameHost(Client& c, const std::string& repText) {
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!repDesc) return failWith("name-host: bad descriptor");
+  auto rep = c.attachChannel(*repDesc);
+  auto pool = c.createPool(std::size_t{16} << 20);
+  if (!rep || !pool) return failWith("name-host: attach or pool");
+  auto ch = c.createChannel((*pool)->descriptor(), {});
+  auto scoped = c.createChannel((*pool)->descriptor(), {});
+  if (!ch || !scoped) return failWith("name-host: channels");
+  dragon::Status st = c.registerName("cluster-name-plain", (*ch)->descriptor());
+  if (!st.isOk()) return failWith("name-host: register: " + st.toString());
+  st = c.registerName("cluster-name-scoped", (*scoped)->descriptor(), /*scoped=*/true);
+  if (!st.isOk()) return failWith("name-host: register scoped: " + st.toString());
+  if (!(*rep)->send(bytesOf("named")).isOk()) return failWith("name-host: send");
+  auto m = (*ch)->recvBytes(Timeout::after(30s));
+  if (!m) return failWith("name-host: recv: " + m.error().toString());
+  auto head = c.lookupName("cluster-name-head");
+  if (!head) return failWith("name-host: the head's name is not found here: " + head.error().toString());
+  if (!(*rep)->send(bytesOf("got:" + textOf(*m) + " head-on-node:" + std::to_string(head->node))).isOk()) {
+    return failWith("name-host: answer");
+  }
+  auto bye = (*ch)->recvBytes(Timeout::after(30s));
+  return bye ? 0 : failWith("name-host: no goodbye");
+}
+
+int names(Client& c, std::uint32_t node) {
+  auto pool = c.createPool(std::size_t{16} << 20);
+  if (!pool) return failWith("pool");
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  auto mineCh = c.createChannel((*pool)->descriptor(), {});
+  if (!rep || !mineCh) return failWith("channels");
+  dragon::Status st = c.registerName("cluster-name-head", (*mineCh)->descriptor());
+  if (!st.isOk()) return failWith("register: " + st.toString());
+  char self[64];
+  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
+  char exe[4096] = {};
+  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
+  SpawnOptions so;
+  so.argv = {exe, "name-host", (*rep)->descriptor().toString()};
+  so.placement = Placement::onNode(node);
+  auto host = c.spawn(so);
+  if (!host) return failWith("spawn: " + host.error().toString());
+  auto ready = (*rep)->recvBytes(Timeout::after(30s));
+  if (!ready || textOf(*ready) != "named") return failWith("the host did not name its channels");
+  auto found = c.lookupName("cluster-name-plain");
+  if (!found) return failWith("a name of node " + std::to_string(node) + " is not found here: " + found.error().toString());
+  if (found->node != node) return failWith("the name points at node " + std::to_string(found->node));
+  auto byName = c.attachChannel("cluster-name-plain");
+  if (!byName) return failWith("attach by name: " + byName.error().toString());
+  if (!(*byName)->isRemote()) return failWith("attached by name, a channel of another node is not remote");
+  if (!(*byName)->send(bytesOf("via-name")).isOk()) return failWith("send via name");
+  auto answer = (*rep)->recvBytes(Timeout::after(30s));
+  const std::string want = "got:via-name head-on-node:" + std::to_string(c.node());
+  if (!answer || textOf(*answer) != want) return failWith("the host answered '" + (answer ? textOf(*answer) : answer.error().toString()) + "'");
+  // A name is unique job-wide: taken on another node is AlreadyExists here.
+  st = c.registerName("cluster-name-plain", (*mineCh)->descriptor());
+  if (st.code() != StatusCode::AlreadyExists) return failWith("a name taken on another node: " + st.toString());
+  st = c.registerName("cluster-name-scoped", (*mineCh)->descriptor(), true);
+  if (st.code() != StatusCode::AlreadyExists) return failWith("a scoped name taken on another node: " + st.toString());
+  // The host goes: its scoped name goes with it, everywhere.
+  if (!(*byName)->send(bytesOf("bye")).isOk()) return failWith("bye");
+  auto exits = c.wait({host->front().puid}, Timeout::after(30s));
+  if (!exits || (*exits)[0].exitCode != 0) return failWith("the host failed");
+  const auto t0 = std::chrono::steady_clock::now();
+  while (c.lookupName("cluster-name-scoped").has_value()) {
+    if (secondsSince(t0) > 10) return failWith("the scoped name outlived its owner");
+    poll(nullptr, 0, 10);
+  }
+  // The plain name keeps its channel alive and is still found.
+  if (!c.lookupName("cluster-name-plain")) return failWith("the plain name went with the process");
+  std::printf("probe: ok names across nodes with node %u\n", node);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -506,6 +586,8 @@ int main(int argc, char** argv) {
     std::printf("probe: control-rtt %.2f us\n", secondsSince(t0) * 1e6 / n);
     return 0;
   }
+  if (mode == "names" && argc == 3) return names(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
+  if (mode == "name-host" && argc == 3) return nameHost(*client, argv[2]);
   if (mode == "channel-sink" && argc == 3) return channelSink(*client, argv[2]);
   if (mode == "channel-bench" && argc == 5) {
     return channelBench(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atoi(argv[3]),
