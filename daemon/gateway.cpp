@@ -35,7 +35,8 @@ struct Attempt {
   Status wouldBlock;  // what a try answers
 };
 
-Attempt attempt(Channel& ch, const pb::ChannelOp& op, Message& scratch) {
+// `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
+Attempt attempt(Channel& ch, const pb::ChannelOp& op, std::string& buf) {
   Attempt a;
   switch (op.kind()) {
     case pb::ChannelOp::SEND: {
@@ -54,26 +55,12 @@ Attempt attempt(Channel& ch, const pb::ChannelOp& op, Message& scratch) {
       return a;
     }
     case pb::ChannelOp::RECV: {
-      const std::uint64_t max = op.max_size();
-      if (!op.bounded() || max >= ch.maxMessageSize()) {
-        Status st = ch.recv(scratch, Timeout::none());
-        if (st.code() == StatusCode::WouldBlock) {
-          a.wouldBlock = st;
-          return a;
-        }
-        a.done = true;
-        if (!st.isOk()) {
-          a.answer = errorOf(st);
-          return a;
-        }
-        auto data = scratch.data();
-        a.answer.mutable_channel_op_reply()->set_data(
-            reinterpret_cast<const char*>(data.data()), data.size());
-        scratch.reset();
-        return a;
-      }
-      std::string buf(max, '\0');
-      auto n = ch.recv(std::as_writable_bytes(std::span(buf.data(), buf.size())), Timeout::none());
+      // Always into a bounded buffer: a message larger than what may cross (or than the
+      // receiver's buffer) stays queued, MessageTooLarge.
+      std::uint64_t max = std::min<std::uint64_t>(ch.maxMessageSize(), Gateway::kMaxMessage);
+      if (op.bounded()) max = std::min<std::uint64_t>(max, op.max_size());
+      if (buf.size() < max) buf.resize(max);
+      auto n = ch.recv(std::as_writable_bytes(std::span(buf.data(), max)), Timeout::none());
       if (!n.has_value() && n.error().code() == StatusCode::WouldBlock) {
         a.wouldBlock = n.error();
         return a;
@@ -83,8 +70,7 @@ Attempt attempt(Channel& ch, const pb::ChannelOp& op, Message& scratch) {
         a.answer = errorOf(n.error());
         return a;
       }
-      buf.resize(*n);
-      a.answer.mutable_channel_op_reply()->set_data(std::move(buf));
+      a.answer.mutable_channel_op_reply()->set_data(buf.data(), *n);
       return a;
     }
     case pb::ChannelOp::POLL: {
@@ -196,8 +182,7 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
     return;
   }
-  Message scratch;
-  Attempt a = attempt(*ch, op, scratch);
+  Attempt a = attempt(*ch, op, loopBuf_);
   if (a.done) {
     reply(std::move(a.answer));
     return;
@@ -289,9 +274,29 @@ void Gateway::cancelFrom(std::uint32_t from) {
 
 void Gateway::channelGone(std::uint64_t channelId) {
   if (!thread_.joinable()) return;
-  fail([&](const Op& o) { return o.channelId == channelId; }, [](const Op&) {
+  std::uint64_t pass = 0;
+  {
+    std::lock_guard lk(mu_);
+    // Finished operations stay in ops_ until the thread's next pass: it may be waiting on the
+    // channel's words (waitAny arms them, a write) right now.
+    if (std::none_of(ops_.begin(), ops_.end(),
+                     [&](const auto& o) { return o->channelId == channelId; })) {
+      return;
+    }
+    pass = pass_;
+  }
+  fail([&](const Op& o) { return o.channelId == channelId; }, [](const Op& o) {
+    if (o.op.kind() == pb::ChannelOp::POLL && (o.op.events() & 1u) != 0) {
+      pb::Envelope e;
+      e.mutable_channel_op_reply()->set_ready(1);  // as a closed channel: readable
+      return e;
+    }
     return errorOf(Status(StatusCode::ChannelClosed, "the channel was destroyed"));
   });
+  // Before the channel's memory goes back to its pool, the thread must have left the wait
+  // that used it (fail() rang the doorbell).
+  std::unique_lock lk(mu_);
+  passed_.wait(lk, [&] { return pass_ != pass || stop_; });
 }
 
 std::size_t Gateway::parked() const {
@@ -313,7 +318,7 @@ void Gateway::onDone() {
 
 // The gateway thread: completes parked operations as their channels allow.
 void Gateway::run() {
-  Message scratch;
+  std::string buf;  // every RECV's buffer (grown once, never zeroed again)
   std::vector<Channel::WaitItem> items;
   std::vector<std::uint64_t> waitedIds;
   std::size_t rotate = 0;
@@ -325,12 +330,14 @@ void Gateway::run() {
     waitedIds.clear();
     {
       std::lock_guard lk(mu_);
+      ++pass_;
+      passed_.notify_all();
       if (stop_) return;
       const std::int64_t now = monotonicNowNs();
       for (auto it = ops_.begin(); it != ops_.end();) {
         Op& o = **it;
         if (!o.finished) {
-          Attempt a = attempt(o.channel, o.op, scratch);
+          Attempt a = attempt(o.channel, o.op, buf);
           if (a.done || now >= o.deadlineNs) {
             done_.emplace_back(std::move(o.reply), a.done ? std::move(a.answer) : expired(o.op));
             o.finished = true;
@@ -384,8 +391,7 @@ void Gateway::run() {
     const Timeout t = waitNs == Timeout::kForeverNs
                           ? Timeout::forever()
                           : Timeout::after(std::chrono::nanoseconds(waitNs));
-    // Channels of cancelled operations may be destroyed while we sleep: waitAny only reads
-    // their words, in this thread's own mapping, and the next pass skips them.
+    // A channel is destroyed only after channelGone() has seen this wait end (pass_).
     auto r = Channel::waitAny(items, t);
     if (!r.has_value()) {
       DRAGON_LOG(Warn, "gateway", "waiting on parked channels: %s", r.error().toString().c_str());

@@ -37,6 +37,10 @@ class Gateway {
  public:
   using Reply = std::function<void(protocol::Envelope)>;
 
+  // The largest message a RECV takes: one that crosses nodes travels whole in one transport
+  // message; a larger one stays queued and the receiver gets MessageTooLarge.
+  static constexpr std::uint64_t kMaxMessage = (std::uint64_t{16} << 20) - (std::uint64_t{64} << 10);
+
   Gateway(EventLoop& loop, ObjectManager& objects);
   ~Gateway();
   Gateway(const Gateway&) = delete;
@@ -50,7 +54,9 @@ class Gateway {
   void cancel(std::uint32_t from, std::uint64_t opKey);
   // Drops every parked operation of a lost node.
   void cancelFrom(std::uint32_t from);
-  // The channel is about to be destroyed: its parked operations fail with ChannelClosed.
+  // The channel is about to be destroyed: its parked operations fail with ChannelClosed (a
+  // POLL for readable answers readable, as a closed channel's). Returns once the gateway
+  // thread no longer touches the channel.
   void channelGone(std::uint64_t channelId);
   // Operations parked now (for dumps and tests).
   std::size_t parked() const;
@@ -70,12 +76,15 @@ class Gateway {
   EventLoop& loop_;
   ObjectManager& objects_;
   UniqueFd doneFd_;  // eventfd: the thread has answers for the loop
+  std::string loopBuf_;  // the loop's receive buffer for RECVs tried at once
 
   // Shared with the thread, under mu_.
   mutable std::mutex mu_;
   std::list<std::unique_ptr<Op>> ops_;  // parked; the thread erases finished and cancelled ones
   std::vector<std::pair<Reply, protocol::Envelope>> done_;
   bool stop_ = false;
+  std::uint64_t pass_ = 0;      // the thread's passes: one begins after every wait
+  std::condition_variable passed_;
 
   std::unique_ptr<Pool> bellPool_;  // the doorbell: a one-slot channel of a private pool
   std::unique_ptr<Channel> bell_;

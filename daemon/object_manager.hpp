@@ -59,6 +59,8 @@ class ObjectManager {
   // again: the process that binds it knows the old name is stale).
   Status registerName(std::string_view name, const ObjectDescriptor& object,
                       std::uint64_t scopedOwner = 0, bool replace = false);
+  // True if `name` is a scoped name (one a scoped registration with replace may take over).
+  bool isScopedName(std::string_view name) const { return scoped_.find(name) != scoped_.end(); }
   // Drops every reference `owner` holds (its connection closed).
   void releaseOwner(std::uint64_t owner);
   // The channel `object` of this node, without taking a reference: a handle on the manager's

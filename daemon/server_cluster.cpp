@@ -614,12 +614,17 @@ bool Server::clusterObject(Connection& c, pb::Envelope& msg) {
   }
   pb::Envelope fwd;
   if (msg.has_detach()) {
-    *fwd.mutable_detach() = msg.detach();
+    // The home node counts one reference per node: only one this client holds goes.
     auto it = remoteRefs_.find(c.id);
-    if (it != remoteRefs_.end()) {
-      auto one = std::find(it->second.begin(), it->second.end(), *d);
-      if (one != it->second.end()) it->second.erase(one);
+    auto one = it == remoteRefs_.end() ? std::vector<ObjectDescriptor>::iterator{}
+                                       : std::find(it->second.begin(), it->second.end(), *d);
+    if (it == remoteRefs_.end() || one == it->second.end()) {
+      sendError(c, rid, Status(StatusCode::NotFound,
+                               "this client holds no reference to " + d->toString()));
+      return true;
     }
+    it->second.erase(one);
+    *fwd.mutable_detach() = msg.detach();
   } else {
     *fwd.mutable_destroy() = msg.destroy();
   }
@@ -816,18 +821,20 @@ void Server::finishWaitAny(std::shared_ptr<WaitAnyState> st,
       cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
     }
   }
+  // The doorbell first: the client, waiting on its local channels too, then reads the answer.
+  // Rung after the answer, the byte could arrive after the client has drained its doorbell
+  // and be taken by its next wait as that wait's answer.
+  if (st->doorbell.has_value()) {
+    auto bell = objects_->channel(*st->doorbell);
+    const std::byte one{1};
+    if (bell.has_value()) (void)bell->send(std::span(&one, 1), Timeout::none());
+  }
   if (error.has_value()) {
     st->reply(std::move(*error));
   } else {
     pb::Envelope e;
     for (auto r : st->ready) e.mutable_wait_any_reply()->add_ready(r);
     st->reply(std::move(e));
-  }
-  // Then the doorbell: the client, waiting on its local channels too, reads the answer now.
-  if (st->doorbell.has_value()) {
-    auto bell = objects_->channel(*st->doorbell);
-    const std::byte one{1};
-    if (bell.has_value()) (void)bell->send(std::span(&one, 1), Timeout::none());
   }
 }
 
@@ -992,9 +999,13 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
                           [reply](Result<pb::Envelope> res) { reply(fromPeer(std::move(res))); });
         return true;
       }
-      // Taken here by another object (and not to be replaced): the local path says so.
+      // Taken here by another object, and not a scoped name a scoped one may replace: the
+      // local path says so (before anything is claimed).
       auto here = global_.lookupName(r.name());
-      if (here.has_value() && !(*here == *d) && !r.replace()) return false;
+      if (here.has_value() && !(*here == *d) &&
+          !(r.replace() && r.scoped() && objects_->isScopedName(r.name()))) {
+        return false;
+      }
       registerClaimed(r.scoped() ? cid : 0, r, *d, replyTo(c, rid));
       return true;
     }

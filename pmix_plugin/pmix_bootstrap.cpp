@@ -66,11 +66,14 @@ class PmixBootstrap final : public Bootstrap {
     facts_.nodeCount = 0;
     DRAGON_TRY(getUint(wildcard_, PMIX_NUM_NODES, facts_.nodeCount, false));
     if (facts_.nodeCount == 0) facts_.nodeCount = facts_.nodeId + 1;  // at least
+    // The node's own name; PMIx's PMIX_HOSTNAME only if it has none. (mpirun gives there
+    // whatever --host said, an address as often as not.)
     char host[256] = {};
     (void)gethostname(host, sizeof host - 1);
     facts_.hostname = host;
     pmix_value_t* v = nullptr;
-    if (PMIx_Get(&me_, PMIX_HOSTNAME, nullptr, 0, &v) == PMIX_SUCCESS && v != nullptr) {
+    if (facts_.hostname.empty() &&
+        PMIx_Get(&me_, PMIX_HOSTNAME, nullptr, 0, &v) == PMIX_SUCCESS && v != nullptr) {
       if (v->type == PMIX_STRING && v->data.string != nullptr) facts_.hostname = v->data.string;
       PMIX_VALUE_RELEASE(v);
     }

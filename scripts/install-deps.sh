@@ -24,6 +24,7 @@ packages=(
   libucx-dev ucx-utils                     # inter-node transport (ucx_transport/), ucx_perftest
   slurmd slurmctld slurm-client munge      # the test cluster (tests/cluster/)
   iproute2                                 #   its nodes live in network namespaces
+  openmpi-bin                              # mpirun, the other PMIx server (tests/cluster/t_mpirun.sh)
 )
 
 missing=()

@@ -845,12 +845,31 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
   std::size_t count = 0;
   if (!local.empty()) {
     local.push_back({&impl.doorbell->channel(), WaitFor::Readable, {}});
-    auto n = Channel::waitAny(local, timeout.isForever() ? Timeout::forever()
-                                                          : Timeout::after(std::chrono::nanoseconds(
-                                                                std::max<std::int64_t>(
-                                                                    0, deadline.monotonicNs() -
-                                                                           monotonicNowNs()))));
-    const bool bell = n.has_value() && local.back().ready != WaitFor{};
+    // In slices: between them, the socket is looked at, for an answer that came without the
+    // doorbell (an error) and for a dragond that has gone.
+    constexpr std::int64_t kSliceNs = 50'000'000;
+    Result<std::size_t> n = std::size_t{0};
+    bool bell = false;
+    for (;;) {
+      std::int64_t left = kSliceNs;
+      if (!timeout.isForever()) {
+        left = std::min(left, std::max<std::int64_t>(0, deadline.monotonicNs() - monotonicNowNs()));
+      }
+      n = Channel::waitAny(local, Timeout::after(std::chrono::nanoseconds(left)));
+      if (!n.has_value() || *n > 0) {
+        bell = n.has_value() && local.back().ready != WaitFor{};
+        break;
+      }
+      if (!timeout.isForever() && deadline.expired()) break;
+      pollfd p{impl.sock.get(), POLLIN, 0};
+      if (::poll(&p, 1, 0) > 0) {
+        (void)impl.readAvailable();
+        if (impl.stash.count(id) != 0 || !impl.broken.isOk()) {
+          bell = true;
+          break;
+        }
+      }
+    }
     local.pop_back();
     if (!bell) {
       // A local channel (or the deadline) came first: dragond answers the wait at once.

@@ -357,6 +357,10 @@ int channels(Client& c, std::uint32_t node) {
   if (!(*req)->send(bytesOf("goodbye"), deadline).isOk()) return failWith("goodbye");
   auto exits = c.wait({echo->front().puid}, deadline);
   if (!exits || (*exits)[0].exitCode != 0) return failWith("the echo failed");
+  // A reference given back once is gone: a second detach must not take another client's.
+  if (!c.detach(q.descriptor()).isOk()) return failWith("detach of a remote channel");
+  st = c.detach(q.descriptor());
+  if (st.code() != StatusCode::NotFound) return failWith("a second detach of a remote channel: " + st.toString());
   std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1 MiB and 8 MiB\n",
               node, kMessages);
   return 0;

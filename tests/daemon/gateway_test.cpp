@@ -203,6 +203,39 @@ TEST_F(Gateway, DestroyingTheChannelFailsItsParkedOperationsWithChannelClosed) {
   EXPECT_EQ(codeOf(*r), StatusCode::ChannelClosed);
 }
 
+TEST_F(Gateway, AParkedPollOfADestroyedChannelSaysReadableAsForAClosedOne) {
+  RawConn raw(d->socket());
+  auto poll = op(ch->descriptor(), pb::ChannelOp::POLL, -1);
+  poll.mutable_channel_op()->set_events(1);
+  const auto waiting = raw.post(poll);
+  EXPECT_FALSE(raw.reply(waiting, 100ms).has_value());
+  ASSERT_TRUE(client.destroy(ch->descriptor()).isOk());
+  auto r = raw.reply(waiting, 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "none");
+  EXPECT_EQ(r->channel_op_reply().ready(), 1u);
+}
+
+TEST_F(Gateway, AMessageTooLargeToCrossNodesStaysQueued) {
+  // Larger than one transport message may carry: a receive through the gateway must leave it
+  // there (MessageTooLarge) rather than take it and fail to send it on.
+  auto big = client.createPool(std::size_t{48} << 20, {}, /*lazy=*/true);
+  ASSERT_TRUE(big.has_value()) << big.error().toString();
+  auto c = client.createChannel((*big)->descriptor(), {});
+  ASSERT_TRUE(c.has_value());
+  // Gateway::kMaxMessage (daemon/gateway.hpp): 16 MiB less 64 KiB.
+  const std::string payload((std::size_t{16} << 20) - (std::size_t{64} << 10) + 1, 'b');
+  ASSERT_TRUE((*c)->send(bytesOf(payload)).isOk());
+  RawConn raw(d->socket());
+  auto r = raw.reply(raw.post(op((*c)->descriptor(), pb::ChannelOp::RECV, 0)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::MessageTooLarge);
+  EXPECT_EQ((*c)->channel().size(), 1u);
+  ASSERT_TRUE((*c)->send(bytesOf("after")).isOk());
+  auto n = (*c)->recvBytes(Timeout::none());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(n->size(), payload.size()) << "the large message is still first in line";
+}
+
 TEST_F(Gateway, ClosingTheChannelWakesAParkedRecvWithChannelClosed) {
   RawConn raw(d->socket());
   const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
