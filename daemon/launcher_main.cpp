@@ -47,7 +47,7 @@ Runs PROGRAM as the head process of a Dragon job on this node and exits with its
 $DRAGON_PYTHON) as __main__ with the multiprocessing start method "dragon". Uses the dragond serving this user, or starts a private one
 for the job and stops it at the end.
 
-  --label          prefix every output line with "[PUID] "
+  --label          prefix every output line with "[NODE:PUID] " (the node it ran on, its id)
   --socket PATH    the dragond to use (default: $DRAGON_SOCKET, else RUNTIME_DIR/dragond.sock)
   --private        always start a private dragond for this job
   --config FILE    configuration file for a private dragond
@@ -77,6 +77,19 @@ void writeAll(int fd, std::string_view s) {
     }
     s.remove_prefix(static_cast<std::size_t>(n));
   }
+}
+
+// An output line of the job: as it came, or with --label, after "[NODE:PUID] " (every process
+// of the job, on any node, whatever label its spawner gave it: like srun --label's rank).
+void printLine(bool label, const dragon::OutputLine& l) {
+  const int fd = l.isStderr ? 2 : 1;
+  if (!label) {
+    writeAll(fd, l.line);
+    return;
+  }
+  std::string out = "[" + std::to_string(l.puid >> 40) + ":" + std::to_string(l.puid) + "] ";
+  out += l.line;
+  writeAll(fd, out);
 }
 
 void complain(const std::string& what) { writeAll(2, "dragon: " + what + "\n"); }
@@ -357,7 +370,6 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   spawn.env.push_back("DRAGON_SOCKET=" + socket);
   if (!pythonPath.empty()) spawn.env.push_back("PYTHONPATH=" + pythonPath);
   spawn.stdinMode = dragon::Stdio::Passed;
-  spawn.label = o.label ? "[{puid}] " : "";
   auto head = client.spawn(spawn);
   if (!head.has_value()) {
     complain(head.error().toString());
@@ -412,7 +424,7 @@ int runJob(const Options& o, dragon::UniqueFd sigfd) {
     complain(client.error().toString());
     return 1;
   }
-  client->setOutputHandler([](const dragon::OutputLine& l) { writeAll(l.isStderr ? 2 : 1, l.line); });
+  client->setOutputHandler([label = o.label](const dragon::OutputLine& l) { printLine(label, l); });
   int code = runHead(o, *client, socket, sigfd.get(), false);
   if (code < 0) return 1;
   // Whatever the head left running goes with it.
@@ -576,7 +588,7 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
   join.globalNode = join.headNode;
   Status st = client->joinCluster(join);
   if (!st.isOk()) return fail("joining the job: " + st.toString());
-  client->setOutputHandler([](const dragon::OutputLine& l) { writeAll(l.isStderr ? 2 : 1, l.line); });
+  client->setOutputHandler([label = o.label](const dragon::OutputLine& l) { printLine(label, l); });
 
   int code = 0;
   if (f.rank == 0) {

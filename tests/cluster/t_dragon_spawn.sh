@@ -12,6 +12,14 @@ for k in 1 2 3; do
     fail "no output from node $((k - 1)) through rank $((k - 1))"
 done
 wait_nothing_left
+# dragon --label: every line of the job, from any node, says which node and process it came from.
+out=$(srun_dragon -- --label -- "$PROBE" spawn-all 2>&1) || fail "srun exited $?: $out"
+for k in 1 2 3; do
+  grep -qE "^\[$((k - 1)):[0-9]+\] hello from n$k node $((k - 1)) " <<<"$out" ||
+    { echo "$out"; fail "no labelled line from node $((k - 1))"; }
+done
+grep -qE "^\[0:[0-9]+\] probe: ok spawn-all 3 nodes" <<<"$out" || fail "the head's own lines are not labelled"
+wait_nothing_left
 # The same from C.
 out=$(srun_dragon "$BUILD/tests/cluster/capi_probe" 2>&1) || fail "capi_probe: srun exited $?: $out"
 echo "$out"
