@@ -262,12 +262,26 @@ PYBIND11_MODULE(_native, m) {
            py::arg("name") = "")
       .def("attach_channel",
            [](dragon::Client& c, const std::string& desc) {
+             std::unique_ptr<dragon::ClientChannel> ch;
              if (desc.rfind("dragon:", 0) == 0) {
                const dragon::ObjectDescriptor d = parseDesc(desc);
-               return PyChannel{take(unlocked([&] { return c.attachChannel(d); }))};
+               ch = take(unlocked([&] { return c.attachChannel(d); }));
+             } else {
+               const std::string_view name(desc);
+               ch = take(unlocked([&] { return c.attachChannel(name); }));
              }
-             const std::string_view name(desc);
-             return PyChannel{take(unlocked([&] { return c.attachChannel(name); }))};
+             // The Python objects map their channels; one of another node (found by name or
+             // descriptor in a multi-node job) has no mapping here. Until the Python layer
+             // spans nodes, that is an error, not a crash.
+             if (ch->isRemote()) {
+               const dragon::ObjectDescriptor d = ch->descriptor();
+               (void)unlocked([&] { return c.detach(d); });
+               raise(dragon::Status(dragon::StatusCode::InvalidArgument,
+                                    "channel " + d.toString() + " lives on node " +
+                                        std::to_string(d.node) +
+                                        ": Python objects do not span nodes yet"));
+             }
+             return PyChannel{std::move(ch)};
            })
       .def("attach_pool",
            [](dragon::Client& c, const std::string& desc) {

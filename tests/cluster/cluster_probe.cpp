@@ -540,6 +540,34 @@ int names(Client& c, std::uint32_t node) {
   auto answer = (*rep)->recvBytes(Timeout::after(30s));
   const std::string want = "got:via-name head-on-node:" + std::to_string(c.node());
   if (!answer || textOf(*answer) != want) return failWith("the host answered '" + (answer ? textOf(*answer) : answer.error().toString()) + "'");
+  // Python objects do not span nodes yet: attaching that channel from Python on this node is a
+  // clear error naming its node (not a crash).
+  {
+    std::string dir(exe);
+    dir = dir.substr(0, dir.rfind('/'));          // .../tests/cluster
+    dir = dir.substr(0, dir.rfind('/'));          // .../tests
+    dir = dir.substr(0, dir.rfind('/')) + "/python";
+    SpawnOptions py;
+    py.argv = {"/usr/bin/python3", "-c",
+               "import sys, dragon._runtime as r\n"
+               "try:\n"
+               "    r.attach_channel('cluster-name-plain')\n"
+               "except Exception as e:\n"
+               "    print('python:', type(e).__name__, e)\n"
+               "    sys.exit(0 if 'lives on node " + std::to_string(node) + "' in str(e) else 1)\n"
+               "sys.exit(2)\n"};
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::strncmp(*e, "PYTHONPATH=", 11) != 0) py.env.emplace_back(*e);
+    }
+    py.env.push_back("PYTHONPATH=" + dir);
+    auto pp = c.spawn(py);
+    if (!pp) return failWith("spawn python: " + pp.error().toString());
+    auto pe = c.wait({pp->front().puid}, Timeout::after(30s));
+    if (!pe || (*pe)[0].exitCode != 0) {
+      return failWith("Python attaching a channel of another node: exit " +
+                      (pe ? std::to_string((*pe)[0].exitCode) : pe.error().toString()));
+    }
+  }
   // A name is unique job-wide: taken on another node is AlreadyExists here.
   st = c.registerName("cluster-name-plain", (*mineCh)->descriptor());
   if (st.code() != StatusCode::AlreadyExists) return failWith("a name taken on another node: " + st.toString());
