@@ -90,16 +90,9 @@ Result<ObjectGrant> ObjectManager::attach(std::uint64_t owner, const ObjectDescr
     p->second.refs[owner]++;
     return ObjectGrant{object, object, p->second.pool->fd()};
   }
-  auto c = channels_.find(object.id);
-  if (c == channels_.end() || !(c->second.desc == object)) {
-    return notHere(object);
-  }
-  auto p = pools_.find(object.poolId);
-  if (p == pools_.end()) {
-    return Status(StatusCode::Internal, "channel outlived its pool");
-  }
-  c->second.refs[owner]++;
-  return ObjectGrant{object, p->second.pool->descriptor(), p->second.pool->fd()};
+  DRAGON_ASSIGN_OR_RETURN(ObjectGrant grant, find(object));
+  channels_.find(object.id)->second.refs[owner]++;
+  return grant;
 }
 
 Status ObjectManager::detach(std::uint64_t owner, const ObjectDescriptor& object) {

@@ -22,6 +22,7 @@
 namespace {
 
 using dragon::Client;
+using dragon::Result;
 using dragon::Placement;
 using dragon::SpawnOptions;
 using dragon::StatusCode;
@@ -189,6 +190,33 @@ std::string textOf(const std::vector<std::byte>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size());
 }
 
+// This program's own path (to start a copy of it on another node).
+std::string selfPath() {
+  char link[64];
+  std::snprintf(link, sizeof link, "/proc/%d/exe", static_cast<int>(getpid()));
+  char exe[4096] = {};
+  return readlink(link, exe, sizeof exe - 1) < 0 ? std::string() : std::string(exe);
+}
+
+// Starts a copy of this program on `node` with `args` (its mode first).
+Result<std::vector<dragon::ProcessInfo>> spawnSelf(Client& c, std::vector<std::string> args,
+                                                   std::uint32_t node) {
+  SpawnOptions so;
+  so.argv = {selfPath()};
+  so.argv.insert(so.argv.end(), args.begin(), args.end());
+  so.placement = Placement::onNode(node);
+  return c.spawn(so);
+}
+
+// The next message of `ch` read as a descriptor, attached.
+Result<std::unique_ptr<ClientChannel>> attachSent(Client& c, ClientChannel& ch, Timeout t) {
+  auto m = ch.recvBytes(t);
+  if (!m) return m.error();
+  auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
+  if (!d) return d.error();
+  return c.attachChannel(*d);
+}
+
 // The process on another node: attaches the head's channels REQ and REP (remote to it),
 // creates P and Q on its own node and sends their descriptors back on REP; then forwards every
 // message of P to REP until "stop", then waits (a remote blocking recv) for one message on
@@ -243,26 +271,17 @@ int channels(Client& c, std::uint32_t node) {
   o.capacity = 1024;
   auto rep = c.createChannel((*pool)->descriptor(), o);
   if (!req || !rep) return failWith("channels: " + (req ? rep.error() : req.error()).toString());
-  char self[64];
-  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
-  char exe[4096] = {};
-  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
-  SpawnOptions so;
-  so.argv = {exe, "channel-echo", (*req)->descriptor().toString(), (*rep)->descriptor().toString()};
-  so.placement = Placement::onNode(node);
-  auto echo = c.spawn(so);
+  auto echo = spawnSelf(c, {"channel-echo", (*req)->descriptor().toString(),
+                           (*rep)->descriptor().toString()}, node);
   if (!echo) return failWith("spawn echo: " + echo.error().toString());
   const auto deadline = Timeout::after(30s);
   std::unique_ptr<ClientChannel> pq[3];
   for (auto& ch : pq) {
-    auto m = (*rep)->recvBytes(deadline);
-    if (!m) return failWith("descriptor from the echo: " + m.error().toString());
-    auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
-    if (!d) return failWith("descriptor: " + d.error().toString());
-    if (d->node != node) return failWith("the echo's channel lives on node " + std::to_string(d->node));
-    auto a = c.attachChannel(*d);
-    if (!a) return failWith("attach remote: " + a.error().toString());
-    if (!(*a)->isRemote()) return failWith("a channel of another node is not remote");
+    auto a = attachSent(c, **rep, deadline);
+    if (!a) return failWith("a channel of the echo: " + a.error().toString());
+    if (!(*a)->isRemote() || (*a)->descriptor().node != node) {
+      return failWith("a channel of node " + std::to_string(node) + " is not remote here");
+    }
     ch = std::move(*a);
   }
   ClientChannel& p = *pq[0];
@@ -386,21 +405,10 @@ int recvLost(Client& c, std::uint32_t node) {
   if (!pool) return failWith("pool");
   auto rep = c.createChannel((*pool)->descriptor(), {});
   if (!rep) return failWith("channel");
-  char self[64];
-  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
-  char exe[4096] = {};
-  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
-  SpawnOptions so;
-  so.argv = {exe, "channel-host", (*rep)->descriptor().toString()};
-  so.placement = Placement::onNode(node);
-  auto host = c.spawn(so);
+  auto host = spawnSelf(c, {"channel-host", (*rep)->descriptor().toString()}, node);
   if (!host) return failWith("spawn: " + host.error().toString());
-  auto m = (*rep)->recvBytes(Timeout::after(30s));
-  if (!m) return failWith("descriptor: " + m.error().toString());
-  auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
-  if (!d) return failWith("bad descriptor");
-  auto remote = c.attachChannel(*d);
-  if (!remote) return failWith("attach: " + remote.error().toString());
+  auto remote = attachSent(c, **rep, Timeout::after(30s));
+  if (!remote) return failWith("the host's channel: " + remote.error().toString());
   std::printf("probe: blocked on a channel of node %u\n", node);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
@@ -444,21 +452,10 @@ int channelBench(Client& c, std::uint32_t node, int count, std::size_t size) {
   if (!pool) return failWith("pool");
   auto rep = c.createChannel((*pool)->descriptor(), {});
   if (!rep) return failWith("channel");
-  char self[64];
-  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
-  char exe[4096] = {};
-  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
-  SpawnOptions so;
-  so.argv = {exe, "channel-sink", (*rep)->descriptor().toString()};
-  so.placement = Placement::onNode(node);
-  auto sink = c.spawn(so);
+  auto sink = spawnSelf(c, {"channel-sink", (*rep)->descriptor().toString()}, node);
   if (!sink) return failWith("spawn: " + sink.error().toString());
-  auto m = (*rep)->recvBytes(Timeout::after(30s));
-  if (!m) return failWith("descriptor: " + m.error().toString());
-  auto d = dragon::ObjectDescriptor::fromString(textOf(*m));
-  if (!d) return failWith("bad descriptor");
-  auto ch = c.attachChannel(*d);
-  if (!ch) return failWith("attach: " + ch.error().toString());
+  auto ch = attachSent(c, **rep, Timeout::after(30s));
+  if (!ch) return failWith("the sink's channel: " + ch.error().toString());
   const std::string payload(size, 'p');
   auto run = [&](int n) -> dragon::Status {
     for (int i = 0; i < n; ++i) {
@@ -519,14 +516,7 @@ int names(Client& c, std::uint32_t node) {
   if (!rep || !mineCh) return failWith("channels");
   dragon::Status st = c.registerName("cluster-name-head", (*mineCh)->descriptor());
   if (!st.isOk()) return failWith("register: " + st.toString());
-  char self[64];
-  std::snprintf(self, sizeof self, "/proc/%d/exe", static_cast<int>(getpid()));
-  char exe[4096] = {};
-  if (readlink(self, exe, sizeof exe - 1) < 0) return failWith("readlink");
-  SpawnOptions so;
-  so.argv = {exe, "name-host", (*rep)->descriptor().toString()};
-  so.placement = Placement::onNode(node);
-  auto host = c.spawn(so);
+  auto host = spawnSelf(c, {"name-host", (*rep)->descriptor().toString()}, node);
   if (!host) return failWith("spawn: " + host.error().toString());
   auto ready = (*rep)->recvBytes(Timeout::after(30s));
   if (!ready || textOf(*ready) != "named") return failWith("the host did not name its channels");
@@ -543,7 +533,7 @@ int names(Client& c, std::uint32_t node) {
   // Python objects do not span nodes yet: attaching that channel from Python on this node is a
   // clear error naming its node (not a crash).
   {
-    std::string dir(exe);
+    std::string dir = selfPath();
     dir = dir.substr(0, dir.rfind('/'));          // .../tests/cluster
     dir = dir.substr(0, dir.rfind('/'));          // .../tests
     dir = dir.substr(0, dir.rfind('/')) + "/python";

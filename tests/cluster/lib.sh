@@ -49,3 +49,34 @@ wait_for_line() {  # wait_for_line FILE REGEX SECONDS
     sleep 0.05
   done
 }
+
+# The lost-node tests: srun_dragon ARGS... in the background, its output in $LOG (a file the
+# caller made); returns at once with $SRUN_PID set.
+start_job() {  # start_job LOG DRAGON ARGS...
+  local log=$1
+  shift
+  srun_dragon "$@" >"$log" 2>&1 &
+  SRUN_PID=$!
+}
+
+# SIGKILL of the dragond of node NODE (its dragon node id).
+kill_dragond_of() {  # kill_dragond_of NODE
+  local victim
+  victim=$(pgrep -f -- "$BUILD/daemon/dragond .*--node-id $1" | head -1)
+  [ -n "$victim" ] || fail "no dragond for node $1"
+  kill -KILL "$victim"
+}
+
+# Waits for the job started by start_job to end with a failure, and checks that the probe
+# reported "probe: ok WHAT after S s: NodeLost..." with S below LIMIT seconds.
+expect_node_lost() {  # expect_node_lost LOG WHAT LIMIT
+  local rc line secs
+  set +e
+  wait "$SRUN_PID"; rc=$?
+  set -e
+  cat "$1"
+  [ "$rc" -ne 0 ] || fail "the job succeeded after losing a node"
+  line=$(grep -E "probe: ok $2 after [0-9.]+ s: NodeLost" "$1") || fail "no NodeLost for $2"
+  secs=$(sed -E 's/.*after ([0-9.]+) s.*/\1/' <<<"$line")
+  awk -v s="$secs" -v l="$3" 'BEGIN { exit !(s < l) }' || fail "NodeLost took $secs s (limit $3 s)"
+}

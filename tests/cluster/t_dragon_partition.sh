@@ -7,20 +7,12 @@
 log=$(mktemp)
 link_up() { ip -n dc-n3 link set eth0 up 2>/dev/null || true; }
 trap 'link_up; rm -f "$log"' EXIT
-srun_dragon "$PROBE" wait-lost 2 >"$log" 2>&1 &
-srun_pid=$!
+start_job "$log" "$PROBE" wait-lost 2
 wait_for_line "$log" "probe: sleeper .* running on node 2" 30
 ip -n dc-n3 link set eth0 down
 wait_for_line "$log" "probe: ok wait-lost after" 10
 link_up
-set +e
-wait "$srun_pid"; rc=$?
-set -e
-cat "$log"
-[ "$rc" -ne 0 ] || fail "the job succeeded across a partition"
-line=$(grep -E "probe: ok wait-lost after [0-9.]+ s: NodeLost" "$log") || fail "no NodeLost"
-secs=$(sed -E 's/.*after ([0-9.]+) s.*/\1/' <<<"$line")
-awk -v s="$secs" 'BEGIN { exit !(s < 2.5) }' || fail "NodeLost took $secs s"
+expect_node_lost "$log" wait-lost 2.5
 grep -q "node 2 (n3) was lost" "$log" || fail "nobody said which node was lost"
 wait_nothing_left "sleep 600"
 echo "ok"
