@@ -681,9 +681,9 @@ pb::Envelope Server::peerAttach(std::uint32_t from, const pb::Attach& attach) {
   o->set_fd_count(0);
   o->set_remote(true);
   o->set_capacity(ch->capacity());
-  // A message crosses nodes whole, in one transport message with its envelope around it.
-  const std::uint64_t wire = Cluster::maxMessageBytes() - (std::uint64_t{64} << 10);
-  o->set_max_message_size(std::min<std::uint64_t>(ch->maxMessageSize(), wire));
+  // A message crosses nodes whole, in one transport message with its envelope around it: what
+  // the gateway takes off a channel for another node (Gateway::kMaxMessage).
+  o->set_max_message_size(std::min<std::uint64_t>(ch->maxMessageSize(), Gateway::kMaxMessage));
   return e;
 }
 

@@ -74,6 +74,19 @@ static int echo(const char* up_text, const char* down_text) {
     ECHO_FAIL("recv: %s", dragon_last_error());
   }
   if (len != 3 || memcmp(buf, "ack", 3) != 0) ECHO_FAIL("got '%.*s', not 'ack'", (int)len, buf);
+  dragon_allocation_t none;
+  memset(&none, 0, sizeof none);
+  if (dragon_channel_send_block(up, &none, 1, 0) != DRAGON_INVALID_ARGUMENT) {
+    ECHO_FAIL("send_block to a remote channel was not refused");
+  }
+  /* Closed from here, at its home: the head's recv there sees it. */
+  if (dragon_channel_close(down) != DRAGON_OK) ECHO_FAIL("close: %s", dragon_last_error());
+  if (dragon_channel_recv(down, buf, sizeof buf, &len, 0) != DRAGON_CHANNEL_CLOSED) {
+    ECHO_FAIL("a closed remote channel was not DRAGON_CHANNEL_CLOSED");
+  }
+  if (dragon_channel_destroy(down) != DRAGON_INVALID_ARGUMENT) {
+    ECHO_FAIL("destroy of a remote channel was not refused");
+  }
   dragon_channel_detach(up);
   dragon_channel_detach(down);
   dragon_client_close(c);
@@ -114,6 +127,9 @@ static int channels(dragon_client_t* c, const char* self, uint32_t node) {
   dragon_exit_t e;
   if (dragon_client_wait(c, &p.puid, 1, 30000000000LL, &e) != DRAGON_OK || e.exit_code != 0) {
     FAIL("the echo on node %u failed", node);
+  }
+  if (dragon_channel_recv(down, buf, sizeof buf, &len, 0) != DRAGON_CHANNEL_CLOSED) {
+    FAIL("the echo's close did not reach the channel's home");
   }
   dragon_channel_detach(up);
   dragon_channel_detach(down);

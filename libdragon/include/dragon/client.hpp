@@ -276,9 +276,10 @@ class Client {
   // Channel::waitAny over channels of this node and of other nodes together: waits until at
   // least one item is ready (a closed channel counts as readable) and returns how many are;
   // 0 when the timeout passed first. At most 63 items. With only local channels it is
-  // Channel::waitAny; remote ones are polled at their homes by this node's dragond, which
-  // rings a private doorbell channel of this client when one is ready. NodeLost when a remote
-  // channel's node is lost.
+  // Channel::waitAny; remote ones are polled at their homes by this node's dragond. With local
+  // ones too, the client sleeps on them and on a private doorbell channel that dragond rings
+  // when it answers (ready, error or timeout), looking at its socket every 50 ms. NodeLost when
+  // a remote channel's node is lost.
   Result<std::size_t> waitAny(std::span<ClientWaitItem> items, Timeout timeout);
 
   // Handles what dragond sent (output) for up to `timeout`; PeerLost if it went away.
