@@ -228,14 +228,13 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
   park(from, op, std::move(*own), std::move(mine), std::move(reply));
 }
 
-Gateway::Op* Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
-                           std::shared_ptr<Pool> pool, Reply reply) {
+void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
+                   std::shared_ptr<Pool> pool, Reply reply) {
   auto o = std::unique_ptr<Op>(new Op{from, op.op_key(), mine.id(), op, std::move(mine),
                                       std::move(pool), 0, std::move(reply), false});
   const std::int64_t t = op.timeout_ns();
   const std::int64_t now = monotonicNowNs();
   o->deadlineNs = t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;
-  Op* raw = o.get();
   {
     std::lock_guard lk(mu_);
     ops_.push_back(std::move(o));
@@ -243,7 +242,6 @@ Gateway::Op* Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel 
   ring();
   // Forget mappings nobody uses any more (the thread holds the live ones).
   std::erase_if(mappings_, [](const auto& kv) { return kv.second.expired(); });
-  return raw;
 }
 
 void Gateway::fail(const std::function<bool(const Op&)>& which,

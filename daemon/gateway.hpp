@@ -58,7 +58,7 @@ class Gateway {
   // POLL for readable answers readable, as a closed channel's). Returns once the gateway
   // thread no longer touches the channel.
   void channelGone(std::uint64_t channelId);
-  // Operations parked now (for dumps and tests).
+  // Operations parked now (for the SIGUSR1 dump).
   std::size_t parked() const;
 
  private:
@@ -67,8 +67,8 @@ class Gateway {
   void run();
   void ring();
   void onDone();
-  Op* park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
-           std::shared_ptr<Pool> pool, Reply reply);
+  void park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
+            std::shared_ptr<Pool> pool, Reply reply);
   // Finishes the parked operations `which` selects, answering each with `answer` (if given).
   void fail(const std::function<bool(const Op&)>& which,
             const std::function<protocol::Envelope(const Op&)>& answer);

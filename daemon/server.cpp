@@ -617,6 +617,7 @@ void Server::closeAll() {
 std::string Server::dump() const {
   std::string out = "server: " + std::to_string(conns_.size()) + " connections" +
                     (listener_ ? "" : " (not accepting)");
+  if (gateway_) out += ", " + std::to_string(gateway_->parked()) + " channel operations parked";
   for (const auto& [id, c] : conns_) {
     out += "\n  connection " + std::to_string(id) + " pid " + std::to_string(c->peer.pid) +
            " '" + c->name + "' job " + std::to_string(c->job) + (c->jobRoot ? " (root)" : "") +

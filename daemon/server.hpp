@@ -119,8 +119,12 @@ class Server {
   void clusterAttach(Connection& c, protocol::Envelope& msg, const ObjectDescriptor& d);
   // A channel operation: through this node's gateway, or forwarded to the channel's home.
   void handleChannelOp(Connection& c, protocol::Envelope& msg);
-  // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`.
-  void routeChannelOp(std::uint64_t cid, protocol::ChannelOp op, Reply reply);
+  // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`,
+  // under `key` (from nextOpKey_), by which cancelOp() ends it while it waits.
+  void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply);
+  void cancelOp(std::uint32_t node, std::uint64_t key);
+  // Gives back a reference this node's client held on another node's channel.
+  void dropRemoteRef(const ObjectDescriptor& d);
   struct WaitAnyState;
   void handleWaitAny(Connection& c, protocol::Envelope& msg);
   void handleCancelWait(Connection& c, protocol::Envelope& msg);

@@ -651,10 +651,7 @@ void Server::clusterAttach(Connection& c, pb::Envelope& msg, const ObjectDescrip
       if (find(cid) != nullptr) {
         remoteRefs_[cid].push_back(d);
       } else {
-        // The client left meanwhile: give the reference back.
-        pb::Envelope drop;
-        *drop.mutable_detach()->mutable_object() = pb::toRef(d);
-        cluster_->forward(d.node, std::move(drop), [](Result<pb::Envelope>) {});
+        dropRemoteRef(d);  // the client left meanwhile: give the reference back
       }
     }
     reply(fromPeer(std::move(r)));
@@ -698,17 +695,16 @@ void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
     sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL is between dragonds"));
     return;
   }
-  routeChannelOp(c.id, msg.channel_op(), replyTo(c, rid));
+  routeChannelOp(c.id, nextOpKey_++, msg.channel_op(), replyTo(c, rid));
 }
 
-void Server::routeChannelOp(std::uint64_t cid, pb::ChannelOp op, Reply reply) {
+void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp op, Reply reply) {
   auto d = pb::fromRef(op.channel());
   if (!d.has_value()) {
     reply(errorEnvelope(d.error()));
     return;
   }
   const std::uint32_t node = d->node;
-  const std::uint64_t key = nextOpKey_++;
   op.set_op_key(key);
   remoteOps_[cid].insert({node, key});
   auto done = [this, cid, node, key, reply = std::move(reply)](pb::Envelope answer) {
@@ -787,10 +783,9 @@ void Server::handleWaitAny(Connection& c, pb::Envelope& msg) {
   st->remaining = ops.size();
   st->polls.resize(ops.size());
   for (std::size_t i = 0; i < ops.size(); ++i) {
-    // The key routeChannelOp gives this POLL is the next one: remember it to cancel it.
-    const auto node = pb::fromRef(ops[i].channel())->node;
-    st->polls[i] = {node, nextOpKey_};
-    routeChannelOp(c.id, std::move(ops[i]), [this, st, i](pb::Envelope answer) {
+    const std::uint64_t key = nextOpKey_++;  // to cancel it while it waits
+    st->polls[i] = {pb::fromRef(ops[i].channel())->node, key};
+    routeChannelOp(c.id, key, std::move(ops[i]), [this, st, i](pb::Envelope answer) {
       if (st->done) return;
       st->polls[i].second = 0;  // answered
       if (answer.has_error()) {
@@ -811,15 +806,7 @@ void Server::finishWaitAny(std::shared_ptr<WaitAnyState> st,
   waits_.erase({st->cid, st->rid});
   // The polls still waiting at their homes are cancelled (each then answers "not ready").
   for (const auto& [node, key] : st->polls) {
-    if (key == 0) continue;
-    if (node == node_ || cluster_ == nullptr) {
-      gateway_->cancel(node_, key);
-    } else if (cluster_->nodes().count(node) != 0) {
-      pb::Envelope fwd;
-      fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
-      fwd.mutable_channel_op()->set_op_key(key);
-      cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
-    }
+    if (key != 0) cancelOp(node, key);
   }
   // The doorbell first: the client, waiting on its local channels too, then reads the answer.
   // Rung after the answer, the byte could arrive after the client has drained its doorbell
@@ -854,11 +841,7 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
     }
   }
   if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
-    for (const auto& d : refs->second) {
-      pb::Envelope drop;
-      *drop.mutable_detach()->mutable_object() = pb::toRef(d);
-      cluster_->forward(d.node, std::move(drop), [](Result<pb::Envelope>) {});
-    }
+    for (const auto& d : refs->second) dropRemoteRef(d);
     remoteRefs_.erase(refs);
   }
   auto it = remoteOps_.find(connection);
@@ -866,16 +849,24 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
   // Taken out first: a cancelled operation is answered at once, and its answer updates the map.
   const auto ops = std::move(it->second);
   remoteOps_.erase(it);
-  for (const auto& [node, key] : ops) {
-    if (node == node_ || cluster_ == nullptr) {
-      gateway_->cancel(node_, key);
-      continue;
-    }
+  for (const auto& [node, key] : ops) cancelOp(node, key);
+}
+
+void Server::cancelOp(std::uint32_t node, std::uint64_t key) {
+  if (node == node_ || cluster_ == nullptr) {
+    gateway_->cancel(node_, key);
+  } else if (cluster_->nodes().count(node) != 0) {
     pb::Envelope fwd;
     fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
     fwd.mutable_channel_op()->set_op_key(key);
     cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
   }
+}
+
+void Server::dropRemoteRef(const ObjectDescriptor& d) {
+  pb::Envelope drop;
+  *drop.mutable_detach()->mutable_object() = pb::toRef(d);
+  cluster_->forward(d.node, std::move(drop), [](Result<pb::Envelope>) {});
 }
 
 }  // namespace dragon::daemon
