@@ -505,6 +505,15 @@ std::string fileSafe(const std::string& s) {
   return out.substr(0, 64);
 }
 
+// The dragond that the Slurm prolog (packaging/slurm/dragon-prolog) started for this job on
+// this node, or "" outside a Slurm job. The name carries the node because nodes may share /run.
+std::string slurmPrologSocket() {
+  const char* job = std::getenv("SLURM_JOB_ID");
+  const char* node = std::getenv("SLURMD_NODENAME");
+  if (job == nullptr || node == nullptr || job[0] == '\0' || node[0] == '\0') return {};
+  return "/run/dragon/slurm-job-" + fileSafe(job) + "-" + fileSafe(node) + "/dragond.sock";
+}
+
 int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::UniqueFd sigfd) {
   const auto& f = b.facts();
   const bool serving = f.localRank == 0;
@@ -515,32 +524,54 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     return 1;
   }
   // Nodes may share /tmp (and do, in network namespaces): the socket is named after the node.
-  const std::string socket = dragon::defaultRuntimeDir() + "/job-" + fileSafe(f.job) + "-node" +
-                             std::to_string(f.nodeId) + ".sock";
+  std::string socket = dragon::defaultRuntimeDir() + "/job-" + fileSafe(f.job) + "-node" +
+                       std::to_string(f.nodeId) + ".sock";
   PrivateDaemon privateDaemon;
   Client::Options co;
   co.name = "dragon launcher (rank " + std::to_string(f.rank) + ")";
-  co.socketPath = socket;
   Result<Client> client = Status(StatusCode::NotFound);
   auto fail = [&](const std::string& what) {
     complain("rank " + std::to_string(f.rank) + " on " + f.hostname + ": " + what);
     b.abort(1, "dragon: " + what);
     return 1;
   };
-  std::string socketPath = socket;
   if (serving) {
-    Status st = privateDaemon.start(o, socketPath, f.nodeId);
-    if (!st.isOk()) return fail(std::string(st.message()));
-    client = Client::connect(co);
-    if (!client.has_value()) return fail(client.error().toString());
-    auto address = client->clusterAddress();
-    if (!address.has_value()) return fail(address.error().toString());
+    Result<dragon::ClusterEndpoint> endpoint = Status(StatusCode::NotFound);
+    // The prolog's dragond serves the job's first step; a later step (its cluster layer is
+    // wired once) or a node without one starts a private dragond, as without the prolog.
+    const std::string prolog = slurmPrologSocket();
+    if (!prolog.empty() && access(prolog.c_str(), F_OK) == 0) {
+      co.socketPath = prolog;
+      client = Client::connect(co);
+      if (client.has_value()) endpoint = client->clusterAddress();
+      if (endpoint.has_value()) {
+        socket = prolog;
+      } else {
+        const Status why = client.has_value() ? endpoint.error() : client.error();
+        if (why.code() != StatusCode::AlreadyExists) {
+          complain("rank " + std::to_string(f.rank) + " on " + f.hostname +
+                   ": not using the dragond of the Slurm prolog (" + why.toString() +
+                   "): starting a private one");
+        }
+        client = Status(StatusCode::NotFound);
+      }
+    }
+    if (!endpoint.has_value()) {
+      Status st = privateDaemon.start(o, socket, f.nodeId);
+      if (!st.isOk()) return fail(std::string(st.message()));
+      co.socketPath = socket;
+      client = Client::connect(co);
+      if (!client.has_value()) return fail(client.error().toString());
+      endpoint = client->clusterAddress();
+      if (!endpoint.has_value()) return fail(endpoint.error().toString());
+    }
     dragon::protocol::NodeInfo me;
-    me.set_node(f.nodeId);
+    me.set_node(endpoint->node);
     me.set_hostname(f.hostname);
     me.set_cpus(f.cpus);
     me.set_rank(f.rank);
-    me.set_address(*address);
+    me.set_address(endpoint->address);
+    me.set_socket(socket);
     Status put = b.put(kNodeKey, me.SerializeAsString());
     if (!put.isOk()) return fail(put.toString());
   }
@@ -553,9 +584,34 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
   Status ex = b.exchange(kWireUpTimeoutNs);
   if (!ex.isOk()) return fail("the PMIx exchange failed: " + ex.toString());
 
+  dragon::ClusterJoin join;
+  std::string servedBy;  // the socket of this node's dragond, from the launcher that serves it
+  for (std::uint32_t r = 0; r < f.size; ++r) {
+    auto v = b.get(r, kNodeKey);
+    if (!v.has_value()) {
+      if (v.error().code() == StatusCode::NotFound) continue;  // not its node's first rank
+      return fail(v.error().toString());
+    }
+    dragon::protocol::NodeInfo n;
+    if (!n.ParseFromString(*v)) return fail("rank " + std::to_string(r) + " published a bad node");
+    for (const auto& p : join.nodes) {
+      if (p.info.node == n.node()) {
+        return fail("nodes " + p.info.hostname + " and " + n.hostname() + " both say they are node " +
+                    std::to_string(n.node()) + " (a Slurm prolog's dragond on one and not on the other?)");
+      }
+    }
+    if (n.hostname() == f.hostname) servedBy = n.socket();
+    dragon::ClusterJoin::Peer p;
+    p.info = dragon::NodeInfo{n.node(), n.hostname(), n.cpus(), n.rank()};
+    p.address = n.address();
+    if (r == 0) join.headNode = n.node();
+    join.nodes.push_back(std::move(p));
+  }
   if (!serving) {
     // Another launcher of this node serves it: wait for the job's end there, and exit as the
-    // job does. (Its dragond is up: that launcher started it before the exchange.)
+    // job does. (Its dragond is up: that launcher started or found it before the exchange.)
+    if (servedBy.empty()) return fail("no launcher of " + f.hostname + " published its dragond");
+    co.socketPath = servedBy;
     client = Client::connect(co);
     if (!client.has_value()) return fail(client.error().toString());
     auto end = client->waitJobEnd();
@@ -566,21 +622,6 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     return *end;
   }
 
-  dragon::ClusterJoin join;
-  for (std::uint32_t r = 0; r < f.size; ++r) {
-    auto v = b.get(r, kNodeKey);
-    if (!v.has_value()) {
-      if (v.error().code() == StatusCode::NotFound) continue;  // not its node's first rank
-      return fail(v.error().toString());
-    }
-    dragon::protocol::NodeInfo n;
-    if (!n.ParseFromString(*v)) return fail("rank " + std::to_string(r) + " published a bad node");
-    dragon::ClusterJoin::Peer p;
-    p.info = dragon::NodeInfo{n.node(), n.hostname(), n.cpus(), n.rank()};
-    p.address = n.address();
-    if (r == 0) join.headNode = n.node();
-    join.nodes.push_back(std::move(p));
-  }
   auto secret = b.get(0, kSecretKey);
   if (!secret.has_value()) return fail(secret.error().toString());
   join.secret = *secret;

@@ -58,6 +58,12 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
   switch (msg.body_case()) {
     case pb::Envelope::kClusterAddress: {
       if (cluster_ == nullptr) return false;
+      if (cluster_->joined()) {
+        // A dragond started by the Slurm prolog serves the job's first step; its cluster
+        // layer is wired once, so a later step's launcher starts its own dragonds.
+        sendError(c, rid, Status(StatusCode::AlreadyExists, "this dragond already served a job step"));
+        return true;
+      }
       pb::Envelope reply;
       reply.set_request_id(rid);
       auto* a = reply.mutable_cluster_address_reply();

@@ -339,8 +339,18 @@ void UcxTransport::setSecret(std::string secret) {
   // Messages dropped before now that carried this secret came from the job: keep their
   // sequence numbers, or the messages after them would wait for them forever.
   std::vector<EarlyDrop> early = std::exchange(early_, {});
+  // A peer that joined first may reach this node before its own launcher hands over the
+  // secret (a heartbeat, say): dropping that is part of wiring up, so only a wrong secret is
+  // worth a warning.
   for (const EarlyDrop& e : early) {
-    if (sameSecret(e.secret, secret_)) noteSkipped(e.node, e.seq);
+    if (sameSecret(e.secret, secret_)) {
+      noteSkipped(e.node, e.seq);
+    } else if (dropLog_.admit(nowNs(), kLog, options_.selfNode)) {
+      DRAGON_LOG(Warn, kLog,
+                 "node %u dropped a message that claims to come from node %u: wrong job secret "
+                 "(it came before this node joined)",
+                 options_.selfNode, e.node);
+    }
   }
 }
 
@@ -479,8 +489,11 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
     return UCS_OK;
   }
   if (!secretSet_) {
-    if (early_.size() < kMaxEarlyDrops) early_.push_back({h.node, h.seq, std::string(h.secret)});
-    dropped(&h, "this node has no job secret yet");
+    if (early_.size() < kMaxEarlyDrops) {
+      early_.push_back({h.node, h.seq, std::string(h.secret)});  // judged by setSecret
+    } else {
+      dropped(&h, "this node has no job secret yet");
+    }
     return UCS_OK;
   }
   if (!sameSecret(h.secret, secret_)) {

@@ -728,14 +728,15 @@ Result<std::vector<NodeInfo>> Client::nodes() {
   return out;
 }
 
-Result<std::string> Client::clusterAddress() {
+Result<ClusterEndpoint> Client::clusterAddress() {
   pb::Envelope req;
   req.mutable_cluster_address();
   DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
   if (!r.msg.has_cluster_address_reply()) {
     return Status(StatusCode::Internal, "unexpected reply to ClusterAddress");
   }
-  return r.msg.cluster_address_reply().address();
+  const auto& a = r.msg.cluster_address_reply();
+  return ClusterEndpoint{a.node(), a.address()};
 }
 
 Status Client::joinCluster(const ClusterJoin& join) {

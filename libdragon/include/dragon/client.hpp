@@ -178,6 +178,12 @@ struct ClusterJoin {
   std::uint32_t headNode = 0;
 };
 
+// What the launcher publishes for its node (Client::clusterAddress).
+struct ClusterEndpoint {
+  std::uint32_t node = 0;  // the node id dragond was started with (--node-id)
+  std::string address;     // its transport address
+};
+
 struct OutputLine {
   std::uint64_t puid = 0;
   bool isStderr = false;
@@ -257,10 +263,11 @@ class Client {
 
   // Multi-node jobs. The nodes of this job (one, this node, outside a multi-node job).
   Result<std::vector<NodeInfo>> nodes();
-  // For the launcher: this dragond's transport address (InvalidArgument if it was not started
-  // for a multi-node job), then the node table; waitJobEnd() returns the head's exit code once
+  // For the launcher: this dragond's node id and transport address (InvalidArgument if it was
+  // not started for a multi-node job, AlreadyExists if it already served a job step), then the
+  // node table; waitJobEnd() returns the head's exit code once
   // the job has ended on this node, or NodeLost.
-  Result<std::string> clusterAddress();
+  Result<ClusterEndpoint> clusterAddress();
   Status joinCluster(const ClusterJoin& join);
   // otherLaunchers: from the launcher that serves the node, the number of this node's other
   // launchers; the answer then also waits until they have had theirs.

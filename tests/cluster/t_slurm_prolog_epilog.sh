@@ -1,0 +1,189 @@
+#!/bin/bash
+# Dragon's Slurm prolog and epilog (packaging/slurm/) as Slurm runs them (Prolog=, Epilog=,
+# PrologFlags=Alloc), for jobs of two ordinary users the test creates:
+# - srun --mpi=pmix -N3 dragon uses the prolog's dragonds, one per node, none private;
+# - a later step of the same allocation starts its own, and the epilog cleans up after both;
+# - processes a job leaves behind (out of dragond's reach) are killed by the epilog and logged;
+# - another user's job on the same nodes cannot reach the first job's dragonds;
+# - a node the epilog cannot clean is drained, with the reason;
+# - a job of root gets no dragond from the prolog (dragond never runs as root) and still runs.
+. "$(dirname "$0")/lib.sh"
+STATE=${DRAGON_CLUSTER_DIR:?}
+SCRIPTS=$STATE/slurm-scripts
+SLOG=$STATE/log/dragon-slurm.log
+U1=dragon-pe1
+U2=dragon-pe2
+created=()
+pinned=""
+
+restore() {
+  [ -z "$pinned" ] || "$CLUSTER" node 3 umount "$pinned" 2>/dev/null || true
+  if [ -f "$STATE/slurm.conf.before-prolog" ]; then
+    cp "$STATE/slurm.conf.before-prolog" "$SLURM_CONF"
+    "$CLUSTER" exec scontrol reconfigure || true
+  fi
+  "$CLUSTER" exec scontrol update nodename=n1,n2,n3 state=resume 2>/dev/null || true
+  local u
+  for u in "${created[@]}"; do
+    pkill -KILL -u "$u" 2>/dev/null || true
+    userdel "$u" 2>/dev/null || true
+  done
+  rm -rf "$SCRIPTS" "$STATE/pe" /run/dragon/slurm-job-*-n[0-9]*
+}
+trap restore EXIT
+
+for u in $U1 $U2; do
+  if ! id "$u" >/dev/null 2>&1; then
+    useradd -M -d /nonexistent -s /bin/sh "$u"
+    created+=("$u")
+  fi
+done
+UID1=$(id -u $U1)
+# leave-behind TAG: starts `sleep TAG` in a session of its own (out of dragond's reach: it
+# signals the process groups it started) and returns once it is there.
+mkdir -p "$STATE/pe"
+chown $U1 "$STATE/pe"
+cat >"$STATE/pe/leave-behind" <<'SH'
+#!/bin/sh
+setsid sh -c "echo \$\$ >$(dirname "$0")/left-$1; exec sleep $1" </dev/null >/dev/null 2>&1 &
+i=0
+while [ ! -s "$(dirname "$0")/left-$1" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+SH
+chmod 755 "$STATE/pe/leave-behind"
+LEAVE=$STATE/pe/leave-behind
+
+# The scripts as the package installs them, with this build's dragond and a log of the test's.
+mkdir -p "$SCRIPTS"
+for s in prolog epilog; do
+  sed -e "s|^DRAGOND=.*|DRAGOND=$BUILD/daemon/dragond|" -e "s|^LOG=[^ ]*|LOG=$SLOG|" \
+    "$BUILD/packaging/slurm/slurm-$s" >"$SCRIPTS/$s"
+  chmod 755 "$SCRIPTS/$s"
+done
+cp "$SLURM_CONF" "$STATE/slurm.conf.before-prolog"
+printf 'Prolog=%s\nEpilog=%s\nPrologFlags=Alloc\n' "$SCRIPTS/prolog" "$SCRIPTS/epilog" >>"$SLURM_CONF"
+"$CLUSTER" exec scontrol reconfigure
+: >"$SLOG"
+
+as_user() {  # as_user USER CMD... : in the controller namespace, as USER, with Slurm's config
+  local u=$1
+  shift
+  "$CLUSTER" exec setpriv --reuid="$u" --regid="$u" --init-groups \
+    env -i PATH=/usr/bin:/bin HOME=/nonexistent SLURM_CONF="$SLURM_CONF" "$@"
+}
+# Waits until the epilog has run on every node for JOB; its verdict lines are printed.
+wait_epilog() {  # wait_epilog JOB
+  local deadline=$((SECONDS + 40))
+  until [ "$(grep -cE "epilog job $1 on n[0-9]+: (node clean|node cannot be cleaned)" "$SLOG")" -ge 3 ]; do
+    [ $SECONDS -lt $deadline ] || { cat "$SLOG"; fail "the epilog of job $1 did not finish on 3 nodes"; }
+    sleep 0.1
+  done
+  grep -E "epilog job $1 on " "$SLOG"
+}
+# The user's processes, zombies left out (this machine's PID 1 reaps them late).
+user_procs() { ps -u "$1" -o pid=,stat=,args= | awk '$2 !~ /^Z/' || true; }
+job_of() { sed -nE 's/.*job=([0-9]+).*/\1/p' <<<"$1" | head -1; }
+
+# slurmd rereads its configuration when told; a job's prolog lines show when it has.
+deadline=$((SECONDS + 30))
+until as_user $U1 timeout 30 srun -I20 -N3 true && grep -q "prolog job .* on n3:" "$SLOG" &&
+      grep -q "prolog job .* on n1:" "$SLOG" && grep -q "prolog job .* on n2:" "$SLOG"; do
+  [ $SECONDS -lt $deadline ] || { cat "$SLOG"; fail "the prolog never ran"; }
+done
+
+echo "--- a job uses the prolog's dragonds"
+out=$(as_user $U1 timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+  sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET; exec '"$PROBE"' spawn-all' 2>&1) ||
+  fail "srun exited $?: $out"
+echo "$out"
+job=$(job_of "$out")
+grep -qE "socket=/run/dragon/slurm-job-$job-n1/dragond.sock$" <<<"$out" || fail "the head did not run on the prolog's dragond"
+for k in 1 2 3; do
+  grep -qE "^hello from n$k node $((k - 1)) socket dragond.sock$" <<<"$out" ||
+    fail "node $((k - 1)) did not use the prolog's dragond"
+  grep -qE "prolog job $job on n$k: dragond [0-9]+ serves $U1 as node $((k - 1)) at /run/dragon/slurm-job-$job-n$k/dragond.sock" "$SLOG" ||
+    fail "no prolog line for n$k"
+done
+grep -q "probe: ok spawn-all 3 nodes" <<<"$out" || fail "the probe did not pass"
+! grep -q "starting a private one" <<<"$out" || fail "a launcher started a private dragond"
+wait_epilog "$job"
+[ "$(grep -cE "epilog job $job on n[123]: node clean" "$SLOG")" -eq 3 ] || fail "job $job: a node was not clean"
+left=$(user_procs $U1)
+[ -z "$left" ] && ! ls /run/dragon/slurm-job-"$job"-* >/dev/null 2>&1 || fail "job $job left: $left $(ls /run/dragon)"
+
+echo "--- two steps in one allocation, each leaving a process behind"
+out=$(as_user $U1 timeout -k 5 90 salloc -I30 -N3 sh -c '
+  srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo job=\$SLURM_JOB_ID step1=\$DRAGON_SOCKET; '"$LEAVE"' 4321"
+  srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo step2=\$DRAGON_SOCKET; '"$LEAVE"' 4322"' 2>&1) ||
+  fail "salloc exited $?: $out"
+echo "$out"
+job=$(job_of "$out")
+grep -qE "step1=/run/dragon/slurm-job-$job-n1/dragond.sock$" <<<"$out" || fail "step 1 did not use the prolog's dragond"
+grep -qE "step2=.*/job-slurm\.pmix\.$job\.[0-9]+-node0\.sock$" <<<"$out" || fail "step 2 did not start a private dragond"
+wait_epilog "$job"
+# The test's nodes share one /proc, so the epilog of any node may be the one that finds them
+# (on real nodes each sees its own).
+grep -qE "epilog job $job on n[123]: left behind: pid [0-9]+ \(sleep 4321 \): SIGKILL" "$SLOG" || fail "the first step's leftover was not killed"
+grep -qE "epilog job $job on n[123]: left behind: pid [0-9]+ \(sleep 4322 \): SIGKILL" "$SLOG" || fail "the second step's leftover was not killed"
+[ "$(grep -cE "epilog job $job on n[123]: node clean" "$SLOG")" -eq 3 ] || fail "job $job: a node was not clean"
+left=$(user_procs $U1)
+[ -z "$left" ] || fail "job $job left: $left"
+
+echo "--- another user's job cannot reach a running job's dragonds"
+alog=$(mktemp)
+as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+  sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE"'/release-a ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; echo released' \
+  >"$alog" 2>&1 &
+apid=$!
+wait_for_line "$alog" "ready" 30
+ajob=$(job_of "$(cat "$alog")")
+out=$(as_user $U2 timeout -k 5 60 srun -I30 -N3 --ntasks-per-node=1 sh -c \
+  "$DRAGON ps --socket /run/dragon/slurm-job-$ajob-\$SLURMD_NODENAME/dragond.sock; echo \"\$SLURMD_NODENAME rc=\$?\"" 2>&1) || true
+echo "$out"
+for k in 1 2 3; do
+  grep -qE "^n$k rc=[1-9]" <<<"$out" || fail "$U2 reached $U1's dragond on n$k"
+done
+[ "$(grep -c "PermissionDenied: not allowed to reach dragond" <<<"$out")" -ge 3 ] || fail "the refusal does not say why"
+for k in 1 2 3; do
+  pid=$(cat "/run/dragon/slurm-job-$ajob-n$k.pid")
+  kill -0 "$pid" || fail "$U1's dragond on n$k went during $U2's job"
+done
+touch "$STATE/release-a"
+wait "$apid" || { cat "$alog"; fail "job $ajob failed"; }
+grep -q released "$alog" || fail "job $ajob did not finish its program"
+rm -f "$STATE/release-a" "$alog"
+wait_epilog "$ajob"
+
+echo "--- a node that cannot be cleaned is drained"
+dlog=$(mktemp)
+as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+  sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE"'/release-d ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done' \
+  >"$dlog" 2>&1 &
+dpid=$!
+wait_for_line "$dlog" "ready" 30
+djob=$(job_of "$(cat "$dlog")")
+# A mount point in n3's job directory: the epilog cannot remove it.
+pinned=/run/dragon/slurm-job-$djob-n3/pin
+mkdir "$pinned"
+"$CLUSTER" node 3 mount -t tmpfs dragon-pin "$pinned"
+touch "$STATE/release-d"
+wait "$dpid" || { cat "$dlog"; fail "job $djob failed"; }
+rm -f "$STATE/release-d" "$dlog"
+wait_epilog "$djob"
+grep -qE "epilog job $djob on n3: node cannot be cleaned \(cannot remove /run/dragon/slurm-job-$djob-n3\): draining n3" "$SLOG" ||
+  fail "n3 was not reported as unclean"
+state=$("$CLUSTER" exec sinfo -h -n n3 -o '%T %E')
+echo "n3: $state"
+grep -qE "^drain.* dragon epilog, job $djob: cannot remove" <<<"$state" || fail "n3 is not drained with the reason: $state"
+"$CLUSTER" node 3 umount "$pinned"
+pinned=""
+rm -rf "/run/dragon/slurm-job-$djob-n3"
+"$CLUSTER" exec scontrol update nodename=n3 state=resume
+
+echo "--- a job of root: no dragond from the prolog"
+out=$(srun_dragon -- sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET' 2>&1) || fail "root's job failed: $out"
+echo "$out"
+job=$(job_of "$out")
+grep -qE "socket=.*/job-slurm\.pmix\.$job\.[0-9]+-node0\.sock$" <<<"$out" || fail "root's job did not use a private dragond"
+grep -q "prolog job $job on n1: a job of root" "$SLOG" || fail "the prolog did not say why it started nothing for root"
+wait_nothing_left
+echo "ok"
