@@ -45,7 +45,8 @@ out=$(cd "$work" && XDG_RUNTIME_DIR=$work DRAGON_ALLOW_ROOT=true "$prefix/bin/dr
 [ "$out" = "dragon 144" ] || { echo "install check: the installed Python package said '$out'" >&2; exit 1; }
 for f in bin/dragon bin/dragond lib/systemd/system/dragond@.service lib/systemd/system/dragond@.socket \
   include/dragon/channel.hpp include/dragon/client.hpp include/dragon/dragon.h \
-  share/man/man1/dragon.1 share/man/man8/dragond.8 share/man/man5/dragon.yaml.5 etc/dragon/dragon.yaml; do
+  share/man/man1/dragon.1 share/man/man8/dragond.8 share/man/man5/dragon.yaml.5 etc/dragon/dragon.yaml \
+  libexec/dragon/slurm-prolog libexec/dragon/slurm-epilog; do
   [ -f "$prefix/$f" ] || { echo "install check: $f was not installed" >&2; exit 1; }
 done
 if find "$prefix/include" -name 'private.hpp' | grep -q .; then

@@ -38,7 +38,6 @@ for u in $U1 $U2; do
     created+=("$u")
   fi
 done
-UID1=$(id -u $U1)
 # leave-behind TAG: starts `sleep TAG` in a session of its own (out of dragond's reach: it
 # signals the process groups it started) and returns once it is there.
 mkdir -p "$STATE/pe"
@@ -108,7 +107,9 @@ grep -q "probe: ok spawn-all 3 nodes" <<<"$out" || fail "the probe did not pass"
 wait_epilog "$job"
 [ "$(grep -cE "epilog job $job on n[123]: node clean" "$SLOG")" -eq 3 ] || fail "job $job: a node was not clean"
 left=$(user_procs $U1)
-[ -z "$left" ] && ! ls /run/dragon/slurm-job-"$job"-* >/dev/null 2>&1 || fail "job $job left: $left $(ls /run/dragon)"
+if [ -n "$left" ] || ls /run/dragon/slurm-job-"$job"-* >/dev/null 2>&1; then
+  fail "job $job left: $left $(ls /run/dragon)"
+fi
 
 echo "--- two steps in one allocation, each leaving a process behind"
 out=$(as_user $U1 timeout -k 5 90 salloc -I30 -N3 sh -c '
