@@ -21,12 +21,14 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <utility>
+#include <vector>
 
 namespace dragon::transport {
 
@@ -63,6 +65,14 @@ class FakeHub {
   std::map<std::uint64_t, Mailbox> mailboxes;    // under mu
   std::set<std::uint32_t> killed;                // under mu
   std::set<std::uint32_t> partitioned;           // under mu: silent, nobody told
+  // Registered memory, by key: the transport (address) that registered it, and where it is.
+  struct Region {
+    std::uint64_t address = 0;
+    char* base = nullptr;
+    std::size_t length = 0;
+  };
+  std::map<std::string, Region, std::less<>> regions;  // under mu
+  std::uint64_t nextRegion = 1;                        // under mu
 };
 
 namespace {
@@ -186,6 +196,18 @@ class FakeTransport final : public Transport {
       if (closed_) break;  // shutdown() from a callback
     }
     for (auto& [node, peer] : peers_) {
+      if (!peer.failed) continue;
+      std::erase_if(stalled_, [&](Completion& c) {
+        if (c.node != node) return false;
+        completions_.push_back({node, std::move(c.done), peer.why});
+        return true;
+      });
+    }
+    for (Completion& c : std::exchange(completions_, {})) {
+      if (closed_) break;
+      if (c.done) c.done(c.status);
+    }
+    for (auto& [node, peer] : peers_) {
       if (closed_) break;
       if (!peer.failed || peer.reported) continue;
       peer.reported = true;
@@ -194,11 +216,83 @@ class FakeTransport final : public Transport {
     inProgress_ = false;
   }
 
+  Result<RegisteredRegion> registerRegion(void* base, std::size_t length) override {
+    if (closed_) return Status(StatusCode::PeerLost, "the fake transport is shut down");
+    std::lock_guard lock(hub_->mu);
+    RegisteredRegion r;
+    r.id = hub_->nextRegion++;
+    r.key = "fakemem:" + std::to_string(address_) + ":" + std::to_string(r.id);
+    hub_->regions[r.key] = FakeHub::Region{address_, static_cast<char*>(base), length};
+    regionKeys_[r.id] = r.key;
+    return r;
+  }
+
+  void deregisterRegion(std::uint64_t id) override {
+    auto it = regionKeys_.find(id);
+    if (it == regionKeys_.end()) return;
+    std::lock_guard lock(hub_->mu);
+    hub_->regions.erase(it->second);
+    regionKeys_.erase(it);
+  }
+
+  // The bytes move at once (the peer is in this process); `done` runs in the next progress(),
+  // or, toward a partitioned node, only once that node is declared lost.
+  Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
+             std::uint64_t remote, std::string_view key,
+             std::function<void(Status)> done) override {
+    if (closed_) return Status(StatusCode::PeerLost, "the fake transport is shut down");
+    if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
+    auto it = peers_.find(node);
+    if (it == peers_.end()) {
+      return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
+    }
+    Peer& peer = it->second;
+    if (peer.failed) return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+    std::lock_guard lock(hub_->mu);
+    auto r = hub_->regions.find(key);
+    if (r == hub_->regions.end() || r->second.address != peer.address) {
+      return Status(StatusCode::InvalidArgument, "not a key of node " + std::to_string(node));
+    }
+    const FakeHub::Region& region = r->second;
+    const auto base = reinterpret_cast<std::uintptr_t>(region.base);
+    if (remote < base || length > region.length || remote - base > region.length - length) {
+      // UCX would fault at the peer or fail the operation; the fake says so plainly.
+      completions_.push_back({node, std::move(done),
+                              Status(StatusCode::InvalidArgument, "outside the peer's region")});
+      FakeHub::wake(wake_.get());
+      return Status::ok();
+    }
+    if (hub_->partitioned.count(node) != 0 || hub_->partitioned.count(options_.selfNode) != 0) {
+      stalled_.push_back({node, std::move(done), Status()});
+      return Status::ok();
+    }
+    if (hub_->killed.count(node) != 0) {
+      completions_.push_back({node, std::move(done), Status(StatusCode::NodeLost, "node " +
+                                                                 std::to_string(node) + " was killed")});
+    } else {
+      char* there = reinterpret_cast<char*>(remote);
+      if (length > 0) {
+        if (kind == RmaKind::Put) {
+          std::memmove(there, local, length);
+        } else {
+          std::memmove(local, there, length);
+        }
+      }
+      completions_.push_back({node, std::move(done), Status()});
+    }
+    FakeHub::wake(wake_.get());
+    return Status::ok();
+  }
+
   void shutdown(std::int64_t) override {
     if (closed_) return;
     closed_ = true;
+    completions_.clear();
+    stalled_.clear();
+    regionKeys_.clear();
     // Messages already posted are in their receivers' mailboxes: nothing is left to send.
     std::lock_guard lock(hub_->mu);
+    std::erase_if(hub_->regions, [this](const auto& r) { return r.second.address == address_; });
     hub_->mailboxes.erase(address_);
     for (auto& [id, box] : hub_->mailboxes) {
       Event e;
@@ -256,8 +350,17 @@ class FakeTransport final : public Transport {
                options_.selfNode, node, why);
   }
 
+  struct Completion {
+    std::uint32_t node = 0;
+    std::function<void(Status)> done;
+    Status status;
+  };
+
   const std::shared_ptr<FakeHub> hub_;
   TransportOptions options_;
+  std::vector<Completion> completions_;  // run by the next progress()
+  std::vector<Completion> stalled_;      // toward a partitioned node: until it is lost
+  std::map<std::uint64_t, std::string> regionKeys_;
   UniqueFd wake_;
   std::uint64_t address_ = 0;
   TransportCallbacks callbacks_;

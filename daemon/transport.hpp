@@ -17,6 +17,10 @@
 //   event loop and calls progress() when it is readable (and after every send() or
 //   addPeer(), if the implementation says so through needsProgress()). Callbacks run only
 //   inside progress().
+// - One-sided transfers (RMA): memory registered with registerRegion() can be read and written
+//   by a peer that holds its key (opaque bytes, which travel inside messages, so only the job's
+//   nodes learn them); rma() moves bytes between memory of this node and a peer's registered
+//   region without a copy through a message.
 //
 // Owning thread: the daemon's event-loop thread.
 #pragma once
@@ -34,7 +38,7 @@
 namespace dragon::transport {
 
 // Bumped when this header changes incompatibly; a module built for another version is refused.
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;
 
 struct TransportOptions {
   std::uint32_t selfNode = 0;
@@ -42,6 +46,17 @@ struct TransportOptions {
   // its address before the exchange that distributes the secret; see setSecret().
   std::string secret;
   std::uint64_t maxMessageBytes = std::uint64_t{64} << 20;
+};
+
+// Memory registered for RMA: its id here, and the key a peer needs to reach it.
+struct RegisteredRegion {
+  std::uint64_t id = 0;
+  std::string key;
+};
+
+enum class RmaKind : std::uint8_t {
+  Put,  // this node's memory -> the peer's region
+  Get,  // the peer's region -> this node's memory
 };
 
 struct TransportCallbacks {
@@ -75,6 +90,19 @@ class Transport {
   // Queues a message to `node`: NotFound for an unknown node, NodeLost for a failed one,
   // MessageTooLarge past maxMessageBytes.
   virtual Status send(std::uint32_t node, std::string_view bytes) = 0;
+  // Registers [base, base + length) of this process for RMA by peers. The memory must stay
+  // mapped until deregisterRegion(id), which the owner calls only once no rma() on it is in
+  // flight (here or, as far as it knows, at a peer).
+  virtual Result<RegisteredRegion> registerRegion(void* base, std::size_t length) = 0;
+  virtual void deregisterRegion(std::uint64_t id) = 0;
+  // Copies `length` bytes between `local` (this process's memory, registered or not) and the
+  // address `remote` of `node`'s region whose key is `key`. `done` runs once, from progress(),
+  // when the bytes are at their destination (for Put: visible to the peer's processes), or
+  // with NodeLost (the peer failed) or another error; the call itself fails at once for an
+  // unknown or lost node or a key this transport cannot use.
+  virtual Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
+                     std::uint64_t remote, std::string_view key,
+                     std::function<void(Status)> done) = 0;
   // Sends what is queued, within `timeoutNs`, then closes every connection (end of job).
   virtual void shutdown(std::int64_t timeoutNs) = 0;
 };

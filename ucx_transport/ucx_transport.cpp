@@ -17,6 +17,10 @@
 // the "bye" a peer sends from shutdown() marks the peer failed; progress() then delivers what had
 // arrived from it, reports onPeerLost once, and force-closes the endpoint.
 //
+// RMA: a region is ucp_mem_map'ed and its key is the packed rkey; a peer's keys are unpacked on
+// its endpoint once and kept (bounded) until the endpoint closes. A Put is followed by a flush
+// of the endpoint, whose completion says the bytes are visible at the peer.
+//
 // Owning thread: the daemon's event-loop thread (the worker is UCS_THREAD_MODE_SINGLE). UCX
 // callbacks only record what happened; the owner's callbacks run in progress(), outside them.
 #include "daemon/transport.hpp"
@@ -55,6 +59,8 @@ constexpr std::size_t kMaxSkipped = 65536;
 constexpr unsigned kMaxProgressCalls = 1024;
 constexpr unsigned kMaxRounds = 8;
 constexpr std::int64_t kDestructorShutdownNs = 200'000'000;
+// Unpacked remote keys kept per peer (a job registers a region per pool it transfers from).
+constexpr std::size_t kMaxRkeysPerPeer = 1024;
 // Drop reports: at most kDropBurst per kDropWindowNs, the rest counted.
 
 using namespace ucx_wire;
@@ -82,7 +88,7 @@ class UcpContext {
     }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
     params.name = "dragond";
     ucp_context_h h = nullptr;
     st = ucp_init(&params, config, &h);
@@ -149,6 +155,17 @@ struct RecvOp {
   std::list<RecvOp>::iterator it;
 };
 
+// A one-sided transfer: the operation itself, then (for a Put) the flush that makes it visible.
+struct RmaOp {
+  UcxTransport* self = nullptr;
+  std::uint32_t node = 0;
+  RmaKind kind = RmaKind::Put;
+  std::function<void(Status)> done;
+  ucs_status_t status = UCS_OK;  // the first failure of its requests
+  int outstanding = 0;           // requests not completed yet
+  std::list<RmaOp>::iterator it;
+};
+
 // A message by its sequence number, waiting for its turn.
 struct Slot {
   enum class State { Ready, Receiving, Skip };
@@ -168,6 +185,7 @@ struct Peer {
   std::uint64_t sendSeq = 0;
   std::uint64_t nextSeq = 0;  // the next to deliver
   std::map<std::uint64_t, Slot> slots;
+  std::map<std::string, ucp_rkey_h, std::less<>> rkeys;  // unpacked on ep, by packed key
 };
 
 struct EarlyDrop {
@@ -186,12 +204,16 @@ class UcxTransport final : public Transport {
   int eventFd() const override { return efd_.get(); }
   void progress() override;
   bool needsProgress() const override {
-    return !closed_ && (kick_ || !sendOps_.empty() || !closeReqs_.empty());
+    return !closed_ && (kick_ || !sendOps_.empty() || !closeReqs_.empty() || !rmaOps_.empty());
   }
   void setCallbacks(TransportCallbacks callbacks) override { callbacks_ = std::move(callbacks); }
   void setSecret(std::string secret) override;
   Status addPeer(std::uint32_t node, std::string_view address) override;
   Status send(std::uint32_t node, std::string_view bytes) override;
+  Result<RegisteredRegion> registerRegion(void* base, std::size_t length) override;
+  void deregisterRegion(std::uint64_t id) override;
+  Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
+             std::uint64_t remote, std::string_view key, std::function<void(Status)> done) override;
   void shutdown(std::int64_t timeoutNs) override;
 
  private:
@@ -225,6 +247,12 @@ class UcxTransport final : public Transport {
     op->self->doneRecvs_.push_back(op);
     ucp_request_free(request);
   }
+  static void onRmaDone(void* request, ucs_status_t status, void* user) noexcept {
+    auto* op = static_cast<RmaOp*>(user);
+    if (status != UCS_OK && op->status == UCS_OK) op->status = status;
+    if (--op->outstanding == 0) op->self->doneRmas_.push_back(op);
+    ucp_request_free(request);
+  }
   static void onEndpointError(void* arg, ucp_ep_h, ucs_status_t status) noexcept {
     auto* peer = static_cast<Peer*>(arg);
     peer->self->markFailed(*peer, Status(StatusCode::NodeLost,
@@ -245,6 +273,10 @@ class UcxTransport final : public Transport {
   void reapSends();
   void reapRecvs();
   void reapCloses();
+  void reapRmas();
+  // Tracks one request of `op` (the result of a ucp_*_nbx call).
+  void track(RmaOp& op, ucs_status_ptr_t r);
+  void destroyRkeys(Peer& peer);
   void deliver();
   void reportLost();
   void closeEndpoint(Peer& peer);
@@ -275,6 +307,10 @@ class UcxTransport final : public Transport {
   std::vector<SendOp*> doneSends_;
   std::vector<RecvOp*> doneRecvs_;
   std::vector<void*> closeReqs_;
+  std::list<RmaOp> rmaOps_;
+  std::vector<RmaOp*> doneRmas_;
+  std::map<std::uint64_t, ucp_mem_h> regions_;
+  std::uint64_t nextRegion_ = 1;
   std::vector<EarlyDrop> early_;
   std::map<std::uint32_t, std::vector<std::uint64_t>> skipped_;
   std::size_t skippedCount_ = 0;
@@ -591,6 +627,8 @@ void UcxTransport::settle() {
   reapRecvs();
   reapSends();
   reapCloses();
+  reapRmas();
+  if (closing_) return;
   deliver();
   if (closing_) return;
   reportLost();
@@ -678,11 +716,132 @@ void UcxTransport::reportLost() {
 }
 
 void UcxTransport::closeEndpoint(Peer& peer) {
+  destroyRkeys(peer);
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_EP_CLOSE_FLAG_FORCE;  // valid: both sides use UCP_ERR_HANDLING_MODE_PEER
   const ucs_status_ptr_t r = ucp_ep_close_nbx(std::exchange(peer.ep, nullptr), &param);
   if (UCS_PTR_IS_PTR(r)) closeReqs_.push_back(r);
+}
+
+void UcxTransport::destroyRkeys(Peer& peer) {
+  for (auto& [key, rkey] : peer.rkeys) ucp_rkey_destroy(rkey);
+  peer.rkeys.clear();
+}
+
+Result<RegisteredRegion> UcxTransport::registerRegion(void* base, std::size_t length) {
+  if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
+  ucp_mem_map_params_t params{};
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  params.address = base;
+  params.length = length;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t st = ucp_mem_map(context_.get(), &params, &memh);
+  if (st != UCS_OK) return ucxError("registering memory for RMA", st);
+  void* packed = nullptr;
+  std::size_t packedBytes = 0;
+  st = ucp_rkey_pack(context_.get(), memh, &packed, &packedBytes);
+  if (st != UCS_OK) {
+    ucp_mem_unmap(context_.get(), memh);
+    return ucxError("packing the key of registered memory", st);
+  }
+  RegisteredRegion region{nextRegion_++, std::string(static_cast<const char*>(packed), packedBytes)};
+  ucp_rkey_buffer_release(packed);
+  regions_.emplace(region.id, memh);
+  return region;
+}
+
+void UcxTransport::deregisterRegion(std::uint64_t id) {
+  auto it = regions_.find(id);
+  if (it == regions_.end()) return;
+  if (!closed_) ucp_mem_unmap(context_.get(), it->second);
+  regions_.erase(it);
+}
+
+void UcxTransport::track(RmaOp& op, ucs_status_ptr_t r) {
+  if (r == nullptr) return;  // completed at once
+  if (UCS_PTR_IS_ERR(r)) {
+    if (op.status == UCS_OK) op.status = UCS_PTR_STATUS(r);
+    return;
+  }
+  ++op.outstanding;
+}
+
+Status UcxTransport::rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
+                         std::uint64_t remote, std::string_view key,
+                         std::function<void(Status)> done) {
+  if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
+  if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
+  auto it = peers_.find(node);
+  if (it == peers_.end()) {
+    return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
+  }
+  Peer& peer = *it->second;
+  if (peer.failed || peer.ep == nullptr) {
+    return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+  }
+  auto k = peer.rkeys.find(key);
+  if (k == peer.rkeys.end()) {
+    if (peer.rkeys.size() >= kMaxRkeysPerPeer) {
+      // A key may be dropped only once nothing in flight uses it.
+      if (!rmaOps_.empty()) {
+        return Status(StatusCode::WouldBlock,
+                      "over " + std::to_string(kMaxRkeysPerPeer) + " regions of node " +
+                          std::to_string(node) + " in use at once");
+      }
+      destroyRkeys(peer);
+    }
+    ucp_rkey_h rkey = nullptr;
+    const ucs_status_t st = ucp_ep_rkey_unpack(peer.ep, key.data(), &rkey);
+    if (st != UCS_OK) {
+      return Status(StatusCode::InvalidArgument,
+                    std::string("not a key of node ") + std::to_string(node) + ": " +
+                        ucs_status_string(st));
+    }
+    k = peer.rkeys.emplace(std::string(key), rkey).first;
+  }
+  RmaOp& op = rmaOps_.emplace_back();
+  op.it = std::prev(rmaOps_.end());
+  op.self = this;
+  op.node = node;
+  op.kind = kind;
+  op.done = std::move(done);
+  op.outstanding = 1;  // held until both requests are posted
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &UcxTransport::onRmaDone;
+  param.user_data = &op;
+  if (length > 0) {
+    track(op, kind == RmaKind::Put
+                  ? ucp_put_nbx(peer.ep, local, length, remote, k->second, &param)
+                  : ucp_get_nbx(peer.ep, local, length, remote, k->second, &param));
+  }
+  // A Put completes locally once its buffer may be reused; the flush completes once it (and
+  // everything before it on the endpoint) is done at the peer.
+  if (kind == RmaKind::Put && op.status == UCS_OK) track(op, ucp_ep_flush_nbx(peer.ep, &param));
+  if (--op.outstanding == 0) doneRmas_.push_back(&op);
+  kick_ = true;
+  return Status::ok();
+}
+
+void UcxTransport::reapRmas() {
+  for (RmaOp* op : std::exchange(doneRmas_, {})) {
+    Status st;
+    if (op->status != UCS_OK) {
+      auto p = peers_.find(op->node);
+      const bool lost = p == peers_.end() || p->second->failed || op->status == UCS_ERR_CANCELED ||
+                        op->status == UCS_ERR_CONNECTION_RESET ||
+                        op->status == UCS_ERR_ENDPOINT_TIMEOUT || op->status == UCS_ERR_UNREACHABLE;
+      st = Status(lost ? StatusCode::NodeLost : StatusCode::SystemError,
+                  std::string(op->kind == RmaKind::Put ? "writing to" : "reading from") +
+                      " node " + std::to_string(op->node) + " failed: " +
+                      ucs_status_string(op->status));
+    }
+    auto done = std::move(op->done);
+    rmaOps_.erase(op->it);
+    if (done) done(st);
+    if (closing_) return;
+  }
 }
 
 template <typename Done>
@@ -722,17 +881,25 @@ void UcxTransport::shutdown(std::int64_t timeoutNs) {
       if (!peer->failed && peer->ep != nullptr) (void)post(*peer, Kind::Bye, {});
     }
   }
-  if (waitUntil([this] { return sendOps_.empty(); }, deadline)) flushWorker(deadline);
+  // Transfers in flight finish first: a remote key is destroyed only after its operations.
+  if (waitUntil([this] { return sendOps_.empty() && doneRmas_.size() == rmaOps_.size(); },
+                deadline)) {
+    flushWorker(deadline);
+  }
   for (auto& [node, peer] : peers_) {
     if (peer->ep != nullptr) closeEndpoint(*peer);
   }
   (void)waitUntil([this] { return closeReqs_.empty(); }, deadline);
+  for (auto& [id, memh] : regions_) ucp_mem_unmap(context_.get(), memh);
+  regions_.clear();
   for (void* r : std::exchange(closeReqs_, {})) ucp_request_free(r);
   worker_.reset();  // completes what is left (callbacks may still run here)
   context_.reset();
   closed_ = true;
   doneSends_.clear();
   doneRecvs_.clear();
+  doneRmas_.clear();
+  rmaOps_.clear();  // their owners hear nothing more: the transport is gone
   sendOps_.clear();
   recvOps_.clear();
   for (auto& [node, peer] : peers_) peer->slots.clear();

@@ -449,6 +449,132 @@ TEST_P(TransportConformance, ADestroyedPeerIsLostOnceAndSendThenFailsWithNodeLos
   EXPECT_TRUE(c->lost.empty());
 }
 
+// Registered memory for the RMA cases: a page-aligned buffer and its registration.
+struct RmaBuffer {
+  explicit RmaBuffer(std::size_t n) : bytes(n) {}
+  std::vector<char> bytes;
+  RegisteredRegion region;
+  std::uint64_t at(std::size_t offset) const {
+    return reinterpret_cast<std::uint64_t>(bytes.data()) + offset;
+  }
+};
+
+TEST_P(TransportConformance, RmaPutAndGetMoveBytesOfEverySizeBothWays) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  constexpr std::size_t kSize = std::size_t{9} << 20;
+  RmaBuffer mine(kSize);
+  RmaBuffer theirs(kSize);
+  auto ra = a->t->registerRegion(mine.bytes.data(), kSize);
+  auto rb = b->t->registerRegion(theirs.bytes.data(), kSize);
+  ASSERT_TRUE(ra.has_value()) << ra.error().toString();
+  ASSERT_TRUE(rb.has_value()) << rb.error().toString();
+  EXPECT_FALSE(rb->key.empty());
+  std::uint64_t seed = 1;
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{4096},
+                        std::size_t{65537}, (std::size_t{1} << 20) + 3, std::size_t{8} << 20}) {
+    SCOPED_TRACE("size " + std::to_string(n));
+    const std::size_t off = n == 0 ? 0 : (seed * 4099) % (kSize - n);
+    // Put: a's bytes land in b's region, visible there when done runs.
+    const std::string out = pattern(n, ++seed);
+    std::memcpy(mine.bytes.data(), out.data(), n);
+    int done = 0;
+    Status result;
+    auto finish = [&](Status st) {
+      ++done;
+      result = st;
+    };
+    ASSERT_TRUE(a->t->rma(1, RmaKind::Put, mine.bytes.data(), n, theirs.at(off), rb->key, finish).isOk());
+    ASSERT_TRUE(pumpUntil([&] { return done > 0; }));
+    ASSERT_TRUE(result.isOk()) << result.toString();
+    EXPECT_EQ(std::memcmp(theirs.bytes.data() + off, out.data(), n), 0);
+    // Get: b's bytes land in a's buffer.
+    const std::string in = pattern(n, ++seed);
+    std::memcpy(theirs.bytes.data() + off, in.data(), n);
+    ASSERT_TRUE(a->t->rma(1, RmaKind::Get, mine.bytes.data() + 7, n, theirs.at(off), rb->key, finish).isOk());
+    ASSERT_TRUE(pumpUntil([&] { return done > 1; }));
+    ASSERT_TRUE(result.isOk()) << result.toString();
+    EXPECT_EQ(std::memcmp(mine.bytes.data() + 7, in.data(), n), 0);
+    EXPECT_EQ(done, 2);  // once each
+  }
+  // And the other way, into a's region.
+  const std::string back = pattern(5000, 99);
+  std::memcpy(theirs.bytes.data(), back.data(), back.size());
+  int done = 0;
+  Status result;
+  ASSERT_TRUE(b->t->rma(0, RmaKind::Put, theirs.bytes.data(), back.size(), mine.at(100), ra->key,
+                        [&](Status st) { ++done; result = st; }).isOk());
+  ASSERT_TRUE(pumpUntil([&] { return done > 0; }));
+  ASSERT_TRUE(result.isOk()) << result.toString();
+  EXPECT_EQ(std::memcmp(mine.bytes.data() + 100, back.data(), back.size()), 0);
+  a->t->deregisterRegion(ra->id);
+  b->t->deregisterRegion(rb->id);
+}
+
+TEST_P(TransportConformance, ManyRmaOperationsInFlightAllComplete) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  constexpr std::size_t kPiece = 64 << 10;
+  constexpr int kPieces = 64;
+  RmaBuffer mine(kPiece * kPieces);
+  RmaBuffer theirs(kPiece * kPieces);
+  const std::string out = pattern(mine.bytes.size(), 5);
+  std::memcpy(mine.bytes.data(), out.data(), out.size());
+  auto rb = b->t->registerRegion(theirs.bytes.data(), theirs.bytes.size());
+  ASSERT_TRUE(rb.has_value()) << rb.error().toString();
+  int done = 0;
+  int failed = 0;
+  for (int i = 0; i < kPieces; ++i) {
+    const std::size_t off = static_cast<std::size_t>(i) * kPiece;
+    ASSERT_TRUE(a->t->rma(1, RmaKind::Put, mine.bytes.data() + off, kPiece, theirs.at(off), rb->key,
+                          [&](Status st) {
+                            ++done;
+                            if (!st.isOk()) ++failed;
+                          }).isOk());
+  }
+  ASSERT_TRUE(pumpUntil([&] { return done == kPieces; }));
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(checksum(std::string_view(theirs.bytes.data(), theirs.bytes.size())), checksum(out));
+}
+
+TEST_P(TransportConformance, RmaToALostPeerFailsWithNodeLost) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  RmaBuffer theirs(4096);
+  auto rb = b->t->registerRegion(theirs.bytes.data(), theirs.bytes.size());
+  ASSERT_TRUE(rb.has_value()) << rb.error().toString();
+  const std::string key = rb->key;
+  RmaBuffer mine(4096);
+  EXPECT_EQ(a->t->rma(7, RmaKind::Get, mine.bytes.data(), 8, theirs.at(0), key, [](Status) {}).code(),
+            StatusCode::NotFound);
+  b->t.reset();  // its memory stays allocated (theirs), its transport goes
+  ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }, 30s, true));
+  EXPECT_EQ(a->t->rma(1, RmaKind::Get, mine.bytes.data(), 8, theirs.at(0), key, [](Status) {}).code(),
+            StatusCode::NodeLost);
+}
+
+TEST_P(TransportConformance, RmaIsRefusedUntilTheSecretIsSet) {
+  Node* a = make(0, "");
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  RmaBuffer theirs(4096);
+  auto rb = b->t->registerRegion(theirs.bytes.data(), theirs.bytes.size());
+  ASSERT_TRUE(rb.has_value()) << rb.error().toString();
+  RmaBuffer mine(4096);
+  EXPECT_EQ(a->t->rma(1, RmaKind::Get, mine.bytes.data(), 8, theirs.at(0), rb->key, [](Status) {}).code(),
+            StatusCode::PermissionDenied);
+}
+
 // This binary, re-run in a child process by AKilledPeerIsLostOnce: a UCX transport for node 1
 // that echoes what it gets, until it is killed or its parent goes.
 TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
