@@ -334,6 +334,25 @@ void Cluster::heartbeat() {
   loop_.addTimerAfterNs(heartbeatNs_, [this] { heartbeat(); });
 }
 
+Result<transport::RegisteredRegion> Cluster::registerRegion(void* base, std::size_t length) {
+  if (closed_) return Status(StatusCode::PeerLost, "the job's transport is closed");
+  return transport_->registerRegion(base, length);
+}
+
+void Cluster::deregisterRegion(std::uint64_t id) {
+  if (!closed_) transport_->deregisterRegion(id);
+}
+
+Status Cluster::rma(std::uint32_t node, transport::RmaKind kind, void* local, std::size_t length,
+                    std::uint64_t remote, std::string_view key, std::function<void(Status)> done) {
+  if (closed_) return Status(StatusCode::PeerLost, "the job's transport is closed");
+  if (!known(node)) return Status(StatusCode::NotFound, "there is no node " + std::to_string(node) + " in this job");
+  if (lost(node)) return Status(StatusCode::NodeLost, describe(node) + " was lost");
+  Status st = transport_->rma(node, kind, local, length, remote, key, std::move(done));
+  scheduleProgress();
+  return st;
+}
+
 void Cluster::pump() {
   if (closed_) return;
   transport_->progress();

@@ -86,6 +86,13 @@ class Cluster {
   // Envelope) or with NodeLost / NotFound when it cannot be answered.
   void forward(std::uint32_t node, protocol::Envelope request, Done done);
 
+  // One-sided transfers through the transport (daemon/transport.hpp); `done` runs on the loop.
+  Result<transport::RegisteredRegion> registerRegion(void* base, std::size_t length);
+  void deregisterRegion(std::uint64_t id);
+  Status rma(std::uint32_t node, transport::RmaKind kind, void* local, std::size_t length,
+             std::uint64_t remote, std::string_view key, std::function<void(Status)> done);
+  bool closed() const noexcept { return closed_; }
+
   // Sends what is queued (bounded) and closes the transport.
   void shutdown();
   std::string dump() const;

@@ -47,6 +47,8 @@ class Daemon {
                    [this](std::uint64_t job, const protocol::Envelope& line) {
                      return server_.deliverOutput(job, line);
                    }) {}
+  // The server outlives the cluster (members go in reverse order): it must not use it then.
+  ~Daemon() { server_.forgetCluster(); }
 
   int run() {
     Status st = loop_.add(signals_.get(), EPOLLIN, [this](std::uint32_t) { onSignal(); });

@@ -181,6 +181,11 @@ void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
 }
 
 Result<ObjectGrant> ObjectManager::find(const ObjectDescriptor& object) const {
+  if (object.node == node_ && object.kind == ObjectKind::Pool) {
+    auto p = pools_.find(object.id);
+    if (p == pools_.end() || !(p->second.pool->descriptor() == object)) return notHere(object);
+    return ObjectGrant{object, object, p->second.pool->fd()};
+  }
   if (object.node != node_ || object.kind != ObjectKind::Channel) {
     return notHere(object);
   }
@@ -229,6 +234,7 @@ void ObjectManager::destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it)
     }
   }
   dropNamesOf(it->first);
+  if (poolGone_) poolGone_(it->first);
   DRAGON_LOG(Debug, "objects", "pool %llu released", static_cast<unsigned long long>(it->first));
   pools_.erase(it);  // unmaps and closes the memfd; clients' mappings stay valid until unmapped
 }

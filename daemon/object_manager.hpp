@@ -66,11 +66,15 @@ class ObjectManager {
   // The channel `object` of this node, without taking a reference: a handle on the manager's
   // own mapping (valid until the channel or its pool goes) and its grant (pool and memfd).
   Result<Channel> channel(const ObjectDescriptor& object);
+  // A channel or a pool of this node (its grant: for a pool, itself and its memfd).
   Result<ObjectGrant> find(const ObjectDescriptor& object) const;
   // Called with a channel's id just before the channel is destroyed (or its pool is).
   void setChannelGoneHook(std::function<void(std::uint64_t channelId)> hook) {
     channelGone_ = std::move(hook);
   }
+
+  // Called with a pool's id just before the pool is destroyed.
+  void setPoolGoneHook(std::function<void(std::uint64_t poolId)> hook) { poolGone_ = std::move(hook); }
 
   std::string dump() const;
 
@@ -101,7 +105,8 @@ class ObjectManager {
     ObjectDescriptor object;
   };
   std::map<std::string, ScopedName, std::less<>> scoped_;
-  std::function<void(std::uint64_t)> channelGone_;  // the scoped names, by name
+  std::function<void(std::uint64_t)> channelGone_;
+  std::function<void(std::uint64_t)> poolGone_;
   // True if a name that is not scoped keeps the object alive.
   bool keptByName(std::uint64_t objectId) const;
   void dropNamesOf(std::uint64_t objectId);

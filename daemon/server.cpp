@@ -22,8 +22,12 @@ Server::Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::
     : loop_(loop), listener_(std::move(listener)), global_(global), node_(node), uid_(geteuid()) {}
 
 Server::~Server() {
-  if (objects_ != nullptr) objects_->setChannelGoneHook(nullptr);
+  if (objects_ != nullptr) {
+    objects_->setChannelGoneHook(nullptr);
+    objects_->setPoolGoneHook(nullptr);
+  }
   gateway_.reset();
+  rma_.reset();
   // The managers may already be gone: drop the connections without calling back into them.
   for (auto& [id, c] : conns_) {
     if (!c->dead) loop_.remove(c->fd.get());
@@ -36,6 +40,8 @@ Status Server::start(ObjectManager& objects, ProcessManager& processes) {
   processes_ = &processes;
   gateway_ = std::make_unique<Gateway>(loop_, objects);
   objects.setChannelGoneHook([this](std::uint64_t id) { gateway_->channelGone(id); });
+  rma_ = std::make_unique<RmaRegions>(objects);
+  objects.setPoolGoneHook([this](std::uint64_t id) { rma_->poolGone(id); });
   return loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
 }
 
@@ -225,6 +231,9 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
       break;
     case pb::Envelope::kChannelOp:
       handleChannelOp(c, msg);
+      break;
+    case pb::Envelope::kMemoryOp:
+      handleMemoryOp(c, msg);
       break;
     case pb::Envelope::kWaitAny:
       handleWaitAny(c, msg);

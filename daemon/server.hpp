@@ -16,6 +16,7 @@
 #include "daemon/global_services.hpp"
 #include "daemon/object_manager.hpp"
 #include "daemon/process_manager.hpp"
+#include "daemon/rma.hpp"
 #include "protocol/codec.hpp"
 
 #include <dragon/unique_fd.hpp>
@@ -52,6 +53,8 @@ class Server {
   bool deliverOutput(std::uint64_t job, const protocol::Envelope& line);
   // Closes every connection (end of shutdown).
   void closeAll();
+  // Before the cluster is destroyed.
+  void forgetCluster();
 
   std::size_t connections() const noexcept { return conns_.size(); }
   std::string dump() const;
@@ -117,6 +120,9 @@ class Server {
   // Attach, detach and destroy of another node's object; false when it is this node's.
   bool clusterObject(Connection& c, protocol::Envelope& msg);
   void clusterAttach(Connection& c, protocol::Envelope& msg, const ObjectDescriptor& d);
+  // A copy between pool allocations (server_memory.cpp): here, or by RMA with another node.
+  void handleMemoryOp(Connection& c, protocol::Envelope& msg);
+  void peerMemoryOp(std::uint32_t requester, const protocol::MemoryOp& op, Reply reply);
   // A channel operation: through this node's gateway, or forwarded to the channel's home.
   void handleChannelOp(Connection& c, protocol::Envelope& msg);
   // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`,
@@ -170,6 +176,7 @@ class Server {
   std::uint32_t node_;
   ObjectManager* objects_ = nullptr;
   std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<RmaRegions> rma_;
   ProcessManager* processes_ = nullptr;
   std::map<std::uint64_t, std::unique_ptr<Connection>> conns_;
   std::map<std::uint64_t, std::uint64_t> jobRoots_;  // job -> connection id

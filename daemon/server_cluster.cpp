@@ -51,6 +51,12 @@ void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t n
     handlePeer(from, msg, std::move(reply));
   });
   cluster_->setLostHandler([this](std::uint32_t node, const Status& why) { onNodeLost(node, why); });
+  if (rma_ != nullptr) rma_->setCluster(cluster);
+}
+
+void Server::forgetCluster() {
+  if (rma_ != nullptr) rma_->forgetCluster();
+  cluster_ = nullptr;
 }
 
 bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
@@ -454,6 +460,9 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       return;
     case pb::Envelope::kAttach:
       reply(peerAttach(from, msg.attach()));
+      return;
+    case pb::Envelope::kMemoryOp:
+      peerMemoryOp(from, msg.memory_op(), std::move(reply));
       return;
     case pb::Envelope::kDetach:
     case pb::Envelope::kDestroy: {

@@ -47,6 +47,10 @@ namespace detail {
 // What a remote ClientChannel reaches its dragond through (the Client's Impl).
 struct ClientConnection {
   Result<pb::ChannelOpReply> channelOp(pb::ChannelOp& op);
+  // A request started earlier (a memory transfer): its outcome, Timeout if not by `deadline`.
+  Status awaitStarted(std::uint64_t id, const Deadline& deadline);
+  // Its reply is not wanted any more.
+  void forgetStarted(std::uint64_t id);
   // The message of a remote send, kept between sends: glibc serves a block as large as the
   // last one freed with a fresh mmap each time (its threshold rises only to that size), so a
   // new 1 MiB string per send cost more than the rest of the send.
@@ -210,7 +214,8 @@ struct Client::Impl : detail::ClientConnection {
     return id;
   }
 
-  Result<Reply> finish(std::uint64_t id) {
+  // The reply to `id`; Timeout (the request stays pending) when none came by `deadline`.
+  Result<Reply> finish(std::uint64_t id, const Deadline& deadline = Deadline(Timeout::forever())) {
     for (;;) {
       auto it = stash.find(id);
       if (it != stash.end()) {
@@ -224,9 +229,14 @@ struct Client::Impl : detail::ClientConnection {
       if (!broken.isOk()) {
         return broken;
       }
-      auto w = waitInput(Deadline(Timeout::forever()));
+      auto w = waitInput(deadline);
       if (!w.has_value()) {
         return w.error();
+      }
+      if (!*w && !deadline.isForever()) {
+        DRAGON_TRY(readAvailable());  // what came just now
+        if (stash.count(id) != 0) continue;
+        return Status(StatusCode::Timeout);
       }
       DRAGON_TRY(readAvailable());
     }
@@ -295,6 +305,84 @@ struct Client::Impl : detail::ClientConnection {
     return std::unique_ptr<ClientChannel>(new ClientChannel(std::move(pool), std::move(ch)));
   }
 };
+
+Status detail::ClientConnection::awaitStarted(std::uint64_t id, const Deadline& deadline) {
+  auto* impl = static_cast<Client::Impl*>(this);
+  return impl->finish(id, deadline).status();
+}
+
+void detail::ClientConnection::forgetStarted(std::uint64_t id) {
+  auto* impl = static_cast<Client::Impl*>(this);
+  if (impl->stash.erase(id) == 0) impl->unwanted.insert(id);
+}
+
+MemoryTransfer::MemoryTransfer(MemoryTransfer&& o) noexcept
+    : conn_(std::exchange(o.conn_, nullptr)), id_(std::exchange(o.id_, 0)),
+      result_(std::move(o.result_)) {}
+
+MemoryTransfer& MemoryTransfer::operator=(MemoryTransfer&& o) noexcept {
+  if (this != &o) {
+    abandon();
+    conn_ = std::exchange(o.conn_, nullptr);
+    id_ = std::exchange(o.id_, 0);
+    result_ = std::move(o.result_);
+  }
+  return *this;
+}
+
+MemoryTransfer::~MemoryTransfer() { abandon(); }
+
+void MemoryTransfer::abandon() noexcept {
+  if (conn_ != nullptr && !result_.has_value()) conn_->forgetStarted(id_);
+  conn_ = nullptr;
+}
+
+Status MemoryTransfer::wait(Timeout timeout) {
+  if (result_.has_value()) return *result_;
+  if (conn_ == nullptr) return Status(StatusCode::InvalidArgument, "not a transfer");
+  Status st = conn_->awaitStarted(id_, Deadline(timeout));
+  if (st.code() == StatusCode::Timeout) return st;
+  result_ = st;
+  return st;
+}
+
+Result<MemoryTransfer> Client::put(const MemoryRange& from, const MemoryRange& to,
+                                   std::uint64_t length) {
+  if (from.pool.node != impl_->node) {
+    return Status(StatusCode::InvalidArgument,
+                  "put: the source " + from.pool.toString() + " is not a pool of this node (" +
+                      std::to_string(impl_->node) + "); use get to read another node's");
+  }
+  return transfer(from, to, length);
+}
+
+Result<MemoryTransfer> Client::get(const MemoryRange& from, const MemoryRange& to,
+                                   std::uint64_t length) {
+  if (to.pool.node != impl_->node) {
+    return Status(StatusCode::InvalidArgument,
+                  "get: the destination " + to.pool.toString() + " is not a pool of this node (" +
+                      std::to_string(impl_->node) + "); use put to write another node's");
+  }
+  return transfer(from, to, length);
+}
+
+Result<MemoryTransfer> Client::transfer(const MemoryRange& from, const MemoryRange& to,
+                                        std::uint64_t length) {
+  pb::Envelope req;
+  auto* op = req.mutable_memory_op();
+  *op->mutable_from()->mutable_pool() = pb::toRef(from.pool);
+  op->mutable_from()->set_allocation(from.allocation);
+  op->mutable_from()->set_offset(from.offset);
+  *op->mutable_to()->mutable_pool() = pb::toRef(to.pool);
+  op->mutable_to()->set_allocation(to.allocation);
+  op->mutable_to()->set_offset(to.offset);
+  op->set_length(length);
+  DRAGON_ASSIGN_OR_RETURN(std::uint64_t id, impl_->start(req));
+  MemoryTransfer t;
+  t.conn_ = impl_.get();
+  t.id_ = id;
+  return t;
+}
 
 Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op) {
   auto* impl = static_cast<Client::Impl*>(this);

@@ -184,6 +184,38 @@ struct ClusterEndpoint {
   std::string address;     // its transport address
 };
 
+// Bytes of a live pool allocation, on any node (Client::put, Client::get).
+struct MemoryRange {
+  ObjectDescriptor pool;
+  std::uint64_t allocation = 0;  // the allocation's PoolAllocation::offset
+  std::uint64_t offset = 0;      // from the start of the allocation
+};
+
+// A put or get in flight. wait() gives its outcome; one dropped unwaited still completes, its
+// outcome unseen. It must not outlive the Client that started it.
+class MemoryTransfer {
+ public:
+  MemoryTransfer() = default;
+  MemoryTransfer(MemoryTransfer&& o) noexcept;
+  MemoryTransfer& operator=(MemoryTransfer&& o) noexcept;
+  MemoryTransfer(const MemoryTransfer&) = delete;
+  MemoryTransfer& operator=(const MemoryTransfer&) = delete;
+  ~MemoryTransfer();
+
+  // Ok once the bytes are at their destination (visible to every process there); Timeout when
+  // `timeout` passed first (the transfer goes on: wait again); otherwise its error (NodeLost,
+  // InvalidArgument for a range outside a live allocation, NotFound...). Then always the same.
+  Status wait(Timeout timeout = Timeout::forever());
+  bool done() const noexcept { return result_.has_value(); }
+
+ private:
+  friend class Client;
+  void abandon() noexcept;
+  detail::ClientConnection* conn_ = nullptr;
+  std::uint64_t id_ = 0;
+  std::optional<Status> result_;
+};
+
 struct OutputLine {
   std::uint64_t puid = 0;
   bool isStderr = false;
@@ -261,6 +293,14 @@ class Client {
   // node was lost during the job.
   Status endJob(bool now = false, int exitCode = 0);
 
+  // Remote memory (docs/cluster.md): copies `length` bytes from `from` to `to`, allocations of
+  // two pools. put: `from` is of this node, `to` of any node; get: `from` of any node, `to` of
+  // this node. Between nodes the bytes move by RMA between the two dragonds' own mappings of
+  // the pools, no copy through messages on either side; on one node dragond copies. Returns at
+  // once; the transfer's wait() says when the bytes are there.
+  Result<MemoryTransfer> put(const MemoryRange& from, const MemoryRange& to, std::uint64_t length);
+  Result<MemoryTransfer> get(const MemoryRange& from, const MemoryRange& to, std::uint64_t length);
+
   // Multi-node jobs. The nodes of this job (one, this node, outside a multi-node job).
   Result<std::vector<NodeInfo>> nodes();
   // For the launcher: this dragond's node id and transport address (InvalidArgument if it was
@@ -299,6 +339,8 @@ class Client {
   friend struct detail::ClientConnection;
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl) noexcept;
+  Result<MemoryTransfer> transfer(const MemoryRange& from, const MemoryRange& to,
+                                  std::uint64_t length);
   std::unique_ptr<Impl> impl_;
 };
 

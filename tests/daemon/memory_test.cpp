@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+// Remote memory's API (Client::put / Client::get, daemon/server_memory.cpp) on one real dragond:
+// the same calls that move bytes by RMA between nodes copy between two pools of this node.
+// Ranges are checked against live allocations, a dropped transfer still completes, a pool
+// destroyed during use is an error and not a crash, and descriptors of nodes outside the job
+// are refused. Across nodes: tests/cluster/t_dragon_memory.sh.
+#include "daemon_fixture.hpp"
+
+#include <cstring>
+
+namespace dragon {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RunningDaemon;
+
+struct Pools {
+  std::shared_ptr<Pool> a;
+  std::shared_ptr<Pool> b;
+  PoolAllocation inA;
+  PoolAllocation inB;
+};
+
+Pools twoPools(Client& c, std::size_t bytes) {
+  Pools p;
+  auto a = c.createPool(8 << 20);
+  auto b = c.createPool(8 << 20);
+  EXPECT_TRUE(a.has_value() && b.has_value());
+  if (!a.has_value() || !b.has_value()) return p;
+  p.a = *a;
+  p.b = *b;
+  auto x = p.a->alloc(bytes);
+  auto y = p.b->alloc(bytes);
+  EXPECT_TRUE(x.has_value() && y.has_value());
+  if (x.has_value()) p.inA = *x;
+  if (y.has_value()) p.inB = *y;
+  return p;
+}
+
+MemoryRange rangeOf(const Pool& pool, const PoolAllocation& a, std::uint64_t offset = 0) {
+  return MemoryRange{pool.descriptor(), a.offset, offset};
+}
+
+TEST(Memory, PutAndGetCopyBetweenPoolsOfThisNode) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  constexpr std::size_t kBytes = 3 << 20;
+  Pools p = twoPools(c, kBytes);
+  ASSERT_TRUE(p.a && p.b);
+  auto* src = static_cast<unsigned char*>(p.a->pointer(p.inA));
+  for (std::size_t i = 0; i < kBytes; ++i) src[i] = static_cast<unsigned char>(i * 7 + 3);
+  auto put = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), kBytes);
+  ASSERT_TRUE(put.has_value()) << put.error().toString();
+  Status st = put->wait(Timeout::after(10s));
+  ASSERT_TRUE(st.isOk()) << st.toString();
+  EXPECT_TRUE(put->done());
+  EXPECT_EQ(std::memcmp(p.b->pointer(p.inB), src, kBytes), 0);
+  EXPECT_TRUE(put->wait(Timeout::none()).isOk());  // the same outcome again
+  // A get of a middle part, into the middle of the other allocation.
+  auto* there = static_cast<unsigned char*>(p.b->pointer(p.inB));
+  for (std::size_t i = 0; i < 5000; ++i) there[1000 + i] = static_cast<unsigned char>(i ^ 0x5a);
+  auto get = c.get(rangeOf(*p.b, p.inB, 1000), rangeOf(*p.a, p.inA, 77), 5000);
+  ASSERT_TRUE(get.has_value()) << get.error().toString();
+  ASSERT_TRUE(get->wait().isOk());
+  EXPECT_EQ(std::memcmp(src + 77, there + 1000, 5000), 0);
+  // Nothing to copy is a transfer too.
+  auto none = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), 0);
+  ASSERT_TRUE(none.has_value());
+  EXPECT_TRUE(none->wait(Timeout::after(10s)).isOk());
+}
+
+TEST(Memory, RangesOutsideALiveAllocationAreRefusedAndNothingIsWritten) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  Pools p = twoPools(c, 4096);
+  ASSERT_TRUE(p.a && p.b);
+  std::memset(p.b->pointer(p.inB), 0x11, 4096);
+  auto expectRefused = [&](const MemoryRange& from, const MemoryRange& to, std::uint64_t n,
+                           const char* what) {
+    SCOPED_TRACE(what);
+    auto t = c.put(from, to, n);
+    ASSERT_TRUE(t.has_value()) << t.error().toString();
+    const Status st = t->wait(Timeout::after(10s));
+    EXPECT_EQ(st.code(), StatusCode::InvalidArgument) << st.toString();
+  };
+  expectRefused(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), 4097, "one byte past the end");
+  expectRefused(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB, 4000), 100, "an offset near the end");
+  expectRefused(rangeOf(*p.a, p.inA, 1), rangeOf(*p.b, p.inB), 4096, "the source's end");
+  expectRefused(rangeOf(*p.a, p.inA), MemoryRange{p.b->descriptor(), p.inB.offset + 64, 0}, 8,
+                "not the start of an allocation");
+  expectRefused(rangeOf(*p.a, p.inA), MemoryRange{p.b->descriptor(), 0, 0}, 8,
+                "the pool's header");
+  expectRefused(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB, ~std::uint64_t{0}), 2,
+                "an offset that wraps");
+  // Freed: not a live allocation any more.
+  PoolAllocation gone = *p.b->alloc(4096);
+  ASSERT_TRUE(p.b->free(gone).isOk());
+  expectRefused(rangeOf(*p.a, p.inA), rangeOf(*p.b, gone), 8, "a freed allocation");
+  const auto* b = static_cast<const unsigned char*>(p.b->pointer(p.inB));
+  for (int i = 0; i < 4096; ++i) ASSERT_EQ(b[i], 0x11) << "byte " << i << " was written";
+}
+
+TEST(Memory, PutAndGetSayWhichSideMustBeOfThisNodeAndForeignNodesAreNotFound) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  Pools p = twoPools(c, 64);
+  ASSERT_TRUE(p.a && p.b);
+  ObjectDescriptor elsewhere = p.b->descriptor();
+  elsewhere.node = c.node() + 5;
+  const MemoryRange far{elsewhere, p.inB.offset, 0};
+  // put writes from this node; get reads into this node.
+  EXPECT_EQ(c.put(far, rangeOf(*p.a, p.inA), 8).status().code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(c.get(rangeOf(*p.a, p.inA), far, 8).status().code(), StatusCode::InvalidArgument);
+  // A node that is not in the job (this dragond serves no multi-node job).
+  auto t = c.put(rangeOf(*p.a, p.inA), far, 8);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->wait(Timeout::after(10s)).code(), StatusCode::NotFound);
+  // A channel is not a pool.
+  ChannelOptions co;
+  co.capacity = 4;
+  auto ch = c.createChannel(p.a->descriptor(), co);
+  ASSERT_TRUE(ch.has_value());
+  auto u = c.put(rangeOf(*p.a, p.inA), MemoryRange{(*ch)->descriptor(), 0, 0}, 8);
+  ASSERT_TRUE(u.has_value());
+  EXPECT_EQ(u->wait(Timeout::after(10s)).code(), StatusCode::InvalidArgument);
+}
+
+TEST(Memory, ADestroyedPoolIsNotFoundAndDroppedTransfersStillComplete) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  Pools p = twoPools(c, 1 << 20);
+  ASSERT_TRUE(p.a && p.b);
+  std::memset(p.a->pointer(p.inA), 0x42, 1 << 20);
+  // Many transfers dropped without a wait: each completes, and the replies do not confuse the
+  // calls after them.
+  for (int i = 0; i < 200; ++i) {
+    auto t = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), 1 << 20);
+    ASSERT_TRUE(t.has_value()) << t.error().toString();
+  }
+  auto last = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), 16);
+  ASSERT_TRUE(last.has_value());
+  ASSERT_TRUE(last->wait(Timeout::after(10s)).isOk());
+  EXPECT_EQ(static_cast<const unsigned char*>(p.b->pointer(p.inB))[(1 << 20) - 1], 0x42);
+  const ObjectDescriptor b = p.b->descriptor();
+  ASSERT_TRUE(c.destroy(b).isOk());
+  auto t = c.put(rangeOf(*p.a, p.inA), MemoryRange{b, p.inB.offset, 0}, 8);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->wait(Timeout::after(10s)).code(), StatusCode::NotFound);
+  // The surviving pool still works.
+  PoolAllocation other = *p.a->alloc(64);
+  auto ok = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.a, other), 64);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_TRUE(ok->wait(Timeout::after(10s)).isOk());
+}
+
+}  // namespace
+}  // namespace dragon
