@@ -20,6 +20,9 @@ packages=(
   scdoc                                    # man pages (docs/man)
   build-essential debhelper dh-python      # Debian packages (packaging/build-deb.sh;
   libpython3-dev lintian                   #   dpkg-buildpackage requires build-essential)
+  rpm rpmlint file                         # RPM packages (packaging/build-rpm.sh, check-rpm.sh;
+                                           #   rpm's brp-strip finds ELF files with file)
+  mmdebstrap                               # a fresh Debian 12 root for the .debs (packaging/check-deb-root.sh)
   libpmix-dev libpmix2                     # multi-node wire-up (pmix_plugin/)
   libucx-dev ucx-utils                     # inter-node transport (ucx_transport/), ucx_perftest
   slurmd slurmctld slurm-client munge      # the test cluster (tests/cluster/)
