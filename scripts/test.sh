@@ -132,7 +132,35 @@ else
   tail -40 "$debs/build.log"
   failed=$((failed + 1))
 fi
+
+echo "== Debian packages on a clean Debian 12 root (packaging/check-deb-root.sh)"
+# The debs just built: apt-get install into a fresh mmdebstrap root, an example as a user, the
+# units under systemd-nspawn, apt-get purge leaving no file behind.
+if ls "$debs"/*.deb >/dev/null 2>&1 && packaging/check-deb-root.sh "$debs" >"$debs/root.log" 2>&1; then
+  cat "$debs/root.log"
+  passed=$((passed + 1))
+else
+  cat "$debs/root.log" 2>/dev/null || echo "no debs were built"
+  failed=$((failed + 1))
+fi
 rm -rf "$debs"
+
+echo "== RPM packages (packaging/build-rpm.sh), checked by packaging/check-rpm.sh and rpmlint"
+rpms=$(mktemp -d)
+if packaging/build-rpm.sh "$rpms" >"$rpms/build.log" 2>&1; then
+  # check-rpm.sh runs rpmlint; what it filters says why in packaging/rpm/dragon.rpmlintrc.
+  if packaging/check-rpm.sh "$rpms" >"$rpms/check.log" 2>&1; then
+    ls "$rpms"/*.rpm | xargs -n1 basename
+    passed=$((passed + 1))
+  else
+    cat "$rpms/check.log"
+    failed=$((failed + 1))
+  fi
+else
+  tail -40 "$rpms/build.log"
+  failed=$((failed + 1))
+fi
+rm -rf "$rpms"
 
 echo "== install check"
 if scripts/check-install.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
