@@ -478,6 +478,207 @@ int channelBench(Client& c, std::uint32_t node, int count, std::size_t size) {
   return 0;
 }
 
+// --- Remote memory ---
+
+void fillPattern(void* p, std::size_t n, std::uint64_t seed) {
+  auto* b = static_cast<unsigned char*>(p);
+  std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (std::size_t i = 0; i < n; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(b + i, &x, std::min<std::size_t>(8, n - i));
+  }
+}
+
+bool hasPattern(const void* p, std::size_t n, std::uint64_t seed) {
+  std::vector<unsigned char> want(n);
+  fillPattern(want.data(), n, seed);
+  return std::memcmp(p, want.data(), n) == 0;
+}
+
+// The far end of the memory modes, on another node: a pool with one allocation of SIZE bytes
+// holding pattern 1, and a channel; sends "POOL ALLOCATION CHANNEL" on REP, then answers each
+// "check SEED" on its channel with "ok" or "bad" on REP, until "stop".
+int memoryHost(Client& c, const std::string& repText, std::size_t size) {
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!repDesc) return failWith("memory-host: bad descriptor");
+  auto rep = c.attachChannel(*repDesc);
+  auto pool = c.createPool(size + (std::size_t{8} << 20));
+  if (!rep || !pool) return failWith("memory-host: attach or pool");
+  auto a = (*pool)->alloc(size);
+  auto ch = c.createChannel((*pool)->descriptor(), {});
+  if (!a || !ch) return failWith("memory-host: alloc or channel");
+  fillPattern((*pool)->pointer(*a), size, 1);
+  const std::string facts = (*pool)->descriptor().toString() + " " + std::to_string(a->offset) +
+                            " " + (*ch)->descriptor().toString();
+  if (!(*rep)->send(bytesOf(facts)).isOk()) return failWith("memory-host: send");
+  for (;;) {
+    auto m = (*ch)->recvBytes();
+    if (!m) return failWith("memory-host: recv: " + m.error().toString());
+    const std::string text = textOf(*m);
+    if (text == "stop") return 0;
+    const std::uint64_t seed = std::strtoull(text.c_str() + 6, nullptr, 10);
+    const bool ok = hasPattern((*pool)->pointer(*a), size, seed);
+    if (!(*rep)->send(bytesOf(ok ? "ok" : "bad")).isOk()) return failWith("memory-host: answer");
+  }
+}
+
+struct MemoryPeer {
+  dragon::MemoryRange range;
+  std::unique_ptr<dragon::ClientChannel> control;
+  std::uint64_t puid = 0;
+};
+
+// Starts memory-host on `node` and learns its allocation; `rep` receives its answers.
+Result<MemoryPeer> startMemoryHost(Client& c, dragon::ClientChannel& rep, std::uint32_t node,
+                                   std::size_t size) {
+  auto host = spawnSelf(c, {"memory-host", rep.descriptor().toString(), std::to_string(size)}, node);
+  if (!host) return host.error();
+  auto m = rep.recvBytes(Timeout::after(30s));
+  if (!m) return m.error();
+  const std::string text = textOf(*m);
+  const auto sp1 = text.find(' ');
+  const auto sp2 = text.find(' ', sp1 + 1);
+  auto pool = dragon::ObjectDescriptor::fromString(text.substr(0, sp1));
+  auto chd = dragon::ObjectDescriptor::fromString(text.substr(sp2 + 1));
+  if (!pool || !chd) return dragon::Status(StatusCode::Internal, "memory-host sent '" + text + "'");
+  MemoryPeer p;
+  p.range = dragon::MemoryRange{*pool, std::strtoull(text.c_str() + sp1 + 1, nullptr, 10), 0};
+  auto ch = c.attachChannel(*chd);
+  if (!ch) return ch.error();
+  p.control = std::move(*ch);
+  p.puid = host->front().puid;
+  return p;
+}
+
+// Gets and puts between a pool here and one on `node`: whole, in parts, many in flight, and
+// the errors (a range outside the far allocation, a put whose source is not of this node).
+int memory(Client& c, std::uint32_t node, std::size_t size) {
+  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
+  if (!pool) return failWith("pool: " + pool.error().toString());
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  auto mine = (*pool)->alloc(size);
+  if (!rep || !mine) return failWith("channel or alloc");
+  auto peer = startMemoryHost(c, **rep, node, size);
+  if (!peer) return failWith("memory-host: " + peer.error().toString());
+  if (peer->range.pool.node != node) return failWith("the far pool is not of node " + std::to_string(node));
+  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
+  void* local = (*pool)->pointer(*mine);
+  auto ask = [&](std::uint64_t seed) -> std::string {
+    if (!peer->control->send(bytesOf("check " + std::to_string(seed))).isOk()) return "send failed";
+    auto m = (*rep)->recvBytes(Timeout::after(30s));
+    return m ? textOf(*m) : m.error().toString();
+  };
+  // 1. get the whole allocation.
+  std::memset(local, 0, size);
+  auto g = c.get(peer->range, here, size);
+  if (!g) return failWith("get: " + g.error().toString());
+  dragon::Status st = g->wait(Timeout::after(60s));
+  if (!st.isOk()) return failWith("get: " + st.toString());
+  if (!hasPattern(local, size, 1)) return failWith("get: the bytes are not the far node's");
+  // 2. put the whole allocation; the far node checks it.
+  fillPattern(local, size, 2);
+  auto p = c.put(here, peer->range, size);
+  if (!p) return failWith("put: " + p.error().toString());
+  st = p->wait(Timeout::after(60s));
+  if (!st.isOk()) return failWith("put: " + st.toString());
+  if (std::string a = ask(2); a != "ok") return failWith("put: the far node says " + a);
+  // 3. in parts, all in flight at once, to offsets of the far allocation.
+  fillPattern(local, size, 3);
+  const std::size_t parts = 16;
+  const std::size_t piece = size / parts;
+  std::vector<dragon::MemoryTransfer> flying;
+  for (std::size_t i = 0; i < parts; ++i) {
+    const std::size_t n = i + 1 == parts ? size - i * piece : piece;
+    dragon::MemoryRange from = here;
+    from.offset = i * piece;
+    dragon::MemoryRange to = peer->range;
+    to.offset = i * piece;
+    auto t = c.put(from, to, n);
+    if (!t) return failWith("put part: " + t.error().toString());
+    flying.push_back(std::move(*t));
+  }
+  for (auto& t : flying) {
+    st = t.wait(Timeout::after(60s));
+    if (!st.isOk()) return failWith("put part: " + st.toString());
+  }
+  if (std::string a = ask(3); a != "ok") return failWith("puts in parts: the far node says " + a);
+  // 4. a range past the far allocation's end is refused there; nothing is written.
+  dragon::MemoryRange past = peer->range;
+  past.offset = size - 8;
+  auto bad = c.put(here, past, 16);
+  if (!bad) return failWith("bad put: " + bad.error().toString());
+  st = bad->wait(Timeout::after(60s));
+  if (st.code() != StatusCode::InvalidArgument) return failWith("a put past the far end gave " + st.toString());
+  if (std::string a = ask(3); a != "ok") return failWith("a refused put wrote: the far node says " + a);
+  // 5. put wants its source here.
+  auto wrong = c.put(peer->range, here, 8);
+  if (wrong || wrong.error().code() != StatusCode::InvalidArgument) return failWith("put from another node was not refused");
+  (void)peer->control->send(bytesOf("stop"));
+  auto e = c.wait({peer->puid}, Timeout::after(30s));
+  if (!e || (*e)[0].exitCode != 0) return failWith("memory-host failed");
+  std::printf("probe: ok memory with node %u, %zu bytes\n", node, size);
+  return 0;
+}
+
+// Gets from `node` over and over until one fails; expects NodeLost (the test kills the node).
+int memoryLost(Client& c, std::uint32_t node) {
+  const std::size_t size = std::size_t{4} << 20;
+  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
+  if (!pool) return failWith("pool");
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  auto mine = (*pool)->alloc(size);
+  if (!rep || !mine) return failWith("channel or alloc");
+  auto peer = startMemoryHost(c, **rep, node, size);
+  if (!peer) return failWith("memory-host: " + peer.error().toString());
+  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
+  std::printf("probe: getting from node %u\n", node);
+  std::fflush(stdout);
+  std::chrono::steady_clock::time_point failedAt{};
+  for (int i = 0; i < 1'000'000; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto g = c.get(peer->range, here, size);
+    dragon::Status st = g ? g->wait(Timeout::after(60s)) : g.error();
+    if (st.isOk()) continue;
+    failedAt = t0;
+    if (st.code() != StatusCode::NodeLost) return failWith("a get failed with " + st.toString() + ", not NodeLost");
+    std::printf("probe: ok memory-lost after %.2f s: %s\n", secondsSince(failedAt), st.toString().c_str());
+    return 3;
+  }
+  return failWith("the node was never lost");
+}
+
+// `count` puts, then `count` gets, of `size` bytes with `node`, one at a time: MB/s of each.
+int memoryBench(Client& c, std::uint32_t node, std::size_t size, int count) {
+  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
+  if (!pool) return failWith("pool");
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  auto mine = (*pool)->alloc(size);
+  if (!rep || !mine) return failWith("channel or alloc");
+  auto peer = startMemoryHost(c, **rep, node, size);
+  if (!peer) return failWith("memory-host: " + peer.error().toString());
+  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
+  auto run = [&](bool put, int n) -> Result<double> {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) {
+      auto t = put ? c.put(here, peer->range, size) : c.get(peer->range, here, size);
+      if (!t) return t.error();
+      dragon::Status st = t->wait(Timeout::after(60s));
+      if (!st.isOk()) return st;
+    }
+    return static_cast<double>(size) * n / secondsSince(t0) / 1e6;
+  };
+  if (auto w = run(true, 3); !w) return failWith("warm-up: " + w.error().toString());
+  auto putBw = run(true, count);
+  auto getBw = run(false, count);
+  if (!putBw || !getBw) return failWith("bench: " + (putBw ? getBw.error() : putBw.error()).toString());
+  (void)peer->control->send(bytesOf("stop"));
+  (void)c.wait({peer->puid}, Timeout::after(30s));
+  std::printf("probe: memory-bench %zu B: put %.1f MB/s, get %.1f MB/s\n", size, *putBw, *getBw);
+  return 0;
+}
+
 // --- Names across nodes ---
 
 // On another node: names a channel of its node (plain and scoped), says so on REP, answers
@@ -591,6 +792,15 @@ int main(int argc, char** argv) {
   if (mode == "round-robin" && argc == 3) return roundRobin(*client, std::atoi(argv[2]));
   if (mode == "spawn-rate" && argc == 4) {
     return spawnRate(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atof(argv[3]));
+  }
+  if (mode == "memory-host" && argc == 4) return memoryHost(*client, argv[2], std::strtoull(argv[3], nullptr, 10));
+  if (mode == "memory" && argc == 4) {
+    return memory(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::strtoull(argv[3], nullptr, 10));
+  }
+  if (mode == "memory-lost" && argc == 3) return memoryLost(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
+  if (mode == "memory-bench" && argc == 5) {
+    return memoryBench(*client, static_cast<std::uint32_t>(std::atoi(argv[2])),
+                       std::strtoull(argv[3], nullptr, 10), std::atoi(argv[4]));
   }
   if (mode == "channels" && argc == 3) {
     return channels(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
