@@ -13,6 +13,10 @@ struct dragon_client {
   void* outputContext = nullptr;
 };
 
+struct dragon_transfer {
+  dragon::MemoryTransfer transfer;
+};
+
 namespace {
 
 using namespace dragon::capi;
@@ -37,6 +41,27 @@ dragon_status_t wrapChannel(dragon::Result<std::unique_ptr<dragon::ClientChannel
 }
 
 dragon_status_t statusOf(const dragon::Status& st) { return st.isOk() ? DRAGON_OK : fail(st); }
+
+dragon::Result<dragon::MemoryRange> rangeOf(const dragon_memory_range_t* r) {
+  if (r == nullptr) return dragon::Status(dragon::StatusCode::InvalidArgument, "a range is NULL");
+  auto d = toDesc(&r->pool);
+  if (!d.has_value()) return d.error();
+  return dragon::MemoryRange{*d, r->allocation, r->offset};
+}
+
+dragon_status_t startTransfer(dragon_client_t* client, bool put, const dragon_memory_range_t* from,
+                              const dragon_memory_range_t* to, uint64_t length,
+                              dragon_transfer_t** out) {
+  if (client == nullptr || out == nullptr) return invalid("client or out_transfer is NULL");
+  auto f = rangeOf(from);
+  if (!f.has_value()) return fail(f.error());
+  auto t = rangeOf(to);
+  if (!t.has_value()) return fail(t.error());
+  auto r = put ? client->client.put(*f, *t, length) : client->client.get(*f, *t, length);
+  if (!r.has_value()) return fail(r.error());
+  *out = new dragon_transfer{std::move(*r)};
+  return DRAGON_OK;
+}
 
 dragon::Stdio stdioOf(int mode) {
   switch (mode) {
@@ -233,6 +258,27 @@ dragon_status_t dragon_client_spawn_on(dragon_client_t* client,
                                       : dragon::Placement::onNode(node);
   return spawnPlaced(client, options, where, out_processes, capacity, out_count);
 }
+
+dragon_status_t dragon_client_put(dragon_client_t* client, const dragon_memory_range_t* from,
+                                  const dragon_memory_range_t* to, uint64_t length,
+                                  dragon_transfer_t** out_transfer) {
+  return guarded([&] { return startTransfer(client, true, from, to, length, out_transfer); });
+}
+
+dragon_status_t dragon_client_get(dragon_client_t* client, const dragon_memory_range_t* from,
+                                  const dragon_memory_range_t* to, uint64_t length,
+                                  dragon_transfer_t** out_transfer) {
+  return guarded([&] { return startTransfer(client, false, from, to, length, out_transfer); });
+}
+
+dragon_status_t dragon_transfer_wait(dragon_transfer_t* transfer, int64_t timeout_ns) {
+  return guarded([&] {
+    if (transfer == nullptr) return invalid("transfer is NULL");
+    return statusOf(transfer->transfer.wait(toTimeout(timeout_ns)));
+  });
+}
+
+void dragon_transfer_free(dragon_transfer_t* transfer) { delete transfer; }
 
 dragon_status_t dragon_client_nodes(dragon_client_t* client, dragon_node_t* out_nodes,
                                     size_t capacity, size_t* out_count) {

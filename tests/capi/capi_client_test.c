@@ -130,6 +130,41 @@ int main(void) {
   CHECK(exits[0].signal == SIGTERM && exits[2].signal == SIGTERM);
   CHECK(dragon_client_end_job(a, 0) == DRAGON_OK);
 
+  /* Remote memory's calls, between two pools of this node (across nodes: the cluster tests). */
+  dragon_pool_t* other = NULL;
+  CHECK(dragon_client_pool_create(b, 1 << 20, NULL, &other) == DRAGON_OK);
+  dragon_allocation_t x, y;
+  CHECK(dragon_pool_alloc(pool, 1000, 0, &x) == DRAGON_OK);
+  CHECK(dragon_pool_alloc(other, 1000, 0, &y) == DRAGON_OK);
+  void* px = NULL;
+  void* py = NULL;
+  CHECK(dragon_pool_pointer(pool, &x, &px) == DRAGON_OK);
+  CHECK(dragon_pool_pointer(other, &y, &py) == DRAGON_OK);
+  for (int i = 0; i < 1000; ++i) ((unsigned char*)px)[i] = (unsigned char)(i * 13);
+  memset(py, 0, 1000);
+  dragon_memory_range_t from = {{{0}}, x.offset, 0};
+  dragon_memory_range_t to = {{{0}}, y.offset, 10};
+  CHECK(dragon_pool_descriptor(pool, &from.pool) == DRAGON_OK);
+  CHECK(dragon_pool_descriptor(other, &to.pool) == DRAGON_OK);
+  dragon_transfer_t* t = NULL;
+  CHECK(dragon_client_put(a, &from, &to, 990, &t) == DRAGON_OK);
+  CHECK(dragon_transfer_wait(t, 10000000000LL) == DRAGON_OK);
+  CHECK(memcmp((unsigned char*)py + 10, px, 990) == 0);
+  dragon_transfer_free(t);
+  to.offset = 0;
+  CHECK(dragon_client_get(b, &to, &from, 1000, &t) == DRAGON_OK);  /* b reads other into pool */
+  CHECK(dragon_transfer_wait(t, DRAGON_TIMEOUT_FOREVER) == DRAGON_OK);
+  CHECK(memcmp(px, py, 1000) == 0);
+  dragon_transfer_free(t);
+  to.offset = 11; /* 990 bytes from 11 pass the allocation's end: refused where it lives */
+  CHECK(dragon_client_put(a, &from, &to, 990, &t) == DRAGON_OK);
+  CHECK(dragon_transfer_wait(t, 10000000000LL) == DRAGON_INVALID_ARGUMENT);
+  dragon_transfer_free(t);
+  CHECK(dragon_client_put(a, NULL, &to, 1, &t) == DRAGON_INVALID_ARGUMENT);
+  CHECK(dragon_transfer_wait(NULL, 0) == DRAGON_INVALID_ARGUMENT);
+  dragon_transfer_free(NULL);
+  dragon_pool_detach(other);
+
   /* Bad input. */
   CHECK(dragon_client_spawn(NULL, &o, group, 3, &n) == DRAGON_INVALID_ARGUMENT);
   o.stdout_mode = 99;

@@ -227,6 +227,27 @@ typedef struct dragon_node {
 dragon_status_t dragon_client_nodes(dragon_client_t* client, dragon_node_t* out_nodes,
                                     size_t capacity, size_t* out_count);
 
+/* Remote memory (docs/cluster.md): copies `length` bytes from `from` to `to`, each an allocation
+ * of a pool (its descriptor and the allocation's offset) plus an offset within it. put: `from`
+ * is of the caller's node, `to` of any node; get: `from` of any node, `to` of the caller's.
+ * Returns at once with a transfer; dragon_transfer_wait gives its outcome (DRAGON_TIMEOUT while
+ * it goes on), dragon_transfer_free forgets it (a transfer not waited for still completes).
+ * A transfer must be freed before its client is closed. */
+typedef struct dragon_transfer dragon_transfer_t;
+typedef struct dragon_memory_range {
+  dragon_descriptor_t pool;
+  uint64_t allocation; /* the allocation's offset (dragon_allocation_t.offset) */
+  uint64_t offset;     /* from the start of the allocation */
+} dragon_memory_range_t;
+dragon_status_t dragon_client_put(dragon_client_t* client, const dragon_memory_range_t* from,
+                                  const dragon_memory_range_t* to, uint64_t length,
+                                  dragon_transfer_t** out_transfer);
+dragon_status_t dragon_client_get(dragon_client_t* client, const dragon_memory_range_t* from,
+                                  const dragon_memory_range_t* to, uint64_t length,
+                                  dragon_transfer_t** out_transfer);
+dragon_status_t dragon_transfer_wait(dragon_transfer_t* transfer, int64_t timeout_ns);
+void dragon_transfer_free(dragon_transfer_t* transfer);
+
 /* Waits for all `count` processes; out_exits has room for `count`. */
 dragon_status_t dragon_client_wait(dragon_client_t* client, const uint64_t* puids, size_t count,
                                    int64_t timeout_ns, dragon_exit_t* out_exits);
