@@ -63,8 +63,8 @@ if "dragon" not in _mpcontext._concrete_contexts:
     _stock_ensure_running = _forkserver.ForkServer.ensure_running
 
     def _dragon_is_global():
-        return _mpcontext._default_context._actual_context is not None and \
-            _mpcontext._default_context.get_start_method(allow_none=True) == "dragon"
+        from .connection import _dragon_in_force
+        return _dragon_in_force()
 
     def get_command_line(**kwds):
         cmd = _stock_command_line(**kwds)

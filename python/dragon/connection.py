@@ -478,12 +478,17 @@ _os_sockets = _ThreadFlag()
 _stock_mpc_client = _mpc.Client
 
 
-def _dragon_selected():
-    if _os_sockets:
-        return False
+def _dragon_in_force():
+    """True when the start method in force is dragon: the one set, or else the default one
+    (``dragon app.py`` makes dragon the default without setting it, so that the script may
+    still choose another, as under plain python3)."""
     default = context._default_context
-    return default._actual_context is not None and \
-        default.get_start_method(allow_none=True) == "dragon"
+    ctx = default._actual_context or default._default_context
+    return ctx is not None and ctx.get_start_method() == "dragon"
+
+
+def _dragon_selected():
+    return not _os_sockets and _dragon_in_force()
 
 
 def _address_keys(address, family, listening):

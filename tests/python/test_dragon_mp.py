@@ -776,6 +776,25 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
 
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_dragon_app_py_gives_dragon_objects_before_the_start_method_is_asked(self):
+        # dragon makes "dragon" the default start method without setting it: what looks at the
+        # method in force must see it before the script has called anything of multiprocessing.
+        r = self.run_script(
+            "import os\n"
+            "from multiprocessing import shared_memory, connection\n"
+            "before = set(os.listdir('/dev/shm'))\n"
+            "b = shared_memory.SharedMemory(create=True, size=64)\n"
+            "new = set(os.listdir('/dev/shm')) - before\n"
+            "with connection.Listener() as l:\n"
+            "    print(b._dragon, sorted(new), l._dragon)\n"
+            "b.close(); b.unlink()\n"
+            "import multiprocessing as mp\n"
+            "mp.set_start_method('spawn')  # the script may still choose another\n"
+            "print(mp.get_start_method())\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "True [] True\nspawn\n")
+
     def test_pytest_runs_tests_that_use_dragon_processes_and_managers(self):
         test_file = (
             "import multiprocessing as mp\n"
