@@ -13,6 +13,11 @@
 #                           acknowledged sends from the head (n1) to a channel on n2, 8 B and
 #                           1 MiB (tests/cluster/cluster_probe channel-bench)
 #   cluster_control_rtt     a request the head's own dragond answers (the control-plane floor)
+#   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
+#                           ucx_perftest n1<->n2: ucp_put_bw and ucp_get of 16 MiB
+#   cluster_memory_put_16MiB / cluster_memory_get_16MiB
+#                           Client::put / get of 16 MiB between a pool on n1 and one on n2, one
+#                           at a time, waited for (tests/cluster/cluster_probe memory-bench)
 #   cluster_bringup_{dragon,bare}_N{2,4,8,16}
 #                           bring-up as above on a 16-node cluster, at 2, 4, 8 and 16 nodes
 #                           (info: how it grows)
@@ -93,6 +98,22 @@ ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
 echo "metric cluster_channel_send_8B $send8 us"
 echo "metric cluster_channel_bw_1MiB $bw MB/s"
 echo "metric cluster_control_rtt $ctl us"
+
+# Remote memory against UCX's own one-sided transfers between the same two nodes.
+put_bw=$(for p in 18107 18108 18109; do perftest "$p" -t ucp_put_bw -s 16777216 -n 100 -w 5; done |
+  awk '{ print $7 }' | median)
+get_bw=$(for p in 18110 18111 18112; do perftest "$p" -t ucp_get -s 16777216 -n 100 -w 5; done |
+  awk '{ print $7 }' | median)
+mem=$(for _ in 1 2 3; do probe memory-bench 1 16777216 30; done |
+  sed -n 's/^probe: memory-bench 16777216 B: put \([0-9.]*\) MB\/s, get \([0-9.]*\) MB\/s$/\1 \2/p')
+mem_put=$(awk '{ print $1 }' <<<"$mem" | median)
+mem_get=$(awk '{ print $2 }' <<<"$mem" | median)
+[ -n "$put_bw" ] && [ -n "$get_bw" ] && [ -n "$mem_put" ] && [ -n "$mem_get" ] ||
+  { echo "bench/cluster: no remote memory result" >&2; exit 1; }
+echo "metric cluster_ucx_put_bw_16MiB $put_bw MB/s"
+echo "metric cluster_ucx_get_bw_16MiB $get_bw MB/s"
+echo "metric cluster_memory_put_16MiB $mem_put MB/s"
+echo "metric cluster_memory_get_16MiB $mem_get MB/s"
 
 # How bring-up grows: a 16-node cluster (16 slurmd namespaces on this machine), median of 3.
 "$cluster" up 16 >&2

@@ -62,6 +62,14 @@ GOALS = {
          "cluster_ucx_tag_rtt", "<=", 1.5),
         ("cluster_channel_bw_1MiB_vs_ucx_tag_bw", "cluster_channel_bw_1MiB",
          "cluster_ucx_tag_bw_1MiB", ">=", 0.8),
+        # The goal: remote put against ucx_perftest's put bandwidth; and, because UCX's
+        # put over tcp is far slower than its get here, both directions against its get too.
+        ("cluster_memory_put_16MiB_vs_ucx_put_bw", "cluster_memory_put_16MiB",
+         "cluster_ucx_put_bw_16MiB", ">=", 0.8),
+        ("cluster_memory_put_16MiB_vs_ucx_get_bw", "cluster_memory_put_16MiB",
+         "cluster_ucx_get_bw_16MiB", ">=", 0.8),
+        ("cluster_memory_get_16MiB_vs_ucx_get_bw", "cluster_memory_get_16MiB",
+         "cluster_ucx_get_bw_16MiB", ">=", 0.8),
     ],
 }
 
