@@ -148,14 +148,9 @@ class FakeTransport final : public Transport {
   }
 
   Status send(std::uint32_t node, std::string_view bytes) override {
-    if (closed_) return Status(StatusCode::PeerLost, "the fake transport is shut down");
-    if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
-    auto it = peers_.find(node);
-    if (it == peers_.end()) {
-      return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
-    }
-    Peer& peer = it->second;
-    if (peer.failed) return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+    auto p = usablePeer(node);
+    if (!p.has_value()) return p.error();
+    Peer& peer = **p;
     if (bytes.size() > options_.maxMessageBytes) {
       return Status(StatusCode::MessageTooLarge,
                     "a message of " + std::to_string(bytes.size()) +
@@ -195,14 +190,13 @@ class FakeTransport final : public Transport {
       handle(e);
       if (closed_) break;  // shutdown() from a callback
     }
-    for (auto& [node, peer] : peers_) {
-      if (!peer.failed) continue;
-      std::erase_if(stalled_, [&](Completion& c) {
-        if (c.node != node) return false;
-        completions_.push_back({node, std::move(c.done), peer.why});
-        return true;
-      });
-    }
+    // Transfers toward a node now lost fail with its loss.
+    std::erase_if(stalled_, [this](Completion& c) {
+      auto p = peers_.find(c.node);
+      if (p == peers_.end() || !p->second.failed) return false;
+      completions_.push_back({c.node, std::move(c.done), p->second.why});
+      return true;
+    });
     for (Completion& c : std::exchange(completions_, {})) {
       if (closed_) break;
       if (c.done) c.done(c.status);
@@ -240,14 +234,9 @@ class FakeTransport final : public Transport {
   Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
              std::uint64_t remote, std::string_view key,
              std::function<void(Status)> done) override {
-    if (closed_) return Status(StatusCode::PeerLost, "the fake transport is shut down");
-    if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
-    auto it = peers_.find(node);
-    if (it == peers_.end()) {
-      return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
-    }
-    Peer& peer = it->second;
-    if (peer.failed) return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+    auto p = usablePeer(node);
+    if (!p.has_value()) return p.error();
+    const Peer& peer = **p;
     std::lock_guard lock(hub_->mu);
     auto r = hub_->regions.find(key);
     if (r == hub_->regions.end() || r->second.address != peer.address) {
@@ -309,6 +298,18 @@ class FakeTransport final : public Transport {
     bool reported = false;
     Status why;
   };
+
+  // The peer `node`, if this transport may send to it now.
+  Result<Peer*> usablePeer(std::uint32_t node) {
+    if (closed_) return Status(StatusCode::PeerLost, "the fake transport is shut down");
+    if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
+    auto it = peers_.find(node);
+    if (it == peers_.end()) {
+      return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
+    }
+    if (it->second.failed) return Status(StatusCode::NodeLost, std::string(it->second.why.message()));
+    return &it->second;
+  }
 
   // Reported by the next progress(), which the eventfd asks for.
   void markFailed(Peer& peer, std::uint32_t node, const char* what) {

@@ -264,6 +264,8 @@ class UcxTransport final : public Transport {
                     const ucp_am_recv_param_t* param);
   ucs_status_t receiveRendezvous(Peer& peer, Slot& slot, std::uint64_t seq, void* desc,
                                  std::size_t length);
+  // The peer `node`, if this transport may send to it now.
+  Result<Peer*> usablePeer(std::uint32_t node);
   Status post(Peer& peer, Kind kind, std::string_view bytes);
   void markFailed(Peer& peer, Status why);
   void noteSkipped(std::uint32_t node, std::uint64_t seq);
@@ -437,7 +439,7 @@ Status UcxTransport::addPeer(std::uint32_t node, std::string_view address) {
   return Status::ok();
 }
 
-Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
+Result<Peer*> UcxTransport::usablePeer(std::uint32_t node) {
   if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
   if (!secretSet_) {
     return Status(StatusCode::PermissionDenied, secretRefused_
@@ -449,7 +451,15 @@ Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
     return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
   }
   Peer& peer = *it->second;
-  if (peer.failed) return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+  if (peer.failed || peer.ep == nullptr) {
+    return Status(StatusCode::NodeLost, std::string(peer.why.message()));
+  }
+  return &peer;
+}
+
+Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
+  DRAGON_ASSIGN_OR_RETURN(Peer * p, usablePeer(node));
+  Peer& peer = *p;
   if (bytes.size() > options_.maxMessageBytes) {
     return Status(StatusCode::MessageTooLarge,
                   "a message of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
@@ -770,16 +780,8 @@ void UcxTransport::track(RmaOp& op, ucs_status_ptr_t r) {
 Status UcxTransport::rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
                          std::uint64_t remote, std::string_view key,
                          std::function<void(Status)> done) {
-  if (closing_) return Status(StatusCode::PeerLost, "the UCX transport is shut down");
-  if (!secretSet_) return Status(StatusCode::PermissionDenied, "no job secret yet");
-  auto it = peers_.find(node);
-  if (it == peers_.end()) {
-    return Status(StatusCode::NotFound, "node " + std::to_string(node) + " is not a known peer");
-  }
-  Peer& peer = *it->second;
-  if (peer.failed || peer.ep == nullptr) {
-    return Status(StatusCode::NodeLost, std::string(peer.why.message()));
-  }
+  DRAGON_ASSIGN_OR_RETURN(Peer * p, usablePeer(node));
+  Peer& peer = *p;
   auto k = peer.rkeys.find(key);
   if (k == peer.rkeys.end()) {
     if (peer.rkeys.size() >= kMaxRkeysPerPeer) {
