@@ -134,6 +134,8 @@ class Server {
   struct WaitAnyState;
   void handleWaitAny(Connection& c, protocol::Envelope& msg);
   void handleCancelWait(Connection& c, protocol::Envelope& msg);
+  // Sends one byte to a client's doorbell channel (Client::waitAny), if it is there.
+  void ringDoorbell(const ObjectDescriptor& bell);
   // By value: `st` may be the entry of waits_ that it erases.
   void finishWaitAny(std::shared_ptr<WaitAnyState> st,
                      std::optional<protocol::Envelope> error);

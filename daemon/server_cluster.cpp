@@ -826,11 +826,7 @@ void Server::finishWaitAny(std::shared_ptr<WaitAnyState> st,
   // The doorbell first: the client, waiting on its local channels too, then reads the answer.
   // Rung after the answer, the byte could arrive after the client has drained its doorbell
   // and be taken by its next wait as that wait's answer.
-  if (st->doorbell.has_value()) {
-    auto bell = objects_->channel(*st->doorbell);
-    const std::byte one{1};
-    if (bell.has_value()) (void)bell->send(std::span(&one, 1), Timeout::none());
-  }
+  if (st->doorbell.has_value()) ringDoorbell(*st->doorbell);
   if (error.has_value()) {
     st->reply(std::move(*error));
   } else {
@@ -838,6 +834,13 @@ void Server::finishWaitAny(std::shared_ptr<WaitAnyState> st,
     for (auto r : st->ready) e.mutable_wait_any_reply()->add_ready(r);
     st->reply(std::move(e));
   }
+}
+
+void Server::ringDoorbell(const ObjectDescriptor& bell) {
+  // A full doorbell has been rung already; one that went has nobody to wake.
+  auto ch = objects_->channel(bell);
+  const std::byte one{1};
+  if (ch.has_value()) (void)ch->send(std::span(&one, 1), Timeout::none());
 }
 
 void Server::handleCancelWait(Connection& c, pb::Envelope& msg) {

@@ -38,6 +38,17 @@ Status poolsOf(const pb::MemoryOp& op, ObjectDescriptor& from, ObjectDescriptor&
 void Server::handleMemoryOp(Connection& c, pb::Envelope& msg) {
   Reply reply = replyTo(c, msg.request_id());
   const pb::MemoryOp& op = msg.memory_op();
+  if (op.has_doorbell()) {
+    auto bell = pb::fromRef(op.doorbell());
+    if (!bell.has_value()) {
+      reply(errorEnvelope(bell.error()));
+      return;
+    }
+    reply = [this, bell = *bell, answer = std::move(reply)](pb::Envelope e) {
+      ringDoorbell(bell);
+      answer(std::move(e));
+    };
+  }
   ObjectDescriptor from;
   ObjectDescriptor to;
   if (Status st = poolsOf(op, from, to); !st.isOk()) {
@@ -83,6 +94,7 @@ void Server::handleMemoryOp(Connection& c, pb::Envelope& msg) {
   *out = op;
   out->set_peer_address(reinterpret_cast<std::uint64_t>(*bytes));
   out->set_peer_key((*region)->key);
+  out->clear_doorbell();
   // The region stays mapped (and registered) until the home node has answered.
   cluster_->forward(home, std::move(fwd),
                     [reply = std::move(reply), keep = *region](Result<pb::Envelope> r) {

@@ -247,6 +247,17 @@ struct Client::Impl : detail::ClientConnection {
     return finish(id);
   }
 
+  // The doorbell channel (Client::waitAny), made on first use.
+  Status ensureDoorbell(Client& client) {
+    if (doorbell) return Status::ok();
+    DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<Pool> pool, client.createPool(std::size_t{64} << 10));
+    ChannelOptions o;
+    o.capacity = 1;
+    o.inlineSize = 8;
+    DRAGON_ASSIGN_OR_RETURN(doorbell, client.createChannel(pool->descriptor(), o));
+    return Status::ok();
+  }
+
   // Gives back the reference an attach of the wrong kind took.
   void dropReference(const ObjectDescriptor& d) {
     pb::Envelope req;
@@ -377,6 +388,9 @@ Result<MemoryTransfer> Client::transfer(const MemoryRange& from, const MemoryRan
   op->mutable_to()->set_allocation(to.allocation);
   op->mutable_to()->set_offset(to.offset);
   op->set_length(length);
+  // Rung when the answer comes, so that a waitAny over channels and this transfer wakes up.
+  DRAGON_TRY(impl_->ensureDoorbell(*this));
+  *op->mutable_doorbell() = pb::toRef(impl_->doorbell->descriptor());
   DRAGON_ASSIGN_OR_RETURN(std::uint64_t id, impl_->start(req));
   MemoryTransfer t;
   t.conn_ = impl_.get();
@@ -866,18 +880,30 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
     return Status(StatusCode::InvalidArgument,
                   "waitAny takes at most " + std::to_string(Channel::kMaxWaitItems - 1) + " items");
   }
+  Impl& impl = *impl_;
   std::vector<Channel::WaitItem> local;
   std::vector<std::size_t> localAt;
   pb::Envelope req;
   auto* w = req.mutable_wait_any();
   std::vector<std::size_t> remoteAt;
+  std::vector<std::size_t> transferAt;
   for (std::size_t i = 0; i < items.size(); ++i) {
     ClientWaitItem& it = items[i];
+    it.ready = WaitFor{};
+    if (it.transfer != nullptr) {
+      if (it.channel != nullptr) {
+        return Status(StatusCode::InvalidArgument, "a waitAny item is a channel or a transfer, not both");
+      }
+      if (!it.transfer->done() && it.transfer->conn_ != &impl) {
+        return Status(StatusCode::InvalidArgument, "a waitAny transfer of another client");
+      }
+      transferAt.push_back(i);
+      continue;
+    }
     const auto ev = static_cast<unsigned>(it.events);
     if (it.channel == nullptr || (ev & 3u) == 0 || ev > 3u) {
       return Status(StatusCode::InvalidArgument, "waitAny item without a channel or events");
     }
-    it.ready = WaitFor{};
     if (it.channel->isRemote()) {
       auto* item = w->add_item();
       *item->mutable_channel() = pb::toRef(it.channel->descriptor());
@@ -894,34 +920,54 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
       n += local[k].ready != WaitFor{} ? 1 : 0;
     }
   };
-  if (remoteAt.empty()) {
+  // A transfer whose answer has come is ready (done, or failed: its wait() says which).
+  auto collectTransfers = [&](std::size_t& n) {
+    for (std::size_t i : transferAt) {
+      MemoryTransfer& t = *items[i].transfer;
+      if (!t.done() && impl.stash.count(t.id_) != 0) (void)t.wait(Timeout::none());
+      if (t.done()) {
+        items[i].ready = WaitFor::Readable;
+        ++n;
+      }
+    }
+  };
+  if (remoteAt.empty() && transferAt.empty()) {
     DRAGON_ASSIGN_OR_RETURN(std::size_t n, Channel::waitAny(local, timeout));
     (void)n;
     std::size_t count = 0;
     collectLocal(count);
     return count;
   }
-  // What is ready here already needs no request.
+  // What is ready already needs no request and no sleep.
+  std::size_t count = 0;
+  if (!transferAt.empty()) {
+    pollfd p{impl.sock.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) > 0) DRAGON_TRY(impl.readAvailable());
+    collectTransfers(count);
+  }
   if (!local.empty()) {
     DRAGON_ASSIGN_OR_RETURN(std::size_t n, Channel::waitAny(local, Timeout::none()));
-    if (n > 0) {
-      std::size_t count = 0;
-      collectLocal(count);
-      return count;
+    if (n > 0) collectLocal(count);
+  }
+  if (count > 0) return count;
+  const Deadline deadline(timeout);
+  if (local.empty() && remoteAt.empty()) {
+    // Transfers alone: their answers come on the socket.
+    for (;;) {
+      DRAGON_ASSIGN_OR_RETURN(bool input, impl.waitInput(deadline));
+      if (input) DRAGON_TRY(impl.readAvailable());
+      collectTransfers(count);
+      if (count > 0) return count;
+      if (!impl.broken.isOk()) return impl.broken;
+      if (!timeout.isForever() && deadline.expired()) return std::size_t{0};
     }
   }
-  const Deadline deadline(timeout);
-  w->set_timeout_ns(timeout.isForever() ? -1 : timeout.nanoseconds());
-  Impl& impl = *impl_;
-  if (!local.empty()) {
-    // The doorbell: a one-slot channel of this client that dragond rings when it answers.
-    if (!impl.doorbell) {
-      DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<Pool> pool, createPool(std::size_t{64} << 10));
-      ChannelOptions o;
-      o.capacity = 1;
-      o.inlineSize = 8;
-      DRAGON_ASSIGN_OR_RETURN(impl.doorbell, createChannel(pool->descriptor(), o));
-    }
+  // With channels of this node or transfers, the client sleeps here, on its channels and its
+  // doorbell: a one-slot channel of this client that dragond rings when it answers a WaitAny
+  // or a transfer. With remote channels alone it just waits for the WaitAny's answer.
+  const bool sleepHere = !local.empty() || !transferAt.empty();
+  if (sleepHere) {
+    DRAGON_TRY(impl.ensureDoorbell(*this));
     *w->mutable_doorbell() = pb::toRef(impl.doorbell->descriptor());
   }
   auto drainBell = [&] {
@@ -930,57 +976,66 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
     }
   };
   drainBell();
-  DRAGON_ASSIGN_OR_RETURN(std::uint64_t id, impl.start(req));
-  std::size_t count = 0;
-  if (!local.empty()) {
+  std::uint64_t id = 0;  // the WaitAny of the remote channels, if any
+  if (!remoteAt.empty()) {
+    w->set_timeout_ns(timeout.isForever() ? -1 : timeout.nanoseconds());
+    DRAGON_ASSIGN_OR_RETURN(id, impl.start(req));
+  }
+  if (sleepHere) {
     local.push_back({&impl.doorbell->channel(), WaitFor::Readable, {}});
     // In slices: between them, the socket is looked at, for an answer that came without the
-    // doorbell (an error) and for a dragond that has gone.
+    // doorbell (an error, a transfer started before the doorbell existed) and for a dragond
+    // that has gone.
     constexpr std::int64_t kSliceNs = 50'000'000;
     Result<std::size_t> n = std::size_t{0};
-    bool bell = false;
+    bool answered = false;  // the WaitAny's answer is here
     for (;;) {
       std::int64_t left = kSliceNs;
       if (!timeout.isForever()) {
         left = std::min(left, std::max<std::int64_t>(0, deadline.monotonicNs() - monotonicNowNs()));
       }
       n = Channel::waitAny(local, Timeout::after(std::chrono::nanoseconds(left)));
-      if (!n.has_value() || *n > 0) {
-        bell = n.has_value() && local.back().ready != WaitFor{};
-        break;
+      if (!n.has_value()) break;
+      const bool bell = local.back().ready != WaitFor{};
+      if (*n > (bell ? 1u : 0u)) break;  // a channel of the caller
+      pollfd p{impl.sock.get(), POLLIN, 0};
+      if (bell || ::poll(&p, 1, 0) > 0) {
+        (void)impl.readAvailable();
+        if (!impl.broken.isOk()) break;
+        answered = id != 0 && impl.stash.count(id) != 0;
+        std::size_t done = 0;
+        collectTransfers(done);
+        if (answered || done > 0) break;
+        if (bell) drainBell();
       }
       if (!timeout.isForever() && deadline.expired()) break;
-      pollfd p{impl.sock.get(), POLLIN, 0};
-      if (::poll(&p, 1, 0) > 0) {
-        (void)impl.readAvailable();
-        if (impl.stash.count(id) != 0 || !impl.broken.isOk()) {
-          bell = true;
-          break;
-        }
-      }
     }
     local.pop_back();
-    if (!bell) {
-      // A local channel (or the deadline) came first: dragond answers the wait at once.
+    if (id != 0 && !answered) {
+      // Something here (or the deadline) came first: dragond answers the wait at once.
       pb::Envelope cancel;
       cancel.mutable_cancel_wait()->set_wait_request_id(id);
       DRAGON_TRY(impl.post(cancel));
     }
     if (!n.has_value()) {
-      (void)impl.finish(id);
+      if (id != 0) (void)impl.finish(id);
       drainBell();
       return n.error();
     }
     collectLocal(count);
   }
-  auto r = impl.finish(id);
-  drainBell();
-  if (!r.has_value()) return r.error();
-  const auto& ready = r->msg.wait_any_reply().ready();
-  for (std::size_t k = 0; k < remoteAt.size() && k < static_cast<std::size_t>(ready.size()); ++k) {
-    items[remoteAt[k]].ready = static_cast<WaitFor>(ready[static_cast<int>(k)] & 3u);
-    count += ready[static_cast<int>(k)] != 0 ? 1 : 0;
+  if (id != 0) {
+    auto r = impl.finish(id);
+    drainBell();
+    if (!r.has_value()) return r.error();
+    const auto& ready = r->msg.wait_any_reply().ready();
+    for (std::size_t k = 0; k < remoteAt.size() && k < static_cast<std::size_t>(ready.size()); ++k) {
+      items[remoteAt[k]].ready = static_cast<WaitFor>(ready[static_cast<int>(k)] & 3u);
+      count += ready[static_cast<int>(k)] != 0 ? 1 : 0;
+    }
   }
+  drainBell();
+  collectTransfers(count);
   return count;
 }
 

@@ -552,22 +552,49 @@ Result<MemoryPeer> startMemoryHost(Client& c, dragon::ClientChannel& rep, std::u
   return p;
 }
 
+// A pool here with one allocation of `size` bytes, a channel for memory-host's answers, and
+// memory-host started on `node`.
+struct MemoryPair {
+  std::shared_ptr<dragon::Pool> pool;
+  std::unique_ptr<dragon::ClientChannel> rep;
+  dragon::PoolAllocation mine;
+  MemoryPeer peer;
+  dragon::MemoryRange here;
+};
+
+Result<MemoryPair> memoryPair(Client& c, std::uint32_t node, std::size_t size) {
+  MemoryPair m;
+  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
+  if (!pool) return pool.error();
+  m.pool = *pool;
+  auto rep = c.createChannel(m.pool->descriptor(), {});
+  if (!rep) return rep.error();
+  m.rep = std::move(*rep);
+  auto mine = m.pool->alloc(size);
+  if (!mine) return mine.error();
+  m.mine = *mine;
+  auto peer = startMemoryHost(c, *m.rep, node, size);
+  if (!peer) return peer.error();
+  m.peer = std::move(*peer);
+  if (m.peer.range.pool.node != node) {
+    return dragon::Status(StatusCode::Internal, "the far pool is not of node " + std::to_string(node));
+  }
+  m.here = dragon::MemoryRange{m.pool->descriptor(), m.mine.offset, 0};
+  return m;
+}
+
 // Gets and puts between a pool here and one on `node`: whole, in parts, many in flight, and
 // the errors (a range outside the far allocation, a put whose source is not of this node).
 int memory(Client& c, std::uint32_t node, std::size_t size) {
-  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
-  if (!pool) return failWith("pool: " + pool.error().toString());
-  auto rep = c.createChannel((*pool)->descriptor(), {});
-  auto mine = (*pool)->alloc(size);
-  if (!rep || !mine) return failWith("channel or alloc");
-  auto peer = startMemoryHost(c, **rep, node, size);
-  if (!peer) return failWith("memory-host: " + peer.error().toString());
-  if (peer->range.pool.node != node) return failWith("the far pool is not of node " + std::to_string(node));
-  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
-  void* local = (*pool)->pointer(*mine);
+  auto pair = memoryPair(c, node, size);
+  if (!pair) return failWith("memory: " + pair.error().toString());
+  auto& rep = pair->rep;
+  MemoryPeer* peer = &pair->peer;
+  const dragon::MemoryRange here = pair->here;
+  void* local = pair->pool->pointer(pair->mine);
   auto ask = [&](std::uint64_t seed) -> std::string {
     if (!peer->control->send(bytesOf("check " + std::to_string(seed))).isOk()) return "send failed";
-    auto m = (*rep)->recvBytes(Timeout::after(30s));
+    auto m = rep->recvBytes(Timeout::after(30s));
     return m ? textOf(*m) : m.error().toString();
   };
   // 1. get the whole allocation.
@@ -604,6 +631,24 @@ int memory(Client& c, std::uint32_t node, std::size_t size) {
     if (!st.isOk()) return failWith("put part: " + st.toString());
   }
   if (std::string a = ask(3); a != "ok") return failWith("puts in parts: the far node says " + a);
+  // 3b. waitAny over a remote channel, a local one (both empty) and a get: the get wakes it,
+  // and then a remote channel and the get alone.
+  std::memset(local, 0, size);
+  for (const bool withLocal : {true, false}) {
+    auto t = c.get(peer->range, here, size);
+    if (!t) return failWith("get for waitAny: " + t.error().toString());
+    dragon::ClientWaitItem items[3];
+    items[0].channel = peer->control.get();
+    items[1].channel = withLocal ? rep.get() : nullptr;
+    items[1].transfer = withLocal ? nullptr : &*t;
+    items[2].transfer = &*t;
+    auto n = c.waitAny(std::span(items, withLocal ? 3 : 2), Timeout::after(60s));
+    if (!n || *n != 1) return failWith("waitAny with a transfer: " + (n ? std::to_string(*n) : n.error().toString()));
+    if (items[withLocal ? 2 : 1].ready != WaitFor::Readable || items[0].ready != WaitFor{}) {
+      return failWith("waitAny did not see the transfer done");
+    }
+    if (!t->wait(Timeout::none()).isOk() || !hasPattern(local, size, 3)) return failWith("the get waited on is wrong");
+  }
   // 4. a range past the far allocation's end is refused there; nothing is written.
   dragon::MemoryRange past = peer->range;
   past.offset = size - 8;
@@ -625,14 +670,10 @@ int memory(Client& c, std::uint32_t node, std::size_t size) {
 // Gets from `node` over and over until one fails; expects NodeLost (the test kills the node).
 int memoryLost(Client& c, std::uint32_t node) {
   const std::size_t size = std::size_t{4} << 20;
-  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
-  if (!pool) return failWith("pool");
-  auto rep = c.createChannel((*pool)->descriptor(), {});
-  auto mine = (*pool)->alloc(size);
-  if (!rep || !mine) return failWith("channel or alloc");
-  auto peer = startMemoryHost(c, **rep, node, size);
-  if (!peer) return failWith("memory-host: " + peer.error().toString());
-  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
+  auto pair = memoryPair(c, node, size);
+  if (!pair) return failWith("memory-lost: " + pair.error().toString());
+  MemoryPeer* peer = &pair->peer;
+  const dragon::MemoryRange here = pair->here;
   std::printf("probe: getting from node %u\n", node);
   std::fflush(stdout);
   std::chrono::steady_clock::time_point failedAt{};
@@ -651,14 +692,10 @@ int memoryLost(Client& c, std::uint32_t node) {
 
 // `count` puts, then `count` gets, of `size` bytes with `node`, one at a time: MB/s of each.
 int memoryBench(Client& c, std::uint32_t node, std::size_t size, int count) {
-  auto pool = c.createPool(2 * size + (std::size_t{8} << 20));
-  if (!pool) return failWith("pool");
-  auto rep = c.createChannel((*pool)->descriptor(), {});
-  auto mine = (*pool)->alloc(size);
-  if (!rep || !mine) return failWith("channel or alloc");
-  auto peer = startMemoryHost(c, **rep, node, size);
-  if (!peer) return failWith("memory-host: " + peer.error().toString());
-  const dragon::MemoryRange here{(*pool)->descriptor(), mine->offset, 0};
+  auto pair = memoryPair(c, node, size);
+  if (!pair) return failWith("memory-bench: " + pair.error().toString());
+  MemoryPeer* peer = &pair->peer;
+  const dragon::MemoryRange here = pair->here;
   auto run = [&](bool put, int n) -> Result<double> {
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i) {

@@ -7,6 +7,7 @@
 #include "daemon_fixture.hpp"
 
 #include <cstring>
+#include <optional>
 
 namespace dragon {
 namespace {
@@ -41,10 +42,23 @@ MemoryRange rangeOf(const Pool& pool, const PoolAllocation& a, std::uint64_t off
   return MemoryRange{pool.descriptor(), a.offset, offset};
 }
 
-TEST(Memory, PutAndGetCopyBetweenPoolsOfThisNode) {
-  auto d = RunningDaemon::start();
-  ASSERT_TRUE(d);
-  Client c = d->connect();
+// A dragond and a client of it.
+class Memory : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_ = RunningDaemon::start();
+    ASSERT_TRUE(daemon_);
+    client_.emplace(daemon_->connect());
+  }
+  Client& client() { return *client_; }
+
+ private:
+  std::unique_ptr<RunningDaemon> daemon_;
+  std::optional<Client> client_;
+};
+
+TEST_F(Memory, PutAndGetCopyBetweenPoolsOfThisNode) {
+  Client& c = client();
   constexpr std::size_t kBytes = 3 << 20;
   Pools p = twoPools(c, kBytes);
   ASSERT_TRUE(p.a && p.b);
@@ -70,10 +84,8 @@ TEST(Memory, PutAndGetCopyBetweenPoolsOfThisNode) {
   EXPECT_TRUE(none->wait(Timeout::after(10s)).isOk());
 }
 
-TEST(Memory, RangesOutsideALiveAllocationAreRefusedAndNothingIsWritten) {
-  auto d = RunningDaemon::start();
-  ASSERT_TRUE(d);
-  Client c = d->connect();
+TEST_F(Memory, RangesOutsideALiveAllocationAreRefusedAndNothingIsWritten) {
+  Client& c = client();
   Pools p = twoPools(c, 4096);
   ASSERT_TRUE(p.a && p.b);
   std::memset(p.b->pointer(p.inB), 0x11, 4096);
@@ -102,10 +114,8 @@ TEST(Memory, RangesOutsideALiveAllocationAreRefusedAndNothingIsWritten) {
   for (int i = 0; i < 4096; ++i) ASSERT_EQ(b[i], 0x11) << "byte " << i << " was written";
 }
 
-TEST(Memory, PutAndGetSayWhichSideMustBeOfThisNodeAndForeignNodesAreNotFound) {
-  auto d = RunningDaemon::start();
-  ASSERT_TRUE(d);
-  Client c = d->connect();
+TEST_F(Memory, PutAndGetSayWhichSideMustBeOfThisNodeAndForeignNodesAreNotFound) {
+  Client& c = client();
   Pools p = twoPools(c, 64);
   ASSERT_TRUE(p.a && p.b);
   ObjectDescriptor elsewhere = p.b->descriptor();
@@ -128,10 +138,8 @@ TEST(Memory, PutAndGetSayWhichSideMustBeOfThisNodeAndForeignNodesAreNotFound) {
   EXPECT_EQ(u->wait(Timeout::after(10s)).code(), StatusCode::InvalidArgument);
 }
 
-TEST(Memory, ADestroyedPoolIsNotFoundAndDroppedTransfersStillComplete) {
-  auto d = RunningDaemon::start();
-  ASSERT_TRUE(d);
-  Client c = d->connect();
+TEST_F(Memory, ADestroyedPoolIsNotFoundAndDroppedTransfersStillComplete) {
+  Client& c = client();
   Pools p = twoPools(c, 1 << 20);
   ASSERT_TRUE(p.a && p.b);
   std::memset(p.a->pointer(p.inA), 0x42, 1 << 20);
@@ -155,6 +163,79 @@ TEST(Memory, ADestroyedPoolIsNotFoundAndDroppedTransfersStillComplete) {
   auto ok = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.a, other), 64);
   ASSERT_TRUE(ok.has_value());
   EXPECT_TRUE(ok->wait(Timeout::after(10s)).isOk());
+}
+
+TEST_F(Memory, TransfersAreWaitedOnTogetherWithChannels) {
+  Client& c = client();
+  constexpr std::size_t kBytes = 2 << 20;
+  Pools p = twoPools(c, kBytes);
+  ASSERT_TRUE(p.a && p.b);
+  ChannelOptions co;
+  co.capacity = 4;
+  auto ch = c.createChannel(p.a->descriptor(), co);
+  ASSERT_TRUE(ch.has_value()) << ch.error().toString();
+  std::memset(p.a->pointer(p.inA), 0x77, kBytes);
+  // An empty channel and a transfer: the transfer wakes the wait.
+  auto t = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), kBytes);
+  ASSERT_TRUE(t.has_value());
+  ClientWaitItem items[2];
+  items[0].channel = ch->get();
+  items[1].transfer = &*t;
+  auto n = c.waitAny(items, Timeout::after(30s));
+  ASSERT_TRUE(n.has_value()) << n.error().toString();
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(items[0].ready, WaitFor{});
+  EXPECT_EQ(items[1].ready, WaitFor::Readable);
+  EXPECT_TRUE(t->done());
+  EXPECT_TRUE(t->wait(Timeout::none()).isOk());
+  EXPECT_EQ(static_cast<const unsigned char*>(p.b->pointer(p.inB))[kBytes - 1], 0x77);
+  // Both ready: a message in the channel and the transfer done already.
+  ASSERT_TRUE((*ch)->send(std::as_bytes(std::span("x", 1))).isOk());
+  n = c.waitAny(items, Timeout::after(30s));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 2u);
+  EXPECT_EQ(items[0].ready, WaitFor::Readable);
+  ASSERT_TRUE((*ch)->recvBytes(Timeout::none()).has_value());
+  // A transfer alone, and one that fails: ready, its wait() says how it ended.
+  auto bad = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB, 1), kBytes);
+  ASSERT_TRUE(bad.has_value());
+  ClientWaitItem one[1];
+  one[0].transfer = &*bad;
+  n = c.waitAny(one, Timeout::after(30s));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(bad->wait(Timeout::none()).code(), StatusCode::InvalidArgument);
+  // Nothing ready: the deadline.
+  items[1].transfer = nullptr;
+  items[1].channel = ch->get();
+  const auto t0 = std::chrono::steady_clock::now();
+  n = c.waitAny(std::span(items, 1), Timeout::after(100ms));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 0u);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);
+  // An item is a channel or a transfer.
+  items[0].transfer = &*t;
+  EXPECT_EQ(c.waitAny(std::span(items, 1), Timeout::none()).status().code(),
+            StatusCode::InvalidArgument);
+  // Many transfers in flight, waited on (those not done yet) until every one is done: each
+  // wait returns at least one more.
+  std::vector<MemoryTransfer> flying;
+  for (int i = 0; i < 20; ++i) {
+    auto f = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), kBytes);
+    ASSERT_TRUE(f.has_value());
+    flying.push_back(std::move(*f));
+  }
+  for (int round = 0; round < 20; ++round) {
+    std::vector<ClientWaitItem> pending;
+    for (auto& f : flying) {
+      if (!f.done()) pending.push_back(ClientWaitItem{.transfer = &f});
+    }
+    if (pending.empty()) break;
+    auto got = c.waitAny(pending, Timeout::after(30s));
+    ASSERT_TRUE(got.has_value()) << got.error().toString();
+    ASSERT_GT(*got, 0u);
+  }
+  for (auto& f : flying) EXPECT_TRUE(f.wait(Timeout::none()).isOk());
 }
 
 }  // namespace

@@ -83,10 +83,15 @@ class ClientChannel {
 };
 
 // One entry of Client::waitAny: a channel, local or remote, and what to wait for.
+class MemoryTransfer;
+
+// One item of Client::waitAny: a channel (local or remote) and the events to wait for, or a
+// transfer (Client::put / get), ready (Readable) once its outcome is in: wait() gives it.
 struct ClientWaitItem {
   ClientChannel* channel = nullptr;
   WaitFor events = WaitFor::Readable;
   WaitFor ready{};  // set by waitAny: the subset of events that hold (0 when none)
+  MemoryTransfer* transfer = nullptr;
 };
 
 enum class Stdio : std::uint8_t {
@@ -320,9 +325,10 @@ class Client {
   // the handler may make calls on this Client (they nest) and must consume what made `fd`
   // readable. -1 removes it.
   void setInterrupt(int fd, std::function<void()> handler);
-  // Channel::waitAny over channels of this node and of other nodes together: waits until at
-  // least one item is ready (a closed channel counts as readable) and returns how many are;
-  // 0 when the timeout passed first. At most 63 items. With only local channels it is
+  // Channel::waitAny over channels of this node and of other nodes, and transfers, together:
+  // waits until at least one item is ready (a closed channel counts as readable, a transfer
+  // once its outcome is in) and returns how many are; 0 when the timeout passed first. At most
+  // 63 items. With only local channels it is
   // Channel::waitAny; remote ones are polled at their homes by this node's dragond. With local
   // ones too, the client sleeps on them and on a private doorbell channel that dragond rings
   // when it answers (ready, error or timeout), looking at its socket every 50 ms. NodeLost when
