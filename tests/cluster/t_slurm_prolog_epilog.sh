@@ -80,6 +80,15 @@ wait_epilog() {  # wait_epilog JOB
 }
 # The user's processes, zombies left out (this machine's PID 1 reaps them late).
 user_procs() { ps -u "$1" -o pid=,stat=,args= | awk '$2 !~ /^Z/' || true; }
+# A job of U1 whose head says "ready" and holds until STATE/RELEASE exists (at most 60 s), in
+# the background: its output in LOG, its srun's pid in HELD_PID once it is ready.
+start_held_job() {  # start_held_job LOG RELEASE
+  as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+    sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE/$2"' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; echo released' \
+    >"$1" 2>&1 &
+  HELD_PID=$!
+  wait_for_line "$1" "ready" 30
+}
 job_of() { sed -nE 's/.*job=([0-9]+).*/\1/p' <<<"$1" | head -1; }
 
 # slurmd rereads its configuration when told; a job's prolog lines show when it has.
@@ -131,11 +140,8 @@ left=$(user_procs $U1)
 
 echo "--- another user's job cannot reach a running job's dragonds"
 alog=$(mktemp)
-as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
-  sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE"'/release-a ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; echo released' \
-  >"$alog" 2>&1 &
-apid=$!
-wait_for_line "$alog" "ready" 30
+start_held_job "$alog" release-a
+apid=$HELD_PID
 ajob=$(job_of "$(cat "$alog")")
 out=$(as_user $U2 timeout -k 5 60 srun -I30 -N3 --ntasks-per-node=1 sh -c \
   "$DRAGON ps --socket /run/dragon/slurm-job-$ajob-\$SLURMD_NODENAME/dragond.sock; echo \"\$SLURMD_NODENAME rc=\$?\"" 2>&1) || true
@@ -156,11 +162,8 @@ wait_epilog "$ajob"
 
 echo "--- a node that cannot be cleaned is drained"
 dlog=$(mktemp)
-as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
-  sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE"'/release-d ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done' \
-  >"$dlog" 2>&1 &
-dpid=$!
-wait_for_line "$dlog" "ready" 30
+start_held_job "$dlog" release-d
+dpid=$HELD_PID
 djob=$(job_of "$(cat "$dlog")")
 # A mount point in n3's job directory: the epilog cannot remove it.
 pinned=/run/dragon/slurm-job-$djob-n3/pin
