@@ -232,8 +232,14 @@ def main():
         return pid, pidfd, puid
 
     spare = fork_spare()
-    send_message(sock, ("ready", os.getpid()))
     open_socket = True
+    try:
+        send_message(sock, ("ready", os.getpid()))
+    except OSError:  # the parent went before we were up (a job that ended at once)
+        open_socket = False
+        os.close(spare[1])
+        spare[2].close()
+        spare = None
     while open_socket or children:
         ready, _, _ = select.select([wake_r] + ([sock] if open_socket else []), [], [])
         if wake_r in ready:
