@@ -6,6 +6,7 @@
 
 #include <pmix.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <sched.h>
 #include <string>
@@ -33,16 +34,26 @@ bool toUint(const pmix_value_t& v, std::uint32_t& out) {
   }
 }
 
-// CPUs this process may run on: what the resource manager granted on this node.
+// The CPUs the job was granted on this node: those this process may run on, and, under Slurm,
+// at most SLURM_CPUS_ON_NODE (without task binding, TaskPlugin=task/none, the affinity mask is
+// the whole node whatever the job was granted).
 std::uint32_t grantedCpus() {
+  std::uint32_t cpus = 0;
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    const int n = CPU_COUNT(&set);
-    if (n > 0) return static_cast<std::uint32_t>(n);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = static_cast<std::uint32_t>(CPU_COUNT(&set));
+  if (cpus == 0) {
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpus = n > 0 ? static_cast<std::uint32_t>(n) : 1;
   }
-  const long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<std::uint32_t>(n) : 1;
+  if (const char* slurm = std::getenv("SLURM_CPUS_ON_NODE")) {
+    char* end = nullptr;
+    const unsigned long granted = std::strtoul(slurm, &end, 10);
+    if (end != slurm && *end == '\0' && granted > 0 && granted < cpus) {
+      cpus = static_cast<std::uint32_t>(granted);
+    }
+  }
+  return cpus;
 }
 
 class PmixBootstrap final : public Bootstrap {
