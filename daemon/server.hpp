@@ -191,7 +191,7 @@ class Server {
   std::int64_t nodeLostGraceNs_ = 0;
   std::uint64_t clusterRoot_ = 0;  // the connection that joined (this node's launcher)
   std::uint64_t clusterJob_ = 0;   // its job: processes other nodes place here
-  std::uint32_t nextPlacement_ = 0;
+  std::map<std::uint32_t, std::int64_t> placementCredit_;  // round-robin, by node
   bool clusterEnded_ = false;
   Result<int> clusterOutcome_ = 0;
   Status nodeLost_;                // the first lost node, reported at the end of the job

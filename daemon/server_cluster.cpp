@@ -204,12 +204,24 @@ void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
   pb::Spawn sp = msg.spawn();
   std::uint32_t target = sp.node();
   if (sp.placement() == pb::Spawn::ROUND_ROBIN) {
-    // The next live node after the last one this dragond placed on, in node order.
-    std::vector<std::uint32_t> live;
+    // Smooth weighted round-robin over the live nodes, weighted by the CPUs the job was granted
+    // on each: every turn each node earns its weight, the richest is chosen and pays the total.
+    // Equal weights give plain round-robin in node order; weights 2, 1, 1 give 2 of every 4.
+    std::int64_t total = 0;
+    std::int64_t best = 0;
+    bool found = false;
     for (const auto& [id, n] : cluster_->nodes()) {
-      if (!n.lost) live.push_back(id);
+      if (n.lost) continue;
+      const std::int64_t weight = std::max<std::uint32_t>(n.cpus, 1);
+      total += weight;
+      const std::int64_t credit = placementCredit_[id] += weight;
+      if (!found || credit > best) {
+        found = true;
+        best = credit;
+        target = id;
+      }
     }
-    target = live[nextPlacement_++ % live.size()];
+    placementCredit_[target] -= total;
     if (target == cluster_->self()) {
       localSpawn(sp, jobOf(c), c.inFds, replyTo(c, rid));
       return;

@@ -125,14 +125,20 @@ int roundRobin(Client& c, int count) {
   }
   auto exits = c.wait(puids, dragon::Timeout::after(std::chrono::seconds(60)));
   if (!exits.has_value()) return failWith("wait: " + exits.error().toString());
+  // Each node's share follows the CPUs the job was granted there (within one process).
+  std::uint32_t cpus = 0;
+  for (const auto& n : *nodes) cpus += std::max<std::uint32_t>(n.cpus, 1);
+  std::string shares;
   for (const auto& n : *nodes) {
-    const int want = count / static_cast<int>(nodes->size());
-    if (perNode[n.node] < want) {
-      return failWith("node " + std::to_string(n.node) + " got " +
-                      std::to_string(perNode[n.node]) + " of " + std::to_string(count));
+    const double want = static_cast<double>(count) * std::max<std::uint32_t>(n.cpus, 1) / cpus;
+    shares += " " + std::to_string(n.node) + ":" + std::to_string(perNode[n.node]);
+    if (perNode[n.node] < want - 1 || perNode[n.node] > want + 1) {
+      return failWith("node " + std::to_string(n.node) + " (" + std::to_string(n.cpus) +
+                      " cpus) got " + std::to_string(perNode[n.node]) + " of " +
+                      std::to_string(count));
     }
   }
-  std::printf("probe: ok round-robin %d over %zu nodes\n", count, nodes->size());
+  std::printf("probe: ok round-robin %d over %zu nodes,%s\n", count, nodes->size(), shares.c_str());
   return 0;
 }
 

@@ -107,7 +107,8 @@ struct Placement {
   enum class Kind : std::uint8_t {
     ThisNode,    // the requester's node
     Node,        // the node given
-    RoundRobin,  // the next node in turn (counted by the requester's dragond)
+    RoundRobin,  // the next live node in turn, weighted by the CPUs the job was granted on each
+                 // (counted by the requester's dragond)
   };
   Kind kind = Kind::ThisNode;
   std::uint32_t node = 0;

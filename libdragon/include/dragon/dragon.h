@@ -206,7 +206,8 @@ dragon_status_t dragon_client_spawn(dragon_client_t* client, const dragon_spawn_
                                     dragon_process_t* out_processes, size_t capacity,
                                     size_t* out_count);
 /* Multi-node jobs (docs/cluster.md). dragon_client_spawn starts processes on the caller's node;
- * dragon_client_spawn_on on node `node` (DRAGON_NODE_ROUND_ROBIN: the next live node in turn).
+ * dragon_client_spawn_on on node `node` (DRAGON_NODE_ROUND_ROBIN: the next live node in turn,
+ * weighted by the CPUs the job was granted on each).
  * A node not in the job is DRAGON_NOT_FOUND; on another node, PASSED streams become CAPTURE
  * (stdin: NULL) and their output comes back through that node's launcher. Waits, signals and
  * listings take processes of any node. */
