@@ -91,7 +91,6 @@ class Cluster {
   void deregisterRegion(std::uint64_t id);
   Status rma(std::uint32_t node, transport::RmaKind kind, void* local, std::size_t length,
              std::uint64_t remote, std::string_view key, std::function<void(Status)> done);
-  bool closed() const noexcept { return closed_; }
 
   // Sends what is queued (bounded) and closes the transport.
   void shutdown();

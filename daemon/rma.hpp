@@ -51,7 +51,6 @@ class RmaRegions {
   Result<std::shared_ptr<Region>> region(const ObjectDescriptor& pool, bool registered);
   // The pool went: its region is dropped once no transfer holds it.
   void poolGone(std::uint64_t poolId) { regions_.erase(poolId); }
-  std::size_t size() const noexcept { return regions_.size(); }
 
  private:
   ObjectManager& objects_;

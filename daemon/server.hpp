@@ -109,6 +109,8 @@ class Server {
   Reply replyTo(Connection& c, std::uint64_t requestId);
   static protocol::Envelope errorEnvelope(const Status& st);
   static protocol::Envelope okEnvelope();
+  // An answer from a peer dragond (or why none came), as this node's client should see it.
+  static protocol::Envelope fromPeer(Result<protocol::Envelope> r);
   // The local halves of the process requests, shared by both origins.
   void localSpawn(const protocol::Spawn& spawn, std::uint64_t job, std::vector<UniqueFd>& fds,
                   const Reply& reply);

@@ -15,17 +15,6 @@ namespace pb = dragon::protocol;
 
 namespace {
 
-// An answer from a peer, as this node's client should see it.
-pb::Envelope fromPeer(Result<pb::Envelope> r) {
-  if (!r.has_value()) {
-    pb::Envelope e;
-    pb::fillError(*e.mutable_error(), r.error());
-    return e;
-  }
-  r->set_peer_reply(false);
-  return std::move(*r);
-}
-
 Status statusOf(const pb::Envelope& e) {
   if (!e.has_error()) return Status::ok();
   return pb::statusFromError(e.error());
@@ -40,6 +29,12 @@ struct FanIn {
 };
 
 }  // namespace
+
+pb::Envelope Server::fromPeer(Result<pb::Envelope> r) {
+  if (!r.has_value()) return errorEnvelope(r.error());
+  r->set_peer_reply(false);
+  return std::move(*r);
+}
 
 void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t nodeLostGraceNs,
                         std::int64_t drainTimeoutNs) {

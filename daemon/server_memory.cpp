@@ -98,12 +98,7 @@ void Server::handleMemoryOp(Connection& c, pb::Envelope& msg) {
   // The region stays mapped (and registered) until the home node has answered.
   cluster_->forward(home, std::move(fwd),
                     [reply = std::move(reply), keep = *region](Result<pb::Envelope> r) {
-                      if (!r.has_value()) {
-                        reply(errorEnvelope(r.error()));
-                        return;
-                      }
-                      r->set_peer_reply(false);
-                      reply(std::move(*r));
+                      reply(fromPeer(std::move(r)));
                     });
 }
 

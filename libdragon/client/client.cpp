@@ -357,23 +357,26 @@ Status MemoryTransfer::wait(Timeout timeout) {
   return st;
 }
 
+namespace {
+// The side of a put (its source) or a get (its destination) that must be of this node.
+Status ofThisNode(const MemoryRange& side, std::uint32_t node, std::string_view what,
+                  std::string_view instead) {
+  if (side.pool.node == node) return Status::ok();
+  return Status(StatusCode::InvalidArgument,
+                std::string(what) + " " + side.pool.toString() + " is not a pool of this node (" +
+                    std::to_string(node) + "); " + std::string(instead));
+}
+}  // namespace
+
 Result<MemoryTransfer> Client::put(const MemoryRange& from, const MemoryRange& to,
                                    std::uint64_t length) {
-  if (from.pool.node != impl_->node) {
-    return Status(StatusCode::InvalidArgument,
-                  "put: the source " + from.pool.toString() + " is not a pool of this node (" +
-                      std::to_string(impl_->node) + "); use get to read another node's");
-  }
+  DRAGON_TRY(ofThisNode(from, impl_->node, "put: the source", "use get to read another node's"));
   return transfer(from, to, length);
 }
 
 Result<MemoryTransfer> Client::get(const MemoryRange& from, const MemoryRange& to,
                                    std::uint64_t length) {
-  if (to.pool.node != impl_->node) {
-    return Status(StatusCode::InvalidArgument,
-                  "get: the destination " + to.pool.toString() + " is not a pool of this node (" +
-                      std::to_string(impl_->node) + "); use put to write another node's");
-  }
+  DRAGON_TRY(ofThisNode(to, impl_->node, "get: the destination", "use put to write another node's"));
   return transfer(from, to, length);
 }
 

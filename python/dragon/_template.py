@@ -231,15 +231,21 @@ def main():
             channel.close()
         return pid, pidfd, puid
 
+    def drop_spare():
+        """The parent has gone: the spare ends, the children it has run on."""
+        nonlocal spare, open_socket
+        open_socket = False
+        if spare is not None:
+            os.close(spare[1])
+            spare[2].close()
+            spare = None
+
     spare = fork_spare()
     open_socket = True
     try:
         send_message(sock, ("ready", os.getpid()))
     except OSError:  # the parent went before we were up (a job that ended at once)
-        open_socket = False
-        os.close(spare[1])
-        spare[2].close()
-        spare = None
+        drop_spare()
     while open_socket or children:
         ready, _, _ = select.select([wake_r] + ([sock] if open_socket else []), [], [])
         if wake_r in ready:
@@ -258,12 +264,7 @@ def main():
                 print("dragon template: bad request, stopping: %s" % e, file=sys.stderr)
                 request, fds = None, []
             if request is None:
-                # The parent has gone: the spare ends, the children it has run on.
-                open_socket = False
-                if spare is not None:
-                    os.close(spare[1])
-                    spare[2].close()
-                    spare = None
+                drop_spare()
                 continue
             try:
                 pid, pidfd, puid = serve(request, fds)
