@@ -4,7 +4,7 @@
 #include "base/log.hpp"
 #include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
-#include "daemon/global_services.hpp"
+#include "daemon/node_registry.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/object_manager.hpp"
 #include "daemon/process_manager.hpp"
@@ -40,10 +40,10 @@ class Daemon {
         loop_(std::move(loop)),
         signals_(std::move(signals)),
         boundPath_(std::move(boundPath)),
-        global_(node_),
-        objects_(global_, node_, limits(options.config)),
-        server_(loop_, std::move(listener), global_, node_),
-        processes_(loop_, global_, node_, options.config.getDurationNs("process.kill_grace"),
+        registry_(node_),
+        objects_(registry_, node_, limits(options.config)),
+        server_(loop_, std::move(listener), registry_, node_),
+        processes_(loop_, registry_, node_, options.config.getDurationNs("process.kill_grace"),
                    [this](std::uint64_t job, const protocol::Envelope& line) {
                      return server_.deliverOutput(job, line);
                    }) {}
@@ -63,7 +63,7 @@ class Daemon {
         server_.setCluster(*cluster_, boundPath_,
                            options_.config.getDurationNs("cluster.node_lost_grace"),
                            options_.config.getDurationNs("cluster.connect_timeout"));
-        global_.setNameDroppedHook([this](const std::string& name, const ObjectDescriptor& d) {
+        registry_.setNameDroppedHook([this](const std::string& name, const ObjectDescriptor& d) {
           server_.nameDropped(name, d);
         });
       } else {
@@ -152,7 +152,7 @@ class Daemon {
 
   void dump() {
     // Asked for explicitly: written whatever the log level.
-    const std::string text = "state dump\n" + (cluster_ ? cluster_->dump() + "\n" : "") + global_.dump() + "\n" + processes_.dump() + "\n" +
+    const std::string text = "state dump\n" + (cluster_ ? cluster_->dump() + "\n" : "") + registry_.dump() + "\n" + processes_.dump() + "\n" +
                              objects_.dump() + "\n" + server_.dump() + "\nevent loop: " +
                              std::to_string(loop_.watchedFds()) + " fds, " +
                              std::to_string(loop_.pendingTimers()) + " timers";
@@ -184,7 +184,7 @@ class Daemon {
   EventLoop loop_;
   UniqueFd signals_;
   std::string boundPath_;
-  LocalGlobalServices global_;
+  NodeRegistry registry_;
   ObjectManager objects_;
   Server server_;
   ProcessManager processes_;

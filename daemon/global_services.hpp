@@ -1,12 +1,26 @@
 // SPDX-License-Identifier: MIT
-// Global services: the job-wide process table, object names and process groups. On one node
-// they live inside the only dragond (LocalGlobalServices); the multi-node issue puts one
-// instance on the elected node and makes this interface remote for the others.
+// Global services: the job-wide tables of a multi-node job, owned by one instance on the global
+// services node (the node of the lowest PMIx rank): the directory of names (name -> the
+// descriptor of an object of any node) and the process table (every process of the job, on
+// every node). HostedGlobalServices is that instance; every other node reaches it through
+// RemoteGlobalServices, which sends each call over the transport.
+//
+// Every call is one atomic operation on the tables (a claim checks and takes a name in one
+// step; there is no look-then-act across calls). A call completes through its callback: before
+// it returns on the hosting node, when the answer arrives on the others, or with NodeLost when
+// the hosting node is lost. The calls of one node reach the tables in the order it made them
+// (the transport keeps order per pair of nodes), and `sync` completes once every call made
+// before it has.
+//
+// The managers keep their own node's state (node_registry.hpp) and do not see this interface:
+// the server tells it what changes there.
 //
 // Owning thread: the daemon's event-loop thread.
 #pragma once
 
 #include "base/private.hpp"
+#include "daemon/node_registry.hpp"
+#include "dragon.pb.h"
 
 #include <dragon/descriptor.hpp>
 #include <dragon/result.hpp>
@@ -15,94 +29,117 @@
 #include <functional>
 #include <map>
 #include <string>
-#include <string_view>
-#include <sys/types.h>
 #include <vector>
 
 namespace dragon::daemon {
 
-struct ProcessRecord {
-  std::uint64_t puid = 0;
-  pid_t pid = 0;
-  std::uint32_t node = 0;
-  std::vector<std::string> argv;
-  std::string label;
-  std::uint64_t group = 0;
-  std::uint64_t job = 0;
-  bool running = true;
-  int exitCode = 0;
-  int signal = 0;
-};
-
 class GlobalServices {
  public:
+  using Done = std::function<void(Status)>;
+  using Found = std::function<void(Result<ObjectDescriptor>)>;
+  using Listed = std::function<void(Result<std::vector<ProcessRecord>>)>;
+  using Placed = std::function<void(Result<std::uint32_t>)>;
+
   virtual ~GlobalServices() = default;
 
-  virtual std::uint64_t newPuid() = 0;
-  virtual std::uint64_t newGroup() = 0;
-  virtual std::uint64_t newJob() = 0;
+  // Names. A claim of a free name takes it; a claim of a name that `object` has already is Ok;
+  // a name another object has is AlreadyExists, unless `replace` and that object lives on the
+  // same node as `object` (a node rebinding one of its own scoped names).
+  virtual void claimName(const std::string& name, const ObjectDescriptor& object, bool replace,
+                         Done done) = 0;
+  // Drops the name if it still names `object` (one-way: the name's owner has let it go).
+  virtual void releaseName(const std::string& name, const ObjectDescriptor& object) = 0;
+  virtual void lookupName(const std::string& name, Found done) = 0;
 
-  virtual void addProcess(const ProcessRecord& record) = 0;
-  virtual void processExited(std::uint64_t puid, int exitCode, int signal) = 0;
-  // Forgets exited processes of a job that has ended.
-  virtual void forgetJob(std::uint64_t job) = 0;
-  virtual const ProcessRecord* findProcess(std::uint64_t puid) const = 0;
-  virtual std::vector<ProcessRecord> listProcesses() const = 0;
-  virtual std::vector<std::uint64_t> groupMembers(std::uint64_t group) const = 0;
+  // The process table, told by the node that runs the process (one-way).
+  virtual void processStarted(const ProcessRecord& record) = 0;
+  virtual void processEnded(const ProcessRecord& record) = 0;
+  // Every process of the job, sorted by node, then puid.
+  virtual void listProcesses(Listed done) = 0;
 
-  // Names: AlreadyExists when taken, NotFound when absent.
-  virtual Status registerName(std::string_view name, const ObjectDescriptor& object) = 0;
-  virtual Result<ObjectDescriptor> lookupName(std::string_view name) const = 0;
-  // Drops every name of the object; true if it had one.
-  virtual bool dropNamesOf(std::uint64_t objectId) = 0;
-  // Drops the name if it still names `object`; true if it did.
-  virtual bool dropName(std::string_view name, const ObjectDescriptor& object) = 0;
-  virtual bool isNamed(std::uint64_t objectId) const = 0;
-  virtual std::vector<std::string> namesOf(std::uint64_t objectId) const = 0;
+  // Placement: the node the next round-robin process of the job goes to, whichever node asks.
+  // A smooth weighted round-robin over the live nodes, weighted by the CPUs the job was granted
+  // on each: every turn each node earns its weight, the richest is chosen and pays the total.
+  // Equal weights give plain turns in node order; weights 2, 1, 1 give the first node 2 of
+  // every 4. NotFound when no node is left.
+  virtual void place(Placed done) = 0;
+
+  // Completes once every call made before it has reached the tables.
+  virtual void sync(Done done) = 0;
+  // A node was lost: its names and its processes leave the tables.
+  virtual void nodeLost(std::uint32_t node) = 0;
 
   virtual std::string dump() const = 0;
 };
 
-class LocalGlobalServices final : public GlobalServices {
+// The tables themselves, on the global services node.
+class HostedGlobalServices final : public GlobalServices {
  public:
-  explicit LocalGlobalServices(std::uint32_t node) : node_(node) {}
+  // The job's nodes and the CPUs it was granted on each (placement's weights; 0 counts as 1).
+  explicit HostedGlobalServices(std::map<std::uint32_t, std::uint32_t> cpusByNode = {});
 
-  std::uint64_t newPuid() override { return nextPuid_++; }
-  std::uint64_t newGroup() override { return nextGroup_++; }
-  std::uint64_t newJob() override { return nextJob_++; }
-
-  void addProcess(const ProcessRecord& record) override;
-  void processExited(std::uint64_t puid, int exitCode, int signal) override;
-  void forgetJob(std::uint64_t job) override;
-  const ProcessRecord* findProcess(std::uint64_t puid) const override;
-  std::vector<ProcessRecord> listProcesses() const override;
-  std::vector<std::uint64_t> groupMembers(std::uint64_t group) const override;
-
-  Status registerName(std::string_view name, const ObjectDescriptor& object) override;
-  Result<ObjectDescriptor> lookupName(std::string_view name) const override;
-  bool dropNamesOf(std::uint64_t objectId) override;
-  bool dropName(std::string_view name, const ObjectDescriptor& object) override;
-  bool isNamed(std::uint64_t objectId) const override;
-  std::vector<std::string> namesOf(std::uint64_t objectId) const override;
-
+  void claimName(const std::string& name, const ObjectDescriptor& object, bool replace,
+                 Done done) override;
+  void releaseName(const std::string& name, const ObjectDescriptor& object) override;
+  void lookupName(const std::string& name, Found done) override;
+  void processStarted(const ProcessRecord& record) override;
+  void processEnded(const ProcessRecord& record) override;
+  void listProcesses(Listed done) override;
+  void place(Placed done) override;
+  void sync(Done done) override { done(Status::ok()); }
+  void nodeLost(std::uint32_t node) override;
   std::string dump() const override;
-  // Called for every name that goes (dropName, dropNamesOf): the job-wide directory of a
-  // multi-node job hears of it.
-  void setNameDroppedHook(std::function<void(const std::string&, const ObjectDescriptor&)> hook) {
-    nameDropped_ = std::move(hook);
-  }
+
+  // Answers a request another node's RemoteGlobalServices sent; false if `request` is not one
+  // (then `reply` is untouched).
+  bool serve(const protocol::Envelope& request, protocol::Envelope& reply);
 
  private:
-  std::function<void(const std::string&, const ObjectDescriptor&)> nameDropped_;
-  std::uint32_t node_;
-  // puids start high in the node's range so that a puid names its node (multi-node issue).
-  std::uint64_t nextPuid_ = (std::uint64_t{node_} << 40) + 1;
-  // Groups too: a group id names the node its processes are on (groups are per node).
-  std::uint64_t nextGroup_ = (std::uint64_t{node_} << 40) + 1;
-  std::uint64_t nextJob_ = 1;
-  std::map<std::uint64_t, ProcessRecord> processes_;
-  std::map<std::uint64_t, std::vector<std::uint64_t>> groups_;
+  Status claim(const std::string& name, const ObjectDescriptor& object, bool replace);
+  bool answer(const protocol::Envelope& request, protocol::Envelope& reply);
+
   std::map<std::string, ObjectDescriptor, std::less<>> names_;
+  std::map<std::pair<std::uint32_t, std::uint64_t>, ProcessRecord> processes_;  // (node, puid)
+  struct Weight {
+    std::int64_t weight = 1;
+    std::int64_t credit = 0;
+  };
+  std::map<std::uint32_t, Weight> placement_;  // the live nodes
 };
+
+// Every other node's view: each call is a request to the global services node.
+class RemoteGlobalServices final : public GlobalServices {
+ public:
+  // Sends a request to the global services node; `done` runs once with its answer (an Error
+  // answer stays an Envelope) or with why none came (NodeLost).
+  using Forward = std::function<void(protocol::Envelope request,
+                                     std::function<void(Result<protocol::Envelope>)> done)>;
+
+  RemoteGlobalServices(std::uint32_t globalNode, Forward forward)
+      : globalNode_(globalNode), forward_(std::move(forward)) {}
+
+  void claimName(const std::string& name, const ObjectDescriptor& object, bool replace,
+                 Done done) override;
+  void releaseName(const std::string& name, const ObjectDescriptor& object) override;
+  void lookupName(const std::string& name, Found done) override;
+  void processStarted(const ProcessRecord& record) override;
+  void processEnded(const ProcessRecord& record) override;
+  void listProcesses(Listed done) override;
+  void place(Placed done) override;
+  void sync(Done done) override;
+  // The hosting node keeps the tables; a lost node is its business (the pending calls of a
+  // lost global services node fail through Forward).
+  void nodeLost(std::uint32_t /*node*/) override {}
+  std::string dump() const override;
+
+ private:
+  std::uint32_t globalNode_;
+  Forward forward_;
+  std::uint64_t sent_ = 0;
+};
+
+// A process record as the protocol carries it, and back.
+protocol::ProcessEntry toEntry(const ProcessRecord& r);
+ProcessRecord fromEntry(const protocol::ProcessEntry& e);
 
 }  // namespace dragon::daemon

@@ -122,12 +122,12 @@ Status ObjectManager::registerName(std::string_view name, const ObjectDescriptor
   if (replace && scopedOwner != 0 && taken != scoped_.end() && !(taken->second.object == object)) {
     const ObjectDescriptor old = taken->second.object;
     scoped_.erase(taken);
-    (void)global_.dropName(name, old);
+    (void)registry_.dropName(name, old);
     closeChannel(old);
     maybeRelease(old);
   }
-  const bool wasNamed = global_.lookupName(name).has_value();
-  DRAGON_TRY(global_.registerName(name, object));
+  const bool wasNamed = registry_.lookupName(name).has_value();
+  DRAGON_TRY(registry_.registerName(name, object));
   if (scopedOwner != 0 && !wasNamed) {
     scoped_.emplace(std::string(name), ScopedName{scopedOwner, object});
   }
@@ -144,18 +144,18 @@ void ObjectManager::closeChannel(const ObjectDescriptor& object) {
 }
 
 bool ObjectManager::keptByName(std::uint64_t objectId) const {
-  for (const auto& name : global_.namesOf(objectId)) {
+  for (const auto& name : registry_.namesOf(objectId)) {
     if (scoped_.count(name) == 0) return true;
   }
   return false;
 }
 
 void ObjectManager::dropNamesOf(std::uint64_t objectId) {
-  for (const auto& name : global_.namesOf(objectId)) {
+  for (const auto& name : registry_.namesOf(objectId)) {
     auto it = scoped_.find(name);
     if (it != scoped_.end()) scoped_.erase(it);
   }
-  global_.dropNamesOf(objectId);
+  registry_.dropNamesOf(objectId);
 }
 
 void ObjectManager::maybeRelease(const ObjectDescriptor& object) {
@@ -268,7 +268,7 @@ void ObjectManager::releaseOwner(std::uint64_t owner) {
       ++it;
       continue;
     }
-    (void)global_.dropName(it->first, it->second.object);
+    (void)registry_.dropName(it->first, it->second.object);
     touched.push_back(it->second.object);
     closeChannel(it->second.object);
     it = scoped_.erase(it);

@@ -7,7 +7,7 @@
 #pragma once
 
 #include "base/private.hpp"
-#include "daemon/global_services.hpp"
+#include "daemon/node_registry.hpp"
 
 #include <dragon/channel.hpp>
 #include <dragon/descriptor.hpp>
@@ -38,8 +38,8 @@ struct ObjectGrant {
 
 class ObjectManager {
  public:
-  ObjectManager(GlobalServices& global, std::uint32_t node, ObjectLimits limits)
-      : global_(global), node_(node), limits_(limits) {}
+  ObjectManager(NodeRegistry& global, std::uint32_t node, ObjectLimits limits)
+      : registry_(global), node_(node), limits_(limits) {}
 
   // With a name, the object is created and named at once: a taken name creates nothing.
   // lazy: no prefault whatever pool.prefault says (a large pool costs only what is touched).
@@ -95,7 +95,7 @@ class ObjectManager {
   void destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it);
   void destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it);
 
-  GlobalServices& global_;
+  NodeRegistry& registry_;
   std::uint32_t node_;
   ObjectLimits limits_;
   std::map<std::uint64_t, PoolEntry> pools_;        // by id

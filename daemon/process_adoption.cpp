@@ -48,7 +48,7 @@ Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterP
                   "process " + std::to_string(pid) + " is not the requester's child");
   }
   Process p;
-  p.puid = global_.newPuid();
+  p.puid = registry_.newPuid();
   p.pid = pid;
   p.job = job;
   p.pidfd = std::move(pidfd);
@@ -63,7 +63,7 @@ Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterP
     rec.node = node_;
     rec.argv = std::move(p.argv);
     rec.job = job;
-    global_.addProcess(rec);
+    registry_.addProcess(rec);
   }
   const std::uint64_t puid = p.puid;
   byPid_[pid] = puid;
@@ -102,7 +102,7 @@ Status ProcessManager::adoptedStarted(std::uint64_t adopter, std::uint64_t puid,
   rec.running = !p->finished;
   rec.exitCode = p->exitCode;
   rec.signal = p->signal;
-  global_.addProcess(rec);
+  registry_.addProcess(rec);
   return Status::ok();
 }
 

@@ -258,11 +258,11 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
                   "at most " + std::to_string(kMaxCount) + " processes per spawn");
   }
   std::uint64_t group = req.group();
-  if (group != 0 && global_.groupMembers(group).empty()) {
+  if (group != 0 && registry_.groupMembers(group).empty()) {
     return Status(StatusCode::NotFound, "no process group " + std::to_string(group));
   }
   if (group == 0 && count > 1) {
-    group = global_.newGroup();
+    group = registry_.newGroup();
   }
   Spawned out;
   out.group = group;
@@ -276,7 +276,7 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
       break;  // the ones started are reported; the caller sees fewer than asked
     }
     Process p;
-    p.puid = global_.newPuid();
+    p.puid = registry_.newPuid();
     p.pid = *pid;
     p.job = job;
     p.label = expandLabel(req.label(), p.puid, p.pid);
@@ -305,7 +305,7 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
     rec.label = p.label;
     rec.group = group;
     rec.job = job;
-    global_.addProcess(rec);
+    registry_.addProcess(rec);
     out.puids.push_back(p.puid);
     out.pids.push_back(p.pid);
     byPid_[p.pid] = p.puid;
@@ -456,7 +456,7 @@ void ProcessManager::finished(Process& p) {
     p.drainTimer = 0;
   }
   p.finished = true;
-  global_.processExited(p.puid, p.exitCode, p.signal);
+  registry_.processExited(p.puid, p.exitCode, p.signal);
   const std::uint64_t job = p.job;
   checkWaiters();
   checkEnding(job);
@@ -533,7 +533,7 @@ Status ProcessManager::signal(const std::vector<std::uint64_t>& puids, int sig) 
 }
 
 Status ProcessManager::signalGroup(std::uint64_t group, int sig) {
-  auto members = global_.groupMembers(group);
+  auto members = registry_.groupMembers(group);
   if (members.empty()) {
     return Status(StatusCode::NotFound, "no process group " + std::to_string(group));
   }
@@ -604,7 +604,7 @@ void ProcessManager::checkEnding(std::uint64_t job) {
   ending_.erase(e);
   // Waiters on these puids were answered as each finished; forget the job's records.
   std::erase_if(processes_, [&](const auto& kv) { return kv.second.job == job; });
-  global_.forgetJob(job);
+  registry_.forgetJob(job);
   pausedJobs_.erase(job);
   for (auto& cb : callbacks) cb();
 }

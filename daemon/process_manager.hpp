@@ -20,7 +20,7 @@
 
 #include "base/private.hpp"
 #include "daemon/event_loop.hpp"
-#include "daemon/global_services.hpp"
+#include "daemon/node_registry.hpp"
 #include "daemon/line_splitter.hpp"
 
 #include <dragon/result.hpp>
@@ -54,9 +54,9 @@ class ProcessManager {
   using OutputSink = std::function<bool(std::uint64_t job, const protocol::Envelope& line)>;
   using WaitDone = std::function<void(Result<std::vector<ExitRecord>>)>;
 
-  ProcessManager(EventLoop& loop, GlobalServices& global, std::uint32_t node,
+  ProcessManager(EventLoop& loop, NodeRegistry& global, std::uint32_t node,
                  std::int64_t killGraceNs, OutputSink sink)
-      : loop_(loop), global_(global), node_(node), killGraceNs_(killGraceNs),
+      : loop_(loop), registry_(global), node_(node), killGraceNs_(killGraceNs),
         sink_(std::move(sink)) {}
   ~ProcessManager();
 
@@ -155,7 +155,7 @@ class ProcessManager {
   void killJob(std::uint64_t job, int sig);
 
   EventLoop& loop_;
-  GlobalServices& global_;
+  NodeRegistry& registry_;
   std::uint32_t node_;
   std::int64_t killGraceNs_;
   OutputSink sink_;

@@ -18,8 +18,8 @@ namespace {
 constexpr int kMaxRequestsPerEvent = 64;
 }  // namespace
 
-Server::Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::uint32_t node)
-    : loop_(loop), listener_(std::move(listener)), global_(global), node_(node), uid_(geteuid()) {}
+Server::Server(EventLoop& loop, UniqueFd listener, NodeRegistry& global, std::uint32_t node)
+    : loop_(loop), listener_(std::move(listener)), registry_(global), node_(node), uid_(geteuid()) {}
 
 Server::~Server() {
   if (objects_ != nullptr) {
@@ -180,7 +180,7 @@ std::uint64_t Server::jobOf(Connection& c) {
   // children), acts in its job; anyone else starts a job of its own.
   c.job = processes_->jobOfPidOrAncestor(c.peer.pid);
   if (c.job == 0) {
-    c.job = global_.newJob();
+    c.job = registry_.newJob();
     c.jobRoot = true;
     jobRoots_[c.job] = c.id;
   }
@@ -318,7 +318,7 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
     case pb::Envelope::kAttach: {
       Result<ObjectDescriptor> d = msg.attach().has_object()
                                        ? pb::fromRef(msg.attach().object())
-                                       : global_.lookupName(msg.attach().name());
+                                       : registry_.lookupName(msg.attach().name());
       if (!d.has_value()) {
         sendError(c, rid, d.error());
         return;
@@ -348,7 +348,7 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       return;
     }
     case pb::Envelope::kLookupName: {
-      auto d = global_.lookupName(msg.lookup_name().name());
+      auto d = registry_.lookupName(msg.lookup_name().name());
       if (!d.has_value()) {
         sendError(c, rid, d.error());
         return;
@@ -428,18 +428,8 @@ Status Server::localSignal(const pb::Signal& s) {
 pb::Envelope Server::localList() {
   pb::Envelope reply;
   auto* list = reply.mutable_process_list();
-  for (const auto& r : global_.listProcesses()) {  // idle adopted processes are not there
-    auto* e = list->add_process();
-    e->set_puid(r.puid);
-    e->set_pid(r.pid);
-    e->set_state(r.running ? pb::ProcessEntry::RUNNING : pb::ProcessEntry::EXITED);
-    for (const auto& a : r.argv) e->add_argv(a);
-    e->set_exit_code(r.exitCode);
-    e->set_signal(r.signal);
-    e->set_group(r.group);
-    e->set_job(r.job);
-    e->set_label(r.label);
-    e->set_node(node_);
+  for (const auto& r : registry_.listProcesses()) {  // idle adopted processes are not there
+    *list->add_process() = toEntry(r);
   }
   return reply;
 }
@@ -627,6 +617,7 @@ std::string Server::dump() const {
   std::string out = "server: " + std::to_string(conns_.size()) + " connections" +
                     (listener_ ? "" : " (not accepting)");
   if (gateway_) out += ", " + std::to_string(gateway_->parked()) + " channel operations parked";
+  if (global_) out += "\n" + global_->dump();
   for (const auto& [id, c] : conns_) {
     out += "\n  connection " + std::to_string(id) + " pid " + std::to_string(c->peer.pid) +
            " '" + c->name + "' job " + std::to_string(c->job) + (c->jobRoot ? " (root)" : "") +

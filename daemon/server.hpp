@@ -14,6 +14,7 @@
 #include "daemon/event_loop.hpp"
 #include "daemon/gateway.hpp"
 #include "daemon/global_services.hpp"
+#include "daemon/node_registry.hpp"
 #include "daemon/object_manager.hpp"
 #include "daemon/process_manager.hpp"
 #include "daemon/rma.hpp"
@@ -38,7 +39,7 @@ class Server {
   static constexpr std::size_t kLowWater = std::size_t{4} << 20;
   static constexpr std::size_t kMaxRequestBody = (std::size_t{16} << 20) + (std::size_t{64} << 10);
 
-  Server(EventLoop& loop, UniqueFd listener, GlobalServices& global, std::uint32_t node);
+  Server(EventLoop& loop, UniqueFd listener, NodeRegistry& global, std::uint32_t node);
   ~Server();
 
   Status start(ObjectManager& objects, ProcessManager& processes);
@@ -145,11 +146,6 @@ class Server {
   // Names across nodes: the job-wide directory lives on the global services node; every node
   // claims a name there before naming one of its objects, and releases it when the name goes.
   bool clusterNames(Connection& c, protocol::Envelope& msg);
-  void claimName(const std::string& name, const ObjectDescriptor& d, bool replace,
-                 std::function<void(Status)> done);
-  void releaseName(const std::string& name, const ObjectDescriptor& d);
-  void lookupGlobal(const std::string& name, std::function<void(Result<ObjectDescriptor>)> done);
-  Status directClaim(const std::string& name, const ObjectDescriptor& d, bool replace);
   // Registers a name for an object of this node, claimed job-wide first.
   void registerClaimed(std::uint64_t owner, const protocol::RegisterName& r,
                        const ObjectDescriptor& d, Reply reply);
@@ -160,7 +156,14 @@ class Server {
     return (std::uint64_t{1} << 63) | node;
   }
   void handlePeer(std::uint32_t from, protocol::Envelope& msg, Reply reply);
+  // Makes this node's global services (hosted here, or a proxy of the global services node's).
+  void startGlobalServices();
+  // `reply`, or one that waits until the global services have heard everything this node
+  // told them before it (for an answer to a third node, which may ask them next).
+  Reply afterGlobalSync(std::uint32_t requester, Reply reply);
   void clusterSpawn(Connection& c, protocol::Envelope& msg);
+  // Forwards a spawn to the node it names (another node's).
+  void spawnOn(Connection& c, std::uint64_t rid, protocol::Spawn sp);
   void clusterWait(Connection& c, protocol::Envelope& msg);
   void clusterSignal(Connection& c, protocol::Envelope& msg);
   void clusterList(Connection& c, protocol::Envelope& msg);
@@ -176,7 +179,7 @@ class Server {
 
   EventLoop& loop_;
   UniqueFd listener_;
-  GlobalServices& global_;
+  NodeRegistry& registry_;
   std::uint32_t node_;
   ObjectManager* objects_ = nullptr;
   std::unique_ptr<Gateway> gateway_;
@@ -193,7 +196,6 @@ class Server {
   std::int64_t nodeLostGraceNs_ = 0;
   std::uint64_t clusterRoot_ = 0;  // the connection that joined (this node's launcher)
   std::uint64_t clusterJob_ = 0;   // its job: processes other nodes place here
-  std::map<std::uint32_t, std::int64_t> placementCredit_;  // round-robin, by node
   bool clusterEnded_ = false;
   Result<int> clusterOutcome_ = 0;
   Status nodeLost_;                // the first lost node, reported at the end of the job
@@ -205,7 +207,10 @@ class Server {
   // Channel operations forwarded to other nodes and not answered yet: connection -> (node, key).
   std::map<std::uint64_t, std::set<std::pair<std::uint32_t, std::uint64_t>>> remoteOps_;
   std::uint64_t nextOpKey_ = 1;
-  std::map<std::string, ObjectDescriptor, std::less<>> directory_;  // on the global node
+  // The job's global services (set when this node joins): hosted_ is the same object when
+  // this node hosts them, else null.
+  std::unique_ptr<GlobalServices> global_;
+  HostedGlobalServices* hosted_ = nullptr;
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<WaitAnyState>> waits_;
   // References this node's clients hold on other nodes' channels, given back when they leave.
   std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;

@@ -49,7 +49,47 @@ void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t n
   if (rma_ != nullptr) rma_->setCluster(cluster);
 }
 
+void Server::startGlobalServices() {
+  const std::uint32_t globalNode = cluster_->globalNode();
+  if (globalNode == cluster_->self()) {
+    std::map<std::uint32_t, std::uint32_t> cpus;
+    for (const auto& [id, n] : cluster_->nodes()) cpus[id] = n.cpus;
+    auto hosted = std::make_unique<HostedGlobalServices>(std::move(cpus));
+    hosted_ = hosted.get();
+    global_ = std::move(hosted);
+  } else {
+    global_ = std::make_unique<RemoteGlobalServices>(
+        globalNode, [this, globalNode](pb::Envelope request, Cluster::Done done) {
+          cluster_->forward(globalNode, std::move(request), std::move(done));
+        });
+  }
+  // The job's processes on this node go into the job-wide table as they start and end.
+  registry_.setProcessHooks(
+      [this](const ProcessRecord& r) {
+        if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processStarted(r);
+      },
+      [this](const ProcessRecord& r) {
+        if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processEnded(r);
+      });
+}
+
+Server::Reply Server::afterGlobalSync(std::uint32_t requester, Reply reply) {
+  // The tables hear of this node's processes in the order this node tells them; the global
+  // services node hears that before this answer, since both go the same way. Another node
+  // might ask the tables before they heard: the answer waits until they have.
+  if (global_ == nullptr || requester == cluster_->globalNode() ||
+      cluster_->self() == cluster_->globalNode()) {
+    return reply;
+  }
+  return [this, reply = std::move(reply)](pb::Envelope answer) {
+    global_->sync([reply, answer = std::move(answer)](Status) mutable { reply(std::move(answer)); });
+  };
+}
+
 void Server::forgetCluster() {
+  registry_.setProcessHooks(nullptr, nullptr);
+  hosted_ = nullptr;
+  global_.reset();
   if (rma_ != nullptr) rma_->forgetCluster();
   cluster_ = nullptr;
 }
@@ -86,6 +126,7 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
       jobOf(c);
       clusterRoot_ = c.id;
       clusterJob_ = c.job;
+      startGlobalServices();
       if (cluster_->self() != cluster_->headNode()) {
         sendOk(c, rid);
         return true;
@@ -196,35 +237,35 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
 
 void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
   const std::uint64_t rid = msg.request_id();
-  pb::Spawn sp = msg.spawn();
-  std::uint32_t target = sp.node();
-  if (sp.placement() == pb::Spawn::ROUND_ROBIN) {
-    // Smooth weighted round-robin over the live nodes, weighted by the CPUs the job was granted
-    // on each: every turn each node earns its weight, the richest is chosen and pays the total.
-    // Equal weights give plain round-robin in node order; weights 2, 1, 1 give 2 of every 4.
-    std::int64_t total = 0;
-    std::int64_t best = 0;
-    bool found = false;
-    for (const auto& [id, n] : cluster_->nodes()) {
-      if (n.lost) continue;
-      const std::int64_t weight = std::max<std::uint32_t>(n.cpus, 1);
-      total += weight;
-      const std::int64_t credit = placementCredit_[id] += weight;
-      if (!found || credit > best) {
-        found = true;
-        best = credit;
-        target = id;
+  if (msg.spawn().placement() == pb::Spawn::ROUND_ROBIN) {
+    // Global services choose the node (job-wide turns, whichever node asks). The request's
+    // fds are taken now: the connection's next request may bring its own meanwhile.
+    auto fds = std::make_shared<std::vector<UniqueFd>>(std::move(c.inFds));
+    const std::uint64_t job = jobOf(c);
+    global_->place([this, cid = c.id, rid, job, sp = msg.spawn(), fds](Result<std::uint32_t> node) mutable {
+      Connection* conn = find(cid);
+      if (conn == nullptr) return;
+      if (!node.has_value()) {
+        sendError(*conn, rid, node.error());
+      } else if (*node == cluster_->self()) {
+        localSpawn(sp, job, *fds, replyTo(*conn, rid));
+      } else {
+        sp.set_placement(pb::Spawn::PLACE_NODE);
+        sp.set_node(*node);
+        spawnOn(*conn, rid, std::move(sp));
       }
-    }
-    placementCredit_[target] -= total;
-    if (target == cluster_->self()) {
-      localSpawn(sp, jobOf(c), c.inFds, replyTo(c, rid));
-      return;
-    }
-  } else if (sp.placement() != pb::Spawn::PLACE_NODE) {
+    });
+    return;
+  }
+  if (msg.spawn().placement() != pb::Spawn::PLACE_NODE) {
     sendError(c, rid, Status(StatusCode::InvalidArgument, "unknown placement"));
     return;
   }
+  spawnOn(c, rid, msg.spawn());
+}
+
+void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
+  const std::uint32_t target = sp.node();
   if (!cluster_->known(target)) {
     sendError(c, rid,
               Status(StatusCode::NotFound, "there is no node " + std::to_string(target) +
@@ -353,41 +394,17 @@ void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
 }
 
 void Server::clusterList(Connection& c, pb::Envelope& msg) {
-  auto fan = std::make_shared<FanIn>();
-  fan->reply = replyTo(c, msg.request_id());
-  auto merged = std::make_shared<pb::Envelope>(localList());
-  std::vector<std::uint32_t> peers;
-  for (const auto& [id, n] : cluster_->nodes()) {
-    if (id != cluster_->self() && !n.lost) peers.push_back(id);
-  }
-  fan->remaining = static_cast<int>(peers.size());
-  auto finish = [fan, merged] {
-    auto* list = merged->mutable_process_list()->mutable_process();
-    std::stable_sort(list->begin(), list->end(),
-                     [](const pb::ProcessEntry& a, const pb::ProcessEntry& b) {
-                       return a.node() != b.node() ? a.node() < b.node() : a.puid() < b.puid();
-                     });
-    fan->done = true;
-    fan->reply(std::move(*merged));
-  };
-  if (peers.empty()) {
-    finish();
-    return;
-  }
-  for (auto node : peers) {
-    pb::Envelope fwd;
-    fwd.mutable_list_processes()->set_this_node_only(true);
-    cluster_->forward(node, std::move(fwd), [fan, merged, finish](Result<pb::Envelope> r) {
-      if (fan->done) return;
-      // A node lost meanwhile is left out of the list, not an error: ps shows what is there.
-      if (r.has_value() && r->has_process_list()) {
-        for (auto& p : *r->mutable_process_list()->mutable_process()) {
-          *merged->mutable_process_list()->add_process() = std::move(p);
-        }
-      }
-      if (--fan->remaining == 0) finish();
-    });
-  }
+  Reply reply = replyTo(c, msg.request_id());
+  global_->listProcesses([reply](Result<std::vector<ProcessRecord>> r) {
+    if (!r.has_value()) {
+      reply(errorEnvelope(r.error()));
+      return;
+    }
+    pb::Envelope e;
+    auto* list = e.mutable_process_list();
+    for (const auto& p : *r) *list->add_process() = toEntry(p);
+    reply(std::move(e));
+  });
 }
 
 void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
@@ -451,20 +468,29 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       }
       if (!set && sp.env_size() > 0) sp.add_env("DRAGON_SOCKET=" + socketPath_);
       std::vector<UniqueFd> none;
-      localSpawn(sp, clusterJob_, none, reply);
+      localSpawn(sp, clusterJob_, none, afterGlobalSync(from, std::move(reply)));
       return;
     }
     case pb::Envelope::kWait:
-      localWait(msg.wait(), std::move(reply));
+      localWait(msg.wait(), afterGlobalSync(from, std::move(reply)));
       return;
     case pb::Envelope::kSignal: {
       Status st = localSignal(msg.signal());
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }
-    case pb::Envelope::kListProcesses:
-      reply(localList());
+    case pb::Envelope::kListProcesses: {
+      if (msg.list_processes().this_node_only()) {
+        reply(localList());
+        return;
+      }
+      pb::Envelope answer;
+      if (hosted_ == nullptr || !hosted_->serve(msg, answer)) {
+        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
+      }
+      reply(std::move(answer));
       return;
+    }
     case pb::Envelope::kAttach:
       reply(peerAttach(from, msg.attach()));
       return;
@@ -481,32 +507,19 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }
-    case pb::Envelope::kNameClaim: {
-      auto d = pb::fromRef(msg.name_claim().object());
-      Status st = !d.has_value() ? d.error()
-                  : cluster_->self() != cluster_->globalNode()
-                      ? Status(StatusCode::InvalidArgument, "this node does not host global services")
-                      : directClaim(msg.name_claim().name(), *d, msg.name_claim().replace());
-      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
-      return;
-    }
-    case pb::Envelope::kNameRelease: {
-      auto d = pb::fromRef(msg.name_release().object());
-      auto it = directory_.find(msg.name_release().name());
-      if (d.has_value() && it != directory_.end() && it->second == *d) directory_.erase(it);
-      reply(okEnvelope());
-      return;
-    }
-    case pb::Envelope::kLookupName: {
-      auto it = directory_.find(msg.lookup_name().name());
-      if (cluster_->self() != cluster_->globalNode() || it == directory_.end()) {
-        reply(errorEnvelope(Status(StatusCode::NotFound, "no object is named '" +
-                                                             msg.lookup_name().name() + "'")));
-        return;
+    case pb::Envelope::kNameClaim:
+    case pb::Envelope::kNameRelease:
+    case pb::Envelope::kLookupName:
+    case pb::Envelope::kProcessStarted:
+    case pb::Envelope::kProcessEnded:
+    case pb::Envelope::kPlace: {
+      pb::Envelope answer;
+      if (hosted_ == nullptr) {
+        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
+      } else if (!hosted_->serve(msg, answer)) {
+        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "not a request of global services"));
       }
-      pb::Envelope e;
-      *e.mutable_object()->mutable_object() = pb::toRef(it->second);
-      reply(std::move(e));
+      reply(std::move(answer));
       return;
     }
     case pb::Envelope::kRegisterName: {
@@ -550,7 +563,7 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
   // Its clients' waiting channel operations and references here go with it, and its names.
   gateway_->cancelFrom(node);
   objects_->releaseOwner(peerOwner(node));
-  std::erase_if(directory_, [node](const auto& kv) { return kv.second.node == node; });
+  if (global_ != nullptr) global_->nodeLost(node);
   if (clusterEnded_ || endedPeers_.count(node) != 0) {
     DRAGON_LOG(Debug, "cluster", "%s left at the end of the job", cluster_->describe(node).c_str());
     return;
@@ -898,96 +911,27 @@ void Server::dropRemoteRef(const ObjectDescriptor& d) {
 
 namespace dragon::daemon {
 
-Status Server::directClaim(const std::string& name, const ObjectDescriptor& d, bool replace) {
-  if (name.empty() || name.size() > 255) {
-    return Status(StatusCode::InvalidArgument, "a name has 1 to 255 bytes");
-  }
-  auto [it, inserted] = directory_.try_emplace(name, d);
-  if (inserted || it->second == d) return Status::ok();
-  if (replace && it->second.node == d.node) {
-    it->second = d;
-    return Status::ok();
-  }
-  return Status(StatusCode::AlreadyExists, "the name '" + name + "' is taken (by an object of node " +
-                                               std::to_string(it->second.node) + ")");
-}
-
-void Server::claimName(const std::string& name, const ObjectDescriptor& d, bool replace,
-                       std::function<void(Status)> done) {
-  if (cluster_->self() == cluster_->globalNode()) {
-    done(directClaim(name, d, replace));
-    return;
-  }
-  pb::Envelope fwd;
-  auto* claim = fwd.mutable_name_claim();
-  claim->set_name(name);
-  *claim->mutable_object() = pb::toRef(d);
-  claim->set_replace(replace);
-  cluster_->forward(cluster_->globalNode(), std::move(fwd),
-                    [done = std::move(done)](Result<pb::Envelope> r) {
-                      done(statusOf(fromPeer(std::move(r))));
-                    });
-}
-
-void Server::releaseName(const std::string& name, const ObjectDescriptor& d) {
-  if (cluster_->self() == cluster_->globalNode()) {
-    auto it = directory_.find(name);
-    if (it != directory_.end() && it->second == d) directory_.erase(it);
-    return;
-  }
-  pb::Envelope fwd;
-  fwd.mutable_name_release()->set_name(name);
-  *fwd.mutable_name_release()->mutable_object() = pb::toRef(d);
-  cluster_->forward(cluster_->globalNode(), std::move(fwd), [](Result<pb::Envelope>) {});
-}
-
 void Server::nameDropped(const std::string& name, const ObjectDescriptor& d) {
-  if (cluster_ == nullptr || !cluster_->joined() || clusterEnded_) return;
-  releaseName(name, d);
-}
-
-void Server::lookupGlobal(const std::string& name,
-                          std::function<void(Result<ObjectDescriptor>)> done) {
-  if (cluster_->self() == cluster_->globalNode()) {
-    auto it = directory_.find(name);
-    if (it == directory_.end()) {
-      done(Status(StatusCode::NotFound, "no object is named '" + name + "'"));
-    } else {
-      done(it->second);
-    }
-    return;
-  }
-  pb::Envelope fwd;
-  fwd.mutable_lookup_name()->set_name(name);
-  cluster_->forward(cluster_->globalNode(), std::move(fwd),
-                    [done = std::move(done)](Result<pb::Envelope> r) {
-                      pb::Envelope e = fromPeer(std::move(r));
-                      if (e.has_error()) {
-                        done(pb::statusFromError(e.error()));
-                      } else if (!e.has_object()) {
-                        done(Status(StatusCode::Internal, "unexpected answer to a name lookup"));
-                      } else {
-                        done(pb::fromRef(e.object().object()));
-                      }
-                    });
+  if (global_ == nullptr || clusterEnded_) return;
+  global_->releaseName(name, d);
 }
 
 void Server::registerClaimed(std::uint64_t owner, const pb::RegisterName& r,
                              const ObjectDescriptor& d, Reply reply) {
   const std::string name = r.name();
   const bool replace = r.replace() && owner != 0;
-  claimName(name, d, replace, [this, owner, name, d, replace, reply](Status claimed) {
+  global_->claimName(name, d, replace, [this, owner, name, d, replace, reply](Status claimed) {
     if (!claimed.isOk()) {
       reply(errorEnvelope(claimed));
       return;
     }
     if (owner != 0 && find(owner) == nullptr) {
-      releaseName(name, d);  // its owner left meanwhile: a scoped name would be stale at once
+      global_->releaseName(name, d);  // its owner left meanwhile: a scoped name would be stale at once
       return;
     }
-    const bool had = global_.lookupName(name).has_value();
+    const bool had = registry_.lookupName(name).has_value();
     Status st = objects_->registerName(name, d, owner, replace);
-    if (!st.isOk() && !had) releaseName(name, d);
+    if (!st.isOk() && !had) global_->releaseName(name, d);
     reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
   });
 }
@@ -1017,7 +961,7 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
       }
       // Taken here by another object, and not a scoped name a scoped one may replace: the
       // local path says so (before anything is claimed).
-      auto here = global_.lookupName(r.name());
+      auto here = registry_.lookupName(r.name());
       if (here.has_value() && !(*here == *d) &&
           !(r.replace() && r.scoped() && objects_->isScopedName(r.name()))) {
         return false;
@@ -1026,8 +970,8 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
       return true;
     }
     case pb::Envelope::kLookupName: {
-      if (global_.lookupName(msg.lookup_name().name()).has_value()) return false;
-      lookupGlobal(msg.lookup_name().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
+      if (registry_.lookupName(msg.lookup_name().name()).has_value()) return false;
+      global_->lookupName(msg.lookup_name().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
         Connection* conn = find(cid);
         if (conn == nullptr) return;
         if (!d.has_value()) {
@@ -1042,10 +986,10 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
       return true;
     }
     case pb::Envelope::kAttach: {
-      if (!msg.attach().has_name() || global_.lookupName(msg.attach().name()).has_value()) {
+      if (!msg.attach().has_name() || registry_.lookupName(msg.attach().name()).has_value()) {
         return false;
       }
-      lookupGlobal(msg.attach().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
+      global_->lookupName(msg.attach().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
         Connection* conn = find(cid);
         if (conn == nullptr) return;
         if (!d.has_value()) {

@@ -77,6 +77,9 @@ int spawnAll(Client& c) {
   return 0;
 }
 
+Result<std::vector<dragon::ProcessInfo>> spawnSelf(Client& c, std::vector<std::string> args,
+                                                   std::uint32_t node);
+
 // Long-running processes everywhere: ps lists them with their nodes, a signal reaches them,
 // wait reports the signal.
 int psAndSignal(Client& c) {
@@ -107,7 +110,68 @@ int psAndSignal(Client& c) {
   for (const auto& e : *exits) {
     if (e.signal != SIGTERM) return failWith("a sleeper ended without SIGTERM");
   }
+  // The ends are in the job-wide table too.
+  list = c.listProcesses();
+  if (!list.has_value()) return failWith("ps: " + list.error().toString());
+  std::size_t ended = 0;
+  for (const auto& e : *list) {
+    for (auto p : puids) {
+      if (e.puid == p && !e.running && e.exit.signal == SIGTERM) ++ended;
+    }
+  }
+  if (ended != puids.size()) return failWith("ps does not show every sleeper ended by SIGTERM");
+  // From a process on another node than the head's (where global services are).
+  if (nodes->size() >= 3) {
+    const std::uint32_t from = (*nodes)[1].node;
+    const std::uint32_t to = (*nodes)[2].node;
+    auto third = spawnSelf(c, {"ps-third", std::to_string(to)}, from);
+    if (!third.has_value()) return failWith("spawn ps-third: " + third.error().toString());
+    auto done = c.wait({third->front().puid}, dragon::Timeout::after(std::chrono::seconds(60)));
+    if (!done.has_value()) return failWith("wait ps-third: " + done.error().toString());
+    if (done->front().exitCode != 0) return failWith("ps-third failed (its output is above)");
+  }
   std::printf("probe: ok ps-signal %zu nodes\n", nodes->size());
+  return 0;
+}
+
+// Run on node `from` (neither the head's node nor node `to`): the job-wide process table, kept
+// by global services on the head's node, lists at once what this process just started on node
+// `to`, and its end once a wait here has seen it.
+int psThirdNode(Client& c, std::uint32_t to) {
+  for (int round = 0; round < 20; ++round) {
+    auto p = c.spawn(shell("exec sleep 600", Placement::onNode(to)));
+    if (!p.has_value()) return failWith("spawn on " + std::to_string(to) + ": " + p.error().toString());
+    const std::uint64_t puid = p->front().puid;
+    auto state = [&](bool& found, bool& running, int& sig) -> dragon::Status {
+      auto list = c.listProcesses();
+      if (!list.has_value()) return list.error();
+      found = false;
+      for (const auto& e : *list) {
+        if (e.puid != puid) continue;
+        if (e.node != to) return dragon::Status(StatusCode::Internal, "listed on the wrong node");
+        found = true;
+        running = e.running;
+        sig = e.exit.signal;
+      }
+      return dragon::Status::ok();
+    };
+    bool found = false;
+    bool running = false;
+    int sig = 0;
+    dragon::Status st = state(found, running, sig);
+    if (!st.isOk()) return failWith("ps: " + st.toString());
+    if (!found || !running) return failWith("ps from a third node does not list a process just started");
+    st = c.signal({puid}, SIGKILL);
+    if (!st.isOk()) return failWith("signal: " + st.toString());
+    auto exits = c.wait({puid}, dragon::Timeout::after(std::chrono::seconds(30)));
+    if (!exits.has_value()) return failWith("wait: " + exits.error().toString());
+    st = state(found, running, sig);
+    if (!st.isOk()) return failWith("ps: " + st.toString());
+    if (!found || running || sig != SIGKILL) {
+      return failWith("ps from a third node does not show the end a wait there saw");
+    }
+  }
+  std::printf("probe: ok ps from a third node\n");
   return 0;
 }
 
@@ -832,6 +896,7 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   if (mode == "spawn-all") return spawnAll(*client);
   if (mode == "ps-signal") return psAndSignal(*client);
+  if (mode == "ps-third" && argc == 3) return psThirdNode(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   if (mode == "round-robin" && argc == 3) return roundRobin(*client, std::atoi(argv[2]));
   if (mode == "spawn-rate" && argc == 4) {
     return spawnRate(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atof(argv[3]));

@@ -459,7 +459,7 @@ TEST(Server, Sigusr1DumpsEveryManagersState) {
   };
   EXPECT_TRUE(testing::eventually([&] { return contents().find("event loop:") != std::string::npos; }));
   const std::string text = contents();
-  for (const char* part : {"global services", "processes:", "objects: 1 pools", "server: 1 connections",
+  for (const char* part : {"node registry", "processes:", "objects: 1 pools", "server: 1 connections",
                            "name 'dumped'"}) {
     EXPECT_NE(text.find(part), std::string::npos) << part << " missing from:\n" << text;
   }
