@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -15,13 +16,14 @@ namespace dragon::daemon {
 
 namespace {
 constexpr int kTimerKey = -1;
+constexpr int kPostKey = -2;
 std::uint64_t key(int fd, std::uint32_t generation) {
   return (std::uint64_t{generation} << 32) | static_cast<std::uint32_t>(fd);
 }
 }  // namespace
 
-EventLoop::EventLoop(UniqueFd epoll, UniqueFd timer)
-    : epoll_(std::move(epoll)), timerFd_(std::move(timer)) {}
+EventLoop::EventLoop(UniqueFd epoll, UniqueFd timer, std::unique_ptr<Posted> posted)
+    : epoll_(std::move(epoll)), timerFd_(std::move(timer)), posted_(std::move(posted)) {}
 
 Result<EventLoop> EventLoop::create() {
   UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
@@ -38,7 +40,16 @@ Result<EventLoop> EventLoop::create() {
   if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, tf.get(), &ev) != 0) {
     return Status::fromErrno("epoll_ctl(timerfd)", errno);
   }
-  return EventLoop(std::move(ep), std::move(tf));
+  auto posted = std::make_unique<Posted>();
+  posted->fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!posted->fd) {
+    return Status::fromErrno("eventfd", errno);
+  }
+  ev.data.u64 = key(kPostKey, 0);
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, posted->fd.get(), &ev) != 0) {
+    return Status::fromErrno("epoll_ctl(eventfd)", errno);
+  }
+  return EventLoop(std::move(ep), std::move(tf), std::move(posted));
 }
 
 Status EventLoop::add(int fd, std::uint32_t events, Handler handler) {
@@ -100,6 +111,30 @@ void EventLoop::cancelTimer(TimerId id) {
   timers_.erase(it);
 }
 
+void EventLoop::post(std::function<void()> fn) {
+  bool wake = false;
+  {
+    std::lock_guard lk(posted_->mu);
+    wake = posted_->fns.empty();  // else the loop has been woken and not run them yet
+    posted_->fns.push_back(std::move(fn));
+  }
+  if (wake) {
+    const std::uint64_t one = 1;
+    (void)!write(posted_->fd.get(), &one, sizeof one);
+  }
+}
+
+void EventLoop::runPosted() {
+  std::uint64_t n = 0;
+  (void)!read(posted_->fd.get(), &n, sizeof n);
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard lk(posted_->mu);
+    fns.swap(posted_->fns);
+  }
+  for (auto& fn : fns) fn();
+}
+
 void EventLoop::armTimer() {
   const std::int64_t next = byTime_.empty() ? 0 : byTime_.begin()->first;
   if (next == armedAt_) {
@@ -154,6 +189,10 @@ Status EventLoop::run() {
       const auto gen = static_cast<std::uint32_t>(events[i].data.u64 >> 32);
       if (fd == kTimerKey) {
         fireTimers();
+        continue;
+      }
+      if (fd == kPostKey) {
+        runPosted();
         continue;
       }
       auto it = handlers_.find(fd);

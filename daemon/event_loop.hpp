@@ -6,7 +6,8 @@
 // already an fd on Linux, so one epoll set covers it with no extra threads, no signal handlers
 // and no dependency; Asio would add an abstraction over exactly these calls.
 //
-// Owning thread: the daemon's main thread. Nothing here is thread-safe.
+// Owning thread: the daemon's main thread. Nothing here is thread-safe except post(), by which
+// other threads (the gateway's) hand work to the loop.
 #pragma once
 
 #include "base/private.hpp"
@@ -18,6 +19,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 namespace dragon::daemon {
 
@@ -39,6 +42,10 @@ class EventLoop {
   TimerId addTimerAfterNs(std::int64_t ns, std::function<void()> fn);
   void cancelTimer(TimerId id);
 
+  // Thread-safe: runs `fn` on the loop's thread at its next turn, in the order posted (an
+  // eventfd in the epoll set wakes the loop).
+  void post(std::function<void()> fn);
+
   // Dispatches events until stop() (called from a handler or timer).
   Status run();
   void stop() noexcept { stopping_ = true; }
@@ -47,7 +54,14 @@ class EventLoop {
   std::size_t pendingTimers() const noexcept { return timers_.size(); }
 
  private:
-  EventLoop(UniqueFd epoll, UniqueFd timer);
+  struct Posted {
+    std::mutex mu;
+    std::vector<std::function<void()>> fns;  // under mu
+    UniqueFd fd;                             // eventfd: fns is not empty
+  };
+
+  EventLoop(UniqueFd epoll, UniqueFd timer, std::unique_ptr<Posted> posted);
+  void runPosted();
   void fireTimers();
   void armTimer();
 
@@ -69,6 +83,7 @@ class EventLoop {
   TimerId nextTimer_ = 1;
   std::int64_t armedAt_ = -1;
   bool stopping_ = false;
+  std::unique_ptr<Posted> posted_;  // at one address, whatever moves the loop
 };
 
 }  // namespace dragon::daemon

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 namespace dragon::daemon {
@@ -136,13 +135,10 @@ Gateway::~Gateway() {
     ring();
     thread_.join();
   }
-  if (doneFd_) loop_.remove(doneFd_.get());
 }
 
 Status Gateway::startThread() {
   if (thread_.joinable()) return Status::ok();
-  doneFd_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!doneFd_) return Status::fromErrno("eventfd", errno);
   PoolOptions po;
   po.size = std::size_t{64} << 10;
   po.prefault = false;
@@ -153,7 +149,6 @@ Status Gateway::startThread() {
   co.inlineSize = 8;
   DRAGON_ASSIGN_OR_RETURN(Channel bell, Channel::create(*bellPool_, co));
   bell_ = std::make_unique<Channel>(std::move(bell));
-  DRAGON_TRY(loop_.add(doneFd_.get(), EPOLLIN, [this](std::uint32_t) { onDone(); }));
   thread_ = std::thread([this] { run(); });
   return Status::ok();
 }
@@ -303,17 +298,6 @@ std::size_t Gateway::parked() const {
       std::count_if(ops_.begin(), ops_.end(), [](const auto& o) { return !o->finished; }));
 }
 
-void Gateway::onDone() {
-  std::uint64_t n = 0;
-  (void)!read(doneFd_.get(), &n, sizeof n);
-  std::vector<std::pair<Reply, pb::Envelope>> done;
-  {
-    std::lock_guard lk(mu_);
-    done.swap(done_);
-  }
-  for (auto& [reply, answer] : done) reply(std::move(answer));
-}
-
 // The gateway thread: completes parked operations as their channels allow.
 void Gateway::run() {
   std::string buf;  // every RECV's buffer (grown once, never zeroed again)
@@ -322,7 +306,6 @@ void Gateway::run() {
   std::size_t rotate = 0;
   for (;;) {
     std::int64_t nextDeadline = INT64_MAX;
-    bool answered = false;
     bool partial = false;
     items.clear();
     waitedIds.clear();
@@ -337,9 +320,12 @@ void Gateway::run() {
         if (!o.finished) {
           Attempt a = attempt(o.channel, o.op, buf);
           if (a.done || now >= o.deadlineNs) {
-            done_.emplace_back(std::move(o.reply), a.done ? std::move(a.answer) : expired(o.op));
+            // Answered on the loop's thread, which owns the reply paths.
+            loop_.post([reply = std::move(o.reply),
+                        answer = a.done ? std::move(a.answer) : expired(o.op)]() mutable {
+              reply(std::move(answer));
+            });
             o.finished = true;
-            answered = true;
           }
         }
         if (o.finished) {
@@ -377,10 +363,6 @@ void Gateway::run() {
         waitedIds.push_back(o.channelId);
       }
       ++rotate;
-    }
-    if (answered) {
-      const std::uint64_t one = 1;
-      (void)!write(doneFd_.get(), &one, sizeof one);
     }
     std::int64_t waitNs = nextDeadline == INT64_MAX ? Timeout::kForeverNs
                                                     : std::max<std::int64_t>(

@@ -7,7 +7,7 @@
 // and may wait is parked with the gateway's one thread, which sleeps in Channel::waitAny over
 // every parked channel (plus a doorbell channel that new work rings), completes the operation
 // as soon as the channel allows or answers Timeout at its deadline, and hands the answer back
-// to the loop through an eventfd. The thread maps each pool itself (a dup of the pool's memfd),
+// to the loop with EventLoop::post. The thread maps each pool itself (a dup of the pool's memfd),
 // so a pool that the loop releases stays mapped for it; the loop cancels an operation before
 // its channel is destroyed, and the thread touches no channel of a cancelled one after that.
 //
@@ -66,7 +66,6 @@ class Gateway {
   Status startThread();
   void run();
   void ring();
-  void onDone();
   void park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
             std::shared_ptr<Pool> pool, Reply reply);
   // Finishes the parked operations `which` selects, answering each with `answer` (if given).
@@ -75,13 +74,11 @@ class Gateway {
 
   EventLoop& loop_;
   ObjectManager& objects_;
-  UniqueFd doneFd_;  // eventfd: the thread has answers for the loop
   std::string loopBuf_;  // the loop's receive buffer for RECVs tried at once
 
   // Shared with the thread, under mu_.
   mutable std::mutex mu_;
   std::list<std::unique_ptr<Op>> ops_;  // parked; the thread erases finished and cancelled ones
-  std::vector<std::pair<Reply, protocol::Envelope>> done_;
   bool stop_ = false;
   std::uint64_t pass_ = 0;      // the thread's passes: one begins after every wait
   std::condition_variable passed_;
