@@ -122,11 +122,18 @@ void HostedGlobalServices::processEnded(const ProcessRecord& record) {
   r.running = false;
 }
 
-void HostedGlobalServices::listProcesses(Listed done) {
+std::vector<ProcessRecord> HostedGlobalServices::select(std::uint64_t group) const {
   std::vector<ProcessRecord> out;
-  out.reserve(processes_.size());
-  for (const auto& [key, r] : processes_) out.push_back(r);
-  done(std::move(out));
+  for (const auto& [key, r] : processes_) {
+    if (group == 0 || r.group == group) out.push_back(r);
+  }
+  return out;
+}
+
+void HostedGlobalServices::listProcesses(Listed done) { done(select(0)); }
+
+void HostedGlobalServices::listGroup(std::uint64_t group, Listed done) {
+  done(group == 0 ? std::vector<ProcessRecord>{} : select(group));
 }
 
 void HostedGlobalServices::nodeLost(std::uint32_t node) {
@@ -184,7 +191,7 @@ bool HostedGlobalServices::answer(const pb::Envelope& request, pb::Envelope& rep
     case pb::Envelope::kListProcesses: {
       if (request.list_processes().this_node_only()) return false;
       auto* list = reply.mutable_process_list();
-      for (const auto& [key, r] : processes_) *list->add_process() = toEntry(r);
+      for (const auto& r : select(request.list_processes().group())) *list->add_process() = toEntry(r);
       return true;
     }
     default:
@@ -255,9 +262,20 @@ void RemoteGlobalServices::processEnded(const ProcessRecord& record) {
   forward_(std::move(req), [](Result<pb::Envelope>) {});
 }
 
-void RemoteGlobalServices::listProcesses(Listed done) {
+void RemoteGlobalServices::listProcesses(Listed done) { list(0, std::move(done)); }
+
+void RemoteGlobalServices::listGroup(std::uint64_t group, Listed done) {
+  if (group == 0) {
+    done(std::vector<ProcessRecord>{});
+    return;
+  }
+  list(group, std::move(done));
+}
+
+void RemoteGlobalServices::list(std::uint64_t group, Listed done) {
   pb::Envelope req;
   req.mutable_list_processes()->set_this_node_only(false);
+  req.mutable_list_processes()->set_group(group);
   ++sent_;
   forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
     Status st = answerStatus(r);

@@ -56,6 +56,9 @@ class GlobalServices {
   virtual void processEnded(const ProcessRecord& record) = 0;
   // Every process of the job, sorted by node, then puid.
   virtual void listProcesses(Listed done) = 0;
+  // The processes of a process group (which may span nodes), sorted the same way; empty when
+  // the group does not exist.
+  virtual void listGroup(std::uint64_t group, Listed done) = 0;
 
   // Placement: the node the next round-robin process of the job goes to, whichever node asks.
   // A smooth weighted round-robin over the live nodes, weighted by the CPUs the job was granted
@@ -85,6 +88,7 @@ class HostedGlobalServices final : public GlobalServices {
   void processStarted(const ProcessRecord& record) override;
   void processEnded(const ProcessRecord& record) override;
   void listProcesses(Listed done) override;
+  void listGroup(std::uint64_t group, Listed done) override;
   void place(Placed done) override;
   void sync(Done done) override { done(Status::ok()); }
   void nodeLost(std::uint32_t node) override;
@@ -97,6 +101,7 @@ class HostedGlobalServices final : public GlobalServices {
  private:
   Status claim(const std::string& name, const ObjectDescriptor& object, bool replace);
   bool answer(const protocol::Envelope& request, protocol::Envelope& reply);
+  std::vector<ProcessRecord> select(std::uint64_t group) const;  // 0: all
 
   std::map<std::string, ObjectDescriptor, std::less<>> names_;
   std::map<std::pair<std::uint32_t, std::uint64_t>, ProcessRecord> processes_;  // (node, puid)
@@ -125,6 +130,7 @@ class RemoteGlobalServices final : public GlobalServices {
   void processStarted(const ProcessRecord& record) override;
   void processEnded(const ProcessRecord& record) override;
   void listProcesses(Listed done) override;
+  void listGroup(std::uint64_t group, Listed done) override;
   void place(Placed done) override;
   void sync(Done done) override;
   // The hosting node keeps the tables; a lost node is its business (the pending calls of a
@@ -135,6 +141,8 @@ class RemoteGlobalServices final : public GlobalServices {
  private:
   std::uint32_t globalNode_;
   Forward forward_;
+  void list(std::uint64_t group, Listed done);
+
   std::uint64_t sent_ = 0;
 };
 

@@ -258,7 +258,8 @@ Result<ProcessManager::Spawned> ProcessManager::spawn(const pb::Spawn& req, std:
                   "at most " + std::to_string(kMaxCount) + " processes per spawn");
   }
   std::uint64_t group = req.group();
-  if (group != 0 && registry_.groupMembers(group).empty()) {
+  const bool otherNode = (group >> 40) != node_;
+  if (group != 0 && (!otherNode || !groupsOfOtherNodes_) && registry_.groupMembers(group).empty()) {
     return Status(StatusCode::NotFound, "no process group " + std::to_string(group));
   }
   if (group == 0 && count > 1) {

@@ -66,6 +66,9 @@ class ProcessManager {
     std::uint64_t group = 0;
   };
   // `passed` holds the requester's fds for PASSED streams, in stdin, stdout, stderr order.
+  // A group of this node must have members here; another node's group (a multi-node job's
+  // groups span nodes) is taken as the server gives it, which checked it with global services,
+  // once the server allows them (on one node there are none).
   Result<Spawned> spawn(const protocol::Spawn& request, std::uint64_t job,
                         std::vector<UniqueFd>& passed);
   // Calls `done` once every process in `puids` has finished, or with Timeout at the deadline
@@ -73,6 +76,7 @@ class ProcessManager {
   void wait(const std::vector<std::uint64_t>& puids, std::int64_t timeoutNs, WaitDone done);
   Status signal(const std::vector<std::uint64_t>& puids, int sig);
   Status signalGroup(std::uint64_t group, int sig);
+  void allowGroupsOfOtherNodes() { groupsOfOtherNodes_ = true; }
 
   // Terminates the job's processes (SIGTERM, SIGKILL after the grace period) and calls `done`
   // when all have finished; forgets them then. `done` may be empty.
@@ -156,6 +160,7 @@ class ProcessManager {
 
   EventLoop& loop_;
   NodeRegistry& registry_;
+  bool groupsOfOtherNodes_ = false;
   std::uint32_t node_;
   std::int64_t killGraceNs_;
   OutputSink sink_;

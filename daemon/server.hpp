@@ -162,8 +162,14 @@ class Server {
   // told them before it (for an answer to a third node, which may ask them next).
   Reply afterGlobalSync(std::uint32_t requester, Reply reply);
   void clusterSpawn(Connection& c, protocol::Envelope& msg);
+  // Starts a spawn on `target` (here or forwarded), once global services confirm a group of
+  // another node it joins.
+  void spawnPlaced(std::uint64_t cid, std::uint64_t rid, std::uint64_t job, protocol::Spawn sp,
+                   std::uint32_t target, std::shared_ptr<std::vector<UniqueFd>> fds);
   // Forwards a spawn to the node it names (another node's).
   void spawnOn(Connection& c, std::uint64_t rid, protocol::Spawn sp);
+  // Signals a process group on every node that has members (global services know which).
+  void clusterSignalGroup(Connection& c, protocol::Envelope& msg);
   void clusterWait(Connection& c, protocol::Envelope& msg);
   void clusterSignal(Connection& c, protocol::Envelope& msg);
   void clusterList(Connection& c, protocol::Envelope& msg);

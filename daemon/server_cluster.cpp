@@ -63,6 +63,7 @@ void Server::startGlobalServices() {
           cluster_->forward(globalNode, std::move(request), std::move(done));
         });
   }
+  processes_->allowGroupsOfOtherNodes();  // checked with global services first
   // The job's processes on this node go into the job-wide table as they start and end.
   registry_.setProcessHooks(
       [this](const ProcessRecord& r) {
@@ -175,8 +176,10 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
     }
     case pb::Envelope::kSpawn: {
       const auto& sp = msg.spawn();
-      if (sp.placement() == pb::Spawn::THIS_NODE) return false;
-      if (sp.placement() == pb::Spawn::PLACE_NODE && sp.node() == cluster_->self()) return false;
+      const bool here = sp.placement() == pb::Spawn::THIS_NODE ||
+                        (sp.placement() == pb::Spawn::PLACE_NODE && sp.node() == cluster_->self());
+      // Into a group of this node, or none: the local path.
+      if (here && (sp.group() == 0 || nodeOfPuid(sp.group()) == cluster_->self())) return false;
       clusterSpawn(c, msg);
       return true;
     }
@@ -191,14 +194,7 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
     }
     case pb::Envelope::kSignal: {
       if (msg.signal().group() != 0) {
-        // A group lives on one node, which its id names.
-        const std::uint32_t node = nodeOfPuid(msg.signal().group());
-        if (node == cluster_->self()) return false;
-        pb::Envelope fwd;
-        *fwd.mutable_signal() = msg.signal();
-        Reply reply = replyTo(c, rid);
-        cluster_->forward(node, std::move(fwd),
-                          [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+        clusterSignalGroup(c, msg);
         return true;
       }
       for (auto p : msg.signal().puid()) {
@@ -237,31 +233,63 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
 
 void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
   const std::uint64_t rid = msg.request_id();
-  if (msg.spawn().placement() == pb::Spawn::ROUND_ROBIN) {
-    // Global services choose the node (job-wide turns, whichever node asks). The request's
-    // fds are taken now: the connection's next request may bring its own meanwhile.
-    auto fds = std::make_shared<std::vector<UniqueFd>>(std::move(c.inFds));
-    const std::uint64_t job = jobOf(c);
-    global_->place([this, cid = c.id, rid, job, sp = msg.spawn(), fds](Result<std::uint32_t> node) mutable {
-      Connection* conn = find(cid);
-      if (conn == nullptr) return;
-      if (!node.has_value()) {
-        sendError(*conn, rid, node.error());
-      } else if (*node == cluster_->self()) {
-        localSpawn(sp, job, *fds, replyTo(*conn, rid));
-      } else {
-        sp.set_placement(pb::Spawn::PLACE_NODE);
-        sp.set_node(*node);
-        spawnOn(*conn, rid, std::move(sp));
-      }
-    });
-    return;
-  }
-  if (msg.spawn().placement() != pb::Spawn::PLACE_NODE) {
+  const pb::Spawn& sp = msg.spawn();
+  if (sp.placement() != pb::Spawn::ROUND_ROBIN && sp.placement() != pb::Spawn::PLACE_NODE &&
+      sp.placement() != pb::Spawn::THIS_NODE) {
     sendError(c, rid, Status(StatusCode::InvalidArgument, "unknown placement"));
     return;
   }
-  spawnOn(c, rid, msg.spawn());
+  // The request's fds are taken now: the connection's next request may bring its own while
+  // global services answer.
+  auto fds = std::make_shared<std::vector<UniqueFd>>(std::move(c.inFds));
+  const std::uint64_t job = jobOf(c);
+  if (sp.placement() == pb::Spawn::ROUND_ROBIN) {
+    // Global services choose the node (job-wide turns, whichever node asks).
+    global_->place([this, cid = c.id, rid, job, sp, fds](Result<std::uint32_t> node) mutable {
+      if (!node.has_value()) {
+        if (Connection* conn = find(cid)) sendError(*conn, rid, node.error());
+        return;
+      }
+      spawnPlaced(cid, rid, job, std::move(sp), *node, fds);
+    });
+    return;
+  }
+  spawnPlaced(c.id, rid, job, sp,
+              sp.placement() == pb::Spawn::THIS_NODE ? cluster_->self() : sp.node(), fds);
+}
+
+void Server::spawnPlaced(std::uint64_t cid, std::uint64_t rid, std::uint64_t job, pb::Spawn sp,
+                         std::uint32_t target, std::shared_ptr<std::vector<UniqueFd>> fds) {
+  if (find(cid) == nullptr) return;
+  const std::uint64_t group = sp.group();
+  auto start = [this, cid, rid, job, target, fds](pb::Spawn request) {
+    Connection* conn = find(cid);
+    if (conn == nullptr) return;
+    if (target == cluster_->self()) {
+      localSpawn(request, job, *fds, replyTo(*conn, rid));
+    } else {
+      request.set_placement(pb::Spawn::PLACE_NODE);
+      request.set_node(target);
+      spawnOn(*conn, rid, std::move(request));
+    }
+  };
+  if (group == 0 || nodeOfPuid(group) == target) {
+    start(std::move(sp));  // a group of the target node: its dragond knows it
+    return;
+  }
+  // A group may span nodes: global services know whether it exists.
+  global_->listGroup(group, [this, cid, rid, group, start, sp = std::move(sp)](
+                                Result<std::vector<ProcessRecord>> members) mutable {
+    Connection* conn = find(cid);
+    if (conn == nullptr) return;
+    if (!members.has_value()) {
+      sendError(*conn, rid, members.error());
+    } else if (members->empty()) {
+      sendError(*conn, rid, Status(StatusCode::NotFound, "no process group " + std::to_string(group)));
+    } else {
+      start(std::move(sp));
+    }
+  });
 }
 
 void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
@@ -280,13 +308,6 @@ void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
                              "fds cannot be lent to a process on another node"));
     return;
   }
-  if (sp.group() != 0 && nodeOfPuid(sp.group()) != target) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument,
-                             "process group " + std::to_string(sp.group()) + " is on node " +
-                                 std::to_string(nodeOfPuid(sp.group())) +
-                                 ": a group's processes are on one node"));
-    return;
-  }
   // This process's terminal cannot be lent across nodes: its output comes back through the
   // launcher of the node it runs on (as srun gathers every task's output), its stdin is empty.
   // (Inherit likewise: that node's dragond's stdio is its launcher's, the user's terminal.)
@@ -303,6 +324,46 @@ void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
   Reply reply = replyTo(c, rid);
   cluster_->forward(target, std::move(fwd),
                     [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+}
+
+void Server::clusterSignalGroup(Connection& c, pb::Envelope& msg) {
+  // A group may span nodes: global services know its members; each node that has some
+  // signals its own.
+  const pb::Signal sig = msg.signal();
+  Reply reply = replyTo(c, msg.request_id());
+  global_->listGroup(sig.group(), [this, sig, reply](Result<std::vector<ProcessRecord>> members) {
+    if (!members.has_value()) {
+      reply(errorEnvelope(members.error()));
+      return;
+    }
+    std::set<std::uint32_t> nodes;
+    for (const auto& m : *members) nodes.insert(m.node);
+    if (nodes.empty()) {
+      reply(errorEnvelope(Status(StatusCode::NotFound, "no process group " + std::to_string(sig.group()))));
+      return;
+    }
+    // Ok when every node that has members signalled them; else the first error.
+    auto fan = std::make_shared<FanIn>();
+    fan->reply = reply;
+    fan->remaining = static_cast<int>(nodes.size());
+    auto first = std::make_shared<Status>();
+    auto one = [fan, first](const Status& st) {
+      if (!st.isOk() && first->isOk()) *first = st;
+      if (--fan->remaining > 0) return;
+      fan->reply(first->isOk() ? okEnvelope() : errorEnvelope(*first));
+    };
+    for (auto node : nodes) {
+      if (node == cluster_->self()) {
+        one(localSignal(sig));
+        continue;
+      }
+      pb::Envelope fwd;
+      *fwd.mutable_signal() = sig;
+      cluster_->forward(node, std::move(fwd), [one](Result<pb::Envelope> r) {
+        one(statusOf(fromPeer(std::move(r))));
+      });
+    }
+  });
 }
 
 void Server::clusterWait(Connection& c, pb::Envelope& msg) {

@@ -175,6 +175,62 @@ int psThirdNode(Client& c, std::uint32_t to) {
   return 0;
 }
 
+// A process group that spans nodes: two processes started as a group on node 1, one joining it
+// on node 2 and one here (the head's node); ps lists all four in it, one signal to the group
+// ends all four, and joining a group that does not exist is NotFound.
+int groups(Client& c) {
+  auto nodes = c.nodes();
+  if (!nodes.has_value()) return failWith("nodes: " + nodes.error().toString());
+  if (nodes->size() < 3) return failWith("groups needs 3 nodes");
+  auto sleeper = [](Placement where, std::uint64_t group, std::uint32_t count) {
+    SpawnOptions o = shell("exec sleep 600", where);
+    o.group = group;
+    o.count = count;
+    return o;
+  };
+  auto first = c.spawn(sleeper(Placement::onNode((*nodes)[1].node), 0, 2));
+  if (!first.has_value() || first->size() != 2) return failWith("spawn the group on node 1");
+  const std::uint64_t group = first->front().group;
+  if (group == 0) return failWith("a spawn of 2 made no group");
+  std::vector<std::uint64_t> puids{(*first)[0].puid, (*first)[1].puid};
+  auto there = c.spawn(sleeper(Placement::onNode((*nodes)[2].node), group, 1));
+  if (!there.has_value()) return failWith("join the group on node 2: " + there.error().toString());
+  auto here = c.spawn(sleeper(Placement::thisNode(), group, 1));
+  if (!here.has_value()) return failWith("join the group here: " + here.error().toString());
+  puids.push_back(there->front().puid);
+  puids.push_back(here->front().puid);
+  auto list = c.listProcesses();
+  if (!list.has_value()) return failWith("ps: " + list.error().toString());
+  std::set<std::uint32_t> groupNodes;
+  std::size_t inGroup = 0;
+  for (const auto& e : *list) {
+    if (e.group == group && e.running) {
+      ++inGroup;
+      groupNodes.insert(e.node);
+    }
+  }
+  if (inGroup != 4 || groupNodes.size() != 3) {
+    return failWith("ps shows " + std::to_string(inGroup) + " members of the group on " +
+                    std::to_string(groupNodes.size()) + " nodes, not 4 on 3");
+  }
+  dragon::Status st = c.signalGroup(group, SIGTERM);
+  if (!st.isOk()) return failWith("signalGroup: " + st.toString());
+  auto exits = c.wait(puids, dragon::Timeout::after(std::chrono::seconds(30)));
+  if (!exits.has_value()) return failWith("wait: " + exits.error().toString());
+  for (const auto& e : *exits) {
+    if (e.signal != SIGTERM) return failWith("a member ended without SIGTERM");
+  }
+  const std::uint64_t missing = (std::uint64_t{(*nodes)[2].node} << 40) + 999999;
+  auto bad = c.spawn(sleeper(Placement::onNode((*nodes)[1].node), missing, 1));
+  if (bad.has_value() || bad.error().code() != StatusCode::NotFound) {
+    return failWith("joining a group that does not exist was not NotFound");
+  }
+  st = c.signalGroup(missing, SIGTERM);
+  if (st.code() != StatusCode::NotFound) return failWith("signalling a group that does not exist was not NotFound");
+  std::printf("probe: ok a group over 3 nodes\n");
+  return 0;
+}
+
 // Round-robin placement visits every node in turn.
 int roundRobin(Client& c, int count) {
   auto nodes = c.nodes();
@@ -896,6 +952,7 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   if (mode == "spawn-all") return spawnAll(*client);
   if (mode == "ps-signal") return psAndSignal(*client);
+  if (mode == "groups") return groups(*client);
   if (mode == "ps-third" && argc == 3) return psThirdNode(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   if (mode == "round-robin" && argc == 3) return roundRobin(*client, std::atoi(argv[2]));
   if (mode == "spawn-rate" && argc == 4) {

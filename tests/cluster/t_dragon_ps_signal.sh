@@ -1,11 +1,15 @@
 #!/bin/bash
-# Processes on every node: listed with their nodes, signalled, waited for across nodes; then
+# Processes on every node: listed with their nodes, signalled, waited for across nodes; a
+# process group over three nodes, signalled as one; then
 # round-robin placement spreads 30 processes over the 3 nodes, weighted by the CPUs Slurm granted
 # the job on each.
 . "$(dirname "$0")/lib.sh"
 out=$(srun_dragon "$PROBE" ps-signal 2>&1) || fail "ps-signal: srun exited $?: $out"
 echo "$out"
 grep -q "probe: ok ps-signal 3 nodes" <<<"$out" || fail "ps-signal did not pass"
+out=$(srun_dragon "$PROBE" groups 2>&1) || fail "groups: srun exited $?: $out"
+echo "$out"
+grep -q "probe: ok a group over 3 nodes" <<<"$out" || fail "groups did not pass"
 out=$(srun_dragon "$PROBE" round-robin 30 2>&1) || fail "round-robin: srun exited $?: $out"
 echo "$out"
 grep -q "probe: ok round-robin 30 over 3 nodes, 0:10 1:10 2:10" <<<"$out" || fail "round-robin did not pass"

@@ -246,6 +246,33 @@ TYPED_TEST(GlobalServicesConformance, ProcessTableFollowsStartsAndEnds) {
   EXPECT_TRUE(all[0].running);
 }
 
+TYPED_TEST(GlobalServicesConformance, GroupsSpanNodes) {
+  auto a = processOn(1, (std::uint64_t{1} << 40) + 1, 100);  // group 7, on node 1
+  auto b = processOn(2, (std::uint64_t{2} << 40) + 1, 200);  // group 7 too, on node 2
+  auto c = processOn(2, (std::uint64_t{2} << 40) + 2, 201);
+  c.group = 8;
+  this->gs().processStarted(a);
+  this->gs().processStarted(b);
+  this->gs().processStarted(c);
+  auto members = [&](std::uint64_t group) {
+    std::optional<Result<std::vector<ProcessRecord>>> out;
+    this->gs().listGroup(group, [&](Result<std::vector<ProcessRecord>> r) { out = std::move(r); });
+    this->impl.settle();
+    EXPECT_TRUE(out.has_value() && out->has_value());
+    std::vector<std::uint64_t> puids;
+    if (out.has_value() && out->has_value()) {
+      for (const auto& r : **out) puids.push_back(r.puid);
+    }
+    return puids;
+  };
+  EXPECT_EQ(members(7), (std::vector<std::uint64_t>{a.puid, b.puid}));
+  EXPECT_EQ(members(8), (std::vector<std::uint64_t>{c.puid}));
+  EXPECT_TRUE(members(9).empty());
+  EXPECT_TRUE(members(0).empty());  // 0 is no group, not every process
+  this->impl.tables.nodeLost(2);
+  EXPECT_EQ(members(7), (std::vector<std::uint64_t>{a.puid}));
+}
+
 TYPED_TEST(GlobalServicesConformance, SyncCompletesAfterEarlierCalls) {
   this->gs().processStarted(processOn(2, (std::uint64_t{2} << 40) + 1, 300));
   bool synced = false;
@@ -378,13 +405,17 @@ TEST(RemoteGlobalServices, ALostGlobalServicesNodeFailsEveryCallWithNodeLost) {
     EXPECT_EQ(r.error().code(), StatusCode::NodeLost);
     ++answers;
   });
+  proxy.listGroup(7, [&](Result<std::vector<ProcessRecord>> r) {
+    EXPECT_EQ(r.error().code(), StatusCode::NodeLost);
+    ++answers;
+  });
   // One-way calls go nowhere, without an error to anyone.
   proxy.releaseName("x", channelOn(1, 1));
   proxy.processStarted(processOn(1, 1, 1));
   proxy.processEnded(processOn(1, 1, 1));
   link.settle();
-  EXPECT_EQ(answers, 5);
-  EXPECT_EQ(link.requests(), 8u);
+  EXPECT_EQ(answers, 6);
+  EXPECT_EQ(link.requests(), 9u);
 }
 
 TEST(HostedGlobalServices, MalformedRequestsAreAnsweredWithAnError) {

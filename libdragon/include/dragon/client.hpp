@@ -108,7 +108,7 @@ struct Placement {
     ThisNode,    // the requester's node
     Node,        // the node given
     RoundRobin,  // the next live node in turn, weighted by the CPUs the job was granted on each
-                 // (counted by the requester's dragond)
+                 // (the turns are job-wide, kept by global services)
   };
   Kind kind = Kind::ThisNode;
   std::uint32_t node = 0;
@@ -127,7 +127,7 @@ struct SpawnOptions {
   std::string stdinFile, stdoutFile, stderrFile;
   int stdinFd = 0, stdoutFd = 1, stderrFd = 2;  // for Passed
   std::string label;       // prefixes captured lines, e.g. "[worker 3] "
-  std::uint64_t group = 0;  // join this process group; 0: none
+  std::uint64_t group = 0;  // join this process group (on any node of the job); 0: none
   std::uint32_t count = 1;  // start this many, all in `group` if set
   // This process's fds to lend the child, which finds extraFds[i] as fd extraFdBase + i
   // (base 3 or more; at most 32 of them).
