@@ -362,7 +362,7 @@ void Cluster::pump() {
 void Cluster::scheduleProgress() {
   if (progressScheduled_ || closed_) return;
   progressScheduled_ = true;
-  loop_.addTimerAfterNs(0, [this] {
+  loop_.defer([this] {
     progressScheduled_ = false;
     pump();
   });

@@ -60,6 +60,7 @@ class Daemon {
       auto cluster = Cluster::create(loop_, node_, options_.config);
       if (cluster.has_value()) {
         cluster_ = std::move(*cluster);
+        loop_.setPollNs(options_.config.getDurationNs("cluster.poll"));
         server_.setCluster(*cluster_, boundPath_,
                            options_.config.getDurationNs("cluster.node_lost_grace"),
                            options_.config.getDurationNs("cluster.connect_timeout"));

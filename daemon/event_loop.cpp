@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -177,7 +178,13 @@ Status EventLoop::run() {
   epoll_event events[64];
   stopping_ = false;  // a loop stopped once may run again
   while (!stopping_) {
-    const int n = epoll_wait(epoll_.get(), events, 64, -1);
+    int n = epoll_wait(epoll_.get(), events, 64, deferred_.empty() && pollNs_ == 0 ? -1 : 0);
+    if (n == 0 && deferred_.empty() && pollNs_ > 0) {
+      // Nothing now: poll a while (setPollNs) before sleeping.
+      const std::int64_t until = monotonicNowNs() + pollNs_;
+      while (n == 0 && monotonicNowNs() < until) n = epoll_wait(epoll_.get(), events, 64, 0);
+      if (n == 0) n = epoll_wait(epoll_.get(), events, 64, -1);
+    }
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -202,6 +209,13 @@ Status EventLoop::run() {
       auto handler = it->second.handler;  // keeps it alive if the handler removes itself
       (*handler)(events[i].events);
     }
+    std::vector<std::function<void()>> now;
+    now.swap(deferred_);
+    std::size_t ran = 0;
+    while (ran < now.size() && !stopping_) now[ran++]();
+    // Stopped: what is left runs if the loop runs again, before anything deferred since.
+    deferred_.insert(deferred_.begin(), std::make_move_iterator(now.begin() + static_cast<std::ptrdiff_t>(ran)),
+                     std::make_move_iterator(now.end()));
   }
   return Status::ok();
 }

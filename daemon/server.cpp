@@ -165,7 +165,7 @@ void Server::processBuffered(std::uint64_t id) {
   Connection* c = find(id);
   if (c != nullptr && !c->drainScheduled) {
     c->drainScheduled = true;
-    loop_.addTimerAfterNs(0, [this, id] {
+    loop_.defer([this, id] {
       if (Connection* again = find(id)) {
         again->drainScheduled = false;
         processBuffered(id);
@@ -578,7 +578,7 @@ void Server::scheduleClose(Connection& c) {
   loop_.remove(c.fd.get());
   const std::uint64_t id = c.id;
   // Never close inside a manager's callback: the manager may be iterating its own state.
-  loop_.addTimerAfterNs(0, [this, id] { closeConnection(id); });
+  loop_.defer([this, id] { closeConnection(id); });
 }
 
 void Server::closeConnection(std::uint64_t id) {

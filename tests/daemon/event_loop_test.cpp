@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -65,6 +66,68 @@ TEST(EventLoopPost, WorkPostedOnTheLoopRunsAtItsNextTurnNotInline) {
   });
   ASSERT_TRUE(loop->run().isOk());
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
+}
+
+}  // namespace
+}  // namespace dragon::daemon
+
+namespace dragon::daemon {
+namespace {
+
+TEST(EventLoopDefer, RunsAfterTheTurnAndKeepsWhatAStopLeft) {
+  auto loop = EventLoop::create();
+  ASSERT_TRUE(loop.has_value());
+  std::vector<int> order;
+  loop->defer([&] {
+    order.push_back(1);
+    loop->defer([&] { order.push_back(4); });  // deferred by deferred work: the next turn
+  });
+  loop->defer([&] {
+    order.push_back(2);
+    loop->stop();
+  });
+  loop->defer([&] { order.push_back(3); });  // left by the stop
+  ASSERT_TRUE(loop->run().isOk());
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
+  loop->addTimerAfterNs(kWatchdogNs, [&] { loop->stop(); });
+  loop->defer([&] { loop->stop(); });
+  ASSERT_TRUE(loop->run().isOk());  // runs again: what was left first, in order
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4}));
+}
+
+TEST(EventLoopPoll, APollingLoopStillSleepsAndWakes) {
+  // With polling on, the loop polls a while after each event, then sleeps: work posted later
+  // from another thread and a timer both still run.
+  auto loop = EventLoop::create();
+  ASSERT_TRUE(loop.has_value());
+  loop->setPollNs(100'000);
+  bool timerRan = false;
+  bool postRan = false;
+  bool timedOut = false;
+  loop->addTimerAfterNs(kWatchdogNs, [&] {
+    timedOut = true;
+    loop->stop();
+  });
+  loop->addTimerAfterNs(20'000'000, [&] {
+    timerRan = true;
+    if (postRan) loop->stop();
+  });
+  std::atomic<bool> go{false};
+  std::thread poster([&] {
+    while (!go.load()) std::this_thread::yield();
+    // Well after the loop's polling window has ended: it is asleep in epoll_wait.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    loop->post([&] {
+      postRan = true;
+      if (timerRan) loop->stop();
+    });
+  });
+  loop->defer([&] { go = true; });
+  ASSERT_TRUE(loop->run().isOk());
+  poster.join();
+  EXPECT_FALSE(timedOut);
+  EXPECT_TRUE(postRan);
+  EXPECT_TRUE(timerRan);
 }
 
 }  // namespace
