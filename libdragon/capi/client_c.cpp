@@ -280,6 +280,31 @@ dragon_status_t dragon_transfer_wait(dragon_transfer_t* transfer, int64_t timeou
 
 void dragon_transfer_free(dragon_transfer_t* transfer) { delete transfer; }
 
+dragon_status_t dragon_client_wait_any(dragon_client_t* client, dragon_wait_item_t* items,
+                                       size_t count, int64_t timeout_ns, size_t* out_ready) {
+  return guarded([&] {
+    if (client == nullptr || (items == nullptr && count > 0) || out_ready == nullptr) {
+      return invalid("client, items or out_ready is NULL");
+    }
+    if (count >= dragon::Channel::kMaxWaitItems) return invalid("too many wait items");
+    std::vector<dragon::ClientWaitItem> w(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (items[i].channel == nullptr) return invalid("a wait item without a channel");
+      if (items[i].channel->remote) {
+        w[i].channel = items[i].channel->remote.get();
+      } else {
+        w[i].mapped = &*items[i].channel->channel;
+      }
+      w[i].events = static_cast<dragon::WaitFor>(items[i].events);
+    }
+    auto n = client->client.waitAny(w, toTimeout(timeout_ns));
+    if (!n.has_value()) return fail(n.error());
+    for (size_t i = 0; i < count; ++i) items[i].ready = static_cast<uint32_t>(w[i].ready);
+    *out_ready = *n;
+    return DRAGON_OK;
+  });
+}
+
 dragon_status_t dragon_client_nodes(dragon_client_t* client, dragon_node_t* out_nodes,
                                     size_t capacity, size_t* out_count) {
   return guarded([&] {

@@ -893,10 +893,10 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
   for (std::size_t i = 0; i < items.size(); ++i) {
     ClientWaitItem& it = items[i];
     it.ready = WaitFor{};
+    if ((it.transfer != nullptr) + (it.channel != nullptr) + (it.mapped != nullptr) > 1) {
+      return Status(StatusCode::InvalidArgument, "a waitAny item is one channel or one transfer");
+    }
     if (it.transfer != nullptr) {
-      if (it.channel != nullptr) {
-        return Status(StatusCode::InvalidArgument, "a waitAny item is a channel or a transfer, not both");
-      }
       if (!it.transfer->done() && it.transfer->conn_ != &impl) {
         return Status(StatusCode::InvalidArgument, "a waitAny transfer of another client");
       }
@@ -904,10 +904,13 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
       continue;
     }
     const auto ev = static_cast<unsigned>(it.events);
-    if (it.channel == nullptr || (ev & 3u) == 0 || ev > 3u) {
+    if ((it.channel == nullptr && it.mapped == nullptr) || (ev & 3u) == 0 || ev > 3u) {
       return Status(StatusCode::InvalidArgument, "waitAny item without a channel or events");
     }
-    if (it.channel->isRemote()) {
+    if (it.mapped != nullptr) {
+      local.push_back({it.mapped, it.events, {}});
+      localAt.push_back(i);
+    } else if (it.channel->isRemote()) {
       auto* item = w->add_item();
       *item->mutable_channel() = pb::toRef(it.channel->descriptor());
       item->set_events(ev);

@@ -67,6 +67,33 @@ static int echo(const char* up_text, const char* down_text) {
   if (dragon_channel_wait_any(&item, 1, 0, &n) != DRAGON_INVALID_ARGUMENT) {
     ECHO_FAIL("wait_any of a remote channel was not refused");
   }
+  /* The client's wait_any takes both kinds: an empty channel of this node and the remote one
+   * the head answers on. */
+  dragon_pool_t* mine_pool = NULL;
+  dragon_channel_t* mine = NULL;
+  if (dragon_client_pool_create(c, 1u << 20, NULL, &mine_pool) != DRAGON_OK ||
+      dragon_client_channel_create(c, mine_pool, 4, 0, NULL, &mine) != DRAGON_OK) {
+    ECHO_FAIL("a local channel: %s", dragon_last_error());
+  }
+  dragon_wait_item_t both[2] = {{mine, 1, 0}, {down, 1, 0}};
+  if (dragon_client_wait_any(c, both, 2, 30000000000LL, &n) != DRAGON_OK || n != 1 ||
+      both[0].ready != 0 || both[1].ready != 1) {
+    ECHO_FAIL("client wait_any over a local and a remote channel: %s (n %zu, ready %u %u)",
+              dragon_last_error(), n, both[0].ready, both[1].ready);
+  }
+  /* A local one ready first: no remote answer needed. */
+  if (dragon_channel_send(mine, "x", 1, -1) != DRAGON_OK) ECHO_FAIL("send here: %s", dragon_last_error());
+  dragon_wait_item_t up_and_mine[2] = {{up, 1, 0}, {mine, 1, 0}};
+  if (dragon_client_wait_any(c, up_and_mine, 2, 30000000000LL, &n) != DRAGON_OK || n < 1 ||
+      up_and_mine[1].ready != 1) {
+    ECHO_FAIL("client wait_any did not see the local channel ready: %s", dragon_last_error());
+  }
+  dragon_wait_item_t bad = {NULL, 1, 0};
+  if (dragon_client_wait_any(c, &bad, 1, 0, &n) != DRAGON_INVALID_ARGUMENT) {
+    ECHO_FAIL("client wait_any of a NULL channel was not refused");
+  }
+  dragon_channel_detach(mine);
+  dragon_pool_detach(mine_pool);
   if (dragon_channel_poll(down, 1, 30000000000LL, &ready) != DRAGON_OK || ready != 1) {
     ECHO_FAIL("poll readable: %s", dragon_last_error());
   }

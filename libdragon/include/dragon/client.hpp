@@ -87,11 +87,14 @@ class MemoryTransfer;
 
 // One item of Client::waitAny: a channel (local or remote) and the events to wait for, or a
 // transfer (Client::put / get), ready (Readable) once its outcome is in: wait() gives it.
+// `mapped` names a channel of this node mapped without a ClientChannel (Channel::attach), in
+// place of `channel`.
 struct ClientWaitItem {
   ClientChannel* channel = nullptr;
   WaitFor events = WaitFor::Readable;
   WaitFor ready{};  // set by waitAny: the subset of events that hold (0 when none)
   MemoryTransfer* transfer = nullptr;
+  Channel* mapped = nullptr;
 };
 
 enum class Stdio : std::uint8_t {

@@ -118,7 +118,7 @@ dragon_status_t dragon_channel_close(dragon_channel_t* channel);
    the timeout passed first). */
 dragon_status_t dragon_channel_poll(dragon_channel_t* channel, uint32_t events, int64_t timeout_ns,
                                     uint32_t* out_ready);
-/* Local channels only (a remote one is refused: use dragon_channel_poll). */
+/* Local channels only (a remote one is refused: use dragon_client_wait_any). */
 dragon_status_t dragon_channel_wait_any(dragon_wait_item_t* items, size_t count,
                                         int64_t timeout_ns, size_t* out_ready);
 
@@ -248,6 +248,13 @@ dragon_status_t dragon_client_get(dragon_client_t* client, const dragon_memory_r
                                   dragon_transfer_t** out_transfer);
 dragon_status_t dragon_transfer_wait(dragon_transfer_t* transfer, int64_t timeout_ns);
 void dragon_transfer_free(dragon_transfer_t* transfer);
+
+/* dragon_channel_wait_any over channels of this node and of other nodes together (remote ones
+ * attached through a client): waits until at least one item is ready and sets *out_ready to
+ * how many are (0 when the timeout passed first); DRAGON_NODE_LOST when a remote channel's
+ * node is lost. At most 63 items. */
+dragon_status_t dragon_client_wait_any(dragon_client_t* client, dragon_wait_item_t* items,
+                                       size_t count, int64_t timeout_ns, size_t* out_ready);
 
 /* Waits for all `count` processes; out_exits has room for `count`. */
 dragon_status_t dragon_client_wait(dragon_client_t* client, const uint64_t* puids, size_t count,
