@@ -3,6 +3,8 @@
 
 #include "base/log.hpp"
 
+#include <sys/random.h>
+
 namespace dragon::daemon {
 namespace {
 
@@ -23,6 +25,20 @@ Status notHere(const ObjectDescriptor& d) {
 
 }  // namespace
 
+Result<std::uint64_t> ObjectManager::newId() const {
+  // The node in the top bits (as in a puid): ids made by two nodes never meet. Random below
+  // them, and checked against every object here, so none is given twice.
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    std::uint64_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != static_cast<ssize_t>(sizeof r)) {
+      return Status::fromErrno("getrandom", errno);
+    }
+    const std::uint64_t id = (std::uint64_t{node_} << kNodeShift) | (r & ((std::uint64_t{1} << kNodeShift) - 1));
+    if (id != 0 && pools_.count(id) == 0 && channels_.count(id) == 0) return id;
+  }
+  return Status(StatusCode::Internal, "no free object id after 64 tries");
+}
+
 Result<ObjectGrant> ObjectManager::named(Result<ObjectGrant> created, std::string_view name) {
   if (!created.has_value() || name.empty()) {
     return created;
@@ -41,6 +57,7 @@ Result<ObjectGrant> ObjectManager::createPool(std::uint64_t owner, std::uint64_t
   o.size = size == 0 ? limits_.defaultPoolSize : size;
   o.node = node_;
   o.prefault = limits_.prefault && !lazy;
+  DRAGON_ASSIGN_OR_RETURN(o.id, newId());
   if (o.size < Pool::kMinSize || o.size > Pool::kMaxSize) {
     return Status(StatusCode::InvalidArgument,
                   "a pool has " + std::to_string(Pool::kMinSize) + " to " +
@@ -68,7 +85,7 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
   }
   if (options.capacity == 0) options.capacity = limits_.defaultCapacity;
   if (options.inlineSize == 0) options.inlineSize = limits_.defaultInlineSize;
-  options.id = 0;
+  DRAGON_ASSIGN_OR_RETURN(options.id, newId());
   DRAGON_ASSIGN_OR_RETURN(Channel ch, Channel::create(*p->second.pool, options));
   const ObjectDescriptor d = ch.descriptor();
   auto& e = channels_[d.id];

@@ -89,6 +89,9 @@ class ObjectManager {
     std::map<std::uint64_t, std::uint32_t> refs;
   };
 
+  // Ids are job-unique: the node in the top 24 bits, random below them, unique on the node.
+  static constexpr unsigned kNodeShift = 40;
+  Result<std::uint64_t> newId() const;
   // Names a just-created object, or destroys it again if the name is taken.
   Result<ObjectGrant> named(Result<ObjectGrant> created, std::string_view name);
   void maybeRelease(const ObjectDescriptor& object);

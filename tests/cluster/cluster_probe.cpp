@@ -138,6 +138,13 @@ int psAndSignal(Client& c) {
 // by global services on the head's node, lists at once what this process just started on node
 // `to`, and its end once a wait here has seen it.
 int psThirdNode(Client& c, std::uint32_t to) {
+  // Objects made here carry this node, in their descriptor and in their id's top bits.
+  auto pool = c.createPool(1 << 20);
+  if (!pool.has_value()) return failWith("pool: " + pool.error().toString());
+  const auto pd = (*pool)->descriptor();
+  if (c.node() == 0 || pd.node != c.node() || (pd.id >> 40) != pd.node) {
+    return failWith("a pool of node " + std::to_string(c.node()) + " has descriptor " + pd.toString());
+  }
   for (int round = 0; round < 20; ++round) {
     auto p = c.spawn(shell("exec sleep 600", Placement::onNode(to)));
     if (!p.has_value()) return failWith("spawn on " + std::to_string(to) + ": " + p.error().toString());

@@ -4,6 +4,7 @@
 #include "daemon_fixture.hpp"
 
 #include <cstring>
+#include <set>
 
 namespace dragon {
 namespace {
@@ -165,6 +166,31 @@ TEST(Objects, AScopedNameIsTakenOverWithReplaceAndAPlainOneNever) {
   ASSERT_TRUE(b.registerName("plain-addr", (*bPool)->descriptor()).isOk());
   EXPECT_EQ(b.registerName("plain-addr", (*bChannel)->descriptor(), true, true).code(),
             StatusCode::AlreadyExists);
+}
+
+TEST(Objects, IdsNameTheirNodeAndAreNeverGivenTwice) {
+  // dragond makes every id: its node in the top 24 bits (node 0 here), distinct on the node.
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  std::set<std::uint64_t> seen;
+  std::vector<std::shared_ptr<Pool>> pools;
+  std::vector<std::unique_ptr<ClientChannel>> channels;
+  for (int i = 0; i < 100; ++i) {
+    auto pool = c.createPool(1 << 20);
+    ASSERT_TRUE(pool.has_value()) << pool.error().toString();
+    ChannelOptions co;
+    co.capacity = 2;
+    auto ch = c.createChannel((*pool)->descriptor(), co);
+    ASSERT_TRUE(ch.has_value()) << ch.error().toString();
+    for (const auto& desc : {(*pool)->descriptor(), (*ch)->descriptor()}) {
+      EXPECT_EQ(desc.id >> 40, desc.node) << desc.toString();
+      EXPECT_NE(desc.id, 0u);
+      EXPECT_TRUE(seen.insert(desc.id).second) << "id given twice: " << desc.id;
+    }
+    pools.push_back(std::move(*pool));
+    channels.push_back(std::move(*ch));
+  }
 }
 
 TEST(Objects, DetachOfTheLastReferenceReleasesAndDestroyEndsAtOnce) {
