@@ -56,6 +56,13 @@ Result<PoolAllocation> Message::takeBlock() {
   return block_;
 }
 
+Message Message::fromBytes(std::vector<std::byte> bytes) {
+  Message m;
+  m.size_ = bytes.size();
+  m.inline_ = std::move(bytes);
+  return m;
+}
+
 void Message::reset() noexcept {
   if (pool_ != nullptr) {
     (void)pool_->free(block_);

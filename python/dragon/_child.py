@@ -3,6 +3,8 @@
 
 dragond runs ``python3 -c 'from dragon._child import main; main()' CHANNEL [TRACKER_FD]``;
 the parent has put spawn's preparation data and the pickled Process object in that channel.
+A child on another node than its parent's gets TRACKER_FD -1 (no fd crosses nodes) and reads
+the channel across nodes.
 A child forked by the template (``_template.py``) gets the same payload over its socket and
 calls ``run_payload`` directly.
 """
@@ -11,8 +13,9 @@ import os
 import sys
 
 
-def run_payload(payload):
-    """Prepares this process as spawn would and runs the Process object; its exit code."""
+def run_payload(payload, parent_here=True):
+    """Prepares this process as spawn would and runs the Process object; its exit code.
+    parent_here: the parent runs on this node (its pid means something here)."""
     from multiprocessing import process, reduction, spawn
 
     fp = io.BytesIO(payload)
@@ -23,10 +26,12 @@ def run_payload(payload):
         self = reduction.pickle.load(fp)
     finally:
         del process.current_process()._inheriting
-    try:
-        parent_sentinel = os.pidfd_open(self._parent_pid)
-    except OSError:
-        parent_sentinel = None
+    parent_sentinel = None
+    if parent_here:
+        try:
+            parent_sentinel = os.pidfd_open(self._parent_pid)
+        except OSError:
+            pass
     return self._bootstrap(parent_sentinel)
 
 
@@ -34,10 +39,12 @@ def main():
     from . import _runtime
 
     descriptor = sys.argv[1]
-    if len(sys.argv) > 2:
+    tracker = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+    if tracker >= 0:
         from multiprocessing import resource_tracker
-        resource_tracker._resource_tracker._fd = int(sys.argv[2])
+        resource_tracker._resource_tracker._fd = tracker
     channel = _runtime.attach_channel(descriptor)
+    parent_here = not channel.is_remote
     payload = channel.recv()
     del channel
-    sys.exit(run_payload(payload))
+    sys.exit(run_payload(payload, parent_here))

@@ -192,9 +192,22 @@ def lookup_name(name):
 
 
 def attach_channel(descriptor):
-    """A channel, by descriptor ("dragon:...") or by name."""
+    """A channel, by descriptor ("dragon:...") or by name. One of another node has a dragond
+    connection of its own, which holds its reference (and gives it back when it goes)."""
     with _lock:
-        return _released_when_collected(client().attach_channel(descriptor))
+        ch = client().attach_channel(descriptor, _socket or "")
+        return ch if ch.is_remote else _released_when_collected(ch)
+
+
+def nodes():
+    """[(node, hostname, cpus)]: the job's live nodes (this one alone, cpus 0, on one node)."""
+    with _lock:
+        return client().nodes()
+
+
+def this_node():
+    with _lock:
+        return client().node
 
 
 def create_pool(size, name="", lazy=False):

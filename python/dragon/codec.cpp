@@ -70,12 +70,6 @@ dragon::Timeout remaining(const dragon::Timeout& original, const dragon::Deadlin
   return dragon::Timeout::after(std::chrono::nanoseconds(left));
 }
 
-// One part of a message: bytes to copy in, starting at a multiple of `align`.
-struct Piece {
-  const std::byte* data;
-  std::size_t size;
-  std::size_t align;
-};
 
 void copyPieces(std::byte* dst, std::span<const Piece> pieces, std::span<const std::size_t> at) {
   for (std::size_t i = 0; i < pieces.size(); ++i) {
@@ -239,10 +233,43 @@ std::span<const std::byte> bytesOf(const py::buffer_info& b) {
 
 }  // namespace
 
+// Sends one message laid out from `pieces`: into the channel here, or as one contiguous
+// message (the same layout) to a channel of another node.
+Status PyChannel::sendLaidOut(std::span<const Piece> pieces, const dragon::Timeout& t) {
+  if (!remote()) return sendPieces(ch->channel(), pieces, t);
+  std::vector<std::size_t> at(pieces.size());
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    at[i] = alignUp(total, pieces[i].align);
+    total = at[i] + pieces[i].size;
+  }
+  std::vector<std::byte> buf(total);
+  copyPieces(buf.data(), pieces, at);
+  return remoteOp(t, [&](dragon::Timeout tt) { return ch->send(buf, tt); });
+}
+
+Status PyChannel::sendBytes(std::span<const std::byte> s, const dragon::Timeout& t) {
+  if (remote()) return remoteOp(t, [&](dragon::Timeout tt) { return ch->send(s, tt); });
+  dragon::Channel& c = ch->channel();
+  return tryThenSliced(t, [&](dragon::Timeout tt) { return c.send(s, tt); });
+}
+
+Status PyChannel::receive(dragon::Message& m, const dragon::Timeout& t) {
+  if (remote()) {
+    return remoteOp(t, [&](dragon::Timeout tt) -> Status {
+      auto r = ch->recvBytes(tt);
+      if (!r.has_value()) return r.error();
+      m = dragon::Message::fromBytes(std::move(*r));
+      return Status::ok();
+    });
+  }
+  dragon::Channel& c = ch->channel();
+  return tryThenSliced(t, [&](dragon::Timeout tt) { return c.recv(m, tt); });
+}
+
 void PyChannel::put(const py::object& obj, bool block, const py::object& timeout,
                     const py::object& onError) {
   const dragon::Timeout t = block ? timeoutOf(timeout) : dragon::Timeout::none();
-  dragon::Channel& c = ch->channel();
   Codec& k = codec();
   PyObject* o = obj.ptr();
   Status st;
@@ -251,7 +278,7 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
     const Piece pieces[] = {{&tag, 1, 1},
                             {reinterpret_cast<const std::byte*>(PyBytes_AS_STRING(o)),
                              static_cast<std::size_t>(PyBytes_GET_SIZE(o)), 1}};
-    st = sendPieces(c, pieces, t);
+    st = sendLaidOut(pieces, t);
   } else if (plainPickle(o)) {
     PyObject* args[] = {o, k.protocol.ptr()};
     auto data = py::reinterpret_steal<py::object>(
@@ -259,9 +286,7 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
     if (!data) throw py::error_already_set();
     const char* p = PyBytes_AS_STRING(data.ptr());
     const auto n = static_cast<std::size_t>(PyBytes_GET_SIZE(data.ptr()));
-    st = tryThenSliced(t, [&](dragon::Timeout tt) {
-      return c.send({reinterpret_cast<const std::byte*>(p), n}, tt);
-    });
+    st = sendBytes({reinterpret_cast<const std::byte*>(p), n}, t);
   } else {
     py::tuple res;
     try {
@@ -279,8 +304,7 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
     py::list bufs = res[1];
     py::buffer_info pinfo = data.request();
     if (bufs.empty()) {
-      const auto s = bytesOf(pinfo);
-      st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.send(s, tt); });
+      st = sendBytes(bytesOf(pinfo), t);
     } else {
       // Header, pickle stream, then every buffer (PickleBuffer.raw(): contiguous bytes).
       const std::size_t hdr = kOobFixed + 8 * bufs.size();
@@ -302,7 +326,7 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
         std::memcpy(header.data() + kOobFixed + 8 * i, &len, 8);
         pieces.push_back({s.data(), s.size(), kAlign});
       }
-      st = sendPieces(c, pieces, t);
+      st = sendLaidOut(pieces, t);
     }
   }
   if (!st.isOk()) raiseQueue(st, k.full);
@@ -311,16 +335,14 @@ void PyChannel::put(const py::object& obj, bool block, const py::object& timeout
 py::object PyChannel::get(bool block, const py::object& timeout) {
   const dragon::Timeout t = block ? timeoutOf(timeout) : dragon::Timeout::none();
   dragon::Message m;
-  dragon::Channel& c = ch->channel();
-  Status st = tryThenSliced(t, [&](dragon::Timeout tt) { return c.recv(m, tt); });
+  Status st = receive(m, t);
   if (!st.isOk()) raiseQueue(st, codec().empty);
   return decode(std::move(m));
 }
 
 py::object PyChannel::recvObject(const py::object& timeout) {
   dragon::Message m;
-  dragon::Channel& c = ch->channel();
-  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout tt) { return c.recv(m, tt); }));
+  check(receive(m, timeoutOf(timeout)));
   return decode(std::move(m));
 }
 

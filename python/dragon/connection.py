@@ -69,6 +69,8 @@ class Connection:
         # a Queue or another Connection, not only to a child at its start.
         if self._closed:
             raise OSError("handle is closed")
+        from .process import refuse_for_another_node
+        refuse_for_another_node("a Pipe's Connection (or a SimpleQueue)")
         # The other process's handles, counted before this one can close.
         if self._send is not None and self._wrec is not None:
             self._send.pool.add_u64(self._wrec, 1)

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace dragon::python {
@@ -152,9 +153,53 @@ Status tryThenSliced(const dragon::Timeout& timeout, Op&& op) {
   return sliced(timeout, op);
 }
 
-// A channel with the pool that holds it: what Python code holds.
+// One part of a message: bytes to copy in, starting at a multiple of `align`.
+struct Piece {
+  const std::byte* data;
+  std::size_t size;
+  std::size_t align;
+};
+
+// A channel with the pool that holds it: what Python code holds. A channel of another node
+// (ch->isRemote()) is reached through dragond, over a client connection of its own (`own`:
+// the process's shared client is not held while a remote operation waits), one operation at a
+// time (`mu`).
 struct PyChannel {
   std::unique_ptr<dragon::ClientChannel> ch;
+  std::shared_ptr<dragon::Client> own;
+  std::shared_ptr<std::mutex> mu;
+
+  bool remote() const { return ch->isRemote(); }
+  // Runs a remote operation `op(timeout)` under mu with the GIL released, a blocking one in
+  // slices of at most 200 ms (each a request parked at the channel's home: a Timeout there took
+  // nothing), checking for signals between them as for local channels.
+  template <typename Op>
+  Status remoteOp(const dragon::Timeout& timeout, Op&& op) {
+    constexpr std::int64_t kSliceNs = 200'000'000;
+    const dragon::Deadline deadline(timeout);
+    for (;;) {
+      dragon::Timeout t = dragon::Timeout::none();
+      if (!timeout.isNone()) {
+        std::int64_t left = kSliceNs;
+        if (!deadline.isForever()) {
+          left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
+          if (left < 0) left = 0;
+        }
+        t = dragon::Timeout::after(std::chrono::nanoseconds(left));
+      }
+      Status st;
+      {
+        GilReleased released;
+        std::lock_guard lk(*mu);
+        st = op(t);
+      }
+      if (timeout.isNone() || st.code() != StatusCode::Timeout ||
+          (!deadline.isForever() && deadline.expired())) {
+        return st;
+      }
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+  }
 
   void send(py::buffer data, const py::object& timeout);
   py::bytes recv(const py::object& timeout);
@@ -165,6 +210,10 @@ struct PyChannel {
   void put(const py::object& obj, bool block, const py::object& timeout, const py::object& onError);
   py::object get(bool block, const py::object& timeout);
   py::object recvObject(const py::object& timeout);
+  // Either kind of channel (codec.cpp).
+  Status sendLaidOut(std::span<const Piece> pieces, const dragon::Timeout& t);
+  Status sendBytes(std::span<const std::byte> s, const dragon::Timeout& t);
+  Status receive(dragon::Message& m, const dragon::Timeout& t);
 };
 
 // Registers the codec's types and functions (codec.cpp).

@@ -24,14 +24,12 @@ void PyChannel::send(py::buffer data, const py::object& timeout) {
   }
   const auto* p = static_cast<const std::byte*>(info.ptr);
   const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
-  dragon::Channel& c = ch->channel();
-  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.send({p, n}, t); }));
+  check(sendBytes({p, n}, timeoutOf(timeout)));
 }
 
 py::bytes PyChannel::recv(const py::object& timeout) {
   dragon::Message m;
-  dragon::Channel& c = ch->channel();
-  check(tryThenSliced(timeoutOf(timeout), [&](dragon::Timeout t) { return c.recv(m, t); }));
+  check(receive(m, timeoutOf(timeout)));
   return py::bytes(reinterpret_cast<const char*>(m.data().data()), m.data().size());
 }
 
@@ -59,6 +57,18 @@ std::uint64_t* wordAt(const dragon::Pool& p, std::uint64_t offset, std::uint64_t
   return static_cast<std::uint64_t*>(p.pointerAt(offset)) + index;
 }
 
+// Whether a channel of another node has `events` now (a try poll at its home).
+bool remoteReady(PyChannel& c, dragon::WaitFor events) {
+  dragon::WaitFor got{};
+  check(c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout t) -> Status {
+    auto r = c.ch->poll(events, t);
+    if (!r.has_value()) return r.error();
+    got = *r;
+    return Status::ok();
+  }));
+  return (static_cast<unsigned>(got) & static_cast<unsigned>(events)) != 0;
+}
+
 // Writable memory of a live pool allocation, exported through the buffer protocol; holding it
 // keeps the pool mapped.
 struct PoolView {
@@ -80,6 +90,9 @@ bool waitAnyOf(const std::vector<PyChannel*>& channels, const std::vector<int>& 
   items.reserve(channels.size());
   for (PyChannel* c : channels) {
     if (c == nullptr) throw py::value_error("wait_any: None is not a channel");
+    if (c->remote()) {
+      throw py::type_error("connection.wait over an object of another node is not supported yet");
+    }
     items.push_back({&c->ch->channel(), dragon::WaitFor::Readable, {}});
   }
   std::vector<pollfd> pfds;
@@ -229,11 +242,28 @@ PYBIND11_MODULE(_native, m) {
            py::arg("timeout") = py::none(), py::arg("on_error") = py::none())
       .def("get", &PyChannel::get, py::arg("block") = true, py::arg("timeout") = py::none())
       .def("recv_object", &PyChannel::recvObject, py::arg("timeout") = py::none())
-      .def("size", [](PyChannel& c) { return c.ch->channel().size(); })
-      .def("readable", [](PyChannel& c) { return c.ch->channel().readable(); })
-      .def("writable", [](PyChannel& c) { return c.ch->channel().writable(); })
-      .def("close", [](PyChannel& c) { check(c.ch->channel().close()); })
-      .def("is_closed", [](PyChannel& c) { return c.ch->channel().isClosed(); });
+      .def("size",
+           [](PyChannel& c) {
+             if (c.remote()) {
+               // As the stdlib's qsize() on platforms without sem_getvalue.
+               throw py::type_error("the size of a channel of another node is not known here");
+             }
+             return c.ch->channel().size();
+           })
+      .def("readable", [](PyChannel& c) { return c.remote() ? remoteReady(c, dragon::WaitFor::Readable) : c.ch->channel().readable(); })
+      .def("writable", [](PyChannel& c) { return c.remote() ? remoteReady(c, dragon::WaitFor::Writable) : c.ch->channel().writable(); })
+      .def("close",
+           [](PyChannel& c) {
+             check(c.remote() ? c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout) { return c.ch->close(); })
+                              : c.ch->channel().close());
+           })
+      .def("is_closed",
+           [](PyChannel& c) {
+             // A closed channel polls readable; of another node, only a receive tells closed
+             // from readable, and it would take a message: false there (readable() covers it).
+             return !c.remote() && c.ch->channel().isClosed();
+           })
+      .def_property_readonly("is_remote", &PyChannel::remote);
 
   py::class_<dragon::Client>(m, "Client")
       .def(py::init([](const std::string& socket, const std::string& name, bool prefault) {
@@ -256,12 +286,12 @@ PYBIND11_MODULE(_native, m) {
              o.capacity = capacity;
              o.inlineSize = inlineSize;
              const dragon::ObjectDescriptor pd = pool->descriptor();
-             return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); }))};
+             return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); })), nullptr, nullptr};
            },
            py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
            py::arg("name") = "")
       .def("attach_channel",
-           [](dragon::Client& c, const std::string& desc) {
+           [](dragon::Client& c, const std::string& desc, const std::string& socket) {
              std::unique_ptr<dragon::ClientChannel> ch;
              if (desc.rfind("dragon:", 0) == 0) {
                const dragon::ObjectDescriptor d = parseDesc(desc);
@@ -270,19 +300,20 @@ PYBIND11_MODULE(_native, m) {
                const std::string_view name(desc);
                ch = take(unlocked([&] { return c.attachChannel(name); }));
              }
-             // The Python objects map their channels; one of another node (found by name or
-             // descriptor in a multi-node job) has no mapping here. Until the Python layer
-             // spans nodes, that is an error, not a crash.
-             if (ch->isRemote()) {
-               const dragon::ObjectDescriptor d = ch->descriptor();
-               (void)unlocked([&] { return c.detach(d); });
-               raise(dragon::Status(dragon::StatusCode::InvalidArgument,
-                                    "channel " + d.toString() + " lives on node " +
-                                        std::to_string(d.node) +
-                                        ": Python objects do not span nodes yet"));
-             }
-             return PyChannel{std::move(ch)};
-           })
+             if (!ch->isRemote()) return PyChannel{std::move(ch), nullptr, nullptr};
+             // A channel of another node (found by name or descriptor in a multi-node job):
+             // its operations wait at its home, so it gets a connection of its own, not the
+             // process's shared one, and holds its reference there.
+             const dragon::ObjectDescriptor d = ch->descriptor();
+             (void)unlocked([&] { return c.detach(d); });
+             dragon::Client::Options o;
+             o.socketPath = socket;
+             o.name = "python channel " + std::to_string(d.id);
+             auto own = std::make_shared<dragon::Client>(take(unlocked([&] { return dragon::Client::connect(o); })));
+             auto remote = take(unlocked([&] { return own->attachChannel(d); }));
+             return PyChannel{std::move(remote), std::move(own), std::make_shared<std::mutex>()};
+           },
+           py::arg("desc"), py::arg("socket") = "")
       .def("attach_pool",
            [](dragon::Client& c, const std::string& desc) {
              if (desc.rfind("dragon:", 0) == 0) {
@@ -325,8 +356,9 @@ PYBIND11_MODULE(_native, m) {
               const std::vector<std::string>& env, const std::string& cwd, const std::string& in,
               const std::string& out, const std::string& err, int inFd, int outFd, int errFd,
               const std::string& label, std::uint32_t count, const std::vector<int>& extraFds,
-              int extraFdBase) {
+              int extraFdBase, const py::object& node) {
              dragon::SpawnOptions o;
+             if (!node.is_none()) o.placement = dragon::Placement::onNode(node.cast<std::uint32_t>());
              o.argv = argv;
              o.env = env;
              o.cwd = cwd;
@@ -350,7 +382,8 @@ PYBIND11_MODULE(_native, m) {
            py::arg("stdin") = "null", py::arg("stdout") = "passed", py::arg("stderr") = "passed",
            py::arg("stdin_fd") = 0, py::arg("stdout_fd") = 1, py::arg("stderr_fd") = 2,
            py::arg("label") = "", py::arg("count") = 1,
-           py::arg("extra_fds") = std::vector<int>{}, py::arg("extra_fd_base") = 100)
+           py::arg("extra_fds") = std::vector<int>{}, py::arg("extra_fd_base") = 100,
+           py::arg("node") = py::none())
       .def("wait",
            [](dragon::Client& c, const std::vector<std::uint64_t>& puids, const py::object& timeout) {
              const dragon::Timeout t = timeoutOf(timeout);
@@ -404,5 +437,16 @@ PYBIND11_MODULE(_native, m) {
            "One-way: how an adopted process ended, as waitpid() said (having reaped it)")
       .def("end_job", [](dragon::Client& c, bool now) { check(c.endJob(now)); },
            py::arg("now") = false)
+      .def("nodes",
+           [](dragon::Client& c) {
+             py::list out;
+             for (const auto& n : take(unlocked([&] { return c.nodes(); }))) {
+               out.append(py::make_tuple(n.node, n.hostname, n.cpus));
+             }
+             return out;
+           },
+           "[(node, hostname, cpus)]: the job's live nodes; outside a multi-node job, this one "
+           "alone, with cpus 0")
+      .def_property_readonly("node", &dragon::Client::node)
       .def_property_readonly("fd", &dragon::Client::fd);
 }

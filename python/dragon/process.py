@@ -178,6 +178,72 @@ class _TemplatePopen(_PopenBase):
                 pass
 
 
+def refuse_for_another_node(what):
+    """Raises if the process being started is on another node: `what` holds memory of this
+    node (a pool mapping) and does not span nodes yet."""
+    popen = context.get_spawning_popen()
+    if isinstance(popen, _RemotePopen):
+        raise ValueError("%s holds memory of this node and cannot be given to a process on "
+                         "another node (node %d) yet; a Queue can" % (what, popen.node))
+
+
+def _watch_remote(puid, write_end):
+    """Closes `write_end` (the sentinel's other end) once dragond says the process ended, or
+    that it cannot say any more (its node was lost, dragond went)."""
+    try:
+        _runtime.wait([puid])
+    except BaseException:
+        pass
+    finally:
+        os.close(write_end)
+
+
+class _RemotePopen(_PopenBase):
+    """A child on another node of a multi-node job (dragon.Policy): that node's dragond starts
+    a fresh interpreter, which takes its payload from a channel here across nodes. No fd
+    crosses nodes: its output is captured and comes back line by line through its node's
+    launcher, it has no resource tracker of ours, and its sentinel is the read end of a pipe
+    here that a watcher thread closes when dragond reports its end (as spawn's sentinel is a
+    pipe its child holds)."""
+
+    def __init__(self, process_obj, node):
+        self._init()
+        self.node = node
+        payload = _payload(self, process_obj)
+        self._channel = _runtime.new_channel(capacity=1)
+        self._channel.send(payload)
+        argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
+                self._channel.descriptor, "-1"]
+        [(self._puid, self.pid, _)] = _runtime.spawn(
+            argv, _child_environment(), os.getcwd(), stdin="null", stdout="capture",
+            stderr="capture", node=node)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self.sentinel = r
+        self.finalizer = util.Finalize(self, os.close, (r,))
+        threading.Thread(target=_watch_remote, args=(self._puid, w), daemon=True,
+                         name="dragon-watch-%d" % self._puid).start()
+
+    def duplicate_for_child(self, fd):
+        raise ValueError("an object that holds an fd (a Pipe end, a lock, shared memory...) "
+                         "cannot be given to a process on another node (node %d)" % self.node)
+
+    def _reap(self, timeout):
+        if timeout is not None:
+            timeout = max(timeout, 0)
+        if not select.select([self.sentinel], [], [], timeout)[0]:
+            return
+        self._status(None)
+        if self.returncode is not None:
+            self._channel = None
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                _runtime.signal([self._puid], sig)
+            except LookupError:
+                pass
+
+
 class _Template:
     """This process's template: started through dragond at the first Process.start() (which
     does not wait for it), used by every later one once it is ready."""
@@ -281,6 +347,10 @@ def Popen(process_obj):
     """A child of the template when it is ready; else one dragond starts (and the first such
     start also starts the template)."""
     global _template, _template_pid
+    from .policy import target_node
+    node = target_node()
+    if node is not None:
+        return _RemotePopen(process_obj, node)
     if _template_pid != os.getpid():
         _template, _template_pid = None, os.getpid()
     if _template is None and _TEMPLATES_ENABLED:

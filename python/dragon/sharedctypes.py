@@ -33,6 +33,8 @@ class PoolBuffer:
 
     def __reduce__(self):
         context.assert_spawning(self)
+        from .process import refuse_for_another_node
+        refuse_for_another_node("shared memory (Value, Array)")
         return _rebuild, (self._pool_descriptor, self._offset, self._size)
 
 

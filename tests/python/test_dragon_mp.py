@@ -194,6 +194,56 @@ def report_env_and_cwd(q):
     q.put((os.environ.get("DRAGON_TEST_VALUE"), os.getcwd(), os.getppid()))
 
 
+class PolicyTest(unittest.TestCase):
+    """On one node (tests/cluster/t_python_across.sh covers three)."""
+
+    def test_every_policy_of_this_node_starts_here_and_others_are_refused(self):
+        nodes = dragon.nodes()
+        self.assertEqual(len(nodes), 1)
+        here = nodes[0][0]
+        q = CTX.Queue()
+        for policy in (dragon.Policy(), dragon.Policy(node="local"), dragon.Policy(node=here)):
+            with policy:
+                p = CTX.Process(target=put_square, args=(q, 3))
+                p.start()
+            self.assertEqual(q.get(timeout=30)[:2], (3, 9))
+            p.join(30)
+            self.assertEqual(p.exitcode, 0)
+        with dragon.Policy(node=here + 7):
+            with self.assertRaisesRegex(ValueError, "no node %d in this job" % (here + 7)):
+                CTX.Process(target=exit_with, args=(0,)).start()
+        with dragon.Policy(node="no-such-host"):
+            with self.assertRaisesRegex(ValueError, "no node 'no-such-host'"):
+                CTX.Process(target=exit_with, args=(0,)).start()
+        for bad in (None, 1.5, True, [0]):
+            with self.assertRaises(TypeError):
+                dragon.Policy(node=bad)
+
+    def test_policies_nest_and_dragon_placement_sets_the_default(self):
+        from dragon import policy
+        with dragon.Policy(node=0):
+            with dragon.Policy(node="local"):
+                self.assertIsNone(policy.target_node())
+            with dragon.Policy(node=99):
+                with self.assertRaises(ValueError):
+                    policy.target_node()
+        old = os.environ.get("DRAGON_PLACEMENT")
+        try:
+            os.environ["DRAGON_PLACEMENT"] = "sideways"
+            with self.assertRaisesRegex(ValueError, "DRAGON_PLACEMENT is 'local' or a node id"):
+                policy.target_node()
+            os.environ["DRAGON_PLACEMENT"] = "42"
+            with self.assertRaisesRegex(ValueError, "no node 42"):
+                policy.target_node()
+            os.environ["DRAGON_PLACEMENT"] = "local"
+            self.assertIsNone(policy.target_node())
+        finally:
+            if old is None:
+                os.environ.pop("DRAGON_PLACEMENT", None)
+            else:
+                os.environ["DRAGON_PLACEMENT"] = old
+
+
 class TemplateTest(unittest.TestCase):
     """Processes after a parent's first are forked by its template (python/dragon/_template.py)."""
 

@@ -51,6 +51,8 @@ class Message {
   Result<PoolAllocation> takeBlock();
   // Frees the block, if any.
   void reset() noexcept;
+  // A message holding `bytes` (one received from a channel of another node, through dragond).
+  static Message fromBytes(std::vector<std::byte> bytes);
 
  private:
   friend class Channel;

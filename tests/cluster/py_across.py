@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: MIT
+"""Python processes on every node of a 3-node job (run as `dragon py_across.py` under srun by
+t_python_across.sh): workers placed with dragon.Policy on each node take items from one Queue
+and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
+another node; a Lock held across nodes; objects that hold this node's memory refused for
+another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
+import multiprocessing as mp
+import socket
+import sys
+import time
+from multiprocessing.connection import wait
+
+import dragon
+
+
+def worker(inq, outq, node):
+    for item in iter(inq.get, None):
+        outq.put((node, socket.gethostname(), item, item * item))
+    print("py-across: worker on node %d (%s) done" % (node, socket.gethostname()), flush=True)
+
+
+def exiter(code):
+    sys.exit(code)
+
+
+def sleeper():
+    time.sleep(600)
+
+
+def locker(lock, outq, node):
+    with lock:
+        outq.put(("locked", node))
+        time.sleep(0.3)
+        outq.put(("unlocked", node))
+
+
+def main():
+    assert mp.get_start_method() == "dragon"
+    nodes = dragon.nodes()
+    assert len(nodes) == 3, nodes
+    here = socket.gethostname()
+    inq, outq = mp.Queue(), mp.Queue()
+    procs = []
+    for node, host, _ in nodes:
+        with dragon.Policy(node=node):
+            p = mp.Process(target=worker, args=(inq, outq, node))
+            p.start()
+        procs.append(p)
+    count = 300
+    for i in range(count):
+        inq.put(i)
+    for _ in procs:
+        inq.put(None)
+    results = [outq.get(timeout=60) for _ in range(count)]
+    assert sorted(r[2] for r in results) == list(range(count)), "items lost or doubled"
+    assert all(r[3] == r[2] * r[2] for r in results), "wrong results"
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0, (p, p.exitcode)
+    # Each worker reported its own node's hostname: the processes ran where they were placed.
+    by_node = {r[0]: r[1] for r in results}
+    for node, host, _ in nodes:
+        if node in by_node:
+            assert by_node[node] == host, (node, by_node[node], host)
+    remote_hosts = {r[1] for r in results} - {here}
+
+    far = nodes[2][0]
+    with dragon.Policy(node=nodes[2][1]):  # by hostname
+        e = mp.Process(target=exiter, args=(7,))
+        e.start()
+        s = mp.Process(target=sleeper)
+        s.start()
+    e.join(60)
+    assert e.exitcode == 7, e.exitcode
+    assert s.is_alive()
+    assert wait([s.sentinel], timeout=0.2) == []
+    s.terminate()
+    assert wait([s.sentinel], timeout=30) == [s.sentinel]
+    s.join(30)
+    assert s.exitcode == -15, s.exitcode
+    assert not s.is_alive()
+
+    # One lock, held by processes on two other nodes in turn: never both at once.
+    lock = mp.Lock()
+    lockq = mp.Queue()
+    holders = []
+    for node in (nodes[1][0], far):
+        with dragon.Policy(node=node):
+            holders.append(mp.Process(target=locker, args=(lock, lockq, node)))
+            holders[-1].start()
+    events = [lockq.get(timeout=60) for _ in range(4)]
+    assert [k for k, _ in events] == ["locked", "unlocked", "locked", "unlocked"], events
+    assert events[0][1] == events[1][1] and events[2][1] == events[3][1], events
+    for h in holders:
+        h.join(60)
+        assert h.exitcode == 0
+
+    # What holds this node's memory is refused at the start, naming the node.
+    value = mp.Value("i", 0)
+    with dragon.Policy(node=far):
+        try:
+            mp.Process(target=exiter, args=(value,)).start()
+        except ValueError as err:
+            assert "node %d" % far in str(err), err
+        else:
+            raise AssertionError("a Value was given to a process on another node")
+    try:
+        with dragon.Policy(node=99):
+            mp.Process(target=exiter, args=(0,)).start()
+    except ValueError as err:
+        assert "no node 99" in str(err), err
+    else:
+        raise AssertionError("a node outside the job was accepted")
+    print("py-across: ok 3 nodes, %d items, workers on %d other hosts"
+          % (count, len(remote_hosts)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/bin/bash
+# Python multiprocessing across the 3 nodes: processes placed with dragon.Policy on every node
+# share Queues and a Lock, and are joined, terminated and waited on from the head (py_across.py).
+. "$(dirname "$0")/lib.sh"
+HERE=$(cd "$(dirname "$0")" && pwd)
+out=$(srun_dragon "$HERE/py_across.py" 2>&1) || fail "py_across: srun exited $?: $out"
+echo "$out"
+grep -q "py-across: ok 3 nodes, 300 items, workers on 2 other hosts" <<<"$out" ||
+  fail "py_across did not pass"
+# The workers' output came back from every node.
+for n in 0 1 2; do
+  grep -q "py-across: worker on node $n " <<<"$out" || fail "no output from the worker on node $n"
+done
+wait_nothing_left "py_across.py" "dragon._child"
+echo "ok"
