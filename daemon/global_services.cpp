@@ -211,6 +211,29 @@ std::string HostedGlobalServices::dump() const {
 
 // ---- RemoteGlobalServices ----
 
+void RemoteGlobalServices::send(pb::Envelope request) {
+  ++sent_;
+  forward_(std::move(request), [](Result<pb::Envelope>) {});
+}
+
+template <typename T, typename Extract>
+void RemoteGlobalServices::ask(pb::Envelope request, std::function<void(Result<T>)> done,
+                               pb::Envelope::BodyCase expected, const char* what,
+                               Extract extract) {
+  ++sent_;
+  forward_(std::move(request), [done = std::move(done), expected, what,
+                                extract = std::move(extract)](Result<pb::Envelope> r) {
+    Status st = answerStatus(r);
+    if (!st.isOk()) {
+      done(st);
+    } else if (r->body_case() != expected) {
+      done(Status(StatusCode::Internal, std::string("unexpected answer to ") + what));
+    } else {
+      done(extract(*r));
+    }
+  });
+}
+
 void RemoteGlobalServices::claimName(const std::string& name, const ObjectDescriptor& object,
                                      bool replace, Done done) {
   pb::Envelope req;
@@ -228,38 +251,26 @@ void RemoteGlobalServices::releaseName(const std::string& name, const ObjectDesc
   pb::Envelope req;
   req.mutable_name_release()->set_name(name);
   *req.mutable_name_release()->mutable_object() = pb::toRef(object);
-  ++sent_;
-  forward_(std::move(req), [](Result<pb::Envelope>) {});
+  send(std::move(req));
 }
 
 void RemoteGlobalServices::lookupName(const std::string& name, Found done) {
   pb::Envelope req;
   req.mutable_lookup_name()->set_name(name);
-  ++sent_;
-  forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
-    Status st = answerStatus(r);
-    if (!st.isOk()) {
-      done(st);
-    } else if (!r->has_object()) {
-      done(Status(StatusCode::Internal, "unexpected answer to a name lookup"));
-    } else {
-      done(pb::fromRef(r->object().object()));
-    }
-  });
+  ask<ObjectDescriptor>(std::move(req), std::move(done), pb::Envelope::kObject, "a name lookup",
+                        [](const pb::Envelope& e) { return pb::fromRef(e.object().object()); });
 }
 
 void RemoteGlobalServices::processStarted(const ProcessRecord& record) {
   pb::Envelope req;
   *req.mutable_process_started() = toEntry(record);
-  ++sent_;
-  forward_(std::move(req), [](Result<pb::Envelope>) {});
+  send(std::move(req));
 }
 
 void RemoteGlobalServices::processEnded(const ProcessRecord& record) {
   pb::Envelope req;
   *req.mutable_process_ended() = toEntry(record);
-  ++sent_;
-  forward_(std::move(req), [](Result<pb::Envelope>) {});
+  send(std::move(req));
 }
 
 void RemoteGlobalServices::listProcesses(Listed done) { list(0, std::move(done)); }
@@ -276,38 +287,21 @@ void RemoteGlobalServices::list(std::uint64_t group, Listed done) {
   pb::Envelope req;
   req.mutable_list_processes()->set_this_node_only(false);
   req.mutable_list_processes()->set_group(group);
-  ++sent_;
-  forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
-    Status st = answerStatus(r);
-    if (!st.isOk()) {
-      done(st);
-      return;
-    }
-    if (!r->has_process_list()) {
-      done(Status(StatusCode::Internal, "unexpected answer to a process list"));
-      return;
-    }
-    std::vector<ProcessRecord> out;
-    out.reserve(static_cast<std::size_t>(r->process_list().process_size()));
-    for (const auto& e : r->process_list().process()) out.push_back(fromEntry(e));
-    done(std::move(out));
-  });
+  ask<std::vector<ProcessRecord>>(
+      std::move(req), std::move(done), pb::Envelope::kProcessList, "a process list",
+      [](const pb::Envelope& e) {
+        std::vector<ProcessRecord> out;
+        out.reserve(static_cast<std::size_t>(e.process_list().process_size()));
+        for (const auto& p : e.process_list().process()) out.push_back(fromEntry(p));
+        return out;
+      });
 }
 
 void RemoteGlobalServices::place(Placed done) {
   pb::Envelope req;
   req.mutable_place();
-  ++sent_;
-  forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
-    Status st = answerStatus(r);
-    if (!st.isOk()) {
-      done(st);
-    } else if (!r->has_placed()) {
-      done(Status(StatusCode::Internal, "unexpected answer to a placement"));
-    } else {
-      done(r->placed().node());
-    }
-  });
+  ask<std::uint32_t>(std::move(req), std::move(done), pb::Envelope::kPlaced, "a placement",
+                     [](const pb::Envelope& e) { return e.placed().node(); });
 }
 
 void RemoteGlobalServices::sync(Done done) {

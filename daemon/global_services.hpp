@@ -142,6 +142,12 @@ class RemoteGlobalServices final : public GlobalServices {
   std::uint32_t globalNode_;
   Forward forward_;
   void list(std::uint64_t group, Listed done);
+  // A one-way call.
+  void send(protocol::Envelope request);
+  // A call whose answer carries `expected`, from which `extract` takes the result.
+  template <typename T, typename Extract>
+  void ask(protocol::Envelope request, std::function<void(Result<T>)> done,
+           protocol::Envelope::BodyCase expected, const char* what, Extract extract);
 
   std::uint64_t sent_ = 0;
 };

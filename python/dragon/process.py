@@ -102,6 +102,14 @@ class _PopenBase:
             self._reap(0 if flag else None)
         return self.returncode
 
+    def _send_signal(self, sig):
+        # Through dragond, which knows the process by its puid on any node.
+        if self.returncode is None:
+            try:
+                _runtime.signal([self._puid], sig)
+            except LookupError:
+                pass
+
     def terminate(self):
         self._send_signal(signal.SIGTERM)
 
@@ -140,13 +148,6 @@ class _DaemonPopen(_PopenBase):
         self._status(timeout)
         if self.returncode is not None:
             self._channel = None
-
-    def _send_signal(self, sig):
-        if self.returncode is None:
-            try:
-                _runtime.signal([self._puid], sig)
-            except LookupError:
-                pass
 
 
 class _TemplatePopen(_PopenBase):
@@ -235,13 +236,6 @@ class _RemotePopen(_PopenBase):
         self._status(None)
         if self.returncode is not None:
             self._channel = None
-
-    def _send_signal(self, sig):
-        if self.returncode is None:
-            try:
-                _runtime.signal([self._puid], sig)
-            except LookupError:
-                pass
 
 
 class _Template:
