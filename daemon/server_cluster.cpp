@@ -327,36 +327,39 @@ void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
 }
 
 void Server::clusterSignalGroup(Connection& c, pb::Envelope& msg) {
-  // A group may span nodes: global services know its members; each node that has some
-  // signals its own.
+  // A group may span nodes. Its members here (of any job) are signalled at once; global
+  // services say which other nodes have members, and each of those signals its own.
   const pb::Signal sig = msg.signal();
   Reply reply = replyTo(c, msg.request_id());
-  global_->listGroup(sig.group(), [this, sig, reply](Result<std::vector<ProcessRecord>> members) {
-    if (!members.has_value()) {
+  const bool here = !registry_.groupMembers(sig.group()).empty();
+  const Status local = here ? localSignal(sig) : Status::ok();
+  global_->listGroup(sig.group(), [this, sig, reply, here, local](Result<std::vector<ProcessRecord>> members) {
+    std::set<std::uint32_t> others;
+    if (members.has_value()) {
+      for (const auto& m : *members) {
+        if (m.node != cluster_->self()) others.insert(m.node);
+      }
+    } else if (!here) {
       reply(errorEnvelope(members.error()));
       return;
     }
-    std::set<std::uint32_t> nodes;
-    for (const auto& m : *members) nodes.insert(m.node);
-    if (nodes.empty()) {
-      reply(errorEnvelope(Status(StatusCode::NotFound, "no process group " + std::to_string(sig.group()))));
+    if (others.empty()) {
+      reply(!here ? errorEnvelope(Status(StatusCode::NotFound, "no process group " + std::to_string(sig.group())))
+            : local.isOk() ? okEnvelope()
+                           : errorEnvelope(local));
       return;
     }
     // Ok when every node that has members signalled them; else the first error.
     auto fan = std::make_shared<FanIn>();
     fan->reply = reply;
-    fan->remaining = static_cast<int>(nodes.size());
-    auto first = std::make_shared<Status>();
+    fan->remaining = static_cast<int>(others.size());
+    auto first = std::make_shared<Status>(local);
     auto one = [fan, first](const Status& st) {
       if (!st.isOk() && first->isOk()) *first = st;
       if (--fan->remaining > 0) return;
       fan->reply(first->isOk() ? okEnvelope() : errorEnvelope(*first));
     };
-    for (auto node : nodes) {
-      if (node == cluster_->self()) {
-        one(localSignal(sig));
-        continue;
-      }
+    for (auto node : others) {
       pb::Envelope fwd;
       *fwd.mutable_signal() = sig;
       cluster_->forward(node, std::move(fwd), [one](Result<pb::Envelope> r) {
@@ -455,15 +458,25 @@ void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
 }
 
 void Server::clusterList(Connection& c, pb::Envelope& msg) {
+  // The job's processes on every node, from global services' table, and this node's
+  // processes of other jobs (clients that are not the job's), which that table does not hold.
+  // Without global services (their node lost), this node's alone: ps shows what is there.
   Reply reply = replyTo(c, msg.request_id());
-  global_->listProcesses([reply](Result<std::vector<ProcessRecord>> r) {
+  global_->listProcesses([this, reply](Result<std::vector<ProcessRecord>> r) {
+    pb::Envelope e = localList();
     if (!r.has_value()) {
-      reply(errorEnvelope(r.error()));
+      reply(std::move(e));
       return;
     }
-    pb::Envelope e;
-    auto* list = e.mutable_process_list();
-    for (const auto& p : *r) *list->add_process() = toEntry(p);
+    auto* list = e.mutable_process_list()->mutable_process();
+    const std::uint64_t job = clusterJob_;
+    list->erase(std::remove_if(list->begin(), list->end(),
+                               [job](const pb::ProcessEntry& p) { return p.job() == job; }),
+                list->end());
+    for (const auto& p : *r) *list->Add() = toEntry(p);
+    std::sort(list->begin(), list->end(), [](const pb::ProcessEntry& a, const pb::ProcessEntry& b) {
+      return a.node() != b.node() ? a.node() < b.node() : a.puid() < b.puid();
+    });
     reply(std::move(e));
   });
 }

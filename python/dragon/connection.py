@@ -88,6 +88,11 @@ class Connection:
         r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
+        for ch in (self._recv, self._send):
+            if ch is not None and ch.is_remote:
+                # Its writer records are pool memory of its own node (issue 11).
+                raise ValueError("a Pipe's Connection cannot be used on another node than its "
+                                 "own yet")
         self._closed = False
         self._pid = os.getpid()
         self._writers_checked = 0.0
@@ -635,6 +640,8 @@ class Listener(_StockListener):
                     to_client = _runtime.attach_channel(reply)
                 except LookupError:
                     continue  # the client gave up
+                if to_client.is_remote:
+                    continue  # connections do not span nodes yet (_accept_channel)
             replies[reply] = to_client
             if len(replies) > _REPLY_CACHE:  # each keeps a client's pool mapped here
                 replies.popitem(last=False)
@@ -774,6 +781,11 @@ def _accept_channel(name, fresh):
     try:
         ch = _runtime.attach_channel(name)
     except LookupError:
+        _accept_channels.pop(name, None)
+        return None
+    if ch.is_remote:
+        # A Listener of another node (names are job-wide, addresses are not): connections
+        # do not span nodes yet, and a loopback address there is not this node's.
         _accept_channels.pop(name, None)
         return None
     _accept_channels[name] = (pid, ch)

@@ -235,7 +235,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("pool", [](const PyChannel& c) { return c.ch->sharedPool(); },
                              "The pool that holds it (holding it keeps the pool mapped)")
       .def_property_readonly("capacity",
-                             [](PyChannel& c) { return c.ch->channel().capacity(); })
+                             [](PyChannel& c) { return c.ch->capacity(); })
       .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
       .def("recv", &PyChannel::recv, py::arg("timeout") = py::none())
       .def("put", &PyChannel::put, py::arg("obj"), py::arg("block") = true,
@@ -245,8 +245,10 @@ PYBIND11_MODULE(_native, m) {
       .def("size",
            [](PyChannel& c) {
              if (c.remote()) {
-               // As the stdlib's qsize() on platforms without sem_getvalue.
-               throw py::type_error("the size of a channel of another node is not known here");
+               // As the stdlib's qsize() and get_value() where sem_getvalue is missing.
+               PyErr_SetString(PyExc_NotImplementedError,
+                               "the size of a channel of another node is not known here");
+               throw py::error_already_set();
              }
              return c.ch->channel().size();
            })
@@ -304,13 +306,14 @@ PYBIND11_MODULE(_native, m) {
              // A channel of another node (found by name or descriptor in a multi-node job):
              // its operations wait at its home, so it gets a connection of its own, not the
              // process's shared one, and holds its reference there.
+             // Attached there first, then given back here: a reference is held throughout.
              const dragon::ObjectDescriptor d = ch->descriptor();
-             (void)unlocked([&] { return c.detach(d); });
              dragon::Client::Options o;
              o.socketPath = socket;
              o.name = "python channel " + std::to_string(d.id);
              auto own = std::make_shared<dragon::Client>(take(unlocked([&] { return dragon::Client::connect(o); })));
              auto remote = take(unlocked([&] { return own->attachChannel(d); }));
+             (void)unlocked([&] { return c.detach(d); });
              return PyChannel{std::move(remote), std::move(own), std::make_shared<std::mutex>()};
            },
            py::arg("desc"), py::arg("socket") = "")
@@ -396,12 +399,12 @@ PYBIND11_MODULE(_native, m) {
            py::arg("puids"), py::arg("timeout") = py::none())
       .def("signal",
            [](dragon::Client& c, const std::vector<std::uint64_t>& puids, int sig) {
-             check(c.signal(puids, sig));
+             check(unlocked([&] { return c.signal(puids, sig); }));
            })
       .def("list_processes",
            [](dragon::Client& c) {
              py::list out;
-             for (const auto& p : take(c.listProcesses())) {
+             for (const auto& p : take(unlocked([&] { return c.listProcesses(); }))) {
                py::dict d;
                d["puid"] = p.puid;
                d["pid"] = p.pid;

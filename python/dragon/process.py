@@ -179,13 +179,13 @@ class _TemplatePopen(_PopenBase):
                 pass
 
 
-def refuse_for_another_node(what):
-    """Raises if the process being started is on another node: `what` holds memory of this
-    node (a pool mapping) and does not span nodes yet."""
+def refuse_for_another_node(what, why="it holds memory of this node"):
+    """Raises if the process being started is on another node, where `what` does not work
+    yet (`why`)."""
     popen = context.get_spawning_popen()
     if isinstance(popen, _RemotePopen):
-        raise ValueError("%s holds memory of this node and cannot be given to a process on "
-                         "another node (node %d) yet; a Queue can" % (what, popen.node))
+        raise ValueError("%s cannot be given to a process on another node (node %d) yet: %s; "
+                         "a Queue or a Lock can" % (what, popen.node, why))
 
 
 def _watch_remote(puid, write_end):

@@ -39,6 +39,13 @@ class Semaphore:
 
     def __getstate__(self):
         # Its descriptor is valid in every process of the runtime: no need to be inherited.
+        if type(self) is not Lock:
+            # A lock crosses nodes (acquire and release are a receive and a send); a
+            # semaphore's value (and so an Event's, a Condition's, a JoinableQueue's) cannot be
+            # read from another node yet.
+            from .process import refuse_for_another_node
+            refuse_for_another_node("a %s" % type(self).__name__,
+                                    "its value cannot be read from there")
         return (self._capacity, self._channel.descriptor)
 
     def __setstate__(self, state):
