@@ -13,6 +13,9 @@
 #                           acknowledged sends from the head (n1) to a channel on n2, 8 B and
 #                           1 MiB (tests/cluster/cluster_probe channel-bench)
 #   cluster_control_rtt     a request the head's own dragond answers (the control-plane floor)
+#   cluster_py_queue_rtt_8B 8 B through a Python Queue to a process on n2 and back through
+#                           another (bench/cluster_py_queue.py): one remote get and one remote
+#                           put of the far process per round trip
 #   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
 #                           ucx_perftest n1<->n2: ucp_put_bw and ucp_get of 16 MiB
 #   cluster_memory_put_16MiB / cluster_memory_get_16MiB
@@ -98,6 +101,10 @@ ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
 echo "metric cluster_channel_send_8B $send8 us"
 echo "metric cluster_channel_bw_1MiB $bw MB/s"
 echo "metric cluster_control_rtt $ctl us"
+pyq=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" 2000 2>&1; done |
+  sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)
+[ -n "$pyq" ] || { echo "bench/cluster: no Python queue result" >&2; exit 1; }
+echo "metric cluster_py_queue_rtt_8B $pyq us"
 
 # Remote memory against UCX's own one-sided transfers between the same two nodes.
 put_bw=$(for p in 18107 18108 18109; do perftest "$p" -t ucp_put_bw -s 16777216 -n 100 -w 5; done |

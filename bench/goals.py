@@ -62,6 +62,10 @@ GOALS = {
          "cluster_ucx_tag_rtt", "<=", 1.5),
         ("cluster_channel_bw_1MiB_vs_ucx_tag_bw", "cluster_channel_bw_1MiB",
          "cluster_ucx_tag_bw_1MiB", ">=", 0.8),
+        # Issue 11: a Python Queue round trip between two nodes (the far process's remote get
+        # and put) against the C++ remote channel round trip (one acknowledged send).
+        ("cluster_py_queue_rtt_8B_vs_channel_rtt", "cluster_py_queue_rtt_8B",
+         "cluster_channel_send_8B", "<=", 2.0),
         # The issue's goal: remote put against ucx_perftest's put bandwidth; and, because UCX's
         # put over tcp is far slower than its get here, both directions against its get too.
         ("cluster_memory_put_16MiB_vs_ucx_put_bw", "cluster_memory_put_16MiB",

@@ -45,7 +45,7 @@ constexpr KeySpec kKeys[] = {
      kSecond / 10, 3600 * kSecond},
     {"cluster.poll", Type::Duration, "100us",
      "how long dragond keeps polling for the next event after one before it sleeps, in a "
-     "multi-node job (0: it sleeps at once); a remote operation then costs no wake-up",
+     "multi-node job (0s: it sleeps at once); a remote operation then costs no wake-up",
      "", 0, kSecond / 100},
     {"cluster.node_lost_grace", Type::Duration, "2s",
      "after a node is lost, how long the job's processes have to act on NodeLost before the "
