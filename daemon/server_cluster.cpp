@@ -642,6 +642,14 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
     DRAGON_LOG(Debug, "cluster", "%s left at the end of the job", cluster_->describe(node).c_str());
     return;
   }
+  if (cluster_->self() != cluster_->headNode() && node != cluster_->headNode()) {
+    // Another node than the head, seen from another node than the head: what waited on it
+    // has its NodeLost (above); the head node reports the loss and decides the job's fate.
+    // (At the end of a job, a node that finished first may leave before this one has heard
+    // that the job ends.)
+    DRAGON_LOG(Info, "cluster", "%s", std::string(why.message()).c_str());
+    return;
+  }
   DRAGON_LOG(Error, "cluster", "%s", std::string(why.message()).c_str());
   if (nodeLost_.isOk()) nodeLost_ = why;
   if (node == cluster_->headNode()) {

@@ -81,14 +81,14 @@ class UcpContext {
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);  // UCX_* from the environment
     if (st != UCS_OK) return ucxError("reading the UCX configuration", st);
-    // A peer killed outright is noticed by UCX's keepalive; its default (20 s) is far longer
-    // than the 2 s within which Dragon reports a lost node. 1 s: at 250 ms, 16 dragonds that
-    // poll (cluster.poll) on the 2 cores of the test machine missed each other's keepalives
-    // at the end of a job, and UCX timed live endpoints out (3 jobs of 40; none of 30 at 1 s).
-    // A silent node is found sooner by the heartbeats (cluster.node_timeout). The environment
-    // still wins.
+    // UCX's keepalive times out an endpoint whose peer it has not heard from. Dragon finds a
+    // lost node by its own heartbeats (cluster.node_timeout, within 2 s), and a killed peer's
+    // connection is reset at once; the keepalive is the last resort. 5 s: at 250 ms, 16
+    // dragonds that poll (cluster.poll) on the 2 cores of the test machine timed each other's
+    // live endpoints out at the end of 3 jobs of 40, at 1 s of 1 in 50, at 5 s of none of 30.
+    // UCX's own default is 20 s. The environment still wins.
     if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
-      (void)ucp_config_modify(config, "KEEPALIVE_INTERVAL", "1s");
+      (void)ucp_config_modify(config, "KEEPALIVE_INTERVAL", "5s");
     }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
