@@ -16,6 +16,8 @@
 #   cluster_py_queue_rtt_8B 8 B through a Python Queue to a process on n2 and back through
 #                           another (bench/cluster_py_queue.py): one remote get and one remote
 #                           put of the far process per round trip
+#   cluster_channel_send_8B_poll / cluster_channel_bw_1MiB_poll / cluster_py_queue_rtt_8B_poll
+#                           the three above with cluster.poll=100us (info)
 #   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
 #                           ucx_perftest n1<->n2: ucp_put_bw and ucp_get of 16 MiB
 #   cluster_memory_put_16MiB / cluster_memory_get_16MiB
@@ -105,6 +107,18 @@ pyq=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" 2
   sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)
 [ -n "$pyq" ] || { echo "bench/cluster: no Python queue result" >&2; exit 1; }
 echo "metric cluster_py_queue_rtt_8B $pyq us"
+# The same with cluster.poll=100us (dragond polls between events; off by default).
+polled=(env DRAGON_CLUSTER_POLL=100us "${dragon[@]}")
+send8p=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 5000 8 2>&1; done |
+  sed -n 's/^probe: channel-bench 8 B: \([0-9.]*\) us per send.*/\1/p' | median)
+bwp=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 300 1048576 2>&1; done |
+  sed -n 's/^probe: channel-bench 1048576 B: .* \([0-9.]*\) MB\/s$/\1/p' | median)
+pyqp=$(for _ in 1 2 3; do srun3 "${polled[@]}" "$PWD/bench/cluster_py_queue.py" 2000 2>&1; done |
+  sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)
+[ -n "$send8p" ] && [ -n "$bwp" ] && [ -n "$pyqp" ] || { echo "bench/cluster: no polled result" >&2; exit 1; }
+echo "metric cluster_channel_send_8B_poll $send8p us"
+echo "metric cluster_channel_bw_1MiB_poll $bwp MB/s"
+echo "metric cluster_py_queue_rtt_8B_poll $pyqp us"
 
 # Remote memory against UCX's own one-sided transfers between the same two nodes.
 put_bw=$(for p in 18107 18108 18109; do perftest "$p" -t ucp_put_bw -s 16777216 -n 100 -w 5; done |

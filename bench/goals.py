@@ -86,6 +86,13 @@ INFO = {
     ],
     "daemon": [],
     "cluster": [
+        # With cluster.poll=100us (off by default): dragond polls between events.
+        ("cluster_channel_rtt_8B_poll_vs_ucx_tag_rtt", "cluster_channel_send_8B_poll",
+         "cluster_ucx_tag_rtt"),
+        ("cluster_channel_bw_1MiB_poll_vs_ucx_tag_bw", "cluster_channel_bw_1MiB_poll",
+         "cluster_ucx_tag_bw_1MiB"),
+        ("cluster_py_queue_rtt_8B_poll_vs_channel_rtt_poll", "cluster_py_queue_rtt_8B_poll",
+         "cluster_channel_send_8B_poll"),
         # A request the local dragond answers itself: the floor under every remote operation.
         ("cluster_control_rtt_vs_ucx_tag_rtt", "cluster_control_rtt", "cluster_ucx_tag_rtt"),
         ("cluster_bringup_2nodes_vs_bare_srun", "cluster_bringup_dragon_N2", "cluster_bringup_bare_N2"),

@@ -43,9 +43,10 @@ constexpr KeySpec kKeys[] = {
     {"cluster.node_timeout", Type::Duration, "1500ms",
      "a node not heard from for this long is lost (a partition, a hung node)", "",
      kSecond / 10, 3600 * kSecond},
-    {"cluster.poll", Type::Duration, "100us",
+    {"cluster.poll", Type::Duration, "0s",
      "how long dragond keeps polling for the next event after one before it sleeps, in a "
-     "multi-node job (0s: it sleeps at once); a remote operation then costs no wake-up",
+     "multi-node job (0s: it sleeps at once); a remote operation then costs no wake-up. For "
+     "nodes where dragond has a core to itself",
      "", 0, kSecond / 100},
     {"cluster.node_lost_grace", Type::Duration, "2s",
      "after a node is lost, how long the job's processes have to act on NodeLost before the "

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iterator>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -182,7 +183,12 @@ Status EventLoop::run() {
     if (n == 0 && deferred_.empty() && pollNs_ > 0) {
       // Nothing now: poll a while (setPollNs) before sleeping.
       const std::int64_t until = monotonicNowNs() + pollNs_;
-      while (n == 0 && monotonicNowNs() < until) n = epoll_wait(epoll_.get(), events, 64, 0);
+      // Yielding between looks: a process that needs the CPU (another dragond of an
+      // oversubscribed host, the job's own work) gets it, and polling costs only idle time.
+      while (n == 0 && monotonicNowNs() < until) {
+        sched_yield();
+        n = epoll_wait(epoll_.get(), events, 64, 0);
+      }
       if (n == 0) n = epoll_wait(epoll_.get(), events, 64, -1);
     }
     if (n < 0) {
