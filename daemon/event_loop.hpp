@@ -51,9 +51,10 @@ class EventLoop {
   // eventfd in the epoll set wakes the loop).
   void post(std::function<void()> fn);
 
-  // After handling events, keep polling (epoll_wait without sleeping) for up to `ns` before
-  // sleeping: the next event is handled without a wake-up (the latency of a multi-node job's
-  // request chain), at the price of a CPU busy for that long after each event. 0: never.
+  // After handling events, keep polling (epoll_wait without sleeping, yielding the CPU between
+  // looks) for up to `ns` before sleeping: the next event is handled without a wake-up (the
+  // latency of a multi-node job's request chain), at the price of a CPU kept busy while
+  // nothing else wants it. 0: never.
   void setPollNs(std::int64_t ns) noexcept { pollNs_ = ns; }
 
   // Dispatches events until stop() (called from a handler or timer).

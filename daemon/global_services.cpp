@@ -216,6 +216,13 @@ void RemoteGlobalServices::send(pb::Envelope request) {
   forward_(std::move(request), [](Result<pb::Envelope>) {});
 }
 
+void RemoteGlobalServices::askStatus(pb::Envelope request, Done done) {
+  ++sent_;
+  forward_(std::move(request), [done = std::move(done)](Result<pb::Envelope> r) {
+    done(answerStatus(r));
+  });
+}
+
 template <typename T, typename Extract>
 void RemoteGlobalServices::ask(pb::Envelope request, std::function<void(Result<T>)> done,
                                pb::Envelope::BodyCase expected, const char* what,
@@ -241,10 +248,7 @@ void RemoteGlobalServices::claimName(const std::string& name, const ObjectDescri
   claim->set_name(name);
   *claim->mutable_object() = pb::toRef(object);
   claim->set_replace(replace);
-  ++sent_;
-  forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
-    done(answerStatus(r));
-  });
+  askStatus(std::move(req), std::move(done));
 }
 
 void RemoteGlobalServices::releaseName(const std::string& name, const ObjectDescriptor& object) {
@@ -308,9 +312,7 @@ void RemoteGlobalServices::sync(Done done) {
   // The cheapest request the tables answer: a lookup of a name no object can have.
   pb::Envelope req;
   req.mutable_lookup_name()->set_name("");
-  ++sent_;
-  forward_(std::move(req), [done = std::move(done)](Result<pb::Envelope> r) {
-    Status st = answerStatus(r);
+  askStatus(std::move(req), [done = std::move(done)](Status st) {
     done(st.code() == StatusCode::NotFound ? Status::ok() : st);
   });
 }

@@ -144,6 +144,8 @@ class RemoteGlobalServices final : public GlobalServices {
   void list(std::uint64_t group, Listed done);
   // A one-way call.
   void send(protocol::Envelope request);
+  // A call whose answer is Ok or an error.
+  void askStatus(protocol::Envelope request, Done done);
   // A call whose answer carries `expected`, from which `extract` takes the result.
   template <typename T, typename Extract>
   void ask(protocol::Envelope request, std::function<void(Result<T>)> done,

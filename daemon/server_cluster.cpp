@@ -553,18 +553,6 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }
-    case pb::Envelope::kListProcesses: {
-      if (msg.list_processes().this_node_only()) {
-        reply(localList());
-        return;
-      }
-      pb::Envelope answer;
-      if (hosted_ == nullptr || !hosted_->serve(msg, answer)) {
-        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
-      }
-      reply(std::move(answer));
-      return;
-    }
     case pb::Envelope::kAttach:
       reply(peerAttach(from, msg.attach()));
       return;
@@ -581,6 +569,12 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
       reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
       return;
     }
+    case pb::Envelope::kListProcesses:
+      if (msg.list_processes().this_node_only()) {
+        reply(localList());
+        return;
+      }
+      [[fallthrough]];  // the job's processes: global services' table
     case pb::Envelope::kNameClaim:
     case pb::Envelope::kNameRelease:
     case pb::Envelope::kLookupName:

@@ -70,6 +70,16 @@ dragon::Timeout remaining(const dragon::Timeout& original, const dragon::Deadlin
   return dragon::Timeout::after(std::chrono::nanoseconds(left));
 }
 
+// Where each piece goes in the message (`at`), one after another at its alignment; the total.
+std::size_t layOut(std::span<const Piece> pieces, std::vector<std::size_t>& at) {
+  at.resize(pieces.size());
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    at[i] = alignUp(total, pieces[i].align);
+    total = at[i] + pieces[i].size;
+  }
+  return total;
+}
 
 void copyPieces(std::byte* dst, std::span<const Piece> pieces, std::span<const std::size_t> at) {
   for (std::size_t i = 0; i < pieces.size(); ++i) {
@@ -81,12 +91,8 @@ void copyPieces(std::byte* dst, std::span<const Piece> pieces, std::span<const s
 // into the ring when it fits there, else straight into a pool block that is handed over.
 Status sendPieces(dragon::Channel& c, std::span<const Piece> pieces,
                   const dragon::Timeout& timeout) {
-  std::vector<std::size_t> at(pieces.size());
-  std::size_t total = 0;
-  for (std::size_t i = 0; i < pieces.size(); ++i) {
-    at[i] = alignUp(total, pieces[i].align);
-    total = at[i] + pieces[i].size;
-  }
+  std::vector<std::size_t> at;
+  const std::size_t total = layOut(pieces, at);
   constexpr std::size_t kStack = 1024;
   if (total <= c.inlineSize() && total <= kStack) {
     std::byte buf[kStack];
@@ -237,13 +243,8 @@ std::span<const std::byte> bytesOf(const py::buffer_info& b) {
 // message (the same layout) to a channel of another node.
 Status PyChannel::sendLaidOut(std::span<const Piece> pieces, const dragon::Timeout& t) {
   if (!remote()) return sendPieces(ch->channel(), pieces, t);
-  std::vector<std::size_t> at(pieces.size());
-  std::size_t total = 0;
-  for (std::size_t i = 0; i < pieces.size(); ++i) {
-    at[i] = alignUp(total, pieces[i].align);
-    total = at[i] + pieces[i].size;
-  }
-  std::vector<std::byte> buf(total);
+  std::vector<std::size_t> at;
+  std::vector<std::byte> buf(layOut(pieces, at));
   copyPieces(buf.data(), pieces, at);
   return remoteOp(t, [&](dragon::Timeout tt) { return ch->send(buf, tt); });
 }

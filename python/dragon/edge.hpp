@@ -115,13 +115,12 @@ auto unlocked(F&& f) {
 // signals between them: Ctrl-C interrupts a blocked get() or acquire() the way it would a
 // blocked stdlib one (KeyboardInterrupt raised before anything was taken).
 template <typename Op>
-Status sliced(const dragon::Timeout& timeout, Op&& op) {
-  constexpr std::int64_t kSliceNs = 50'000'000;
+Status sliced(const dragon::Timeout& timeout, Op&& op, std::int64_t sliceNs = 50'000'000) {
   const dragon::Deadline deadline(timeout);
   for (;;) {
-    std::int64_t left = kSliceNs;
+    std::int64_t left = sliceNs;
     if (!deadline.isForever()) {
-      left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
+      left = std::min(sliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
       if (left < 0) left = 0;
     }
     Status st;
@@ -170,35 +169,20 @@ struct PyChannel {
   std::shared_ptr<std::mutex> mu;
 
   bool remote() const { return ch->isRemote(); }
-  // Runs a remote operation `op(timeout)` under mu with the GIL released, a blocking one in
-  // slices of at most 200 ms (each a request parked at the channel's home: a Timeout there took
-  // nothing), checking for signals between them as for local channels.
+  // Runs a remote operation `op(timeout)` under mu with the GIL released: a try once, a
+  // blocking one sliced() in slices of at most 200 ms (each a request parked at the channel's
+  // home: a Timeout there took nothing).
   template <typename Op>
   Status remoteOp(const dragon::Timeout& timeout, Op&& op) {
-    constexpr std::int64_t kSliceNs = 200'000'000;
-    const dragon::Deadline deadline(timeout);
-    for (;;) {
-      dragon::Timeout t = dragon::Timeout::none();
-      if (!timeout.isNone()) {
-        std::int64_t left = kSliceNs;
-        if (!deadline.isForever()) {
-          left = std::min(kSliceNs, deadline.monotonicNs() - dragon::monotonicNowNs());
-          if (left < 0) left = 0;
-        }
-        t = dragon::Timeout::after(std::chrono::nanoseconds(left));
-      }
-      Status st;
-      {
-        GilReleased released;
-        std::lock_guard lk(*mu);
-        st = op(t);
-      }
-      if (timeout.isNone() || st.code() != StatusCode::Timeout ||
-          (!deadline.isForever() && deadline.expired())) {
-        return st;
-      }
-      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    auto locked = [&](dragon::Timeout t) {
+      std::lock_guard lk(*mu);
+      return op(t);
+    };
+    if (timeout.isNone()) {
+      GilReleased released;
+      return locked(timeout);
     }
+    return sliced(timeout, locked, 200'000'000);
   }
 
   void send(py::buffer data, const py::object& timeout);

@@ -252,12 +252,21 @@ PYBIND11_MODULE(_native, m) {
              }
              return c.ch->channel().size();
            })
-      .def("readable", [](PyChannel& c) { return c.remote() ? remoteReady(c, dragon::WaitFor::Readable) : c.ch->channel().readable(); })
-      .def("writable", [](PyChannel& c) { return c.remote() ? remoteReady(c, dragon::WaitFor::Writable) : c.ch->channel().writable(); })
+      .def("readable",
+           [](PyChannel& c) {
+             return c.remote() ? remoteReady(c, dragon::WaitFor::Readable) : c.ch->channel().readable();
+           })
+      .def("writable",
+           [](PyChannel& c) {
+             return c.remote() ? remoteReady(c, dragon::WaitFor::Writable) : c.ch->channel().writable();
+           })
       .def("close",
            [](PyChannel& c) {
-             check(c.remote() ? c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout) { return c.ch->close(); })
-                              : c.ch->channel().close());
+             if (!c.remote()) {
+               check(c.ch->channel().close());
+               return;
+             }
+             check(c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout) { return c.ch->close(); }));
            })
       .def("is_closed",
            [](PyChannel& c) {
@@ -305,13 +314,14 @@ PYBIND11_MODULE(_native, m) {
              if (!ch->isRemote()) return PyChannel{std::move(ch), nullptr, nullptr};
              // A channel of another node (found by name or descriptor in a multi-node job):
              // its operations wait at its home, so it gets a connection of its own, not the
-             // process's shared one, and holds its reference there.
-             // Attached there first, then given back here: a reference is held throughout.
+             // process's shared one, and holds its reference there (attached there first,
+             // then given back here: a reference is held throughout).
              const dragon::ObjectDescriptor d = ch->descriptor();
              dragon::Client::Options o;
              o.socketPath = socket;
              o.name = "python channel " + std::to_string(d.id);
-             auto own = std::make_shared<dragon::Client>(take(unlocked([&] { return dragon::Client::connect(o); })));
+             auto own = std::make_shared<dragon::Client>(
+                 take(unlocked([&] { return dragon::Client::connect(o); })));
              auto remote = take(unlocked([&] { return own->attachChannel(d); }));
              (void)unlocked([&] { return c.detach(d); });
              return PyChannel{std::move(remote), std::move(own), std::make_shared<std::mutex>()};

@@ -102,6 +102,13 @@ class _PopenBase:
             self._reap(0 if flag else None)
         return self.returncode
 
+    def _sentinel_fired(self, timeout):
+        """Whether the sentinel says the process ended, waiting up to `timeout` (None: until it
+        does; a negative one is a try, as join(-1) is with the stdlib)."""
+        if timeout is not None:
+            timeout = max(timeout, 0)
+        return bool(select.select([self.sentinel], [], [], timeout)[0])
+
     def _send_signal(self, sig):
         # Through dragond, which knows the process by its puid on any node.
         if self.returncode is None:
@@ -165,11 +172,8 @@ class _TemplatePopen(_PopenBase):
         self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
 
     def _reap(self, timeout):
-        if timeout is not None:
-            timeout = max(timeout, 0)  # join(-1) is a try, as with the stdlib
-        if not select.select([self.sentinel], [], [], timeout)[0]:
-            return
-        self._status(None if timeout is None else max(timeout, _STATUS_GRACE))
+        if self._sentinel_fired(timeout):
+            self._status(None if timeout is None else max(timeout, _STATUS_GRACE))
 
     def _send_signal(self, sig):
         if self.returncode is None and self.sentinel is not None:
@@ -225,17 +229,14 @@ class _RemotePopen(_PopenBase):
                          name="dragon-watch-%d" % self._puid).start()
 
     def duplicate_for_child(self, fd):
-        raise ValueError("an object that holds an fd (a Pipe end, a lock, shared memory...) "
-                         "cannot be given to a process on another node (node %d)" % self.node)
+        raise ValueError("an object that holds an fd cannot be given to a process on another "
+                         "node (node %d): no fd crosses nodes" % self.node)
 
     def _reap(self, timeout):
-        if timeout is not None:
-            timeout = max(timeout, 0)
-        if not select.select([self.sentinel], [], [], timeout)[0]:
-            return
-        self._status(None)
-        if self.returncode is not None:
-            self._channel = None
+        if self._sentinel_fired(timeout):
+            self._status(None)  # dragond has the status: the watcher closed the pipe after it
+            if self.returncode is not None:
+                self._channel = None
 
 
 class _Template:
