@@ -51,7 +51,7 @@ if "dragon" not in _mpcontext._concrete_contexts:
 
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
                   "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",
-                  "RawValue", "RawArray", "Pool", "Manager"):
+                  "RawValue", "RawArray", "Pool", "Manager", "cpu_count"):
         setattr(_mp, _name, _routed(_name, getattr(_mp, _name)))
 
     # A stock spawn or forkserver child of a process whose start method is "dragon" calls

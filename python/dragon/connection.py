@@ -62,22 +62,50 @@ class Connection:
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this object holds no handle
         self._writers_checked = 0.0  # when _writers_gone() last looked
+        # Of another node's channels: its handles are held by the process that started this
+        # one, on their node (_lend).
+        self._borrowed = False
         _open_handles.add(self)
+
+    def _home_node(self):
+        ch = self._recv if self._recv is not None else self._send
+        return ch.home_node if ch is not None else -1
+
+    def _lend(self, lend):
+        pid = os.getpid()
+        send = self._send if self._wrec is not None else None
+        recv = self._recv if self._rrec is not None else None
+        if send is not None:
+            send.pool.add_u64(self._wrec, 1)
+            _writer_slot(send.pool, self._wrec, pid, 1)  # if this process is killed, they go
+        if recv is not None:
+            recv.pool.add_u64(self._rrec, _READER)
+        lend(lambda: _give_back(send, self._wrec, recv, self._rrec, pid))
+        return (self._recv.descriptor if self._recv else None,
+                self._send.descriptor if self._send else None, self._readable, self._writable,
+                None, None, None)
 
     def __getstate__(self):
         # Descriptors are valid in any process of the runtime: a Connection may travel through
         # a Queue or another Connection, not only to a child at its start.
         if self._closed:
             raise OSError("handle is closed")
-        from .process import refuse_for_another_node
-        refuse_for_another_node("a Pipe's Connection (or a SimpleQueue)")
+        if self._borrowed:
+            raise ValueError("this end of a Pipe is of node %d, and a process on another node "
+                             "than its own cannot pass it on" % self._home_node())
+        popen = context.get_spawning_popen()
+        lend = getattr(popen, "lend_handles", None)
+        if lend is not None:
+            # A child on another node: its handle records are memory of this node, so this
+            # process holds the child's handles and gives them back when dragond reports
+            # the child's end (as the kernel closes a child's fds when it exits).
+            return self._lend(lend)
         # The other process's handles, counted before this one can close.
         if self._send is not None and self._wrec is not None:
             self._send.pool.add_u64(self._wrec, 1)
         if self._recv is not None and self._rrec is not None:
             self._recv.pool.add_u64(self._rrec, _READER)
         fd = None
-        popen = context.get_spawning_popen()
         if popen is not None and self._fd is not None:
             fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket
         return (self._recv.descriptor if self._recv else None,
@@ -88,11 +116,12 @@ class Connection:
         r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
-        for ch in (self._recv, self._send):
-            if ch is not None and ch.is_remote:
-                # Its writer records are pool memory of its own node (issue 11).
-                raise ValueError("a Pipe's Connection cannot be used on another node than its "
-                                 "own yet")
+        self._borrowed = any(ch is not None and ch.is_remote for ch in (self._recv, self._send))
+        if self._borrowed and (self._wrec is not None or self._rrec is not None):
+            # Sent to a process that runs already (through a Queue...): nothing of this node
+            # can hold its handles until it ends.
+            raise ValueError("a Pipe end of node %d reaches another node only with a process "
+                             "started there (as an argument of Process)" % self._home_node())
         self._closed = False
         self._pid = os.getpid()
         self._writers_checked = 0.0
@@ -156,19 +185,9 @@ class Connection:
         _open_handles.discard(self)
         if self._pid != os.getpid():
             return  # a copy a stock fork made: its handles are the parent's
+        # A borrowed end's handles go back when this process ends (_lend).
         try:
-            if self._send is not None and self._wrec is not None:
-                pool = self._send.pool
-                _writer_slot(pool, self._wrec, self._pid, -1)
-                left = pool.add_u64(self._wrec, -1)
-                if left & _LOW == 0:
-                    self._send.close()  # the last writer: the reader sees end of file
-                if left == 0:
-                    pool.free(self._wrec)
-            if self._recv is not None and self._rrec is not None:
-                pool = self._recv.pool
-                if pool.add_u64(self._rrec, -_READER) == 0:
-                    pool.free(self._rrec)
+            _give_back(self._send, self._wrec, self._recv, self._rrec, self._pid)
         except Exception:
             pass
 
@@ -333,6 +352,24 @@ def _drop_dead_writers(pool, offset):
     return pool.load_u64(offset) & _LOW == 0
 
 
+def _give_back(send, wrec, recv, rrec, pid):
+    """Gives back a writer handle of `send` that `pid` holds (with wrec) and a reader handle of
+    `recv` (with rrec). The last writer closes the channel (its reader sees end of file); the
+    last handle frees the record."""
+    if send is not None and wrec is not None:
+        pool = send.pool
+        _writer_slot(pool, wrec, pid, -1)
+        left = pool.add_u64(wrec, -1)
+        if left & _LOW == 0:
+            send.close()
+        if left == 0:
+            pool.free(wrec)
+    if recv is not None and rrec is not None:
+        pool = recv.pool
+        if pool.add_u64(rrec, -_READER) == 0:
+            pool.free(rrec)
+
+
 def _process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -409,7 +446,13 @@ def wait(object_list, timeout=None):
         fds = [_fd_of(o) for o in others]
     except (AttributeError, OSError, ValueError):
         fds = None  # something without a usable fd: let the stdlib's wait report it
-    native = bool(channels) and len(channels) <= _MAX_WAIT_CHANNELS and fds is not None
+    remote = [c for c in channels if c.is_remote]
+    if remote and len(ours) == 1 and not others:
+        # One object of another node (a Queue, a Pipe end): the wait is parked at its home.
+        return ours if remote[0].wait_readable(timeout) else []
+    # Channels of another node are polled at their homes, each round of the loop below.
+    native = (bool(channels) and not remote and len(channels) <= _MAX_WAIT_CHANNELS
+              and fds is not None)
     backoff = _backoff()
     while True:
         ready = [o for o in ours if o._dragon_ready()]

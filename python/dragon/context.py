@@ -9,6 +9,17 @@ class DragonContext(_ctx.BaseContext):
     _name = "dragon"
     Process = DragonProcess
 
+    def cpu_count(self):
+        """The job's CPUs: in a multi-node job, the sum of what Slurm granted on each node."""
+        import os
+        if not os.environ.get("DRAGON_SOCKET"):
+            return super().cpu_count()  # no runtime yet (its own would be of this node alone)
+        from . import policy
+        known = policy.nodes()
+        if len(known) > 1:
+            return sum(c if c > 0 else 1 for _, _, c in known)
+        return super().cpu_count()
+
     def Queue(self, maxsize=0):
         from .queues import Queue
         return Queue(maxsize, ctx=self)

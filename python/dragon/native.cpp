@@ -57,16 +57,24 @@ std::uint64_t* wordAt(const dragon::Pool& p, std::uint64_t offset, std::uint64_t
   return static_cast<std::uint64_t*>(p.pointerAt(offset)) + index;
 }
 
-// Whether a channel of another node has `events` now (a try poll at its home).
-bool remoteReady(PyChannel& c, dragon::WaitFor events) {
+// Whether a channel of another node has `events`: now (a try poll at its home), or within
+// `timeout` (a poll parked at its home, in remoteOp's slices).
+bool remoteReady(PyChannel& c, dragon::WaitFor events,
+                 const dragon::Timeout& timeout = dragon::Timeout::none()) {
+  const auto has = [&](dragon::WaitFor w) {
+    return (static_cast<unsigned>(w) & static_cast<unsigned>(events)) != 0;
+  };
   dragon::WaitFor got{};
-  check(c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout t) -> Status {
+  const Status st = c.remoteOp(timeout, [&](dragon::Timeout t) -> Status {
     auto r = c.ch->poll(events, t);
     if (!r.has_value()) return r.error();
     got = *r;
-    return Status::ok();
-  }));
-  return (static_cast<unsigned>(got) & static_cast<unsigned>(events)) != 0;
+    if (has(got) || t.isNone()) return Status::ok();
+    return Status(StatusCode::Timeout, "not ready yet");
+  });
+  if (st.code() == StatusCode::Timeout) return false;
+  check(st);
+  return has(got);
 }
 
 // Writable memory of a live pool allocation, exported through the buffer protocol; holding it
@@ -256,6 +264,17 @@ PYBIND11_MODULE(_native, m) {
            [](PyChannel& c) {
              return c.remote() ? remoteReady(c, dragon::WaitFor::Readable) : c.ch->channel().readable();
            })
+      .def("wait_readable",
+           [](PyChannel& c, const py::object& timeout) {
+             if (!c.remote()) {
+               std::vector<PyChannel*> one{&c};
+               return waitAnyOf(one, {}, timeout);
+             }
+             return remoteReady(c, dragon::WaitFor::Readable, timeoutOf(timeout));
+           },
+           py::arg("timeout") = py::none(),
+           "Waits until a receive would not block (or the channel is closed), at most "
+           "timeout seconds (None: forever); False if the time ran out")
       .def("writable",
            [](PyChannel& c) {
              return c.remote() ? remoteReady(c, dragon::WaitFor::Writable) : c.ch->channel().writable();
@@ -274,7 +293,9 @@ PYBIND11_MODULE(_native, m) {
              // from readable, and it would take a message: false there (readable() covers it).
              return !c.remote() && c.ch->channel().isClosed();
            })
-      .def_property_readonly("is_remote", &PyChannel::remote);
+      .def_property_readonly("is_remote", &PyChannel::remote)
+      .def_property_readonly("home_node", [](const PyChannel& c) { return c.ch->descriptor().node; },
+                             "The node that holds it");
 
   py::class_<dragon::Client>(m, "Client")
       .def(py::init([](const std::string& socket, const std::string& name, bool prefault) {

@@ -3,20 +3,25 @@
 
 ``with dragon.Policy(node=2): p.start()`` starts the processes started inside the block on node
 2 (a node id, as ``dragon.nodes()`` lists them, or a hostname); ``Policy(node="local")`` or
-``Policy()`` on the starting process's own node. Policies nest; each thread has its own. Outside
-any, processes start where ``DRAGON_PLACEMENT`` says: ``local`` (the default) or a node id.
+``Policy()`` on the starting process's own node; ``Policy(node="roundrobin")`` on the job's nodes
+in turn, each taking turns in proportion to the CPUs Slurm granted it (the turns are this
+process's, starting at its own node). Policies nest; each thread has its own. A Pool keeps the
+policy in force when it was made for all its workers, also the ones it starts later. Outside
+any, processes start where ``DRAGON_PLACEMENT`` says: ``local`` (the default), ``roundrobin``
+or a node id.
 
 On one node every policy is this node. A process on another node is started by that node's
 dragond as a fresh interpreter; its output comes back line by line through that node's launcher;
 it is joined, polled, signalled and waited on (its sentinel) like any other. What it is given
-must cross nodes: queues (``Queue``, ``SimpleQueue``) do; objects that hold fds or raw memory
-(``Pipe``, locks, ``Value``, shared memory) do not yet, and starting a process on another node
+must cross nodes: queues, pipes, locks and pools do; objects that hold raw memory or a count
+read in place (``Value``, ``Event``, semaphores, shared memory) do not yet, and starting a process on another node
 with one raises an error that says so.
 """
 import os
 import threading
 
 _LOCAL = "local"
+_ROUND_ROBIN = "roundrobin"
 _state = threading.local()
 
 
@@ -48,26 +53,80 @@ def _default():
     value = os.environ.get("DRAGON_PLACEMENT", _LOCAL).strip()
     if value == _LOCAL or value == "":
         return _LOCAL
+    if value == _ROUND_ROBIN:
+        return _ROUND_ROBIN
     try:
         return int(value)
     except ValueError:
-        raise ValueError("DRAGON_PLACEMENT is 'local' or a node id, not %r" % value) from None
+        raise ValueError("DRAGON_PLACEMENT is 'local', 'roundrobin' or a node id, not %r"
+                         % value) from None
 
 
-def target_node():
-    """The node id the next process starts on, or None for this node."""
+def current():
+    """The Policy in force in this thread (None: the default, DRAGON_PLACEMENT)."""
     stack = getattr(_state, "stack", None)
-    want = stack[-1].node if stack else _default()
+    return stack[-1] if stack else None
+
+
+def _wanted(policy):
+    return policy.node if policy is not None else _default()
+
+
+class _Turns:
+    """Smooth weighted round-robin over the job's nodes, weighted by their CPUs: each node's
+    share of any run of turns is its share of the CPUs, spread out (3:1 gives a a b a, not
+    a a a b). The turns are this process's; of nodes with equal credit, its own goes first."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pid = None
+        self.credit = {}
+
+    def next(self, known, here):
+        with self.lock:
+            if self.pid != os.getpid():  # a forked copy starts its own turns
+                self.pid, self.credit = os.getpid(), {}
+            weights = {n: max(cpus, 1) for n, _, cpus in known}
+            self.credit = {n: self.credit.get(n, 0) + w for n, w in weights.items()}
+            node = max(self.credit, key=lambda n: (self.credit[n], n == here, -n))
+            self.credit[node] -= sum(weights.values())
+            return node
+
+
+_turns = _Turns()
+
+
+def target_node(policy=None):
+    """The node id the next process starts on, or None for this node: by `policy` (a process
+    object's, which a Pool sets), else by the policy in force in this thread."""
+    want = _wanted(policy if policy is not None else current())
     if want == _LOCAL:
         return None
     from . import _runtime
     here = _runtime.this_node()
     known = _runtime.nodes()
+    if want == _ROUND_ROBIN:
+        node = _turns.next(known, here)
+        return None if node == here else node
     for node, hostname, _ in known:
         if want == node or (isinstance(want, str) and want == hostname):
             return None if node == here else node
     raise ValueError("no node %r in this job (its nodes: %s)"
                      % (want, ", ".join("%d (%s)" % (n, h or "this node") for n, h, _ in known)))
+
+
+def cpus(policy=None):
+    """The CPUs of the nodes a policy places on: the job's for round-robin, else the one
+    node's (as Slurm granted them; os.cpu_count() where that is not known)."""
+    want = _wanted(policy if policy is not None else current())
+    from . import _runtime
+    known = _runtime.nodes()
+    if want == _ROUND_ROBIN:
+        return sum(c if c > 0 else (os.cpu_count() or 1) for _, _, c in known)
+    node = target_node(policy)
+    here = _runtime.this_node() if node is None else node
+    granted = [c for n, _, c in known if n == here]
+    return granted[0] if granted and granted[0] > 0 else (os.cpu_count() or 1)
 
 
 def nodes():

@@ -189,23 +189,34 @@ def refuse_for_another_node(what, why="it holds memory of this node"):
     popen = context.get_spawning_popen()
     if isinstance(popen, _RemotePopen):
         raise ValueError("%s cannot be given to a process on another node (node %d) yet: %s; "
-                         "a Queue or a Lock can" % (what, popen.node, why))
+                         "a Queue, a Pipe or a Lock can" % (what, popen.node, why))
 
 
-def _watch_remote(puid, write_end):
-    """Closes `write_end` (the sentinel's other end) once dragond says the process ended, or
-    that it cannot say any more (its node was lost, dragond went)."""
+def _run_all(calls):
+    for call in calls:
+        try:
+            call()
+        except Exception:
+            pass
+
+
+def _watch_remote(puid, write_end, at_end):
+    """Once dragond says the process ended, or that it cannot say any more (its node was lost,
+    dragond went): runs `at_end` (gives back the handles lent to it), then closes `write_end`
+    (the sentinel's other end)."""
     try:
         _runtime.wait([puid])
     except BaseException:
         pass
     finally:
+        _run_all(at_end)
         os.close(write_end)
 
 
 class _RemotePopen(_PopenBase):
     """A child on another node of a multi-node job (dragon.Policy): that node's dragond starts
-    a fresh interpreter, which takes its payload from a channel here across nodes. No fd
+    a fresh interpreter, which takes its payload from a channel here across nodes. This process
+    holds the handles of the Pipe ends lent to it until it ends (lend_handles). No fd
     crosses nodes: its output is captured and comes back line by line through its node's
     launcher, it has no resource tracker of ours, and its sentinel is the read end of a pipe
     here that a watcher thread closes when dragond reports its end (as spawn's sentinel is a
@@ -214,19 +225,29 @@ class _RemotePopen(_PopenBase):
     def __init__(self, process_obj, node):
         self._init()
         self.node = node
-        payload = _payload(self, process_obj)
-        self._channel = _runtime.new_channel(capacity=1)
-        self._channel.send(payload)
-        argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
-                self._channel.descriptor, "-1"]
-        [(self._puid, self.pid, _)] = _runtime.spawn(
-            argv, _child_environment(), os.getcwd(), stdin="null", stdout="capture",
-            stderr="capture", node=node)
-        r, w = os.pipe2(os.O_CLOEXEC)
+        self._at_end = []
+        try:
+            payload = _payload(self, process_obj)
+            self._channel = _runtime.new_channel(capacity=1)
+            self._channel.send(payload)
+            argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
+                    self._channel.descriptor, "-1"]
+            [(self._puid, self.pid, _)] = _runtime.spawn(
+                argv, _child_environment(), os.getcwd(), stdin="null", stdout="capture",
+                stderr="capture", node=node)
+            r, w = os.pipe2(os.O_CLOEXEC)
+        except BaseException:
+            _run_all(self._at_end)  # it never started: nothing of it holds what was lent
+            raise
         self.sentinel = r
         self.finalizer = util.Finalize(self, os.close, (r,))
-        threading.Thread(target=_watch_remote, args=(self._puid, w), daemon=True,
+        threading.Thread(target=_watch_remote, args=(self._puid, w, self._at_end), daemon=True,
                          name="dragon-watch-%d" % self._puid).start()
+
+    def lend_handles(self, give_back):
+        """For objects whose handles are counted in memory of this node (a Pipe's ends): this
+        process holds the child's, and calls give_back() once the child has ended."""
+        self._at_end.append(give_back)
 
     def duplicate_for_child(self, fd):
         raise ValueError("an object that holds an fd cannot be given to a process on another "
@@ -343,7 +364,7 @@ def Popen(process_obj):
     start also starts the template)."""
     global _template, _template_pid
     from .policy import target_node
-    node = target_node()
+    node = target_node(getattr(process_obj, "_dragon_policy", None))
     if node is not None:
         return _RemotePopen(process_obj, node)
     if _template_pid != os.getpid():

@@ -32,6 +32,42 @@ def qsize_probe(q):
     sys.exit(1)
 
 
+def pipe_reader(r, outq):
+    # Reads a Pipe of another node until its writers are gone (EOFError).
+    got = []
+    while True:
+        try:
+            got.append(r.recv())
+        except EOFError:
+            break
+    outq.put(("read", got))
+
+
+def pipe_echo(conn, sq):
+    # A duplex Pipe end and a SimpleQueue of another node; connection.wait over both.
+    for _ in range(2):
+        ready = wait([conn, sq._reader], timeout=60)
+        assert ready, "wait over objects of another node timed out"
+        for r in ready:
+            if r is conn:
+                msg = conn.recv()
+                conn.send(("echo", msg))
+            else:
+                sq_item = sq.get()
+                conn.send(("sq", sq_item))
+    assert wait([conn], timeout=0.2) == [], "ready with nothing sent"
+    conn.send_bytes(b"bytes " * 1000)
+    conn.close()
+
+
+def pool_init(q):
+    q.put(socket.gethostname())
+
+
+def pool_task(x):
+    return socket.gethostname(), x * x
+
+
 def sleeper():
     time.sleep(600)
 
@@ -109,9 +145,65 @@ def main():
         h.join(60)
         assert h.exitcode == 0
 
+    # A one-way Pipe to another node: the reader there sees every message, then end of file
+    # when the writers here close. And a writer there: this reader sees end of file when it
+    # ends (its handles were lent to it).
+    r, w = mp.Pipe(duplex=False)
+    with dragon.Policy(node=far):
+        pr = mp.Process(target=pipe_reader, args=(r, lockq))
+        pr.start()
+    r.close()
+    for i in range(50):
+        w.send(i)
+    w.close()
+    assert lockq.get(timeout=60) == ("read", list(range(50)))
+    pr.join(60)
+    assert pr.exitcode == 0, pr.exitcode
+
+    # A duplex Pipe and a SimpleQueue of this node used there, with connection.wait over
+    # both; its end closed there, this end sees end of file once it has gone.
+    here_end, far_end = mp.Pipe()
+    sq = mp.SimpleQueue()
+    with dragon.Policy(node=far):
+        pe = mp.Process(target=pipe_echo, args=(far_end, sq))
+        pe.start()
+    far_end.close()
+    here_end.send("ping")
+    assert here_end.recv() == ("echo", "ping")
+    sq.put("item")
+    assert here_end.recv() == ("sq", "item")
+    assert here_end.recv_bytes() == b"bytes " * 1000
+    pe.join(60)
+    assert pe.exitcode == 0, pe.exitcode
+    assert wait([here_end], timeout=30) == [here_end]
+    try:
+        here_end.recv()
+    except EOFError:
+        pass
+    else:
+        raise AssertionError("a message from a process that has ended")
+
+    # A Pool placed round-robin over the nodes: its workers run on every node, and Pool()
+    # and cpu_count() count the job's CPUs.
+    job_cpus = sum(max(c, 1) for _, _, c in nodes)
+    assert mp.cpu_count() == job_cpus, (mp.cpu_count(), nodes)
+    hostq = mp.Queue()
+    with dragon.Policy(node="roundrobin"):
+        pool = mp.Pool(initializer=pool_init, initargs=(hostq,))
+    assert pool._processes == job_cpus, pool._processes
+    with pool:
+        out = pool.map(pool_task, range(200), chunksize=1)
+        assert [v for _, v in out] == [x * x for x in range(200)]
+        pool_hosts = {hostq.get(timeout=60) for _ in range(job_cpus)}
+        assert pool.apply_async(pool_task, (7,)).get(60)[1] == 49
+        assert sorted(v for _, v in pool.imap_unordered(pool_task, range(20))) == \
+            sorted(x * x for x in range(20))
+    pool.join()
+    assert pool_hosts == {h for _, h, _ in nodes}, (pool_hosts, nodes)
+
     # What does not work across nodes yet is refused at the start, naming the node.
     for what, obj in (("Value", mp.Value("i", 0)), ("Event", mp.Event()),
-                      ("Pipe", mp.Pipe()[0]), ("JoinableQueue", mp.JoinableQueue())):
+                      ("JoinableQueue", mp.JoinableQueue())):
         with dragon.Policy(node=far):
             try:
                 mp.Process(target=exiter, args=(obj,)).start()
@@ -126,8 +218,8 @@ def main():
         assert "no node 99" in str(err), err
     else:
         raise AssertionError("a node outside the job was accepted")
-    print("py-across: ok 3 nodes, %d items, workers on %d other hosts"
-          % (count, len(remote_hosts)), flush=True)
+    print("py-across: ok 3 nodes, %d items, workers on %d other hosts, pool on %d hosts"
+          % (count, len(remote_hosts), len(pool_hosts)), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 HERE=$(cd "$(dirname "$0")" && pwd)
 out=$(srun_dragon "$HERE/py_across.py" 2>&1) || fail "py_across: srun exited $?: $out"
 echo "$out"
-grep -q "py-across: ok 3 nodes, 300 items, workers on 2 other hosts" <<<"$out" ||
+grep -q "py-across: ok 3 nodes, 300 items, workers on 2 other hosts, pool on 3 hosts" <<<"$out" ||
   fail "py_across did not pass"
 # The workers' output came back from every node.
 for n in 0 1 2; do

@@ -230,8 +230,12 @@ class PolicyTest(unittest.TestCase):
         old = os.environ.get("DRAGON_PLACEMENT")
         try:
             os.environ["DRAGON_PLACEMENT"] = "sideways"
-            with self.assertRaisesRegex(ValueError, "DRAGON_PLACEMENT is 'local' or a node id"):
+            with self.assertRaisesRegex(ValueError,
+                                        "DRAGON_PLACEMENT is 'local', 'roundrobin' or a node id"):
                 policy.target_node()
+            os.environ["DRAGON_PLACEMENT"] = "roundrobin"
+            self.assertIsNone(policy.target_node())  # one node: every turn is this one
+            self.assertEqual(policy.cpus(), os.cpu_count())
             os.environ["DRAGON_PLACEMENT"] = "42"
             with self.assertRaisesRegex(ValueError, "no node 42"):
                 policy.target_node()
@@ -242,6 +246,35 @@ class PolicyTest(unittest.TestCase):
                 os.environ.pop("DRAGON_PLACEMENT", None)
             else:
                 os.environ["DRAGON_PLACEMENT"] = old
+
+
+    def test_round_robin_turns_follow_the_cpus_and_start_here(self):
+        from dragon.policy import _Turns
+        turns = _Turns()
+        known = [(0, "a", 3), (1, "b", 1)]
+        self.assertEqual([turns.next(known, 0) for _ in range(8)], [0, 0, 1, 0] * 2)
+        turns = _Turns()
+        known = [(0, "a", 2), (1, "b", 2), (2, "c", 2)]
+        self.assertEqual([turns.next(known, 1) for _ in range(6)], [1, 0, 2, 1, 0, 2])
+        # A node not known (its CPUs) still gets turns; one that left the job gets none.
+        turns = _Turns()
+        self.assertEqual([turns.next([(0, "a", 0), (5, "b", 0)], 5) for _ in range(3)],
+                         [5, 0, 5])
+        self.assertEqual(turns.next([(0, "a", 0)], 5), 0)
+
+    def test_a_pool_places_every_worker_by_the_policy_it_was_made_under(self):
+        from dragon import policy
+        with dragon.Policy(node="local") as local:
+            pool = CTX.Pool(2)
+        try:
+            self.assertIs(pool._dragon_policy, local)
+            self.assertTrue(all(p._dragon_policy is local for p in pool._pool))
+            self.assertEqual(pool.map(abs, [-1, -2, 3]), [1, 2, 3])
+        finally:
+            pool.terminate()
+            pool.join()
+        self.assertEqual(CTX.cpu_count(), os.cpu_count())
+        self.assertIsNone(policy.current())
 
 
 class TemplateTest(unittest.TestCase):
