@@ -114,12 +114,12 @@ class JoinableQueue(Queue):
         with self._cond:
             if not self._unfinished.acquire(False):
                 raise ValueError("task_done() called too many times")
-            if self._unfinished.get_value() == 0:
+            if self._unfinished._is_zero():
                 self._cond.notify_all()
 
     def join(self):
         with self._cond:
-            if self._unfinished.get_value() != 0:
+            if not self._unfinished._is_zero():
                 self._cond.wait()
 
 

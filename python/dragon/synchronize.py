@@ -38,14 +38,8 @@ class Semaphore:
             self._channel.send(_TOKEN, 0)
 
     def __getstate__(self):
-        # Its descriptor is valid in every process of the runtime: no need to be inherited.
-        if type(self) is not Lock:
-            # A lock crosses nodes (acquire and release are a receive and a send); a
-            # semaphore's value (and so an Event's, a Condition's, a JoinableQueue's) cannot be
-            # read from another node yet.
-            from .process import refuse_for_another_node
-            refuse_for_another_node("a %s" % type(self).__name__,
-                                    "its value cannot be read from there")
+        # Its descriptor is valid in every process of the runtime, on every node: acquire and
+        # release are a receive and a send, whether zero is whether a receive would block.
         return (self._capacity, self._channel.descriptor)
 
     def __setstate__(self, state):
@@ -67,7 +61,11 @@ class Semaphore:
                 raise ValueError("semaphore or lock released too many times") from None
 
     def get_value(self):
+        # Of another node: NotImplementedError, as the stdlib's where sem_getvalue is missing.
         return self._channel.size()
+
+    def _is_zero(self):
+        return not self._channel.readable()
 
     @property
     def _semlock(self):
@@ -82,7 +80,11 @@ class Semaphore:
         self.release()
 
     def __repr__(self):
-        return "<%s(value=%s)>" % (type(self).__name__, self.get_value())
+        try:
+            value = self.get_value()
+        except NotImplementedError:
+            value = "unknown"
+        return "<%s(value=%s)>" % (type(self).__name__, value)
 
 
 class _SemLockView:
@@ -90,7 +92,7 @@ class _SemLockView:
         self._sem = sem
 
     def _is_zero(self):
-        return self._sem.get_value() == 0
+        return self._sem._is_zero()
 
     def _get_value(self):
         return self._sem.get_value()
@@ -106,7 +108,7 @@ class Lock(Semaphore):
         super().__init__(1, ctx=ctx, _capacity=1)
 
     def __repr__(self):
-        return "<Lock(%s)>" % ("unlocked" if self.get_value() else "locked")
+        return "<Lock(%s)>" % ("locked" if self._is_zero() else "unlocked")
 
 
 class RLock:
@@ -254,7 +256,7 @@ class Event:
         self._flag, self._cond = state
 
     def is_set(self):
-        return self._flag.get_value() == 1
+        return not self._flag._is_zero()  # it holds one token at most
 
     def __repr__(self):
         return "<%s at %#x %s>" % (type(self).__name__, id(self), "set" if self.is_set() else "unset")

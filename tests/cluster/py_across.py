@@ -2,8 +2,10 @@
 """Python processes on every node of a 3-node job (run as `dragon py_across.py` under srun by
 t_python_across.sh): workers placed with dragon.Policy on each node take items from one Queue
 and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
-another node; a Lock held across nodes; objects that do not work across nodes yet (Value,
-Event, Pipe, JoinableQueue) refused for another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
+another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
+used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
+file; a round-robin Pool; objects that do not work across nodes yet (Value, Array) refused for
+another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import socket
 import sys
@@ -58,6 +60,24 @@ def pipe_echo(conn, sq):
     assert wait([conn], timeout=0.2) == [], "ready with nothing sent"
     conn.send_bytes(b"bytes " * 1000)
     conn.close()
+
+
+def sync_user(node, go, done, sem, cond, barrier, jq, outq):
+    # Event, Semaphore, Condition, Barrier and JoinableQueue of the head's node, used here.
+    assert go.wait(60), "the event was not seen set"
+    assert go.is_set()
+    with sem:  # 2 tokens, 3 users: at most 2 inside at once
+        outq.put(("in", node))
+        time.sleep(0.05)
+        outq.put(("out", node))
+    with cond:
+        outq.put(("waiting", node))
+        assert cond.wait_for(lambda: done.is_set(), 60), "no notify seen"
+    barrier.wait(60)
+    for item in iter(jq.get, None):
+        outq.put(("job", item))
+        jq.task_done()
+    jq.task_done()
 
 
 def pool_init(q):
@@ -201,9 +221,43 @@ def main():
     pool.join()
     assert pool_hosts == {h for _, h, _ in nodes}, (pool_hosts, nodes)
 
+    # Event, Semaphore, Condition, Barrier and JoinableQueue shared by the 3 nodes.
+    go, done, sem, cond = mp.Event(), mp.Event(), mp.Semaphore(2), mp.Condition()
+    barrier, jq, syncq = mp.Barrier(4), mp.JoinableQueue(), mp.Queue()
+    users = []
+    for node, _, _ in nodes:
+        with dragon.Policy(node=node):
+            users.append(mp.Process(target=sync_user,
+                                    args=(node, go, done, sem, cond, barrier, jq, syncq)))
+            users[-1].start()
+    assert not go.is_set()
+    go.set()
+    inside, waiting = 0, set()
+    for _ in range(9):  # each user: in, out (of the semaphore), waiting (on the condition)
+        kind, node = syncq.get(timeout=60)
+        if kind == "waiting":
+            waiting.add(node)
+        else:
+            inside += 1 if kind == "in" else -1
+            assert inside <= 2, "3 inside a Semaphore(2)"
+    assert inside == 0 and waiting == {n for n, _, _ in nodes}, (inside, waiting)
+    with cond:
+        done.set()
+        cond.notify_all()
+    assert barrier.wait(60) in range(4)
+    for i in range(30):
+        jq.put(i)
+    for _ in users:
+        jq.put(None)
+    jq.join()  # every item taken and marked done, on the 3 nodes
+    jobs = sorted(syncq.get(timeout=60)[1] for _ in range(30))
+    assert jobs == list(range(30)), jobs
+    for u in users:
+        u.join(60)
+        assert u.exitcode == 0, (u, u.exitcode)
+
     # What does not work across nodes yet is refused at the start, naming the node.
-    for what, obj in (("Value", mp.Value("i", 0)), ("Event", mp.Event()),
-                      ("JoinableQueue", mp.JoinableQueue())):
+    for what, obj in (("Value", mp.Value("i", 0)), ("Array", mp.Array("d", 3))):
         with dragon.Policy(node=far):
             try:
                 mp.Process(target=exiter, args=(obj,)).start()
