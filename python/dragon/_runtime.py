@@ -210,6 +210,14 @@ def this_node():
         return client().node
 
 
+def copy_memory(put, local_pool, local_allocation, far_pool, far_allocation, length,
+                timeout=None):
+    """Copies between an allocation of this node's pool and one of any node's (put: to it)."""
+    with _lock:
+        return client().copy_memory(put, local_pool, local_allocation, far_pool,
+                                    far_allocation, length, timeout)
+
+
 def create_pool(size, name="", lazy=False):
     """A pool of its own (not this process's object pool), optionally named."""
     with _lock:

@@ -148,6 +148,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("wait_any", &waitAnyOf, py::arg("channels"), py::arg("fds"), py::arg("timeout"),
         "Waits until one of the channels is readable or closed, or one of the fds readable "
         "(True), or the timeout (seconds, None: forever) passes (False)");
+  m.def("home_node", [](const std::string& desc) { return parseDesc(desc).node; },
+        py::arg("descriptor"), "The node that holds the object of a descriptor");
   m.def("default_socket_path", &dragon::defaultSocketPath);
   m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
 
@@ -481,6 +483,24 @@ PYBIND11_MODULE(_native, m) {
            },
            "[(node, hostname, cpus)]: the job's live nodes; outside a multi-node job, this one "
            "alone, with cpus 0")
+      .def("copy_memory",
+           [](dragon::Client& c, bool put, const std::string& localPool, std::uint64_t localAlloc,
+              const std::string& farPool, std::uint64_t farAlloc, std::uint64_t length,
+              const py::object& timeout) {
+             const dragon::MemoryRange local{parseDesc(localPool), localAlloc, 0};
+             const dragon::MemoryRange far{parseDesc(farPool), farAlloc, 0};
+             const dragon::Timeout t = timeoutOf(timeout);
+             check(unlocked([&]() -> Status {
+               auto transfer = put ? c.put(local, far, length) : c.get(far, local, length);
+               if (!transfer.has_value()) return transfer.error();
+               return transfer->wait(t);
+             }));
+           },
+           py::arg("put"), py::arg("local_pool"), py::arg("local_allocation"),
+           py::arg("far_pool"), py::arg("far_allocation"), py::arg("length"),
+           py::arg("timeout") = py::none(),
+           "Copies `length` bytes between the start of an allocation of this node's pool and "
+           "one of a pool of any node (put: to it; else from it), and waits for the copy")
       .def_property_readonly("node", &dragon::Client::node)
       .def_property_readonly("fd", &dragon::Client::fd);
 }

@@ -9,12 +9,20 @@ when the creator exits normally). A creator that is killed frees nothing: its bl
 its pool goes, which dragond releases once the creator and every process that attached the pool
 have gone. That is the stdlib's lifetime (an arena lives while any process maps it), and it is
 deliberate: a child may still be using the object, so a dead creator's block must not be
-reclaimed and reused under it."""
+reclaimed and reused under it.
+
+A process on another node cannot map the pool. A Value or Array with a lock given to one gets
+a copy of the bytes in its own pool, kept coherent by the lock: when it takes the lock (every
+synchronized access does, and `with v.get_lock():` around several), the bytes are fetched from
+their home; when it lets the lock go, they are written back, both by RMA (Client::get/put).
+So `with v.get_lock(): v.value += 1` from processes on three nodes gives the exact total. A
+RawValue, RawArray or Value(lock=False) has no lock to order its copies: it is refused for
+another node."""
 import ctypes
 
 from multiprocessing import context, sharedctypes as _std, util
 
-from . import _runtime
+from . import _native, _runtime
 
 
 class PoolBuffer:
@@ -33,9 +41,53 @@ class PoolBuffer:
 
     def __reduce__(self):
         context.assert_spawning(self)
-        from .process import refuse_for_another_node
-        refuse_for_another_node("shared memory (Value, Array)")
-        return _rebuild, (self._pool_descriptor, self._offset, self._size)
+        if getattr(context.get_spawning_popen(), "lend_handles", None) is not None:
+            if not getattr(self, "_guarded", False):
+                from .process import refuse_for_another_node
+                refuse_for_another_node("a RawValue, RawArray or Value(lock=False)",
+                                        "it is memory of this node, and only a lock would "
+                                        "order its copies there (a Value or Array with a lock "
+                                        "can)")
+            return _RemoteBuffer, (self._pool_descriptor, self._offset, self._size)
+        return _rebuild, (self._pool_descriptor, self._offset, self._size,
+                          getattr(self, "_guarded", False))
+
+    remote = False  # the bytes are here: nothing to fetch or write back
+
+
+class _RemoteBuffer:
+    """A Value's or Array's bytes on a node other than their home: a copy in this process's
+    pool, fetched from the home when the object's lock is taken and written back when it is
+    let go (synchronize.Lock and RLock call fetch and flush for the buffers they guard)."""
+
+    remote = True
+
+    def __init__(self, descriptor, offset, size):
+        self._far = (descriptor, offset)
+        self._size = size
+        pool = _runtime.pool()
+        self._local = (pool.descriptor, pool.alloc(max(size, 1)))
+        self._view = pool.view(self._local[1], max(size, 1))
+        util.Finalize(self, _free, (pool, self._local[1]), exitpriority=-100)
+        self.fetch()
+
+    def create_memoryview(self):
+        return memoryview(self._view)[:self._size]
+
+    def _copy(self, put):
+        if self._size:
+            _runtime.copy_memory(put, self._local[0], self._local[1], self._far[0], self._far[1],
+                                 self._size)
+
+    def fetch(self):
+        self._copy(False)
+
+    def flush(self):
+        self._copy(True)
+
+    def __reduce__(self):
+        raise ValueError("a Value or Array of node %d cannot be passed on from another node"
+                         % _native.home_node(self._far[0]))
 
 
 def _free(pool, offset):
@@ -45,8 +97,9 @@ def _free(pool, offset):
         pass
 
 
-def _rebuild(descriptor, offset, size):
+def _rebuild(descriptor, offset, size, guarded=False):
     b = PoolBuffer.__new__(PoolBuffer)
+    b._guarded = guarded
     b._pool_descriptor = descriptor
     b._offset = offset
     b._size = size
@@ -86,6 +139,10 @@ def _locked(obj, lock, ctx):
         lock = (ctx or context.get_context("dragon")).RLock()
     if not hasattr(lock, "acquire"):
         raise AttributeError("%r has no method 'acquire'" % lock)
+    guard = getattr(lock, "_guard", None)
+    if guard is not None:  # a dragon lock: on another node, it keeps the bytes coherent
+        obj._wrapper._guarded = True
+        guard(obj._wrapper)
     return _std.synchronized(obj, lock, ctx=ctx)
 
 

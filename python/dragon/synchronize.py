@@ -104,8 +104,54 @@ class BoundedSemaphore(Semaphore):
 
 
 class Lock(Semaphore):
+    """A Semaphore(1). It also keeps the Values and Arrays it guards coherent on another node
+    than theirs (sharedctypes._RemoteBuffer): fetched when it is taken, written back when it is
+    let go. On their own node that costs nothing (their buffers are the shared bytes)."""
+
     def __init__(self, *, ctx=None):
         super().__init__(1, ctx=ctx, _capacity=1)
+        self._guards = []
+
+    def _guard(self, buffer):
+        self._guards.append(buffer)
+        self._use_guards()
+
+    def __getstate__(self):
+        # Its buffers go with it to a new process (they are pickled once with the Value that
+        # holds them); not through a queue, where a Value cannot go either.
+        guards = self._guards if context.get_spawning_popen() is not None else []
+        return super().__getstate__() + (guards,)
+
+    def __setstate__(self, state):
+        super().__setstate__(state[:2])
+        self._guards = state[2]
+        self._use_guards()
+
+    def _use_guards(self):
+        # Only a lock that guards bytes of another node pays for it (elsewhere the plain
+        # acquire stays as it is).
+        self._far = [g for g in self._guards if g.remote]
+        if self._far:
+            self.acquire = self._acquire_fetching
+            self.release = self._release_flushing
+
+    def _acquire_fetching(self, block=True, timeout=None):
+        if not Semaphore.acquire(self, block, timeout):
+            return False
+        try:
+            for g in self._far:
+                g.fetch()
+        except BaseException:
+            Semaphore.release(self)
+            raise
+        return True
+
+    def _release_flushing(self):
+        try:
+            for g in self._far:
+                g.flush()
+        finally:
+            Semaphore.release(self)
 
     def __repr__(self):
         return "<Lock(%s)>" % ("locked" if self._is_zero() else "unlocked")
@@ -151,6 +197,9 @@ class RLock:
 
     def _is_owned(self):
         return self._owner == self._me()
+
+    def _guard(self, buffer):
+        self._lock._guard(buffer)
 
     __enter__ = acquire
 

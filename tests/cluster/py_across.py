@@ -4,8 +4,8 @@ t_python_across.sh): workers placed with dragon.Policy on each node take items f
 and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
 another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
 used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
-file; a round-robin Pool; objects that do not work across nodes yet (Value, Array) refused for
-another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
+file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; raw memory
+(RawValue, RawArray) refused for another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import socket
 import sys
@@ -78,6 +78,16 @@ def sync_user(node, go, done, sem, cond, barrier, jq, outq):
         outq.put(("job", item))
         jq.task_done()
     jq.task_done()
+
+
+def counter(v, arr, slot, n):
+    # A Value and an Array of the head's node, under their locks, from every node.
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+    arr[slot] = slot + 0.5
+    with arr.get_lock():
+        arr[3] += 1
 
 
 def pool_init(q):
@@ -256,8 +266,23 @@ def main():
         u.join(60)
         assert u.exitcode == 0, (u, u.exitcode)
 
-    # What does not work across nodes yet is refused at the start, naming the node.
-    for what, obj in (("Value", mp.Value("i", 0)), ("Array", mp.Array("d", 3))):
+    # A Value and an Array changed under their locks by processes on the 3 nodes: exact.
+    v, arr = mp.Value("i", 5), mp.Array("d", 4)
+    counters = []
+    for slot, (node, _, _) in enumerate(nodes):
+        with dragon.Policy(node=node):
+            counters.append(mp.Process(target=counter, args=(v, arr, slot, 200)))
+            counters[-1].start()
+    for c in counters:
+        c.join(120)
+        assert c.exitcode == 0, (c, c.exitcode)
+    assert v.value == 5 + 3 * 200, v.value
+    assert list(arr) == [0.5, 1.5, 2.5, 3.0], list(arr)
+
+    # What cannot cross nodes is refused at the start, naming the node: raw memory, which no
+    # lock orders.
+    for what, obj in (("RawValue", mp.RawValue("i", 0)), ("RawArray", mp.RawArray("d", 3)),
+                      ("Value(lock=False)", mp.Value("i", 0, lock=False))):
         with dragon.Policy(node=far):
             try:
                 mp.Process(target=exiter, args=(obj,)).start()
