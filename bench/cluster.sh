@@ -16,6 +16,13 @@
 #   cluster_py_queue_rtt_8B 8 B through a Python Queue to a process on n2 and back through
 #                           another (bench/cluster_py_queue.py): one remote get and one remote
 #                           put of the far process per round trip
+#   cluster_py_queue_bw_1MiB
+#                           1 MiB numpy arrays put by a process on n2 into a Queue of the head's
+#                           node, got there as views of its pool (cluster_py_queue.py bw)
+#   cluster_py_pool_map_10ms_1node / cluster_py_pool_map_10ms_3nodes
+#                           Pool.map(chunksize=1) of 10 ms tasks (a sleep: the nodes share
+#                           this machine's cores), Pool() under Policy local (a worker per CPU
+#                           of the head's node) and roundrobin (per CPU of the job)
 #   cluster_channel_send_8B_poll / cluster_channel_bw_1MiB_poll / cluster_py_queue_rtt_8B_poll
 #                           the three above with cluster.poll=100us (info)
 #   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
@@ -103,17 +110,26 @@ ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
 echo "metric cluster_channel_send_8B $send8 us"
 echo "metric cluster_channel_bw_1MiB $bw MB/s"
 echo "metric cluster_control_rtt $ctl us"
-pyq=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" 2000 2>&1; done |
+pyq=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" rtt 2000 2>&1; done |
   sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)
 [ -n "$pyq" ] || { echo "bench/cluster: no Python queue result" >&2; exit 1; }
 echo "metric cluster_py_queue_rtt_8B $pyq us"
+pybw=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" bw 300 2>&1; done |
+  sed -n 's/^py-queue-bw 1MiB: \([0-9.]*\) MB\/s$/\1/p' | median)
+pool=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" poolmap 300 2>&1; done)
+pool1=$(sed -n 's/^py-pool-map 10ms local: \([0-9.]*\) tasks\/s.*/\1/p' <<<"$pool" | median)
+pool3=$(sed -n 's/^py-pool-map 10ms roundrobin: \([0-9.]*\) tasks\/s.*/\1/p' <<<"$pool" | median)
+[ -n "$pybw" ] && [ -n "$pool1" ] && [ -n "$pool3" ] || { echo "bench/cluster: no Python bw or pool result" >&2; exit 1; }
+echo "metric cluster_py_queue_bw_1MiB $pybw MB/s"
+echo "metric cluster_py_pool_map_10ms_1node $pool1 tasks/s"
+echo "metric cluster_py_pool_map_10ms_3nodes $pool3 tasks/s"
 # The same with cluster.poll=100us (dragond polls between events; off by default).
 polled=(env DRAGON_CLUSTER_POLL=100us "${dragon[@]}")
 send8p=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 5000 8 2>&1; done |
   sed -n 's/^probe: channel-bench 8 B: \([0-9.]*\) us per send.*/\1/p' | median)
 bwp=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 300 1048576 2>&1; done |
   sed -n 's/^probe: channel-bench 1048576 B: .* \([0-9.]*\) MB\/s$/\1/p' | median)
-pyqp=$(for _ in 1 2 3; do srun3 "${polled[@]}" "$PWD/bench/cluster_py_queue.py" 2000 2>&1; done |
+pyqp=$(for _ in 1 2 3; do srun3 "${polled[@]}" "$PWD/bench/cluster_py_queue.py" rtt 2000 2>&1; done |
   sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)
 [ -n "$send8p" ] && [ -n "$bwp" ] && [ -n "$pyqp" ] || { echo "bench/cluster: no polled result" >&2; exit 1; }
 echo "metric cluster_channel_send_8B_poll $send8p us"

@@ -1,8 +1,19 @@
 # SPDX-License-Identifier: MIT
-"""Python Queue round trip between two nodes (bench/cluster.sh, under `srun ... dragon`): the
-head (node 0) puts 8 B into a Queue that a process on node 1 gets from and echoes into a second
-Queue, which the head gets from. Both queues live on the head's node, so each round trip is
-one receive and one send of the far process across nodes. Prints the mean round trip."""
+"""Python across two or three nodes (bench/cluster.sh, under `srun ... dragon`). One mode per
+run:
+
+  rtt N      8 B into a Queue that a process on node 1 gets from and echoes into a second
+             Queue, which the head gets from. Both queues live on the head's node, so each
+             round trip is one receive and one send of the far process across nodes. Prints
+             the mean round trip.
+  bw N       N numpy arrays of 1 MiB put by a process on node 1 into a Queue of the head's
+             node (a send across nodes, as the C++ channel-bench's), got by the head as views
+             of its pool. Prints MB/s from the first array got to the last.
+  poolmap N  Pool.map(chunksize=1) of N tasks of 10 ms, with Pool() made under
+             Policy(node="local") (one worker per CPU of this node) and then under
+             Policy(node="roundrobin") (one per CPU of the job, spread over its nodes). A task
+             sleeps: the test cluster's nodes share this machine's cores, so a task that
+             computes could not run faster on three of them. Prints tasks/s for each."""
 import multiprocessing as mp
 import sys
 import time
@@ -15,8 +26,7 @@ def echo(inq, outq):
         outq.put(m)
 
 
-def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+def rtt(n):
     far = dragon.nodes()[1][0]
     inq, outq = mp.Queue(), mp.Queue()
     with dragon.Policy(node=far):
@@ -34,6 +44,68 @@ def main():
     inq.put(None)
     p.join(30)
     print("py-queue-rtt 8B: %.2f us" % (dt / n * 1e6), flush=True)
+
+
+def producer(q, n, size):
+    import numpy as np
+    a = np.ones(size, dtype=np.uint8)
+    for _ in range(n + 1):
+        q.put(a)
+
+
+def bw(n):
+    import numpy as np
+    size = 1 << 20
+    far = dragon.nodes()[1][0]
+    q = mp.Queue(16)
+    with dragon.Policy(node=far):
+        p = mp.Process(target=producer, args=(q, n, size))
+        p.start()
+    first = q.get(timeout=60)
+    assert isinstance(first, np.ndarray) and first.nbytes == size
+    t0 = time.perf_counter()
+    total = 0
+    for _ in range(n):
+        a = q.get(timeout=60)
+        total += a.nbytes
+    dt = time.perf_counter() - t0
+    p.join(60)
+    assert total == n * size and p.exitcode == 0
+    print("py-queue-bw 1MiB: %.1f MB/s" % (total / dt / 1e6), flush=True)
+
+
+def task(x):
+    time.sleep(0.01)
+    return x
+
+
+def pool_rate(placement, n):
+    with dragon.Policy(node=placement):
+        pool = mp.Pool()
+    with pool:
+        workers = pool._processes
+        pool.map(task, range(2 * workers), chunksize=1)  # every worker up
+        t0 = time.perf_counter()
+        out = pool.map(task, range(n), chunksize=1)
+        dt = time.perf_counter() - t0
+        assert out == list(range(n))
+    pool.join()
+    print("py-pool-map 10ms %s: %.1f tasks/s with %d workers" % (placement, n / dt, workers),
+          flush=True)
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else "rtt"
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    if mode == "rtt":
+        rtt(n)
+    elif mode == "bw":
+        bw(n)
+    elif mode == "poolmap":
+        pool_rate("local", n)
+        pool_rate("roundrobin", n)
+    else:
+        raise SystemExit("cluster_py_queue.py rtt|bw|poolmap N")
 
 
 if __name__ == "__main__":

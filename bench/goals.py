@@ -66,6 +66,10 @@ GOALS = {
         # and put) against the C++ remote channel round trip (one acknowledged send).
         ("cluster_py_queue_rtt_8B_vs_channel_rtt", "cluster_py_queue_rtt_8B",
          "cluster_channel_send_8B", "<=", 2.0),
+        ("cluster_py_queue_bw_1MiB_numpy_vs_channel_bw", "cluster_py_queue_bw_1MiB",
+         "cluster_channel_bw_1MiB", ">=", 0.7),
+        ("cluster_py_pool_map_10ms_3nodes_vs_1node", "cluster_py_pool_map_10ms_3nodes",
+         "cluster_py_pool_map_10ms_1node", ">=", 1.0),
         # The goal: remote put against ucx_perftest's put bandwidth; and, because UCX's
         # put over tcp is far slower than its get here, both directions against its get too.
         ("cluster_memory_put_16MiB_vs_ucx_put_bw", "cluster_memory_put_16MiB",

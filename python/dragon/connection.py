@@ -63,9 +63,17 @@ class Connection:
         self._pid = os.getpid()  # a forked copy of this object holds no handle
         self._writers_checked = 0.0  # when _writers_gone() last looked
         # Of another node's channels: its handles are held by the process that started this
-        # one, on their node (_lend).
+        # one, on their node (_lend), or it is _owned.
         self._borrowed = False
+        self._owned = False
         _open_handles.add(self)
+
+    def _forget(self):
+        """Drops this object without giving its handles back: they went with its state to a
+        process of another node (_RemoteEnd)."""
+        self._closed = True
+        self._close_fd()
+        _open_handles.discard(self)
 
     def _home_node(self):
         ch = self._recv if self._recv is not None else self._send
@@ -113,7 +121,9 @@ class Connection:
                 self._wrec, self._rrec, fd)
 
     def __setstate__(self, state):
-        r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state
+        r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state[:7]
+        # An end a Listener handed to a client on another node: its own, closed by its close().
+        self._owned = len(state) > 7 and state[7]
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         self._borrowed = any(ch is not None and ch.is_remote for ch in (self._recv, self._send))
@@ -185,6 +195,12 @@ class Connection:
         _open_handles.discard(self)
         if self._pid != os.getpid():
             return  # a copy a stock fork made: its handles are the parent's
+        if self._owned and self._send is not None:
+            try:
+                self._send.close()  # the peer sees end of file
+            except Exception:
+                pass
+            return
         # A borrowed end's handles go back when this process ends (_lend).
         try:
             _give_back(self._send, self._wrec, self._recv, self._rrec, self._pid)
@@ -352,6 +368,26 @@ def _drop_dead_writers(pool, offset):
     return pool.load_u64(offset) & _LOW == 0
 
 
+class _RemoteEnd:
+    """One end of a Listener's connection for a client on another node, which cannot count
+    handles in this node's memory: the client owns it alone, and its close() closes the channel
+    it writes to. Its handles here stay counted (the records stay until the pool goes)."""
+
+    def __init__(self, conn):
+        self.state = (conn._recv.descriptor, conn._send.descriptor, True, True, None, None, None,
+                      True)
+        conn._forget()
+
+    def __reduce__(self):
+        return _owned_end, (self.state,)
+
+
+def _owned_end(state):
+    c = Connection.__new__(Connection)
+    c.__setstate__(state)
+    return c
+
+
 def _give_back(send, wrec, recv, rrec, pid):
     """Gives back a writer handle of `send` that `pid` holds (with wrec) and a reader handle of
     `recv` (with rrec). The last writer closes the channel (its reader sees end of file); the
@@ -509,6 +545,22 @@ __all__ = ["Connection", "Pipe", "wait", "Listener", "Client"]
 # accepts. The authkey challenge runs over either, unchanged.
 
 _LISTENER_PREFIX = "mp.listener:"
+
+
+def _listener_name(node, key):
+    # Names are job-wide; addresses are a host's: the node is part of the name.
+    return "%s%d:%s" % (_LISTENER_PREFIX, node, key)
+
+
+def _lookup_nodes():
+    """Where a Client looks an address up: its own node, then the node its process was started
+    from (a process on another node was given that node's addresses: its manager's...)."""
+    here = _runtime.this_node()
+    nodes = [here]
+    origin = os.environ.get("DRAGON_ORIGIN_NODE", "")
+    if origin.isdigit() and int(origin) != here:
+        nodes.append(int(origin))
+    return nodes
 class _ThreadFlag(threading.local):
     """True in this thread within a `with` of it (nests)."""
     depth = 0
@@ -632,8 +684,8 @@ class Listener(_StockListener):
                 # This process holds the bound socket, so a dragon Listener that had the address
                 # is gone (its process not yet seen out by dragond, or its socket closed
                 # without close()): its name is stale, and taken over.
-                _runtime.register_name(_LISTENER_PREFIX + keys[0], ch.descriptor, scoped=True,
-                                       replace=True)
+                _runtime.register_name(_listener_name(_runtime.this_node(), keys[0]),
+                                       ch.descriptor, scoped=True, replace=True)
             except FileExistsError:
                 self._listener.close()
                 raise OSError(98, "the address is in use by another dragon Listener: %r"
@@ -683,8 +735,6 @@ class Listener(_StockListener):
                     to_client = _runtime.attach_channel(reply)
                 except LookupError:
                     continue  # the client gave up
-                if to_client.is_remote:
-                    continue  # connections do not span nodes yet (_accept_channel)
             replies[reply] = to_client
             if len(replies) > _REPLY_CACHE:  # each keeps a client's pool mapped here
                 replies.popitem(last=False)
@@ -698,7 +748,10 @@ class Listener(_StockListener):
                 continue
             spare = None
             try:
-                to_client.put((rid, theirs))
+                if to_client.is_remote:
+                    to_client.put((rid, _RemoteEnd(theirs)))
+                else:
+                    to_client.put((rid, theirs))
             except Exception:
                 replies.pop(reply, None)
                 mine.close()
@@ -826,11 +879,6 @@ def _accept_channel(name, fresh):
     except LookupError:
         _accept_channels.pop(name, None)
         return None
-    if ch.is_remote:
-        # A Listener of another node (names are job-wide, addresses are not): connections
-        # do not span nodes yet, and a loopback address there is not this node's.
-        _accept_channels.pop(name, None)
-        return None
     _accept_channels[name] = (pid, ch)
     if len(_accept_channels) > ACCEPT_CACHE:
         _accept_channels.popitem(last=False)
@@ -850,10 +898,13 @@ def _dragon_connect(address, family):
     # its channel) refuses the hand-over at once: then the name is looked up again.
     for fresh in (False, True):
         requests = name = None
-        for key in keys:
-            requests = _accept_channel(_LISTENER_PREFIX + key, fresh)
+        for node in _lookup_nodes():
+            for key in keys:
+                name = _listener_name(node, key)
+                requests = _accept_channel(name, fresh)
+                if requests is not None:
+                    break
             if requests is not None:
-                name = _LISTENER_PREFIX + key
                 break
         if requests is None:
             return None

@@ -232,9 +232,13 @@ class _RemotePopen(_PopenBase):
             self._channel.send(payload)
             argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
                     self._channel.descriptor, "-1"]
+            # DRAGON_ORIGIN_NODE: the node whose addresses (a Listener's AF_UNIX path or
+            # loopback port, a manager's) the child was given, where it also looks them up.
+            env = _child_environment()
+            env.append("DRAGON_ORIGIN_NODE=%d" % _runtime.this_node())
             [(self._puid, self.pid, _)] = _runtime.spawn(
-                argv, _child_environment(), os.getcwd(), stdin="null", stdout="capture",
-                stderr="capture", node=node)
+                argv, env, os.getcwd(), stdin="null", stdout="capture", stderr="capture",
+                node=node)
             r, w = os.pipe2(os.O_CLOEXEC)
         except BaseException:
             _run_all(self._at_end)  # it never started: nothing of it holds what was lent

@@ -15,10 +15,21 @@ import errno
 import os
 from multiprocessing import shared_memory as _stock
 
-from . import _runtime
+from . import _native, _runtime
 from .connection import _dragon_selected
 
 _NAME_PREFIX = "mp.shm:"
+# A block's job-wide name, made in a multi-node job, by which another node learns its home.
+_HOME_PREFIX = "mp.shm-home:"
+_multi_node = {}  # pid -> whether this process's job has several nodes (asked once)
+
+
+def _in_multi_node_job():
+    pid = os.getpid()
+    if pid not in _multi_node:
+        _multi_node.clear()
+        _multi_node[pid] = len(_runtime.nodes()) > 1
+    return _multi_node[pid]
 # Room for the pool's own header and the block's, on top of the block.
 _POOL_OVERHEAD = 64 << 10
 
@@ -75,6 +86,15 @@ class SharedMemory(_stock.SharedMemory):
         except FileExistsError:
             return False
         offset = pool.alloc(size, shared=True)
+        try:
+            # Pool names are a node's, as POSIX names are a host's; this job-wide name only
+            # lets an attach from another node say where the block is (it goes with this
+            # process). Outside a multi-node job there is no other node to tell.
+            if _in_multi_node_job():
+                _runtime.register_name(_HOME_PREFIX + self._key(full), pool.descriptor,
+                                       scoped=True, replace=True)
+        except Exception:
+            pass  # another node's block of the same name has it: an attach says not found
         self._open(full, pool, offset, size)
         return True
 
@@ -82,6 +102,7 @@ class SharedMemory(_stock.SharedMemory):
         try:
             pool = _runtime.attach_named_pool(self._key(full))
         except LookupError:
+            self._refuse_if_of_another_node(full)
             return False
         blocks = pool.allocations()
         if len(blocks) != 1:
@@ -90,6 +111,19 @@ class SharedMemory(_stock.SharedMemory):
         offset, size = blocks[0]
         self._open(full, pool, offset, size)
         return True
+
+    def _refuse_if_of_another_node(self, full):
+        """A block of another node of the job (names are job-wide) cannot be mapped here: an
+        OSError that names its node, never a private copy or the POSIX fallback."""
+        try:
+            descriptor = _runtime.lookup_name(_HOME_PREFIX + self._key(full))
+        except LookupError:
+            return
+        home, here = _native.home_node(descriptor), _runtime.this_node()
+        if home != here:
+            raise OSError(errno.EREMOTE, "shared memory %r is memory of node %d, which a process "
+                          "on node %d cannot map (a Queue, an Array or a Value with a lock "
+                          "crosses nodes)" % (full, home, here))
 
     def _open(self, full, pool, offset, size):
         self._dragon = True

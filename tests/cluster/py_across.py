@@ -90,6 +90,33 @@ def counter(v, arr, slot, n):
         arr[3] += 1
 
 
+def manager_user(d, lst, node):
+    # Proxies of a manager on the head's node: its server is reached across nodes.
+    d[node] = socket.gethostname()
+    lst.append(node)
+
+
+def client_of(address, authkey):
+    # A Listener of the head's node (an address of that node), connected to from here.
+    from multiprocessing.connection import Client
+    with Client(address, authkey=authkey) as c:
+        c.send(("hello from", socket.gethostname()))
+        assert c.recv() == "welcome"
+        c.send_bytes(b"z" * 100000)
+
+
+def shm_attacher(name, home):
+    # A shared memory block of another node: a clear OSError naming its node.
+    from multiprocessing import shared_memory
+    try:
+        shared_memory.SharedMemory(name)
+    except OSError as err:
+        assert "node %d" % home in str(err), err
+        print("py-across: shared memory refused: %s" % err, flush=True)
+        sys.exit(0)
+    sys.exit(1)
+
+
 def pool_init(q):
     q.put(socket.gethostname())
 
@@ -278,6 +305,53 @@ def main():
         assert c.exitcode == 0, (c, c.exitcode)
     assert v.value == 5 + 3 * 200, v.value
     assert list(arr) == [0.5, 1.5, 2.5, 3.0], list(arr)
+
+    # A manager on this node used from the 3 nodes (each proxy a connection to its server).
+    with mp.Manager() as manager:
+        d, lst = manager.dict(), manager.list()
+        musers = []
+        for node, _, _ in nodes:
+            with dragon.Policy(node=node):
+                musers.append(mp.Process(target=manager_user, args=(d, lst, node)))
+                musers[-1].start()
+        for u in musers:
+            u.join(60)
+            assert u.exitcode == 0, (u, u.exitcode)
+        assert dict(d) == {n: h for n, h, _ in nodes}, dict(d)
+        assert sorted(lst) == [n for n, _, _ in nodes], list(lst)
+
+    # A Listener of this node and a Client on another: the address is this node's.
+    from multiprocessing.connection import Listener
+    with Listener(("127.0.0.1", 0), authkey=b"secret") as listener:
+        with dragon.Policy(node=far):
+            cl = mp.Process(target=client_of, args=(listener.address, b"secret"))
+            cl.start()
+        with listener.accept() as conn:
+            assert conn.recv() == ("hello from", nodes[2][1])
+            conn.send("welcome")
+            assert conn.recv_bytes() == b"z" * 100000
+            cl.join(60)
+            assert cl.exitcode == 0, cl.exitcode
+            assert wait([conn], timeout=30) == [conn]  # its end closed: end of file here
+            try:
+                conn.recv()
+            except EOFError:
+                pass
+            else:
+                raise AssertionError("a message after the client closed")
+
+    # Shared memory is raw memory of its node: an attach from another node is refused.
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(create=True, size=4096)
+    try:
+        with dragon.Policy(node=far):
+            sa = mp.Process(target=shm_attacher, args=(shm.name, nodes[0][0]))
+            sa.start()
+        sa.join(60)
+        assert sa.exitcode == 0, "an attach of shared memory from another node: %s" % sa.exitcode
+    finally:
+        shm.close()
+        shm.unlink()
 
     # What cannot cross nodes is refused at the start, naming the node: raw memory, which no
     # lock orders.

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Python multiprocessing across the 3 nodes: processes placed with dragon.Policy on every node
-# share Queues, Pipes, locks, events, conditions, a barrier and a round-robin Pool, and are
-# joined, terminated and waited on from the head (py_across.py).
+# share Queues, Pipes, locks, events, conditions, a barrier, Values, a Manager, a Listener and a
+# round-robin Pool, and are joined, terminated and waited on from the head (py_across.py).
 . "$(dirname "$0")/lib.sh"
 HERE=$(cd "$(dirname "$0")" && pwd)
 out=$(srun_dragon "$HERE/py_across.py" 2>&1) || fail "py_across: srun exited $?: $out"
