@@ -4,8 +4,9 @@ t_python_across.sh): workers placed with dragon.Policy on each node take items f
 and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
 another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
 used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
-file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; raw memory
-(RawValue, RawArray) refused for another node with a clear error. Prints "py-across: ok ..." or fails with a traceback."""
+file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a Manager and a
+Listener/Client across nodes; raw memory (RawValue, RawArray, SharedMemory) refused for another
+node with a clear error naming its node. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import socket
 import sys
