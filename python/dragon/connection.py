@@ -553,14 +553,21 @@ def _listener_name(node, key):
 
 
 def _lookup_nodes():
-    """Where a Client looks an address up: its own node, then the node its process was started
-    from (a process on another node was given that node's addresses: its manager's...)."""
+    """Where a Client looks an address up, in order: its own node, the node its process was
+    started from (a process on another node was given that node's addresses: a Listener's of
+    its parent...), then the job's other nodes (a manager's server placed on another node by
+    its parent). The first node where a dragon Listener has the address wins."""
     here = _runtime.this_node()
-    nodes = [here]
+    yield here
     origin = os.environ.get("DRAGON_ORIGIN_NODE", "")
-    if origin.isdigit() and int(origin) != here:
-        nodes.append(int(origin))
-    return nodes
+    origin = int(origin) if origin.isdigit() else here
+    if origin != here:
+        yield origin
+    from .policy import multi_node
+    if multi_node():
+        for node, _, _ in _runtime.nodes():
+            if node not in (here, origin):
+                yield node
 class _ThreadFlag(threading.local):
     """True in this thread within a `with` of it (nests)."""
     depth = 0

@@ -7,7 +7,7 @@
 in turn, each taking turns in proportion to the CPUs Slurm granted it (the turns are this
 process's, starting at its own node). Policies nest; each thread has its own. A Pool keeps the
 policy in force when it was made for all its workers, also the ones it starts later. Outside
-any, processes start where ``DRAGON_PLACEMENT`` says: ``local`` (the default), ``roundrobin``
+any, processes start where ``DRAGON_PLACEMENT`` says: ``roundrobin`` (the default), ``local``
 or a node id.
 
 On one node every policy is this node. A process on another node is started by that node's
@@ -49,9 +49,25 @@ class Policy:
         return False
 
 
+_multi_node = {}  # pid -> whether this process's job has several nodes (asked once)
+
+
+def multi_node():
+    """Whether this process runs in a job of several nodes (asked of dragond once)."""
+    pid = os.getpid()
+    if pid not in _multi_node:
+        from . import _runtime
+        _multi_node.clear()
+        _multi_node[pid] = len(_runtime.nodes()) > 1
+    return _multi_node[pid]
+
+
 def _default():
-    value = os.environ.get("DRAGON_PLACEMENT", _LOCAL).strip()
-    if value == _LOCAL or value == "":
+    value = os.environ.get("DRAGON_PLACEMENT", "").strip()
+    if value == "":
+        # Round-robin over the job's nodes; on one node every placement is this node.
+        return _ROUND_ROBIN if multi_node() else _LOCAL
+    if value == _LOCAL:
         return _LOCAL
     if value == _ROUND_ROBIN:
         return _ROUND_ROBIN

@@ -16,20 +16,13 @@ import os
 from multiprocessing import shared_memory as _stock
 
 from . import _native, _runtime
+from .policy import multi_node
 from .connection import _dragon_selected
 
 _NAME_PREFIX = "mp.shm:"
 # A block's job-wide name, made in a multi-node job, by which another node learns its home.
 _HOME_PREFIX = "mp.shm-home:"
-_multi_node = {}  # pid -> whether this process's job has several nodes (asked once)
 
-
-def _in_multi_node_job():
-    pid = os.getpid()
-    if pid not in _multi_node:
-        _multi_node.clear()
-        _multi_node[pid] = len(_runtime.nodes()) > 1
-    return _multi_node[pid]
 # Room for the pool's own header and the block's, on top of the block.
 _POOL_OVERHEAD = 64 << 10
 
@@ -90,7 +83,7 @@ class SharedMemory(_stock.SharedMemory):
             # Pool names are a node's, as POSIX names are a host's; this job-wide name only
             # lets an attach from another node say where the block is (it goes with this
             # process). Outside a multi-node job there is no other node to tell.
-            if _in_multi_node_job():
+            if multi_node():
                 _runtime.register_name(_HOME_PREFIX + self._key(full), pool.descriptor,
                                        scoped=True, replace=True)
         except Exception:

@@ -118,6 +118,10 @@ def shm_attacher(name, home):
     sys.exit(1)
 
 
+def report_host(q):
+    q.put(socket.gethostname())
+
+
 def pool_init(q):
     q.put(socket.gethostname())
 
@@ -307,8 +311,27 @@ def main():
     assert v.value == 5 + 3 * 200, v.value
     assert list(arr) == [0.5, 1.5, 2.5, 3.0], list(arr)
 
-    # A manager on this node used from the 3 nodes (each proxy a connection to its server).
-    with mp.Manager() as manager:
+    # Without a policy, starts go round-robin over the job's nodes (equal CPUs: one each).
+    rrq = mp.Queue()
+    plain = [mp.Process(target=report_host, args=(rrq,)) for _ in nodes]
+    for p in plain:
+        p.start()
+    assert {rrq.get(timeout=60) for _ in nodes} == {h for _, h, _ in nodes}
+    for p in plain:
+        p.join(60)
+        assert p.exitcode == 0
+
+    # A manager whose server runs on node 1, used from the 3 nodes (each proxy a connection
+    # to its server: an address of node 1, found there by a Client of any node).
+    with dragon.Policy(node=nodes[1][0]):
+        manager = mp.Manager()
+    assert manager._process._popen.node == nodes[1][0]
+    from multiprocessing.connection import Client
+    from dragon.connection import Connection as DragonConnection
+    with Client(manager.address, authkey=mp.current_process().authkey) as probe:
+        # Found by name on node 1 (not the OS socket: the path is of node 1's /tmp).
+        assert isinstance(probe, DragonConnection), type(probe)
+    with manager:
         d, lst = manager.dict(), manager.list()
         musers = []
         for node, _, _ in nodes:
