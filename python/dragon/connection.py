@@ -98,10 +98,18 @@ class Connection:
         # a Queue or another Connection, not only to a child at its start.
         if self._closed:
             raise OSError("handle is closed")
-        if self._borrowed:
-            raise ValueError("this end of a Pipe is of node %d, and a process on another node "
-                             "than its own cannot pass it on" % self._home_node())
         popen = context.get_spawning_popen()
+        if self._borrowed or self._owned:
+            # Its handles are held on its node for this process (until it ends): a child
+            # started with it shares them, uncounted (a child that outlives this process may
+            # see the channel closed under it).
+            if popen is None:
+                raise ValueError("a Pipe end of node %d reaches another process from node %d "
+                                 "only as an argument of a Process it starts"
+                                 % (self._home_node(), _runtime.this_node()))
+            return (self._recv.descriptor if self._recv else None,
+                    self._send.descriptor if self._send else None, self._readable,
+                    self._writable, None, None, None)
         lend = getattr(popen, "lend_handles", None)
         if lend is not None:
             # A child on another node: its handle records are memory of this node, so this
@@ -126,8 +134,10 @@ class Connection:
         self._owned = len(state) > 7 and state[7]
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
-        self._borrowed = any(ch is not None and ch.is_remote for ch in (self._recv, self._send))
-        if self._borrowed and (self._wrec is not None or self._rrec is not None):
+        far = any(ch is not None and ch.is_remote for ch in (self._recv, self._send))
+        # No handle record: its handles are counted for it elsewhere (_lend, _RemoteEnd).
+        self._borrowed = self._wrec is None and self._rrec is None and not self._owned
+        if far and (self._wrec is not None or self._rrec is not None):
             # Sent to a process that runs already (through a Queue...): nothing of this node
             # can hold its handles until it ends.
             raise ValueError("a Pipe end of node %d reaches another node only with a process "

@@ -17,6 +17,7 @@ import dragon
 
 
 def worker(inq, outq, node):
+    outq.put((node, socket.gethostname(), "ready", None))
     for item in iter(inq.get, None):
         outq.put((node, socket.gethostname(), item, item * item))
     print("py-across: worker on node %d (%s) done" % (node, socket.gethostname()), flush=True)
@@ -118,6 +119,18 @@ def shm_attacher(name, home):
     sys.exit(1)
 
 
+def recurse(w, ident):
+    # A Pipe end of the head's node, passed on by a process on another node to its children
+    # (placed round-robin: on any node), as CPython's test_recursion does.
+    w.send(ident)
+    if len(ident) < 2:
+        for i in range(2):
+            p = mp.Process(target=recurse, args=(w, ident + [i]))
+            p.start()
+            p.join(60)
+            assert p.exitcode == 0, p.exitcode
+
+
 def report_host(q):
     q.put(socket.gethostname())
 
@@ -153,6 +166,8 @@ def main():
             p = mp.Process(target=worker, args=(inq, outq, node))
             p.start()
         procs.append(p)
+    # Each worker says where it runs first (which of them takes which items is the queue's).
+    ready = [outq.get(timeout=60) for _ in procs]
     count = 300
     for i in range(count):
         inq.put(i)
@@ -165,11 +180,12 @@ def main():
         p.join(60)
         assert p.exitcode == 0, (p, p.exitcode)
     # Each worker reported its own node's hostname: the processes ran where they were placed.
-    by_node = {r[0]: r[1] for r in results}
+    by_node = {r[0]: r[1] for r in ready + results}
     for node, host, _ in nodes:
         if node in by_node:
             assert by_node[node] == host, (node, by_node[node], host)
-    remote_hosts = {r[1] for r in results} - {here}
+    assert sorted(by_node) == sorted(n for n, _, _ in nodes), by_node
+    remote_hosts = set(by_node.values()) - {here}
 
     far = nodes[2][0]
     with dragon.Policy(node=nodes[2][1]):  # by hostname
@@ -310,6 +326,21 @@ def main():
         assert c.exitcode == 0, (c, c.exitcode)
     assert v.value == 5 + 3 * 200, v.value
     assert list(arr) == [0.5, 1.5, 2.5, 3.0], list(arr)
+
+    r, w = mp.Pipe(duplex=False)
+    with dragon.Policy(node=far):
+        rp = mp.Process(target=recurse, args=(w, []))
+        rp.start()
+    w.close()
+    got = []
+    while True:
+        try:
+            got.append(r.recv())
+        except EOFError:
+            break
+    assert sorted(got) == [[], [0], [0, 0], [0, 1], [1], [1, 0], [1, 1]], got
+    rp.join(60)
+    assert rp.exitcode == 0, rp.exitcode
 
     # Without a policy, starts go round-robin over the job's nodes (equal CPUs: one each).
     rrq = mp.Queue()

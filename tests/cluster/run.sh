@@ -9,7 +9,8 @@
 #   DRAGON_CLUSTER_DIR    the cluster's state dir, SLURM_CONF its slurm.conf
 #   DRAGON_CLUSTER_NODES  number of nodes (default 3; set it to override)
 # A test passes with exit 0, is skipped with exit 77 (reason = its last output line), else fails.
-# Output: one line per test (PASS/FAIL/SKIP name (Xs)), failing tests' output, and last exactly
+# Output: one line per test (PASS/FAIL/SKIP name (Xs)), a passing test's lines that begin with
+# "note: ", failing tests' output, and last exactly
 #   cluster tests: N passed, N failed, N skipped
 # Exit status: 0 if nothing failed (and teardown worked), else 1; 2 for a usage error.
 set -uo pipefail
@@ -106,16 +107,20 @@ for t in "${tests[@]}"; do
   name=$(basename "$t" .sh)
   out=$WORK/$name.out
   t0=$(now)
-  (cd "$REPO" && exec timeout -k 5 "$TEST_TIMEOUT" "$t") </dev/null >"$out" 2>&1 9<&- &
+  # A test that needs longer says so in a line "# cluster-test-timeout: SECONDS".
+  limit=$(sed -n 's/^# cluster-test-timeout: \([0-9][0-9]*\)$/\1/p' "$t" | head -n 1)
+  limit=${limit:-$TEST_TIMEOUT}
+  (cd "$REPO" && exec timeout -k 5 "$limit" "$t") </dev/null >"$out" 2>&1 9<&- &
   CHILD=$!
   wait "$CHILD"; rc=$?
   CHILD=""
   dt=$(since "$t0")
   case $rc in
-    0)  pass=$((pass + 1)); echo "PASS $name (${dt}s)" ;;
+    0)  pass=$((pass + 1)); echo "PASS $name (${dt}s)"
+        grep '^note: ' "$out" | sed 's/^/    | /' || true ;;
     77) skip=$((skip + 1)); echo "SKIP $name (${dt}s): $(grep -v '^[[:space:]]*$' "$out" | tail -n 1)" ;;
     *)  fail=$((fail + 1))
-        note="exit $rc"; [ $rc -eq 124 ] && note="timed out after ${TEST_TIMEOUT}s"
+        note="exit $rc"; [ $rc -eq 124 ] && note="timed out after ${limit}s"
         echo "FAIL $name (${dt}s): $note"
         sed 's/^/    | /' "$out" ;;
   esac
