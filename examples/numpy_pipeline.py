@@ -10,6 +10,7 @@ histogram of the same data.
 """
 import argparse
 import multiprocessing as mp
+import socket
 import sys
 import time
 
@@ -23,7 +24,7 @@ def reduce_blocks(blocks, hist, done):
     while True:
         block = blocks.get()
         if block is None:
-            done.put(n)
+            done.put((n, socket.gethostname()))
             return
         counts, _ = np.histogram(block, bins=BINS, range=(-4.0, 4.0))
         with hist.get_lock():
@@ -54,7 +55,9 @@ def main():
         blocks.put(block)
     for _ in workers:
         blocks.put(None)
-    handled = sum(done.get(timeout=120) for _ in workers)
+    reports = [done.get(timeout=120) for _ in workers]
+    handled = sum(n for n, _ in reports)
+    hosts = sorted({h for _, h in reports})
     for w in workers:
         w.join(60)
     dt = time.perf_counter() - t0
@@ -62,7 +65,8 @@ def main():
     mib = args.blocks * args.block_mib
     print(f"{handled} blocks ({mib} MiB of samples) reduced by {args.workers} workers in "
           f"{dt:.2f} s; {int(got.sum())} samples binned; "
-          f"{mp.get_start_method()} start method")
+          f"{mp.get_start_method()} start method; workers ran on {len(hosts)} host(s): "
+          f"{', '.join(hosts)}")
     if handled != args.blocks or not np.array_equal(got, expected):
         print("error: the shared histogram differs from numpy's", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ Under `dragon queue_pipeline.py` every queue is a Dragon channel in shared memor
 import argparse
 import hashlib
 import multiprocessing as mp
+import socket
 import sys
 import time
 
@@ -26,7 +27,7 @@ def transform(inq, outq):
     while True:
         item = inq.get()
         if item is STOP:
-            outq.put(("done", done))
+            outq.put(("done", (done, socket.gethostname())))
             return
         i, payload = item
         outq.put((i, hashlib.sha256(payload).hexdigest()))
@@ -45,12 +46,13 @@ def main():
     for p in [producer, *stage]:
         p.start()
     seen = {}
-    finished, per_worker = 0, []
+    finished, per_worker, hosts = 0, [], set()
     while finished < args.workers:
         key, value = cooked.get(timeout=120)
         if key == "done":
             finished += 1
-            per_worker.append(value)
+            per_worker.append(value[0])
+            hosts.add(value[1])
         else:
             seen[key] = value
     for p in [producer, *stage]:
@@ -60,7 +62,8 @@ def main():
            if seen.get(i) != hashlib.sha256(f"record-{i}".encode()).hexdigest()]
     print(f"{len(seen)} of {args.records} records through {args.workers} workers "
           f"(shares {per_worker}) in {dt:.2f} s, {args.records / dt:,.0f} records/s, "
-          f"{mp.get_start_method()} start method")
+          f"{mp.get_start_method()} start method; workers ran on {len(hosts)} host(s): "
+          f"{', '.join(sorted(hosts))}")
     if bad or len(seen) != args.records or any(p.exitcode != 0 for p in [producer, *stage]):
         print(f"error: {len(bad)} records missing or wrong", file=sys.stderr)
         return 1
