@@ -36,15 +36,19 @@ def qsize_probe(q):
     sys.exit(1)
 
 
-def pipe_reader(r, outq):
-    # Reads a Pipe of another node until its writers are gone (EOFError).
+def read_to_eof(r):
+    """Every message of a Pipe end until its writers are gone (EOFError)."""
     got = []
     while True:
         try:
             got.append(r.recv())
         except EOFError:
-            break
-    outq.put(("read", got))
+            return got
+
+
+def pipe_reader(r, outq):
+    # Reads a Pipe of another node to its end.
+    outq.put(("read", read_to_eof(r)))
 
 
 def pipe_echo(conn, sq):
@@ -332,12 +336,7 @@ def main():
         rp = mp.Process(target=recurse, args=(w, []))
         rp.start()
     w.close()
-    got = []
-    while True:
-        try:
-            got.append(r.recv())
-        except EOFError:
-            break
+    got = read_to_eof(r)
     assert sorted(got) == [[], [0], [0, 0], [0, 1], [1], [1, 0], [1, 1]], got
     rp.join(60)
     assert rp.exitcode == 0, rp.exitcode
