@@ -42,12 +42,30 @@ if "dragon" not in _mpcontext._concrete_contexts:
         from .shared_memory import _install
         _install()
 
+    def _patch_heap(module):
+        # Raw shared memory of the stdlib (sharedctypes' buffers, and code that makes its own
+        # BufferWrapper): pool memory under the dragon start method, which crosses nodes (as
+        # a copy kept coherent at synchronisation points); the stdlib's mmap arena otherwise.
+        stock = module.BufferWrapper
+
+        class BufferWrapper(stock):
+            __doc__ = stock.__doc__
+
+            def __new__(cls, size):
+                if _dragon_is_global():
+                    from .sharedctypes import PoolBuffer
+                    return PoolBuffer(size)
+                return super().__new__(cls)
+
+        module.BufferWrapper = BufferWrapper
+
     _install_wait()
     _install_listener_client()
     # Modules imported only by some programs are patched when (and if) they are imported.
     _hooks.after_import("multiprocessing.managers", _patch_managers)
     _hooks.after_import("multiprocessing.resource_sharer", _patch_resource_sharer)
     _hooks.after_import("multiprocessing.shared_memory", _patch_shared_memory)
+    _hooks.after_import("multiprocessing.heap", _patch_heap)
 
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
                   "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",

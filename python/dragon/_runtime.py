@@ -211,11 +211,12 @@ def this_node():
 
 
 def copy_memory(put, local_pool, local_allocation, far_pool, far_allocation, length,
-                timeout=None):
-    """Copies between an allocation of this node's pool and one of any node's (put: to it)."""
+                timeout=None, offset=0):
+    """Copies `length` bytes from `offset` in an allocation of this node's pool to the same
+    offset in one of any node's (put), or back."""
     with _lock:
         return client().copy_memory(put, local_pool, local_allocation, far_pool,
-                                    far_allocation, length, timeout)
+                                    far_allocation, length, timeout, offset, offset)
 
 
 def create_pool(size, name="", lazy=False):

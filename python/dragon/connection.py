@@ -16,6 +16,7 @@ import weakref
 from multiprocessing import context
 
 from . import _native, _runtime
+from ._coherence import acquired, held, released
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
@@ -226,19 +227,28 @@ class Connection:
             size = len(m) - offset
         if size < 0 or offset + size > len(m):
             raise ValueError("size is out of range")
+        if held:  # raw memory of another node held here (see _coherence)
+            released()
         self._send.send(m[offset:offset + size], None)
 
     def send(self, obj):
         self._check(False)
-        self._send.send(dumps_inband(obj), None)
+        data = dumps_inband(obj)
+        if held:
+            released()
+        self._send.send(data, None)
 
     def _recv_message(self, timeout=None):
         if self._rrec is not None:
-            return self._watching_writers(self._recv.recv)
-        try:
-            return self._recv.recv(timeout)
-        except ChannelClosed:
-            raise EOFError from None
+            data = self._watching_writers(self._recv.recv)
+        else:
+            try:
+                data = self._recv.recv(timeout)
+            except ChannelClosed:
+                raise EOFError from None
+        if held:
+            acquired()
+        return data
 
     def _writers_gone(self):
         """True once every writer has gone, counting the ones that were killed (whose handles
@@ -293,11 +303,15 @@ class Connection:
     def recv(self):
         self._check(True)
         if self._rrec is not None:
-            return self._watching_writers(self._recv.recv_object)
-        try:
-            return self._recv.recv_object(None)  # unpickled from the message in place
-        except ChannelClosed:
-            raise EOFError from None
+            obj = self._watching_writers(self._recv.recv_object)
+        else:
+            try:
+                obj = self._recv.recv_object(None)  # unpickled from the message in place
+            except ChannelClosed:
+                raise EOFError from None
+        if held:
+            acquired()
+        return obj
 
     def _dragon_ready(self):
         return self._recv is not None and (self._recv.readable() or self._recv.is_closed()

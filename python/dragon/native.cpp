@@ -486,9 +486,9 @@ PYBIND11_MODULE(_native, m) {
       .def("copy_memory",
            [](dragon::Client& c, bool put, const std::string& localPool, std::uint64_t localAlloc,
               const std::string& farPool, std::uint64_t farAlloc, std::uint64_t length,
-              const py::object& timeout) {
-             const dragon::MemoryRange local{parseDesc(localPool), localAlloc, 0};
-             const dragon::MemoryRange far{parseDesc(farPool), farAlloc, 0};
+              const py::object& timeout, std::uint64_t localOffset, std::uint64_t farOffset) {
+             const dragon::MemoryRange local{parseDesc(localPool), localAlloc, localOffset};
+             const dragon::MemoryRange far{parseDesc(farPool), farAlloc, farOffset};
              const dragon::Timeout t = timeoutOf(timeout);
              check(unlocked([&]() -> Status {
                auto transfer = put ? c.put(local, far, length) : c.get(far, local, length);
@@ -498,9 +498,11 @@ PYBIND11_MODULE(_native, m) {
            },
            py::arg("put"), py::arg("local_pool"), py::arg("local_allocation"),
            py::arg("far_pool"), py::arg("far_allocation"), py::arg("length"),
-           py::arg("timeout") = py::none(),
-           "Copies `length` bytes between the start of an allocation of this node's pool and "
-           "one of a pool of any node (put: to it; else from it), and waits for the copy")
+           py::arg("timeout") = py::none(), py::arg("local_offset") = 0,
+           py::arg("far_offset") = 0,
+           "Copies `length` bytes between an allocation of this node's pool (from local_offset "
+           "in it) and one of a pool of any node (from far_offset; put: to it; else from it), "
+           "and waits for the copy")
       .def_property_readonly("node", &dragon::Client::node)
       .def_property_readonly("fd", &dragon::Client::fd);
 }

@@ -16,6 +16,7 @@ from multiprocessing import context, process, reduction, spawn, util
 
 from . import _runtime
 from . import _template as _template_wire
+from ._coherence import acquired, held
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # How long join/poll wait for dragond to have a template child's status once its pidfd said it
@@ -95,6 +96,8 @@ class _PopenBase:
     def wait(self, timeout=None):
         if self.returncode is None:
             self._reap(timeout)
+            if held and self.returncode is not None:  # what it wrote back is visible here
+                acquired()
         return self.returncode
 
     def poll(self, flag=os.WNOHANG):

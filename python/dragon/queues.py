@@ -5,6 +5,7 @@ receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views o
 from multiprocessing import context
 
 from . import _runtime
+from ._coherence import acquired, held, released
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
@@ -38,6 +39,8 @@ class Queue:
     def put(self, obj, block=True, timeout=None):
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
+        if held:  # raw memory of another node held here (see _coherence)
+            released()
         # An object that cannot be pickled is reported and dropped, as by the stdlib's feeder.
         self._channel.put(obj, block, timeout, self._on_queue_feeder_error)
 
@@ -45,9 +48,12 @@ class Queue:
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
         try:
-            return self._channel.get(block, timeout)
+            obj = self._channel.get(block, timeout)
         except ChannelClosed:
             raise EOFError("the queue was closed") from None
+        if held:
+            acquired()
+        return obj
 
     @staticmethod
     def _on_queue_feeder_error(e, obj):

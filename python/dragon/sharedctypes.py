@@ -11,18 +11,21 @@ have gone. That is the stdlib's lifetime (an arena lives while any process maps 
 deliberate: a child may still be using the object, so a dead creator's block must not be
 reclaimed and reused under it.
 
-A process on another node cannot map the pool. A Value or Array with a lock given to one gets
-a copy of the bytes in its own pool, kept coherent by the lock: when it takes the lock (every
-synchronized access does, and `with v.get_lock():` around several), the bytes are fetched from
-their home; when it lets the lock go, they are written back, both by RMA (Client::get/put).
-So `with v.get_lock(): v.value += 1` from processes on three nodes gives the exact total. A
-RawValue, RawArray or Value(lock=False) has no lock to order its copies: it is refused for
-another node."""
+A process on another node cannot map the pool: what it is given there is a copy of the bytes in
+its own pool (_RemoteBuffer), moved by RMA (Client::get/put). A Value or Array with a dragon
+lock is kept coherent by that lock: when the process takes it (every synchronized access does,
+and `with v.get_lock():` around several), the bytes are fetched from their home; when it lets it
+go, they are written back. So `with v.get_lock(): v.value += 1` from processes on three nodes
+gives the exact total. Raw memory (RawValue, RawArray, Value(lock=False), the stdlib's
+heap.BufferWrapper, which dragon makes a PoolBuffer) is kept coherent at every synchronisation
+point of the process instead (_coherence: fetched when it takes any lock or receives a message
+or joins a child, its changed bytes written back when it lets a lock go, sends, or exits).
+On their home node all of them stay plain shared memory."""
 import ctypes
 
 from multiprocessing import context, sharedctypes as _std, util
 
-from . import _native, _runtime
+from . import _coherence, _native, _runtime
 
 
 class PoolBuffer:
@@ -41,14 +44,7 @@ class PoolBuffer:
 
     def __reduce__(self):
         context.assert_spawning(self)
-        if getattr(context.get_spawning_popen(), "lend_handles", None) is not None:
-            if not getattr(self, "_guarded", False):
-                from .process import refuse_for_another_node
-                refuse_for_another_node("a RawValue, RawArray or Value(lock=False)",
-                                        "it is memory of this node, and only a lock would "
-                                        "order its copies there (a Value or Array with a lock "
-                                        "can)")
-            return _RemoteBuffer, (self._pool_descriptor, self._offset, self._size)
+        # The receiver decides: on this node it maps the bytes, elsewhere it makes a copy.
         return _rebuild, (self._pool_descriptor, self._offset, self._size,
                           getattr(self, "_guarded", False))
 
@@ -56,38 +52,56 @@ class PoolBuffer:
 
 
 class _RemoteBuffer:
-    """A Value's or Array's bytes on a node other than their home: a copy in this process's
-    pool, fetched from the home when the object's lock is taken and written back when it is
-    let go (synchronize.Lock and RLock call fetch and flush for the buffers they guard)."""
+    """Bytes of a pool of another node, as a copy in this process's pool. A guarded one (of a
+    Value or Array with a dragon lock) is fetched from the home when its lock is taken and
+    written back whole when the lock is let go (synchronize.Lock and RLock call fetch and
+    flush). A raw one follows the process's synchronisation points (_coherence) and writes
+    back only the bytes that changed."""
 
     remote = True
 
-    def __init__(self, descriptor, offset, size):
+    def __init__(self, descriptor, offset, size, guarded):
         self._far = (descriptor, offset)
         self._size = size
+        self._guarded = guarded
         pool = _runtime.pool()
         self._local = (pool.descriptor, pool.alloc(max(size, 1)))
         self._view = pool.view(self._local[1], max(size, 1))
         util.Finalize(self, _free, (pool, self._local[1]), exitpriority=-100)
+        self._twin = None
         self.fetch()
+        if not guarded:
+            _coherence.hold(self)
 
     def create_memoryview(self):
         return memoryview(self._view)[:self._size]
 
-    def _copy(self, put):
-        if self._size:
-            _runtime.copy_memory(put, self._local[0], self._local[1], self._far[0], self._far[1],
-                                 self._size)
+    def _copy(self, put, start=0, end=None):
+        end = self._size if end is None else end
+        if end > start:
+            _runtime.copy_memory(put, self._local[0], self._local[1], self._far[0],
+                                 self._far[1], end - start, offset=start)
 
     def fetch(self):
         self._copy(False)
+        if not self._guarded:
+            self._twin = bytearray(self.create_memoryview())
 
     def flush(self):
         self._copy(True)
 
+    def write_back(self):
+        """Writes back the runs of bytes changed since the last fetch (raw copies)."""
+        now = self.create_memoryview().cast("B")
+        twin = memoryview(self._twin)
+        for start, end in _coherence.changed_runs(now, twin):
+            self._copy(True, start, end)
+            twin[start:end] = now[start:end]
+
     def __reduce__(self):
-        raise ValueError("a Value or Array of node %d cannot be passed on from another node"
-                         % _native.home_node(self._far[0]))
+        # Passed on to a process of any node: it maps the home's bytes there, or copies them.
+        context.assert_spawning(self)
+        return _rebuild, (self._far[0], self._far[1], self._size, self._guarded)
 
 
 def _free(pool, offset):
@@ -98,6 +112,8 @@ def _free(pool, offset):
 
 
 def _rebuild(descriptor, offset, size, guarded=False):
+    if _native.home_node(descriptor) != _runtime.this_node():
+        return _RemoteBuffer(descriptor, offset, size, guarded)
     b = PoolBuffer.__new__(PoolBuffer)
     b._guarded = guarded
     b._pool_descriptor = descriptor

@@ -8,6 +8,7 @@ import threading
 from multiprocessing import context
 
 from . import _runtime
+from ._coherence import acquired, held, released
 
 _TOKEN = b"\x01"
 SEM_VALUE_MAX = 1 << 20
@@ -49,11 +50,15 @@ class Semaphore:
     def acquire(self, block=True, timeout=None):
         try:
             self._channel.recv(_timeout(block, timeout))
-            return True
         except TimeoutError:
             return False
+        if held:  # raw memory of another node held here (see _coherence)
+            acquired()
+        return True
 
     def release(self, n=1):
+        if held:
+            released()
         for _ in range(n):
             try:
                 self._channel.send(_TOKEN, 0)

@@ -49,6 +49,11 @@ def add_under_lock(v, arr, n):
             arr[i] = arr[i] * 2
 
 
+def add_to_heap_buffer(buf):
+    view = buf.create_memoryview().cast("i")
+    view[1] += 1
+
+
 def fill_raw(raw, point):
     raw.value = b"from child"
     point.x, point.y = 7, 8
@@ -255,6 +260,75 @@ class SharedCtypesTest(unittest.TestCase):
         self.assertIsInstance(v.get_obj()._wrapper, PoolBuffer)
         self.assertIsInstance(a._wrapper, PoolBuffer)
         self.assertEqual(v.value, 5)
+
+    def test_stdlib_heap_buffers_are_pool_memory_with_dragon_selected(self):
+        import multiprocessing.heap as heap
+        import multiprocessing.sharedctypes
+        old = mp.get_start_method(allow_none=True)
+        mp.set_start_method("dragon", force=True)
+        try:
+            mine = heap.BufferWrapper(8)
+            stock_value = mp.sharedctypes.Value("i", 3, lock=False)
+        finally:
+            mp.set_start_method(old, force=True)
+        from dragon.sharedctypes import PoolBuffer
+        self.assertIsInstance(mine, PoolBuffer)
+        self.assertIsInstance(stock_value._wrapper, PoolBuffer)
+        mine.create_memoryview().cast("i")[:] = memoryview(bytes(8)).cast("i")
+        mine.create_memoryview().cast("i")[1] = 7
+        p = CTX.Process(target=add_to_heap_buffer, args=(mine,))
+        p.start()
+        p.join(60)
+        self.assertEqual(p.exitcode, 0)
+        self.assertEqual(list(mine.create_memoryview().cast("i")), [0, 8])
+        mp.set_start_method("fork", force=True)
+        try:
+            self.assertNotIsInstance(heap.BufferWrapper(8), PoolBuffer)
+        finally:
+            mp.set_start_method(old, force=True)
+
+
+class CoherenceTest(unittest.TestCase):
+    """The write-back of raw memory held on another node sends the runs of changed bytes,
+    exactly (a byte more would undo another node's change)."""
+
+    def runs(self, before, after):
+        from dragon._coherence import changed_runs
+        return changed_runs(memoryview(bytearray(after)), memoryview(bytearray(before)))
+
+    def test_no_change_no_run(self):
+        self.assertEqual(self.runs(b"", b""), [])
+        self.assertEqual(self.runs(bytes(1 << 20), bytes(1 << 20)), [])
+
+    def test_each_run_is_exact(self):
+        before = bytes(1000)
+        after = bytearray(before)
+        for i in (0, 63, 64, 65, 500, 501, 502, 999):
+            after[i] = 1
+        self.assertEqual(self.runs(before, after),
+                         [(0, 1), (63, 66), (500, 503), (999, 1000)])
+
+    def test_runs_across_leaves_merge_and_match_a_byte_by_byte_scan(self):
+        import random
+        rng = random.Random(11)
+        for size in (1, 63, 64, 65, 129, 4096, 10007):
+            before = bytes(rng.randrange(256) for _ in range(size))
+            after = bytearray(before)
+            for _ in range(rng.randrange(1, 40)):
+                lo = rng.randrange(size)
+                for i in range(lo, min(size, lo + rng.randrange(1, 200))):
+                    after[i] = (after[i] + 1) % 256
+            expect, i = [], 0
+            while i < size:
+                if after[i] != before[i]:
+                    j = i
+                    while j < size and after[j] != before[j]:
+                        j += 1
+                    expect.append((i, j))
+                    i = j
+                else:
+                    i += 1
+            self.assertEqual(self.runs(before, after), expect, size)
 
 
 if __name__ == "__main__":
