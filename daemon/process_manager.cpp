@@ -198,6 +198,12 @@ Result<pid_t> ProcessManager::spawnOne(const pb::Spawn& req, std::vector<UniqueF
                                        static_cast<int>(req.extra_fd_base() + i));
     }
   }
+  // The child gets its stdio and the fds lent to it, nothing of dragond's: libraries it uses
+  // (UCX above all) open fds without FD_CLOEXEC, which would otherwise reach every process.
+  // (glibc ignores a close of an fd that is not open.)
+  const int lentFrom = req.extra_fds() > 0 ? static_cast<int>(req.extra_fd_base()) : 3;
+  for (int fd = 3; fd < lentFrom; ++fd) posix_spawn_file_actions_addclose(fa.get(), fd);
+  posix_spawn_file_actions_addclosefrom_np(fa.get(), req.extra_fds() > 0 ? top : 3);
   if (!req.cwd().empty()) {
     posix_spawn_file_actions_addchdir_np(fa.get(), req.cwd().c_str());
   }

@@ -24,7 +24,7 @@ rc=$?
 set -e
 line=$(grep -E '^mp-suite: ' "$out/run.log" | tail -1)
 echo "note: $line (in a 3-node job)"
-grep -E '^ +(FAIL|ERROR) ' "$out/run.log" || true
+grep -E '^ +(FAIL|ERROR) ' "$out/run.log" | sed 's/^ */note:   /' || true
 [[ $line =~ ^mp-suite:\ ([0-9]+)\ passed ]] || { tail -40 "$out/run.log"; fail "no suite result (srun exited $rc)"; }
 passed=${BASH_REMATCH[1]}
 [ "$passed" -ge "$FLOOR" ] || fail "$passed passed in a 3-node job, fewer than the $FLOOR of docs/compatibility.md"

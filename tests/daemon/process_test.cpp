@@ -220,6 +220,47 @@ TEST(Processes, ExtraFdsLentToAChildLandWhereAsked) {
   close(p2[0]);
 }
 
+TEST(Processes, AChildGetsOnlyItsStdioAndLentFdsNotDragondsOwn) {
+  // fds of dragond without FD_CLOEXEC (UCX opens such; here two it inherits from this test,
+  // one below the lent range and one above) must not reach a child it starts.
+  int leak[2], lent[2];
+  ASSERT_EQ(pipe(leak), 0);  // no O_CLOEXEC: dragond inherits both
+  ASSERT_EQ(pipe2(lent, O_CLOEXEC), 0);
+  const int low = dup2(leak[0], 5), high = fcntl(leak[1], F_DUPFD, 40);
+  ASSERT_EQ(low, 5);
+  ASSERT_GE(high, 40);
+  auto d = RunningDaemon::start();
+  close(leak[0]);
+  close(leak[1]);
+  close(low);
+  close(high);
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  const std::string check = "for n in 3 4 5 6 7 8 9 " + std::to_string(leak[0]) + " " +
+                            std::to_string(leak[1]) + " " + std::to_string(high) +
+                            "; do [ -e /proc/$$/fd/$n ] && printf '%s ' $n; done; echo end";
+  SpawnOptions o = shell(check);
+  o.stdoutMode = Stdio::File;
+  o.stdoutFile = d->dir() + "/fds.txt";
+  o.extraFds = {lent[1]};
+  o.extraFdBase = 7;
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  close(lent[1]);
+  auto w = c.wait({r->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->front().exitCode, 0);
+  EXPECT_EQ(testing::readFile(d->dir() + "/fds.txt"), "7 end\n");
+  o.extraFds = {};  // none lent: nothing above stdio
+  o.stdoutFile = d->dir() + "/fds2.txt";
+  auto r2 = c.spawn(o);
+  ASSERT_TRUE(r2.has_value()) << r2.error().toString();
+  auto w2 = c.wait({r2->front().puid}, Timeout::after(30s));
+  ASSERT_TRUE(w2.has_value());
+  EXPECT_EQ(testing::readFile(d->dir() + "/fds2.txt"), "end\n");
+  close(lent[0]);
+}
+
 TEST(Processes, BadSpawnRequestsGetClearErrors) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
