@@ -690,7 +690,7 @@ class Listener(_StockListener):
     connection is accepted, as with a socket)."""
 
     ACCEPT_CAPACITY = 256
-    _dragon = False  # stock subclasses (XmlListener) reach these methods without __init__
+    _dragon = False  # stock subclasses reach these methods without __init__
 
     @staticmethod
     def _use_dragon():
@@ -803,7 +803,7 @@ class Listener(_StockListener):
                 item[0].close()
 
     def accept(self):
-        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
+        if not getattr(self, "_dragon", False):  # also stock subclasses
             return _StockListener.accept(self)
         if self._listener is None:
             raise OSError("listener is closed")
@@ -822,7 +822,7 @@ class Listener(_StockListener):
         return c
 
     def close(self):
-        if not getattr(self, "_dragon", False):  # also stock subclasses (XmlListener)
+        if not getattr(self, "_dragon", False):  # also stock subclasses
             return _StockListener.close(self)
         if self._listener is None:
             return
@@ -983,6 +983,21 @@ class _RoutedListener(Listener):
 _RoutedListener.__name__ = _RoutedListener.__qualname__ = "Listener"
 
 
+class _RoutedXmlListener(_RoutedListener):
+    """multiprocessing.connection.XmlListener (a manager's 'xmlrpclib' serializer) once dragon
+    is imported: a routed Listener, so that its clients reach it from any node, whose
+    connections speak XML-RPC as the stock one's do."""
+
+    def accept(self):
+        import xmlrpc.client
+        _mpc.xmlrpclib = xmlrpc.client  # what the stock accept() sets for _xml_dumps/_xml_loads
+        return _mpc.ConnectionWrapper(_RoutedListener.accept(self), _mpc._xml_dumps,
+                                      _mpc._xml_loads)
+
+
+_RoutedXmlListener.__name__ = _RoutedXmlListener.__qualname__ = "XmlListener"
+
+
 def _routed_client(address, family=None, authkey=None):
     if _dragon_selected():
         return Client(address, family, authkey)
@@ -1006,7 +1021,8 @@ def _install_listener_client():
     """multiprocessing.connection's Listener and Client become the routed ones."""
     if _mpc.Listener is not _RoutedListener:
         _mpc.Listener = _RoutedListener
-        _mpc.Client = _routed_client
+        _mpc.XmlListener = _RoutedXmlListener
+        _mpc.Client = _routed_client  # also what the stock XmlClient calls
 
 
 def _patch_managers(managers):
@@ -1014,6 +1030,7 @@ def _patch_managers(managers):
     always dragon's for 'dragon' (the dragon context's Manager). A manager started with the
     dragon context gets its server's address back over a dragon Pipe, not an OS pipe."""
     managers.listener_client["pickle"] = (_RoutedListener, _routed_client)
+    managers.listener_client["xmlrpclib"] = (_RoutedXmlListener, _mpc.XmlClient)
     managers.listener_client["dragon"] = (Listener, Client)
     stock_start = managers.BaseManager.start
 

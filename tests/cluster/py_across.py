@@ -5,14 +5,16 @@ and put results on another; exit codes, terminate, is_alive and the sentinel of 
 another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
 used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
 file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a Manager and a
-Listener/Client across nodes; raw memory (RawValue, RawArray, the stdlib heap's buffers) kept
+Listener/Client across nodes (also a manager speaking XML-RPC); raw memory (RawValue, RawArray, the stdlib heap's buffers) kept
 coherent across nodes at synchronisation points, SharedMemory refused for another node with a
 clear error naming its node. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
+import queue
 import socket
 import sys
 import time
 from multiprocessing.connection import wait
+from multiprocessing.managers import BaseManager
 
 import dragon
 
@@ -119,6 +121,27 @@ def manager_user(d, lst, node):
     # Proxies of a manager on the head's node: its server is reached across nodes.
     d[node] = socket.gethostname()
     lst.append(node)
+
+
+_xml_queue = queue.Queue()
+
+
+class XmlQueueManager(BaseManager):
+    pass
+
+
+def _get_xml_queue():
+    return _xml_queue
+
+
+XmlQueueManager.register("get_queue", callable=_get_xml_queue)
+
+
+def xml_putter(address, authkey):
+    # A client of a manager of another node that speaks XML-RPC: XmlClient to its XmlListener.
+    m = XmlQueueManager(address=address, authkey=authkey, serializer="xmlrpclib")
+    m.connect()
+    m.get_queue().put(("hello from", socket.gethostname()))
 
 
 def client_of(address, authkey):
@@ -392,6 +415,21 @@ def main():
             assert u.exitcode == 0, (u, u.exitcode)
         assert dict(d) == {n: h for n, h, _ in nodes}, dict(d)
         assert sorted(lst) == [n for n, _, _ in nodes], list(lst)
+
+    # A manager with serializer="xmlrpclib", its server on node 1 at a TCP address of that
+    # node, reached from node 2 and from here.
+    with dragon.Policy(node=nodes[1][0]):
+        xm = XmlQueueManager(address=("127.0.0.1", 0), authkey=b"xml", serializer="xmlrpclib")
+        xm.start()
+    try:
+        with dragon.Policy(node=far):
+            xp = mp.Process(target=xml_putter, args=(xm.address, b"xml"))
+            xp.start()
+        xp.join(60)
+        assert xp.exitcode == 0, xp.exitcode
+        assert xm.get_queue().get(timeout=30) == ["hello from", nodes[2][1]]
+    finally:
+        xm.shutdown()
 
     # A Listener of this node and a Client on another: the address is this node's.
     from multiprocessing.connection import Listener
