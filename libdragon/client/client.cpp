@@ -401,6 +401,14 @@ Result<MemoryTransfer> Client::transfer(const MemoryRange& from, const MemoryRan
   return t;
 }
 
+Result<ClientChannel> Client::reach(const ClientChannel& channel) {
+  if (!channel.isRemote()) {
+    return Status(StatusCode::InvalidArgument,
+                  "channel " + channel.desc_.toString() + " is of this node: it is used mapped");
+  }
+  return ClientChannel(impl_.get(), channel.desc_, channel.capacity_, channel.maxMessageSize_);
+}
+
 Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op) {
   auto* impl = static_cast<Client::Impl*>(this);
   pb::Envelope req;

@@ -192,11 +192,11 @@ def lookup_name(name):
 
 
 def attach_channel(descriptor):
-    """A channel, by descriptor ("dragon:...") or by name. One of another node has a dragond
-    connection of its own, which holds its reference (and gives it back when it goes)."""
+    """A channel, by descriptor ("dragon:...") or by name. This process's client holds its
+    reference, given back when the object is collected; the operations on one of another node
+    run on a few connections the process shares (edge.hpp, OpConnections)."""
     with _lock:
-        ch = client().attach_channel(descriptor, _socket or "")
-        return ch if ch.is_remote else _released_when_collected(ch)
+        return _released_when_collected(client().attach_channel(descriptor, _socket or ""))
 
 
 def nodes():

@@ -3,6 +3,7 @@
 // timeouts from seconds, and blocking calls sliced so that signals are seen.
 #pragma once
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <dragon/client.hpp>
@@ -13,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace dragon::python {
 
@@ -159,30 +161,94 @@ struct Piece {
   std::size_t align;
 };
 
+// Connections to this node's dragond for the operations on channels of other nodes. Such an
+// operation waits at the channel's home, on a connection it borrows for that one call, so that
+// a waiting get() holds back no other thread's operation. A process holds as many as it has
+// operations in flight (not one per channel: a process using a thousand channels of other
+// nodes holds a few connections, not a thousand), keeps at most kIdle, and a forked child
+// starts with none (its parent's are closed in it).
+class OpConnections {
+ public:
+  static constexpr std::size_t kIdle = 4;
+
+  // Never destroyed: the connections close with the process.
+  static OpConnections& instance() {
+    static auto* one = [] {
+      auto* p = new OpConnections();
+      pthread_atfork([] { one_->mu_.lock(); }, [] { one_->mu_.unlock(); },
+                     [] {
+                       one_->idle_.clear();  // closes this child's copies of the parent's fds
+                       one_->mu_.unlock();
+                     });
+      one_ = p;
+      return p;
+    }();
+    return *one;
+  }
+
+  dragon::Result<std::unique_ptr<dragon::Client>> borrow(const std::string& socket) {
+    {
+      std::lock_guard lk(mu_);
+      if (!idle_.empty()) {
+        auto c = std::move(idle_.back());
+        idle_.pop_back();
+        return c;
+      }
+    }
+    dragon::Client::Options o;
+    o.socketPath = socket;
+    o.name = "python " + std::to_string(::getpid()) + " remote channel operations";
+    auto c = dragon::Client::connect(o);
+    if (!c.has_value()) return c.error();
+    return std::make_unique<dragon::Client>(std::move(*c));
+  }
+
+  // `last`: what the operation on it returned. A connection that failed (dragond gone, a
+  // broken frame) is not kept.
+  void giveBack(std::unique_ptr<dragon::Client> c, const Status& last) {
+    const StatusCode k = last.code();
+    const bool sound = last.isOk() || k == StatusCode::Timeout || k == StatusCode::WouldBlock ||
+                       k == StatusCode::ChannelFull || k == StatusCode::ChannelClosed ||
+                       k == StatusCode::MessageTooLarge || k == StatusCode::PoolExhausted;
+    if (!sound) return;
+    std::lock_guard lk(mu_);
+    if (idle_.size() < kIdle) idle_.push_back(std::move(c));
+  }
+
+ private:
+  OpConnections() = default;
+  static inline OpConnections* one_ = nullptr;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<dragon::Client>> idle_;
+};
+
 // A channel with the pool that holds it: what Python code holds. A channel of another node
-// (ch->isRemote()) is reached through dragond, over a client connection of its own (`own`:
-// the process's shared client is not held while a remote operation waits), one operation at a
-// time (`mu`).
+// (ch->isRemote()) is reached through dragond: this process's client holds its reference, and
+// each operation runs on a connection borrowed from OpConnections (`socket`: dragond's).
 struct PyChannel {
   std::unique_ptr<dragon::ClientChannel> ch;
-  std::shared_ptr<dragon::Client> own;
-  std::shared_ptr<std::mutex> mu;
+  std::string socket;
 
   bool remote() const { return ch->isRemote(); }
-  // Runs a remote operation `op(timeout)` under mu with the GIL released: a try once, a
-  // blocking one sliced() in slices of at most 200 ms (each a request parked at the channel's
-  // home: a Timeout there took nothing).
+  // Runs a remote operation `op(via, timeout)` (via: this channel over the borrowed
+  // connection) with the GIL released: a try once, a blocking one sliced() in slices of at
+  // most 200 ms (each a request parked at the channel's home: a Timeout there took nothing).
   template <typename Op>
   Status remoteOp(const dragon::Timeout& timeout, Op&& op) {
-    auto locked = [&](dragon::Timeout t) {
-      std::lock_guard lk(*mu);
-      return op(t);
+    auto once = [&](dragon::Timeout t) -> Status {
+      auto conn = OpConnections::instance().borrow(socket);
+      if (!conn.has_value()) return conn.error();
+      auto via = (*conn)->reach(*ch);
+      if (!via.has_value()) return via.error();
+      Status st = op(*via, t);
+      OpConnections::instance().giveBack(std::move(*conn), st);
+      return st;
     };
     if (timeout.isNone()) {
       GilReleased released;
-      return locked(timeout);
+      return once(timeout);
     }
-    return sliced(timeout, locked, 200'000'000);
+    return sliced(timeout, once, 200'000'000);
   }
 
   void send(py::buffer data, const py::object& timeout);

@@ -65,8 +65,8 @@ bool remoteReady(PyChannel& c, dragon::WaitFor events,
     return (static_cast<unsigned>(w) & static_cast<unsigned>(events)) != 0;
   };
   dragon::WaitFor got{};
-  const Status st = c.remoteOp(timeout, [&](dragon::Timeout t) -> Status {
-    auto r = c.ch->poll(events, t);
+  const Status st = c.remoteOp(timeout, [&](dragon::ClientChannel& via, dragon::Timeout t) -> Status {
+    auto r = via.poll(events, t);
     if (!r.has_value()) return r.error();
     got = *r;
     if (has(got) || t.isNone()) return Status::ok();
@@ -287,7 +287,8 @@ PYBIND11_MODULE(_native, m) {
                check(c.ch->channel().close());
                return;
              }
-             check(c.remoteOp(dragon::Timeout::none(), [&](dragon::Timeout) { return c.ch->close(); }));
+             check(c.remoteOp(dragon::Timeout::none(),
+                              [](dragon::ClientChannel& via, dragon::Timeout) { return via.close(); }));
            })
       .def("is_closed",
            [](PyChannel& c) {
@@ -320,7 +321,7 @@ PYBIND11_MODULE(_native, m) {
              o.capacity = capacity;
              o.inlineSize = inlineSize;
              const dragon::ObjectDescriptor pd = pool->descriptor();
-             return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); })), nullptr, nullptr};
+             return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); })), {}};
            },
            py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
            py::arg("name") = "")
@@ -334,20 +335,10 @@ PYBIND11_MODULE(_native, m) {
                const std::string_view name(desc);
                ch = take(unlocked([&] { return c.attachChannel(name); }));
              }
-             if (!ch->isRemote()) return PyChannel{std::move(ch), nullptr, nullptr};
-             // A channel of another node (found by name or descriptor in a multi-node job):
-             // its operations wait at its home, so it gets a connection of its own, not the
-             // process's shared one, and holds its reference there (attached there first,
-             // then given back here: a reference is held throughout).
-             const dragon::ObjectDescriptor d = ch->descriptor();
-             dragon::Client::Options o;
-             o.socketPath = socket;
-             o.name = "python channel " + std::to_string(d.id);
-             auto own = std::make_shared<dragon::Client>(
-                 take(unlocked([&] { return dragon::Client::connect(o); })));
-             auto remote = take(unlocked([&] { return own->attachChannel(d); }));
-             (void)unlocked([&] { return c.detach(d); });
-             return PyChannel{std::move(remote), std::move(own), std::make_shared<std::mutex>()};
+             // A channel of another node (found by name or descriptor in a multi-node job): this
+             // client holds its reference; its operations borrow connections (OpConnections).
+             std::string via = ch->isRemote() ? socket : std::string();
+             return PyChannel{std::move(ch), std::move(via)};
            },
            py::arg("desc"), py::arg("socket") = "")
       .def("attach_pool",

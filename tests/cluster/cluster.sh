@@ -377,7 +377,7 @@ procs_in_netns() {  # pids of all processes in the network namespaces given as i
 procs_using_dir() {  # slurmd/slurmctld/munged/slurmstepd whose command line names our state dir
   local p cmd
   for p in $(pgrep -x 'slurmd|slurmctld|munged|slurmstepd' 2>/dev/null || true); do
-    cmd=$(tr '\0' ' ' < /proc/"$p"/cmdline 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null < /proc/"$p"/cmdline) || continue
     [[ $cmd == *"$DIR/"* ]] && echo "$p"
   done
   return 0

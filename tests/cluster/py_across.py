@@ -9,6 +9,7 @@ Listener/Client across nodes (also a manager speaking XML-RPC); raw memory (RawV
 coherent across nodes at synchronisation points, SharedMemory refused for another node with a
 clear error naming its node. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
+import os
 import queue
 import socket
 import sys
@@ -193,6 +194,26 @@ def sleeper():
     time.sleep(600)
 
 
+def many_queues_user(queues, outq):
+    # Puts into each of many queues of another node, from two threads at once, and says how
+    # many connections to dragond it holds: a few shared ones, not one per queue.
+    import threading
+    half = len(queues) // 2
+    ts = [threading.Thread(target=lambda qs: [q.put(i) for i, q in qs], args=(part,))
+          for part in (list(enumerate(queues))[:half], list(enumerate(queues))[half:])]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink("/proc/self/fd/" + fd))
+        except OSError:  # the fd listdir had open
+            pass
+    outq.put(sum(1 for link in links if link.startswith("socket:")))
+
+
 def locker(lock, outq, node):
     with lock:
         outq.put(("locked", node))
@@ -246,6 +267,16 @@ def main():
         qp.start()
     qp.join(60)
     assert qp.exitcode == 0, "qsize of a queue of another node: exit %s" % qp.exitcode
+    many = [mp.Queue() for _ in range(200)]
+    with dragon.Policy(node=far):
+        mq = mp.Process(target=many_queues_user, args=(many, outq))
+        mq.start()
+    sockets = outq.get(timeout=60)
+    assert [q.get(timeout=30) for q in many] == list(range(200))
+    mq.join(60)
+    assert mq.exitcode == 0, mq.exitcode
+    assert sockets <= 8, "a process using 200 queues of another node holds %d sockets" % sockets
+    del many
     assert s.is_alive()
     assert wait([s.sentinel], timeout=0.2) == []
     s.terminate()

@@ -262,6 +262,13 @@ class Client {
   Result<std::unique_ptr<ClientChannel>> attachChannel(const ObjectDescriptor& channel);
   Result<std::unique_ptr<ClientChannel>> attachChannel(std::string_view name);
   Status detach(const ObjectDescriptor& object);
+  // A channel of another node, attached by any client of this process, reached over this
+  // client's connection: its operations (which wait at its home) go through this client, while
+  // the reference stays with the client that attached it, which must hold it as long as this
+  // is used. Lets a process keep its references on one connection and run operations on a few
+  // pooled ones, instead of one connection per channel. A channel of this node is mapped, and
+  // used directly: InvalidArgument.
+  Result<ClientChannel> reach(const ClientChannel& channel);
   // Sends the detach without waiting for dragond's answer (which is dropped when it comes, so
   // a failure goes unreported): for references dropped on a hot path. Later requests of this
   // client are handled after it.
