@@ -69,11 +69,15 @@ kill_dragond_of() {  # kill_dragond_of NODE
 
 # Waits for the job started by start_job to end with a failure, and checks that the probe
 # reported "probe: ok WHAT after S s: NodeLost..." with S below LIMIT seconds.
-expect_node_lost() {  # expect_node_lost LOG WHAT LIMIT
+expect_node_lost() {  # expect_node_lost LOG WHAT LIMIT  (SRUN_RC: the job's code, if waited for)
   local rc line secs
-  set +e
-  wait "$SRUN_PID"; rc=$?
-  set -e
+  if [ -n "${SRUN_RC:-}" ]; then
+    rc=$SRUN_RC
+  else
+    set +e
+    wait "$SRUN_PID"; rc=$?
+    set -e
+  fi
   cat "$1"
   [ "$rc" -ne 0 ] || fail "the job succeeded after losing a node"
   line=$(grep -E "probe: ok $2 after [0-9.]+ s: NodeLost" "$1") || fail "no NodeLost for $2"
