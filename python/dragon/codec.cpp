@@ -246,12 +246,16 @@ Status PyChannel::sendLaidOut(std::span<const Piece> pieces, const dragon::Timeo
   std::vector<std::size_t> at;
   std::vector<std::byte> buf(layOut(pieces, at));
   copyPieces(buf.data(), pieces, at);
-  return remoteOp(t, [&](dragon::ClientChannel& via, dragon::Timeout tt) { return via.send(buf, tt); });
+  return remoteOp(t, [&](dragon::ClientChannel& via, dragon::Timeout tt) {
+    return via.send(buf, tt);
+  });
 }
 
 Status PyChannel::sendBytes(std::span<const std::byte> s, const dragon::Timeout& t) {
   if (remote()) {
-    return remoteOp(t, [&](dragon::ClientChannel& via, dragon::Timeout tt) { return via.send(s, tt); });
+    return remoteOp(t, [&](dragon::ClientChannel& via, dragon::Timeout tt) {
+      return via.send(s, tt);
+    });
   }
   dragon::Channel& c = ch->channel();
   return tryThenSliced(t, [&](dragon::Timeout tt) { return c.send(s, tt); });

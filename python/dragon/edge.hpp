@@ -173,15 +173,14 @@ class OpConnections {
 
   // Never destroyed: the connections close with the process.
   static OpConnections& instance() {
-    static auto* one = [] {
-      auto* p = new OpConnections();
+    static OpConnections* const one = [] {
+      one_ = new OpConnections();  // before the fork handlers that use it
       pthread_atfork([] { one_->mu_.lock(); }, [] { one_->mu_.unlock(); },
                      [] {
                        one_->idle_.clear();  // closes this child's copies of the parent's fds
                        one_->mu_.unlock();
                      });
-      one_ = p;
-      return p;
+      return one_;
     }();
     return *one;
   }

@@ -65,7 +65,8 @@ bool remoteReady(PyChannel& c, dragon::WaitFor events,
     return (static_cast<unsigned>(w) & static_cast<unsigned>(events)) != 0;
   };
   dragon::WaitFor got{};
-  const Status st = c.remoteOp(timeout, [&](dragon::ClientChannel& via, dragon::Timeout t) -> Status {
+  const Status st = c.remoteOp(timeout, [&](dragon::ClientChannel& via,
+                                            dragon::Timeout t) -> Status {
     auto r = via.poll(events, t);
     if (!r.has_value()) return r.error();
     got = *r;

@@ -4,10 +4,11 @@ t_python_across.sh): workers placed with dragon.Policy on each node take items f
 and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
 another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
 used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
-file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a Manager and a
-Listener/Client across nodes (also a manager speaking XML-RPC); raw memory (RawValue, RawArray, the stdlib heap's buffers) kept
-coherent across nodes at synchronisation points, SharedMemory refused for another node with a
-clear error naming its node. Prints "py-across: ok ..." or fails with a traceback."""
+file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a Manager, one
+speaking XML-RPC and a Listener/Client across nodes; 200 queues of another node used over a few
+sockets; raw memory (RawValue, RawArray, the stdlib heap's buffers) kept coherent across nodes
+at synchronisation points, SharedMemory refused for another node with a clear error naming its
+node. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -198,9 +199,14 @@ def many_queues_user(queues, outq):
     # Puts into each of many queues of another node, from two threads at once, and says how
     # many connections to dragond it holds: a few shared ones, not one per queue.
     import threading
-    half = len(queues) // 2
-    ts = [threading.Thread(target=lambda qs: [q.put(i) for i, q in qs], args=(part,))
-          for part in (list(enumerate(queues))[:half], list(enumerate(queues))[half:])]
+
+    def put_index(pairs):
+        for i, q in pairs:
+            q.put(i)
+
+    pairs = list(enumerate(queues))
+    half = len(pairs) // 2
+    ts = [threading.Thread(target=put_index, args=(part,)) for part in (pairs[:half], pairs[half:])]
     for t in ts:
         t.start()
     for t in ts:

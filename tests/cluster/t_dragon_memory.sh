@@ -10,7 +10,7 @@
 # answer due, the send fails and UCX aborts the target's process (ucp_request.inl: "Fatal:
 # unexpected error" in ucp_put_handler), so the head's dragond dies with it and the probe gets
 # PeerLost, not NodeLost. The test then says so in a note and still requires the job to end
-# non-zero and nothing to be left (docs/cluster.md, "Failure behaviour").
+# non-zero and nothing to be left (docs/cluster.md, "Failures").
 . "$(dirname "$0")/lib.sh"
 for args in "1 $((16 << 20))" "2 1000003"; do
   # shellcheck disable=SC2086
