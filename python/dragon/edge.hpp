@@ -173,7 +173,7 @@ class OpConnections {
 
   // Never destroyed: the connections close with the process.
   static OpConnections& instance() {
-    static OpConnections* const one = [] {
+    static OpConnections* one = [] {
       one_ = new OpConnections();  // before the fork handlers that use it
       pthread_atfork([] { one_->mu_.lock(); }, [] { one_->mu_.unlock(); },
                      [] {
