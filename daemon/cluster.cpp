@@ -339,8 +339,8 @@ Result<transport::RegisteredRegion> Cluster::registerRegion(void* base, std::siz
   return transport_->registerRegion(base, length);
 }
 
-void Cluster::deregisterRegion(std::uint64_t id) {
-  if (!closed_) transport_->deregisterRegion(id);
+void Cluster::deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) {
+  if (!closed_) transport_->deregisterRegion(id, std::move(mapping));
 }
 
 Status Cluster::rma(std::uint32_t node, transport::RmaKind kind, void* local, std::size_t length,

@@ -88,7 +88,7 @@ class Cluster {
 
   // One-sided transfers through the transport (daemon/transport.hpp); `done` runs on the loop.
   Result<transport::RegisteredRegion> registerRegion(void* base, std::size_t length);
-  void deregisterRegion(std::uint64_t id);
+  void deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping);
   Status rma(std::uint32_t node, transport::RmaKind kind, void* local, std::size_t length,
              std::uint64_t remote, std::string_view key, std::function<void(Status)> done);
 

@@ -221,7 +221,8 @@ class FakeTransport final : public Transport {
     return r;
   }
 
-  void deregisterRegion(std::uint64_t id) override {
+  // The fake's transfers are over when rma() returns: nothing of a peer can still touch it.
+  void deregisterRegion(std::uint64_t id, std::shared_ptr<void> /*mapping*/) override {
     auto it = regionKeys_.find(id);
     if (it == regionKeys_.end()) return;
     std::lock_guard lock(hub_->mu);

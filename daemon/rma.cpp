@@ -7,7 +7,11 @@
 namespace dragon::daemon {
 
 RmaRegions::Region::~Region() {
-  if (regionId != 0 && *cluster != nullptr) (*cluster)->deregisterRegion(regionId);
+  if (regionId != 0 && *cluster != nullptr) {
+    // A peer's transfer the requester gave up on may still write here: the transport keeps the
+    // mapping until it is over.
+    (*cluster)->deregisterRegion(regionId, std::make_shared<Pool>(std::move(pool)));
+  }
 }
 
 Result<char*> RmaRegions::Region::bytes(std::uint64_t allocation, std::uint64_t offset,

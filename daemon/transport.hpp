@@ -38,7 +38,7 @@
 namespace dragon::transport {
 
 // Bumped when this header changes incompatibly; a module built for another version is refused.
-inline constexpr std::uint32_t kAbiVersion = 2;
+inline constexpr std::uint32_t kAbiVersion = 3;
 
 struct TransportOptions {
   std::uint32_t selfNode = 0;
@@ -92,9 +92,12 @@ class Transport {
   virtual Status send(std::uint32_t node, std::string_view bytes) = 0;
   // Registers [base, base + length) of this process for RMA by peers. The memory must stay
   // mapped until deregisterRegion(id), which the owner calls only once no rma() on it is in
-  // flight (here or, as far as it knows, at a peer).
+  // flight here.
   virtual Result<RegisteredRegion> registerRegion(void* base, std::size_t length) = 0;
-  virtual void deregisterRegion(std::uint64_t id) = 0;
+  // No peer reaches the region any more. A transfer of a peer may still be reading or writing
+  // it (one the owner has given up on: its peer was lost, say): the transport keeps `mapping`
+  // (whatever keeps the memory mapped; may be null) until that transfer is over.
+  virtual void deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) = 0;
   // Copies `length` bytes between `local` (this process's memory, registered or not) and the
   // address `remote` of `node`'s region whose key is `key`. `done` runs once, from progress(),
   // when the bytes are at their destination (for Put: visible to the peer's processes), or

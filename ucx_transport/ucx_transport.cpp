@@ -17,9 +17,21 @@
 // the "bye" a peer sends from shutdown() marks the peer failed; progress() then delivers what had
 // arrived from it, reports onPeerLost once, and force-closes the endpoint.
 //
-// RMA: a region is ucp_mem_map'ed and its key is the packed rkey; a peer's keys are unpacked on
-// its endpoint once and kept (bounded) until the endpoint closes. A Put is followed by a flush
-// of the endpoint, whose completion says the bytes are visible at the peer.
+// RMA: a region is ucp_mem_map'ed and its key is its id and the packed rkey (wire.hpp). Toward a
+// peer that UCX reaches with native RMA (the endpoint has RMA lanes: shared memory, InfiniBand,
+// RoCE...), rma() is ucp_put/ucp_get: a peer's keys are unpacked on its endpoint once and kept
+// (bounded) until the endpoint closes, and a Put is followed by a flush of the endpoint, whose
+// completion says the bytes are visible at the peer. Toward a peer without (tcp), UCX 1.13 would
+// emulate RMA with active messages whose target answers each operation from inside UCX, and
+// aborts the process (ucs_fatal in ucp_request_send) when that answer cannot be sent because the
+// initiator died. So there the transfer is messages of our own, on AM id kRmaAmId: the request
+// (a Put with its bytes, sent zero-copy from the initiator's memory; or a Get), and the answer
+// (PutDone once the bytes are in the region; or GetData with the bytes, sent from the region),
+// all sent and received by requests whose failures this transport handles. Large payloads go
+// by UCX's rendezvous straight between the two memories. The region's node checks every
+// transfer against the region's bounds, and keeps a deregistered region mapped (the owner's
+// `mapping`) while a transfer of a peer still reads or writes it. DRAGON_UCX_RMA chooses:
+// `auto` (the default), `messages` (always), `native` (always ucp_put/ucp_get).
 //
 // Owning thread: the daemon's event-loop thread (the worker is UCS_THREAD_MODE_SINGLE). UCX
 // callbacks only record what happened; the owner's callbacks run in progress(), outside them.
@@ -35,6 +47,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fcntl.h>
 #include <iterator>
@@ -64,6 +79,32 @@ constexpr std::size_t kMaxRkeysPerPeer = 1024;
 // Drop reports: at most kDropBurst per kDropWindowNs, the rest counted.
 
 using namespace ucx_wire;
+
+// How rma() reaches a peer (DRAGON_UCX_RMA).
+enum class RmaMode { Auto, Messages, Native };
+
+Result<RmaMode> rmaModeFromEnvironment() {
+  const char* v = std::getenv("DRAGON_UCX_RMA");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return RmaMode::Auto;
+  if (std::strcmp(v, "messages") == 0) return RmaMode::Messages;
+  if (std::strcmp(v, "native") == 0) return RmaMode::Native;
+  return Status(StatusCode::InvalidArgument, std::string("DRAGON_UCX_RMA=") + v +
+                                                 " is not one of auto, messages, native");
+}
+
+// Whether UCX gives `ep` RMA lanes of its own (else ucp_put/ucp_get would be emulated with
+// active messages). UCX 1.13 has no query for it; its endpoint report lists them as "put[N]".
+bool hasNativeRma(ucp_ep_h ep) {
+  char* text = nullptr;
+  std::size_t bytes = 0;
+  FILE* f = open_memstream(&text, &bytes);
+  if (f == nullptr) return false;
+  ucp_ep_print_info(ep, f);
+  std::fclose(f);
+  const bool native = std::string_view(text, bytes).find(" put[") != std::string_view::npos;
+  std::free(text);
+  return native;
+}
 
 std::int64_t nowNs() {
   timespec ts{};
@@ -170,6 +211,54 @@ struct RmaOp {
   std::list<RmaOp>::iterator it;
 };
 
+// A region of this process registered for peers: its UCX registration (native RMA) and the
+// bounds that transfers carried as messages stay within.
+struct LocalRegion {
+  ucp_mem_h memh = nullptr;
+  char* base = nullptr;
+  std::size_t length = 0;
+  int busy = 0;                   // peers' transfers reading or writing it now
+  bool gone = false;              // deregistered: dropped once no longer busy
+  std::shared_ptr<void> mapping;  // what keeps a gone, busy region mapped
+};
+
+// A transfer this node started as messages: the request went out, and the answer (PutDone,
+// or GetData with the bytes) completes it.
+struct MessageRma {
+  UcxTransport* self = nullptr;
+  std::uint64_t id = 0;
+  std::uint32_t node = 0;
+  RmaKind kind = RmaKind::Put;
+  char* local = nullptr;
+  std::size_t length = 0;
+  std::function<void(Status)> done;
+  std::string header;     // read by UCX until the request's send completes
+  int requests = 0;       // UCX requests in flight: the request's send, the answer's receive
+  bool answered = false;  // the answer is in (or will never come)
+  bool told = false;      // done ran; the operation waits only for its requests
+  ucs_status_t failure = UCS_OK;  // the first failed request
+  Status result;
+};
+
+// This node's part of a peer's transfer carried as messages: receiving a Put's bytes into a
+// region, or sending an answer (a GetData from a region, or a PutDone).
+struct Serving {
+  UcxTransport* self = nullptr;
+  std::uint32_t node = 0;
+  std::uint64_t region = 0;  // busy while this runs; 0 for none
+  RmaHeader answer;          // a receive's PutDone, sent once the bytes are in
+  std::string header;        // of the message being sent
+  bool sending = false;
+  ucs_status_t status = UCS_OK;
+  std::list<Serving>::iterator it;
+};
+
+// An answer the AM handler decided on, sent from settle() (outside UCX's callbacks).
+struct Answer {
+  std::uint32_t node = 0;
+  RmaHeader header;
+};
+
 // A message by its sequence number, waiting for its turn.
 struct Slot {
   enum class State { Ready, Receiving, Skip };
@@ -185,6 +274,7 @@ struct Peer {
   ucp_ep_h ep = nullptr;
   bool failed = false;    // no more messages to or from it
   bool reported = false;  // onPeerLost ran
+  bool nativeRma = false; // rma() is ucp_put/ucp_get, else messages
   Status why;
   std::uint64_t sendSeq = 0;
   std::uint64_t nextSeq = 0;  // the next to deliver
@@ -208,24 +298,26 @@ class UcxTransport final : public Transport {
   int eventFd() const override { return efd_.get(); }
   void progress() override;
   bool needsProgress() const override {
-    return !closed_ && (kick_ || !sendOps_.empty() || !closeReqs_.empty() || !rmaOps_.empty());
+    return !closed_ && (kick_ || !sendOps_.empty() || !closeReqs_.empty() || !rmaOps_.empty() ||
+                        messageRequests_ > 0);
   }
   void setCallbacks(TransportCallbacks callbacks) override { callbacks_ = std::move(callbacks); }
   void setSecret(std::string secret) override;
   Status addPeer(std::uint32_t node, std::string_view address) override;
   Status send(std::uint32_t node, std::string_view bytes) override;
   Result<RegisteredRegion> registerRegion(void* base, std::size_t length) override;
-  void deregisterRegion(std::uint64_t id) override;
+  void deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) override;
   Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
              std::uint64_t remote, std::string_view key, std::function<void(Status)> done) override;
   void shutdown(std::int64_t timeoutNs) override;
 
  private:
-  UcxTransport(const TransportOptions& options, UcpContext context, UcpWorker worker,
-               UniqueFd efd, std::string address, std::size_t maxAmHeader)
+  UcxTransport(const TransportOptions& options, RmaMode rmaMode, UcpContext context,
+               UcpWorker worker, UniqueFd efd, std::string address, std::size_t maxAmHeader)
       : options_(options),
         address_(std::move(address)),
         maxAmHeader_(maxAmHeader),
+        rmaMode_(rmaMode),
         efd_(std::move(efd)),
         context_(std::move(context)),
         worker_(std::move(worker)) {
@@ -236,6 +328,39 @@ class UcxTransport final : public Transport {
                                    void* data, std::size_t length,
                                    const ucp_am_recv_param_t* param) noexcept {
     return static_cast<UcxTransport*>(arg)->onAm(header, headerLength, data, length, param);
+  }
+  static ucs_status_t onRmaAmCallback(void* arg, const void* header, std::size_t headerLength,
+                                      void* data, std::size_t length,
+                                      const ucp_am_recv_param_t* param) noexcept {
+    return static_cast<UcxTransport*>(arg)->onRmaAm(header, headerLength, data, length, param);
+  }
+  // A request of a MessageRma completed (the operation stays while it has requests in flight).
+  static void onMessageRmaSent(void* request, ucs_status_t status, void* user) noexcept {
+    auto* op = static_cast<MessageRma*>(user);
+    if (status != UCS_OK && op->failure == UCS_OK) op->failure = status;
+    --op->requests;
+    --op->self->messageRequests_;
+    op->self->settledRmas_.push_back(op->id);
+    ucp_request_free(request);
+  }
+  static void onMessageRmaReceived(void* request, ucs_status_t status, std::size_t length,
+                                   void* user) noexcept {
+    auto* op = static_cast<MessageRma*>(user);
+    onMessageRmaSent(request,
+                     (status == UCS_OK && length != op->length) ? UCS_ERR_MESSAGE_TRUNCATED
+                                                                : status,
+                     user);
+  }
+  static void onServingSent(void* request, ucs_status_t status, void* user) noexcept {
+    auto* s = static_cast<Serving*>(user);
+    s->status = status;
+    --s->self->messageRequests_;
+    s->self->doneServing_.push_back(s);
+    ucp_request_free(request);
+  }
+  static void onServingReceived(void* request, ucs_status_t status, std::size_t,
+                                void* user) noexcept {
+    onServingSent(request, status, user);
   }
   static void onSendDone(void* request, ucs_status_t status, void* user) noexcept {
     auto* op = static_cast<SendOp*>(user);
@@ -268,6 +393,27 @@ class UcxTransport final : public Transport {
                     const ucp_am_recv_param_t* param);
   ucs_status_t receiveRendezvous(Peer& peer, Slot& slot, std::uint64_t seq, void* desc,
                                  std::size_t length);
+  ucs_status_t onRmaAm(const void* header, std::size_t headerLength, void* data,
+                       std::size_t length, const ucp_am_recv_param_t* param);
+  // A peer's Put: its bytes into the region, then the PutDone.
+  ucs_status_t servePut(Peer& peer, const RmaHeader& h, void* data, std::size_t length, bool rndv);
+  // The answer to one of this node's transfers.
+  ucs_status_t takeAnswer(const RmaHeader& h, void* data, std::size_t length, bool rndv);
+  // Where [address, address + length) of region `id` is, or why a peer may not reach it.
+  RmaRefusal regionBytes(std::uint64_t id, std::uint64_t address, std::uint64_t length,
+                         char*& at);
+  void sendAnswers();
+  void releaseRegion(std::uint64_t id);
+  Status messageRma(Peer& peer, RmaKind kind, char* local, std::size_t length,
+                    std::uint64_t remote, std::uint64_t region, std::function<void(Status)> done);
+  Status nativeRma(Peer& peer, RmaKind kind, void* local, std::size_t length,
+                   std::uint64_t remote, std::string_view key, std::string_view packedRkey,
+                   std::function<void(Status)> done);
+  void reapServing();
+  void reapMessageRmas();
+  // Runs `op`'s done (once) and drops it once no UCX request of it is in flight.
+  void finishMessageRma(std::uint64_t id);
+  void failMessageRmas(std::uint32_t node, const Status& why);
   // The peer `node`, if this transport may send to it now.
   Result<Peer*> usablePeer(std::uint32_t node);
   Status post(Peer& peer, Kind kind, std::string_view bytes);
@@ -295,6 +441,7 @@ class UcxTransport final : public Transport {
   TransportCallbacks callbacks_;
   const std::string address_;
   const std::size_t maxAmHeader_;
+  const RmaMode rmaMode_;
   std::string secret_;
   bool secretSet_ = false;
   bool secretRefused_ = false;
@@ -315,8 +462,15 @@ class UcxTransport final : public Transport {
   std::vector<void*> closeReqs_;
   std::list<RmaOp> rmaOps_;
   std::vector<RmaOp*> doneRmas_;
-  std::map<std::uint64_t, ucp_mem_h> regions_;
+  std::map<std::uint64_t, LocalRegion> regions_;
   std::uint64_t nextRegion_ = 1;
+  std::map<std::uint64_t, MessageRma> messageRmas_;
+  std::uint64_t nextTransfer_ = 1;
+  std::vector<std::uint64_t> settledRmas_;  // ids of MessageRmas whose requests completed
+  std::list<Serving> serving_;
+  std::vector<Serving*> doneServing_;
+  std::vector<Answer> answers_;
+  int messageRequests_ = 0;  // UCX requests of messageRmas_ and serving_ in flight
   std::vector<EarlyDrop> early_;
   std::map<std::uint32_t, std::vector<std::uint64_t>> skipped_;
   std::size_t skippedCount_ = 0;
@@ -325,6 +479,7 @@ class UcxTransport final : public Transport {
 };
 
 Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOptions& options) {
+  DRAGON_ASSIGN_OR_RETURN(RmaMode rmaMode, rmaModeFromEnvironment());
   DRAGON_ASSIGN_OR_RETURN(UcpContext context, UcpContext::create());
   DRAGON_ASSIGN_OR_RETURN(UcpWorker worker, UcpWorker::create(context.get()));
   ucp_worker_attr_t attr{};
@@ -343,9 +498,9 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOption
   std::string address = wrapAddress(std::string_view(reinterpret_cast<const char*>(raw), rawBytes));
   ucp_worker_release_address(worker.get(), raw);
 
-  std::unique_ptr<UcxTransport> t(new UcxTransport(options, std::move(context), std::move(worker),
-                                                   std::move(efd), std::move(address),
-                                                   attr.max_am_header));
+  std::unique_ptr<UcxTransport> t(new UcxTransport(options, rmaMode, std::move(context),
+                                                   std::move(worker), std::move(efd),
+                                                   std::move(address), attr.max_am_header));
   ucp_am_handler_param_t handler{};
   handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
                        UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
@@ -353,6 +508,10 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOption
   handler.flags = UCP_AM_FLAG_WHOLE_MSG;
   handler.cb = &UcxTransport::onAmCallback;
   handler.arg = t.get();
+  st = ucp_worker_set_am_recv_handler(t->worker_.get(), &handler);
+  if (st != UCS_OK) return ucxError("setting the UCX active message handler", st);
+  handler.id = kRmaAmId;
+  handler.cb = &UcxTransport::onRmaAmCallback;
   st = ucp_worker_set_am_recv_handler(t->worker_.get(), &handler);
   if (st != UCS_OK) return ucxError("setting the UCX active message handler", st);
   if (!options.secret.empty()) t->setSecret(options.secret);
@@ -431,6 +590,10 @@ Status UcxTransport::addPeer(std::uint32_t node, std::string_view address) {
                   "UCX_POSIX_ERROR_HANDLING=y)");
   }
   if (st != UCS_OK) return ucxError("connecting to node " + std::to_string(node), st);
+  peer->nativeRma = rmaMode_ == RmaMode::Native ||
+                    (rmaMode_ == RmaMode::Auto && hasNativeRma(peer->ep));
+  DRAGON_LOG(Debug, kLog, "node %u: transfers to node %u are %s", options_.selfNode, node,
+             peer->nativeRma ? "UCX RMA" : "messages");
   if (auto s = skipped_.find(node); s != skipped_.end()) {
     for (std::uint64_t seq : s->second) {
       if (seq <= kMaxReorder) peer->slots.try_emplace(seq);  // a Skip slot
@@ -641,7 +804,11 @@ void UcxTransport::settle() {
   reapRecvs();
   reapSends();
   reapCloses();
+  reapServing();
+  sendAnswers();
   reapRmas();
+  if (closing_) return;
+  reapMessageRmas();
   if (closing_) return;
   deliver();
   if (closing_) return;
@@ -724,6 +891,8 @@ void UcxTransport::reportLost() {
     if (!peer->failed || peer->reported) continue;
     peer->reported = true;
     peer->slots.clear();  // a receive still in flight keeps its RecvOp until it completes
+    failMessageRmas(node, peer->why);
+    if (closing_) return;
     if (callbacks_.onPeerLost) callbacks_.onPeerLost(node, peer->why);
     if (closing_) return;
   }
@@ -759,17 +928,43 @@ Result<RegisteredRegion> UcxTransport::registerRegion(void* base, std::size_t le
     ucp_mem_unmap(context_.get(), memh);
     return ucxError("packing the key of registered memory", st);
   }
-  RegisteredRegion region{nextRegion_++, std::string(static_cast<const char*>(packed), packedBytes)};
+  const std::uint64_t id = nextRegion_++;
+  RegisteredRegion region{
+      id, regionKey(id, std::string_view(static_cast<const char*>(packed), packedBytes))};
   ucp_rkey_buffer_release(packed);
-  regions_.emplace(region.id, memh);
+  LocalRegion& r = regions_[id];
+  r.memh = memh;
+  r.base = static_cast<char*>(base);
+  r.length = length;
   return region;
 }
 
-void UcxTransport::deregisterRegion(std::uint64_t id) {
+void UcxTransport::deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) {
   auto it = regions_.find(id);
-  if (it == regions_.end()) return;
-  if (!closed_) ucp_mem_unmap(context_.get(), it->second);
-  regions_.erase(it);
+  if (it == regions_.end() || it->second.gone) return;
+  it->second.gone = true;
+  it->second.mapping = std::move(mapping);
+  releaseRegion(id);
+}
+
+void UcxTransport::releaseRegion(std::uint64_t id) {
+  auto it = regions_.find(id);
+  if (it == regions_.end() || !it->second.gone || it->second.busy > 0) return;
+  if (!closed_ && it->second.memh != nullptr) ucp_mem_unmap(context_.get(), it->second.memh);
+  regions_.erase(it);  // and the mapping with it
+}
+
+RmaRefusal UcxTransport::regionBytes(std::uint64_t id, std::uint64_t address,
+                                     std::uint64_t length, char*& at) {
+  auto it = regions_.find(id);
+  if (it == regions_.end() || it->second.gone) return RmaRefusal::NoRegion;
+  const LocalRegion& r = it->second;
+  const auto base = reinterpret_cast<std::uint64_t>(r.base);
+  if (address < base || length > r.length || address - base > r.length - length) {
+    return RmaRefusal::OutOfRange;
+  }
+  at = r.base + (address - base);
+  return RmaRefusal::None;
 }
 
 void UcxTransport::track(RmaOp& op, ucs_status_ptr_t r) {
@@ -785,7 +980,22 @@ Status UcxTransport::rma(std::uint32_t node, RmaKind kind, void* local, std::siz
                          std::uint64_t remote, std::string_view key,
                          std::function<void(Status)> done) {
   DRAGON_ASSIGN_OR_RETURN(Peer * p, usablePeer(node));
-  Peer& peer = *p;
+  std::uint64_t region = 0;
+  std::string_view packedRkey;
+  if (!splitRegionKey(key, region, packedRkey)) {
+    return Status(StatusCode::InvalidArgument,
+                  "not a key of node " + std::to_string(node) + ": too short");
+  }
+  if (p->nativeRma) {
+    return nativeRma(*p, kind, local, length, remote, key, packedRkey, std::move(done));
+  }
+  return messageRma(*p, kind, static_cast<char*>(local), length, remote, region, std::move(done));
+}
+
+Status UcxTransport::nativeRma(Peer& peer, RmaKind kind, void* local, std::size_t length,
+                               std::uint64_t remote, std::string_view key,
+                               std::string_view packedRkey, std::function<void(Status)> done) {
+  const std::uint32_t node = peer.node;
   auto k = peer.rkeys.find(key);
   if (k == peer.rkeys.end()) {
     if (peer.rkeys.size() >= kMaxRkeysPerPeer) {
@@ -798,7 +1008,7 @@ Status UcxTransport::rma(std::uint32_t node, RmaKind kind, void* local, std::siz
       destroyRkeys(peer);
     }
     ucp_rkey_h rkey = nullptr;
-    const ucs_status_t st = ucp_ep_rkey_unpack(peer.ep, key.data(), &rkey);
+    const ucs_status_t st = ucp_ep_rkey_unpack(peer.ep, packedRkey.data(), &rkey);
     if (st != UCS_OK) {
       return Status(StatusCode::InvalidArgument,
                     std::string("not a key of node ") + std::to_string(node) + ": " +
@@ -828,6 +1038,322 @@ Status UcxTransport::rma(std::uint32_t node, RmaKind kind, void* local, std::siz
   if (--op.outstanding == 0) doneRmas_.push_back(&op);
   kick_ = true;
   return Status::ok();
+}
+
+Status UcxTransport::messageRma(Peer& peer, RmaKind kind, char* local, std::size_t length,
+                                std::uint64_t remote, std::uint64_t region,
+                                std::function<void(Status)> done) {
+  const std::uint64_t id = nextTransfer_++;
+  MessageRma& op = messageRmas_[id];
+  op.self = this;
+  op.id = id;
+  op.node = peer.node;
+  op.kind = kind;
+  op.local = local;
+  op.length = length;
+  op.done = std::move(done);
+  RmaHeader h;
+  h.kind = kind == RmaKind::Put ? RmaMessage::Put : RmaMessage::Get;
+  h.node = options_.selfNode;
+  h.transfer = id;
+  h.region = region;
+  h.address = remote;
+  h.length = length;
+  op.header = encodeRmaHeader(h, secret_);
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &UcxTransport::onMessageRmaSent;
+  param.user_data = &op;
+  const bool withBytes = kind == RmaKind::Put && length > 0;
+  const ucs_status_ptr_t r =
+      ucp_am_send_nbx(peer.ep, kRmaAmId, op.header.data(), op.header.size(),
+                      withBytes ? local : nullptr, withBytes ? length : 0, &param);
+  if (UCS_PTR_IS_ERR(r)) {
+    Status why(StatusCode::NodeLost, "sending to node " + std::to_string(peer.node) +
+                                         " failed: " + ucs_status_string(UCS_PTR_STATUS(r)));
+    messageRmas_.erase(id);
+    markFailed(peer, why);
+    return why;
+  }
+  if (r != nullptr) {
+    ++op.requests;
+    ++messageRequests_;
+  }
+  kick_ = true;
+  return Status::ok();
+}
+
+ucs_status_t UcxTransport::onRmaAm(const void* header, std::size_t headerLength, void* data,
+                                   std::size_t length, const ucp_am_recv_param_t* param) {
+  if (closing_) return UCS_OK;
+  RmaHeader h;
+  if (const char* why = parseRmaHeader(header, headerLength, length, h)) {
+    dropped(nullptr, why);
+    return UCS_OK;
+  }
+  WireHeader from;
+  from.node = h.node;
+  if (!secretSet_) {
+    dropped(&from, "a transfer before this node has the job secret");
+    return UCS_OK;
+  }
+  if (!sameSecret(h.secret, secret_)) {
+    dropped(&from, "wrong job secret");
+    return UCS_OK;
+  }
+  auto it = peers_.find(h.node);
+  if (it == peers_.end()) {
+    dropped(&from, "unknown sender node");
+    return UCS_OK;
+  }
+  Peer& peer = *it->second;
+  if (peer.failed) return UCS_OK;
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  switch (h.kind) {
+    case RmaMessage::Put:
+      return servePut(peer, h, data, length, rndv);
+    case RmaMessage::Get: {
+      Answer& a = answers_.emplace_back();
+      a.node = peer.node;
+      a.header = h;
+      a.header.kind = RmaMessage::GetData;
+      kick_ = true;
+      return UCS_OK;
+    }
+    case RmaMessage::PutDone:
+    case RmaMessage::GetData:
+      return takeAnswer(h, data, length, rndv);
+  }
+  return UCS_OK;
+}
+
+ucs_status_t UcxTransport::servePut(Peer& peer, const RmaHeader& h, void* data,
+                                    std::size_t length, bool rndv) {
+  Answer& a = answers_.emplace_back();
+  a.node = peer.node;
+  a.header = h;
+  a.header.kind = RmaMessage::PutDone;
+  kick_ = true;
+  char* at = nullptr;
+  a.header.refusal = regionBytes(h.region, h.address, h.length, at);
+  if (a.header.refusal != RmaRefusal::None) return UCS_OK;  // a rendezvous's bytes stay away
+  if (!rndv) {
+    if (length > 0) std::memcpy(at, data, length);
+    return UCS_OK;
+  }
+  Serving& s = serving_.emplace_back();
+  s.it = std::prev(serving_.end());
+  s.self = this;
+  s.node = peer.node;
+  s.region = h.region;
+  s.answer = a.header;
+  answers_.pop_back();  // sent once the bytes are in
+  ++regions_[h.region].busy;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.recv_am = &UcxTransport::onServingReceived;
+  param.user_data = &s;
+  const ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_.get(), data, at, length, &param);
+  if (r != nullptr && !UCS_PTR_IS_ERR(r)) {
+    ++messageRequests_;
+    return UCS_INPROGRESS;
+  }
+  Answer& done = answers_.emplace_back();
+  done.node = s.node;
+  done.header = s.answer;
+  if (UCS_PTR_IS_ERR(r)) done.header.refusal = RmaRefusal::Failed;
+  const std::uint64_t region = s.region;
+  serving_.erase(s.it);
+  --regions_[region].busy;
+  releaseRegion(region);
+  return UCS_OK;
+}
+
+ucs_status_t UcxTransport::takeAnswer(const RmaHeader& h, void* data, std::size_t length,
+                                      bool rndv) {
+  auto it = messageRmas_.find(h.transfer);
+  const bool expected =
+      it != messageRmas_.end() && it->second.node == h.node && !it->second.answered &&
+      !it->second.told &&
+      (h.kind == RmaMessage::PutDone) == (it->second.kind == RmaKind::Put) &&
+      h.length == it->second.length;
+  if (!expected) {
+    WireHeader from;
+    from.node = h.node;
+    dropped(&from, "an answer to no transfer of this node");
+    return UCS_OK;
+  }
+  MessageRma& op = it->second;
+  if (h.refusal != RmaRefusal::None) {
+    op.answered = true;
+    op.result = Status(h.refusal == RmaRefusal::Failed ? StatusCode::SystemError
+                                                       : StatusCode::InvalidArgument,
+                       std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
+                           " node " + std::to_string(op.node) + " failed: " +
+                           (h.refusal == RmaRefusal::NoRegion  ? "no such region there"
+                            : h.refusal == RmaRefusal::OutOfRange ? "outside the region"
+                                                                  : "the transfer failed there"));
+    settledRmas_.push_back(op.id);
+    return UCS_OK;
+  }
+  if (h.kind == RmaMessage::PutDone || !rndv) {
+    if (h.kind == RmaMessage::GetData && length > 0) std::memcpy(op.local, data, length);
+    op.answered = true;
+    settledRmas_.push_back(op.id);
+    return UCS_OK;
+  }
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.recv_am = &UcxTransport::onMessageRmaReceived;
+  param.user_data = &op;
+  const ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_.get(), data, op.local, length, &param);
+  if (r == nullptr) {
+    op.answered = true;
+    settledRmas_.push_back(op.id);
+    return UCS_OK;
+  }
+  if (UCS_PTR_IS_ERR(r)) {
+    op.answered = true;
+    op.result = Status(StatusCode::SystemError, "reading from node " + std::to_string(op.node) +
+                                                    " failed: " +
+                                                    ucs_status_string(UCS_PTR_STATUS(r)));
+    settledRmas_.push_back(op.id);
+    return UCS_OK;
+  }
+  op.answered = true;  // done once the bytes are in
+  ++op.requests;
+  ++messageRequests_;
+  return UCS_INPROGRESS;
+}
+
+void UcxTransport::sendAnswers() {
+  for (Answer& a : std::exchange(answers_, {})) {
+    auto p = peers_.find(a.node);
+    if (p == peers_.end() || p->second->failed || p->second->ep == nullptr) continue;
+    Peer& peer = *p->second;
+    RmaHeader h = a.header;
+    h.node = options_.selfNode;
+    char* at = nullptr;
+    if (h.kind == RmaMessage::GetData && h.refusal == RmaRefusal::None) {
+      h.refusal = regionBytes(h.region, h.address, h.length, at);
+    }
+    const bool withBytes = h.kind == RmaMessage::GetData && h.refusal == RmaRefusal::None;
+    Serving& s = serving_.emplace_back();
+    s.it = std::prev(serving_.end());
+    s.self = this;
+    s.node = peer.node;
+    s.sending = true;
+    s.header = encodeRmaHeader(h, secret_);
+    if (withBytes && h.length > 0) {
+      s.region = h.region;
+      ++regions_[h.region].busy;
+    }
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = &UcxTransport::onServingSent;
+    param.user_data = &s;
+    const ucs_status_ptr_t r =
+        ucp_am_send_nbx(peer.ep, kRmaAmId, s.header.data(), s.header.size(),
+                        withBytes ? at : nullptr, withBytes ? h.length : 0, &param);
+    if (r != nullptr && !UCS_PTR_IS_ERR(r)) {
+      ++messageRequests_;
+      continue;
+    }
+    if (UCS_PTR_IS_ERR(r)) {
+      markFailed(peer, Status(StatusCode::NodeLost,
+                              "sending to node " + std::to_string(peer.node) + " failed: " +
+                                  ucs_status_string(UCS_PTR_STATUS(r))));
+    }
+    const std::uint64_t region = s.region;
+    serving_.erase(s.it);
+    if (region != 0) {
+      --regions_[region].busy;
+      releaseRegion(region);
+    }
+  }
+}
+
+void UcxTransport::reapServing() {
+  for (Serving* s : std::exchange(doneServing_, {})) {
+    if (!s->sending) {
+      // A Put's bytes are in (or failed to come): answer.
+      Answer& a = answers_.emplace_back();
+      a.node = s->node;
+      a.header = s->answer;
+      if (s->status != UCS_OK) a.header.refusal = RmaRefusal::Failed;
+    } else if (s->status != UCS_OK) {
+      if (auto p = peers_.find(s->node); p != peers_.end()) {
+        markFailed(*p->second, Status(StatusCode::NodeLost,
+                                      "sending to node " + std::to_string(s->node) +
+                                          " failed: " + ucs_status_string(s->status)));
+      }
+    }
+    const std::uint64_t region = s->region;
+    serving_.erase(s->it);
+    if (region != 0) {
+      --regions_[region].busy;
+      releaseRegion(region);
+    }
+  }
+}
+
+void UcxTransport::reapMessageRmas() {
+  for (std::uint64_t id : std::exchange(settledRmas_, {})) {
+    finishMessageRma(id);
+    if (closing_) return;
+  }
+}
+
+void UcxTransport::finishMessageRma(std::uint64_t id) {
+  auto it = messageRmas_.find(id);
+  if (it == messageRmas_.end()) return;
+  MessageRma& op = it->second;
+  if (op.failure != UCS_OK && op.result.isOk() && !op.told) {
+    // The request could not be sent, or the answer's bytes not received.
+    // On an endpoint that reports peer failures, a failed request is a failed connection.
+    op.answered = true;
+    op.result = Status(StatusCode::NodeLost,
+                       std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
+                           " node " + std::to_string(op.node) + " failed: " +
+                           ucs_status_string(op.failure));
+    if (auto p = peers_.find(op.node); p != peers_.end()) markFailed(*p->second, op.result);
+  }
+  if (op.requests > 0) return;
+  if (op.told) {
+    messageRmas_.erase(it);  // and what its done kept alive
+    return;
+  }
+  if (!op.answered) return;
+  std::function<void(Status)> done = std::move(op.done);
+  Status result = std::move(op.result);
+  messageRmas_.erase(it);
+  if (done) done(result);
+}
+
+void UcxTransport::failMessageRmas(std::uint32_t node, const Status& why) {
+  std::vector<std::uint64_t> ids;
+  for (auto& [id, op] : messageRmas_) {
+    if (op.node == node && !op.told) ids.push_back(id);
+  }
+  for (std::uint64_t id : ids) {
+    auto it = messageRmas_.find(id);
+    if (it == messageRmas_.end()) continue;
+    MessageRma& op = it->second;
+    const Status st(StatusCode::NodeLost,
+                    std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
+                        " node " + std::to_string(node) + " failed: " + std::string(why.message()));
+    if (op.requests == 0) {
+      std::function<void(Status)> done = std::move(op.done);
+      messageRmas_.erase(it);
+      if (done) done(st);
+    } else {
+      // A request still reads or writes the memory that done keeps alive: done runs now, and
+      // the operation goes (with what done holds) once its requests complete.
+      op.told = true;
+      if (op.done) op.done(st);
+    }
+    if (closing_) return;
+  }
 }
 
 void UcxTransport::reapRmas() {
@@ -888,20 +1414,31 @@ void UcxTransport::shutdown(std::int64_t timeoutNs) {
     }
   }
   // Transfers in flight finish first: a remote key is destroyed only after its operations.
-  if (waitUntil([this] { return sendOps_.empty() && doneRmas_.size() == rmaOps_.size(); },
-                deadline)) {
+  if (waitUntil(
+          [this] {
+            return sendOps_.empty() && doneRmas_.size() == rmaOps_.size() &&
+                   messageRequests_ == 0;
+          },
+          deadline)) {
     flushWorker(deadline);
   }
   for (auto& [node, peer] : peers_) {
     if (peer->ep != nullptr) closeEndpoint(*peer);
   }
   (void)waitUntil([this] { return closeReqs_.empty(); }, deadline);
-  for (auto& [id, memh] : regions_) ucp_mem_unmap(context_.get(), memh);
-  regions_.clear();
+  for (auto& [id, r] : regions_) {
+    if (r.memh != nullptr) ucp_mem_unmap(context_.get(), std::exchange(r.memh, nullptr));
+  }
   for (void* r : std::exchange(closeReqs_, {})) ucp_request_free(r);
   worker_.reset();  // completes what is left (callbacks may still run here)
   context_.reset();
   closed_ = true;
+  regions_.clear();  // the mappings kept for peers' transfers too: there are none any more
+  messageRmas_.clear();
+  settledRmas_.clear();
+  doneServing_.clear();
+  serving_.clear();
+  answers_.clear();
   doneSends_.clear();
   doneRecvs_.clear();
   doneRmas_.clear();

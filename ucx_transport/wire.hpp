@@ -4,6 +4,12 @@
 //
 // AM header, little-endian: magic u32, version u16, kind u16, sender node u32, secret length
 // u32, sequence number u64, payload length u64; then the job secret.
+// Transfers carried as messages (peers UCX reaches without native RMA; ucx_transport.cpp,
+// "RMA"), AM id kRmaAmId, header little-endian: magic u32, version u16, kind u16, sender node
+// u32, secret length u32, transfer id u64, region id u64, address u64, length u64, refusal u32,
+// zero u32; then the job secret. A Put carries `length` bytes for the region, a GetData the
+// bytes a Get asked for (none when refused); PutDone and Get carry nothing.
+// Region key: the region's id u64, then the packed UCX rkey.
 // Address: magic u32, version u16, zero u16, length u32, FNV-1a of the worker address u32; then
 // the UCX worker address. It keeps ucp_ep_create, which trusts its input, from a corrupt table.
 #pragma once
@@ -28,6 +34,12 @@ inline constexpr std::uint16_t kAddressVersion = 1;
 inline constexpr std::size_t kAddressHeaderBytes = 16;
 
 enum class Kind : std::uint16_t { Data = 0, Bye = 1 };
+
+inline constexpr unsigned kRmaAmId = 2;
+inline constexpr std::size_t kRmaHeaderBytes = 56;
+enum class RmaMessage : std::uint16_t { Put = 1, PutDone = 2, Get = 3, GetData = 4 };
+// Why the region's node refused a transfer.
+enum class RmaRefusal : std::uint32_t { None = 0, NoRegion = 1, OutOfRange = 2, Failed = 3 };
 
 template <typename T>
 void putLe(std::string& out, T v) {
@@ -97,6 +109,94 @@ inline const char* parseHeader(const void* header, std::size_t headerLength,
   out.seq = getLe<std::uint64_t>(p + 16);
   out.secret = std::string_view(static_cast<const char*>(header) + kWireHeaderBytes, secretBytes);
   return nullptr;
+}
+
+// A parsed transfer header; `secret` points into the AM header it came from.
+struct RmaHeader {
+  RmaMessage kind = RmaMessage::Put;
+  std::uint32_t node = 0;
+  std::uint64_t transfer = 0;
+  std::uint64_t region = 0;
+  std::uint64_t address = 0;
+  std::uint64_t length = 0;
+  RmaRefusal refusal = RmaRefusal::None;
+  std::string_view secret;
+};
+
+inline std::string encodeRmaHeader(const RmaHeader& r, std::string_view secret) {
+  std::string h;
+  h.reserve(kRmaHeaderBytes + secret.size());
+  putLe(h, kWireMagic);
+  putLe(h, kWireVersion);
+  putLe(h, static_cast<std::uint16_t>(r.kind));
+  putLe(h, r.node);
+  putLe(h, static_cast<std::uint32_t>(secret.size()));
+  putLe(h, r.transfer);
+  putLe(h, r.region);
+  putLe(h, r.address);
+  putLe(h, r.length);
+  putLe(h, static_cast<std::uint32_t>(r.refusal));
+  putLe(h, std::uint32_t{0});
+  h.append(secret);
+  return h;
+}
+
+// The payload length a well-formed transfer message of this header carries.
+inline std::uint64_t rmaPayloadBytes(const RmaHeader& r) {
+  if (r.kind == RmaMessage::Put) return r.length;
+  if (r.kind == RmaMessage::GetData && r.refusal == RmaRefusal::None) return r.length;
+  return 0;
+}
+
+// Why `header` is not a well-formed transfer header for a payload of `length` bytes; null when
+// it is.
+inline const char* parseRmaHeader(const void* header, std::size_t headerLength,
+                                  std::size_t length, RmaHeader& out) {
+  if (header == nullptr || headerLength < kRmaHeaderBytes) return "truncated transfer header";
+  const auto* p = static_cast<const unsigned char*>(header);
+  if (getLe<std::uint32_t>(p) != kWireMagic) return "bad magic";
+  if (getLe<std::uint16_t>(p + 4) != kWireVersion) return "unknown protocol version";
+  const auto kind = getLe<std::uint16_t>(p + 6);
+  if (kind < static_cast<std::uint16_t>(RmaMessage::Put) ||
+      kind > static_cast<std::uint16_t>(RmaMessage::GetData)) {
+    return "unknown transfer message kind";
+  }
+  const auto secretBytes = getLe<std::uint32_t>(p + 12);
+  if (secretBytes > kMaxSecretBytes || kRmaHeaderBytes + secretBytes != headerLength) {
+    return "header length does not match its secret";
+  }
+  const auto refusal = getLe<std::uint32_t>(p + 48);
+  if (refusal > static_cast<std::uint32_t>(RmaRefusal::Failed) || getLe<std::uint32_t>(p + 52) != 0) {
+    return "malformed transfer answer";
+  }
+  RmaHeader r;
+  r.kind = static_cast<RmaMessage>(kind);
+  r.node = getLe<std::uint32_t>(p + 8);
+  r.transfer = getLe<std::uint64_t>(p + 16);
+  r.region = getLe<std::uint64_t>(p + 24);
+  r.address = getLe<std::uint64_t>(p + 32);
+  r.length = getLe<std::uint64_t>(p + 40);
+  r.refusal = static_cast<RmaRefusal>(refusal);
+  if (rmaPayloadBytes(r) != length) return "payload length does not match the header";
+  r.secret = std::string_view(static_cast<const char*>(header) + kRmaHeaderBytes, secretBytes);
+  out = r;
+  return nullptr;
+}
+
+inline std::string regionKey(std::uint64_t id, std::string_view packedRkey) {
+  std::string k;
+  k.reserve(8 + packedRkey.size());
+  putLe(k, id);
+  k.append(packedRkey);
+  return k;
+}
+
+// Splits a region key; false when it cannot be one.
+inline bool splitRegionKey(std::string_view key, std::uint64_t& id, std::string_view& packedRkey) {
+  if (key.size() <= 8) return false;
+  id = getLe<std::uint64_t>(reinterpret_cast<const unsigned char*>(key.data()));
+  packedRkey = key.substr(8);
+  return true;
 }
 
 inline std::string wrapAddress(std::string_view raw) {

@@ -510,8 +510,8 @@ TEST_P(TransportConformance, RmaPutAndGetMoveBytesOfEverySizeBothWays) {
   ASSERT_TRUE(pumpUntil([&] { return done > 0; }));
   ASSERT_TRUE(result.isOk()) << result.toString();
   EXPECT_EQ(std::memcmp(mine.bytes.data() + 100, back.data(), back.size()), 0);
-  a->t->deregisterRegion(ra->id);
-  b->t->deregisterRegion(rb->id);
+  a->t->deregisterRegion(ra->id, nullptr);
+  b->t->deregisterRegion(rb->id, nullptr);
 }
 
 TEST_P(TransportConformance, ManyRmaOperationsInFlightAllComplete) {
@@ -598,13 +598,131 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
   TransportCallbacks cb;
   cb.onMessage = [&t](std::uint32_t from, std::string_view bytes) { (void)t->send(from, bytes); };
   t->setCallbacks(std::move(cb));
-  for (;;) {
+  // With DRAGON_TEST_PEER_RMA: the parent's region ("<hex key> <address> <bytes>" on a second
+  // line), written and read by transfers of every size, many in flight, without end.
+  std::string key;
+  std::uint64_t base = 0;
+  std::uint64_t bytes = 0;
+  if (std::getenv("DRAGON_TEST_PEER_RMA") != nullptr) {
+    std::string region;
+    while (read(inFd, &c, 1) == 1 && c != '\n') region.push_back(c);
+    const std::size_t sp1 = region.find(' ');
+    const std::size_t sp2 = region.find(' ', sp1 + 1);
+    ASSERT_NE(sp2, std::string::npos) << region;
+    key = fromHex(region.substr(0, sp1));
+    base = std::stoull(region.substr(sp1 + 1, sp2 - sp1 - 1));
+    bytes = std::stoull(region.substr(sp2 + 1));
+  }
+  constexpr std::size_t kSizes[] = {100, 70000, std::size_t{1} << 20};
+  std::vector<char> local(std::size_t{1} << 20, 'c');
+  int inFlight = 0;
+  bool said = false;
+  for (std::uint64_t n = 0;; ++n) {
+    while (!key.empty() && inFlight < 16) {
+      const std::size_t size = std::min<std::uint64_t>(kSizes[n % 3], bytes);
+      const RmaKind kind = n % 2 == 0 ? RmaKind::Put : RmaKind::Get;
+      const Status st = t->rma(0, kind, local.data(), size, base + (n * 4096) % (bytes - size + 1),
+                               key, [&](Status) {
+                                 --inFlight;
+                                 if (!said) {
+                                   said = write(outFd, "go\n", 3) == 3;
+                                 }
+                               });
+      if (!st.isOk()) break;
+      ++inFlight;
+      ++n;
+    }
     pollfd fds[2] = {{t->eventFd(), POLLIN, 0}, {inFd, POLLIN, 0}};
     (void)poll(fds, 2, t->needsProgress() ? 0 : 100);
     if (fds[1].revents != 0) return;  // the parent closed its end
     t->progress();
   }
 }
+
+// A UCX transport for node 1 in a child process: this binary, re-run as
+// TransportPeerProcess.DISABLED_EchoesUntilKilled, wired up to `parent` (as node 0) by start().
+struct ChildPeer {
+  ~ChildPeer() {
+    killNow();
+    if (toChild >= 0) close(toChild);
+    if (fromChild >= 0) close(fromChild);
+  }
+  bool start(Transport& parent, const std::vector<std::string>& extraEnv) {
+    int in[2];
+    int out[2];
+    if (pipe2(in, O_CLOEXEC) != 0) return false;
+    if (pipe2(out, O_CLOEXEC) != 0) return false;
+    toChild = in[1];
+    fromChild = out[0];
+    (void)fcntl(fromChild, F_SETFL, O_NONBLOCK);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 100);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 101);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    std::vector<std::string> env = {"DRAGON_TEST_PEER_IN=100", "DRAGON_TEST_PEER_OUT=101"};
+    env.insert(env.end(), extraEnv.begin(), extraEnv.end());
+    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::string exe = "/proc/self/exe";
+    std::string filter = "--gtest_filter=TransportPeerProcess.DISABLED_EchoesUntilKilled";
+    std::string disabled = "--gtest_also_run_disabled_tests";
+    char* argv[] = {exe.data(), filter.data(), disabled.data(), nullptr};
+    const int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    close(in[0]);
+    close(out[1]);
+    EXPECT_EQ(rc, 0) << std::strerror(rc);
+    if (rc != 0) {
+      pid = -1;
+      return false;
+    }
+    std::string childAddress;
+    if (!readLine(childAddress, Clock::now() + 30s) || childAddress.empty()) {
+      ADD_FAILURE() << "the child peer did not come up";
+      return false;
+    }
+    const Status st = parent.addPeer(1, fromHex(childAddress));
+    EXPECT_TRUE(st.isOk()) << st.toString();
+    return st.isOk() && say(toHex(parent.address()));
+  }
+  bool say(const std::string& line) {
+    const std::string l = line + "\n";
+    return write(toChild, l.data(), l.size()) == static_cast<ssize_t>(l.size());
+  }
+  // Reads a line from the child, within `deadline`.
+  bool readLine(std::string& line, Clock::time_point deadline) {
+    line.clear();
+    while (Clock::now() < deadline) {
+      if (!lineReady(line)) continue;
+      return true;
+    }
+    return false;
+  }
+  // Adds what the child wrote (waiting at most 10 ms) to `partial`; true once it holds a line.
+  bool lineReady(std::string& partial) {
+    pollfd p{fromChild, POLLIN, 0};
+    if (poll(&p, 1, 10) != 1) return false;
+    char c = 0;
+    while (read(fromChild, &c, 1) == 1) {
+      if (c == '\n') return true;
+      partial.push_back(c);
+    }
+    return false;
+  }
+  void killNow() {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    int status = 0;
+    (void)waitpid(pid, &status, 0);
+    pid = -1;
+  }
+  pid_t pid = -1;
+  int toChild = -1;
+  int fromChild = -1;
+};
 
 TEST_P(TransportConformance, AKilledPeerIsLostOnce) {
   Node* a = make(0);
@@ -618,61 +736,12 @@ TEST_P(TransportConformance, AKilledPeerIsLostOnce) {
     ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }));
     EXPECT_EQ(b->t->send(0, "from the dead").code(), StatusCode::Ok);  // it does not know
   } else {
-    int toChild[2];
-    int fromChild[2];
-    ASSERT_EQ(pipe2(toChild, O_CLOEXEC), 0);
-    ASSERT_EQ(pipe2(fromChild, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, toChild[0], 100);
-    posix_spawn_file_actions_adddup2(&fa, fromChild[1], 101);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    std::vector<std::string> env = {"DRAGON_TEST_PEER_IN=100", "DRAGON_TEST_PEER_OUT=101"};
-    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
-    std::vector<char*> envp;
-    for (auto& e : env) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    std::string exe = "/proc/self/exe";
-    std::string filter = "--gtest_filter=TransportPeerProcess.DISABLED_EchoesUntilKilled";
-    std::string disabled = "--gtest_also_run_disabled_tests";
-    char* argv[] = {exe.data(), filter.data(), disabled.data(), nullptr};
-    pid_t pid = -1;
-    const int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    close(toChild[0]);
-    close(fromChild[1]);
-    ASSERT_EQ(rc, 0) << std::strerror(rc);
-    std::string childAddress;
-    const auto deadline = Clock::now() + 30s;
-    for (char c = 0; Clock::now() < deadline && c != '\n';) {
-      pollfd p{fromChild[0], POLLIN, 0};
-      if (poll(&p, 1, 100) == 1) {
-        if (read(fromChild[0], &c, 1) != 1) break;
-        if (c != '\n') childAddress.push_back(c);
-      }
-    }
-    close(fromChild[0]);
-    bool ok = !childAddress.empty();
-    if (ok) {
-      const Status st = a->t->addPeer(1, fromHex(childAddress));
-      ok = st.isOk();
-      EXPECT_TRUE(ok) << st.toString();
-      const std::string line = toHex(a->t->address()) + "\n";
-      ok = ok && write(toChild[1], line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    }
-    if (ok) {
-      ok = a->t->send(1, "echo?").isOk();
-      ok = ok && pumpUntil([&] { return !a->got.empty(); });
-      EXPECT_TRUE(ok) << "no echo from the child";
-      if (ok) {
-        EXPECT_EQ(a->got.front(), std::make_pair(1u, std::string("echo?")));
-      }
-    }
-    kill(pid, SIGKILL);
-    int status = 0;
-    (void)waitpid(pid, &status, 0);
-    close(toChild[1]);
-    ASSERT_TRUE(ok) << "the child peer did not come up";
+    ChildPeer child;
+    ASSERT_TRUE(child.start(*a->t, {}));
+    ASSERT_TRUE(a->t->send(1, "echo?").isOk());
+    ASSERT_TRUE(pumpUntil([&] { return !a->got.empty(); })) << "no echo from the child";
+    EXPECT_EQ(a->got.front(), std::make_pair(1u, std::string("echo?")));
+    child.killNow();
     ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }, 30s, /*everyRound=*/true));
   }
   EXPECT_EQ(a->lost.front().first, 1u);
@@ -771,14 +840,15 @@ class RawSender {
     if (context_ != nullptr) ucp_cleanup(context_);
   }
   bool ok() const { return ep_ != nullptr; }
-  void send(const std::string& header, const std::string& payload, bool rndv) {
+  void send(const std::string& header, const std::string& payload, bool rndv,
+            unsigned amId = ucx_wire::kAmId) {
     pending_.push_back(std::make_unique<std::pair<std::string, std::string>>(header, payload));
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = rndv ? UCP_AM_SEND_FLAG_RNDV : 0;
     const auto& [h, d] = *pending_.back();
     const ucs_status_ptr_t r =
-        ucp_am_send_nbx(ep_, ucx_wire::kAmId, h.data(), h.size(), d.data(), d.size(), &p);
+        ucp_am_send_nbx(ep_, amId, h.data(), h.size(), d.data(), d.size(), &p);
     if (UCS_PTR_IS_PTR(r)) requests_.push_back(r);
   }
   void progress() {
@@ -832,12 +902,142 @@ TEST_P(UcxWire, GarbageOnTheWireIsDroppedWithoutACrash) {
   raw.send(wireHeader(0, 0, 0, 0, "", 0, 0), big, true);
   raw.send(wireHeader(kMagic, 1, 0, 1, wrong, 0, big.size()), big, true);
   raw.send(wireHeader(kMagic, 1, 0, 1, kSecret, std::uint64_t{1} << 40, big.size()), big, true);
+  // Transfers carried as messages: none may touch a's region or disturb a.
+  RmaBuffer region(std::size_t{2} << 20);
+  auto ra = a->t->registerRegion(region.bytes.data(), region.bytes.size());
+  ASSERT_TRUE(ra.has_value()) << ra.error().toString();
+  std::uint64_t regionId = 0;
+  std::string_view packed;
+  ASSERT_TRUE(ucx_wire::splitRegionKey(ra->key, regionId, packed));
+  auto rma = [&](ucx_wire::RmaMessage kind, std::uint32_t node, std::string_view secret,
+                 std::uint64_t length) {
+    ucx_wire::RmaHeader h;
+    h.kind = kind;
+    h.node = node;
+    h.transfer = 5;
+    h.region = regionId;
+    h.address = region.at(0);
+    h.length = length;
+    return ucx_wire::encodeRmaHeader(h, secret);
+  };
+  using ucx_wire::RmaMessage;
+  constexpr unsigned kRma = ucx_wire::kRmaAmId;
+  raw.send("abc", "", false, kRma);
+  raw.send(std::string(80, '\0'), "", false, kRma);
+  std::string badKind = rma(RmaMessage::Put, 1, kSecret, 3);
+  badKind[6] = 9;
+  raw.send(badKind, "xyz", false, kRma);
+  raw.send(rma(RmaMessage::Put, 1, kSecret, 3), "too long", false, kRma);
+  raw.send(rma(RmaMessage::Put, 1, wrong, 3), "xyz", false, kRma);
+  raw.send(rma(RmaMessage::Put, 1, wrong, big.size()), big, true, kRma);
+  raw.send(rma(RmaMessage::Put, 77, kSecret, 3), "xyz", false, kRma);
+  raw.send(rma(RmaMessage::Get, 1, wrong, 4096), "", false, kRma);
+  raw.send(rma(RmaMessage::PutDone, 1, kSecret, 3), "", false, kRma);
+  raw.send(rma(RmaMessage::GetData, 1, kSecret, big.size()), big, true, kRma);
   ASSERT_TRUE(pumpUntil([&] { return raw.idle(); }, 30s, false, [&] { raw.progress(); }));
   ASSERT_TRUE(b->t->send(0, "after").isOk());
   ASSERT_TRUE(pumpUntil([&] { return !a->got.empty(); }, 30s, false, [&] { raw.progress(); }));
   pumpFor(200ms);
   EXPECT_EQ(a->got, (std::vector<std::pair<std::uint32_t, std::string>>{{1, "after"}}));
   EXPECT_TRUE(a->lost.empty());
+  EXPECT_EQ(std::count(region.bytes.begin(), region.bytes.end(), '\0'),
+            static_cast<std::ptrdiff_t>(region.bytes.size()));
+#endif
+}
+
+// Transfers carried as messages (DRAGON_UCX_RMA=messages here, the default over tcp): the
+// region's node checks each against the region, and refuses one outside it or naming a region
+// it does not have (or no longer has) instead of touching memory it does not own.
+TEST_P(UcxWire, TransfersOutsideARegionOrToAnUnknownRegionAreRefused) {
+#ifndef DRAGON_UCX_MODULE
+  GTEST_SKIP() << "the UCX module is not built";
+#else
+  setenv("DRAGON_UCX_RMA", "messages", 1);
+  Node* a = make(0);
+  Node* b = make(1);
+  unsetenv("DRAGON_UCX_RMA");
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  RmaBuffer theirs(std::size_t{1} << 20);
+  RmaBuffer guard(4096);  // what lies outside; nothing may write it
+  std::memset(guard.bytes.data(), 'g', guard.bytes.size());
+  auto rb = b->t->registerRegion(theirs.bytes.data(), theirs.bytes.size());
+  ASSERT_TRUE(rb.has_value()) << rb.error().toString();
+  RmaBuffer mine(std::size_t{1} << 20);
+  std::memset(mine.bytes.data(), 'm', mine.bytes.size());
+  std::vector<Status> results;
+  auto finish = [&](Status st) { results.push_back(st); };
+  const std::size_t big = 200000;  // by rendezvous
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Put, mine.bytes.data(), 16, guard.at(0), rb->key, finish).isOk());
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Put, mine.bytes.data(), big, theirs.at(theirs.bytes.size() - 10),
+                        rb->key, finish).isOk());
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Get, mine.bytes.data(), 16, theirs.at(0) - 16, rb->key, finish).isOk());
+  // A length that wraps the address space.
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Get, mine.bytes.data(), 16, ~std::uint64_t{0} - 4, rb->key, finish).isOk());
+  // A region id b never gave out.
+  std::string forged = rb->key;
+  forged[0] = static_cast<char>(forged[0] + 100);
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Put, mine.bytes.data(), 16, theirs.at(0), forged, finish).isOk());
+  EXPECT_EQ(a->t->rma(1, RmaKind::Put, mine.bytes.data(), 16, theirs.at(0), "short", finish).code(),
+            StatusCode::InvalidArgument);
+  ASSERT_TRUE(pumpUntil([&] { return results.size() == 5; }));
+  for (const Status& st : results) {
+    EXPECT_EQ(st.code(), StatusCode::InvalidArgument) << st.toString();
+  }
+  EXPECT_EQ(std::count(guard.bytes.begin(), guard.bytes.end(), 'g'), 4096);
+  EXPECT_EQ(std::count(theirs.bytes.begin(), theirs.bytes.end(), 'm'), 0);
+  // A deregistered region is unknown too, and the peer stays usable throughout.
+  b->t->deregisterRegion(rb->id, nullptr);
+  results.clear();
+  ASSERT_TRUE(a->t->rma(1, RmaKind::Get, mine.bytes.data(), big, theirs.at(0), rb->key, finish).isOk());
+  ASSERT_TRUE(pumpUntil([&] { return results.size() == 1; }));
+  EXPECT_EQ(results.front().code(), StatusCode::InvalidArgument) << results.front().toString();
+  roundTrip(*a, *b);
+  EXPECT_TRUE(a->lost.empty());
+  EXPECT_TRUE(b->lost.empty());
+#endif
+}
+
+// A peer killed while its transfers to and from this node are in flight (over tcp, UCX 1.13
+// emulates RMA with messages whose target answers from inside UCX, and aborts the process when
+// the initiator is gone: the transport must not use that): this node sees the loss, once, and
+// goes on with the others; a transfer toward it ends, and its region can go.
+class UcxPeerDeath : public TransportConformance {};
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(UcxPeerDeath);
+
+TEST_P(UcxPeerDeath, ATransfersTargetOutlivesItsInitiatorsDeath) {
+#ifndef DRAGON_UCX_MODULE
+  GTEST_SKIP() << "the UCX module is not built";
+#else
+  Node* a = make(0);
+  Node* b = make(2);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  RmaBuffer mine(std::size_t{4} << 20);
+  auto ra = a->t->registerRegion(mine.bytes.data(), mine.bytes.size());
+  ASSERT_TRUE(ra.has_value()) << ra.error().toString();
+  ChildPeer child;
+  ASSERT_TRUE(child.start(*a->t, {"DRAGON_TEST_PEER_RMA=1"}));
+  ASSERT_TRUE(child.say(toHex(ra->key) + " " + std::to_string(mine.at(0)) + " " +
+                        std::to_string(mine.bytes.size())));
+  // Once a transfer of the child is done, it keeps 16 in flight: kill it amid them.
+  std::string line;
+  bool go = false;
+  ASSERT_TRUE(pumpUntil([&] { return go; }, 30s, false, [&] { go = go || child.lineReady(line); }))
+      << "no transfer of the child completed";
+  EXPECT_EQ(line, "go");
+  child.killNow();
+  ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }, 30s, /*everyRound=*/true));
+  EXPECT_EQ(a->lost.front().first, 1u);
+  EXPECT_EQ(a->lost.front().second.code(), StatusCode::NodeLost)
+      << a->lost.front().second.toString();
+  a->t->deregisterRegion(ra->id, nullptr);
+  roundTrip(*a, *b);
+  pumpFor(200ms);
+  EXPECT_EQ(a->lost.size(), 1u);
+  EXPECT_TRUE(b->lost.empty());
 #endif
 }
 
@@ -858,6 +1058,11 @@ INSTANTIATE_TEST_SUITE_P(All, TransportConformance, ::testing::ValuesIn(implemen
 INSTANTIATE_TEST_SUITE_P(Ucx, UcxWire,
                          ::testing::Values(Impl{"ucx_tcp", "tcp"}, Impl{"ucx_sm", "sm"}),
                          implName);
+// Over tcp only: over shared memory (two dragonds of one host) the survivor's messages to a third
+// peer afterwards were not delivered in about one run of 20 here (UCX's shared-memory transport
+// with a peer killed amid its traffic; not Dragon's transfers, whose two paths both passed 15
+// runs of 15 there). Nodes on different hosts never use it.
+INSTANTIATE_TEST_SUITE_P(Ucx, UcxPeerDeath, ::testing::Values(Impl{"ucx_tcp", "tcp"}), implName);
 #endif
 
 TEST(TransportModule, TheUcxModuleExportsItsVersionedInfoSymbol) {
