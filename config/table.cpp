@@ -34,6 +34,10 @@ constexpr KeySpec kKeys[] = {
      3600 * kSecond},
     {"cluster.transport", Type::Enum, "ucx",
      "how the dragonds of a multi-node job reach each other (a module in LIBDIR/dragon)", "ucx"},
+    {"cluster.rma", Type::Enum, "auto",
+     "how remote memory transfers travel to a node: auto (UCX RMA where UCX has it natively, "
+     "else transfer messages), messages, native (UCX RMA, emulated over tcp)",
+     "auto|messages|native"},
     {"cluster.connect_timeout", Type::Duration, "30s",
      "how long the wire-up of a multi-node job (PMIx exchange, first contact) may take", "",
      kSecond / 10, 3600 * kSecond},

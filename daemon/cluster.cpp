@@ -41,6 +41,10 @@ Result<std::unique_ptr<Cluster>> Cluster::create(EventLoop& loop, std::uint32_t 
   transport::TransportOptions o;
   o.selfNode = self;
   o.maxMessageBytes = maxMessageBytes();
+  const std::string rma = config.getString("cluster.rma");
+  o.rma = rma == "messages" ? transport::RmaPath::Messages
+          : rma == "native" ? transport::RmaPath::Native
+                            : transport::RmaPath::Auto;
   Status error;
   std::unique_ptr<transport::Transport> t = module->create(o, error);
   if (t == nullptr) {

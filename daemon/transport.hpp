@@ -40,12 +40,18 @@ namespace dragon::transport {
 // Bumped when this header changes incompatibly; a module built for another version is refused.
 inline constexpr std::uint32_t kAbiVersion = 3;
 
+// How rma() reaches a peer (config cluster.rma): the transport's own one-sided operations where
+// they are native to the path, else messages of its own (Auto); always messages; always its
+// one-sided operations.
+enum class RmaPath : std::uint8_t { Auto, Messages, Native };
+
 struct TransportOptions {
   std::uint32_t selfNode = 0;
   // The job secret (compared whole), or empty when it is not known yet: a dragond must publish
   // its address before the exchange that distributes the secret; see setSecret().
   std::string secret;
   std::uint64_t maxMessageBytes = std::uint64_t{64} << 20;
+  RmaPath rma = RmaPath::Auto;
 };
 
 // Memory registered for RMA: its id here, and the key a peer needs to reach it.

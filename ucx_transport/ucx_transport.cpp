@@ -30,8 +30,8 @@
 // all sent and received by requests whose failures this transport handles. Large payloads go
 // by UCX's rendezvous straight between the two memories. The region's node checks every
 // transfer against the region's bounds, and keeps a deregistered region mapped (the owner's
-// `mapping`) while a transfer of a peer still reads or writes it. DRAGON_UCX_RMA chooses:
-// `auto` (the default), `messages` (always), `native` (always ucp_put/ucp_get).
+// `mapping`) while a transfer of a peer still reads or writes it. TransportOptions::rma (config
+// cluster.rma) chooses: Auto (the default), Messages (always), Native (always ucp_put/ucp_get).
 //
 // Owning thread: the daemon's event-loop thread (the worker is UCS_THREAD_MODE_SINGLE). UCX
 // callbacks only record what happened; the owner's callbacks run in progress(), outside them.
@@ -79,18 +79,6 @@ constexpr std::size_t kMaxRkeysPerPeer = 1024;
 // Drop reports: at most kDropBurst per kDropWindowNs, the rest counted.
 
 using namespace ucx_wire;
-
-// How rma() reaches a peer (DRAGON_UCX_RMA).
-enum class RmaMode { Auto, Messages, Native };
-
-Result<RmaMode> rmaModeFromEnvironment() {
-  const char* v = std::getenv("DRAGON_UCX_RMA");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return RmaMode::Auto;
-  if (std::strcmp(v, "messages") == 0) return RmaMode::Messages;
-  if (std::strcmp(v, "native") == 0) return RmaMode::Native;
-  return Status(StatusCode::InvalidArgument, std::string("DRAGON_UCX_RMA=") + v +
-                                                 " is not one of auto, messages, native");
-}
 
 // Whether UCX gives `ep` RMA lanes of its own (else ucp_put/ucp_get would be emulated with
 // active messages). UCX 1.13 has no query for it; its endpoint report lists them as "put[N]".
@@ -312,12 +300,11 @@ class UcxTransport final : public Transport {
   void shutdown(std::int64_t timeoutNs) override;
 
  private:
-  UcxTransport(const TransportOptions& options, RmaMode rmaMode, UcpContext context,
-               UcpWorker worker, UniqueFd efd, std::string address, std::size_t maxAmHeader)
+  UcxTransport(const TransportOptions& options, UcpContext context, UcpWorker worker,
+               UniqueFd efd, std::string address, std::size_t maxAmHeader)
       : options_(options),
         address_(std::move(address)),
         maxAmHeader_(maxAmHeader),
-        rmaMode_(rmaMode),
         efd_(std::move(efd)),
         context_(std::move(context)),
         worker_(std::move(worker)) {
@@ -441,7 +428,6 @@ class UcxTransport final : public Transport {
   TransportCallbacks callbacks_;
   const std::string address_;
   const std::size_t maxAmHeader_;
-  const RmaMode rmaMode_;
   std::string secret_;
   bool secretSet_ = false;
   bool secretRefused_ = false;
@@ -479,7 +465,6 @@ class UcxTransport final : public Transport {
 };
 
 Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOptions& options) {
-  DRAGON_ASSIGN_OR_RETURN(RmaMode rmaMode, rmaModeFromEnvironment());
   DRAGON_ASSIGN_OR_RETURN(UcpContext context, UcpContext::create());
   DRAGON_ASSIGN_OR_RETURN(UcpWorker worker, UcpWorker::create(context.get()));
   ucp_worker_attr_t attr{};
@@ -498,9 +483,9 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::create(const TransportOption
   std::string address = wrapAddress(std::string_view(reinterpret_cast<const char*>(raw), rawBytes));
   ucp_worker_release_address(worker.get(), raw);
 
-  std::unique_ptr<UcxTransport> t(new UcxTransport(options, rmaMode, std::move(context),
-                                                   std::move(worker), std::move(efd),
-                                                   std::move(address), attr.max_am_header));
+  std::unique_ptr<UcxTransport> t(new UcxTransport(options, std::move(context), std::move(worker),
+                                                   std::move(efd), std::move(address),
+                                                   attr.max_am_header));
   ucp_am_handler_param_t handler{};
   handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
                        UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
@@ -590,8 +575,8 @@ Status UcxTransport::addPeer(std::uint32_t node, std::string_view address) {
                   "UCX_POSIX_ERROR_HANDLING=y)");
   }
   if (st != UCS_OK) return ucxError("connecting to node " + std::to_string(node), st);
-  peer->nativeRma = rmaMode_ == RmaMode::Native ||
-                    (rmaMode_ == RmaMode::Auto && hasNativeRma(peer->ep));
+  peer->nativeRma = options_.rma == RmaPath::Native ||
+                    (options_.rma == RmaPath::Auto && hasNativeRma(peer->ep));
   DRAGON_LOG(Debug, kLog, "node %u: transfers to node %u are %s", options_.selfNode, node,
              peer->nativeRma ? "UCX RMA" : "messages");
   if (auto s = skipped_.find(node); s != skipped_.end()) {

@@ -74,6 +74,15 @@ const TransportModule* ucxModule() {
 #endif
 }
 
+// The transports' cluster.rma: Auto, or what DRAGON_TEST_RMA_PATH (messages, native) says, to
+// run the suite (and the child peer) on one path throughout.
+RmaPath rmaPathForTests() {
+  const char* v = std::getenv("DRAGON_TEST_RMA_PATH");
+  if (v != nullptr && std::string_view(v) == "messages") return RmaPath::Messages;
+  if (v != nullptr && std::string_view(v) == "native") return RmaPath::Native;
+  return RmaPath::Auto;
+}
+
 std::string pattern(std::size_t n, std::uint64_t seed) {
   std::string s(n, '\0');
   std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
@@ -183,11 +192,12 @@ class TransportConformance : public ::testing::TestWithParam<Impl> {
   bool ucx() const { return GetParam().tls != nullptr; }
 
   std::unique_ptr<Transport> create(std::uint32_t id, const std::string& secret,
-                                    std::uint64_t limit) {
+                                    std::uint64_t limit, RmaPath rma) {
     TransportOptions o;
     o.selfNode = id;
     o.secret = secret;
     o.maxMessageBytes = limit;
+    o.rma = rma;
     if (!ucx()) return makeFakeTransport(hub_, o);
     Status error;
     auto t = ucxModule()->create(o, error);
@@ -195,8 +205,9 @@ class TransportConformance : public ::testing::TestWithParam<Impl> {
     return t;
   }
 
-  Node* make(std::uint32_t id, const std::string& secret = kSecret, std::uint64_t limit = kLimit) {
-    auto t = create(id, secret, limit);
+  Node* make(std::uint32_t id, const std::string& secret = kSecret, std::uint64_t limit = kLimit,
+             RmaPath rma = rmaPathForTests()) {
+    auto t = create(id, secret, limit, rma);
     if (t == nullptr) return nullptr;
     auto n = std::make_unique<Node>();
     n->id = id;
@@ -586,6 +597,7 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
   TransportOptions o;
   o.selfNode = 1;
   o.secret = kSecret;
+  o.rma = rmaPathForTests();
   Status error;
   std::unique_ptr<Transport> t = ucxModule()->create(o, error);
   ASSERT_NE(t, nullptr) << error.toString();
@@ -945,17 +957,15 @@ TEST_P(UcxWire, GarbageOnTheWireIsDroppedWithoutACrash) {
 #endif
 }
 
-// Transfers carried as messages (DRAGON_UCX_RMA=messages here, the default over tcp): the
+// Transfers carried as messages (RmaPath::Messages here, Auto's choice over tcp): the
 // region's node checks each against the region, and refuses one outside it or naming a region
 // it does not have (or no longer has) instead of touching memory it does not own.
 TEST_P(UcxWire, TransfersOutsideARegionOrToAnUnknownRegionAreRefused) {
 #ifndef DRAGON_UCX_MODULE
   GTEST_SKIP() << "the UCX module is not built";
 #else
-  setenv("DRAGON_UCX_RMA", "messages", 1);
-  Node* a = make(0);
-  Node* b = make(1);
-  unsetenv("DRAGON_UCX_RMA");
+  Node* a = make(0, kSecret, kLimit, RmaPath::Messages);
+  Node* b = make(1, kSecret, kLimit, RmaPath::Messages);
   ASSERT_TRUE(a != nullptr && b != nullptr);
   connect(*a, *b);
   roundTrip(*a, *b);
