@@ -102,7 +102,9 @@ class Transport {
   virtual Result<RegisteredRegion> registerRegion(void* base, std::size_t length) = 0;
   // No peer reaches the region any more. A transfer of a peer may still be reading or writing
   // it (one the owner has given up on: its peer was lost, say): the transport keeps `mapping`
-  // (whatever keeps the memory mapped; may be null) until that transfer is over.
+  // (whatever keeps the memory mapped; may be null) until that transfer is over, as far as it
+  // can see one (UCX: a transfer carried as messages; a peer's one-sided RMA is the NIC's, and
+  // its key dies with the registration).
   virtual void deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) = 0;
   // Copies `length` bytes between `local` (this process's memory, registered or not) and the
   // address `remote` of `node`'s region whose key is `key`. `done` runs once, from progress(),

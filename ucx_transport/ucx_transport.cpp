@@ -513,10 +513,11 @@ void UcxTransport::setSecret(std::string secret) {
     }
     return;
   }
-  if (secret.size() > kMaxSecretBytes || kWireHeaderBytes + secret.size() > maxAmHeader_) {
+  // The larger of the two headers (messages, transfer messages) must fit UCX's AM header.
+  if (secret.size() > kMaxSecretBytes || kRmaHeaderBytes + secret.size() > maxAmHeader_) {
     DRAGON_LOG(Error, kLog, "node %u: a job secret of %zu bytes is too long for UCX (at most %zu)",
                options_.selfNode, secret.size(),
-               std::min(kMaxSecretBytes, maxAmHeader_ - std::min(maxAmHeader_, kWireHeaderBytes)));
+               std::min(kMaxSecretBytes, maxAmHeader_ - std::min(maxAmHeader_, kRmaHeaderBytes)));
     secretRefused_ = true;
     return;
   }
@@ -1146,7 +1147,12 @@ ucs_status_t UcxTransport::servePut(Peer& peer, const RmaHeader& h, void* data,
   Answer& done = answers_.emplace_back();
   done.node = s.node;
   done.header = s.answer;
-  if (UCS_PTR_IS_ERR(r)) done.header.refusal = RmaRefusal::Failed;
+  if (UCS_PTR_IS_ERR(r)) {
+    done.header.refusal = RmaRefusal::Failed;
+    WireHeader from;
+    from.node = peer.node;
+    dropped(&from, "a transfer's bytes could not be received");
+  }
   const std::uint64_t region = s.region;
   serving_.erase(s.it);
   --regions_[region].busy;
@@ -1334,8 +1340,14 @@ void UcxTransport::failMessageRmas(std::uint32_t node, const Status& why) {
     } else {
       // A request still reads or writes the memory that done keeps alive: done runs now, and
       // the operation goes (with what done holds) once its requests complete.
+      // (done is called from a local: it may shut the transport down, which drops the
+      // operations, and then it must not be destroyed while it runs.)
       op.told = true;
-      if (op.done) op.done(st);
+      std::function<void(Status)> done = std::move(op.done);
+      if (done) done(st);
+      if (auto again = messageRmas_.find(id); again != messageRmas_.end()) {
+        again->second.done = std::move(done);
+      }
     }
     if (closing_) return;
   }

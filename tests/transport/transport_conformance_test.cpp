@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
@@ -594,6 +595,12 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
   if (in == nullptr || out == nullptr || ucxModule() == nullptr) GTEST_SKIP();
   const int inFd = std::atoi(in);
   const int outFd = std::atoi(out);
+  // Before the transport, which its destructor still progresses: memory its transfers use and
+  // what their callbacks touch.
+  std::vector<char> local(std::size_t{1} << 20, 'c');
+  std::vector<char> region(std::size_t{4} << 20, 'r');
+  int inFlight = 0;
+  bool said = false;
   TransportOptions o;
   o.selfNode = 1;
   o.secret = kSecret;
@@ -611,33 +618,40 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
   cb.onMessage = [&t](std::uint32_t from, std::string_view bytes) { (void)t->send(from, bytes); };
   t->setCallbacks(std::move(cb));
   // With DRAGON_TEST_PEER_RMA: the parent's region ("<hex key> <address> <bytes>" on a second
-  // line), written and read by transfers of every size, many in flight, without end.
+  // line), written and read by transfers of every size, many in flight, without end; once one
+  // has succeeded, "go <hex key> <address> <bytes>" of a region of this process for the parent.
   std::string key;
   std::uint64_t base = 0;
   std::uint64_t bytes = 0;
   if (std::getenv("DRAGON_TEST_PEER_RMA") != nullptr) {
-    std::string region;
-    while (read(inFd, &c, 1) == 1 && c != '\n') region.push_back(c);
-    const std::size_t sp1 = region.find(' ');
-    const std::size_t sp2 = region.find(' ', sp1 + 1);
-    ASSERT_NE(sp2, std::string::npos) << region;
-    key = fromHex(region.substr(0, sp1));
-    base = std::stoull(region.substr(sp1 + 1, sp2 - sp1 - 1));
-    bytes = std::stoull(region.substr(sp2 + 1));
+    std::string theirs;
+    while (read(inFd, &c, 1) == 1 && c != '\n') theirs.push_back(c);
+    const std::size_t sp1 = theirs.find(' ');
+    const std::size_t sp2 = theirs.find(' ', sp1 + 1);
+    ASSERT_NE(sp2, std::string::npos) << theirs;
+    key = fromHex(theirs.substr(0, sp1));
+    base = std::stoull(theirs.substr(sp1 + 1, sp2 - sp1 - 1));
+    bytes = std::stoull(theirs.substr(sp2 + 1));
   }
+  std::string go = "go";
+  if (!key.empty()) {
+    auto mine = t->registerRegion(region.data(), region.size());
+    ASSERT_TRUE(mine.has_value()) << mine.error().toString();
+    go += " " + toHex(mine->key) + " " + std::to_string(reinterpret_cast<std::uint64_t>(region.data())) +
+          " " + std::to_string(region.size());
+  }
+  go += "\n";
   constexpr std::size_t kSizes[] = {100, 70000, std::size_t{1} << 20};
-  std::vector<char> local(std::size_t{1} << 20, 'c');
-  int inFlight = 0;
-  bool said = false;
   for (std::uint64_t n = 0;; ++n) {
     while (!key.empty() && inFlight < 16) {
       const std::size_t size = std::min<std::uint64_t>(kSizes[n % 3], bytes);
       const RmaKind kind = n % 2 == 0 ? RmaKind::Put : RmaKind::Get;
       const Status st = t->rma(0, kind, local.data(), size, base + (n * 4096) % (bytes - size + 1),
-                               key, [&](Status) {
+                               key, [&](Status done) {
                                  --inFlight;
-                                 if (!said) {
-                                   said = write(outFd, "go\n", 3) == 3;
+                                 if (!said && done.isOk()) {
+                                   said = write(outFd, go.data(), go.size()) ==
+                                          static_cast<ssize_t>(go.size());
                                  }
                                });
       if (!st.isOk()) break;
@@ -646,7 +660,10 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
     }
     pollfd fds[2] = {{t->eventFd(), POLLIN, 0}, {inFd, POLLIN, 0}};
     (void)poll(fds, 2, t->needsProgress() ? 0 : 100);
-    if (fds[1].revents != 0) return;  // the parent closed its end
+    if (fds[1].revents != 0) {  // the parent closed its end
+      t.reset();
+      return;
+    }
     t->progress();
   }
 }
@@ -1037,9 +1054,41 @@ TEST_P(UcxPeerDeath, ATransfersTargetOutlivesItsInitiatorsDeath) {
   bool go = false;
   ASSERT_TRUE(pumpUntil([&] { return go; }, 30s, false, [&] { go = go || child.lineReady(line); }))
       << "no transfer of the child completed";
-  EXPECT_EQ(line, "go");
+  // "go KEY ADDRESS BYTES": the child's region, which this node then writes and reads too.
+  const std::size_t sp1 = line.find(' ');
+  const std::size_t sp2 = line.find(' ', sp1 + 1);
+  const std::size_t sp3 = line.find(' ', sp2 + 1);
+  ASSERT_TRUE(line.rfind("go ", 0) == 0 && sp3 != std::string::npos) << line;
+  const std::string childKey = fromHex(line.substr(sp1 + 1, sp2 - sp1 - 1));
+  const std::uint64_t childBase = std::stoull(line.substr(sp2 + 1, sp3 - sp2 - 1));
+  ASSERT_EQ(std::stoull(line.substr(sp3 + 1)), std::uint64_t{4} << 20);
+  constexpr int kOwn = 16;
+  RmaBuffer scratch(std::size_t{1} << 20);
+  std::vector<int> calls(kOwn, 0);
+  std::vector<Status> outcomes(kOwn);
+  for (int i = 0; i < kOwn; ++i) {
+    const RmaKind kind = i % 2 == 0 ? RmaKind::Put : RmaKind::Get;
+    ASSERT_TRUE(a->t->rma(1, kind, scratch.bytes.data(), scratch.bytes.size(),
+                          childBase + (i % 4) * scratch.bytes.size(), childKey,
+                          [&, i](Status st) {
+                            ++calls[i];
+                            outcomes[i] = st;
+                          }).isOk());
+  }
   child.killNow();
   ASSERT_TRUE(pumpUntil([&] { return !a->lost.empty(); }, 30s, /*everyRound=*/true));
+  // Each of this node's own transfers toward the dead child ends, once: done, or NodeLost.
+  ASSERT_TRUE(pumpUntil(
+      [&] { return std::count(calls.begin(), calls.end(), 0) == 0; }, 30s, /*everyRound=*/true));
+  int lostOnes = 0;
+  for (int i = 0; i < kOwn; ++i) {
+    EXPECT_EQ(calls[i], 1) << i;
+    EXPECT_TRUE(outcomes[i].isOk() || outcomes[i].code() == StatusCode::NodeLost)
+        << i << ": " << outcomes[i].toString();
+    if (outcomes[i].code() == StatusCode::NodeLost) ++lostOnes;
+  }
+  std::printf("note: %d of this node's %d transfers toward the killed peer ended NodeLost\n",
+              lostOnes, kOwn);
   EXPECT_EQ(a->lost.front().first, 1u);
   EXPECT_EQ(a->lost.front().second.code(), StatusCode::NodeLost)
       << a->lost.front().second.toString();
