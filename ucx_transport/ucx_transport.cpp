@@ -94,6 +94,12 @@ bool hasNativeRma(ucp_ep_h ep) {
   return native;
 }
 
+// "writing to node 2 failed: WHY" (a Put) or "reading from node 2 failed: WHY" (a Get).
+Status transferFailed(StatusCode code, RmaKind kind, std::uint32_t node, std::string_view why) {
+  return Status(code, std::string(kind == RmaKind::Put ? "writing to" : "reading from") +
+                          " node " + std::to_string(node) + " failed: " + std::string(why));
+}
+
 std::int64_t nowNs() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -390,7 +396,13 @@ class UcxTransport final : public Transport {
   RmaRefusal regionBytes(std::uint64_t id, std::uint64_t address, std::uint64_t length,
                          char*& at);
   void sendAnswers();
+  // Drops region `id` once it is deregistered and no peer's transfer uses it; endUse() ends one
+  // such use first.
   void releaseRegion(std::uint64_t id);
+  void endUse(std::uint64_t id) {
+    --regions_[id].busy;
+    releaseRegion(id);
+  }
   Status messageRma(Peer& peer, RmaKind kind, char* local, std::size_t length,
                     std::uint64_t remote, std::uint64_t region, std::function<void(Status)> done);
   Status nativeRma(Peer& peer, RmaKind kind, void* local, std::size_t length,
@@ -1115,48 +1127,41 @@ ucs_status_t UcxTransport::onRmaAm(const void* header, std::size_t headerLength,
 
 ucs_status_t UcxTransport::servePut(Peer& peer, const RmaHeader& h, void* data,
                                     std::size_t length, bool rndv) {
-  Answer& a = answers_.emplace_back();
-  a.node = peer.node;
-  a.header = h;
-  a.header.kind = RmaMessage::PutDone;
   kick_ = true;
+  RmaHeader done = h;
+  done.kind = RmaMessage::PutDone;
   char* at = nullptr;
-  a.header.refusal = regionBytes(h.region, h.address, h.length, at);
-  if (a.header.refusal != RmaRefusal::None) return UCS_OK;  // a rendezvous's bytes stay away
-  if (!rndv) {
-    if (length > 0) std::memcpy(at, data, length);
-    return UCS_OK;
+  done.refusal = regionBytes(h.region, h.address, h.length, at);
+  if (done.refusal == RmaRefusal::None && rndv) {
+    Serving& s = serving_.emplace_back();
+    s.it = std::prev(serving_.end());
+    s.self = this;
+    s.node = peer.node;
+    s.region = h.region;
+    s.answer = done;  // sent once the bytes are in
+    ++regions_[h.region].busy;
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.recv_am = &UcxTransport::onServingReceived;
+    param.user_data = &s;
+    const ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_.get(), data, at, length, &param);
+    if (r != nullptr && !UCS_PTR_IS_ERR(r)) {
+      ++messageRequests_;
+      return UCS_INPROGRESS;
+    }
+    if (UCS_PTR_IS_ERR(r)) {
+      done.refusal = RmaRefusal::Failed;
+      WireHeader from;
+      from.node = peer.node;
+      dropped(&from, "a transfer's bytes could not be received");
+    }
+    serving_.erase(s.it);
+    endUse(h.region);
+  } else if (done.refusal == RmaRefusal::None && length > 0) {
+    std::memcpy(at, data, length);
   }
-  Serving& s = serving_.emplace_back();
-  s.it = std::prev(serving_.end());
-  s.self = this;
-  s.node = peer.node;
-  s.region = h.region;
-  s.answer = a.header;
-  answers_.pop_back();  // sent once the bytes are in
-  ++regions_[h.region].busy;
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.recv_am = &UcxTransport::onServingReceived;
-  param.user_data = &s;
-  const ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_.get(), data, at, length, &param);
-  if (r != nullptr && !UCS_PTR_IS_ERR(r)) {
-    ++messageRequests_;
-    return UCS_INPROGRESS;
-  }
-  Answer& done = answers_.emplace_back();
-  done.node = s.node;
-  done.header = s.answer;
-  if (UCS_PTR_IS_ERR(r)) {
-    done.header.refusal = RmaRefusal::Failed;
-    WireHeader from;
-    from.node = peer.node;
-    dropped(&from, "a transfer's bytes could not be received");
-  }
-  const std::uint64_t region = s.region;
-  serving_.erase(s.it);
-  --regions_[region].busy;
-  releaseRegion(region);
+  // A refused rendezvous's bytes stay away (UCS_OK drops them).
+  answers_.push_back({peer.node, done});
   return UCS_OK;
 }
 
@@ -1177,13 +1182,12 @@ ucs_status_t UcxTransport::takeAnswer(const RmaHeader& h, void* data, std::size_
   MessageRma& op = it->second;
   if (h.refusal != RmaRefusal::None) {
     op.answered = true;
-    op.result = Status(h.refusal == RmaRefusal::Failed ? StatusCode::SystemError
-                                                       : StatusCode::InvalidArgument,
-                       std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
-                           " node " + std::to_string(op.node) + " failed: " +
-                           (h.refusal == RmaRefusal::NoRegion  ? "no such region there"
-                            : h.refusal == RmaRefusal::OutOfRange ? "outside the region"
-                                                                  : "the transfer failed there"));
+    op.result = transferFailed(
+        h.refusal == RmaRefusal::Failed ? StatusCode::SystemError : StatusCode::InvalidArgument,
+        op.kind, op.node,
+        h.refusal == RmaRefusal::NoRegion     ? "no such region there"
+        : h.refusal == RmaRefusal::OutOfRange ? "outside the region"
+                                              : "the transfer failed there");
     settledRmas_.push_back(op.id);
     return UCS_OK;
   }
@@ -1205,9 +1209,8 @@ ucs_status_t UcxTransport::takeAnswer(const RmaHeader& h, void* data, std::size_
   }
   if (UCS_PTR_IS_ERR(r)) {
     op.answered = true;
-    op.result = Status(StatusCode::SystemError, "reading from node " + std::to_string(op.node) +
-                                                    " failed: " +
-                                                    ucs_status_string(UCS_PTR_STATUS(r)));
+    op.result = transferFailed(StatusCode::SystemError, op.kind, op.node,
+                               ucs_status_string(UCS_PTR_STATUS(r)));
     settledRmas_.push_back(op.id);
     return UCS_OK;
   }
@@ -1257,10 +1260,7 @@ void UcxTransport::sendAnswers() {
     }
     const std::uint64_t region = s.region;
     serving_.erase(s.it);
-    if (region != 0) {
-      --regions_[region].busy;
-      releaseRegion(region);
-    }
+    if (region != 0) endUse(region);
   }
 }
 
@@ -1281,10 +1281,7 @@ void UcxTransport::reapServing() {
     }
     const std::uint64_t region = s->region;
     serving_.erase(s->it);
-    if (region != 0) {
-      --regions_[region].busy;
-      releaseRegion(region);
-    }
+    if (region != 0) endUse(region);
   }
 }
 
@@ -1303,10 +1300,8 @@ void UcxTransport::finishMessageRma(std::uint64_t id) {
     // The request could not be sent, or the answer's bytes not received.
     // On an endpoint that reports peer failures, a failed request is a failed connection.
     op.answered = true;
-    op.result = Status(StatusCode::NodeLost,
-                       std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
-                           " node " + std::to_string(op.node) + " failed: " +
-                           ucs_status_string(op.failure));
+    op.result =
+        transferFailed(StatusCode::NodeLost, op.kind, op.node, ucs_status_string(op.failure));
     if (auto p = peers_.find(op.node); p != peers_.end()) markFailed(*p->second, op.result);
   }
   if (op.requests > 0) return;
@@ -1329,27 +1324,21 @@ void UcxTransport::failMessageRmas(std::uint32_t node, const Status& why) {
   for (std::uint64_t id : ids) {
     auto it = messageRmas_.find(id);
     if (it == messageRmas_.end()) continue;
-    MessageRma& op = it->second;
-    const Status st(StatusCode::NodeLost,
-                    std::string(op.kind == RmaKind::Put ? "writing to" : "reading from") +
-                        " node " + std::to_string(node) + " failed: " + std::string(why.message()));
-    if (op.requests == 0) {
-      std::function<void(Status)> done = std::move(op.done);
-      messageRmas_.erase(it);
-      if (done) done(st);
-    } else {
-      // A request still reads or writes the memory that done keeps alive: done runs now, and
-      // the operation goes (with what done holds) once its requests complete.
-      // (done is called from a local: it may shut the transport down, which drops the
-      // operations, and then it must not be destroyed while it runs.)
-      op.told = true;
-      std::function<void(Status)> done = std::move(op.done);
-      if (done) done(st);
-      if (auto again = messageRmas_.find(id); again != messageRmas_.end()) {
-        again->second.done = std::move(done);
-      }
-    }
+    it->second.told = true;
+    const Status st = transferFailed(StatusCode::NodeLost, it->second.kind, node, why.message());
+    // done runs from a local: it may shut the transport down, which drops the operations.
+    std::function<void(Status)> done = std::move(it->second.done);
+    if (done) done(st);
     if (closing_) return;
+    // A request still reading or writing the memory that done keeps alive holds the operation
+    // (and done) until it completes.
+    it = messageRmas_.find(id);
+    if (it == messageRmas_.end()) continue;
+    if (it->second.requests == 0) {
+      messageRmas_.erase(it);
+    } else {
+      it->second.done = std::move(done);
+    }
   }
 }
 
@@ -1361,10 +1350,8 @@ void UcxTransport::reapRmas() {
       const bool lost = p == peers_.end() || p->second->failed || op->status == UCS_ERR_CANCELED ||
                         op->status == UCS_ERR_CONNECTION_RESET ||
                         op->status == UCS_ERR_ENDPOINT_TIMEOUT || op->status == UCS_ERR_UNREACHABLE;
-      st = Status(lost ? StatusCode::NodeLost : StatusCode::SystemError,
-                  std::string(op->kind == RmaKind::Put ? "writing to" : "reading from") +
-                      " node " + std::to_string(op->node) + " failed: " +
-                      ucs_status_string(op->status));
+      st = transferFailed(lost ? StatusCode::NodeLost : StatusCode::SystemError, op->kind,
+                          op->node, ucs_status_string(op->status));
     }
     auto done = std::move(op->done);
     rmaOps_.erase(op->it);
