@@ -35,7 +35,8 @@ struct Attempt {
 };
 
 // `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
-Attempt attempt(Channel& ch, const pb::ChannelOp& op, std::string& buf) {
+// `from`: the node the operation comes from.
+Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf) {
   Attempt a;
   switch (op.kind()) {
     case pb::ChannelOp::SEND: {
@@ -59,6 +60,9 @@ Attempt attempt(Channel& ch, const pb::ChannelOp& op, std::string& buf) {
       std::uint64_t max = std::min<std::uint64_t>(ch.maxMessageSize(), Gateway::kMaxMessage);
       if (op.bounded()) max = std::min<std::uint64_t>(max, op.max_size());
       if (buf.size() < max) buf.resize(max);
+      // Whoever receives a lock's token holds it: the process its dragond named, which only
+      // a process of the node it came from can be.
+      ch.receiveAs((op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0));
       auto n = ch.recv(std::as_writable_bytes(std::span(buf.data(), max)), Timeout::none());
       if (!n.has_value() && n.error().code() == StatusCode::WouldBlock) {
         a.wouldBlock = n.error();
@@ -177,7 +181,7 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
     return;
   }
-  Attempt a = attempt(*ch, op, loopBuf_);
+  Attempt a = attempt(*ch, from, op, loopBuf_);
   if (a.done) {
     reply(std::move(a.answer));
     return;
@@ -318,7 +322,7 @@ void Gateway::run() {
       for (auto it = ops_.begin(); it != ops_.end();) {
         Op& o = **it;
         if (!o.finished) {
-          Attempt a = attempt(o.channel, o.op, buf);
+          Attempt a = attempt(o.channel, o.from, o.op, buf);
           if (a.done || now >= o.deadlineNs) {
             // Answered on the loop's thread, which owns the reply paths.
             loop_.post([reply = std::move(o.reply),

@@ -91,8 +91,19 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
   auto& e = channels_[d.id];
   e.desc = d;
   e.refs[owner] = 1;
+  e.tracksHolder = options.trackHolder;
   p->second.channels++;
   return named(ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()}, name);
+}
+
+std::size_t ObjectManager::breakHolds(const std::function<bool(std::uint64_t)>& gone) {
+  std::size_t broken = 0;
+  for (const auto& [id, e] : channels_) {
+    if (!e.tracksHolder) continue;
+    auto ch = channel(e.desc);
+    if (ch.has_value() && ch->breakHold(gone)) ++broken;
+  }
+  return broken;
 }
 
 Result<ObjectGrant> ObjectManager::attach(std::uint64_t owner, const ObjectDescriptor& object) {

@@ -68,6 +68,9 @@ class ObjectManager {
   Result<Channel> channel(const ObjectDescriptor& object);
   // A channel or a pool of this node (its grant: for a pool, itself and its memfd).
   Result<ObjectGrant> find(const ObjectDescriptor& object) const;
+  // Breaks every channel of this node whose holder `gone` says has ended (Channel::breakHold):
+  // a lock held by a process that ended or whose node was lost. Returns how many.
+  std::size_t breakHolds(const std::function<bool(std::uint64_t holder)>& gone);
   // Called with a channel's id just before the channel is destroyed (or its pool is).
   void setChannelGoneHook(std::function<void(std::uint64_t channelId)> hook) {
     channelGone_ = std::move(hook);
@@ -87,6 +90,7 @@ class ObjectManager {
   struct ChannelEntry {
     ObjectDescriptor desc;
     std::map<std::uint64_t, std::uint32_t> refs;
+    bool tracksHolder = false;
   };
 
   // Ids are job-unique: the node in the top 24 bits, random below them, unique on the node.

@@ -42,6 +42,7 @@ Status Server::start(ObjectManager& objects, ProcessManager& processes) {
   objects.setChannelGoneHook([this](std::uint64_t id) { gateway_->channelGone(id); });
   rma_ = std::make_unique<RmaRegions>(objects);
   objects.setPoolGoneHook([this](std::uint64_t id) { rma_->poolGone(id); });
+  registry_.setProcessHooks(nullptr, [this](const ProcessRecord& r) { processEnded(r); });
   return loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
 }
 
@@ -312,6 +313,7 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       o.capacity = r.capacity();
       o.inlineSize = r.inline_size();
       o.maxMessageSize = r.max_message_size();
+      o.trackHolder = r.track_holder();
       replyObject(c, rid, objects_->createChannel(owner, *pool, o, r.name()));
       return;
     }

@@ -175,6 +175,10 @@ class Server {
   void clusterList(Connection& c, protocol::Envelope& msg);
   void clusterEndJob(Connection& c, protocol::Envelope& msg);
   void onNodeLost(std::uint32_t node, const Status& why);
+  // A process of this node ended: its exit goes into the job-wide table, and, when it was
+  // killed or failed, the locks it held, here and on the nodes it received from, break
+  // (Channel::breakHold).
+  void processEnded(const ProcessRecord& r);
   void finishClusterJob(Result<int> outcome);
   protocol::Envelope jobEndEnvelope() const;
   // Answers the serving launcher's final WaitJobEnd once enough others were answered.
@@ -213,6 +217,9 @@ class Server {
   // Channel operations forwarded to other nodes and not answered yet: connection -> (node, key).
   std::map<std::uint64_t, std::set<std::pair<std::uint32_t, std::uint64_t>>> remoteOps_;
   std::uint64_t nextOpKey_ = 1;
+  // The nodes each process of this node has received from through this dragond (pid ->
+  // nodes): they hear when it ends (HOLDER_GONE), for the locks of theirs it may hold.
+  std::map<pid_t, std::set<std::uint32_t>> remoteReceivers_;
   // The job's global services (set when this node joins): hosted_ is the same object when
   // this node hosts them, else null.
   std::unique_ptr<GlobalServices> global_;

@@ -69,9 +69,35 @@ void Server::startGlobalServices() {
       [this](const ProcessRecord& r) {
         if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processStarted(r);
       },
-      [this](const ProcessRecord& r) {
-        if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processEnded(r);
-      });
+      [this](const ProcessRecord& r) { processEnded(r); });
+}
+
+void Server::processEnded(const ProcessRecord& r) {
+  if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processEnded(r);
+  // A process that ends with status 0 may have left a lock taken on purpose, for another to
+  // release (the stdlib's Lock allows it); one killed or failing never gives it back.
+  if (r.signal == 0 && r.exitCode == 0) {
+    remoteReceivers_.erase(r.pid);
+    return;
+  }
+  const std::uint64_t me = Channel::holderWord(node_, static_cast<std::uint32_t>(r.pid));
+  const std::size_t broken = objects_->breakHolds([me](std::uint64_t h) { return h == me; });
+  if (broken != 0) {
+    DRAGON_LOG(Info, "server", "process %d ended holding %zu lock(s) of this node: broken",
+               static_cast<int>(r.pid), broken);
+  }
+  auto it = remoteReceivers_.find(r.pid);
+  if (it == remoteReceivers_.end()) return;
+  const std::set<std::uint32_t> nodes = std::move(it->second);
+  remoteReceivers_.erase(it);
+  if (cluster_ == nullptr) return;
+  for (std::uint32_t node : nodes) {
+    if (cluster_->lost(node)) continue;
+    pb::Envelope gone;
+    gone.mutable_channel_op()->set_kind(pb::ChannelOp::HOLDER_GONE);
+    gone.mutable_channel_op()->set_holder(me);
+    cluster_->forward(node, std::move(gone), [](Result<pb::Envelope>) {});
+  }
 }
 
 Server::Reply Server::afterGlobalSync(std::uint32_t requester, Reply reply) {
@@ -88,7 +114,8 @@ Server::Reply Server::afterGlobalSync(std::uint32_t requester, Reply reply) {
 }
 
 void Server::forgetCluster() {
-  registry_.setProcessHooks(nullptr, nullptr);
+  registry_.setProcessHooks(nullptr, [this](const ProcessRecord& r) { processEnded(r); });
+  remoteReceivers_.clear();
   hosted_ = nullptr;
   global_.reset();
   if (rma_ != nullptr) rma_->forgetCluster();
@@ -606,6 +633,19 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
         reply(okEnvelope());
         return;
       }
+      if (msg.channel_op().kind() == pb::ChannelOp::HOLDER_GONE) {
+        // A process of `from` ended: the locks of this node it held break. Only its own node
+        // speaks for it.
+        const std::uint64_t gone = msg.channel_op().holder();
+        if ((gone >> 32) != from || static_cast<std::uint32_t>(gone) == 0) {
+          reply(errorEnvelope(Status(StatusCode::InvalidArgument,
+                                     "HOLDER_GONE names a process of another node")));
+          return;
+        }
+        objects_->breakHolds([gone](std::uint64_t h) { return h == gone; });
+        reply(okEnvelope());
+        return;
+      }
       gateway_->submit(from, msg.channel_op(), std::move(reply));
       return;
     case pb::Envelope::kPeerEndJob: {
@@ -628,8 +668,15 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
 }
 
 void Server::onNodeLost(std::uint32_t node, const Status& why) {
-  // Its clients' waiting channel operations and references here go with it, and its names.
+  // Its clients' waiting channel operations and references here go with it, and its names;
+  // the locks of this node that its processes held break.
   gateway_->cancelFrom(node);
+  const std::size_t broken =
+      objects_->breakHolds([node](std::uint64_t h) { return (h >> 32) == node; });
+  if (broken != 0) {
+    DRAGON_LOG(Info, "cluster", "%zu lock(s) held on %s broken", broken,
+               cluster_->describe(node).c_str());
+  }
   objects_->releaseOwner(peerOwner(node));
   if (global_ != nullptr) global_->nodeLost(node);
   if (clusterEnded_ || endedPeers_.count(node) != 0) {
@@ -802,9 +849,16 @@ void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
     sendError(c, rid, d.error());
     return;
   }
-  if (msg.channel_op().kind() == pb::ChannelOp::CANCEL) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL is between dragonds"));
+  if (msg.channel_op().kind() == pb::ChannelOp::CANCEL ||
+      msg.channel_op().kind() == pb::ChannelOp::HOLDER_GONE) {
+    sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL and HOLDER_GONE are between dragonds"));
     return;
+  }
+  if (msg.channel_op().kind() == pb::ChannelOp::RECV) {
+    // The receiver is this connection's process: it holds what it receives of a lock.
+    msg.mutable_channel_op()->set_holder(
+        Channel::holderWord(node_, static_cast<std::uint32_t>(c.peer.pid)));
+    if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c.peer.pid].insert(d->node);
   }
   routeChannelOp(c.id, nextOpKey_++, msg.channel_op(), replyTo(c, rid));
 }

@@ -12,6 +12,7 @@
 #endif
 #include <new>
 #include <sys/random.h>
+#include <unistd.h>
 #include <vector>
 
 namespace dragon {
@@ -46,6 +47,22 @@ Status lockChannel(pthread_mutex_t* m, const char* which, ChannelHeader* h) noex
       break;
   }
   return Status(StatusCode::Corrupt, std::string("channel ") + which + " lock is unrecoverable");
+}
+
+// What a send or receive of a closed channel answers: a channel broken by breakHold() names
+// the holder that went.
+Status closedStatus(const ChannelHeader* h) {
+  if (h->closed.load(std::memory_order_acquire) != detail::kClosedHolderGone) {
+    return StatusCode::ChannelClosed;
+  }
+  const std::uint64_t w = h->holder.load(std::memory_order_acquire);
+  const auto pid = static_cast<std::uint32_t>(w);
+  const auto node = static_cast<std::uint32_t>(w >> 32);
+  return Status(StatusCode::ChannelClosed,
+                "broken: the process that held it (" +
+                    (pid != 0 ? "pid " + std::to_string(pid) + " " : std::string("a process ")) +
+                    "on node " + std::to_string(node) +
+                    ") was killed, failed or lost with its node before giving it back");
 }
 
 std::uint64_t randomChannelId() {
@@ -132,6 +149,8 @@ Result<Channel> Channel::create(Pool& pool, const ChannelOptions& o) {
   h->maxMessageSize = o.maxMessageSize != 0 ? o.maxMessageSize : pool.segmentSize();
   h->slotsOffset = slotsOffset;
   h->node = pool.node();
+  h->tracksHolder = o.trackHolder ? 1 : 0;
+  h->holder.store(0, std::memory_order_relaxed);
   // Pool memory is reused: no stale bytes may look like a published slot.
   for (std::uint32_t i = 0; i < o.capacity; ++i) {
     detail::slotAt(h, i)->seq.store(0, std::memory_order_relaxed);
@@ -191,6 +210,10 @@ std::uint32_t Channel::inlineSize() const noexcept { return h_->inlineSize; }
 std::uint64_t Channel::maxMessageSize() const noexcept { return h_->maxMessageSize; }
 
 bool Channel::isClosed() const noexcept { return h_->closed.load(std::memory_order_acquire) != 0; }
+bool Channel::tracksHolder() const noexcept { return h_->tracksHolder != 0; }
+std::uint64_t Channel::holder() const noexcept {
+  return h_->tracksHolder != 0 ? h_->holder.load(std::memory_order_acquire) : 0;
+}
 
 std::size_t Channel::size() const noexcept {
   const std::uint64_t hd = h_->head.load(std::memory_order_acquire);
@@ -209,7 +232,7 @@ Status Channel::trySendSlot(std::span<const std::byte> inlineMsg, const PoolAllo
     DRAGON_TRY(detail::lockSend(h_));
     base::RobustGuard guard(&h_->sendLock);
     if (h_->closed.load(std::memory_order_relaxed) != 0) {
-      return StatusCode::ChannelClosed;
+      return closedStatus(h_);
     }
     const std::uint64_t t = h_->tail.load(std::memory_order_relaxed);
     if (t - h_->cachedHead >= h_->capacity) {
@@ -230,6 +253,9 @@ Status Channel::trySendSlot(std::span<const std::byte> inlineMsg, const PoolAllo
       s->kind = SlotKind::Inline;
     }
     s->length = length;
+    if (h_->tracksHolder != 0) {
+      h_->holder.store(0, std::memory_order_relaxed);  // ordered before the commit below
+    }
     s->seq.store(t + 1, std::memory_order_release);  // commit: receivers may take it now
     h_->tail.store(t + 1, std::memory_order_release);
   }
@@ -327,8 +353,9 @@ namespace {
 
 // Under the receive lock: consumes the head message. Inline bytes go to `dst` (room for `cap`);
 // with `mustFit`, a message longer than `cap` stays queued and MessageTooLarge is returned.
+// `holder`: the receiver's holder word, kept when the channel tracks its holder.
 Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap, bool mustFit,
-                   Taken& out) {
+                   std::uint64_t holder, Taken& out) {
   {
     DRAGON_TRY(detail::lockRecv(h));
     base::RobustGuard guard(&h->recvLock);
@@ -336,7 +363,7 @@ Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap
     // closed first: every send committed before close() is published by the time it shows.
     const bool closed = h->closed.load(std::memory_order_acquire) != 0;
     if (!detail::published(h, hd)) {
-      return closed ? StatusCode::ChannelClosed : StatusCode::WouldBlock;
+      return closed ? closedStatus(h) : Status(StatusCode::WouldBlock);
     }
     Slot* s = detail::slotAt(h, hd);
     out.kind = s->kind;
@@ -362,6 +389,9 @@ Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap
       bad = Status(StatusCode::Corrupt, "queued message slot is malformed");
     }
     h->head.store(hd + 1, std::memory_order_release);  // commit (a malformed slot is skipped)
+    if (h->tracksHolder != 0) {
+      h->holder.store(holder, std::memory_order_release);
+    }
     if (bad.isOk() && out.kind == SlotKind::Block) {
       (void)pool.setOwner(out.block, OwnerTag::self());
     }
@@ -411,7 +441,10 @@ Status Channel::recvWith(Take&& take, Timeout timeout) {
 Result<std::size_t> Channel::recv(std::span<std::byte> buf, Timeout timeout) {
   Taken tk;
   Status st = recvWith(
-      [&] { return tryRecvSlot(*pool_, h_, buf.data(), buf.size(), true, tk); }, timeout);
+      [&, holder = holderWordOfReceiver()] {
+        return tryRecvSlot(*pool_, h_, buf.data(), buf.size(), true, holder, tk);
+      },
+      timeout);
   if (!st.isOk()) {
     return st;
   }
@@ -429,7 +462,9 @@ Status Channel::recv(Message& out, Timeout timeout) {
   }
   Taken tk;
   DRAGON_TRY(recvWith(
-      [&] { return tryRecvSlot(*pool_, h_, out.inline_.data(), h_->inlineSize, false, tk); },
+      [&, holder = holderWordOfReceiver()] {
+        return tryRecvSlot(*pool_, h_, out.inline_.data(), h_->inlineSize, false, holder, tk);
+      },
       timeout));
   out.size_ = tk.length;
   if (tk.kind == SlotKind::Block) {
@@ -439,11 +474,34 @@ Status Channel::recv(Message& out, Timeout timeout) {
   return Status::ok();
 }
 
+std::uint64_t Channel::holderWordOfReceiver() const noexcept {
+  if (h_->tracksHolder == 0) return 0;
+  if (receiveAs_ != 0) return receiveAs_;
+  return holderWord(h_->node, static_cast<std::uint32_t>(getpid()));  // not cached: fork
+}
+
+bool Channel::breakHold(const std::function<bool(std::uint64_t)>& gone) {
+  if (h_->tracksHolder == 0) return false;
+  {
+    if (!detail::lockSend(h_).isOk()) return false;
+    base::RobustGuard guard(&h_->sendLock);
+    const std::uint64_t w = h_->holder.load(std::memory_order_acquire);
+    if (w == 0 || h_->closed.load(std::memory_order_relaxed) != 0 || !gone(w)) return false;
+    h_->closed.store(detail::kClosedHolderGone, std::memory_order_release);
+  }
+  DRAGON_LOG(Info, "channel", "channel %llu broken: its holder %llu is gone",
+             static_cast<unsigned long long>(h_->id), static_cast<unsigned long long>(holder()));
+  base::WaitWord::notifyAlways(h_->notEmpty);
+  base::WaitWord::notifyAlways(h_->notFull);
+  return true;
+}
+
 Status Channel::close() {
   {
     DRAGON_TRY(detail::lockSend(h_));
     base::RobustGuard guard(&h_->sendLock);
-    h_->closed.store(1, std::memory_order_release);
+    std::uint32_t open = 0;  // a broken channel stays broken (and says why)
+    h_->closed.compare_exchange_strong(open, detail::kClosedByClose, std::memory_order_release);
   }
   base::WaitWord::notifyAlways(h_->notEmpty);
   base::WaitWord::notifyAlways(h_->notFull);

@@ -12,6 +12,13 @@
 //   recv: (under recvLock) commit head, then tag the block as the receiver's.
 // A block tagged for the channel but not in [head, tail) was orphaned by a killed sender or
 // receiver; one tagged with a dead pid belonged to a killed process.
+//
+// The holder of a channel that tracks it (ChannelOptions::trackHolder, a lock's one token):
+//   recv: (under recvLock) commit head, then store the receiver's holder word;
+//   send: (under sendLock) clear the holder before publishing the slot, so a receiver of that
+//   slot stores its own word after the clear.
+// breakHold() (under sendLock, so no send clears the word meanwhile) closes the channel with
+// kClosedHolderGone when the holder is one that is gone, keeping the word to name it.
 #pragma once
 
 #include "base/private.hpp"
@@ -25,9 +32,11 @@
 namespace dragon::detail {
 
 inline constexpr std::uint64_t kChannelMagic = 0x4c4e48434e475244ull;  // "DRGNCHNL"
-inline constexpr std::uint32_t kChannelVersion = 1;
+inline constexpr std::uint32_t kChannelVersion = 2;
 inline constexpr std::uint32_t kMaxCapacity = 1u << 24;
 inline constexpr std::uint32_t kMaxInline = 1u << 20;
+inline constexpr std::uint32_t kClosedByClose = 1;
+inline constexpr std::uint32_t kClosedHolderGone = 2;
 
 enum class SlotKind : std::uint32_t { Inline = 1, Block = 2 };
 
@@ -51,6 +60,7 @@ struct alignas(64) ChannelHeader {
   std::uint64_t maxMessageSize;
   std::uint64_t slotsOffset;  // from the start of this header
   std::uint32_t node;
+  std::uint32_t tracksHolder;  // 1: `holder` is kept (ChannelOptions::trackHolder)
 
   alignas(64) pthread_mutex_t sendLock;
   alignas(64) pthread_mutex_t recvLock;
@@ -59,7 +69,8 @@ struct alignas(64) ChannelHeader {
   alignas(64) std::atomic<std::uint64_t> head;  // messages ever committed by receivers
   alignas(64) std::atomic<std::uint32_t> notEmpty;  // wait words (base/futex.hpp)
   alignas(64) std::atomic<std::uint32_t> notFull;
-  alignas(64) std::atomic<std::uint32_t> closed;
+  alignas(64) std::atomic<std::uint32_t> closed;  // 0, kClosedByClose or kClosedHolderGone
+  std::atomic<std::uint64_t> holder;  // Channel::holderWord of the last receiver; 0: none
 };
 
 inline Slot* slotAt(ChannelHeader* h, std::uint64_t seq) noexcept {

@@ -9,10 +9,12 @@ Dragon channels in shared-memory pools.
 import multiprocessing.context as _mpcontext
 
 from ._native import ChannelClosed, DragonError, PeerLost  # noqa: F401
+from .synchronize import BrokenLockError  # noqa: F401
 from .context import DragonContext
 from .policy import Policy, nodes
 
-__all__ = ["DragonContext", "DragonError", "ChannelClosed", "PeerLost", "Policy", "nodes"]
+__all__ = ["BrokenLockError", "ChannelClosed", "DragonContext", "DragonError", "PeerLost", "Policy",
+           "nodes"]
 
 if "dragon" not in _mpcontext._concrete_contexts:
     _mpcontext._concrete_contexts["dragon"] = DragonContext()

@@ -160,10 +160,13 @@ def _released_when_collected(ch):
     return ch
 
 
-def new_channel(capacity=0, inline_size=0):
+def new_channel(capacity=0, inline_size=0, track_holder=False):
+    """A channel of this node's pool. track_holder: dragond remembers who received last (a
+    lock's token) and breaks the channel when that process ends or its node is lost."""
     with _lock:
         p = pool()
-        return _released_when_collected(client().create_channel(p, capacity, inline_size))
+        return _released_when_collected(
+            client().create_channel(p, capacity, inline_size, track_holder=track_holder))
 
 
 _attached_pools = {}

@@ -317,15 +317,16 @@ PYBIND11_MODULE(_native, m) {
            py::arg("size") = 0, py::arg("name") = "", py::arg("lazy") = false)
       .def("create_channel",
            [](dragon::Client& c, const std::shared_ptr<dragon::Pool>& pool, std::uint32_t capacity,
-              std::uint32_t inlineSize, const std::string& name) {
+              std::uint32_t inlineSize, const std::string& name, bool trackHolder) {
              dragon::ChannelOptions o;
              o.capacity = capacity;
              o.inlineSize = inlineSize;
+             o.trackHolder = trackHolder;
              const dragon::ObjectDescriptor pd = pool->descriptor();
              return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); })), {}};
            },
            py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
-           py::arg("name") = "")
+           py::arg("name") = "", py::arg("track_holder") = false)
       .def("attach_channel",
            [](dragon::Client& c, const std::string& desc, const std::string& socket) {
              std::unique_ptr<dragon::ClientChannel> ch;

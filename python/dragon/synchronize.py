@@ -9,10 +9,26 @@ from multiprocessing import context
 
 from . import _runtime
 from ._coherence import acquired, held, released
+from ._native import ChannelClosed
 
 _TOKEN = b"\x01"
 SEM_VALUE_MAX = 1 << 20
 MAX_TOKENS = 1 << 16
+
+
+class BrokenLockError(ChannelClosed):
+    """The process that held a Lock (or RLock) was killed or failed (ended by a signal or with
+    a non-zero status) without releasing it, or the node it ran on was lost: the lock stays
+    broken, and every acquire and release raises this (where a stock lock would leave its
+    waiters blocked for ever). A holder that exits with status 0 may have meant another
+    process to release the lock (the stdlib allows it): that lock stays as it is."""
+
+
+def _broken(sem, err):
+    why = str(err)
+    if why.startswith("ChannelClosed: "):
+        why = why[len("ChannelClosed: "):]
+    return BrokenLockError("%s is %s" % (type(sem).__name__, why))
 
 
 def _timeout(block, timeout):
@@ -22,7 +38,7 @@ def _timeout(block, timeout):
 
 
 class Semaphore:
-    def __init__(self, value=1, *, ctx=None, _capacity=None):
+    def __init__(self, value=1, *, ctx=None, _capacity=None, _track_holder=False):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         # Tokens are messages in a ring, so the value is capped: the stdlib's own classes ask
@@ -34,7 +50,7 @@ class Semaphore:
             capacity = min(max(_capacity, 1), MAX_TOKENS)
         capacity = min(capacity, MAX_TOKENS)
         self._capacity = capacity
-        self._channel = _runtime.new_channel(capacity, 8)
+        self._channel = _runtime.new_channel(capacity, 8, track_holder=_track_holder)
         for _ in range(value):
             self._channel.send(_TOKEN, 0)
 
@@ -52,6 +68,8 @@ class Semaphore:
             self._channel.recv(_timeout(block, timeout))
         except TimeoutError:
             return False
+        except ChannelClosed as e:
+            raise _broken(self, e) from None
         if held:  # raw memory of another node held here (see _coherence)
             acquired()
         return True
@@ -64,6 +82,8 @@ class Semaphore:
                 self._channel.send(_TOKEN, 0)
             except TimeoutError:
                 raise ValueError("semaphore or lock released too many times") from None
+            except ChannelClosed as e:
+                raise _broken(self, e) from None
 
     def get_value(self):
         # Of another node: NotImplementedError, as the stdlib's where sem_getvalue is missing.
@@ -111,10 +131,14 @@ class BoundedSemaphore(Semaphore):
 class Lock(Semaphore):
     """A Semaphore(1). It also keeps the Values and Arrays it guards coherent on another node
     than theirs (sharedctypes._RemoteBuffer): fetched when it is taken, written back when it is
-    let go. On their own node that costs nothing (their buffers are the shared bytes)."""
+    let go. On their own node that costs nothing (their buffers are the shared bytes).
+
+    Its holder is known to dragond (the channel tracks who received its token last): when
+    that process is killed or fails without releasing it, or its node is lost, the lock breaks
+    and waiters get BrokenLockError instead of waiting for ever."""
 
     def __init__(self, *, ctx=None):
-        super().__init__(1, ctx=ctx, _capacity=1)
+        super().__init__(1, ctx=ctx, _capacity=1, _track_holder=True)
         self._guards = []
 
     def _guard(self, buffer):

@@ -417,6 +417,81 @@ TEST_F(ChannelTest, ReclaimFreesBlocksLeftByADeadProcessButNotQueuedOnes) {
   EXPECT_EQ(pool_->stats()->allocationCount, before);
 }
 
+// A lock's channel (trackHolder): the last receiver holds it until the next send; breaking it
+// for a holder that is gone closes it for good, naming that holder, and wakes its waiters;
+// a holder that is not gone, or a channel that does not track, is left alone.
+TEST_F(ChannelTest, TrackedHolderIsTheLastReceiverUntilTheNextSend) {
+  ChannelOptions o;
+  o.capacity = 1;
+  o.inlineSize = 8;
+  o.trackHolder = true;
+  auto made = Channel::create(*pool_, o);
+  ASSERT_TRUE(made.has_value()) << made.error().toString();
+  Channel& lock = *made;
+  EXPECT_TRUE(lock.tracksHolder());
+  const std::uint64_t me = Channel::holderWord(pool_->node(), static_cast<std::uint32_t>(getpid()));
+  ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());
+  EXPECT_EQ(lock.holder(), 0u);
+  EXPECT_EQ(recvString(lock), "t");
+  EXPECT_EQ(lock.holder(), me);
+  EXPECT_FALSE(lock.breakHold([&](std::uint64_t h) { return h != me; }));  // the holder lives
+  ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());                   // released
+  EXPECT_EQ(lock.holder(), 0u);
+  EXPECT_FALSE(lock.breakHold([](std::uint64_t) { return true; }));  // nobody holds it
+  lock.receiveAs(Channel::holderWord(7, 4242));                      // dragond for node 7
+  EXPECT_EQ(recvString(lock), "t");
+  EXPECT_EQ(lock.holder(), Channel::holderWord(7, 4242));
+
+  Channel plain = make(1, 8);
+  ASSERT_TRUE(plain.send(bytesOf("t"), kBounded).isOk());
+  EXPECT_EQ(recvString(plain), "t");
+  EXPECT_EQ(plain.holder(), 0u);
+  EXPECT_FALSE(plain.breakHold([](std::uint64_t) { return true; }));
+}
+
+TEST_F(ChannelTest, ALockWhoseHolderDiedBreaksAndWakesItsWaiters) {
+  ChannelOptions o;
+  o.capacity = 1;
+  o.inlineSize = 8;
+  o.trackHolder = true;
+  auto made = Channel::create(*pool_, o);
+  ASSERT_TRUE(made.has_value()) << made.error().toString();
+  Channel& lock = *made;
+  ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());
+  // A child takes the token and is killed holding it.
+  pid_t pid = forkChild([&] {
+    std::byte b[8];
+    if (!lock.recv(b, kBounded).has_value()) return 2;
+    raise(SIGKILL);
+    return 3;
+  });
+  ASSERT_TRUE(WIFSIGNALED(waitFor(pid, 10s)));
+  const std::uint64_t dead = Channel::holderWord(pool_->node(), static_cast<std::uint32_t>(pid));
+  EXPECT_EQ(lock.holder(), dead);
+  // A waiter blocks without a deadline until the break wakes it.
+  std::atomic<int> outcome{-1};
+  std::string why;
+  std::thread waiter([&] {
+    std::byte b[8];
+    auto n = lock.recv(b, Timeout::forever());
+    if (!n.has_value()) why = std::string(n.error().message());
+    outcome = n.has_value() ? 0 : static_cast<int>(n.error().code());
+  });
+  EXPECT_TRUE(lock.breakHold([&](std::uint64_t h) { return h == dead; }));
+  waiter.join();
+  EXPECT_EQ(outcome.load(), static_cast<int>(StatusCode::ChannelClosed));
+  EXPECT_NE(why.find("pid " + std::to_string(pid)), std::string::npos) << why;
+  // Broken for good: sends fail too, a later close() keeps the reason, a second break is a no-op.
+  Status st = lock.send(bytesOf("t"), kBounded);
+  EXPECT_EQ(st.code(), StatusCode::ChannelClosed);
+  EXPECT_NE(std::string(st.message()).find("before giving it back"), std::string::npos);
+  ASSERT_TRUE(lock.close().isOk());
+  std::byte b[8];
+  EXPECT_NE(std::string(lock.recv(b, Timeout::none()).error().message()).find("pid"),
+            std::string::npos);
+  EXPECT_FALSE(lock.breakHold([](std::uint64_t) { return true; }));
+}
+
 // Shared memory scribbled by a buggy peer: a malformed slot or one naming no live block is
 // skipped with Corrupt, never a crash, and the channel keeps working.
 TEST_F(ChannelTest, MalformedSlotsAreReportedAsCorruptAndSkipped) {

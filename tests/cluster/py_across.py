@@ -227,6 +227,52 @@ def locker(lock, outq, node):
         outq.put(("unlocked", node))
 
 
+def hold_lock(lock, held):
+    lock.acquire()
+    held.set()
+    time.sleep(600)
+
+
+def wait_broken(lock, started, outq, node):
+    started.set()
+    try:
+        outq.put(("acquired", node, lock.acquire(timeout=120)))
+    except dragon.BrokenLockError as err:
+        outq.put(("broken", node, str(err)))
+
+
+def check_broken_lock(holder_node, waiter_nodes, outq):
+    """A lock of this node held by a process on holder_node, waited on from waiter_nodes:
+    the holder is killed, and every waiter hears at once that the lock is broken."""
+    lock, held = mp.Lock(), mp.Event()
+    with dragon.Policy(node=holder_node):
+        holder = mp.Process(target=hold_lock, args=(lock, held))
+        holder.start()
+    assert held.wait(60)
+    waiters = []
+    for node in waiter_nodes:
+        started = mp.Event()
+        with dragon.Policy(node=node):
+            waiters.append(mp.Process(target=wait_broken, args=(lock, started, outq, node)))
+            waiters[-1].start()
+        assert started.wait(60)
+    holder.kill()
+    holder.join(60)
+    assert holder.exitcode == -9, holder.exitcode
+    heard = sorted(outq.get(timeout=60) for _ in waiters)
+    assert [h[:2] for h in heard] == [("broken", n) for n in sorted(waiter_nodes)], heard
+    assert all("pid %d on node %d" % (holder.pid, holder_node) in h[2] for h in heard), heard
+    try:
+        lock.acquire(timeout=60)
+    except dragon.BrokenLockError:
+        pass
+    else:
+        raise AssertionError("a lock whose holder was killed was acquired")
+    for w in waiters:
+        w.join(60)
+        assert w.exitcode == 0, (w, w.exitcode)
+
+
 def main():
     assert mp.get_start_method() == "dragon"
     nodes = dragon.nodes()
@@ -531,6 +577,11 @@ def main():
         h.join(60)
         assert h.exitcode == 0, (h, h.exitcode)
     assert buf.create_memoryview().cast("i")[0] == 300, buf.create_memoryview().cast("i")[0]
+
+    # A lock of this node whose holder on another node is killed (its node tells this one), and
+    # one whose holder here is killed while processes of the other nodes wait on it.
+    check_broken_lock(far, [nodes[1][0]], outq)
+    check_broken_lock(next(n for n, h, _ in nodes if h == here), [nodes[1][0], far], outq)
 
     try:
         with dragon.Policy(node=99):

@@ -93,6 +93,23 @@ def hold_lock(lock, held, release):
         release.wait(30)
 
 
+def wait_for_lock(lock, started, box):
+    started.set()
+    try:
+        box.put(("acquired", lock.acquire(timeout=120)))
+    except dragon.BrokenLockError as e:
+        box.put(("broken", str(e)))
+
+
+def hold_and_exit(lock, q, code, times=1):
+    for _ in range(times):
+        lock.acquire()
+    q.put("held")
+    q.close()
+    q.join_thread()
+    os._exit(code)
+
+
 def set_event_later(ready, event):
     ready.wait(30)
     event.set()
@@ -666,6 +683,65 @@ class SynchronizeTest(unittest.TestCase):
         p.join(30)
         with self.assertRaises(ValueError):
             lock.release()  # not held
+
+    def test_a_lock_whose_holder_is_killed_breaks_for_its_waiters(self):
+        lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
+        holder = CTX.Process(target=hold_lock, args=(lock, held, release))
+        holder.start()
+        self.assertTrue(held.wait(30))
+        started, box = CTX.Event(), CTX.Queue()
+        waiter = CTX.Process(target=wait_for_lock, args=(lock, started, box))
+        waiter.start()
+        self.assertTrue(started.wait(30))
+        holder.kill()
+        holder.join(30)
+        self.assertEqual(holder.exitcode, -signal.SIGKILL)
+        # The waiter blocked on it (up to 120 s) hears at once that it is broken, and why.
+        kind, why = box.get(timeout=60)
+        self.assertEqual(kind, "broken")
+        self.assertIn("pid %d" % holder.pid, why)
+        waiter.join(30)
+        with self.assertRaises(dragon.BrokenLockError):
+            lock.acquire(timeout=30)
+        with self.assertRaises(dragon.BrokenLockError):
+            lock.release()
+        self.assertIsInstance(dragon.BrokenLockError("x"), dragon.ChannelClosed)
+
+    def test_a_lock_released_before_its_holder_ends_stays_usable(self):
+        lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
+        p = CTX.Process(target=hold_lock, args=(lock, held, release))
+        p.start()
+        self.assertTrue(held.wait(30))
+        release.set()
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        for _ in range(3):
+            self.assertTrue(lock.acquire(timeout=30))
+            lock.release()
+
+    def test_an_rlock_whose_holder_fails_breaks_too(self):
+        rlock, q = CTX.RLock(), CTX.Queue()
+        p = CTX.Process(target=hold_and_exit, args=(rlock, q, 3, 2))
+        p.start()
+        self.assertEqual(q.get(timeout=30), "held")
+        p.join(30)
+        self.assertEqual(p.exitcode, 3)
+        with self.assertRaises(dragon.BrokenLockError):
+            rlock.acquire(timeout=30)
+
+    def test_a_lock_its_holder_exits_with_cleanly_may_be_released_by_another(self):
+        # The stdlib's Lock may be released by any process: a holder that ends with status 0
+        # may have handed it on on purpose, so its lock is not broken.
+        lock, q = CTX.Lock(), CTX.Queue()
+        p = CTX.Process(target=hold_and_exit, args=(lock, q, 0))
+        p.start()
+        self.assertEqual(q.get(timeout=30), "held")
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        self.assertFalse(lock.acquire(timeout=0.05))
+        lock.release()
+        self.assertTrue(lock.acquire(timeout=30))
+        lock.release()
 
     def test_rlock_semaphores(self):
         r = CTX.RLock()

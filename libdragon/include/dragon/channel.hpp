@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -28,6 +29,9 @@ struct ChannelOptions {
   std::uint32_t inlineSize = 256;   // largest message copied into the ring
   std::uint64_t maxMessageSize = 0; // 0: as large as the pool can hold
   std::uint64_t id = 0;             // job-unique id; 0 picks a random one
+  // Remember which process received last, until the next send (a lock's one token: its
+  // holder). dragond breaks the channel when that process ends or its node is lost.
+  bool trackHolder = false;
 };
 
 // A received message: the bytes, either copied out of the ring or in place in a pool block
@@ -107,6 +111,20 @@ class Channel {
   bool readable() const noexcept;  // a recv would not block
   bool writable() const noexcept;  // a send would not block
 
+  // Holders (trackHolder channels): a process as a 64-bit word, its node above its pid.
+  static constexpr std::uint64_t holderWord(std::uint32_t node, std::uint32_t pid) noexcept {
+    return (std::uint64_t{node} << 32) | pid;
+  }
+  bool tracksHolder() const noexcept;
+  // The holder word of the last receiver since the last send (0: none, or not tracked).
+  std::uint64_t holder() const noexcept;
+  // Receives through this handle count as `holder`'s (dragond receiving for a process of
+  // another node); 0 (the default): this process of the channel's node.
+  void receiveAs(std::uint64_t holder) noexcept { receiveAs_ = holder; }
+  // When the holder is one `gone` says has ended, closes the channel for good: every receive
+  // and send then fails with ChannelClosed naming that holder. Returns whether it did.
+  bool breakHold(const std::function<bool(std::uint64_t holder)>& gone);
+
   // Frees the channel and every queued message. No other process may use it afterwards.
   Status destroy();
 
@@ -135,11 +153,13 @@ class Channel {
                      std::size_t length);
   template <typename Take>
   Status recvWith(Take&& take, Timeout timeout);
+  std::uint64_t holderWordOfReceiver() const noexcept;
 
   Pool* pool_;
   detail::ChannelHeader* h_;
   std::uint64_t offset_;  // of the channel header in the pool
   std::unique_ptr<SpinState> spin_;
+  std::uint64_t receiveAs_ = 0;
 };
 
 }  // namespace dragon
