@@ -312,6 +312,34 @@ TEST_F(Gateway, MalformedOperationsAreErrorsAndTheConnectionStays) {
   EXPECT_EQ(codeOf(*r), StatusCode::WouldBlock);
 }
 
+// A receive through dragond of a lock's channel (trackHolder) makes the requesting process the
+// holder, whatever holder the request claims; HOLDER_GONE is between dragonds only.
+TEST_F(Gateway, AReceiveThroughDragondHoldsAsTheRequesterAndHolderGoneIsRefused) {
+  ChannelOptions o;
+  o.capacity = 1;
+  o.inlineSize = 8;
+  o.trackHolder = true;
+  auto lock = client.createChannel(pool->descriptor(), o);
+  ASSERT_TRUE(lock.has_value()) << lock.error().toString();
+  ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
+  RawConn raw(d->socket());
+  const ObjectDescriptor desc = (*lock)->descriptor();
+  auto recv = op(desc, pb::ChannelOp::RECV, -1);
+  recv.mutable_channel_op()->set_holder(Channel::holderWord(desc.node, 999999));  // a lie
+  auto r = raw.reply(raw.post(recv), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "none");
+  EXPECT_EQ((*lock)->channel().holder(),
+            Channel::holderWord(desc.node, static_cast<std::uint32_t>(getpid())));
+  auto gone = op(desc, pb::ChannelOp::HOLDER_GONE, 0);
+  gone.mutable_channel_op()->set_holder(Channel::holderWord(desc.node, static_cast<std::uint32_t>(getpid())));
+  r = raw.reply(raw.post(gone), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument) << "HOLDER_GONE is between dragonds only";
+  EXPECT_FALSE((*lock)->channel().isClosed());
+  ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
+  EXPECT_EQ((*lock)->channel().holder(), 0u);
+}
+
 TEST_F(Gateway, ManyParkedOperationsOnManyChannelsAllComplete) {
   // More channels than one waitAny takes (64): the gateway still completes every one.
   constexpr int kChannels = 80;
