@@ -12,7 +12,6 @@
 #endif
 #include <new>
 #include <sys/random.h>
-#include <unistd.h>
 #include <vector>
 
 namespace dragon {
@@ -477,7 +476,8 @@ Status Channel::recv(Message& out, Timeout timeout) {
 std::uint64_t Channel::holderWordOfReceiver() const noexcept {
   if (h_->tracksHolder == 0) return 0;
   if (receiveAs_ != 0) return receiveAs_;
-  return holderWord(h_->node, static_cast<std::uint32_t>(getpid()));  // not cached: fork
+  // The pid as the pool caches it (refreshed in a forked child): no system call per receive.
+  return holderWord(h_->node, static_cast<std::uint32_t>(OwnerTag::self().value()));
 }
 
 bool Channel::breakHold(const std::function<bool(std::uint64_t)>& gone) {
