@@ -34,6 +34,12 @@ struct Attempt {
   Status wouldBlock;  // what a try answers
 };
 
+// Whoever receives a lock's token holds it: the process its dragond named, which only a
+// process of the node the operation came from can be.
+std::uint64_t holderOf(std::uint32_t from, const pb::ChannelOp& op) {
+  return (op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0);
+}
+
 // `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
 // `from`: the node the operation comes from.
 Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf) {
@@ -60,9 +66,7 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       std::uint64_t max = std::min<std::uint64_t>(ch.maxMessageSize(), Gateway::kMaxMessage);
       if (op.bounded()) max = std::min<std::uint64_t>(max, op.max_size());
       if (buf.size() < max) buf.resize(max);
-      // Whoever receives a lock's token holds it: the process its dragond named, which only
-      // a process of the node it came from can be.
-      ch.receiveAs((op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0));
+      ch.receiveAs(holderOf(from, op));
       auto n = ch.recv(std::as_writable_bytes(std::span(buf.data(), max)), Timeout::none());
       if (!n.has_value() && n.error().code() == StatusCode::WouldBlock) {
         a.wouldBlock = n.error();
@@ -263,6 +267,20 @@ void Gateway::cancel(std::uint32_t from, std::uint64_t opKey) {
   // Answered as if its time ran out, so that whoever forwarded it is not left waiting.
   fail([&](const Op& o) { return o.from == from && o.key == opKey; },
        [](const Op& o) { return expired(o.op); });
+}
+
+void Gateway::dropReceivesOf(std::uint64_t holder) {
+  auto its = [holder](const Op& o) {
+    return !o.finished && o.op.kind() == pb::ChannelOp::RECV && holderOf(o.from, o.op) == holder;
+  };
+  {
+    std::lock_guard lk(mu_);  // attempts run under it: none is under way now
+    if (std::none_of(ops_.begin(), ops_.end(), [&](const auto& o) { return its(*o); })) return;
+  }
+  // Only the loop parks operations, so none of this holder's came meanwhile. Once fail()
+  // returns, a token the thread took for this holder already shows as its, and none is taken
+  // for it after.
+  fail(its, [](const Op& o) { return expired(o.op); });
 }
 
 void Gateway::cancelFrom(std::uint32_t from) {

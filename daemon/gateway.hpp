@@ -52,8 +52,12 @@ class Gateway {
   void submit(std::uint32_t from, const protocol::ChannelOp& op, Reply reply);
   // Ends a parked operation whose requester no longer wants it, answered as a timeout.
   void cancel(std::uint32_t from, std::uint64_t opKey);
-  // Drops every parked operation of a lost node.
+  // Drops every parked operation of a lost node (none is attempted after this returns).
   void cancelFrom(std::uint32_t from);
+  // Ends the parked receives made for `holder` (a Channel::holderWord: a process that has
+  // ended), answered as timeouts, before its locks are broken: a receive completed after that
+  // would take a token for the dead process.
+  void dropReceivesOf(std::uint64_t holder);
   // The channel is about to be destroyed: its parked operations fail with ChannelClosed (a
   // POLL for readable answers readable, as a closed channel's). Returns once the gateway
   // thread no longer touches the channel.

@@ -91,17 +91,19 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
   auto& e = channels_[d.id];
   e.desc = d;
   e.refs[owner] = 1;
-  e.tracksHolder = options.trackHolder;
+  if (options.trackHolder) locks_.insert(d.id);
   p->second.channels++;
   return named(ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()}, name);
 }
 
-std::size_t ObjectManager::breakHolds(const std::function<bool(std::uint64_t)>& gone) {
+std::size_t ObjectManager::breakHolds(const std::function<bool(std::uint64_t)>& gone,
+                                      bool cleanEnd) {
   std::size_t broken = 0;
-  for (const auto& [id, e] : channels_) {
-    if (!e.tracksHolder) continue;
-    auto ch = channel(e.desc);
-    if (ch.has_value() && ch->breakHold(gone)) ++broken;
+  for (std::uint64_t id : locks_) {
+    auto it = channels_.find(id);
+    if (it == channels_.end()) continue;
+    auto ch = channel(it->second.desc);
+    if (ch.has_value() && ch->breakHold(gone, cleanEnd)) ++broken;
   }
   return broken;
 }
@@ -235,6 +237,7 @@ Result<Channel> ObjectManager::channel(const ObjectDescriptor& object) {
 
 void ObjectManager::destroyChannel(std::map<std::uint64_t, ChannelEntry>::iterator it) {
   if (channelGone_) channelGone_(it->first);
+  locks_.erase(it->first);
   auto p = pools_.find(it->second.desc.poolId);
   if (p != pools_.end()) {
     auto ch = Channel::attach(*p->second.pool, it->second.desc);
@@ -256,6 +259,7 @@ void ObjectManager::destroyPool(std::map<std::uint64_t, PoolEntry>::iterator it)
     if (c->second.desc.poolId == it->first) {
       if (channelGone_) channelGone_(c->first);
       dropNamesOf(c->first);
+      locks_.erase(c->first);
       c = channels_.erase(c);
     } else {
       ++c;

@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 namespace dragon::daemon {
@@ -70,7 +71,8 @@ class ObjectManager {
   Result<ObjectGrant> find(const ObjectDescriptor& object) const;
   // Breaks every channel of this node whose holder `gone` says has ended (Channel::breakHold):
   // a lock held by a process that ended or whose node was lost. Returns how many.
-  std::size_t breakHolds(const std::function<bool(std::uint64_t holder)>& gone);
+  std::size_t breakHolds(const std::function<bool(std::uint64_t holder)>& gone,
+                         bool cleanEnd = false);
   // Called with a channel's id just before the channel is destroyed (or its pool is).
   void setChannelGoneHook(std::function<void(std::uint64_t channelId)> hook) {
     channelGone_ = std::move(hook);
@@ -90,7 +92,6 @@ class ObjectManager {
   struct ChannelEntry {
     ObjectDescriptor desc;
     std::map<std::uint64_t, std::uint32_t> refs;
-    bool tracksHolder = false;
   };
 
   // Ids are job-unique: the node in the top 24 bits, random below them, unique on the node.
@@ -107,6 +108,7 @@ class ObjectManager {
   ObjectLimits limits_;
   std::map<std::uint64_t, PoolEntry> pools_;        // by id
   std::map<std::uint64_t, ChannelEntry> channels_;  // by id
+  std::set<std::uint64_t> locks_;  // the ids of the channels that track their holder
   struct ScopedName {
     std::uint64_t owner;
     ObjectDescriptor object;

@@ -314,6 +314,7 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       o.inlineSize = r.inline_size();
       o.maxMessageSize = r.max_message_size();
       o.trackHolder = r.track_holder();
+      o.holderOwns = r.holder_owns();
       replyObject(c, rid, objects_->createChannel(owner, *pool, o, r.name()));
       return;
     }

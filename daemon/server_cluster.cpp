@@ -74,14 +74,14 @@ void Server::startGlobalServices() {
 
 void Server::processEnded(const ProcessRecord& r) {
   if (global_ != nullptr && r.job == clusterJob_ && !clusterEnded_) global_->processEnded(r);
-  // A process that ends with status 0 may have left a lock taken on purpose, for another to
-  // release (the stdlib's Lock allows it); one killed or failing never gives it back.
-  if (r.signal == 0 && r.exitCode == 0) {
-    remoteReceivers_.erase(r.pid);
-    return;
-  }
+  // A process that ends with status 0 may have left a Lock taken on purpose, for another to
+  // release (the stdlib's Lock allows it), but not an RLock (holderOwns); one killed or
+  // failing gives back neither.
+  const bool clean = r.signal == 0 && r.exitCode == 0;
   const std::uint64_t me = Channel::holderWord(node_, static_cast<std::uint32_t>(r.pid));
-  const std::size_t broken = objects_->breakHolds([me](std::uint64_t h) { return h == me; });
+  gateway_->dropReceivesOf(me);
+  const std::size_t broken =
+      objects_->breakHolds([me](std::uint64_t h) { return h == me; }, clean);
   if (broken != 0) {
     DRAGON_LOG(Info, "server", "process %d ended holding %zu lock(s) of this node: broken",
                static_cast<int>(r.pid), broken);
@@ -96,6 +96,7 @@ void Server::processEnded(const ProcessRecord& r) {
     pb::Envelope gone;
     gone.mutable_channel_op()->set_kind(pb::ChannelOp::HOLDER_GONE);
     gone.mutable_channel_op()->set_holder(me);
+    gone.mutable_channel_op()->set_clean_end(clean);
     cluster_->forward(node, std::move(gone), [](Result<pb::Envelope>) {});
   }
 }
@@ -642,7 +643,9 @@ void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
                                      "HOLDER_GONE names a process of another node")));
           return;
         }
-        objects_->breakHolds([gone](std::uint64_t h) { return h == gone; });
+        gateway_->dropReceivesOf(gone);
+        objects_->breakHolds([gone](std::uint64_t h) { return h == gone; },
+                             msg.channel_op().clean_end());
         reply(okEnvelope());
         return;
       }

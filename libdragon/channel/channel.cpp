@@ -148,7 +148,7 @@ Result<Channel> Channel::create(Pool& pool, const ChannelOptions& o) {
   h->maxMessageSize = o.maxMessageSize != 0 ? o.maxMessageSize : pool.segmentSize();
   h->slotsOffset = slotsOffset;
   h->node = pool.node();
-  h->tracksHolder = o.trackHolder ? 1 : 0;
+  h->tracksHolder = !o.trackHolder ? 0 : o.holderOwns ? 2 : 1;
   h->holder.store(0, std::memory_order_relaxed);
   // Pool memory is reused: no stale bytes may look like a published slot.
   for (std::uint32_t i = 0; i < o.capacity; ++i) {
@@ -387,10 +387,10 @@ Status tryRecvSlot(Pool& pool, ChannelHeader* h, std::byte* dst, std::size_t cap
     } else {
       bad = Status(StatusCode::Corrupt, "queued message slot is malformed");
     }
-    h->head.store(hd + 1, std::memory_order_release);  // commit (a malformed slot is skipped)
     if (h->tracksHolder != 0) {
-      h->holder.store(holder, std::memory_order_release);
+      h->holder.store(holder, std::memory_order_release);  // before the commit (layout.hpp)
     }
+    h->head.store(hd + 1, std::memory_order_release);  // commit (a malformed slot is skipped)
     if (bad.isOk() && out.kind == SlotKind::Block) {
       (void)pool.setOwner(out.block, OwnerTag::self());
     }
@@ -480,13 +480,16 @@ std::uint64_t Channel::holderWordOfReceiver() const noexcept {
   return holderWord(h_->node, static_cast<std::uint32_t>(OwnerTag::self().value()));
 }
 
-bool Channel::breakHold(const std::function<bool(std::uint64_t)>& gone) {
-  if (h_->tracksHolder == 0) return false;
+bool Channel::breakHold(const std::function<bool(std::uint64_t)>& gone, bool cleanEnd) {
+  if (h_->tracksHolder == 0 || (cleanEnd && h_->tracksHolder != 2)) return false;
   {
     if (!detail::lockSend(h_).isOk()) return false;
     base::RobustGuard guard(&h_->sendLock);
     const std::uint64_t w = h_->holder.load(std::memory_order_acquire);
     if (w == 0 || h_->closed.load(std::memory_order_relaxed) != 0 || !gone(w)) return false;
+    // The token still queued: its last receiver died before taking it (or it was given
+    // back by another process): nobody holds it.
+    if (detail::published(h_, h_->head.load(std::memory_order_acquire))) return false;
     h_->closed.store(detail::kClosedHolderGone, std::memory_order_release);
   }
   DRAGON_LOG(Info, "channel", "channel %llu broken: its holder %llu is gone",

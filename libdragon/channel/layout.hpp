@@ -14,11 +14,13 @@
 // receiver; one tagged with a dead pid belonged to a killed process.
 //
 // The holder of a channel that tracks it (ChannelOptions::trackHolder, a lock's one token):
-//   recv: (under recvLock) commit head, then store the receiver's holder word;
+//   recv: (under recvLock) store the receiver's holder word, then commit head;
 //   send: (under sendLock) clear the holder before publishing the slot, so a receiver of that
 //   slot stores its own word after the clear.
 // breakHold() (under sendLock, so no send clears the word meanwhile) closes the channel with
-// kClosedHolderGone when the holder is one that is gone, keeping the word to name it.
+// kClosedHolderGone when the holder is one that is gone and the token is not queued (a
+// receiver killed between storing its word and committing head took nothing), keeping the
+// word to name it.
 #pragma once
 
 #include "base/private.hpp"
@@ -60,7 +62,7 @@ struct alignas(64) ChannelHeader {
   std::uint64_t maxMessageSize;
   std::uint64_t slotsOffset;  // from the start of this header
   std::uint32_t node;
-  std::uint32_t tracksHolder;  // 1: `holder` is kept (ChannelOptions::trackHolder)
+  std::uint32_t tracksHolder;  // 1: `holder` is kept (trackHolder); 2: and owns it (holderOwns)
 
   alignas(64) pthread_mutex_t sendLock;
   alignas(64) pthread_mutex_t recvLock;

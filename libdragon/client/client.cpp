@@ -598,6 +598,7 @@ Result<std::unique_ptr<ClientChannel>> Client::createChannel(const ObjectDescrip
   c->set_inline_size(options.inlineSize);
   c->set_max_message_size(options.maxMessageSize);
   c->set_track_holder(options.trackHolder);
+  c->set_holder_owns(options.holderOwns);
   c->set_name(std::string(name));
   return impl_->channelCall(req);
 }

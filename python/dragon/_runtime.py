@@ -160,13 +160,15 @@ def _released_when_collected(ch):
     return ch
 
 
-def new_channel(capacity=0, inline_size=0, track_holder=False):
+def new_channel(capacity=0, inline_size=0, track_holder=False, holder_owns=False):
     """A channel of this node's pool. track_holder: dragond remembers who received last (a
-    lock's token) and breaks the channel when that process ends or its node is lost."""
+    lock's token) and breaks the channel when that process is killed or fails, or its node is
+    lost; holder_owns: also when it exits with status 0 (only the holder may give it back)."""
     with _lock:
         p = pool()
         return _released_when_collected(
-            client().create_channel(p, capacity, inline_size, track_holder=track_holder))
+            client().create_channel(p, capacity, inline_size, track_holder=track_holder,
+                                    holder_owns=holder_owns))
 
 
 _attached_pools = {}

@@ -282,6 +282,22 @@ PYBIND11_MODULE(_native, m) {
            [](PyChannel& c) {
              return c.remote() ? remoteReady(c, dragon::WaitFor::Writable) : c.ch->channel().writable();
            })
+      .def("wait_writable",
+           [](PyChannel& c, const py::object& timeout) {
+             if (c.remote()) return remoteReady(c, dragon::WaitFor::Writable, timeoutOf(timeout));
+             dragon::Channel::WaitItem item{&c.ch->channel(), dragon::WaitFor::Writable, {}};
+             const Status st = sliced(timeoutOf(timeout), [&](dragon::Timeout t) -> Status {
+               auto n = dragon::Channel::waitAny(std::span(&item, 1), t);
+               if (!n.has_value()) return n.error();
+               return *n != 0 ? Status::ok() : Status(StatusCode::Timeout);
+             });
+             if (st.code() == StatusCode::Timeout) return false;
+             check(st);
+             return true;
+           },
+           py::arg("timeout") = py::none(),
+           "Waits until a send would not block (or the channel is closed), at most timeout "
+           "seconds (None: forever); False if the time ran out")
       .def("close",
            [](PyChannel& c) {
              if (!c.remote()) {
@@ -317,16 +333,19 @@ PYBIND11_MODULE(_native, m) {
            py::arg("size") = 0, py::arg("name") = "", py::arg("lazy") = false)
       .def("create_channel",
            [](dragon::Client& c, const std::shared_ptr<dragon::Pool>& pool, std::uint32_t capacity,
-              std::uint32_t inlineSize, const std::string& name, bool trackHolder) {
+              std::uint32_t inlineSize, const std::string& name, bool trackHolder,
+              bool holderOwns) {
              dragon::ChannelOptions o;
              o.capacity = capacity;
              o.inlineSize = inlineSize;
              o.trackHolder = trackHolder;
+             o.holderOwns = holderOwns;
              const dragon::ObjectDescriptor pd = pool->descriptor();
              return PyChannel{take(unlocked([&] { return c.createChannel(pd, o, name); })), {}};
            },
            py::arg("pool"), py::arg("capacity") = 0, py::arg("inline_size") = 0,
-           py::arg("name") = "", py::arg("track_holder") = false)
+           py::arg("name") = "", py::arg("track_holder") = false,
+           py::arg("holder_owns") = false)
       .def("attach_channel",
            [](dragon::Client& c, const std::string& desc, const std::string& socket) {
              std::unique_ptr<dragon::ClientChannel> ch;

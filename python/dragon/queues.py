@@ -2,6 +2,8 @@
 """Queues on Dragon channels. An object is one message (codec.cpp): pickled with protocol 5,
 small ones copied into the channel's ring, large ones written once into a pool block that the
 receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
+import queue
+import time
 from multiprocessing import context
 
 from . import _runtime
@@ -112,9 +114,23 @@ class JoinableQueue(Queue):
         self._unfinished, self._cond = state[2:]
 
     def put(self, obj, block=True, timeout=None):
-        with self._cond:
-            super().put(obj, block, timeout)
-            self._unfinished.release()
+        # Put and counted under the lock (a consumer could otherwise take the item and call
+        # task_done before it counts), but never waiting for room with the lock held: a
+        # producer killed while a full queue blocks it must not take the queue's lock with it.
+        end = None if not block or timeout is None else time.monotonic() + max(timeout, 0)
+        while True:
+            with self._cond:
+                try:
+                    super().put(obj, False)
+                except queue.Full:
+                    pass
+                else:
+                    self._unfinished.release()
+                    return
+            left = None if end is None else end - time.monotonic()
+            if not block or (left is not None and left <= 0):
+                raise queue.Full
+            self._channel.wait_writable(left)
 
     def task_done(self):
         with self._cond:

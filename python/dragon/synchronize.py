@@ -17,11 +17,12 @@ MAX_TOKENS = 1 << 16
 
 
 class BrokenLockError(ChannelClosed):
-    """The process that held a Lock (or RLock) was killed or failed (ended by a signal or with
-    a non-zero status) without releasing it, or the node it ran on was lost: the lock stays
-    broken, and every acquire and release raises this (where a stock lock would leave its
-    waiters blocked for ever). A holder that exits with status 0 may have meant another
-    process to release the lock (the stdlib allows it): that lock stays as it is."""
+    """The process that held a Lock or RLock ended without releasing it (killed, failed, or
+    with its node lost; for an RLock, which only its holder may release, also when it exits
+    with status 0): the lock stays broken, and every acquire and release raises this, where a
+    stock lock would leave its waiters blocked for ever. A Lock's holder that exits with
+    status 0 may have meant another process to release it (the stdlib allows it): that Lock
+    stays as it is."""
 
 
 def _broken(sem, err):
@@ -38,7 +39,9 @@ def _timeout(block, timeout):
 
 
 class Semaphore:
-    def __init__(self, value=1, *, ctx=None, _capacity=None, _track_holder=False):
+    _breaks = False  # its tokens have no holder; a Lock's has one (BrokenLockError)
+
+    def __init__(self, value=1, *, ctx=None, _capacity=None, _holder=None):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         # Tokens are messages in a ring, so the value is capped: the stdlib's own classes ask
@@ -50,7 +53,8 @@ class Semaphore:
             capacity = min(max(_capacity, 1), MAX_TOKENS)
         capacity = min(capacity, MAX_TOKENS)
         self._capacity = capacity
-        self._channel = _runtime.new_channel(capacity, 8, track_holder=_track_holder)
+        self._channel = _runtime.new_channel(capacity, 8, track_holder=_holder is not None,
+                                             holder_owns=_holder == "owns")
         for _ in range(value):
             self._channel.send(_TOKEN, 0)
 
@@ -69,7 +73,9 @@ class Semaphore:
         except TimeoutError:
             return False
         except ChannelClosed as e:
-            raise _broken(self, e) from None
+            if self._breaks:
+                raise _broken(self, e) from None
+            raise
         if held:  # raw memory of another node held here (see _coherence)
             acquired()
         return True
@@ -83,7 +89,9 @@ class Semaphore:
             except TimeoutError:
                 raise ValueError("semaphore or lock released too many times") from None
             except ChannelClosed as e:
-                raise _broken(self, e) from None
+                if self._breaks:
+                    raise _broken(self, e) from None
+                raise
 
     def get_value(self):
         # Of another node: NotImplementedError, as the stdlib's where sem_getvalue is missing.
@@ -137,8 +145,10 @@ class Lock(Semaphore):
     that process is killed or fails without releasing it, or its node is lost, the lock breaks
     and waiters get BrokenLockError instead of waiting for ever."""
 
-    def __init__(self, *, ctx=None):
-        super().__init__(1, ctx=ctx, _capacity=1, _track_holder=True)
+    _breaks = True
+
+    def __init__(self, *, ctx=None, _owned=False):
+        super().__init__(1, ctx=ctx, _capacity=1, _holder="owns" if _owned else "lock")
         self._guards = []
 
     def _guard(self, buffer):
@@ -190,7 +200,8 @@ class RLock:
     """A lock its owner (process and thread) may take again; the owner is known per process."""
 
     def __init__(self, *, ctx=None):
-        self._lock = Lock(ctx=ctx)
+        # Only its owner releases it: it breaks however its holder ends, also with status 0.
+        self._lock = Lock(ctx=ctx, _owned=True)
         self._owner = None
         self._count = 0
 

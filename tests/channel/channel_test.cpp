@@ -442,11 +442,28 @@ TEST_F(ChannelTest, TrackedHolderIsTheLastReceiverUntilTheNextSend) {
   EXPECT_EQ(recvString(lock), "t");
   EXPECT_EQ(lock.holder(), Channel::holderWord(7, 4242));
 
+  // A holder that exited with status 0 may have left it for another: not broken; the token
+  // back in the ring (given back by another process) is held by nobody, whatever the word.
+  EXPECT_FALSE(lock.breakHold([](std::uint64_t) { return true; }, /*cleanEnd=*/true));
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(lock.descriptor().offset));
+  ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());
+  h->holder.store(Channel::holderWord(7, 4242));  // a receiver killed before its commit
+  EXPECT_FALSE(lock.breakHold([](std::uint64_t) { return true; }));
+  EXPECT_EQ(recvString(lock), "t");
+
   Channel plain = make(1, 8);
   ASSERT_TRUE(plain.send(bytesOf("t"), kBounded).isOk());
   EXPECT_EQ(recvString(plain), "t");
   EXPECT_EQ(plain.holder(), 0u);
   EXPECT_FALSE(plain.breakHold([](std::uint64_t) { return true; }));
+
+  // One its holder owns (a recursive lock's) breaks however the holder ended.
+  o.holderOwns = true;
+  auto owned = Channel::create(*pool_, o);
+  ASSERT_TRUE(owned.has_value());
+  ASSERT_TRUE(owned->send(bytesOf("t"), kBounded).isOk());
+  EXPECT_EQ(recvString(*owned), "t");
+  EXPECT_TRUE(owned->breakHold([&](std::uint64_t w) { return w == me; }, /*cleanEnd=*/true));
 }
 
 TEST_F(ChannelTest, ALockWhoseHolderDiedBreaksAndWakesItsWaiters) {
@@ -477,7 +494,14 @@ TEST_F(ChannelTest, ALockWhoseHolderDiedBreaksAndWakesItsWaiters) {
     if (!n.has_value()) why = std::string(n.error().message());
     outcome = n.has_value() ? 0 : static_cast<int>(n.error().code());
   });
-  EXPECT_TRUE(lock.breakHold([&](std::uint64_t h) { return h == dead; }));
+  // Break it once the waiter sleeps: wait (bounded) for it to arm the wait word.
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(lock.descriptor().offset));
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while ((h->notEmpty.load() & 1u) == 0 && std::chrono::steady_clock::now() < deadline) {
+    sched_yield();
+  }
+  EXPECT_NE(h->notEmpty.load() & 1u, 0u) << "the waiter never went to sleep";
+  EXPECT_TRUE(lock.breakHold([&](std::uint64_t w) { return w == dead; }));
   waiter.join();
   EXPECT_EQ(outcome.load(), static_cast<int>(StatusCode::ChannelClosed));
   EXPECT_NE(why.find("pid " + std::to_string(pid)), std::string::npos) << why;

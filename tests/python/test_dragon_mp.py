@@ -93,6 +93,11 @@ def hold_lock(lock, held, release):
         release.wait(30)
 
 
+def put_after(q, started, item):
+    started.set()
+    q.put(item)  # blocks: the queue is full
+
+
 def wait_for_lock(lock, started, box):
     started.set()
     try:
@@ -101,9 +106,12 @@ def wait_for_lock(lock, started, box):
         box.put(("broken", str(e)))
 
 
-def hold_and_exit(lock, q, code, times=1):
+def hold_and_exit(lock, q, code, times=1, release=False):
     for _ in range(times):
         lock.acquire()
+    if release:
+        for _ in range(times):
+            lock.release()
     q.put("held")
     q.close()
     q.join_thread()
@@ -707,17 +715,20 @@ class SynchronizeTest(unittest.TestCase):
             lock.release()
         self.assertIsInstance(dragon.BrokenLockError("x"), dragon.ChannelClosed)
 
-    def test_a_lock_released_before_its_holder_ends_stays_usable(self):
-        lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
-        p = CTX.Process(target=hold_lock, args=(lock, held, release))
-        p.start()
-        self.assertTrue(held.wait(30))
-        release.set()
-        p.join(30)
-        self.assertEqual(p.exitcode, 0)
+    def test_a_lock_released_before_its_holder_fails_stays_usable(self):
+        lock, rlock, q = CTX.Lock(), CTX.RLock(), CTX.Queue()
+        ps = [CTX.Process(target=hold_and_exit, args=(lock, q, 3, 1, True)),
+              CTX.Process(target=hold_and_exit, args=(rlock, q, 4, 2, True))]
+        for p in ps:
+            p.start()
+        self.assertEqual([q.get(timeout=30) for _ in ps], ["held", "held"])
+        for p, code in zip(ps, (3, 4)):
+            p.join(30)
+            self.assertEqual(p.exitcode, code)
         for _ in range(3):
-            self.assertTrue(lock.acquire(timeout=30))
-            lock.release()
+            for lk in (lock, rlock):
+                self.assertTrue(lk.acquire(timeout=30))
+                lk.release()
 
     def test_an_rlock_whose_holder_fails_breaks_too(self):
         rlock, q = CTX.RLock(), CTX.Queue()
@@ -728,6 +739,33 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(p.exitcode, 3)
         with self.assertRaises(dragon.BrokenLockError):
             rlock.acquire(timeout=30)
+
+    def test_an_rlock_whose_holder_exits_cleanly_holding_it_breaks(self):
+        # Only its holder may release an RLock: held at a clean exit, it is lost for good.
+        rlock, q = CTX.RLock(), CTX.Queue()
+        p = CTX.Process(target=hold_and_exit, args=(rlock, q, 0))
+        p.start()
+        self.assertEqual(q.get(timeout=30), "held")
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        with self.assertRaises(dragon.BrokenLockError):
+            rlock.acquire(timeout=30)
+
+    def test_a_producer_killed_blocked_on_a_full_joinable_queue_leaves_it_working(self):
+        jq, started = CTX.JoinableQueue(1), CTX.Event()
+        jq.put("first")
+        p = CTX.Process(target=put_after, args=(jq, started, "second"))
+        p.start()
+        self.assertTrue(started.wait(30))
+        p.kill()
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGKILL)
+        self.assertEqual(jq.get(timeout=30), "first")
+        jq.task_done()
+        jq.put("third", timeout=30)
+        self.assertEqual(jq.get(timeout=30), "third")
+        jq.task_done()
+        jq.join()  # nothing counted for the killed producer's put
 
     def test_a_lock_its_holder_exits_with_cleanly_may_be_released_by_another(self):
         # The stdlib's Lock may be released by any process: a holder that ends with status 0

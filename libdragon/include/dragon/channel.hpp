@@ -30,8 +30,12 @@ struct ChannelOptions {
   std::uint64_t maxMessageSize = 0; // 0: as large as the pool can hold
   std::uint64_t id = 0;             // job-unique id; 0 picks a random one
   // Remember which process received last, until the next send (a lock's one token: its
-  // holder). dragond breaks the channel when that process ends or its node is lost.
+  // holder). dragond breaks the channel when that process is killed or fails, or its node is
+  // lost.
   bool trackHolder = false;
+  // With trackHolder: only the holder gives the token back (a recursive lock), so the channel
+  // breaks however the holder ends, also with status 0.
+  bool holderOwns = false;
 };
 
 // A received message: the bytes, either copied out of the ring or in place in a pool block
@@ -121,9 +125,11 @@ class Channel {
   // Receives through this handle count as `holder`'s (dragond receiving for a process of
   // another node); 0 (the default): this process of the channel's node.
   void receiveAs(std::uint64_t holder) noexcept { receiveAs_ = holder; }
-  // When the holder is one `gone` says has ended, closes the channel for good: every receive
-  // and send then fails with ChannelClosed naming that holder. Returns whether it did.
-  bool breakHold(const std::function<bool(std::uint64_t holder)>& gone);
+  // When the holder is one `gone` says has ended (and the token is not queued), closes the
+  // channel for good: every receive and send then fails with ChannelClosed naming that holder.
+  // `cleanEnd`: the holder exited with status 0, which breaks only a channel its holder owns
+  // (holderOwns). Returns whether it broke the channel.
+  bool breakHold(const std::function<bool(std::uint64_t holder)>& gone, bool cleanEnd = false);
 
   // Frees the channel and every queued message. No other process may use it afterwards.
   Status destroy();
