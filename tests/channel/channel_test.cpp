@@ -49,6 +49,17 @@ class ChannelTest : public ::testing::Test {
     EXPECT_TRUE(c.has_value()) << c.error().toString();
     return std::move(*c);
   }
+  // A lock's channel: one token's room, its holder tracked (and owned, for a recursive one).
+  Channel makeLock(bool owns = false) {
+    ChannelOptions o;
+    o.capacity = 1;
+    o.inlineSize = 8;
+    o.trackHolder = true;
+    o.holderOwns = owns;
+    auto c = Channel::create(*pool_, o);
+    EXPECT_TRUE(c.has_value()) << c.error().toString();
+    return std::move(*c);
+  }
   std::string recvString(Channel& ch, Timeout t = Timeout::after(5s)) {
     std::vector<std::byte> buf(1 << 21);
     auto n = ch.recv(buf, t);
@@ -421,13 +432,7 @@ TEST_F(ChannelTest, ReclaimFreesBlocksLeftByADeadProcessButNotQueuedOnes) {
 // for a holder that is gone closes it for good, naming that holder, and wakes its waiters;
 // a holder that is not gone, or a channel that does not track, is left alone.
 TEST_F(ChannelTest, TrackedHolderIsTheLastReceiverUntilTheNextSend) {
-  ChannelOptions o;
-  o.capacity = 1;
-  o.inlineSize = 8;
-  o.trackHolder = true;
-  auto made = Channel::create(*pool_, o);
-  ASSERT_TRUE(made.has_value()) << made.error().toString();
-  Channel& lock = *made;
+  Channel lock = makeLock();
   EXPECT_TRUE(lock.tracksHolder());
   const std::uint64_t me = Channel::holderWord(pool_->node(), static_cast<std::uint32_t>(getpid()));
   ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());
@@ -458,22 +463,14 @@ TEST_F(ChannelTest, TrackedHolderIsTheLastReceiverUntilTheNextSend) {
   EXPECT_FALSE(plain.breakHold([](std::uint64_t) { return true; }));
 
   // One its holder owns (a recursive lock's) breaks however the holder ended.
-  o.holderOwns = true;
-  auto owned = Channel::create(*pool_, o);
-  ASSERT_TRUE(owned.has_value());
-  ASSERT_TRUE(owned->send(bytesOf("t"), kBounded).isOk());
-  EXPECT_EQ(recvString(*owned), "t");
-  EXPECT_TRUE(owned->breakHold([&](std::uint64_t w) { return w == me; }, /*cleanEnd=*/true));
+  Channel owned = makeLock(/*owns=*/true);
+  ASSERT_TRUE(owned.send(bytesOf("t"), kBounded).isOk());
+  EXPECT_EQ(recvString(owned), "t");
+  EXPECT_TRUE(owned.breakHold([&](std::uint64_t w) { return w == me; }, /*cleanEnd=*/true));
 }
 
 TEST_F(ChannelTest, ALockWhoseHolderDiedBreaksAndWakesItsWaiters) {
-  ChannelOptions o;
-  o.capacity = 1;
-  o.inlineSize = 8;
-  o.trackHolder = true;
-  auto made = Channel::create(*pool_, o);
-  ASSERT_TRUE(made.has_value()) << made.error().toString();
-  Channel& lock = *made;
+  Channel lock = makeLock();
   ASSERT_TRUE(lock.send(bytesOf("t"), kBounded).isOk());
   // A child takes the token and is killed holding it.
   pid_t pid = forkChild([&] {

@@ -730,26 +730,18 @@ class SynchronizeTest(unittest.TestCase):
                 self.assertTrue(lk.acquire(timeout=30))
                 lk.release()
 
-    def test_an_rlock_whose_holder_fails_breaks_too(self):
-        rlock, q = CTX.RLock(), CTX.Queue()
-        p = CTX.Process(target=hold_and_exit, args=(rlock, q, 3, 2))
-        p.start()
-        self.assertEqual(q.get(timeout=30), "held")
-        p.join(30)
-        self.assertEqual(p.exitcode, 3)
-        with self.assertRaises(dragon.BrokenLockError):
-            rlock.acquire(timeout=30)
-
-    def test_an_rlock_whose_holder_exits_cleanly_holding_it_breaks(self):
-        # Only its holder may release an RLock: held at a clean exit, it is lost for good.
-        rlock, q = CTX.RLock(), CTX.Queue()
-        p = CTX.Process(target=hold_and_exit, args=(rlock, q, 0))
-        p.start()
-        self.assertEqual(q.get(timeout=30), "held")
-        p.join(30)
-        self.assertEqual(p.exitcode, 0)
-        with self.assertRaises(dragon.BrokenLockError):
-            rlock.acquire(timeout=30)
+    def test_an_rlock_whose_holder_ends_holding_it_breaks_whatever_its_status(self):
+        # Only its holder may release an RLock: held at any end, failing (3) or clean (0), it
+        # is lost for good.
+        for code in (3, 0):
+            rlock, q = CTX.RLock(), CTX.Queue()
+            p = CTX.Process(target=hold_and_exit, args=(rlock, q, code, 2))
+            p.start()
+            self.assertEqual(q.get(timeout=30), "held")
+            p.join(30)
+            self.assertEqual(p.exitcode, code)
+            with self.assertRaises(dragon.BrokenLockError):
+                rlock.acquire(timeout=30)
 
     def test_a_producer_killed_blocked_on_a_full_joinable_queue_leaves_it_working(self):
         jq, started = CTX.JoinableQueue(1), CTX.Event()
@@ -757,8 +749,13 @@ class SynchronizeTest(unittest.TestCase):
         p = CTX.Process(target=put_after, args=(jq, started, "second"))
         p.start()
         self.assertTrue(started.wait(30))
+        # The blocked producer must not hold the queue's lock: take it, and kill the producer
+        # while holding it (so the kill cannot land inside the producer's short critical
+        # section, where breaking the lock would be right).
+        self.assertTrue(jq._cond.acquire(timeout=30), "a blocked put holds the queue's lock")
         p.kill()
         p.join(30)
+        jq._cond.release()
         self.assertEqual(p.exitcode, -signal.SIGKILL)
         self.assertEqual(jq.get(timeout=30), "first")
         jq.task_done()
