@@ -91,7 +91,7 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
   auto& e = channels_[d.id];
   e.desc = d;
   e.refs[owner] = 1;
-  if (options.trackHolder) locks_.insert(d.id);
+  if (options.trackHolder) locks_[d.id] = options.holderOwns;
   p->second.channels++;
   return named(ObjectGrant{d, p->second.pool->descriptor(), p->second.pool->fd()}, name);
 }
@@ -99,7 +99,8 @@ Result<ObjectGrant> ObjectManager::createChannel(std::uint64_t owner, const Obje
 std::size_t ObjectManager::breakHolds(const std::function<bool(std::uint64_t)>& gone,
                                       bool cleanEnd) {
   std::size_t broken = 0;
-  for (std::uint64_t id : locks_) {
+  for (const auto& [id, owns] : locks_) {
+    if (cleanEnd && !owns) continue;  // a clean end breaks only an owned one
     auto it = channels_.find(id);
     if (it == channels_.end()) continue;
     auto ch = channel(it->second.desc);

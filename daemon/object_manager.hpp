@@ -18,7 +18,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 
 namespace dragon::daemon {
@@ -108,7 +107,7 @@ class ObjectManager {
   ObjectLimits limits_;
   std::map<std::uint64_t, PoolEntry> pools_;        // by id
   std::map<std::uint64_t, ChannelEntry> channels_;  // by id
-  std::set<std::uint64_t> locks_;  // the ids of the channels that track their holder
+  std::map<std::uint64_t, bool> locks_;  // the channels that track their holder: id -> owns
   struct ScopedName {
     std::uint64_t owner;
     ObjectDescriptor object;

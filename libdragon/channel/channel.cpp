@@ -482,6 +482,11 @@ std::uint64_t Channel::holderWordOfReceiver() const noexcept {
 
 bool Channel::breakHold(const std::function<bool(std::uint64_t)>& gone, bool cleanEnd) {
   if (h_->tracksHolder == 0 || (cleanEnd && h_->tracksHolder != 2)) return false;
+  // A look without the lock first: a gone holder's word was stored before it went (and no
+  // receive is made for it after), so a word that is not gone's is the holder's now. Only a
+  // channel that may break takes its users' send lock.
+  const std::uint64_t seen = h_->holder.load(std::memory_order_acquire);
+  if (seen == 0 || !gone(seen)) return false;
   {
     if (!detail::lockSend(h_).isOk()) return false;
     base::RobustGuard guard(&h_->sendLock);
