@@ -214,57 +214,8 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
     send(c, reply);
     return;
   }
-  switch (msg.body_case()) {
-    case pb::Envelope::kAttach:
-    case pb::Envelope::kDetach:
-    case pb::Envelope::kDestroy:
-      if (cluster_ != nullptr && (clusterObject(c, msg) || clusterNames(c, msg))) break;
-      handleObject(c, msg);
-      break;
-    case pb::Envelope::kRegisterName:
-    case pb::Envelope::kLookupName:
-      if (cluster_ != nullptr && clusterNames(c, msg)) break;
-      handleObject(c, msg);
-      break;
-    case pb::Envelope::kCreatePool:
-    case pb::Envelope::kCreateChannel:
-      handleObject(c, msg);
-      break;
-    case pb::Envelope::kChannelOp:
-      handleChannelOp(c, msg);
-      break;
-    case pb::Envelope::kMemoryOp:
-      handleMemoryOp(c, msg);
-      break;
-    case pb::Envelope::kWaitAny:
-      handleWaitAny(c, msg);
-      break;
-    case pb::Envelope::kCancelWait:
-      handleCancelWait(c, msg);
-      break;
-    case pb::Envelope::kSpawn:
-    case pb::Envelope::kWait:
-    case pb::Envelope::kSignal:
-    case pb::Envelope::kListProcesses:
-    case pb::Envelope::kEndJob:
-    case pb::Envelope::kAdopt:
-    case pb::Envelope::kAdoptedStarted:
-    case pb::Envelope::kExited:
-      handleProcess(c, msg);
-      break;
-    case pb::Envelope::kClusterAddress:
-    case pb::Envelope::kJoinCluster:
-    case pb::Envelope::kWaitJobEnd:
-    case pb::Envelope::kListNodes:
-      if (!handleCluster(c, msg)) {
-        sendError(c, rid, Status(StatusCode::InvalidArgument,
-                                 "this dragond does not serve a multi-node job (no --node-id)"));
-      }
-      break;
-    default:
-      sendError(c, rid, Status(StatusCode::InvalidArgument, "not a request dragond serves"));
-      break;
-  }
+  Request rq = clientRequest(c, rid);
+  dispatch(rq, msg);
   // Fds are kept until the request they came with is handled: one read can return requests
   // sent before that one as well (the kernel ends a read after the bytes that carried fds, not
   // before), so clearing them after every request lost a Spawn's fds whenever a one-way
@@ -273,40 +224,198 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
   if (msg.body_case() == pb::Envelope::kSpawn) c.inFds.clear();
 }
 
-void Server::replyObject(Connection& c, std::uint64_t rid, Result<ObjectGrant> grant) {
+Server::Request Server::clientRequest(Connection& c, std::uint64_t rid) {
+  Request rq;
+  rq.node = node_;
+  rq.connection = c.id;
+  rq.id = rid;
+  rq.fds = &c.inFds;
+  rq.sink = [this, cid = c.id, rid](pb::Envelope reply, std::vector<UniqueFd> fds) {
+    Connection* conn = find(cid);
+    if (conn == nullptr || conn->dead) return;  // it left: nobody to answer
+    reply.set_request_id(rid);
+    send(*conn, reply, std::move(fds));
+  };
+  return rq;
+}
+
+Server::Request Server::peerRequest(std::uint32_t from, Reply reply) {
+  Request rq;
+  rq.node = from;
+  rq.sink = [from, reply = std::move(reply)](pb::Envelope e, std::vector<UniqueFd> fds) {
+    if (!fds.empty()) {  // no fd crosses nodes: a handler that grants one to a peer is wrong
+      DRAGON_LOG(Error, "server", "an answer to node %u came with %zu fds: refused",
+                 static_cast<unsigned>(from), fds.size());
+      reply(errorEnvelope(Status(StatusCode::Internal, "an answer with fds to another node")));
+      return;
+    }
+    reply(std::move(e));
+  };
+  return rq;
+}
+
+namespace {
+
+// Who may make each request: a client of this node, another node's dragond, or both.
+enum Origins : unsigned { kNobody = 0, kClient = 1, kPeer = 2, kBoth = 3 };
+
+unsigned originsOf(pb::Envelope::BodyCase body) {
+  switch (body) {
+    case pb::Envelope::kAttach:
+    case pb::Envelope::kDetach:
+    case pb::Envelope::kDestroy:
+    case pb::Envelope::kRegisterName:
+    case pb::Envelope::kLookupName:
+    case pb::Envelope::kChannelOp:
+    case pb::Envelope::kMemoryOp:
+    case pb::Envelope::kSpawn:
+    case pb::Envelope::kWait:
+    case pb::Envelope::kSignal:
+    case pb::Envelope::kListProcesses:
+      return kBoth;
+    case pb::Envelope::kCreatePool:
+    case pb::Envelope::kCreateChannel:
+    case pb::Envelope::kWaitAny:
+    case pb::Envelope::kCancelWait:
+    case pb::Envelope::kEndJob:
+    case pb::Envelope::kAdopt:
+    case pb::Envelope::kAdoptedStarted:
+    case pb::Envelope::kExited:
+    case pb::Envelope::kClusterAddress:
+    case pb::Envelope::kJoinCluster:
+    case pb::Envelope::kWaitJobEnd:
+    case pb::Envelope::kListNodes:
+      return kClient;
+    case pb::Envelope::kNameClaim:
+    case pb::Envelope::kNameRelease:
+    case pb::Envelope::kProcessStarted:
+    case pb::Envelope::kProcessEnded:
+    case pb::Envelope::kPlace:
+    case pb::Envelope::kPeerEndJob:
+      return kPeer;
+    default:
+      return kNobody;
+  }
+}
+
+}  // namespace
+
+void Server::dispatch(const Request& rq, pb::Envelope& msg) {
+  if ((originsOf(msg.body_case()) & (rq.fromPeer() ? kPeer : kClient)) == 0) {
+    rq.fail(Status(StatusCode::InvalidArgument, rq.fromPeer()
+                                                    ? "not a request one dragond makes of another"
+                                                    : "not a request dragond serves"));
+    return;
+  }
+  switch (msg.body_case()) {
+    case pb::Envelope::kAttach:
+    case pb::Envelope::kDetach:
+    case pb::Envelope::kDestroy:
+    case pb::Envelope::kRegisterName:
+    case pb::Envelope::kCreatePool:
+    case pb::Envelope::kCreateChannel:
+      handleObject(rq, msg);
+      return;
+    case pb::Envelope::kLookupName:
+      // A client looks a name up here (and in the job's directory); another node asks this
+      // node's directory, which it hosts.
+      rq.fromPeer() ? handleGlobal(rq, msg) : handleObject(rq, msg);
+      return;
+    case pb::Envelope::kChannelOp:
+      handleChannelOp(rq, msg);
+      return;
+    case pb::Envelope::kMemoryOp:
+      handleMemoryOp(rq, msg);
+      return;
+    case pb::Envelope::kWaitAny:
+      handleWaitAny(rq, msg);
+      return;
+    case pb::Envelope::kCancelWait:
+      handleCancelWait(rq, msg);
+      return;
+    case pb::Envelope::kListProcesses:
+      // Another node asks for the job's processes: the table of global services hosted here.
+      if (rq.fromPeer() && !msg.list_processes().this_node_only()) {
+        handleGlobal(rq, msg);
+        return;
+      }
+      handleProcess(rq, msg);
+      return;
+    case pb::Envelope::kSpawn:
+    case pb::Envelope::kWait:
+    case pb::Envelope::kSignal:
+    case pb::Envelope::kEndJob:
+    case pb::Envelope::kAdopt:
+    case pb::Envelope::kAdoptedStarted:
+    case pb::Envelope::kExited:
+    case pb::Envelope::kPeerEndJob:
+      handleProcess(rq, msg);
+      return;
+    case pb::Envelope::kClusterAddress:
+    case pb::Envelope::kJoinCluster:
+    case pb::Envelope::kWaitJobEnd:
+    case pb::Envelope::kListNodes:
+      handleJob(rq, msg);
+      return;
+    case pb::Envelope::kNameClaim:
+    case pb::Envelope::kNameRelease:
+    case pb::Envelope::kProcessStarted:
+    case pb::Envelope::kProcessEnded:
+    case pb::Envelope::kPlace:
+      handleGlobal(rq, msg);
+      return;
+    default:
+      return;  // refused above
+  }
+}
+
+void Server::replyObject(const Request& rq, Result<ObjectGrant> grant) {
   if (!grant.has_value()) {
-    sendError(c, rid, grant.error());
+    rq.fail(grant.error());
     return;
   }
   pb::Envelope reply;
-  reply.set_request_id(rid);
   *reply.mutable_object()->mutable_object() = pb::toRef(grant->object);
   *reply.mutable_object()->mutable_pool() = pb::toRef(grant->pool);
   reply.mutable_object()->set_fd_count(1);
   std::vector<UniqueFd> fds;
   fds.emplace_back(fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3));
   if (!fds.back()) {
-    sendError(c, rid, Status::fromErrno("dup", errno));
+    rq.fail(Status::fromErrno("dup", errno));
     return;
   }
-  send(c, reply, std::move(fds));
+  rq.sink(std::move(reply), std::move(fds));
 }
 
-void Server::handleObject(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
-  const std::uint64_t owner = c.id;
+void Server::handleObject(const Request& rq, pb::Envelope& msg) {
+  const std::uint64_t owner = ownerOf(rq);
+  // A client's request may name another node's object, or a name of the job's directory.
+  if (!rq.fromPeer() && cluster_ != nullptr) {
+    switch (msg.body_case()) {
+      case pb::Envelope::kAttach:
+      case pb::Envelope::kDetach:
+      case pb::Envelope::kDestroy:
+        if (clusterObject(rq, msg) || clusterNames(rq, msg)) return;
+        break;
+      case pb::Envelope::kRegisterName:
+      case pb::Envelope::kLookupName:
+        if (clusterNames(rq, msg)) return;
+        break;
+      default:
+        break;
+    }
+  }
   switch (msg.body_case()) {
     case pb::Envelope::kCreatePool: {
-      replyObject(c, rid, objects_->createPool(owner, msg.create_pool().size(),
-                                               msg.create_pool().name(),
-                                               msg.create_pool().lazy()));
+      replyObject(rq, objects_->createPool(owner, msg.create_pool().size(),
+                                           msg.create_pool().name(), msg.create_pool().lazy()));
       return;
     }
     case pb::Envelope::kCreateChannel: {
       const auto& r = msg.create_channel();
       auto pool = pb::fromRef(r.pool());
       if (!pool.has_value()) {
-        sendError(c, rid, pool.error());
+        rq.fail(pool.error());
         return;
       }
       ChannelOptions o;
@@ -315,18 +424,22 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       o.maxMessageSize = r.max_message_size();
       o.trackHolder = r.track_holder();
       o.holderOwns = r.holder_owns();
-      replyObject(c, rid, objects_->createChannel(owner, *pool, o, r.name()));
+      replyObject(rq, objects_->createChannel(owner, *pool, o, r.name()));
       return;
     }
     case pb::Envelope::kAttach: {
+      if (rq.fromPeer()) {  // a channel of this node, used from another (no fd goes there)
+        rq.reply(peerAttach(rq.node, msg.attach()));
+        return;
+      }
       Result<ObjectDescriptor> d = msg.attach().has_object()
                                        ? pb::fromRef(msg.attach().object())
                                        : registry_.lookupName(msg.attach().name());
       if (!d.has_value()) {
-        sendError(c, rid, d.error());
+        rq.fail(d.error());
         return;
       }
-      replyObject(c, rid, objects_->attach(owner, *d));
+      replyObject(rq, objects_->attach(owner, *d));
       return;
     }
     case pb::Envelope::kDetach:
@@ -334,47 +447,47 @@ void Server::handleObject(Connection& c, pb::Envelope& msg) {
       const bool detach = msg.has_detach();
       auto d = pb::fromRef(detach ? msg.detach().object() : msg.destroy().object());
       if (!d.has_value()) {
-        sendError(c, rid, d.error());
+        rq.fail(d.error());
         return;
       }
       Status st = detach ? objects_->detach(owner, *d) : objects_->destroy(*d);
-      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      st.isOk() ? rq.ok() : rq.fail(st);
       return;
     }
     case pb::Envelope::kRegisterName: {
       auto d = pb::fromRef(msg.register_name().object());
       const auto& r = msg.register_name();
+      if (rq.fromPeer()) {
+        // Another node names an object of this one (never a scoped name: its owner is there).
+        if (!d.has_value() || r.scoped()) {
+          rq.fail(d.has_value() ? Status(StatusCode::InvalidArgument,
+                                         "a scoped name is registered on its object's node")
+                                : d.error());
+          return;
+        }
+        registerClaimed(0, r, *d, rq.later());
+        return;
+      }
       Status st = d.has_value() ? objects_->registerName(r.name(), *d, r.scoped() ? owner : 0,
                                                          r.replace())
                                 : d.error();
-      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      st.isOk() ? rq.ok() : rq.fail(st);
       return;
     }
     case pb::Envelope::kLookupName: {
       auto d = registry_.lookupName(msg.lookup_name().name());
       if (!d.has_value()) {
-        sendError(c, rid, d.error());
+        rq.fail(d.error());
         return;
       }
       pb::Envelope reply;
-      reply.set_request_id(rid);
       *reply.mutable_object()->mutable_object() = pb::toRef(*d);
-      send(c, reply);
+      rq.reply(std::move(reply));
       return;
     }
     default:
       return;
   }
-}
-
-Server::Reply Server::replyTo(Connection& c, std::uint64_t rid) {
-  const std::uint64_t cid = c.id;
-  return [this, cid, rid](pb::Envelope reply) {
-    Connection* conn = find(cid);
-    if (conn == nullptr || conn->dead) return;
-    reply.set_request_id(rid);
-    send(*conn, reply);
-  };
 }
 
 pb::Envelope Server::errorEnvelope(const Status& st) {
@@ -437,68 +550,105 @@ pb::Envelope Server::localList() {
   return reply;
 }
 
-void Server::handleProcess(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
-  const std::uint64_t cid = c.id;
-  if (cluster_ != nullptr && cluster_->joined() && handleCluster(c, msg)) return;
-  if (msg.has_spawn() && msg.spawn().placement() == pb::Spawn::PLACE_NODE &&
-      msg.spawn().node() != node_) {
-    sendError(c, rid, Status(StatusCode::NotFound,
-                             "there is no node " + std::to_string(msg.spawn().node()) +
-                                 ": this job runs on node " + std::to_string(node_) + " only"));
-    c.inFds.clear();
-    return;
+void Server::handleProcess(const Request& rq, pb::Envelope& msg) {
+  if (rq.fromPeer()) {
+    switch (msg.body_case()) {
+      case pb::Envelope::kSpawn: {
+        pb::Spawn sp = msg.spawn();
+        if (sp.stdin_mode() == pb::Spawn::PASSED || sp.stdout_mode() == pb::Spawn::PASSED ||
+            sp.stderr_mode() == pb::Spawn::PASSED || sp.extra_fds() != 0) {
+          rq.fail(Status(StatusCode::InvalidArgument, "no fds cross nodes"));
+          return;
+        }
+        if (sp.stdin_mode() == pb::Spawn::INHERIT) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
+        if (sp.stdout_mode() == pb::Spawn::INHERIT) sp.set_stdout_mode(pb::Spawn::CAPTURE);
+        if (sp.stderr_mode() == pb::Spawn::INHERIT) sp.set_stderr_mode(pb::Spawn::CAPTURE);
+        // It talks to this node's dragond, whatever the requester's environment said.
+        bool set = false;
+        for (auto& e : *sp.mutable_env()) {
+          if (e.rfind("DRAGON_SOCKET=", 0) == 0) {
+            e = "DRAGON_SOCKET=" + socketPath_;
+            set = true;
+          }
+        }
+        if (!set && sp.env_size() > 0) sp.add_env("DRAGON_SOCKET=" + socketPath_);
+        std::vector<UniqueFd> none;
+        localSpawn(sp, clusterJob_, none, afterGlobalSync(rq.node, rq.later()));
+        return;
+      }
+      case pb::Envelope::kWait:
+        localWait(msg.wait(), afterGlobalSync(rq.node, rq.later()));
+        return;
+      case pb::Envelope::kPeerEndJob: {
+        if (rq.node != cluster_->headNode()) {
+          rq.fail(Status(StatusCode::PermissionDenied, "only the head node ends the job"));
+          return;
+        }
+        const int code = msg.peer_end_job().exit_code();
+        processes_->endJob(clusterJob_, [this, reply = rq.later(), code] {
+          reply(okEnvelope());
+          finishClusterJob(code);
+        }, msg.peer_end_job().now());
+        return;
+      }
+      default:
+        break;  // Signal and ListProcesses of this node: as a client's below
+    }
+  } else {
+    if (cluster_ != nullptr && cluster_->joined() && clusterProcess(rq, msg)) return;
+    if (msg.has_spawn() && msg.spawn().placement() == pb::Spawn::PLACE_NODE &&
+        msg.spawn().node() != node_) {
+      rq.fail(Status(StatusCode::NotFound,
+                     "there is no node " + std::to_string(msg.spawn().node()) +
+                         ": this job runs on node " + std::to_string(node_) + " only"));
+      rq.fds->clear();
+      return;
+    }
   }
+  Connection* c = clientOf(rq);  // the requests below that only a client makes need it
   switch (msg.body_case()) {
     case pb::Envelope::kSpawn:
-      localSpawn(msg.spawn(), jobOf(c), c.inFds, replyTo(c, rid));
+      localSpawn(msg.spawn(), jobOf(*c), *rq.fds, rq.later());
       return;
     case pb::Envelope::kWait:
-      localWait(msg.wait(), replyTo(c, rid));
+      localWait(msg.wait(), rq.later());
       return;
     case pb::Envelope::kSignal: {
       Status st = localSignal(msg.signal());
-      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      st.isOk() ? rq.ok() : rq.fail(st);
       return;
     }
-    case pb::Envelope::kListProcesses: {
-      pb::Envelope reply = localList();
-      reply.set_request_id(rid);
-      send(c, reply);
+    case pb::Envelope::kListProcesses:
+      rq.reply(localList());
       return;
-    }
     case pb::Envelope::kAdopt: {
-      auto r = processes_->adopt(msg.adopt(), c.peer.pid, c.id, jobOf(c));
+      auto r = processes_->adopt(msg.adopt(), c->peer.pid, c->id, jobOf(*c));
       if (!r.has_value()) {
-        sendError(c, rid, r.error());
+        rq.fail(r.error());
         return;
       }
       pb::Envelope reply;
-      reply.set_request_id(rid);
       reply.mutable_spawned()->add_puid(*r);
       reply.mutable_spawned()->add_pid(msg.adopt().pid());
-      send(c, reply);
+      rq.reply(std::move(reply));
       return;
     }
     case pb::Envelope::kAdoptedStarted: {
       const auto& s = msg.adopted_started();
-      Status st = processes_->adoptedStarted(c.id, s.puid(), s.label());
-      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      Status st = processes_->adoptedStarted(c->id, s.puid(), s.label());
+      st.isOk() ? rq.ok() : rq.fail(st);
       return;
     }
     case pb::Envelope::kExited: {
       const auto& e = msg.exited();
-      Status st = processes_->reportExit(c.id, e.puid(), e.exit_code(), e.signal());
-      st.isOk() ? sendOk(c, rid) : sendError(c, rid, st);
+      Status st = processes_->reportExit(c->id, e.puid(), e.exit_code(), e.signal());
+      st.isOk() ? rq.ok() : rq.fail(st);
       return;
     }
-    case pb::Envelope::kEndJob: {
-      processes_->endJob(jobOf(c), [this, cid, rid] {
-        Connection* conn = find(cid);
-        if (conn != nullptr && !conn->dead) sendOk(*conn, rid);
-      }, msg.end_job().now());
+    case pb::Envelope::kEndJob:
+      processes_->endJob(jobOf(*c), [reply = rq.later()] { reply(okEnvelope()); },
+                         msg.end_job().now());
       return;
-    }
     default:
       return;
   }
@@ -522,13 +672,6 @@ void Server::sendError(Connection& c, std::uint64_t rid, const Status& st) {
   pb::Envelope reply;
   reply.set_request_id(rid);
   pb::fillError(*reply.mutable_error(), st);
-  send(c, reply);
-}
-
-void Server::sendOk(Connection& c, std::uint64_t rid) {
-  pb::Envelope reply;
-  reply.set_request_id(rid);
-  reply.mutable_ok();
   send(c, reply);
 }
 

@@ -92,13 +92,10 @@ class Server {
   void readFrom(Connection& c);
   // Handles up to a turn's worth of the requests already decoded-ready in its buffer.
   void processBuffered(std::uint64_t id);
+  // A client's frame: its Hello, then its requests, each through dispatch().
   void handle(Connection& c, protocol::Envelope& msg);
-  void handleObject(Connection& c, protocol::Envelope& msg);
-  void handleProcess(Connection& c, protocol::Envelope& msg);
-  void replyObject(Connection& c, std::uint64_t requestId, Result<ObjectGrant> grant);
   void send(Connection& c, const protocol::Envelope& msg, std::vector<UniqueFd> fds = {});
   void sendError(Connection& c, std::uint64_t requestId, const Status& st);
-  void sendOk(Connection& c, std::uint64_t requestId);
   void flush(Connection& c);
   void scheduleClose(Connection& c);
   void closeConnection(std::uint64_t id);
@@ -107,27 +104,74 @@ class Server {
 
   // The reply path of one request, whoever sent it: a local connection or a peer dragond.
   using Reply = std::function<void(protocol::Envelope reply)>;
-  Reply replyTo(Connection& c, std::uint64_t requestId);
+  // The same, with fds to pass along (only a client of this node takes fds).
+  using Sink = std::function<void(protocol::Envelope reply, std::vector<UniqueFd> fds)>;
+
+  // One request on its way through dispatch(), whoever sent it: a client of this node (over
+  // its connection on the Unix socket) or another node's dragond (through the cluster). Both
+  // take the same path: dispatch() checks that the origin may make the request and hands it
+  // to the one handler of its kind, which answers through `sink`, once (now or later), and
+  // looks at the origin only where the two differ (who holds the references it takes, what
+  // fds came with it, a client's own process).
+  struct Request {
+    std::uint32_t node = 0;        // the node it came from (this one for a client)
+    std::uint64_t connection = 0;  // the client's connection; 0 for another node's dragond
+    std::uint64_t id = 0;          // the client's request id (0 from a peer)
+    // Fds that came with it (a client's only); valid during dispatch() alone.
+    std::vector<UniqueFd>* fds = nullptr;
+    Sink sink;
+
+    bool fromPeer() const noexcept { return connection == 0; }
+    void reply(protocol::Envelope e) const { sink(std::move(e), {}); }
+    void fail(const Status& st) const { reply(errorEnvelope(st)); }
+    void ok() const { reply(okEnvelope()); }
+    // The reply path, kept for an answer that comes later.
+    Reply later() const {
+      return [s = sink](protocol::Envelope e) { s(std::move(e), {}); };
+    }
+  };
+  Request clientRequest(Connection& c, std::uint64_t requestId);
+  Request peerRequest(std::uint32_t from, Reply reply);
+  void dispatch(const Request& rq, protocol::Envelope& msg);
+  // Who holds the references a request takes: the client's connection, or the node.
+  static std::uint64_t ownerOf(const Request& rq) {
+    return rq.fromPeer() ? peerOwner(rq.node) : rq.connection;
+  }
+  // The client's connection (null for a peer's request, or once the client has gone).
+  Connection* clientOf(const Request& rq) { return rq.fromPeer() ? nullptr : find(rq.connection); }
+
+  // Pools, channels, references and names (attach, detach, destroy, register, look up).
+  void handleObject(const Request& rq, protocol::Envelope& msg);
+  void replyObject(const Request& rq, Result<ObjectGrant> grant);
+  // Processes: spawn, wait, signal, list, adopt, end the job.
+  void handleProcess(const Request& rq, protocol::Envelope& msg);
   static protocol::Envelope errorEnvelope(const Status& st);
   static protocol::Envelope okEnvelope();
   // An answer from a peer dragond (or why none came), as this node's client should see it.
   static protocol::Envelope fromPeer(Result<protocol::Envelope> r);
-  // The local halves of the process requests, shared by both origins.
+  // The local halves of the process requests, whatever their origin.
   void localSpawn(const protocol::Spawn& spawn, std::uint64_t job, std::vector<UniqueFd>& fds,
                   const Reply& reply);
   void localWait(const protocol::Wait& wait, Reply reply);
   Status localSignal(const protocol::Signal& signal);
   protocol::Envelope localList();
   // Multi-node (server_cluster.cpp).
-  bool handleCluster(Connection& c, protocol::Envelope& msg);
+  // A launcher's part in the job (ClusterAddress, JoinCluster, WaitJobEnd, ListNodes).
+  void handleJob(const Request& rq, protocol::Envelope& msg);
+  // A client's process request that involves other nodes; false when it is this node's alone.
+  bool clusterProcess(const Request& rq, protocol::Envelope& msg);
+  // A request for the job-wide tables this node hosts (global services), from another node.
+  void handleGlobal(const Request& rq, protocol::Envelope& msg);
   // Attach, detach and destroy of another node's object; false when it is this node's.
-  bool clusterObject(Connection& c, protocol::Envelope& msg);
-  void clusterAttach(Connection& c, protocol::Envelope& msg, const ObjectDescriptor& d);
+  bool clusterObject(const Request& rq, protocol::Envelope& msg);
+  void clusterAttach(std::uint64_t connection, const protocol::Attach& attach,
+                     const ObjectDescriptor& d, Reply reply);
   // A copy between pool allocations (server_memory.cpp): here, or by RMA with another node.
-  void handleMemoryOp(Connection& c, protocol::Envelope& msg);
+  void handleMemoryOp(const Request& rq, protocol::Envelope& msg);
+  void clientMemoryOp(const protocol::MemoryOp& op, Reply reply);
   void peerMemoryOp(std::uint32_t requester, const protocol::MemoryOp& op, Reply reply);
   // A channel operation: through this node's gateway, or forwarded to the channel's home.
-  void handleChannelOp(Connection& c, protocol::Envelope& msg);
+  void handleChannelOp(const Request& rq, protocol::Envelope& msg);
   // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`,
   // under `key` (from nextOpKey_), by which cancelOp() ends it while it waits.
   void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply);
@@ -135,8 +179,8 @@ class Server {
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);
   struct WaitAnyState;
-  void handleWaitAny(Connection& c, protocol::Envelope& msg);
-  void handleCancelWait(Connection& c, protocol::Envelope& msg);
+  void handleWaitAny(const Request& rq, protocol::Envelope& msg);
+  void handleCancelWait(const Request& rq, protocol::Envelope& msg);
   // Sends one byte to a client's doorbell channel (Client::waitAny), if it is there.
   void ringDoorbell(const ObjectDescriptor& bell);
   // By value: `st` may be the entry of waits_ that it erases.
@@ -145,7 +189,8 @@ class Server {
   protocol::Envelope peerAttach(std::uint32_t from, const protocol::Attach& attach);
   // Names across nodes: the job-wide directory lives on the global services node; every node
   // claims a name there before naming one of its objects, and releases it when the name goes.
-  bool clusterNames(Connection& c, protocol::Envelope& msg);
+  // A client's name request that involves the directory; false when this node answers alone.
+  bool clusterNames(const Request& rq, protocol::Envelope& msg);
   // Registers a name for an object of this node, claimed job-wide first.
   void registerClaimed(std::uint64_t owner, const protocol::RegisterName& r,
                        const ObjectDescriptor& d, Reply reply);
@@ -155,25 +200,24 @@ class Server {
   static std::uint64_t peerOwner(std::uint32_t node) {
     return (std::uint64_t{1} << 63) | node;
   }
-  void handlePeer(std::uint32_t from, protocol::Envelope& msg, Reply reply);
   // Makes this node's global services (hosted here, or a proxy of the global services node's).
   void startGlobalServices();
   // `reply`, or one that waits until the global services have heard everything this node
   // told them before it (for an answer to a third node, which may ask them next).
   Reply afterGlobalSync(std::uint32_t requester, Reply reply);
-  void clusterSpawn(Connection& c, protocol::Envelope& msg);
+  void clusterSpawn(const Request& rq, const protocol::Spawn& sp);
   // Starts a spawn on `target` (here or forwarded), once global services confirm a group of
   // another node it joins.
-  void spawnPlaced(std::uint64_t cid, std::uint64_t rid, std::uint64_t job, protocol::Spawn sp,
+  void spawnPlaced(std::uint64_t cid, Reply reply, std::uint64_t job, protocol::Spawn sp,
                    std::uint32_t target, std::shared_ptr<std::vector<UniqueFd>> fds);
   // Forwards a spawn to the node it names (another node's).
-  void spawnOn(Connection& c, std::uint64_t rid, protocol::Spawn sp);
+  void spawnOn(Reply reply, protocol::Spawn sp);
   // Signals a process group on every node that has members (global services know which).
-  void clusterSignalGroup(Connection& c, protocol::Envelope& msg);
-  void clusterWait(Connection& c, protocol::Envelope& msg);
-  void clusterSignal(Connection& c, protocol::Envelope& msg);
-  void clusterList(Connection& c, protocol::Envelope& msg);
-  void clusterEndJob(Connection& c, protocol::Envelope& msg);
+  void clusterSignalGroup(Reply reply, const protocol::Signal& sig);
+  void clusterWait(Reply reply, const protocol::Wait& w);
+  void clusterSignal(Reply reply, const protocol::Signal& s);
+  void clusterList(Reply reply);
+  void clusterEndJob(Reply reply, const protocol::EndJob& end);
   void onNodeLost(std::uint32_t node, const Status& why);
   // A process of this node ended: its exit goes into the job-wide table, and, when it was
   // killed or failed, the locks it held, here and on the nodes it received from, break

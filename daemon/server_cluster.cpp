@@ -42,8 +42,9 @@ void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t n
   drainTimeoutNs_ = drainTimeoutNs;
   socketPath_ = std::move(socketPath);
   nodeLostGraceNs_ = nodeLostGraceNs;
+  // Another node's request takes the path of a client's, with the peer as its origin.
   cluster_->setRequestHandler([this](std::uint32_t from, pb::Envelope& msg, Reply reply) {
-    handlePeer(from, msg, std::move(reply));
+    dispatch(peerRequest(from, std::move(reply)), msg);
   });
   cluster_->setLostHandler([this](std::uint32_t node, const Status& why) { onNodeLost(node, why); });
   if (rma_ != nullptr) rma_->setCluster(cluster);
@@ -123,71 +124,76 @@ void Server::forgetCluster() {
   cluster_ = nullptr;
 }
 
-bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
+void Server::handleJob(const Request& rq, pb::Envelope& msg) {
+  if (cluster_ == nullptr) {
+    rq.fail(Status(StatusCode::InvalidArgument,
+                   "this dragond does not serve a multi-node job (no --node-id)"));
+    return;
+  }
+  Connection* c = clientOf(rq);
+  if (c == nullptr) return;
   switch (msg.body_case()) {
     case pb::Envelope::kClusterAddress: {
-      if (cluster_ == nullptr) return false;
       if (cluster_->joined()) {
         // A dragond started by the Slurm prolog serves the job's first step; its cluster
         // layer is wired once, so a later step's launcher starts its own dragonds.
-        sendError(c, rid, Status(StatusCode::AlreadyExists, "this dragond already served a job step"));
-        return true;
+        rq.fail(Status(StatusCode::AlreadyExists, "this dragond already served a job step"));
+        return;
       }
       pb::Envelope reply;
-      reply.set_request_id(rid);
       auto* a = reply.mutable_cluster_address_reply();
       a->set_node(cluster_->self());
       a->set_transport(std::string(cluster_->transportName()));
       a->set_address(cluster_->address());
-      send(c, reply);
-      return true;
+      rq.reply(std::move(reply));
+      return;
     }
     case pb::Envelope::kJoinCluster: {
-      if (cluster_ == nullptr) return false;
       Status st = cluster_->join(msg.join_cluster());
       if (!st.isOk()) {
-        sendError(c, rid, st);
-        return true;
+        rq.fail(st);
+        return;
       }
       // The launcher that joined is this node's root of the job: what other nodes start here
       // is in its job, and their output goes to it.
-      jobOf(c);
-      clusterRoot_ = c.id;
-      clusterJob_ = c.job;
+      jobOf(*c);
+      clusterRoot_ = c->id;
+      clusterJob_ = c->job;
       startGlobalServices();
       if (cluster_->self() != cluster_->headNode()) {
-        sendOk(c, rid);
-        return true;
+        rq.ok();
+        return;
       }
       // The head node answers once every node has joined: then the job may start.
-      cluster_->whenAllJoined([reply = replyTo(c, rid)](Status joined) {
+      cluster_->whenAllJoined([reply = rq.later()](Status joined) {
         reply(joined.isOk() ? okEnvelope() : errorEnvelope(joined));
       });
-      return true;
+      return;
     }
     case pb::Envelope::kWaitJobEnd: {
       // Taken before the join too: the node's other launchers ask as soon as dragond is up.
-      if (cluster_ == nullptr) return false;
       const std::uint32_t others = msg.wait_job_end().others();
-      Reply reply = replyTo(c, rid);
+      Reply reply = rq.later();
       if (others > 0) {
         drainWaiters_.push_back({others, std::move(reply)});
         loop_.addTimerAfterNs(drainTimeoutNs_, [this] { answerDrainWaiters(true); });
         answerDrainWaiters(false);
       } else if (!clusterEnded_) {
-        jobEndWaiters_.push_back({c.id, std::move(reply)});
+        jobEndWaiters_.push_back({c->id, std::move(reply)});
       } else {
-        if (c.id != clusterRoot_) ++jobEndAnswered_;
+        if (c->id != clusterRoot_) ++jobEndAnswered_;
         reply(jobEndEnvelope());
         answerDrainWaiters(false);
       }
-      return true;
+      return;
     }
     case pb::Envelope::kListNodes: {
-      if (cluster_ == nullptr || !cluster_->joined()) return false;
+      if (!cluster_->joined()) {
+        rq.fail(Status(StatusCode::InvalidArgument,
+                       "this dragond's node has not joined its job yet (no JoinCluster)"));
+        return;
+      }
       pb::Envelope reply;
-      reply.set_request_id(rid);
       auto* list = reply.mutable_node_list();
       list->set_this_node(cluster_->self());
       list->set_global_node(cluster_->globalNode());
@@ -199,22 +205,29 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
         e->set_cpus(n.cpus);
         e->set_rank(n.rank);
       }
-      send(c, reply);
-      return true;
+      rq.reply(std::move(reply));
+      return;
     }
+    default:
+      return;
+  }
+}
+
+bool Server::clusterProcess(const Request& rq, pb::Envelope& msg) {
+  switch (msg.body_case()) {
     case pb::Envelope::kSpawn: {
       const auto& sp = msg.spawn();
       const bool here = sp.placement() == pb::Spawn::THIS_NODE ||
                         (sp.placement() == pb::Spawn::PLACE_NODE && sp.node() == cluster_->self());
       // Into a group of this node, or none: the local path.
       if (here && (sp.group() == 0 || nodeOfPuid(sp.group()) == cluster_->self())) return false;
-      clusterSpawn(c, msg);
+      clusterSpawn(rq, sp);
       return true;
     }
     case pb::Envelope::kWait: {
       for (auto p : msg.wait().puid()) {
         if (nodeOfPuid(p) != cluster_->self()) {
-          clusterWait(c, msg);
+          clusterWait(rq.later(), msg.wait());
           return true;
         }
       }
@@ -222,12 +235,12 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
     }
     case pb::Envelope::kSignal: {
       if (msg.signal().group() != 0) {
-        clusterSignalGroup(c, msg);
+        clusterSignalGroup(rq.later(), msg.signal());
         return true;
       }
       for (auto p : msg.signal().puid()) {
         if (nodeOfPuid(p) != cluster_->self()) {
-          clusterSignal(c, msg);
+          clusterSignal(rq.later(), msg.signal());
           return true;
         }
       }
@@ -235,20 +248,19 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
     }
     case pb::Envelope::kListProcesses:
       if (msg.list_processes().this_node_only()) return false;
-      clusterList(c, msg);
+      clusterList(rq.later());
       return true;
     case pb::Envelope::kEndJob: {
-      if (c.id != clusterRoot_) return false;
+      if (rq.connection != clusterRoot_) return false;
       if (cluster_->self() == cluster_->headNode()) {
-        clusterEndJob(c, msg);
+        clusterEndJob(rq.later(), msg.end_job());
         return true;
       }
       // This node's launcher was told to stop (SIGTERM, scancel): its part of the job ends
       // here, and so does its wait for the job's end. The head node hears of it when this
       // node's dragond goes.
       const int code = msg.end_job().exit_code();
-      Reply reply = replyTo(c, rid);
-      processes_->endJob(clusterJob_, [this, reply, code] {
+      processes_->endJob(clusterJob_, [this, reply = rq.later(), code] {
         finishClusterJob(code);
         reply(okEnvelope());
       }, msg.end_job().now());
@@ -259,46 +271,46 @@ bool Server::handleCluster(Connection& c, pb::Envelope& msg) {
   }
 }
 
-void Server::clusterSpawn(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
-  const pb::Spawn& sp = msg.spawn();
+void Server::clusterSpawn(const Request& rq, const pb::Spawn& sp) {
   if (sp.placement() != pb::Spawn::ROUND_ROBIN && sp.placement() != pb::Spawn::PLACE_NODE &&
       sp.placement() != pb::Spawn::THIS_NODE) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument, "unknown placement"));
+    rq.fail(Status(StatusCode::InvalidArgument, "unknown placement"));
     return;
   }
+  Connection* c = clientOf(rq);
+  if (c == nullptr) return;
   // The request's fds are taken now: the connection's next request may bring its own while
   // global services answer.
-  auto fds = std::make_shared<std::vector<UniqueFd>>(std::move(c.inFds));
-  const std::uint64_t job = jobOf(c);
+  auto fds = std::make_shared<std::vector<UniqueFd>>(std::move(*rq.fds));
+  const std::uint64_t job = jobOf(*c);
   if (sp.placement() == pb::Spawn::ROUND_ROBIN) {
     // Global services choose the node (job-wide turns, whichever node asks).
-    global_->place([this, cid = c.id, rid, job, sp, fds](Result<std::uint32_t> node) mutable {
+    global_->place([this, cid = c->id, reply = rq.later(), job, sp, fds](
+                       Result<std::uint32_t> node) mutable {
       if (!node.has_value()) {
-        if (Connection* conn = find(cid)) sendError(*conn, rid, node.error());
+        reply(errorEnvelope(node.error()));
         return;
       }
-      spawnPlaced(cid, rid, job, std::move(sp), *node, fds);
+      spawnPlaced(cid, std::move(reply), job, std::move(sp), *node, fds);
     });
     return;
   }
-  spawnPlaced(c.id, rid, job, sp,
+  spawnPlaced(c->id, rq.later(), job, sp,
               sp.placement() == pb::Spawn::THIS_NODE ? cluster_->self() : sp.node(), fds);
 }
 
-void Server::spawnPlaced(std::uint64_t cid, std::uint64_t rid, std::uint64_t job, pb::Spawn sp,
+void Server::spawnPlaced(std::uint64_t cid, Reply reply, std::uint64_t job, pb::Spawn sp,
                          std::uint32_t target, std::shared_ptr<std::vector<UniqueFd>> fds) {
-  if (find(cid) == nullptr) return;
+  if (find(cid) == nullptr) return;  // the client left: start nothing for it
   const std::uint64_t group = sp.group();
-  auto start = [this, cid, rid, job, target, fds](pb::Spawn request) {
-    Connection* conn = find(cid);
-    if (conn == nullptr) return;
+  auto start = [this, cid, reply, job, target, fds](pb::Spawn request) {
+    if (find(cid) == nullptr) return;
     if (target == cluster_->self()) {
-      localSpawn(request, job, *fds, replyTo(*conn, rid));
+      localSpawn(request, job, *fds, reply);
     } else {
       request.set_placement(pb::Spawn::PLACE_NODE);
       request.set_node(target);
-      spawnOn(*conn, rid, std::move(request));
+      spawnOn(reply, std::move(request));
     }
   };
   if (group == 0 || nodeOfPuid(group) == target) {
@@ -306,34 +318,33 @@ void Server::spawnPlaced(std::uint64_t cid, std::uint64_t rid, std::uint64_t job
     return;
   }
   // A group may span nodes: global services know whether it exists.
-  global_->listGroup(group, [this, cid, rid, group, start, sp = std::move(sp)](
+  global_->listGroup(group, [this, cid, reply, group, start, sp = std::move(sp)](
                                 Result<std::vector<ProcessRecord>> members) mutable {
-    Connection* conn = find(cid);
-    if (conn == nullptr) return;
+    if (find(cid) == nullptr) return;
     if (!members.has_value()) {
-      sendError(*conn, rid, members.error());
+      reply(errorEnvelope(members.error()));
     } else if (members->empty()) {
-      sendError(*conn, rid, Status(StatusCode::NotFound, "no process group " + std::to_string(group)));
+      reply(errorEnvelope(Status(StatusCode::NotFound, "no process group " + std::to_string(group))));
     } else {
       start(std::move(sp));
     }
   });
 }
 
-void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
+void Server::spawnOn(Reply reply, pb::Spawn sp) {
   const std::uint32_t target = sp.node();
   if (!cluster_->known(target)) {
-    sendError(c, rid,
-              Status(StatusCode::NotFound, "there is no node " + std::to_string(target) +
-                                               " in this job (it has " +
-                                               std::to_string(cluster_->nodes().size()) +
-                                               " nodes, 0 .. " +
-                                               std::to_string(cluster_->nodes().size() - 1) + ")"));
+    reply(errorEnvelope(
+        Status(StatusCode::NotFound, "there is no node " + std::to_string(target) +
+                                         " in this job (it has " +
+                                         std::to_string(cluster_->nodes().size()) +
+                                         " nodes, 0 .. " +
+                                         std::to_string(cluster_->nodes().size() - 1) + ")")));
     return;
   }
   if (sp.extra_fds() != 0) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument,
-                             "fds cannot be lent to a process on another node"));
+    reply(errorEnvelope(Status(StatusCode::InvalidArgument,
+                               "fds cannot be lent to a process on another node")));
     return;
   }
   // This process's terminal cannot be lent across nodes: its output comes back through the
@@ -349,16 +360,13 @@ void Server::spawnOn(Connection& c, std::uint64_t rid, pb::Spawn sp) {
   sp.set_node(target);
   pb::Envelope fwd;
   *fwd.mutable_spawn() = std::move(sp);
-  Reply reply = replyTo(c, rid);
   cluster_->forward(target, std::move(fwd),
                     [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
 }
 
-void Server::clusterSignalGroup(Connection& c, pb::Envelope& msg) {
+void Server::clusterSignalGroup(Reply reply, const pb::Signal& sig) {
   // A group may span nodes. Its members here (of any job) are signalled at once; global
   // services say which other nodes have members, and each of those signals its own.
-  const pb::Signal sig = msg.signal();
-  Reply reply = replyTo(c, msg.request_id());
   const bool here = !registry_.groupMembers(sig.group()).empty();
   const Status local = here ? localSignal(sig) : Status::ok();
   global_->listGroup(sig.group(), [this, sig, reply, here, local](Result<std::vector<ProcessRecord>> members) {
@@ -397,14 +405,13 @@ void Server::clusterSignalGroup(Connection& c, pb::Envelope& msg) {
   });
 }
 
-void Server::clusterWait(Connection& c, pb::Envelope& msg) {
-  const pb::Wait& w = msg.wait();
+void Server::clusterWait(Reply reply, const pb::Wait& w) {
   std::map<std::uint32_t, pb::Wait> byNode;
   for (auto p : w.puid()) {
     const std::uint32_t node = nodeOfPuid(p);
     if (node != cluster_->self() && !cluster_->known(node)) {
-      sendError(c, msg.request_id(),
-                Status(StatusCode::NotFound, "no process " + std::to_string(p) + " in this job"));
+      reply(errorEnvelope(
+          Status(StatusCode::NotFound, "no process " + std::to_string(p) + " in this job")));
       return;
     }
     auto& sub = byNode[node];
@@ -413,7 +420,7 @@ void Server::clusterWait(Connection& c, pb::Envelope& msg) {
   }
   auto fan = std::make_shared<FanIn>();
   fan->remaining = static_cast<int>(byNode.size());
-  fan->reply = replyTo(c, msg.request_id());
+  fan->reply = std::move(reply);
   auto exits = std::make_shared<std::map<std::uint64_t, pb::Exited>>();
   std::vector<std::uint64_t> order(w.puid().begin(), w.puid().end());
   auto collect = [fan, exits, order](pb::Envelope e) {
@@ -454,8 +461,7 @@ void Server::clusterWait(Connection& c, pb::Envelope& msg) {
   }
 }
 
-void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
-  const pb::Signal& s = msg.signal();
+void Server::clusterSignal(Reply reply, const pb::Signal& s) {
   std::map<std::uint32_t, pb::Signal> byNode;
   for (auto p : s.puid()) {
     auto& sub = byNode[nodeOfPuid(p)];
@@ -464,7 +470,7 @@ void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
   }
   auto fan = std::make_shared<FanIn>();
   fan->remaining = static_cast<int>(byNode.size());
-  fan->reply = replyTo(c, msg.request_id());
+  fan->reply = std::move(reply);
   auto collect = [fan](pb::Envelope e) {
     if (fan->done) return;
     if (e.has_error() || --fan->remaining == 0) {
@@ -485,11 +491,10 @@ void Server::clusterSignal(Connection& c, pb::Envelope& msg) {
   }
 }
 
-void Server::clusterList(Connection& c, pb::Envelope& msg) {
+void Server::clusterList(Reply reply) {
   // The job's processes on every node, from global services' table, and this node's
   // processes of other jobs (clients that are not the job's), which that table does not hold.
   // Without global services (their node lost), this node's alone: ps shows what is there.
-  Reply reply = replyTo(c, msg.request_id());
   global_->listProcesses([this, reply](Result<std::vector<ProcessRecord>> r) {
     pb::Envelope e = localList();
     if (!r.has_value()) {
@@ -509,11 +514,11 @@ void Server::clusterList(Connection& c, pb::Envelope& msg) {
   });
 }
 
-void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
-  const int code = msg.end_job().exit_code();
-  const bool now = msg.end_job().now();
+void Server::clusterEndJob(Reply reply, const pb::EndJob& end) {
+  const int code = end.exit_code();
+  const bool now = end.now();
   auto fan = std::make_shared<FanIn>();
-  fan->reply = replyTo(c, msg.request_id());
+  fan->reply = std::move(reply);
   std::vector<std::uint32_t> peers;
   for (const auto& [id, n] : cluster_->nodes()) {
     if (id != cluster_->self() && !n.lost) peers.push_back(id);
@@ -548,126 +553,14 @@ void Server::clusterEndJob(Connection& c, pb::Envelope& msg) {
   processes_->endJob(clusterJob_, one, now);
 }
 
-void Server::handlePeer(std::uint32_t from, pb::Envelope& msg, Reply reply) {
-  switch (msg.body_case()) {
-    case pb::Envelope::kSpawn: {
-      pb::Spawn sp = msg.spawn();
-      if (sp.stdin_mode() == pb::Spawn::PASSED || sp.stdout_mode() == pb::Spawn::PASSED ||
-          sp.stderr_mode() == pb::Spawn::PASSED || sp.extra_fds() != 0) {
-        reply(errorEnvelope(Status(StatusCode::InvalidArgument, "no fds cross nodes")));
-        return;
-      }
-      if (sp.stdin_mode() == pb::Spawn::INHERIT) sp.set_stdin_mode(pb::Spawn::NULL_DEVICE);
-      if (sp.stdout_mode() == pb::Spawn::INHERIT) sp.set_stdout_mode(pb::Spawn::CAPTURE);
-      if (sp.stderr_mode() == pb::Spawn::INHERIT) sp.set_stderr_mode(pb::Spawn::CAPTURE);
-      // It talks to this node's dragond, whatever the requester's environment said.
-      bool set = false;
-      for (auto& e : *sp.mutable_env()) {
-        if (e.rfind("DRAGON_SOCKET=", 0) == 0) {
-          e = "DRAGON_SOCKET=" + socketPath_;
-          set = true;
-        }
-      }
-      if (!set && sp.env_size() > 0) sp.add_env("DRAGON_SOCKET=" + socketPath_);
-      std::vector<UniqueFd> none;
-      localSpawn(sp, clusterJob_, none, afterGlobalSync(from, std::move(reply)));
-      return;
-    }
-    case pb::Envelope::kWait:
-      localWait(msg.wait(), afterGlobalSync(from, std::move(reply)));
-      return;
-    case pb::Envelope::kSignal: {
-      Status st = localSignal(msg.signal());
-      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
-      return;
-    }
-    case pb::Envelope::kAttach:
-      reply(peerAttach(from, msg.attach()));
-      return;
-    case pb::Envelope::kMemoryOp:
-      peerMemoryOp(from, msg.memory_op(), std::move(reply));
-      return;
-    case pb::Envelope::kDetach:
-    case pb::Envelope::kDestroy: {
-      const bool detach = msg.has_detach();
-      auto d = pb::fromRef(detach ? msg.detach().object() : msg.destroy().object());
-      Status st = !d.has_value() ? d.error()
-                  : detach       ? objects_->detach(peerOwner(from), *d)
-                                 : objects_->destroy(*d);
-      reply(st.isOk() ? okEnvelope() : errorEnvelope(st));
-      return;
-    }
-    case pb::Envelope::kListProcesses:
-      if (msg.list_processes().this_node_only()) {
-        reply(localList());
-        return;
-      }
-      [[fallthrough]];  // the job's processes: global services' table
-    case pb::Envelope::kNameClaim:
-    case pb::Envelope::kNameRelease:
-    case pb::Envelope::kLookupName:
-    case pb::Envelope::kProcessStarted:
-    case pb::Envelope::kProcessEnded:
-    case pb::Envelope::kPlace: {
-      pb::Envelope answer;
-      if (hosted_ == nullptr) {
-        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
-      } else if (!hosted_->serve(msg, answer)) {
-        answer = errorEnvelope(Status(StatusCode::InvalidArgument, "not a request of global services"));
-      }
-      reply(std::move(answer));
-      return;
-    }
-    case pb::Envelope::kRegisterName: {
-      // Another node names an object of this one (never a scoped name: its owner is there).
-      auto d = pb::fromRef(msg.register_name().object());
-      if (!d.has_value() || msg.register_name().scoped()) {
-        reply(errorEnvelope(d.has_value() ? Status(StatusCode::InvalidArgument, "a scoped name is registered on its object's node") : d.error()));
-        return;
-      }
-      registerClaimed(0, msg.register_name(), *d, std::move(reply));
-      return;
-    }
-    case pb::Envelope::kChannelOp:
-      if (msg.channel_op().kind() == pb::ChannelOp::CANCEL) {
-        gateway_->cancel(from, msg.channel_op().op_key());
-        reply(okEnvelope());
-        return;
-      }
-      if (msg.channel_op().kind() == pb::ChannelOp::HOLDER_GONE) {
-        // A process of `from` ended: the locks of this node it held break. Only its own node
-        // speaks for it.
-        const std::uint64_t gone = msg.channel_op().holder();
-        if ((gone >> 32) != from || static_cast<std::uint32_t>(gone) == 0) {
-          reply(errorEnvelope(Status(StatusCode::InvalidArgument,
-                                     "HOLDER_GONE names a process of another node")));
-          return;
-        }
-        gateway_->dropReceivesOf(gone);
-        objects_->breakHolds([gone](std::uint64_t h) { return h == gone; },
-                             msg.channel_op().clean_end());
-        reply(okEnvelope());
-        return;
-      }
-      gateway_->submit(from, msg.channel_op(), std::move(reply));
-      return;
-    case pb::Envelope::kPeerEndJob: {
-      if (from != cluster_->headNode()) {
-        reply(errorEnvelope(Status(StatusCode::PermissionDenied, "only the head node ends the job")));
-        return;
-      }
-      const int code = msg.peer_end_job().exit_code();
-      processes_->endJob(clusterJob_, [this, reply, code] {
-        reply(okEnvelope());
-        finishClusterJob(code);
-      }, msg.peer_end_job().now());
-      return;
-    }
-    default:
-      reply(errorEnvelope(Status(StatusCode::InvalidArgument,
-                                 "not a request one dragond makes of another")));
-      return;
+void Server::handleGlobal(const Request& rq, pb::Envelope& msg) {
+  pb::Envelope answer;
+  if (hosted_ == nullptr) {
+    answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
+  } else if (!hosted_->serve(msg, answer)) {
+    answer = errorEnvelope(Status(StatusCode::InvalidArgument, "not a request of global services"));
   }
+  rq.reply(std::move(answer));
 }
 
 void Server::onNodeLost(std::uint32_t node, const Status& why) {
@@ -749,7 +642,7 @@ void Server::answerDrainWaiters(bool timedOut) {
 
 namespace dragon::daemon {
 
-bool Server::clusterObject(Connection& c, pb::Envelope& msg) {
+bool Server::clusterObject(const Request& rq, pb::Envelope& msg) {
   const pb::ObjectRef* ref = nullptr;
   if (msg.has_attach()) {
     if (!msg.attach().has_object()) return false;  // names are looked up on this node
@@ -762,26 +655,23 @@ bool Server::clusterObject(Connection& c, pb::Envelope& msg) {
   if (ref == nullptr) return false;
   auto d = pb::fromRef(*ref);
   if (!d.has_value() || d->node == node_) return false;  // the local path answers
-  const std::uint64_t rid = msg.request_id();
   if (!cluster_->joined() || cluster_->nodes().count(d->node) == 0) {
-    sendError(c, rid, Status(StatusCode::NotFound, "object " + d->toString() + " names node " +
-                                                       std::to_string(d->node) +
-                                                       ", which is not in this job"));
+    rq.fail(Status(StatusCode::NotFound, "object " + d->toString() + " names node " +
+                                             std::to_string(d->node) + ", which is not in this job"));
     return true;
   }
   if (msg.has_attach()) {
-    clusterAttach(c, msg, *d);
+    clusterAttach(rq.connection, msg.attach(), *d, rq.later());
     return true;
   }
   pb::Envelope fwd;
   if (msg.has_detach()) {
     // The home node counts one reference per node: only one this client holds goes.
-    auto it = remoteRefs_.find(c.id);
+    auto it = remoteRefs_.find(rq.connection);
     auto one = it == remoteRefs_.end() ? std::vector<ObjectDescriptor>::iterator{}
                                        : std::find(it->second.begin(), it->second.end(), *d);
     if (it == remoteRefs_.end() || one == it->second.end()) {
-      sendError(c, rid, Status(StatusCode::NotFound,
-                               "this client holds no reference to " + d->toString()));
+      rq.fail(Status(StatusCode::NotFound, "this client holds no reference to " + d->toString()));
       return true;
     }
     it->second.erase(one);
@@ -789,24 +679,21 @@ bool Server::clusterObject(Connection& c, pb::Envelope& msg) {
   } else {
     *fwd.mutable_destroy() = msg.destroy();
   }
-  Reply reply = replyTo(c, rid);
   cluster_->forward(d->node, std::move(fwd),
-                    [reply](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
+                    [reply = rq.later()](Result<pb::Envelope> r) { reply(fromPeer(std::move(r))); });
   return true;
 }
 
-void Server::clusterAttach(Connection& c, pb::Envelope& msg, const ObjectDescriptor& d) {
+void Server::clusterAttach(std::uint64_t cid, const pb::Attach& attach,
+                           const ObjectDescriptor& d, Reply reply) {
   if (d.kind != ObjectKind::Channel) {
-    sendError(c, msg.request_id(),
-              Status(StatusCode::InvalidArgument,
-                     "pool " + d.toString() + " lives on node " + std::to_string(d.node) +
-                         ": a pool is mapped only on its own node"));
+    reply(errorEnvelope(Status(StatusCode::InvalidArgument,
+                               "pool " + d.toString() + " lives on node " + std::to_string(d.node) +
+                                   ": a pool is mapped only on its own node")));
     return;
   }
   pb::Envelope fwd;
-  *fwd.mutable_attach() = msg.attach();
-  Reply reply = replyTo(c, msg.request_id());
-  const std::uint64_t cid = c.id;
+  *fwd.mutable_attach() = attach;
   cluster_->forward(d.node, std::move(fwd), [this, reply, cid, d](Result<pb::Envelope> r) {
     if (r.has_value() && r->has_object()) {
       if (find(cid) != nullptr) {
@@ -845,25 +732,55 @@ pb::Envelope Server::peerAttach(std::uint32_t from, const pb::Attach& attach) {
   return e;
 }
 
-void Server::handleChannelOp(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
+void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
+  const pb::ChannelOp::Kind kind = msg.channel_op().kind();
+  if (rq.fromPeer()) {
+    if (kind == pb::ChannelOp::CANCEL) {
+      gateway_->cancel(rq.node, msg.channel_op().op_key());
+      rq.ok();
+      return;
+    }
+    if (kind == pb::ChannelOp::HOLDER_GONE) {
+      // A process of that node ended: the locks of this node it held break. Only its own node
+      // speaks for it.
+      const std::uint64_t gone = msg.channel_op().holder();
+      if ((gone >> 32) != rq.node || static_cast<std::uint32_t>(gone) == 0) {
+        rq.fail(Status(StatusCode::InvalidArgument, "HOLDER_GONE names a process of another node"));
+        return;
+      }
+      gateway_->dropReceivesOf(gone);
+      objects_->breakHolds([gone](std::uint64_t h) { return h == gone; },
+                           msg.channel_op().clean_end());
+      rq.ok();
+      return;
+    }
+    // The requester's dragond names the receiving process (holder): one of its own node.
+    const std::uint64_t holder = msg.channel_op().holder();
+    if (kind == pb::ChannelOp::RECV && holder != 0 && (holder >> 32) != rq.node) {
+      rq.fail(Status(StatusCode::InvalidArgument, "a RECV names a holder of another node"));
+      return;
+    }
+    gateway_->submit(rq.node, msg.channel_op(), rq.later());
+    return;
+  }
   auto d = pb::fromRef(msg.channel_op().channel());
   if (!d.has_value()) {
-    sendError(c, rid, d.error());
+    rq.fail(d.error());
     return;
   }
-  if (msg.channel_op().kind() == pb::ChannelOp::CANCEL ||
-      msg.channel_op().kind() == pb::ChannelOp::HOLDER_GONE) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument, "CANCEL and HOLDER_GONE are between dragonds"));
+  if (kind == pb::ChannelOp::CANCEL || kind == pb::ChannelOp::HOLDER_GONE) {
+    rq.fail(Status(StatusCode::InvalidArgument, "CANCEL and HOLDER_GONE are between dragonds"));
     return;
   }
-  if (msg.channel_op().kind() == pb::ChannelOp::RECV) {
+  Connection* c = clientOf(rq);
+  if (c == nullptr) return;
+  if (kind == pb::ChannelOp::RECV) {
     // The receiver is this connection's process: it holds what it receives of a lock.
     msg.mutable_channel_op()->set_holder(
-        Channel::holderWord(node_, static_cast<std::uint32_t>(c.peer.pid)));
-    if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c.peer.pid].insert(d->node);
+        Channel::holderWord(node_, static_cast<std::uint32_t>(c->peer.pid)));
+    if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
-  routeChannelOp(c.id, nextOpKey_++, msg.channel_op(), replyTo(c, rid));
+  routeChannelOp(c->id, nextOpKey_++, msg.channel_op(), rq.later());
 }
 
 void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp op, Reply reply) {
@@ -914,22 +831,21 @@ struct Server::WaitAnyState {
   std::optional<ObjectDescriptor> doorbell;
 };
 
-void Server::handleWaitAny(Connection& c, pb::Envelope& msg) {
-  const std::uint64_t rid = msg.request_id();
+void Server::handleWaitAny(const Request& rq, pb::Envelope& msg) {
   const auto& w = msg.wait_any();
   if (w.item_size() == 0 || w.item_size() > static_cast<int>(Channel::kMaxWaitItems)) {
-    sendError(c, rid, Status(StatusCode::InvalidArgument, "WaitAny takes 1 to 64 channels"));
+    rq.fail(Status(StatusCode::InvalidArgument, "WaitAny takes 1 to 64 channels"));
     return;
   }
   auto st = std::make_shared<WaitAnyState>();
-  st->cid = c.id;
-  st->rid = rid;
-  st->reply = replyTo(c, rid);
+  st->cid = rq.connection;
+  st->rid = rq.id;
+  st->reply = rq.later();
   st->ready.assign(static_cast<std::size_t>(w.item_size()), 0);
   if (w.has_doorbell()) {
     auto bell = pb::fromRef(w.doorbell());
     if (!bell.has_value() || bell->node != node_ || !objects_->channel(*bell).has_value()) {
-      sendError(c, rid, Status(StatusCode::InvalidArgument, "the doorbell is not a channel of this node"));
+      rq.fail(Status(StatusCode::InvalidArgument, "the doorbell is not a channel of this node"));
       return;
     }
     st->doorbell = *bell;
@@ -937,7 +853,7 @@ void Server::handleWaitAny(Connection& c, pb::Envelope& msg) {
   std::vector<pb::ChannelOp> ops;
   for (const auto& item : w.item()) {
     if (item.events() == 0 || item.events() > 3 || !pb::fromRef(item.channel()).has_value()) {
-      sendError(c, rid, Status(StatusCode::InvalidArgument, "a WaitAny item without a channel or events"));
+      rq.fail(Status(StatusCode::InvalidArgument, "a WaitAny item without a channel or events"));
       return;
     }
     pb::ChannelOp op;
@@ -947,13 +863,13 @@ void Server::handleWaitAny(Connection& c, pb::Envelope& msg) {
     op.set_timeout_ns(w.timeout_ns());
     ops.push_back(std::move(op));
   }
-  waits_[{c.id, rid}] = st;
+  waits_[{rq.connection, rq.id}] = st;
   st->remaining = ops.size();
   st->polls.resize(ops.size());
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const std::uint64_t key = nextOpKey_++;  // to cancel it while it waits
     st->polls[i] = {pb::fromRef(ops[i].channel())->node, key};
-    routeChannelOp(c.id, key, std::move(ops[i]), [this, st, i](pb::Envelope answer) {
+    routeChannelOp(rq.connection, key, std::move(ops[i]), [this, st, i](pb::Envelope answer) {
       if (st->done) return;
       st->polls[i].second = 0;  // answered
       if (answer.has_error()) {
@@ -996,10 +912,10 @@ void Server::ringDoorbell(const ObjectDescriptor& bell) {
   if (ch.has_value()) (void)ch->send(std::span(&one, 1), Timeout::none());
 }
 
-void Server::handleCancelWait(Connection& c, pb::Envelope& msg) {
-  auto it = waits_.find({c.id, msg.cancel_wait().wait_request_id()});
+void Server::handleCancelWait(const Request& rq, pb::Envelope& msg) {
+  auto it = waits_.find({rq.connection, msg.cancel_wait().wait_request_id()});
   if (it != waits_.end()) finishWaitAny(it->second, std::nullopt);  // else answered already
-  sendOk(c, msg.request_id());
+  rq.ok();
 }
 
 void Server::cancelRemoteOps(std::uint64_t connection) {
@@ -1069,10 +985,9 @@ void Server::registerClaimed(std::uint64_t owner, const pb::RegisterName& r,
   });
 }
 
-bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
+bool Server::clusterNames(const Request& rq, pb::Envelope& msg) {
   if (!cluster_->joined()) return false;
-  const std::uint64_t rid = msg.request_id();
-  const std::uint64_t cid = c.id;
+  const std::uint64_t cid = rq.connection;
   switch (msg.body_case()) {
     case pb::Envelope::kRegisterName: {
       const auto& r = msg.register_name();
@@ -1080,16 +995,16 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
       if (!d.has_value()) return false;  // the local path says why
       if (d->node != node_) {
         if (r.scoped()) {
-          sendError(c, rid, Status(StatusCode::InvalidArgument,
-                                   "a scoped name is registered on its object's node"));
+          rq.fail(Status(StatusCode::InvalidArgument,
+                         "a scoped name is registered on its object's node"));
           return true;
         }
         if (cluster_->nodes().count(d->node) == 0) return false;  // NotFound from the local path
         pb::Envelope fwd;
         *fwd.mutable_register_name() = r;
-        Reply reply = replyTo(c, rid);
-        cluster_->forward(d->node, std::move(fwd),
-                          [reply](Result<pb::Envelope> res) { reply(fromPeer(std::move(res))); });
+        cluster_->forward(d->node, std::move(fwd), [reply = rq.later()](Result<pb::Envelope> res) {
+          reply(fromPeer(std::move(res)));
+        });
         return true;
       }
       // Taken here by another object, and not a scoped name a scoped one may replace: the
@@ -1099,22 +1014,19 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
           !(r.replace() && r.scoped() && objects_->isScopedName(r.name()))) {
         return false;
       }
-      registerClaimed(r.scoped() ? cid : 0, r, *d, replyTo(c, rid));
+      registerClaimed(r.scoped() ? cid : 0, r, *d, rq.later());
       return true;
     }
     case pb::Envelope::kLookupName: {
       if (registry_.lookupName(msg.lookup_name().name()).has_value()) return false;
-      global_->lookupName(msg.lookup_name().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
-        Connection* conn = find(cid);
-        if (conn == nullptr) return;
+      global_->lookupName(msg.lookup_name().name(), [reply = rq.later()](Result<ObjectDescriptor> d) {
         if (!d.has_value()) {
-          sendError(*conn, rid, d.error());
+          reply(errorEnvelope(d.error()));
           return;
         }
-        pb::Envelope reply;
-        reply.set_request_id(rid);
-        *reply.mutable_object()->mutable_object() = pb::toRef(*d);
-        send(*conn, reply);
+        pb::Envelope e;
+        *e.mutable_object()->mutable_object() = pb::toRef(*d);
+        reply(std::move(e));
       });
       return true;
     }
@@ -1122,21 +1034,19 @@ bool Server::clusterNames(Connection& c, pb::Envelope& msg) {
       if (!msg.attach().has_name() || registry_.lookupName(msg.attach().name()).has_value()) {
         return false;
       }
-      global_->lookupName(msg.attach().name(), [this, cid, rid](Result<ObjectDescriptor> d) {
-        Connection* conn = find(cid);
-        if (conn == nullptr) return;
+      global_->lookupName(msg.attach().name(), [this, rq](Result<ObjectDescriptor> d) {
+        if (clientOf(rq) == nullptr) return;
         if (!d.has_value()) {
-          sendError(*conn, rid, d.error());
+          rq.fail(d.error());
           return;
         }
         if (d->node == node_) {
-          replyObject(*conn, rid, objects_->attach(cid, *d));
+          replyObject(rq, objects_->attach(rq.connection, *d));
           return;
         }
-        pb::Envelope byObject;
-        byObject.set_request_id(rid);
-        *byObject.mutable_attach()->mutable_object() = pb::toRef(*d);
-        clusterAttach(*conn, byObject, *d);
+        pb::Attach byObject;
+        *byObject.mutable_object() = pb::toRef(*d);
+        clusterAttach(rq.connection, byObject, *d, rq.later());
       });
       return true;
     }

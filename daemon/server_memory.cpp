@@ -35,9 +35,15 @@ Status poolsOf(const pb::MemoryOp& op, ObjectDescriptor& from, ObjectDescriptor&
 
 }  // namespace
 
-void Server::handleMemoryOp(Connection& c, pb::Envelope& msg) {
-  Reply reply = replyTo(c, msg.request_id());
-  const pb::MemoryOp& op = msg.memory_op();
+void Server::handleMemoryOp(const Request& rq, pb::Envelope& msg) {
+  if (rq.fromPeer()) {
+    peerMemoryOp(rq.node, msg.memory_op(), rq.later());
+  } else {
+    clientMemoryOp(msg.memory_op(), rq.later());
+  }
+}
+
+void Server::clientMemoryOp(const pb::MemoryOp& op, Reply reply) {
   if (op.has_doorbell()) {
     auto bell = pb::fromRef(op.doorbell());
     if (!bell.has_value()) {

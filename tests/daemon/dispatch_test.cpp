@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: MIT
+// dragond's dispatcher (Server::dispatch) as other nodes meet it: a real Server on node 1, its
+// cluster on the in-process fake transport, and two other nodes' Clusters that send it requests
+// as a dragond would, or forged as a faulty or hostile one would. Every request takes the one
+// dispatcher path; these check what it refuses by origin and what a peer may claim.
+#include "config/config.hpp"
+#include "daemon/cluster.hpp"
+#include "daemon/event_loop.hpp"
+#include "daemon/listener.hpp"
+#include "daemon/node_registry.hpp"
+#include "daemon/object_manager.hpp"
+#include "daemon/process_manager.hpp"
+#include "daemon/server.hpp"
+#include "daemon/transport.hpp"
+#include "protocol/socket_io.hpp"
+#include "support/loop.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
+#include <memory>
+#include <optional>
+#include <string>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <vector>
+
+namespace dragon::daemon {
+namespace {
+
+namespace pb = dragon::protocol;
+
+constexpr std::uint32_t kServed = 1;  // the node whose dragond is real here
+constexpr std::uint32_t kNodes = 3;
+
+struct Dispatch : ::testing::Test {
+  config::Config cfg = testConfig();
+  std::string dir;
+  std::unique_ptr<EventLoop> loop;
+  std::shared_ptr<transport::FakeHub> hub = transport::makeFakeHub();
+  std::unique_ptr<NodeRegistry> registry;
+  std::unique_ptr<ObjectManager> objects;
+  std::unique_ptr<Server> server;
+  std::unique_ptr<ProcessManager> processes;
+  std::vector<std::unique_ptr<Cluster>> nodes;  // node 1's is the server's
+
+  void SetUp() override {
+    char tmpl[] = "/tmp/dragon-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir = tmpl;
+    auto l = EventLoop::create();
+    ASSERT_TRUE(l.has_value());
+    loop = std::make_unique<EventLoop>(std::move(*l));
+    auto listener = bindListener(dir + "/dragond.sock");
+    ASSERT_TRUE(listener.has_value()) << listener.error().toString();
+    registry = std::make_unique<NodeRegistry>(kServed);
+    ObjectLimits limits;
+    limits.defaultPoolSize = std::uint64_t{1} << 20;
+    objects = std::make_unique<ObjectManager>(*registry, kServed, limits);
+    server = std::make_unique<Server>(*loop, std::move(*listener), *registry, kServed);
+    processes = std::make_unique<ProcessManager>(
+        *loop, *registry, kServed, 1'000'000'000,
+        [](std::uint64_t, const pb::Envelope&) { return false; });
+    ASSERT_TRUE(server->start(*objects, *processes).isOk());
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      transport::TransportOptions o;
+      o.selfNode = i;
+      o.maxMessageBytes = Cluster::maxMessageBytes();
+      auto c = Cluster::create(*loop, i, cfg, transport::makeFakeTransport(hub, o));
+      ASSERT_TRUE(c.has_value()) << c.error().toString();
+      nodes.push_back(std::move(*c));
+    }
+    server->setCluster(*nodes[kServed], dir + "/dragond.sock", 1'000'000'000, 1'000'000'000);
+    pb::JoinCluster j;
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      auto* n = j.add_node();
+      n->set_node(i);
+      n->set_hostname("n" + std::to_string(i + 1));
+      n->set_cpus(2);
+      n->set_rank(i);
+      n->set_address(nodes[i]->address());
+    }
+    j.set_secret(std::string(32, 's'));
+    j.set_head_node(0);
+    j.set_global_node(0);
+    for (auto& n : nodes) ASSERT_TRUE(n->join(j).isOk());
+  }
+
+  void TearDown() override {
+    if (server) server->forgetCluster();
+    nodes.clear();
+    processes.reset();
+    server.reset();
+    objects.reset();
+    registry.reset();
+    if (dir.rfind("/tmp/dragon-test-", 0) == 0) {
+      (void)!std::system(("rm -rf '" + dir + "'").c_str());
+    }
+  }
+
+  // `request` sent by node `from`'s dragond to the served node; its answer.
+  pb::Envelope ask(std::uint32_t from, pb::Envelope request) {
+    std::optional<Result<pb::Envelope>> answer;
+    nodes[from]->forward(kServed, std::move(request),
+                         [&answer](Result<pb::Envelope> r) { answer = std::move(r); });
+    EXPECT_TRUE(runUntil(*loop, [&] { return answer.has_value(); })) << "no answer";
+    if (!answer.has_value() || !answer->has_value()) {
+      pb::Envelope e;
+      pb::fillError(*e.mutable_error(), answer.has_value() ? answer->error()
+                                                           : Status(StatusCode::Timeout, "none"));
+      return e;
+    }
+    return std::move(**answer);
+  }
+
+  static std::string errorOf(const pb::Envelope& e) {
+    return e.has_error() ? e.error().message() : std::string();
+  }
+
+  // `requests` sent, after a Hello, by a client of the served node on its Unix socket; the
+  // answers, in order (request ids 2, 3, ...).
+  std::vector<pb::Envelope> askAsClient(const std::vector<pb::Envelope>& requests) {
+    UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = dir + "/dragond.sock";
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    std::string bytes;
+    pb::Envelope hello;
+    hello.set_request_id(1);
+    hello.mutable_hello()->set_min_version(pb::kVersion);
+    hello.mutable_hello()->set_max_version(pb::kVersion);
+    std::vector<pb::Envelope> all = {hello};
+    all.insert(all.end(), requests.begin(), requests.end());
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      all[i].set_request_id(i + 1);
+      std::string frame;
+      EXPECT_TRUE(pb::encode(all[i], frame).isOk());
+      bytes += frame;
+    }
+    EXPECT_EQ(write(fd.get(), bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    EXPECT_EQ(fcntl(fd.get(), F_SETFL, O_NONBLOCK), 0);
+    pb::FrameDecoder decoder;
+    std::vector<pb::Envelope> answers;
+    runUntil(*loop, [&] {
+      char buf[4096];
+      const ssize_t n = read(fd.get(), buf, sizeof buf);
+      if (n > 0) decoder.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
+      for (auto m = decoder.next(); m.has_value(); m = decoder.next()) answers.push_back(*m);
+      return answers.size() == all.size();
+    });
+    EXPECT_EQ(answers.size(), all.size());
+    if (!answers.empty()) answers.erase(answers.begin());  // the HelloReply
+    return answers;
+  }
+
+  // A lock of the served node: a channel that tracks its holder, with its one token in it.
+  ObjectDescriptor makeLock() {
+    auto pool = objects->createPool(7, std::uint64_t{1} << 20);
+    EXPECT_TRUE(pool.has_value());
+    ChannelOptions o;
+    o.capacity = 1;
+    o.trackHolder = true;
+    auto ch = objects->createChannel(7, pool->object, o);
+    EXPECT_TRUE(ch.has_value());
+    auto channel = objects->channel(ch->object);
+    EXPECT_TRUE(channel.has_value());
+    const std::byte token{1};
+    EXPECT_TRUE(channel->send(std::span(&token, 1), Timeout::none()).isOk());
+    return ch->object;
+  }
+
+  static pb::Envelope channelOp(const ObjectDescriptor& d, pb::ChannelOp::Kind kind) {
+    pb::Envelope e;
+    *e.mutable_channel_op()->mutable_channel() = pb::toRef(d);
+    e.mutable_channel_op()->set_kind(kind);
+    e.mutable_channel_op()->set_timeout_ns(0);
+    e.mutable_channel_op()->set_op_key(1);
+    return e;
+  }
+};
+
+TEST_F(Dispatch, RequestsOnlyAClientMakesAreRefusedFromAnotherNode) {
+  pb::Envelope pool;
+  pool.mutable_create_pool()->set_size(1 << 20);
+  pb::Envelope adopt;
+  adopt.mutable_adopt()->set_pid(getpid());
+  pb::Envelope join;
+  join.mutable_join_cluster();
+  pb::Envelope end;
+  end.mutable_end_job();
+  for (auto* request : {&pool, &adopt, &join, &end}) {
+    pb::Envelope answer = ask(0, *request);
+    EXPECT_EQ(errorOf(answer), "not a request one dragond makes of another")
+        << request->DebugString();
+  }
+  EXPECT_TRUE(registry->listProcesses().empty());  // nothing was adopted
+}
+
+TEST_F(Dispatch, OnlyTheHeadNodeEndsTheJob) {
+  pb::Envelope end;
+  end.mutable_peer_end_job()->set_exit_code(0);
+  EXPECT_EQ(errorOf(ask(2, end)), "only the head node ends the job");
+}
+
+TEST_F(Dispatch, APeerThatClaimsAnotherNodesProcessIsRefusedAndTheLockStaysHeld) {
+  const ObjectDescriptor lock = makeLock();
+  const std::uint64_t holder = Channel::holderWord(2, 4242);
+
+  // Node 0 receives the token in the name of a process of node 2: refused, token untouched.
+  pb::Envelope forged = channelOp(lock, pb::ChannelOp::RECV);
+  forged.mutable_channel_op()->set_holder(holder);
+  EXPECT_EQ(errorOf(ask(0, forged)), "a RECV names a holder of another node");
+  auto channel = objects->channel(lock);
+  ASSERT_TRUE(channel.has_value());
+  EXPECT_EQ(channel->size(), 1u);
+
+  // Node 2 takes it for its own process: the lock is held by that process.
+  pb::Envelope take = channelOp(lock, pb::ChannelOp::RECV);
+  take.mutable_channel_op()->set_holder(holder);
+  take.mutable_channel_op()->set_bounded(true);
+  take.mutable_channel_op()->set_max_size(16);
+  pb::Envelope taken = ask(2, take);
+  ASSERT_FALSE(taken.has_error()) << errorOf(taken);
+  EXPECT_EQ(channel->holder(), holder);
+
+  // Node 0 says that process is gone: not its to say; the lock stays held and unbroken.
+  pb::Envelope gone;
+  gone.mutable_channel_op()->set_kind(pb::ChannelOp::HOLDER_GONE);
+  gone.mutable_channel_op()->set_holder(holder);
+  EXPECT_EQ(errorOf(ask(0, gone)), "HOLDER_GONE names a process of another node");
+  EXPECT_EQ(channel->holder(), holder);
+  EXPECT_FALSE(channel->isClosed());
+
+  // Its own node says so: the lock breaks, and whoever uses it next hears why.
+  EXPECT_FALSE(ask(2, gone).has_error());
+  EXPECT_TRUE(channel->isClosed());
+  const std::byte back{1};
+  auto st = channel->send(std::span(&back, 1), Timeout::none());
+  EXPECT_EQ(st.code(), StatusCode::ChannelClosed) << st.toString();
+}
+
+TEST_F(Dispatch, ThePeersRequestsAreRefusedFromALocalClient) {
+  // A client of this node (a raw connection on the Unix socket: the Client API never sends
+  // these) asks what only another node's dragond may: refused, and the lock stays as it is.
+  const ObjectDescriptor lock = makeLock();
+  auto channel = objects->channel(lock);
+  ASSERT_TRUE(channel.has_value());
+  pb::Envelope gone = channelOp(lock, pb::ChannelOp::HOLDER_GONE);
+  gone.mutable_channel_op()->set_holder(Channel::holderWord(kServed, 1));
+  pb::Envelope claim;
+  claim.mutable_name_claim()->set_name("n");
+  pb::Envelope end;
+  end.mutable_peer_end_job();
+  const std::vector<pb::Envelope> answers = askAsClient({gone, claim, end});
+  ASSERT_EQ(answers.size(), 3u);
+  EXPECT_EQ(errorOf(answers[0]), "CANCEL and HOLDER_GONE are between dragonds");
+  EXPECT_EQ(errorOf(answers[1]), "not a request dragond serves");
+  EXPECT_EQ(errorOf(answers[2]), "not a request dragond serves");
+  EXPECT_FALSE(channel->isClosed());
+  EXPECT_EQ(channel->size(), 1u);
+}
+
+}  // namespace
+}  // namespace dragon::daemon
