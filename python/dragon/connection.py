@@ -748,6 +748,18 @@ class Listener(_StockListener):
                 self._discard_ready()
 
     def _serve_requests(self, requests):
+        try:
+            self._answer_requests(requests)
+        finally:
+            # This thread is the last here to use the channel: only now may its reference go
+            # (with the scoped name). Dropped by close() while this thread was still in get(),
+            # the channel could be destroyed and its memory reused under the thread's feet.
+            try:
+                _runtime.detach(requests.descriptor)
+            except Exception:
+                pass
+
+    def _answer_requests(self, requests):
         replies = collections.OrderedDict()  # clients' reply channels, attached lately
         spare = None
         while True:
@@ -831,14 +843,10 @@ class Listener(_StockListener):
         listener = self._listener
         if requests is not None:
             # No more requests (a client's hand-over now fails: connection refused); the
-            # request thread refuses what is queued, and this process's reference goes, with
-            # the scoped name.
+            # request thread refuses what is queued, then drops this process's reference, with
+            # the scoped name (_serve_requests).
             try:
                 requests.close()
-            except Exception:
-                pass
-            try:
-                _runtime.detach(requests.descriptor)
             except Exception:
                 pass
         try:
