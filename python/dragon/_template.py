@@ -79,7 +79,8 @@ def _become_child(channel, request, fds):
     with its code (the template reaps it and reports that to dragond). Never returns."""
     code = 1
     try:
-        _, payload, env, cwd, _name, fd_base, tracker_fd = request
+        _, payload, env, cwd, _name, fd_base, tracker_fd = request[:7]
+        parent_here = request[7] if len(request) > 7 else True  # False: a remote template's
         channel.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # The lent fds go where the parent's duplicate_for_child() said they would be.
@@ -97,10 +98,11 @@ def _become_child(channel, request, fds):
                 os.environ[k] = v
         if os.getcwd() != cwd:
             os.chdir(cwd)
-        from multiprocessing import resource_tracker
-        resource_tracker._resource_tracker._fd = tracker_fd
+        if tracker_fd >= 0:
+            from multiprocessing import resource_tracker
+            resource_tracker._resource_tracker._fd = tracker_fd
         from ._child import run_payload
-        code = run_payload(payload)
+        code = run_payload(payload, parent_here)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
@@ -131,19 +133,19 @@ def _spare_main(channel):
     _become_child(channel, request, fds)
 
 
-def main():
+def _prepare(prep):
+    """What every child would do first, done once here: connects to dragond (in the parent's
+    job: dragond started this process), runs spawn.prepare() with the parent's preparation
+    data (pickled), imports Dragon's modules. Returns the command line dragond lists the
+    children under (this template's, as /proc shows it)."""
     from multiprocessing import spawn
 
     from . import _runtime
 
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    (prep,), _ = recv_message(sock)
-    prep = pickle.loads(prep)
-    _runtime.client()  # connected now: in the parent's job (dragond started this process)
-    # How dragond lists a child: as /proc shows it, the template's command line.
+    _runtime.client()
     with open("/proc/self/cmdline", "rb") as f:
         cmdline = f.read().split(b"\0")[:-1]
-    spawn.prepare(prep)  # once, for every child: the main module is imported here
+    spawn.prepare(pickle.loads(prep))  # once, for every child: the main module is imported here
     # Dragon's own modules, which a child would otherwise import while it unpickles its
     # arguments (they hold no state of the program's).
     from . import _child, connection, queues, sharedctypes, synchronize  # noqa: F401
@@ -152,6 +154,15 @@ def main():
     import gc
     gc.collect()
     gc.freeze()
+    return cmdline
+
+
+def main():
+    from . import _runtime
+
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    (prep,), _ = recv_message(sock)
+    cmdline = _prepare(prep)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
@@ -291,6 +302,163 @@ def main():
             except Exception as e:
                 print("dragon template: no spare: %s" % e, file=sys.stderr)
             reap()
+    sys.exit(0)
+
+
+def remote_main():
+    """A template on another node than its parent's (process._RemoteTemplate), started by that
+    node's dragond: ``python3 -c '...remote_main()' REQUESTS REPLIES LIFE``, three channels of
+    the parent's node. No socket crosses nodes, so requests come as pickles in REQUESTS and
+    replies go back in REPLIES: first (preparation data,) and ("ready", pid), then ("start",
+    payload, env, cwd, name) and ("started", pid, puid) or ("error", text). LIFE is a channel
+    whose one token the parent holds (holder_owns): its dragond breaks it when the parent
+    ends, however it ends, and then this template stops starting processes (as a template
+    whose parent closed its socket); a lost parent node ends it the same way.
+
+    Children are forked from a spare as in main(); their output is the template's, captured by
+    this node's dragond. Threads: the main one serves requests (a receive parked at the
+    channel's home), one reaps children and reports their ends, one waits on LIFE. Only
+    the main thread forks, holding _runtime's lock so that no other thread is inside a request
+    to dragond then."""
+    import threading
+
+    from . import _runtime
+
+    requests = _runtime.attach_channel(sys.argv[1])
+    replies = _runtime.attach_channel(sys.argv[2])
+    life = _runtime.attach_channel(sys.argv[3])
+    (prep,) = pickle.loads(requests.recv())
+    cmdline = _prepare(prep)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
+    own_socket = os.environ.get("DRAGON_SOCKET")
+    lock = threading.Condition()
+    children = {}  # pid -> puid at dragond (None: not adopted yet)
+    spares = []    # the spare, as (pid, socket to it), when there is one
+    stopping = []  # non-empty once the parent has gone
+
+    def fork_spare():
+        ours, theirs = socket.socketpair()
+        with lock:  # the reaper leaves it alone until dragond has adopted it
+            with _runtime._lock:
+                pid = os.fork()
+            if pid == 0:
+                try:
+                    _runtime._reset_after_fork()
+                    ours.close()
+                finally:
+                    _spare_main(theirs)
+            theirs.close()
+            children[pid] = None
+            lock.notify_all()
+            try:
+                children[pid] = _runtime.adopt(pid, cmdline, idle=True)
+            except BaseException:
+                ours.close()  # the spare ends; reaped, not reported
+                raise
+            spares.append((pid, ours))
+
+    def reaper():
+        while True:
+            with lock:
+                while not children and not stopping:
+                    lock.wait()
+                if not children:
+                    return
+            try:
+                # Which child ended, without reaping it: dragond must have adopted it first.
+                pid = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT).si_pid
+            except ChildProcessError:
+                with lock:
+                    children.clear()  # none is left (cannot happen: only this thread reaps)
+                continue
+            with lock:
+                puid = children.pop(pid, None)
+                _, status = os.waitpid(pid, 0)
+                for spare in [sp for sp in spares if sp[0] == pid]:  # a spare that died waiting
+                    spare[1].close()
+                    spares.remove(spare)
+            if puid is not None:
+                try:
+                    _runtime.report_exited(puid, os.waitstatus_to_exitcode(status))
+                except Exception as e:  # dragond has gone
+                    print("dragon template: the end of %d not reported: %s" % (pid, e),
+                          file=sys.stderr)
+
+    def stop():
+        with lock:
+            stopping.append(True)
+            lock.notify_all()
+        try:
+            requests.close()  # ends the main thread's receive
+        except Exception:
+            pass
+
+    def watch_parent():
+        try:
+            life.wait_readable(None)  # broken when the parent ends (or its node is lost)
+        except BaseException:
+            pass
+        stop()
+
+    last_env = {}
+
+    def serve(request):
+        nonlocal last_env
+        _, payload, env, cwd, name = request
+        if env is None:  # the same as the last request's
+            env = last_env
+        last_env = env
+        env = dict(env)
+        if own_socket:
+            env["DRAGON_SOCKET"] = own_socket  # this node's dragond, not the parent's
+        if not spares:
+            fork_spare()
+        pid, channel = spares.pop()
+        with lock:
+            puid = children.get(pid)
+        try:
+            send_message(channel, ("start", payload, env, cwd, name, 100, -1, False))
+        finally:
+            channel.close()
+        return pid, puid
+
+    fork_spare()
+    reaping = threading.Thread(target=reaper, name="dragon-template-reaper", daemon=True)
+    reaping.start()
+    threading.Thread(target=watch_parent, name="dragon-template-life", daemon=True).start()
+    replies.send(pickle.dumps(("ready", os.getpid())))
+    while not stopping:
+        try:
+            request = pickle.loads(requests.recv())
+        except BaseException:  # closed: the parent has gone (or its node)
+            break
+        try:
+            pid, puid = serve(request)
+            reply = ("started", pid, puid)
+        except Exception as e:
+            reply = ("error", "%s: %s" % (type(e).__name__, e))
+        try:
+            replies.send(pickle.dumps(reply))
+        except BaseException:
+            break
+        if reply[0] != "started":
+            continue
+        # Off the parent's path from here on.
+        try:
+            _runtime.report_started(puid, request[4])
+        except Exception as e:
+            print("dragon template: start of %d not reported: %s" % (pid, e), file=sys.stderr)
+        try:
+            fork_spare()
+        except Exception as e:
+            print("dragon template: no spare: %s" % e, file=sys.stderr)
+    # No process starts any more; those running end on their own, and are reaped.
+    with lock:
+        for _, channel in spares:
+            channel.close()  # the spare ends
+        spares.clear()
+    stop()
+    reaping.join()  # once every child has ended
     sys.exit(0)
 
 

@@ -6,6 +6,7 @@ process is in dragond's process table (the template's children too) and has a pu
 status is dragond's, and join asks dragond for it. The sentinel is a pidfd either way."""
 import io
 import os
+import pickle
 import select
 import signal
 import socket
@@ -216,32 +217,43 @@ def _watch_remote(puid, write_end, at_end):
         os.close(write_end)
 
 
-class _RemotePopen(_PopenBase):
-    """A child on another node of a multi-node job (dragon.Policy): that node's dragond starts
-    a fresh interpreter, which takes its payload from a channel here across nodes. This process
-    holds the handles of the Pipe ends lent to it until it ends (lend_handles). No fd
-    crosses nodes: its output is captured and comes back line by line through its node's
-    launcher, it has no resource tracker of ours, and its sentinel is the read end of a pipe
-    here that a watcher thread closes when dragond reports its end (as spawn's sentinel is a
-    pipe its child holds)."""
+def _remote_environment():
+    """A child's environment on another node. DRAGON_ORIGIN_NODE: the node whose addresses (a
+    Listener's AF_UNIX path or loopback port, a manager's) the child was given, where it also
+    looks them up."""
+    env = _child_environment()
+    env.append("DRAGON_ORIGIN_NODE=%d" % _runtime.this_node())
+    return env
 
-    def __init__(self, process_obj, node):
+
+class _RemotePopen(_PopenBase):
+    """A child on another node of a multi-node job (dragon.Policy): forked there by this
+    process's template of that node once it is ready (_RemoteTemplate), else a fresh
+    interpreter that node's dragond starts, which takes its payload from a channel here across
+    nodes. This process holds the handles of the Pipe ends lent to it until it ends
+    (lend_handles). No fd crosses nodes: its output is captured and comes back line by line
+    through its node's launcher, it has no resource tracker of ours, and its sentinel is the
+    read end of a pipe here that a watcher thread closes when dragond reports its end (as
+    spawn's sentinel is a pipe its child holds)."""
+
+    def __init__(self, process_obj, node, template=None):
         self._init()
         self.node = node
         self._at_end = []
+        self._channel = None
         try:
             payload = _payload(self, process_obj)
-            self._channel = _runtime.new_channel(capacity=1)
-            self._channel.send(payload)
-            argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
-                    self._channel.descriptor, "-1"]
-            # DRAGON_ORIGIN_NODE: the node whose addresses (a Listener's AF_UNIX path or
-            # loopback port, a manager's) the child was given, where it also looks them up.
-            env = _child_environment()
-            env.append("DRAGON_ORIGIN_NODE=%d" % _runtime.this_node())
-            [(self._puid, self.pid, _)] = _runtime.spawn(
-                argv, env, os.getcwd(), stdin="null", stdout="capture", stderr="capture",
-                node=node)
+            if template is not None:
+                self.pid, self._puid = template.start(
+                    (bytes(payload), os.getcwd(), process_obj.name))
+            else:
+                self._channel = _runtime.new_channel(capacity=1)
+                self._channel.send(payload)
+                argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
+                        self._channel.descriptor, "-1"]
+                [(self._puid, self.pid, _)] = _runtime.spawn(
+                    argv, _remote_environment(), os.getcwd(), stdin="null", stdout="capture",
+                    stderr="capture", node=node)
             r, w = os.pipe2(os.O_CLOEXEC)
         except BaseException:
             _run_all(self._at_end)  # it never started: nothing of it holds what was lent
@@ -362,8 +374,141 @@ class _TemplateLost(Exception):
     pass
 
 
+# How long a start waits for the remote template's answer between looks at whether the
+# template is still there (its answer normally comes in about a millisecond).
+_REMOTE_REPLY_SLICE = 0.5
+
+
+class _RemoteTemplate:
+    """This process's template on another node (_template.remote_main): started by that
+    node's dragond at the first Process.start() placed there (which does not wait for it),
+    used by every later one once it is ready. No socket crosses nodes: requests go as pickles
+    into a channel of this node that the template receives from, its replies come back in
+    another, and it stops when a third one breaks: its one token is held by this process
+    (holder_owns), so this node's dragond breaks it when this process ends, however it
+    ends."""
+
+    def __init__(self, process_obj, node):
+        self.node = node
+        self._lock = threading.Lock()
+        self._last_env = None
+        self._ready = False
+        self.broken = False
+        self._gone = threading.Event()  # the template has ended (dragond says so)
+        try:
+            self._requests = _runtime.new_channel(capacity=2)
+            self._replies = _runtime.new_channel(capacity=2)
+            self._life = _runtime.new_channel(capacity=1, track_holder=True, holder_owns=True)
+            self._life.send(b"\0")
+            self._life.recv()  # held by this process until it ends
+            # The preparation data holds the authkey, which pickles only for a child's start.
+            context.set_spawning_popen(self)
+            try:
+                prep = reduction.ForkingPickler.dumps(
+                    spawn.get_preparation_data(process_obj._name))
+            finally:
+                context.set_spawning_popen(None)
+            self._requests.send(pickle.dumps((bytes(prep),)))
+            argv = [spawn.get_executable(), "-c",
+                    "from dragon._template import remote_main; remote_main()",
+                    self._requests.descriptor, self._replies.descriptor,
+                    self._life.descriptor]
+            [(self._puid, _, _)] = _runtime.spawn(
+                argv, _remote_environment(), os.getcwd(), stdin="null", stdout="capture",
+                stderr="capture", node=node)
+        except Exception as e:
+            self._give_up("could not start it: %s: %s" % (type(e).__name__, e))
+            return
+        threading.Thread(target=self._watch, daemon=True,
+                         name="dragon-template-%d" % node).start()
+
+    def _watch(self):
+        try:
+            _runtime.wait([self._puid])
+        except BaseException:
+            pass  # dragond cannot say any more: as good as gone
+        self._gone.set()
+
+    def duplicate_for_child(self, fd):
+        raise ValueError("the preparation data lends no fds")
+
+    def _give_up(self, why):
+        self.broken = True
+        sys.stderr.write("dragon: the process template of node %d is not used (%s); processes "
+                         "start there as fresh interpreters instead\n" % (self.node, why))
+
+    def ready(self):
+        """True once the template has prepared (never blocks)."""
+        if self._ready or self.broken:
+            return self._ready
+        with self._lock:
+            if not self._ready and not self.broken:
+                try:
+                    reply = pickle.loads(self._replies.recv(timeout=0))
+                except TimeoutError:
+                    if self._gone.is_set():
+                        self._give_up("it ended before it was ready; see its message above")
+                    return False
+                except Exception as e:
+                    self._give_up("%s: %s" % (type(e).__name__, e))
+                    return False
+                self._ready = reply[0] == "ready"
+                if self._ready:
+                    self.pid = reply[1]  # on its node
+                else:
+                    self._give_up("it answered %r" % (reply,))
+        return self._ready
+
+    def _environment(self):
+        """The children's environment, or None when it is the one the template last got
+        (called under the lock, so requests and environments stay in step)."""
+        env = dict(var.split("=", 1) for var in _remote_environment())
+        if env == self._last_env:
+            return None
+        self._last_env = env
+        return env
+
+    def start(self, request):
+        """(pid, puid) of the child the template started for request = (payload, cwd, name)."""
+        with self._lock:
+            env = self._environment()
+            try:
+                self._requests.send(pickle.dumps(("start", request[0], env) + request[1:]),
+                                    timeout=0)
+                while True:
+                    try:
+                        reply = pickle.loads(self._replies.recv(timeout=_REMOTE_REPLY_SLICE))
+                        break
+                    except TimeoutError:
+                        if self._gone.is_set():
+                            raise EOFError("it has gone") from None
+            except Exception as e:
+                self._last_env = None
+                self._give_up("%s: %s" % (type(e).__name__, e))
+                raise _TemplateLost(str(e)) from None
+            if reply[0] != "started":
+                raise OSError("the template of node %d could not start the process: %s"
+                              % (self.node, reply[1:]))
+            return reply[1], reply[2]
+
+
 _template = None
 _template_pid = None
+_remote_templates = {}  # node -> _RemoteTemplate
+
+
+def _remote_popen(process_obj, node):
+    """A child of this process's template of `node` when it is ready; else one that node's
+    dragond starts (and the first such start also starts the template there)."""
+    template = _remote_templates.get(node)
+    if template is None and _TEMPLATES_ENABLED:
+        _remote_templates[node] = _RemoteTemplate(process_obj, node)
+    elif template is not None and not template.broken and template.ready():
+        try:
+            return _RemotePopen(process_obj, node, template)
+        except _TemplateLost:
+            pass  # started as below instead
+    return _RemotePopen(process_obj, node)
 
 
 def Popen(process_obj):
@@ -371,11 +516,12 @@ def Popen(process_obj):
     start also starts the template)."""
     global _template, _template_pid
     from .policy import target_node
-    node = target_node(getattr(process_obj, "_dragon_policy", None))
-    if node is not None:
-        return _RemotePopen(process_obj, node)
     if _template_pid != os.getpid():
         _template, _template_pid = None, os.getpid()
+        _remote_templates.clear()
+    node = target_node(getattr(process_obj, "_dragon_policy", None))
+    if node is not None:
+        return _remote_popen(process_obj, node)
     if _template is None and _TEMPLATES_ENABLED:
         _template = _Template(process_obj)
         return _DaemonPopen(process_obj)

@@ -8,7 +8,8 @@ file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a
 speaking XML-RPC and a Listener/Client across nodes; 200 queues of another node used over a few
 sockets; raw memory (RawValue, RawArray, the stdlib heap's buffers) kept coherent across nodes
 at synchronisation points, SharedMemory refused for another node with a clear error naming its
-node. Prints "py-across: ok ..." or fails with a traceback."""
+node; processes of another node forked by the parent's template there, which ends with its
+parent. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -271,6 +272,56 @@ def check_broken_lock(holder_node, waiter_nodes, outq):
     for w in waiters:
         w.join(60)
         assert w.exitcode == 0, (w, w.exitcode)
+
+
+def report_ppid(q):
+    q.put(os.getppid())
+
+
+def start_until_forked(node, limit=100):
+    """Starts processes on `node`, one after another, until one is forked by this process's
+    template there (its parent is the template: the first start there is a fresh interpreter
+    that node's dragond starts, and starts the template). The template's puid."""
+    from dragon import process as dp
+    q = mp.Queue()
+    for _ in range(limit):
+        with dragon.Policy(node=node):
+            p = mp.Process(target=report_ppid, args=(q,))
+            p.start()
+        ppid = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        template = dp._remote_templates.get(node)
+        if template is not None and template.ready() and ppid == template.pid:
+            return template._puid
+    raise AssertionError("no process on node %d was forked by the template there" % node)
+
+
+def template_user(node, outq, then):
+    """Has a template of its own on `node` fork a process, says which (its puid), then exits
+    (then == "exit") or waits to be killed."""
+    outq.put(start_until_forked(node))
+    if then == "wait":
+        time.sleep(600)
+
+
+def check_remote_templates(far, outq):
+    """Processes on another node are forked by the parent's template there, which goes when
+    its parent ends: at its exit, or killed."""
+    from dragon import _runtime
+    start_until_forked(far)
+    for then in ("exit", "wait"):
+        with dragon.Policy(node="local"):
+            user = mp.Process(target=template_user, args=(far, outq, then))
+            user.start()
+        puid = outq.get(timeout=60)
+        if then == "wait":
+            user.kill()
+        user.join(60)
+        assert user.exitcode == (0 if then == "exit" else -9), (then, user.exitcode)
+        # The template of a parent that has gone ends (its dragond reports it).
+        [(_, code, sig)] = _runtime.wait([puid], 30)
+        assert (code, sig) == (0, 0), (then, code, sig)
 
 
 def main():
@@ -582,6 +633,8 @@ def main():
     # one whose holder here is killed while processes of the other nodes wait on it.
     check_broken_lock(far, [nodes[1][0]], outq)
     check_broken_lock(next(n for n, h, _ in nodes if h == here), [nodes[1][0], far], outq)
+
+    check_remote_templates(far, outq)
 
     try:
         with dragon.Policy(node=99):

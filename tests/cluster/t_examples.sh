@@ -16,5 +16,5 @@ run_example() {  # run_example NAME ARGS... : runs it, checks the exit code and 
 run_example monte_carlo_pi.py --tasks 64 --darts 50000
 run_example queue_pipeline.py --records 3000 --workers 3
 run_example numpy_pipeline.py --blocks 12 --workers 3
-wait_nothing_left "dragon._child"
+wait_nothing_left "dragon._child" "dragon._template"
 echo "ok"

@@ -12,5 +12,5 @@ grep -q "py-across: ok 3 nodes, 300 items, workers on 2 other hosts, pool on 3 h
 for n in 0 1 2; do
   grep -q "py-across: worker on node $n " <<<"$out" || fail "no output from the worker on node $n"
 done
-wait_nothing_left "py_across.py" "dragon._child"
+wait_nothing_left "py_across.py" "dragon._child" "dragon._template"
 echo "ok"

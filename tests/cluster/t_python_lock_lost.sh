@@ -17,5 +17,5 @@ cat "$log"
 [ "$rc" -ne 0 ] || fail "the job succeeded after losing a node"
 grep -qE "py-lock-lost: broken after [0-9.]+ s: .*on node $node\)" "$log" ||
   fail "the waiter did not hear that the lock held on node $node broke"
-wait_nothing_left "py_lock_lost.py" "dragon._child"
+wait_nothing_left "py_lock_lost.py" "dragon._child" "dragon._template"
 echo "ok"
