@@ -23,6 +23,9 @@
 #                           Pool.map(chunksize=1) of 10 ms tasks (a sleep: the nodes share
 #                           this machine's cores), Pool() under Policy local (a worker per CPU
 #                           of the head's node) and roundrobin (per CPU of the job)
+#   cluster_py_start_join_local / cluster_py_start_join_remote
+#                           Process.start() + join() of a process that does nothing, on the
+#                           head's node and on n2 (there forked by the head's template of n2)
 #   cluster_channel_send_8B_poll / cluster_channel_bw_1MiB_poll / cluster_py_queue_rtt_8B_poll
 #                           the three above with cluster.poll=100us (info)
 #   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
@@ -123,6 +126,12 @@ pool3=$(sed -n 's/^py-pool-map 10ms roundrobin: \([0-9.]*\) tasks\/s.*/\1/p' <<<
 echo "metric cluster_py_queue_bw_1MiB $pybw MB/s"
 echo "metric cluster_py_pool_map_10ms_1node $pool1 tasks/s"
 echo "metric cluster_py_pool_map_10ms_3nodes $pool3 tasks/s"
+sj=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" startjoin 50 2>&1; done)
+sjl=$(sed -n 's/^py-start-join local: \([0-9.]*\) ms$/\1/p' <<<"$sj" | median)
+sjr=$(sed -n 's/^py-start-join remote: \([0-9.]*\) ms$/\1/p' <<<"$sj" | median)
+[ -n "$sjl" ] && [ -n "$sjr" ] || { echo "bench/cluster: no Python start result: $sj" >&2; exit 1; }
+echo "metric cluster_py_start_join_local $sjl ms"
+echo "metric cluster_py_start_join_remote $sjr ms"
 # The same with cluster.poll=100us (dragond polls between events; off by default).
 polled=(env DRAGON_CLUSTER_POLL=100us "${dragon[@]}")
 send8p=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 5000 8 2>&1; done |

@@ -13,7 +13,11 @@ run:
              Policy(node="local") (one worker per CPU of this node) and then under
              Policy(node="roundrobin") (one per CPU of the job, spread over its nodes). A task
              sleeps: the test cluster's nodes share this machine's cores, so a task that
-             computes could not run faster on three of them. Prints tasks/s for each."""
+             computes could not run faster on three of them. Prints tasks/s for each.
+  startjoin N
+             Process.start() + join() of a process that does nothing, N times on the head's
+             node and N times on node 1 (after 20 of each, by which time the template of each
+             node serves the starts). Prints the median of each, in ms."""
 import multiprocessing as mp
 import sys
 import time
@@ -94,6 +98,28 @@ def pool_rate(placement, n):
           flush=True)
 
 
+def nothing():
+    pass
+
+
+def start_join(n):
+    far = dragon.nodes()[1][0]
+    for where in ("local", far):
+        times = []
+        for i in range(20 + n):
+            t0 = time.perf_counter()
+            with dragon.Policy(node=where):
+                p = mp.Process(target=nothing)
+                p.start()
+            p.join(30)
+            assert p.exitcode == 0, p.exitcode
+            if i >= 20:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        print("py-start-join %s: %.3f ms" % ("local" if where == "local" else "remote",
+                                             times[len(times) // 2] * 1e3), flush=True)
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "rtt"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
@@ -104,8 +130,10 @@ def main():
     elif mode == "poolmap":
         pool_rate("local", n)
         pool_rate("roundrobin", n)
+    elif mode == "startjoin":
+        start_join(n)
     else:
-        raise SystemExit("cluster_py_queue.py rtt|bw|poolmap N")
+        raise SystemExit("cluster_py_queue.py rtt|bw|poolmap|startjoin N")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,11 @@ GOALS = {
          "cluster_channel_bw_1MiB", ">=", 0.7),
         ("cluster_py_pool_map_10ms_3nodes_vs_1node", "cluster_py_pool_map_10ms_3nodes",
          "cluster_py_pool_map_10ms_1node", ">=", 1.0),
+        # A Python process started and joined on another node (forked there by the parent's
+        # template of that node) against one on the parent's node: the spawn goal for
+        # /bin/true (a remote rate of at least half the local one), for Python processes.
+        ("cluster_py_start_join_remote_vs_local", "cluster_py_start_join_remote",
+         "cluster_py_start_join_local", "<=", 2.0),
         # The goal: remote put against ucx_perftest's put bandwidth; and, because UCX's
         # put over tcp is far slower than its get here, both directions against its get too.
         ("cluster_memory_put_16MiB_vs_ucx_put_bw", "cluster_memory_put_16MiB",

@@ -25,6 +25,10 @@ spare becomes a process (one-way), and, being the child's parent, reaps it and r
 ended (one-way). dragond's table is the one record of the exit status: the parent's join asks
 dragond for it. If the template dies first, dragond records the end of its children with
 exit code 255 (the status is lost with their parent).
+
+On another node than the parent's, the same template runs as ``remote_main``: started by
+that node's dragond, reached through channels of the parent's node instead of a socket, and
+ended when a channel whose token the parent holds breaks (see remote_main).
 """
 import os
 import pickle
