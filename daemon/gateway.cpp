@@ -2,6 +2,7 @@
 #include "daemon/gateway.hpp"
 
 #include "base/log.hpp"
+#include "base/robust_mutex.hpp"
 #include "protocol/socket_io.hpp"
 
 #include <algorithm>
@@ -20,6 +21,8 @@ constexpr std::size_t kBellSlots = 1;
 // operations, the thread waits on the first ones and looks at the rest every kScanNs.
 constexpr std::size_t kWaitChannels = Channel::kMaxWaitItems - 1;
 constexpr std::int64_t kScanNs = 1'000'000;
+// How soon the thread tries again an operation whose channel (or pool) lock a process held.
+constexpr std::int64_t kBusyRetryNs = 2'000'000;
 
 pb::Envelope errorOf(const Status& st) {
   pb::Envelope e;
@@ -130,7 +133,23 @@ struct Gateway::Op {
   std::int64_t deadlineNs = 0; // CLOCK_MONOTONIC; INT64_MAX: forever
   Reply reply;
   bool finished = false;       // answered or cancelled: the thread drops it
+  // A try (timeout 0) parked only because a lock was held: answered after one attempt that
+  // got the lock, as the local try would be once it had waited for the lock.
+  bool tryOnce = false;
 };
+
+namespace {
+
+// `a` = attempt(...) on this thread, never waiting on a lock a process holds (the caller's
+// LockPatience): true when a lock was held, so that the attempt decided nothing.
+template <typename F>
+bool lockWasBusy(F&& attemptIt) {
+  const std::uint64_t before = base::LockPatience::busyLocks();
+  attemptIt();
+  return base::LockPatience::busyLocks() != before;
+}
+
+}  // namespace
 
 Gateway::Gateway(EventLoop& loop, ObjectManager& objects) : loop_(loop), objects_(objects) {}
 
@@ -185,12 +204,19 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
     return;
   }
-  Attempt a = attempt(*ch, from, op, loopBuf_);
-  if (a.done) {
+  // The loop never waits on a lock of a process (one stopped inside a send would stall every
+  // client of the node): a held lock hands the operation to the thread, which tries it again.
+  Attempt a;
+  bool busy = false;
+  {
+    base::LockPatience patience(0);
+    busy = lockWasBusy([&] { a = attempt(*ch, from, op, loopBuf_); });
+  }
+  if (a.done && !busy) {
     reply(std::move(a.answer));
     return;
   }
-  if (op.timeout_ns() == 0) {
+  if (op.timeout_ns() == 0 && !busy) {
     if (op.kind() == pb::ChannelOp::POLL) {
       pb::Envelope e;
       e.mutable_channel_op_reply()->set_ready(0);
@@ -228,16 +254,16 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     reply(errorOf(own.error()));
     return;
   }
-  park(from, op, std::move(*own), std::move(mine), std::move(reply));
+  park(from, op, std::move(*own), std::move(mine), std::move(reply), op.timeout_ns() == 0);
 }
 
 void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
-                   std::shared_ptr<Pool> pool, Reply reply) {
+                   std::shared_ptr<Pool> pool, Reply reply, bool tryOnce) {
   auto o = std::unique_ptr<Op>(new Op{from, op.op_key(), mine.id(), op, std::move(mine),
-                                      std::move(pool), 0, std::move(reply), false});
+                                      std::move(pool), 0, std::move(reply), false, tryOnce});
   const std::int64_t t = op.timeout_ns();
   const std::int64_t now = monotonicNowNs();
-  o->deadlineNs = t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;
+  o->deadlineNs = tryOnce || t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;
   {
     std::lock_guard lk(mu_);
     ops_.push_back(std::move(o));
@@ -322,6 +348,9 @@ std::size_t Gateway::parked() const {
 
 // The gateway thread: completes parked operations as their channels allow.
 void Gateway::run() {
+  // Attempts run under mu_, which the loop takes too: this thread never waits on a lock a
+  // process holds either, and tries such an operation again kBusyRetryNs later.
+  base::LockPatience patience(0);
   std::string buf;  // every RECV's buffer (grown once, never zeroed again)
   std::vector<Channel::WaitItem> items;
   std::vector<std::uint64_t> waitedIds;
@@ -329,6 +358,7 @@ void Gateway::run() {
   for (;;) {
     std::int64_t nextDeadline = INT64_MAX;
     bool partial = false;
+    bool busy = false;  // an operation found its channel's lock held
     items.clear();
     waitedIds.clear();
     {
@@ -340,11 +370,15 @@ void Gateway::run() {
       for (auto it = ops_.begin(); it != ops_.end();) {
         Op& o = **it;
         if (!o.finished) {
-          Attempt a = attempt(o.channel, o.from, o.op, buf);
-          if (a.done || now >= o.deadlineNs) {
+          Attempt a;
+          const bool held = lockWasBusy([&] { a = attempt(o.channel, o.from, o.op, buf); });
+          busy = busy || held;
+          if ((!held && (a.done || o.tryOnce)) || now >= o.deadlineNs) {
+            pb::Envelope answer = !held && a.done ? std::move(a.answer)
+                                  : !held && o.tryOnce ? errorOf(a.wouldBlock)
+                                                       : expired(o.op);
             // Answered on the loop's thread, which owns the reply paths.
-            loop_.post([reply = std::move(o.reply),
-                        answer = a.done ? std::move(a.answer) : expired(o.op)]() mutable {
+            loop_.post([reply = std::move(o.reply), answer = std::move(answer)]() mutable {
               reply(std::move(answer));
             });
             o.finished = true;
@@ -390,6 +424,7 @@ void Gateway::run() {
                                                     : std::max<std::int64_t>(
                                                           0, nextDeadline - monotonicNowNs());
     if (partial) waitNs = std::min(waitNs, kScanNs);
+    if (busy) waitNs = std::min(waitNs, kBusyRetryNs);
     const Timeout t = waitNs == Timeout::kForeverNs
                           ? Timeout::forever()
                           : Timeout::after(std::chrono::nanoseconds(waitNs));

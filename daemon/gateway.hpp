@@ -11,6 +11,11 @@
 // so a pool that the loop releases stays mapped for it; the loop cancels an operation before
 // its channel is destroyed, and the thread touches no channel of a cancelled one after that.
 //
+// Neither the loop nor the thread ever waits on a channel's (or pool's) lock that a process
+// holds (base::LockPatience): a process stopped inside a send, by a debugger or SIGSTOP, must
+// not stall the node. An operation that finds its lock held goes to the thread (a try too,
+// answered as the local try once the lock is free), which tries it again every few ms.
+//
 // Owning thread: the event loop calls everything here; the gateway thread is internal.
 #pragma once
 
@@ -71,7 +76,7 @@ class Gateway {
   void run();
   void ring();
   void park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
-            std::shared_ptr<Pool> pool, Reply reply);
+            std::shared_ptr<Pool> pool, Reply reply, bool tryOnce);
   // Finishes the parked operations `which` selects, answering each with `answer` (if given).
   void fail(const std::function<bool(const Op&)>& which,
             const std::function<protocol::Envelope(const Op&)>& answer);

@@ -223,6 +223,11 @@ class Server {
   // killed or failed, the locks it held, here and on the nodes it received from, break
   // (Channel::breakHold).
   void processEnded(const ProcessRecord& r);
+  // Breaks the locks of this node whose holder `gone` says is gone (ObjectManager::breakHolds),
+  // without waiting on a channel's lock that a process holds: those are tried again every
+  // kBreakRetryNs until they are free. The number broken now.
+  std::size_t breakHolds(std::function<bool(std::uint64_t)> gone, bool cleanEnd);
+  static constexpr std::int64_t kBreakRetryNs = 10'000'000;
   void finishClusterJob(Result<int> outcome);
   protocol::Envelope jobEndEnvelope() const;
   // Answers the serving launcher's final WaitJobEnd once enough others were answered.

@@ -3,6 +3,7 @@
 // dragond through the cluster and answered when it replies; requests from other dragonds are
 // served here by the same local code that serves this node's clients.
 #include "base/log.hpp"
+#include "base/robust_mutex.hpp"
 #include "daemon/server.hpp"
 #include "protocol/socket_io.hpp"
 
@@ -82,7 +83,7 @@ void Server::processEnded(const ProcessRecord& r) {
   const std::uint64_t me = Channel::holderWord(node_, static_cast<std::uint32_t>(r.pid));
   gateway_->dropReceivesOf(me);
   const std::size_t broken =
-      objects_->breakHolds([me](std::uint64_t h) { return h == me; }, clean);
+      breakHolds([me](std::uint64_t h) { return h == me; }, clean);
   if (broken != 0) {
     DRAGON_LOG(Info, "server", "process %d ended holding %zu lock(s) of this node: broken",
                static_cast<int>(r.pid), broken);
@@ -100,6 +101,20 @@ void Server::processEnded(const ProcessRecord& r) {
     gone.mutable_channel_op()->set_clean_end(clean);
     cluster_->forward(node, std::move(gone), [](Result<pb::Envelope>) {});
   }
+}
+
+std::size_t Server::breakHolds(std::function<bool(std::uint64_t)> gone, bool cleanEnd) {
+  // Never waiting here on a lock a process holds (one stopped inside a send would stall the
+  // node): a lock that is held is looked at again a little later, until it is free.
+  base::LockPatience patience(0);
+  const std::uint64_t busy = base::LockPatience::busyLocks();
+  const std::size_t broken = objects_->breakHolds(gone, cleanEnd);
+  if (base::LockPatience::busyLocks() != busy) {
+    loop_.addTimerAfterNs(kBreakRetryNs, [this, gone = std::move(gone), cleanEnd]() mutable {
+      breakHolds(std::move(gone), cleanEnd);
+    });
+  }
+  return broken;
 }
 
 Server::Reply Server::afterGlobalSync(std::uint32_t requester, Reply reply) {
@@ -568,7 +583,7 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
   // the locks of this node that its processes held break.
   gateway_->cancelFrom(node);
   const std::size_t broken =
-      objects_->breakHolds([node](std::uint64_t h) { return (h >> 32) == node; });
+      breakHolds([node](std::uint64_t h) { return (h >> 32) == node; }, false);
   if (broken != 0) {
     DRAGON_LOG(Info, "cluster", "%zu lock(s) held on %s broken", broken,
                cluster_->describe(node).c_str());
@@ -749,8 +764,7 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
         return;
       }
       gateway_->dropReceivesOf(gone);
-      objects_->breakHolds([gone](std::uint64_t h) { return h == gone; },
-                           msg.channel_op().clean_end());
+      breakHolds([gone](std::uint64_t h) { return h == gone; }, msg.channel_op().clean_end());
       rq.ok();
       return;
     }

@@ -4,8 +4,22 @@
 #include "base/futex.hpp"
 
 #include <cerrno>
+#include <ctime>
 
 namespace dragon::base {
+
+namespace {
+thread_local std::int64_t tPatienceNs = -1;  // -1: wait as long as it takes
+thread_local std::uint64_t tBusyLocks = 0;
+}  // namespace
+
+LockPatience::LockPatience(std::int64_t waitNs) noexcept : previous_(tPatienceNs) {
+  tPatienceNs = waitNs < 0 ? 0 : waitNs;
+}
+
+LockPatience::~LockPatience() { tPatienceNs = previous_; }
+
+std::uint64_t LockPatience::busyLocks() noexcept { return tBusyLocks; }
 
 Status RobustMutex::init(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
@@ -38,7 +52,21 @@ LockState RobustMutex::lock(pthread_mutex_t* m) noexcept {
     }
   }
   if (rc == EBUSY) {
-    rc = pthread_mutex_lock(m);
+    if (tPatienceNs < 0) {
+      rc = pthread_mutex_lock(m);
+    } else if (tPatienceNs > 0) {
+      timespec until{};
+      clock_gettime(CLOCK_MONOTONIC, &until);
+      const std::int64_t ns = until.tv_nsec + tPatienceNs % 1'000'000'000;
+      until.tv_sec += static_cast<time_t>(tPatienceNs / 1'000'000'000 + ns / 1'000'000'000);
+      until.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+      rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
+      if (rc == ETIMEDOUT) rc = EBUSY;
+    }
+    if (rc == EBUSY) {
+      ++tBusyLocks;
+      return LockState::Busy;
+    }
   }
   if (rc == 0) {
     return LockState::Locked;

@@ -8,6 +8,7 @@
 
 #include <dragon/status.hpp>
 
+#include <cstdint>
 #include <pthread.h>
 
 namespace dragon::base {
@@ -16,6 +17,26 @@ enum class LockState {
   Locked,         // acquired; the guarded state is consistent
   OwnerDied,      // acquired; the previous owner died holding it: repair, then markConsistent()
   Unrecoverable,  // a previous repair was abandoned: the guarded state is lost
+  Busy,           // not acquired: its holder kept it past this thread's LockPatience
+};
+
+// For a thread that serves every process of the node and so must not wait for long on a lock
+// one of them holds (dragond's event loop and its channel gateway thread: a holder stopped by
+// a debugger or SIGSTOP would stall them all). While one is alive on a thread, lock() there
+// gives up with Busy after its spin plus `waitNs` (0: the spin alone) instead of blocking.
+// busyLocks() counts the locks this thread gave up on, so that a caller tells a lock it could
+// not take from what the operation under it answered.
+class LockPatience {
+ public:
+  explicit LockPatience(std::int64_t waitNs) noexcept;
+  ~LockPatience();
+  LockPatience(const LockPatience&) = delete;
+  LockPatience& operator=(const LockPatience&) = delete;
+
+  static std::uint64_t busyLocks() noexcept;
+
+ private:
+  std::int64_t previous_;
 };
 
 class RobustMutex {

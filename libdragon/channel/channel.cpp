@@ -42,6 +42,9 @@ Status lockChannel(pthread_mutex_t* m, const char* which, ChannelHeader* h) noex
       base::RobustMutex::markConsistent(m);
       DRAGON_LOG(Info, "channel", "recovered the %s lock from a dead owner", which);
       return Status::ok();
+    case base::LockState::Busy:
+      return Status(StatusCode::WouldBlock, std::string("the channel's ") + which +
+                                                " lock is held by another process");
     case base::LockState::Unrecoverable:
       break;
   }

@@ -3,6 +3,8 @@
 // cluster on the in-process fake transport, and two other nodes' Clusters that send it requests
 // as a dragond would, or forged as a faulty or hostile one would. Every request takes the one
 // dispatcher path; these check what it refuses by origin and what a peer may claim.
+#include "base/robust_mutex.hpp"
+#include "channel/layout.hpp"
 #include "config/config.hpp"
 #include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
@@ -20,11 +22,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -242,6 +246,48 @@ TEST_F(Dispatch, APeerThatClaimsAnotherNodesProcessIsRefusedAndTheLockStaysHeld)
   const std::byte back{1};
   auto st = channel->send(std::span(&back, 1), Timeout::none());
   EXPECT_EQ(st.code(), StatusCode::ChannelClosed) << st.toString();
+}
+
+TEST_F(Dispatch, ALockWhoseSendLockIsHeldBreaksOnceItIsFreeAndDragondWaitsForNothing) {
+  // The holder of a lock ends while another process sits inside a send on that lock's channel
+  // (stopped there, say): dragond answers at once and breaks the lock once the send lock is
+  // free, never waiting on it on its loop.
+  const ObjectDescriptor lock = makeLock();
+  const std::uint64_t holder = Channel::holderWord(2, 4242);
+  pb::Envelope take = channelOp(lock, pb::ChannelOp::RECV);
+  take.mutable_channel_op()->set_holder(holder);
+  take.mutable_channel_op()->set_bounded(true);
+  take.mutable_channel_op()->set_max_size(16);
+  ASSERT_FALSE(ask(2, take).has_error());
+  auto channel = objects->channel(lock);
+  ASSERT_TRUE(channel.has_value());
+  ASSERT_EQ(channel->holder(), holder);
+
+  auto grant = objects->find(lock);  // the channel's pool and its memfd
+  ASSERT_TRUE(grant.has_value()) << grant.error().toString();
+  auto mapped = Pool::attach(UniqueFd(fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3)), grant->pool,
+                             /*prefault=*/false);
+  ASSERT_TRUE(mapped.has_value()) << mapped.error().toString();
+  auto* h = static_cast<detail::ChannelHeader*>(mapped->pointerAt(lock.offset));
+  std::promise<void> locked;
+  std::promise<void> release;
+  std::thread user([&] {
+    ASSERT_EQ(base::RobustMutex::lock(&h->sendLock), base::LockState::Locked);
+    locked.set_value();
+    release.get_future().wait();
+    base::RobustMutex::unlock(&h->sendLock);
+  });
+  locked.get_future().wait();
+
+  pb::Envelope gone;
+  gone.mutable_channel_op()->set_kind(pb::ChannelOp::HOLDER_GONE);
+  gone.mutable_channel_op()->set_holder(holder);
+  EXPECT_FALSE(ask(2, gone).has_error());  // answered while the send lock is held
+  EXPECT_FALSE(channel->isClosed());
+  release.set_value();
+  user.join();
+  EXPECT_TRUE(runUntil(*loop, [&] { return channel->isClosed(); }))
+      << "the lock did not break once its send lock was free";
 }
 
 TEST_F(Dispatch, ThePeersRequestsAreRefusedFromALocalClient) {

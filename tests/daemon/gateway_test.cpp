@@ -6,6 +6,8 @@
 // malformed operations are errors.
 #include "daemon_fixture.hpp"
 
+#include "base/robust_mutex.hpp"
+#include "channel/layout.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/socket_io.hpp"
 
@@ -13,7 +15,10 @@
 #include <sys/un.h>
 
 #include <chrono>
+#include <csignal>
 #include <optional>
+#include <set>
+#include <sys/wait.h>
 
 namespace dragon {
 namespace {
@@ -338,6 +343,64 @@ TEST_F(Gateway, AReceiveThroughDragondHoldsAsTheRequesterAndHolderGoneIsRefused)
   EXPECT_FALSE((*lock)->channel().isClosed());
   ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
   EXPECT_EQ((*lock)->channel().holder(), 0u);
+}
+
+TEST_F(Gateway, AProcessStoppedHoldingTheChannelsLockStallsNothingElse) {
+  // A process stopped (by a debugger, by SIGSTOP) inside a send holds the channel's send lock.
+  // dragond's loop and its gateway never wait on it: other requests are answered meanwhile,
+  // and the operations on this channel, a try included, complete once the lock is free.
+  auto* h = static_cast<detail::ChannelHeader*>(pool->pointerAt(ch->descriptor().offset));
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  const pid_t holder = fork();
+  if (holder == 0) {
+    if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) _exit(2);
+    (void)!write(ready[1], "x", 1);
+    raise(SIGSTOP);
+    base::RobustMutex::unlock(&h->sendLock);
+    _exit(0);
+  }
+  close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  close(ready[0]);
+  int st = 0;
+  ASSERT_EQ(waitpid(holder, &st, WUNTRACED), holder);
+  ASSERT_TRUE(WIFSTOPPED(st));
+
+  RawConn raw(d->socket());
+  auto send = op(ch->descriptor(), pb::ChannelOp::SEND, -1);
+  send.mutable_channel_op()->set_data("waited");
+  const auto parked = raw.post(send);
+  auto trySend = op(ch->descriptor(), pb::ChannelOp::SEND, 0);
+  trySend.mutable_channel_op()->set_data("tried");
+  const auto tried = raw.post(trySend);
+  ChannelOptions o;
+  o.capacity = 1;
+  auto other = client.createChannel(pool->descriptor(), o);  // through dragond's loop
+  ASSERT_TRUE(other.has_value()) << other.error().toString();
+  auto r = raw.reply(raw.post(op((*other)->descriptor(), pb::ChannelOp::RECV, 0)), 10s);
+  ASSERT_TRUE(r.has_value()) << "dragond stalled on a lock a stopped process holds";
+  EXPECT_EQ(codeOf(*r), StatusCode::WouldBlock);
+  EXPECT_FALSE(raw.reply(parked, 100ms).has_value()) << "a send while the lock is held";
+  EXPECT_FALSE(raw.reply(tried, 0ms).has_value()) << "a try waits for the lock, as a local one";
+
+  ASSERT_EQ(kill(holder, SIGCONT), 0);
+  ASSERT_EQ(waitpid(holder, &st, 0), holder);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  for (auto id : {parked, tried}) {
+    r = raw.reply(id, 10s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  }
+  std::set<std::string> got;
+  std::byte buf[16];
+  for (int i = 0; i < 2; ++i) {
+    auto n = ch->recv(buf, Timeout::none());
+    ASSERT_TRUE(n.has_value()) << n.error().toString();
+    got.insert(std::string(reinterpret_cast<char*>(buf), *n));
+  }
+  EXPECT_EQ(got, (std::set<std::string>{"tried", "waited"}));
 }
 
 TEST_F(Gateway, ManyParkedOperationsOnManyChannelsAllComplete) {
