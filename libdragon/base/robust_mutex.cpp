@@ -42,6 +42,14 @@ Status RobustMutex::init(pthread_mutex_t* m) {
 }
 
 LockState RobustMutex::lock(pthread_mutex_t* m) noexcept {
+  const std::int64_t patience = tPatienceNs;
+  tPatienceNs = -1;
+  const LockState st = lockOrGiveUp(m);
+  tPatienceNs = patience;
+  return st;
+}
+
+LockState RobustMutex::lockOrGiveUp(pthread_mutex_t* m) noexcept {
   // Critical sections are a few dozen instructions: a short trylock spin avoids sleeping in the
   // kernel when the holder is running on the other core.
   int rc = EBUSY;

@@ -23,7 +23,8 @@ enum class LockState {
 // For a thread that serves every process of the node and so must not wait for long on a lock
 // one of them holds (dragond's event loop and its channel gateway thread: a holder stopped by
 // a debugger or SIGSTOP would stall them all). While one is alive on a thread, lock() there
-// gives up with Busy after its spin plus `waitNs` (0: the spin alone) instead of blocking.
+// RobustMutex::lockOrGiveUp() there gives up with Busy after its spin plus `waitNs` (0: the
+// spin alone) instead of blocking.
 // busyLocks() counts the locks this thread gave up on, so that a caller tells a lock it could
 // not take from what the operation under it answered.
 class LockPatience {
@@ -45,6 +46,10 @@ class RobustMutex {
   static Status init(pthread_mutex_t* m);
   // Spins briefly with trylock (no syscall), then blocks in the kernel.
   static LockState lock(pthread_mutex_t* m) noexcept;
+  // As lock(), but on a thread with a LockPatience gives up (Busy) once that has passed. Only
+  // for a lock whose caller can give up before it changed anything (a channel's send and
+  // receive locks): never for one taken after a commit (a pool's, to free a block).
+  static LockState lockOrGiveUp(pthread_mutex_t* m) noexcept;
   static void markConsistent(pthread_mutex_t* m) noexcept;
   static void unlock(pthread_mutex_t* m) noexcept;
 };

@@ -28,7 +28,7 @@ struct Channel::SpinState {
 namespace {
 
 Status lockChannel(pthread_mutex_t* m, const char* which, ChannelHeader* h) noexcept {
-  switch (base::RobustMutex::lock(m)) {
+  switch (base::RobustMutex::lockOrGiveUp(m)) {
     case base::LockState::Locked:
       return Status::ok();
     case base::LockState::OwnerDied:

@@ -66,9 +66,7 @@ class PoolLock {
                    static_cast<unsigned long long>(h->id));
         return;
       }
-      case base::LockState::Busy:  // a thread with a LockPatience (dragond's) tries again later
-        status_ = Status(StatusCode::WouldBlock, "the pool's lock is held by another process");
-        return;
+      case base::LockState::Busy:  // lock() waits: never
       case base::LockState::Unrecoverable:
         status_ = Status(StatusCode::Corrupt, "pool lock is unrecoverable: a repair was abandoned");
         return;

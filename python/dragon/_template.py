@@ -28,7 +28,7 @@ exit code 255 (the status is lost with their parent).
 
 On another node than the parent's, the same template runs as ``remote_main``: started by
 that node's dragond, reached through channels of the parent's node instead of a socket, and
-ended when a channel whose token the parent holds breaks (see remote_main).
+ended when they go with the parent (see remote_main).
 """
 import os
 import pickle
@@ -311,26 +311,28 @@ def main():
 
 def remote_main():
     """A template on another node than its parent's (process._RemoteTemplate), started by that
-    node's dragond: ``python3 -c '...remote_main()' REQUESTS REPLIES LIFE``, three channels of
-    the parent's node. No socket crosses nodes, so requests come as pickles in REQUESTS and
+    node's dragond: ``python3 -c '...remote_main()' REQUESTS REPLIES``, two channels of the
+    parent's node. No socket crosses nodes, so requests come as pickles in REQUESTS and
     replies go back in REPLIES: first (preparation data,) and ("ready", pid), then ("start",
-    payload, env, cwd, name) and ("started", pid, puid) or ("error", text). LIFE is a channel
-    whose one token the parent holds (holder_owns): its dragond breaks it when the parent
-    ends, however it ends, and then this template stops starting processes (as a template
-    whose parent closed its socket); a lost parent node ends it the same way.
+    payload, env, cwd, name) and ("started", pid, puid) or ("error", text). This template
+    holds no reference to either: the parent's are their only ones, so both go when the
+    parent's connection to its dragond closes, however the parent ends (a process dragond
+    never started included), and the receive this template waits in fails; so does it when
+    the parent's node is lost. Then it starts no more processes, lets its children end and
+    exits.
 
     Children are forked from a spare as in main(); their output is the template's, captured by
     this node's dragond. Threads: the main one serves requests (a receive parked at the
-    channel's home), one reaps children and reports their ends, one waits on LIFE. Only
-    the main thread forks, holding _runtime's lock so that no other thread is inside a request
-    to dragond then."""
+    channel's home), one reaps children and reports their ends. Only the main thread forks,
+    holding _runtime's lock so that no other thread is inside a request to dragond then."""
     import threading
 
     from . import _runtime
 
     requests = _runtime.attach_channel(sys.argv[1])
     replies = _runtime.attach_channel(sys.argv[2])
-    life = _runtime.attach_channel(sys.argv[3])
+    for channel in (requests, replies):
+        _runtime.detach(channel.descriptor)  # reached by descriptor; the parent holds them
     (prep,) = pickle.loads(requests.recv())
     cmdline = _prepare(prep)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
@@ -388,22 +390,6 @@ def remote_main():
                     print("dragon template: the end of %d not reported: %s" % (pid, e),
                           file=sys.stderr)
 
-    def stop():
-        with lock:
-            stopping.append(True)
-            lock.notify_all()
-        try:
-            requests.close()  # ends the main thread's receive
-        except Exception:
-            pass
-
-    def watch_parent():
-        try:
-            life.wait_readable(None)  # broken when the parent ends (or its node is lost)
-        except BaseException:
-            pass
-        stop()
-
     last_env = {}
 
     def serve(request):
@@ -429,12 +415,11 @@ def remote_main():
     fork_spare()
     reaping = threading.Thread(target=reaper, name="dragon-template-reaper", daemon=True)
     reaping.start()
-    threading.Thread(target=watch_parent, name="dragon-template-life", daemon=True).start()
     replies.send(pickle.dumps(("ready", os.getpid())))
-    while not stopping:
+    while True:
         try:
             request = pickle.loads(requests.recv())
-        except BaseException:  # closed: the parent has gone (or its node)
+        except BaseException:  # destroyed: the parent has gone (or its node)
             break
         try:
             pid, puid = serve(request)
@@ -461,7 +446,8 @@ def remote_main():
         for _, channel in spares:
             channel.close()  # the spare ends
         spares.clear()
-    stop()
+        stopping.append(True)
+        lock.notify_all()
     reaping.join()  # once every child has ended
     sys.exit(0)
 

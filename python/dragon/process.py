@@ -383,10 +383,9 @@ class _RemoteTemplate:
     """This process's template on another node (_template.remote_main): started by that
     node's dragond at the first Process.start() placed there (which does not wait for it),
     used by every later one once it is ready. No socket crosses nodes: requests go as pickles
-    into a channel of this node that the template receives from, its replies come back in
-    another, and it stops when a third one breaks: its one token is held by this process
-    (holder_owns), so this node's dragond breaks it when this process ends, however it
-    ends."""
+    into a channel of this node that the template receives from, and its replies come back in
+    another. This process holds the only references to both, so they go when it ends, however
+    it ends, and the template, waiting on the first, stops."""
 
     def __init__(self, process_obj, node):
         self.node = node
@@ -398,9 +397,6 @@ class _RemoteTemplate:
         try:
             self._requests = _runtime.new_channel(capacity=2)
             self._replies = _runtime.new_channel(capacity=2)
-            self._life = _runtime.new_channel(capacity=1, track_holder=True, holder_owns=True)
-            self._life.send(b"\0")
-            self._life.recv()  # held by this process until it ends
             # The preparation data holds the authkey, which pickles only for a child's start.
             context.set_spawning_popen(self)
             try:
@@ -411,8 +407,7 @@ class _RemoteTemplate:
             self._requests.send(pickle.dumps((bytes(prep),)))
             argv = [spawn.get_executable(), "-c",
                     "from dragon._template import remote_main; remote_main()",
-                    self._requests.descriptor, self._replies.descriptor,
-                    self._life.descriptor]
+                    self._requests.descriptor, self._replies.descriptor]
             [(self._puid, _, _)] = _runtime.spawn(
                 argv, _remote_environment(), os.getcwd(), stdin="null", stdout="capture",
                 stderr="capture", node=node)

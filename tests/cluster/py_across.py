@@ -322,6 +322,18 @@ def check_remote_templates(far, outq):
         # The template of a parent that has gone ends (its dragond reports it).
         [(_, code, sig)] = _runtime.wait([puid], 30)
         assert (code, sig) == (0, 0), (then, code, sig)
+    # A parent that dragond did not start (a plain subprocess of this one, as a test runner's
+    # are): its template ends with it too.
+    import subprocess
+    code = ("import sys; sys.path.insert(0, %r); import multiprocessing as mp; import dragon; "
+            "mp.set_start_method('dragon', force=True); from py_across import "
+            "start_until_forked; print(start_until_forked(%d))"
+            % (os.path.dirname(os.path.abspath(__file__)), far))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    [(_, code, sig)] = _runtime.wait([int(out.stdout.split()[-1])], 30)
+    assert (code, sig) == (0, 0), ("subprocess", code, sig)
 
 
 def main():
