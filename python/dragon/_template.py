@@ -137,6 +137,17 @@ def _spare_main(channel):
     _become_child(channel, request, fds)
 
 
+def _report_end(pid, puid, status):
+    """Tells dragond how a child that it adopted (puid; None: not adopted) ended."""
+    if puid is None:
+        return
+    from . import _runtime
+    try:
+        _runtime.report_exited(puid, os.waitstatus_to_exitcode(status))
+    except Exception as e:  # dragond has gone
+        print("dragon template: the end of %d not reported: %s" % (pid, e), file=sys.stderr)
+
+
 def _prepare(prep):
     """What every child would do first, done once here: connects to dragond (in the parent's
     job: dragond started this process), runs spawn.prepare() with the parent's preparation
@@ -217,12 +228,7 @@ def main():
                 os.close(spare[1])
                 spare[2].close()
                 spare = None
-            if puid is not None:
-                try:
-                    _runtime.report_exited(puid, os.waitstatus_to_exitcode(status))
-                except Exception as e:  # dragond has gone
-                    print("dragon template: the end of %d not reported: %s" % (pid, e),
-                          file=sys.stderr)
+            _report_end(pid, puid, status)
 
     last_env = {}
 
@@ -383,12 +389,7 @@ def remote_main():
                 for spare in [sp for sp in spares if sp[0] == pid]:  # a spare that died waiting
                     spare[1].close()
                     spares.remove(spare)
-            if puid is not None:
-                try:
-                    _runtime.report_exited(puid, os.waitstatus_to_exitcode(status))
-                except Exception as e:  # dragond has gone
-                    print("dragon template: the end of %d not reported: %s" % (pid, e),
-                          file=sys.stderr)
+            _report_end(pid, puid, status)
 
     last_env = {}
 

@@ -279,6 +279,27 @@ class _RemotePopen(_PopenBase):
                 self._channel = None
 
 
+def _preparation(template, process_obj):
+    """Spawn's preparation data for `process_obj`, pickled for `template`. It holds the
+    authkey, which pickles only while a child is being started."""
+    context.set_spawning_popen(template)
+    try:
+        return reduction.ForkingPickler.dumps(spawn.get_preparation_data(process_obj._name))
+    finally:
+        context.set_spawning_popen(None)
+
+
+def _if_changed(template, variables):
+    """The children's environment that `variables` ("K=V") make, or None when it is the one
+    `template` last sent (called under the template's lock, so that requests and environments
+    stay in step)."""
+    env = dict(var.split("=", 1) for var in variables)
+    if env == template._last_env:
+        return None
+    template._last_env = env
+    return env
+
+
 class _Template:
     """This process's template: started through dragond at the first Process.start() (which
     does not wait for it), used by every later one once it is ready."""
@@ -301,13 +322,7 @@ class _Template:
             [(self._puid, self._pid, _)] = _runtime.spawn(
                 argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
                 stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=fds, extra_fd_base=base)
-            # The preparation data holds the authkey, which pickles only for a child's start.
-            context.set_spawning_popen(self)
-            try:
-                prep = reduction.ForkingPickler.dumps(
-                    spawn.get_preparation_data(process_obj._name))
-            finally:
-                context.set_spawning_popen(None)
+            prep = _preparation(self, process_obj)
             _template_wire.send_message(ours, (bytes(prep),))
         except Exception as e:
             self._give_up("could not start it: %s: %s" % (type(e).__name__, e))
@@ -341,13 +356,7 @@ class _Template:
         return self._ready
 
     def _environment(self):
-        """The children's environment, or None when it is the one the template last got
-        (called under the lock, so requests and environments stay in step)."""
-        env = dict(var.split("=", 1) for var in _child_environment())
-        if env == self._last_env:
-            return None
-        self._last_env = env
-        return env
+        return _if_changed(self, _child_environment())
 
     def start(self, request, fds):
         """(pid, puid, pidfd) of the child the template started for request = (payload, cwd,
@@ -397,13 +406,7 @@ class _RemoteTemplate:
         try:
             self._requests = _runtime.new_channel(capacity=2)
             self._replies = _runtime.new_channel(capacity=2)
-            # The preparation data holds the authkey, which pickles only for a child's start.
-            context.set_spawning_popen(self)
-            try:
-                prep = reduction.ForkingPickler.dumps(
-                    spawn.get_preparation_data(process_obj._name))
-            finally:
-                context.set_spawning_popen(None)
+            prep = _preparation(self, process_obj)
             self._requests.send(pickle.dumps((bytes(prep),)))
             argv = [spawn.get_executable(), "-c",
                     "from dragon._template import remote_main; remote_main()",
@@ -455,13 +458,7 @@ class _RemoteTemplate:
         return self._ready
 
     def _environment(self):
-        """The children's environment, or None when it is the one the template last got
-        (called under the lock, so requests and environments stay in step)."""
-        env = dict(var.split("=", 1) for var in _remote_environment())
-        if env == self._last_env:
-            return None
-        self._last_env = env
-        return env
+        return _if_changed(self, _remote_environment())
 
     def start(self, request):
         """(pid, puid) of the child the template started for request = (payload, cwd, name)."""

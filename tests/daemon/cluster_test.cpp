@@ -6,7 +6,7 @@
 #include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
 #include "daemon/transport.hpp"
-#include "support/loop.hpp"
+#include "support/cluster_unit.hpp"
 
 #include <gtest/gtest.h>
 
@@ -45,19 +45,7 @@ struct Fixture : ::testing::Test {
   }
 
   pb::JoinCluster table(const std::string& secret = std::string(32, 's')) {
-    pb::JoinCluster j;
-    for (std::uint32_t i = 0; i < kNodes; ++i) {
-      auto* n = j.add_node();
-      n->set_node(i);
-      n->set_hostname("n" + std::to_string(i + 1));
-      n->set_cpus(2);
-      n->set_rank(i);
-      n->set_address(nodes[i]->address());
-    }
-    j.set_secret(secret);
-    j.set_head_node(0);
-    j.set_global_node(0);
-    return j;
+    return nodeTable(nodes, secret);
   }
 
   void joinAll(const config::Config& cfg) {

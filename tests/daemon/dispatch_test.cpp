@@ -15,7 +15,7 @@
 #include "daemon/server.hpp"
 #include "daemon/transport.hpp"
 #include "protocol/socket_io.hpp"
-#include "support/loop.hpp"
+#include "support/cluster_unit.hpp"
 
 #include <gtest/gtest.h>
 
@@ -78,18 +78,7 @@ struct Dispatch : ::testing::Test {
       nodes.push_back(std::move(*c));
     }
     server->setCluster(*nodes[kServed], dir + "/dragond.sock", 1'000'000'000, 1'000'000'000);
-    pb::JoinCluster j;
-    for (std::uint32_t i = 0; i < kNodes; ++i) {
-      auto* n = j.add_node();
-      n->set_node(i);
-      n->set_hostname("n" + std::to_string(i + 1));
-      n->set_cpus(2);
-      n->set_rank(i);
-      n->set_address(nodes[i]->address());
-    }
-    j.set_secret(std::string(32, 's'));
-    j.set_head_node(0);
-    j.set_global_node(0);
+    const pb::JoinCluster j = nodeTable(nodes);
     for (auto& n : nodes) ASSERT_TRUE(n->join(j).isOk());
   }
 

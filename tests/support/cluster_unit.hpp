@@ -1,16 +1,20 @@
 // SPDX-License-Identifier: MIT
-// For unit tests that drive dragond's event loop in-process: a test configuration with the
-// cluster's timings, and running the loop until a condition holds or a deadline passes.
+// For unit tests of dragond's cluster layer that drive its event loop in-process: a test
+// configuration with the cluster's timings, running the loop until a condition holds or a
+// deadline passes, and the node table of a job of in-process Clusters.
 #pragma once
 
 #include "config/config.hpp"
+#include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace dragon::daemon {
 
@@ -55,6 +59,25 @@ inline bool runUntil(EventLoop& loop, const std::function<bool()>& done,
   if (pending != 0) loop.cancelTimer(pending);
   (void)expired;
   return done();
+}
+
+// The JoinCluster of a job whose node i is nodes[i] (hostname n<i+1>, 2 CPUs, rank i), head
+// and global services on node 0.
+inline protocol::JoinCluster nodeTable(const std::vector<std::unique_ptr<Cluster>>& nodes,
+                                       const std::string& secret = std::string(32, 's')) {
+  protocol::JoinCluster j;
+  for (std::uint32_t i = 0; i < nodes.size(); ++i) {
+    auto* n = j.add_node();
+    n->set_node(i);
+    n->set_hostname("n" + std::to_string(i + 1));
+    n->set_cpus(2);
+    n->set_rank(i);
+    n->set_address(nodes[i]->address());
+  }
+  j.set_secret(secret);
+  j.set_head_node(0);
+  j.set_global_node(0);
+  return j;
 }
 
 }  // namespace dragon::daemon
