@@ -6,6 +6,8 @@
 #include "protocol/socket_io.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -428,7 +430,13 @@ void Gateway::run() {
     const Timeout t = waitNs == Timeout::kForeverNs
                           ? Timeout::forever()
                           : Timeout::after(std::chrono::nanoseconds(waitNs));
-    // A channel is destroyed only after channelGone() has seen this wait end (pass_).
+    // A channel is destroyed only after channelGone() has seen this wait end (pass_). With a
+    // lock held, its channel may well look ready (a stopped sender has not committed): sleep
+    // instead of a wait that would return at once, so that the retries do not spin.
+    if (busy) {
+      std::this_thread::sleep_for(std::chrono::nanoseconds(std::min(waitNs, kBusyRetryNs)));
+      continue;
+    }
     auto r = Channel::waitAny(items, t);
     if (!r.has_value()) {
       DRAGON_LOG(Warn, "gateway", "waiting on parked channels: %s", r.error().toString().c_str());

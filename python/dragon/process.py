@@ -474,9 +474,11 @@ class _RemoteTemplate:
                     except TimeoutError:
                         if self._gone.is_set():
                             raise EOFError("it has gone") from None
-            except Exception as e:
+            except BaseException as e:  # an interrupt too: its reply could answer the next
                 self._last_env = None
                 self._give_up("%s: %s" % (type(e).__name__, e))
+                if not isinstance(e, Exception):
+                    raise
                 raise _TemplateLost(str(e)) from None
             if reply[0] != "started":
                 raise OSError("the template of node %d could not start the process: %s"
