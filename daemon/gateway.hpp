@@ -11,7 +11,7 @@
 // so a pool that the loop releases stays mapped for it; the loop cancels an operation before
 // its channel is destroyed, and the thread touches no channel of a cancelled one after that.
 //
-// Neither the loop nor the thread ever waits on a channel's (or pool's) lock that a process
+// Neither the loop nor the thread ever waits on a channel's send or receive lock that a process
 // holds (base::LockPatience): a process stopped inside a send, by a debugger or SIGSTOP, must
 // not stall the node. An operation that finds its lock held goes to the thread (a try too,
 // answered as the local try once the lock is free), which tries it again every few ms.
