@@ -257,7 +257,10 @@ Server::Request Server::peerRequest(std::uint32_t from, Reply reply) {
 namespace {
 
 // Who may make each request: a client of this node, another node's dragond, or both.
-enum Origins : unsigned { kNobody = 0, kClient = 1, kPeer = 2, kBoth = 3 };
+constexpr unsigned kNobody = 0;
+constexpr unsigned kClient = 1;
+constexpr unsigned kPeer = 2;
+constexpr unsigned kBoth = kClient | kPeer;
 
 unsigned originsOf(pb::Envelope::BodyCase body) {
   switch (body) {
