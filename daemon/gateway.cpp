@@ -23,7 +23,7 @@ constexpr std::size_t kBellSlots = 1;
 // operations, the thread waits on the first ones and looks at the rest every kScanNs.
 constexpr std::size_t kWaitChannels = Channel::kMaxWaitItems - 1;
 constexpr std::int64_t kScanNs = 1'000'000;
-// How soon the thread tries again an operation whose channel (or pool) lock a process held.
+// How soon the thread tries again an operation whose channel lock a process held.
 constexpr std::int64_t kBusyRetryNs = 2'000'000;
 
 pb::Envelope errorOf(const Status& st) {
@@ -426,7 +426,6 @@ void Gateway::run() {
                                                     : std::max<std::int64_t>(
                                                           0, nextDeadline - monotonicNowNs());
     if (partial) waitNs = std::min(waitNs, kScanNs);
-    if (busy) waitNs = std::min(waitNs, kBusyRetryNs);
     const Timeout t = waitNs == Timeout::kForeverNs
                           ? Timeout::forever()
                           : Timeout::after(std::chrono::nanoseconds(waitNs));

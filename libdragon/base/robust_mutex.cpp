@@ -41,15 +41,10 @@ Status RobustMutex::init(pthread_mutex_t* m) {
   return Status::ok();
 }
 
-LockState RobustMutex::lock(pthread_mutex_t* m) noexcept {
-  const std::int64_t patience = tPatienceNs;
-  tPatienceNs = -1;
-  const LockState st = lockOrGiveUp(m);
-  tPatienceNs = patience;
-  return st;
-}
+namespace {
 
-LockState RobustMutex::lockOrGiveUp(pthread_mutex_t* m) noexcept {
+// lock() with `patienceNs` (-1: wait as long as it takes) after the spin.
+LockState lockWithin(pthread_mutex_t* m, std::int64_t patienceNs) noexcept {
   // Critical sections are a few dozen instructions: a short trylock spin avoids sleeping in the
   // kernel when the holder is running on the other core.
   int rc = EBUSY;
@@ -60,13 +55,13 @@ LockState RobustMutex::lockOrGiveUp(pthread_mutex_t* m) noexcept {
     }
   }
   if (rc == EBUSY) {
-    if (tPatienceNs < 0) {
+    if (patienceNs < 0) {
       rc = pthread_mutex_lock(m);
-    } else if (tPatienceNs > 0) {
+    } else if (patienceNs > 0) {
       timespec until{};
       clock_gettime(CLOCK_MONOTONIC, &until);
-      const std::int64_t ns = until.tv_nsec + tPatienceNs % 1'000'000'000;
-      until.tv_sec += static_cast<time_t>(tPatienceNs / 1'000'000'000 + ns / 1'000'000'000);
+      const std::int64_t ns = until.tv_nsec + patienceNs % 1'000'000'000;
+      until.tv_sec += static_cast<time_t>(patienceNs / 1'000'000'000 + ns / 1'000'000'000);
       until.tv_nsec = static_cast<long>(ns % 1'000'000'000);
       rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
       if (rc == ETIMEDOUT) rc = EBUSY;
@@ -83,6 +78,14 @@ LockState RobustMutex::lockOrGiveUp(pthread_mutex_t* m) noexcept {
     return LockState::OwnerDied;
   }
   return LockState::Unrecoverable;
+}
+
+}  // namespace
+
+LockState RobustMutex::lock(pthread_mutex_t* m) noexcept { return lockWithin(m, -1); }
+
+LockState RobustMutex::lockOrGiveUp(pthread_mutex_t* m) noexcept {
+  return lockWithin(m, tPatienceNs);
 }
 
 void RobustMutex::markConsistent(pthread_mutex_t* m) noexcept { pthread_mutex_consistent(m); }
