@@ -24,6 +24,7 @@
 #include "daemon/object_manager.hpp"
 #include "protocol/codec.hpp"
 
+#include <dragon/client.hpp>
 #include <dragon/unique_fd.hpp>
 
 #include <condition_variable>
@@ -44,7 +45,7 @@ class Gateway {
 
   // The largest message a RECV takes: one that crosses nodes travels whole in one transport
   // message; a larger one stays queued and the receiver gets MessageTooLarge.
-  static constexpr std::uint64_t kMaxMessage = (std::uint64_t{16} << 20) - (std::uint64_t{64} << 10);
+  static constexpr std::uint64_t kMaxMessage = kMaxMessageAcrossNodes;
 
   Gateway(EventLoop& loop, ObjectManager& objects);
   ~Gateway();

@@ -239,18 +239,21 @@ def main():
             request = request[:2] + (last_env,) + request[3:]
         else:
             last_env = request[2]
-        if spare is None:
-            spare = fork_spare()
-        pid, pidfd, channel, puid = spare
-        spare = None
-        try:
-            send_message(channel, request, fds)
-        except BaseException:
-            os.close(pidfd)
-            raise
-        finally:
-            channel.close()
-        return pid, pidfd, puid
+        for attempt in range(2):
+            if spare is None:
+                spare = fork_spare()
+            pid, pidfd, channel, puid = spare
+            spare = None
+            try:
+                send_message(channel, request, fds)
+                return pid, pidfd, puid
+            except BaseException as e:
+                os.close(pidfd)
+                # A spare that died waiting (reap() reaps it): once more with a new one.
+                if attempt or not isinstance(e, OSError):
+                    raise
+            finally:
+                channel.close()
 
     def drop_spare():
         """The parent has gone: the spare ends, the children it has run on."""
@@ -334,6 +337,7 @@ def remote_main():
     import threading
 
     from . import _runtime
+    from ._native import ChannelClosed
 
     requests = _runtime.attach_channel(sys.argv[1])
     replies = _runtime.attach_channel(sys.argv[2])
@@ -388,7 +392,7 @@ def remote_main():
                 _, status = os.waitpid(pid, 0)
                 for spare in [sp for sp in spares if sp[0] == pid]:  # a spare that died waiting
                     spare[1].close()
-                    spares.remove(spare)
+                spares[:] = [sp for sp in spares if sp[0] != pid]
             _report_end(pid, puid, status)
 
     last_env = {}
@@ -402,16 +406,24 @@ def remote_main():
         env = dict(env)
         if own_socket:
             env["DRAGON_SOCKET"] = own_socket  # this node's dragond, not the parent's
-        if not spares:
-            fork_spare()
-        pid, channel = spares.pop()
-        with lock:
-            puid = children.get(pid)
-        try:
-            send_message(channel, ("start", payload, env, cwd, name, 100, -1, False))
-        finally:
-            channel.close()
-        return pid, puid
+        for attempt in range(2):
+            with lock:
+                spare = spares.pop() if spares else None
+            if spare is None:
+                fork_spare()
+                with lock:
+                    spare = spares.pop()
+            pid, channel = spare
+            with lock:
+                puid = children.get(pid)
+            try:
+                send_message(channel, ("start", payload, env, cwd, name, 100, -1, False))
+                return pid, puid
+            except OSError:  # the spare died waiting (the reaper reaps it): a new one
+                if attempt:
+                    raise
+            finally:
+                channel.close()
 
     fork_spare()
     reaping = threading.Thread(target=reaper, name="dragon-template-reaper", daemon=True)
@@ -419,10 +431,14 @@ def remote_main():
     replies.send(pickle.dumps(("ready", os.getpid())))
     while True:
         try:
-            request = pickle.loads(requests.recv())
-        except BaseException:  # destroyed: the parent has gone (or its node)
+            message = requests.recv()
+        except BaseException as e:  # destroyed: the parent has gone (or its node)
+            if not isinstance(e, (ChannelClosed, LookupError, ConnectionError)):
+                print("dragon template: stopping: %s: %s" % (type(e).__name__, e),
+                      file=sys.stderr)
             break
         try:
+            request = pickle.loads(message)
             pid, puid = serve(request)
             reply = ("started", pid, puid)
         except Exception as e:

@@ -17,6 +17,7 @@ from multiprocessing import context, process, reduction, spawn, util
 
 from . import _runtime
 from . import _template as _template_wire
+from ._native import MAX_MESSAGE_ACROSS_NODES
 from ._coherence import acquired, held
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,6 +244,7 @@ class _RemotePopen(_PopenBase):
         self._channel = None
         try:
             payload = _payload(self, process_obj)
+            _fits_across_nodes(payload, node)
             if template is not None:
                 self.pid, self._puid = template.start(
                     (bytes(payload), os.getcwd(), process_obj.name))
@@ -277,6 +279,17 @@ class _RemotePopen(_PopenBase):
             self._status(None)  # dragond has the status: the watcher closed the pipe after it
             if self.returncode is not None:
                 self._channel = None
+
+
+def _fits_across_nodes(payload, node):
+    """A process's payload (its pickled target and arguments) is one message to its node."""
+    limit = MAX_MESSAGE_ACROSS_NODES - 64 * 1024  # room for the request around it
+    if len(payload) > limit:
+        raise ValueError(
+            "cannot start the process on node %d: its target and arguments pickle to %d bytes, "
+            "more than the %d that one message between nodes carries; give it large data "
+            "through shared memory of its node or in pieces through a Queue"
+            % (node, len(payload), limit))
 
 
 def _preparation(template, process_obj):
@@ -460,25 +473,52 @@ class _RemoteTemplate:
     def _environment(self):
         return _if_changed(self, _remote_environment())
 
+    def _reply(self):
+        """The template's answer to the request just sent; EOFError once it has ended without
+        one (its end is looked at between slices of the wait, and an answer that came before
+        it ended is still taken)."""
+        while True:
+            gone = self._gone.is_set()
+            try:
+                return pickle.loads(self._replies.recv(timeout=0 if gone else
+                                                       _REMOTE_REPLY_SLICE))
+            except TimeoutError:
+                if gone:
+                    raise EOFError("it has gone") from None
+
+    def _taken_back(self):
+        """Whether the request just sent was still queued (the template never took it), and
+        is now taken back: the requests channel holds nothing else, and receiving from it here
+        is exactly-once against the template's receive."""
+        try:
+            self._requests.recv(timeout=0)
+            return True
+        except Exception:
+            return False
+
     def start(self, request):
-        """(pid, puid) of the child the template started for request = (payload, cwd, name)."""
+        """(pid, puid) of the child the template started for request = (payload, cwd, name).
+        _TemplateLost when the template did not take the request (another way may start the
+        process); OSError when it took it and ended without an answer (the process may have
+        started, so it must not be started again)."""
         with self._lock:
             env = self._environment()
+            sent = False
             try:
                 self._requests.send(pickle.dumps(("start", request[0], env) + request[1:]),
                                     timeout=0)
-                while True:
-                    try:
-                        reply = pickle.loads(self._replies.recv(timeout=_REMOTE_REPLY_SLICE))
-                        break
-                    except TimeoutError:
-                        if self._gone.is_set():
-                            raise EOFError("it has gone") from None
+                sent = True
+                reply = self._reply()
             except BaseException as e:  # an interrupt too: its reply could answer the next
                 self._last_env = None
                 self._give_up("%s: %s" % (type(e).__name__, e))
+                taken = sent and self._taken_back()  # else the template may still run it
                 if not isinstance(e, Exception):
                     raise
+                if sent and not taken:
+                    raise OSError("the process template of node %d ended while starting the "
+                                  "process (%s); it may have started there"
+                                  % (self.node, e)) from None
                 raise _TemplateLost(str(e)) from None
             if reply[0] != "started":
                 raise OSError("the template of node %d could not start the process: %s"
@@ -489,15 +529,17 @@ class _RemoteTemplate:
 _template = None
 _template_pid = None
 _remote_templates = {}  # node -> _RemoteTemplate
+_templates_lock = threading.Lock()
 
 
 def _remote_popen(process_obj, node):
     """A child of this process's template of `node` when it is ready; else one that node's
     dragond starts (and the first such start also starts the template there)."""
-    template = _remote_templates.get(node)
-    if template is None and _TEMPLATES_ENABLED:
-        _remote_templates[node] = _RemoteTemplate(process_obj, node)
-    elif template is not None and not template.broken and template.ready():
+    with _templates_lock:  # two threads' first starts on `node` make one template
+        template = _remote_templates.get(node)
+        if template is None and _TEMPLATES_ENABLED:
+            _remote_templates[node] = _RemoteTemplate(process_obj, node)
+    if template is not None and not template.broken and template.ready():
         try:
             return _RemotePopen(process_obj, node, template)
         except _TemplateLost:
@@ -516,8 +558,11 @@ def Popen(process_obj):
     node = target_node(getattr(process_obj, "_dragon_policy", None))
     if node is not None:
         return _remote_popen(process_obj, node)
-    if _template is None and _TEMPLATES_ENABLED:
-        _template = _Template(process_obj)
+    with _templates_lock:  # two threads' first starts make one template
+        first = _template is None and _TEMPLATES_ENABLED
+        if first:
+            _template = _Template(process_obj)
+    if first:
         return _DaemonPopen(process_obj)
     if _template is not None and not _template.broken and _template.ready():
         try:

@@ -9,12 +9,15 @@ speaking XML-RPC and a Listener/Client across nodes; 200 queues of another node 
 sockets; raw memory (RawValue, RawArray, the stdlib heap's buffers) kept coherent across nodes
 at synchronisation points, SharedMemory refused for another node with a clear error naming its
 node; processes of another node forked by the parent's template there, which ends with its
-parent. Prints "py-across: ok ..." or fails with a traceback."""
+parent, is made once however many threads start at once, refuses arguments too large to cross
+nodes and goes on serving, and once killed is not waited for. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
 import sys
+import threading
 import time
 from multiprocessing.connection import wait
 from multiprocessing.managers import BaseManager
@@ -305,11 +308,88 @@ def template_user(node, outq, then):
         time.sleep(600)
 
 
+def first_starts_at_once(node, outq):
+    """Four threads of a parent without templates start processes on `node` at once: one
+    template is made there, not one per thread. Puts how many were made."""
+    from dragon import process as dp
+    made = []
+    make = dp._RemoteTemplate.__init__
+
+    def counted(self, *args):
+        made.append(self)
+        make(self, *args)
+
+    dp._RemoteTemplate.__init__ = counted
+    q = mp.Queue()
+
+    def start_one():
+        with dragon.Policy(node=node):
+            p = mp.Process(target=report_ppid, args=(q,))
+            p.start()
+        q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+
+    threads = [threading.Thread(target=start_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    outq.put(len(made))
+
+
+def check_template_serving(far, template_puid):
+    """A request that the template cannot take (arguments over one message between nodes) is
+    refused at start() and the template goes on serving; a template killed before a start is
+    not waited for, and the process starts once, as a fresh interpreter."""
+    from dragon import _runtime
+    from dragon import process as dp
+    template = dp._remote_templates[far]
+    q = mp.Queue()
+    with dragon.Policy(node=far):
+        p = mp.Process(target=exiter, args=(b"x" * (17 << 20),))
+        try:
+            p.start()
+        except ValueError as err:
+            assert "between nodes" in str(err), err
+        else:
+            raise AssertionError("a process of 17 MiB of arguments was started on another node")
+        p = mp.Process(target=report_ppid, args=(q,))
+        p.start()
+    assert q.get(timeout=60) == template.pid, "the template stopped serving"
+    p.join(60)
+    assert p.exitcode == 0 and not template.broken, (p.exitcode, template.broken)
+
+    _runtime.signal([template_puid], signal.SIGKILL)
+    [(_, _, sig)] = _runtime.wait([template_puid], 30)
+    assert sig == signal.SIGKILL, sig
+    assert template._gone.wait(30), "the parent never learnt that its template ended"
+    with dragon.Policy(node=far):
+        p = mp.Process(target=report_ppid, args=(q,))
+        p.start()
+    assert q.get(timeout=60) != template.pid
+    p.join(60)
+    assert p.exitcode == 0 and template.broken, (p.exitcode, template.broken)
+    try:  # the request was taken back, so nothing could run it a second time
+        template._requests.recv(timeout=0)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the request to the dead template is still queued")
+
+
 def check_remote_templates(far, outq):
     """Processes on another node are forked by the parent's template there, which goes when
     its parent ends: at its exit, or killed."""
     from dragon import _runtime
-    start_until_forked(far)
+    template_puid = start_until_forked(far)
+    with dragon.Policy(node="local"):
+        user = mp.Process(target=first_starts_at_once, args=(far, outq))
+        user.start()
+    made = outq.get(timeout=180)
+    user.join(60)
+    assert (made, user.exitcode) == (1, 0), (made, user.exitcode)
     for then in ("exit", "wait"):
         with dragon.Policy(node="local"):
             user = mp.Process(target=template_user, args=(far, outq, then))
@@ -334,6 +414,7 @@ def check_remote_templates(far, outq):
     assert out.returncode == 0, out.stderr
     [(_, code, sig)] = _runtime.wait([int(out.stdout.split()[-1])], 30)
     assert (code, sig) == (0, 0), ("subprocess", code, sig)
+    check_template_serving(far, template_puid)
 
 
 def main():

@@ -33,6 +33,11 @@ std::string defaultRuntimeDir();
 // /run/dragon/UID/dragond.sock if it exists, else RUNTIME_DIR/dragond.sock.
 std::string defaultSocketPath();
 
+// The largest message that crosses nodes: a remote channel's maxMessageSize() is at most this
+// (whatever the channel allows locally); a larger message stays queued and a receiver on
+// another node gets MessageTooLarge.
+inline constexpr std::uint64_t kMaxMessageAcrossNodes = (std::uint64_t{16} << 20) - (std::uint64_t{64} << 10);
+
 namespace detail {
 struct ClientConnection;
 }
