@@ -8,13 +8,13 @@ Dragon channels in shared-memory pools.
 """
 import multiprocessing.context as _mpcontext
 
-from ._native import ChannelClosed, DragonError, PeerLost  # noqa: F401
+from ._native import ChannelClosed, DragonError, NodeLost, PeerLost  # noqa: F401
 from .synchronize import BrokenLockError  # noqa: F401
 from .context import DragonContext
 from .policy import Policy, nodes
 
-__all__ = ["BrokenLockError", "ChannelClosed", "DragonContext", "DragonError", "PeerLost", "Policy",
-           "nodes"]
+__all__ = ["BrokenLockError", "ChannelClosed", "DragonContext", "DragonError", "NodeLost",
+           "PeerLost", "Policy", "nodes"]
 
 if "dragon" not in _mpcontext._concrete_contexts:
     _mpcontext._concrete_contexts["dragon"] = DragonContext()

@@ -27,6 +27,7 @@ using dragon::StatusCode;
 inline PyObject* gDragonError = nullptr;
 inline PyObject* gChannelClosed = nullptr;
 inline PyObject* gPeerLost = nullptr;
+inline PyObject* gNodeLost = nullptr;
 
 [[noreturn]] inline void raise(const Status& st) {
   const std::string msg = st.toString();
@@ -53,6 +54,9 @@ inline PyObject* gPeerLost = nullptr;
       break;
     case StatusCode::PeerLost:
       PyErr_SetString(gPeerLost, msg.c_str());
+      break;
+    case StatusCode::NodeLost:  // the object's node, or the process's, left the job
+      PyErr_SetString(gNodeLost, msg.c_str());
       break;
     default:
       PyErr_SetString(gDragonError, msg.c_str());

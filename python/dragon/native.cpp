@@ -143,6 +143,8 @@ PYBIND11_MODULE(_native, m) {
   gChannelClosed = channelClosed.ptr();
   static py::exception<std::runtime_error> peerLost(m, "PeerLost", PyExc_ConnectionError);
   gPeerLost = peerLost.ptr();
+  static py::exception<std::runtime_error> nodeLost(m, "NodeLost", dragonError.ptr());
+  gNodeLost = nodeLost.ptr();
 
   bindCodec(m);
 

@@ -17,7 +17,7 @@ from multiprocessing import context, process, reduction, spawn, util
 
 from . import _runtime
 from . import _template as _template_wire
-from ._native import MAX_MESSAGE_ACROSS_NODES
+from ._native import MAX_MESSAGE_ACROSS_NODES, NodeLost
 from ._coherence import acquired, held
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,11 +88,15 @@ class _PopenBase:
         return self.duplicate_for_child(resource_tracker.getfd())
 
     def _status(self, timeout):
-        """Sets returncode from dragond's record once the process has ended (by `timeout`)."""
+        """Sets returncode from dragond's record once the process has ended (by `timeout`).
+        A process lost with its node ended as if killed: -SIGKILL (the launcher names the
+        node and ends the job non-zero)."""
         try:
             [(_, code, sig)] = _runtime.wait([self._puid], timeout)
         except TimeoutError:
             return
+        except NodeLost:
+            code, sig = None, signal.SIGKILL
         self.returncode = -sig if sig else code
 
     def wait(self, timeout=None):
@@ -119,7 +123,7 @@ class _PopenBase:
         if self.returncode is None:
             try:
                 _runtime.signal([self._puid], sig)
-            except LookupError:
+            except (LookupError, NodeLost):  # it has ended, or gone with its node
                 pass
 
     def terminate(self):

@@ -60,7 +60,7 @@ class Queue:
     @staticmethod
     def _on_queue_feeder_error(e, obj):
         import traceback
-        traceback.print_exc()
+        traceback.print_exception(e)  # called with no exception being handled
 
     def put_nowait(self, obj):
         return self.put(obj, False)
