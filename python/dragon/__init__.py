@@ -61,6 +61,25 @@ if "dragon" not in _mpcontext._concrete_contexts:
 
         module.BufferWrapper = BufferWrapper
 
+    def _patch_queues(module):
+        # The stdlib's Queue class made with the dragon context (concurrent.futures' call
+        # queue is a subclass of it, and so may a program's be): its pipe is a dragon Pipe, as
+        # multiprocessing.Pipe() is, so that it reaches processes on other nodes (an OS pipe's
+        # fds cannot); its locks and semaphore already come from the context.
+        stock_init = module.Queue.__init__
+
+        def __init__(self, maxsize=0, *, ctx):
+            stock_init(self, maxsize, ctx=ctx)
+            if isinstance(ctx, DragonContext):
+                from .connection import Pipe
+                self._reader.close()
+                self._writer.close()
+                self._reader, self._writer = Pipe(duplex=False)
+                self._reset()
+
+        __init__.__doc__ = stock_init.__doc__
+        module.Queue.__init__ = __init__
+
     _install_wait()
     _install_listener_client()
     # Modules imported only by some programs are patched when (and if) they are imported.
@@ -68,6 +87,7 @@ if "dragon" not in _mpcontext._concrete_contexts:
     _hooks.after_import("multiprocessing.resource_sharer", _patch_resource_sharer)
     _hooks.after_import("multiprocessing.shared_memory", _patch_shared_memory)
     _hooks.after_import("multiprocessing.heap", _patch_heap)
+    _hooks.after_import("multiprocessing.queues", _patch_queues)
 
     for _name in ("Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Lock", "RLock", "Semaphore",
                   "BoundedSemaphore", "Condition", "Event", "Barrier", "Value", "Array",

@@ -4,13 +4,14 @@ t_python_across.sh): workers placed with dragon.Policy on each node take items f
 and put results on another; exit codes, terminate, is_alive and the sentinel of a process on
 another node; a Lock held across nodes; Event, Semaphore, Condition, Barrier and JoinableQueue
 used from the 3 nodes; Pipes and a SimpleQueue across nodes under connection.wait, with end of
-file; a round-robin Pool; a Value and an Array under their locks from 3 nodes; a Manager, one
-speaking XML-RPC and a Listener/Client across nodes; 200 queues of another node used over a few
-sockets; raw memory (RawValue, RawArray, the stdlib heap's buffers) kept coherent across nodes
-at synchronisation points, SharedMemory refused for another node with a clear error naming its
-node; processes of another node forked by the parent's template there, which ends with its
-parent, is made once however many threads start at once, refuses arguments too large to cross
-nodes and goes on serving, and once killed is not waited for. Prints "py-across: ok ..." or fails with a traceback."""
+file; a round-robin Pool and a ProcessPoolExecutor; a Value and an Array under their locks from
+3 nodes; a Manager, one speaking XML-RPC and a Listener/Client across nodes; 200 queues of
+another node used over a few sockets; raw memory (RawValue, RawArray, the stdlib heap's
+buffers) kept coherent across nodes at synchronisation points, SharedMemory refused for another
+node with a clear error naming its node; processes of another node forked by the parent's
+template there, which ends with its parent, is made once however many threads start at once,
+refuses arguments too large to cross nodes and goes on serving, and once killed is not waited
+for. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -551,6 +552,16 @@ def main():
             sorted(x * x for x in range(20))
     pool.join()
     assert pool_hosts == {h for _, h, _ in nodes}, (pool_hosts, nodes)
+
+    # concurrent.futures on the dragon context: its call queue is a subclass of the stdlib's
+    # Queue class (a dragon Pipe inside), its workers placed round-robin.
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    with ProcessPoolExecutor(max_workers=3, mp_context=mp.get_context("dragon")) as ex:
+        futures = [ex.submit(pool_task, x) for x in range(600)]
+        done_ = [f.result(timeout=120) for f in as_completed(futures)]
+    assert sorted(v for _, v in done_) == [x * x for x in range(600)]
+    executor_hosts = {h for h, _ in done_}
+    assert len(executor_hosts) > 1, executor_hosts
 
     # Event, Semaphore, Condition, Barrier and JoinableQueue shared by the 3 nodes.
     go, done, sem, cond = mp.Event(), mp.Event(), mp.Semaphore(2), mp.Condition()
