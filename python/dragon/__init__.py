@@ -62,23 +62,34 @@ if "dragon" not in _mpcontext._concrete_contexts:
         module.BufferWrapper = BufferWrapper
 
     def _patch_queues(module):
-        # The stdlib's Queue class made with the dragon context (concurrent.futures' call
-        # queue is a subclass of it, and so may a program's be): its pipe is a dragon Pipe, as
-        # multiprocessing.Pipe() is, so that it reaches processes on other nodes (an OS pipe's
-        # fds cannot); its locks and semaphore already come from the context.
-        stock_init = module.Queue.__init__
+        # The stdlib's Queue and SimpleQueue classes made with the dragon context
+        # (concurrent.futures' call queue is a subclass of Queue, and so may a program's be):
+        # their pipe is a dragon Pipe, as multiprocessing.Pipe() is, so that they reach
+        # processes on other nodes (an OS pipe's fds cannot); their locks and semaphore
+        # already come from the context.
+        def dragon_pipe(queue):
+            from .connection import Pipe
+            queue._reader.close()
+            queue._writer.close()
+            queue._reader, queue._writer = Pipe(duplex=False)
+
+        queue_init = module.Queue.__init__
+        simple_init = module.SimpleQueue.__init__
 
         def __init__(self, maxsize=0, *, ctx):
-            stock_init(self, maxsize, ctx=ctx)
+            queue_init(self, maxsize, ctx=ctx)
             if isinstance(ctx, DragonContext):
-                from .connection import Pipe
-                self._reader.close()
-                self._writer.close()
-                self._reader, self._writer = Pipe(duplex=False)
+                dragon_pipe(self)
                 self._reset()
 
-        __init__.__doc__ = stock_init.__doc__
+        def simple__init__(self, *, ctx):
+            simple_init(self, ctx=ctx)
+            if isinstance(ctx, DragonContext):
+                dragon_pipe(self)
+                self._poll = self._reader.poll
+
         module.Queue.__init__ = __init__
+        module.SimpleQueue.__init__ = simple__init__
 
     _install_wait()
     _install_listener_client()

@@ -337,13 +337,17 @@ def remote_main():
     import threading
 
     from . import _runtime
-    from ._native import ChannelClosed
+    from ._native import ChannelClosed, NodeLost
 
-    requests = _runtime.attach_channel(sys.argv[1])
-    replies = _runtime.attach_channel(sys.argv[2])
-    for channel in (requests, replies):
-        _runtime.detach(channel.descriptor)  # reached by descriptor; the parent holds them
-    (prep,) = pickle.loads(requests.recv())
+    gone = (ChannelClosed, LookupError, ConnectionError, NodeLost)  # the parent's channels
+    try:
+        requests = _runtime.attach_channel(sys.argv[1])
+        replies = _runtime.attach_channel(sys.argv[2])
+        for channel in (requests, replies):
+            _runtime.detach(channel.descriptor)  # reached by descriptor; the parent holds them
+        (prep,) = pickle.loads(requests.recv())
+    except gone:
+        sys.exit(0)  # the parent ended before this template was up: nothing to serve
     cmdline = _prepare(prep)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
     own_socket = os.environ.get("DRAGON_SOCKET")
@@ -428,12 +432,16 @@ def remote_main():
     fork_spare()
     reaping = threading.Thread(target=reaper, name="dragon-template-reaper", daemon=True)
     reaping.start()
-    replies.send(pickle.dumps(("ready", os.getpid())))
-    while True:
+    try:
+        replies.send(pickle.dumps(("ready", os.getpid())))
+        serving = True
+    except gone:
+        serving = False  # the parent ended before this template was ready
+    while serving:
         try:
             message = requests.recv()
         except BaseException as e:  # destroyed: the parent has gone (or its node)
-            if not isinstance(e, (ChannelClosed, LookupError, ConnectionError)):
+            if not isinstance(e, gone):
                 print("dragon template: stopping: %s: %s" % (type(e).__name__, e),
                       file=sys.stderr)
             break

@@ -415,6 +415,18 @@ def check_remote_templates(far, outq):
     assert out.returncode == 0, out.stderr
     [(_, code, sig)] = _runtime.wait([int(out.stdout.split()[-1])], 30)
     assert (code, sig) == (0, 0), ("subprocess", code, sig)
+    # A parent that ends before its template there is up (a daemon child, terminated at its
+    # exit): the template finds its channels gone and exits quietly, with 0.
+    code = ("import sys, time; import multiprocessing as mp; import dragon; "
+            "from dragon import process as dp; mp.set_start_method('dragon', force=True); "
+            "p = mp.Process(target=time.sleep, args=(60,), daemon=True)\n"
+            "with dragon.Policy(node=%d): p.start()\n"
+            "print(dp._remote_templates[%d]._puid)" % (far, far))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    [(_, code, sig)] = _runtime.wait([int(out.stdout.split()[-1])], 30)
+    assert (code, sig) == (0, 0), ("parent gone before its template was up", code, sig)
     check_template_serving(far, template_puid)
 
 

@@ -6,6 +6,7 @@
 HERE=$(cd "$(dirname "$0")" && pwd)
 out=$(srun_dragon "$HERE/py_across.py" 2>&1) || fail "py_across: srun exited $?: $out"
 echo "$out"
+grep -q "Traceback" <<<"$out" && fail "a traceback in the job's output"
 grep -q "py-across: ok 3 nodes, 300 items, workers on 2 other hosts, pool on 3 hosts" <<<"$out" ||
   fail "py_across did not pass"
 # The workers' output came back from every node.
