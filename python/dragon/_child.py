@@ -11,6 +11,7 @@ calls ``run_payload`` directly.
 import io
 import os
 import sys
+import threading
 
 
 def run_payload(payload, parent_here=True):
@@ -27,12 +28,48 @@ def run_payload(payload, parent_here=True):
     finally:
         del process.current_process()._inheriting
     parent_sentinel = None
+    life = os.environ.pop("DRAGON_PARENT_LIFE", None)  # not for this process's children
     if parent_here:
         try:
             parent_sentinel = os.pidfd_open(self._parent_pid)
         except OSError:
             pass
+    elif life:
+        parent_sentinel = _RemoteParentSentinel(life)
     return self._bootstrap(parent_sentinel)
+
+
+class _RemoteParentSentinel:
+    """parent_process()'s sentinel in a child on another node than its parent's (whose pid
+    means nothing here): the read end of a pipe whose write end a thread closes once the
+    parent's life channel is destroyed, which its dragond does when the parent's connection
+    closes (process._life_descriptor); also when the parent's node is lost. Made on first use:
+    a child that never asks costs nothing."""
+
+    def __init__(self, life):
+        self._life = life
+        self._fd = None
+        self._lock = threading.Lock()
+
+    def fileno(self):
+        with self._lock:
+            if self._fd is None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                threading.Thread(target=self._watch, args=(w,), daemon=True,
+                                 name="dragon-parent-sentinel").start()
+                self._fd = r
+        return self._fd
+
+    def _watch(self, write_end):
+        from . import _runtime
+        try:
+            channel = _runtime.attach_channel(self._life)
+            _runtime.detach(channel.descriptor)  # the parent's reference alone keeps it
+            channel.recv()  # nothing is sent: it returns when the channel is destroyed
+        except BaseException:
+            pass
+        finally:
+            os.close(write_end)
 
 
 def main():

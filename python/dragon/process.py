@@ -225,10 +225,27 @@ def _watch_remote(puid, write_end, at_end):
 def _remote_environment():
     """A child's environment on another node. DRAGON_ORIGIN_NODE: the node whose addresses (a
     Listener's AF_UNIX path or loopback port, a manager's) the child was given, where it also
-    looks them up."""
+    looks them up. DRAGON_PARENT_LIFE: this process's life channel (_life_descriptor)."""
     env = _child_environment()
     env.append("DRAGON_ORIGIN_NODE=%d" % _runtime.this_node())
+    env.append("DRAGON_PARENT_LIFE=%s" % _life_descriptor())
     return env
+
+
+_life = None  # (pid, channel): this process's life channel
+_life_lock = threading.Lock()
+
+
+def _life_descriptor():
+    """A channel of this node that only this process holds a reference to, so that dragond
+    destroys it when this process's connection closes, however it ends (also a process that
+    dragond did not start). Its children on other nodes wait on it for the end of their
+    parent_process() (_child._RemoteParentSentinel); nothing is ever sent to it."""
+    global _life
+    with _life_lock:
+        if _life is None or _life[0] != os.getpid():
+            _life = (os.getpid(), _runtime.new_channel(capacity=1))
+        return _life[1].descriptor
 
 
 class _RemotePopen(_PopenBase):

@@ -11,7 +11,8 @@ buffers) kept coherent across nodes at synchronisation points, SharedMemory refu
 node with a clear error naming its node; processes of another node forked by the parent's
 template there, which ends with its parent, is made once however many threads start at once,
 refuses arguments too large to cross nodes and goes on serving, and once killed is not waited
-for. Prints "py-across: ok ..." or fails with a traceback."""
+for; parent_process() of a process whose parent is on another node, alive and then ended.
+Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -307,6 +308,34 @@ def template_user(node, outq, then):
     outq.put(start_until_forked(node))
     if then == "wait":
         time.sleep(600)
+
+
+def sentinel_child(q, ready):
+    parent = mp.parent_process()
+    q.put(("alive", parent.is_alive()))
+    ready.set()
+    parent.join(60)  # on its sentinel
+    q.put(("after", parent.is_alive()))
+
+
+def sentinel_middle(q, ready, node):
+    with dragon.Policy(node=node):
+        mp.Process(target=sentinel_child, args=(q, ready)).start()
+    ready.wait(60)
+    os._exit(0)  # not joining the child, which waits for this process's end
+
+
+def check_parent_sentinel(nodes, outq):
+    """parent_process() of a process whose parent is on a third node: alive, then its join
+    returns once that parent has ended."""
+    ready = mp.Event()
+    with dragon.Policy(node=nodes[1][0]):
+        middle = mp.Process(target=sentinel_middle, args=(outq, ready, nodes[2][0]))
+        middle.start()
+    assert outq.get(timeout=60) == ("alive", True)
+    middle.join(60)
+    assert middle.exitcode == 0, middle.exitcode
+    assert outq.get(timeout=60) == ("after", False)
 
 
 def first_starts_at_once(node, outq):
@@ -751,6 +780,7 @@ def main():
     check_broken_lock(next(n for n, h, _ in nodes if h == here), [nodes[1][0], far], outq)
 
     check_remote_templates(far, outq)
+    check_parent_sentinel(nodes, outq)
 
     try:
         with dragon.Policy(node=99):
