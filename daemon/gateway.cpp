@@ -79,7 +79,13 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       }
       a.done = true;
       if (!n.has_value()) {
-        a.answer = errorOf(n.error());
+        Status st = n.error();
+        if (st.code() == StatusCode::MessageTooLarge && max == Gateway::kMaxMessage) {
+          st = Status(st.code(), std::string(st.message()) +
+                                     " (the most that one message carries between nodes; it "
+                                     "stays queued for a receiver of its node)");
+        }
+        a.answer = errorOf(st);
         return a;
       }
       a.answer.mutable_channel_op_reply()->set_data(buf.data(), *n);

@@ -449,7 +449,10 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
   if (msg.size() > maxMessageSize_) {
     return Status(StatusCode::MessageTooLarge,
                   "message of " + std::to_string(msg.size()) + " bytes; the channel takes " +
-                      std::to_string(maxMessageSize_));
+                      std::to_string(maxMessageSize_) +
+                      (maxMessageSize_ == kMaxMessageAcrossNodes
+                           ? " (the most that one message carries between nodes)"
+                           : ""));
   }
   pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
   std::string& payload = remote_->payloadBuffer;

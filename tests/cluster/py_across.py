@@ -11,8 +11,8 @@ buffers) kept coherent across nodes at synchronisation points, SharedMemory refu
 node with a clear error naming its node; processes of another node forked by the parent's
 template there, which ends with its parent, is made once however many threads start at once,
 refuses arguments too large to cross nodes and goes on serving, and once killed is not waited
-for; parent_process() of a process whose parent is on another node, alive and then ended.
-Prints "py-across: ok ..." or fails with a traceback."""
+for; parent_process() of a process whose parent is on another node, alive and then ended; a
+queue item over the cross-node limit refused both ways, losing nothing. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -336,6 +336,31 @@ def check_parent_sentinel(nodes, outq):
     middle.join(60)
     assert middle.exitcode == 0, middle.exitcode
     assert outq.get(timeout=60) == ("after", False)
+
+
+def too_large(q, outq):
+    """On another node than q's: a put over the cross-node limit and a get of such an item
+    both raise, saying why; the item stays queued for its own node."""
+    for what, call in (("put", lambda: q.put(b"p" * (17 << 20))),
+                       ("get", lambda: q.get(timeout=60))):
+        try:
+            call()
+        except dragon.DragonError as err:
+            outq.put((what, "between nodes" in str(err)))
+        else:
+            outq.put((what, "no error"))
+
+
+def check_too_large(far, outq):
+    q = mp.Queue()
+    q.put(b"g" * (17 << 20))
+    with dragon.Policy(node=far):
+        p = mp.Process(target=too_large, args=(q, outq))
+        p.start()
+    got = [outq.get(timeout=60) for _ in range(2)]
+    p.join(60)
+    assert got == [("put", True), ("get", True)] and p.exitcode == 0, (got, p.exitcode)
+    assert q.get(timeout=10) == b"g" * (17 << 20)  # still there, whole
 
 
 def first_starts_at_once(node, outq):
@@ -781,6 +806,7 @@ def main():
 
     check_remote_templates(far, outq)
     check_parent_sentinel(nodes, outq)
+    check_too_large(far, outq)
 
     try:
         with dragon.Policy(node=99):
