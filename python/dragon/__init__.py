@@ -68,10 +68,14 @@ if "dragon" not in _mpcontext._concrete_contexts:
         # processes on other nodes (an OS pipe's fds cannot); their locks and semaphore
         # already come from the context.
         def dragon_pipe(queue):
-            from .connection import Pipe
+            from .connection import Pipe, _open_handles
             queue._reader.close()
             queue._writer.close()
             queue._reader, queue._writer = Pipe(duplex=False)
+            # Closed by the queue's feeder thread once it has flushed what was put (at exit,
+            # multiprocessing.util's exit function has it do so), not by the handles' own
+            # closing at exit, which runs first and would drop the items still buffered.
+            _open_handles.discard(queue._writer)
 
         queue_init = module.Queue.__init__
         simple_init = module.SimpleQueue.__init__

@@ -52,19 +52,25 @@ class _RemoteParentSentinel:
         self._lock = threading.Lock()
 
     def fileno(self):
+        from . import _runtime
         with self._lock:
             if self._fd is None:
                 r, w = os.pipe2(os.O_CLOEXEC)
-                threading.Thread(target=self._watch, args=(w,), daemon=True,
-                                 name="dragon-parent-sentinel").start()
+                try:
+                    # Here, not in the thread: a parent already gone is seen at once.
+                    channel = _runtime.attach_channel(self._life)
+                    _runtime.detach(channel.descriptor)  # the parent's reference alone keeps it
+                except Exception:
+                    os.close(w)
+                else:
+                    threading.Thread(target=self._watch, args=(channel, w), daemon=True,
+                                     name="dragon-parent-sentinel").start()
                 self._fd = r
         return self._fd
 
-    def _watch(self, write_end):
-        from . import _runtime
+    @staticmethod
+    def _watch(channel, write_end):
         try:
-            channel = _runtime.attach_channel(self._life)
-            _runtime.detach(channel.descriptor)  # the parent's reference alone keeps it
             channel.recv()  # nothing is sent: it returns when the channel is destroyed
         except BaseException:
             pass
@@ -80,8 +86,14 @@ def main():
     if tracker >= 0:
         from multiprocessing import resource_tracker
         resource_tracker._resource_tracker._fd = tracker
-    channel = _runtime.attach_channel(descriptor)
-    parent_here = not channel.is_remote
-    payload = channel.recv()
+    from ._native import ChannelClosed, NodeLost
+    try:
+        channel = _runtime.attach_channel(descriptor)
+        parent_here = not channel.is_remote
+        payload = channel.recv()
+    except (ChannelClosed, LookupError, NodeLost) as e:  # the parent's channel is gone
+        sys.stderr.write("dragon: process %d: its parent ended before it could start (%s)\n"
+                         % (os.getpid(), e))
+        sys.exit(1)
     del channel
     sys.exit(run_payload(payload, parent_here))

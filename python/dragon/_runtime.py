@@ -77,6 +77,15 @@ def _stop_private():
     global _client, _private
     if _private is None:
         return
+    # At exit (registered after multiprocessing's exit function, so run before it): first
+    # what the launcher's runtime has done by the time its dragond goes, in the same order:
+    # this process's Pipe handles closed (its peers see end of file), then multiprocessing's
+    # exit (queues flushed, daemonic children terminated, the others joined: a program may
+    # end without joining them). Both are idempotent; their own atexit calls do nothing then.
+    from multiprocessing import util
+    from .connection import _close_open_handles
+    _close_open_handles()
+    util._exit_function()
     with _lock:
         if _client is not None:
             try:

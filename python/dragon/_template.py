@@ -356,7 +356,8 @@ def remote_main():
     spares = []    # the spare, as (pid, socket to it), when there is one
     stopping = []  # non-empty once the parent has gone
 
-    def fork_spare():
+    def fork_spare(keep=True):
+        """A new spare, adopted by dragond: kept as the idle one, or returned (keep=False)."""
         ours, theirs = socket.socketpair()
         with lock:  # the reaper leaves it alone until dragond has adopted it
             with _runtime._lock:
@@ -375,6 +376,8 @@ def remote_main():
             except BaseException:
                 ours.close()  # the spare ends; reaped, not reported
                 raise
+            if not keep:
+                return pid, ours
             spares.append((pid, ours))
 
     def reaper():
@@ -413,11 +416,7 @@ def remote_main():
         for attempt in range(2):
             with lock:
                 spare = spares.pop() if spares else None
-            if spare is None:
-                fork_spare()
-                with lock:
-                    spare = spares.pop()
-            pid, channel = spare
+            pid, channel = spare or fork_spare(keep=False)
             with lock:
                 puid = children.get(pid)
             try:

@@ -91,8 +91,9 @@ class _PopenBase:
         """Sets returncode from dragond's record once the process has ended (by `timeout`).
         A process lost with its node ended as if killed: -SIGKILL (the launcher names the
         node and ends the job non-zero)."""
+        ended = getattr(self, "_ended", None)  # what a watcher thread heard (_watch_remote)
         try:
-            [(_, code, sig)] = _runtime.wait([self._puid], timeout)
+            [(_, code, sig)] = ended or _runtime.wait([self._puid], timeout)
         except TimeoutError:
             return
         except NodeLost:
@@ -209,12 +210,13 @@ def _run_all(calls):
             pass
 
 
-def _watch_remote(puid, write_end, at_end):
+def _watch_remote(puid, write_end, at_end, ended):
     """Once dragond says the process ended, or that it cannot say any more (its node was lost,
-    dragond went): runs `at_end` (gives back the handles lent to it), then closes `write_end`
-    (the sentinel's other end)."""
+    dragond went): keeps its exit record in `ended` (its node may be lost before a join asks),
+    runs `at_end` (gives back the handles lent to it), then closes `write_end` (the sentinel's
+    other end)."""
     try:
-        _runtime.wait([puid])
+        ended.extend(_runtime.wait([puid]))
     except BaseException:
         pass
     finally:
@@ -278,12 +280,16 @@ class _RemotePopen(_PopenBase):
                     argv, _remote_environment(), os.getcwd(), stdin="null", stdout="capture",
                     stderr="capture", node=node)
             r, w = os.pipe2(os.O_CLOEXEC)
+        except _MayHaveStarted:
+            raise  # what was lent stays lent: the process may be running with it
         except BaseException:
             _run_all(self._at_end)  # it never started: nothing of it holds what was lent
             raise
         self.sentinel = r
         self.finalizer = util.Finalize(self, os.close, (r,))
-        threading.Thread(target=_watch_remote, args=(self._puid, w, self._at_end), daemon=True,
+        self._ended = []
+        threading.Thread(target=_watch_remote, args=(self._puid, w, self._at_end, self._ended),
+                         daemon=True,
                          name="dragon-watch-%d" % self._puid).start()
 
     def lend_handles(self, give_back):
@@ -417,6 +423,10 @@ class _TemplateLost(Exception):
     pass
 
 
+class _MayHaveStarted(OSError):
+    """A remote template took a start request and ended without answering it."""
+
+
 # How long a start waits for the remote template's answer between looks at whether the
 # template is still there (its answer normally comes in about a millisecond).
 _REMOTE_REPLY_SLICE = 0.5
@@ -524,10 +534,16 @@ class _RemoteTemplate:
         started, so it must not be started again)."""
         with self._lock:
             env = self._environment()
+            message = pickle.dumps(("start", request[0], env) + request[1:])
+            if len(message) > MAX_MESSAGE_ACROSS_NODES:  # the environment counts too
+                self._last_env = None
+                raise ValueError("cannot start the process on node %d: its start request "
+                                 "(target, arguments and environment) pickles to %d bytes, "
+                                 "more than the %d that one message between nodes carries"
+                                 % (self.node, len(message), MAX_MESSAGE_ACROSS_NODES))
             sent = False
             try:
-                self._requests.send(pickle.dumps(("start", request[0], env) + request[1:]),
-                                    timeout=0)
+                self._requests.send(message, timeout=0)
                 sent = True
                 reply = self._reply()
             except BaseException as e:  # an interrupt too: its reply could answer the next
@@ -537,7 +553,7 @@ class _RemoteTemplate:
                 if not isinstance(e, Exception):
                     raise
                 if sent and not taken:
-                    raise OSError("the process template of node %d ended while starting the "
+                    raise _MayHaveStarted("the process template of node %d ended while starting the "
                                   "process (%s); it may have started there"
                                   % (self.node, e)) from None
                 raise _TemplateLost(str(e)) from None
@@ -551,6 +567,15 @@ _template = None
 _template_pid = None
 _remote_templates = {}  # node -> _RemoteTemplate
 _templates_lock = threading.Lock()
+
+
+def _new_locks_after_fork():
+    global _templates_lock, _life_lock
+    _templates_lock = threading.Lock()  # another thread may have held them at the fork
+    _life_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def _remote_popen(process_obj, node):
@@ -573,9 +598,10 @@ def Popen(process_obj):
     start also starts the template)."""
     global _template, _template_pid
     from .policy import target_node
-    if _template_pid != os.getpid():
-        _template, _template_pid = None, os.getpid()
-        _remote_templates.clear()
+    with _templates_lock:
+        if _template_pid != os.getpid():  # a forked child: its parent's templates are not its
+            _template, _template_pid = None, os.getpid()
+            _remote_templates.clear()
     node = target_node(getattr(process_obj, "_dragon_policy", None))
     if node is not None:
         return _remote_popen(process_obj, node)

@@ -197,6 +197,11 @@ def pool_task(x):
     return socket.gethostname(), x * x
 
 
+def slow_task(x):
+    time.sleep(0.002)  # long enough that no worker can take every task alone
+    return socket.gethostname(), x * x
+
+
 def sleeper():
     time.sleep(600)
 
@@ -310,29 +315,35 @@ def template_user(node, outq, then):
         time.sleep(600)
 
 
-def sentinel_child(q, ready):
+def sentinel_child(q, ready, go, checked):
     parent = mp.parent_process()
-    q.put(("alive", parent.is_alive()))
+    first = parent.is_alive()  # its sentinel is made here
     ready.set()
+    go.wait(60)  # a round trip through the parent: a sentinel that fired early shows now
+    q.put(("alive", first, parent.is_alive()))
+    checked.set()
     parent.join(60)  # on its sentinel
     q.put(("after", parent.is_alive()))
 
 
-def sentinel_middle(q, ready, node):
+def sentinel_middle(q, events, node):
+    ready, go, checked = events
     with dragon.Policy(node=node):
-        mp.Process(target=sentinel_child, args=(q, ready)).start()
+        mp.Process(target=sentinel_child, args=(q, ready, go, checked)).start()
     ready.wait(60)
+    go.set()
+    checked.wait(60)
     os._exit(0)  # not joining the child, which waits for this process's end
 
 
 def check_parent_sentinel(nodes, outq):
     """parent_process() of a process whose parent is on a third node: alive, then its join
     returns once that parent has ended."""
-    ready = mp.Event()
+    events = (mp.Event(), mp.Event(), mp.Event())
     with dragon.Policy(node=nodes[1][0]):
-        middle = mp.Process(target=sentinel_middle, args=(outq, ready, nodes[2][0]))
+        middle = mp.Process(target=sentinel_middle, args=(outq, events, nodes[2][0]))
         middle.start()
-    assert outq.get(timeout=60) == ("alive", True)
+    assert outq.get(timeout=60) == ("alive", True, True)
     middle.join(60)
     assert middle.exitcode == 0, middle.exitcode
     assert outq.get(timeout=60) == ("after", False)
@@ -469,13 +480,14 @@ def check_remote_templates(far, outq):
     assert out.returncode == 0, out.stderr
     [(_, code, sig)] = _runtime.wait([int(out.stdout.split()[-1])], 30)
     assert (code, sig) == (0, 0), ("subprocess", code, sig)
-    # A parent that ends before its template there is up (a daemon child, terminated at its
-    # exit): the template finds its channels gone and exits quietly, with 0.
-    code = ("import sys, time; import multiprocessing as mp; import dragon; "
+    # A parent that ends right after its first start there, before its template there can be
+    # up: the template finds its channels gone and exits quietly, with 0.
+    code = ("import os, sys, time; import multiprocessing as mp; import dragon; "
             "from dragon import process as dp; mp.set_start_method('dragon', force=True); "
-            "p = mp.Process(target=time.sleep, args=(60,), daemon=True)\n"
+            "p = mp.Process(target=time.sleep, args=(0,))\n"
             "with dragon.Policy(node=%d): p.start()\n"
-            "print(dp._remote_templates[%d]._puid)" % (far, far))
+            "print(dp._remote_templates[%d]._puid, flush=True)\n"
+            "os._exit(0)" % (far, far))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -623,7 +635,7 @@ def main():
     # Queue class (a dragon Pipe inside), its workers placed round-robin.
     from concurrent.futures import ProcessPoolExecutor, as_completed
     with ProcessPoolExecutor(max_workers=3, mp_context=mp.get_context("dragon")) as ex:
-        futures = [ex.submit(pool_task, x) for x in range(600)]
+        futures = [ex.submit(slow_task, x) for x in range(600)]
         done_ = [f.result(timeout=120) for f in as_completed(futures)]
     assert sorted(v for _, v in done_) == [x * x for x in range(600)]
     executor_hosts = {h for h, _ in done_}

@@ -5,7 +5,8 @@ node, the write end of a Pipe of the head's and a Queue of its node that the hea
 name. The head's acquire, waiting on the lock, raises BrokenLockError naming that node; then a
 get from the Queue raises NodeLost, the read end gets end of file, the process's join gives
 -SIGKILL (gone with its node) and a start on that node is refused, each at once, instead of
-waiting for ever."""
+waiting for ever; and the head's exit, which polls another process of that node that it never
+joined, raises nothing."""
 import multiprocessing as mp
 import socket
 import time
@@ -43,6 +44,8 @@ def main():
     with dragon.Policy(node=far):
         holder = mp.Process(target=hold, args=(lock, held, w))
         holder.start()
+        bystander = mp.Process(target=time.sleep, args=(600,))  # never joined here: at exit
+        bystander.start()
     w.close()
     assert held.wait(60)
     from dragon.queues import Queue

@@ -434,6 +434,30 @@ class TemplateTest(unittest.TestCase):
 
 
 class QueueTest(unittest.TestCase):
+    def test_stdlib_queue_class_flushes_what_was_put_when_the_program_ends(self):
+        # multiprocessing.queues.Queue made with the dragon context (a dragon Pipe inside, as
+        # concurrent.futures' call queue has): a program that puts and ends at once, with a
+        # consumer still reading, delivers every item (its feeder flushes at exit).
+        script = (
+            "import multiprocessing as mp, multiprocessing.queues as mq, dragon\n"
+            "def consume(q):\n"
+            "    n = 0\n"
+            "    while q.get() is not None:\n"
+            "        n += 1\n"
+            "    print('consumed', n, flush=True)\n"
+            "if __name__ == '__main__':\n"
+            "    ctx = mp.get_context('dragon')\n"
+            "    q = mq.Queue(ctx=ctx)\n"
+            "    assert type(q._writer).__module__ == 'dragon.connection'\n"
+            "    ctx.Process(target=consume, args=(q,)).start()\n"
+            "    for i in range(20000):\n"
+            "        q.put(i)\n"
+            "    q.put(None)\n")
+        env, path = private_runtime_env("flush.py", script)
+        out = subprocess.run([sys.executable, path], capture_output=True, text=True, env=env,
+                             timeout=120)
+        self.assertEqual((out.returncode, out.stdout), (0, "consumed 20000\n"), out.stderr)
+
     def test_fifo_timeouts_and_sizes(self):
         q = CTX.Queue(maxsize=2)
         self.assertTrue(q.empty())
