@@ -66,8 +66,27 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       return a;
     }
     case pb::ChannelOp::RECV: {
-      // Always into a bounded buffer: a message larger than what may cross (or than the
-      // receiver's buffer) stays queued, MessageTooLarge.
+      if (op.parts() && !op.bounded()) {
+        // A message of any size, whole here: the caller sends it on in parts if it must.
+        Message m;
+        ch.receiveAs(holderOf(from, op));
+        Status st = ch.recv(m, Timeout::none());
+        if (st.code() == StatusCode::WouldBlock) {
+          a.wouldBlock = st;
+          return a;
+        }
+        a.done = true;
+        if (!st.isOk()) {
+          a.answer = errorOf(st);
+          return a;
+        }
+        const auto d = m.data();
+        a.answer.mutable_channel_op_reply()->set_data(reinterpret_cast<const char*>(d.data()),
+                                                      d.size());
+        return a;
+      }
+      // Into a bounded buffer: a message larger than what one message between nodes carries
+      // (or than the receiver's buffer) stays queued, MessageTooLarge.
       std::uint64_t max = std::min<std::uint64_t>(ch.maxMessageSize(), Gateway::kMaxMessage);
       if (op.bounded()) max = std::min<std::uint64_t>(max, op.max_size());
       if (buf.size() < max) buf.resize(max);

@@ -22,6 +22,7 @@ Server::Server(EventLoop& loop, UniqueFd listener, NodeRegistry& global, std::ui
     : loop_(loop), listener_(std::move(listener)), registry_(global), node_(node), uid_(geteuid()) {}
 
 Server::~Server() {
+  if (partsSweep_ != 0) loop_.cancelTimer(partsSweep_);
   if (objects_ != nullptr) {
     objects_->setChannelGoneHook(nullptr);
     objects_->setPoolGoneHook(nullptr);

@@ -13,6 +13,7 @@
 #include "daemon/cluster.hpp"
 #include "daemon/event_loop.hpp"
 #include "daemon/gateway.hpp"
+#include "daemon/parts.hpp"
 #include "daemon/global_services.hpp"
 #include "daemon/node_registry.hpp"
 #include "daemon/object_manager.hpp"
@@ -175,6 +176,10 @@ class Server {
   // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`,
   // under `key` (from nextOpKey_), by which cancelOp() ends it while it waits.
   void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply);
+  // Runs `op` on a channel of this node for node `from`: the gateway's operations, and a
+  // message larger than one between nodes carries, in parts (parts_).
+  void submitHere(std::uint32_t from, protocol::ChannelOp op, Reply reply);
+  void armPartsSweep();
   void cancelOp(std::uint32_t node, std::uint64_t key);
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);
@@ -269,6 +274,8 @@ class Server {
   // The nodes each process of this node has received from through this dragond (pid ->
   // nodes): they hear when it ends (HOLDER_GONE), for the locks of theirs it may hold.
   std::map<pid_t, std::set<std::uint32_t>> remoteReceivers_;
+  PartStore parts_;  // unfinished transfers in parts of other nodes' messages
+  EventLoop::TimerId partsSweep_ = 0;
   // The job's global services (set when this node joins): hosted_ is the same object when
   // this node hosts them, else null.
   std::unique_ptr<GlobalServices> global_;

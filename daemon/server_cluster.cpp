@@ -582,6 +582,7 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
   // Its clients' waiting channel operations and references here go with it, and its names;
   // the locks of this node that its processes held break.
   gateway_->cancelFrom(node);
+  parts_.dropNode(node);
   const std::size_t broken =
       breakHolds([node](std::uint64_t h) { return (h >> 32) == node; }, false);
   if (broken != 0) {
@@ -741,9 +742,9 @@ pb::Envelope Server::peerAttach(std::uint32_t from, const pb::Attach& attach) {
   o->set_fd_count(0);
   o->set_remote(true);
   o->set_capacity(ch->capacity());
-  // A message crosses nodes whole, in one transport message with its envelope around it: what
-  // the gateway takes off a channel for another node (Gateway::kMaxMessage).
-  o->set_max_message_size(std::min<std::uint64_t>(ch->maxMessageSize(), Gateway::kMaxMessage));
+  // A larger message than one transport message carries crosses in parts (ChannelOp
+  // SEND_PART, RECV_PART), so the channel's own limit holds across nodes too.
+  o->set_max_message_size(ch->maxMessageSize());
   return e;
 }
 
@@ -774,7 +775,7 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
       rq.fail(Status(StatusCode::InvalidArgument, "a RECV names a holder of another node"));
       return;
     }
-    gateway_->submit(rq.node, msg.channel_op(), rq.later());
+    submitHere(rq.node, std::move(*msg.mutable_channel_op()), rq.later());
     return;
   }
   auto d = pb::fromRef(msg.channel_op().channel());
@@ -797,6 +798,81 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   routeChannelOp(c->id, nextOpKey_++, msg.channel_op(), rq.later());
 }
 
+void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
+  const std::int64_t now = monotonicNowNs();
+  switch (op.kind()) {
+    case pb::ChannelOp::SEND_PART: {
+      if (op.part_offset() == 0) {  // the channel must exist and take a message this large
+        auto d = pb::fromRef(op.channel());
+        Result<Channel> ch = d.has_value() ? objects_->channel(*d) : Result<Channel>(d.error());
+        if (!ch.has_value()) {
+          reply(errorEnvelope(ch.error()));
+          return;
+        }
+        if (op.total_size() > ch->maxMessageSize()) {
+          reply(errorEnvelope(Status(StatusCode::MessageTooLarge,
+                                     "message of " + std::to_string(op.total_size()) +
+                                         " bytes; the channel takes " +
+                                         std::to_string(ch->maxMessageSize()))));
+          return;
+        }
+      }
+      Status st = parts_.keep(from, op, now);
+      armPartsSweep();
+      if (!st.isOk()) {
+        reply(errorEnvelope(st));
+        return;
+      }
+      pb::Envelope e;
+      e.mutable_channel_op_reply();
+      reply(std::move(e));
+      return;
+    }
+    case pb::ChannelOp::RECV_PART: {
+      auto part = parts_.next(from, op, now);
+      if (!part.has_value()) {
+        reply(errorEnvelope(part.error()));
+        return;
+      }
+      pb::Envelope e;
+      e.mutable_channel_op_reply()->set_data(std::move(*part));
+      reply(std::move(e));
+      return;
+    }
+    case pb::ChannelOp::SEND:
+      if (op.transfer() != 0) {
+        Status st = parts_.assemble(from, op);
+        if (!st.isOk()) {
+          reply(errorEnvelope(st));
+          return;
+        }
+      }
+      break;
+    case pb::ChannelOp::RECV:
+      if (op.parts() && !op.bounded()) {  // the gateway answers with the whole message
+        reply = [this, from, reply = std::move(reply)](pb::Envelope e) {
+          if (e.has_channel_op_reply()) {
+            parts_.split(from, *e.mutable_channel_op_reply(), monotonicNowNs());
+            armPartsSweep();
+          }
+          reply(std::move(e));
+        };
+      }
+      break;
+    default:
+      break;
+  }
+  gateway_->submit(from, op, std::move(reply));
+}
+
+void Server::armPartsSweep() {
+  if (partsSweep_ != 0 || parts_.size() == 0) return;
+  partsSweep_ = loop_.addTimerAfterNs(PartStore::kIdleNs / 6, [this] {
+    partsSweep_ = 0;
+    if (parts_.expire(monotonicNowNs())) armPartsSweep();
+  });
+}
+
 void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp op, Reply reply) {
   auto d = pb::fromRef(op.channel());
   if (!d.has_value()) {
@@ -816,7 +892,7 @@ void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp 
   };
   if (node == node_ || cluster_ == nullptr) {
     // A channel of this node (or no cluster: the gateway answers NotFound for another node's).
-    gateway_->submit(node_, op, std::move(done));
+    submitHere(node_, std::move(op), std::move(done));
     return;
   }
   if (!cluster_->joined() || cluster_->nodes().count(node) == 0) {

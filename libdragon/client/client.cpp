@@ -6,6 +6,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/socket_io.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <algorithm>
@@ -434,6 +435,13 @@ pb::ChannelOp remoteOp(const ObjectDescriptor& d, pb::ChannelOp::Kind kind, Time
   return op;
 }
 
+// A transfer in parts (ChannelOp SEND_PART, RECV_PART): unique among this node's, as the home
+// dragond keys it by the node it comes from: this process's pid above a count of its own.
+std::uint64_t newTransferId() {
+  static std::atomic<std::uint32_t> count{0};
+  return (std::uint64_t{static_cast<std::uint32_t>(getpid())} << 32) | ++count;
+}
+
 }  // namespace
 
 std::uint32_t ClientChannel::capacity() const noexcept {
@@ -449,14 +457,28 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
   if (msg.size() > maxMessageSize_) {
     return Status(StatusCode::MessageTooLarge,
                   "message of " + std::to_string(msg.size()) + " bytes; the channel takes " +
-                      std::to_string(maxMessageSize_) +
-                      (maxMessageSize_ == kMaxMessageAcrossNodes
-                           ? " (the most that one message carries between nodes)"
-                           : ""));
+                      std::to_string(maxMessageSize_));
   }
   pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
+  std::size_t at = 0;
+  if (msg.size() > kMaxMessageAcrossNodes) {
+    // In parts: all but the last kept by the home dragond, which sends the whole message when
+    // the last comes (with the send's timeout).
+    const std::uint64_t transfer = newTransferId();
+    for (; msg.size() - at > kMaxMessageAcrossNodes; at += kMaxMessageAcrossNodes) {
+      pb::ChannelOp part = remoteOp(desc_, pb::ChannelOp::SEND_PART, Timeout::none());
+      part.set_transfer(transfer);
+      part.set_part_offset(at);
+      part.set_total_size(msg.size());
+      part.set_data(reinterpret_cast<const char*>(msg.data()) + at, kMaxMessageAcrossNodes);
+      DRAGON_TRY(remote_->channelOp(part).status());
+    }
+    op.set_transfer(transfer);
+    op.set_part_offset(at);
+    op.set_total_size(msg.size());
+  }
   std::string& payload = remote_->payloadBuffer;
-  payload.assign(reinterpret_cast<const char*>(msg.data()), msg.size());
+  payload.assign(reinterpret_cast<const char*>(msg.data()) + at, msg.size() - at);
   op.mutable_data()->swap(payload);
   Status st = remote_->channelOp(op).status();
   if (remote_->payloadBuffer.capacity() > (std::size_t{16} << 20)) {
@@ -486,9 +508,26 @@ Result<std::vector<std::byte>> ClientChannel::recvBytes(Timeout timeout) {
     return std::vector<std::byte>(d.begin(), d.end());
   }
   pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::RECV, timeout);
+  op.set_parts(true);
   DRAGON_ASSIGN_OR_RETURN(pb::ChannelOpReply r, remote_->channelOp(op));
   const auto* p = reinterpret_cast<const std::byte*>(r.data().data());
-  return std::vector<std::byte>(p, p + r.data().size());
+  std::vector<std::byte> out(p, p + r.data().size());
+  if (r.total_size() <= out.size()) return out;
+  // The rest in parts, kept for us by the home dragond (the message is ours: it left the
+  // channel with the first part).
+  out.reserve(r.total_size());
+  while (out.size() < r.total_size()) {
+    pb::ChannelOp part = remoteOp(desc_, pb::ChannelOp::RECV_PART, Timeout::none());
+    part.set_transfer(r.transfer());
+    part.set_part_offset(out.size());
+    DRAGON_ASSIGN_OR_RETURN(pb::ChannelOpReply more, remote_->channelOp(part));
+    if (more.data().empty() || out.size() + more.data().size() > r.total_size()) {
+      return Status(StatusCode::Internal, "the home node sent a wrong part of a message");
+    }
+    const auto* q = reinterpret_cast<const std::byte*>(more.data().data());
+    out.insert(out.end(), q, q + more.data().size());
+  }
+  return out;
 }
 
 Result<WaitFor> ClientChannel::poll(WaitFor events, Timeout timeout) {

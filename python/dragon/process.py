@@ -17,7 +17,7 @@ from multiprocessing import context, process, reduction, spawn, util
 
 from . import _runtime
 from . import _template as _template_wire
-from ._native import MAX_MESSAGE_ACROSS_NODES, NodeLost
+from ._native import NodeLost
 from ._coherence import acquired, held
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,7 +267,6 @@ class _RemotePopen(_PopenBase):
         self._channel = None
         try:
             payload = _payload(self, process_obj)
-            _fits_across_nodes(payload, node)
             if template is not None:
                 self.pid, self._puid = template.start(
                     (bytes(payload), os.getcwd(), process_obj.name))
@@ -306,17 +305,6 @@ class _RemotePopen(_PopenBase):
             self._status(None)  # dragond has the status: the watcher closed the pipe after it
             if self.returncode is not None:
                 self._channel = None
-
-
-def _fits_across_nodes(payload, node):
-    """A process's payload (its pickled target and arguments) is one message to its node."""
-    limit = MAX_MESSAGE_ACROSS_NODES - 64 * 1024  # room for the request around it
-    if len(payload) > limit:
-        raise ValueError(
-            "cannot start the process on node %d: its target and arguments pickle to %d bytes, "
-            "more than the %d that one message between nodes carries; give it large data "
-            "through shared memory of its node or in pieces through a Queue"
-            % (node, len(payload), limit))
 
 
 def _preparation(template, process_obj):
@@ -535,12 +523,6 @@ class _RemoteTemplate:
         with self._lock:
             env = self._environment()
             message = pickle.dumps(("start", request[0], env) + request[1:])
-            if len(message) > MAX_MESSAGE_ACROSS_NODES:  # the environment counts too
-                self._last_env = None
-                raise ValueError("cannot start the process on node %d: its start request "
-                                 "(target, arguments and environment) pickles to %d bytes, "
-                                 "more than the %d that one message between nodes carries"
-                                 % (self.node, len(message), MAX_MESSAGE_ACROSS_NODES))
             sent = False
             try:
                 self._requests.send(message, timeout=0)

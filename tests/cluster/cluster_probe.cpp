@@ -480,8 +480,9 @@ int channels(Client& c, std::uint32_t node) {
     if (!m) return failWith("recv " + std::to_string(i) + ": " + m.error().toString());
     if (textOf(*m) != "m" + std::to_string(i)) return failWith("out of order at " + std::to_string(i) + ": " + textOf(*m));
   }
-  // Large messages, both ways.
-  for (std::size_t size : {std::size_t{1} << 20, std::size_t{8} << 20}) {
+  // Large messages, both ways; 40 MiB is more than one message between nodes carries, so it
+  // crosses in parts (ChannelOp SEND_PART).
+  for (std::size_t size : {std::size_t{1} << 20, std::size_t{8} << 20, std::size_t{40} << 20}) {
     std::string big(size, '\0');
     for (std::size_t i = 0; i < size; ++i) big[i] = static_cast<char>((i * 7 + size) & 0xff);
     st = p.send(bytesOf(big), deadline);
@@ -513,7 +514,7 @@ int channels(Client& c, std::uint32_t node) {
   if (!c.detach(q.descriptor()).isOk()) return failWith("detach of a remote channel");
   st = c.detach(q.descriptor());
   if (st.code() != StatusCode::NotFound) return failWith("a second detach of a remote channel: " + st.toString());
-  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1 MiB and 8 MiB\n",
+  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1, 8 and 40 MiB\n",
               node, kMessages);
   return 0;
 }

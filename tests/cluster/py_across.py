@@ -10,9 +10,9 @@ another node used over a few sockets; raw memory (RawValue, RawArray, the stdlib
 buffers) kept coherent across nodes at synchronisation points, SharedMemory refused for another
 node with a clear error naming its node; processes of another node forked by the parent's
 template there, which ends with its parent, is made once however many threads start at once,
-refuses arguments too large to cross nodes and goes on serving, and once killed is not waited
-for; parent_process() of a process whose parent is on another node, alive and then ended; a
-queue item over the cross-node limit refused both ways, losing nothing. Prints "py-across: ok ..." or fails with a traceback."""
+starts a process with arguments larger than one message between nodes carries, and once
+killed is not waited for; parent_process() of a process whose parent is on another node, alive
+and then ended; 40 MiB queue items and a 30 MiB Pipe message both ways across nodes. Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
@@ -349,29 +349,38 @@ def check_parent_sentinel(nodes, outq):
     assert outq.get(timeout=60) == ("after", False)
 
 
-def too_large(q, outq):
-    """On another node than q's: a put over the cross-node limit and a get of such an item
-    both raise, saying why; the item stays queued for its own node."""
-    for what, call in (("put", lambda: q.put(b"p" * (17 << 20))),
-                       ("get", lambda: q.get(timeout=60))):
-        try:
-            call()
-        except dragon.DragonError as err:
-            outq.put((what, "between nodes" in str(err)))
-        else:
-            outq.put((what, "no error"))
+def large_user(q_in, q_out, conn):
+    """On another node than the queues: a 40 MiB item got, its digest and a 40 MiB numpy
+    array put back, and 30 MiB sent through a Pipe (each more than one message between nodes
+    carries, so moved in parts)."""
+    import hashlib
+
+    import numpy
+    data = q_in.get(timeout=120)
+    q_out.put(hashlib.sha256(data).hexdigest())
+    q_out.put(numpy.arange(5 << 20, dtype=numpy.float64))  # 40 MiB
+    conn.send_bytes(data[:30 << 20])
 
 
-def check_too_large(far, outq):
-    q = mp.Queue()
-    q.put(b"g" * (17 << 20))
+def check_large_across(far):
+    import hashlib
+
+    import numpy
+    q_in, q_out = mp.Queue(), mp.Queue()
+    r, w = mp.Pipe(duplex=False)
+    data = os.urandom(40 << 20)
+    q_in.put(data)
     with dragon.Policy(node=far):
-        p = mp.Process(target=too_large, args=(q, outq))
+        p = mp.Process(target=large_user, args=(q_in, q_out, w))
         p.start()
-    got = [outq.get(timeout=60) for _ in range(2)]
+    w.close()
+    assert q_out.get(timeout=120) == hashlib.sha256(data).hexdigest()
+    a = q_out.get(timeout=120)
+    assert isinstance(a, numpy.ndarray) and a.nbytes == 40 << 20
+    assert numpy.array_equal(a, numpy.arange(5 << 20, dtype=numpy.float64))
+    assert r.recv_bytes() == data[:30 << 20]
     p.join(60)
-    assert got == [("put", True), ("get", True)] and p.exitcode == 0, (got, p.exitcode)
-    assert q.get(timeout=10) == b"g" * (17 << 20)  # still there, whole
+    assert p.exitcode == 0, p.exitcode
 
 
 def first_starts_at_once(node, outq):
@@ -405,27 +414,25 @@ def first_starts_at_once(node, outq):
     outq.put(len(made))
 
 
+def report_size_and_ppid(data, q):
+    q.put((len(data), os.getppid()))
+
+
 def check_template_serving(far, template_puid):
-    """A request that the template cannot take (arguments over one message between nodes) is
-    refused at start() and the template goes on serving; a template killed before a start is
-    not waited for, and the process starts once, as a fresh interpreter."""
+    """The template starts a process whose arguments are larger than one message between
+    nodes carries (its request comes in parts) and goes on serving; a template killed before a
+    start is not waited for, and the process starts once, as a fresh interpreter."""
     from dragon import _runtime
     from dragon import process as dp
     template = dp._remote_templates[far]
     q = mp.Queue()
-    with dragon.Policy(node=far):
-        p = mp.Process(target=exiter, args=(b"x" * (17 << 20),))
-        try:
+    for size in (17 << 20, 10):
+        with dragon.Policy(node=far):
+            p = mp.Process(target=report_size_and_ppid, args=(b"x" * size, q))
             p.start()
-        except ValueError as err:
-            assert "between nodes" in str(err), err
-        else:
-            raise AssertionError("a process of 17 MiB of arguments was started on another node")
-        p = mp.Process(target=report_ppid, args=(q,))
-        p.start()
-    assert q.get(timeout=60) == template.pid, "the template stopped serving"
-    p.join(60)
-    assert p.exitcode == 0 and not template.broken, (p.exitcode, template.broken)
+        assert q.get(timeout=60) == (size, template.pid), "not served by the template"
+        p.join(60)
+        assert p.exitcode == 0 and not template.broken, (p.exitcode, template.broken)
 
     _runtime.signal([template_puid], signal.SIGKILL)
     [(_, _, sig)] = _runtime.wait([template_puid], 30)
@@ -818,7 +825,7 @@ def main():
 
     check_remote_templates(far, outq)
     check_parent_sentinel(nodes, outq)
-    check_too_large(far, outq)
+    check_large_across(far)
 
     try:
         with dragon.Policy(node=99):

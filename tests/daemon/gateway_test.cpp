@@ -241,6 +241,87 @@ TEST_F(Gateway, AMessageTooLargeToCrossNodesStaysQueued) {
   EXPECT_EQ(n->size(), payload.size()) << "the large message is still first in line";
 }
 
+TEST_F(Gateway, AMessageLargerThanOnePartCrossesInPartsBothWays) {
+  // What a client of another node does (ClientChannel::send, recvBytes), here over the raw
+  // protocol: SEND_PARTs then the SEND of the last part; a RECV with parts, then RECV_PARTs.
+  auto big = client.createPool(std::size_t{96} << 20, {}, /*lazy=*/true);
+  ASSERT_TRUE(big.has_value()) << big.error().toString();
+  auto c = client.createChannel((*big)->descriptor(), {});
+  ASSERT_TRUE(c.has_value());
+  const std::uint64_t part = kMaxMessageAcrossNodes;
+  std::string payload(2 * part + 12345, '\0');
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 13 % 251);
+  RawConn raw(d->socket());
+  const std::uint64_t transfer = 0x5eed;
+  for (std::uint64_t at = 0; at < 2 * part; at += part) {
+    pb::Envelope e = op((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0);
+    e.mutable_channel_op()->set_transfer(transfer);
+    e.mutable_channel_op()->set_part_offset(at);
+    e.mutable_channel_op()->set_total_size(payload.size());
+    e.mutable_channel_op()->set_data(payload.substr(at, part));
+    auto r = raw.reply(raw.post(std::move(e)), 10s);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
+    EXPECT_EQ((*c)->channel().size(), 0u) << "a part was sent on its own";
+  }
+  pb::Envelope last = op((*c)->descriptor(), pb::ChannelOp::SEND, 0);
+  last.mutable_channel_op()->set_transfer(transfer);
+  last.mutable_channel_op()->set_part_offset(2 * part);
+  last.mutable_channel_op()->set_total_size(payload.size());
+  last.mutable_channel_op()->set_data(payload.substr(2 * part));
+  auto r = raw.reply(raw.post(std::move(last)), 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok);
+  ASSERT_EQ((*c)->channel().size(), 1u);
+
+  // Back out in parts: the first with the reply, the rest kept until fetched in order.
+  pb::Envelope take = op((*c)->descriptor(), pb::ChannelOp::RECV, 0);
+  take.mutable_channel_op()->set_parts(true);
+  r = raw.reply(raw.post(std::move(take)), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "");
+  EXPECT_EQ((*c)->channel().size(), 0u) << "the message left with its first part";
+  std::string got = r->channel_op_reply().data();
+  ASSERT_EQ(got.size(), part);
+  ASSERT_EQ(r->channel_op_reply().total_size(), payload.size());
+  const std::uint64_t back = r->channel_op_reply().transfer();
+  while (got.size() < payload.size()) {
+    pb::Envelope more = op((*c)->descriptor(), pb::ChannelOp::RECV_PART, 0);
+    more.mutable_channel_op()->set_transfer(back);
+    more.mutable_channel_op()->set_part_offset(got.size());
+    auto m = raw.reply(raw.post(std::move(more)), 10s);
+    ASSERT_TRUE(m.has_value() && m->has_channel_op_reply()) << (m ? m->DebugString() : "");
+    ASSERT_FALSE(m->channel_op_reply().data().empty());
+    got += m->channel_op_reply().data();
+  }
+  EXPECT_TRUE(got == payload) << "the message changed on the way";
+  // A transfer that is over, or never was, is an error, not another message.
+  pb::Envelope again = op((*c)->descriptor(), pb::ChannelOp::RECV_PART, 0);
+  again.mutable_channel_op()->set_transfer(back);
+  again.mutable_channel_op()->set_part_offset(got.size());
+  r = raw.reply(raw.post(std::move(again)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  pb::Envelope orphan = op((*c)->descriptor(), pb::ChannelOp::SEND, 0);
+  orphan.mutable_channel_op()->set_transfer(0xdead);
+  orphan.mutable_channel_op()->set_part_offset(part);
+  orphan.mutable_channel_op()->set_total_size(part + 1);
+  orphan.mutable_channel_op()->set_data("x");
+  r = raw.reply(raw.post(std::move(orphan)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
+  EXPECT_EQ((*c)->channel().size(), 0u) << "a last part without its others was sent";
+  // A first part larger in total than the channel takes is refused at once.
+  auto small = client.createChannel(pool->descriptor(), {});
+  ASSERT_TRUE(small.has_value());
+  pb::Envelope huge = op((*small)->descriptor(), pb::ChannelOp::SEND_PART, 0);
+  huge.mutable_channel_op()->set_transfer(1);
+  huge.mutable_channel_op()->set_total_size((*small)->maxMessageSize() + 1);
+  huge.mutable_channel_op()->set_data("x");
+  r = raw.reply(raw.post(std::move(huge)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::MessageTooLarge);
+}
+
 TEST_F(Gateway, ClosingTheChannelWakesAParkedRecvWithChannelClosed) {
   RawConn raw(d->socket());
   const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));

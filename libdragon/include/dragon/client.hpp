@@ -33,9 +33,9 @@ std::string defaultRuntimeDir();
 // /run/dragon/UID/dragond.sock if it exists, else RUNTIME_DIR/dragond.sock.
 std::string defaultSocketPath();
 
-// The largest message that crosses nodes: a remote channel's maxMessageSize() is at most this
-// (whatever the channel allows locally); a larger message stays queued and a receiver on
-// another node gets MessageTooLarge.
+// The most that one message between nodes carries. A larger channel message crosses in parts
+// (send, and recvBytes, of a remote channel); recv into a buffer from a channel of another
+// node takes at most this, and a larger message stays queued (MessageTooLarge).
 inline constexpr std::uint64_t kMaxMessageAcrossNodes = (std::uint64_t{16} << 20) - (std::uint64_t{64} << 10);
 
 namespace detail {

@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: MIT
+// PartStore: what a channel's home dragond keeps of messages larger than one message between
+// nodes carries, sent or received in parts (daemon/parts.hpp).
+#include "daemon/parts.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace dragon::daemon {
+namespace {
+
+namespace pb = dragon::protocol;
+constexpr std::uint64_t kPart = PartStore::kPart;
+
+pb::ChannelOp part(std::uint64_t transfer, std::uint64_t offset, std::uint64_t total,
+                   std::string data) {
+  pb::ChannelOp op;
+  op.set_kind(pb::ChannelOp::SEND_PART);
+  op.set_transfer(transfer);
+  op.set_part_offset(offset);
+  op.set_total_size(total);
+  op.set_data(std::move(data));
+  return op;
+}
+
+std::string pattern(std::uint64_t n, char seed) {
+  std::string s(n, '\0');
+  for (std::uint64_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i % 251);
+  return s;
+}
+
+TEST(PartStore, ASendInPartsBecomesTheWholeMessageWithItsLastPart) {
+  PartStore store;
+  const std::uint64_t total = 2 * kPart + 5;
+  const std::string whole = pattern(total, 'a');
+  ASSERT_TRUE(store.keep(1, part(7, 0, total, whole.substr(0, kPart)), 0).isOk());
+  ASSERT_TRUE(store.keep(1, part(7, kPart, total, whole.substr(kPart, kPart)), 0).isOk());
+  EXPECT_EQ(store.keptSendBytes(), total);
+  // The same transfer id from another node is another transfer.
+  pb::ChannelOp last = part(7, 2 * kPart, total, whole.substr(2 * kPart));
+  last.set_kind(pb::ChannelOp::SEND);
+  EXPECT_EQ(store.assemble(2, last).code(), StatusCode::InvalidArgument);
+  ASSERT_TRUE(store.assemble(1, last).isOk());
+  EXPECT_EQ(last.data(), whole);
+  EXPECT_EQ(last.transfer(), 0u);
+  EXPECT_EQ(store.size(), 0u);
+  EXPECT_EQ(store.keptSendBytes(), 0u);
+}
+
+TEST(PartStore, PartsOutOfOrderOrPastTheEndEndTheTransfer) {
+  PartStore store;
+  const std::uint64_t total = 3 * kPart;
+  EXPECT_EQ(store.keep(1, part(0, 0, total, "x"), 0).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.keep(1, part(1, 0, kPart, "x"), 0).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.keep(1, part(1, kPart, total, "x"), 0).code(), StatusCode::InvalidArgument);
+  ASSERT_TRUE(store.keep(1, part(1, 0, total, std::string(10, 'a')), 0).isOk());
+  EXPECT_EQ(store.keep(1, part(1, 0, total, "b"), 0).code(), StatusCode::InvalidArgument);
+  ASSERT_TRUE(store.keep(1, part(2, 0, total, std::string(10, 'a')), 0).isOk());
+  EXPECT_EQ(store.keep(1, part(2, 11, total, "gap"), 0).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.size(), 0u);  // both dropped: a sender that erred starts again
+  // A SEND_PART may not complete the message (the last part comes with the SEND), and the
+  // last part must complete it exactly.
+  ASSERT_TRUE(store.keep(1, part(3, 0, kPart + 4, std::string(kPart, 'a')), 0).isOk());
+  EXPECT_EQ(store.keep(1, part(3, kPart, kPart + 4, "abcd"), 0).code(),
+            StatusCode::InvalidArgument);
+  ASSERT_TRUE(store.keep(1, part(4, 0, kPart + 4, std::string(kPart, 'a')), 0).isOk());
+  pb::ChannelOp last = part(4, kPart, kPart + 4, "abc");
+  EXPECT_EQ(store.assemble(1, last).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.size(), 0u);
+  EXPECT_EQ(store.keptSendBytes(), 0u);
+}
+
+TEST(PartStore, UnfinishedSendsAreBoundedAndGoWithTheirNodeOrWhenIdle) {
+  PartStore store;
+  const std::uint64_t big = PartStore::kMaxKeptSendBytes - kPart;
+  ASSERT_TRUE(store.keep(1, part(1, 0, big, "a"), 0).isOk());
+  EXPECT_EQ(store.keep(2, part(1, 0, 2 * kPart, "a"), 0).code(), StatusCode::PoolExhausted);
+  store.dropNode(1);
+  EXPECT_EQ(store.size(), 0u);
+  ASSERT_TRUE(store.keep(2, part(2, 0, kPart + 1, "a"), 10).isOk());
+  EXPECT_EQ(store.size(), 1u);
+  EXPECT_EQ(store.keptSendBytes(), kPart + 1);
+  EXPECT_TRUE(store.expire(10 + PartStore::kIdleNs));  // idle for exactly the limit: kept
+  EXPECT_FALSE(store.expire(11 + PartStore::kIdleNs));
+  EXPECT_EQ(store.keptSendBytes(), 0u);
+}
+
+TEST(PartStore, AReceiveLargerThanOnePartIsHandedOutInOrder) {
+  PartStore store;
+  pb::ChannelOpReply small;
+  small.set_data("tiny");
+  store.split(3, small, 0);
+  EXPECT_EQ(small.total_size(), 0u);  // one part: nothing kept
+  EXPECT_EQ(store.size(), 0u);
+
+  const std::string whole = pattern(2 * kPart + 9, 'k');
+  pb::ChannelOpReply reply;
+  reply.set_data(whole);
+  store.split(3, reply, 0);
+  ASSERT_EQ(reply.data().size(), kPart);
+  EXPECT_EQ(reply.total_size(), whole.size());
+  ASSERT_NE(reply.transfer(), 0u);
+  std::string got = reply.data();
+  pb::ChannelOp ask;
+  ask.set_kind(pb::ChannelOp::RECV_PART);
+  ask.set_transfer(reply.transfer());
+  ask.set_part_offset(got.size());
+  EXPECT_FALSE(store.next(4, ask, 0).has_value());  // another node's transfer
+  while (got.size() < whole.size()) {
+    ask.set_part_offset(got.size());
+    auto more = store.next(3, ask, 0);
+    ASSERT_TRUE(more.has_value()) << more.error().toString();
+    got += *more;
+  }
+  EXPECT_EQ(got, whole);
+  EXPECT_EQ(store.size(), 0u);  // all handed out
+  EXPECT_FALSE(store.next(3, ask, 0).has_value());
+}
+
+TEST(PartStore, AReceivePartAskedOutOfOrderEndsTheTransfer) {
+  PartStore store;
+  pb::ChannelOpReply reply;
+  reply.set_data(pattern(kPart + 1, 'z'));
+  store.split(3, reply, 0);
+  pb::ChannelOp ask;
+  ask.set_kind(pb::ChannelOp::RECV_PART);
+  ask.set_transfer(reply.transfer());
+  ask.set_part_offset(0);
+  EXPECT_EQ(store.next(3, ask, 0).error().code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.size(), 0u);
+}
+
+}  // namespace
+}  // namespace dragon::daemon
