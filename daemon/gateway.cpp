@@ -45,6 +45,28 @@ std::uint64_t holderOf(std::uint32_t from, const pb::ChannelOp& op) {
   return (op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0);
 }
 
+// A RECV with parts of a message larger than one part: the whole message (read in place when
+// it is a pool block), for the caller to send on in parts.
+Attempt receiveWhole(Channel& ch, std::uint32_t from, const pb::ChannelOp& op) {
+  Attempt a;
+  Message m;
+  ch.receiveAs(holderOf(from, op));
+  Status st = ch.recv(m, Timeout::none());
+  if (st.code() == StatusCode::WouldBlock) {  // taken by another receiver meanwhile
+    a.wouldBlock = st;
+    return a;
+  }
+  a.done = true;
+  if (!st.isOk()) {
+    a.answer = errorOf(st);
+    return a;
+  }
+  const auto d = m.data();
+  a.answer.mutable_channel_op_reply()->set_data(reinterpret_cast<const char*>(d.data()),
+                                                d.size());
+  return a;
+}
+
 // `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
 // `from`: the node the operation comes from.
 Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf) {
@@ -66,27 +88,9 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       return a;
     }
     case pb::ChannelOp::RECV: {
-      if (op.parts() && !op.bounded()) {
-        // A message of any size, whole here: the caller sends it on in parts if it must.
-        Message m;
-        ch.receiveAs(holderOf(from, op));
-        Status st = ch.recv(m, Timeout::none());
-        if (st.code() == StatusCode::WouldBlock) {
-          a.wouldBlock = st;
-          return a;
-        }
-        a.done = true;
-        if (!st.isOk()) {
-          a.answer = errorOf(st);
-          return a;
-        }
-        const auto d = m.data();
-        a.answer.mutable_channel_op_reply()->set_data(reinterpret_cast<const char*>(d.data()),
-                                                      d.size());
-        return a;
-      }
       // Into a bounded buffer: a message larger than what one message between nodes carries
-      // (or than the receiver's buffer) stays queued, MessageTooLarge.
+      // (or than the receiver's buffer) stays queued, MessageTooLarge; with `parts`, such a
+      // message is then taken whole (receiveWhole), and sent on in parts by the caller.
       std::uint64_t max = std::min<std::uint64_t>(ch.maxMessageSize(), Gateway::kMaxMessage);
       if (op.bounded()) max = std::min<std::uint64_t>(max, op.max_size());
       if (buf.size() < max) buf.resize(max);
@@ -99,6 +103,9 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       a.done = true;
       if (!n.has_value()) {
         Status st = n.error();
+        if (st.code() == StatusCode::MessageTooLarge && op.parts() && !op.bounded()) {
+          return receiveWhole(ch, from, op);
+        }
         if (st.code() == StatusCode::MessageTooLarge && max == Gateway::kMaxMessage) {
           st = Status(st.code(), std::string(st.message()) +
                                      " (the most that one message carries between nodes; it "

@@ -154,7 +154,6 @@ PYBIND11_MODULE(_native, m) {
   m.def("home_node", [](const std::string& desc) { return parseDesc(desc).node; },
         py::arg("descriptor"), "The node that holds the object of a descriptor");
   m.def("default_socket_path", &dragon::defaultSocketPath);
-  m.attr("MAX_MESSAGE_ACROSS_NODES") = dragon::kMaxMessageAcrossNodes;
   m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
 
   py::class_<dragon::Pool, std::shared_ptr<dragon::Pool>>(m, "Pool")

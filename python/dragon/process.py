@@ -67,6 +67,8 @@ class _PopenBase:
     DupFd = _DupFd
     # The child finds the fds lent to it from here on.
     FD_BASE = 100
+    # The exit record a watcher thread heard (_RemotePopen: _watch_remote), if any.
+    _ended = ()
 
     def _init(self):
         util._flush_std_streams()
@@ -91,9 +93,8 @@ class _PopenBase:
         """Sets returncode from dragond's record once the process has ended (by `timeout`).
         A process lost with its node ended as if killed: -SIGKILL (the launcher names the
         node and ends the job non-zero)."""
-        ended = getattr(self, "_ended", None)  # what a watcher thread heard (_watch_remote)
         try:
-            [(_, code, sig)] = ended or _runtime.wait([self._puid], timeout)
+            [(_, code, sig)] = self._ended or _runtime.wait([self._puid], timeout)
         except TimeoutError:
             return
         except NodeLost:
@@ -234,7 +235,7 @@ def _remote_environment():
     return env
 
 
-_life = None  # (pid, channel): this process's life channel
+_life = None  # this process's life channel (none in a forked child: _after_fork_in_child)
 _life_lock = threading.Lock()
 
 
@@ -245,9 +246,9 @@ def _life_descriptor():
     parent_process() (_child._RemoteParentSentinel); nothing is ever sent to it."""
     global _life
     with _life_lock:
-        if _life is None or _life[0] != os.getpid():
-            _life = (os.getpid(), _runtime.new_channel(capacity=1))
-        return _life[1].descriptor
+        if _life is None:
+            _life = _runtime.new_channel(capacity=1)
+        return _life.descriptor
 
 
 class _RemotePopen(_PopenBase):
@@ -546,18 +547,21 @@ class _RemoteTemplate:
 
 
 _template = None
-_template_pid = None
 _remote_templates = {}  # node -> _RemoteTemplate
 _templates_lock = threading.Lock()
 
 
-def _new_locks_after_fork():
-    global _templates_lock, _life_lock
-    _templates_lock = threading.Lock()  # another thread may have held them at the fork
+def _after_fork_in_child():
+    """A forked child has no templates and no life channel of its own yet (its parent's are
+    not its), and new locks: another thread may have held them at the fork."""
+    global _template, _life, _templates_lock, _life_lock
+    _template, _life = None, None
+    _remote_templates.clear()
+    _templates_lock = threading.Lock()
     _life_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_locks_after_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _remote_popen(process_obj, node):
@@ -578,12 +582,8 @@ def _remote_popen(process_obj, node):
 def Popen(process_obj):
     """A child of the template when it is ready; else one dragond starts (and the first such
     start also starts the template)."""
-    global _template, _template_pid
+    global _template
     from .policy import target_node
-    with _templates_lock:
-        if _template_pid != os.getpid():  # a forked child: its parent's templates are not its
-            _template, _template_pid = None, os.getpid()
-            _remote_templates.clear()
     node = target_node(getattr(process_obj, "_dragon_policy", None))
     if node is not None:
         return _remote_popen(process_obj, node)

@@ -421,6 +421,32 @@ class TemplateTest(unittest.TestCase):
         p.join(30)
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
 
+    def test_a_stock_fork_of_a_process_makes_a_template_of_its_own(self):
+        # The parent's template serves the parent alone (its socket is the parent's): a forked
+        # child starts from no template (_after_fork_in_child), and its starts make its own.
+        from dragon import process as dp
+        template = self.warm()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if dp._template is None:
+                    for _ in range(3):
+                        p = self.start(exit_with, 0)
+                        p.join(30)
+                        if p.exitcode != 0:
+                            break
+                    else:
+                        code = 0 if dp._template not in (None, template) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        p = self.start(exit_with, 0)  # the parent's template still serves it
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
+        self.assertIs(dp._template, template)
+
     def test_processes_still_start_when_the_template_is_killed(self):
         template = self.warm()
         os.kill(template._pid, signal.SIGKILL)
