@@ -6,6 +6,8 @@
 #include "base/log.hpp"
 
 #include <csignal>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -20,7 +22,8 @@ constexpr int kLostExitCode = 255;
 }  // namespace
 
 Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterPid,
-                                            std::uint64_t adopter, std::uint64_t job) {
+                                            std::uint64_t adopter, std::uint64_t job,
+                                            std::vector<UniqueFd>& fds) {
   const pid_t pid = req.pid();
   if (pid <= 0) {
     return Status(StatusCode::InvalidArgument, "adopt needs a pid");
@@ -28,6 +31,20 @@ Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterP
   for (const auto& a : req.argv()) {
     if (a.find('\0') != std::string::npos) {
       return Status(StatusCode::InvalidArgument, "an argument holds a NUL byte");
+    }
+  }
+  const std::size_t pipes = (req.capture_stdout() ? 1 : 0) + (req.capture_stderr() ? 1 : 0);
+  if (fds.size() < pipes) {
+    return Status(StatusCode::InvalidArgument,
+                  "an adopt that captures output came without the read ends of its pipes");
+  }
+  for (std::size_t i = 0; i < pipes; ++i) {
+    struct stat st {};
+    const int flags = fcntl(fds[i].get(), F_GETFL);
+    if (fstat(fds[i].get(), &st) != 0 || !S_ISFIFO(st.st_mode) || flags < 0 ||
+        (flags & O_ACCMODE) != O_RDONLY) {
+      return Status(StatusCode::InvalidArgument,
+                    "the captured output of an adopted process must be the read end of a pipe");
     }
   }
   if (byPid_.count(pid) != 0) {
@@ -56,6 +73,15 @@ Result<std::uint64_t> ProcessManager::adopt(const pb::Adopt& req, pid_t adopterP
   p.adopter = adopter;
   p.idle = req.idle();
   p.argv.assign(req.argv().begin(), req.argv().end());
+  std::size_t next = 0;
+  for (const bool isStderr : {false, true}) {
+    if (!(isStderr ? req.capture_stderr() : req.capture_stdout())) continue;
+    auto s = std::make_unique<Stream>();
+    s->fd = std::move(fds[next++]);
+    s->isStderr = isStderr;
+    (void)fcntl(s->fd.get(), F_SETFL, fcntl(s->fd.get(), F_GETFL) | O_NONBLOCK);
+    (isStderr ? p.err : p.out) = std::move(s);
+  }
   if (!p.idle) {
     ProcessRecord rec;
     rec.puid = p.puid;

@@ -100,6 +100,15 @@ std::string expandLabel(const std::string& label, std::uint64_t puid, pid_t pid)
   return out;
 }
 
+constexpr std::string_view kCapturedPipesVar = "DRAGON_CAPTURED_PIPES";
+
+// The inode number of an open fd (0 for none).
+unsigned long long inodeOf(const UniqueFd& fd) {
+  struct stat st {};
+  if (!fd || fstat(fd.get(), &st) != 0) return 0;
+  return static_cast<unsigned long long>(st.st_ino);
+}
+
 // Through the pidfd: the pid of an adopted process may name another process once its parent
 // has reaped it. 0, or -1 with errno.
 int pidfdSignal(const UniqueFd& pidfd, int sig) {
@@ -221,7 +230,18 @@ Result<pid_t> ProcessManager::spawnOne(const pb::Spawn& req, std::vector<UniqueF
   std::vector<char*> argv, envp;
   for (const auto& a : req.argv()) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  for (const auto& e : req.env()) envp.push_back(const_cast<char*>(e.c_str()));
+  // DRAGON_CAPTURED_PIPES names the pipes dragond reads the process's stdout and stderr from
+  // (their inode numbers, 0 for a stream not captured): a Python parent whose fds 1 and 2 are
+  // still those pipes has its children's output captured too, each under its own puid.
+  std::string captured = std::string(kCapturedPipesVar) + "=" + std::to_string(inodeOf(outWrite)) +
+                         "," + std::to_string(inodeOf(errWrite));
+  for (const auto& e : req.env()) {
+    if (e.compare(0, kCapturedPipesVar.size() + 1, std::string(kCapturedPipesVar) + "=") == 0) {
+      continue;
+    }
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  if (outWrite || errWrite) envp.push_back(captured.data());
   envp.push_back(nullptr);
   pid_t pid = 0;
   const int rc = posix_spawn(&pid, program.c_str(), fa.get(), attr.get(), argv.data(),
@@ -382,9 +402,11 @@ void ProcessManager::emit(Process& p, bool isStderr, std::string_view line) {
   auto* o = msg.mutable_output_line();
   o->set_puid(p.puid);
   o->set_stream(isStderr ? pb::OutputLine::STDERR : pb::OutputLine::STDOUT);
+  // A spawned process's label is its output prefix; an adopted one's is a name for listings.
+  const std::string_view prefix = p.adopted ? std::string_view() : std::string_view(p.label);
   std::string text;
-  text.reserve(p.label.size() + line.size());
-  text.append(p.label).append(line);
+  text.reserve(prefix.size() + line.size());
+  text.append(prefix).append(line);
   o->set_line(std::move(text));
   if (sink_(p.job, msg) && pausedJobs_.insert(p.job).second) {
     for (auto& [puid, q] : processes_) {

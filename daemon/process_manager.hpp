@@ -86,9 +86,11 @@ class ProcessManager {
   void resumeOutput(std::uint64_t job);
 
   // The adopter's own child request.pid() joins the table, in `job`; adopterPid is the
-  // requesting connection's peer pid, `adopter` its id. Its puid.
+  // requesting connection's peer pid, `adopter` its id; `fds`, what came with the request (the
+  // read ends of its captured output, stdout's first). Its puid.
   Result<std::uint64_t> adopt(const protocol::Adopt& request, pid_t adopterPid,
-                              std::uint64_t adopter, std::uint64_t job);
+                              std::uint64_t adopter, std::uint64_t job,
+                              std::vector<UniqueFd>& fds);
   // From the adopter: an idle adopted process now runs (it is listed from now on).
   Status adoptedStarted(std::uint64_t adopter, std::uint64_t puid, const std::string& label);
   // From the adopter, which reaped it: how an adopted process ended.

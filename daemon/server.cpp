@@ -220,9 +220,11 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
   // Fds are kept until the request they came with is handled: one read can return requests
   // sent before that one as well (the kernel ends a read after the bytes that carried fds, not
   // before), so clearing them after every request lost a Spawn's fds whenever a one-way
-  // request (a detach) was read with it. Only a Spawn takes fds; a client that sends fds with
-  // anything else is refused once they pile up (readFrom).
-  if (msg.body_case() == pb::Envelope::kSpawn) c.inFds.clear();
+  // request (a detach) was read with it. Only a Spawn or an Adopt takes fds; a client that
+  // sends fds with anything else is refused once they pile up (readFrom).
+  if (msg.body_case() == pb::Envelope::kSpawn || msg.body_case() == pb::Envelope::kAdopt) {
+    c.inFds.clear();
+  }
 }
 
 Server::Request Server::clientRequest(Connection& c, std::uint64_t rid) {
@@ -626,7 +628,7 @@ void Server::handleProcess(const Request& rq, pb::Envelope& msg) {
       rq.reply(localList());
       return;
     case pb::Envelope::kAdopt: {
-      auto r = processes_->adopt(msg.adopt(), c->peer.pid, c->id, jobOf(*c));
+      auto r = processes_->adopt(msg.adopt(), c->peer.pid, c->id, jobOf(*c), *rq.fds);
       if (!r.has_value()) {
         rq.fail(r.error());
         return;

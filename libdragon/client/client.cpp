@@ -833,13 +833,23 @@ Result<std::vector<ProcessEntry>> Client::listProcesses() {
   return out;
 }
 
-Result<ProcessInfo> Client::adopt(pid_t pid, const std::vector<std::string>& argv, bool idle) {
+Result<ProcessInfo> Client::adopt(pid_t pid, const std::vector<std::string>& argv, bool idle,
+                                  int stdoutFd, int stderrFd) {
   pb::Envelope req;
   auto* a = req.mutable_adopt();
   a->set_pid(pid);
   for (const auto& s : argv) a->add_argv(s);
   a->set_idle(idle);
-  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req));
+  std::vector<int> fds;
+  if (stdoutFd >= 0) {
+    a->set_capture_stdout(true);
+    fds.push_back(stdoutFd);
+  }
+  if (stderrFd >= 0) {
+    a->set_capture_stderr(true);
+    fds.push_back(stderrFd);
+  }
+  DRAGON_ASSIGN_OR_RETURN(Impl::Reply r, impl_->call(req, fds));
   if (!r.msg.has_spawned() || r.msg.spawned().puid_size() != 1) {
     return Status(StatusCode::Internal, "unexpected reply to adopt");
   }

@@ -8,6 +8,7 @@ one on first use and stops it at exit, as the launcher would.
 import atexit
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import weakref
@@ -260,10 +261,32 @@ def spawn(argv, env, cwd, **kwargs):
         return client().spawn(argv, env, cwd, **kwargs)
 
 
-def adopt(pid, argv, idle=False):
-    """Puts this process's own child in dragond's process table (see Client.adopt); its puid."""
+def adopt(pid, argv, idle=False, stdout_fd=-1, stderr_fd=-1):
+    """Puts this process's own child in dragond's process table (see Client.adopt); its puid.
+    stdout_fd/stderr_fd: the read ends of the pipes of its output, for dragond to read."""
     with _lock:
-        return client().adopt(pid, argv, idle)
+        return client().adopt(pid, argv, idle, stdout_fd, stderr_fd)
+
+
+def captured_streams():
+    """(stdout, stderr): whether each of this process's fds 1 and 2 is still the pipe dragond
+    reads that stream from (DRAGON_CAPTURED_PIPES, set by dragond). A child's stream is then
+    captured as well, under the child's own puid, rather than written into this one's pipe."""
+    try:
+        inodes = [int(x) for x in os.environ.get("DRAGON_CAPTURED_PIPES", "").split(",")]
+    except ValueError:
+        return False, False
+    if len(inodes) != 2:
+        return False, False
+    out = []
+    for fd, inode in zip((1, 2), inodes):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        out.append(inode != 0 and st is not None and stat.S_ISFIFO(st.st_mode) and
+                   st.st_ino == inode)
+    return out[0], out[1]
 
 
 def report_started(puid, label):

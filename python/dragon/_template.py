@@ -24,7 +24,10 @@ request to dragond, off the parent's path, which gives the puid), tells dragond 
 spare becomes a process (one-way), and, being the child's parent, reaps it and reports how it
 ended (one-way). dragond's table is the one record of the exit status: the parent's join asks
 dragond for it. If the template dies first, dragond records the end of its children with
-exit code 255 (the status is lost with their parent).
+exit code 255 (the status is lost with their parent). When dragond reads the parent's
+stdout and stderr (DRAGON_CAPTURED_PIPES), each spare gets pipes of its own, whose read ends
+go to dragond with its adoption: every child's output lines carry its own puid, whole, and are
+read before its end is recorded.
 
 On another node than the parent's, the same template runs as ``remote_main``: started by
 that node's dragond, reached through channels of the parent's node instead of a socket, and
@@ -137,6 +140,48 @@ def _spare_main(channel):
     _become_child(channel, request, fds)
 
 
+def _output_pipes(capture):
+    """Before a spare is forked: a pipe for each of its streams that is captured (its output
+    then reaches dragond under its own puid, not mixed into this template's), else None."""
+    sys.stdout.flush()  # nothing buffered here is written twice, by the spare as well
+    sys.stderr.flush()
+    return [os.pipe2(os.O_CLOEXEC) if c else None for c in capture]
+
+
+def _spare_output(pipes):
+    """In the spare: its stdout and stderr are the write ends of its pipes."""
+    for target, pair in zip((1, 2), pipes):
+        if pair is not None:
+            os.dup2(pair[1], target)
+            os.close(pair[0])
+            os.close(pair[1])
+
+
+def _adopt_spare(pid, cmdline, pipes):
+    """In the template, once the spare is forked: dragond adopts it, with the read ends of
+    its pipes (none of which this template keeps). Its puid."""
+    from . import _runtime
+
+    for pair in pipes:
+        if pair is not None:
+            os.close(pair[1])
+    try:
+        return _runtime.adopt(pid, cmdline, idle=True,
+                              stdout_fd=pipes[0][0] if pipes[0] else -1,
+                              stderr_fd=pipes[1][0] if pipes[1] else -1)
+    finally:
+        for pair in pipes:
+            if pair is not None:
+                os.close(pair[0])
+
+
+def _close_pipes(pipes):
+    for pair in pipes:
+        if pair is not None:
+            os.close(pair[0])
+            os.close(pair[1])
+
+
 def _report_end(pid, puid, status):
     """Tells dragond how a child that it adopted (puid; None: not adopted) ended."""
     if puid is None:
@@ -178,6 +223,7 @@ def main():
     sock = socket.socket(fileno=int(sys.argv[1]))
     (prep,), _ = recv_message(sock)
     cmdline = _prepare(prep)
+    capture = _runtime.captured_streams()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
@@ -189,7 +235,14 @@ def main():
         """A new spare, adopted by dragond before it can be reaped (only reap() reaps, and
         dragond must hold its pidfd first)."""
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        pipes = _output_pipes(capture)
+        try:
+            pid = os.fork()
+        except BaseException:
+            _close_pipes(pipes)
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             try:
                 # Not the template's connection to dragond: dragond must see it close when
@@ -199,14 +252,15 @@ def main():
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
+                _spare_output(pipes)
             finally:
                 _spare_main(theirs)
         theirs.close()
         children[pid] = None
         pidfd = None
         try:
+            children[pid] = _adopt_spare(pid, cmdline, pipes)  # closes the pipes here
             pidfd = os.pidfd_open(pid)
-            children[pid] = _runtime.adopt(pid, cmdline, idle=True)
         except BaseException:
             ours.close()  # the spare ends; reaped, not reported
             if pidfd is not None:
@@ -330,8 +384,8 @@ def remote_main():
     the parent's node is lost. Then it starts no more processes, lets its children end and
     exits.
 
-    Children are forked from a spare as in main(); their output is the template's, captured by
-    this node's dragond. Threads: the main one serves requests (a receive parked at the
+    Children are forked from a spare as in main(); this node's dragond captures the output of
+    each, under its own puid. Threads: the main one serves requests (a receive parked at the
     channel's home), one reaps children and reports their ends. Only the main thread forks,
     holding _runtime's lock so that no other thread is inside a request to dragond then."""
     import threading
@@ -349,6 +403,7 @@ def remote_main():
     except gone:
         sys.exit(0)  # the parent ended before this template was up: nothing to serve
     cmdline = _prepare(prep)
+    capture = _runtime.captured_streams()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent and its children
     own_socket = os.environ.get("DRAGON_SOCKET")
     lock = threading.Condition()
@@ -359,20 +414,28 @@ def remote_main():
     def fork_spare(keep=True):
         """A new spare, adopted by dragond: kept as the idle one, or returned (keep=False)."""
         ours, theirs = socket.socketpair()
+        pipes = _output_pipes(capture)
         with lock:  # the reaper leaves it alone until dragond has adopted it
-            with _runtime._lock:
-                pid = os.fork()
+            try:
+                with _runtime._lock:
+                    pid = os.fork()
+            except BaseException:
+                _close_pipes(pipes)
+                ours.close()
+                theirs.close()
+                raise
             if pid == 0:
                 try:
                     _runtime._reset_after_fork()
                     ours.close()
+                    _spare_output(pipes)
                 finally:
                     _spare_main(theirs)
             theirs.close()
             children[pid] = None
             lock.notify_all()
             try:
-                children[pid] = _runtime.adopt(pid, cmdline, idle=True)
+                children[pid] = _adopt_spare(pid, cmdline, pipes)
             except BaseException:
                 ours.close()  # the spare ends; reaped, not reported
                 raise

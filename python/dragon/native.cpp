@@ -467,12 +467,17 @@ PYBIND11_MODULE(_native, m) {
              return out;
            })
       .def("adopt",
-           [](dragon::Client& c, int pid, const std::vector<std::string>& argv, bool idle) {
-             return take(unlocked([&] { return c.adopt(pid, argv, idle); })).puid;
+           [](dragon::Client& c, int pid, const std::vector<std::string>& argv, bool idle,
+              int stdoutFd, int stderrFd) {
+             return take(unlocked([&] { return c.adopt(pid, argv, idle, stdoutFd, stderrFd); }))
+                 .puid;
            },
-           py::arg("pid"), py::arg("argv"), py::arg("idle") = false,
+           py::arg("pid"), py::arg("argv"), py::arg("idle") = false, py::arg("stdout_fd") = -1,
+           py::arg("stderr_fd") = -1,
            "Puts this process's own child in dragond's process table and job (it must not be "
-           "reaped before this returns); its puid. Report its end with report_exited")
+           "reaped before this returns); its puid. Report its end with report_exited. "
+           "stdout_fd/stderr_fd: the read end of the pipe it writes that stream to, which "
+           "dragond then reads as its output (this process closes its own fd)")
       .def("report_started",
            [](dragon::Client& c, std::uint64_t puid, const std::string& label) {
              check(unlocked([&] { return c.reportStarted(puid, label); }));

@@ -139,6 +139,14 @@ class _PopenBase:
             self.finalizer()
 
 
+def _child_stdio():
+    """A child's stdout and stderr on this node: pipes of its own that dragond reads when this
+    process's are dragond's (its lines then carry its own puid, whole), else this process's."""
+    out, err = _runtime.captured_streams()
+    return dict(stdout="capture" if out else "passed", stdout_fd=1,
+                stderr="capture" if err else "passed", stderr_fd=2)
+
+
 class _DaemonPopen(_PopenBase):
     """A child that dragond starts itself: a fresh interpreter (the first process a parent
     starts, and every one when the template cannot serve)."""
@@ -153,9 +161,8 @@ class _DaemonPopen(_PopenBase):
         argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
                 self._channel.descriptor, str(tracker_fd)]
         [(self._puid, self.pid, _)] = _runtime.spawn(
-            argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
-            stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=self._fds,
-            extra_fd_base=self.FD_BASE)
+            argv, _child_environment(), os.getcwd(), stdin="null", extra_fds=self._fds,
+            extra_fd_base=self.FD_BASE, **_child_stdio())
         try:
             self.sentinel = os.pidfd_open(self.pid)
             self.finalizer = util.Finalize(self, os.close, (self.sentinel,))

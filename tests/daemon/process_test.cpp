@@ -369,6 +369,96 @@ TEST(Processes, AnAdoptedChildIsListedOnceStartedAndItsReportedEndIsItsStatus) {
   EXPECT_EQ(e->exit.signal, SIGUSR2);
 }
 
+TEST(Processes, AnAdoptedChildsCapturedOutputCarriesItsPuidAndIsReadBeforeItsEnd) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  struct Line {
+    std::uint64_t puid;
+    bool isStderr;
+    std::string text;
+  };
+  std::vector<Line> lines;  // OutputLine's text is only valid in the handler
+  c.setOutputHandler(
+      [&](const OutputLine& l) { lines.push_back({l.puid, l.isStderr, std::string(l.line)}); });
+  int out[2], err[2], go[2];
+  ASSERT_EQ(pipe(out), 0);
+  ASSERT_EQ(pipe(err), 0);
+  ASSERT_EQ(pipe(go), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    char b = 0;
+    if (read(go[0], &b, 1) != 1) _exit(2);
+    // More than a pipe holds in a line, then a line without its newline: the end of the
+    // process still brings all of it.
+    const std::string big(100000, 'x');
+    (void)!write(1, big.data(), big.size());
+    (void)!write(1, "\nlast", 5);
+    (void)!write(2, "oops\n", 5);
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  close(out[1]);
+  close(err[1]);
+  close(go[0]);
+  auto a = c.adopt(child, {"adopted"}, /*idle=*/true, out[0], err[0]);
+  close(out[0]);  // dragond has its own
+  close(err[0]);
+  ASSERT_TRUE(a.has_value()) << a.error().toString();
+  ASSERT_TRUE(c.reportStarted(a->puid, "Process-1").isOk());
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  close(go[1]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(c.reportExited(ExitInfo{a->puid, WEXITSTATUS(status), 0}).isOk());
+  auto w = c.wait({a->puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value()) << w.error().toString();
+  // Every line came before the end, each under the adopted puid, with no label in front
+  // (an adopted process's label is the name it is listed with).
+  std::string stdoutText, stderrText;
+  for (const auto& l : lines) {
+    EXPECT_EQ(l.puid, a->puid);
+    (l.isStderr ? stderrText : stdoutText) += l.text;
+  }
+  EXPECT_EQ(stdoutText, std::string(100000, 'x') + "\nlast");
+  EXPECT_EQ(stderrText, "oops\n");
+}
+
+TEST(Processes, AnAdoptThatCapturesOutputNeedsTheReadEndOfAPipe) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  const pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  UniqueFd file(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  for (int fd : {p[1], file.get()}) {  // a write end; not a pipe
+    auto r = c.adopt(child, {"x"}, /*idle=*/true, fd);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code(), StatusCode::InvalidArgument) << r.error().toString();
+    EXPECT_NE(r.error().message().find("read end of a pipe"), std::string::npos);
+  }
+  // Refused without a trace: the same child is adopted afterwards, and the connection works.
+  auto r = c.adopt(child, {"x"}, /*idle=*/true, p[0]);
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  close(p[0]);
+  close(p[1]);
+  kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(c.reportExited(ExitInfo{r->puid, 0, SIGKILL}).isOk());
+  auto w = c.wait({r->puid}, Timeout::after(30s));
+  ASSERT_TRUE(w.has_value()) << w.error().toString();
+  EXPECT_EQ(w->front().signal, SIGKILL);
+}
+
 TEST(Processes, OnlyItsParentAdoptsAProcessAndOnlyTheAdopterReportsItsEnd) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);

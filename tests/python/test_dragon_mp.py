@@ -3,6 +3,7 @@
 processes, queues, pipes and synchronisation objects across real processes."""
 import os
 import queue
+import re
 import select
 import signal
 import subprocess
@@ -1019,6 +1020,49 @@ class LauncherTest(unittest.TestCase):
             "    sys.exit(5)\n", "a", "b")
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_each_process_output_lines_are_whole_and_carry_its_own_puid_under_label(self):
+        # The first child is a fresh interpreter, the others come from the template: each
+        # writes its lines in pieces, which would tear if children shared a pipe, and its
+        # lines arrive under its own puid, all before its join returns.
+        text = (
+            "import multiprocessing as mp, sys\n"
+            "def child(i):\n"
+            "    for n in range(200):\n"
+            "        sys.stdout.write('child %d ' % i); sys.stdout.flush()\n"
+            "        sys.stdout.write('%d\\n' % n); sys.stdout.flush()\n"
+            "    sys.stderr.write('done %d\\n' % i)\n"
+            "if __name__ == '__main__':\n"
+            "    print('parent before', flush=True)\n"
+            "    ps = [mp.Process(target=child, args=(i,)) for i in range(3)]\n"
+            "    for p in ps: p.start()\n"
+            "    for p in ps: p.join()\n"
+            "    print('parent after', [p.exitcode for p in ps])\n")
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(text)
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        try:
+            r = subprocess.run([self.LAUNCHER, "--label", f.name], capture_output=True,
+                               text=True, timeout=120, env=env)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        puid_of, seen = {}, {}
+        out = r.stdout.splitlines()
+        for line in out:
+            m = re.fullmatch(r"\[0:(\d+)\] (?:child (\d) (\d+)|parent (?:before|after).*)", line)
+            self.assertIsNotNone(m, "a torn or unlabelled line: %r" % line)
+            who = "parent" if m.group(2) is None else m.group(2)
+            self.assertEqual(puid_of.setdefault(who, m.group(1)), m.group(1), line)
+            if m.group(2) is not None:
+                seen.setdefault(who, []).append(int(m.group(3)))
+        self.assertEqual(len(set(puid_of.values())), 4, puid_of)  # the parent, 3 children
+        self.assertEqual(seen, {str(i): list(range(200)) for i in range(3)})
+        self.assertEqual(out[-1], "[0:%s] parent after [0, 0, 0]" % puid_of["parent"])
+        errs = sorted(l for l in r.stderr.splitlines() if l.startswith("["))
+        self.assertEqual(errs, ["[0:%s] done %d" % (puid_of[str(i)], i) for i in range(3)])
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_dragon_app_py_gives_dragon_objects_before_the_start_method_is_asked(self):

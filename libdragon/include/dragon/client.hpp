@@ -301,8 +301,11 @@ class Client {
   // returns) in dragond's process table and this client's job. dragond cannot reap it: this
   // client reaps it and reports its end with reportExited(); if this client goes first, its
   // end is recorded with exit code 255. idle: forked ahead of use, not listed until
-  // reportStarted(). The process's puid (group 0).
-  Result<ProcessInfo> adopt(pid_t pid, const std::vector<std::string>& argv, bool idle = false);
+  // reportStarted(). stdoutFd/stderrFd (-1: none): the read end of the pipe the process
+  // writes that stream to, which dragond then reads as its captured output, under its puid
+  // (this client keeps its own fd, and closes it). The process's puid (group 0).
+  Result<ProcessInfo> adopt(pid_t pid, const std::vector<std::string>& argv, bool idle = false,
+                            int stdoutFd = -1, int stderrFd = -1);
   // One-way (sent without waiting for dragond's answer, like detachLater): an idle adopted
   // process now runs, shown with `label`; an adopted process has ended, as waitid() said.
   Status reportStarted(std::uint64_t puid, std::string_view label);
