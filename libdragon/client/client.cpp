@@ -279,6 +279,7 @@ struct Client::Impl : detail::ClientConnection {
     }
     DRAGON_ASSIGN_OR_RETURN(Pool pool,
                             Pool::attach(std::move(r.fds.front()), poolDesc, prefault));
+    pool.closeFd();  // mapped: dragond keeps the pool's fd, this process needs none
     auto p = std::make_shared<Pool>(std::move(pool));
     pools[poolDesc.id] = p;
     return p;

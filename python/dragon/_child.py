@@ -29,14 +29,59 @@ def run_payload(payload, parent_here=True):
         del process.current_process()._inheriting
     parent_sentinel = None
     life = os.environ.pop("DRAGON_PARENT_LIFE", None)  # not for this process's children
+    start = os.environ.pop("DRAGON_PARENT_START", None)
     if parent_here:
-        try:
-            parent_sentinel = os.pidfd_open(self._parent_pid)
-        except OSError:
-            pass
+        parent_sentinel = _LocalParentSentinel(self._parent_pid, start)
     elif life:
         parent_sentinel = _RemoteParentSentinel(life)
     return self._bootstrap(parent_sentinel)
+
+
+def start_time(pid):
+    """When process `pid` started (/proc/PID/stat's starttime, clock ticks after boot), as a
+    string; None if there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()  # after the command, which may hold spaces
+    return fields[19].decode()
+
+
+class _LocalParentSentinel:
+    """parent_process()'s sentinel in a child on its parent's node: a pidfd of the parent, made
+    on first use (a child that never asks holds no fd for it). The parent's start time
+    (DRAGON_PARENT_START, from process._child_environment) tells its pid from a later process
+    that reused it: a parent that has gone by then gives an fd that is ready at once, as the
+    pidfd of an ended process is."""
+
+    def __init__(self, pid, start):
+        self._pid = pid
+        self._start = start
+        self._fd = None
+        self._lock = threading.Lock()
+
+    def fileno(self):
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._open()
+        return self._fd
+
+    def _open(self):
+        try:
+            fd = os.pidfd_open(self._pid)
+        except OSError:
+            fd = None
+        # Checked once the pidfd is open: if the pid is another process's by then, so it was
+        # when the pidfd was opened, or the parent has ended since; either way it has gone.
+        if fd is not None and self._start in (None, start_time(self._pid)):
+            return fd
+        if fd is not None:
+            os.close(fd)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.close(w)
+        return r
 
 
 class _RemoteParentSentinel:

@@ -27,9 +27,20 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STATUS_GRACE = 1.0
 
 
+_own_start = (None, None)  # (pid, its start time): this process's, for DRAGON_PARENT_START
+
+
 def _child_environment():
+    """A child's environment: this process's, with DRAGON_PARENT_START, when this process
+    started (what tells it from a later process with its pid: _child._LocalParentSentinel)."""
+    global _own_start
     _runtime.client()  # connected first: a private dragond puts its socket in the environment
     env = dict(os.environ)
+    if _own_start[0] != os.getpid():  # a forked child has its own
+        from ._child import start_time
+        _own_start = (os.getpid(), start_time(os.getpid()))
+    if _own_start[1] is not None:
+        env["DRAGON_PARENT_START"] = _own_start[1]
     # The child must import this package whether the parent found it through PYTHONPATH or not.
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if _PACKAGE_PARENT not in paths:

@@ -28,6 +28,39 @@ for k in 1 2 3; do
 done
 grep -qE "^\[0:[0-9]+\] probe: ok spawn-all 3 nodes" <<<"$out" || fail "the head's own lines are not labelled"
 wait_nothing_left
+# Python processes, two on each node (the second forked by the parent's template there): each
+# one's lines carry its own node and puid, whole though written in pieces.
+script=$(mktemp /tmp/label-XXXXXX.py)
+trap 'rm -f "$script"' EXIT
+cat >"$script" <<'PY'
+import multiprocessing as mp, socket, sys
+def child(i):
+    for n in range(50):
+        sys.stdout.write("py-child %d " % i); sys.stdout.flush()
+        sys.stdout.write("on %s line %d\n" % (socket.gethostname(), n)); sys.stdout.flush()
+if __name__ == "__main__":
+    ps = [mp.Process(target=child, args=(i,)) for i in range(6)]
+    for p in ps: p.start()
+    for p in ps: p.join()
+    print("py-parent done", [p.exitcode for p in ps])
+PY
+out=$(srun_dragon -- --label "$script" 2>&1) || fail "srun exited $?: $out"
+grep -qE "^\[0:[0-9]+\] py-parent done \[0, 0, 0, 0, 0, 0\]$" <<<"$out" || { echo "$out"; fail "the Python parent did not end well"; }
+lines=$(grep -E "py-child" <<<"$out")
+[ "$(wc -l <<<"$lines")" = 300 ] || { echo "$out"; fail "not 300 lines of the children"; }
+bad=$(grep -vE "^\[([0-2]):[0-9]+\] py-child [0-5] on n[1-3] line [0-9]+$" <<<"$lines" || true)
+[ -z "$bad" ] || fail "torn or unlabelled lines: $(head -3 <<<"$bad")"
+# The label's node is the host's, and each child has a label of its own (6, none the parent's).
+while read -r node host; do
+  [ "n$((node + 1))" = "$host" ] || fail "a line labelled node $node came from $host"
+done < <(sed -E 's/^\[([0-2]):[0-9]+\] py-child [0-5] on (n[1-3]) .*/\1 \2/' <<<"$lines" | sort -u)
+pairs=$(sed -E 's/^(\[[0-9]+:[0-9]+\]) py-child ([0-5]) .*/\1 \2/' <<<"$lines" | sort -u)
+[ "$(wc -l <<<"$pairs")" = 6 ] && [ "$(cut -d' ' -f1 <<<"$pairs" | sort -u | wc -l)" = 6 ] ||
+  fail "the children do not have a label each: $pairs"
+parent=$(grep -oE "^\[0:[0-9]+\] py-parent" <<<"$out" | cut -d' ' -f1)
+! grep -qF "$parent py-child" <<<"$lines" || fail "a child's lines carry the parent's label"
+[ "$(cut -c2 <<<"$pairs" | sort -u | tr -d '\n')" = 012 ] || fail "the children did not run on the 3 nodes: $pairs"
+wait_nothing_left "dragon._child" "dragon._template"
 # The same from C.
 out=$(srun_dragon "$BUILD/tests/cluster/capi_probe" 2>&1) || fail "capi_probe: srun exited $?: $out"
 echo "$out"

@@ -211,6 +211,22 @@ def report_parent_alive(w):
     w.send("alive" if parent.is_alive() else "not alive")
 
 
+def pidfds():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink("/proc/self/fd/" + fd) == "anon_inode:[pidfd]"
+        except OSError:
+            pass
+    return n
+
+
+def report_pidfds_around_parent_check(w):
+    before = pidfds()
+    alive = mp.parent_process().is_alive()
+    w.send((before, alive, pidfds()))
+
+
 def start_grandchild_reporting_parent(w):
     CTX.Process(target=report_parent_alive, args=(w,)).start()
     time.sleep(300)
@@ -389,6 +405,26 @@ class TemplateTest(unittest.TestCase):
         p.join(30)
         self.assertTrue(r.poll(60), "the grandchild did not report its parent's end")
         self.assertEqual(r.recv(), "not alive")
+
+    def test_a_child_opens_its_parent_pidfd_only_when_it_asks(self):
+        r, w = CTX.Pipe(duplex=False)
+        for _ in range(2):  # a fresh interpreter if this is the first start, a template child
+            p = self.start(report_pidfds_around_parent_check, w)
+            self.assertTrue(r.poll(60))
+            self.assertEqual(r.recv(), (0, True, 1))
+            p.join(30)
+
+    def test_a_parent_pid_taken_by_another_process_reads_as_a_parent_gone(self):
+        from dragon._child import _LocalParentSentinel, start_time
+        from multiprocessing.connection import wait
+        mine = _LocalParentSentinel(os.getpid(), start_time(os.getpid()))
+        self.assertEqual(wait([mine], 0), [])  # this process: alive
+        # The same pid with another start time: a later process that reused the parent's pid.
+        reused = _LocalParentSentinel(os.getpid(), str(int(start_time(os.getpid())) + 1))
+        self.assertEqual(wait([reused], 0), [reused])
+        self.assertEqual(start_time(2 ** 22 + 1), None)  # above pid_max: no such process
+        for s in (mine, reused):
+            os.close(s.fileno())
 
     def test_template_children_are_listed_by_dragond_which_holds_their_status(self):
         from dragon import _runtime

@@ -256,7 +256,8 @@ class Client {
   // Objects. An object lives while some client holds it (create and attach take a reference,
   // detach drops one, a client's references go when it disconnects) or while it has a name.
   // lazy: dragond and this client map the pool without faulting its pages in (a large pool
-  // then costs memory only where it is used).
+  // then costs memory only where it is used). A pool a client maps holds no fd of this
+  // process (Pool::fd() is -1): dragond keeps the memfd.
   Result<std::shared_ptr<Pool>> createPool(std::uint64_t size = 0, std::string_view name = {},
                                            bool lazy = false);
   Result<std::unique_ptr<ClientChannel>> createChannel(const ObjectDescriptor& pool,

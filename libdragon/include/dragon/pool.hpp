@@ -95,7 +95,11 @@ class Pool {
 
   std::uint64_t id() const noexcept { return id_; }
   std::uint32_t node() const noexcept { return node_; }
+  // The memfd the pool lives in (-1 once closeFd() closed it).
   int fd() const noexcept { return fd_.get(); }
+  // Closes the fd, which only mapping the pool again needs: the mapping stays. A Client keeps
+  // no fd for a pool dragond granted it (a process using many pools would run out of fds).
+  void closeFd() noexcept { fd_.reset(); }
   std::size_t segmentSize() const noexcept { return map_.size(); }
   ObjectDescriptor descriptor() const noexcept;
 
