@@ -412,16 +412,25 @@ class _Template:
             try:
                 message = ("start", request[0], self._environment()) + request[1:]
                 _template_wire.send_message(self._sock, message, fds)
-                reply, got = _template_wire.recv_message(self._sock)
-            except (OSError, EOFError) as e:
+            except OSError as e:  # it had gone: the request went nowhere
                 self._give_up("it has gone: %s" % e)
                 raise _TemplateLost(str(e)) from None
-            if reply is None or reply[0] != "started" or len(got) != 1:
+            try:
+                reply, got = _template_wire.recv_message(self._sock)
+            except (OSError, EOFError) as e:
+                reply, got = None, []
+                why = "%s: %s" % (type(e).__name__, e)
+            else:
+                why = "end of file"
+            if reply is None:
+                # It may have handed the request to its spare before it ended: started again
+                # here, the process could run twice.
+                self._give_up("it has gone: %s" % why)
+                raise _MayHaveStarted("the process template ended while starting the process "
+                                      "(%s); it may have started" % why)
+            if reply[0] != "started" or len(got) != 1:
                 for fd in got:
                     os.close(fd)
-                if reply is None:
-                    self._give_up("it has gone")
-                    raise _TemplateLost("the template has gone")
                 raise OSError("the template could not start the process: %s" % (reply,))
             return reply[1], reply[2], got[0]
 
@@ -431,7 +440,7 @@ class _TemplateLost(Exception):
 
 
 class _MayHaveStarted(OSError):
-    """A remote template took a start request and ended without answering it."""
+    """A template was sent a start request and ended without answering it."""
 
 
 # How long a start waits for the remote template's answer between looks at whether the

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -484,9 +485,18 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
         self.assertIs(dp._template, template)
 
+    def kill_template(self, template):
+        """SIGKILLs the template and returns once it has ended."""
+        pidfd = os.pidfd_open(template._pid)
+        try:
+            os.kill(template._pid, signal.SIGKILL)
+            self.assertTrue(select.select([pidfd], [], [], 60)[0], "the template did not end")
+        finally:
+            os.close(pidfd)
+
     def test_processes_still_start_when_the_template_is_killed(self):
         template = self.warm()
-        os.kill(template._pid, signal.SIGKILL)
+        self.kill_template(template)
         q = CTX.Queue()
         for _ in range(2):
             p = self.start(put_square, q, 4)
@@ -494,6 +504,68 @@ class TemplateTest(unittest.TestCase):
             p.join(30)
             self.assertEqual(p.exitcode, 0)
         self.assertEqual(type(p._popen).__name__, "_DaemonPopen")
+
+
+    def test_a_start_the_template_ends_without_answering_fails_and_is_not_made_twice(self):
+        # The template may have handed the request to its spare before it ended: the start
+        # fails (OSError) rather than start the process again as a fresh interpreter.
+        import fcntl
+        import struct
+        import termios
+        template = self.warm()
+        os.kill(template._pid, signal.SIGSTOP)
+
+        def never_left_stopped():
+            try:
+                os.kill(template._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.addCleanup(never_left_stopped)
+        outcome = []
+
+        def start():
+            try:
+                outcome.append(self.start(exit_with, 0))
+            except BaseException as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=start)
+        t.start()
+        try:
+            # Once the request waits unread in the stopped template's socket, it ends.
+            deadline = time.monotonic() + 60
+            while not struct.unpack("i", fcntl.ioctl(template._sock, termios.TIOCOUTQ,
+                                                     b"\0" * 4))[0]:
+                self.assertLess(time.monotonic(), deadline, "the request was never sent")
+                time.sleep(0.001)
+            self.kill_template(template)
+        finally:
+            t.join(60)
+        self.assertEqual(len(outcome), 1)
+        self.assertIsInstance(outcome[0], OSError, outcome)
+        self.assertIn("may have started", str(outcome[0]))
+        p = self.start(exit_with, 0)  # later starts are fresh interpreters
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
+
+    def test_a_killed_spare_is_replaced(self):
+        template = self.warm()
+        spares = set()
+        for tid in os.listdir("/proc/%d/task" % template._pid):
+            with open("/proc/%d/task/%s/children" % (template._pid, tid)) as f:
+                spares.update(int(x) for x in f.read().split())
+        self.assertEqual(len(spares), 1, "the template has one child, its spare")
+        spare = spares.pop()
+        pidfd = os.pidfd_open(spare)
+        os.kill(spare, signal.SIGKILL)
+        self.assertTrue(select.select([pidfd], [], [], 60)[0])
+        os.close(pidfd)
+        q = CTX.Queue()
+        p = self.start(put_square, q, 5)
+        self.assertEqual(q.get(timeout=30)[:2], (5, 25))
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
+        self.assertNotEqual(p.pid, spare)
 
 
 class QueueTest(unittest.TestCase):
