@@ -200,6 +200,19 @@ void ProcessManager::recordExit(Process& p, int exitCode, int signal) {
   p.signal = signal;
   DRAGON_LOG(Debug, "processes", "adopted puid %llu (pid %d) ended: code %d signal %d",
              static_cast<unsigned long long>(p.puid), p.pid, exitCode, signal);
+  if (p.out || p.err) {
+    // As for a spawned process (onExit): its output is read to its end first, for at most the
+    // grace a descendant that still holds its pipes gets.
+    const std::uint64_t puid = p.puid;
+    p.drainTimer = loop_.addTimerAfterNs(kDrainAfterExitNs, [this, puid] {
+      auto f = processes_.find(puid);
+      if (f != processes_.end()) {
+        f->second.drainTimer = 0;
+        if (!f->second.finished) finished(f->second);
+      }
+    });
+    return;
+  }
   finished(p);
 }
 

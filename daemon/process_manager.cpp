@@ -22,7 +22,6 @@ namespace pb = dragon::protocol;
 namespace {
 
 constexpr std::uint32_t kMaxCount = 10000;
-constexpr std::int64_t kDrainAfterExitNs = 1'000'000'000;
 constexpr std::size_t kReadChunk = 64 * 1024;
 
 bool hasNul(const std::string& s) { return s.find('\0') != std::string::npos; }

@@ -106,6 +106,8 @@ class ProcessManager {
   std::string dump() const;
 
  private:
+  // How long an ended process's output is still read while a descendant holds its pipes.
+  static constexpr std::int64_t kDrainAfterExitNs = 1'000'000'000;
   struct Stream {
     UniqueFd fd;
     LineSplitter lines;

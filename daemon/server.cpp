@@ -220,9 +220,11 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
   // Fds are kept until the request they came with is handled: one read can return requests
   // sent before that one as well (the kernel ends a read after the bytes that carried fds, not
   // before), so clearing them after every request lost a Spawn's fds whenever a one-way
-  // request (a detach) was read with it. Only a Spawn or an Adopt takes fds; a client that
+  // request (a detach) was read with it. Only a Spawn or an Adopt that captures output takes fds; a client that
   // sends fds with anything else is refused once they pile up (readFrom).
-  if (msg.body_case() == pb::Envelope::kSpawn || msg.body_case() == pb::Envelope::kAdopt) {
+  if (msg.body_case() == pb::Envelope::kSpawn ||
+      (msg.body_case() == pb::Envelope::kAdopt &&
+       (msg.adopt().capture_stdout() || msg.adopt().capture_stderr()))) {
     c.inFds.clear();
   }
 }

@@ -75,6 +75,11 @@ dragon_status_t dragon_pool_fd(const dragon_pool_t* pool, int* out_fd) {
   if (pool == nullptr || out_fd == nullptr) {
     return invalid("pool or out_fd is NULL");
   }
+  if (pool->pool->fd() < 0) {
+    return fail(dragon::Status(dragon::StatusCode::NotFound,
+                               "this process holds no fd for the pool (a client maps the pools "
+                               "dragond grants it and keeps no fd)"));
+  }
   *out_fd = pool->pool->fd();
   return DRAGON_OK;
 }

@@ -103,6 +103,8 @@ def _become_child(channel, request, fds):
         for k, v in env.items():
             if os.environ.get(k) != v:
                 os.environ[k] = v
+        if _captured_pipes is not None:  # its own pipes, not the parent's (for its children)
+            os.environ["DRAGON_CAPTURED_PIPES"] = _captured_pipes
         if os.getcwd() != cwd:
             os.chdir(cwd)
         if tracker_fd >= 0:
@@ -145,16 +147,31 @@ def _output_pipes(capture):
     then reaches dragond under its own puid, not mixed into this template's), else None."""
     sys.stdout.flush()  # nothing buffered here is written twice, by the spare as well
     sys.stderr.flush()
-    return [os.pipe2(os.O_CLOEXEC) if c else None for c in capture]
+    pipes = []
+    try:
+        for c in capture:
+            pipes.append(os.pipe2(os.O_CLOEXEC) if c else None)
+    except BaseException:
+        _close_pipes(pipes)
+        raise
+    return pipes
+
+
+_captured_pipes = None  # in a spare with pipes of its own: DRAGON_CAPTURED_PIPES for them
 
 
 def _spare_output(pipes):
     """In the spare: its stdout and stderr are the write ends of its pipes."""
+    global _captured_pipes
+    inodes = []
     for target, pair in zip((1, 2), pipes):
+        inodes.append(os.fstat(pair[1]).st_ino if pair is not None else 0)
         if pair is not None:
             os.dup2(pair[1], target)
             os.close(pair[0])
             os.close(pair[1])
+    if any(inodes):
+        _captured_pipes = "%d,%d" % tuple(inodes)
 
 
 def _adopt_spare(pid, cmdline, pipes):
@@ -235,7 +252,12 @@ def main():
         """A new spare, adopted by dragond before it can be reaped (only reap() reaps, and
         dragond must hold its pidfd first)."""
         ours, theirs = socket.socketpair()
-        pipes = _output_pipes(capture)
+        try:
+            pipes = _output_pipes(capture)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         try:
             pid = os.fork()
         except BaseException:
@@ -414,7 +436,12 @@ def remote_main():
     def fork_spare(keep=True):
         """A new spare, adopted by dragond: kept as the idle one, or returned (keep=False)."""
         ours, theirs = socket.socketpair()
-        pipes = _output_pipes(capture)
+        try:
+            pipes = _output_pipes(capture)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         with lock:  # the reaper leaves it alone until dragond has adopted it
             try:
                 with _runtime._lock:

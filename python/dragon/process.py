@@ -366,9 +366,11 @@ class _Template:
         argv = [spawn.get_executable(), "-c", "from dragon._template import main; main()",
                 str(base)]
         try:
+            # Its output as a child's (_child_stdio): captured by dragond when this
+            # process's is, which tells the template to capture its children's too.
             [(self._puid, self._pid, _)] = _runtime.spawn(
-                argv, _child_environment(), os.getcwd(), stdin="null", stdout="passed",
-                stderr="passed", stdout_fd=1, stderr_fd=2, extra_fds=fds, extra_fd_base=base)
+                argv, _child_environment(), os.getcwd(), stdin="null", extra_fds=fds,
+                extra_fd_base=base, **_child_stdio())
             prep = _preparation(self, process_obj)
             _template_wire.send_message(ours, (bytes(prep),))
         except Exception as e:

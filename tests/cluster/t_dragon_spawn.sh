@@ -28,24 +28,34 @@ for k in 1 2 3; do
 done
 grep -qE "^\[0:[0-9]+\] probe: ok spawn-all 3 nodes" <<<"$out" || fail "the head's own lines are not labelled"
 wait_nothing_left
-# Python processes, two on each node (the second forked by the parent's template there): each
-# one's lines carry its own node and puid, whole though written in pieces.
+# Python processes, two on each node (the second forked by the parent's template there, once
+# it is ready): each one's lines carry its own node and puid, whole though written in pieces.
 script=$(mktemp /tmp/label-XXXXXX.py)
 trap 'rm -f "$script"' EXIT
 cat >"$script" <<'PY'
-import multiprocessing as mp, socket, sys
+import multiprocessing as mp, socket, sys, time
+from dragon import process as dp
 def child(i):
     for n in range(50):
         sys.stdout.write("py-child %d " % i); sys.stdout.flush()
         sys.stdout.write("on %s line %d\n" % (socket.gethostname(), n)); sys.stdout.flush()
 if __name__ == "__main__":
     ps = [mp.Process(target=child, args=(i,)) for i in range(6)]
-    for p in ps: p.start()
-    for p in ps: p.join()
-    print("py-parent done", [p.exitcode for p in ps])
+    for p in ps[:3]: p.start()  # one per node: these start the templates
+    for p in ps[:3]: p.join()
+    templates = [dp._template] + list(dp._remote_templates.values())
+    deadline = time.monotonic() + 60
+    while not all(t.ready() for t in templates) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for p in ps[3:]: p.start()
+    for p in ps[3:]: p.join()
+    forked = [type(p._popen).__name__ == "_TemplatePopen" or
+              (type(p._popen).__name__ == "_RemotePopen" and p._popen._channel is None)
+              for p in ps]
+    print("py-parent done", [p.exitcode for p in ps], "templates", len(templates), forked)
 PY
 out=$(srun_dragon -- --label "$script" 2>&1) || fail "srun exited $?: $out"
-grep -qE "^\[0:[0-9]+\] py-parent done \[0, 0, 0, 0, 0, 0\]$" <<<"$out" || { echo "$out"; fail "the Python parent did not end well"; }
+grep -qE "^\[0:[0-9]+\] py-parent done \[0, 0, 0, 0, 0, 0\] templates 3 \[False, (True|False), (True|False), True, True, True\]$" <<<"$out" || { echo "$out"; fail "the Python parent did not end well"; }
 lines=$(grep -E "py-child" <<<"$out")
 [ "$(wc -l <<<"$lines")" = 300 ] || { echo "$out"; fail "not 300 lines of the children"; }
 bad=$(grep -vE "^\[([0-2]):[0-9]+\] py-child [0-5] on n[1-3] line [0-9]+$" <<<"$lines" || true)

@@ -1131,11 +1131,12 @@ class LauncherTest(unittest.TestCase):
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_each_process_output_lines_are_whole_and_carry_its_own_puid_under_label(self):
-        # The first child is a fresh interpreter, the others come from the template: each
-        # writes its lines in pieces, which would tear if children shared a pipe, and its
-        # lines arrive under its own puid, all before its join returns.
+        # The first child is a fresh interpreter, the others come from the template (once it
+        # is ready): each writes its lines in pieces, which would tear if children shared a
+        # pipe, and its lines arrive under its own puid, all before its join returns.
         text = (
-            "import multiprocessing as mp, sys\n"
+            "import multiprocessing as mp, select, sys\n"
+            "from dragon import process as dp\n"
             "def child(i):\n"
             "    for n in range(200):\n"
             "        sys.stdout.write('child %d ' % i); sys.stdout.flush()\n"
@@ -1144,9 +1145,13 @@ class LauncherTest(unittest.TestCase):
             "if __name__ == '__main__':\n"
             "    print('parent before', flush=True)\n"
             "    ps = [mp.Process(target=child, args=(i,)) for i in range(3)]\n"
-            "    for p in ps: p.start()\n"
+            "    ps[0].start(); ps[0].join()\n"
+            "    select.select([dp._template._sock], [], [], 60)\n"
+            "    assert dp._template.ready()\n"
+            "    for p in ps[1:]: p.start()\n"
             "    for p in ps: p.join()\n"
-            "    print('parent after', [p.exitcode for p in ps])\n")
+            "    print('parent after', [p.exitcode for p in ps],\n"
+            "          [type(p._popen).__name__ for p in ps])\n")
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
             f.write(text)
         env = dict(os.environ)
@@ -1168,7 +1173,8 @@ class LauncherTest(unittest.TestCase):
                 seen.setdefault(who, []).append(int(m.group(3)))
         self.assertEqual(len(set(puid_of.values())), 4, puid_of)  # the parent, 3 children
         self.assertEqual(seen, {str(i): list(range(200)) for i in range(3)})
-        self.assertEqual(out[-1], "[0:%s] parent after [0, 0, 0]" % puid_of["parent"])
+        self.assertEqual(out[-1], "[0:%s] parent after [0, 0, 0] ['_DaemonPopen', "
+                         "'_TemplatePopen', '_TemplatePopen']" % puid_of["parent"])
         errs = sorted(l for l in r.stderr.splitlines() if l.startswith("["))
         self.assertEqual(errs, ["[0:%s] done %d" % (puid_of[str(i)], i) for i in range(3)])
 

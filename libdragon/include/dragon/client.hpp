@@ -304,7 +304,8 @@ class Client {
   // end is recorded with exit code 255. idle: forked ahead of use, not listed until
   // reportStarted(). stdoutFd/stderrFd (-1: none): the read end of the pipe the process
   // writes that stream to, which dragond then reads as its captured output, under its puid
-  // (this client keeps its own fd, and closes it). The process's puid (group 0).
+  // (dragond gets a copy: the caller still owns its fd and closes it). The process's puid
+  // (group 0).
   Result<ProcessInfo> adopt(pid_t pid, const std::vector<std::string>& argv, bool idle = false,
                             int stdoutFd = -1, int stderrFd = -1);
   // One-way (sent without waiting for dragond's answer, like detachLater): an idle adopted

@@ -77,6 +77,8 @@ dragon_status_t dragon_pool_create(uint64_t size, dragon_pool_t** out_pool);
 dragon_status_t dragon_pool_attach(int fd, const dragon_descriptor_t* desc, dragon_pool_t** out_pool);
 /* Unmaps the pool from this process; the memory lives on while others map it. */
 void dragon_pool_detach(dragon_pool_t* pool);
+/* The pool's memfd (still the pool's). DRAGON_NOT_FOUND for a pool from dragon_client_pool_create
+ * or dragon_client_pool_attach: a client keeps no fd for the pools it maps. */
 dragon_status_t dragon_pool_fd(const dragon_pool_t* pool, int* out_fd);
 dragon_status_t dragon_pool_descriptor(const dragon_pool_t* pool, dragon_descriptor_t* out_desc);
 dragon_status_t dragon_pool_alloc(dragon_pool_t* pool, uint64_t size, int64_t timeout_ns,
