@@ -1142,6 +1142,10 @@ class LauncherTest(unittest.TestCase):
             "        sys.stdout.write('child %d ' % i); sys.stdout.flush()\n"
             "        sys.stdout.write('%d\\n' % n); sys.stdout.flush()\n"
             "    sys.stderr.write('done %d\\n' % i)\n"
+            "    if i == 2:  # a template child's own child: its lines are its own too\n"
+            "        g = mp.Process(target=grandchild); g.start(); g.join()\n"
+            "def grandchild():\n"
+            "    print('grandchild of 2')\n"
             "if __name__ == '__main__':\n"
             "    print('parent before', flush=True)\n"
             "    ps = [mp.Process(target=child, args=(i,)) for i in range(3)]\n"
@@ -1165,13 +1169,14 @@ class LauncherTest(unittest.TestCase):
         puid_of, seen = {}, {}
         out = r.stdout.splitlines()
         for line in out:
-            m = re.fullmatch(r"\[0:(\d+)\] (?:child (\d) (\d+)|parent (?:before|after).*)", line)
+            m = re.fullmatch(r"\[0:(\d+)\] (?:child (\d) (\d+)|(parent) (?:before|after).*|"
+                             r"(grandchild) of 2)", line)
             self.assertIsNotNone(m, "a torn or unlabelled line: %r" % line)
-            who = "parent" if m.group(2) is None else m.group(2)
+            who = m.group(4) or m.group(5) or m.group(2)
             self.assertEqual(puid_of.setdefault(who, m.group(1)), m.group(1), line)
             if m.group(2) is not None:
                 seen.setdefault(who, []).append(int(m.group(3)))
-        self.assertEqual(len(set(puid_of.values())), 4, puid_of)  # the parent, 3 children
+        self.assertEqual(len(set(puid_of.values())), 5, puid_of)  # parent, 3 children, 1
         self.assertEqual(seen, {str(i): list(range(200)) for i in range(3)})
         self.assertEqual(out[-1], "[0:%s] parent after [0, 0, 0] ['_DaemonPopen', "
                          "'_TemplatePopen', '_TemplatePopen']" % puid_of["parent"])
