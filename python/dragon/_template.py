@@ -192,6 +192,25 @@ def _adopt_spare(pid, cmdline, pipes):
                 os.close(pair[0])
 
 
+def _spare_ends(capture):
+    """What a new spare is forked with: a socket pair (the template's end, the spare's) and its
+    output pipes (_output_pipes); nothing is left open if one of them cannot be made."""
+    ours, theirs = socket.socketpair()
+    try:
+        return ours, theirs, _output_pipes(capture)
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+
+
+def _close_ends(ours, theirs, pipes):
+    """The fork failed: none of what _spare_ends made is used."""
+    _close_pipes(pipes)
+    ours.close()
+    theirs.close()
+
+
 def _close_pipes(pipes):
     for pair in pipes:
         if pair is not None:
@@ -251,19 +270,11 @@ def main():
     def fork_spare():
         """A new spare, adopted by dragond before it can be reaped (only reap() reaps, and
         dragond must hold its pidfd first)."""
-        ours, theirs = socket.socketpair()
-        try:
-            pipes = _output_pipes(capture)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
+        ours, theirs, pipes = _spare_ends(capture)
         try:
             pid = os.fork()
         except BaseException:
-            _close_pipes(pipes)
-            ours.close()
-            theirs.close()
+            _close_ends(ours, theirs, pipes)
             raise
         if pid == 0:
             try:
@@ -435,21 +446,13 @@ def remote_main():
 
     def fork_spare(keep=True):
         """A new spare, adopted by dragond: kept as the idle one, or returned (keep=False)."""
-        ours, theirs = socket.socketpair()
-        try:
-            pipes = _output_pipes(capture)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
+        ours, theirs, pipes = _spare_ends(capture)
         with lock:  # the reaper leaves it alone until dragond has adopted it
             try:
                 with _runtime._lock:
                     pid = os.fork()
             except BaseException:
-                _close_pipes(pipes)
-                ours.close()
-                theirs.close()
+                _close_ends(ours, theirs, pipes)
                 raise
             if pid == 0:
                 try:
