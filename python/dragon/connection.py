@@ -67,6 +67,7 @@ class Connection:
         # one, on their node (_lend), or it is _owned.
         self._borrowed = False
         self._owned = False
+        self._link = None  # (relay descriptor, key) of an end lent from another node
         _open_handles.add(self)
 
     def _forget(self):
@@ -90,9 +91,18 @@ class Connection:
         if recv is not None:
             recv.pool.add_u64(self._rrec, _READER)
         lend(lambda: _give_back(send, self._wrec, recv, self._rrec, pid))
+        link = None
+        if self._fd is not None:
+            # Its socket stays here: the child's fileno() is a socket of its node, joined to
+            # this one by the relays (_fdrelay), which pass fds as relayed copies.
+            from . import _fdrelay
+            relay = _fdrelay.relay()
+            key = relay.lend(os.dup(self._fd))
+            lend(lambda: relay.settle(key))
+            link = (relay.descriptor, key)
         return (self._recv.descriptor if self._recv else None,
                 self._send.descriptor if self._send else None, self._readable, self._writable,
-                None, None, None)
+                None, None, None, False, link)
 
     def __getstate__(self):
         # Descriptors are valid in any process of the runtime: a Connection may travel through
@@ -133,6 +143,8 @@ class Connection:
         r, s, self._readable, self._writable, self._wrec, self._rrec, self._fd = state[:7]
         # An end a Listener handed to a client on another node: its own, closed by its close().
         self._owned = len(state) > 7 and state[7]
+        # An end lent by a process of another node: its fileno() joins that process's relay.
+        self._link = state[8] if len(state) > 8 else None
         self._recv = _runtime.attach_channel(r) if r else None
         self._send = _runtime.attach_channel(s) if s else None
         far = any(ch is not None and ch.is_remote for ch in (self._recv, self._send))
@@ -192,6 +204,9 @@ class Connection:
     def fileno(self):
         if self._closed:
             raise OSError("handle is closed")
+        if self._fd is None and getattr(self, "_link", None) is not None:
+            from . import _fdrelay
+            self._fd = _fdrelay.relay().join(self._link[1], self._link[0])
         if self._fd is None:
             raise OSError("this dragon connection has no file descriptor here: only a Pipe end "
                           "lent to a child at its start has one (connection.wait and poll "

@@ -12,15 +12,18 @@ node with a clear error naming its node; processes of another node forked by the
 template there, which ends with its parent, is made once however many threads start at once,
 starts a process with arguments larger than one message between nodes carries, and once
 killed is not waited for; parent_process() of a process whose parent is on another node, alive
-and then ended; 40 MiB queue items and a 30 MiB Pipe message both ways across nodes. Prints "py-across: ok ..." or fails with a traceback."""
+and then ended; 40 MiB queue items and a 30 MiB Pipe message both ways across nodes; fds sent
+with reduction.send_handle to and from another node, relayed (check_fd_relay). Prints "py-across: ok ..." or fails with a traceback."""
 import multiprocessing as mp
 import os
 import queue
+import select
 import signal
 import socket
 import sys
 import threading
 import time
+from multiprocessing import reduction
 from multiprocessing.connection import wait
 from multiprocessing.managers import BaseManager
 
@@ -381,6 +384,173 @@ def check_large_across(far):
     assert r.recv_bytes() == data[:30 << 20]
     p.join(60)
     assert p.exitcode == 0, p.exitcode
+
+
+def fd_writer(conn, data):
+    fd = reduction.recv_handle(conn)
+    os.write(fd, data)
+    os.close(fd)
+
+
+def fd_reader(conn, out):
+    fd = reduction.recv_handle(conn)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    out.send_bytes(b"".join(chunks))
+
+
+def fd_echo(conn):
+    s = socket.socket(fileno=reduction.recv_handle(conn))
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        s.sendall(b.upper())
+    s.close()
+
+
+def fd_sender(conn):
+    r, w = os.pipe()
+    os.write(w, b"from the child")
+    os.close(w)
+    reduction.send_handle(conn, r, os.getppid())
+    os.close(r)
+    conn.recv()  # until the parent has read it
+
+
+def fd_write_then_hang(conn, ready):
+    fd = reduction.recv_handle(conn)
+    os.write(fd, b"partial")
+    ready.set()
+    time.sleep(600)
+
+
+def fd_first_reader(conn, out, first):
+    fd = reduction.recv_handle(conn)
+    got = os.read(fd, 100)
+    first.set()
+    while True:
+        b = os.read(fd, 100)
+        if not b:
+            break
+        got += b
+    out.send_bytes(got)
+
+
+def fd_middle(far, out, first):
+    """Sends the read end of a pipe it keeps writable to a process on node `far`, then waits
+    to be killed: that process's relayed fd must end."""
+    r, w = os.pipe()
+    conn, child = mp.Pipe()
+    with dragon.Policy(node=far):
+        p = mp.Process(target=fd_first_reader, args=(child, out, first))
+        p.start()
+    os.write(w, b"before the kill")
+    reduction.send_handle(conn, r, p.pid)
+    time.sleep(600)
+
+
+def check_fd_relay(far):
+    """An fd sent with reduction.send_handle to a process on another node arrives as a relayed
+    fd: a file written there, a 5 MiB file read there, a socket echoed with end of file both
+    ways, an fd sent back from there; a child killed with a relayed pipe end closes it here (the
+    reader sees end of file), and a relayed fd whose sender is killed ends there."""
+    path = "/tmp/py_across_fd.%d" % os.getpid()
+    try:
+        conn, child = mp.Pipe()
+        with dragon.Policy(node=far):
+            p = mp.Process(target=fd_writer, args=(child, b"written on another node"))
+            p.start()
+        with open(path, "wb") as f:
+            reduction.send_handle(conn, f.fileno(), p.pid)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        with open(path, "rb") as f:  # join returned: what the child wrote is in the file
+            assert f.read() == b"written on another node"
+
+        data = os.urandom(5 << 20)
+        with open(path, "wb") as f:
+            f.write(data)
+        conn, child = mp.Pipe()
+        r, w = mp.Pipe(duplex=False)
+        with dragon.Policy(node=far):
+            p = mp.Process(target=fd_reader, args=(child, w))
+            p.start()
+        with open(path, "rb") as f:
+            reduction.send_handle(conn, f.fileno(), p.pid)
+        assert r.recv_bytes() == data, "a relayed file read on another node differs"
+        p.join(60)
+    finally:
+        os.unlink(path)
+
+    conn, child = mp.Pipe()
+    a, b = socket.socketpair()
+    with dragon.Policy(node=far):
+        p = mp.Process(target=fd_echo, args=(child,))
+        p.start()
+    reduction.send_handle(conn, b.fileno(), p.pid)
+    b.close()
+    a.settimeout(60)
+    a.sendall(b"through the relay")
+    got = b""
+    while len(got) < 17:
+        got += a.recv(100)
+    assert got == b"THROUGH THE RELAY", got
+    a.shutdown(socket.SHUT_WR)
+    assert a.recv(100) == b"", "no end of file from a relayed socket"
+    p.join(60)
+    assert p.exitcode == 0, p.exitcode
+
+    conn, child = mp.Pipe()
+    with dragon.Policy(node=far):
+        p = mp.Process(target=fd_sender, args=(child,))
+        p.start()
+    fd = reduction.recv_handle(conn)
+    assert os.read(fd, 100) == b"from the child"
+    os.close(fd)
+    conn.send("read")
+    p.join(60)
+    assert p.exitcode == 0, p.exitcode
+
+    r, w = os.pipe()
+    conn, child = mp.Pipe()
+    ready = mp.Event()
+    with dragon.Policy(node=far):
+        p = mp.Process(target=fd_write_then_hang, args=(child, ready))
+        p.start()
+    reduction.send_handle(conn, w, p.pid)
+    os.close(w)
+    assert ready.wait(60)
+    p.kill()
+    p.join(60)
+    assert p.exitcode == -signal.SIGKILL, p.exitcode
+    got = b""
+    while True:  # its relayed pipe end went with it: end of file, not a hang
+        assert select.select([r], [], [], 30)[0], "a killed child's relayed pipe end stayed open"
+        b = os.read(r, 100)
+        if not b:
+            break
+        got += b
+    assert got == b"partial", got
+    os.close(r)
+
+    out_r, out_w = mp.Pipe(duplex=False)
+    sent = mp.Event()
+    with dragon.Policy(node="local"):
+        m = mp.Process(target=fd_middle, args=(far, out_w, sent))
+        m.start()
+    assert sent.wait(60), "the relayed pipe gave nothing"
+    m.kill()
+    m.join(60)
+    # The reader on `far` read what the middle wrote, then its relayed fd ended with the
+    # middle: it sends what it read and exits.
+    assert out_r.poll(30), "a relayed fd outlived its killed sender"
+    assert out_r.recv_bytes() == b"before the kill"
 
 
 def first_starts_at_once(node, outq):
@@ -826,6 +996,7 @@ def main():
     check_remote_templates(far, outq)
     check_parent_sentinel(nodes, outq)
     check_large_across(far)
+    check_fd_relay(far)
 
     try:
         with dragon.Policy(node=99):
