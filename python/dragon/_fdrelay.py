@@ -13,50 +13,72 @@ that relay pumps to and from the original on the sending node: data in order, en
 when the writer closes. A relayed fd is a stream: it cannot seek, and fstat describes the
 pipe or socket, not the file.
 
-A relay runs two daemon threads: one takes its channel's messages and writes them into local
-fds (`_in`), one waits on its local fds and sends what they give (`_out`). When a child ends,
-its parent's relay first handles what the child sent (dragond reports the end after the
-child's sends are done: a process's relay sends all it can read before it exits, see
-`_flush`), then closes the link's fds, as the kernel closes an ended process's fds; so a
-join() that returns has what the child wrote. A process that ends tells its peers ("gone");
-a child whose parent was killed finds it gone within a second.
+A relay has a channel of its node and three daemon threads: `_take` takes the channel's
+messages into per-fd buffers (it never blocks on a local fd, so a peer's sends always move),
+`_write` writes the buffers into the local fds as they take them, `_read` reads the local fds
+and sends what they give. Every fd operation is made under `lock` and does not block (after a
+poll, or with MSG_DONTWAIT); a send, which waits while the peer's channel is full, is made
+without it and gives up once the link is closed. When a child ends, its parent's relay takes
+what the child sent first (a process's relay sends what its fds give before it exits,
+`_flush`), writes what goes to files and to the socket, then closes the link's fds once their
+buffers are written, as the kernel closes an ended process's fds; so a join() that returns
+has what the child wrote to a file. A process that ends tells its peers ("gone"); a child
+whose parent was killed finds it gone within a second.
 """
 import array
+import collections
 import fcntl
 import os
+import queue
 import select
 import socket
 import stat
 import threading
+import time
 
 from . import _runtime
 
 CHUNK = 64 * 1024
+PIPE_CHUNK = 4096  # what a pipe that polls writable takes without blocking
 MAX_FDS = 253  # SCM_MAX_FD
 CAPACITY = 64  # messages a relay's channel holds before a sender waits
+BUFFERED_MAX = 64 << 20  # bytes buffered for local fds before the relay stops taking messages
 FD_FLOOR = 256  # where the fds this relay makes are put (_high)
 CHECK_PEERS_EVERY = 1.0  # seconds: how often a relay looks whether its parent is still there
+SEND_SLICE = 0.25  # seconds: a send to a full channel looks this often whether to give up
+SETTLE_WAIT = 10.0  # seconds: how long a child's end waits for its files to be written
+FLUSH_WAIT = 5.0  # seconds: how long an ending process sends what its fds give
 
 
 class _Pump:
     """A local fd of a link: `reads`, the relay sends what it gives; `writes`, the relay
-    writes the peer's data into it."""
-    __slots__ = ("fd", "reads", "writes", "sock")
+    writes the peer's data (`buf`) into it, then ends that direction once `eof` came."""
+    __slots__ = ("fd", "reads", "writes", "sock", "regular", "buf", "eof", "closed")
 
-    def __init__(self, fd, reads, writes, sock):
-        self.fd, self.reads, self.writes, self.sock = fd, reads, writes, sock
+    def __init__(self, fd, reads, writes):
+        mode = os.fstat(fd).st_mode
+        self.fd, self.reads, self.writes = fd, reads, writes
+        self.sock, self.regular = stat.S_ISSOCK(mode), stat.S_ISREG(mode)
+        self.buf = collections.deque()
+        self.eof = False
+        self.closed = False
 
 
 class _Link:
     def __init__(self, key, sock, creator):
         self.key = key
-        self.sock = sock        # the relay's end of the socket pair whose other end is fileno()
-        self.reading = True     # sock has not given end of file
-        self.peer = None        # the other relay's channel, once it is known
+        self.sock = sock          # the relay's end of the socket pair whose other end is fileno()
+        self.creator = creator
+        self.reading = True       # sock has not given end of file
+        self.sockbuf = collections.deque()  # (bytes, [fds]) for sock
+        self.sock_eof = False     # the peer's user closed its end: after sockbuf, pass it on
+        self.peer = None          # the other relay's channel, once it is known
         self.parent = not creator  # joined in a child: its peer is the parent's relay
         self.pumps = {}
-        self.pending = {}       # ids of fds announced by the peer -> the end the user gets
+        self.pending = {}         # ids of fds announced by the peer -> the end the user gets
         self.next_id = 0 if creator else 1  # the creator's fd ids are even, the joiner's odd
+        self.ending = False       # nothing more comes: close once the buffers are written
+        self.closed = False
 
 
 def _mode(fd):
@@ -68,7 +90,7 @@ def _mode(fd):
 
 
 def _high(fd):
-    """`fd` moved to a number above 255 (if the limit allows): this thread makes fds while the
+    """`fd` moved to a number above 255 (if the limit allows): these threads make fds while the
     process's own threads may take low numbers they found free (dup2 onto them, as a test of
     CPython's suite does), which would replace ours."""
     try:
@@ -79,13 +101,20 @@ def _high(fd):
     return high
 
 
-def _ready(fd):
+def _ready(fd, events):
     p = select.poll()
-    p.register(fd, select.POLLIN)
+    p.register(fd, events)
     try:
         return bool(p.poll(0))
     except OSError:
-        return True  # a read tells what is wrong with it
+        return True  # the operation tells what is wrong with it
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class _Relay:
@@ -94,16 +123,18 @@ class _Relay:
         self.channel = _runtime.new_channel(CAPACITY)
         self.descriptor = self.channel.descriptor
         self.links = {}
-        self.in_lock = threading.Lock()   # messages are taken and handled in order
-        self.out_lock = threading.Lock()  # local fds are read and what they give sent in order
+        self.lock = threading.Lock()       # the links' state and every fd operation
+        self.changed = threading.Condition(self.lock)
+        self.in_lock = threading.Lock()    # messages are taken and handled in order
+        self.send_lock = threading.Lock()  # local fds are read and what they give sent in order
+        self.buffered = 0
         self.pid = os.getpid()
-        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        for target in (self._in, self._out):
+        self.wakes = [os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) for _ in range(2)]  # read, write
+        for target in (self._take, self._read, self._write):
             threading.Thread(target=target, daemon=True,
                              name="dragon-fd-relay" + target.__name__).start()
-        # Before the process's end is reported: what it wrote reaches its peers first.
-        # After the exit's joins of children (a negative priority), so a child still working
-        # with a relayed fd at its parent's exit keeps it.
+        # Before the process's end is reported, after its exit's joins of children (a negative
+        # priority: a child still working with a relayed fd at its parent's exit keeps it).
         util.Finalize(None, self._flush, exitpriority=-100)
 
     # -- links ----------------------------------------------------------------------------
@@ -112,205 +143,308 @@ class _Relay:
         """A link for the Pipe end whose socket is `sock_fd` (a dup this relay owns), lent to
         a child on another node; its key, which the child joins with."""
         key = int.from_bytes(os.urandom(8), "little") >> 1
-        with self.out_lock:
-            self.links[key] = _Link(key, socket.socket(fileno=sock_fd), creator=True)
+        with self.lock:
+            self.links[key] = _Link(key, socket.socket(fileno=_high(sock_fd)), creator=True)
         return key
 
     def join(self, key, peer_descriptor):
         """Joins the link `key` of the relay `peer_descriptor` (in a child); the fd of the
         user's end of its socket."""
-        ours, theirs = socket.socketpair()
-        peer = _runtime.attach_channel(peer_descriptor)
+        a, b = socket.socketpair()
+        ours, theirs = socket.socket(fileno=_high(a.detach())), b.detach()
         link = _Link(key, ours, creator=False)
-        link.peer = peer
-        with self.out_lock:
-            self.links[key] = link
-            peer.put(("join", key, self.descriptor))
+        try:
+            link.peer = _runtime.attach_channel(peer_descriptor)
+            with self.send_lock:
+                with self.lock:
+                    self.links[key] = link
+                self._send(link, ("join", key, self.descriptor))
+        except BaseException:
+            with self.lock:
+                self.links.pop(key, None)
+            ours.close()
+            os.close(theirs)
+            raise
         self._wake()
-        return theirs.detach()
+        return theirs
 
     def settle(self, key):
-        """The child of link `key` has ended: what it sent is handled, then the link's fds are
-        closed (its socket, the originals its relayed fds stood for)."""
+        """The child of link `key` has ended: what it sent is taken, what goes to files and to
+        the socket written (for up to SETTLE_WAIT), and the link's fds are closed once their
+        buffers are written (its socket, the originals its relayed fds stood for)."""
         with self.in_lock:
-            self._drain()
-            with self.out_lock:
-                link = self.links.pop(key, None)
-                if link is not None:
-                    self._close_link(link)
-        self._wake()
+            self._drain(limit=False)
+        deadline = time.monotonic() + SETTLE_WAIT
+        with self.lock:
+            link = self.links.get(key)
+            if link is None:
+                return
+            link.ending = True
+            self._wake()
+            while not link.closed and (link.sockbuf or any(
+                    p.buf for p in link.pumps.values() if p.regular and p.writes)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
 
-    # -- the thread that takes messages ---------------------------------------------------
+    # -- taking messages ------------------------------------------------------------------
 
-    def _in(self):
+    def _take(self):
         from multiprocessing import process
         while True:
             try:
+                with self.lock:
+                    while self.buffered > BUFFERED_MAX:
+                        self.changed.wait(CHECK_PEERS_EVERY)
                 self.channel.wait_readable(CHECK_PEERS_EVERY)
                 with self.in_lock:
-                    self._drain()
+                    self._drain(limit=True)
                 parent = process.parent_process()
                 if parent is not None and any(l.parent for l in list(self.links.values())):
                     if not parent.is_alive():
-                        with self.out_lock:
-                            for link in [l for l in self.links.values() if l.parent]:
-                                self._close_link(self.links.pop(link.key))
-                        self._wake()
+                        with self.lock:
+                            for link in self.links.values():
+                                if link.parent:
+                                    self._end_link(link)
             except Exception:
-                return  # the runtime went (the process is ending)
+                if not self._alive():
+                    return  # the runtime went (the process is ending)
+                time.sleep(0.01)
 
-    def _drain(self):
-        import queue
-        while True:
+    def _alive(self):
+        try:
+            self.channel.readable()
+            return True
+        except Exception:
+            return False
+
+    def _drain(self, limit):
+        failures = 0
+        while not limit or self.buffered <= BUFFERED_MAX:
             try:
                 message = self.channel.get(block=False)
             except queue.Empty:
                 return
-            try:
-                self._handle(message)
             except Exception:
-                pass  # a malformed message, or a local fd that went: nothing else is hurt
+                failures += 1
+                if failures > 100 or not self._alive():
+                    raise
+                continue  # a message that does not decode: dropped, the next ones still come
+            try:
+                with self.lock:
+                    self._handle(message)
+            except Exception:
+                pass  # a malformed message: nothing else is hurt
 
     def _handle(self, message):
         kind, key = message[0], message[1]
         link = self.links.get(key)
-        if link is None:
+        if link is None or link.closed:
             return  # settled, or never ours
         if kind == "join":
             link.peer = _runtime.attach_channel(message[2])
-            self._wake()  # its socket is read from now on
         elif kind == "fd":
             _, _, fid, mode = message
+            if link.ending:
+                return
             if mode == "rw":
                 a, b = socket.socketpair()
                 user, kept = _high(a.detach()), _high(b.detach())
             else:
                 r, w = (_high(fd) for fd in os.pipe2(os.O_CLOEXEC))
                 user, kept = (w, r) if mode == "w" else (r, w)
-            with self.out_lock:
-                link.pumps[fid] = _Pump(kept, "w" in mode, "r" in mode, mode == "rw")
-                link.pending[fid] = user
-            self._wake()
+            os.set_blocking(kept, False)  # ours alone
+            link.pumps[fid] = _Pump(kept, "w" in mode, "r" in mode)
+            link.pending[fid] = user
         elif kind == "bytes":
             _, _, data, ids = message
             fds = [link.pending.pop(i) for i in ids if i in link.pending]
-            try:
-                if fds:
-                    link.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                array.array("i", fds))])
-                else:
-                    link.sock.sendall(data)
-            except OSError:
-                pass  # the user's end is closed: as with a socket, what was sent is lost
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            link.sockbuf.append((bytes(data), fds))
+            self.buffered += len(data)
         elif kind == "data":
             pump = link.pumps.get(message[2])
-            if pump is not None and pump.writes:
-                try:
-                    view = memoryview(message[3])
-                    while view:
-                        view = view[os.write(pump.fd, view):]
-                except OSError:
-                    self._done(link, message[2], writes=True)
+            if pump is not None and pump.writes and not pump.eof:
+                pump.buf.append(bytes(message[3]))
+                self.buffered += len(message[3])
         elif kind == "eof":
             pump = link.pumps.get(message[2])
-            if pump is not None and pump.sock:
-                s = socket.socket(fileno=pump.fd)
-                try:
-                    s.shutdown(socket.SHUT_WR)  # its reader sees end of file
-                except OSError:
-                    pass
-                finally:
-                    s.detach()
-            self._done(link, message[2], writes=True)
+            if pump is not None:
+                pump.eof = True
+        elif kind == "shut":
+            link.sock_eof = True
         elif kind == "gone":
-            with self.out_lock:
-                self.links.pop(key, None)
-                self._close_link(link)
-            self._wake()
-
-    def _done(self, link, fid, reads=False, writes=False):
-        """One direction of a pump is over; its fd closes when both are."""
-        with self.out_lock:
-            pump = link.pumps.get(fid)
-            if pump is None:
-                return
-            pump.reads = pump.reads and not reads
-            pump.writes = pump.writes and not writes
-            if not pump.reads and not pump.writes:
-                del link.pumps[fid]
-                os.close(pump.fd)
+            link.ending = True
         self._wake()
 
-    # -- the thread that reads local fds --------------------------------------------------
+    # -- writing local fds ----------------------------------------------------------------
 
-    def _watched(self):
-        with self.out_lock:
-            fds = [self.wake_r]
-            for link in self.links.values():
-                if link.peer is None:
-                    continue  # what the user sends waits in the socket until the peer joins
-                if link.reading:
-                    fds.append(link.sock.fileno())
-                fds.extend(p.fd for p in link.pumps.values() if p.reads)
-            return fds
-
-    def _out(self):
+    def _write(self):
         while True:
             p = select.poll()
-            for fd in self._watched():
-                p.register(fd, select.POLLIN)
+            p.register(self.wakes[1][0], select.POLLIN)
+            with self.lock:
+                for link in self.links.values():
+                    if link.sockbuf:
+                        p.register(link.sock.fileno(), select.POLLOUT)
+                    for pump in link.pumps.values():
+                        if pump.buf and not pump.closed:
+                            p.register(pump.fd, select.POLLOUT)
             try:
-                p.poll()  # what is ready is read under the lock below, after a fresh look
+                p.poll()
             except OSError:
                 pass
+            _clear(self.wakes[1][0])
             try:
-                os.read(self.wake_r, 4096)
-            except OSError:
-                pass
-            try:
-                with self.out_lock:
-                    self._forward(once=True)
+                with self.lock:
+                    for link in list(self.links.values()):
+                        self._write_link(link)
+                    self.changed.notify_all()
             except Exception:
-                return  # the runtime went (the process is ending)
+                pass
 
-    def _forward(self, once):
-        """Sends what the links' fds give now (once: one read of each ready fd; else until
-        none is ready)."""
-        progress = True
-        while progress:
-            progress = False
+    def _write_link(self, link):
+        """Writes what the link's fds take now, and ends what is done (called under lock)."""
+        while link.sockbuf and _ready(link.sock.fileno(), select.POLLOUT):
+            data, fds = link.sockbuf[0]
+            try:
+                if fds:
+                    n = link.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                    array.array("i", fds))],
+                                          socket.MSG_DONTWAIT)
+                    for fd in fds:
+                        _close(fd)
+                else:
+                    n = link.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                n = len(data)  # the user's end is closed: as with a socket, what was sent is lost
+                for fd in fds:
+                    _close(fd)
+            self.buffered -= n
+            if n < len(data):
+                link.sockbuf[0] = (data[n:], [])
+            else:
+                link.sockbuf.popleft()
+        if link.sock_eof and not link.sockbuf and not link.creator:
+            link.sock_eof = False
+            try:
+                link.sock.shutdown(socket.SHUT_WR)  # the child's recv_handle sees end of file
+            except OSError:
+                pass
+        for fid, pump in list(link.pumps.items()):
+            while pump.buf and not pump.closed:
+                if not pump.regular and not _ready(pump.fd, select.POLLOUT):
+                    break
+                data = pump.buf[0]
+                try:
+                    if pump.sock:
+                        n = _send_fd(pump.fd, data[:CHUNK])
+                    else:
+                        n = os.write(pump.fd, data if pump.regular else data[:PIPE_CHUNK])
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.buffered -= sum(len(b) for b in pump.buf)
+                    pump.buf.clear()
+                    pump.writes = False  # its reader has gone: what was sent is lost
+                    break
+                self.buffered -= n
+                if n < len(data):
+                    pump.buf[0] = data[n:]
+                else:
+                    pump.buf.popleft()
+            if pump.writes and pump.eof and not pump.buf:
+                pump.writes = False
+                if pump.sock:
+                    _shutdown_write(pump.fd)
+            if not pump.reads and not pump.writes or link.ending and not pump.buf:
+                self._close_pump(link, fid)
+        if link.ending and not link.sockbuf and not link.pumps:
+            self._close_link(link)
+
+    # -- reading local fds ----------------------------------------------------------------
+
+    def _read(self):
+        while True:
+            p = select.poll()
+            p.register(self.wakes[0][0], select.POLLIN)
+            with self.lock:
+                for link in self.links.values():
+                    if link.peer is None or link.ending:
+                        continue  # what the user sends waits in the socket until the peer joins
+                    if link.reading:
+                        p.register(link.sock.fileno(), select.POLLIN)
+                    for pump in link.pumps.values():
+                        if pump.reads and not pump.closed:
+                            p.register(pump.fd, select.POLLIN)
+            try:
+                p.poll()
+            except OSError:
+                pass
+            _clear(self.wakes[0][0])
+            try:
+                with self.send_lock:
+                    self._forward(None)
+            except Exception:
+                if not self._alive():
+                    return
+
+    def _forward(self, deadline):
+        """Sends what the links' fds give now: one read of each ready fd, or (deadline) until
+        none is ready or the deadline passes. Called with send_lock held."""
+        budget = True
+        while budget:
+            budget = False
             for link in list(self.links.values()):
-                if link.peer is None:
+                if link.peer is None or link.ending or link.closed:
                     continue
                 try:
-                    while link.reading and _ready(link.sock.fileno()):
-                        self._forward_socket(link)
-                        progress = True
-                        if once:
-                            break
-                    for fid, pump in list(link.pumps.items()):
-                        while pump.reads and _ready(pump.fd):
-                            self._forward_pump(link, fid, pump)
-                            progress = True
-                            if once:
-                                break
+                    with self.lock:
+                        messages = self._read_link(link)
+                    for m in messages:
+                        self._send(link, m)
+                    budget = budget or bool(messages)
                 except Exception:
                     # Its peer is gone (ended, its node lost): so is the link, as a socket
                     # whose peer closed.
-                    self.links.pop(link.key, None)
-                    self._close_link(link)
-            if once:
+                    with self.lock:
+                        self._end_link(link)
+            if deadline is None or time.monotonic() > deadline:
                 return
 
-    def _forward_socket(self, link):
+    def _read_link(self, link):
+        """What the link's ready fds give now, as messages for the peer (called under lock)."""
+        messages = []
+        if link.reading and _ready(link.sock.fileno(), select.POLLIN):
+            messages += self._read_socket(link)
+        for fid, pump in list(link.pumps.items()):
+            if not pump.reads or pump.closed or not _ready(pump.fd, select.POLLIN):
+                continue
+            try:
+                # A socket the user may read too: never a read that waits (under lock).
+                data = _recv_fd(pump.fd) if pump.sock else os.read(pump.fd, CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                messages.append(("data", link.key, fid, data))
+                continue
+            messages.append(("eof", link.key, fid))
+            pump.reads = False
+            if not pump.writes:
+                self._close_pump(link, fid)
+        return messages
+
+    def _read_socket(self, link):
         try:
-            data, anc, _, _ = link.sock.recvmsg(CHUNK, socket.CMSG_SPACE(MAX_FDS * 4),
-                                                socket.MSG_DONTWAIT)
+            data, anc, _, _ = link.sock.recvmsg(
+                CHUNK, socket.CMSG_SPACE(MAX_FDS * 4),
+                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
-            return
+            return []
         except OSError:
             data, anc = b"", []
         fds = array.array("i")
@@ -318,69 +452,145 @@ class _Relay:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
         if not data and not fds:
-            link.reading = False  # the user's end closed; the peer's stays open
-            return
-        ids = []
+            link.reading = False  # the user's end closed
+            return [("shut", link.key)]
+        messages, ids = [], []
         for fd in fds:
-            mode = _mode(fd)
+            fd = _high(fd)
+            try:
+                mode = _mode(fd)
+                pump = _Pump(fd, "r" in mode, "w" in mode)  # the receiver's the other way round
+            except OSError:
+                _close(fd)
+                continue
             fid = link.next_id
             link.next_id += 2
-            # The receiver writes what its user writes into it ('w'), reads what this one
-            # gives ('r'), or both; here it is the other way round.
-            link.pumps[fid] = _Pump(fd, "r" in mode, "w" in mode,
-                                    stat.S_ISSOCK(os.fstat(fd).st_mode))
-            link.peer.put(("fd", link.key, fid, mode))
+            link.pumps[fid] = pump
+            messages.append(("fd", link.key, fid, mode))
             ids.append(fid)
-        link.peer.put(("bytes", link.key, data, ids))
+        messages.append(("bytes", link.key, data, ids))
+        return messages
 
-    def _forward_pump(self, link, fid, pump):
-        try:
-            data = os.read(pump.fd, CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            link.peer.put(("data", link.key, fid, data))
-            return
-        link.peer.put(("eof", link.key, fid))
-        pump.reads = False
-        if not pump.writes:
-            del link.pumps[fid]
-            os.close(pump.fd)
+    def _send(self, link, message):
+        """Puts `message` into the peer's channel, waiting while it is full until the link is
+        closed (then the message is dropped)."""
+        while not link.closed and not link.ending:
+            try:
+                link.peer.put(message, timeout=SEND_SLICE)
+                return
+            except queue.Full:
+                continue
 
     def _flush(self):
-        """At this process's end: what its fds give now goes to the peers, then each peer is
-        told this end is gone."""
+        """At this process's end: what its fds give now goes to the peers (for up to
+        FLUSH_WAIT), then each peer is told this end is gone."""
         if os.getpid() != self.pid:
             return
+        deadline = time.monotonic() + FLUSH_WAIT
+        if not self.send_lock.acquire(timeout=FLUSH_WAIT):
+            return
         try:
-            with self.out_lock:
-                self._forward(once=False)
-                for link in self.links.values():
-                    if link.peer is not None:
-                        link.peer.put(("gone", link.key))
-        except Exception:
-            pass
+            self._forward(deadline)
+            for link in list(self.links.values()):
+                if link.peer is not None and not link.closed and not link.ending:
+                    try:
+                        link.peer.put(("gone", link.key), timeout=max(0.0, deadline -
+                                                                      time.monotonic()))
+                    except Exception:
+                        pass
+        finally:
+            self.send_lock.release()
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- ending ---------------------------------------------------------------------------
+
+    def _end_link(self, link):
+        """Nothing more goes to or comes from the link's peer: its fds close once their
+        buffers are written (called under lock)."""
+        link.ending = True
+        self._wake()
+
+    def _close_pump(self, link, fid):
+        pump = link.pumps.pop(fid)
+        pump.closed = True
+        self.buffered -= sum(len(b) for b in pump.buf)
+        _close(pump.fd)
 
     def _close_link(self, link):
-        """Closes a link's fds (called with out_lock held)."""
-        for fd in [p.fd for p in link.pumps.values()] + list(link.pending.values()):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        link.pumps.clear()
+        """Closes a link's fds (called under lock)."""
+        for fid in list(link.pumps):
+            self._close_pump(link, fid)
+        for fd in link.pending.values():
+            _close(fd)
         link.pending.clear()
+        for _, fds in link.sockbuf:
+            for fd in fds:
+                _close(fd)
+        self.buffered -= sum(len(d) for d, _ in link.sockbuf)
+        link.sockbuf.clear()
         link.sock.close()
+        link.closed = True
+        self.links.pop(link.key, None)
+        self.changed.notify_all()
 
     def _wake(self):
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass  # full: it is awake already
+        for _, w in self.wakes:
+            try:
+                os.write(w, b"x")
+            except OSError:
+                pass  # full: it is awake already
+
+    def _after_fork(self):
+        """In a forked child: this process's copies of the relay's fds are closed (a reader
+        of a relayed pipe must not wait for them)."""
+        for link in self.links.values():
+            for pump in link.pumps.values():
+                _close(pump.fd)
+            for fd in link.pending.values():
+                _close(fd)
+            for _, fds in link.sockbuf:
+                for fd in fds:
+                    _close(fd)
+            try:
+                link.sock.close()
+            except OSError:
+                pass
+        for r, w in self.wakes:
+            _close(r)
+            _close(w)
+
+
+def _send_fd(fd, data):
+    s = socket.socket(fileno=fd)
+    try:
+        return s.send(data, socket.MSG_DONTWAIT)
+    finally:
+        s.detach()
+
+
+def _recv_fd(fd):
+    s = socket.socket(fileno=fd)
+    try:
+        return s.recv(CHUNK, socket.MSG_DONTWAIT)
+    finally:
+        s.detach()
+
+
+def _shutdown_write(fd):
+    s = socket.socket(fileno=fd)
+    try:
+        s.shutdown(socket.SHUT_WR)  # its reader sees end of file
+    except OSError:
+        pass
+    finally:
+        s.detach()
+
+
+def _clear(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
 
 
 _relay = None
@@ -398,6 +608,11 @@ def relay():
 
 def _after_fork_in_child():
     global _relay, _relay_lock
+    if _relay is not None:
+        try:
+            _relay._after_fork()
+        except Exception:
+            pass
     _relay = None  # its threads stayed in the parent
     _relay_lock = threading.Lock()
 

@@ -204,7 +204,8 @@ class Connection:
     def fileno(self):
         if self._closed:
             raise OSError("handle is closed")
-        if self._fd is None and getattr(self, "_link", None) is not None:
+        if self._fd is None and getattr(self, "_link", None) is not None and \
+                self._pid == os.getpid():  # a fork's copy does not take the link over
             from . import _fdrelay
             self._fd = _fdrelay.relay().join(self._link[1], self._link[0])
         if self._fd is None:

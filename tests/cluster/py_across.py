@@ -423,6 +423,20 @@ def fd_sender(conn):
     conn.recv()  # until the parent has read it
 
 
+def fd_eof_reader(conn, out):
+    try:
+        reduction.recv_handle(conn)
+    except EOFError:
+        out.send("eof")
+    else:
+        out.send("an fd")
+
+
+def fd_file_sender(conn, path):
+    with open(path, "rb") as f:
+        reduction.send_handle(conn, f.fileno(), os.getppid())
+
+
 def fd_write_then_hang(conn, ready):
     fd = reduction.recv_handle(conn)
     os.write(fd, b"partial")
@@ -516,6 +530,42 @@ def check_fd_relay(far):
     conn.send("read")
     p.join(60)
     assert p.exitcode == 0, p.exitcode
+
+    # The parent closes its end: the child's recv_handle sees end of file, not a hang.
+    conn, child = mp.Pipe()
+    out_r, out_w = mp.Pipe(duplex=False)
+    with dragon.Policy(node=far):
+        p = mp.Process(target=fd_eof_reader, args=(child, out_w))
+        p.start()
+    conn.close()
+    assert out_r.poll(30) and out_r.recv() == "eof", "no end of file through the relay"
+    p.join(60)
+
+    # A child sends an 8 MiB file and ends before the parent reads any of it: the parent
+    # reads it all after the join, then end of file.
+    path = "/tmp/py_across_fd_big.%d" % os.getpid()
+    data = os.urandom(8 << 20)
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        conn, child = mp.Pipe()
+        with dragon.Policy(node=far):
+            p = mp.Process(target=fd_file_sender, args=(child, path))
+            p.start()
+        fd = reduction.recv_handle(conn)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        chunks = []
+        while True:
+            assert select.select([fd], [], [], 30)[0], "a relayed file stopped short"
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(fd)
+        assert b"".join(chunks) == data, "a relayed file from an ended child differs"
+    finally:
+        os.unlink(path)
 
     r, w = os.pipe()
     conn, child = mp.Pipe()
