@@ -89,6 +89,23 @@ def _mode(fd):
     return {os.O_RDONLY: "r", os.O_WRONLY: "w"}.get(acc, "rw")
 
 
+def _own_description(fd, mode):
+    """For a pipe, FIFO or terminal: the same file opened anew, non-blocking (an open file
+    description of the relay's own: the user's process may read or write the original too, so
+    a poll that said ready may be stale, and a read or write of it could block). A socket (its
+    calls use MSG_DONTWAIT) and a regular file (never waits) are kept."""
+    st = os.fstat(fd)
+    if stat.S_ISSOCK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        return fd
+    flags = {"r": os.O_RDONLY, "w": os.O_WRONLY}.get(mode, os.O_RDWR)
+    try:
+        own = os.open("/proc/self/fd/%d" % fd, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return fd  # as it is: a read or write after poll said ready
+    _close(fd)
+    return _high(own)
+
+
 def _high(fd):
     """`fd` moved to a number above 255 (if the limit allows): these threads make fds while the
     process's own threads may take low numbers they found free (dup2 onto them, as a test of
@@ -143,13 +160,21 @@ class _Relay:
         """A link for the Pipe end whose socket is `sock_fd` (a dup this relay owns), lent to
         a child on another node; its key, which the child joins with."""
         key = int.from_bytes(os.urandom(8), "little") >> 1
+        fd = _high(sock_fd)
+        blocking = os.get_blocking(fd)  # of the user's socket too: kept as it is
+        sock = socket.socket(fileno=fd)
+        if os.get_blocking(fd) != blocking:
+            os.set_blocking(fd, blocking)
         with self.lock:
-            self.links[key] = _Link(key, socket.socket(fileno=_high(sock_fd)), creator=True)
+            self.links[key] = _Link(key, sock, creator=True)
         return key
 
     def join(self, key, peer_descriptor):
         """Joins the link `key` of the relay `peer_descriptor` (in a child); the fd of the
         user's end of its socket."""
+        with self.lock:
+            if key in self.links:
+                raise OSError("this Pipe end's relayed socket is in use already")
         a, b = socket.socketpair()
         ours, theirs = socket.socket(fileno=_high(a.detach())), b.detach()
         link = _Link(key, ours, creator=False)
@@ -157,6 +182,8 @@ class _Relay:
             link.peer = _runtime.attach_channel(peer_descriptor)
             with self.send_lock:
                 with self.lock:
+                    if key in self.links:
+                        raise OSError("this Pipe end's relayed socket is in use already")
                     self.links[key] = link
                 self._send(link, ("join", key, self.descriptor))
         except BaseException:
@@ -173,7 +200,9 @@ class _Relay:
         the socket written (for up to SETTLE_WAIT), and the link's fds are closed once their
         buffers are written (its socket, the originals its relayed fds stood for)."""
         with self.in_lock:
-            self._drain(limit=False)
+            # What the child sent is in the channel by now: at most what it holds now is
+            # taken (another peer's steady sends cannot keep this going).
+            self._drain(limit=False, count=self.channel.size())
         deadline = time.monotonic() + SETTLE_WAIT
         with self.lock:
             link = self.links.get(key)
@@ -195,11 +224,12 @@ class _Relay:
         while True:
             try:
                 with self.lock:
-                    while self.buffered > BUFFERED_MAX:
+                    if self.buffered > BUFFERED_MAX:
                         self.changed.wait(CHECK_PEERS_EVERY)
-                self.channel.wait_readable(CHECK_PEERS_EVERY)
-                with self.in_lock:
-                    self._drain(limit=True)
+                if self.buffered <= BUFFERED_MAX:
+                    self.channel.wait_readable(CHECK_PEERS_EVERY)
+                    with self.in_lock:
+                        self._drain(limit=True)
                 parent = process.parent_process()
                 if parent is not None and any(l.parent for l in list(self.links.values())):
                     if not parent.is_alive():
@@ -219,9 +249,11 @@ class _Relay:
         except Exception:
             return False
 
-    def _drain(self, limit):
+    def _drain(self, limit, count=None):
         failures = 0
-        while not limit or self.buffered <= BUFFERED_MAX:
+        while (not limit or self.buffered <= BUFFERED_MAX) and (count is None or count > 0):
+            if count is not None:
+                count -= 1
             try:
                 message = self.channel.get(block=False)
             except queue.Empty:
@@ -232,18 +264,21 @@ class _Relay:
                     raise
                 continue  # a message that does not decode: dropped, the next ones still come
             try:
+                peer = None
+                if message[0] == "join":  # attached before the lock: a request to dragond
+                    peer = _runtime.attach_channel(message[2])
                 with self.lock:
-                    self._handle(message)
+                    self._handle(message, peer)
             except Exception:
                 pass  # a malformed message: nothing else is hurt
 
-    def _handle(self, message):
+    def _handle(self, message, peer=None):
         kind, key = message[0], message[1]
         link = self.links.get(key)
         if link is None or link.closed:
             return  # settled, or never ours
         if kind == "join":
-            link.peer = _runtime.attach_channel(message[2])
+            link.peer = peer
         elif kind == "fd":
             _, _, fid, mode = message
             if link.ending:
@@ -404,7 +439,7 @@ class _Relay:
                     with self.lock:
                         messages = self._read_link(link)
                     for m in messages:
-                        self._send(link, m)
+                        self._send(link, m, deadline)
                     budget = budget or bool(messages)
                 except Exception:
                     # Its peer is gone (ended, its node lost): so is the link, as a socket
@@ -459,6 +494,7 @@ class _Relay:
             fd = _high(fd)
             try:
                 mode = _mode(fd)
+                fd = _own_description(fd, mode)
                 pump = _Pump(fd, "r" in mode, "w" in mode)  # the receiver's the other way round
             except OSError:
                 _close(fd)
@@ -471,12 +507,17 @@ class _Relay:
         messages.append(("bytes", link.key, data, ids))
         return messages
 
-    def _send(self, link, message):
+    def _send(self, link, message, deadline=None):
         """Puts `message` into the peer's channel, waiting while it is full until the link is
-        closed (then the message is dropped)."""
+        closed or the deadline (monotonic) passes (then the message is dropped)."""
         while not link.closed and not link.ending:
+            slice_ = SEND_SLICE
+            if deadline is not None:
+                slice_ = min(slice_, deadline - time.monotonic())
+                if slice_ <= 0:
+                    return
             try:
-                link.peer.put(message, timeout=SEND_SLICE)
+                link.peer.put(message, timeout=slice_)
                 return
             except queue.Full:
                 continue
@@ -559,30 +600,34 @@ class _Relay:
             _close(w)
 
 
-def _send_fd(fd, data):
+def _on_socket(fd, call):
+    """call(socket) on a socket object over `fd`, which stays open and in its blocking mode
+    (the constructor may change it under socket.setdefaulttimeout)."""
+    blocking = os.get_blocking(fd)
     s = socket.socket(fileno=fd)
     try:
-        return s.send(data, socket.MSG_DONTWAIT)
+        return call(s)
     finally:
         s.detach()
+        if os.get_blocking(fd) != blocking:
+            os.set_blocking(fd, blocking)
+
+
+def _send_fd(fd, data):
+    return _on_socket(fd, lambda s: s.send(data, socket.MSG_DONTWAIT))
 
 
 def _recv_fd(fd):
-    s = socket.socket(fileno=fd)
-    try:
-        return s.recv(CHUNK, socket.MSG_DONTWAIT)
-    finally:
-        s.detach()
+    return _on_socket(fd, lambda s: s.recv(CHUNK, socket.MSG_DONTWAIT))
 
 
 def _shutdown_write(fd):
-    s = socket.socket(fileno=fd)
-    try:
-        s.shutdown(socket.SHUT_WR)  # its reader sees end of file
-    except OSError:
-        pass
-    finally:
-        s.detach()
+    def shut(s):
+        try:
+            s.shutdown(socket.SHUT_WR)  # its reader sees end of file
+        except OSError:
+            pass
+    _on_socket(fd, shut)
 
 
 def _clear(fd):

@@ -576,17 +576,16 @@ def check_fd_relay(far):
     reduction.send_handle(conn, w, p.pid)
     os.close(w)
     assert ready.wait(60)
+    got = b""
+    while got != b"partial":  # what it wrote arrives while it runs
+        assert select.select([r], [], [], 30)[0], "a relayed pipe end gave nothing"
+        got += os.read(r, 100)
     p.kill()
     p.join(60)
     assert p.exitcode == -signal.SIGKILL, p.exitcode
-    got = b""
-    while True:  # its relayed pipe end went with it: end of file, not a hang
-        assert select.select([r], [], [], 30)[0], "a killed child's relayed pipe end stayed open"
-        b = os.read(r, 100)
-        if not b:
-            break
-        got += b
-    assert got == b"partial", got
+    # Its relayed pipe end went with it: end of file, not a hang.
+    assert select.select([r], [], [], 30)[0], "a killed child's relayed pipe end stayed open"
+    assert os.read(r, 100) == b"", "more than the killed child wrote"
     os.close(r)
 
     out_r, out_w = mp.Pipe(duplex=False)
