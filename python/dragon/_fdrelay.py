@@ -312,24 +312,46 @@ class _Relay:
             link.ending = True
         self._wake()
 
+    # -- waiting on local fds ---------------------------------------------------------------
+
+    def _sleep(self, which, watched):
+        """Waits until an fd of watched() (listed under lock, as (fd, events)) is ready or
+        wake pipe `which` (0: the reader's, 1: the writer's) is written. What is ready is
+        looked at again under lock: an fd listed here may have been closed since."""
+        p = select.poll()
+        p.register(self.wakes[which][0], select.POLLIN)
+        with self.lock:
+            for fd, events in watched():
+                p.register(fd, events)
+        try:
+            p.poll()
+        except OSError:
+            pass
+        _clear(self.wakes[which][0])
+
+    def _to_write(self):
+        for link in self.links.values():
+            if link.sockbuf:
+                yield link.sock.fileno(), select.POLLOUT
+            for pump in link.pumps.values():
+                if pump.buf and not pump.closed:
+                    yield pump.fd, select.POLLOUT
+
+    def _to_read(self):
+        for link in self.links.values():
+            if link.peer is None or link.ending:
+                continue  # what the user sends waits in the socket until the peer joins
+            if link.reading:
+                yield link.sock.fileno(), select.POLLIN
+            for pump in link.pumps.values():
+                if pump.reads and not pump.closed:
+                    yield pump.fd, select.POLLIN
+
     # -- writing local fds ----------------------------------------------------------------
 
     def _write(self):
         while True:
-            p = select.poll()
-            p.register(self.wakes[1][0], select.POLLIN)
-            with self.lock:
-                for link in self.links.values():
-                    if link.sockbuf:
-                        p.register(link.sock.fileno(), select.POLLOUT)
-                    for pump in link.pumps.values():
-                        if pump.buf and not pump.closed:
-                            p.register(pump.fd, select.POLLOUT)
-            try:
-                p.poll()
-            except OSError:
-                pass
-            _clear(self.wakes[1][0])
+            self._sleep(1, self._to_write)
             try:
                 with self.lock:
                     for link in list(self.links.values()):
@@ -403,22 +425,7 @@ class _Relay:
 
     def _read(self):
         while True:
-            p = select.poll()
-            p.register(self.wakes[0][0], select.POLLIN)
-            with self.lock:
-                for link in self.links.values():
-                    if link.peer is None or link.ending:
-                        continue  # what the user sends waits in the socket until the peer joins
-                    if link.reading:
-                        p.register(link.sock.fileno(), select.POLLIN)
-                    for pump in link.pumps.values():
-                        if pump.reads and not pump.closed:
-                            p.register(pump.fd, select.POLLIN)
-            try:
-                p.poll()
-            except OSError:
-                pass
-            _clear(self.wakes[0][0])
+            self._sleep(0, self._to_read)
             try:
                 with self.send_lock:
                     self._forward(None)
