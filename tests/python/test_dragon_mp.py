@@ -675,6 +675,129 @@ def hold_end_and_report(conn, ready):
         signal.pause()  # holding conn until killed
 
 
+def relay_joined(descriptor, key):
+    """This process's end of relay link `key` (as connection.fileno() makes it for a Pipe end
+    lent by a process of another node), as a socket."""
+    import socket
+    from dragon import _fdrelay
+    return socket.socket(fileno=_fdrelay.relay().join(key, descriptor))
+
+
+def relay_write(descriptor, key, data):
+    from multiprocessing import reduction
+    fd = reduction.recvfds(relay_joined(descriptor, key), 1)[0]
+    os.write(fd, data)
+    os.close(fd)  # the process ends at once: its relay sends the data before its end
+
+
+def relay_read_and_echo(descriptor, key, out):
+    import socket
+    from multiprocessing import reduction
+    sock = relay_joined(descriptor, key)
+    fd = reduction.recvfds(sock, 1)[0]
+    got = b""
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    out.send_bytes(got)
+    echo = socket.socket(fileno=reduction.recvfds(sock, 1)[0])
+    while True:
+        chunk = echo.recv(4096)
+        if not chunk:
+            break
+        echo.sendall(chunk.upper())
+    echo.close()
+
+
+class FdRelayTest(unittest.TestCase):
+    """The fd relay (dragon/_fdrelay.py) between two processes of this node, driven as a Pipe
+    end lent to a process of another node drives it: the parent lends a link, the child joins
+    it, the parent settles it when the child has ended (the cluster test py_across.py covers
+    it between nodes, through Pipe ends)."""
+
+    def lend(self):
+        import socket
+        from dragon import _fdrelay
+        ours, lent = socket.socketpair()
+        relay = _fdrelay.relay()
+        key = relay.lend(os.dup(lent.fileno()))
+        lent.close()
+        self.addCleanup(ours.close)
+        return relay, key, ours
+
+    def test_a_file_written_through_the_relay_is_there_once_the_writer_is_settled(self):
+        from multiprocessing import reduction
+        relay, key, ours = self.lend()
+        p = CTX.Process(target=relay_write, args=(relay.descriptor, key, b"relayed bytes"))
+        p.start()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "f")
+            with open(path, "wb") as f:
+                reduction.sendfds(ours, [f.fileno()])
+            p.join(30)
+            self.assertEqual(p.exitcode, 0)
+            relay.settle(key)  # what the parent does when dragond reports the child's end
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), b"relayed bytes")
+        self.assertNotIn(key, relay.links, "a settled link is closed once its data is written")
+
+    def test_a_pipe_and_a_socket_through_the_relay_carry_data_and_end_of_file(self):
+        import socket
+        from multiprocessing import reduction
+        relay, key, ours = self.lend()
+        r, w = CTX.Pipe(duplex=False)
+        p = CTX.Process(target=relay_read_and_echo, args=(relay.descriptor, key, w))
+        p.start()
+        data = os.urandom(1 << 20)
+        pr, pw = os.pipe()
+        reduction.sendfds(ours, [pr])
+        os.close(pr)
+        view = memoryview(data)
+        while view:  # the relay takes it as the child reads: more than a pipe holds
+            view = view[os.write(pw, view[:65536]):]
+        os.close(pw)
+        self.assertTrue(r.poll(30))
+        self.assertEqual(r.recv_bytes(), data, "a relayed pipe gave other bytes")
+        a, b = socket.socketpair()
+        reduction.sendfds(ours, [b.fileno()])
+        b.close()
+        a.settimeout(30)
+        a.sendall(b"echo me")
+        got = b""
+        while len(got) < 7:
+            got += a.recv(100)
+        self.assertEqual(got, b"ECHO ME")
+        a.shutdown(socket.SHUT_WR)
+        self.assertEqual(a.recv(100), b"", "no end of file back through the relayed socket")
+        a.close()
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        relay.settle(key)
+
+    def test_a_closed_end_gives_the_other_side_end_of_file(self):
+        relay, key, ours = self.lend()
+        r, w = CTX.Pipe(duplex=False)
+        p = CTX.Process(target=relay_expect_eof, args=(relay.descriptor, key, w))
+        p.start()
+        ours.close()
+        self.assertTrue(r.poll(30), "the child's recv_handle did not end")
+        self.assertEqual(r.recv(), "EOFError")
+        p.join(30)
+        relay.settle(key)
+
+
+def relay_expect_eof(descriptor, key, out):
+    from multiprocessing import reduction
+    try:
+        reduction.recvfds(relay_joined(descriptor, key), 1)
+    except EOFError:
+        out.send("EOFError")
+    else:
+        out.send("an fd")
+
+
 class PipeTest(unittest.TestCase):
     def assert_open_until_closed(self, writer, reader):
         """The pipe still carries messages, and its reader sees EOF once `writer` closes."""
