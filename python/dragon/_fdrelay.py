@@ -106,6 +106,14 @@ def _own_description(fd, mode):
     return _high(own)
 
 
+def _pair(kind):
+    """A pipe (read end, write end) or a socket pair, both fds above 255."""
+    if kind == "sock":
+        a, b = socket.socketpair()
+        return _high(a.detach()), _high(b.detach())
+    return tuple(_high(fd) for fd in os.pipe2(os.O_CLOEXEC))
+
+
 def _high(fd):
     """`fd` moved to a number above 255 (if the limit allows): these threads make fds while the
     process's own threads may take low numbers they found free (dup2 onto them, as a test of
@@ -145,6 +153,7 @@ class _Relay:
         self.in_lock = threading.Lock()    # messages are taken and handled in order
         self.send_lock = threading.Lock()  # local fds are read and what they give sent in order
         self.buffered = 0
+        self.spares = {}  # kind ("pipe", "sock") -> a pair made ahead (join)
         self.pid = os.getpid()
         self.wakes = [os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) for _ in range(2)]  # read, write
         for target in (self._take, self._read, self._write):
@@ -188,10 +197,19 @@ class _Relay:
                 self._send(link, ("join", key, self.descriptor))
         except BaseException:
             with self.lock:
-                self.links.pop(key, None)
+                if self.links.get(key) is link:
+                    del self.links[key]
             ours.close()
             os.close(theirs)
             raise
+        with self.lock:
+            # One pipe and one socket pair made ahead, here in the user's thread, for the first
+            # fd that comes: made later by the taking thread, their first (low) numbers could
+            # be taken by the user's dup2 onto numbers it found free (CPython's
+            # test_large_fd_transfer fills every free fd below 256 right after fileno()).
+            for kind in ("pipe", "sock"):
+                if kind not in self.spares:
+                    self.spares[kind] = _pair(kind)
         self._wake()
         return theirs
 
@@ -283,12 +301,10 @@ class _Relay:
             _, _, fid, mode = message
             if link.ending:
                 return
-            if mode == "rw":
-                a, b = socket.socketpair()
-                user, kept = _high(a.detach()), _high(b.detach())
-            else:
-                r, w = (_high(fd) for fd in os.pipe2(os.O_CLOEXEC))
-                user, kept = (w, r) if mode == "w" else (r, w)
+            kind = "sock" if mode == "rw" else "pipe"
+            a, b = self.spares.pop(kind, None) or _pair(kind)
+            # A pipe is (read end, write end): the user writes ('w') or reads ('r').
+            user, kept = (b, a) if mode == "w" else (a, b)
             os.set_blocking(kept, False)  # ours alone
             link.pumps[fid] = _Pump(kept, "w" in mode, "r" in mode)
             link.pending[fid] = user
@@ -602,9 +618,9 @@ class _Relay:
                 link.sock.close()
             except OSError:
                 pass
-        for r, w in self.wakes:
-            _close(r)
-            _close(w)
+        for pair in list(self.spares.values()) + self.wakes:
+            for fd in pair:
+                _close(fd)
 
 
 def _on_socket(fd, call):
