@@ -77,6 +77,7 @@ class _Link:
         self.pumps = {}
         self.pending = {}         # ids of fds announced by the peer -> the end the user gets
         self.next_id = 0 if creator else 1  # the creator's fd ids are even, the joiner's odd
+        self.outbox = collections.deque()  # messages of the writing thread, sent by the reader
         self.ending = False       # nothing more comes: close once the buffers are written
         self.closed = False
 
@@ -322,6 +323,12 @@ class _Relay:
             pump = link.pumps.get(message[2])
             if pump is not None:
                 pump.eof = True
+        elif kind == "stop":
+            pump = link.pumps.get(message[2])
+            if pump is not None:
+                pump.reads = False
+                if not pump.writes:
+                    self._close_pump(link, message[2])
         elif kind == "shut":
             link.sock_eof = True
         elif kind == "gone":
@@ -422,6 +429,10 @@ class _Relay:
                     self.buffered -= sum(len(b) for b in pump.buf)
                     pump.buf.clear()
                     pump.writes = False  # its reader has gone: what was sent is lost
+                    # The sender stops reading the original and lets it go, so that its writer
+                    # sees a broken pipe as it would if this reader were its last.
+                    link.outbox.append(("stop", link.key, fid))
+                    self._wake()
                     break
                 self.buffered -= n
                 if n < len(data):
@@ -474,7 +485,8 @@ class _Relay:
 
     def _read_link(self, link):
         """What the link's ready fds give now, as messages for the peer (called under lock)."""
-        messages = []
+        messages = list(link.outbox)
+        link.outbox.clear()
         if link.reading and _ready(link.sock.fileno(), select.POLLIN):
             messages += self._read_socket(link)
         for fid, pump in list(link.pumps.items()):

@@ -776,6 +776,31 @@ class FdRelayTest(unittest.TestCase):
         self.assertEqual(p.exitcode, 0)
         relay.settle(key)
 
+    def test_a_pipe_writer_sees_a_broken_pipe_once_the_relayed_reader_is_closed(self):
+        from multiprocessing import reduction
+        relay, key, ours = self.lend()
+        closed = CTX.Event()
+        p = CTX.Process(target=relay_close_at_once, args=(relay.descriptor, key, closed))
+        p.start()
+        self.addCleanup(p.kill)
+        r, w = os.pipe()
+        reduction.sendfds(ours, [r])
+        os.close(r)  # the relayed copy is the last reader
+        self.assertTrue(closed.wait(30))
+        os.set_blocking(w, False)
+        deadline = time.monotonic() + 30
+        broken = False
+        while time.monotonic() < deadline and not broken:
+            try:
+                os.write(w, b"x" * 4096)
+            except BrokenPipeError:
+                broken = True
+            except BlockingIOError:
+                select.select([], [w], [], 0.1)  # the relay takes it as it goes
+        os.close(w)
+        self.assertTrue(broken, "the writer of a pipe whose relayed reader closed never saw "
+                                "a broken pipe")
+
     def test_a_closed_end_gives_the_other_side_end_of_file(self):
         relay, key, ours = self.lend()
         r, w = CTX.Pipe(duplex=False)
@@ -786,6 +811,13 @@ class FdRelayTest(unittest.TestCase):
         self.assertEqual(r.recv(), "EOFError")
         p.join(30)
         relay.settle(key)
+
+
+def relay_close_at_once(descriptor, key, closed):
+    from multiprocessing import reduction
+    os.close(reduction.recvfds(relay_joined(descriptor, key), 1)[0])
+    closed.set()
+    time.sleep(60)  # its relay lives on: only the relayed fd is closed
 
 
 def relay_expect_eof(descriptor, key, out):
