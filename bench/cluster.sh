@@ -26,6 +26,10 @@
 #   cluster_py_start_join_local / cluster_py_start_join_remote
 #                           Process.start() + join() of a process that does nothing, on the
 #                           head's node and on n2 (there forked by the head's template of n2)
+#   cluster_py_pipe_rtt_idle_recv / cluster_py_pipe_rtt_idle_wait_mixed
+#                           8 B through a Pipe to a process on n2 and back, 5 ms apart: received
+#                           there with recv(), and with connection.wait over its end and a Pipe
+#                           of n2 first (cluster_py_queue.py wait; info)
 #   cluster_channel_send_8B_poll / cluster_channel_bw_1MiB_poll / cluster_py_queue_rtt_8B_poll
 #                           the three above with cluster.poll=100us (info)
 #   cluster_ucx_put_bw_16MiB / cluster_ucx_get_bw_16MiB
@@ -132,6 +136,12 @@ sjr=$(sed -n 's/^py-start-join remote: \([0-9.]*\) ms$/\1/p' <<<"$sj" | median)
 [ -n "$sjl" ] && [ -n "$sjr" ] || { echo "bench/cluster: no Python start result: $sj" >&2; exit 1; }
 echo "metric cluster_py_start_join_local $sjl ms"
 echo "metric cluster_py_start_join_remote $sjr ms"
+pw=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" wait 200 2>&1; done)
+pwr=$(sed -n 's/^py-pipe-rtt recv: \([0-9.]*\) us$/\1/p' <<<"$pw" | median)
+pww=$(sed -n 's/^py-pipe-rtt wait-mixed: \([0-9.]*\) us$/\1/p' <<<"$pw" | median)
+[ -n "$pwr" ] && [ -n "$pww" ] || { echo "bench/cluster: no Python wait result: $pw" >&2; exit 1; }
+echo "metric cluster_py_pipe_rtt_idle_recv $pwr us"
+echo "metric cluster_py_pipe_rtt_idle_wait_mixed $pww us"
 # The same with cluster.poll=100us (dragond polls between events; off by default).
 polled=(env DRAGON_CLUSTER_POLL=100us "${dragon[@]}")
 send8p=$(for _ in 1 2 3; do srun3 "${polled[@]}" -- "$build/tests/cluster/cluster_probe" channel-bench 1 5000 8 2>&1; done |

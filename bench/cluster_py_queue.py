@@ -17,7 +17,11 @@ run:
   startjoin N
              Process.start() + join() of a process that does nothing, N times on the head's
              node and N times on node 1 (after 20 of each, by which time the template of each
-             node serves the starts). Prints the median of each, in ms."""
+             node serves the starts). Prints the median of each, in ms.
+  wait N     8 B through a duplex Pipe to a process on node 1 and back, 5 ms apart (the far
+             process is asleep when each arrives), N times: the far process receives with
+             recv(), then with connection.wait over its end and a Pipe of its own node before
+             each recv(). Prints the mean round trip of each."""
 import multiprocessing as mp
 import sys
 import time
@@ -120,6 +124,43 @@ def start_join(n):
                                              times[len(times) // 2] * 1e3), flush=True)
 
 
+def pipe_echo(conn, mixed):
+    from multiprocessing.connection import wait
+    here_r, _here_w = mp.Pipe(duplex=False)  # never written: only waited on
+    while True:
+        if mixed:
+            assert wait([conn, here_r], timeout=30) == [conn]
+        m = conn.recv()
+        if m is None:
+            return
+        conn.send(m)
+
+
+def pipe_wait(n):
+    far = dragon.nodes()[1][0]
+    for mixed in (False, True):
+        a, b = mp.Pipe()
+        with dragon.Policy(node=far):
+            p = mp.Process(target=pipe_echo, args=(b, mixed))
+            p.start()
+        msg = b"x" * 8
+        for _ in range(20):
+            a.send(msg)
+            a.recv()
+        total = 0.0
+        for _ in range(n):
+            time.sleep(0.005)
+            t0 = time.perf_counter()
+            a.send(msg)
+            a.recv()
+            total += time.perf_counter() - t0
+        a.send(None)
+        p.join(30)
+        assert p.exitcode == 0, p.exitcode
+        print("py-pipe-rtt %s: %.2f us" % ("wait-mixed" if mixed else "recv", total / n * 1e6),
+              flush=True)
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "rtt"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
@@ -132,8 +173,10 @@ def main():
         pool_rate("roundrobin", n)
     elif mode == "startjoin":
         start_join(n)
+    elif mode == "wait":
+        pipe_wait(n)
     else:
-        raise SystemExit("cluster_py_queue.py rtt|bw|poolmap|startjoin N")
+        raise SystemExit("cluster_py_queue.py rtt|bw|poolmap|startjoin|wait N")
 
 
 if __name__ == "__main__":

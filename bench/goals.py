@@ -102,6 +102,10 @@ INFO = {
          "cluster_ucx_tag_bw_1MiB"),
         ("cluster_py_queue_rtt_8B_poll_vs_channel_rtt_poll", "cluster_py_queue_rtt_8B_poll",
          "cluster_channel_send_8B_poll"),
+        # connection.wait over a Pipe end of another node and one of this node, before each
+        # recv(), against recv() alone (a message that finds the far process asleep).
+        ("cluster_py_wait_mixed_vs_recv_rtt_idle", "cluster_py_pipe_rtt_idle_wait_mixed",
+         "cluster_py_pipe_rtt_idle_recv"),
         # A request the local dragond answers itself: the floor under every remote operation.
         ("cluster_control_rtt_vs_ucx_tag_rtt", "cluster_control_rtt", "cluster_ucx_tag_rtt"),
         ("cluster_bringup_2nodes_vs_bare_srun", "cluster_bringup_dragon_N2", "cluster_bringup_bare_N2"),

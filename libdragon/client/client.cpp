@@ -1067,15 +1067,30 @@ Result<std::size_t> Client::waitAny(std::span<ClientWaitItem> items, Timeout tim
       if (!n.has_value()) break;
       const bool bell = local.back().ready != WaitFor{};
       if (*n > (bell ? 1u : 0u)) break;  // a channel of the caller
-      pollfd p{impl.sock.get(), POLLIN, 0};
-      if (bell || ::poll(&p, 1, 0) > 0) {
+      // What dragond sent: the WaitAny's answer, a transfer's. True when the wait is over.
+      auto readAnswers = [&] {
         (void)impl.readAvailable();
-        if (!impl.broken.isOk()) break;
+        if (!impl.broken.isOk()) return true;
         answered = id != 0 && impl.stash.count(id) != 0;
         std::size_t done = 0;
         collectTransfers(done);
-        if (answered || done > 0) break;
-        if (bell) drainBell();
+        return answered || done > 0;
+      };
+      pollfd p{impl.sock.get(), POLLIN, 0};
+      if (bell || ::poll(&p, 1, 0) > 0) {
+        if (readAnswers()) break;
+        if (bell) {
+          drainBell();
+          // dragond rings just before it sends the answer, which may not have reached the
+          // socket yet: it is waited for there (briefly), not in the next slice's sleep.
+          constexpr std::int64_t kAnswerNs = 50'000'000;
+          std::int64_t ns = kAnswerNs;
+          if (!timeout.isForever()) {
+            ns = std::min(ns, std::max<std::int64_t>(0, deadline.monotonicNs() - monotonicNowNs()));
+          }
+          pollfd q{impl.sock.get(), POLLIN, 0};
+          if (::poll(&q, 1, static_cast<int>((ns + 999'999) / 1'000'000)) > 0 && readAnswers()) break;
+        }
       }
       if (!timeout.isForever() && deadline.expired()) break;
     }

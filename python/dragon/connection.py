@@ -508,8 +508,9 @@ def _fd_of(o):
 def wait(object_list, timeout=None):
     """multiprocessing.connection.wait that also takes dragon Connections and Queues (and a
     Queue's `_reader`). Their channels are waited on with their futexes, with the GIL
-    released; the other objects' fds (sentinels, sockets) are polled in between, at most 5 ms
-    apart. A connection is also checked each second for writers that were killed."""
+    released (those of another node by a wait parked at their homes through dragond); the
+    other objects' fds (sentinels, sockets) are polled in between, at most 5 ms apart. A
+    connection is also checked each second for writers that were killed."""
     ours = [o for o in object_list if hasattr(o, "_dragon_ready")]
     if not ours:
         return _stdlib_wait(object_list, timeout)
@@ -526,9 +527,11 @@ def wait(object_list, timeout=None):
     if remote and len(ours) == 1 and not others:
         # One object of another node (a Queue, a Pipe end): the wait is parked at its home.
         return ours if remote[0].wait_readable(timeout) else []
-    # Channels of another node are polled at their homes, each round of the loop below.
-    native = (bool(channels) and not remote and len(channels) <= _MAX_WAIT_CHANNELS
-              and fds is not None)
+    # With channels of another node among them, one wait goes to dragond, which parks it at
+    # their homes while this process sleeps on the local ones (at most 63 channels; more are
+    # polled, each round of the loop below).
+    native = (bool(channels) and fds is not None
+              and len(channels) <= (_MAX_WAIT_CHANNELS - 1 if remote else _MAX_WAIT_CHANNELS))
     backoff = _backoff()
     while True:
         ready = [o for o in ours if o._dragon_ready()]

@@ -90,23 +90,26 @@ struct PoolView {
 // (Channel::waitAny); fds, which no futex reports, are polled between slices of that wait that
 // grow from 50 us to 5 ms. The GIL is released throughout (other threads run), and signals are
 // checked between slices, as in every blocking call here.
+bool waitAnyMixed(const std::vector<PyChannel*>& channels, std::vector<pollfd>& pfds,
+                  const dragon::Deadline& deadline);
+
 bool waitAnyOf(const std::vector<PyChannel*>& channels, const std::vector<int>& fds,
                const py::object& timeout) {
   if (channels.empty() || channels.size() > dragon::Channel::kMaxWaitItems) {
     throw py::value_error("wait_any takes 1 to 64 channels");
   }
-  std::vector<dragon::Channel::WaitItem> items;
-  items.reserve(channels.size());
+  bool anyRemote = false;
   for (PyChannel* c : channels) {
     if (c == nullptr) throw py::value_error("wait_any: None is not a channel");
-    if (c->remote()) {
-      throw py::type_error("connection.wait over an object of another node is not supported yet");
-    }
-    items.push_back({&c->ch->channel(), dragon::WaitFor::Readable, {}});
+    anyRemote = anyRemote || c->remote();
   }
   std::vector<pollfd> pfds;
   for (int fd : fds) pfds.push_back({fd, POLLIN, 0});
   const dragon::Deadline deadline(timeoutOf(timeout));
+  if (anyRemote) return waitAnyMixed(channels, pfds, deadline);
+  std::vector<dragon::Channel::WaitItem> items;
+  items.reserve(channels.size());
+  for (PyChannel* c : channels) items.push_back({&c->ch->channel(), dragon::WaitFor::Readable, {}});
   constexpr std::int64_t kSignalSliceNs = 50'000'000;
   std::int64_t slice = pfds.empty() ? kSignalSliceNs : 50'000;
   for (;;) {
@@ -127,6 +130,72 @@ bool waitAnyOf(const std::vector<PyChannel*>& channels, const std::vector<int>& 
     if (fdReady) return true;
     if (!n.has_value()) raise(n.error());
     if (*n > 0) return true;
+    if (!deadline.isForever() && deadline.expired()) return false;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (!pfds.empty()) slice = std::min<std::int64_t>(slice * 2, 5'000'000);
+  }
+}
+
+// The same over channels of this node and of others: one Client::waitAny on a borrowed
+// connection (the remote ones parked at their homes, the local ones slept on here), in slices of
+// 200 ms, or, with fds to look at, of 1 ms growing to 5 ms (each slice is one request to
+// dragond, whatever the number of channels). NodeLost when a remote channel's node is lost.
+bool waitAnyMixed(const std::vector<PyChannel*>& channels, std::vector<pollfd>& pfds,
+                  const dragon::Deadline& deadline) {
+  constexpr std::size_t kMaxClientWaitItems = 63;  // Client::waitAny's limit
+  if (channels.size() > kMaxClientWaitItems) {
+    throw py::value_error("wait_any over channels of other nodes takes at most 63 channels");
+  }
+  std::int64_t slice = pfds.empty() ? 200'000'000 : 1'000'000;
+  for (;;) {
+    std::int64_t left = slice;
+    if (!deadline.isForever()) {
+      left = std::min(slice, deadline.monotonicNs() - dragon::monotonicNowNs());
+      if (left < 0) left = 0;
+    }
+    bool fdReady = false;
+    bool ready = false;
+    Status st;
+    {
+      GilReleased released;
+      if (!pfds.empty()) fdReady = ::poll(pfds.data(), pfds.size(), 0) > 0;
+      if (!fdReady) {
+        auto conn = OpConnections::instance().borrow(channels.front()->socket);
+        if (!conn.has_value()) {
+          st = conn.error();
+        } else {
+          std::vector<dragon::ClientChannel> via;  // the remote ones over this connection
+          via.reserve(channels.size());
+          std::vector<dragon::ClientWaitItem> items(channels.size());
+          for (std::size_t i = 0; i < channels.size() && st.isOk(); ++i) {
+            PyChannel* c = channels[i];
+            items[i].events = dragon::WaitFor::Readable;
+            if (!c->remote()) {
+              items[i].mapped = &c->ch->channel();
+              continue;
+            }
+            auto v = (*conn)->reach(*c->ch);
+            if (!v.has_value()) {
+              st = v.error();
+              break;
+            }
+            via.push_back(std::move(*v));
+            items[i].channel = &via.back();
+          }
+          if (st.isOk()) {
+            auto n = (*conn)->waitAny(items, dragon::Timeout::after(std::chrono::nanoseconds(left)));
+            if (n.has_value()) {
+              ready = *n > 0;
+            } else {
+              st = n.error();
+            }
+          }
+          OpConnections::instance().giveBack(std::move(*conn), st);
+        }
+      }
+    }
+    if (fdReady || ready) return true;
+    if (!st.isOk() && st.code() != StatusCode::Timeout) check(st);
     if (!deadline.isForever() && deadline.expired()) return false;
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     if (!pfds.empty()) slice = std::min<std::int64_t>(slice * 2, 5'000'000);

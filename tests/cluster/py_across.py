@@ -78,6 +78,24 @@ def pipe_echo(conn, sq):
                 sq_item = sq.get()
                 conn.send(("sq", sq_item))
     assert wait([conn], timeout=0.2) == [], "ready with nothing sent"
+    # The same wait with a Pipe of this node and a plain fd beside them: each is reported
+    # ready alone, and nothing is when none is.
+    lr, lw = mp.Pipe(duplex=False)
+    rfd, wfd = os.pipe()
+    try:
+        assert wait([conn, sq._reader, lr, rfd], timeout=0.2) == [], "ready with nothing sent"
+        lw.send("local")
+        assert wait([conn, sq._reader, lr, rfd], timeout=60) == [lr], "the local Pipe was not seen"
+        assert lr.recv() == "local"
+        os.write(wfd, b"x")
+        assert wait([conn, sq._reader, lr, rfd], timeout=60) == [rfd], "the fd was not seen"
+        os.read(rfd, 1)
+        conn.send("waiting")  # the parent sends once this wait below has begun, or before
+        assert wait([lr, conn, rfd], timeout=60) == [conn], "the remote Pipe was not seen"
+        assert conn.recv() == "after"
+    finally:
+        os.close(rfd)
+        os.close(wfd)
     conn.send_bytes(b"bytes " * 1000)
     conn.close()
 
@@ -828,6 +846,8 @@ def main():
     assert here_end.recv() == ("echo", "ping")
     sq.put("item")
     assert here_end.recv() == ("sq", "item")
+    assert here_end.recv() == "waiting"
+    here_end.send("after")
     assert here_end.recv_bytes() == b"bytes " * 1000
     pe.join(60)
     assert pe.exitcode == 0, pe.exitcode
