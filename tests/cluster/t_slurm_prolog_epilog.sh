@@ -83,11 +83,49 @@ user_procs() { ps -u "$1" -o pid=,stat=,args= | awk '$2 !~ /^Z/' || true; }
 # A job of U1 whose head says "ready" and holds until STATE/RELEASE exists (at most 60 s), in
 # the background: its output in LOG, its srun's pid in HELD_PID once it is ready.
 start_held_job() {  # start_held_job LOG RELEASE
-  as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
-    sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE/$2"' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; echo released' \
-    >"$1" 2>&1 &
-  HELD_PID=$!
-  wait_for_line "$1" "ready" 30
+  local try deadline
+  for try in 1 2; do
+    as_user $U1 timeout -k 5 90 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+      sh -c 'echo job=$SLURM_JOB_ID ready; i=0; while [ ! -e '"$STATE/$2"' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; echo released' \
+      >"$1" 2>&1 &
+    HELD_PID=$!
+    deadline=$((SECONDS + 75))
+    until grep -q "ready" "$1" || ! kill -0 $HELD_PID 2>/dev/null; do
+      [ $SECONDS -lt $deadline ] || break
+      sleep 0.05
+    done
+    grep -q "ready" "$1" && return 0
+    kill $HELD_PID 2>/dev/null
+    wait $HELD_PID 2>/dev/null
+    [ $try -eq 1 ] && slurm_pmix_race "$(cat "$1")" || break
+  done
+  cat "$1"
+  fail "the held job never said ready"
+}
+# Slurm's own PMIx plugin (22.05) now and then rejects one of its stepd-to-stepd direct
+# connections in a job of an ordinary user: the accepting slurmstepd fails to decode the
+# sender's munge credential ("Munge decode failed: Unauthorized credential for client
+# UID=<the user>", "pmixp_server.c: Connection reject"), and the step's fence never completes
+# (dragon ends with the PMIx exchange's timeout). Jobs of root, as in the other cluster tests,
+# are not affected. It is Slurm's, before anything of Dragon's is reached: such a job is run
+# once more, and said so. (Slurm's alternative, PMIxDirectConn=false, cannot be used here: its
+# messages then go to a socket under SlurmdSpoolDir, whose per-node %n the plugin leaves
+# unexpanded.)
+slurm_pmix_race() {  # slurm_pmix_race OUTPUT
+  grep -qE "pmixp_server\.c.*(Invalid authentication credential|Connection reject)" <<<"$1" || return 1
+  echo "note: Slurm's PMIx plugin rejected its own direct connection (munge); the job runs again"
+}
+# OUT=what `as_user ARGS...` printed, run once more on Slurm's race above; returns its status.
+run_user_job() {  # run_user_job ARGS...
+  local rc
+  OUT=$(as_user "$@" 2>&1)
+  rc=$?
+  if slurm_pmix_race "$OUT"; then  # (a step of an salloc fails without failing salloc)
+    echo "$OUT" | sed 's/^/    first try: /'
+    OUT=$(as_user "$@" 2>&1)
+    rc=$?
+  fi
+  return $rc
 }
 job_of() { sed -nE 's/.*job=([0-9]+).*/\1/p' <<<"$1" | head -1; }
 
@@ -99,9 +137,10 @@ until as_user $U1 timeout 30 srun -I20 -N3 true && grep -q "prolog job .* on n3:
 done
 
 echo "--- a job uses the prolog's dragonds"
-out=$(as_user $U1 timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
-  sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET; exec '"$PROBE"' spawn-all' 2>&1) ||
-  fail "srun exited $?: $out"
+run_user_job $U1 timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
+  sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET; exec '"$PROBE"' spawn-all' ||
+  fail "srun exited $?: $OUT"
+out=$OUT
 echo "$out"
 job=$(job_of "$out")
 grep -qE "socket=/run/dragon/slurm-job-$job-n1/dragond.sock$" <<<"$out" || fail "the head did not run on the prolog's dragond"
@@ -121,10 +160,11 @@ if [ -n "$left" ] || ls /run/dragon/slurm-job-"$job"-* >/dev/null 2>&1; then
 fi
 
 echo "--- two steps in one allocation, each leaving a process behind"
-out=$(as_user $U1 timeout -k 5 90 salloc -I30 -N3 sh -c '
+run_user_job $U1 timeout -k 5 90 salloc -I30 -N3 sh -c '
   srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo job=\$SLURM_JOB_ID step1=\$DRAGON_SOCKET; '"$LEAVE"' 4321"
-  srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo step2=\$DRAGON_SOCKET; '"$LEAVE"' 4322"' 2>&1) ||
-  fail "salloc exited $?: $out"
+  srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo step2=\$DRAGON_SOCKET; '"$LEAVE"' 4322"' ||
+  fail "salloc exited $?: $OUT"
+out=$OUT
 echo "$out"
 job=$(job_of "$out")
 grep -qE "step1=/run/dragon/slurm-job-$job-n1/dragond.sock$" <<<"$out" || fail "step 1 did not use the prolog's dragond"
