@@ -247,6 +247,14 @@ int runDaemon(const DaemonOptions& options) {
     }
     listener = bindListener(path);
     bound = path;
+    const std::size_t slash = path.rfind('/');
+    if (listener.has_value() && slash != std::string::npos &&
+        path.compare(slash + 1, 4, "job-") == 0) {
+      // A job's private dragond cleans up after those of earlier jobs that were killed
+      // outright (a step Slurm forces down ends with SIGKILL).
+      constexpr std::int64_t kStaleAfterSeconds = 60;
+      (void)sweepStaleJobSockets(path.substr(0, slash), kStaleAfterSeconds);
+    }
   }
   if (!listener.has_value()) {
     DRAGON_LOG(Error, "dragond", "%s", listener.error().toString().c_str());

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include "daemon/listener.hpp"
 
+#include "base/log.hpp"
+
 #include <cerrno>
 #include <cstring>
+#include <ctime>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -69,6 +73,38 @@ Result<UniqueFd> bindListener(const std::string& path) {
     return Status::fromErrno("listen " + path, errno);
   }
   return fd;
+}
+
+std::size_t sweepStaleJobSockets(const std::string& dir, std::int64_t minAgeSeconds) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  std::size_t removed = 0;
+  const std::time_t now = std::time(nullptr);
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind("job-", 0) != 0 || name.size() < 9 ||
+        name.compare(name.size() - 5, 5, ".sock") != 0) {
+      continue;
+    }
+    const std::string path = dir + "/" + name;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    struct stat st {};
+    if (path.size() >= sizeof addr.sun_path || lstat(path.c_str(), &st) != 0 ||
+        !S_ISSOCK(st.st_mode) || st.st_uid != geteuid() || now - st.st_mtime < minAgeSeconds) {
+      continue;  // not a socket of ours, or bound so recently its dragond may not listen yet
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe) break;
+    if (connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
+        errno == ECONNREFUSED && unlink(path.c_str()) == 0) {
+      DRAGON_LOG(Info, "dragond", "removed %s: the dragond of that job is gone", path.c_str());
+      ++removed;
+    }
+  }
+  closedir(d);
+  return removed;
 }
 
 Result<UniqueFd> inheritedListener() {

@@ -17,6 +17,11 @@ Status ensurePrivateDir(const std::string& dir);
 // Binds and listens on `path` (0600). A stale socket file is replaced; a live one (another
 // dragond answers) is AlreadyExists.
 Result<UniqueFd> bindListener(const std::string& path);
+// Removes the job sockets (job-*.sock) in `dir` that belong to this user, are at least
+// `minAgeSeconds` old and that nobody listens on any more: those of private dragonds that were
+// killed (SIGKILL, as Slurm ends a step it forces down) before they could remove them. Returns
+// how many went.
+std::size_t sweepStaleJobSockets(const std::string& dir, std::int64_t minAgeSeconds);
 // The first socket systemd passed (LISTEN_FDS), if any: NotFound when none.
 Result<UniqueFd> inheritedListener();
 

@@ -29,3 +29,23 @@ for how in scancel kill-launcher; do
   wait_nothing_left "sleep 600"
   echo "ok: $how"
 done
+
+# srun itself stopped (here by timeout's SIGTERM) while the launchers wait in the PMIx fence for
+# a rank that never comes: Slurm ends the step with SIGKILL, so the dragonds cannot remove
+# their sockets. The next job's dragonds remove them (once they are a minute old: backdated
+# here), and nothing else.
+"$CLUSTER" exec timeout -k 2 4 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 \
+  env DRAGON_ALLOW_ROOT=true sh -c 'if [ "$SLURM_PROCID" = 2 ]; then exec sleep 30; fi; exec '"$DRAGON"' -- true' \
+  >"$log" 2>&1 || true
+cat "$log"
+deadline=$((SECONDS + 15))
+while pgrep -f "$BUILD/daemon/dragond .*--node-id|sleep 30" >/dev/null; do
+  [ $SECONDS -lt $deadline ] || fail "the forced-down step's processes stayed"
+  sleep 0.1
+done
+mapfile -t killed < <(find /tmp/dragon-0 -maxdepth 1 -name 'job-slurm*' 2>/dev/null)
+echo "note: left by the SIGKILLed dragonds: ${killed[*]:-none}"
+for s in "${killed[@]}"; do touch -h -d '-2 min' "$s"; done
+out=$(srun_dragon -- true 2>&1) || fail "the next job failed: $out"
+wait_nothing_left
+echo "ok: SIGKILLed dragonds' sockets removed by the next job"

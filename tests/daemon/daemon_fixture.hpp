@@ -42,10 +42,14 @@ inline void removeTree(const std::string& dir) {
 class RunningDaemon {
  public:
   // extra: more dragond arguments. Returns null (after a gtest failure) if it did not start.
-  static std::unique_ptr<RunningDaemon> start(std::vector<std::string> extra = {}) {
+  // dir: where its socket `socketName` is (a new temporary directory when empty; the fixture
+  // removes it in either case).
+  static std::unique_ptr<RunningDaemon> start(std::vector<std::string> extra = {},
+                                              const std::string& dir = {},
+                                              const std::string& socketName = "dragond.sock") {
     auto d = std::unique_ptr<RunningDaemon>(new RunningDaemon());
-    d->dir_ = makeTempDir();
-    d->socket_ = d->dir_ + "/dragond.sock";
+    d->dir_ = dir.empty() ? makeTempDir() : dir;
+    d->socket_ = d->dir_ + "/" + socketName;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return nullptr;
     std::vector<std::string> args = {DRAGOND_PATH, "--standalone", "--socket", d->socket_,

@@ -9,8 +9,10 @@
 #include <grp.h>
 #include <pwd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <atomic>
+#include <ctime>
 #include <optional>
 #include <thread>
 
@@ -428,6 +430,51 @@ TEST(Server, ASecondDragondOnALiveSocketAndAnUnsafeRuntimeDirectoryAreRefused) {
   EXPECT_EQ(rc2, 1);
   EXPECT_NE(out2.find("0755"), std::string::npos) << out2;
   testing::removeTree(dir);
+}
+
+// A unix socket file at dir/name that nobody listens on (its listener closed without removing
+// it, as a SIGKILLed dragond leaves it), or, with `listening`, one that is served (the fd).
+int socketFile(const std::string& path, bool listening, std::time_t mtime) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << path;
+  if (listening) {
+    EXPECT_EQ(listen(fd, 4), 0);
+  } else {
+    close(fd);
+    fd = -1;
+  }
+  const timespec times[2] = {{mtime, 0}, {mtime, 0}};
+  EXPECT_EQ(utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW), 0) << path;
+  return fd;
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return lstat(path.c_str(), &st) == 0;
+}
+
+TEST(Server, AJobsDragondRemovesTheSocketsOfKilledJobDragondsAndNothingElse) {
+  const std::string dir = testing::makeTempDir();
+  const std::time_t old = std::time(nullptr) - 3600;
+  socketFile(dir + "/job-slurm.pmix.7.0-node1.sock", false, old);  // a killed dragond's
+  socketFile(dir + "/job-4242.sock", false, old);                  // a killed laptop job's
+  socketFile(dir + "/job-young.sock", false, std::time(nullptr));  // may not listen yet
+  const int live = socketFile(dir + "/job-live.sock", true, old);  // served
+  socketFile(dir + "/dragond.sock", false, old);                   // not a job's
+  auto d = RunningDaemon::start({}, dir, "job-slurm.pmix.8.0-node0.sock");
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(exists(dir + "/job-slurm.pmix.7.0-node1.sock"));
+  EXPECT_FALSE(exists(dir + "/job-4242.sock"));
+  EXPECT_TRUE(exists(dir + "/job-young.sock"));
+  EXPECT_TRUE(exists(dir + "/job-live.sock"));
+  EXPECT_TRUE(exists(dir + "/dragond.sock"));
+  EXPECT_TRUE(exists(d->socket()));
+  Client c = d->connect();
+  EXPECT_TRUE(c.listProcesses().has_value());
+  close(live);
 }
 
 TEST(Server, Sigusr1DumpsEveryManagersState) {
