@@ -3,6 +3,7 @@
 // (starting a private one when none serves this user), forwards the job's output, passes
 // Ctrl-C to the head, and exits with the head's exit code. `dragon ps` lists processes.
 #include "base/log.hpp"
+#include "config/config.hpp"
 #include "daemon/bootstrap.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/modules.hpp"
@@ -437,7 +438,6 @@ int runJob(const Options& o, dragon::UniqueFd sigfd) {
 
 // --- Multi-node jobs (docs/cluster.md) ---
 
-constexpr std::int64_t kWireUpTimeoutNs = std::int64_t{60} * 1'000'000'000;
 constexpr const char* kNodeKey = "dragon.node";
 constexpr const char* kSecretKey = "dragon.secret";
 
@@ -532,6 +532,8 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
   Result<Client> client = Status(StatusCode::NotFound);
   auto fail = [&](const std::string& what) {
     complain("rank " + std::to_string(f.rank) + " on " + f.hostname + ": " + what);
+    // Our dragond first, while it can clean up: the abort ends the step, with SIGKILL.
+    privateDaemon.stop();
     b.abort(1, "dragon: " + what);
     return 1;
   };
@@ -581,7 +583,13 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     Status put = b.put(kSecretKey, secret);
     if (!put.isOk()) return fail(put.toString());
   }
-  Status ex = b.exchange(kWireUpTimeoutNs);
+  // The fence is bounded by cluster.connect_timeout, as the join that follows it is (the
+  // configuration as dragond reads it; dragond reports its errors and warnings).
+  dragon::config::LoadOptions lo;
+  if (!o.config.empty()) lo.explicitFile = o.config;
+  auto cfg = dragon::config::Config::load(lo);
+  if (!cfg.has_value()) return fail(std::string(cfg.error().message()));
+  Status ex = b.exchange(cfg->getDurationNs("cluster.connect_timeout"));
   if (!ex.isOk()) return fail("the PMIx exchange failed: " + ex.toString());
 
   dragon::ClusterJoin join;

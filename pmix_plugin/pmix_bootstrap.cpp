@@ -6,8 +6,12 @@
 
 #include <pmix.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <sched.h>
 #include <string>
 #include <unistd.h>
@@ -55,6 +59,26 @@ std::uint32_t grantedCpus() {
   }
   return cpus;
 }
+
+// One non-blocking fence's outcome, set by PMIx's progress thread. Shared with its callback,
+// which may come after the wait for it has given up.
+struct FenceOutcome {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  pmix_status_t status = PMIX_SUCCESS;
+
+  static void complete(pmix_status_t status, void* cbdata) {
+    auto* self = static_cast<std::shared_ptr<FenceOutcome>*>(cbdata);
+    {
+      std::lock_guard lk((*self)->mu);
+      (*self)->done = true;
+      (*self)->status = status;
+    }
+    (*self)->cv.notify_all();
+    delete self;
+  }
+};
 
 class PmixBootstrap final : public Bootstrap {
  public:
@@ -120,10 +144,26 @@ class PmixBootstrap final : public Bootstrap {
     if (seconds < 1) seconds = 1;
     PMIX_INFO_LOAD(&info[0], PMIX_COLLECT_DATA, &collect, PMIX_BOOL);
     PMIX_INFO_LOAD(&info[1], PMIX_TIMEOUT, &seconds, PMIX_INT);
-    rc = PMIx_Fence(&wildcard_, 1, info, 2);
+    // Non-blocking, with a deadline of our own: not every server honours PMIX_TIMEOUT (Slurm's
+    // plugin keeps a fence for its own PMIxTimeout, 300 s by default), and a rank whose task
+    // failed before it reached the fence would hold every other there.
+    auto outcome = std::make_shared<FenceOutcome>();
+    auto* cbdata = new std::shared_ptr<FenceOutcome>(outcome);
+    rc = PMIx_Fence_nb(&wildcard_, 1, info, 2, &FenceOutcome::complete, cbdata);
     PMIX_INFO_DESTRUCT(&info[0]);
     PMIX_INFO_DESTRUCT(&info[1]);
-    if (rc != PMIX_SUCCESS) return pmixError("PMIx_Fence", rc);
+    if (rc != PMIX_SUCCESS) {
+      delete cbdata;
+      return pmixError("PMIx_Fence_nb", rc);
+    }
+    std::unique_lock lk(outcome->mu);
+    if (!outcome->cv.wait_for(lk, std::chrono::nanoseconds(timeoutNs), [&] { return outcome->done; })) {
+      return Status(StatusCode::Timeout,
+                    "the PMIx fence did not complete within " + std::to_string(seconds) +
+                        " s: a rank of the job never reached it (its task failed or was never "
+                        "started; `srun --kill-on-bad-exit` ends such a step at once)");
+    }
+    if (outcome->status != PMIX_SUCCESS) return pmixError("PMIx_Fence", outcome->status);
     return Status::ok();
   }
 

@@ -49,3 +49,22 @@ for s in "${killed[@]}"; do touch -h -d '-2 min' "$s"; done
 out=$(srun_dragon -- true 2>&1) || fail "the next job failed: $out"
 wait_nothing_left
 echo "ok: SIGKILLed dragonds' sockets removed by the next job"
+
+# A rank whose task fails before the PMIx fence: the others do not wait for ever there (Slurm's
+# server keeps a fence for its PMIxTimeout, 300 s), but for cluster.connect_timeout, and say why.
+: >"$log"
+t0=$SECONDS
+set +e
+"$CLUSTER" exec timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 \
+  env DRAGON_ALLOW_ROOT=true DRAGON_CLUSTER_CONNECT_TIMEOUT=3s \
+  sh -c 'if [ "$SLURM_PROCID" = 2 ]; then exit 3; fi; exec '"$DRAGON"' -- true' >"$log" 2>&1
+rc=$?
+set -e
+cat "$log"
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "srun exited $rc (124: the ranks waited in the fence)"
+for r in 0 1; do
+  grep -q "rank $r on n$((r + 1)): the PMIx exchange failed: Timeout: the PMIx fence did not complete within 3 s" "$log" ||
+    fail "rank $r did not report the fence's timeout"
+done
+wait_nothing_left
+echo "note: a rank that never reached the fence: the job ended after $((SECONDS - t0)) s"
