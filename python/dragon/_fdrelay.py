@@ -156,7 +156,8 @@ class _Relay:
         self.buffered = 0
         self.spares = {}  # kind ("pipe", "sock") -> a pair made ahead (join)
         self.pid = os.getpid()
-        self.wakes = [os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) for _ in range(2)]  # read, write
+        self.wakes = [tuple(_high(fd) for fd in os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+                      for _ in range(2)]  # (read, write) of the reader's and the writer's
         for target in (self._take, self._read, self._write):
             threading.Thread(target=target, daemon=True,
                              name="dragon-fd-relay" + target.__name__).start()
@@ -185,6 +186,13 @@ class _Relay:
         with self.lock:
             if key in self.links:
                 raise OSError("this Pipe end's relayed socket is in use already")
+        # The taking thread asks parent_process().is_alive(), whose sentinel makes its pipe
+        # and its connection on first use: made here, in the user's thread, they cannot take
+        # numbers the user's thread found free a moment before (see Connection.fileno).
+        from multiprocessing import process
+        parent = process.parent_process()
+        if parent is not None:
+            parent.is_alive()
         a, b = socket.socketpair()
         ours, theirs = socket.socket(fileno=_high(a.detach())), b.detach()
         link = _Link(key, ours, creator=False)

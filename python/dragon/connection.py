@@ -207,7 +207,22 @@ class Connection:
         if self._fd is None and getattr(self, "_link", None) is not None and \
                 self._pid == os.getpid():  # a fork's copy does not take the link over
             from . import _fdrelay
-            self._fd = _fdrelay.relay().join(self._link[1], self._link[0])
+            # The lowest free number is kept for the user's end: a caller that found it free
+            # just before calling fileno() (CPython's test_large_fd_transfer dup2s fileno()
+            # onto every free fd below 256) must not replace an fd the relay keeps there.
+            spot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = _fdrelay.relay().join(self._link[1], self._link[0])
+            except BaseException:
+                os.close(spot)
+                raise
+            if fd > spot:
+                os.dup2(fd, spot, inheritable=False)
+                os.close(fd)
+                fd = spot
+            else:
+                os.close(spot)
+            self._fd = fd
         if self._fd is None:
             raise OSError("this dragon connection has no file descriptor here: only a Pipe end "
                           "lent to a child at its start has one (connection.wait and poll "

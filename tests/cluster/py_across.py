@@ -14,6 +14,7 @@ starts a process with arguments larger than one message between nodes carries, a
 killed is not waited for; parent_process() of a process whose parent is on another node, alive
 and then ended; 40 MiB queue items and a 30 MiB Pipe message both ways across nodes; fds sent
 with reduction.send_handle to and from another node, relayed (check_fd_relay). Prints "py-across: ok ..." or fails with a traceback."""
+import fcntl
 import multiprocessing as mp
 import os
 import queue
@@ -410,6 +411,17 @@ def fd_writer(conn, data):
     os.close(fd)
 
 
+def fd_writer_filling(conn, data):
+    # As CPython's test_large_fd_transfer: every free fd below 256 made a copy of fileno()
+    # first (fds that the relay's threads made meanwhile would be replaced), then the fd.
+    for i in range(256):
+        try:
+            os.fstat(i)
+        except OSError:
+            os.dup2(conn.fileno(), i)
+    fd_writer(conn, data)
+
+
 def fd_reader(conn, out):
     fd = reduction.recv_handle(conn)
     chunks = []
@@ -504,6 +516,26 @@ def check_fd_relay(far):
         assert p.exitcode == 0, p.exitcode
         with open(path, "rb") as f:  # join returned: what the child wrote is in the file
             assert f.read() == b"written on another node"
+
+        # The same from children that fill every free fd below 256 with their Pipe end's
+        # fileno() (1 run in 7 of these lost the fd, or its child hung, while the relay and
+        # the parent's sentinel made fds in their threads at numbers the child found free).
+        for i in range(40):
+            conn, child = mp.Pipe()
+            with dragon.Policy(node=far):
+                p = mp.Process(target=fd_writer_filling, args=(child, b"filled %d" % i))
+                p.start()
+            with open(path, "wb") as f:
+                high = fcntl.fcntl(f.fileno(), fcntl.F_DUPFD, 256)
+                try:
+                    reduction.send_handle(conn, high, p.pid)
+                finally:
+                    os.close(high)
+            p.join(30)
+            assert p.exitcode == 0, "run %d: exit code %s" % (i, p.exitcode)
+            with open(path, "rb") as f:
+                assert f.read() == b"filled %d" % i, "run %d" % i
+            conn.close()
 
         data = os.urandom(5 << 20)
         with open(path, "wb") as f:
