@@ -451,7 +451,9 @@ class TemplateTest(unittest.TestCase):
         template = self.warm()
         p = self.start(sleep_forever)
         self.assertEqual(type(p._popen).__name__, "_TemplatePopen")
-        os.kill(template._pid, signal.SIGKILL)
+        # Its end waited for: a start sent while a SIGKILLed template still holds its socket
+        # is one it may have taken (the parent then refuses to start the process again).
+        self.kill_template(template)
         p.kill()  # through its pidfd: the parent needs no template for that
         p.join(30)
         self.assertEqual(p.exitcode, 255)  # its status went with its parent, the template
