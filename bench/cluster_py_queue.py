@@ -34,24 +34,34 @@ def echo(inq, outq):
         outq.put(m)
 
 
+def round_trips(send, receive, warm_up, n, gap=0.0):
+    """The mean of n round trips of 8 B (send, then receive the echo), after warm_up of them,
+    each `gap` seconds after the last (not timed)."""
+    msg = b"x" * 8
+    for _ in range(warm_up):
+        send(msg)
+        receive()
+    total = 0.0
+    for _ in range(n):
+        if gap:
+            time.sleep(gap)
+        t0 = time.perf_counter()
+        send(msg)
+        receive()
+        total += time.perf_counter() - t0
+    return total / n
+
+
 def rtt(n):
     far = dragon.nodes()[1][0]
     inq, outq = mp.Queue(), mp.Queue()
     with dragon.Policy(node=far):
         p = mp.Process(target=echo, args=(inq, outq))
         p.start()
-    msg = b"x" * 8
-    for _ in range(200):
-        inq.put(msg)
-        outq.get(timeout=30)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        inq.put(msg)
-        outq.get(timeout=30)
-    dt = time.perf_counter() - t0
+    mean = round_trips(inq.put, lambda: outq.get(timeout=30), 200, n)
     inq.put(None)
     p.join(30)
-    print("py-queue-rtt 8B: %.2f us" % (dt / n * 1e6), flush=True)
+    print("py-queue-rtt 8B: %.2f us" % (mean * 1e6), flush=True)
 
 
 def producer(q, n, size):
@@ -143,21 +153,11 @@ def pipe_wait(n):
         with dragon.Policy(node=far):
             p = mp.Process(target=pipe_echo, args=(b, mixed))
             p.start()
-        msg = b"x" * 8
-        for _ in range(20):
-            a.send(msg)
-            a.recv()
-        total = 0.0
-        for _ in range(n):
-            time.sleep(0.005)
-            t0 = time.perf_counter()
-            a.send(msg)
-            a.recv()
-            total += time.perf_counter() - t0
+        mean = round_trips(a.send, a.recv, 20, n, gap=0.005)
         a.send(None)
         p.join(30)
         assert p.exitcode == 0, p.exitcode
-        print("py-pipe-rtt %s: %.2f us" % ("wait-mixed" if mixed else "recv", total / n * 1e6),
+        print("py-pipe-rtt %s: %.2f us" % ("wait-mixed" if mixed else "recv", mean * 1e6),
               flush=True)
 
 
