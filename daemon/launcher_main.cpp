@@ -590,6 +590,14 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
   auto cfg = dragon::config::Config::load(lo);
   if (!cfg.has_value()) return fail(std::string(cfg.error().message()));
   Status ex = b.exchange(cfg->getDurationNs("cluster.connect_timeout"));
+  if (ex.code() == StatusCode::Timeout) {
+    // Every rank waits as long and ends by itself: an abort here would SIGKILL the ranks
+    // still waiting, and their dragonds, which then could not clean up.
+    complain("rank " + std::to_string(f.rank) + " on " + f.hostname +
+             ": the PMIx exchange failed: " + ex.toString());
+    privateDaemon.stop();
+    return 1;
+  }
   if (!ex.isOk()) return fail("the PMIx exchange failed: " + ex.toString());
 
   dragon::ClusterJoin join;
