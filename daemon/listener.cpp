@@ -40,6 +40,18 @@ Status ensurePrivateDir(const std::string& dir) {
   return Status::ok();
 }
 
+namespace {
+
+// What a connect to the socket at `addr` gives, without waiting: 0 (or EAGAIN: its backlog is
+// full) when a dragond serves it, ECONNREFUSED when nobody listens on it any more.
+int connectError(const sockaddr_un& addr) {
+  UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe) return errno;
+  return connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
 Result<UniqueFd> bindListener(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -56,8 +68,8 @@ Result<UniqueFd> bindListener(const std::string& path) {
     if (!S_ISSOCK(st.st_mode)) {
       return Status(StatusCode::AlreadyExists, path + " exists and is not a socket");
     }
-    UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (probe && connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
+    const int err = connectError(addr);
+    if (err == 0 || err == EAGAIN) {
       return Status(StatusCode::AlreadyExists, "another dragond is serving " + path);
     }
     unlink(path.c_str());  // stale: its dragond is gone
@@ -95,10 +107,7 @@ std::size_t sweepStaleJobSockets(const std::string& dir, std::int64_t minAgeSeco
       continue;  // not a socket of ours, or bound so recently its dragond may not listen yet
     }
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!probe) break;
-    if (connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
-        errno == ECONNREFUSED && unlink(path.c_str()) == 0) {
+    if (connectError(addr) == ECONNREFUSED && unlink(path.c_str()) == 0) {
       DRAGON_LOG(Info, "dragond", "removed %s: the dragond of that job is gone", path.c_str());
       ++removed;
     }
