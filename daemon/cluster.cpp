@@ -184,7 +184,7 @@ Status Cluster::sendEnvelope(std::uint32_t node, const pb::Envelope& msg) {
   if (closed_) return Status(StatusCode::PeerLost, "dragond is shutting down");
   std::string bytes;
   DRAGON_TRY(pb::encode(msg, bytes, kMaxPeerMessage));
-  Status st = transport_->send(node, bytes);
+  Status st = transport_->send(node, std::move(bytes));
   scheduleProgress();
   return st;
 }

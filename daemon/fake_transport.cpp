@@ -147,7 +147,7 @@ class FakeTransport final : public Transport {
     return Status::ok();
   }
 
-  Status send(std::uint32_t node, std::string_view bytes) override {
+  Status send(std::uint32_t node, std::string bytes) override {
     auto p = usablePeer(node);
     if (!p.has_value()) return p.error();
     Peer& peer = **p;
@@ -169,7 +169,7 @@ class FakeTransport final : public Transport {
     e.kind = Event::Kind::Message;
     e.node = options_.selfNode;
     e.secret = secret_;
-    e.bytes.assign(bytes.data(), bytes.size());
+    e.bytes = std::move(bytes);
     if (!hub_->post(peer.address, std::move(e))) markFailed(peer, node, "is gone");
     return Status::ok();
   }

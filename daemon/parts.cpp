@@ -21,8 +21,8 @@ void PartStore::forget(std::map<Key, Kept>::iterator it) {
 
 Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t nowNs) {
   if (op.transfer() == 0) return badPart("no transfer id");
-  if (op.total_size() <= kPart || op.data().empty()) {
-    return badPart("a transfer in parts is of more than " + std::to_string(kPart) + " bytes");
+  if (op.data().empty() || op.data().size() >= op.total_size()) {
+    return badPart("a part is of some bytes, and fewer than its message's");
   }
   const Key key{node, false, op.transfer()};
   auto it = kept_.find(key);
@@ -40,6 +40,7 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
     it->second.total = op.total_size();
     it->second.counted = op.total_size();  // counted whole from its first part
     keptSendBytes_ += op.total_size();
+    it->second.data.reserve(op.total_size());  // one buffer: no copy per part as it grows
   } else if (it == kept_.end()) {
     return badPart("no transfer " + std::to_string(op.transfer()) + " (it was dropped)");
   }

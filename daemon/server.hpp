@@ -179,6 +179,9 @@ class Server {
   // Runs `op` on a channel of this node for node `from`: the gateway's operations, and a
   // message larger than one between nodes carries, in parts (parts_).
   void submitHere(std::uint32_t from, protocol::ChannelOp op, Reply reply);
+  // A client's send whose bytes are in a pool of this node (ChannelOp.staged): copies them
+  // into the op's data.
+  Status takeStaged(protocol::ChannelOp& op);
   void armPartsSweep();
   void cancelOp(std::uint32_t node, std::uint64_t key);
   // Gives back a reference this node's client held on another node's channel.

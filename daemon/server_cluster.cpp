@@ -4,6 +4,7 @@
 // served here by the same local code that serves this node's clients.
 #include "base/log.hpp"
 #include "base/robust_mutex.hpp"
+#include "daemon/rma.hpp"
 #include "daemon/server.hpp"
 #include "protocol/socket_io.hpp"
 
@@ -769,6 +770,10 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
       rq.ok();
       return;
     }
+    if (msg.channel_op().has_staged()) {
+      rq.fail(Status(StatusCode::InvalidArgument, "staged bytes do not cross nodes"));
+      return;
+    }
     // The requester's dragond names the receiving process (holder): one of its own node.
     const std::uint64_t holder = msg.channel_op().holder();
     if (kind == pb::ChannelOp::RECV && holder != 0 && (holder >> 32) != rq.node) {
@@ -789,6 +794,12 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   }
   Connection* c = clientOf(rq);
   if (c == nullptr) return;
+  if (msg.channel_op().has_staged()) {
+    if (Status st = takeStaged(*msg.mutable_channel_op()); !st.isOk()) {
+      rq.fail(st);
+      return;
+    }
+  }
   if (kind == pb::ChannelOp::RECV) {
     // The receiver is this connection's process: it holds what it receives of a lock.
     msg.mutable_channel_op()->set_holder(
@@ -796,6 +807,27 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
   routeChannelOp(c->id, nextOpKey_++, msg.channel_op(), rq.later());
+}
+
+Status Server::takeStaged(pb::ChannelOp& op) {
+  if (op.kind() != pb::ChannelOp::SEND && op.kind() != pb::ChannelOp::SEND_PART) {
+    return Status(StatusCode::InvalidArgument, "only a send's bytes are staged");
+  }
+  if (!op.data().empty()) {
+    return Status(StatusCode::InvalidArgument, "a send has data or staged bytes, not both");
+  }
+  DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor pool, pb::fromRef(op.staged().pool()));
+  if (pool.kind != ObjectKind::Pool || pool.node != node_) {
+    return Status(StatusCode::InvalidArgument, "staged bytes are in a pool of the sender's node, not in " +
+                                                   pool.toString());
+  }
+  DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<RmaRegions::Region> region, rma_->region(pool, false));
+  DRAGON_ASSIGN_OR_RETURN(char* bytes, region->bytes(op.staged().allocation(),
+                                                     op.staged().offset(), op.staged_size()));
+  op.mutable_data()->assign(bytes, op.staged_size());
+  op.clear_staged();
+  op.clear_staged_size();
+  return Status::ok();
 }
 
 void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {

@@ -38,7 +38,7 @@
 namespace dragon::transport {
 
 // Bumped when this header changes incompatibly; a module built for another version is refused.
-inline constexpr std::uint32_t kAbiVersion = 3;
+inline constexpr std::uint32_t kAbiVersion = 4;
 
 // How rma() reaches a peer (config cluster.rma): the transport's own one-sided operations where
 // they are native to the path, else messages of its own (Auto); always messages; always its
@@ -94,8 +94,9 @@ class Transport {
   // Makes `node` reachable at `address`. AlreadyExists if known.
   virtual Status addPeer(std::uint32_t node, std::string_view address) = 0;
   // Queues a message to `node`: NotFound for an unknown node, NodeLost for a failed one,
-  // MessageTooLarge past maxMessageBytes.
-  virtual Status send(std::uint32_t node, std::string_view bytes) = 0;
+  // MessageTooLarge past maxMessageBytes. The transport takes the bytes (a large message is
+  // not copied again).
+  virtual Status send(std::uint32_t node, std::string bytes) = 0;
   // Registers [base, base + length) of this process for RMA by peers. The memory must stay
   // mapped until deregisterRegion(id), which the owner calls only once no rma() on it is in
   // flight here.

@@ -298,7 +298,7 @@ class UcxTransport final : public Transport {
   void setCallbacks(TransportCallbacks callbacks) override { callbacks_ = std::move(callbacks); }
   void setSecret(std::string secret) override;
   Status addPeer(std::uint32_t node, std::string_view address) override;
-  Status send(std::uint32_t node, std::string_view bytes) override;
+  Status send(std::uint32_t node, std::string bytes) override;
   Result<RegisteredRegion> registerRegion(void* base, std::size_t length) override;
   void deregisterRegion(std::uint64_t id, std::shared_ptr<void> mapping) override;
   Status rma(std::uint32_t node, RmaKind kind, void* local, std::size_t length,
@@ -415,7 +415,7 @@ class UcxTransport final : public Transport {
   void failMessageRmas(std::uint32_t node, const Status& why);
   // The peer `node`, if this transport may send to it now.
   Result<Peer*> usablePeer(std::uint32_t node);
-  Status post(Peer& peer, Kind kind, std::string_view bytes);
+  Status post(Peer& peer, Kind kind, std::string bytes);
   void markFailed(Peer& peer, Status why);
   void noteSkipped(std::uint32_t node, std::uint64_t seq);
   void dropped(const WireHeader* h, const char* why);
@@ -622,7 +622,7 @@ Result<Peer*> UcxTransport::usablePeer(std::uint32_t node) {
   return &peer;
 }
 
-Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
+Status UcxTransport::send(std::uint32_t node, std::string bytes) {
   DRAGON_ASSIGN_OR_RETURN(Peer * p, usablePeer(node));
   Peer& peer = *p;
   if (bytes.size() > options_.maxMessageBytes) {
@@ -630,16 +630,16 @@ Status UcxTransport::send(std::uint32_t node, std::string_view bytes) {
                   "a message of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
                       std::to_string(options_.maxMessageBytes));
   }
-  return post(peer, Kind::Data, bytes);
+  return post(peer, Kind::Data, std::move(bytes));
 }
 
-Status UcxTransport::post(Peer& peer, Kind kind, std::string_view bytes) {
+Status UcxTransport::post(Peer& peer, Kind kind, std::string bytes) {
   SendOp& op = sendOps_.emplace_back();
   op.it = std::prev(sendOps_.end());
   op.self = this;
   op.node = peer.node;
   op.header = encodeHeader(kind, options_.selfNode, peer.sendSeq++, bytes.size(), secret_);
-  if (!bytes.empty()) op.payload.assign(bytes.data(), bytes.size());
+  op.payload = std::move(bytes);
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   param.cb.send = &UcxTransport::onSendDone;

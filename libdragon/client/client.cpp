@@ -44,14 +44,35 @@ std::string defaultSocketPath() {
   return defaultRuntimeDir() + "/dragond.sock";
 }
 
+namespace {
+// A remote send of at least this many bytes is staged (ClientConnection::stage) ...
+constexpr std::size_t kStagedMin = std::size_t{64} << 10;
+// ... in a pool of this size (its pages taken as used): a message of the largest size one
+// transport message carries, or the first parts of a larger one; what does not fit goes inline.
+constexpr std::uint64_t kStagingPoolBytes = std::uint64_t{32} << 20;
+}  // namespace
+
 namespace detail {
 // What a remote ClientChannel reaches its dragond through (the Client's Impl).
 struct ClientConnection {
   Result<pb::ChannelOpReply> channelOp(pb::ChannelOp& op);
+  // Sends a channel operation whose answer channelOpResult(id) waits for: the parts of a large
+  // send go out one after another without waiting for each answer.
+  Result<std::uint64_t> startChannelOp(pb::ChannelOp& op);
+  Status channelOpResult(std::uint64_t id);
   // A request started earlier (a memory transfer): its outcome, Timeout if not by `deadline`.
   Status awaitStarted(std::uint64_t id, const Deadline& deadline);
   // Its reply is not wanted any more.
   void forgetStarted(std::uint64_t id);
+  // A large remote send's bytes reach dragond in shared memory instead of through the socket
+  // (which copies them twice, and dragond's decoding a third time): copied into an allocation
+  // of this process's staging pool, made on first use, which the op names (ChannelOp.staged);
+  // dragond copies them out before it answers, and the block is freed then. False when they
+  // go inline instead: a small message, the pool full (parts in flight) or not to be had.
+  bool stage(pb::ChannelOp& op, std::span<const std::byte> bytes, PoolAllocation& block);
+  void unstage(const PoolAllocation& block) { (void)staging->free(block); }
+  std::shared_ptr<Pool> staging;
+  bool noStaging = false;  // the pool could not be made: inline from then on
   // The message of a remote send, kept between sends: glibc serves a block as large as the
   // last one freed with a fresh mmap each time (its threshold rises only to that size), so a
   // new 1 MiB string per send cost more than the rest of the send.
@@ -415,7 +436,7 @@ Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op
   auto* impl = static_cast<Client::Impl*>(this);
   pb::Envelope req;
   *req.mutable_channel_op() = std::move(op);
-  const bool send = req.channel_op().kind() == pb::ChannelOp::SEND;
+  const bool send = req.channel_op().kind() == pb::ChannelOp::SEND && !req.channel_op().has_staged();
   auto r = impl->call(req);
   // The payload buffer goes back for the next send (see payloadBuffer).
   if (send) req.mutable_channel_op()->mutable_data()->swap(payloadBuffer);
@@ -426,7 +447,64 @@ Result<pb::ChannelOpReply> detail::ClientConnection::channelOp(pb::ChannelOp& op
   return std::move(*r->msg.mutable_channel_op_reply());
 }
 
+Result<std::uint64_t> detail::ClientConnection::startChannelOp(pb::ChannelOp& op) {
+  auto* impl = static_cast<Client::Impl*>(this);
+  pb::Envelope req;
+  *req.mutable_channel_op() = std::move(op);
+  auto id = impl->start(req);
+  // Encoded: the payload buffer goes back for the next part or send.
+  if (!req.channel_op().has_staged()) req.mutable_channel_op()->mutable_data()->swap(payloadBuffer);
+  return id;
+}
+
+Status detail::ClientConnection::channelOpResult(std::uint64_t id) {
+  auto r = static_cast<Client::Impl*>(this)->finish(id);
+  if (!r.has_value()) return r.error();
+  if (!r->msg.has_channel_op_reply()) {
+    return Status(StatusCode::Internal, "unexpected reply to a channel operation");
+  }
+  return Status::ok();
+}
+
+bool detail::ClientConnection::stage(pb::ChannelOp& op, std::span<const std::byte> bytes,
+                                     PoolAllocation& block) {
+  if (bytes.size() < kStagedMin || noStaging) return false;
+  if (!staging) {
+    pb::Envelope req;
+    req.mutable_create_pool()->set_size(kStagingPoolBytes);
+    req.mutable_create_pool()->set_lazy(true);  // pages as messages need them
+    auto pool = static_cast<Client::Impl*>(this)->poolCall(req);
+    if (!pool.has_value()) {
+      noStaging = true;  // a pool limit, say: the socket carries them
+      return false;
+    }
+    staging = std::move(*pool);
+  }
+  auto a = staging->alloc(bytes.size());
+  if (!a.has_value()) return false;
+  std::memcpy(staging->pointer(*a), bytes.data(), bytes.size());
+  pb::MemoryRange* r = op.mutable_staged();
+  *r->mutable_pool() = pb::toRef(staging->descriptor());
+  r->set_allocation(a->offset);
+  op.set_staged_size(bytes.size());
+  block = *a;
+  return true;
+}
+
 namespace {
+
+// A message larger than one transport message goes in parts (ClientChannel::send), of
+// partSize(its size) each: a few, so that they overlap on the way.
+std::size_t partSize(std::size_t message) {
+  return std::clamp<std::size_t>(message / 4, std::size_t{1} << 20, kMaxMessageAcrossNodes);
+}
+
+// A send's bytes, copied into the connection's payload buffer (which the op gives back once
+// encoded: see payloadBuffer).
+void setPayload(detail::ClientConnection& c, pb::ChannelOp& op, std::span<const std::byte> bytes) {
+  c.payloadBuffer.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  op.mutable_data()->swap(c.payloadBuffer);
+}
 
 pb::ChannelOp remoteOp(const ObjectDescriptor& d, pb::ChannelOp::Kind kind, Timeout t) {
   pb::ChannelOp op;
@@ -463,24 +541,65 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
   pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
   std::size_t at = 0;
   if (msg.size() > kMaxMessageAcrossNodes) {
-    // In parts: all but the last kept by the home dragond, which sends the whole message when
-    // the last comes (with the send's timeout).
+    // In parts, all but the last kept by the home dragond, which sends the whole message when
+    // the last comes (with the send's timeout). The parts go out back to back, their answers
+    // collected after the last, so that one part's way to the home overlaps the next one's
+    // (one 16 MiB part at a time, each waited for, moved a 40 MiB message at a third of the
+    // rate). The home takes them in order (one connection, one transport endpoint), so the
+    // last finds every earlier part kept unless one was refused, and then the first refusal
+    // is the send's outcome.
+    const std::size_t part = partSize(msg.size());
     const std::uint64_t transfer = newTransferId();
-    for (; msg.size() - at > kMaxMessageAcrossNodes; at += kMaxMessageAcrossNodes) {
-      pb::ChannelOp part = remoteOp(desc_, pb::ChannelOp::SEND_PART, Timeout::none());
-      part.set_transfer(transfer);
-      part.set_part_offset(at);
-      part.set_total_size(msg.size());
-      part.set_data(reinterpret_cast<const char*>(msg.data()) + at, kMaxMessageAcrossNodes);
-      DRAGON_TRY(remote_->channelOp(part).status());
+    std::vector<std::uint64_t> started;
+    std::vector<PoolAllocation> staged;
+    started.reserve(msg.size() / part + 1);
+    Status first = Status::ok();
+    auto fill = [&](pb::ChannelOp& o, std::span<const std::byte> bytes) {
+      PoolAllocation block;
+      if (remote_->stage(o, bytes, block)) {
+        staged.push_back(block);
+      } else {
+        setPayload(*remote_, o, bytes);
+      }
+    };
+    for (; msg.size() - at > part; at += part) {
+      pb::ChannelOp p = remoteOp(desc_, pb::ChannelOp::SEND_PART, Timeout::none());
+      p.set_transfer(transfer);
+      p.set_part_offset(at);
+      p.set_total_size(msg.size());
+      fill(p, msg.subspan(at, part));
+      auto id = remote_->startChannelOp(p);
+      if (!id.has_value()) {
+        first = id.error();
+        break;
+      }
+      started.push_back(*id);
     }
-    op.set_transfer(transfer);
-    op.set_part_offset(at);
-    op.set_total_size(msg.size());
+    Status last = Status::ok();
+    if (first.isOk()) {
+      op.set_transfer(transfer);
+      op.set_part_offset(at);
+      op.set_total_size(msg.size());
+      fill(op, msg.subspan(at));
+      auto id = remote_->startChannelOp(op);
+      last = id.has_value() ? remote_->channelOpResult(*id) : id.error();
+    }
+    // Every answer is read (a later request must not find them), the first refusal kept.
+    for (std::uint64_t id : started) {
+      Status st = remote_->channelOpResult(id);
+      if (first.isOk() && !st.isOk()) first = st;
+    }
+    // dragond has copied the staged bytes out when it answers.
+    for (const PoolAllocation& block : staged) remote_->unstage(block);
+    return first.isOk() ? last : first;
   }
-  std::string& payload = remote_->payloadBuffer;
-  payload.assign(reinterpret_cast<const char*>(msg.data()) + at, msg.size() - at);
-  op.mutable_data()->swap(payload);
+  PoolAllocation block;
+  if (remote_->stage(op, msg, block)) {
+    Status st = remote_->channelOp(op).status();
+    remote_->unstage(block);
+    return st;
+  }
+  setPayload(*remote_, op, msg);
   Status st = remote_->channelOp(op).status();
   if (remote_->payloadBuffer.capacity() > (std::size_t{16} << 20)) {
     std::string().swap(remote_->payloadBuffer);

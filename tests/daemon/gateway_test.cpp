@@ -322,6 +322,85 @@ TEST_F(Gateway, AMessageLargerThanOnePartCrossesInPartsBothWays) {
   EXPECT_EQ(codeOf(*r), StatusCode::MessageTooLarge);
 }
 
+TEST_F(Gateway, AStagedSendTakesItsBytesFromAnAllocationOfThisNode) {
+  // What ClientChannel::send does with a large message: the bytes in its staging pool, the
+  // request naming them (ChannelOp.staged), here over the raw protocol.
+  auto stagingPool = client.createPool(std::size_t{2} << 20);
+  ASSERT_TRUE(stagingPool.has_value()) << stagingPool.error().toString();
+  Pool& sp = **stagingPool;
+  const std::size_t n = 100'000;
+  auto block = sp.alloc(n);
+  ASSERT_TRUE(block.has_value());
+  auto* b = static_cast<unsigned char*>(sp.pointer(*block));
+  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(i * 7 % 253);
+  auto staged = [&](pb::ChannelOp::Kind kind, std::uint64_t offset, std::uint64_t size) {
+    pb::Envelope e = op(ch->descriptor(), kind, 0);
+    pb::MemoryRange* r = e.mutable_channel_op()->mutable_staged();
+    *r->mutable_pool() = pb::toRef(sp.descriptor());
+    r->set_allocation(block->offset);
+    r->set_offset(offset);
+    e.mutable_channel_op()->set_staged_size(size);
+    return e;
+  };
+  RawConn raw(d->socket());
+  auto r = raw.reply(raw.post(staged(pb::ChannelOp::SEND, 0, n)), 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  Message m;
+  ASSERT_TRUE(ch->channel().recv(m, Timeout::none()).isOk());
+  ASSERT_EQ(m.size(), n);
+  EXPECT_EQ(std::memcmp(m.data().data(), b, n), 0) << "the staged bytes changed on the way";
+  m.reset();
+
+  // A transfer in parts, each part staged (a large message's parts from one staging pool).
+  const std::uint64_t transfer = 0x57a9ed;
+  pb::Envelope first = staged(pb::ChannelOp::SEND_PART, 0, 60'000);
+  first.mutable_channel_op()->set_transfer(transfer);
+  first.mutable_channel_op()->set_total_size(n);
+  pb::Envelope last = staged(pb::ChannelOp::SEND, 60'000, n - 60'000);
+  last.mutable_channel_op()->set_transfer(transfer);
+  last.mutable_channel_op()->set_part_offset(60'000);
+  last.mutable_channel_op()->set_total_size(n);
+  const auto id1 = raw.post(std::move(first));  // back to back, as the client sends them
+  const auto id2 = raw.post(std::move(last));
+  r = raw.reply(id1, 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  r = raw.reply(id2, 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  ASSERT_TRUE(ch->channel().recv(m, Timeout::none()).isOk());
+  ASSERT_EQ(m.size(), n);
+  EXPECT_EQ(std::memcmp(m.data().data(), b, n), 0) << "the parts were put together wrong";
+  m.reset();
+
+  // What cannot be staged is refused, and nothing is sent.
+  auto refused = [&](pb::Envelope e, const char* why) {
+    auto a = raw.reply(raw.post(std::move(e)), 10s);
+    ASSERT_TRUE(a.has_value()) << why;
+    EXPECT_EQ(codeOf(*a), StatusCode::InvalidArgument) << why;
+  };
+  refused(staged(pb::ChannelOp::SEND, 1, n), "bytes past the allocation's end");
+  refused(staged(pb::ChannelOp::RECV, 0, n), "a receive has no bytes to stage");
+  pb::Envelope both = staged(pb::ChannelOp::SEND, 0, 10);
+  both.mutable_channel_op()->set_data("and inline");
+  refused(std::move(both), "data and staged bytes at once");
+  pb::Envelope notLive = staged(pb::ChannelOp::SEND, 0, 10);
+  notLive.mutable_channel_op()->mutable_staged()->set_allocation(block->offset + 64);
+  refused(std::move(notLive), "no allocation there");
+  pb::Envelope elsewhere = staged(pb::ChannelOp::SEND, 0, 10);
+  ObjectDescriptor far = sp.descriptor();
+  far.node = 7;
+  *elsewhere.mutable_channel_op()->mutable_staged()->mutable_pool() = pb::toRef(far);
+  refused(std::move(elsewhere), "a pool of another node");
+  pb::Envelope notPool = staged(pb::ChannelOp::SEND, 0, 10);
+  *notPool.mutable_channel_op()->mutable_staged()->mutable_pool() = pb::toRef(ch->descriptor());
+  refused(std::move(notPool), "a channel is not a pool");
+  ASSERT_TRUE(sp.free(*block).isOk());
+  refused(staged(pb::ChannelOp::SEND, 0, 10), "a freed allocation");
+  EXPECT_EQ(ch->channel().size(), 0u) << "a refused staged send sent something";
+}
+
 TEST_F(Gateway, ClosingTheChannelWakesAParkedRecvWithChannelClosed) {
   RawConn raw(d->socket());
   const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));

@@ -52,7 +52,9 @@ TEST(PartStore, PartsOutOfOrderOrPastTheEndEndTheTransfer) {
   PartStore store;
   const std::uint64_t total = 3 * kPart;
   EXPECT_EQ(store.keep(1, part(0, 0, total, "x"), 0).code(), StatusCode::InvalidArgument);
-  EXPECT_EQ(store.keep(1, part(1, 0, kPart, "x"), 0).code(), StatusCode::InvalidArgument);
+  // A part is never the whole message (that is a plain SEND), nor empty.
+  EXPECT_EQ(store.keep(1, part(1, 0, 1, "x"), 0).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.keep(1, part(1, 0, total, ""), 0).code(), StatusCode::InvalidArgument);
   EXPECT_EQ(store.keep(1, part(1, kPart, total, "x"), 0).code(), StatusCode::InvalidArgument);
   ASSERT_TRUE(store.keep(1, part(1, 0, total, std::string(10, 'a')), 0).isOk());
   EXPECT_EQ(store.keep(1, part(1, 0, total, "b"), 0).code(), StatusCode::InvalidArgument);

@@ -615,7 +615,7 @@ TEST(TransportPeerProcess, DISABLED_EchoesUntilKilled) {
   while (read(inFd, &c, 1) == 1 && c != '\n') parent.push_back(c);
   ASSERT_TRUE(t->addPeer(0, fromHex(parent)).isOk());
   TransportCallbacks cb;
-  cb.onMessage = [&t](std::uint32_t from, std::string_view bytes) { (void)t->send(from, bytes); };
+  cb.onMessage = [&t](std::uint32_t from, std::string_view bytes) { (void)t->send(from, std::string(bytes)); };
   t->setCallbacks(std::move(cb));
   // With DRAGON_TEST_PEER_RMA: the parent's region ("<hex key> <address> <bytes>" on a second
   // line), written and read by transfers of every size, many in flight, without end; once one
