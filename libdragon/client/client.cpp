@@ -69,7 +69,8 @@ struct ClientConnection {
   // of this process's staging pool, made on first use, which the op names (ChannelOp.staged);
   // dragond copies them out before it answers, and the block is freed then. False when they
   // go inline instead: a small message, the pool full (parts in flight) or not to be had.
-  bool stage(pb::ChannelOp& op, std::span<const std::byte> bytes, PoolAllocation& block);
+  // Returns where the `size` bytes go (the caller writes them before it sends the op), or null.
+  std::byte* stage(pb::ChannelOp& op, std::size_t size, PoolAllocation& block);
   void unstage(const PoolAllocation& block) { (void)staging->free(block); }
   std::shared_ptr<Pool> staging;
   bool noStaging = false;  // the pool could not be made: inline from then on
@@ -466,9 +467,9 @@ Status detail::ClientConnection::channelOpResult(std::uint64_t id) {
   return Status::ok();
 }
 
-bool detail::ClientConnection::stage(pb::ChannelOp& op, std::span<const std::byte> bytes,
-                                     PoolAllocation& block) {
-  if (bytes.size() < kStagedMin || noStaging) return false;
+std::byte* detail::ClientConnection::stage(pb::ChannelOp& op, std::size_t size,
+                                           PoolAllocation& block) {
+  if (size < kStagedMin || noStaging) return nullptr;
   if (!staging) {
     pb::Envelope req;
     req.mutable_create_pool()->set_size(kStagingPoolBytes);
@@ -476,19 +477,18 @@ bool detail::ClientConnection::stage(pb::ChannelOp& op, std::span<const std::byt
     auto pool = static_cast<Client::Impl*>(this)->poolCall(req);
     if (!pool.has_value()) {
       noStaging = true;  // a pool limit, say: the socket carries them
-      return false;
+      return nullptr;
     }
     staging = std::move(*pool);
   }
-  auto a = staging->alloc(bytes.size());
-  if (!a.has_value()) return false;
-  std::memcpy(staging->pointer(*a), bytes.data(), bytes.size());
+  auto a = staging->alloc(size);
+  if (!a.has_value()) return nullptr;
   pb::MemoryRange* r = op.mutable_staged();
   *r->mutable_pool() = pb::toRef(staging->descriptor());
   r->set_allocation(a->offset);
-  op.set_staged_size(bytes.size());
+  op.set_staged_size(size);
   block = *a;
-  return true;
+  return static_cast<std::byte*>(staging->pointer(*a));
 }
 
 namespace {
@@ -512,6 +512,25 @@ pb::ChannelOp remoteOp(const ObjectDescriptor& d, pb::ChannelOp::Kind kind, Time
   op.set_kind(kind);
   op.set_timeout_ns(t.isForever() ? -1 : t.nanoseconds());
   return op;
+}
+
+// A SEND of one transport message, its `size` bytes written by `fill`: into a staged block, or
+// into the payload buffer.
+Status sendWhole(detail::ClientConnection& c, pb::ChannelOp& op, std::size_t size,
+                 const std::function<void(std::span<std::byte>)>& fill) {
+  PoolAllocation block;
+  if (std::byte* to = c.stage(op, size, block)) {
+    fill({to, size});
+    Status st = c.channelOp(op).status();
+    c.unstage(block);  // dragond copied the bytes out before it answered
+    return st;
+  }
+  c.payloadBuffer.resize(size);
+  fill({reinterpret_cast<std::byte*>(c.payloadBuffer.data()), size});
+  op.mutable_data()->swap(c.payloadBuffer);
+  Status st = c.channelOp(op).status();
+  if (c.payloadBuffer.capacity() > (std::size_t{16} << 20)) std::string().swap(c.payloadBuffer);
+  return st;
 }
 
 // A transfer in parts (ChannelOp SEND_PART, RECV_PART): unique among this node's, as the home
@@ -556,7 +575,8 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
     Status first = Status::ok();
     auto fill = [&](pb::ChannelOp& o, std::span<const std::byte> bytes) {
       PoolAllocation block;
-      if (remote_->stage(o, bytes, block)) {
+      if (std::byte* to = remote_->stage(o, bytes.size(), block)) {
+        std::memcpy(to, bytes.data(), bytes.size());
         staged.push_back(block);
       } else {
         setPayload(*remote_, o, bytes);
@@ -593,18 +613,25 @@ Status ClientChannel::send(std::span<const std::byte> msg, Timeout timeout) {
     for (const PoolAllocation& block : staged) remote_->unstage(block);
     return first.isOk() ? last : first;
   }
-  PoolAllocation block;
-  if (remote_->stage(op, msg, block)) {
-    Status st = remote_->channelOp(op).status();
-    remote_->unstage(block);
-    return st;
+  return sendWhole(*remote_, op, msg.size(),
+                   [msg](std::span<std::byte> to) { std::memcpy(to.data(), msg.data(), msg.size()); });
+}
+
+Status ClientChannel::sendFilled(std::size_t size,
+                                 const std::function<void(std::span<std::byte>)>& fill,
+                                 Timeout timeout) {
+  if (channel_ || size > kMaxMessageAcrossNodes) {
+    std::vector<std::byte> whole(size);
+    fill(whole);
+    return send(whole, timeout);
   }
-  setPayload(*remote_, op, msg);
-  Status st = remote_->channelOp(op).status();
-  if (remote_->payloadBuffer.capacity() > (std::size_t{16} << 20)) {
-    std::string().swap(remote_->payloadBuffer);
+  if (size > maxMessageSize_) {
+    return Status(StatusCode::MessageTooLarge,
+                  "message of " + std::to_string(size) + " bytes; the channel takes " +
+                      std::to_string(maxMessageSize_));
   }
-  return st;
+  pb::ChannelOp op = remoteOp(desc_, pb::ChannelOp::SEND, timeout);
+  return sendWhole(*remote_, op, size, fill);
 }
 
 Result<std::size_t> ClientChannel::recv(std::span<std::byte> buf, Timeout timeout) {

@@ -23,7 +23,9 @@
 
 namespace dragon::protocol {
 
-inline constexpr std::uint16_t kVersion = 1;
+// The protocol a client and its dragond speak; a hello outside it is refused with a clear error.
+// 2: ChannelOp.staged (a dragond of version 1 would ignore it and send an empty message).
+inline constexpr std::uint16_t kVersion = 2;
 inline constexpr std::size_t kHeaderSize = 12;
 inline constexpr std::size_t kDefaultMaxBody = std::size_t{1} << 20;
 

@@ -243,11 +243,12 @@ std::span<const std::byte> bytesOf(const py::buffer_info& b) {
 // message (the same layout) to a channel of another node.
 Status PyChannel::sendLaidOut(std::span<const Piece> pieces, const dragon::Timeout& t) {
   if (!remote()) return sendPieces(ch->channel(), pieces, t);
+  // Laid out straight into what goes to dragond (ClientChannel::sendFilled): a large message
+  // is copied once on this side, as into a local channel's block.
   std::vector<std::size_t> at;
-  std::vector<std::byte> buf(layOut(pieces, at));
-  copyPieces(buf.data(), pieces, at);
+  const std::size_t total = layOut(pieces, at);
   return remoteOp(t, [&](dragon::ClientChannel& via, dragon::Timeout tt) {
-    return via.send(buf, tt);
+    return via.sendFilled(total, [&](std::span<std::byte> to) { copyPieces(to.data(), pieces, at); }, tt);
   });
 }
 

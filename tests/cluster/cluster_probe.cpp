@@ -490,6 +490,21 @@ int channels(Client& c, std::uint32_t node) {
     auto m = (*rep)->recvBytes(deadline);
     if (!m || textOf(*m) != big) return failWith("large message changed on the way");
   }
+  // Filled in place (ClientChannel::sendFilled, what Python's put uses): staged, inline, and
+  // in parts through a buffer of its own.
+  for (std::size_t size : {std::size_t{100} << 10, std::size_t{1000}, std::size_t{20} << 20}) {
+    std::string want(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) want[i] = static_cast<char>((i * 11 + 3) & 0xff);
+    int fills = 0;
+    st = p.sendFilled(size, [&](std::span<std::byte> to) {
+      ++fills;
+      if (to.size() == size) std::memcpy(to.data(), want.data(), size);
+    }, deadline);
+    if (!st.isOk()) return failWith("filled send: " + st.toString());
+    if (fills != 1) return failWith("a filled send filled " + std::to_string(fills) + " times");
+    auto m = (*rep)->recvBytes(deadline);
+    if (!m || textOf(*m) != want) return failWith("a filled message changed on the way");
+  }
   auto extra = (*rep)->recvBytes(Timeout::none());
   if (extra) return failWith("a message arrived twice");
   // The echo blocks in a remote recv on REQ (home: here) until we send.
@@ -514,7 +529,7 @@ int channels(Client& c, std::uint32_t node) {
   if (!c.detach(q.descriptor()).isOk()) return failWith("detach of a remote channel");
   st = c.detach(q.descriptor());
   if (st.code() != StatusCode::NotFound) return failWith("a second detach of a remote channel: " + st.toString());
-  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1, 8 and 40 MiB\n",
+  std::printf("probe: ok channels with node %u: %d messages in order, try/deadline/poll/close/waitAny, 1, 8 and 40 MiB, filled in place\n",
               node, kMessages);
   return 0;
 }

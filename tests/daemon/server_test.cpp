@@ -79,11 +79,12 @@ TEST(Server, MalformedTruncatedAndOversizedFramesGetAnErrorAndACloseNeverACrash)
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
   expectErrorThenClose(d->socket(), "GET / HTTP/1.1\r\n\r\n", StatusCode::InvalidArgument);
-  std::string oversized = std::string("DRGN") + '\x01' + '\0' + '\0' + '\0' + "\xff\xff\xff\x7f";
+  const char v = static_cast<char>(protocol::kVersion);  // frames of this side's version
+  std::string oversized = std::string("DRGN") + v + '\0' + '\0' + '\0' + "\xff\xff\xff\x7f";
   expectErrorThenClose(d->socket(), oversized, StatusCode::InvalidArgument);
   std::string badVersion = std::string("DRGN") + '\x09' + '\0' + '\0' + '\0' + '\0' + '\0' + '\0' + '\0';
   expectErrorThenClose(d->socket(), badVersion, StatusCode::InvalidArgument);
-  std::string garbageBody = std::string("DRGN") + '\x01' + '\0' + '\0' + '\0' + '\x04' + '\0' +
+  std::string garbageBody = std::string("DRGN") + v + '\0' + '\0' + '\0' + '\x04' + '\0' +
                             '\0' + '\0' + "\xff\xff\xff\xff";
   expectErrorThenClose(d->socket(), garbageBody, StatusCode::InvalidArgument);
   // A request before Hello.

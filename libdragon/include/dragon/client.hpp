@@ -62,6 +62,12 @@ class ClientChannel {
   // Channel::send, Channel::recv (into `buf`; MessageTooLarge leaves the message queued) and a
   // recv of the next message whatever its size, on either kind of channel.
   Status send(std::span<const std::byte> msg, Timeout timeout = Timeout::forever());
+  // send() of a message of `size` bytes that `fill` writes, once, in place: for a remote
+  // channel, straight into what goes to dragond, so that a message laid out from pieces is
+  // not first copied into a buffer of its own (on a local channel, or past one transport
+  // message, it is).
+  Status sendFilled(std::size_t size, const std::function<void(std::span<std::byte>)>& fill,
+                    Timeout timeout = Timeout::forever());
   Result<std::size_t> recv(std::span<std::byte> buf, Timeout timeout = Timeout::forever());
   Result<std::vector<std::byte>> recvBytes(Timeout timeout = Timeout::forever());
   // Waits until `events` hold (a closed channel counts as readable) and returns those that do;
