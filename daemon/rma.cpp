@@ -37,6 +37,7 @@ Result<std::shared_ptr<RmaRegions::Region>> RmaRegions::region(const ObjectDescr
     UniqueFd fd(fcntl(grant.poolFd, F_DUPFD_CLOEXEC, 3));
     if (!fd) return Status::fromErrno("dup of a pool's memfd", errno);
     DRAGON_ASSIGN_OR_RETURN(Pool mapped, Pool::attach(std::move(fd), grant.pool, /*prefault=*/false));
+    mapped.closeFd();  // mapped: the manager keeps the pool's fd
     it = regions_.emplace(pool.id, std::make_shared<Region>(std::move(mapped), cluster_)).first;
   }
   Region& r = *it->second;

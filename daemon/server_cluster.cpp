@@ -806,7 +806,7 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
         Channel::holderWord(node_, static_cast<std::uint32_t>(c->peer.pid)));
     if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
-  routeChannelOp(c->id, nextOpKey_++, msg.channel_op(), rq.later());
+  routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), rq.later());
 }
 
 Status Server::takeStaged(pb::ChannelOp& op) {
@@ -815,6 +815,11 @@ Status Server::takeStaged(pb::ChannelOp& op) {
   }
   if (!op.data().empty()) {
     return Status(StatusCode::InvalidArgument, "a send has data or staged bytes, not both");
+  }
+  if (op.staged_size() > kMaxMessageAcrossNodes) {  // as a request's body is bounded
+    return Status(StatusCode::InvalidArgument,
+                  "staged bytes are at most " + std::to_string(kMaxMessageAcrossNodes) +
+                      " per request, not " + std::to_string(op.staged_size()));
   }
   DRAGON_ASSIGN_OR_RETURN(ObjectDescriptor pool, pb::fromRef(op.staged().pool()));
   if (pool.kind != ObjectKind::Pool || pool.node != node_) {

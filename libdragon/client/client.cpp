@@ -288,7 +288,9 @@ struct Client::Impl : detail::ClientConnection {
     (void)call(req);
   }
 
-  Result<std::shared_ptr<Pool>> poolFromReply(Reply& r, const ObjectDescriptor& poolDesc) {
+  // `lazy`: mapped without faulting its pages in, whatever Options::prefault says.
+  Result<std::shared_ptr<Pool>> poolFromReply(Reply& r, const ObjectDescriptor& poolDesc,
+                                              bool lazy = false) {
     auto it = pools.find(poolDesc.id);
     if (it != pools.end()) {
       if (auto p = it->second.lock()) {
@@ -300,14 +302,14 @@ struct Client::Impl : detail::ClientConnection {
                                               std::to_string(poolDesc.id));
     }
     DRAGON_ASSIGN_OR_RETURN(Pool pool,
-                            Pool::attach(std::move(r.fds.front()), poolDesc, prefault));
+                            Pool::attach(std::move(r.fds.front()), poolDesc, prefault && !lazy));
     pool.closeFd();  // mapped: dragond keeps the pool's fd, this process needs none
     auto p = std::make_shared<Pool>(std::move(pool));
     pools[poolDesc.id] = p;
     return p;
   }
 
-  Result<std::shared_ptr<Pool>> poolCall(pb::Envelope& req) {
+  Result<std::shared_ptr<Pool>> poolCall(pb::Envelope& req, bool lazy = false) {
     DRAGON_ASSIGN_OR_RETURN(Reply r, call(req));
     if (!r.msg.has_object()) {
       return Status(StatusCode::Internal, "unexpected reply to a pool request");
@@ -317,7 +319,7 @@ struct Client::Impl : detail::ClientConnection {
       dropReference(d);
       return Status(StatusCode::InvalidArgument, "the object is not a pool");
     }
-    return poolFromReply(r, d);
+    return poolFromReply(r, d, lazy);
   }
 
   Result<std::unique_ptr<ClientChannel>> channelCall(pb::Envelope& req) {
@@ -469,12 +471,16 @@ Status detail::ClientConnection::channelOpResult(std::uint64_t id) {
 
 std::byte* detail::ClientConnection::stage(pb::ChannelOp& op, std::size_t size,
                                            PoolAllocation& block) {
-  if (size < kStagedMin || noStaging) return nullptr;
+  // Not on a broken connection: a block freed after a send that got no answer may still be read
+  // by dragond, and must not be handed to the next send.
+  if (size < kStagedMin || noStaging || !static_cast<Client::Impl*>(this)->broken.isOk()) {
+    return nullptr;
+  }
   if (!staging) {
     pb::Envelope req;
     req.mutable_create_pool()->set_size(kStagingPoolBytes);
     req.mutable_create_pool()->set_lazy(true);  // pages as messages need them
-    auto pool = static_cast<Client::Impl*>(this)->poolCall(req);
+    auto pool = static_cast<Client::Impl*>(this)->poolCall(req, /*lazy=*/true);
     if (!pool.has_value()) {
       noStaging = true;  // a pool limit, say: the socket carries them
       return nullptr;
@@ -774,7 +780,7 @@ Result<std::shared_ptr<Pool>> Client::createPool(std::uint64_t size, std::string
   req.mutable_create_pool()->set_size(size);
   req.mutable_create_pool()->set_name(std::string(name));
   req.mutable_create_pool()->set_lazy(lazy);
-  return impl_->poolCall(req);
+  return impl_->poolCall(req, lazy);
 }
 
 Result<std::unique_ptr<ClientChannel>> Client::createChannel(const ObjectDescriptor& pool,

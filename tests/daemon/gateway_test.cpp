@@ -381,6 +381,7 @@ TEST_F(Gateway, AStagedSendTakesItsBytesFromAnAllocationOfThisNode) {
     EXPECT_EQ(codeOf(*a), StatusCode::InvalidArgument) << why;
   };
   refused(staged(pb::ChannelOp::SEND, 1, n), "bytes past the allocation's end");
+  refused(staged(pb::ChannelOp::SEND, 0, kMaxMessageAcrossNodes + 1), "more than one request carries");
   refused(staged(pb::ChannelOp::RECV, 0, n), "a receive has no bytes to stage");
   pb::Envelope both = staged(pb::ChannelOp::SEND, 0, 10);
   both.mutable_channel_op()->set_data("and inline");

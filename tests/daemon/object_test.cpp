@@ -3,6 +3,7 @@
 // released when their owner dies.
 #include "daemon_fixture.hpp"
 
+#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -44,6 +45,36 @@ TEST(Objects, AChannelCreatedByOneClientCarriesMessagesFromAnotherProcess) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data().data()), m.data().size()), "hello");
   ASSERT_TRUE((*ch)->channel().recv(m, Timeout::after(10s)).isOk());
   EXPECT_EQ(m.data().size(), 100000u);
+}
+
+// The shared memory this process has faulted in (RssShmem of /proc/self/status), in KiB.
+long rssShmemKiB() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "RssShmem: %ld kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib;
+}
+
+TEST(Objects, ALazyPoolIsMappedWithoutItsPagesAndAnEagerOneWithThem) {
+  // A client's staging pool for remote sends is lazy: 32 MiB that must not be resident in
+  // every process that once sent a large message.
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  const long before = rssShmemKiB();
+  ASSERT_GE(before, 0);
+  auto lazy = c.createPool(std::size_t{64} << 20, {}, /*lazy=*/true);
+  ASSERT_TRUE(lazy.has_value()) << lazy.error().toString();
+  const long afterLazy = rssShmemKiB();
+  EXPECT_LT(afterLazy - before, 4 * 1024) << "a lazy pool's pages were faulted in here";
+  auto eager = c.createPool(std::size_t{64} << 20);
+  ASSERT_TRUE(eager.has_value()) << eager.error().toString();
+  EXPECT_GE(rssShmemKiB() - afterLazy, 60 * 1024) << "an eager pool is faulted in (prefault)";
 }
 
 TEST(Objects, NamesAreUniqueAndLookupsFindThem) {
