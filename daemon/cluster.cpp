@@ -180,16 +180,18 @@ void Cluster::checkAllJoined() {
   for (auto& w : waiters) w(Status::ok());
 }
 
-Status Cluster::sendEnvelope(std::uint32_t node, const pb::Envelope& msg) {
+Status Cluster::sendEnvelope(std::uint32_t node, const pb::Envelope& msg,
+                             std::span<const char> data) {
   if (closed_) return Status(StatusCode::PeerLost, "dragond is shutting down");
   std::string bytes;
-  DRAGON_TRY(pb::encode(msg, bytes, kMaxPeerMessage));
+  DRAGON_TRY(pb::encode(msg, data, bytes, kMaxPeerMessage));
   Status st = transport_->send(node, std::move(bytes));
   scheduleProgress();
   return st;
 }
 
-void Cluster::forward(std::uint32_t node, pb::Envelope request, Done done) {
+void Cluster::forward(std::uint32_t node, pb::Envelope request, Done done,
+                      std::span<const char> data) {
   if (!known(node)) {
     done(Status(StatusCode::NotFound, "there is no node " + std::to_string(node) + " in this job"));
     return;
@@ -201,7 +203,7 @@ void Cluster::forward(std::uint32_t node, pb::Envelope request, Done done) {
   const std::uint64_t id = nextId_++;
   request.set_request_id(id);
   request.set_peer_reply(false);
-  Status st = sendEnvelope(node, request);
+  Status st = sendEnvelope(node, request, data);
   if (!st.isOk()) {
     done(st.code() == StatusCode::NodeLost
              ? Status(StatusCode::NodeLost, describe(node) + " was lost")
@@ -226,16 +228,14 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
     }
     checkAllJoined();
   }
-  pb::FrameDecoder decoder(kMaxPeerMessage);
-  decoder.feed(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())));
-  auto msg = decoder.next();
-  if (!msg.has_value() || decoder.buffered() != 0) {
+  auto msg = pb::decodeFrame(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())),
+                             kMaxPeerMessage);
+  if (!msg.has_value()) {
     // Only a dragond holding the job secret gets here: a bug or a version mismatch, not an
     // attack. The message is dropped; the connection stays.
     if (dropped_++ < 10) {
       DRAGON_LOG(Warn, "cluster", "dropped a malformed message from %s: %s",
-                 describe(from).c_str(),
-                 msg.has_value() ? "trailing bytes" : std::string(msg.error().message()).c_str());
+                 describe(from).c_str(), std::string(msg.error().message()).c_str());
     }
     return;
   }

@@ -27,6 +27,7 @@
 #include <memory>
 #include <set>
 #include <vector>
+#include <span>
 #include <string>
 
 namespace dragon::daemon {
@@ -83,8 +84,10 @@ class Cluster {
   std::string describe(std::uint32_t node) const;
 
   // Sends `request` to `node`; `done` runs once with its reply (an Error reply stays an
-  // Envelope) or with NodeLost / NotFound when it cannot be answered.
-  void forward(std::uint32_t node, protocol::Envelope request, Done done);
+  // Envelope) or with NodeLost / NotFound when it cannot be answered. `data`, when given, is
+  // the data of the request's channel_op, read before forward returns (protocol::encode).
+  void forward(std::uint32_t node, protocol::Envelope request, Done done,
+               std::span<const char> data = {});
 
   // One-sided transfers through the transport (daemon/transport.hpp); `done` runs on the loop.
   Result<transport::RegisteredRegion> registerRegion(void* base, std::size_t length);
@@ -104,7 +107,8 @@ class Cluster {
   void pump();
   void scheduleProgress();
   void heartbeat();
-  Status sendEnvelope(std::uint32_t node, const protocol::Envelope& msg);
+  Status sendEnvelope(std::uint32_t node, const protocol::Envelope& msg,
+                      std::span<const char> data = {});
 
   EventLoop& loop_;
   std::uint32_t self_;

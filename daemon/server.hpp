@@ -175,13 +175,16 @@ class Server {
   void handleChannelOp(const Request& rq, protocol::Envelope& msg);
   // Runs `op` where its channel lives (the gateway here, or forwarded), for connection `cid`,
   // under `key` (from nextOpKey_), by which cancelOp() ends it while it waits.
-  void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply);
+  // `staged`: a send's bytes where the client staged them (takeStaged), in place of op.data.
+  void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply,
+                      std::span<const char> staged = {});
   // Runs `op` on a channel of this node for node `from`: the gateway's operations, and a
   // message larger than one between nodes carries, in parts (parts_).
   void submitHere(std::uint32_t from, protocol::ChannelOp op, Reply reply);
-  // A client's send whose bytes are in a pool of this node (ChannelOp.staged): copies them
-  // into the op's data.
-  Status takeStaged(protocol::ChannelOp& op);
+  // A client's send whose bytes are in a pool of this node (ChannelOp.staged): checks the
+  // reference, clears it from the op, and gives the bytes where they are (valid until the loop
+  // next runs; the client keeps its block until its answer).
+  Result<std::span<const char>> takeStaged(protocol::ChannelOp& op);
   void armPartsSweep();
   void cancelOp(std::uint32_t node, std::uint64_t key);
   // Gives back a reference this node's client held on another node's channel.

@@ -794,11 +794,14 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   }
   Connection* c = clientOf(rq);
   if (c == nullptr) return;
+  std::span<const char> staged;
   if (msg.channel_op().has_staged()) {
-    if (Status st = takeStaged(*msg.mutable_channel_op()); !st.isOk()) {
-      rq.fail(st);
+    auto bytes = takeStaged(*msg.mutable_channel_op());
+    if (!bytes.has_value()) {
+      rq.fail(bytes.error());
       return;
     }
+    staged = *bytes;
   }
   if (kind == pb::ChannelOp::RECV) {
     // The receiver is this connection's process: it holds what it receives of a lock.
@@ -806,10 +809,10 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
         Channel::holderWord(node_, static_cast<std::uint32_t>(c->peer.pid)));
     if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
-  routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), rq.later());
+  routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), rq.later(), staged);
 }
 
-Status Server::takeStaged(pb::ChannelOp& op) {
+Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
   if (op.kind() != pb::ChannelOp::SEND && op.kind() != pb::ChannelOp::SEND_PART) {
     return Status(StatusCode::InvalidArgument, "only a send's bytes are staged");
   }
@@ -829,10 +832,10 @@ Status Server::takeStaged(pb::ChannelOp& op) {
   DRAGON_ASSIGN_OR_RETURN(std::shared_ptr<RmaRegions::Region> region, rma_->region(pool, false));
   DRAGON_ASSIGN_OR_RETURN(char* bytes, region->bytes(op.staged().allocation(),
                                                      op.staged().offset(), op.staged_size()));
-  op.mutable_data()->assign(bytes, op.staged_size());
+  const std::span<const char> staged(bytes, op.staged_size());
   op.clear_staged();
   op.clear_staged_size();
-  return Status::ok();
+  return staged;
 }
 
 void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
@@ -910,7 +913,8 @@ void Server::armPartsSweep() {
   });
 }
 
-void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp op, Reply reply) {
+void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp op, Reply reply,
+                            std::span<const char> staged) {
   auto d = pb::fromRef(op.channel());
   if (!d.has_value()) {
     reply(errorEnvelope(d.error()));
@@ -929,6 +933,7 @@ void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp 
   };
   if (node == node_ || cluster_ == nullptr) {
     // A channel of this node (or no cluster: the gateway answers NotFound for another node's).
+    if (!staged.empty()) op.mutable_data()->assign(staged.data(), staged.size());
     submitHere(node_, std::move(op), std::move(done));
     return;
   }
@@ -940,9 +945,9 @@ void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp 
   }
   pb::Envelope fwd;
   *fwd.mutable_channel_op() = std::move(op);
-  cluster_->forward(node, std::move(fwd), [done](Result<pb::Envelope> r) {
-    done(fromPeer(std::move(r)));
-  });
+  cluster_->forward(
+      node, std::move(fwd), [done](Result<pb::Envelope> r) { done(fromPeer(std::move(r))); },
+      staged);  // the staged bytes go from the client's block into the frame
 }
 
 // One WaitAny: a POLL per channel at its home; the first that is ready (or fails) answers it,

@@ -22,29 +22,74 @@ void writeLe(std::string& out, std::uint32_t v, int n) {
   }
 }
 
+void appendVarint(std::string& out, std::uint64_t v) {
+  while (v >= 0x80) {
+    out += static_cast<char>((v & 0x7f) | 0x80);
+    v >>= 7;
+  }
+  out += static_cast<char>(v);
+}
+
+std::size_t varintSize(std::uint64_t v) {
+  std::size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// A length-delimited field's key.
+std::uint64_t bytesKey(int field) { return (static_cast<std::uint64_t>(field) << 3) | 2; }
+
 }  // namespace
 
-Status encode(const Envelope& msg, std::string& out, std::size_t maxBody) {
+Status encode(const Envelope& msg, std::span<const char> data, std::string& out,
+              std::size_t maxBody) {
   if (msg.body_case() == Envelope::BODY_NOT_SET) {
     return Status(StatusCode::InvalidArgument, "an envelope must carry a message");
   }
+  if (!data.empty() && (!msg.has_channel_op() || !msg.channel_op().data().empty())) {
+    return Status(StatusCode::InvalidArgument,
+                  "data beside a message goes into a channel_op that has none");
+  }
   const std::size_t size = msg.ByteSizeLong();
-  if (size > maxBody) {
-    return Status(StatusCode::InvalidArgument, "message of " + std::to_string(size) +
+  // The data as a second channel_op on the wire: key, length, then ChannelOp{data}.
+  const std::uint64_t opKey = bytesKey(Envelope::kChannelOpFieldNumber);
+  const std::uint64_t dataKey = bytesKey(ChannelOp::kDataFieldNumber);
+  const std::size_t inner = data.empty() ? 0
+                                         : varintSize(dataKey) + varintSize(data.size()) + data.size();
+  const std::size_t body =
+      size + (data.empty() ? 0 : varintSize(opKey) + varintSize(inner) + inner);
+  if (body > maxBody) {
+    return Status(StatusCode::InvalidArgument, "message of " + std::to_string(body) +
                                                    " bytes exceeds the " +
                                                    std::to_string(maxBody) + "-byte limit");
   }
+  const std::size_t start = out.size();
+  out.reserve(start + kHeaderSize + body);
   out.append(kMagic, sizeof kMagic);
   writeLe(out, kVersion, 2);
   writeLe(out, 0, 2);
-  writeLe(out, static_cast<std::uint32_t>(size), 4);
+  writeLe(out, static_cast<std::uint32_t>(body), 4);
   const std::size_t at = out.size();
   out.resize(at + size);
   if (!msg.SerializeToArray(out.data() + at, static_cast<int>(size))) {
-    out.resize(at - kHeaderSize);
+    out.resize(start);
     return Status(StatusCode::Internal, "protobuf serialization failed");
   }
+  if (!data.empty()) {
+    appendVarint(out, opKey);
+    appendVarint(out, inner);
+    appendVarint(out, dataKey);
+    appendVarint(out, data.size());
+    out.append(data.data(), data.size());
+  }
   return Status::ok();
+}
+
+Status encode(const Envelope& msg, std::string& out, std::size_t maxBody) {
+  return encode(msg, std::span<const char>(), out, maxBody);
 }
 
 void FrameDecoder::feed(std::span<const std::byte> bytes) {
@@ -62,49 +107,100 @@ void FrameDecoder::feed(std::span<const std::byte> bytes) {
   buf_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
-Result<Envelope> FrameDecoder::next() {
-  if (!broken_.isOk()) {
-    return broken_;
-  }
-  auto fail = [this](std::string what) -> Status {
-    broken_ = Status(StatusCode::InvalidArgument, "bad control frame: " + std::move(what));
-    buf_.clear();
-    pos_ = 0;
-    return broken_;
-  };
-  const std::size_t avail = buf_.size() - pos_;
-  const char* p = buf_.data() + pos_;
-  // Judge the header as soon as its bytes arrive: never wait for a body that must be refused.
+namespace {
+
+// Judges a frame's header in `p` (`avail` bytes, maybe fewer than a header): WouldBlock until
+// it is whole, InvalidArgument (what is wrong) for a header that must be refused, else the body's
+// length. The magic is judged as soon as its bytes arrive: never wait for a body that must be
+// refused.
+Result<std::uint32_t> judgeHeader(const char* p, std::size_t avail, std::size_t maxBody) {
   if (std::memcmp(p, kMagic, avail < 4 ? avail : 4) != 0) {
-    return fail("bad magic (not a Dragon control stream)");
+    return Status(StatusCode::InvalidArgument, "bad magic (not a Dragon control stream)");
   }
   if (avail < kHeaderSize) {
     return StatusCode::WouldBlock;
   }
   const std::uint32_t version = readLe(p + 4, 2);
   if (version != kVersion) {
-    return fail("protocol version " + std::to_string(version) + " is not supported (this side speaks " +
-                std::to_string(kVersion) + ")");
+    return Status(StatusCode::InvalidArgument,
+                  "protocol version " + std::to_string(version) +
+                      " is not supported (this side speaks " + std::to_string(kVersion) + ")");
   }
   if (readLe(p + 6, 2) != 0) {
-    return fail("reserved flags are set");
+    return Status(StatusCode::InvalidArgument, "reserved flags are set");
   }
   const std::uint32_t length = readLe(p + 8, 4);
-  if (length > maxBody_) {
-    return fail("body of " + std::to_string(length) + " bytes exceeds the " +
-                std::to_string(maxBody_) + "-byte limit");
+  if (length > maxBody) {
+    return Status(StatusCode::InvalidArgument, "body of " + std::to_string(length) +
+                                                   " bytes exceeds the " +
+                                                   std::to_string(maxBody) + "-byte limit");
   }
-  if (avail < kHeaderSize + length) {
+  return length;
+}
+
+Status parseBody(const char* p, std::uint32_t length, Envelope& msg) {
+  if (!msg.ParseFromArray(p, static_cast<int>(length))) {
+    return Status(StatusCode::InvalidArgument, "body does not parse");
+  }
+  if (msg.body_case() == Envelope::BODY_NOT_SET) {
+    return Status(StatusCode::InvalidArgument,
+                  "envelope carries no message (or only one this side does not know)");
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<Envelope> FrameDecoder::next() {
+  if (!broken_.isOk()) {
+    return broken_;
+  }
+  auto fail = [this](const Status& why) -> Status {
+    broken_ = Status(StatusCode::InvalidArgument, "bad control frame: " + std::string(why.message()));
+    buf_.clear();
+    pos_ = 0;
+    return broken_;
+  };
+  const std::size_t avail = buf_.size() - pos_;
+  const char* p = buf_.data() + pos_;
+  Result<std::uint32_t> length = judgeHeader(p, avail, maxBody_);
+  if (!length.has_value()) {
+    if (length.error().code() == StatusCode::WouldBlock) return StatusCode::WouldBlock;
+    return fail(length.error());
+  }
+  if (avail < kHeaderSize + *length) {
     return StatusCode::WouldBlock;
   }
   Envelope msg;
-  if (!msg.ParseFromArray(p + kHeaderSize, static_cast<int>(length))) {
-    return fail("body does not parse");
+  if (Status st = parseBody(p + kHeaderSize, *length, msg); !st.isOk()) {
+    return fail(st);
   }
-  if (msg.body_case() == Envelope::BODY_NOT_SET) {
-    return fail("envelope carries no message (or only one this side does not know)");
+  pos_ += kHeaderSize + *length;
+  return msg;
+}
+
+Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody) {
+  const char* p = reinterpret_cast<const char*>(frame.data());
+  auto bad = [](const Status& why) {
+    return Status(StatusCode::InvalidArgument, "bad control frame: " + std::string(why.message()));
+  };
+  Result<std::uint32_t> length = judgeHeader(p, frame.size(), maxBody);
+  if (!length.has_value()) {
+    if (length.error().code() == StatusCode::WouldBlock) {
+      return bad(Status(StatusCode::InvalidArgument,
+                        "truncated header (" + std::to_string(frame.size()) + " bytes)"));
+    }
+    return bad(length.error());
   }
-  pos_ += kHeaderSize + length;
+  if (frame.size() != kHeaderSize + *length) {
+    return bad(Status(StatusCode::InvalidArgument,
+                      "the header says " + std::to_string(*length) + " bytes of body, the frame has " +
+                          std::to_string(frame.size() - kHeaderSize)));
+  }
+  Envelope msg;
+  if (Status st = parseBody(p + kHeaderSize, *length, msg); !st.isOk()) {
+    return bad(st);
+  }
   return msg;
 }
 

@@ -33,6 +33,18 @@ inline constexpr std::size_t kDefaultMaxBody = std::size_t{1} << 20;
 // larger than `maxBody`.
 Status encode(const Envelope& msg, std::string& out, std::size_t maxBody = kDefaultMaxBody);
 
+// As encode, with `data` as the `data` of msg's channel_op (which msg must carry, with no data
+// of its own): the bytes go from where they are into the frame in one copy, never through a
+// message. The frame decodes into msg with channel_op.data == data (a message field seen twice
+// on the wire is merged).
+Status encode(const Envelope& msg, std::span<const char> data, std::string& out,
+              std::size_t maxBody = kDefaultMaxBody);
+
+// The message of one whole frame (a datagram: `frame` holds exactly one frame, as a message
+// between dragonds does), parsed in place. InvalidArgument as FrameDecoder::next, and for a
+// frame shorter or longer than its header says.
+Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody = kDefaultMaxBody);
+
 // Incremental decoder for one connection's byte stream.
 class FrameDecoder {
  public:

@@ -146,5 +146,62 @@ TEST(Codec, TheBufferNeverHoldsMoreThanTheUnreadPart) {
   }
 }
 
+TEST(Codec, DataBesideTheMessageDecodesAsTheChannelOpsData) {
+  Envelope e;
+  e.set_request_id(77);
+  e.mutable_channel_op()->set_kind(ChannelOp::SEND);
+  e.mutable_channel_op()->set_timeout_ns(-1);
+  e.mutable_channel_op()->mutable_channel()->set_serialized(std::string(32, '\x05'));
+  for (std::size_t n : {std::size_t{1}, std::size_t{127}, std::size_t{128}, std::size_t{1} << 20}) {
+    std::string data(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<char>(i * 131 + n);
+    std::string f;
+    ASSERT_TRUE(encode(e, std::span<const char>(data), f, std::size_t{2} << 20).isOk());
+    auto d = decodeFrame(bytesOf(f), std::size_t{2} << 20);
+    ASSERT_TRUE(d.has_value()) << d.error().toString();
+    Envelope want = e;
+    want.mutable_channel_op()->set_data(data);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*d, want)) << n << " bytes";
+  }
+  std::string f;
+  EXPECT_TRUE(encode(e, std::span<const char>(), f).isOk()) << "no data: a plain frame";
+  EXPECT_EQ(f, frame(e));
+  const std::string big(1000, 'x');
+  EXPECT_EQ(encode(e, std::span<const char>(big), f, 900).code(), StatusCode::InvalidArgument)
+      << "the data counts against the limit";
+  Envelope ok;
+  ok.mutable_ok();
+  EXPECT_EQ(encode(ok, std::span<const char>(big), f).code(), StatusCode::InvalidArgument)
+      << "data needs a channel_op to go into";
+  Envelope both = e;
+  both.mutable_channel_op()->set_data("already");
+  EXPECT_EQ(encode(both, std::span<const char>(big), f).code(), StatusCode::InvalidArgument);
+}
+
+TEST(Codec, AWholeFrameDecodesInPlaceAndAnythingElseIsRefused) {
+  Envelope e;
+  e.mutable_output_line()->set_line("one line\n");
+  const std::string f = frame(e);
+  auto d = decodeFrame(bytesOf(f));
+  ASSERT_TRUE(d.has_value()) << d.error().toString();
+  EXPECT_EQ(d->output_line().line(), "one line\n");
+  auto refused = [](const std::string& bytes, std::size_t maxBody = kDefaultMaxBody) {
+    auto r = decodeFrame(bytesOf(bytes), maxBody);
+    EXPECT_FALSE(r.has_value());
+    return r.has_value() ? std::string() : r.error().toString();
+  };
+  EXPECT_NE(refused(f.substr(0, f.size() - 1)).find("the frame has"), std::string::npos);
+  EXPECT_NE(refused(f + "x").find("the frame has"), std::string::npos);
+  EXPECT_NE(refused(f.substr(0, 7)).find("truncated header"), std::string::npos);
+  EXPECT_NE(refused("").find("truncated header"), std::string::npos);
+  EXPECT_NE(refused("XRGN" + f.substr(4)).find("bad magic"), std::string::npos);
+  EXPECT_NE(refused(header(kVersion + 1, 0, 0)).find("not supported"), std::string::npos);
+  EXPECT_NE(refused(header(kVersion, 1, 0)).find("flags"), std::string::npos);
+  EXPECT_NE(refused(f, 3).find("limit"), std::string::npos);
+  EXPECT_NE(refused(header(kVersion, 0, 3) + "\xff\xff\xff").find("does not parse"),
+            std::string::npos);
+  EXPECT_NE(refused(header(kVersion, 0, 0)).find("carries no message"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace dragon::protocol
