@@ -24,6 +24,12 @@ run() {  # run NAME DIR [meson test args...]
     tail -30 "$log"
     fail=1
   fi
+  if [ "${fail:-0}" != 0 ] || [ "${timeout:-0}" != 0 ]; then
+    # What a failed test printed (meson's --print-errorlogs), so CI's output says why.
+    echo "-- the output of the failed tests (last 200 lines):"
+    grep -vE '^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout|Expected Fail|Unexpected Pass|Skipped):' "$log" |
+      tail -200 | sed 's/^/  | /'
+  fi
   passed=$((passed + ${ok:-0}))
   failed=$((failed + ${fail:-0} + ${timeout:-0}))
   rm -f "$log"

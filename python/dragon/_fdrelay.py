@@ -243,6 +243,13 @@ class _Relay:
                 if left <= 0:
                     break
                 self.changed.wait(left)
+            # What is written by now is ended here, not later by the writing thread: a link
+            # whose buffers are empty is closed when settle returns, as its caller expects.
+            if not link.closed:
+                try:
+                    self._write_link(link)
+                except OSError:
+                    pass  # the writing thread meets it again and ends the link
 
     # -- taking messages ------------------------------------------------------------------
 
