@@ -419,6 +419,13 @@ class _Template:
                 raise _TemplateLost(str(e)) from None
             try:
                 reply, got = _template_wire.recv_message(self._sock)
+            except ConnectionResetError as e:
+                # A Unix socket's last holder closing with data unread resets its peer (and
+                # only then; a read request gives end of file): nothing read this request, so
+                # nothing started it. The SIGKILLed template's spare, which holds its end until
+                # it sees its parent gone, is such a holder.
+                self._give_up("it has gone: %s" % e)
+                raise _TemplateLost(str(e)) from None
             except (OSError, EOFError) as e:
                 reply, got = None, []
                 why = "%s: %s" % (type(e).__name__, e)

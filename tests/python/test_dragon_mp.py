@@ -196,6 +196,20 @@ class ProcessTest(unittest.TestCase):
         self.assertEqual((name, ppid, alive, method), ("worker-7", os.getpid(), True, "dragon"))
 
 
+def wait_forked(pid, timeout=60):
+    """The exit code of a child made with os.fork(), waited for with a deadline: a child stuck
+    is killed and reported, never a hang of the suite."""
+    fd = os.pidfd_open(pid)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("forked child %d still running after %s s" % (pid, timeout))
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def alive(pid):
     """True while pid runs (a zombie waiting for its reaper has ended)."""
     try:
@@ -461,6 +475,32 @@ class TemplateTest(unittest.TestCase):
         p.join(30)
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
 
+    def test_a_template_gone_with_the_request_unread_is_lost_and_one_that_read_it_may_have(self):
+        # Unread, the request started nothing (the peer's close resets the connection) and the
+        # process is started anew; read, the template may have handed it on, so the parent
+        # does not start it again. A bare template over a socket pair plays the template.
+        import socket
+        from dragon import _template as _template_wire
+        from dragon import process as dp
+        for read_it, expected in ((False, dp._TemplateLost), (True, dp._MayHaveStarted)):
+            with self.subTest(read_it=read_it):
+                t = object.__new__(dp._Template)
+                t._lock, t._last_env, t._ready, t.broken = threading.Lock(), None, True, False
+                t._sock, theirs = socket.socketpair()
+                self.addCleanup(t._sock.close)
+
+                def peer():
+                    with theirs:
+                        if select.select([theirs], [], [], 30)[0] and read_it:
+                            _template_wire.recv_message(theirs)
+
+                th = threading.Thread(target=peer)
+                th.start()
+                with self.assertRaises(expected):
+                    t.start((b"payload", "/", "name", 0, -1), [])
+                th.join(30)
+                self.assertTrue(t.broken)
+
     def test_a_stock_fork_of_a_process_makes_a_template_of_its_own(self):
         # The parent's template serves the parent alone (its socket is the parent's): a forked
         # child starts from no template (_after_fork_in_child), and its starts make its own.
@@ -480,8 +520,7 @@ class TemplateTest(unittest.TestCase):
                         code = 0 if dp._template not in (None, template) else 2
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(wait_forked(pid), 0)
         p = self.start(exit_with, 0)  # the parent's template still serves it
         p.join(30)
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
@@ -878,8 +917,7 @@ class PipeTest(unittest.TestCase):
         if pid == 0:
             b.close()  # the copy's close gives back nothing: the handle is the parent's
             os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(wait_forked(pid), 0)
         self.assert_open_until_closed(b, a)
 
     def test_duplex_objects_bytes_and_eof(self):
