@@ -422,8 +422,8 @@ class _Template:
             except ConnectionResetError as e:
                 # A Unix socket's last holder closing with data unread resets its peer (and
                 # only then; a read request gives end of file): nothing read this request, so
-                # nothing started it. The SIGKILLed template's spare, which holds its end until
-                # it sees its parent gone, is such a holder.
+                # nothing started it. A spare the SIGKILLed template had just forked, which
+                # holds its end until it closes it after the fork, is such a holder.
                 self._give_up("it has gone: %s" % e)
                 raise _TemplateLost(str(e)) from None
             except (OSError, EOFError) as e:
