@@ -46,9 +46,25 @@ MAX_FDS = 32
 MAX_MESSAGE = 1 << 30
 
 
-def send_message(sock, obj, fds=()):
+class MessageTooLarge(ValueError):
+    pass
+
+
+def frame(obj):
+    """The bytes send_frame() sends for `obj`; MessageTooLarge when recv_message() would
+    refuse them."""
     data = pickle.dumps(obj, 5)
-    buf = _HEADER.pack(len(data)) + data
+    if len(data) > MAX_MESSAGE:
+        raise MessageTooLarge("a template message of %d bytes is over the limit of %d"
+                              % (len(data), MAX_MESSAGE))
+    return _HEADER.pack(len(data)) + data
+
+
+def send_message(sock, obj, fds=()):
+    send_frame(sock, frame(obj), fds)
+
+
+def send_frame(sock, buf, fds=()):
     # One sendmsg (the fds ride with its first byte): a receiver woken by a first byte sent
     # alone would take the CPU from the sender before the rest is written.
     sent = socket.send_fds(sock, [buf], list(fds)) if fds else sock.send(buf)
@@ -197,6 +213,10 @@ def _spare_ends(capture):
     output pipes (_output_pipes); nothing is left open if one of them cannot be made."""
     ours, theirs = socket.socketpair()
     try:
+        # Blocking, whatever timeout the parent's main module (prepared here) set by default:
+        # an idle spare waits for its request for as long as it takes.
+        ours.settimeout(None)
+        theirs.settimeout(None)
         return ours, theirs, _output_pipes(capture)
     except BaseException:
         ours.close()
@@ -267,9 +287,10 @@ def main():
     children = {}  # pid -> puid at dragond (None: not adopted, so not reported)
     spare = None   # (pid, pidfd, socket to it, puid)
 
-    def fork_spare():
+    def fork_spare(lent=()):
         """A new spare, adopted by dragond before it can be reaped (only reap() reaps, and
-        dragond must hold its pidfd first)."""
+        dragond must hold its pidfd first). `lent`: the fds of the request being served, which
+        the spare does not keep (it gets its own with its request)."""
         ours, theirs, pipes = _spare_ends(capture)
         try:
             pid = os.fork()
@@ -285,6 +306,8 @@ def main():
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
+                for fd in lent:
+                    os.close(fd)
                 _spare_output(pipes)
             finally:
                 _spare_main(theirs)
@@ -328,7 +351,7 @@ def main():
             last_env = request[2]
         for attempt in range(2):
             if spare is None:
-                spare = fork_spare()
+                spare = fork_spare(fds)
             pid, pidfd, channel, puid = spare
             spare = None
             try:
@@ -346,6 +369,7 @@ def main():
         """The parent has gone: the spare ends, the children it has run on."""
         nonlocal spare, open_socket
         open_socket = False
+        sock.close()  # a parent that still writes gets an error, not a silence
         if spare is not None:
             os.close(spare[1])
             spare[2].close()
@@ -380,7 +404,10 @@ def main():
             try:
                 pid, pidfd, puid = serve(request, fds)
             except Exception as e:
-                send_message(sock, ("error", "%s: %s" % (type(e).__name__, e)))
+                try:
+                    send_message(sock, ("error", "%s: %s" % (type(e).__name__, e)))
+                except OSError:
+                    drop_spare()
                 continue
             finally:
                 for fd in fds:
@@ -388,7 +415,7 @@ def main():
             try:
                 send_message(sock, ("started", pid, puid), [pidfd])
             except OSError:
-                open_socket = False
+                drop_spare()  # the parent has gone: no spare waits for a request that won't come
             finally:
                 os.close(pidfd)
             # Off the parent's path from here on.
@@ -398,7 +425,8 @@ def main():
                 print("dragon template: start of %d not reported: %s" % (pid, e),
                       file=sys.stderr)
             try:
-                spare = fork_spare()  # the next one
+                if open_socket:
+                    spare = fork_spare()  # the next one
             except Exception as e:
                 print("dragon template: no spare: %s" % e, file=sys.stderr)
             reap()

@@ -357,6 +357,9 @@ class _Template:
         self._ready = False
         self.broken = False
         ours, theirs = socket.socketpair()
+        # Blocking, whatever socket.setdefaulttimeout() says: a start that timed out half-way
+        # would leave the two ends out of step.
+        ours.settimeout(None)
         self._sock = ours
         # Only the socket: the resource tracker's fd goes to each child with its request, so
         # that the long-lived template does not keep the tracker (and this process's exit,
@@ -382,7 +385,12 @@ class _Template:
         raise ValueError("the preparation data lends no fds")
 
     def _give_up(self, why):
+        """Never used again. Our end closes: the template stops reading requests (also one we
+        left half-written) and ends once its children have, and a reply we did not read
+        cannot answer a later start."""
         self.broken = True
+        self._last_env = None
+        self._sock.close()
         sys.stderr.write("dragon: the process template is not used (%s); processes start as "
                          "fresh interpreters instead\n" % why)
 
@@ -411,12 +419,22 @@ class _Template:
         """(pid, puid, pidfd) of the child the template started for request = (payload, cwd,
         name, fd base, tracker fd)."""
         with self._lock:
+            if self.broken:  # given up by another thread's start while this one waited
+                raise _TemplateLost("the template is not used")
+            message = ("start", request[0], self._environment()) + request[1:]
             try:
-                message = ("start", request[0], self._environment()) + request[1:]
-                _template_wire.send_message(self._sock, message, fds)
+                frame = _template_wire.frame(message)
+            except _template_wire.MessageTooLarge as e:  # this start only; nothing was sent
+                self._last_env = None
+                raise _TemplateLost(str(e)) from None
+            try:
+                _template_wire.send_frame(self._sock, frame, fds)
             except OSError as e:  # it had gone: the request went nowhere
                 self._give_up("it has gone: %s" % e)
                 raise _TemplateLost(str(e)) from None
+            except BaseException as e:  # an interrupt: the request is cut short, not served
+                self._give_up("interrupted while sending a start: %s" % type(e).__name__)
+                raise
             try:
                 reply, got = _template_wire.recv_message(self._sock)
             except ConnectionResetError as e:
@@ -429,6 +447,11 @@ class _Template:
             except (OSError, EOFError) as e:
                 reply, got = None, []
                 why = "%s: %s" % (type(e).__name__, e)
+            except BaseException as e:
+                # An interrupt while the template started the process: its reply, unread,
+                # would answer the next start (with this child's pid and pidfd).
+                self._give_up("interrupted while it started a process: %s" % type(e).__name__)
+                raise
             else:
                 why = "end of file"
             if reply is None:
@@ -500,7 +523,12 @@ class _RemoteTemplate:
         raise ValueError("the preparation data lends no fds")
 
     def _give_up(self, why):
+        """Never used again. Our end closes: the template stops reading requests (also one we
+        left half-written) and ends once its children have, and a reply we did not read
+        cannot answer a later start."""
         self.broken = True
+        self._last_env = None
+        self._sock.close()
         sys.stderr.write("dragon: the process template of node %d is not used (%s); processes "
                          "start there as fresh interpreters instead\n" % (self.node, why))
 

@@ -31,6 +31,26 @@ def put_square(q, n):
     q.put((n, n * n, os.getpid()))
 
 
+def put_pid(q):
+    q.put(os.getpid())
+
+
+def put_len(q, data):
+    q.put(len(data))
+
+
+def count_fds_of_socket(conn, q):
+    """How many fds of this process are the socket `conn` has (its own fd included)."""
+    inode = os.fstat(conn.fileno()).st_ino
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink("/proc/self/fd/" + fd) == "socket:[%d]" % inode
+        except OSError:
+            pass  # the listing's own fd, gone
+    q.put(n)
+
+
 def exit_with(code):
     sys.exit(code)
 
@@ -592,8 +612,9 @@ class TemplateTest(unittest.TestCase):
         p.join(30)
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
 
-    def test_a_killed_spare_is_replaced(self):
-        template = self.warm()
+    def kill_spare(self, template):
+        """SIGKILLs the template's idle spare (its one child) and waits for it to end: the
+        next start forks the spare it hands its request to, with that request's fds open."""
         spares = set()
         for tid in os.listdir("/proc/%d/task" % template._pid):
             with open("/proc/%d/task/%s/children" % (template._pid, tid)) as f:
@@ -604,12 +625,93 @@ class TemplateTest(unittest.TestCase):
         os.kill(spare, signal.SIGKILL)
         self.assertTrue(select.select([pidfd], [], [], 60)[0])
         os.close(pidfd)
+        return spare
+
+    def test_a_killed_spare_is_replaced(self):
+        template = self.warm()
+        spare = self.kill_spare(template)
         q = CTX.Queue()
         p = self.start(put_square, q, 5)
         self.assertEqual(q.get(timeout=30)[:2], (5, 25))
         p.join(30)
         self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
         self.assertNotEqual(p.pid, spare)
+
+    def test_a_spare_forked_for_a_request_keeps_none_of_the_fds_lent_with_it(self):
+        # The request's fds are open in the template while it forks that spare: the child
+        # has them once, where its request put them, not also at the template's numbers.
+        template = self.warm()
+        self.kill_spare(template)
+        here, there = CTX.Pipe()
+        q = CTX.Queue()
+        p = self.start(count_fds_of_socket, there, q)
+        self.assertEqual(q.get(timeout=30), 1)
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_TemplatePopen", 0))
+
+    def test_an_interrupt_while_the_template_starts_leaves_no_reply_to_the_next_start(self):
+        # Ctrl-C while waiting for the template's answer: that answer, unread, must not
+        # answer the next start (which would then take the first child's pid and pidfd).
+        from dragon import process as dp
+        template = self.warm()
+        real = dp._template_wire.recv_message
+        interrupted = []
+
+        def recv_message(sock):
+            if not interrupted and sock is template._sock:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            return real(sock)
+
+        dp._template_wire.recv_message = recv_message
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                self.start(exit_with, 0)
+        finally:
+            dp._template_wire.recv_message = real
+        self.assertTrue(template.broken)
+        q = CTX.Queue()
+        p = self.start(put_pid, q)
+        self.assertEqual(q.get(timeout=30), p.pid)
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+
+    def test_a_template_that_stops_on_a_bad_request_lets_the_next_start_through(self):
+        # A request the template refuses (here a length over its limit) stops it reading; it
+        # lives on while a child does, and must close its end so that the parent's next start
+        # sees it gone (and starts the process anew) instead of waiting for an answer.
+        template = self.warm()
+        sleeper = self.start(sleep_forever)
+        try:
+            template._sock.sendall((0x40000001).to_bytes(4, "little"))
+            box = []
+            t = threading.Thread(target=lambda: box.append(self.start(exit_with, 7)),
+                                 daemon=True)
+            t.start()
+            t.join(60)
+            self.assertFalse(t.is_alive(), "the start waited for a template that stopped")
+            p = box[0]
+            p.join(30)
+            self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 7))
+            self.assertTrue(template.broken)
+        finally:
+            sleeper.kill()
+            sleeper.join(30)
+
+    def test_a_payload_over_the_template_limit_starts_as_a_fresh_interpreter(self):
+        from dragon import process as dp
+        template = self.warm()
+        limit = dp._template_wire.MAX_MESSAGE
+        dp._template_wire.MAX_MESSAGE = 1 << 16
+        try:
+            q = CTX.Queue()
+            p = self.start(put_len, q, b"x" * (1 << 17))
+        finally:
+            dp._template_wire.MAX_MESSAGE = limit
+        self.assertEqual(q.get(timeout=30), 1 << 17)
+        p.join(30)
+        self.assertEqual((type(p._popen).__name__, p.exitcode), ("_DaemonPopen", 0))
+        self.assertFalse(template.broken, "one large start does not give the template up")
 
 
 class QueueTest(unittest.TestCase):
