@@ -37,6 +37,9 @@ struct Attempt {
   bool done = false;
   pb::Envelope answer;
   Status wouldBlock;  // what a try answers
+  // A send found no free block in the channel's pool: a block freed wakes no channel wait,
+  // so the operation is tried again after a while (as one that found a lock held).
+  bool poolFull = false;
 };
 
 // Whoever receives a lock's token holds it: the process its dragond named, which only a
@@ -75,8 +78,9 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
     case pb::ChannelOp::SEND: {
       Status st = ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
                           Timeout::none());
-      if (st.code() == StatusCode::ChannelFull) {
-        a.wouldBlock = st;
+      if (st.code() == StatusCode::ChannelFull || st.code() == StatusCode::PoolExhausted) {
+        a.wouldBlock = st;  // a try answers either, as the local try does
+        a.poolFull = st.code() == StatusCode::PoolExhausted;
         return a;
       }
       a.done = true;
@@ -392,7 +396,7 @@ void Gateway::run() {
   for (;;) {
     std::int64_t nextDeadline = INT64_MAX;
     bool partial = false;
-    bool busy = false;  // an operation found its channel's lock held
+    bool busy = false;  // an operation found its channel's lock held, or its pool full
     items.clear();
     waitedIds.clear();
     {
@@ -416,6 +420,8 @@ void Gateway::run() {
               reply(std::move(answer));
             });
             o.finished = true;
+          } else if (a.poolFull) {
+            busy = true;
           }
         }
         if (o.finished) {

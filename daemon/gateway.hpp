@@ -14,7 +14,10 @@
 // Neither the loop nor the thread ever waits on a channel's send or receive lock that a process
 // holds (base::LockPatience): a process stopped inside a send, by a debugger or SIGSTOP, must
 // not stall the node. An operation that finds its lock held goes to the thread (a try too,
-// answered as the local try once the lock is free), which tries it again every few ms.
+// answered as the local try once the lock is free), which tries it again every few ms. So
+// does a send that finds no free block in its channel's pool (a freed block wakes no channel
+// wait): it waits for one until its deadline, as a local send does, and a try answers
+// PoolExhausted.
 //
 // Owning thread: the event loop calls everything here; the gateway thread is internal.
 #pragma once

@@ -198,6 +198,48 @@ TEST_F(Gateway, TriesAndDeadlinesAnswerAsTheLocalCalls) {
   EXPECT_EQ(ch->channel().size(), 2u) << "a message too large for the buffer stays queued";
 }
 
+TEST_F(Gateway, ASendToAChannelWhosePoolIsFullWaitsForABlockAsTheLocalSend) {
+  // The channel has room; its pool has none: a try is PoolExhausted, a deadline waits for a
+  // block and gives Timeout, a blocking send completes once a receive frees one.
+  auto p = client.createPool(std::size_t{1} << 20);
+  ASSERT_TRUE(p.has_value()) << p.error().toString();
+  ChannelOptions o;
+  o.capacity = 64;
+  o.inlineSize = 64;
+  auto c = client.createChannel((*p)->descriptor(), o);
+  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  const std::string big(200 << 10, 'm');
+  int queued = 0;
+  for (; queued < 64; ++queued) {
+    Status st = (*c)->send(bytesOf(big), Timeout::none());
+    if (st.code() == StatusCode::PoolExhausted) break;
+    ASSERT_TRUE(st.isOk()) << st.toString();
+  }
+  ASSERT_GT(queued, 0);
+  ASSERT_LT(queued, 64) << "the pool never filled";
+  RawConn raw(d->socket());
+  auto send = op((*c)->descriptor(), pb::ChannelOp::SEND, 0);
+  send.mutable_channel_op()->set_data(big);
+  auto r = raw.reply(raw.post(send), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::PoolExhausted) << r->DebugString();
+  send.mutable_channel_op()->set_timeout_ns(100'000'000);
+  const auto t0 = std::chrono::steady_clock::now();
+  r = raw.reply(raw.post(send), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Timeout) << r->DebugString();
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);
+  send.mutable_channel_op()->set_timeout_ns(-1);
+  const auto sent = raw.post(send);
+  EXPECT_FALSE(raw.reply(sent, 100ms).has_value()) << "a send with no block free waits";
+  std::string buf(big.size(), '\0');
+  ASSERT_TRUE((*c)->recv(std::as_writable_bytes(std::span(buf.data(), buf.size()))).has_value());
+  r = raw.reply(sent, 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  EXPECT_EQ((*c)->channel().size(), static_cast<std::size_t>(queued));
+}
+
 TEST_F(Gateway, DestroyingTheChannelFailsItsParkedOperationsWithChannelClosed) {
   RawConn raw(d->socket());
   const auto waiting = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
