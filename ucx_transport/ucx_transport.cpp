@@ -69,6 +69,11 @@ constexpr std::uint64_t kMaxReorder = std::uint64_t{1} << 24;
 // What is remembered of messages dropped before this node knew their secret or sender.
 constexpr std::size_t kMaxEarlyDrops = 4096;
 constexpr std::size_t kMaxSkipped = 65536;
+// Once a drop could not be remembered (those bounds were reached: a flood before this node
+// joined, from a process without the secret or from a very large job), a gap in a peer's
+// sequence that stays open this long is taken for such a drop and passed over. On a live
+// endpoint a missing message is one overtaken on another lane, for microseconds.
+constexpr std::int64_t kForgottenGapNs = 1'000'000'000;
 // ucp_worker_progress calls per round, and rounds per progress() call: a flood cannot keep
 // progress() from returning to the event loop (needsProgress() says there is more).
 constexpr unsigned kMaxProgressCalls = 1024;
@@ -273,6 +278,7 @@ struct Peer {
   std::uint64_t sendSeq = 0;
   std::uint64_t nextSeq = 0;  // the next to deliver
   std::map<std::uint64_t, Slot> slots;
+  std::int64_t gapSinceNs = 0;  // when deliver() first found nextSeq missing with later ones here
   std::map<std::string, ucp_rkey_h, std::less<>> rkeys;  // unpacked on ep, by packed key
 };
 
@@ -472,6 +478,7 @@ class UcxTransport final : public Transport {
   std::vector<EarlyDrop> early_;
   std::map<std::uint32_t, std::vector<std::uint64_t>> skipped_;
   std::size_t skippedCount_ = 0;
+  bool forgotDrops_ = false;  // a drop's sequence number was not remembered (kForgottenGapNs)
   DropLog dropLog_;
   UcpWorker worker_;
 };
@@ -675,7 +682,10 @@ void UcxTransport::noteSkipped(std::uint32_t node, std::uint64_t seq) {
     }
     return;
   }
-  if (skippedCount_ >= kMaxSkipped) return;
+  if (skippedCount_ >= kMaxSkipped) {
+    forgotDrops_ = true;
+    return;
+  }
   skipped_[node].push_back(seq);
   ++skippedCount_;
 }
@@ -703,6 +713,7 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
     if (early_.size() < kMaxEarlyDrops) {
       early_.push_back({h.node, h.seq, std::string(h.secret)});  // judged by setSecret
     } else {
+      forgotDrops_ = true;
       dropped(&h, "this node has no job secret yet");
     }
     return UCS_OK;
@@ -865,10 +876,23 @@ void UcxTransport::deliver() {
     Peer& peer = *peerPtr;
     while (!peer.reported) {
       auto it = peer.slots.begin();
+      if (it != peer.slots.end() && it->first != peer.nextSeq && forgotDrops_) {
+        const std::int64_t now = nowNs();
+        if (peer.gapSinceNs == 0) peer.gapSinceNs = now;
+        if (now - peer.gapSinceNs >= kForgottenGapNs) {
+          DRAGON_LOG(Warn, kLog,
+                     "node %u: messages %llu to %llu of node %u never came; taken for drops "
+                     "that were not remembered (before this node joined), and passed over",
+                     options_.selfNode, static_cast<unsigned long long>(peer.nextSeq),
+                     static_cast<unsigned long long>(it->first - 1), node);
+          peer.nextSeq = it->first;
+        }
+      }
       if (it == peer.slots.end() || it->first != peer.nextSeq ||
           it->second.state == Slot::State::Receiving) {
         break;
       }
+      peer.gapSinceNs = 0;
       Slot slot = std::move(it->second);
       peer.slots.erase(it);
       ++peer.nextSeq;
