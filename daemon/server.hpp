@@ -85,6 +85,9 @@ class Server {
     bool jobRoot = false;    // it started the job: output goes here; closing ends the job
     std::uint32_t events = 0;  // what the loop watches for now
     bool drainScheduled = false;
+    // Its process has ended (processEnded ran; requests it wrote before it died may still be
+    // read): a receive is not made for it, whose holds were already broken.
+    bool peerEnded = false;
     std::string name;
   };
 

@@ -82,6 +82,9 @@ void Server::processEnded(const ProcessRecord& r) {
   // failing gives back neither.
   const bool clean = r.signal == 0 && r.exitCode == 0;
   const std::uint64_t me = Channel::holderWord(node_, static_cast<std::uint32_t>(r.pid));
+  for (auto& [id, c] : conns_) {
+    if (c->peer.pid == r.pid) c->peerEnded = true;
+  }
   gateway_->dropReceivesOf(me);
   const std::size_t broken =
       breakHolds([me](std::uint64_t h) { return h == me; }, clean);
@@ -804,6 +807,11 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     staged = *bytes;
   }
   if (kind == pb::ChannelOp::RECV) {
+    if (c->peerEnded) {  // its holds are broken: one taken now would never be
+      rq.fail(Status(StatusCode::PeerLost, "process " + std::to_string(c->peer.pid) +
+                                               " has ended: nothing is received for it"));
+      return;
+    }
     // The receiver is this connection's process: it holds what it receives of a lock.
     msg.mutable_channel_op()->set_holder(
         Channel::holderWord(node_, static_cast<std::uint32_t>(c->peer.pid)));

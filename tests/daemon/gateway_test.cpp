@@ -31,12 +31,18 @@ namespace pb = dragon::protocol;
 // bounded wait.
 class RawConn {
  public:
-  explicit RawConn(const std::string& path) {
-    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  static int connectTo(const std::string& path) {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-    EXPECT_EQ(connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return fd;
+  }
+  explicit RawConn(const std::string& path) : RawConn(connectTo(path)) {}
+  // Over a connection another process made (dragond knows it as that process's).
+  explicit RawConn(int connected) {
+    fd_ = connected;
     pb::Envelope hello;
     hello.mutable_hello()->set_min_version(pb::kVersion);
     hello.mutable_hello()->set_max_version(pb::kVersion);
@@ -549,6 +555,57 @@ TEST_F(Gateway, AReceiveThroughDragondHoldsAsTheRequesterAndHolderGoneIsRefused)
   EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument) << "HOLDER_GONE is between dragonds only";
   EXPECT_FALSE((*lock)->channel().isClosed());
   ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
+  EXPECT_EQ((*lock)->channel().holder(), 0u);
+}
+
+TEST_F(Gateway, AReceiveReadAfterItsProcessEndedTakesNothing) {
+  // A process can die with a RECV written and not yet read: dragond then sees its end first
+  // (and breaks its holds), and reads the request after. No token may be taken for it: no
+  // end would come to give it back. Here the process connects, hands its connection over,
+  // and ends; the request comes on that connection once dragond has seen the end.
+  ChannelOptions o;
+  o.capacity = 1;
+  o.inlineSize = 8;
+  o.trackHolder = true;
+  auto lock = client.createChannel(pool->descriptor(), o);
+  ASSERT_TRUE(lock.has_value()) << lock.error().toString();
+  ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const int conn = RawConn::connectTo(d->socket());
+    const int fds[1] = {conn};
+    char go = 0;
+    const bool sent = pb::sendAll(sv[1], std::string_view("c"), fds).isOk();
+    _exit(sent && read(sv[1], &go, 1) == 1 ? 0 : 1);
+  }
+  close(sv[1]);
+  std::vector<UniqueFd> got;
+  char buf[1];
+  for (int i = 0; i < 1000 && got.empty(); ++i) {
+    pollfd p{sv[0], POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 10'000), 1) << "the child never handed its connection over";
+    auto n = pb::recvSome(sv[0], std::span(buf, 1), got);
+    ASSERT_TRUE(n.has_value() && *n == 1);
+  }
+  ASSERT_EQ(got.size(), 1u);
+  auto adopted = client.adopt(child, {"gateway-test-child"});
+  ASSERT_TRUE(adopted.has_value()) << adopted.error().toString();
+  ASSERT_EQ(write(sv[0], "x", 1), 1);
+  close(sv[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);  // it exits as soon as it reads
+  ASSERT_TRUE(client.reportExited({adopted->puid, WEXITSTATUS(status), 0}).isOk());
+  auto ended = client.wait({adopted->puid}, Timeout::after(10s));
+  ASSERT_TRUE(ended.has_value()) << ended.error().toString();
+  RawConn raw(got.front().release());
+  const ObjectDescriptor desc = (*lock)->descriptor();
+  auto r = raw.reply(raw.post(op(desc, pb::ChannelOp::RECV, -1)), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::PeerLost) << r->DebugString();
+  EXPECT_EQ((*lock)->channel().size(), 1u) << "the token stays for the living";
   EXPECT_EQ((*lock)->channel().holder(), 0u);
 }
 
