@@ -12,6 +12,23 @@
 namespace dragon::base {
 namespace {
 
+// The longest one futex sleep lasts before the caller looks at its condition again. A process
+// killed between its commit and its wake-up (a sender after publishing, a receiver after
+// taking, a pool block's freer) leaves sleepers that no wake-up will reach: each finds the
+// change by itself within this, instead of sleeping until its deadline, or for ever.
+constexpr std::int64_t kSliceNs = 1'000'000'000;
+
+// Until when one sleep lasts: the deadline, or the end of a slice before it (`sliced`).
+std::int64_t sleepUntil(const Deadline& deadline, bool& sliced) noexcept {
+  const std::int64_t sliceEnd = monotonicNowNs() + kSliceNs;
+  sliced = deadline.isForever() || deadline.monotonicNs() > sliceEnd;
+  return sliced ? sliceEnd : deadline.monotonicNs();
+}
+
+bool passed(const Deadline& deadline) noexcept {
+  return !deadline.isForever() && monotonicNowNs() >= deadline.monotonicNs();
+}
+
 timespec toTimespec(std::int64_t ns) {
   timespec ts{};
   ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
@@ -26,13 +43,13 @@ WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
   if (deadline.isNow()) {
     return WaitOutcome::TimedOut;
   }
-  timespec ts = toTimespec(deadline.monotonicNs());
+  bool sliced = false;
+  timespec ts = toTimespec(sleepUntil(deadline, sliced));
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries never stretch it.
   long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET,
-                    expected, deadline.isForever() ? nullptr : &ts, nullptr,
-                    FUTEX_BITSET_MATCH_ANY);
+                    expected, &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
   if (rc == -1 && errno == ETIMEDOUT) {
-    return WaitOutcome::TimedOut;
+    return sliced ? WaitOutcome::Woken : WaitOutcome::TimedOut;
   }
   return WaitOutcome::Woken;  // woken, EAGAIN (value changed) or EINTR: caller re-checks
 }
@@ -69,11 +86,19 @@ WaitOutcome futexWaitMany(std::span<const FutexWaitItem> items, const Deadline& 
     v[i].uaddr = reinterpret_cast<std::uintptr_t>(items[i].word);
     v[i].flags = FUTEX_32;  // shared (no FUTEX_PRIVATE_FLAG): the words live in shared memory
   }
-  timespec ts = toTimespec(deadline.monotonicNs());
-  long rc = syscall(SYS_futex_waitv, v, static_cast<unsigned>(n), 0u,
-                    deadline.isForever() ? nullptr : &ts, CLOCK_MONOTONIC);
+  bool sliced = false;
+  timespec ts = toTimespec(sleepUntil(deadline, sliced));
+  long rc = syscall(SYS_futex_waitv, v, static_cast<unsigned>(n), 0u, &ts, CLOCK_MONOTONIC);
   if (rc == -1 && errno == ETIMEDOUT) {
-    return WaitOutcome::TimedOut;
+    return sliced ? WaitOutcome::Woken : WaitOutcome::TimedOut;
+  }
+  if (rc == -1 && errno != EAGAIN && errno != EINTR) {
+    // Nothing to wait on (no words), or no futex_waitv here (a kernel before 5.16, a seccomp
+    // filter): a short nap, after which the caller looks again; the deadline still holds.
+    if (passed(deadline)) return WaitOutcome::TimedOut;
+    timespec nap{0, 1'000'000};
+    clock_nanosleep(CLOCK_MONOTONIC, 0, &nap, nullptr);
+    return passed(deadline) ? WaitOutcome::TimedOut : WaitOutcome::Woken;
   }
   return WaitOutcome::Woken;
 }

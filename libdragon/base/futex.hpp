@@ -27,7 +27,8 @@ inline void cpuRelax() noexcept {
 enum class WaitOutcome { Woken, TimedOut };
 
 // Sleeps while *word == expected, until woken or the deadline passes. Spurious wake-ups are
-// possible: callers re-check their condition. EINTR is treated as a wake-up.
+// possible: callers re-check their condition. EINTR is treated as a wake-up, and so is the end
+// of a slice of at most 1 s: a notifier killed before its wake-up leaves no sleeper for longer.
 WaitOutcome futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
                       const Deadline& deadline) noexcept;
 void futexWakeAll(std::atomic<std::uint32_t>* word) noexcept;

@@ -188,8 +188,11 @@ Result<Channel> Channel::attach(Pool& pool, const ObjectDescriptor& d) {
       h->id != d.id) {
     return Status(StatusCode::NotFound, "no channel with id " + std::to_string(d.id) + " here");
   }
+  // Exactly the layout create() makes (so no sum below can wrap, whatever the header says).
   if (h->version != detail::kChannelVersion || h->capacity == 0 ||
-      h->slotStride < sizeof(Slot) + h->inlineSize ||
+      h->capacity > detail::kMaxCapacity || h->inlineSize > detail::kMaxInline ||
+      h->slotsOffset != sizeof(ChannelHeader) ||
+      h->slotStride != (sizeof(Slot) + std::uint64_t{h->inlineSize} + 63) / 64 * 64 ||
       h->slotsOffset + std::uint64_t{h->slotStride} * h->capacity > a->size) {
     return Status(StatusCode::Corrupt, "channel header is inconsistent");
   }

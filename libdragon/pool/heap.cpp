@@ -207,7 +207,7 @@ BlockHeader* Heap::usedBlockAtPayload(std::uint64_t payload) const noexcept {
     return nullptr;
   }
   const std::uint64_t size = sf & ~kUsedBit;
-  if (size < kMinBlock || size > h_->heapEnd - block) {
+  if (size < kMinBlock || size > h_->heapEnd - block || b->requested > size - kHeaderBytes) {
     return nullptr;
   }
   return b;

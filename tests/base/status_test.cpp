@@ -61,6 +61,18 @@ TEST(Deadline, NoneIsExpiredAndForeverNever) {
   EXPECT_GT(d.monotonicNs(), monotonicNowNs());
 }
 
+TEST(Timeout, DurationsBeyondInt64NanosecondsWaitForEverAndNegativeOnesAreTries) {
+  // seconds::max() in nanoseconds overflows int64: it must not wrap into a try.
+  EXPECT_TRUE(Timeout::after(std::chrono::seconds::max()).isForever());
+  EXPECT_TRUE(Timeout::after(std::chrono::hours(300'000'000)).isForever());
+  EXPECT_TRUE(Timeout::after(std::chrono::duration<double>(1e300)).isForever());
+  EXPECT_TRUE(Timeout::after(std::chrono::seconds(-5)).isNone());
+  EXPECT_TRUE(Timeout::after(std::chrono::seconds::min()).isNone());
+  EXPECT_TRUE(Timeout::after(std::chrono::nanoseconds(0)).isNone());
+  EXPECT_EQ(Timeout::after(std::chrono::milliseconds(1500)).nanoseconds(), 1'500'000'000);
+  EXPECT_EQ(Timeout::after(std::chrono::duration<double>(0.25)).nanoseconds(), 250'000'000);
+}
+
 TEST(Descriptor, RoundTripsThroughBytesAndText) {
   ObjectDescriptor d;
   d.kind = ObjectKind::Channel;

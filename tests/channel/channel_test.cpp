@@ -3,6 +3,7 @@
 
 #include "base/robust_mutex.hpp"
 #include "channel/layout.hpp"
+#include "pool/heap.hpp"
 #include "support/process.hpp"
 
 #include <gtest/gtest.h>
@@ -269,6 +270,98 @@ TEST_F(ChannelTest, AttachRefusesAScribbledHeaderInsteadOfReadingOutOfBounds) {
   h->capacity = capacity;
   h->slotStride = 8;  // smaller than a slot header
   EXPECT_EQ(Channel::attach(*pool_, ch.descriptor()).error().code(), StatusCode::Corrupt);
+}
+
+TEST_F(ChannelTest, AttachRefusesAHeaderWhoseSizesWrapAround) {
+  // Sizes chosen so that slotsOffset + stride * capacity wraps to a small number: a check of
+  // that sum alone passes, and the ring would then lie far outside the mapping.
+  Channel ch = make(4, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
+  std::vector<std::byte> saved(sizeof(detail::ChannelHeader));
+  std::memcpy(saved.data(), static_cast<void*>(h), saved.size());
+  auto restore = [&] { std::memcpy(static_cast<void*>(h), saved.data(), saved.size()); };
+  h->capacity = 1u << 20;
+  h->slotStride = 1u << 20;
+  h->inlineSize = 0;
+  h->slotsOffset = 0 - (std::uint64_t{1} << 40) + 64;
+  EXPECT_EQ(Channel::attach(*pool_, ch.descriptor()).error().code(), StatusCode::Corrupt);
+  restore();
+  h->inlineSize = 1u << 21;  // over the largest inline size
+  h->slotStride = (sizeof(detail::Slot) + (1u << 21) + 63) / 64 * 64;
+  EXPECT_EQ(Channel::attach(*pool_, ch.descriptor()).error().code(), StatusCode::Corrupt);
+  restore();
+  h->slotStride += 64;  // not the stride create() makes for its inline size
+  EXPECT_EQ(Channel::attach(*pool_, ch.descriptor()).error().code(), StatusCode::Corrupt);
+  restore();
+  EXPECT_TRUE(Channel::attach(*pool_, ch.descriptor()).has_value());
+}
+
+TEST_F(ChannelTest, ABlockWhoseRecordedSizeExceedsItIsNoAllocation) {
+  auto a = pool_->alloc(100);
+  ASSERT_TRUE(a.has_value());
+  auto* b = reinterpret_cast<detail::BlockHeader*>(static_cast<char*>(pool_->pointerAt(a->offset)) -
+                                                   detail::kHeaderBytes);
+  ASSERT_EQ(b->requested, 100u);
+  b->requested = std::uint64_t{1} << 40;  // scribbled: reading that much would leave the pool
+  EXPECT_FALSE(pool_->allocationAt(a->offset).has_value());
+  b->requested = 100;
+  ASSERT_TRUE(pool_->allocationAt(a->offset).has_value());
+  EXPECT_EQ(pool_->allocationAt(a->offset)->size, 100u);
+}
+
+// A sender killed after its commit but before its wake-up: the message is queued and nothing
+// will wake a receiver asleep on the channel. That receiver must still find it, by itself.
+TEST_F(ChannelTest, AReceiverFindsAMessageWhoseSenderDiedBeforeWakingIt) {
+  Channel ch = make(4, 64);
+  auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
+  std::atomic<bool> got{false};
+  std::string text;
+  std::thread receiver([&] {
+    std::vector<std::byte> buf(64);
+    auto n = ch.recv(buf, Timeout::forever());
+    if (n.has_value()) text.assign(reinterpret_cast<char*>(buf.data()), *n);
+    got = true;
+  });
+  const auto limit = std::chrono::steady_clock::now() + 10s;
+  while ((h->notEmpty.load() & 1u) == 0 && std::chrono::steady_clock::now() < limit) {
+    std::this_thread::yield();  // until the receiver sleeps on the channel
+  }
+  ASSERT_NE(h->notEmpty.load() & 1u, 0u) << "the receiver never went to sleep";
+  pid_t pid = forkChild([&] {
+    if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) return 2;
+    const std::uint64_t t = h->tail.load();
+    detail::Slot* s = detail::slotAt(h, t);
+    std::memcpy(detail::inlineBytes(s), "abc", 3);
+    s->kind = detail::SlotKind::Inline;
+    s->length = 3;
+    s->seq.store(t + 1);
+    h->tail.store(t + 1);
+    base::RobustMutex::unlock(&h->sendLock);
+    raise(SIGKILL);  // committed, and killed before its wake-up
+    return 3;
+  });
+  ASSERT_TRUE(WIFSIGNALED(waitFor(pid, 10s)));
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (!got && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+  }
+  const bool found = got;
+  if (!found) {
+    ASSERT_TRUE(ch.send(bytesOf("release"), kBounded).isOk());  // let it go
+  }
+  receiver.join();
+  EXPECT_TRUE(found) << "the receiver slept on with a message queued";
+  EXPECT_EQ(text, "abc");
+}
+
+TEST_F(ChannelTest, WaitAnyOverNoChannelsWaitsOutItsDeadline) {
+  std::vector<Channel::WaitItem> none;
+  auto r = Channel::waitAny(none, Timeout::after(50ms));
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  EXPECT_EQ(*r, 0u);
+  r = Channel::waitAny(none, Timeout::none());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(*r, 0u);
 }
 
 TEST_F(ChannelTest, ManyProducersAndConsumersAcrossProcessesDeliverEachMessageOnce) {

@@ -17,6 +17,12 @@ class Timeout {
   static constexpr Timeout forever() { return Timeout(kForeverNs); }
   template <typename Rep, typename Period>
   static constexpr Timeout after(std::chrono::duration<Rep, Period> d) {
+    if (!(d > d.zero())) return none();
+    // A duration past what int64 nanoseconds hold (seconds::max(), say) waits for ever; its
+    // cast to nanoseconds would overflow.
+    if (std::chrono::duration<double, std::nano>(d).count() >= static_cast<double>(kForeverNs)) {
+      return forever();
+    }
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
     return Timeout(ns < 0 ? 0 : static_cast<std::int64_t>(ns));
   }
