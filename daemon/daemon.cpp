@@ -220,6 +220,9 @@ int runDaemon(const DaemonOptions& options) {
     (void)setrlimit(RLIMIT_NOFILE, &nofile);
   }
   std::signal(SIGPIPE, SIG_IGN);
+  // An ignored SIGCHLD (inherited through fork and exec) makes the kernel reap our children
+  // itself: waitid() would then never give their status.
+  std::signal(SIGCHLD, SIG_DFL);
   sigset_t set;
   sigemptyset(&set);
   for (int s : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaddset(&set, s);

@@ -95,7 +95,8 @@ EventLoop::TimerId EventLoop::addTimer(std::int64_t atNs, std::function<void()> 
 }
 
 EventLoop::TimerId EventLoop::addTimerAfterNs(std::int64_t ns, std::function<void()> fn) {
-  return addTimer(monotonicNowNs() + ns, std::move(fn));
+  const std::int64_t now = monotonicNowNs();  // saturated: a huge delay must not wrap to the past
+  return addTimer(ns > INT64_MAX - now ? INT64_MAX : now + ns, std::move(fn));
 }
 
 void EventLoop::cancelTimer(TimerId id) {

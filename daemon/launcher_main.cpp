@@ -705,6 +705,9 @@ int run(int argc, char** argv) {
   }
   Options o;
   if (auto rc = parse(argc, argv, o)) return *rc;
+  // Inherited as ignored, SIGCHLD would have the kernel reap the private dragond, and its exit
+  // status (which says whether to sweep up after it) would be lost.
+  std::signal(SIGCHLD, SIG_DFL);
   // Before PMIx_Init: the threads it starts inherit the mask, so that terminal signals reach
   // the signalfd instead of killing the launcher in one of them.
   dragon::UniqueFd sigfd = blockTerminalSignals();

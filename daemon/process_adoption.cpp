@@ -142,7 +142,7 @@ Status ProcessManager::reportExit(std::uint64_t adopter, std::uint64_t puid, int
                                                    std::to_string(signal));
   }
   DRAGON_ASSIGN_OR_RETURN(Process * p, adoptedBy(adopter, puid));
-  if (p->finished) {
+  if (p->finished || p->exited) {
     return Status(StatusCode::InvalidArgument, "puid " + std::to_string(puid) + " has ended");
   }
   // It may be reported before its pidfd's readiness is handled: the report is the end.
@@ -175,6 +175,7 @@ void ProcessManager::adopterGone(std::uint64_t adopter) {
   for (auto& [puid, p] : processes_) {
     if (!p.adopted || p.adopter != adopter || p.finished) continue;
     p.adopter = 0;
+    if (p.exited) continue;  // its end was reported; its output is still being read
     if (!p.idle) ++orphans;  // an unused spare ran nothing of the program: its end is no loss
     if (p.gone) lost.push_back(puid);  // the others are recorded when their pidfd says so
   }

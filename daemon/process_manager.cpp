@@ -369,9 +369,18 @@ void ProcessManager::onExit(std::uint64_t puid) {
     return;
   }
   siginfo_t info{};
-  if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(p.pidfd.get()), &info,
-             WEXITED | WNOHANG) != 0 || info.si_pid == 0) {
+  const int rc = waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(p.pidfd.get()), &info,
+                        WEXITED | WNOHANG);
+  if ((rc != 0 && errno != ECHILD) || (rc == 0 && info.si_pid == 0)) {
     return;  // not yet (spurious wakeup)
+  }
+  if (rc != 0) {
+    // Reaped by the kernel (SIGCHLD ignored: runDaemon resets it, so not by our doing): it
+    // has ended, and its status is lost. Left in the loop, its pidfd would stay readable.
+    DRAGON_LOG(Warn, "processes", "puid %llu (pid %d) was reaped without us: status lost",
+               static_cast<unsigned long long>(p.puid), p.pid);
+    info.si_code = CLD_EXITED;
+    info.si_status = 255;
   }
   loop_.remove(p.pidfd.get());
   p.pidfd.reset();

@@ -79,8 +79,8 @@ T take(dragon::Result<T>&& r) {
 inline dragon::Timeout timeoutOf(const py::object& seconds) {
   if (seconds.is_none()) return dragon::Timeout::forever();
   const double s = seconds.cast<double>();
-  if (s <= 0) return dragon::Timeout::none();
-  return dragon::Timeout::after(std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9)));
+  if (!(s > 0)) return dragon::Timeout::none();  // NaN too
+  return dragon::Timeout::after(std::chrono::duration<double>(s));  // saturates to forever
 }
 
 inline std::string descOf(const dragon::ObjectDescriptor& d) { return d.toString(); }

@@ -3,6 +3,7 @@
 #include "daemon_fixture.hpp"
 
 #include <fcntl.h>
+#include <future>
 #include <map>
 #include <optional>
 #include <thread>
@@ -424,6 +425,53 @@ TEST(Processes, AnAdoptedChildsCapturedOutputCarriesItsPuidAndIsReadBeforeItsEnd
   }
   EXPECT_EQ(stdoutText, std::string(100000, 'x') + "\nlast");
   EXPECT_EQ(stderrText, "oops\n");
+}
+
+TEST(Processes, AnAdoptersEndKeepsTheReportedStatusOfAChildWhoseOutputIsStillRead) {
+  // The end was reported; the output pipe is still open (a grandchild may hold it), so the
+  // process is not finished yet when its adopter's connection closes. That close must not
+  // overwrite the reported status with the lost-status code.
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client watcher = d->connect();
+  std::optional<Client> adopter(d->connect());
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t child = fork();
+  if (child == 0) _exit(7);
+  ASSERT_GT(child, 0);
+  auto a = adopter->adopt(child, {"adopted"}, /*idle=*/false, out[0]);
+  close(out[0]);
+  ASSERT_TRUE(a.has_value()) << a.error().toString();
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(adopter->reportExited(ExitInfo{a->puid, WEXITSTATUS(status), 0}).isOk());
+  adopter.reset();  // out[1] stays open here: its output is read until the drain grace ends
+  auto w = watcher.wait({a->puid}, Timeout::after(30s));
+  close(out[1]);
+  ASSERT_TRUE(w.has_value()) << w.error().toString();
+  EXPECT_EQ(w->front().exitCode, 7);
+  EXPECT_EQ(w->front().signal, 0);
+}
+
+TEST(Processes, AWaitWithTheLongestFiniteTimeoutWaits) {
+  // A timeout near INT64_MAX ns must not wrap into the past and answer Timeout at once.
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  auto r = c.spawn(shell("exec sleep 600"));
+  ASSERT_TRUE(r.has_value());
+  const auto puid = r->front().puid;
+  Client waiter = d->connect();
+  const Timeout longest = Timeout::after(std::chrono::nanoseconds(INT64_MAX - (1 << 20)));
+  ASSERT_FALSE(longest.isForever());  // a finite timeout goes on the wire, not forever's -1
+  auto w = std::async(std::launch::async, [&] { return waiter.wait({puid}, longest); });
+  EXPECT_EQ(w.wait_for(1s), std::future_status::timeout) << "the wait ended at once";
+  ASSERT_TRUE(c.signal({puid}, SIGKILL).isOk());
+  ASSERT_EQ(w.wait_for(30s), std::future_status::ready);
+  auto got = w.get();
+  ASSERT_TRUE(got.has_value()) << got.error().toString();
+  EXPECT_EQ(got->front().signal, SIGKILL);
 }
 
 TEST(Processes, AnAdoptThatCapturesOutputNeedsTheReadEndOfAPipe) {

@@ -1414,6 +1414,17 @@ class LauncherTest(unittest.TestCase):
             os.unlink(f.name)
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_a_launcher_started_with_sigchld_ignored_ends_with_its_programs_code(self):
+        # An ignored SIGCHLD survives exec: the kernel would reap dragond's children by itself,
+        # dragond would never learn that the program ended, and the job would never end.
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        r = subprocess.run([self.LAUNCHER, "--", "/bin/sh", "-c", "echo ran; exit 3"],
+                           capture_output=True, text=True, timeout=60, env=env,
+                           preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+        self.assertEqual((r.returncode, r.stdout), (3, "ran\n"), r.stderr)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_dragon_app_py_runs_main_with_argv_and_exit_code(self):
         r = self.run_script(
             "import multiprocessing as mp, sys\n"
