@@ -3,6 +3,7 @@
 for a one-way pipe), connection.wait over channels, and Listener/Client (below)."""
 import atexit
 import collections
+import errno
 import ipaddress
 import itertools
 import multiprocessing.connection as _mpc
@@ -260,14 +261,30 @@ class Connection:
             raise ValueError("size is out of range")
         if held:  # raw memory of another node held here (see _coherence)
             released()
-        self._send.send(m[offset:offset + size], None)
+        self._send_message(m[offset:offset + size])
 
     def send(self, obj):
         self._check(False)
         data = dumps_inband(obj)
         if held:
             released()
-        self._send.send(data, None)
+        self._send_message(data)
+
+    def _send_message(self, data):
+        """Sends; BrokenPipeError, as an OS pipe's writer gets, once no process holds the
+        other end for reading (looked at before, and each _WRITER_CHECK while the channel is
+        full). A reader that was killed is not counted out: a full channel then waits."""
+        if self._wrec is None:  # an end of another node's channel: no handle record here
+            self._send.send(data, None)
+            return
+        while True:
+            if self._send.pool.load_u64(self._wrec) >> 32 == 0:
+                raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed")
+            try:
+                self._send.send(data, _WRITER_CHECK)
+                return
+            except TimeoutError:
+                pass
 
     def _recv_message(self, timeout=None):
         if self._rrec is not None:

@@ -134,6 +134,19 @@ class _SemLockView:
 class BoundedSemaphore(Semaphore):
     def __init__(self, value=1, *, ctx=None):
         super().__init__(value, ctx=ctx, _capacity=max(value, 1))
+        self._never = value == 0  # a channel holds at least one token: refused here instead
+
+    def __getstate__(self):
+        return super().__getstate__() + (self._never,)
+
+    def __setstate__(self, state):
+        super().__setstate__(state[:2])
+        self._never = state[2]
+
+    def release(self, n=1):
+        if self._never:
+            raise ValueError("semaphore or lock released too many times")
+        super().release(n)
 
 
 class Lock(Semaphore):
@@ -293,13 +306,31 @@ class Condition:
         if isinstance(self._lock, RLock):
             self._lock._count = count
 
+    def _check_owned(self):
+        # Before any count moves: a wait on a lock not held must change nothing.
+        if isinstance(self._lock, RLock):
+            owned = self._lock._is_owned()
+        else:
+            is_zero = getattr(self._lock, "_is_zero", None)
+            owned = is_zero is None or is_zero()
+        if not owned:
+            raise AssertionError("wait() on an un-acquired lock")
+
     def wait(self, timeout=None):
+        self._check_owned()
         self._sleeping_count.release()
         count = self._release_fully()
+        woken = False
         try:
-            return self._wait_semaphore.acquire(True, timeout)
+            woken = self._wait_semaphore.acquire(True, timeout)
+            return woken
         finally:
-            self._woken_count.release()
+            # Not woken (a timeout, an interrupt): it takes its own sleeper's count back, so
+            # that waits that time out do not pile counts up (a loop of Event.wait(1) would
+            # fill the semaphores). When that count is gone, a notify took it and waits for
+            # this waiter's note in _woken_count, as for one it woke.
+            if woken or not self._sleeping_count.acquire(False):
+                self._woken_count.release()
             self._reacquire(count)
 
     def notify(self, n=1):
