@@ -2,16 +2,21 @@
 """Queues on Dragon channels. An object is one message (codec.cpp): pickled with protocol 5,
 small ones copied into the channel's ring, large ones written once into a pool block that the
 receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
+import collections
 import queue
+import threading
 import time
-from multiprocessing import context
+import weakref
+from multiprocessing import context, util
 
 from . import _runtime
 from ._coherence import acquired, held, released
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
 
-# A queue created without maxsize holds this many items before put() blocks.
+# A queue created without maxsize holds this many items in its channel; past that, a put()
+# leaves the item with this process's feeder thread (as the stdlib's Queue does with all of
+# them), which sends it once there is room: put() never blocks on an unbounded queue.
 UNBOUNDED_CAPACITY = 4096
 
 
@@ -24,10 +29,15 @@ def _timeout(block, timeout):
 
 
 class Queue:
+    # Whether an unbounded one buffers past its channel (JoinableQueue does not: its count of
+    # unfinished tasks is a semaphore, which holds no more than its channel, so put() blocks).
+    _buffers = True
+
     def __init__(self, maxsize=0, *, ctx=None):
         self._maxsize = maxsize
         self._channel = _runtime.new_channel(maxsize if maxsize > 0 else UNBOUNDED_CAPACITY)
         self._closed = False
+        self._reset_feeder()
 
     def __getstate__(self):
         context.assert_spawning(self)
@@ -37,12 +47,77 @@ class Queue:
         self._maxsize, descriptor = state
         self._channel = _runtime.attach_channel(descriptor)
         self._closed = False
+        self._reset_feeder()
+
+    def _reset_feeder(self):
+        """This process's overflow of an unbounded queue (none yet): the items a put() left
+        while the channel was full, oldest first, and the thread that sends them."""
+        self._buffer = collections.deque()
+        self._buffer_lock = threading.Lock()
+        self._feeder = None
+        self._joiner = None
+        self._joincancelled = False
+        util.register_after_fork(self, Queue._reset_feeder)  # a fork's copy has none of them
+
+    def _overflow(self, obj):
+        """Under _buffer_lock: `obj` waits in the buffer; the feeder runs."""
+        self._buffer.append(obj)
+        if self._feeder is None:
+            self._feeder = threading.Thread(target=Queue._feed, args=(weakref.ref(self),),
+                                            name="dragon-queue-feeder", daemon=True)
+            self._feeder.start()
+            # As the stdlib's: the process waits for it to send everything before it ends,
+            # unless cancel_join_thread() was called.
+            self._joiner = util.Finalize(self._feeder, Queue._join_feeder,
+                                         [weakref.ref(self._feeder)], exitpriority=-5)
+            if self._joincancelled:
+                self._joiner.cancel()
+
+    @staticmethod
+    def _join_feeder(thread_ref):
+        thread = thread_ref()
+        if thread is not None:
+            thread.join()
+
+    @staticmethod
+    def _feed(ref):
+        while True:
+            q = ref()
+            if q is None:
+                return
+            with q._buffer_lock:
+                if not q._buffer:
+                    q._feeder = None
+                    return
+                obj = q._buffer[0]
+                channel, on_error = q._channel, q._on_queue_feeder_error
+            del q  # the queue may go while this waits for room
+            try:
+                channel.put(obj, True, None, on_error)
+            except Exception as e:  # the channel closed or went: nothing more can be sent
+                on_error(e, obj)
+            q = ref()
+            if q is None:
+                return
+            with q._buffer_lock:
+                q._buffer.popleft()
+            del q, obj
 
     def put(self, obj, block=True, timeout=None):
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
         if held:  # raw memory of another node held here (see _coherence)
             released()
+        if self._maxsize <= 0 and self._buffers:
+            with self._buffer_lock:
+                if not self._buffer:  # else it goes after what waits there (FIFO)
+                    try:
+                        self._channel.put(obj, False, None, self._on_queue_feeder_error)
+                        return
+                    except queue.Full:
+                        pass
+                self._overflow(obj)
+            return
         # An object that cannot be pickled is reported and dropped, as by the stdlib's feeder.
         self._channel.put(obj, block, timeout, self._on_queue_feeder_error)
 
@@ -69,7 +144,7 @@ class Queue:
         return self.get(False)
 
     def qsize(self):
-        return self._channel.size()
+        return self._channel.size() + len(self._buffer)
 
     def _dragon_ready(self):
         """For connection.wait: a get would not block (or the queue is closed)."""
@@ -93,13 +168,20 @@ class Queue:
         self._closed = True
 
     def join_thread(self):
-        pass  # puts go straight to the channel: there is no feeder thread to join
+        """Waits until the items this process's put() left in its buffer are sent (only an
+        unbounded queue whose channel filled has any)."""
+        thread = self._feeder
+        if thread is not None:
+            thread.join()
 
     def cancel_join_thread(self):
-        pass
+        self._joincancelled = True
+        if self._joiner is not None:
+            self._joiner.cancel()
 
 
 class JoinableQueue(Queue):
+    _buffers = False
     def __init__(self, maxsize=0, *, ctx=None):
         super().__init__(maxsize, ctx=ctx)
         from .synchronize import Condition, Semaphore

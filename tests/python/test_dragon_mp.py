@@ -78,6 +78,10 @@ def echo_pipe(conn):
         conn.send(("echo", obj))
 
 
+def recv_one(conn):
+    conn.recv()
+
+
 def write_to_received_fd(conn, data):
     from multiprocessing import reduction
     fd = reduction.recv_handle(conn)
@@ -102,6 +106,11 @@ def forward_pipe_end(q, back):
 def produce(q, who, n):
     for i in range(n):
         q.put((who, i))
+
+
+def produce_then_set(q, who, n, done):
+    produce(q, who, n)
+    done.set()
 
 
 def write_three(w):
@@ -761,6 +770,31 @@ class QueueTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             q.put(1)
 
+    def test_an_unbounded_queue_takes_more_than_its_channel_holds_without_blocking(self):
+        # The stdlib's unbounded put never blocks: items past the channel's 4096 wait in this
+        # process's buffer and its feeder sends them, in order.
+        q = CTX.Queue()
+        done = []
+        t = threading.Thread(target=lambda: ([q.put(i) for i in range(10000)],
+                                             done.append(True)), daemon=True)
+        t.start()
+        t.join(60)
+        self.assertEqual(done, [True], "put blocked on an unbounded queue")
+        self.assertEqual(q.qsize(), 10000)
+        self.assertEqual([q.get(timeout=30) for _ in range(10000)], list(range(10000)))
+        q.join_thread()
+
+    def test_a_process_that_ends_with_items_in_its_buffer_sends_them_first(self):
+        q = CTX.Queue()
+        done = CTX.Event()
+        p = CTX.Process(target=produce_then_set, args=(q, 0, 10000, done))
+        p.start()
+        self.assertTrue(done.wait(60))  # all put, most of them in its buffer, and it ends now
+        got = [q.get(timeout=20) for _ in range(10000)]
+        p.join(60)
+        self.assertEqual(p.exitcode, 0)
+        self.assertEqual(got, [(0, i) for i in range(10000)])
+
     def test_four_producers_deliver_everything_once(self):
         q = CTX.Queue()
         ps = [CTX.Process(target=produce, args=(q, w, 500)) for w in range(4)]
@@ -977,6 +1011,47 @@ def relay_expect_eof(descriptor, key, out):
 
 
 class PipeTest(unittest.TestCase):
+    def test_sending_once_no_reader_is_left_raises_broken_pipe(self):
+        r, w = CTX.Pipe(duplex=False)
+        r.close()
+        with self.assertRaises(BrokenPipeError):
+            w.send(1)
+        a, b = CTX.Pipe()
+        b.close()
+        with self.assertRaises(BrokenPipeError):
+            a.send_bytes(b"x")
+        # A writer blocked on a full pipe when the last reader goes gets it too.
+        r, w = CTX.Pipe()
+        box = []
+
+        def fill():
+            try:
+                for _ in range(100000):
+                    w.send_bytes(b"x" * 100)
+                box.append("never full")
+            except BrokenPipeError:
+                box.append("broken")
+
+        t = threading.Thread(target=fill, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60
+        while w._send.size() < w._send.capacity and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the channel is full and the writer waits
+        r.close()
+        t.join(60)
+        self.assertEqual(box, ["broken"])
+
+    def test_a_reader_in_a_child_keeps_the_pipe_open_until_the_child_ends(self):
+        r, w = CTX.Pipe(duplex=False)
+        p = CTX.Process(target=recv_one, args=(r,))
+        p.start()
+        r.close()  # the child's handle is counted: sending still works
+        w.send("hello")
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        with self.assertRaises(BrokenPipeError):
+            w.send("after")
+
     def assert_open_until_closed(self, writer, reader):
         """The pipe still carries messages, and its reader sees EOF once `writer` closes."""
         writer.send("still open")
@@ -1137,6 +1212,48 @@ class SharedValueTest(unittest.TestCase):
 
 
 class SynchronizeTest(unittest.TestCase):
+    def test_waits_that_time_out_do_not_fill_the_condition(self):
+        # Each timed-out wait used to leave a count behind until the next notify: a loop of
+        # Event.wait(timeout) (a common stop-flag idiom) failed after 4097 of them.
+        e = CTX.Event()
+        for _ in range(5000):
+            self.assertFalse(e.wait(0))
+        c = CTX.Condition()
+        with c:
+            for _ in range(5000):
+                self.assertFalse(c.wait(0))
+            c.notify()  # nobody waits: returns at once
+        box = []
+        waiter = threading.Thread(target=lambda: box.append(e.wait(60)))
+        waiter.start()
+        e.set()
+        waiter.join(60)
+        self.assertEqual(box, [True])
+
+    def test_a_wait_on_a_condition_not_held_changes_nothing(self):
+        for c in (CTX.Condition(), CTX.Condition(CTX.Lock())):
+            with self.assertRaises(AssertionError):
+                c.wait(0)
+            done = []
+            t = threading.Thread(target=lambda: (c.acquire(), c.notify(), c.release(),
+                                                 done.append(True)), daemon=True)
+            t.start()
+            t.join(30)
+            self.assertEqual(done, [True], "a notify waited for a waiter that never was")
+        lock = CTX.Lock()
+        c = CTX.Condition(lock)
+        with self.assertRaises(AssertionError):
+            c.wait(0)
+        self.assertTrue(lock.acquire(False), "the failed wait released nothing")
+        lock.release()
+
+    def test_a_bounded_semaphore_of_zero_refuses_a_release(self):
+        s = CTX.BoundedSemaphore(0)
+        self.assertFalse(s.acquire(False))
+        with self.assertRaises(ValueError):
+            s.release()
+        self.assertFalse(s.acquire(False))
+
     def test_lock_held_by_another_process_times_out(self):
         lock, held, release = CTX.Lock(), CTX.Event(), CTX.Event()
         p = CTX.Process(target=hold_lock, args=(lock, held, release))
