@@ -31,6 +31,16 @@ constexpr Timeout kBounded = Timeout::after(std::chrono::seconds(10));
 
 std::span<const std::byte> bytesOf(const std::string& s) { return std::as_bytes(std::span(s)); }
 
+// What a sender does under the send lock, up to publishing "abc" in the tail's slot (a test
+// that kills the sender after it goes on from there).
+void publishAbc(detail::ChannelHeader* h, std::uint64_t t) {
+  detail::Slot* s = detail::slotAt(h, t);
+  std::memcpy(detail::inlineBytes(s), "abc", 3);
+  s->kind = detail::SlotKind::Inline;
+  s->length = 3;
+  s->seq.store(t + 1);
+}
+
 class ChannelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -330,11 +340,7 @@ TEST_F(ChannelTest, AReceiverFindsAMessageWhoseSenderDiedBeforeWakingIt) {
   pid_t pid = forkChild([&] {
     if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) return 2;
     const std::uint64_t t = h->tail.load();
-    detail::Slot* s = detail::slotAt(h, t);
-    std::memcpy(detail::inlineBytes(s), "abc", 3);
-    s->kind = detail::SlotKind::Inline;
-    s->length = 3;
-    s->seq.store(t + 1);
+    publishAbc(h, t);
     h->tail.store(t + 1);
     base::RobustMutex::unlock(&h->sendLock);
     raise(SIGKILL);  // committed, and killed before its wake-up
@@ -637,13 +643,8 @@ TEST_F(ChannelTest, ASenderKilledBetweenPublishAndTailKeepsItsMessage) {
   auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
   pid_t pid = forkChild([&] {
     if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) return 2;
-    const std::uint64_t t = h->tail.load();
-    detail::Slot* s = detail::slotAt(h, t);
-    std::memcpy(detail::inlineBytes(s), "abc", 3);
-    s->kind = detail::SlotKind::Inline;
-    s->length = 3;
-    s->seq.store(t + 1);  // published...
-    raise(SIGKILL);       // ...but tail never advanced, and the lock dies with us
+    publishAbc(h, h->tail.load());  // published...
+    raise(SIGKILL);  // ...but tail never advanced, and the lock dies with us
     return 3;
   });
   ASSERT_TRUE(WIFSIGNALED(waitFor(pid, 10s)));

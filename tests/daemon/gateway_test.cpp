@@ -129,6 +129,18 @@ struct Gateway : ::testing::Test {
   }
 };
 
+// A lock's channel (its holder tracked) holding its token.
+Result<std::unique_ptr<ClientChannel>> lockWithToken(Client& client, const Pool& pool) {
+  ChannelOptions o;
+  o.capacity = 1;
+  o.inlineSize = 8;
+  o.trackHolder = true;
+  DRAGON_ASSIGN_OR_RETURN(std::unique_ptr<ClientChannel> lock,
+                          client.createChannel(pool.descriptor(), o));
+  DRAGON_TRY(lock->send(bytesOf("t")));
+  return lock;
+}
+
 TEST_F(Gateway, AParkedRecvCompletesWhenAMessageIsSentAndOrderIsKept) {
   RawConn raw(d->socket());
   const auto first = raw.post(op(ch->descriptor(), pb::ChannelOp::RECV, -1));
@@ -533,13 +545,8 @@ TEST_F(Gateway, MalformedOperationsAreErrorsAndTheConnectionStays) {
 // A receive through dragond of a lock's channel (trackHolder) makes the requesting process the
 // holder, whatever holder the request claims; HOLDER_GONE is between dragonds only.
 TEST_F(Gateway, AReceiveThroughDragondHoldsAsTheRequesterAndHolderGoneIsRefused) {
-  ChannelOptions o;
-  o.capacity = 1;
-  o.inlineSize = 8;
-  o.trackHolder = true;
-  auto lock = client.createChannel(pool->descriptor(), o);
+  auto lock = lockWithToken(client, *pool);
   ASSERT_TRUE(lock.has_value()) << lock.error().toString();
-  ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
   RawConn raw(d->socket());
   const ObjectDescriptor desc = (*lock)->descriptor();
   auto recv = op(desc, pb::ChannelOp::RECV, -1);
@@ -563,13 +570,8 @@ TEST_F(Gateway, AReceiveReadAfterItsProcessEndedTakesNothing) {
   // (and breaks its holds), and reads the request after. No token may be taken for it: no
   // end would come to give it back. Here the process connects, hands its connection over,
   // and ends; the request comes on that connection once dragond has seen the end.
-  ChannelOptions o;
-  o.capacity = 1;
-  o.inlineSize = 8;
-  o.trackHolder = true;
-  auto lock = client.createChannel(pool->descriptor(), o);
+  auto lock = lockWithToken(client, *pool);
   ASSERT_TRUE(lock.has_value()) << lock.error().toString();
-  ASSERT_TRUE((*lock)->send(bytesOf("t")).isOk());
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   const pid_t child = fork();
