@@ -523,12 +523,8 @@ class _RemoteTemplate:
         raise ValueError("the preparation data lends no fds")
 
     def _give_up(self, why):
-        """Never used again. Our end closes: the template stops reading requests (also one we
-        left half-written) and ends once its children have, and a reply we did not read
-        cannot answer a later start."""
         self.broken = True
         self._last_env = None
-        self._sock.close()
         sys.stderr.write("dragon: the process template of node %d is not used (%s); processes "
                          "start there as fresh interpreters instead\n" % (self.node, why))
 
