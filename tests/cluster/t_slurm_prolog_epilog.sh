@@ -222,6 +222,13 @@ grep -qE "^drain.* dragon epilog, job $djob: cannot remove" <<<"$state" || fail 
 pinned=""
 rm -rf "/run/dragon/slurm-job-$djob-n3"
 "$CLUSTER" exec scontrol update nodename=n3 state=resume
+# Resumed is not yet usable: srun at once may find n3 still unavailable ("Requested nodes are
+# busy", seen in CI). Wait, bounded, until slurmctld has it idle again.
+deadline=$((SECONDS + 30))
+until [ "$("$CLUSTER" exec sinfo -h -n n3 -o '%T' 2>/dev/null)" = idle ]; do
+  [ $SECONDS -lt $deadline ] || fail "n3 is not idle 30 s after its resume: $("$CLUSTER" exec sinfo -h -n n3 -o '%T %E')"
+  sleep 0.1
+done
 
 echo "--- a job of root: no dragond from the prolog"
 out=$(srun_dragon -- sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET' 2>&1) || fail "root's job failed: $out"
