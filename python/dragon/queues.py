@@ -109,13 +109,16 @@ class Queue:
         if held:  # raw memory of another node held here (see _coherence)
             released()
         if self._maxsize <= 0 and self._buffers:
+            # Straight into the channel while nothing of this process waits in the buffer (an
+            # empty buffer means all put before is in the channel: the feeder drops an item
+            # only once it has sent it), without the buffer's lock; else after what waits.
+            if not self._buffer:
+                try:
+                    self._channel.put(obj, False, None, self._on_queue_feeder_error)
+                    return
+                except queue.Full:
+                    pass
             with self._buffer_lock:
-                if not self._buffer:  # else it goes after what waits there (FIFO)
-                    try:
-                        self._channel.put(obj, False, None, self._on_queue_feeder_error)
-                        return
-                    except queue.Full:
-                        pass
                 self._overflow(obj)
             return
         # An object that cannot be pickled is reported and dropped, as by the stdlib's feeder.
