@@ -272,19 +272,12 @@ class Connection:
 
     def _send_message(self, data):
         """Sends; BrokenPipeError, as an OS pipe's writer gets, once no process holds the
-        other end for reading (looked at before, and each _WRITER_CHECK while the channel is
-        full). A reader that was killed is not counted out: a full channel then waits."""
-        if self._wrec is None:  # an end of another node's channel: no handle record here
+        other end for reading: the last reader's _give_back closes the channel, which also
+        wakes a writer waiting on it full. A reader that was killed is not counted out."""
+        try:
             self._send.send(data, None)
-            return
-        while True:
-            if self._send.pool.load_u64(self._wrec) >> 32 == 0:
-                raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed")
-            try:
-                self._send.send(data, _WRITER_CHECK)
-                return
-            except TimeoutError:
-                pass
+        except ChannelClosed:
+            raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed") from None
 
     def _recv_message(self, timeout=None):
         if self._rrec is not None:
@@ -462,8 +455,9 @@ def _owned_end(state):
 
 def _give_back(send, wrec, recv, rrec, pid):
     """Gives back a writer handle of `send` that `pid` holds (with wrec) and a reader handle of
-    `recv` (with rrec). The last writer closes the channel (its reader sees end of file); the
-    last handle frees the record."""
+    `recv` (with rrec). The last writer closes the channel (its reader sees end of file), so
+    does the last reader (its writers get BrokenPipeError); the last handle frees the
+    record."""
     if send is not None and wrec is not None:
         pool = send.pool
         _writer_slot(pool, wrec, pid, -1)
@@ -474,7 +468,10 @@ def _give_back(send, wrec, recv, rrec, pid):
             pool.free(wrec)
     if recv is not None and rrec is not None:
         pool = recv.pool
-        if pool.add_u64(rrec, -_READER) == 0:
+        left = pool.add_u64(rrec, -_READER)
+        if left & ~_LOW == 0:
+            recv.close()  # no reader is left, and none can come: its writers get EPIPE
+        if left == 0:
             pool.free(rrec)
 
 

@@ -590,7 +590,6 @@ class _RemoteTemplate:
                 sent = True
                 reply = self._reply()
             except BaseException as e:  # an interrupt too: its reply could answer the next
-                self._last_env = None
                 self._give_up("%s: %s" % (type(e).__name__, e))
                 taken = sent and self._taken_back()  # else the template may still run it
                 if not isinstance(e, Exception):

@@ -185,6 +185,7 @@ class Queue:
 
 class JoinableQueue(Queue):
     _buffers = False
+
     def __init__(self, maxsize=0, *, ctx=None):
         super().__init__(maxsize, ctx=ctx)
         from .synchronize import Condition, Semaphore

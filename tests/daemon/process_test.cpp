@@ -22,6 +22,13 @@ SpawnOptions shell(const std::string& script) {
   return o;
 }
 
+// A process that runs until it is signalled: its spawn info.
+ProcessInfo spawnSleeper(Client& c) {
+  auto r = c.spawn(shell("exec sleep 600"));
+  EXPECT_TRUE(r.has_value()) << r.error().toString();
+  return r.has_value() ? r->front() : ProcessInfo{};
+}
+
 TEST(Processes, FiveHundredRunConcurrentlyAndAreAllReapedWithTheirStatus) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
@@ -136,9 +143,8 @@ TEST(Processes, WaitTimesOutWhileTheProcessRunsAndSignalEndsIt) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
   Client c = d->connect();
-  auto r = c.spawn(shell("exec sleep 600"));
-  ASSERT_TRUE(r.has_value());
-  const auto puid = r->front().puid;
+  const auto puid = spawnSleeper(c).puid;
+  ASSERT_NE(puid, 0u);
   auto w = c.wait({puid}, Timeout::after(50ms));
   ASSERT_FALSE(w.has_value());
   EXPECT_EQ(w.error().code(), StatusCode::Timeout);
@@ -313,11 +319,11 @@ TEST(Processes, DragondStopsItsProcessesOnSigtermAndExitsZero) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
   Client c = d->connect();
-  auto r = c.spawn(shell("exec sleep 600"));
-  ASSERT_TRUE(r.has_value());
+  const pid_t pid = spawnSleeper(c).pid;
+  ASSERT_NE(pid, 0);
   const int st = d->stop();
   EXPECT_EQ(testing::exitCodeOf(st), 0);
-  EXPECT_TRUE(testing::processGone(r->front().pid));
+  EXPECT_TRUE(testing::processGone(pid));
   EXPECT_NE(access(d->socket().c_str(), F_OK), 0) << "the socket file is removed";
 }
 
@@ -459,9 +465,8 @@ TEST(Processes, AWaitWithTheLongestFiniteTimeoutWaits) {
   auto d = RunningDaemon::start();
   ASSERT_TRUE(d);
   Client c = d->connect();
-  auto r = c.spawn(shell("exec sleep 600"));
-  ASSERT_TRUE(r.has_value());
-  const auto puid = r->front().puid;
+  const auto puid = spawnSleeper(c).puid;
+  ASSERT_NE(puid, 0u);
   Client waiter = d->connect();
   const Timeout longest = Timeout::after(std::chrono::nanoseconds(INT64_MAX - (1 << 20)));
   ASSERT_FALSE(longest.isForever());  // a finite timeout goes on the wire, not forever's -1

@@ -23,8 +23,8 @@ class Timeout {
     if (std::chrono::duration<double, std::nano>(d).count() >= static_cast<double>(kForeverNs)) {
       return forever();
     }
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
-    return Timeout(ns < 0 ? 0 : static_cast<std::int64_t>(ns));
+    return Timeout(static_cast<std::int64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
   }
 
   constexpr std::int64_t nanoseconds() const { return ns_; }
