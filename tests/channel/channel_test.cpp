@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <numeric>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -324,13 +325,14 @@ TEST_F(ChannelTest, ABlockWhoseRecordedSizeExceedsItIsNoAllocation) {
 TEST_F(ChannelTest, AReceiverFindsAMessageWhoseSenderDiedBeforeWakingIt) {
   Channel ch = make(4, 64);
   auto* h = static_cast<detail::ChannelHeader*>(pool_->pointerAt(ch.descriptor().offset));
-  std::atomic<bool> got{false};
   std::string text;
+  std::promise<void> got;
+  std::future<void> received = got.get_future();
   std::thread receiver([&] {
     std::vector<std::byte> buf(64);
     auto n = ch.recv(buf, Timeout::forever());
     if (n.has_value()) text.assign(reinterpret_cast<char*>(buf.data()), *n);
-    got = true;
+    got.set_value();
   });
   const auto limit = std::chrono::steady_clock::now() + 10s;
   while ((h->notEmpty.load() & 1u) == 0 && std::chrono::steady_clock::now() < limit) {
@@ -347,11 +349,7 @@ TEST_F(ChannelTest, AReceiverFindsAMessageWhoseSenderDiedBeforeWakingIt) {
     return 3;
   });
   ASSERT_TRUE(WIFSIGNALED(waitFor(pid, 10s)));
-  const auto until = std::chrono::steady_clock::now() + 10s;
-  while (!got && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(10ms);
-  }
-  const bool found = got;
+  const bool found = received.wait_for(10s) == std::future_status::ready;
   if (!found) {
     ASSERT_TRUE(ch.send(bytesOf("release"), kBounded).isOk());  // let it go
   }
