@@ -4,6 +4,7 @@ small ones copied into the channel's ring, large ones written once into a pool b
 receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
 import collections
 import queue
+import struct
 import threading
 import time
 import weakref
@@ -29,10 +30,6 @@ def _timeout(block, timeout):
 
 
 class Queue:
-    # Whether an unbounded one buffers past its channel (JoinableQueue does not: its count of
-    # unfinished tasks is a semaphore, which holds no more than its channel, so put() blocks).
-    _buffers = True
-
     def __init__(self, maxsize=0, *, ctx=None):
         self._maxsize = maxsize
         self._channel = _runtime.new_channel(maxsize if maxsize > 0 else UNBOUNDED_CAPACITY)
@@ -108,7 +105,7 @@ class Queue:
             raise ValueError("Queue %r is closed" % self)
         if held:  # raw memory of another node held here (see _coherence)
             released()
-        if self._maxsize <= 0 and self._buffers:
+        if self._maxsize <= 0:
             # Straight into the channel while nothing of this process waits in the buffer (an
             # empty buffer means all put before is in the channel: the feeder drops an item
             # only once it has sent it), without the buffer's lock; else after what waits.
@@ -183,13 +180,43 @@ class Queue:
             self._joiner.cancel()
 
 
-class JoinableQueue(Queue):
-    _buffers = False
+class _Count:
+    """An integer every process of the job shares: one 8-byte message in a channel of one slot,
+    taken and put back by whoever holds the lock that guards it. Unlike a semaphore's tokens it
+    has no bound but the integer's."""
 
+    _FORMAT = struct.Struct("=q")
+
+    def __init__(self):
+        self._channel = _runtime.new_channel(1, 8)
+        self._channel.send(self._FORMAT.pack(0), 0)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return self._channel.descriptor
+
+    def __setstate__(self, descriptor):
+        self._channel = _runtime.attach_channel(descriptor)
+
+    def add(self, delta, floor=None):
+        """Under the guarding lock: adds `delta` and returns the new value; or, where that would
+        fall below `floor`, changes nothing and returns None."""
+        try:
+            value = self._FORMAT.unpack(self._channel.recv(0))[0]
+        except TimeoutError:  # only a process that ended inside add() leaves it empty
+            raise RuntimeError("the count of unfinished tasks was lost") from None
+        new = value + delta
+        if floor is not None and new < floor:
+            new = None
+        self._channel.send(self._FORMAT.pack(value if new is None else new), 0)
+        return new
+
+
+class JoinableQueue(Queue):
     def __init__(self, maxsize=0, *, ctx=None):
         super().__init__(maxsize, ctx=ctx)
-        from .synchronize import Condition, Semaphore
-        self._unfinished = Semaphore(0, ctx=ctx)
+        from .synchronize import Condition
+        self._unfinished = _Count()
         self._cond = Condition(ctx=ctx)
 
     def __getstate__(self):
@@ -203,6 +230,8 @@ class JoinableQueue(Queue):
         # Put and counted under the lock (a consumer could otherwise take the item and call
         # task_done before it counts), but never waiting for room with the lock held: a
         # producer killed while a full queue blocks it must not take the queue's lock with it.
+        # An unbounded one never waits: past its channel the item waits in this process's
+        # buffer (Queue.put), counted already.
         end = None if not block or timeout is None else time.monotonic() + max(timeout, 0)
         while True:
             with self._cond:
@@ -211,7 +240,7 @@ class JoinableQueue(Queue):
                 except queue.Full:
                     pass
                 else:
-                    self._unfinished.release()
+                    self._unfinished.add(1)
                     return
             left = None if end is None else end - time.monotonic()
             if not block or (left is not None and left <= 0):
@@ -220,14 +249,15 @@ class JoinableQueue(Queue):
 
     def task_done(self):
         with self._cond:
-            if not self._unfinished.acquire(False):
+            left = self._unfinished.add(-1, floor=0)
+            if left is None:
                 raise ValueError("task_done() called too many times")
-            if self._unfinished._is_zero():
+            if left == 0:
                 self._cond.notify_all()
 
     def join(self):
         with self._cond:
-            if not self._unfinished._is_zero():
+            if self._unfinished.add(0) != 0:
                 self._cond.wait()
 
 

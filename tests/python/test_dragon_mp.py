@@ -840,6 +840,25 @@ class QueueTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             jq.task_done()
 
+    def test_unbounded_joinable_queue_takes_more_items_than_its_channel_holds(self):
+        # 10,000 put before any consumer starts (the channel holds 4096): no put blocks, and
+        # join() waits for every one of them to be done.
+        from dragon.queues import UNBOUNDED_CAPACITY
+        n = UNBOUNDED_CAPACITY * 2 + 1808
+        jq = CTX.JoinableQueue()
+        for i in range(n):
+            jq.put(i, timeout=30)
+        self.assertEqual(jq.qsize(), n)
+        jq.put(None)
+        p = CTX.Process(target=consume_tasks, args=(jq,))
+        p.start()
+        jq.join()
+        self.assertTrue(jq.empty())
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        with self.assertRaises(ValueError):
+            jq.task_done()
+
     def test_simple_queue(self):
         sq = CTX.SimpleQueue()
         self.assertTrue(sq.empty())
