@@ -45,7 +45,9 @@ class Connection:
     raises EOFError, as with an OS pipe. A writer killed before it could give its handles back
     is found by a reader that has waited for a second (its pid is in the record): its handles
     are dropped, and the reader sees end of file once no writer is left, as an OS pipe's
-    reader would once the kernel closed the killed process's fds.
+    reader would once the kernel closed the killed process's fds. Likewise a writer that has
+    waited a second for room drops the handles of killed readers, and gets BrokenPipeError
+    once no reader is left.
 
     Each end of a Pipe also has a Unix socket of a socketpair (`fileno()`), lent to a child
     started with it, over which multiprocessing.reduction.send_handle/recv_handle pass file
@@ -64,6 +66,7 @@ class Connection:
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this object holds no handle
         self._writers_checked = 0.0  # when _writers_gone() last looked
+        self._readers_checked = 0.0  # when _readers_gone() last looked
         # Of another node's channels: its handles are held by the process that started this
         # one, on their node (_lend), or it is _owned.
         self._borrowed = False
@@ -91,6 +94,7 @@ class Connection:
             _writer_slot(send.pool, self._wrec, pid, 1)  # if this process is killed, they go
         if recv is not None:
             recv.pool.add_u64(self._rrec, _READER)
+            _reader_slot(recv.pool, self._rrec, pid, 1)
         lend(lambda: _give_back(send, self._wrec, recv, self._rrec, pid))
         link = None
         if self._fd is not None:
@@ -159,8 +163,11 @@ class Connection:
         self._closed = False
         self._pid = os.getpid()
         self._writers_checked = 0.0
+        self._readers_checked = 0.0
         if self._send is not None and self._wrec is not None:
             _writer_slot(self._send.pool, self._wrec, self._pid, 1)
+        if self._recv is not None and self._rrec is not None:
+            _reader_slot(self._recv.pool, self._rrec, self._pid, 1)
         _open_handles.add(self)  # a process that exits gives back its handles
 
     def _close_fd(self):
@@ -273,11 +280,32 @@ class Connection:
     def _send_message(self, data):
         """Sends; BrokenPipeError, as an OS pipe's writer gets, once no process holds the
         other end for reading: the last reader's _give_back closes the channel, which also
-        wakes a writer waiting on it full. A reader that was killed is not counted out."""
+        wakes a writer waiting on it full. A writer that waits for room looks each
+        _WRITER_CHECK for readers that were killed (_readers_gone), as the kernel would have
+        closed their fds."""
+        while True:
+            try:
+                self._send.send(data, None if self._wrec is None else _WRITER_CHECK)
+                return
+            except ChannelClosed:
+                raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed") from None
+            except TimeoutError:
+                self._readers_gone()  # closes the channel: the next send raises
+
+    def _readers_gone(self):
+        """True once every reader has gone, counting the ones that were killed (whose handles
+        this drops, closing the channel for every writer)."""
+        now = time.monotonic()
+        if now < self._readers_checked + _WRITER_CHECK:
+            return False
+        self._readers_checked = now
         try:
-            self._send.send(data, None)
-        except ChannelClosed:
-            raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed") from None
+            if _drop_dead(self._send.pool, self._wrec, _READERS):
+                self._send.close()
+                return True
+        except Exception:
+            pass
+        return False
 
     def _recv_message(self, timeout=None):
         if self._rrec is not None:
@@ -302,7 +330,7 @@ class Connection:
             return False
         self._writers_checked = now
         try:
-            if _drop_dead_writers(self._recv.pool, self._rrec):
+            if _drop_dead(self._recv.pool, self._rrec, _WRITERS):
                 self._recv.close()
                 return True
         except Exception:
@@ -377,60 +405,78 @@ class Connection:
 # process that made it; whoever gives back the last handle frees it).
 #   word 0: the handles in every process: writers in the low 32 bits, readers in the high 32
 #           (handles pickled for another process are counted before they arrive);
-#   word 1: 1 once a writer found no free slot (then killed writers are not looked for);
-#   words 2, 3 ... : _SLOTS pairs (pid, writer handles that process holds); a pid is _DEAD once
-#           a reader dropped the handles of that killed process.
+#   then, for the writers and then for the readers, a part of 1 + 2 * _SLOTS words:
+#     word 0: 1 once a handle found no free slot (then killed holders are not looked for);
+#     words 1, 2 ...: _SLOTS pairs (pid, handles that process holds); a pid is _DEAD once a
+#           peer dropped the handles of that killed process.
 _SLOTS = 6
-_RECORD_WORDS = 2 + 2 * _SLOTS
-_READER = 1 << 32
+_PART_WORDS = 1 + 2 * _SLOTS
+_WRITERS = (1, 1)  # (first word of the part, the unit of its count in word 0)
+_READERS = (1 + _PART_WORDS, 1 << 32)
+_RECORD_WORDS = 1 + 2 * _PART_WORDS
+_READER = _READERS[1]
 _LOW = (1 << 32) - 1
 _DEAD = (1 << 64) - 1
-# How often a receive that waits looks for killed writers.
+# How often a receive (a send) that waits looks for killed writers (readers).
 _WRITER_CHECK = 1.0
 
 
 def _new_record(channel, pid):
-    """The record of a new channel: one writer handle (held by pid) and one reader handle."""
+    """The record of a new channel: one writer handle and one reader handle, held by pid."""
     pool = channel.pool
     offset = pool.alloc(8 * _RECORD_WORDS, shared=True)
     for i in range(1, _RECORD_WORDS):
         pool.store_u64(offset, 0, i)
-    pool.store_u64(offset, pid, 2)
-    pool.store_u64(offset, 1, 3)
+    for base, _ in (_WRITERS, _READERS):
+        pool.store_u64(offset, pid, base + 1)
+        pool.store_u64(offset, 1, base + 2)
     pool.store_u64(offset, 1 + _READER, 0)
     return offset
 
 
-def _writer_slot(pool, offset, pid, delta):
-    """Adds delta (+1, -1) to the writer handles `pid` holds in its slot (+1 takes a free slot
-    when it has none; with no free slot left, killed writers are no longer looked for)."""
+def _slot(pool, offset, pid, delta, part):
+    """Adds delta (+1, -1) to the handles of `part` (_WRITERS, _READERS) that `pid` holds in
+    its slot (+1 takes a free slot when it has none; with no free slot left, killed holders of
+    that part are no longer looked for)."""
+    base = part[0]
     for i in range(_SLOTS):
-        w = 2 + 2 * i
+        w = base + 1 + 2 * i
         if pool.load_u64(offset, w) == pid and (delta > 0 or pool.load_u64(offset, w + 1) > 0):
             pool.add_u64(offset, delta, w + 1)
             return
     if delta < 0:
         return
     for i in range(_SLOTS):
-        w = 2 + 2 * i
+        w = base + 1 + 2 * i
         if pool.cas_u64(offset, 0, pid, w):
             pool.add_u64(offset, 1, w + 1)
             return
-    pool.store_u64(offset, 1, 1)
+    pool.store_u64(offset, 1, base)
 
 
-def _drop_dead_writers(pool, offset):
-    """Drops the writer handles of processes that were killed; True if no writer is left. The
-    caller holds a reader handle, so the record is not freed meanwhile."""
-    if pool.load_u64(offset, 1) == 0:
+def _writer_slot(pool, offset, pid, delta):
+    _slot(pool, offset, pid, delta, _WRITERS)
+
+
+def _reader_slot(pool, offset, pid, delta):
+    _slot(pool, offset, pid, delta, _READERS)
+
+
+def _drop_dead(pool, offset, part):
+    """Drops the handles of `part` (_WRITERS, _READERS) held by processes that were killed;
+    True if none of that part is left. The caller holds a handle of the other part, so the
+    record is not freed meanwhile."""
+    base, unit = part
+    if pool.load_u64(offset, base) == 0:
         for i in range(_SLOTS):
-            w = 2 + 2 * i
+            w = base + 1 + 2 * i
             pid = pool.load_u64(offset, w)
             if pid in (0, _DEAD) or pool.load_u64(offset, w + 1) == 0 or _process_alive(pid):
                 continue
             if pool.cas_u64(offset, pid, _DEAD, w):
-                pool.add_u64(offset, -pool.load_u64(offset, w + 1))  # its count is still now
-    return pool.load_u64(offset) & _LOW == 0
+                pool.add_u64(offset, -unit * pool.load_u64(offset, w + 1))  # its count is still now
+    left = pool.load_u64(offset)
+    return (left & _LOW if unit == 1 else left >> 32) == 0
 
 
 class _RemoteEnd:
@@ -468,6 +514,7 @@ def _give_back(send, wrec, recv, rrec, pid):
             pool.free(wrec)
     if recv is not None and rrec is not None:
         pool = recv.pool
+        _reader_slot(pool, rrec, pid, -1)
         left = pool.add_u64(rrec, -_READER)
         if left & ~_LOW == 0:
             recv.close()  # no reader is left, and none can come: its writers get EPIPE

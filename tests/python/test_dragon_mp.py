@@ -63,6 +63,11 @@ def sleep_forever():
     time.sleep(600)
 
 
+def hold_reader(r, started):
+    started.set()
+    time.sleep(600)
+
+
 def report_parent(q):
     parent = mp.parent_process()
     q.put((mp.current_process().name, parent.pid if parent else None,
@@ -1057,6 +1062,39 @@ class PipeTest(unittest.TestCase):
         while w._send.size() < w._send.capacity and time.monotonic() < deadline:
             time.sleep(0.01)  # until the channel is full and the writer waits
         r.close()
+        t.join(60)
+        self.assertEqual(box, ["broken"])
+
+    def test_a_writer_blocked_on_a_full_pipe_gets_broken_pipe_once_its_reader_is_killed(self):
+        # The killed reader gives nothing back (no atexit): the waiting writer counts it out,
+        # as the kernel closes a killed process's fds; a live reader is never counted out.
+        r, w = CTX.Pipe(duplex=False)
+        started = CTX.Event()
+        p = CTX.Process(target=hold_reader, args=(r, started))
+        p.start()
+        self.assertTrue(started.wait(30))
+        r.close()
+        box = []
+
+        def fill():
+            try:
+                for _ in range(100000):
+                    w.send_bytes(b"x" * 100)
+                box.append("never full")
+            except BrokenPipeError:
+                box.append("broken")
+
+        t = threading.Thread(target=fill, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60
+        while not w._readers_checked and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the writer has waited for room and looked for readers
+        self.assertTrue(w._readers_checked, "the writer never waited on the full pipe")
+        self.assertEqual(box, [])  # the reader lives: the writer still waits
+        self.assertTrue(p.is_alive())
+        p.kill()
+        p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGKILL)
         t.join(60)
         self.assertEqual(box, ["broken"])
 
