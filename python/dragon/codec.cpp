@@ -351,6 +351,13 @@ py::object PyChannel::get(bool block, const py::object& timeout) {
 py::object PyChannel::recvObject(const py::object& timeout) {
   dragon::Message m;
   check(receive(m, timeoutOf(timeout)));
+  const std::span<const std::byte> d = m.data();
+  if (d.empty() || static_cast<std::uint8_t>(d[0]) != kPickleProto) {
+    // Not a pickle (send_bytes data): unpickled as it is, so the error is the stdlib's
+    // recv() error for it, never another tag's reading of the caller's bytes.
+    py::bytes b(reinterpret_cast<const char*>(d.data()), d.size());
+    return codec().loads(b);
+  }
   return decode(std::move(m));
 }
 

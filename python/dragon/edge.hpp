@@ -259,7 +259,8 @@ struct PyChannel {
   // Queue messages (codec.cpp): put pickles (or not) and sends; get receives and unpickles.
   // put() reports an object that cannot be pickled to on_error(exception, obj) when given (and
   // drops it, as the stdlib Queue's feeder thread does); get() and put() raise queue.Empty and
-  // queue.Full. recv_object() decodes any queue message and raises TimeoutError.
+  // queue.Full. recv_object() (Connection.recv) unpickles a message as pickle.loads does
+  // (what is not a pickle fails as the stdlib's recv() would) and raises TimeoutError.
   void put(const py::object& obj, bool block, const py::object& timeout, const py::object& onError);
   py::object get(bool block, const py::object& timeout);
   py::object recvObject(const py::object& timeout);

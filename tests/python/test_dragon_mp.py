@@ -1065,6 +1065,24 @@ class PipeTest(unittest.TestCase):
         t.join(60)
         self.assertEqual(box, ["broken"])
 
+    def test_recv_of_bytes_that_are_no_pickle_fails_as_the_stdlib_does(self):
+        # Whatever their first byte (the queue codec's tags among them), bytes sent with
+        # send_bytes are unpickled by recv(), as the stdlib's recv() does with them.
+        import pickle
+        a, b = CTX.Pipe()
+        for data in (b"abc", b"\x00" * 300, b"\x01" + bytes(range(256)) * 64,
+                     b"\x80\x05garbage"):
+            a.send_bytes(data)
+            with self.assertRaises(pickle.UnpicklingError):
+                b.recv()
+        a.send_bytes(b"")
+        with self.assertRaises(EOFError):  # the stdlib's "Ran out of input"
+            b.recv()
+        a.send_bytes(pickle.dumps([1, 2]))
+        self.assertEqual(b.recv(), [1, 2])
+        a.send("still open")
+        self.assertEqual(b.recv(), "still open")
+
     def test_a_writer_blocked_on_a_full_pipe_gets_broken_pipe_once_its_reader_is_killed(self):
         # The killed reader gives nothing back (no atexit): the waiting writer counts it out,
         # as the kernel closes a killed process's fds; a live reader is never counted out.
