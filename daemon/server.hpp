@@ -268,6 +268,7 @@ class Server {
   std::string socketPath_;
   std::int64_t nodeLostGraceNs_ = 0;
   std::uint64_t clusterRoot_ = 0;  // the connection that joined (this node's launcher)
+  std::uint64_t clusterClaim_ = 0;  // the connection that asked for the address first
   std::uint64_t clusterJob_ = 0;   // its job: processes other nodes place here
   bool clusterEnded_ = false;
   Result<int> clusterOutcome_ = 0;

@@ -159,6 +159,15 @@ void Server::handleJob(const Request& rq, pb::Envelope& msg) {
         rq.fail(Status(StatusCode::AlreadyExists, "this dragond already served a job step"));
         return;
       }
+      // The first launcher to ask claims it until it joins or goes: two steps started at
+      // once would otherwise both take it and, each winning the join on some nodes, both
+      // fail after the PMIx fence. The later one starts its own dragond.
+      if (clusterClaim_ != 0 && clusterClaim_ != c->id && conns_.contains(clusterClaim_)) {
+        rq.fail(Status(StatusCode::AlreadyExists,
+                       "another job step's launcher is joining this dragond"));
+        return;
+      }
+      clusterClaim_ = c->id;
       pb::Envelope reply;
       auto* a = reply.mutable_cluster_address_reply();
       a->set_node(cluster_->self());
@@ -168,6 +177,11 @@ void Server::handleJob(const Request& rq, pb::Envelope& msg) {
       return;
     }
     case pb::Envelope::kJoinCluster: {
+      if (clusterClaim_ != 0 && clusterClaim_ != c->id && conns_.contains(clusterClaim_)) {
+        rq.fail(Status(StatusCode::AlreadyExists,
+                       "another job step's launcher is joining this dragond"));
+        return;
+      }
       Status st = cluster_->join(msg.join_cluster());
       if (!st.isOk()) {
         rq.fail(st);

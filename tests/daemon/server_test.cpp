@@ -291,6 +291,25 @@ std::optional<OtherUser> otherUser() {
   return OtherUser{pw->pw_uid, pw->pw_gid};
 }
 
+TEST(Server, OneLauncherAtATimeMayJoinADragondToAJob) {
+  // A dragond of a multi-node job (the Slurm prolog's): the first launcher that asks for its
+  // address claims it; a second step's launcher, asking meanwhile, is told to start its own;
+  // once the first goes without joining, the next may have it.
+  auto d = RunningDaemon::start({"--node-id", "0"});
+  ASSERT_TRUE(d);
+  std::optional<Client> first(d->connect("step 1"));
+  Client second = d->connect("step 2");
+  ASSERT_TRUE(first->clusterAddress().has_value());
+  auto refused = second.clusterAddress();
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), StatusCode::AlreadyExists);
+  EXPECT_EQ(second.joinCluster(ClusterJoin{}).code(), StatusCode::AlreadyExists);
+  EXPECT_TRUE(first->clusterAddress().has_value()) << "the claimant may ask again";
+  first.reset();
+  EXPECT_TRUE(testing::eventually([&] { return second.clusterAddress().has_value(); }))
+      << "the claim outlived its launcher's connection";
+}
+
 TEST(Server, AnotherUserIsRefused) {
   auto other = otherUser();
   if (!other) GTEST_SKIP() << "needs root to create a second user";
