@@ -31,7 +31,7 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
       forget(it);
       return badPart("transfer " + std::to_string(op.transfer()) + " began twice");
     }
-    if (keptSendBytes_ + op.total_size() > kMaxKeptSendBytes) {
+    if (op.total_size() > kMaxKeptSendBytes - keptSendBytes_) {  // no sum that could wrap
       return Status(StatusCode::PoolExhausted,
                     "messages in parts being sent here hold " + std::to_string(keptSendBytes_) +
                         " bytes; one of " + std::to_string(op.total_size()) + " more is refused");

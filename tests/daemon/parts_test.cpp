@@ -88,6 +88,18 @@ TEST(PartStore, UnfinishedSendsAreBoundedAndGoWithTheirNodeOrWhenIdle) {
   EXPECT_EQ(store.keptSendBytes(), 0u);
 }
 
+TEST(PartStore, ASizeThatWouldWrapTheBoundIsRefusedNotReserved) {
+  // With some bytes kept, a total of 2^64 - kept + 1 wraps their sum to 1: it must be refused
+  // as too large (before, the bound passed and the reserve threw, ending dragond).
+  PartStore store;
+  ASSERT_TRUE(store.keep(1, part(1, 0, kPart + 1, "a"), 0).isOk());
+  const std::uint64_t wraps = ~std::uint64_t{0} - store.keptSendBytes() + 2;
+  EXPECT_EQ(store.keep(1, part(2, 0, wraps, "a"), 0).code(), StatusCode::PoolExhausted);
+  EXPECT_EQ(store.keep(1, part(3, 0, ~std::uint64_t{0}, "a"), 0).code(),
+            StatusCode::PoolExhausted);
+  EXPECT_EQ(store.keptSendBytes(), kPart + 1);
+}
+
 TEST(PartStore, AReceiveLargerThanOnePartIsHandedOutInOrder) {
   PartStore store;
   pb::ChannelOpReply small;
