@@ -193,12 +193,30 @@ done
 for k in 1 2 3; do
   pid=$(cat "/run/dragon/slurm-job-$ajob-n$k.pid")
   kill -0 "$pid" || fail "$U1's dragond on n$k went during $U2's job"
+  # The prolog opens nothing in the user's directory as root: the log is the user's own.
+  owner=$(stat -c %U "/run/dragon/slurm-job-$ajob-n$k/dragond.log")
+  [ "$owner" = "$U1" ] || fail "n$k: dragond.log was opened by $owner, not by $U1"
 done
+# n2's pid file names another dragond of the same user (as when the prolog's died and its pid
+# was reused): the epilog must leave that one alone, and still end the job's.
+as_user $U1 setsid "$BUILD/daemon/dragond" --standalone --socket "$STATE/pe/decoy.sock" \
+  </dev/null >/dev/null 2>&1 &
+deadline=$((SECONDS + 30))
+until decoy=$(pgrep -f -- "^$BUILD/daemon/dragond --standalone --socket $STATE/pe/decoy.sock") && [ -S "$STATE/pe/decoy.sock" ]; do
+  [ $SECONDS -lt $deadline ] || fail "the decoy dragond did not start"
+  sleep 0.1
+done
+n2pid=$(cat "/run/dragon/slurm-job-$ajob-n2.pid")
+echo "$decoy" >"/run/dragon/slurm-job-$ajob-n2.pid"
 touch "$STATE/release-a"
 wait "$apid" || { cat "$alog"; fail "job $ajob failed"; }
 grep -q released "$alog" || fail "job $ajob did not finish its program"
 rm -f "$STATE/release-a" "$alog"
 wait_epilog "$ajob"
+kill -0 "$decoy" 2>/dev/null || fail "the epilog stopped another dragond of $U1 that its pid file named"
+kill -KILL "$decoy"
+grep -qE "epilog job $ajob on n[123]: left behind: pid $n2pid \(.*--socket /run/dragon/slurm-job-$ajob-n2/dragond.sock" "$SLOG" ||
+  fail "n2's own dragond was not ended"
 
 echo "--- a node that cannot be cleaned is drained"
 dlog=$(mktemp)
