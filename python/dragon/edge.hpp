@@ -93,7 +93,11 @@ inline dragon::ObjectDescriptor parseDesc(const std::string& s) {
 // PyEval_RestoreThread (by pthread_exit, which unwinds the stack): through a noexcept
 // destructor, as py::gil_scoped_release's is, that unwinding aborts the process ("terminate
 // called without an active exception"), so this destructor lets it pass. A thread that finds
-// finalization already begun is parked instead, for the moment the process has left to live.
+// finalization already begun is parked instead, for the moment the process has left to live;
+// not the main thread, which is the one finalizing (its objects collected at exit, a
+// SharedMemory's close among them, still call dragond), and would never come back.
+inline unsigned long gMainThread = 0;  // set by the module's init, from threading.main_thread()
+
 class GilReleased {
  public:
   GilReleased() : state_(PyEval_SaveThread()) {}
@@ -101,7 +105,7 @@ class GilReleased {
   GilReleased& operator=(const GilReleased&) = delete;
   // NOLINTNEXTLINE(bugprone-exception-escape): the unwinding of pthread_exit, see above
   ~GilReleased() noexcept(false) {
-    while (_Py_IsFinalizing()) pause();
+    while (_Py_IsFinalizing() && PyThread_get_thread_ident() != gMainThread) pause();
     PyEval_RestoreThread(state_);
   }
 

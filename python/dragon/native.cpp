@@ -214,6 +214,8 @@ PYBIND11_MODULE(_native, m) {
   gPeerLost = peerLost.ptr();
   static py::exception<std::runtime_error> nodeLost(m, "NodeLost", dragonError.ptr());
   gNodeLost = nodeLost.ptr();
+  gMainThread =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
   bindCodec(m);
 

@@ -1594,14 +1594,14 @@ def private_runtime_env(name=None, text=None):
 class LauncherTest(unittest.TestCase):
     LAUNCHER = os.environ.get("DRAGON_LAUNCHER")
 
-    def run_script(self, text, *args):
+    def run_script(self, text, *args, timeout=120):
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
             f.write(text)
         env = dict(os.environ)
         env.pop("DRAGON_SOCKET", None)
         try:
             return subprocess.run([self.LAUNCHER, f.name, *args], capture_output=True, text=True,
-                                  timeout=120, env=env)
+                                  timeout=timeout, env=env)
         finally:
             os.unlink(f.name)
 
@@ -1615,6 +1615,22 @@ class LauncherTest(unittest.TestCase):
                            capture_output=True, text=True, timeout=60, env=env,
                            preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
         self.assertEqual((r.returncode, r.stdout), (3, "ran\n"), r.stderr)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_a_program_whose_shared_memory_is_collected_at_exit_ends(self):
+        # Left in a reference cycle, the SharedMemory is collected while the interpreter
+        # finalizes, and its close() asks dragond to detach: the main thread, which is the
+        # one finalizing, must come back from that call (it was parked there for ever).
+        r = self.run_script(
+            "import dragon\n"
+            "from multiprocessing.shared_memory import SharedMemory\n"
+            "class Node:\n    pass\n"
+            "a, b = Node(), Node()\n"
+            "a.other, b.other = b, a\n"
+            "a.shm = SharedMemory(create=True, size=64)\n"
+            "a.shm.buf[0] = 7\n"
+            "print('end', flush=True)\n", timeout=30)
+        self.assertEqual((r.returncode, r.stdout), (0, "end\n"), r.stderr)
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_dragon_app_py_runs_main_with_argv_and_exit_code(self):
