@@ -1056,7 +1056,7 @@ def _dragon_connect(address, family):
     while True:
         try:
             got, conn = st.reply.get(True, _LIVENESS_INTERVAL)
-        except TimeoutError:
+        except queue.Empty:  # a queue's get: the Listener has not answered yet
             try:
                 alive = _runtime.lookup_name(name) == expected
             except LookupError:

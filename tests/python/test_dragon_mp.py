@@ -68,6 +68,14 @@ def hold_reader(r, started):
     time.sleep(600)
 
 
+def serve_echo(address_q):
+    from dragon.connection import Listener
+    with Listener(("127.0.0.1", 0)) as listener:
+        address_q.put(listener.address)
+        with listener.accept() as c:
+            c.send(c.recv())
+
+
 def report_parent(q):
     parent = mp.parent_process()
     q.put((mp.current_process().name, parent.pid if parent else None,
@@ -1032,6 +1040,43 @@ def relay_expect_eof(descriptor, key, out):
         out.send("EOFError")
     else:
         out.send("an fd")
+
+
+class ListenerTest(unittest.TestCase):
+    def test_a_client_waits_for_a_listener_that_is_slow_to_answer(self):
+        # The Listener's process is stopped across several of the client's liveness checks:
+        # the client keeps waiting (it raised queue.Empty at the first one), and connects once
+        # the Listener runs again.
+        from dragon import connection
+        address_q = CTX.Queue()
+        p = CTX.Process(target=serve_echo, args=(address_q,))
+        p.start()
+        address = address_q.get(timeout=30)
+        interval = connection._LIVENESS_INTERVAL
+        connection._LIVENESS_INTERVAL = 0.05
+        box = []
+
+        def connect():
+            try:
+                c = connection.Client(address)
+                c.send("echo")
+                box.append(c.recv())
+                c.close()
+            except BaseException as e:
+                box.append(e)
+
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=connect, daemon=True)
+            t.start()
+            time.sleep(0.5)  # stopped for ten liveness intervals of the client
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+            connection._LIVENESS_INTERVAL = interval
+        t.join(30)
+        self.assertEqual(box, ["echo"])
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
 
 
 class PipeTest(unittest.TestCase):
