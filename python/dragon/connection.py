@@ -133,10 +133,17 @@ class Connection:
             # the child's end (as the kernel closes a child's fds when it exits).
             return self._lend(lend)
         # The other process's handles, counted before this one can close.
-        if self._send is not None and self._wrec is not None:
-            self._send.pool.add_u64(self._wrec, 1)
-        if self._recv is not None and self._rrec is not None:
-            self._recv.pool.add_u64(self._rrec, _READER)
+        send = self._send if self._wrec is not None else None
+        recv = self._recv if self._rrec is not None else None
+        if send is not None:
+            send.pool.add_u64(self._wrec, 1)
+        if recv is not None:
+            recv.pool.add_u64(self._rrec, _READER)
+        counted = getattr(popen, "counted_for_child", None)
+        if counted is not None and (send is not None or recv is not None):
+            # Given back (under no pid) if the child's payload is never made.
+            wrec, rrec = self._wrec, self._rrec
+            counted(lambda: _give_back(send, wrec, recv, rrec, 0))
         fd = None
         if popen is not None and self._fd is not None:
             fd = popen.duplicate_for_child(self._fd)  # only a child at its start gets the socket

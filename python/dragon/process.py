@@ -64,12 +64,19 @@ def _payload(popen, process_obj):
     pickling lends go through popen.duplicate_for_child."""
     prep_data = spawn.get_preparation_data(process_obj._name)
     fp = io.BytesIO()
+    popen._counted = []
     context.set_spawning_popen(popen)
     try:
         reduction.dump(prep_data, fp)
         reduction.dump(process_obj, fp)
+    except BaseException:
+        # No child will take what the pickling counted for it (a Pipe end's handles, before
+        # an argument further on could not be pickled): given back, as if it had ended.
+        _run_all(popen._counted)
+        raise
     finally:
         context.set_spawning_popen(None)
+        popen._counted = []
     return fp.getbuffer()
 
 
@@ -87,6 +94,11 @@ class _PopenBase:
         self.finalizer = None
         self.sentinel = None
         self._fds = []
+
+    def counted_for_child(self, give_back):
+        """The pickling of the payload counted a handle for the child: give_back() undoes it
+        if the payload is never made (_payload)."""
+        self._counted.append(give_back)
 
     def duplicate_for_child(self, fd):
         if len(self._fds) >= 32:

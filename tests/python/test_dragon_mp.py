@@ -1161,6 +1161,23 @@ class PipeTest(unittest.TestCase):
         t.join(60)
         self.assertEqual(box, ["broken"])
 
+    def test_a_pipe_end_pickled_for_a_start_that_fails_is_not_counted(self):
+        # The end is pickled (and its handle counted for the child) before the lambda after it
+        # fails to pickle: the start fails, no child will ever hold the end, so the reader
+        # sees end of file once the parent closes its own. Both for the first child (a fresh
+        # interpreter) and a later one (the template).
+        for _ in range(2):
+            r, w = CTX.Pipe(duplex=False)
+            with self.assertRaises(Exception):
+                CTX.Process(target=recv_one, args=(w, lambda: 0)).start()
+            w.close()
+            self.assertTrue(r.poll(30), "the failed start's count keeps the pipe open")
+            with self.assertRaises(EOFError):
+                r.recv()
+            p = CTX.Process(target=recv_one, args=(r,))
+            p.start()  # a started one, so that the second round uses the template
+            p.join(30)
+
     def test_a_reader_in_a_child_keeps_the_pipe_open_until_the_child_ends(self):
         r, w = CTX.Pipe(duplex=False)
         p = CTX.Process(target=recv_one, args=(r,))
