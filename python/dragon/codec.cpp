@@ -27,7 +27,6 @@ constexpr std::uint8_t kPickleProto = 0x80;
 constexpr std::size_t kRawThreshold = 1024;    // bytes objects at least this long travel raw
 constexpr std::size_t kAlign = 64;             // of out-of-band buffers in a message
 constexpr std::size_t kCopyWithoutGil = 64 << 10;
-constexpr std::uint64_t kMaxBuffers = 1 << 16;
 constexpr std::size_t kOobFixed = 24;          // tag + padding, count, pickle length
 constexpr std::size_t kSmallMessage = 4096;    // unpickled from a bytes copy, not a view
 
@@ -115,8 +114,14 @@ Status sendPieces(dragon::Channel& c, std::span<const Piece> pieces,
   } else {
     copyPieces(dst, pieces, at);
   }
-  Status st = tryThenSliced(remaining(timeout, deadline),
-                            [&](dragon::Timeout t) { return c.sendBlock(*block, total, t); });
+  Status st;
+  try {
+    st = tryThenSliced(remaining(timeout, deadline),
+                       [&](dragon::Timeout t) { return c.sendBlock(*block, total, t); });
+  } catch (...) {  // a signal handler raised while it waited: the block is still ours
+    (void)pool.free(*block);
+    throw;
+  }
   if (!st.isOk()) (void)pool.free(*block);
   return st;
 }
@@ -145,7 +150,9 @@ py::object decodeOutOfBand(dragon::Message&& received) {
   if (d.size() < kOobFixed) corrupt("short out-of-band header");
   const std::uint64_t count = u64At(d, 8);
   const std::uint64_t pickleLen = u64At(d, 16);
-  if (count == 0 || count > kMaxBuffers) corrupt("bad buffer count");
+  // As many as the sender had (a list of 100,000 arrays is one message); their lengths, 8 bytes
+  // each, must fit in the message.
+  if (count == 0 || count > (d.size() - kOobFixed) / 8) corrupt("bad buffer count");
   const std::size_t header = kOobFixed + 8 * count;
   if (header > d.size()) corrupt("short out-of-band header");
   if (pickleLen > d.size() - header) corrupt("pickle runs past the end");

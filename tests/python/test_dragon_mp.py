@@ -872,6 +872,43 @@ class QueueTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             jq.task_done()
 
+    def test_an_item_of_many_out_of_band_buffers_arrives(self):
+        # 70,000 buffers in one item (the receiver took at most 65,536 and lost the item).
+        import pickle
+        q = CTX.Queue()
+        n = 70000
+        q.put([pickle.PickleBuffer(bytearray([i % 251])) for i in range(n)])
+        got = q.get(timeout=30)
+        self.assertEqual(len(got), n)
+        self.assertEqual([bytes(b)[0] for b in got[:300]], [i % 251 for i in range(300)])
+        self.assertEqual(bytes(got[-1]), bytes([(n - 1) % 251]))
+
+    def test_a_put_interrupted_while_it_waits_for_room_keeps_no_block(self):
+        # The item was written into a pool block before the put waited for room; a signal
+        # handler that raises ends the put, and the block must go back to the pool.
+        q = CTX.Queue(1)
+        q.put(b"first")
+        pool = q._channel.pool
+        before = pool.stats()["allocation_count"]
+
+        class Interrupted(Exception):
+            pass
+
+        def interrupt(signum, frame):
+            raise Interrupted
+
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            for _ in range(3):
+                signal.setitimer(signal.ITIMER_REAL, 0.1)
+                with self.assertRaises(Interrupted):
+                    q.put(b"x" * (1 << 20), timeout=30)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.assertEqual(pool.stats()["allocation_count"], before)
+        self.assertEqual(q.get(timeout=30), b"first")
+
     def test_simple_queue(self):
         sq = CTX.SimpleQueue()
         self.assertTrue(sq.empty())
