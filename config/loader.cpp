@@ -110,6 +110,18 @@ class Loader {
     }
   }
 
+  // Variables of Dragon's that are no configuration keys but are read by the launcher, the
+  // module loader or the Python layer (documented in dragon(1) and docs/python.md), or set by
+  // Dragon for the processes it starts: not warned about.
+  static bool readElsewhere(const std::string& name) {
+    static const std::set<std::string> kNames = {
+        "DRAGON_DAEMON",          "DRAGON_PYTHON",        "DRAGON_MODULE_DIR",
+        "DRAGON_PLACEMENT",       "DRAGON_PY_POOL_SIZE",  "DRAGON_PY_PREFAULT",
+        "DRAGON_PROCESS_TEMPLATE", "DRAGON_CAPTURED_PIPES", "DRAGON_ORIGIN_NODE",
+        "DRAGON_PARENT_LIFE",     "DRAGON_PARENT_START"};
+    return kNames.contains(name);
+  }
+
   Status loadEnvironment(const std::vector<std::pair<std::string, std::string>>& env) {
     for (const auto& [name, value] : env) {
       if (name.rfind("DRAGON_", 0) != 0) {
@@ -120,8 +132,10 @@ class Loader {
         if (envName(k.name) == name) spec = &k;
       }
       if (spec == nullptr) {
-        c_.warnings_.push_back("environment " + name +
-                               " is not a configuration variable; ignored");
+        if (!readElsewhere(name)) {
+          c_.warnings_.push_back("environment " + name +
+                                 " is not a configuration variable; ignored");
+        }
         continue;
       }
       DRAGON_TRY(set(*spec, value, "environment " + name));
@@ -218,6 +232,15 @@ Result<Config> Config::load(const LoadOptions& o) {
   DRAGON_TRY(loader.loadEnvironment(env));
   for (const auto& ov : o.overrides) {
     DRAGON_TRY(loader.loadOverride(ov));
+  }
+  // Keys that only make sense together: a node must be able to miss a heartbeat before it is
+  // lost, or every node of a job is declared lost in its first seconds.
+  const Value& beat = c.get("cluster.heartbeat_interval");
+  const Value& lost = c.get("cluster.node_timeout");
+  if (lost.number < 2 * beat.number) {
+    return invalid(lost.source + ": key 'cluster.node_timeout' (" + std::to_string(lost.number / 1'000'000) +
+                   " ms) must be at least twice cluster.heartbeat_interval (" +
+                   std::to_string(beat.number / 1'000'000) + " ms, from " + beat.source + ")");
   }
   return c;
 }

@@ -158,12 +158,33 @@ TEST_F(ConfigTest, EnvironmentErrorsNameTheVariableAndStrangersAreWarnings) {
   EXPECT_NE(c.error().toString().find(
                 "environment DRAGON_CHANNEL_CAPACITY: key 'channel.capacity': 'many'"),
             std::string::npos);
-  o.environment = {{"DRAGON_KILL_LOOP_SEED", "7"}, {"DRAGON_LOG_LEVEL", "debug"}};
+  // Variables that the launcher or the Python layer read (DRAGON_PYTHON, DRAGON_PLACEMENT...)
+  // are not configuration keys, and no strangers either.
+  o.environment = {{"DRAGON_KILL_LOOP_SEED", "7"}, {"DRAGON_LOG_LEVEL", "debug"},
+                   {"DRAGON_PYTHON", "/usr/bin/python3"}, {"DRAGON_DAEMON", "/usr/bin/dragond"},
+                   {"DRAGON_PLACEMENT", "local"}, {"DRAGON_MODULE_DIR", "/opt/dragon"}};
   c = Config::load(o);
   ASSERT_TRUE(c.has_value());
   EXPECT_EQ(c->getString("log_level"), "debug");
   ASSERT_EQ(c->warnings().size(), 1u);
   EXPECT_NE(c->warnings()[0].find("DRAGON_KILL_LOOP_SEED"), std::string::npos);
+}
+
+TEST_F(ConfigTest, ANodeTimeoutShorterThanTwoHeartbeatsIsAnErrorNamingBoth) {
+  LoadOptions o = isolated();
+  o.environment = {{"DRAGON_CLUSTER_HEARTBEAT_INTERVAL", "2s"}};
+  auto c = Config::load(o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().toString().find(
+                "default: key 'cluster.node_timeout' (1500 ms) must be at least twice "
+                "cluster.heartbeat_interval (2000 ms, from environment "
+                "DRAGON_CLUSTER_HEARTBEAT_INTERVAL)"),
+            std::string::npos)
+      << c.error().toString();
+  o.environment.emplace_back("DRAGON_CLUSTER_NODE_TIMEOUT", "4s");
+  c = Config::load(o);
+  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  EXPECT_EQ(c->getDurationNs("cluster.node_timeout"), 4'000'000'000);
 }
 
 TEST_F(ConfigTest, CommandLineOverridesAreCheckedLikeEverythingElse) {
