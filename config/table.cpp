@@ -18,7 +18,8 @@ constexpr std::int64_t kSecond = 1'000'000'000;
 constexpr KeySpec kKeys[] = {
     {"log_level", Type::Enum, "warn", "least severe log level written", "debug|info|warn|error|off"},
     {"runtime_dir", Type::String, "",
-     "dragond's private directory (0700); empty: $XDG_RUNTIME_DIR/dragon, else /tmp/dragon-UID"},
+     "dragond's private directory (0700); empty: $XDG_RUNTIME_DIR/dragon when that is a "
+     "directory of the user's, else /tmp/dragon-UID"},
     {"socket", Type::String, "", "dragond's Unix socket; empty: RUNTIME_DIR/dragond.sock"},
     {"allow_root", Type::Bool, "false", "let dragond run as root (it never should serve users so)"},
     {"pool.default_size", Type::Size, "256MiB", "size of a pool created without one", "",

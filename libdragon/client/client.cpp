@@ -15,6 +15,7 @@
 #include <set>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,8 +25,12 @@ namespace dragon {
 namespace pb = dragon::protocol;
 
 std::string defaultRuntimeDir() {
+  // Only a directory of ours: srun and sbatch export the login node's XDG_RUNTIME_DIR
+  // (/run/user/UID, made by logind there) to compute nodes where it may not exist.
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  if (xdg != nullptr && xdg[0] == '/') {
+  struct stat st {};
+  if (xdg != nullptr && xdg[0] == '/' && stat(xdg, &st) == 0 && S_ISDIR(st.st_mode) &&
+      st.st_uid == getuid()) {
     return std::string(xdg) + "/dragon";
   }
   return "/tmp/dragon-" + std::to_string(getuid());

@@ -111,6 +111,16 @@ TEST_F(Launcher, ExitsWithTheHeadsCodeAndForwardsItsOutput) {
   EXPECT_NE(out3.find("] labelled\n"), std::string::npos) << out3;
 }
 
+TEST_F(Launcher, AnXdgRuntimeDirThatIsNotThereFallsBackToTmp) {
+  // srun passes on the login node's XDG_RUNTIME_DIR, which a compute node may not have: the
+  // private dragond then lives in /tmp/dragon-UID, where it did not start at all before.
+  auto [st, out] = finish(launch({"--", "/bin/sh", "-c", "echo ran; echo $DRAGON_SOCKET"},
+                                 runtime_ + "/not-there"));
+  EXPECT_EQ(testing::exitCodeOf(st), 0) << out;
+  EXPECT_NE(out.find("ran\n/tmp/dragon-" + std::to_string(getuid()) + "/job-"), std::string::npos)
+      << out;
+}
+
 TEST_F(Launcher, BadCommandLinesAndMissingProgramsAreClearErrors) {
   auto [st, out] = finish(launch({}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st), 2);

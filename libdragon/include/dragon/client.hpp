@@ -26,8 +26,8 @@
 
 namespace dragon {
 
-// The runtime directory of the calling user: $XDG_RUNTIME_DIR/dragon if XDG_RUNTIME_DIR is set,
-// else /tmp/dragon-UID.
+// The runtime directory of the calling user: $XDG_RUNTIME_DIR/dragon if XDG_RUNTIME_DIR names
+// an existing directory of the user's, else /tmp/dragon-UID.
 std::string defaultRuntimeDir();
 // Where a client looks for dragond: $DRAGON_SOCKET if set, else the system's per-user instance
 // /run/dragon/UID/dragond.sock if it exists, else RUNTIME_DIR/dragond.sock.
