@@ -586,9 +586,35 @@ void Server::clusterEndJob(Reply reply, const pb::EndJob& end) {
   processes_->endJob(clusterJob_, one, now);
 }
 
+// A peer speaks for its own node only: the names of its objects, the records of its
+// processes. The node a request names, for the kinds that name one (else `from`).
+static std::uint32_t namedNode(const pb::Envelope& msg, std::uint32_t from) {
+  auto homeOf = [from](const pb::ObjectRef& ref) {
+    auto d = pb::fromRef(ref);
+    return d.has_value() ? d->node : from;  // a bad reference is refused by the service itself
+  };
+  switch (msg.body_case()) {
+    case pb::Envelope::kNameClaim:
+      return homeOf(msg.name_claim().object());
+    case pb::Envelope::kNameRelease:
+      return homeOf(msg.name_release().object());
+    case pb::Envelope::kProcessStarted:
+      return msg.process_started().node();
+    case pb::Envelope::kProcessEnded:
+      return msg.process_ended().node();
+    default:
+      return from;
+  }
+}
+
 void Server::handleGlobal(const Request& rq, pb::Envelope& msg) {
   pb::Envelope answer;
-  if (hosted_ == nullptr) {
+  if (rq.fromPeer() && namedNode(msg, rq.node) != rq.node) {
+    DRAGON_LOG(Warn, "cluster", "%s spoke for node %u in a request to global services: refused",
+               cluster_->describe(rq.node).c_str(), namedNode(msg, rq.node));
+    answer = errorEnvelope(Status(StatusCode::PermissionDenied,
+                                  "a node names or reports only its own objects and processes"));
+  } else if (hosted_ == nullptr) {
     answer = errorEnvelope(Status(StatusCode::InvalidArgument, "this node does not host global services"));
   } else if (!hosted_->serve(msg, answer)) {
     answer = errorEnvelope(Status(StatusCode::InvalidArgument, "not a request of global services"));

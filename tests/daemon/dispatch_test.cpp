@@ -237,6 +237,36 @@ TEST_F(Dispatch, APeerThatClaimsAnotherNodesProcessIsRefusedAndTheLockStaysHeld)
   EXPECT_EQ(st.code(), StatusCode::ChannelClosed) << st.toString();
 }
 
+TEST_F(Dispatch, APeerSpeaksToGlobalServicesOnlyForItsOwnObjectsAndProcesses) {
+  // Node 0 claims and releases a name for an object of node 2, and reports a process of node
+  // 2: refused before global services see them. Node 2 itself passes that check (node 1 then
+  // says it hosts no global services: node 0 does).
+  ObjectDescriptor of2 = makeLock();
+  of2.node = 2;
+  const std::string own = "this node does not host global services";
+  const std::string refused = "a node names or reports only its own objects and processes";
+  pb::Envelope claim;
+  claim.mutable_name_claim()->set_name("q");
+  *claim.mutable_name_claim()->mutable_object() = pb::toRef(of2);
+  claim.mutable_name_claim()->set_replace(true);
+  EXPECT_EQ(errorOf(ask(0, claim)), refused);
+  EXPECT_EQ(errorOf(ask(2, claim)), own);
+  pb::Envelope release;
+  release.mutable_name_release()->set_name("q");
+  *release.mutable_name_release()->mutable_object() = pb::toRef(of2);
+  EXPECT_EQ(errorOf(ask(0, release)), refused);
+  EXPECT_EQ(errorOf(ask(2, release)), own);
+  for (bool started : {true, false}) {
+    pb::Envelope report;
+    pb::ProcessEntry* e =
+        started ? report.mutable_process_started() : report.mutable_process_ended();
+    e->set_node(2);
+    e->set_puid((std::uint64_t{2} << 48) | 7);
+    EXPECT_EQ(errorOf(ask(0, report)), refused);
+    EXPECT_EQ(errorOf(ask(2, report)), own);
+  }
+}
+
 TEST_F(Dispatch, ALockWhoseSendLockIsHeldBreaksOnceItIsFreeAndDragondWaitsForNothing) {
   // The holder of a lock ends while another process sits inside a send on that lock's channel
   // (stopped there, say): dragond answers at once and breaks the lock once the send lock is
