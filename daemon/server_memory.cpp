@@ -12,7 +12,9 @@
 #include "base/log.hpp"
 #include "protocol/socket_io.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 
 namespace dragon::daemon {
 namespace pb = dragon::protocol;
@@ -42,6 +44,37 @@ void Server::handleMemoryOp(const Request& rq, pb::Envelope& msg) {
     clientMemoryOp(msg.memory_op(), rq.later());
   }
 }
+
+namespace {
+
+// A transfer between two pools of this node: copied by dragond itself, a step of at most
+// kCopyStep bytes per turn of its loop, so that a copy of gigabytes does not hold back its
+// clients, the gateway and the heartbeats that keep this node in its job.
+constexpr std::uint64_t kCopyStep = std::uint64_t{16} << 20;
+
+struct LocalCopy {
+  std::shared_ptr<RmaRegions::Region> keepFrom, keepTo;  // mapped until the answer
+  char* from = nullptr;
+  char* to = nullptr;
+  std::uint64_t length = 0;
+  std::uint64_t done = 0;
+  bool backward = false;
+  std::function<void()> answer;  // Ok, to the requester
+};
+
+void copyStep(EventLoop& loop, std::shared_ptr<LocalCopy> c) {
+  const std::uint64_t n = std::min(kCopyStep, c->length - c->done);
+  const std::uint64_t at = c->backward ? c->length - c->done - n : c->done;
+  if (n > 0) std::memmove(c->to + at, c->from + at, n);
+  c->done += n;
+  if (c->done == c->length) {
+    c->answer();
+    return;
+  }
+  loop.defer([&loop, c = std::move(c)]() mutable { copyStep(loop, std::move(c)); });
+}
+
+}  // namespace
 
 void Server::clientMemoryOp(const pb::MemoryOp& op, Reply reply) {
   if (op.has_doorbell()) {
@@ -73,8 +106,16 @@ void Server::clientMemoryOp(const pb::MemoryOp& op, Reply reply) {
     if (!s.has_value()) return fail(s.error());
     auto d = (*dst)->bytes(op.to().allocation(), op.to().offset(), op.length());
     if (!d.has_value()) return fail(d.error());
-    if (op.length() > 0) std::memmove(*d, *s, op.length());
-    reply(okEnvelope());
+    auto copy = std::make_shared<LocalCopy>();
+    copy->keepFrom = *src;
+    copy->keepTo = *dst;
+    copy->from = *s;
+    copy->to = *d;
+    copy->length = op.length();
+    // Overlapping with the destination after the source: the last step first, as memmove.
+    copy->backward = *d > *s && *d < *s + op.length();
+    copy->answer = [reply = std::move(reply)] { reply(okEnvelope()); };
+    copyStep(loop_, std::move(copy));
     return;
   }
   if (!fromHere && !toHere) {

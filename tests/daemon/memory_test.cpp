@@ -24,8 +24,9 @@ struct Pools {
 
 Pools twoPools(Client& c, std::size_t bytes) {
   Pools p;
-  auto a = c.createPool(8 << 20);
-  auto b = c.createPool(8 << 20);
+  const std::uint64_t size = std::max<std::uint64_t>(8 << 20, bytes + (4 << 20));
+  auto a = c.createPool(size);
+  auto b = c.createPool(size);
   EXPECT_TRUE(a.has_value() && b.has_value());
   if (!a.has_value() || !b.has_value()) return p;
   p.a = *a;
@@ -82,6 +83,37 @@ TEST_F(Memory, PutAndGetCopyBetweenPoolsOfThisNode) {
   auto none = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), 0);
   ASSERT_TRUE(none.has_value());
   EXPECT_TRUE(none->wait(Timeout::after(10s)).isOk());
+}
+
+TEST_F(Memory, ALargeCopyOnThisNodeIsRightInStepsAlsoWhereItsRangesOverlap) {
+  // dragond copies 16 MiB per turn of its loop: a 40 MiB put takes three steps, and ranges
+  // that overlap in one allocation move as memmove moves them, either way.
+  Client& c = client();
+  constexpr std::size_t kBytes = 40 << 20;
+  constexpr std::size_t kShift = 4 << 20;
+  Pools p = twoPools(c, kBytes);
+  ASSERT_TRUE(p.a && p.b);
+  std::vector<unsigned char> want(kBytes);
+  for (std::size_t i = 0; i < kBytes; ++i) want[i] = static_cast<unsigned char>(i * 131 + i / 4093);
+  auto* a = static_cast<unsigned char*>(p.a->pointer(p.inA));
+  auto* b = static_cast<unsigned char*>(p.b->pointer(p.inB));
+  std::memcpy(a, want.data(), kBytes);
+  auto whole = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), kBytes);
+  ASSERT_TRUE(whole.has_value()) << whole.error().toString();
+  ASSERT_TRUE(whole->wait(Timeout::after(30s)).isOk());
+  EXPECT_EQ(std::memcmp(b, want.data(), kBytes), 0);
+  // Up by kShift in b (the destination after the source: copied from the end).
+  auto up = c.put(rangeOf(*p.b, p.inB), rangeOf(*p.b, p.inB, kShift), kBytes - kShift);
+  ASSERT_TRUE(up.has_value()) << up.error().toString();
+  ASSERT_TRUE(up->wait(Timeout::after(30s)).isOk());
+  EXPECT_EQ(std::memcmp(b + kShift, want.data(), kBytes - kShift), 0);
+  EXPECT_EQ(std::memcmp(b, want.data(), kShift), 0);
+  // Down by kShift in a.
+  auto down = c.put(rangeOf(*p.a, p.inA, kShift), rangeOf(*p.a, p.inA), kBytes - kShift);
+  ASSERT_TRUE(down.has_value()) << down.error().toString();
+  ASSERT_TRUE(down->wait(Timeout::after(30s)).isOk());
+  EXPECT_EQ(std::memcmp(a, want.data() + kShift, kBytes - kShift), 0);
+  EXPECT_EQ(std::memcmp(a + kBytes - kShift, want.data() + kBytes - kShift, kShift), 0);
 }
 
 TEST_F(Memory, RangesOutsideALiveAllocationAreRefusedAndNothingIsWritten) {
