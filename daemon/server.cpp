@@ -562,6 +562,12 @@ void Server::handleProcess(const Request& rq, pb::Envelope& msg) {
   if (rq.fromPeer()) {
     switch (msg.body_case()) {
       case pb::Envelope::kSpawn: {
+        if (clusterEnded_) {
+          // Sent before the head's end reached this node, arrived after: nothing may start in
+          // a job that has ended here (this dragond may outlive it: the Slurm prolog's does).
+          rq.fail(Status(StatusCode::PeerLost, "the job has ended on this node"));
+          return;
+        }
         pb::Spawn sp = msg.spawn();
         if (sp.stdin_mode() == pb::Spawn::PASSED || sp.stdout_mode() == pb::Spawn::PASSED ||
             sp.stderr_mode() == pb::Spawn::PASSED || sp.extra_fds() != 0) {

@@ -200,6 +200,16 @@ TEST_F(Dispatch, OnlyTheHeadNodeEndsTheJob) {
   EXPECT_EQ(errorOf(ask(2, end)), "only the head node ends the job");
 }
 
+TEST_F(Dispatch, ASpawnFromAnotherNodeAfterTheJobEndedHereIsRefused) {
+  pb::Envelope end;
+  end.mutable_peer_end_job()->set_exit_code(0);
+  ASSERT_FALSE(ask(0, end).has_error());
+  pb::Envelope spawn;
+  spawn.mutable_spawn()->add_argv("/bin/true");
+  EXPECT_EQ(errorOf(ask(2, spawn)), "the job has ended on this node");
+  EXPECT_TRUE(registry->listProcesses().empty());
+}
+
 TEST_F(Dispatch, APeerThatClaimsAnotherNodesProcessIsRefusedAndTheLockStaysHeld) {
   const ObjectDescriptor lock = makeLock();
   const std::uint64_t holder = Channel::holderWord(2, 4242);
