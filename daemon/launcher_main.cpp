@@ -514,6 +514,19 @@ std::string slurmPrologSocket() {
   return "/run/dragon/slurm-job-" + fileSafe(job) + "-" + fileSafe(node) + "/dragond.sock";
 }
 
+// The configuration this launcher was given for its dragond (--config, --log-level, DRAGON_
+// configuration variables), if any: the Slurm prolog's dragond, started before the job with
+// the user's files only, would not have it. "" when none.
+std::string ownConfiguration(const Options& o) {
+  if (!o.config.empty()) return "--config";
+  if (!o.logLevel.empty()) return "--log-level";
+  for (const auto& k : dragon::config::keys()) {
+    const std::string env = dragon::config::envName(k.name);
+    if (env != "DRAGON_SOCKET" && std::getenv(env.c_str()) != nullptr) return env;
+  }
+  return {};
+}
+
 int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::UniqueFd sigfd) {
   const auto& f = b.facts();
   const bool serving = f.localRank == 0;
@@ -542,7 +555,12 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     // The prolog's dragond serves the job's first step; a later step (its cluster layer is
     // wired once) or a node without one starts a private dragond, as without the prolog.
     const std::string prolog = slurmPrologSocket();
-    if (!prolog.empty() && access(prolog.c_str(), F_OK) == 0) {
+    const std::string own = ownConfiguration(o);
+    if (!prolog.empty() && !own.empty() && access(prolog.c_str(), F_OK) == 0 && f.rank == 0) {
+      complain("rank 0 on " + f.hostname + ": " + own +
+               " given: this step starts private dragonds with it, not the Slurm prolog's");
+    }
+    if (!prolog.empty() && own.empty() && access(prolog.c_str(), F_OK) == 0) {
       co.socketPath = prolog;
       client = Client::connect(co);
       if (client.has_value()) endpoint = client->clusterAddress();

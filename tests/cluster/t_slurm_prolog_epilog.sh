@@ -159,6 +159,19 @@ if [ -n "$left" ] || ls /run/dragon/slurm-job-"$job"-* >/dev/null 2>&1; then
   fail "job $job left: $left $(ls /run/dragon)"
 fi
 
+echo "--- a step given its own configuration starts private dragonds with it"
+run_user_job $U1 timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 \
+  env DRAGON_LOG_LEVEL=info "$DRAGON" sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET' ||
+  fail "srun exited $?: $OUT"
+out=$OUT
+echo "$out"
+job=$(job_of "$out")
+grep -qE "socket=.*/job-slurm\.pmix\.$job\.[0-9]+-node0\.sock$" <<<"$out" ||
+  fail "a step with DRAGON_LOG_LEVEL used the prolog's dragond, which does not have it"
+grep -q "DRAGON_LOG_LEVEL given: this step starts private dragonds with it, not the Slurm prolog's" <<<"$out" ||
+  fail "the launcher did not say why it left the prolog's dragond"
+wait_epilog "$job"
+
 echo "--- two steps in one allocation, each leaving a process behind"
 run_user_job $U1 timeout -k 5 90 salloc -I30 -N3 sh -c '
   srun -I30 --mpi=pmix --ntasks-per-node=1 '"$DRAGON"' sh -c "echo job=\$SLURM_JOB_ID step1=\$DRAGON_SOCKET; '"$LEAVE"' 4321"
