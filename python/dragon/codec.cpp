@@ -129,6 +129,10 @@ Status sendPieces(dragon::Channel& c, std::span<const Piece> pieces,
 // A received message kept alive for the views that out-of-band buffers are: the buffer protocol
 // of _native.Block exposes it, writable (the receiver owns the block).
 struct PyBlock {
+  // The pool of a block received from a channel of this node: its views (a numpy array that
+  // get() returned) keep it mapped, also once the queue and every other reference to its pool
+  // are gone. Declared first: it goes last, after the message has freed the block in it.
+  std::shared_ptr<dragon::Pool> pool;
   std::unique_ptr<dragon::Message> message;
 };
 
@@ -144,7 +148,7 @@ std::uint64_t u64At(std::span<const std::byte> d, std::size_t offset) {
 }
 
 // Takes the message over: its views outlive this call.
-py::object decodeOutOfBand(dragon::Message&& received) {
+py::object decodeOutOfBand(dragon::Message&& received, std::shared_ptr<dragon::Pool> pool) {
   auto m = std::make_unique<dragon::Message>(std::move(received));
   const std::span<const std::byte> d = m->data();
   if (d.size() < kOobFixed) corrupt("short out-of-band header");
@@ -166,7 +170,7 @@ py::object decodeOutOfBand(dragon::Message&& received) {
     end = at + len;
   }
   Codec& k = codec();
-  py::object holder = py::cast(PyBlock{std::move(m)});
+  py::object holder = py::cast(PyBlock{std::move(pool), std::move(m)});
   py::object whole = k.memoryview(holder);
   py::list buffers;
   for (const auto& [at, len] : spans) {
@@ -179,7 +183,8 @@ py::object decodeOutOfBand(dragon::Message&& received) {
   return obj;
 }
 
-py::object decode(dragon::Message&& m) {
+// `from`: the channel it came from (whose pool out-of-band views keep mapped).
+py::object decode(dragon::Message&& m, const PyChannel& from) {
   const std::span<const std::byte> d = m.data();
   if (d.empty()) corrupt("empty");
   const auto tag = static_cast<std::uint8_t>(d[0]);
@@ -222,7 +227,9 @@ py::object decode(dragon::Message&& m) {
     }
     return py::reinterpret_steal<py::object>(b);
   }
-  if (tag == kOutOfBand) return decodeOutOfBand(std::move(m));
+  if (tag == kOutOfBand) {
+    return decodeOutOfBand(std::move(m), from.remote() ? nullptr : from.ch->sharedPool());
+  }
   corrupt("unknown tag");
 }
 
@@ -352,7 +359,7 @@ py::object PyChannel::get(bool block, const py::object& timeout) {
   dragon::Message m;
   Status st = receive(m, t);
   if (!st.isOk()) raiseQueue(st, codec().empty);
-  return decode(std::move(m));
+  return decode(std::move(m), *this);
 }
 
 py::object PyChannel::recvObject(const py::object& timeout) {
@@ -365,7 +372,7 @@ py::object PyChannel::recvObject(const py::object& timeout) {
     py::bytes b(reinterpret_cast<const char*>(d.data()), d.size());
     return codec().loads(b);
   }
-  return decode(std::move(m));
+  return decode(std::move(m), *this);
 }
 
 void bindCodec(py::module_& m) {

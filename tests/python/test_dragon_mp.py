@@ -63,6 +63,15 @@ def sleep_forever():
     time.sleep(600)
 
 
+def read_after_queue_gone(box, expected):
+    import gc
+    q = box.pop()  # the only reference to the queue, and so to its pool, in this process
+    view = q.get(timeout=30)
+    del q
+    gc.collect()
+    sys.exit(0 if bytes(view) == expected else 3)
+
+
 def hold_reader(r, started):
     started.set()
     time.sleep(600)
@@ -908,6 +917,19 @@ class QueueTest(unittest.TestCase):
             signal.signal(signal.SIGALRM, old)
         self.assertEqual(pool.stats()["allocation_count"], before)
         self.assertEqual(q.get(timeout=30), b"first")
+
+    def test_a_view_that_get_returned_outlives_its_queue(self):
+        # An out-of-band buffer arrives as a view of the pool block; once the child drops the
+        # queue (its only reference to that pool), the view must still read the bytes (the
+        # pool was unmapped under it: the child died of SIGSEGV).
+        import pickle
+        data = bytes(range(256)) * 4096
+        q = CTX.Queue()
+        q.put(pickle.PickleBuffer(bytearray(data)))
+        p = CTX.Process(target=read_after_queue_gone, args=([q], data))
+        p.start()
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
 
     def test_simple_queue(self):
         sq = CTX.SimpleQueue()
