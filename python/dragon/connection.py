@@ -361,6 +361,11 @@ class Connection:
             raise ValueError("negative maxlength")
         data = self._recv_message()
         if maxlength is not None and len(data) > maxlength:
+            # As the stdlib's: the message is lost, and so is this end for reading.
+            if self._writable:
+                self._readable = False
+            else:
+                self.close()
             raise OSError("bad message length")
         return data
 

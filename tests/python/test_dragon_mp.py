@@ -1169,6 +1169,22 @@ class PipeTest(unittest.TestCase):
         t.join(60)
         self.assertEqual(box, ["broken"])
 
+    def test_a_message_longer_than_maxlength_ends_reading_as_the_stdlib_does(self):
+        a, b = CTX.Pipe()
+        a.send_bytes(b"x" * 100)
+        with self.assertRaisesRegex(OSError, "bad message length"):
+            b.recv_bytes(10)
+        self.assertFalse(b.readable)
+        with self.assertRaises(OSError):
+            b.recv_bytes()
+        b.send("still writes")
+        self.assertEqual(a.recv(), "still writes")
+        r, w = CTX.Pipe(duplex=False)
+        w.send_bytes(b"y" * 100)
+        with self.assertRaisesRegex(OSError, "bad message length"):
+            r.recv_bytes(99)
+        self.assertTrue(r.closed)
+
     def test_recv_of_bytes_that_are_no_pickle_fails_as_the_stdlib_does(self):
         # Whatever their first byte (the queue codec's tags among them), bytes sent with
         # send_bytes are unpickled by recv(), as the stdlib's recv() does with them.
