@@ -310,6 +310,13 @@ Result<std::size_t> Pool::reclaim(
     std::vector<std::uint64_t> doomed;
     for (std::uint64_t off = h->heapBegin; off < h->heapEnd; off += Heap::sizeOf(heap.at(off))) {
       const BlockHeader* b = heap.at(off);
+      // The pool is memory its clients can write: a size that would loop, or leave the heap,
+      // ends the walk (dragond walks it when a process ends) with Corrupt.
+      const std::uint64_t size = Heap::sizeOf(b);
+      if (size < detail::kMinBlock || size % detail::kGranule != 0 || size > h->heapEnd - off) {
+        return Status(StatusCode::Corrupt,
+                      "pool heap chain is broken at offset " + std::to_string(off));
+      }
       if (!Heap::isUsed(b)) {
         continue;
       }

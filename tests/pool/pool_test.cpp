@@ -320,6 +320,27 @@ TEST(Pool, ABrokenChainIsReportedAsCorruptNotACrash) {
   EXPECT_NE(st.toString().find("chain is broken"), std::string::npos);
 }
 
+TEST(Pool, ReclaimOverABrokenChainIsCorruptNotAnEndlessWalk) {
+  // A block whose size a client overwrote with 0 (the walk would stay on it for ever) or
+  // with more than the heap holds: reclaim says Corrupt and frees nothing.
+  for (std::uint64_t bad : {std::uint64_t{0}, ~std::uint64_t{0} >> 1}) {
+    Pool pool = makePool();
+    auto a = *pool.alloc(100);
+    ASSERT_EQ(a.offset - detail::kHeaderBytes, static_cast<detail::PoolHeader*>(pool.pointerAt(0))->heapBegin);
+    auto* h = static_cast<detail::PoolHeader*>(pool.pointerAt(0));
+    detail::Heap heap(pool.pointerAt(0), h);
+    heap.at(h->heapBegin)->sizeFlags.store((bad & ~detail::kUsedBit) | detail::kUsedBit);
+    std::size_t asked = 0;
+    auto n = pool.reclaim([&asked](OwnerTag, const PoolAllocation&) {
+      ++asked;
+      return false;
+    });
+    ASSERT_FALSE(n.has_value());
+    EXPECT_EQ(n.error().code(), StatusCode::Corrupt);
+    EXPECT_EQ(asked, 0u);
+  }
+}
+
 TEST(Pool, ReclaimFreesOnlyWhatTheCallerRejects) {
   Pool pool = makePool();
   auto mine = *pool.alloc(100);
