@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <optional>
 #include <poll.h>
+#include <sys/syscall.h>
 #include <string>
 #include <sys/random.h>
 #include <sys/signalfd.h>
@@ -118,6 +119,11 @@ void sweepJobProcesses(const std::string& socket) {
       char* end = nullptr;
       const long pid = std::strtol(e->d_name, &end, 10);
       if (end == e->d_name || *end != '\0' || pid <= 1 || pid == getpid()) continue;
+      // The process first, then its environment: a pid reused in between is a new process,
+      // which the environment then describes, while the pidfd still names the one that went
+      // (the signal fails), so no process is killed for another's environment.
+      dragon::UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0)));
+      if (!pidfd) continue;
       const std::string path = std::string("/proc/") + e->d_name + "/environ";
       FILE* f = std::fopen(path.c_str(), "re");
       if (f == nullptr) continue;
@@ -140,7 +146,7 @@ void sweepJobProcesses(const std::string& socket) {
         if (nul == std::string::npos) break;
         at = nul + 1;
       }
-      if (match && kill(static_cast<pid_t>(pid), SIGKILL) == 0) ++found;
+      if (match && syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) == 0) ++found;
     }
     closedir(proc);
     if (found == 0) return;
