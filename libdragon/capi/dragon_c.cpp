@@ -5,10 +5,13 @@
 #include <dragon/dragon.h>
 #include <dragon/pool.hpp>
 
+#include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <memory>
 #include <new>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "capi/internal.hpp"
@@ -58,13 +61,18 @@ dragon_status_t dragon_pool_attach(int fd, const dragon_descriptor_t* desc,
     if (!d) {
       return fail(d.error());
     }
-    dragon::UniqueFd owned(fd);
-    auto p = dragon::Pool::attach(std::move(owned), *d);
+    // A copy is attached, so that a failure leaves the caller's fd open (it is the caller's
+    // until the attach succeeds); on success the caller's is closed, as taken over.
+    const int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+      return fail(dragon::Status::fromErrno("fd", errno));
+    }
+    auto p = dragon::Pool::attach(dragon::UniqueFd(copy), *d);
     if (!p) {
-      // Not ours to close on failure: the caller keeps the fd.
       return fail(p.error());
     }
     *out_pool = new dragon_pool{std::make_shared<dragon::Pool>(std::move(*p))};
+    (void)close(fd);
     return DRAGON_OK;
   });
 }
@@ -284,6 +292,7 @@ dragon_status_t dragon_channel_recv_message(dragon_channel_t* channel, int64_t t
       return invalid("a message of another node's channel is received with dragon_channel_recv");
     }
     auto* m = new dragon_message{};
+    m->keep = channel->keep;
     dragon::Status st = channel->channel->recv(m->message, toTimeout(timeout_ns));
     if (!st.isOk()) {
       delete m;

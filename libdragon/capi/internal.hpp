@@ -24,6 +24,9 @@ struct dragon_channel {
   std::unique_ptr<dragon::ClientChannel> remote;    // one of another node (through dragond)
 };
 struct dragon_message {
+  // The pool a block message lives in, kept mapped while the message lives (also once the
+  // channel's and the pool's handles are released). Declared first: it goes last.
+  std::shared_ptr<dragon::Pool> keep;
   dragon::Message message;
 };
 

@@ -347,11 +347,18 @@ Status Channel::sendBlock(const PoolAllocation& block, std::size_t length, Timeo
     return Status(StatusCode::MessageTooLarge,
                   "message of " + std::to_string(length) + " bytes exceeds the channel's limit");
   }
-  auto owner = pool_->ownerOf(block);
-  if (!owner.has_value()) {
+  // The pool's own record of the block, not the caller's: a size the caller made up would
+  // pass here and have the receiver report the message as corrupt (and drop it).
+  auto real = pool_->allocationAt(block.offset);
+  if (!real.has_value()) {
     return Status(StatusCode::InvalidArgument, "block is not a live allocation of the pool");
   }
-  return sendSlot({}, &block, length, timeout);
+  if (length > real->size) {
+    return Status(StatusCode::InvalidArgument,
+                  "length " + std::to_string(length) + " exceeds the block's " +
+                      std::to_string(real->size) + " bytes");
+  }
+  return sendSlot({}, &*real, length, timeout);
 }
 
 namespace {

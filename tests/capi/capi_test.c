@@ -3,6 +3,7 @@
  * and the error paths. Exits non-zero on the first failed check. */
 #include <dragon/dragon.h>
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,45 @@ int main(void) {
   CHECK(len == 2 && memcmp(buf, "p2", 2) == 0);
   dragon_channel_detach(ch2);
   dragon_pool_detach(pool2);
+  /* A failed attach (a channel's descriptor, not a pool's) leaves the caller's fd open. */
+  int kept = dup(fd);
+  CHECK(dragon_pool_attach(kept, &d, &pool2) == DRAGON_INVALID_ARGUMENT);
+  CHECK(fcntl(kept, F_GETFD) != -1);
+  close(kept);
+
+  /* A block sent with a size larger than the pool's record of it is refused here, not
+   * reported as corrupt to the receiver. */
+  dragon_allocation_t small;
+  CHECK(dragon_pool_alloc(pool, 4096, DRAGON_TIMEOUT_NONE, &small) == DRAGON_OK);
+  dragon_allocation_t forged = small;
+  forged.size = 1u << 20;
+  CHECK(dragon_channel_send_block(ch, &forged, 1u << 20, DRAGON_TIMEOUT_NONE) ==
+        DRAGON_INVALID_ARGUMENT);
+  CHECK(dragon_pool_free(pool, &small) == DRAGON_OK);
+
+  /* A received block message keeps its pool mapped after the channel's and the pool's
+   * handles are gone. */
+  {
+    dragon_pool_t* p3 = NULL;
+    dragon_channel_t* c3 = NULL;
+    dragon_allocation_t b3;
+    void* at = NULL;
+    CHECK(dragon_pool_create(4u << 20, &p3) == DRAGON_OK);
+    CHECK(p3 != NULL && dragon_channel_create(p3, 2, 64, &c3) == DRAGON_OK);
+    CHECK(c3 != NULL && dragon_pool_alloc(p3, 1u << 20, DRAGON_TIMEOUT_NONE, &b3) == DRAGON_OK);
+    CHECK(dragon_pool_pointer(p3, &b3, &at) == DRAGON_OK);
+    memset(at, 'k', 1u << 20);
+    CHECK(dragon_channel_send_block(c3, &b3, 1u << 20, DRAGON_TIMEOUT_FOREVER) == DRAGON_OK);
+    dragon_message_t* m3 = NULL;
+    CHECK(dragon_channel_recv_message(c3, DRAGON_TIMEOUT_FOREVER, &m3) == DRAGON_OK);
+    dragon_channel_detach(c3);
+    dragon_pool_detach(p3);
+    const void* got = NULL;
+    size_t n3 = 0;
+    CHECK(dragon_message_data(m3, &got, &n3) == DRAGON_OK && n3 == (1u << 20));
+    CHECK(((const char*)got)[0] == 'k' && ((const char*)got)[n3 - 1] == 'k');
+    dragon_message_release(m3);
+  }
 
   uint64_t freed = 99;
   CHECK(dragon_pool_reclaim(pool, &freed) == DRAGON_OK && freed == 0);
