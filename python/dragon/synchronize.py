@@ -4,6 +4,7 @@ is the number of tokens queued in a channel, so acquire is a receive and release
 the channel's deadlines and futex sleeps, from any process that attached it."""
 import os
 import threading
+import weakref
 
 from multiprocessing import context
 
@@ -162,21 +163,23 @@ class Lock(Semaphore):
 
     def __init__(self, *, ctx=None, _owned=False):
         super().__init__(1, ctx=ctx, _capacity=1, _holder="owns" if _owned else "lock")
-        self._guards = []
+        self._guards = weakref.WeakSet()
 
     def _guard(self, buffer):
-        self._guards.append(buffer)
+        # Held weakly: a Value or Array dropped while its lock lives is freed, as the stdlib's
+        # is (the lock of many short-lived Arrays kept them all).
+        self._guards.add(buffer)
         self._use_guards()
 
     def __getstate__(self):
         # Its buffers go with it to a new process (they are pickled once with the Value that
         # holds them); not through a queue, where a Value cannot go either.
-        guards = self._guards if context.get_spawning_popen() is not None else []
+        guards = list(self._guards) if context.get_spawning_popen() is not None else []
         return super().__getstate__() + (guards,)
 
     def __setstate__(self, state):
         super().__setstate__(state[:2])
-        self._guards = state[2]
+        self._guards = weakref.WeakSet(state[2])
         self._use_guards()
 
     def _use_guards(self):

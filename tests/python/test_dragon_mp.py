@@ -1406,6 +1406,24 @@ def create_value_and_hand_it_on(w, go):
 
 
 class SharedValueTest(unittest.TestCase):
+    def test_arrays_dropped_while_their_shared_lock_lives_are_freed(self):
+        # A Lock given as lock= to many short-lived Arrays: each is freed when dropped, as the
+        # stdlib's is (the lock held every one of them, and their pool memory with it).
+        import gc
+        from dragon import _runtime
+        lock = CTX.Lock()
+        keep = CTX.Array("b", 16, lock=lock)  # one that lives: the lock still guards it
+        gc.collect()
+        before = _runtime.pool().stats()["used_bytes"]
+        for _ in range(8):
+            a = CTX.Array("b", 8 << 20, lock=lock)
+            a[0] = 1
+            del a
+        gc.collect()
+        self.assertLess(_runtime.pool().stats()["used_bytes"] - before, 8 << 20)
+        keep[0] = 5  # under the lock, which it still guards
+        self.assertEqual(keep[0], 5)
+
     def test_a_killed_creators_value_stays_valid_for_the_child_using_it(self):
         # Its block is not reclaimed when the creator dies: the child still uses it (the
         # stdlib's arena likewise lives while any process maps it).
