@@ -5,6 +5,7 @@ parent's template (_template.py), which forks every later process from a prepare
 process is in dragond's process table (the template's children too) and has a puid: its exit
 status is dragond's, and join asks dragond for it. The sentinel is a pidfd either way."""
 import io
+import math
 import os
 import pickle
 import select
@@ -139,9 +140,11 @@ class _PopenBase:
     def _sentinel_fired(self, timeout):
         """Whether the sentinel says the process ended, waiting up to `timeout` (None: until it
         does; a negative one is a try, as join(-1) is with the stdlib)."""
-        if timeout is not None:
-            timeout = max(timeout, 0)
-        return bool(select.select([self.sentinel], [], [], timeout)[0])
+        # poll, not select: a sentinel fd may be past select's 1024 in a process with many fds.
+        ms = None if timeout is None else int(math.ceil(max(timeout, 0) * 1000))
+        p = select.poll()
+        p.register(self.sentinel, select.POLLIN)
+        return bool(p.poll(ms))
 
     def _send_signal(self, sig):
         # Through dragond, which knows the process by its puid on any node.
@@ -193,7 +196,12 @@ class _DaemonPopen(_PopenBase):
             self.sentinel = None  # it has already gone and been reaped
 
     def _reap(self, timeout):
-        self._status(timeout)
+        # On its pidfd first, as a template's child: that wait runs Python's signal handlers
+        # (Ctrl-C interrupts a join), where dragond's Wait would hold them until the end.
+        if self.sentinel is not None and not self._sentinel_fired(timeout):
+            return
+        self._status(timeout if self.sentinel is None or timeout is None
+                     else max(timeout, _STATUS_GRACE))
         if self.returncode is not None:
             self._channel = None
 
@@ -412,8 +420,9 @@ class _Template:
             return self._ready
         with self._lock:
             if not self._ready and not self.broken:
-                r, _, _ = select.select([self._sock], [], [], 0)
-                if r:
+                p = select.poll()  # not select: the socket may be past fd 1024
+                p.register(self._sock, select.POLLIN)
+                if p.poll(0):
                     reply = None
                     try:
                         reply, _ = _template_wire.recv_message(self._sock)

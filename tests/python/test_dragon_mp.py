@@ -386,6 +386,58 @@ class PolicyTest(unittest.TestCase):
 
 
 class TemplateTest(unittest.TestCase):
+    def test_a_signal_handler_runs_while_join_waits_for_a_child_dragond_started(self):
+        # A fresh interpreter started by dragond (templates off): join() waits on its pidfd,
+        # where Python's signal handlers run, so a handler that raises ends the join at once.
+        import dragon.process as dp
+
+        class Alarm(Exception):
+            pass
+
+        def ring(signum, frame):
+            raise Alarm
+
+        enabled, dp._TEMPLATES_ENABLED = dp._TEMPLATES_ENABLED, False
+        old = signal.signal(signal.SIGALRM, ring)
+        p = CTX.Process(target=sleep_forever)
+        try:
+            p.start()
+            self.assertIsInstance(p._popen, dp._DaemonPopen)
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            t0 = time.monotonic()
+            with self.assertRaises(Alarm):
+                p.join(60)
+            self.assertLess(time.monotonic() - t0, 30)
+            self.assertTrue(p.is_alive())
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            dp._TEMPLATES_ENABLED = enabled
+            p.kill()
+            p.join(30)
+        self.assertEqual(p.exitcode, -signal.SIGKILL)
+
+    def test_join_works_with_the_sentinel_past_fd_1024(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            self.skipTest("RLIMIT_NOFILE's hard limit is below 2048")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+        held = []
+        try:
+            while not held or held[-1] < 1100:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            for _ in range(2):  # the first a fresh interpreter, the next from the template
+                p = CTX.Process(target=time.sleep, args=(0,))
+                p.start()
+                self.assertGreater(p.sentinel, 1024)
+                p.join(30)
+                self.assertEqual(p.exitcode, 0)
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
     """Processes after a parent's first are forked by its template (python/dragon/_template.py)."""
 
     def start(self, target, *args):
