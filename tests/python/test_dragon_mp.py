@@ -398,6 +398,7 @@ class TemplateTest(unittest.TestCase):
             raise Alarm
 
         enabled, dp._TEMPLATES_ENABLED = dp._TEMPLATES_ENABLED, False
+        template, dp._template = dp._template, None
         old = signal.signal(signal.SIGALRM, ring)
         p = CTX.Process(target=sleep_forever)
         try:
@@ -413,6 +414,7 @@ class TemplateTest(unittest.TestCase):
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
             dp._TEMPLATES_ENABLED = enabled
+            dp._template = template
             p.kill()
             p.join(30)
         self.assertEqual(p.exitcode, -signal.SIGKILL)
