@@ -69,15 +69,20 @@ def _start_private():
             proc.wait()
             raise _native.DragonError("could not start a private dragond (see its message above)")
     _private = proc
+    global _private_owner
+    _private_owner = os.getpid()
     os.environ["DRAGON_SOCKET"] = sock
     atexit.register(_stop_private)
     return sock
 
 
+_private_owner = None  # the process that started the private dragond
+
+
 def _stop_private():
     global _client, _private
-    if _private is None:
-        return
+    if _private is None or os.getpid() != _private_owner:
+        return  # an os.fork() child's exit: the dragond and its job are its parent's
     # At exit (registered after multiprocessing's exit function, so run before it): first
     # what the launcher's runtime has done by the time its dragond goes, in the same order:
     # this process's Pipe handles closed (its peers see end of file), then multiprocessing's

@@ -606,6 +606,40 @@ class TemplateTest(unittest.TestCase):
                 th.join(30)
                 self.assertTrue(t.broken)
 
+    def test_an_os_fork_child_that_exits_leaves_the_private_dragond_to_its_parent(self):
+        # Under plain python3 the process starts a private dragond and stops it at exit; an
+        # os.fork() child that exits normally runs the same atexit functions, and must not
+        # stop its parent's dragond (the parent's next start failed).
+        script = (
+            "import os, sys, multiprocessing as mp\n"
+            "import dragon\n"
+            "def f():\n    pass\n"
+            "if __name__ == '__main__':\n"
+            "    ctx = mp.get_context('dragon')\n"
+            "    p = ctx.Process(target=f); p.start(); p.join(30)\n"
+            "    from dragon import _runtime\n"
+            "    dragond = _runtime._private.pid\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        sys.exit(0)\n"
+            "    os.waitpid(pid, 0)\n"
+            "    with open('/proc/%d/stat' % dragond) as st:\n"
+            "        state = st.read().rsplit(')', 1)[1].split()[0]\n"
+            "    print('dragond', 'gone' if state in 'ZX' else 'runs', flush=True)\n"
+            "    p = ctx.Process(target=f); p.start(); p.join(30)\n"
+            "    print('second', type(p._popen).__name__, p.exitcode, flush=True)\n")
+        env = dict(os.environ)
+        env.pop("DRAGON_SOCKET", None)
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(script)
+        try:
+            r = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
+                               timeout=60, env=env)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual((r.returncode, r.stdout),
+                         (0, "dragond runs\nsecond _TemplatePopen 0\n"), r.stderr)
+
     def test_a_stock_fork_of_a_process_makes_a_template_of_its_own(self):
         # The parent's template serves the parent alone (its socket is the parent's): a forked
         # child starts from no template (_after_fork_in_child), and its starts make its own.
