@@ -262,8 +262,12 @@ def destroy(descriptor):
 
 
 def spawn(argv, env, cwd, **kwargs):
+    # As bytes (os.fsencode): an environment value or a directory name that is not UTF-8 is
+    # held by Python as surrogate escapes, which no str conversion to C++ takes.
+    argv = [os.fsencode(a) for a in argv]
+    env = [os.fsencode(e) for e in env]
     with _lock:
-        return client().spawn(argv, env, cwd, **kwargs)
+        return client().spawn(argv, env, os.fsencode(cwd), **kwargs)
 
 
 def adopt(pid, argv, idle=False, stdout_fd=-1, stderr_fd=-1):

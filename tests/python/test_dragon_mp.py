@@ -72,6 +72,10 @@ def read_after_queue_gone(box, expected):
     sys.exit(0 if bytes(view) == expected else 3)
 
 
+def report_named_env_and_cwd(q, name):
+    q.put((os.environb.get(name), os.getcwdb()))
+
+
 def hold_reader(r, started):
     started.set()
     time.sleep(600)
@@ -487,6 +491,36 @@ class TemplateTest(unittest.TestCase):
         p = self.start(raise_error)
         p.join(30)
         self.assertEqual(p.exitcode, 1)
+
+    def test_an_environment_and_cwd_that_are_not_utf8_reach_the_children(self):
+        # Both kinds of start (a fresh interpreter from dragond, then the template's); every
+        # start that dragond made failed with TypeError before.
+        import dragon.process as dp
+        name, value = b"MP_DRAGON_NOT_UTF8", b"\xff\xfe-value"
+        where = tempfile.mkdtemp(prefix="dragon-\udcff-")
+        old_cwd = os.getcwd()
+        os.environb[name] = value
+        q = CTX.Queue()
+        try:
+            os.chdir(where)
+            for fresh in (True, False):
+                enabled, template = dp._TEMPLATES_ENABLED, dp._template
+                if fresh:
+                    dp._TEMPLATES_ENABLED, dp._template = False, None
+                try:
+                    p = CTX.Process(target=report_named_env_and_cwd, args=(q, name))
+                    p.start()
+                finally:
+                    dp._TEMPLATES_ENABLED, dp._template = enabled, template
+                if fresh:  # (the next is the template's unless an earlier test broke it)
+                    self.assertEqual(type(p._popen).__name__, "_DaemonPopen")
+                p.join(30)
+                self.assertEqual(p.exitcode, 0)
+                self.assertEqual(q.get(timeout=30), (value, os.fsencode(where)))
+        finally:
+            os.chdir(old_cwd)
+            del os.environb[name]
+            os.rmdir(where)
 
     def test_children_see_the_environment_and_cwd_of_their_start(self):
         template = self.warm()
