@@ -13,6 +13,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -222,6 +223,14 @@ struct Client::Impl : detail::ClientConnection {
   Result<std::uint64_t> start(pb::Envelope& req, std::span<const int> fds = {}) {
     if (!broken.isOk()) {
       return broken;
+    }
+    // An fd that is not open fails this request alone: sendmsg would refuse the whole frame
+    // (EBADF) before a byte went, and that must not end the connection.
+    for (const int fd : fds) {
+      if (fd < 0 || fcntl(fd, F_GETFD) == -1) {
+        return Status(StatusCode::InvalidArgument,
+                      "fd " + std::to_string(fd) + " to pass to dragond is not open");
+      }
     }
     const std::uint64_t id = nextId++;
     req.set_request_id(id);

@@ -169,6 +169,13 @@ int main(void) {
   CHECK(dragon_client_spawn(NULL, &o, group, 3, &n) == DRAGON_INVALID_ARGUMENT);
   o.stdout_mode = 99;
   CHECK(dragon_client_spawn(a, &o, group, 3, &n) == DRAGON_INVALID_ARGUMENT);
+  /* An fd to pass that is not open fails that spawn alone: the client goes on. */
+  o.stdout_mode = DRAGON_STDIO_PASSED;
+  o.stdout_fd = 987;
+  o.count = 1;
+  o.argv = argv;
+  CHECK(dragon_client_spawn(a, &o, group, 1, &n) == DRAGON_INVALID_ARGUMENT);
+  CHECK(dragon_client_list_processes(a, entries, 16, &n) == DRAGON_OK);
   CHECK(dragon_client_pool_attach(a, NULL, NULL, &dup) == DRAGON_INVALID_ARGUMENT);
   CHECK(dragon_client_connect("/nonexistent/dragond.sock", &b) == DRAGON_NOT_FOUND);
 

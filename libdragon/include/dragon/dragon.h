@@ -130,6 +130,8 @@ dragon_status_t dragon_descriptor_from_string(const char* text, dragon_descripto
 
 /* ---- The client of dragond: every control operation ------------------------------------- */
 
+/* A client, the remote channels it attached and its transfers are used by one thread at a
+ * time: a thread of its own needs a client of its own. */
 typedef struct dragon_client dragon_client_t;
 
 /* socket_path NULL: $DRAGON_SOCKET, else /run/dragon/UID/dragond.sock, else the runtime dir's. */
