@@ -222,8 +222,11 @@ dragon_status_t dragon_channel_destroy(dragon_channel_t* channel) {
       return invalid("a channel of another node is destroyed with dragon_client_destroy");
     }
     dragon::Status st = channel->channel->destroy();
+    if (!st.isOk()) {
+      return fail(st);  // the handle stays the caller's, as on every other failure
+    }
     delete channel;
-    return st.isOk() ? DRAGON_OK : fail(st);
+    return DRAGON_OK;
   });
 }
 

@@ -96,7 +96,8 @@ dragon_status_t dragon_channel_attach(dragon_pool_t* pool, const dragon_descript
                                       dragon_channel_t** out_channel);
 /* Releases the handle; the channel lives on. */
 void dragon_channel_detach(dragon_channel_t* channel);
-/* Frees the channel and its queued messages, then releases the handle. */
+/* Frees the channel and its queued messages, then releases the handle (on success only: on a
+ * failure the handle is still the caller's, to detach). */
 dragon_status_t dragon_channel_destroy(dragon_channel_t* channel);
 dragon_status_t dragon_channel_descriptor(const dragon_channel_t* channel,
                                           dragon_descriptor_t* out_desc);
