@@ -302,13 +302,19 @@ class Connection:
     def _readers_gone(self):
         """True once every reader has gone, counting the ones that were killed (whose handles
         this drops, closing the channel for every writer)."""
+        return self._peers_gone(self._send, self._wrec, _READERS, "_readers_checked")
+
+    def _peers_gone(self, channel, record, part, stamp):
+        """True once no handle of `part` of `channel`'s record is left, counting the ones of
+        killed processes (dropped here; the channel is then closed for everyone). Looks at
+        most once a _WRITER_CHECK (attribute `stamp`: when it last looked)."""
         now = time.monotonic()
-        if now < self._readers_checked + _WRITER_CHECK:
+        if now < getattr(self, stamp) + _WRITER_CHECK:
             return False
-        self._readers_checked = now
+        setattr(self, stamp, now)
         try:
-            if _drop_dead(self._send.pool, self._wrec, _READERS):
-                self._send.close()
+            if _drop_dead(channel.pool, record, part):
+                channel.close()
                 return True
         except Exception:
             pass
@@ -332,17 +338,7 @@ class Connection:
         (a poll() loop does not pay a kill() per writer each time round)."""
         if self._recv is None or self._rrec is None or self._closed:
             return False
-        now = time.monotonic()
-        if now < self._writers_checked + _WRITER_CHECK:
-            return False
-        self._writers_checked = now
-        try:
-            if _drop_dead(self._recv.pool, self._rrec, _WRITERS):
-                self._recv.close()
-                return True
-        except Exception:
-            pass
-        return False
+        return self._peers_gone(self._recv, self._rrec, _WRITERS, "_writers_checked")
 
     def _watching_writers(self, receive):
         """receive(timeout) until a message comes or the channel closes, checking each

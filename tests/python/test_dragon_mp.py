@@ -1261,17 +1261,9 @@ class ListenerTest(unittest.TestCase):
 
 
 class PipeTest(unittest.TestCase):
-    def test_sending_once_no_reader_is_left_raises_broken_pipe(self):
-        r, w = CTX.Pipe(duplex=False)
-        r.close()
-        with self.assertRaises(BrokenPipeError):
-            w.send(1)
-        a, b = CTX.Pipe()
-        b.close()
-        with self.assertRaises(BrokenPipeError):
-            a.send_bytes(b"x")
-        # A writer blocked on a full pipe when the last reader goes gets it too.
-        r, w = CTX.Pipe()
+    @staticmethod
+    def fill_in_a_thread(w):
+        """A thread that sends to `w` until it is refused; box: what it ended with."""
         box = []
 
         def fill():
@@ -1284,6 +1276,20 @@ class PipeTest(unittest.TestCase):
 
         t = threading.Thread(target=fill, daemon=True)
         t.start()
+        return t, box
+
+    def test_sending_once_no_reader_is_left_raises_broken_pipe(self):
+        r, w = CTX.Pipe(duplex=False)
+        r.close()
+        with self.assertRaises(BrokenPipeError):
+            w.send(1)
+        a, b = CTX.Pipe()
+        b.close()
+        with self.assertRaises(BrokenPipeError):
+            a.send_bytes(b"x")
+        # A writer blocked on a full pipe when the last reader goes gets it too.
+        r, w = CTX.Pipe()
+        t, box = self.fill_in_a_thread(w)
         deadline = time.monotonic() + 60
         while w._send.size() < w._send.capacity and time.monotonic() < deadline:
             time.sleep(0.01)  # until the channel is full and the writer waits
@@ -1334,18 +1340,7 @@ class PipeTest(unittest.TestCase):
         p.start()
         self.assertTrue(started.wait(30))
         r.close()
-        box = []
-
-        def fill():
-            try:
-                for _ in range(100000):
-                    w.send_bytes(b"x" * 100)
-                box.append("never full")
-            except BrokenPipeError:
-                box.append("broken")
-
-        t = threading.Thread(target=fill, daemon=True)
-        t.start()
+        t, box = self.fill_in_a_thread(w)
         deadline = time.monotonic() + 60
         while not w._readers_checked and time.monotonic() < deadline:
             time.sleep(0.01)  # until the writer has waited for room and looked for readers
