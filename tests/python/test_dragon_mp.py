@@ -202,6 +202,20 @@ def send_big(q, size):
     q.put(bytes(range(256)) * (size // 256))
 
 
+def run_program(prefix, text, *args, timeout=120):
+    """Runs `text` as a Python file with `prefix` (the launcher, an interpreter...) and
+    `args`, outside any dragond of this suite (no DRAGON_SOCKET); the CompletedProcess."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(text)
+    env = dict(os.environ)
+    env.pop("DRAGON_SOCKET", None)
+    try:
+        return subprocess.run([*prefix, f.name, *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    finally:
+        os.unlink(f.name)
+
+
 class ProcessTest(unittest.TestCase):
     def test_start_join_and_exit_codes(self):
         q = CTX.Queue()
@@ -662,15 +676,7 @@ class TemplateTest(unittest.TestCase):
             "    print('dragond', 'gone' if state in 'ZX' else 'runs', flush=True)\n"
             "    p = ctx.Process(target=f); p.start(); p.join(30)\n"
             "    print('second', type(p._popen).__name__, p.exitcode, flush=True)\n")
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(script)
-        try:
-            r = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
-                               timeout=60, env=env)
-        finally:
-            os.unlink(f.name)
+        r = run_program([sys.executable], script, timeout=60)
         self.assertEqual((r.returncode, r.stdout),
                          (0, "dragond runs\nsecond _TemplatePopen 0\n"), r.stderr)
 
@@ -1867,15 +1873,7 @@ class LauncherTest(unittest.TestCase):
     LAUNCHER = os.environ.get("DRAGON_LAUNCHER")
 
     def run_script(self, text, *args, timeout=120):
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(text)
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        try:
-            return subprocess.run([self.LAUNCHER, f.name, *args], capture_output=True, text=True,
-                                  timeout=timeout, env=env)
-        finally:
-            os.unlink(f.name)
+        return run_program([self.LAUNCHER], text, *args, timeout=timeout)
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_a_launcher_started_with_sigchld_ignored_ends_with_its_programs_code(self):
@@ -1947,15 +1945,7 @@ class LauncherTest(unittest.TestCase):
             "    for p in ps: p.join()\n"
             "    print('parent after', [p.exitcode for p in ps],\n"
             "          [type(p._popen).__name__ for p in ps])\n")
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write(text)
-        env = dict(os.environ)
-        env.pop("DRAGON_SOCKET", None)
-        try:
-            r = subprocess.run([self.LAUNCHER, "--label", f.name], capture_output=True,
-                               text=True, timeout=120, env=env)
-        finally:
-            os.unlink(f.name)
+        r = run_program([self.LAUNCHER, "--label"], text)
         self.assertEqual(r.returncode, 0, r.stderr)
         puid_of, seen = {}, {}
         out = r.stdout.splitlines()
