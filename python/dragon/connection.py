@@ -909,13 +909,21 @@ class Listener(_StockListener):
                 self._discard_ready()
 
     def _discard_ready(self):
+        """Closes the connections made but not accepted. The mark of a closed Listener (None)
+        stays: a serving thread that discards after close() must not take the wake-up of an
+        accept() blocked in another thread."""
+        closed = False
         while True:
             try:
                 item = self._ready.get_nowait()
             except Exception:
-                return
-            if item is not None:
+                break
+            if item is None:
+                closed = True
+            else:
                 item[0].close()
+        if closed:
+            self._ready.put(None)
 
     def accept(self):
         if not getattr(self, "_dragon", False):  # also stock subclasses

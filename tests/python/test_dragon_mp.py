@@ -1230,6 +1230,15 @@ def relay_expect_eof(descriptor, key, out):
 
 
 class ListenerTest(unittest.TestCase):
+    def test_a_discard_after_close_keeps_the_wake_up_of_a_blocked_accept(self):
+        # close() leaves a mark that wakes an accept() blocked in another thread; a serving
+        # thread that then discards the connections it just made must leave that mark.
+        from dragon.connection import Listener
+        listener = Listener(("127.0.0.1", 0))
+        listener.close()
+        listener._discard_ready()  # as a serving thread does once it sees the Listener closing
+        self.assertIsNone(listener._ready.get(timeout=30))
+
     def test_a_client_waits_for_a_listener_that_is_slow_to_answer(self):
         # The Listener's process is stopped across several of the client's liveness checks:
         # the client keeps waiting (it raised queue.Empty at the first one), and connects once
