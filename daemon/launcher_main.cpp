@@ -562,11 +562,12 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     // wired once) or a node without one starts a private dragond, as without the prolog.
     const std::string prolog = slurmPrologSocket();
     const std::string own = ownConfiguration(o);
-    if (!prolog.empty() && !own.empty() && access(prolog.c_str(), F_OK) == 0 && f.rank == 0) {
+    const bool prologServes = !prolog.empty() && access(prolog.c_str(), F_OK) == 0;
+    if (prologServes && !own.empty() && f.rank == 0) {
       complain("rank 0 on " + f.hostname + ": " + own +
                " given: this step starts private dragonds with it, not the Slurm prolog's");
     }
-    if (!prolog.empty() && own.empty() && access(prolog.c_str(), F_OK) == 0) {
+    if (prologServes && own.empty()) {
       co.socketPath = prolog;
       client = Client::connect(co);
       if (client.has_value()) endpoint = client->clusterAddress();

@@ -162,6 +162,9 @@ class Server {
   // Multi-node (server_cluster.cpp).
   // A launcher's part in the job (ClusterAddress, JoinCluster, WaitJobEnd, ListNodes).
   void handleJob(const Request& rq, protocol::Envelope& msg);
+  // Whether another launcher's connection claimed this dragond for its step (then `rq` has
+  // failed with AlreadyExists).
+  bool claimedByAnother(const Request& rq, const Connection& c);
   // A client's process request that involves other nodes; false when it is this node's alone.
   bool clusterProcess(const Request& rq, protocol::Envelope& msg);
   // A request for the job-wide tables this node hosts (global services), from another node.

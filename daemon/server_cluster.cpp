@@ -143,6 +143,14 @@ void Server::forgetCluster() {
   cluster_ = nullptr;
 }
 
+bool Server::claimedByAnother(const Request& rq, const Connection& c) {
+  if (clusterClaim_ == 0 || clusterClaim_ == c.id || !conns_.contains(clusterClaim_)) {
+    return false;
+  }
+  rq.fail(Status(StatusCode::AlreadyExists, "another job step's launcher is joining this dragond"));
+  return true;
+}
+
 void Server::handleJob(const Request& rq, pb::Envelope& msg) {
   if (cluster_ == nullptr) {
     rq.fail(Status(StatusCode::InvalidArgument,
@@ -162,11 +170,7 @@ void Server::handleJob(const Request& rq, pb::Envelope& msg) {
       // The first launcher to ask claims it until it joins or goes: two steps started at
       // once would otherwise both take it and, each winning the join on some nodes, both
       // fail after the PMIx fence. The later one starts its own dragond.
-      if (clusterClaim_ != 0 && clusterClaim_ != c->id && conns_.contains(clusterClaim_)) {
-        rq.fail(Status(StatusCode::AlreadyExists,
-                       "another job step's launcher is joining this dragond"));
-        return;
-      }
+      if (claimedByAnother(rq, *c)) return;
       clusterClaim_ = c->id;
       pb::Envelope reply;
       auto* a = reply.mutable_cluster_address_reply();
@@ -177,11 +181,7 @@ void Server::handleJob(const Request& rq, pb::Envelope& msg) {
       return;
     }
     case pb::Envelope::kJoinCluster: {
-      if (clusterClaim_ != 0 && clusterClaim_ != c->id && conns_.contains(clusterClaim_)) {
-        rq.fail(Status(StatusCode::AlreadyExists,
-                       "another job step's launcher is joining this dragond"));
-        return;
-      }
+      if (claimedByAnother(rq, *c)) return;
       Status st = cluster_->join(msg.join_cluster());
       if (!st.isOk()) {
         rq.fail(st);
@@ -609,9 +609,10 @@ static std::uint32_t namedNode(const pb::Envelope& msg, std::uint32_t from) {
 
 void Server::handleGlobal(const Request& rq, pb::Envelope& msg) {
   pb::Envelope answer;
-  if (rq.fromPeer() && namedNode(msg, rq.node) != rq.node) {
+  const std::uint32_t named = rq.fromPeer() ? namedNode(msg, rq.node) : rq.node;
+  if (named != rq.node) {
     DRAGON_LOG(Warn, "cluster", "%s spoke for node %u in a request to global services: refused",
-               cluster_->describe(rq.node).c_str(), namedNode(msg, rq.node));
+               cluster_->describe(rq.node).c_str(), named);
     answer = errorEnvelope(Status(StatusCode::PermissionDenied,
                                   "a node names or reports only its own objects and processes"));
   } else if (hosted_ == nullptr) {

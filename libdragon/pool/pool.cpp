@@ -308,11 +308,12 @@ Result<std::size_t> Pool::reclaim(
       return lock.status();
     }
     std::vector<std::uint64_t> doomed;
-    for (std::uint64_t off = h->heapBegin; off < h->heapEnd; off += Heap::sizeOf(heap.at(off))) {
+    std::uint64_t size = 0;
+    for (std::uint64_t off = h->heapBegin; off < h->heapEnd; off += size) {
       const BlockHeader* b = heap.at(off);
       // The pool is memory its clients can write: a size that would loop, or leave the heap,
       // ends the walk (dragond walks it when a process ends) with Corrupt.
-      const std::uint64_t size = Heap::sizeOf(b);
+      size = Heap::sizeOf(b);
       if (size < detail::kMinBlock || size % detail::kGranule != 0 || size > h->heapEnd - off) {
         return Status(StatusCode::Corrupt,
                       "pool heap chain is broken at offset " + std::to_string(off));

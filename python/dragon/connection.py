@@ -483,8 +483,7 @@ def _drop_dead(pool, offset, part):
                 continue
             if pool.cas_u64(offset, pid, _DEAD, w):
                 pool.add_u64(offset, -unit * pool.load_u64(offset, w + 1))  # its count is still now
-    left = pool.load_u64(offset)
-    return (left & _LOW if unit == 1 else left >> 32) == 0
+    return pool.load_u64(offset) // unit & _LOW == 0
 
 
 class _RemoteEnd:

@@ -146,6 +146,12 @@ class _PopenBase:
         p.register(self.sentinel, select.POLLIN)
         return bool(p.poll(ms))
 
+    def _reap_by_sentinel(self, timeout):
+        """Once the sentinel says the process ended (within `timeout`), its status from
+        dragond, which may hear of the end a moment after the pidfd."""
+        if self._sentinel_fired(timeout):
+            self._status(None if timeout is None else max(timeout, _STATUS_GRACE))
+
     def _send_signal(self, sig):
         # Through dragond, which knows the process by its puid on any node.
         if self.returncode is None:
@@ -198,10 +204,10 @@ class _DaemonPopen(_PopenBase):
     def _reap(self, timeout):
         # On its pidfd first, as a template's child: that wait runs Python's signal handlers
         # (Ctrl-C interrupts a join), where dragond's Wait would hold them until the end.
-        if self.sentinel is not None and not self._sentinel_fired(timeout):
-            return
-        self._status(timeout if self.sentinel is None or timeout is None
-                     else max(timeout, _STATUS_GRACE))
+        if self.sentinel is None:  # it had gone before its pidfd could be opened
+            self._status(timeout)
+        else:
+            self._reap_by_sentinel(timeout)
         if self.returncode is not None:
             self._channel = None
 
@@ -221,8 +227,7 @@ class _TemplatePopen(_PopenBase):
         self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
 
     def _reap(self, timeout):
-        if self._sentinel_fired(timeout):
-            self._status(None if timeout is None else max(timeout, _STATUS_GRACE))
+        self._reap_by_sentinel(timeout)
 
     def _send_signal(self, sig):
         if self.returncode is None and self.sentinel is not None:

@@ -1251,6 +1251,15 @@ class ListenerTest(unittest.TestCase):
         interval = connection._LIVENESS_INTERVAL
         connection._LIVENESS_INTERVAL = 0.05
         box = []
+        # Each liveness check looks the Listener's name up: counted, and the Listener goes on
+        # once the client has waited through three of them.
+        lookup, looked, checked = connection._runtime.lookup_name, [], threading.Event()
+
+        def counting_lookup(name):
+            looked.append(name)
+            if len(looked) >= 3:
+                checked.set()
+            return lookup(name)
 
         def connect():
             try:
@@ -1262,13 +1271,15 @@ class ListenerTest(unittest.TestCase):
                 box.append(e)
 
         os.kill(p.pid, signal.SIGSTOP)
+        connection._runtime.lookup_name = counting_lookup
         try:
             t = threading.Thread(target=connect, daemon=True)
             t.start()
-            time.sleep(0.5)  # stopped for ten liveness intervals of the client
+            self.assertTrue(checked.wait(30), "the client stopped waiting: %r" % box)
         finally:
             os.kill(p.pid, signal.SIGCONT)
             connection._LIVENESS_INTERVAL = interval
+            connection._runtime.lookup_name = lookup
         t.join(30)
         self.assertEqual(box, ["echo"])
         p.join(30)
