@@ -261,7 +261,16 @@ def _prepare(prep):
     _runtime.client()
     with open("/proc/self/cmdline", "rb") as f:
         cmdline = f.read().split(b"\0")[:-1]
-    spawn.prepare(pickle.loads(prep))  # once, for every child: the main module is imported here
+    # Once, for every child: the main module is imported here, as a spawn child's is, with
+    # the same guard: a main module that starts a process at its top level (no
+    # `if __name__ == "__main__"`) gets the stdlib's bootstrapping RuntimeError here, and the
+    # template ends before it is ready, instead of starting a template of its own, and so on.
+    from multiprocessing import process
+    process.current_process()._inheriting = True
+    try:
+        spawn.prepare(pickle.loads(prep))
+    finally:
+        del process.current_process()._inheriting
     # Dragon's own modules, which a child would otherwise import while it unpickles its
     # arguments (they hold no state of the program's).
     from . import _child, connection, queues, sharedctypes, synchronize  # noqa: F401

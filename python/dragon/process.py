@@ -668,6 +668,9 @@ def Popen(process_obj):
     """A child of the template when it is ready; else one dragond starts (and the first such
     start also starts the template)."""
     global _template
+    # The stdlib's bootstrapping error (a start from a main module being imported in a child
+    # or a template), before a template is made for a start that cannot happen.
+    spawn._check_not_importing_main()
     from .policy import target_node
     node = target_node(getattr(process_obj, "_dragon_policy", None))
     if node is not None:

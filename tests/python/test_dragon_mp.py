@@ -684,6 +684,34 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual((r.returncode, r.stdout),
                          (0, "dragond runs\nsecond _TemplatePopen 0\n"), r.stderr)
 
+    def test_a_main_module_without_a_main_guard_is_the_stdlib_error_not_a_chain_of_templates(self):
+        # The template imports the main module as a spawn child does, so a module that starts
+        # a process at its top level must meet the same guard there: the stdlib's
+        # bootstrapping RuntimeError, which ends the template before it is ready. Without it
+        # the template started a template of its own (and ran the program's top level again),
+        # which did the same, for as long as the program lived.
+        script = (
+            "import multiprocessing as mp, select, time\n"
+            "import dragon\n"
+            "from dragon import process as dp\n"
+            "def f():\n    pass\n"
+            "ctx = mp.get_context('dragon')\n"
+            "p = ctx.Process(target=f); p.start(); p.join(60)\n"
+            "print('exitcode', p.exitcode, flush=True)\n"
+            "t = dp._template\n"
+            "deadline = time.monotonic() + 60\n"
+            "while not t.ready() and not t.broken and time.monotonic() < deadline:\n"
+            "    select.select([t._sock], [], [], 1)\n"
+            "print('template', 'ready' if t.ready() else 'broken' if t.broken else 'waiting',\n"
+            "      flush=True)\n")
+        for prefix in ([sys.executable], [LauncherTest.LAUNCHER]):
+            r = run_program(prefix, script, timeout=180)
+            self.assertEqual((r.returncode, r.stdout), (0, "exitcode 1\ntemplate broken\n"),
+                             (prefix, r.stderr))
+            self.assertIn("An attempt has been made to start a new process before the\n"
+                          "        current process has finished its bootstrapping phase.",
+                          r.stderr)
+
     def test_a_stock_fork_of_a_process_makes_a_template_of_its_own(self):
         # The parent's template serves the parent alone (its socket is the parent's): a forked
         # child starts from no template (_after_fork_in_child), and its starts make its own.
