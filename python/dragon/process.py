@@ -77,8 +77,24 @@ def _payload(popen, process_obj):
         raise
     finally:
         context.set_spawning_popen(None)
-        popen._counted = []
+        # What to give back if the start fails after all (_given_back_on_failure).
+        popen._given_back, popen._counted = popen._counted, []
     return fp.getbuffer()
+
+
+def _given_back_on_failure(popen, start):
+    """Runs start(); if it fails in a way that no process was started (an error before the
+    request or that the template or dragond answered; not an interrupt, which may come after
+    the process started, nor _MayHaveStarted), gives back what the payload's pickling counted
+    for the child, whose process will not run. The caller may then start it another way,
+    which pickles and counts again."""
+    try:
+        return start()
+    except _MayHaveStarted:
+        raise
+    except Exception:
+        _run_all(popen._given_back)
+        raise
 
 
 class _PopenBase:
@@ -187,14 +203,17 @@ class _DaemonPopen(_PopenBase):
         self._init()
         tracker_fd = self._tracker_fd()
         payload = _payload(self, process_obj)
-        # The payload waits in a channel of ours until the child takes it.
-        self._channel = _runtime.new_channel(capacity=1)
-        self._channel.send(payload)
-        argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
-                self._channel.descriptor, str(tracker_fd)]
-        [(self._puid, self.pid, _)] = _runtime.spawn(
-            argv, _child_environment(), os.getcwd(), stdin="null", extra_fds=self._fds,
-            extra_fd_base=self.FD_BASE, **_child_stdio())
+
+        def start():
+            # The payload waits in a channel of ours until the child takes it.
+            self._channel = _runtime.new_channel(capacity=1)
+            self._channel.send(payload)
+            argv = [spawn.get_executable(), "-c", "from dragon._child import main; main()",
+                    self._channel.descriptor, str(tracker_fd)]
+            return _runtime.spawn(
+                argv, _child_environment(), os.getcwd(), stdin="null", extra_fds=self._fds,
+                extra_fd_base=self.FD_BASE, **_child_stdio())
+        [(self._puid, self.pid, _)] = _given_back_on_failure(self, start)
         try:
             self.sentinel = os.pidfd_open(self.pid)
             self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
@@ -221,9 +240,9 @@ class _TemplatePopen(_PopenBase):
         self._init()
         tracker_fd = self._tracker_fd()
         payload = _payload(self, process_obj)
-        self.pid, self._puid, self.sentinel = template.start(
+        self.pid, self._puid, self.sentinel = _given_back_on_failure(self, lambda: template.start(
             (bytes(payload), os.getcwd(), process_obj.name, self.FD_BASE, tracker_fd),
-            self._fds)
+            self._fds))
         self.finalizer = util.Finalize(self, os.close, (self.sentinel,))
 
     def _reap(self, timeout):

@@ -758,6 +758,23 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(type(p._popen).__name__, "_DaemonPopen")
 
 
+    def test_a_pipe_end_of_a_start_that_falls_back_from_a_lost_template_is_counted_once(self):
+        # The start pickles the writer end for the template (counting it for the child), finds
+        # the template gone, and starts a fresh interpreter, which pickles and counts again:
+        # the first count must be given back, or the reader never sees end of file.
+        template = self.warm()
+        self.kill_template(template)
+        r, w = CTX.Pipe(duplex=False)
+        p = self.start(close_after_ready, w)
+        w.close()
+        self.assertEqual(type(p._popen).__name__, "_DaemonPopen")
+        self.assertEqual(r.recv(), "ready")
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
+        self.assertTrue(r.poll(30), "no end of file: a writer is still counted")
+        with self.assertRaises(EOFError):
+            r.recv()
+
     def test_a_start_left_unread_by_a_template_that_ended_runs_as_a_fresh_interpreter(self):
         # The request lies unread in the stopped template's socket when it is killed: nothing
         # took it, so the start is made again, once, as a fresh interpreter. (One the template
