@@ -627,6 +627,9 @@ class _RemoteTemplate:
         process); OSError when it took it and ended without an answer (the process may have
         started, so it must not be started again)."""
         with self._lock:
+            if self.broken:  # given up by another thread's start while this one waited: an
+                # answer that thread did not read may still come, and would answer this one
+                raise _TemplateLost("the template is not used")
             env = self._environment()
             message = pickle.dumps(("start", request[0], env) + request[1:])
             sent = False

@@ -654,6 +654,24 @@ class TemplateTest(unittest.TestCase):
                 th.join(30)
                 self.assertTrue(t.broken)
 
+    def test_a_remote_template_given_up_while_a_start_waited_takes_no_more_requests(self):
+        # Another thread's start, interrupted after the template took its request, gave the
+        # template up; its answer may still come. A start that waited on the lock meanwhile
+        # must not send a request whose answer would be that one (another process's pid).
+        from dragon import process as dp
+        t = object.__new__(dp._RemoteTemplate)
+        t.node, t._lock, t._last_env, t._ready, t.broken = 1, threading.Lock(), None, True, True
+        sent = []
+
+        class Requests:  # the seam: the channel the template receives from
+            def send(self, message, timeout=None):
+                sent.append(message)
+
+        t._requests = Requests()
+        with self.assertRaises(dp._TemplateLost):
+            t.start((b"payload", "/", "name"))
+        self.assertEqual(sent, [])
+
     def test_an_os_fork_child_that_exits_leaves_the_private_dragond_to_its_parent(self):
         # Under plain python3 the process starts a private dragond and stops it at exit; an
         # os.fork() child that exits normally runs the same atexit functions, and must not
