@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: MIT
 """``python3 -m dragon.run SCRIPT [ARGS]``: runs SCRIPT as ``__main__`` with the dragon start
 method, the way ``python3 SCRIPT`` would. The ``dragon`` launcher runs Python scripts so."""
+import builtins
+import importlib.machinery
 import multiprocessing.context as mpcontext
 import os
 import runpy
 import sys
+import types
+import zipfile
 
 import dragon  # noqa: F401  (registers the start method)
 
@@ -22,7 +26,21 @@ def main():
     mpcontext._default_context._default_context = mpcontext._concrete_contexts["dragon"]
     sys.argv = sys.argv[1:]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    runpy.run_path(script, run_name="__main__")
+    if not os.path.isfile(script) or zipfile.is_zipfile(script):
+        runpy.run_path(script, run_name="__main__")  # a directory or zip with __main__.py
+        return
+    # The script's module is __main__ from here on, as under python3: runpy.run_path would
+    # put this module back when the top level returns, and a thread still running, an atexit
+    # function or a Pool's worker handler could no longer pickle functions of __main__.
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = script
+    main_module.__builtins__ = builtins
+    main_module.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
+    main_module.__cached__ = None
+    sys.modules["__main__"] = main_module
+    with open(script, "rb") as f:
+        code = compile(f.read(), script, "exec")
+    exec(code, main_module.__dict__)
 
 
 if __name__ == "__main__":

@@ -722,7 +722,7 @@ class TemplateTest(unittest.TestCase):
             "    select.select([t._sock], [], [], 1)\n"
             "print('template', 'ready' if t.ready() else 'broken' if t.broken else 'waiting',\n"
             "      flush=True)\n")
-        for prefix in ([sys.executable], [LauncherTest.LAUNCHER]):
+        for prefix in [[sys.executable]] + [[LauncherTest.LAUNCHER]] * bool(LauncherTest.LAUNCHER):
             r = run_program(prefix, script, timeout=180)
             self.assertEqual((r.returncode, r.stdout), (0, "exitcode 1\ntemplate broken\n"),
                              (prefix, r.stderr))
@@ -1972,6 +1972,34 @@ class LauncherTest(unittest.TestCase):
                            capture_output=True, text=True, timeout=60, env=env,
                            preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
         self.assertEqual((r.returncode, r.stdout), (3, "ran\n"), r.stderr)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_the_script_stays_main_after_its_top_level_returns(self):
+        # As under python3: a thread that goes on after the script's last line (and an
+        # atexit function) still starts processes whose target is a function of __main__.
+        # dragon.run ran the script with runpy, which put the old __main__ back when the
+        # top level returned, and pickling `work` then failed.
+        r = self.run_script(
+            "import atexit, sys, threading\n"
+            "import multiprocessing as mp\n"
+            "def work(tag):\n    print('work', tag, flush=True)\n"
+            "def start(tag):\n"
+            "    p = mp.Process(target=work, args=(tag,)); p.start(); p.join(60)\n"
+            "    print('exitcode', tag, p.exitcode, flush=True)\n"
+            "def later():\n"
+            "    main_thread_ended.wait(60)\n"
+            "    start('thread')\n"
+            "if __name__ == '__main__':\n"
+            "    main_thread_ended = threading.Event()\n"
+            "    threading.Thread(target=later).start()\n"
+            "    atexit.register(start, 'atexit')\n"
+            "    print('main', sys.modules['__main__'].__file__ == __file__, flush=True)\n"
+            "    threading.Thread(target=lambda: (threading.main_thread().join(),\n"
+            "                                     main_thread_ended.set())).start()\n",
+            timeout=120)
+        self.assertEqual((r.returncode, r.stdout),
+                         (0, "main True\nwork thread\nexitcode thread 0\n"
+                             "work atexit\nexitcode atexit 0\n"), r.stderr)
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_a_program_whose_shared_memory_is_collected_at_exit_ends(self):
