@@ -76,6 +76,12 @@ Cluster::Cluster(EventLoop& loop, std::uint32_t self, std::unique_ptr<transport:
   transport::TransportCallbacks cb;
   cb.onMessage = [this](std::uint32_t from, std::string_view bytes) { onMessage(from, bytes); };
   cb.onPeerLost = [this](std::uint32_t node, const Status& why) { onPeerLost(node, why); };
+  // A node is alive when anything of it arrives, not only when a message of it is handed up:
+  // its heartbeats wait behind a large message still arriving, which can take longer than
+  // cluster.node_timeout on a slow link.
+  cb.onHeard = [this](std::uint32_t node) {
+    if (auto it = nodes_.find(node); it != nodes_.end()) it->second.lastHeardNs = nowNs();
+  };
   transport_->setCallbacks(std::move(cb));
 }
 

@@ -65,6 +65,7 @@ class FakeHub {
   std::map<std::uint64_t, Mailbox> mailboxes;    // under mu
   std::set<std::uint32_t> killed;                // under mu
   std::set<std::uint32_t> partitioned;           // under mu: silent, nobody told
+  std::set<std::uint32_t> held;                  // under mu: heard, handed up once released
   // Registered memory, by key: the transport (address) that registered it, and where it is.
   struct Region {
     std::uint64_t address = 0;
@@ -180,15 +181,23 @@ class FakeTransport final : public Transport {
     std::uint64_t count = 0;
     (void)!read(wake_.get(), &count, sizeof count);  // EAGAIN when there was no wake-up
     std::deque<Event> events;
+    std::set<std::uint32_t> held;
     {
       std::lock_guard lock(hub_->mu);
       if (auto it = hub_->mailboxes.find(address_); it != hub_->mailboxes.end()) {
         events.swap(it->second.events);
       }
+      held = hub_->held;
     }
+    // Messages of a node no longer held first, in the order they came.
+    std::erase_if(heldBack_, [&](Event& e) {
+      if (closed_ || held.count(e.node) != 0) return false;
+      deliver(e);
+      return true;
+    });
     for (Event& e : events) {
-      handle(e);
       if (closed_) break;  // shutdown() from a callback
+      handle(e, held);
     }
     // Transfers toward a node now lost fail with its loss.
     std::erase_if(stalled_, [this](Completion& c) {
@@ -320,7 +329,7 @@ class FakeTransport final : public Transport {
     FakeHub::wake(wake_.get());
   }
 
-  void handle(Event& e) {
+  void handle(Event& e, const std::set<std::uint32_t>& held) {
     switch (e.kind) {
       case Event::Kind::Gone:
         for (auto& [node, peer] : peers_) {
@@ -343,6 +352,19 @@ class FakeTransport final : public Transport {
     auto it = peers_.find(e.node);
     if (it == peers_.end()) return dropped(e.node, "unknown sender node");
     if (it->second.failed) return;
+    if (callbacks_.onHeard) callbacks_.onHeard(e.node);
+    const bool behind = std::any_of(heldBack_.begin(), heldBack_.end(),
+                                    [&](const Event& h) { return h.node == e.node; });
+    if (held.count(e.node) != 0 || behind) {
+      heldBack_.push_back(std::move(e));
+      return;
+    }
+    deliver(e);
+  }
+
+  void deliver(const Event& e) {
+    auto it = peers_.find(e.node);
+    if (it == peers_.end() || it->second.failed) return;
     if (callbacks_.onMessage) callbacks_.onMessage(e.node, e.bytes);
   }
 
@@ -362,6 +384,7 @@ class FakeTransport final : public Transport {
   TransportOptions options_;
   std::vector<Completion> completions_;  // run by the next progress()
   std::vector<Completion> stalled_;      // toward a partitioned node: until it is lost
+  std::vector<Event> heldBack_;          // heard from a held node, not yet handed up
   std::map<std::uint64_t, std::string> regionKeys_;
   UniqueFd wake_;
   std::uint64_t address_ = 0;
@@ -394,6 +417,16 @@ std::unique_ptr<Transport> makeFakeTransport(const std::shared_ptr<FakeHub>& hub
 void fakePartitionNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node) {
   std::lock_guard lock(hub->mu);
   hub->partitioned.insert(node);
+}
+
+void fakeHoldNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node, bool held) {
+  std::lock_guard lock(hub->mu);
+  if (held) {
+    hub->held.insert(node);
+    return;
+  }
+  hub->held.erase(node);
+  for (auto& [id, box] : hub->mailboxes) FakeHub::wake(box.wakeFd);
 }
 
 void fakeKillNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node) {

@@ -68,6 +68,11 @@ enum class RmaKind : std::uint8_t {
 struct TransportCallbacks {
   // A message from `node`, whole.
   std::function<void(std::uint32_t node, std::string_view bytes)> onMessage;
+  // Something of the job came from `node` (a message began to arrive, or part of one did),
+  // before onMessage can hand it up: messages are handed up in order, so a small one (a
+  // heartbeat) waits behind a large one that is still arriving. Optional; it must not call
+  // back into the transport.
+  std::function<void(std::uint32_t node)> onHeard;
   // `node` failed: reported once.
   std::function<void(std::uint32_t node, const Status& why)> onPeerLost;
 };
@@ -139,5 +144,8 @@ std::unique_ptr<Transport> makeFakeTransport(const std::shared_ptr<FakeHub>& hub
 void fakeKillNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node);
 // A partition: messages to and from `node` vanish, and nobody is told (only silence says so).
 void fakePartitionNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node);
+// While `held`, messages from `node` arrive (onHeard) but are handed up (onMessage) only once
+// released, in order: as behind a large message of `node` that is still arriving.
+void fakeHoldNode(const std::shared_ptr<FakeHub>& hub, std::uint32_t node, bool held);
 
 }  // namespace dragon::transport

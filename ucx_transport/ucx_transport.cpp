@@ -274,6 +274,7 @@ struct Peer {
   bool failed = false;    // no more messages to or from it
   bool reported = false;  // onPeerLost ran
   bool nativeRma = false; // rma() is ucp_put/ucp_get, else messages
+  bool heard = false;     // a message of the job arrived (or part of one) since reportHeard()
   Status why;
   std::uint64_t sendSeq = 0;
   std::uint64_t nextSeq = 0;  // the next to deliver
@@ -434,6 +435,7 @@ class UcxTransport final : public Transport {
   // Tracks one request of `op` (the result of a ucp_*_nbx call).
   void track(RmaOp& op, ucs_status_ptr_t r);
   void destroyRkeys(Peer& peer);
+  void reportHeard();
   void deliver();
   void reportLost();
   void closeEndpoint(Peer& peer);
@@ -730,6 +732,7 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
   }
   Peer& peer = *it->second;
   if (peer.failed) return UCS_OK;  // lost, or said goodbye
+  peer.heard = true;
   if (h.seq < peer.nextSeq || peer.slots.count(h.seq) != 0) {
     dropped(&h, "duplicate sequence number");
     return UCS_OK;
@@ -819,6 +822,7 @@ void UcxTransport::settle() {
   if (closing_) return;
   reapMessageRmas();
   if (closing_) return;
+  reportHeard();
   deliver();
   if (closing_) return;
   reportLost();
@@ -848,6 +852,7 @@ void UcxTransport::reapRecvs() {
       if (s != p->second->slots.end() && s->second.op == op) {
         s->second.op = nullptr;
         if (op->status == UCS_OK) {
+          p->second->heard = true;
           s->second.data = std::move(op->data);
           s->second.state = Slot::State::Ready;
         } else {
@@ -868,6 +873,13 @@ void UcxTransport::reapCloses() {
     ucp_request_free(r);
     return true;
   });
+}
+
+void UcxTransport::reportHeard() {
+  for (auto& [node, peer] : peers_) {
+    if (!std::exchange(peer->heard, false) || peer->failed) continue;
+    if (callbacks_.onHeard) callbacks_.onHeard(node);
+  }
 }
 
 void UcxTransport::deliver() {
@@ -1130,6 +1142,7 @@ ucs_status_t UcxTransport::onRmaAm(const void* header, std::size_t headerLength,
   }
   Peer& peer = *it->second;
   if (peer.failed) return UCS_OK;
+  peer.heard = true;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   switch (h.kind) {
     case RmaMessage::Put:

@@ -127,6 +127,7 @@ struct Node {
   std::vector<std::pair<std::uint32_t, std::string>> got;
   std::vector<std::pair<std::uint32_t, Status>> lost;
   std::function<void(std::uint32_t, std::string_view)> onMessage;  // after `got` is updated
+  std::vector<std::pair<std::uint32_t, std::size_t>> heard;  // (node, got.size() then)
 };
 
 void watch(Node& n) {
@@ -136,6 +137,7 @@ void watch(Node& n) {
     if (n.onMessage) n.onMessage(from, bytes);
   };
   cb.onPeerLost = [&n](std::uint32_t node, const Status& why) { n.lost.emplace_back(node, why); };
+  cb.onHeard = [&n](std::uint32_t node) { n.heard.emplace_back(node, n.got.size()); };
   n.t->setCallbacks(std::move(cb));
 }
 
@@ -352,6 +354,23 @@ TEST_P(TransportConformance, MessagesOfEverySizeArriveWholeIntactAndInOrder) {
     EXPECT_EQ(checksum(b->got[i].second), sums[i]) << "message " << i;
     EXPECT_TRUE(b->got[i].second == pattern(sizes[i], i)) << "message " << i;
   }
+}
+
+TEST_P(TransportConformance, APeerIsHeardFromBeforeItsLargeMessageIsHandedUp) {
+  // dragond counts a node alive when anything of it arrives: a heartbeat sent after a large
+  // message is handed up only after it, which on a slow link comes after node_timeout.
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  ASSERT_TRUE(a->t->send(1, pattern(16u << 20, 1)).isOk());
+  ASSERT_TRUE(a->t->send(1, "beat").isOk());
+  ASSERT_TRUE(pumpUntil([&] { return b->got.size() == 2; }, 60s)) << b->got.size();
+  EXPECT_EQ(b->got[1].second, "beat");
+  ASSERT_FALSE(b->heard.empty());
+  EXPECT_EQ(b->heard.front(), std::make_pair(0u, std::size_t{0}));
+  for (const auto& [node, _] : b->heard) EXPECT_EQ(node, 0u);
+  EXPECT_TRUE(a->heard.empty());  // b sent nothing
 }
 
 TEST_P(TransportConformance, SendToAnUnknownNodeIsNotFound) {
