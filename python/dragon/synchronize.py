@@ -401,45 +401,55 @@ class Event:
 
 
 class Barrier(threading.Barrier):
-    """threading.Barrier's algorithm over a dragon Condition and shared state in a queue."""
+    """threading.Barrier's algorithm over a dragon Condition, its (state, count) in shared
+    memory that the Condition's lock guards (kept coherent by it on another node, as a
+    synchronized Array is). threading.Barrier reads and writes them under that lock, except
+    `broken` and `n_waiting`, which read them as they are, as the stdlib's Barrier does: a
+    process killed while it reads them changes nothing. On another node than the memory's
+    they take the lock, which brings the memory up to date."""
 
     def __init__(self, parties, action=None, timeout=None, *, ctx=None):
-        from .queues import Queue
-        self._cond = Condition(Lock(ctx=ctx), ctx=ctx)
-        self._state_q = Queue(1)
-        self._state_q.put((0, 0))  # (state, count)
+        from . import sharedctypes
+        # Reentrant: an action (run under the lock) may read `broken` on another node.
+        self._cond = Condition(RLock(ctx=ctx), ctx=ctx)
+        self._array = sharedctypes.Array("i", 2, lock=self._cond._lock).get_obj()
         self._action = action
         self._timeout = timeout
         self._parties = parties
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._parties, self._action, self._timeout, self._cond, self._state_q)
+        return (self._parties, self._action, self._timeout, self._cond, self._array)
 
     def __setstate__(self, state):
-        (self._parties, self._action, self._timeout, self._cond, self._state_q) = state
-
-    def _get(self):
-        s = self._state_q.get()
-        self._state_q.put(s)
-        return s
-
-    def _set(self, state=None, count=None):
-        s, c = self._state_q.get()
-        self._state_q.put((s if state is None else state, c if count is None else count))
+        (self._parties, self._action, self._timeout, self._cond, self._array) = state
 
     @property
     def _state(self):
-        return self._get()[0]
+        return self._array[0]
 
     @_state.setter
     def _state(self, value):
-        self._set(state=value)
+        self._array[0] = value
 
     @property
     def _count(self):
-        return self._get()[1]
+        return self._array[1]
 
     @_count.setter
     def _count(self, value):
-        self._set(count=value)
+        self._array[1] = value
+
+    def _read(self, read):
+        if getattr(self._array._wrapper, "remote", False):
+            with self._cond:
+                return read()
+        return read()
+
+    @property
+    def n_waiting(self):
+        return self._read(lambda: self._count if self._state == 0 else 0)
+
+    @property
+    def broken(self):
+        return self._read(lambda: self._state == -2)

@@ -186,6 +186,16 @@ def notify_condition(cond, box):
         cond.notify_all()
 
 
+def read_barrier_for_ever(barrier, started):
+    started.set()
+    while True:
+        barrier.broken, barrier.n_waiting
+
+
+def report_barrier(barrier, q):
+    q.put((barrier.broken, barrier.n_waiting, barrier.wait(30)))
+
+
 def barrier_party(barrier, q):
     q.put(barrier.wait(30))
 
@@ -1841,6 +1851,29 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(indices, [0, 1, 2])
         for p in ps:
             p.join(30)
+
+
+    def test_processes_killed_while_they_read_a_barrier_leave_it_whole(self):
+        # A Barrier's state is shared memory, as the stdlib's is: a process killed while it
+        # reads it (broken, n_waiting) takes nothing with it. It was one message in a queue,
+        # taken and put back, and a kill between the two left every later wait() hanging.
+        barrier = CTX.Barrier(1, timeout=30)
+        for _ in range(10):
+            started = CTX.Event()
+            p = CTX.Process(target=read_barrier_for_ever, args=(barrier, started))
+            p.start()
+            self.assertTrue(started.wait(30))
+            p.kill()
+            p.join(30)
+        # Looked at from a child, so that a barrier left without its state fails the test
+        # (the child hangs, the parent's get times out) instead of hanging it.
+        box = CTX.Queue()
+        p = CTX.Process(target=report_barrier, args=(barrier, box))
+        p.start()
+        self.addCleanup(p.kill)
+        self.assertEqual(box.get(timeout=30), (False, 0, 0))
+        p.join(30)
+        self.assertEqual(p.exitcode, 0)
 
 
 def square(x):
