@@ -4,6 +4,7 @@ is the number of tokens queued in a channel, so acquire is a receive and release
 the channel's deadlines and futex sleeps, from any process that attached it."""
 import os
 import threading
+import time
 import weakref
 
 from multiprocessing import context
@@ -245,6 +246,9 @@ class RLock:
 
     def release(self):
         if self._owner != self._me():
+            if _is_broken(self._lock):  # as for its owner: the lock is gone (the release at the
+                # end of a `with` whose Condition.wait could not take a broken lock back)
+                self._lock.release()
             raise AssertionError("attempt to release recursive lock not owned by thread")
         self._count -= 1
         if self._count == 0:
@@ -261,6 +265,32 @@ class RLock:
 
     def __exit__(self, *args):
         self.release()
+
+
+# How often a Condition's waiter looks at whether its lock broke (seconds).
+_BROKEN_CHECK = 1.0
+
+
+def _is_broken(lock):
+    """Whether `lock` (a Lock or RLock of dragon) is broken: its holder ended holding it."""
+    inner = getattr(lock, "_lock", lock)  # an RLock's Lock
+    channel = getattr(inner, "_channel", None)
+    if channel is None or not getattr(inner, "_breaks", False):
+        return False
+    if not channel.is_remote:
+        return channel.is_closed()
+    # Of another node, only a receive tells a closed channel from one holding the token: a
+    # free lock's token is taken and given back at once.
+    if not channel.readable():
+        return False  # held, so not broken
+    try:
+        channel.recv(0)
+    except TimeoutError:
+        return False
+    except ChannelClosed:
+        return True
+    channel.send(_TOKEN, 0)
+    return False
 
 
 class Condition:
@@ -323,7 +353,7 @@ class Condition:
         count = self._release_fully()
         woken = False
         try:
-            woken = self._wait_semaphore.acquire(True, timeout)
+            woken = self._sleep(timeout)
             return woken
         finally:
             # Not woken (a timeout, an interrupt): it takes its own sleeper's count back, so
@@ -333,6 +363,20 @@ class Condition:
             if woken or not self._sleeping_count.acquire(False):
                 self._woken_count.release()
             self._reacquire(count)
+
+    def _sleep(self, timeout):
+        """Whether a notify woke this waiter within `timeout`. It also ends, not woken, once
+        the lock is broken: its holder was killed, so no notify can come (a notify needs the
+        lock), and taking the lock back then raises BrokenLockError instead of waiting for
+        ever."""
+        end = None if timeout is None else time.monotonic() + max(timeout, 0)
+        while True:
+            left = None if end is None else end - time.monotonic()
+            step = _BROKEN_CHECK if left is None else max(min(left, _BROKEN_CHECK), 0)
+            if self._wait_semaphore.acquire(True, step):
+                return True
+            if (left is not None and left <= _BROKEN_CHECK) or _is_broken(self._lock):
+                return False
 
     def notify(self, n=1):
         # Waiters that timed out since the last notify still count as sleepers: forget them.
@@ -352,7 +396,6 @@ class Condition:
         self.notify(SEM_VALUE_MAX)
 
     def wait_for(self, predicate, timeout=None):
-        import time
         result = predicate()
         end = None if timeout is None else time.monotonic() + timeout
         while not result:

@@ -192,6 +192,22 @@ def read_barrier_for_ever(barrier, started):
         barrier.broken, barrier.n_waiting
 
 
+def wait_on_condition(cond, box):
+    from dragon.synchronize import BrokenLockError
+    try:
+        with cond:
+            box.put("waiting")
+            cond.wait()
+        box.put("woken")
+    except BrokenLockError:
+        box.put("BrokenLockError")
+
+
+def die_holding(lock):
+    lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def report_barrier(barrier, q):
     q.put((barrier.broken, barrier.n_waiting, barrier.wait(30)))
 
@@ -1874,6 +1890,23 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(box.get(timeout=30), (False, 0, 0))
         p.join(30)
         self.assertEqual(p.exitcode, 0)
+
+
+    def test_a_condition_waiter_gets_an_error_when_the_lock_holder_is_killed(self):
+        # No notify can come once the holder died with the lock (a notify needs it): the
+        # waiter gets BrokenLockError, as a waiter for the lock itself does, not a hang.
+        cond, box = CTX.Condition(), CTX.Queue()
+        w = CTX.Process(target=wait_on_condition, args=(cond, box))
+        w.start()
+        self.addCleanup(w.kill)
+        self.assertEqual(box.get(timeout=30), "waiting")
+        k = CTX.Process(target=die_holding, args=(cond,))
+        k.start()
+        k.join(30)
+        self.assertEqual(k.exitcode, -signal.SIGKILL)
+        self.assertEqual(box.get(timeout=30), "BrokenLockError")
+        w.join(30)
+        self.assertEqual(w.exitcode, 0)
 
 
 def square(x):
