@@ -420,7 +420,13 @@ class Event:
         self._flag, self._cond = state
 
     def is_set(self):
-        return not self._flag._is_zero()  # it holds one token at most
+        if self._flag._is_zero():  # it holds one token at most
+            return False
+        # A synchronisation point, as the stdlib's (it takes the Event's lock): what was
+        # written before set() is seen after, also raw memory of another node (_coherence).
+        if held:
+            acquired()
+        return True
 
     def __repr__(self):
         return "<%s at %#x %s>" % (type(self).__name__, id(self), "set" if self.is_set() else "unset")

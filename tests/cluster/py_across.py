@@ -119,6 +119,17 @@ def sync_user(node, go, done, sem, cond, barrier, jq, outq):
     jq.task_done()
 
 
+def event_then_raw(arr, ev, outq):
+    # Raw memory of the head's node read after Event.is_set() says yes: that is a
+    # synchronisation point, as the stdlib's is_set (which takes the Event's lock) is.
+    outq.put("ready")  # its copy of the bytes is made: the head writes after this
+    deadline = time.monotonic() + 60
+    while not ev.is_set():
+        assert time.monotonic() < deadline, "the event was not seen set"
+        time.sleep(0.01)
+    outq.put(arr[0])
+
+
 def counter(v, arr, slot, n):
     # A Value and an Array of the head's node, under their locks, from every node.
     for _ in range(n):
@@ -953,6 +964,20 @@ def main():
     for u in users:
         u.join(60)
         assert u.exitcode == 0, (u, u.exitcode)
+
+    # Raw memory written here and an Event set after it: a process on another node that
+    # saw the event set reads the new bytes.
+    raw, ev = mp.RawArray("d", 1), mp.Event()
+    with dragon.Policy(node=nodes[-1][0]):
+        p = mp.Process(target=event_then_raw, args=(raw, ev, syncq))
+        p.start()
+    assert syncq.get(timeout=60) == "ready"
+    raw[0] = 42.0
+    ev.set()
+    seen = syncq.get(timeout=60)
+    assert seen == 42.0, "after is_set() on another node, raw memory read %r" % seen
+    p.join(60)
+    assert p.exitcode == 0, p.exitcode
 
     # A Value and an Array changed under their locks by processes on the 3 nodes: exact.
     v, arr = mp.Value("i", 5), mp.Array("d", 4)
