@@ -233,6 +233,24 @@ check "a job holds on while the service is stopped" wait_until 30 grep -q holdin
 if [ -n "$pool" ]; then
   check "it holds a dragon pool (a memfd)" test "$(dragon_memfds)" -gt 0
 fi
+# The documented state dump signals dragond alone: systemctl kill signals the whole cgroup by
+# default, and SIGUSR1 ends the user's jobs.
+dumps() { $IN journalctl --no-pager -u "dragond@$uid.service" | grep -c 'state dump' || true; }
+dumps_before=$(dumps)
+timeout 30 $IN systemctl kill --kill-whom=main -s USR1 "dragond@$uid.service"
+dumped() { [ "$(dumps)" -gt "$dumps_before" ]; }
+check "the documented SIGUSR1 makes dragond write its state to the journal" wait_until 20 dumped
+job_alive() {  # the held job's process (the Python program, or sleep) runs, not a zombie
+  local d
+  for d in $($IN find /proc -mindepth 1 -maxdepth 1 -name '[0-9]*' -uid "$uid" 2>/dev/null); do
+    if $IN cat "$d/cmdline" 2>/dev/null | tr '\0' ' ' | grep -qE 'nspawn-hold|sleep 600' &&
+      ! $IN grep -q '^State:.Z' "$d/status" 2>/dev/null; then
+      return 0
+    fi
+  done
+  return 1
+}
+check "the job lives on after the state dump" job_alive
 timeout 60 $IN systemctl stop "dragond@$uid.socket" "dragond@$uid.service"
 check "the service stopped cleanly" test "$(show Result)" = success
 check "no process of the user is left" wait_until 20 no_user_process
