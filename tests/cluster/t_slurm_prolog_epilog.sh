@@ -221,6 +221,20 @@ until decoy=$(pgrep -f -- "^$BUILD/daemon/dragond --standalone --socket $STATE/p
 done
 n2pid=$(cat "/run/dragon/slurm-job-$ajob-n2.pid")
 echo "$decoy" >"/run/dragon/slurm-job-$ajob-n2.pid"
+# Another job of the same user whose process names this job's socket (as one started by a
+# process of this job would inherit it, srun passing the environment on): this job's epilog
+# must leave it alone.
+blog=$(mktemp)
+as_user $U1 timeout -k 5 90 srun -I30 -N1 -w n1 sh -c \
+  'echo jobb=$SLURM_JOB_ID ready; DRAGON_SOCKET=/run/dragon/slurm-job-'"$ajob"'-n1/dragond.sock exec sleep 4323' \
+  >"$blog" 2>&1 &
+bpid=$!
+deadline=$((SECONDS + 60))
+until grep -q "ready" "$blog" && pgrep -u $U1 -f "^sleep 4323" >/dev/null; do
+  [ $SECONDS -lt $deadline ] && kill -0 $bpid 2>/dev/null || { cat "$blog"; fail "the other job never started"; }
+  sleep 0.05
+done
+bjob=$(sed -nE 's/.*jobb=([0-9]+).*/\1/p' "$blog" | head -1)
 touch "$STATE/release-a"
 wait "$apid" || { cat "$alog"; fail "job $ajob failed"; }
 grep -q released "$alog" || fail "job $ajob did not finish its program"
@@ -228,6 +242,18 @@ rm -f "$STATE/release-a" "$alog"
 wait_epilog "$ajob"
 kill -0 "$decoy" 2>/dev/null || fail "the epilog stopped another dragond of $U1 that its pid file named"
 kill -KILL "$decoy"
+pgrep -u $U1 -f "^sleep 4323" >/dev/null ||
+  fail "the epilog of job $ajob killed a process of job $bjob that named its socket"
+! grep -qE "epilog job $ajob on n[123]: left behind: pid [0-9]+ \(sleep 4323" "$SLOG" ||
+  fail "the epilog of job $ajob took job $bjob's process for its own"
+"$CLUSTER" exec scancel "$bjob"
+wait "$bpid" 2>/dev/null || true
+rm -f "$blog"
+deadline=$((SECONDS + 40))
+until grep -qE "epilog job $bjob on n1: (node clean|node cannot be cleaned)" "$SLOG"; do
+  [ $SECONDS -lt $deadline ] || fail "the epilog of job $bjob did not finish"
+  sleep 0.1
+done
 grep -qE "epilog job $ajob on n[123]: left behind: pid $n2pid \(.*--socket /run/dragon/slurm-job-$ajob-n2/dragond.sock" "$SLOG" ||
   fail "n2's own dragond was not ended"
 
