@@ -42,9 +42,12 @@ std::string defaultSocketPath() {
   if (s != nullptr && s[0] != '\0') {
     return s;
   }
-  // The system's per-user instance (dragond@UID.socket), when one is set up.
+  // The system's per-user instance (dragond@UID.socket), when one is set up; not inside a
+  // Slurm job: its processes would run in the service's cgroup, outside the job's limits and
+  // accounting, and outlive the job (the job's epilog ends only the job's dragonds).
   const std::string system = "/run/dragon/" + std::to_string(getuid()) + "/dragond.sock";
-  if (access(system.c_str(), F_OK) == 0) {
+  const char* slurmJob = std::getenv("SLURM_JOB_ID");
+  if ((slurmJob == nullptr || slurmJob[0] == '\0') && access(system.c_str(), F_OK) == 0) {
     return system;
   }
   return defaultRuntimeDir() + "/dragond.sock";

@@ -2025,6 +2025,34 @@ def private_runtime_env(name=None, text=None):
 class LauncherTest(unittest.TestCase):
     LAUNCHER = os.environ.get("DRAGON_LAUNCHER")
 
+    def test_the_system_instance_is_not_used_inside_a_slurm_job(self):
+        # dragond@UID.service runs outside a job's cgroup: a job's processes started there
+        # would escape its limits and accounting, and outlive it.
+        if os.getuid() != 0:
+            self.skipTest("needs root (it makes /run/dragon/UID/dragond.sock)")
+        directory = "/run/dragon/%d" % os.getuid()
+        system = directory + "/dragond.sock"
+        if os.path.exists(system):
+            self.skipTest("%s exists on this machine" % system)
+        made = not os.path.isdir(directory)
+        os.makedirs(directory, exist_ok=True)
+        open(system, "w").close()
+        try:
+            def default(**extra):
+                env = {k: v for k, v in os.environ.items()
+                       if k not in ("DRAGON_SOCKET", "SLURM_JOB_ID")}
+                env.update(extra)
+                return subprocess.run(
+                    [sys.executable, "-c",
+                     "from dragon import _native; print(_native.default_socket_path())"],
+                    capture_output=True, text=True, timeout=60, env=env).stdout.strip()
+            self.assertEqual(default(), system)
+            self.assertNotEqual(default(SLURM_JOB_ID="42"), system)
+        finally:
+            os.unlink(system)
+            if made:
+                os.rmdir(directory)
+
     def run_script(self, text, *args, timeout=120):
         return run_program([self.LAUNCHER], text, *args, timeout=timeout)
 
