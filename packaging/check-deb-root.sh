@@ -229,8 +229,15 @@ timeout -k 10 300 "$nspawn" --root "$root" >"$work/nspawn.log" 2>&1 ||
 mount_root
 echo "deb root: the installed units under systemd-nspawn: $(tail -1 "$work/nspawn.log") ($(($(now) - t)) s)"
 
-# 5. Purge: the file list is the one from before the install.
+# 5. Purge: the file list is the one from before the install. An instance enabled by the
+# administrator (its link in sockets.target.wants) and the Slurm scripts' log go with it.
 t=$(now)
+in_root 30 systemctl enable "dragond@$uid.socket" >"$work/enable.log" 2>&1 ||
+  { cat "$work/enable.log"; fail "systemctl enable dragond@$uid.socket failed in the root"; }
+links=$(find "$root/etc/systemd" -name 'dragond@*')
+[ -n "$links" ] || fail "systemctl enable dragond@$uid.socket made no link"
+install -d "$root/var/log/dragon"
+echo "prolog job 1 on n1: a line of the Slurm scripts' log" >"$root/var/log/dragon/slurm.log"
 { in_root 600 apt-get purge -y -o Dpkg::Use-Pty=0 "${packages[@]}" &&
   in_root 600 apt-get autoremove --purge -y -o Dpkg::Use-Pty=0; } >"$work/purge.log" 2>&1 ||
   { tail -40 "$work/purge.log"; fail "apt-get purge failed"; }
@@ -263,6 +270,9 @@ while read -r f; do
   bad=1
 done <"$work/removed"
 [ "$bad" -eq 0 ] || fail "apt-get purge did not restore the root's file list"
+links=$(find "$root/etc/systemd" -name 'dragond@*')
+[ -z "$links" ] || fail "the purge left the enabled instance's links: $links"
+[ ! -e "$root/var/log/dragon" ] || fail "the purge left /var/log/dragon"
 echo "deb root: purged; $(wc -l <"$work/after") paths, $(wc -l <"$work/added") more than before the install, none Dragon's ($(($(now) - t)) s)"
 
 echo "deb root: $(($(now) - t_all)) s in all"
