@@ -284,7 +284,16 @@ def _watch_remote(puid, write_end, at_end, ended):
         pass
     finally:
         _run_all(at_end)
-        os.close(write_end)
+        with _watched_lock:
+            _watched.discard(write_end)
+            os.close(write_end)
+
+
+# The write ends that watcher threads hold (_watch_remote). A forked child closes them: it has
+# no watcher to close them when those processes end, and a copy left open would keep their
+# sentinels from firing in this process until the child exits.
+_watched = set()
+_watched_lock = threading.Lock()
 
 
 def _remote_environment():
@@ -350,6 +359,8 @@ class _RemotePopen(_PopenBase):
         self.sentinel = r
         self.finalizer = util.Finalize(self, os.close, (r,))
         self._ended = []
+        with _watched_lock:
+            _watched.add(w)
         threading.Thread(target=_watch_remote, args=(self._puid, w, self._at_end, self._ended),
                          daemon=True,
                          name="dragon-watch-%d" % self._puid).start()
@@ -660,15 +671,47 @@ _templates_lock = threading.Lock()
 
 def _after_fork_in_child():
     """A forked child has no templates and no life channel of its own yet (its parent's are
-    not its), and new locks: another thread may have held them at the fork."""
-    global _template, _life, _templates_lock, _life_lock
+    not its), and new locks: another thread may have held them at the fork. It closes its
+    copies of the parent's template socket (the template sees its parent go when the parent
+    does) and of the sentinel write ends the parent's watchers hold (_watched)."""
+    global _template, _life, _templates_lock, _life_lock, _watched_lock
+    if _template is not None and getattr(_template, "_sock", None) is not None:
+        try:
+            _template._sock.close()
+        except OSError:
+            pass
     _template, _life = None, None
     _remote_templates.clear()
     _templates_lock = threading.Lock()
     _life_lock = threading.Lock()
+    for fd in _watched:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _watched.clear()
+    _watched_lock = threading.Lock()
+    _watched_lock_held[0] = False
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# The watchers' lock is held across a fork, so that no write end is closed (and its number
+# reused) between the child's copy of _watched and its closing of them.
+_watched_lock_held = [False]
+
+
+def _before_fork():
+    _watched_lock.acquire()
+    _watched_lock_held[0] = True
+
+
+def _after_fork_in_parent():
+    if _watched_lock_held[0]:
+        _watched_lock_held[0] = False
+        _watched_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def _remote_popen(process_obj, node):

@@ -979,6 +979,25 @@ def main():
     p.join(60)
     assert p.exitcode == 0, p.exitcode
 
+    # A process on another node, then an os.fork() child that lives on: the parent's join
+    # still sees the process end (the child closed its copy of the sentinel's write end).
+    with dragon.Policy(node=nodes[-1][0]):
+        p = mp.Process(target=exiter, args=(0,))
+        p.start()
+    hold_r, hold_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(hold_w)
+        select.select([hold_r], [], [], 120)  # until the parent lets it go
+        os._exit(0)
+    os.close(hold_r)
+    try:
+        p.join(60)
+        assert p.exitcode == 0, "a forked child kept a remote process's sentinel: %r" % p.exitcode
+    finally:
+        os.close(hold_w)
+        os.waitpid(child, 0)
+
     # A Value and an Array changed under their locks by processes on the 3 nodes: exact.
     v, arr = mp.Value("i", 5), mp.Array("d", 4)
     counters = []
