@@ -45,8 +45,12 @@ struct Value {
   std::string source;       // "default", "FILE:LINE:COL", "environment DRAGON_X", "--flag"
 };
 
+#ifndef DRAGON_SYSTEM_CONFIG  // set by the build: PREFIX/SYSCONFDIR/dragon/dragon.yaml
+#define DRAGON_SYSTEM_CONFIG "/etc/dragon/dragon.yaml"
+#endif
+
 struct LoadOptions {
-  std::optional<std::string> systemFile = "/etc/dragon/dragon.yaml";  // optional if absent
+  std::optional<std::string> systemFile = DRAGON_SYSTEM_CONFIG;  // optional if absent
   std::optional<std::string> userFile;      // default: $XDG_CONFIG_HOME or ~/.config, optional
   std::optional<std::string> explicitFile;  // --config FILE: must exist
   std::vector<std::pair<std::string, std::string>> environment;  // default: the process's

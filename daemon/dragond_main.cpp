@@ -16,7 +16,7 @@ constexpr const char* kUsage = R"(Usage: dragond [OPTIONS]
 The Dragon runtime's per-node service: processes, output, shared-memory pools and channels.
 
   --standalone        serve this node alone (a laptop, or one node without PMIx)
-  --config FILE       read FILE after /etc/dragon/dragon.yaml and ~/.config/dragon/dragon.yaml
+  --config FILE       read FILE after )" DRAGON_SYSTEM_CONFIG R"( and ~/.config/dragon/dragon.yaml
   --set KEY=VALUE     set any configuration key (see --print-config), highest precedence
   --socket PATH       listen on PATH instead of RUNTIME_DIR/dragond.sock
   --log-level LEVEL   debug, info, warn, error or off

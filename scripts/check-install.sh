@@ -49,6 +49,13 @@ for f in bin/dragon bin/dragond lib/systemd/system/dragond@.service lib/systemd/
   libexec/dragon/slurm-prolog libexec/dragon/slurm-epilog; do
   [ -f "$prefix/$f" ] || { echo "install check: $f was not installed" >&2; exit 1; }
 done
+# The installed dragond reads the configuration file the install put in PREFIX/etc.
+echo "log_level: error" >>"$prefix/etc/dragon/dragon.yaml"
+config=$("$prefix/bin/dragond" --print-config | grep '^log_level:')
+case $config in
+  *"$prefix/etc/dragon/dragon.yaml:"*) ;;
+  *) echo "install check: dragond does not read $prefix/etc/dragon/dragon.yaml: $config" >&2; exit 1 ;;
+esac
 if find "$prefix/include" -name 'private.hpp' | grep -q .; then
   echo "install check: an internal header was installed" >&2
   exit 1
