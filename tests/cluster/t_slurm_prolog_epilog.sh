@@ -61,7 +61,7 @@ done
 cp "$SLURM_CONF" "$STATE/slurm.conf.before-prolog"
 printf 'Prolog=%s\nEpilog=%s\nPrologFlags=Alloc\n' "$SCRIPTS/prolog" "$SCRIPTS/epilog" >>"$SLURM_CONF"
 "$CLUSTER" exec scontrol reconfigure
-: >"$SLOG"
+rm -f "$SLOG"  # made by the scripts
 
 as_user() {  # as_user USER CMD... : in the controller namespace, as USER, with Slurm's config
   local u=$1
@@ -135,6 +135,9 @@ until as_user $U1 timeout 30 srun -I20 -N3 true && grep -q "prolog job .* on n3:
       grep -q "prolog job .* on n1:" "$SLOG" && grep -q "prolog job .* on n2:" "$SLOG"; do
   [ $SECONDS -lt $deadline ] || { cat "$SLOG"; fail "the prolog never ran"; }
 done
+
+mode=$(stat -c %a "$SLOG")
+[ "$mode" = 640 ] || fail "the scripts' log is mode $mode, not 640 (it names the command lines of users' processes)"
 
 echo "--- a job uses the prolog's dragonds"
 run_user_job $U1 timeout -k 5 60 srun -I30 --mpi=pmix -N3 --ntasks-per-node=1 "$DRAGON" \
