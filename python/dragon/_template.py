@@ -33,6 +33,7 @@ On another node than the parent's, the same template runs as ``remote_main``: st
 that node's dragond, reached through channels of the parent's node instead of a socket, and
 ended when they go with the parent (see remote_main).
 """
+import fcntl
 import os
 import pickle
 import select
@@ -97,6 +98,24 @@ def _recv_exactly(sock, n):
     return b"".join(chunks)
 
 
+def place_fds(fds, base):
+    """Moves the received `fds` to base, base + 1, ... (where the parent's
+    duplicate_for_child() said they would be), closing the numbers they came at. Received
+    numbers may lie in that range already, in any order: each goes above it first, so that no
+    dup2 overwrites one not yet moved."""
+    end = base + len(fds)
+    high = []
+    for fd in fds:
+        if base <= fd < end:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, end))
+            os.close(fd)
+        else:
+            high.append(fd)
+    for i, fd in enumerate(high):
+        os.dup2(fd, base + i)  # inheritable, as the child's lent fds are
+        os.close(fd)
+
+
 def _become_child(channel, request, fds):
     """In a spare, once its request came: become the process the parent asked for and exit
     with its code (the template reaps it and reports that to dragond). Never returns."""
@@ -106,13 +125,7 @@ def _become_child(channel, request, fds):
         parent_here = request[7] if len(request) > 7 else True  # False: a remote template's
         channel.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        # The lent fds go where the parent's duplicate_for_child() said they would be.
-        for i, fd in enumerate(fds):
-            if fd != fd_base + i:
-                os.dup2(fd, fd_base + i)
-        for fd in fds:
-            if not fd_base <= fd < fd_base + len(fds):
-                os.close(fd)
+        place_fds(fds, fd_base)
         # The parent's environment and cwd as they are now (only what changed is set).
         for k in [k for k in os.environ if k not in env]:
             del os.environ[k]

@@ -208,6 +208,14 @@ def die_holding(lock):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 def report_barrier(barrier, q):
     q.put((barrier.broken, barrier.n_waiting, barrier.wait(30)))
 
@@ -697,6 +705,28 @@ class TemplateTest(unittest.TestCase):
         with self.assertRaises(dp._TemplateLost):
             t.start((b"payload", "/", "name"))
         self.assertEqual(sent, [])
+
+    def test_lent_fds_received_inside_their_target_range_are_placed_without_loss(self):
+        # A spare receives the lent fds at whatever numbers are free, which may lie in the
+        # range they go to (here the second at the first's target): each must reach its place.
+        from dragon import _template
+        base = 200
+        pipes = [os.pipe2(os.O_NONBLOCK) for _ in range(3)]  # a lost fd: an empty read fails
+        self.addCleanup(lambda: [os.close(fd) for r, w in pipes for fd in (r, w)
+                                 if fd >= 0 and _fd_open(fd)])
+        received = [250, base, base + 2]  # where the write ends came
+        for (_, w), fd in zip(pipes, received):
+            os.dup2(w, fd)
+        try:
+            _template.place_fds(received, base)
+            for i, (r, _) in enumerate(pipes):
+                os.write(base + i, b"%d" % i)
+                self.assertEqual(os.read(r, 10), b"%d" % i)
+            self.assertFalse(_fd_open(250))
+        finally:
+            for fd in (250, base, base + 1, base + 2):
+                if _fd_open(fd):
+                    os.close(fd)
 
     def test_an_os_fork_child_that_exits_leaves_the_private_dragond_to_its_parent(self):
         # Under plain python3 the process starts a private dragond and stops it at exit; an
