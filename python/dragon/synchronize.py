@@ -337,15 +337,16 @@ class Condition:
         if isinstance(self._lock, RLock):
             self._lock._count = count
 
-    def _check_owned(self):
-        # Before any count moves: a wait on a lock not held must change nothing.
+    def _check_owned(self, what="wait() on an un-acquired lock"):
+        # Before any count moves: a wait or notify on a lock not held must change nothing. An
+        # RLock knows its owner; a Lock only that someone holds it.
         if isinstance(self._lock, RLock):
             owned = self._lock._is_owned()
         else:
             is_zero = getattr(self._lock, "_is_zero", None)
             owned = is_zero is None or is_zero()
         if not owned:
-            raise AssertionError("wait() on an un-acquired lock")
+            raise AssertionError(what)
 
     def wait(self, timeout=None):
         self._check_owned()
@@ -379,6 +380,7 @@ class Condition:
                 return False
 
     def notify(self, n=1):
+        self._check_owned("lock is not owned")  # as the stdlib's notify asserts
         # Waiters that timed out since the last notify still count as sleepers: forget them.
         while self._woken_count.acquire(False):
             self._sleeping_count.acquire(False)

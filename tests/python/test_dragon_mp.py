@@ -1922,6 +1922,31 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(p.exitcode, 0)
 
 
+    def test_notify_on_a_condition_whose_lock_is_not_held_is_an_assertion_error(self):
+        # As the stdlib's: a notify outside the lock would race with the waiters' counts.
+        for cond in (CTX.Condition(), CTX.Condition(CTX.Lock())):
+            for notify in (cond.notify, cond.notify_all):
+                with self.assertRaises(AssertionError):
+                    notify()
+            with cond:
+                cond.notify()
+                cond.notify_all()
+        # An RLock knows its owner: held by another thread is not held by this one.
+        cond, held, done = CTX.Condition(), threading.Event(), threading.Event()
+
+        def hold():
+            with cond:
+                held.set()
+                done.wait(30)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        self.assertTrue(held.wait(30))
+        with self.assertRaises(AssertionError):
+            cond.notify()
+        done.set()
+        t.join(30)
+
     def test_a_condition_waiter_gets_an_error_when_the_lock_holder_is_killed(self):
         # No notify can come once the holder died with the lock (a notify needs it): the
         # waiter gets BrokenLockError, as a waiter for the lock itself does, not a hang.
