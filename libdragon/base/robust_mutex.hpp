@@ -48,7 +48,8 @@ class RobustMutex {
   static LockState lock(pthread_mutex_t* m) noexcept;
   // As lock(), but on a thread with a LockPatience gives up (Busy) once that has passed. Only
   // for a lock whose caller can give up before it changed anything (a channel's send and
-  // receive locks): never for one taken after a commit (a pool's, to free a block).
+  // receive locks, a pool's to allocate): never for one taken after a commit (a pool's, to
+  // free a block).
   static LockState lockOrGiveUp(pthread_mutex_t* m) noexcept;
   static void markConsistent(pthread_mutex_t* m) noexcept;
   static void unlock(pthread_mutex_t* m) noexcept;

@@ -42,11 +42,15 @@ std::uint64_t randomId() {
 std::size_t roundUp(std::size_t v, std::size_t to) { return (v + to - 1) / to * to; }
 
 // Takes the pool lock, repairing the heap if its last owner died holding it. The returned guard
-// is empty (and the status not OK) when the pool is beyond repair.
+// is empty (and the status not OK) when the pool is beyond repair. `mayGiveUp`: for a caller
+// that has changed nothing yet (an allocation): on a thread with a LockPatience (dragond's
+// loop, its gateway) it gives up with WouldBlock while another process holds the lock (stopped
+// by a debugger, say), as a channel's locks do.
 class PoolLock {
  public:
-  explicit PoolLock(PoolHeader* h, void* base) : h_(h) {
-    switch (base::RobustMutex::lock(&h->lock)) {
+  explicit PoolLock(PoolHeader* h, void* base, bool mayGiveUp = false) : h_(h) {
+    switch (mayGiveUp ? base::RobustMutex::lockOrGiveUp(&h->lock)
+                      : base::RobustMutex::lock(&h->lock)) {
       case base::LockState::Locked:
         locked_ = true;
         return;
@@ -66,7 +70,9 @@ class PoolLock {
                    static_cast<unsigned long long>(h->id));
         return;
       }
-      case base::LockState::Busy:  // lock() waits: never
+      case base::LockState::Busy:  // lockOrGiveUp() only
+        status_ = Status(StatusCode::WouldBlock, "the pool's lock is held by another process");
+        return;
       case base::LockState::Unrecoverable:
         status_ = Status(StatusCode::Corrupt, "pool lock is unrecoverable: a repair was abandoned");
         return;
@@ -197,7 +203,7 @@ Result<PoolAllocation> Pool::allocAs(std::size_t bytes, OwnerTag owner, Timeout 
                       std::to_string(h->heapEnd - h->heapBegin) + " heap bytes");
   }
   auto attempt = [&]() -> Result<PoolAllocation> {
-    PoolLock lock(h, map_.data());
+    PoolLock lock(h, map_.data(), /*mayGiveUp=*/true);
     if (!lock.ok()) {
       return lock.status();
     }

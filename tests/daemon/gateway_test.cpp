@@ -8,6 +8,7 @@
 
 #include "base/robust_mutex.hpp"
 #include "channel/layout.hpp"
+#include "pool/heap.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/socket_io.hpp"
 
@@ -667,6 +668,58 @@ TEST_F(Gateway, AProcessStoppedHoldingTheChannelsLockStallsNothingElse) {
     got.insert(std::string(reinterpret_cast<char*>(buf), *n));
   }
   EXPECT_EQ(got, (std::set<std::string>{"tried", "waited"}));
+}
+
+TEST_F(Gateway, AProcessStoppedHoldingThePoolsLockStallsNothingElse) {
+  // A large message is copied into a block of the channel's pool before it is queued: the
+  // gateway's allocation gives up while a stopped process holds the pool's lock, as it does
+  // for a channel's locks, and serves the other channels meanwhile.
+  auto otherPool = client.createPool(std::size_t{1} << 20);
+  ASSERT_TRUE(otherPool.has_value()) << otherPool.error().toString();
+  ChannelOptions o;
+  o.capacity = 1;
+  auto other = client.createChannel((*otherPool)->descriptor(), o);
+  ASSERT_TRUE(other.has_value()) << other.error().toString();
+  auto* h = static_cast<detail::PoolHeader*>(pool->pointerAt(0));  // at the mapping's start
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  const pid_t holder = fork();
+  if (holder == 0) {
+    if (base::RobustMutex::lock(&h->lock) != base::LockState::Locked) _exit(2);
+    (void)!write(ready[1], "x", 1);
+    raise(SIGSTOP);
+    base::RobustMutex::unlock(&h->lock);
+    _exit(0);
+  }
+  close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  close(ready[0]);
+  int st = 0;
+  ASSERT_EQ(waitpid(holder, &st, WUNTRACED), holder);
+  ASSERT_TRUE(WIFSTOPPED(st));
+
+  RawConn raw(d->socket());
+  const std::string large(1000, 'L');  // past the channel's 64 inline bytes
+  auto send = op(ch->descriptor(), pb::ChannelOp::SEND, -1);
+  send.mutable_channel_op()->set_data(large);
+  const auto parked = raw.post(send);
+  auto r = raw.reply(raw.post(op((*other)->descriptor(), pb::ChannelOp::RECV, 0)), 10s);
+  if (!r.has_value()) kill(holder, SIGKILL);  // the gateway is stuck: let the test end
+  ASSERT_TRUE(r.has_value()) << "the gateway stalled on a pool lock a stopped process holds";
+  EXPECT_EQ(codeOf(*r), StatusCode::WouldBlock);
+  EXPECT_FALSE(raw.reply(parked, 100ms).has_value()) << "a send while the pool lock is held";
+
+  ASSERT_EQ(kill(holder, SIGCONT), 0);
+  ASSERT_EQ(waitpid(holder, &st, 0), holder);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  r = raw.reply(parked, 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  std::string buf(2000, '\0');
+  auto n = ch->recv(std::as_writable_bytes(std::span(buf.data(), buf.size())), Timeout::none());
+  ASSERT_TRUE(n.has_value()) << n.error().toString();
+  EXPECT_EQ(buf.substr(0, *n), large);
 }
 
 TEST_F(Gateway, ManyParkedOperationsOnManyChannelsAllComplete) {
