@@ -51,7 +51,8 @@ for f in bin/dragon bin/dragond lib/systemd/system/dragond@.service lib/systemd/
 done
 # The installed dragond reads the configuration file the install put in PREFIX/etc.
 echo "log_level: error" >>"$prefix/etc/dragon/dragon.yaml"
-config=$("$prefix/bin/dragond" --print-config | grep '^log_level:')
+config=$(env -i PATH=/usr/bin:/bin HOME="$work" XDG_CONFIG_HOME="$work" "$prefix/bin/dragond" --print-config |
+  grep '^log_level:')
 case $config in
   *"$prefix/etc/dragon/dragon.yaml:"*) ;;
   *) echo "install check: dragond does not read $prefix/etc/dragon/dragon.yaml: $config" >&2; exit 1 ;;

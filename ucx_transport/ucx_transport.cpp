@@ -732,7 +732,6 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
   }
   Peer& peer = *it->second;
   if (peer.failed) return UCS_OK;  // lost, or said goodbye
-  peer.heard = true;
   if (h.seq < peer.nextSeq || peer.slots.count(h.seq) != 0) {
     dropped(&h, "duplicate sequence number");
     return UCS_OK;
@@ -741,6 +740,7 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
     dropped(&h, "sequence number out of range");
     return UCS_OK;
   }
+  peer.heard = true;  // a message taken in (a duplicate or one out of range says nothing)
   Slot& slot = peer.slots[h.seq];
   slot.kind = h.kind;
   if (length > options_.maxMessageBytes) {

@@ -350,7 +350,9 @@ class _RemotePopen(_PopenBase):
                 [(self._puid, self.pid, _)] = _runtime.spawn(
                     argv, _remote_environment(), os.getcwd(), stdin="null", stdout="capture",
                     stderr="capture", node=node)
-            r, w = os.pipe2(os.O_CLOEXEC)
+            with _watched_lock:  # made and registered before a fork can copy it
+                r, w = os.pipe2(os.O_CLOEXEC)
+                _watched.add(w)
         except _MayHaveStarted:
             raise  # what was lent stays lent: the process may be running with it
         except BaseException:
@@ -359,8 +361,6 @@ class _RemotePopen(_PopenBase):
         self.sentinel = r
         self.finalizer = util.Finalize(self, os.close, (r,))
         self._ended = []
-        with _watched_lock:
-            _watched.add(w)
         threading.Thread(target=_watch_remote, args=(self._puid, w, self._at_end, self._ended),
                          daemon=True,
                          name="dragon-watch-%d" % self._puid).start()

@@ -4,6 +4,8 @@ small ones copied into the channel's ring, large ones written once into a pool b
 receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
 import collections
 import queue
+import signal
+import struct
 import threading
 import time
 import weakref
@@ -180,38 +182,52 @@ class Queue:
 
 
 class _Count:
-    """An integer every process of the job shares, read and written only under `lock` (a
-    dragon lock): shared memory of this node, which the lock keeps coherent on another node
-    (sharedctypes). Unlike a semaphore's tokens it has no bound but the integer's, and a
-    process killed while it reads or writes it leaves it whole."""
+    """An integer every process of the job shares: one 8-byte message in a channel of one slot
+    (dragond keeps it while any process holds it), taken and put back by whoever holds the
+    lock that guards it, with signals held off in between (an interrupt there would lose it; a
+    process killed there dies holding the lock, which breaks). Unlike a semaphore's tokens it
+    has no bound but the integer's."""
 
-    def __init__(self, lock):
-        from . import sharedctypes
-        self._value = sharedctypes.Value("q", 0, lock=lock).get_obj()
+    _FORMAT = struct.Struct("=q")
+
+    def __init__(self):
+        self._channel = _runtime.new_channel(1, 8)
+        self._channel.send(self._FORMAT.pack(0), 0)
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return self._value
+        return self._channel.descriptor
 
-    def __setstate__(self, value):
-        self._value = value
+    def __setstate__(self, descriptor):
+        self._channel = _runtime.attach_channel(descriptor)
 
     def add(self, delta, floor=None):
         """Under the guarding lock: adds `delta` and returns the new value; or, where that would
         fall below `floor`, changes nothing and returns None."""
-        new = self._value.value + delta
-        if floor is not None and new < floor:
-            return None
-        self._value.value = new
-        return new
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        try:
+            try:
+                value = self._FORMAT.unpack(self._channel.recv(0))[0]
+            except TimeoutError:  # only a process that ended inside add() leaves it empty
+                raise RuntimeError("the count of unfinished tasks was lost") from None
+            new = value + delta
+            if floor is not None and new < floor:
+                new = None
+            self._channel.send(self._FORMAT.pack(value if new is None else new), 0)
+            return new
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_ALL_SIGNALS = signal.valid_signals()
 
 
 class JoinableQueue(Queue):
     def __init__(self, maxsize=0, *, ctx=None):
         super().__init__(maxsize, ctx=ctx)
         from .synchronize import Condition
+        self._unfinished = _Count()
         self._cond = Condition(ctx=ctx)
-        self._unfinished = _Count(self._cond._lock)
 
     def __getstate__(self):
         return Queue.__getstate__(self) + (self._unfinished, self._cond)

@@ -26,9 +26,10 @@ def main():
     mpcontext._default_context._default_context = mpcontext._concrete_contexts["dragon"]
     sys.argv = sys.argv[1:]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    if not os.path.isfile(script) or zipfile.is_zipfile(script):
-        runpy.run_path(script, run_name="__main__")  # a directory or zip with __main__.py
+    if not os.path.isfile(script) or zipfile.is_zipfile(script) or script.endswith(".pyc"):
+        runpy.run_path(script, run_name="__main__")  # a directory, a zip, compiled code
         return
+    script = os.path.abspath(script)  # as python3 sets __main__.__file__
     # The script's module is __main__ from here on, as under python3: runpy.run_path would
     # put this module back when the top level returns, and a thread still running, an atexit
     # function or a Pool's worker handler could no longer pickle functions of __main__.

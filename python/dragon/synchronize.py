@@ -283,14 +283,19 @@ def _is_broken(lock):
     # free lock's token is taken and given back at once.
     if not channel.readable():
         return False  # held, so not broken
-    try:
-        channel.recv(0)
-    except TimeoutError:
+    import signal
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:  # no interrupt between the two: the token goes back
+        try:
+            channel.recv(0)
+        except TimeoutError:
+            return False
+        except ChannelClosed:
+            return True
+        channel.send(_TOKEN, 0)
         return False
-    except ChannelClosed:
-        return True
-    channel.send(_TOKEN, 0)
-    return False
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Condition:

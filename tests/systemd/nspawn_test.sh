@@ -237,13 +237,15 @@ fi
 # default, and SIGUSR1 ends the user's jobs.
 dumps() { $IN journalctl --no-pager -u "dragond@$uid.service" | grep -c 'state dump' || true; }
 dumps_before=$(dumps)
-timeout 30 $IN systemctl kill --kill-whom=main -s USR1 "dragond@$uid.service"
+timeout 30 $IN systemctl kill --kill-who=main -s USR1 "dragond@$uid.service"
 dumped() { [ "$(dumps)" -gt "$dumps_before" ]; }
 check "the documented SIGUSR1 makes dragond write its state to the journal" wait_until 20 dumped
-job_alive() {  # the held job's process (the Python program, or sleep) runs, not a zombie
+job_alive() {  # the held job's process (the Python program, or sleep) runs, not a zombie: in
+  # the service's cgroup (the launcher, which runs outside it, matches the same words)
   local d
   for d in $($IN find /proc -mindepth 1 -maxdepth 1 -name '[0-9]*' -uid "$uid" 2>/dev/null); do
     if $IN cat "$d/cmdline" 2>/dev/null | tr '\0' ' ' | grep -qE 'nspawn-hold|sleep 600' &&
+      $IN grep -q "dragond@$uid.service" "$d/cgroup" 2>/dev/null &&
       ! $IN grep -q '^State:.Z' "$d/status" 2>/dev/null; then
       return 0
     fi
