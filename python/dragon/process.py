@@ -691,26 +691,12 @@ def _after_fork_in_child():
             pass
     _watched.clear()
     _watched_lock = threading.Lock()
-    _watched_lock_held[0] = False
 
 
 # The watchers' lock is held across a fork, so that no write end is closed (and its number
 # reused) between the child's copy of _watched and its closing of them.
-_watched_lock_held = [False]
-
-
-def _before_fork():
-    _watched_lock.acquire()
-    _watched_lock_held[0] = True
-
-
-def _after_fork_in_parent():
-    if _watched_lock_held[0]:
-        _watched_lock_held[0] = False
-        _watched_lock.release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+os.register_at_fork(before=lambda: _watched_lock.acquire(),
+                    after_in_parent=lambda: _watched_lock.release(),
                     after_in_child=_after_fork_in_child)
 
 

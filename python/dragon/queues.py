@@ -4,7 +4,6 @@ small ones copied into the channel's ring, large ones written once into a pool b
 receiver reads in place; out-of-band buffers (numpy arrays...) arrive as views of that block."""
 import collections
 import queue
-import signal
 import struct
 import threading
 import time
@@ -15,6 +14,7 @@ from . import _runtime
 from ._coherence import acquired, held, released
 from ._native import ChannelClosed
 from ._pickling import dumps_inband
+from .synchronize import signals_held
 
 # A queue created without maxsize holds this many items in its channel; past that, a put()
 # leaves the item with this process's feeder thread (as the stdlib's Queue does with all of
@@ -204,8 +204,7 @@ class _Count:
     def add(self, delta, floor=None):
         """Under the guarding lock: adds `delta` and returns the new value; or, where that would
         fall below `floor`, changes nothing and returns None."""
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-        try:
+        with signals_held():
             try:
                 value = self._FORMAT.unpack(self._channel.recv(0))[0]
             except TimeoutError:  # only a process that ended inside add() leaves it empty
@@ -215,11 +214,6 @@ class _Count:
                 new = None
             self._channel.send(self._FORMAT.pack(value if new is None else new), 0)
             return new
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-_ALL_SIGNALS = signal.valid_signals()
 
 
 class JoinableQueue(Queue):

@@ -2,7 +2,9 @@
 """Locks, semaphores, events, conditions and barriers as Dragon channels: a semaphore's value
 is the number of tokens queued in a channel, so acquire is a receive and release a send, with
 the channel's deadlines and futex sleeps, from any process that attached it."""
+import contextlib
 import os
+import signal
 import threading
 import time
 import weakref
@@ -267,6 +269,20 @@ class RLock:
         self.release()
 
 
+_ALL_SIGNALS = signal.valid_signals()
+
+
+@contextlib.contextmanager
+def signals_held():
+    """No signal handler runs inside (they run after): for a message taken and put back, which
+    an interrupt in between would lose."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 # How often a Condition's waiter looks at whether its lock broke (seconds).
 _BROKEN_CHECK = 1.0
 
@@ -283,9 +299,7 @@ def _is_broken(lock):
     # free lock's token is taken and given back at once.
     if not channel.readable():
         return False  # held, so not broken
-    import signal
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:  # no interrupt between the two: the token goes back
+    with signals_held():  # the token goes back
         try:
             channel.recv(0)
         except TimeoutError:
@@ -294,8 +308,6 @@ def _is_broken(lock):
             return True
         channel.send(_TOKEN, 0)
         return False
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Condition:

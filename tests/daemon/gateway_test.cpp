@@ -130,6 +130,32 @@ struct Gateway : ::testing::Test {
   }
 };
 
+// A child process that takes `m` (a lock in shared memory) and stops itself holding it (as a
+// debugger or SIGSTOP would leave it): its pid once it is stopped; -1 if it did not get there.
+// SIGCONT lets it release the lock and exit 0.
+pid_t stoppedHolding(pthread_mutex_t* m) {
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) != 0) return -1;
+  const pid_t holder = fork();
+  if (holder == 0) {
+    if (base::RobustMutex::lock(m) != base::LockState::Locked) _exit(2);
+    (void)!write(ready[1], "x", 1);
+    raise(SIGSTOP);
+    base::RobustMutex::unlock(m);
+    _exit(0);
+  }
+  close(ready[1]);
+  char c = 0;
+  const bool locked = holder > 0 && read(ready[0], &c, 1) == 1;
+  close(ready[0]);
+  int st = 0;
+  if (!locked || waitpid(holder, &st, WUNTRACED) != holder || !WIFSTOPPED(st)) {
+    if (holder > 0) kill(holder, SIGKILL);
+    return -1;
+  }
+  return holder;
+}
+
 // A lock's channel (its holder tracked) holding its token.
 Result<std::unique_ptr<ClientChannel>> lockWithToken(Client& client, const Pool& pool) {
   ChannelOptions o;
@@ -617,23 +643,9 @@ TEST_F(Gateway, AProcessStoppedHoldingTheChannelsLockStallsNothingElse) {
   // dragond's loop and its gateway never wait on it: other requests are answered meanwhile,
   // and the operations on this channel, a try included, complete once the lock is free.
   auto* h = static_cast<detail::ChannelHeader*>(pool->pointerAt(ch->descriptor().offset));
-  int ready[2];
-  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
-  const pid_t holder = fork();
-  if (holder == 0) {
-    if (base::RobustMutex::lock(&h->sendLock) != base::LockState::Locked) _exit(2);
-    (void)!write(ready[1], "x", 1);
-    raise(SIGSTOP);
-    base::RobustMutex::unlock(&h->sendLock);
-    _exit(0);
-  }
-  close(ready[1]);
-  char c = 0;
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  close(ready[0]);
+  const pid_t holder = stoppedHolding(&h->sendLock);
+  ASSERT_GT(holder, 0);
   int st = 0;
-  ASSERT_EQ(waitpid(holder, &st, WUNTRACED), holder);
-  ASSERT_TRUE(WIFSTOPPED(st));
 
   RawConn raw(d->socket());
   auto send = op(ch->descriptor(), pb::ChannelOp::SEND, -1);
@@ -681,23 +693,9 @@ TEST_F(Gateway, AProcessStoppedHoldingThePoolsLockStallsNothingElse) {
   auto other = client.createChannel((*otherPool)->descriptor(), o);
   ASSERT_TRUE(other.has_value()) << other.error().toString();
   auto* h = static_cast<detail::PoolHeader*>(pool->pointerAt(0));  // at the mapping's start
-  int ready[2];
-  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
-  const pid_t holder = fork();
-  if (holder == 0) {
-    if (base::RobustMutex::lock(&h->lock) != base::LockState::Locked) _exit(2);
-    (void)!write(ready[1], "x", 1);
-    raise(SIGSTOP);
-    base::RobustMutex::unlock(&h->lock);
-    _exit(0);
-  }
-  close(ready[1]);
-  char c = 0;
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  close(ready[0]);
+  const pid_t holder = stoppedHolding(&h->lock);
+  ASSERT_GT(holder, 0);
   int st = 0;
-  ASSERT_EQ(waitpid(holder, &st, WUNTRACED), holder);
-  ASSERT_TRUE(WIFSTOPPED(st));
 
   RawConn raw(d->socket());
   const std::string large(1000, 'L');  // past the channel's 64 inline bytes
