@@ -275,6 +275,9 @@ struct Peer {
   bool reported = false;  // onPeerLost ran
   bool nativeRma = false; // rma() is ucp_put/ucp_get, else messages
   bool heard = false;     // a message of the job arrived (or part of one) since reportHeard()
+  bool saidBye = false;   // its Bye was handed up: its endpoint closes once its ByeAck is out
+  bool byeHeard = false;  // while this node shuts down: it acknowledged our Bye, or said its own
+  int sending = 0;        // sends to it in flight
   Status why;
   std::uint64_t sendSeq = 0;
   std::uint64_t nextSeq = 0;  // the next to deliver
@@ -666,6 +669,7 @@ Status UcxTransport::post(Peer& peer, Kind kind, std::string bytes) {
     markFailed(peer, why);
     return why;
   }
+  ++peer.sending;
   return Status::ok();  // in flight: onSendDone
 }
 
@@ -705,7 +709,15 @@ void UcxTransport::dropped(const WireHeader* h, const char* why) {
 ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, void* data,
                                 std::size_t length, const ucp_am_recv_param_t* param) {
   // Returning UCS_OK drops a rendezvous message without receiving it.
-  if (closing_) return UCS_OK;
+  if (closing_) {
+    // Nothing more is handed up; shutdown() waits for each peer's ByeAck (or its own Bye).
+    WireHeader h;
+    if (parseHeader(header, headerLength, length, h) == nullptr && h.kind != Kind::Data &&
+        secretSet_ && sameSecret(h.secret, secret_)) {
+      if (auto it = peers_.find(h.node); it != peers_.end()) it->second->byeHeard = true;
+    }
+    return UCS_OK;
+  }
   WireHeader h;
   if (const char* why = parseHeader(header, headerLength, length, h)) {
     dropped(nullptr, why);
@@ -828,14 +840,18 @@ void UcxTransport::settle() {
   reportLost();
   if (closing_) return;
   for (auto& [node, peer] : peers_) {
-    if (peer->failed && peer->ep != nullptr) closeEndpoint(*peer);
+    // A peer that said Bye waits for its ByeAck, so its endpoint stays until that is out.
+    if (peer->failed && peer->ep != nullptr && !(peer->saidBye && peer->sending > 0)) {
+      closeEndpoint(*peer);
+    }
   }
 }
 
 void UcxTransport::reapSends() {
   for (SendOp* op : std::exchange(doneSends_, {})) {
-    if (op->status != UCS_OK) {
-      if (auto it = peers_.find(op->node); it != peers_.end()) {
+    if (auto it = peers_.find(op->node); it != peers_.end()) {
+      --it->second->sending;
+      if (op->status != UCS_OK) {
         markFailed(*it->second, Status(StatusCode::NodeLost,
                                        "sending to node " + std::to_string(op->node) +
                                            " failed: " + ucs_status_string(op->status)));
@@ -908,8 +924,12 @@ void UcxTransport::deliver() {
       Slot slot = std::move(it->second);
       peer.slots.erase(it);
       ++peer.nextSeq;
-      if (slot.state == Slot::State::Skip) continue;
+      if (slot.state == Slot::State::Skip || slot.kind == Kind::ByeAck) continue;
       if (slot.kind == Kind::Bye) {
+        // Everything it sent before is handed up: it may close (a connection closed while
+        // this node still sent to it would drop what this node had not read yet).
+        peer.saidBye = true;
+        (void)post(peer, Kind::ByeAck, {});
         markFailed(peer, Status(StatusCode::NodeLost,
                                 "node " + std::to_string(node) + " shut down its transport"));
         break;
@@ -1429,16 +1449,23 @@ void UcxTransport::shutdown(std::int64_t timeoutNs) {
   closing_ = true;
   const std::int64_t deadline = nowNs() + std::max<std::int64_t>(timeoutNs, 0);
   // Peers hear of the end at once (after everything sent before it) instead of by a failure.
+  // Each acknowledges the Bye once it has taken in what came before; only then does the
+  // connection close: a peer that sent to a closed connection would lose what it had not read.
+  std::vector<Peer*> told;
   if (secretSet_) {
     for (auto& [node, peer] : peers_) {
-      if (!peer->failed && peer->ep != nullptr) (void)post(*peer, Kind::Bye, {});
+      if (!peer->failed && peer->ep != nullptr && post(*peer, Kind::Bye, {}).isOk()) {
+        told.push_back(peer.get());
+      }
     }
   }
   // Transfers in flight finish first: a remote key is destroyed only after its operations.
   if (waitUntil(
-          [this] {
+          [this, &told] {
             return sendOps_.empty() && doneRmas_.size() == rmaOps_.size() &&
-                   messageRequests_ == 0;
+                   messageRequests_ == 0 &&
+                   std::all_of(told.begin(), told.end(),
+                               [](const Peer* p) { return p->failed || p->byeHeard; });
           },
           deadline)) {
     flushWorker(deadline);

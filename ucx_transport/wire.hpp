@@ -33,7 +33,9 @@ inline constexpr std::uint32_t kAddressMagic = 0x58435544;  // "DUCX"
 inline constexpr std::uint16_t kAddressVersion = 1;
 inline constexpr std::size_t kAddressHeaderBytes = 16;
 
-enum class Kind : std::uint16_t { Data = 0, Bye = 1 };
+// Bye: the sender shuts down after everything it sent before. ByeAck: the answer of a peer
+// that took in everything up to a Bye (the one who said it may now close its connection).
+enum class Kind : std::uint16_t { Data = 0, Bye = 1, ByeAck = 2 };
 
 inline constexpr unsigned kRmaAmId = 2;
 inline constexpr std::size_t kRmaHeaderBytes = 56;
@@ -95,8 +97,7 @@ inline const char* parseHeader(const void* header, std::size_t headerLength,
   if (getLe<std::uint32_t>(p) != kWireMagic) return "bad magic";
   if (getLe<std::uint16_t>(p + 4) != kWireVersion) return "unknown protocol version";
   const auto kind = getLe<std::uint16_t>(p + 6);
-  if (kind != static_cast<std::uint16_t>(Kind::Data) &&
-      kind != static_cast<std::uint16_t>(Kind::Bye)) {
+  if (kind > static_cast<std::uint16_t>(Kind::ByeAck)) {
     return "unknown message kind";
   }
   const auto secretBytes = getLe<std::uint32_t>(p + 12);

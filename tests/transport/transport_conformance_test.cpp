@@ -16,6 +16,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -830,6 +831,42 @@ TEST_P(TransportConformance, ShutdownSendsWhatIsQueuedThenThePeerSeesTheLoss) {
   pollfd p{a->t->eventFd(), POLLIN, 0};
   EXPECT_EQ(poll(&p, 1, 0), 0);
   EXPECT_GE(fcntl(a->t->eventFd(), F_GETFD), 0);
+}
+
+// A node that shuts down while its peer, slow to read, still sends to it: what it sent before
+// arrives, and the peer sees it leave, not a failed connection. (With UCX over tcp, a send to
+// a closed socket fails the endpoint, and the bytes that came before and were not read yet
+// are dropped with it: a dragond's last answer at the end of a job, then a spurious lost node.)
+TEST_P(TransportConformance, ShutdownLosesNothingItSentToAPeerSlowToRead) {
+  Node* a = make(0);
+  Node* b = make(1);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  connect(*a, *b);
+  roundTrip(*a, *b);
+  std::atomic<bool> closing{false};
+  std::jthread owner([&] {
+    const auto until = Clock::now() + 30s;
+    while (!closing && Clock::now() < until) std::this_thread::yield();
+    // b is busy elsewhere while a shuts down (not waiting for anything a does), then sends to
+    // a before it reads what a sent.
+    std::this_thread::sleep_for(200ms);
+    (void)b->t->send(0, "late");
+    (void)pump({b}, [&] { return !b->lost.empty(); }, 30s);
+  });
+  constexpr int kSent = 200;
+  for (int i = 0; i < kSent; ++i) {
+    ASSERT_TRUE(a->t->send(1, "m" + std::to_string(i)).isOk());
+  }
+  closing = true;
+  a->t->shutdown(10'000'000'000);
+  owner.join();
+  ASSERT_EQ(b->got.size(), static_cast<std::size_t>(kSent) + 1);  // "hello", then these
+  for (int i = 0; i < kSent; ++i) ASSERT_EQ(b->got[1 + i].second, "m" + std::to_string(i));
+  ASSERT_EQ(b->lost.size(), 1u);
+  EXPECT_EQ(b->lost.front().first, 0u);
+  EXPECT_EQ(b->lost.front().second.code(), StatusCode::NodeLost);
+  EXPECT_NE(b->lost.front().second.message().find("shut down"), std::string_view::npos)
+      << b->lost.front().second.toString();
 }
 
 #ifdef DRAGON_UCX_MODULE
