@@ -339,11 +339,19 @@ std::optional<int> parse(int argc, char** argv, Options& o) {
   return std::nullopt;
 }
 
-// Terminal signals arrive through a signalfd that the client watches while it waits.
+// Signals the launcher passes on to the head process, as Slurm's --signal or a checkpoint
+// script sends them to the job's tasks; their default action would end the launcher, and with
+// it the job.
+bool passedToHead(std::uint32_t sig) {
+  return sig == SIGUSR1 || sig == SIGUSR2 || sig == SIGALRM;
+}
+
+// Terminal signals, and those passed to the head, arrive through a signalfd that the client
+// watches while it waits.
 dragon::UniqueFd blockTerminalSignals() {
   sigset_t set;
   sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, s);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM}) sigaddset(&set, s);
   sigprocmask(SIG_BLOCK, &set, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   return dragon::UniqueFd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -389,7 +397,9 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   client.setInterrupt(sigfd, [&] {
     signalfd_siginfo si{};
     while (read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-      if (si.ssi_signo == SIGINT) {
+      if (passedToHead(si.ssi_signo)) {
+        (void)cl->signal({puid}, static_cast<int>(si.ssi_signo));
+      } else if (si.ssi_signo == SIGINT) {
         if (++interrupts == 1) {
           (void)cl->signal({puid}, SIGINT);
         } else {
@@ -690,7 +700,8 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     client->setInterrupt(fd, [&] {
       signalfd_siginfo si{};
       while (read(fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-        if (si.ssi_signo == SIGINT) continue;  // rank 0 passes Ctrl-C to the head
+        // Rank 0 passes Ctrl-C, SIGUSR1, SIGUSR2 and SIGALRM to the head.
+        if (si.ssi_signo == SIGINT || passedToHead(si.ssi_signo)) continue;
         signalled = static_cast<int>(si.ssi_signo);
         // Ends this node's part of the job; dragond then answers the waitJobEnd below.
         (void)cl->endJob(false, 128 + signalled);

@@ -220,6 +220,26 @@ TEST_F(Launcher, CtrlCGoesToTheHeadAndASecondOneKillsTheJob) {
   EXPECT_NE(out.find("killing the job"), std::string::npos) << out;
 }
 
+// SIGUSR1, SIGUSR2 and SIGALRM (Slurm's --signal, a checkpoint script) go to the head, which
+// decides what they mean; the launcher does not die of them and take the job with it.
+TEST_F(Launcher, Usr1Usr2AndAlrmGoToTheHead) {
+  Launched l = launch({"/bin/sh", "-c",
+                       "trap 'echo got-usr1' USR1; trap 'echo got-alrm' ALRM; "
+                       "trap 'echo got-usr2; exit 3' USR2; echo ready; while :; do sleep 0.05; done"},
+                      runtime_);
+  std::string out;
+  ASSERT_TRUE(readUntil(l.out, "ready\n", out)) << out;
+  kill(l.pid, SIGUSR1);
+  ASSERT_TRUE(readUntil(l.out, "got-usr1\n", out)) << out;
+  kill(l.pid, SIGALRM);
+  ASSERT_TRUE(readUntil(l.out, "got-alrm\n", out)) << out;
+  kill(l.pid, SIGUSR2);
+  auto [st, rest] = finish(l);
+  out += rest;
+  EXPECT_EQ(testing::exitCodeOf(st), 3) << out;
+  EXPECT_NE(out.find("got-usr2"), std::string::npos) << out;
+}
+
 TEST_F(Launcher, SigtermEndsTheJob) {
   Launched l = launch({"/bin/sh", "-c", "echo ready; exec sleep 600"}, runtime_);
   std::string out;
