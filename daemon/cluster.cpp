@@ -135,6 +135,7 @@ Status Cluster::join(const pb::JoinCluster& join) {
   }
   transport_->setSecret(join.secret());
   const std::int64_t now = nowNs();
+  joinedNs_ = now;
   for (auto& [id, n] : table) {
     n.lastHeardNs = now;
     if (id == self_) continue;
@@ -328,19 +329,29 @@ void Cluster::heartbeat() {
   pb::Envelope beat;
   beat.mutable_heartbeat();
   // A star around the head node: it hears from every node, and every node from it.
-  std::vector<std::uint32_t> silent;
+  std::vector<std::pair<std::uint32_t, Status>> silent;
   for (auto& [id, n] : nodes_) {
     if (id == self_ || n.lost) continue;
     if (self_ != head_ && id != head_) continue;
     (void)sendEnvelope(id, beat);
-    // A node not heard from since the join has cluster.connect_timeout to greet us.
-    if (heard_.count(id) != 0 && now - n.lastHeardNs > nodeTimeoutNs_) silent.push_back(id);
+    if (heard_.count(id) != 0) {
+      if (now - n.lastHeardNs > nodeTimeoutNs_) {
+        silent.emplace_back(id, Status(StatusCode::NodeLost,
+                                       "not heard from for " +
+                                           std::to_string(nodeTimeoutNs_ / 1'000'000) +
+                                           " ms (cluster.node_timeout)"));
+      }
+    } else if (now - joinedNs_ > connectTimeoutNs_ + nodeTimeoutNs_) {
+      // A node not heard from since the join has cluster.connect_timeout to greet us (the
+      // head's join wait fails then), and node_timeout more before it is lost: a node whose
+      // head froze or was cut off as the job began must not wait on it for ever.
+      silent.emplace_back(id, Status(StatusCode::NodeLost,
+                                     "never heard from within " +
+                                         std::to_string(connectTimeoutNs_ / 1'000'000) +
+                                         " ms of joining (cluster.connect_timeout)"));
+    }
   }
-  for (auto id : silent) {
-    onPeerLost(id, Status(StatusCode::NodeLost,
-                          "not heard from for " + std::to_string(nodeTimeoutNs_ / 1'000'000) +
-                              " ms (cluster.node_timeout)"));
-  }
+  for (auto& [id, why] : silent) onPeerLost(id, why);
   loop_.addTimerAfterNs(heartbeatNs_, [this] { heartbeat(); });
 }
 

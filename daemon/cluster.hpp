@@ -114,6 +114,7 @@ class Cluster {
   std::uint32_t self_;
   std::unique_ptr<transport::Transport> transport_;
   std::int64_t connectTimeoutNs_;
+  std::int64_t joinedNs_ = 0;  // when join() took the node table
   std::int64_t heartbeatNs_;
   std::int64_t nodeTimeoutNs_;
   RequestHandler onRequest_;

@@ -219,6 +219,29 @@ TEST_F(Fixture, ANodeNotYetHeardFromIsNotTimedOutButTheJoinWaitIs) {
   EXPECT_TRUE(lost.empty()) << "node " << lost.front() << " was lost before it joined";
 }
 
+// A node's head frozen or cut off from the moment the job began: the node never hears from it,
+// and must not wait on it for ever (its launcher, and every request it forwarded there).
+TEST_F(Fixture, AHeadNeverHeardFromIsLostAfterTheConnectAndNodeTimeouts) {
+  make(testConfig("10ms", "100ms", "300ms"));
+  transport::fakePartitionNode(hub, 0);
+  for (std::uint32_t i = 0; i < kNodes; ++i) ASSERT_TRUE(nodes[i]->join(table()).isOk());
+  std::vector<std::pair<std::uint32_t, Status>> lostAt1;
+  nodes[1]->setLostHandler([&](std::uint32_t n, const Status& why) { lostAt1.emplace_back(n, why); });
+  std::optional<Status> answer;
+  pb::Envelope req;
+  req.mutable_list_processes();
+  nodes[1]->forward(0, req, [&](Result<pb::Envelope> r) {
+    answer = r.has_value() ? Status::ok() : r.error();
+  });
+  ASSERT_TRUE(runUntil(*loop, [&] { return answer.has_value() && !lostAt1.empty(); }));
+  EXPECT_EQ(answer->code(), StatusCode::NodeLost) << answer->toString();
+  ASSERT_EQ(lostAt1.size(), 1u);
+  EXPECT_EQ(lostAt1.front().first, 0u);
+  EXPECT_NE(std::string(lostAt1.front().second.message()).find("cluster.connect_timeout"),
+            std::string::npos)
+      << lostAt1.front().second.toString();
+}
+
 TEST_F(Fixture, AMalformedMessageFromAPeerIsDroppedAndTheLinkStays) {
   joinAll(testConfig());
   int requests = 0;
