@@ -674,6 +674,13 @@ void Server::send(Connection& c, const pb::Envelope& msg, std::vector<UniqueFd> 
   Status st = pb::encode(msg, f.bytes, std::size_t{64} << 20);
   if (!st.isOk()) {
     DRAGON_LOG(Error, "server", "encoding a reply: %s", st.toString().c_str());
+    // The request that asked still gets an answer (a listing of processes with long command
+    // lines can pass the limit), or its client waits for ever.
+    if (msg.request_id() != 0 && !msg.has_error()) {
+      sendError(c, msg.request_id(),
+                Status(StatusCode::MessageTooLarge,
+                       "the answer is too large to send: " + std::string(st.message())));
+    }
     return;
   }
   f.fds = std::move(fds);

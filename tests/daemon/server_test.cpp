@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <atomic>
+#include <future>
 #include <ctime>
 #include <optional>
 #include <thread>
@@ -271,6 +272,36 @@ TEST(Server, AClientBlockedOnADragondThatDiesGetsPeerLostWithinASecond) {
   EXPECT_LT(returnedNs - killedAtNs.load(), 1'000'000'000) << "PeerLost within a second";
   EXPECT_EQ(c.listProcesses().error().code(), StatusCode::PeerLost) << "and every later call";
   kill(r->front().pid, SIGKILL);  // orphaned by the crash
+}
+
+// An answer too large to send (a listing of processes with long command lines, past 64 MiB)
+// is an error for the request that asked, not a silence that leaves the client waiting.
+TEST(Server, AnAnswerTooLargeToSendIsAnErrorNotASilence) {
+  auto d = RunningDaemon::start();
+  ASSERT_TRUE(d);
+  Client c = d->connect();
+  SpawnOptions o;
+  o.argv = {"/bin/sh", "-c", "exec sleep 600", "sh"};
+  for (int i = 0; i < 15; ++i) o.argv.push_back(std::string(120'000, static_cast<char>('a' + i)));
+  o.count = 45;  // 45 records of 1.8 MB: 81 MB
+  auto r = c.spawn(o);
+  ASSERT_TRUE(r.has_value()) << r.error().toString();
+  std::promise<Status> listed;
+  auto answer = listed.get_future();
+  std::thread asker([&] {
+    auto l = c.listProcesses();
+    listed.set_value(l.has_value() ? Status::ok() : l.error());
+  });
+  const bool answered = answer.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  EXPECT_TRUE(answered) << "no answer within 30 s";
+  if (!answered) d->crash();  // the call then returns PeerLost
+  asker.join();
+  if (answered) {
+    const Status st = answer.get();
+    EXPECT_EQ(st.code(), StatusCode::MessageTooLarge) << st.toString();
+    EXPECT_TRUE(c.signal({r->front().puid}, SIGKILL).isOk()) << "the connection still serves";
+  }
+  for (const auto& p : *r) kill(p.pid, SIGKILL);
 }
 
 // Another user, made for the test.
