@@ -258,7 +258,8 @@ class PrivateDaemon {
 };
 
 bool isPythonScript(const std::string& program) {
-  return program.size() > 3 && program.compare(program.size() - 3, 3, ".py") == 0;
+  return (program.size() > 3 && program.compare(program.size() - 3, 3, ".py") == 0) ||
+         (program.size() > 4 && program.compare(program.size() - 4, 4, ".pyc") == 0);
 }
 
 // Where the `dragon` package is: beside this launcher in a build tree (build/python), else
@@ -326,10 +327,22 @@ std::optional<int> parse(int argc, char** argv, Options& o) {
       case OptLogLevel: o.logLevel = optarg; break;
       case OptVersion: std::printf("dragon %s\n", DRAGON_VERSION); return 0;
       case OptHelp: std::fputs(kUsage, stdout); return 0;
-      default:
-        complain(std::string("unknown or incomplete option '") + argv[optind - 1] + "' (see --help)");
+      default: {
+        // A long option names itself; a short one (`-help` is -h, e, l, p: there are none) is
+        // optopt, while optind may still point at the word it came from.
+        const bool isLong = optind >= 2 && std::strncmp(argv[optind - 1], "--", 2) == 0;
+        const std::string what = !isLong && optopt > ' ' && optopt < 127
+                                     ? std::string("-") + static_cast<char>(optopt)
+                                     : std::string(argv[optind - 1]);
+        complain("unknown or incomplete option '" + what + "' (see --help)");
         return 2;
+      }
     }
+  }
+  if (o.forcePrivate && !o.socket.empty()) {
+    complain(std::string("--private starts a dragond of the job's own; --socket names one to use: "
+                         "give one of them"));
+    return 2;
   }
   for (int i = optind; i < argc; ++i) o.program.emplace_back(argv[i]);
   if (o.program.empty()) {

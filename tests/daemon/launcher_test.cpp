@@ -128,6 +128,16 @@ TEST_F(Launcher, BadCommandLinesAndMissingProgramsAreClearErrors) {
   auto [st2, out2] = finish(launch({"--bogus", "x"}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st2), 2);
   EXPECT_NE(out2.find("--bogus"), std::string::npos) << out2;
+  // Short options run together are named by the one that is unknown, not by "dragon".
+  auto [st4, out4] = finish(launch({"-help"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st4), 2);
+  EXPECT_NE(out4.find("option '-h'"), std::string::npos) << out4;
+  auto [st5, out5] = finish(launch({"--socket"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st5), 2);
+  EXPECT_NE(out5.find("option '--socket'"), std::string::npos) << out5;
+  auto [st6, out6] = finish(launch({"--private", "--socket", runtime_ + "/x.sock", "true"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st6), 2);
+  EXPECT_NE(out6.find("--private"), std::string::npos) << out6;
   auto [st3, out3] = finish(launch({"no-such-program-xyz"}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st3), 127);
   EXPECT_NE(out3.find("no-such-program-xyz"), std::string::npos) << out3;

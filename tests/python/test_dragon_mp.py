@@ -2183,6 +2183,22 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(r.stdout, "dragon ['a', 'b'] 49\n")
 
     @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
+    def test_dragon_app_pyc_runs_the_compiled_script_under_python(self):
+        import py_compile
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "app.py"), "w") as f:
+                f.write("import multiprocessing as mp, sys\n"
+                        "def sq(x):\n    return x * x\n"
+                        "if __name__ == '__main__':\n"
+                        "    with mp.Pool(2) as p:\n"
+                        "        print(mp.get_start_method(), sys.argv[1:], sum(p.map(sq, range(10))))\n")
+            compiled = py_compile.compile(os.path.join(d, "app.py"), cfile=os.path.join(d, "app.pyc"))
+            env = {k: v for k, v in os.environ.items() if k != "DRAGON_SOCKET"}
+            r = subprocess.run([self.LAUNCHER, compiled, "x"], capture_output=True, text=True,
+                               timeout=120, env=env)
+        self.assertEqual((r.returncode, r.stdout), (0, "dragon ['x'] 285\n"), r.stderr)
+
+    @unittest.skipUnless(os.environ.get("DRAGON_LAUNCHER"), "needs DRAGON_LAUNCHER")
     def test_each_process_output_lines_are_whole_and_carry_its_own_puid_under_label(self):
         # The first child is a fresh interpreter, the others come from the template (once it
         # is ready): each writes its lines in pieces, which would tear if children shared a
