@@ -762,6 +762,7 @@ void Server::closeConnection(std::uint64_t id) {
     jobRoots_.erase(c->job);
     if (processes_ != nullptr) processes_->endJob(c->job, nullptr);
   }
+  if (id == clusterRoot_) clusterRootGone();
   DRAGON_LOG(Debug, "server", "connection %llu (pid %d) closed",
              static_cast<unsigned long long>(id), c->peer.pid);
 }

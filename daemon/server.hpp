@@ -246,6 +246,11 @@ class Server {
   std::size_t breakHolds(std::function<bool(std::uint64_t)> gone, bool cleanEnd);
   static constexpr std::int64_t kBreakRetryNs = 10'000'000;
   void finishClusterJob(Result<int> outcome);
+  // This node's launcher went (killed, or it ended its part on a signal) before the job ended:
+  // this node leaves the job, so that the others hear of it even when this dragond stays (the
+  // Slurm prolog's).
+  void clusterRootGone();
+  void leaveClusterJob();
   protocol::Envelope jobEndEnvelope() const;
   // Answers the serving launcher's final WaitJobEnd once enough others were answered.
   void answerDrainWaiters(bool timedOut);

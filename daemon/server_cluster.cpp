@@ -291,11 +291,12 @@ bool Server::clusterProcess(const Request& rq, pb::Envelope& msg) {
       }
       // This node's launcher was told to stop (SIGTERM, scancel): its part of the job ends
       // here, and so does its wait for the job's end. The head node hears of it when this
-      // node's dragond goes.
+      // node leaves the job.
       const int code = msg.end_job().exit_code();
       processes_->endJob(clusterJob_, [this, reply = rq.later(), code] {
         finishClusterJob(code);
         reply(okEnvelope());
+        leaveClusterJob();
       }, msg.end_job().now());
       return true;
     }
@@ -662,6 +663,23 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
       if (!clusterEnded_) processes_->endJob(clusterJob_, nullptr);
     });
   }
+}
+
+void Server::clusterRootGone() {
+  if (cluster_ == nullptr || !cluster_->joined() || clusterEnded_) return;
+  const Status why(StatusCode::PeerLost, "the launcher of " + cluster_->describe(cluster_->self()) +
+                                             " went before the job ended");
+  DRAGON_LOG(Warn, "cluster", "%s: this node leaves the job", std::string(why.message()).c_str());
+  processes_->endJob(clusterJob_, nullptr);  // SIGTERM, then SIGKILL after kill_grace
+  finishClusterJob(why);
+  leaveClusterJob();
+}
+
+void Server::leaveClusterJob() {
+  // A private dragond goes with its launcher anyway; the Slurm prolog's stays for the
+  // allocation, and would otherwise keep its node in the job (heartbeats and all) while the
+  // other nodes wait for its part to end.
+  if (cluster_ != nullptr && cluster_->joined()) cluster_->shutdown();
 }
 
 pb::Envelope Server::jobEndEnvelope() const {

@@ -290,6 +290,34 @@ until [ "$("$CLUSTER" exec sinfo -h -n n3 -o '%T' 2>/dev/null)" = idle ]; do
   sleep 0.1
 done
 
+echo "--- a launcher SIGKILLed while the prolog's dragonds serve: the job ends on every node"
+# The prolog's dragond outlives its launcher (unlike a private one, which goes with it): its
+# node must leave the job, or the other nodes wait on it until the allocation's end.
+for rank in 0 1; do
+  klog=$(mktemp)
+  start_held_job "$klog" release-k
+  kpid=$HELD_PID
+  kjob=$(job_of "$(cat "$klog")")
+  launcher=$(pgrep -u $U1 -f -- "^$DRAGON sh -c" | while read -r p; do
+    if grep -qz "^PMIX_RANK=$rank$" "/proc/$p/environ" 2>/dev/null; then echo "$p"; fi; done | head -1)
+  [ -n "$launcher" ] || fail "no rank-$rank launcher"
+  kill -KILL "$launcher"
+  deadline=$((SECONDS + 30))
+  while kill -0 "$kpid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { cat "$klog"; fail "rank $rank's launcher SIGKILLed: srun still runs 30 s later"; }
+    sleep 0.1
+  done
+  set +e
+  wait "$kpid"; rc=$?
+  set -e
+  cat "$klog"
+  [ "$rc" -ne 0 ] || fail "rank $rank's launcher SIGKILLed: srun exited 0"
+  ! grep -q released "$klog" || fail "rank $rank's launcher SIGKILLed: the head ran on to its end"
+  rm -f "$klog"
+  wait_epilog "$kjob"
+  echo "ok: rank $rank's launcher SIGKILLed, srun exited $rc"
+done
+
 echo "--- a job of root: no dragond from the prolog"
 out=$(srun_dragon -- sh -c 'echo job=$SLURM_JOB_ID socket=$DRAGON_SOCKET' 2>&1) || fail "root's job failed: $out"
 echo "$out"
