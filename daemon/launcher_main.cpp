@@ -439,6 +439,7 @@ int runJob(const Options& o, dragon::UniqueFd sigfd) {
   Client::Options co;
   co.name = "dragon launcher";
   co.socketPath = socket;
+  co.newJob = true;  // also when a process of another job runs `dragon`
   Result<Client> client = Status(StatusCode::NotFound);
   if (!o.forcePrivate) client = Client::connect(co);
   if (!client.has_value() && client.error().code() == StatusCode::NotFound && o.socket.empty()) {
@@ -501,7 +502,11 @@ Result<std::unique_ptr<dragon::bootstrap::Bootstrap>> chooseBootstrap() {
     return b;
   }
   const long tasks = slurmStepTasks();
-  if (tasks > 1) {
+  // A process of a job (DRAGON_SOCKET names its node's dragond) that runs `dragon` inherits
+  // the step's SLURM_* but not its PMIX_* (runHead leaves those out): a job of its own on
+  // that dragond, not a step to wire up.
+  const char* inJob = std::getenv("DRAGON_SOCKET");
+  if (tasks > 1 && (inJob == nullptr || inJob[0] == '\0')) {
     return Status(StatusCode::InvalidArgument,
                   "srun started " + std::to_string(tasks) +
                       " tasks but no PMIx server answers, so they cannot form one job: run "
@@ -571,6 +576,7 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
   PrivateDaemon privateDaemon;
   Client::Options co;
   co.name = "dragon launcher (rank " + std::to_string(f.rank) + ")";
+  co.newJob = true;
   Result<Client> client = Status(StatusCode::NotFound);
   auto fail = [&](const std::string& what) {
     complain("rank " + std::to_string(f.rank) + " on " + f.hostname + ": " + what);

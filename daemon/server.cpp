@@ -179,8 +179,9 @@ void Server::processBuffered(std::uint64_t id) {
 std::uint64_t Server::jobOf(Connection& c) {
   if (c.job != 0) return c.job;
   // A process the runtime started, or one that such a process forked (the Python template's
-  // children), acts in its job; anyone else starts a job of its own.
-  c.job = processes_->jobOfPidOrAncestor(c.peer.pid);
+  // children), acts in its job; anyone else, or a launcher (Hello's new_job), starts a job of
+  // its own.
+  c.job = c.newJob ? 0 : processes_->jobOfPidOrAncestor(c.peer.pid);
   if (c.job == 0) {
     c.job = registry_.newJob();
     c.jobRoot = true;
@@ -207,6 +208,7 @@ void Server::handle(Connection& c, pb::Envelope& msg) {
       return;
     }
     c.hello = true;
+    c.newJob = h.new_job();
     c.name = h.client_name().substr(0, 64);
     pb::Envelope reply;
     reply.set_request_id(rid);

@@ -82,6 +82,7 @@ class Server {
     bool closing = false;    // close once the queue is flushed
     bool dead = false;       // close at the next turn of the loop
     std::uint64_t job = 0;   // the job its requests act in
+    bool newJob = false;     // its Hello asked for a job of its own
     bool jobRoot = false;    // it started the job: output goes here; closing ends the job
     std::uint32_t events = 0;  // what the loop watches for now
     bool drainScheduled = false;

@@ -758,6 +758,7 @@ Result<Client> Client::connect(const Options& options) {
   hello.mutable_hello()->set_min_version(pb::kVersion);
   hello.mutable_hello()->set_max_version(pb::kVersion);
   hello.mutable_hello()->set_client_name(options.name);
+  hello.mutable_hello()->set_new_job(options.newJob);
   // The handshake is bounded: a socket that accepts but never answers is not a dragond.
   hello.set_request_id(impl->nextId++);
   std::string frame;

@@ -36,4 +36,18 @@ echo "$out"
 [ "$rc" -ne 0 ] || fail "srun without PMIx succeeded"
 grep -q "srun --mpi=pmix" <<<"$out" || fail "the error does not name the fix"
 wait_nothing_left
+
+# A process of a 3-node job that runs `dragon` (a pipeline script's step): a job of its own on
+# its node's dragond, not an unwired step (it inherits the step's SLURM_*), whose end leaves
+# the enclosing job running.
+set +e
+# shellcheck disable=SC2016 # expanded by the head's shell
+out=$(srun_dragon -- sh -c '"'"$DRAGON"'" -- sh -c "echo inner on \$(hostname); exit 3"; echo "inner exited $?"; echo outer still here' 2>&1); rc=$?
+set -e
+echo "$out"
+[ "$rc" -eq 0 ] || fail "the enclosing job exited $rc"
+grep -q "^inner on n1$" <<<"$out" || fail "the inner job did not run"
+grep -q "^inner exited 3$" <<<"$out" || fail "the inner job's code did not come back"
+grep -q "^outer still here$" <<<"$out" || fail "the inner job's end ended the enclosing job"
+wait_nothing_left
 echo "ok"

@@ -250,6 +250,28 @@ TEST_F(Launcher, Usr1Usr2AndAlrmGoToTheHead) {
   EXPECT_NE(out.find("got-usr2"), std::string::npos) << out;
 }
 
+// `dragon` run by a process of a job (a pipeline script of steps, subprocess.run): a job of
+// its own on the same dragond, whose end leaves the enclosing job alone.
+TEST_F(Launcher, ADragonInsideAJobRunsAJobOfItsOwnAndLeavesTheEnclosingOneAlone) {
+  const std::string inner = std::string(LAUNCHER_PATH);
+  Launched l = launch({"/bin/sh", "-c",
+                       "sleep 600 & echo \"outer-bg $!\"; " + inner +
+                           " -- /bin/sh -c 'sleep 600 & echo \"inner-bg $!\"; exit 4'; "
+                           "echo \"inner-exit $?\"; kill -0 $! && echo outer-bg-alive; exit 0"},
+                      runtime_);
+  auto [st, out] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 0) << out;
+  EXPECT_NE(out.find("inner-exit 4"), std::string::npos) << out;
+  EXPECT_NE(out.find("outer-bg-alive"), std::string::npos) << out;
+  int innerBg = 0;
+  const auto at = out.find("inner-bg ");
+  ASSERT_NE(at, std::string::npos) << out;
+  ASSERT_EQ(std::sscanf(out.c_str() + at, "inner-bg %d", &innerBg), 1);
+  EXPECT_TRUE(testing::eventually([&] { return testing::processGone(innerBg); }))
+      << "the inner job's leftover process is ended with the inner job";
+  EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "no socket is left";
+}
+
 TEST_F(Launcher, SigtermEndsTheJob) {
   Launched l = launch({"/bin/sh", "-c", "echo ready; exec sleep 600"}, runtime_);
   std::string out;

@@ -251,6 +251,9 @@ class Client {
     // Fault every page of a pool in when it is mapped (no page faults on the data path later);
     // false maps lazily, so a process touches only the pages it uses.
     bool prefault = true;
+    // Start a job of its own (as the launcher does), even from a process of another job: what
+    // it spawns is in that new job, and its endJob() leaves the other job alone.
+    bool newJob = false;
   };
   static Result<Client> connect(const Options& options);
   static Result<Client> connect() { return connect(Options{}); }
