@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "pool/heap.hpp"
 
+#include <algorithm>
+
 #include <bit>
 #include <string>
 
@@ -195,9 +197,13 @@ void Heap::release(std::uint64_t block) noexcept {
   insertFree(block);
 }
 
-BlockHeader* Heap::usedBlockAtPayload(std::uint64_t payload) const noexcept {
-  if (payload < h_->heapBegin + kHeaderBytes || payload >= h_->heapEnd ||
-      (payload - h_->heapBegin) % kGranule != 0) {
+BlockHeader* Heap::usedBlockAtPayload(std::uint64_t payload, std::uint64_t mapped) const noexcept {
+  // The pool's header is memory every client can write: bounded by the mapping too (and read
+  // once), so that a scribbled header cannot send the caller outside it.
+  const std::uint64_t begin = h_->heapBegin;
+  const std::uint64_t end = std::min(h_->heapEnd, mapped);
+  if (payload < kHeaderBytes || payload >= end || payload - kHeaderBytes < begin ||
+      (payload - begin) % kGranule != 0) {
     return nullptr;
   }
   const std::uint64_t block = payload - kHeaderBytes;
@@ -207,7 +213,7 @@ BlockHeader* Heap::usedBlockAtPayload(std::uint64_t payload) const noexcept {
     return nullptr;
   }
   const std::uint64_t size = sf & ~kUsedBit;
-  if (size < kMinBlock || size > h_->heapEnd - block || b->requested > size - kHeaderBytes) {
+  if (size < kMinBlock || size > end - block || b->requested > size - kHeaderBytes) {
     return nullptr;
   }
   return b;

@@ -89,7 +89,8 @@ class Heap {
   PoolStats stats() const noexcept;
 
   // The header of the block whose payload is at `payload`, if that is a live allocation.
-  BlockHeader* usedBlockAtPayload(std::uint64_t payload) const noexcept;
+  // The used block whose payload is at `payload`, inside the first `mapped` bytes; null if none.
+  BlockHeader* usedBlockAtPayload(std::uint64_t payload, std::uint64_t mapped) const noexcept;
   BlockHeader* at(std::uint64_t off) const noexcept {
     return reinterpret_cast<BlockHeader*>(base_ + off);
   }

@@ -246,7 +246,7 @@ Status Pool::free(const PoolAllocation& a) {
     if (!lock.ok()) {
       return lock.status();
     }
-    if (heap.usedBlockAtPayload(a.offset) == nullptr) {
+    if (heap.usedBlockAtPayload(a.offset, map_.size()) == nullptr) {
       return Status(StatusCode::InvalidArgument,
                     "offset " + std::to_string(a.offset) +
                         " is not a live allocation of this pool (double free?)");
@@ -260,17 +260,19 @@ Status Pool::free(const PoolAllocation& a) {
 
 Result<PoolAllocation> Pool::allocationAt(std::uint64_t payloadOffset) const {
   Heap heap(map_.data(), header());
-  const BlockHeader* b = heap.usedBlockAtPayload(payloadOffset);
-  if (b == nullptr) {
+  const BlockHeader* b = heap.usedBlockAtPayload(payloadOffset, map_.size());
+  // Its length read once, and checked again: another process may write the header meanwhile.
+  const std::uint64_t requested = b != nullptr ? b->requested : 0;
+  if (b == nullptr || requested > map_.size() - payloadOffset) {
     return Status(StatusCode::InvalidArgument,
                   "offset " + std::to_string(payloadOffset) + " is not a live allocation");
   }
-  return PoolAllocation{id_, payloadOffset, b->requested};
+  return PoolAllocation{id_, payloadOffset, requested};
 }
 
 Result<OwnerTag> Pool::ownerOf(const PoolAllocation& a) const {
   Heap heap(map_.data(), header());
-  const BlockHeader* b = a.poolId == id_ ? heap.usedBlockAtPayload(a.offset) : nullptr;
+  const BlockHeader* b = a.poolId == id_ ? heap.usedBlockAtPayload(a.offset, map_.size()) : nullptr;
   if (b == nullptr) {
     return Status(StatusCode::InvalidArgument, "not a live allocation of this pool");
   }
@@ -279,7 +281,7 @@ Result<OwnerTag> Pool::ownerOf(const PoolAllocation& a) const {
 
 Status Pool::setOwner(const PoolAllocation& a, OwnerTag owner) noexcept {
   Heap heap(map_.data(), header());
-  BlockHeader* b = a.poolId == id_ ? heap.usedBlockAtPayload(a.offset) : nullptr;
+  BlockHeader* b = a.poolId == id_ ? heap.usedBlockAtPayload(a.offset, map_.size()) : nullptr;
   if (b == nullptr) {
     return Status(StatusCode::InvalidArgument);
   }

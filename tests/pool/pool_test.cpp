@@ -278,6 +278,37 @@ TEST(Pool, LockHeldByAKilledProcessIsRecovered) {
   EXPECT_EQ(pool.stats()->allocationCount, 2u);
 }
 
+// The pool's header and block headers are memory every client of the pool can write: a
+// program that scribbles over them (a stray write through a raw view) must not send dragond,
+// which looks allocations up for remote transfers, outside its mapping.
+TEST(Pool, AnAllocationLookupStaysInsideTheMappingWhateverTheHeadersSay) {
+  Pool pool = makePool();
+  auto a = *pool.alloc(1000);
+  auto* h = static_cast<detail::PoolHeader*>(pool.pointerAt(0));
+  detail::Heap heap(pool.pointerAt(0), h);
+  const std::uint64_t size = pool.segmentSize();
+  // The heap's bounds scribbled over.
+  const std::uint64_t begin = h->heapBegin, end = h->heapEnd;
+  h->heapEnd = ~std::uint64_t{0} - 4096;
+  for (std::uint64_t at : {size, size + 4096, size + (std::uint64_t{1} << 40), ~std::uint64_t{0} - 63}) {
+    EXPECT_FALSE(pool.allocationAt(at).has_value()) << at;
+  }
+  h->heapBegin = ~std::uint64_t{0} - 32;  // heapBegin + a header wraps past zero
+  EXPECT_FALSE(pool.allocationAt(16).has_value());
+  EXPECT_FALSE(pool.allocationAt(0).has_value());
+  h->heapBegin = begin;
+  h->heapEnd = end;
+  // A live block's size and requested length scribbled over.
+  auto* b = heap.at(a.offset - detail::kHeaderBytes);
+  const std::uint64_t requested = b->requested;
+  b->requested = size;  // past the mapping's end from the block's payload
+  EXPECT_FALSE(pool.allocationAt(a.offset).has_value());
+  b->requested = requested;
+  auto ok = pool.allocationAt(a.offset);
+  ASSERT_TRUE(ok.has_value()) << ok.error().toString();
+  EXPECT_EQ(ok->size, 1000u);
+}
+
 // The states a process killed half-way through alloc or free leaves behind, made by hand, must
 // all be repaired by the rebuild that follows a dead lock owner.
 TEST(Pool, RebuildRepairsEveryHalfDoneOperation) {
