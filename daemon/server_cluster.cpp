@@ -404,14 +404,19 @@ void Server::clusterSignalGroup(Reply reply, const pb::Signal& sig) {
   const bool here = !registry_.groupMembers(sig.group()).empty();
   const Status local = here ? localSignal(sig) : Status::ok();
   global_->listGroup(sig.group(), [this, sig, reply, here, local](Result<std::vector<ProcessRecord>> members) {
-    std::set<std::uint32_t> others;
-    if (members.has_value()) {
-      for (const auto& m : *members) {
-        if (m.node != cluster_->self()) others.insert(m.node);
-      }
-    } else if (!here) {
-      reply(errorEnvelope(members.error()));
+    if (!members.has_value()) {
+      // Members on other nodes, if any, were not signalled: not an Ok, also when this node's
+      // were.
+      reply(errorEnvelope(
+          !here ? members.error()
+                : Status(members.error().code(),
+                         "signalled the group's processes on this node only: " +
+                             std::string(members.error().message()))));
       return;
+    }
+    std::set<std::uint32_t> others;
+    for (const auto& m : *members) {
+      if (m.node != cluster_->self()) others.insert(m.node);
     }
     if (others.empty()) {
       reply(!here ? errorEnvelope(Status(StatusCode::NotFound, "no process group " + std::to_string(sig.group())))

@@ -19,6 +19,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
@@ -50,6 +51,10 @@ struct Dispatch : ::testing::Test {
   std::unique_ptr<Server> server;
   std::unique_ptr<ProcessManager> processes;
   std::vector<std::unique_ptr<Cluster>> nodes;  // node 1's is the server's
+  // Node 1 joins as under a launcher: its JoinCluster on this connection, which stays open
+  // (global services start with it). Otherwise its Cluster is joined directly.
+  bool joinThroughServer = false;
+  UniqueFd launcher;
 
   void SetUp() override {
     char tmpl[] = "/tmp/dragon-test-XXXXXX";
@@ -79,7 +84,18 @@ struct Dispatch : ::testing::Test {
     }
     server->setCluster(*nodes[kServed], dir + "/dragond.sock", 1'000'000'000, 1'000'000'000);
     const pb::JoinCluster j = nodeTable(nodes);
-    for (auto& n : nodes) ASSERT_TRUE(n->join(j).isOk());
+    for (std::uint32_t i = 0; i < kNodes; ++i) {
+      if (i == kServed && joinThroughServer) continue;
+      ASSERT_TRUE(nodes[i]->join(j).isOk());
+    }
+    if (joinThroughServer) {
+      launcher = connectClient();
+      pb::Envelope join;
+      *join.mutable_join_cluster() = j;
+      const std::vector<pb::Envelope> joined = askOn(launcher.get(), {join});
+      ASSERT_EQ(joined.size(), 1u);
+      ASSERT_FALSE(joined[0].has_error()) << joined[0].DebugString();
+    }
   }
 
   void TearDown() override {
@@ -113,42 +129,55 @@ struct Dispatch : ::testing::Test {
     return e.has_error() ? e.error().message() : std::string();
   }
 
-  // `requests` sent, after a Hello, by a client of the served node on its Unix socket; the
-  // answers, in order (request ids 2, 3, ...).
-  std::vector<pb::Envelope> askAsClient(const std::vector<pb::Envelope>& requests) {
+  // A new client connection to the served node's Unix socket.
+  UniqueFd connectClient() {
     UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     const std::string path = dir + "/dragond.sock";
     std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
     EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(fcntl(fd.get(), F_SETFL, O_NONBLOCK), 0);
+    return fd;
+  }
+
+  // `requests` sent on `fd`, after a Hello if `hello` (a new connection); the answers, in
+  // order.
+  std::vector<pb::Envelope> askOn(int fd, const std::vector<pb::Envelope>& requests,
+                                  bool hello = true) {
     std::string bytes;
-    pb::Envelope hello;
-    hello.set_request_id(1);
-    hello.mutable_hello()->set_min_version(pb::kVersion);
-    hello.mutable_hello()->set_max_version(pb::kVersion);
-    std::vector<pb::Envelope> all = {hello};
+    std::vector<pb::Envelope> all;
+    if (hello) {
+      all.emplace_back().mutable_hello()->set_min_version(pb::kVersion);
+      all.back().mutable_hello()->set_max_version(pb::kVersion);
+    }
     all.insert(all.end(), requests.begin(), requests.end());
     for (std::size_t i = 0; i < all.size(); ++i) {
-      all[i].set_request_id(i + 1);
+      all[i].set_request_id(++lastRequestId);
       std::string frame;
       EXPECT_TRUE(pb::encode(all[i], frame).isOk());
       bytes += frame;
     }
-    EXPECT_EQ(write(fd.get(), bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
-    EXPECT_EQ(fcntl(fd.get(), F_SETFL, O_NONBLOCK), 0);
+    EXPECT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
     pb::FrameDecoder decoder;
     std::vector<pb::Envelope> answers;
     runUntil(*loop, [&] {
       char buf[4096];
-      const ssize_t n = read(fd.get(), buf, sizeof buf);
+      const ssize_t n = read(fd, buf, sizeof buf);
       if (n > 0) decoder.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
       for (auto m = decoder.next(); m.has_value(); m = decoder.next()) answers.push_back(*m);
       return answers.size() == all.size();
     });
     EXPECT_EQ(answers.size(), all.size());
-    if (!answers.empty()) answers.erase(answers.begin());  // the HelloReply
+    if (hello && !answers.empty()) answers.erase(answers.begin());  // the HelloReply
     return answers;
+  }
+  std::uint64_t lastRequestId = 0;
+
+  // `requests` sent by a client of the served node on a connection of their own.
+  std::vector<pb::Envelope> askAsClient(const std::vector<pb::Envelope>& requests) {
+    UniqueFd fd = connectClient();
+    return askOn(fd.get(), requests);
   }
 
   // A lock of the served node: a channel that tracks its holder, with its one token in it.
@@ -338,6 +367,57 @@ TEST_F(Dispatch, ThePeersRequestsAreRefusedFromALocalClient) {
   EXPECT_EQ(errorOf(answers[2]), "not a request dragond serves");
   EXPECT_FALSE(channel->isClosed());
   EXPECT_EQ(channel->size(), 1u);
+}
+
+struct DispatchUnderALauncher : Dispatch {
+  void SetUp() override {
+    joinThroughServer = true;
+    Dispatch::SetUp();
+  }
+};
+
+TEST_F(DispatchUnderALauncher, AGroupSignalThatCannotListTheGroupIsAnErrorAlsoWhenThisNodesMembersWereSignalled) {
+  // Global services (node 0 here) cannot list the group: its members on other nodes are not
+  // reached, so the requester must not hear Ok, though this node's members were signalled.
+  nodes[0]->setRequestHandler([](std::uint32_t, pb::Envelope& m, Cluster::Reply reply) {
+    pb::Envelope answer;
+    if (m.has_list_processes()) {
+      pb::fillError(*answer.mutable_error(), Status(StatusCode::Internal, "listing failed"));
+    } else {
+      answer.mutable_ok();
+    }
+    reply(std::move(answer));
+  });
+  pb::Envelope spawn;
+  spawn.mutable_spawn()->add_argv("/bin/sleep");
+  spawn.mutable_spawn()->add_argv("600");
+  spawn.mutable_spawn()->set_count(2);
+  spawn.mutable_spawn()->set_stdout_mode(pb::Spawn::NULL_DEVICE);
+  spawn.mutable_spawn()->set_stderr_mode(pb::Spawn::NULL_DEVICE);
+  spawn.mutable_spawn()->set_stdin_mode(pb::Spawn::NULL_DEVICE);
+  // Started by the launcher's connection, which stays open (a connection's processes end with
+  // it), into a group of their own on this node.
+  const std::vector<pb::Envelope> started = askOn(launcher.get(), {spawn}, false);
+  ASSERT_EQ(started.size(), 1u);
+  ASSERT_TRUE(started[0].has_spawned()) << started[0].DebugString();
+  const std::uint64_t group = started[0].spawned().group();
+  ASSERT_NE(group, 0u);
+  pb::Envelope sig;
+  sig.mutable_signal()->set_group(group);
+  sig.mutable_signal()->set_signal(SIGTERM);
+  const std::vector<pb::Envelope> answers = askOn(launcher.get(), {sig}, false);
+  ASSERT_EQ(answers.size(), 1u);
+  ASSERT_TRUE(answers[0].has_error()) << answers[0].DebugString();
+  EXPECT_EQ(errorOf(answers[0]),
+            "signalled the group's processes on this node only: listing failed");
+  // This node's members did get the signal.
+  std::optional<Result<std::vector<ExitRecord>>> exits;
+  processes->wait({started[0].spawned().puid().begin(), started[0].spawned().puid().end()},
+                  -1, [&](Result<std::vector<ExitRecord>> r) { exits = std::move(r); });
+  ASSERT_TRUE(runUntil(*loop, [&] { return exits.has_value(); }));
+  ASSERT_TRUE(exits->has_value()) << exits->error().toString();
+  ASSERT_EQ((*exits)->size(), 2u);
+  for (const auto& e : **exits) EXPECT_EQ(e.signal, SIGTERM);
 }
 
 }  // namespace
