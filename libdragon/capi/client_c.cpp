@@ -215,6 +215,7 @@ dragon_status_t spawnPlaced(dragon_client_t* client, const dragon_spawn_options_
     for (auto* a = options->argv; *a != nullptr; ++a) o.argv.emplace_back(*a);
     if (options->env != nullptr) {
       for (auto* e = options->env; *e != nullptr; ++e) o.env.emplace_back(*e);
+      o.inheritEnv = false;  // {NULL} is an empty environment; only NULL means this process's
     }
     o.cwd = options->cwd == nullptr ? "" : options->cwd;
     o.stdinMode = stdioOf(options->stdin_mode);

@@ -900,7 +900,7 @@ Result<std::vector<ProcessInfo>> Client::spawn(const SpawnOptions& o) {
   pb::Envelope req;
   auto* s = req.mutable_spawn();
   for (const auto& a : o.argv) s->add_argv(a);
-  if (o.env.empty()) {
+  if (o.env.empty() && o.inheritEnv) {
     for (char** e = environ; *e != nullptr; ++e) s->add_env(*e);
   } else {
     for (const auto& e : o.env) s->add_env(e);

@@ -114,6 +114,21 @@ int main(void) {
   CHECK(ex.exit_code == 4 && ex.signal == 0);
   CHECK(out.lines == 1 && strstr(out.last, "] from-c\n") != NULL);
 
+  /* An empty environment ({NULL}) is empty; only env NULL means this process's. */
+  CHECK(setenv("DRAGON_CAPI_MARK", "1", 1) == 0);
+  const char* noEnv[] = {NULL};
+  const char* noMark[] = {"/bin/sh", "-c", "test -z \"$DRAGON_CAPI_MARK\"", NULL};
+  o.argv = noMark;
+  o.label = NULL;
+  o.env = noEnv;
+  CHECK(dragon_client_spawn(a, &o, &proc, 1, &n) == DRAGON_OK);
+  CHECK(dragon_client_wait(a, &proc.puid, 1, DRAGON_TIMEOUT_FOREVER, &ex) == DRAGON_OK);
+  CHECK(ex.exit_code == 0 && ex.signal == 0);
+  o.env = NULL;
+  CHECK(dragon_client_spawn(a, &o, &proc, 1, &n) == DRAGON_OK);
+  CHECK(dragon_client_wait(a, &proc.puid, 1, DRAGON_TIMEOUT_FOREVER, &ex) == DRAGON_OK);
+  CHECK(ex.exit_code == 1 && ex.signal == 0);
+
   /* A group of three, signalled together. */
   const char* sleeper[] = {"/bin/sleep", "600", NULL};
   o.argv = sleeper;
@@ -122,7 +137,7 @@ int main(void) {
   CHECK(dragon_client_spawn(a, &o, group, 3, &n) == DRAGON_OK && n == 3);
   CHECK(group[0].group != 0 && group[0].group == group[2].group);
   dragon_process_entry_t entries[16];
-  CHECK(dragon_client_list_processes(a, entries, 16, &n) == DRAGON_OK && n == 4);
+  CHECK(dragon_client_list_processes(a, entries, 16, &n) == DRAGON_OK && n == 6);
   CHECK(dragon_client_signal_group(a, group[0].group, SIGTERM) == DRAGON_OK);
   uint64_t puids[3] = {group[0].puid, group[1].puid, group[2].puid};
   dragon_exit_t exits[3];

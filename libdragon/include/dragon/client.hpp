@@ -133,7 +133,8 @@ struct Placement {
 
 struct SpawnOptions {
   std::vector<std::string> argv;  // argv[0] is the program: a path, or a name looked up in PATH
-  std::vector<std::string> env;   // the whole environment ("NAME=value"); empty: this process's
+  std::vector<std::string> env;   // the whole environment ("NAME=value"); empty: see next
+  bool inheritEnv = true;         // an empty env means this process's; false: env exactly
   std::string cwd;                // empty: this process's
   Stdio stdinMode = Stdio::Null;
   Stdio stdoutMode = Stdio::Capture;
