@@ -85,12 +85,13 @@ def _stop_private():
         return  # an os.fork() child's exit: the dragond and its job are its parent's
     # At exit (registered after multiprocessing's exit function, so run before it): first
     # what the launcher's runtime has done by the time its dragond goes, in the same order:
-    # this process's Pipe handles closed (its peers see end of file), then multiprocessing's
+    # multiprocessing's finalizers (a Pool left open) and this process's Pipe handles closed
+    # (its peers see end of file), then multiprocessing's
     # exit (queues flushed, daemonic children terminated, the others joined: a program may
     # end without joining them). Both are idempotent; their own atexit calls do nothing then.
     from multiprocessing import util
-    from .connection import _close_open_handles
-    _close_open_handles()
+    from .connection import _at_exit
+    _at_exit()
     util._exit_function()
     with _lock:
         if _client is not None:

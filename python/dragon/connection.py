@@ -284,6 +284,17 @@ class Connection:
             released()
         self._send_message(data)
 
+    def _try_send(self, obj):
+        """send(obj) if the channel has room for it now; False (nothing sent) if not."""
+        self._check(False)
+        data = dumps_inband(obj)
+        if held:
+            released()
+        try:
+            return self._send.try_send(data)
+        except ChannelClosed:
+            raise BrokenPipeError(errno.EPIPE, "the other end of the Pipe is closed") from None
+
     def _send_message(self, data):
         """Sends; BrokenPipeError, as an OS pipe's writer gets, once no process holds the
         other end for reading: the last reader's _give_back closes the channel, which also
@@ -552,7 +563,19 @@ def _close_open_handles():
         c.close()
 
 
-atexit.register(_close_open_handles)
+def _at_exit():
+    """This process's handles closed at exit, so that its peers see end of file at once, as
+    the kernel closes a stdlib Pipe's fds. multiprocessing's exit finalizers of priority >= 0
+    run first (a Pool left open is terminated by its finalizer, which still sends over its
+    queues): multiprocessing's own atexit function, registered before this one, would run
+    them after it. The rest of that function (daemonic children ended, the others joined)
+    runs later, with the handles closed, as before."""
+    from multiprocessing import util
+    util._run_finalizers(0)
+    _close_open_handles()
+
+
+atexit.register(_at_exit)
 
 
 def _channel_pair(fds=(None, None)):

@@ -321,6 +321,22 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("capacity",
                              [](PyChannel& c) { return c.ch->capacity(); })
       .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
+      .def(
+          "try_send",
+          [](PyChannel& c, py::buffer data) {
+            // Sent now, or False: no room (the channel full, or its pool out of blocks).
+            py::buffer_info info = data.request();
+            if (info.ndim > 1 && info.strides.back() != info.itemsize) {
+              throw py::value_error("send needs a contiguous buffer");
+            }
+            const auto* p = static_cast<const std::byte*>(info.ptr);
+            const auto n = static_cast<std::size_t>(info.size * info.itemsize);
+            const Status st = c.sendBytes({p, n}, dragon::Timeout::none());
+            if (!st.isOk() && isNotNow(st.code())) return false;
+            check(st);
+            return true;
+          },
+          py::arg("data"))
       .def("recv", &PyChannel::recv, py::arg("timeout") = py::none())
       .def("put", &PyChannel::put, py::arg("obj"), py::arg("block") = true,
            py::arg("timeout") = py::none(), py::arg("on_error") = py::none())

@@ -236,6 +236,18 @@ def send_big(q, size):
     q.put(bytes(range(256)) * (size // 256))
 
 
+_global_event = None
+
+
+def set_global_event(ev):
+    global _global_event
+    _global_event = ev
+
+
+def wait_global_event(timeout):
+    return _global_event.wait(timeout)
+
+
 def run_program(prefix, text, *args, timeout=120):
     """Runs `text` as a Python file with `prefix` (the launcher, an interpreter...) and
     `args`, outside any dragond of this suite (no DRAGON_SOCKET); the CompletedProcess."""
@@ -1969,6 +1981,49 @@ def square(x):
 
 
 class PoolAndWaitTest(unittest.TestCase):
+    def test_apply_async_never_blocks_when_the_task_channel_is_full(self):
+        # More tasks than the task channel holds (16384), queued behind a task that waits
+        # for an event the caller sets only after submitting them all: apply_async must not
+        # block (the stdlib's never does), and every task runs, in order.
+        ev = CTX.Event()
+        with CTX.Pool(1, initializer=set_global_event, initargs=(ev,)) as pool:
+            gate = pool.apply_async(wait_global_event, (60,))
+            results = [pool.apply_async(square, (i,)) for i in range(17000)]
+            ev.set()
+            self.assertTrue(gate.get(60))
+            self.assertEqual([r.get(60) for r in results], [i * i for i in range(17000)])
+
+    def test_a_pool_dropped_unclosed_is_collected_and_its_workers_end(self):
+        import gc
+        import weakref
+        pool = CTX.Pool(2)
+        self.assertEqual(pool.apply(square, (3,)), 9)
+        ref, workers = weakref.ref(pool), list(pool._pool)
+        del pool
+        deadline = time.monotonic() + 30
+        while ref() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        self.assertIsNone(ref(), "the pool is kept alive")
+        for w in workers:
+            w.join(30)
+            self.assertFalse(w.is_alive())
+
+    def test_a_pool_left_open_at_exit_ends_quietly(self):
+        script = (
+            "import multiprocessing as mp\n"
+            "def f(x):\n"
+            "    return x + 1\n"
+            "if __name__ == '__main__':\n"
+            "    pool = mp.get_context('dragon').Pool(2)\n"
+            "    print(pool.map(f, range(4)))\n")
+        launcher = os.environ.get("DRAGON_LAUNCHER")
+        for prefix in [[sys.executable]] + ([[launcher]] if launcher else []):
+            r = run_program(prefix, "import dragon\n" + script, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "[1, 2, 3, 4]\n")
+            self.assertNotIn("Traceback", r.stderr)
+
     def test_pool_map_apply_async_and_imap(self):
         with CTX.Pool(2) as pool:
             self.assertEqual(pool.map(square, range(20)), [x * x for x in range(20)])
