@@ -12,6 +12,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <sys/stat.h>
+#include <vector>
 
 extern char** environ;
 
@@ -91,10 +93,23 @@ class Loader {
       }
       return Status::fromErrno("cannot read configuration file " + path, errno);
     }
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      // An ifstream opens a directory and reads nothing from it: it would set nothing.
+      return invalid("configuration file " + path + " is not a regular file" +
+                     (S_ISDIR(st.st_mode) ? " (a directory)" : ""));
+    }
     std::stringstream text;
     text << in.rdbuf();
+    if (in.bad()) return Status::fromErrno("cannot read configuration file " + path, errno);
     try {
-      const YAML::Node root = YAML::Load(text.str());
+      const std::vector<YAML::Node> documents = YAML::LoadAll(text.str());
+      if (documents.size() > 1) {
+        // Only the first would be read: what follows a `---` would be ignored unsaid.
+        return invalid(where(path, documents[1].Mark()) +
+                       ": a configuration file is one YAML document (this is its second)");
+      }
+      const YAML::Node root = documents.empty() ? YAML::Node() : documents.front();
       if (root.IsNull()) {
         return Status::ok();  // an empty file sets nothing
       }

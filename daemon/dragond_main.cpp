@@ -21,6 +21,8 @@ The Dragon runtime's per-node service: processes, output, shared-memory pools an
   --socket PATH       listen on PATH instead of RUNTIME_DIR/dragond.sock
   --log-level LEVEL   debug, info, warn, error or off
   --allow-root        run even as root (dragond should run as the user it serves)
+  --ready-fd FD       write "ready" to FD, then close it, once serving (how a Slurm prolog
+                      or a Python program that starts dragond waits for it)
   --exit-with-fd FD   stop (as on SIGTERM) once FD, a pipe's read end, reaches end of file:
                       a private dragond ends with the process holding the write end
   --node-id N         serve node N of a multi-node job: open the transport
@@ -55,12 +57,13 @@ int run(int argc, char** argv) {
   };
   dragon::config::LoadOptions load;
   dragon::daemon::DaemonOptions options;
+  bool standalone = false;
   bool print = false;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "", kOptions, nullptr)) != -1) {
     switch (c) {
-      case OptStandalone: options.standalone = true; break;
+      case OptStandalone: standalone = true; break;
       case OptConfig: load.explicitFile = optarg; break;
       case OptSet: {
         std::string kv = optarg;
@@ -81,8 +84,9 @@ int run(int argc, char** argv) {
       case OptReadyFd: {
         char* end = nullptr;
         const long fd = std::strtol(optarg, &end, 10);
-        if (end == optarg || *end != '\0' || fd < 0 || fd > 1 << 20) {
-          std::fprintf(stderr, "dragond: --ready-fd wants an fd number, not '%s'\n", optarg);
+        if (end == optarg || *end != '\0' || fd < 0 || fd > 1 << 20 ||
+            fcntl(static_cast<int>(fd), F_GETFD) < 0) {
+          std::fprintf(stderr, "dragond: --ready-fd wants an open fd, not '%s'\n", optarg);
           return 2;
         }
         options.readyFd = static_cast<int>(fd);
@@ -120,6 +124,12 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "dragond: unexpected argument '%s' (see --help)\n", argv[optind]);
     return 2;
   }
+  if (standalone && options.nodeId >= 0) {
+    std::fputs("dragond: --standalone and --node-id exclude each other: a node of a multi-node "
+               "job is not alone\n", stderr);
+    return 2;
+  }
+  options.standalone = options.nodeId < 0;
   auto config = dragon::config::Config::load(load);
   if (!config.has_value()) {
     std::fprintf(stderr, "dragond: %s\n", std::string(config.error().message()).c_str());

@@ -136,6 +136,20 @@ TEST_F(ConfigTest, MalformedFilesAreClearErrors) {
             std::string::npos);
   EXPECT_NE(loadError("? [a, b]\n: 1\n").toString().find("plain names"), std::string::npos);
   EXPECT_NE(loadError("\t\x01\xff: x\n").code(), StatusCode::Ok);
+  // A second document would be ignored: an error naming where it starts.
+  EXPECT_NE(loadError("log_level: info\n---\npool.default_size: 1GiB\n").toString().find(
+                "c.yaml:3:1: a configuration file is one YAML document (this is its second)"),
+            std::string::npos);
+}
+
+TEST_F(ConfigTest, AConfigurationPathThatIsADirectoryIsAnError) {
+  LoadOptions o = isolated();
+  o.explicitFile = dir_;
+  auto c = Config::load(o);
+  ASSERT_FALSE(c.has_value()) << "a directory read as an empty file";
+  EXPECT_NE(c.error().toString().find(dir_ + " is not a regular file (a directory)"),
+            std::string::npos)
+      << c.error().toString();
 }
 
 TEST_F(ConfigTest, MissingOptionalFilesAreFineAMissingExplicitOneIsNot) {

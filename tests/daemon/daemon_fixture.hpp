@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -52,10 +53,14 @@ class RunningDaemon {
     d->socket_ = d->dir_ + "/" + socketName;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) != 0) return nullptr;
-    std::vector<std::string> args = {DRAGOND_PATH, "--standalone", "--socket", d->socket_,
+    std::vector<std::string> args = {DRAGOND_PATH, "--socket", d->socket_,
                                      "--ready-fd", std::to_string(ready[1]), "--allow-root",
                                      "--set", "process.kill_grace=2s", "--set",
                                      "pool.default_size=4MiB"};
+    // Alone unless `extra` makes it a node of a job.
+    if (std::find(extra.begin(), extra.end(), "--node-id") == extra.end()) {
+      args.push_back("--standalone");
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     d->pid_ = fork();
     if (d->pid_ == 0) {
