@@ -88,6 +88,11 @@ class Config {
   friend class Loader;
 };
 
+// Where the configuration puts dragond's socket: the `socket` key, else `runtime_dir`'s
+// dragond.sock; empty when it sets neither (then the client library's default applies). What
+// dragond listens on, and where the launcher and Python look for it.
+std::string configuredSocketPath(const Config& config);
+
 // Parsers shared by every source, exposed for tests: the value as text -> a Value, or a
 // message saying what was expected.
 Result<Value> parseValue(const KeySpec& spec, std::string_view text);

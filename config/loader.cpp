@@ -289,4 +289,11 @@ std::string Config::print() const {
   return out;
 }
 
+std::string configuredSocketPath(const Config& config) {
+  const std::string& socket = config.getString("socket");
+  if (!socket.empty()) return socket;
+  const std::string& dir = config.getString("runtime_dir");
+  return dir.empty() ? std::string() : dir + "/dragond.sock";
+}
+
 }  // namespace dragon::config

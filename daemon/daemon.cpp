@@ -197,8 +197,8 @@ class Daemon {
 }  // namespace
 
 std::string socketPathFor(const config::Config& config) {
-  const std::string& s = config.getString("socket");
-  return s.empty() ? runtimeDirFor(config) + "/dragond.sock" : s;
+  const std::string s = config::configuredSocketPath(config);
+  return s.empty() ? defaultRuntimeDir() + "/dragond.sock" : s;
 }
 
 int runDaemon(const DaemonOptions& options) {

@@ -52,8 +52,9 @@ for the job and stops it at the end.
   --label          prefix every output line with "[NODE:PUID] " (the node it ran on, its id)
   --socket PATH    the dragond to use (default: $DRAGON_SOCKET, else RUNTIME_DIR/dragond.sock)
   --private        always start a private dragond for this job
-  --config FILE    configuration file for a private dragond
-  --log-level L    log level of a private dragond (debug, info, warn, error, off)
+  --config FILE    configuration file for a private dragond (implies --private)
+  --log-level L    log level of a private dragond (debug, info, warn, error, off;
+                   implies --private)
   --version        print the version and exit
   --help           print this and exit
 
@@ -433,15 +434,36 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   return exited->front().shellCode();
 }
 
+// The dragond a job of this launcher uses unless told (--socket): DRAGON_SOCKET, else where
+// the configuration puts dragond's socket (`socket`, `runtime_dir`: as dragond reads them),
+// else the default place.
+std::string sharedSocket(const Options& o) {
+  const char* env = std::getenv("DRAGON_SOCKET");
+  if (env == nullptr || env[0] == '\0') {
+    dragon::config::LoadOptions lo;
+    if (!o.config.empty()) lo.explicitFile = o.config;
+    auto cfg = dragon::config::Config::load(lo);
+    // A configuration that does not load: the private dragond started next reports why.
+    if (cfg.has_value()) {
+      std::string configured = dragon::config::configuredSocketPath(*cfg);
+      if (!configured.empty()) return configured;
+    }
+  }
+  return dragon::defaultSocketPath();
+}
+
 int runJob(const Options& o, dragon::UniqueFd sigfd) {
   PrivateDaemon privateDaemon;
-  std::string socket = o.socket.empty() ? dragon::defaultSocketPath() : o.socket;
+  std::string socket = o.socket.empty() ? sharedSocket(o) : o.socket;
   Client::Options co;
   co.name = "dragon launcher";
   co.socketPath = socket;
   co.newJob = true;  // also when a process of another job runs `dragon`
   Result<Client> client = Status(StatusCode::NotFound);
-  if (!o.forcePrivate) client = Client::connect(co);
+  // --config and --log-level are for a dragond of the job's own (a running one has its
+  // configuration): they start one, as in a multi-node job.
+  const bool ownDragond = o.forcePrivate || !o.config.empty() || !o.logLevel.empty();
+  if (!ownDragond) client = Client::connect(co);
   if (!client.has_value() && client.error().code() == StatusCode::NotFound && o.socket.empty()) {
     Status st = privateDaemon.start(o, socket);
     if (!st.isOk()) {

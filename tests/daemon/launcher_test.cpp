@@ -4,8 +4,10 @@
 #include "daemon_fixture.hpp"
 
 #include <dirent.h>
+#include <fstream>
 #include <random>
 #include <set>
+#include <sys/stat.h>
 
 namespace dragon {
 namespace {
@@ -301,6 +303,36 @@ TEST_F(Launcher, UsesARunningDragondAndPsListsTheJob) {
   // The shared dragond keeps serving after the job.
   Client c = d->connect();
   EXPECT_TRUE(c.listProcesses().has_value());
+}
+
+TEST_F(Launcher, FindsTheDragondWhereTheConfigurationPutsItAndConfigFlagsStartItsOwn) {
+  // The user's dragon.yaml puts dragond's runtime directory elsewhere: the launcher looks
+  // there, as dragond listens there.
+  const std::string home = testing::makeTempDir();
+  const std::string served = testing::makeTempDir();
+  ASSERT_EQ(mkdir((home + "/dragon").c_str(), 0700), 0);
+  {
+    std::ofstream f(home + "/dragon/dragon.yaml");
+    f << "runtime_dir: " << served << "\n";
+  }
+  auto d = RunningDaemon::start({}, served, "dragond.sock");
+  ASSERT_TRUE(d);
+  const std::string xdg = "XDG_CONFIG_HOME=" + home;
+  auto [st, out] = finish(launch({"/bin/sh", "-c", "echo $DRAGON_SOCKET"}, runtime_, {xdg}));
+  EXPECT_EQ(testing::exitCodeOf(st), 0) << out;
+  EXPECT_NE(out.find(served + "/dragond.sock\n"), std::string::npos) << out;
+  EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "no private dragond was started";
+  d.reset();
+  testing::removeTree(home);
+  // --log-level (as --config) is for a dragond of the job's own: it starts one, also when
+  // one serves in the default place.
+  ASSERT_TRUE(mkdir((runtime_ + "/dragon").c_str(), 0700) == 0 || errno == EEXIST);
+  auto running = RunningDaemon::start({}, runtime_ + "/dragon", "dragond.sock");
+  ASSERT_TRUE(running);
+  auto [st2, out2] =
+      finish(launch({"--log-level", "warn", "/bin/sh", "-c", "echo $DRAGON_SOCKET"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st2), 0) << out2;
+  EXPECT_NE(out2.find(runtime_ + "/dragon/job-"), std::string::npos) << out2;
 }
 
 TEST_F(Launcher, PsWithoutADragondSaysSo) {
