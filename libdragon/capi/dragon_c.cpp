@@ -80,24 +80,28 @@ dragon_status_t dragon_pool_attach(int fd, const dragon_descriptor_t* desc,
 void dragon_pool_detach(dragon_pool_t* pool) { delete pool; }
 
 dragon_status_t dragon_pool_fd(const dragon_pool_t* pool, int* out_fd) {
-  if (pool == nullptr || out_fd == nullptr) {
-    return invalid("pool or out_fd is NULL");
-  }
-  if (pool->pool->fd() < 0) {
-    return fail(dragon::Status(dragon::StatusCode::NotFound,
-                               "this process holds no fd for the pool (a client maps the pools "
-                               "dragond grants it and keeps no fd)"));
-  }
-  *out_fd = pool->pool->fd();
-  return DRAGON_OK;
+  return guarded([&] {
+    if (pool == nullptr || out_fd == nullptr) {
+      return invalid("pool or out_fd is NULL");
+    }
+    if (pool->pool->fd() < 0) {
+      return fail(dragon::Status(dragon::StatusCode::NotFound,
+                                 "this process holds no fd for the pool (a client maps the pools "
+                                 "dragond grants it and keeps no fd)"));
+    }
+    *out_fd = pool->pool->fd();
+    return DRAGON_OK;
+  });
 }
 
 dragon_status_t dragon_pool_descriptor(const dragon_pool_t* pool, dragon_descriptor_t* out_desc) {
-  if (pool == nullptr || out_desc == nullptr) {
-    return invalid("pool or out_desc is NULL");
-  }
-  fromDesc(pool->pool->descriptor(), out_desc);
-  return DRAGON_OK;
+  return guarded([&] {
+    if (pool == nullptr || out_desc == nullptr) {
+      return invalid("pool or out_desc is NULL");
+    }
+    fromDesc(pool->pool->descriptor(), out_desc);
+    return DRAGON_OK;
+  });
 }
 
 dragon_status_t dragon_pool_alloc(dragon_pool_t* pool, uint64_t size, int64_t timeout_ns,
@@ -232,12 +236,14 @@ dragon_status_t dragon_channel_destroy(dragon_channel_t* channel) {
 
 dragon_status_t dragon_channel_descriptor(const dragon_channel_t* channel,
                                           dragon_descriptor_t* out_desc) {
-  if (channel == nullptr || out_desc == nullptr) {
-    return invalid("channel or out_desc is NULL");
-  }
-  fromDesc(channel->remote ? channel->remote->descriptor() : channel->channel->descriptor(),
-           out_desc);
-  return DRAGON_OK;
+  return guarded([&] {
+    if (channel == nullptr || out_desc == nullptr) {
+      return invalid("channel or out_desc is NULL");
+    }
+    fromDesc(channel->remote ? channel->remote->descriptor() : channel->channel->descriptor(),
+             out_desc);
+    return DRAGON_OK;
+  });
 }
 
 dragon_status_t dragon_channel_send(dragon_channel_t* channel, const void* data, size_t length,
@@ -308,12 +314,14 @@ dragon_status_t dragon_channel_recv_message(dragon_channel_t* channel, int64_t t
 
 dragon_status_t dragon_message_data(const dragon_message_t* message, const void** out_data,
                                     size_t* out_length) {
-  if (message == nullptr || out_data == nullptr || out_length == nullptr) {
-    return invalid("message, out_data or out_length is NULL");
-  }
-  *out_data = message->message.data().data();
-  *out_length = message->message.size();
-  return DRAGON_OK;
+  return guarded([&] {
+    if (message == nullptr || out_data == nullptr || out_length == nullptr) {
+      return invalid("message, out_data or out_length is NULL");
+    }
+    *out_data = message->message.data().data();
+    *out_length = message->message.size();
+    return DRAGON_OK;
+  });
 }
 
 void dragon_message_release(dragon_message_t* message) { delete message; }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <ctime>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -80,6 +81,23 @@ Result<std::size_t> Channel::waitAny(std::span<WaitItem> items, Timeout timeout)
     if (it.channel == nullptr || (static_cast<unsigned>(it.events) & 3u) == 0) {
       return Status(StatusCode::InvalidArgument, "waitAny item without a channel or events");
     }
+  }
+  if (items.empty()) {
+    // Nothing can become ready: the wait is the timeout, and without one it would never end.
+    if (timeout.isForever()) {
+      return Status(StatusCode::InvalidArgument,
+                    "waitAny with nothing to wait on and no deadline would never return");
+    }
+    if (!timeout.isNone()) {
+      const Deadline deadline(timeout);
+      timespec until{};
+      const std::int64_t at = deadline.monotonicNs();
+      until.tv_sec = static_cast<time_t>(at / 1'000'000'000);
+      until.tv_nsec = static_cast<long>(at % 1'000'000'000);
+      while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, nullptr) == EINTR) {
+      }
+    }
+    return std::size_t{0};
   }
   auto check = [&] {
     std::size_t n = 0;

@@ -143,6 +143,15 @@ int main(void) {
   dragon_exit_t exits[3];
   CHECK(dragon_client_wait(a, puids, 3, 30000000000, exits) == DRAGON_OK);
   CHECK(exits[0].signal == SIGTERM && exits[2].signal == SIGTERM);
+  /* One process signalled by puid. */
+  o.count = 1;
+  CHECK(dragon_client_spawn(a, &o, group, 1, &n) == DRAGON_OK && n == 1);
+  CHECK(dragon_client_signal(a, &group[0].puid, 1, SIGKILL) == DRAGON_OK);
+  CHECK(dragon_client_wait(a, &group[0].puid, 1, 30000000000, exits) == DRAGON_OK);
+  CHECK(exits[0].signal == SIGKILL);
+  CHECK(dragon_client_signal(a, &group[0].puid, 1, 99999) == DRAGON_INVALID_ARGUMENT);
+  /* Pumping with nothing to deliver returns after its timeout. */
+  CHECK(dragon_client_pump(a, 1000000) == DRAGON_OK);
   CHECK(dragon_client_end_job(a, 0) == DRAGON_OK);
 
   /* Remote memory's calls, between two pools of this node (across nodes: the cluster tests). */
@@ -178,7 +187,29 @@ int main(void) {
   CHECK(dragon_client_put(a, NULL, &to, 1, &t) == DRAGON_INVALID_ARGUMENT);
   CHECK(dragon_transfer_wait(NULL, 0) == DRAGON_INVALID_ARGUMENT);
   dragon_transfer_free(NULL);
+  /* Nothing to wait on: the timeout, or an error without one (it would never return). */
+  size_t nready = 7;
+  CHECK(dragon_client_wait_any(a, NULL, 0, 1000000, &nready) == DRAGON_OK && nready == 0);
+  CHECK(dragon_client_wait_any(a, NULL, 0, DRAGON_TIMEOUT_FOREVER, &nready) ==
+        DRAGON_INVALID_ARGUMENT);
+
+  /* A name given later is found by another client; destroyed, the object and its name go. */
+  dragon_descriptor_t otherDesc;
+  CHECK(dragon_pool_descriptor(other, &otherDesc) == DRAGON_OK);
+  CHECK(dragon_client_register_name(b, "c-later", &otherDesc) == DRAGON_OK);
+  CHECK(dragon_client_lookup_name(a, "c-later", &found) == DRAGON_OK);
+  CHECK(memcmp(&found, &otherDesc, sizeof found) == 0);
+  CHECK(dragon_client_register_name(b, "c-later", &mine) == DRAGON_ALREADY_EXISTS);
   dragon_pool_detach(other);
+  CHECK(dragon_client_destroy(b, &otherDesc) == DRAGON_OK);
+  CHECK(dragon_client_lookup_name(a, "c-later", &found) == DRAGON_NOT_FOUND);
+  CHECK(dragon_client_destroy(b, &otherDesc) == DRAGON_NOT_FOUND);
+  /* A second reference, attached and detached again. */
+  dragon_pool_t* again = NULL;
+  CHECK(dragon_client_pool_attach(a, NULL, "c-pool", &again) == DRAGON_OK);
+  CHECK(dragon_client_detach(a, &mine) == DRAGON_OK);
+  dragon_pool_detach(again);
+  CHECK(dragon_client_detach(NULL, &mine) == DRAGON_INVALID_ARGUMENT);
 
   /* Bad input. */
   CHECK(dragon_client_spawn(NULL, &o, group, 3, &n) == DRAGON_INVALID_ARGUMENT);

@@ -60,6 +60,22 @@ int main(void) {
   size_t ready = 0;
   CHECK(dragon_channel_wait_any(items, 1, DRAGON_TIMEOUT_NONE, &ready) == DRAGON_OK);
   CHECK(ready == 1 && items[0].ready == DRAGON_READABLE);
+  /* Poll of one channel: readable now (two messages), not writable (full). */
+  uint32_t polled = 0;
+  CHECK(dragon_channel_poll(ch, DRAGON_READABLE | DRAGON_WRITABLE, DRAGON_TIMEOUT_NONE, &polled) ==
+        DRAGON_OK);
+  CHECK(polled == DRAGON_READABLE);
+  CHECK(dragon_channel_poll(ch, DRAGON_WRITABLE, 1000000, &polled) == DRAGON_OK);
+  CHECK(polled == 0);
+  CHECK(dragon_channel_poll(ch, 0, DRAGON_TIMEOUT_NONE, &polled) == DRAGON_INVALID_ARGUMENT);
+  /* Nothing to wait on: the timeout, or an error without one (it would never return). */
+  CHECK(dragon_channel_wait_any(NULL, 0, 1000000, &ready) == DRAGON_OK && ready == 0);
+  CHECK(dragon_channel_wait_any(NULL, 0, DRAGON_TIMEOUT_FOREVER, &ready) ==
+        DRAGON_INVALID_ARGUMENT);
+  /* A channel's descriptor, and NULL refused. */
+  dragon_descriptor_t chDesc;
+  CHECK(dragon_channel_descriptor(ch, &chDesc) == DRAGON_OK);
+  CHECK(dragon_channel_descriptor(NULL, &chDesc) == DRAGON_INVALID_ARGUMENT);
 
   CHECK(dragon_channel_recv(ch, buf, sizeof buf, &len, DRAGON_TIMEOUT_FOREVER) == DRAGON_OK);
   CHECK(len == 5 && memcmp(buf, "hello", 5) == 0);

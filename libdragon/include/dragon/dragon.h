@@ -121,7 +121,8 @@ dragon_status_t dragon_channel_close(dragon_channel_t* channel);
    the timeout passed first). */
 dragon_status_t dragon_channel_poll(dragon_channel_t* channel, uint32_t events, int64_t timeout_ns,
                                     uint32_t* out_ready);
-/* Local channels only (a remote one is refused: use dragon_client_wait_any). */
+/* Local channels only (a remote one is refused: use dragon_client_wait_any). With no items it
+ * waits out the timeout; with none and no timeout it is DRAGON_INVALID_ARGUMENT. */
 dragon_status_t dragon_channel_wait_any(dragon_wait_item_t* items, size_t count,
                                         int64_t timeout_ns, size_t* out_ready);
 
