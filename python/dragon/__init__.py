@@ -53,12 +53,17 @@ if "dragon" not in _mpcontext._concrete_contexts:
         class BufferWrapper(stock):
             __doc__ = stock.__doc__
 
-            def __new__(cls, size):
-                if _dragon_is_global():
+            # Unpickling (a stock buffer sent to a spawn or forkserver child) calls
+            # __new__(cls) without a size: then it is the stock buffer being rebuilt.
+            def __new__(cls, size=None):
+                if size is not None and _dragon_is_global():
                     from .sharedctypes import PoolBuffer
                     return PoolBuffer(size)
                 return super().__new__(cls)
 
+        # Pickled by reference, as the stock class is: found again under its module's name.
+        BufferWrapper.__module__ = stock.__module__
+        BufferWrapper.__qualname__ = stock.__qualname__
         module.BufferWrapper = BufferWrapper
 
     def _patch_queues(module):

@@ -1981,6 +1981,28 @@ def square(x):
 
 
 class PoolAndWaitTest(unittest.TestCase):
+    def test_stock_start_methods_still_pass_shared_values_with_dragon_imported(self):
+        # import dragon patches multiprocessing's heap; the stock methods' Value and Array
+        # must still reach their children (pickled by reference to the stock class's name).
+        script = (
+            "import dragon\n"
+            "import multiprocessing as mp\n"
+            "def f(v, a):\n"
+            "    v.value += 1\n"
+            "    a[0] = 7\n"
+            "if __name__ == '__main__':\n"
+            "    for method in ('spawn', 'forkserver', 'fork'):\n"
+            "        ctx = mp.get_context(method)\n"
+            "        v, a = ctx.Value('i', 0), ctx.Array('d', 3)\n"
+            "        p = ctx.Process(target=f, args=(v, a))\n"
+            "        p.start()\n"
+            "        p.join()\n"
+            "        print(method, p.exitcode, v.value, a[0])\n")
+        r = run_program([sys.executable], script, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "spawn 0 1 7.0\nforkserver 0 1 7.0\nfork 0 1 7.0\n",
+                         r.stderr)
+
     def test_apply_async_never_blocks_when_the_task_channel_is_full(self):
         # More tasks than the task channel holds (16384), queued behind a task that waits
         # for an event the caller sets only after submitting them all: apply_async must not
