@@ -167,6 +167,22 @@ class Lock(Semaphore):
     def __init__(self, *, ctx=None, _owned=False):
         super().__init__(1, ctx=ctx, _capacity=1, _holder="owns" if _owned else "lock")
         self._guards = weakref.WeakSet()
+        self._mine = None  # (pid, thread) that took it through this object, as a SemLock keeps
+
+    def acquire(self, block=True, timeout=None):
+        if not Semaphore.acquire(self, block, timeout):
+            return False
+        self._mine = (os.getpid(), threading.get_ident())
+        return True
+
+    def release(self):
+        self._mine = None
+        Semaphore.release(self)
+
+    def _is_mine(self):
+        """Whether the calling thread holds it (what a Condition over it checks): it took it,
+        and it is still taken."""
+        return self._mine == (os.getpid(), threading.get_ident()) and self._is_zero()
 
     def _guard(self, buffer):
         # Held weakly: a Value or Array dropped while its lock lives is freed, as the stdlib's
@@ -183,6 +199,7 @@ class Lock(Semaphore):
     def __setstate__(self, state):
         super().__setstate__(state[:2])
         self._guards = weakref.WeakSet(state[2])
+        self._mine = None
         self._use_guards()
 
     def _use_guards(self):
@@ -202,9 +219,11 @@ class Lock(Semaphore):
         except BaseException:
             Semaphore.release(self)
             raise
+        self._mine = (os.getpid(), threading.get_ident())
         return True
 
     def _release_flushing(self):
+        self._mine = None
         try:
             for g in self._far:
                 g.flush()
@@ -355,10 +374,13 @@ class Condition:
             self._lock._count = count
 
     def _check_owned(self, what="wait() on an un-acquired lock"):
-        # Before any count moves: a wait or notify on a lock not held must change nothing. An
-        # RLock knows its owner; a Lock only that someone holds it.
+        # Before any count moves: a wait or notify on a lock not held by the caller must
+        # change nothing. An RLock knows its owner, and a Lock who took it through this
+        # process's object (as the stdlib's SemLock); another lock only that someone holds it.
         if isinstance(self._lock, RLock):
             owned = self._lock._is_owned()
+        elif isinstance(self._lock, Lock):
+            owned = self._lock._is_mine()
         else:
             is_zero = getattr(self._lock, "_is_zero", None)
             owned = is_zero is None or is_zero()

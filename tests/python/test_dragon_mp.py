@@ -1720,6 +1720,33 @@ class SharedValueTest(unittest.TestCase):
 
 
 class SynchronizeTest(unittest.TestCase):
+    def test_a_condition_over_a_lock_refuses_a_thread_that_does_not_hold_it(self):
+        import threading
+        lock = CTX.Lock()
+        cond = CTX.Condition(lock)
+        errors = []
+
+        def stranger():
+            for call in (lambda: cond.wait(0.2), cond.notify, cond.notify_all):
+                try:
+                    call()
+                except AssertionError as e:
+                    errors.append(str(e))
+
+        self.assertTrue(lock.acquire())
+        t = threading.Thread(target=stranger)
+        t.start()
+        t.join(30)
+        self.assertEqual(errors, ["wait() on an un-acquired lock", "lock is not owned",
+                                  "lock is not owned"])
+        # The holder still holds it (a stranger's wait would have released it and taken it).
+        self.assertFalse(lock.acquire(False))
+        self.assertFalse(cond.wait(0.01))  # the holder may wait: it holds the lock again after
+        self.assertFalse(lock.acquire(False))
+        lock.release()
+        with cond:
+            cond.notify()
+
     def test_waits_that_time_out_do_not_fill_the_condition(self):
         # Each timed-out wait used to leave a count behind until the next notify: a loop of
         # Event.wait(timeout) (a common stop-flag idiom) failed after 4097 of them.
