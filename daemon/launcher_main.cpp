@@ -340,9 +340,10 @@ std::optional<int> parse(int argc, char** argv, Options& o) {
       }
     }
   }
-  if (o.forcePrivate && !o.socket.empty()) {
-    complain(std::string("--private starts a dragond of the job's own; --socket names one to use: "
-                         "give one of them"));
+  if (!o.socket.empty() && (o.forcePrivate || !o.config.empty() || !o.logLevel.empty())) {
+    const char* own = o.forcePrivate ? "--private" : !o.config.empty() ? "--config" : "--log-level";
+    complain(std::string(own) + " starts a dragond of the job's own; --socket names one to use: "
+                                "give one of them");
     return 2;
   }
   for (int i = optind; i < argc; ++i) o.program.emplace_back(argv[i]);
@@ -362,10 +363,17 @@ bool passedToHead(std::uint32_t sig) {
 
 // Terminal signals, and those passed to the head, arrive through a signalfd that the client
 // watches while it waits.
+// One that this launcher was started ignoring stays ignored: `nohup dragon ...` must outlive a
+// hangup, and `dragon ... &` in a script an interrupt (a blocked signal is queued even when
+// ignored, and would reach the signalfd).
 dragon::UniqueFd blockTerminalSignals() {
   sigset_t set;
   sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM}) sigaddset(&set, s);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM}) {
+    struct sigaction old {};
+    if (sigaction(s, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    sigaddset(&set, s);
+  }
   sigprocmask(SIG_BLOCK, &set, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   return dragon::UniqueFd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -399,6 +407,16 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   spawn.env.push_back("DRAGON_SOCKET=" + socket);
   if (!pythonPath.empty()) spawn.env.push_back("PYTHONPATH=" + pythonPath);
   spawn.stdinMode = dragon::Stdio::Passed;
+  // A signal that came while the job was set up (a private dragond starting, the PMIx fence)
+  // ends it before its program starts: Ctrl-C or scancel then must not start it after all.
+  // One for the head (SIGUSR1...) has no head to go to yet.
+  signalfd_siginfo early{};
+  while (sigfd >= 0 && read(sigfd, &early, sizeof early) == static_cast<ssize_t>(sizeof early)) {
+    if (passedToHead(early.ssi_signo)) continue;
+    complain(std::string(strsignal(static_cast<int>(early.ssi_signo))) +
+             " before the program started: not started");
+    return 128 + static_cast<int>(early.ssi_signo);
+  }
   auto head = client.spawn(spawn);
   if (!head.has_value()) {
     complain(head.error().toString());

@@ -21,8 +21,9 @@ struct Launched {
 };
 
 // Starts `dragon ARGS...` with a private runtime directory (XDG_RUNTIME_DIR=runtimeDir).
+// `ignored`: signals it starts with ignored (as nohup, or a shell's background job, leaves them).
 Launched launch(const std::vector<std::string>& args, const std::string& runtimeDir,
-                const std::vector<std::string>& env = {}) {
+                const std::vector<std::string>& env = {}, const std::vector<int>& ignored = {}) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) return {};
   pid_t pid = fork();
@@ -36,6 +37,7 @@ Launched launch(const std::vector<std::string>& args, const std::string& runtime
     setenv("DRAGON_PROCESS_KILL_GRACE", "2s", 1);
     unsetenv("DRAGON_SOCKET");
     for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+    for (int sig : ignored) signal(sig, SIG_IGN);
     std::vector<std::string> all = {LAUNCHER_PATH};
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -140,6 +142,9 @@ TEST_F(Launcher, BadCommandLinesAndMissingProgramsAreClearErrors) {
   auto [st6, out6] = finish(launch({"--private", "--socket", runtime_ + "/x.sock", "true"}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st6), 2);
   EXPECT_NE(out6.find("--private"), std::string::npos) << out6;
+  auto [st7, out7] = finish(launch({"--config", "/dev/null", "--socket", runtime_ + "/x.sock", "true"}, runtime_));
+  EXPECT_EQ(testing::exitCodeOf(st7), 2);
+  EXPECT_NE(out7.find("--config starts a dragond of the job's own"), std::string::npos) << out7;
   auto [st3, out3] = finish(launch({"no-such-program-xyz"}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st3), 127);
   EXPECT_NE(out3.find("no-such-program-xyz"), std::string::npos) << out3;
@@ -250,6 +255,43 @@ TEST_F(Launcher, Usr1Usr2AndAlrmGoToTheHead) {
   out += rest;
   EXPECT_EQ(testing::exitCodeOf(st), 3) << out;
   EXPECT_NE(out.find("got-usr2"), std::string::npos) << out;
+}
+
+// `nohup dragon ...`: a hangup it was started ignoring does not end the job.
+TEST_F(Launcher, ASignalItWasStartedIgnoringStaysIgnored) {
+  Launched l = launch({"/bin/sh", "-c",
+                       "trap 'exit 5' USR1; echo ready; while :; do sleep 0.05; done"},
+                      runtime_, {}, {SIGHUP});
+  std::string out;
+  ASSERT_TRUE(readUntil(l.out, "ready\n", out)) << out;
+  kill(l.pid, SIGHUP);  // before SIGUSR1 (a signalfd gives the lower number first)
+  kill(l.pid, SIGUSR1);
+  auto [st, rest] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 5) << out << rest;
+}
+
+// Ctrl-C or SIGTERM while the job is set up (here: its private dragond starting) ends it
+// before its program starts, which then never runs.
+TEST_F(Launcher, ASignalBeforeTheProgramStartsEndsTheJobWithoutStartingIt) {
+  const std::string started = runtime_ + "/dragond-starting";
+  const std::string go = runtime_ + "/go";
+  const std::string ran = runtime_ + "/program-ran";
+  const std::string wrapper = runtime_ + "/slow-dragond";
+  {
+    std::ofstream f(wrapper);
+    f << "#!/bin/sh\ntouch '" << started << "'\nwhile [ ! -e '" << go
+      << "' ]; do sleep 0.01; done\nexec '" << DRAGOND_PATH << "' \"$@\"\n";
+  }
+  ASSERT_EQ(chmod(wrapper.c_str(), 0755), 0);
+  Launched l = launch({"/bin/sh", "-c", "touch '" + ran + "'"}, runtime_,
+                      {"DRAGON_DAEMON=" + wrapper});
+  ASSERT_TRUE(testing::eventually([&] { return access(started.c_str(), F_OK) == 0; }, 30s));
+  kill(l.pid, SIGTERM);
+  { std::ofstream(go.c_str()) << ""; }
+  auto [st, out] = finish(l);
+  EXPECT_EQ(testing::exitCodeOf(st), 128 + SIGTERM) << out;
+  EXPECT_NE(out.find("before the program started"), std::string::npos) << out;
+  EXPECT_NE(access(ran.c_str(), F_OK), 0) << "the program ran";
 }
 
 // `dragon` run by a process of a job (a pipeline script of steps, subprocess.run): a job of
