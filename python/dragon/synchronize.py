@@ -5,6 +5,7 @@ the channel's deadlines and futex sleeps, from any process that attached it."""
 import contextlib
 import os
 import signal
+import struct
 import threading
 import time
 import weakref
@@ -18,6 +19,8 @@ from ._native import ChannelClosed
 _TOKEN = b"\x01"
 SEM_VALUE_MAX = 1 << 20
 MAX_TOKENS = 1 << 16
+_SPILL_SLOTS = 64  # spilled counts: at most one per release racing with the others
+_SPILL_TRIES = 1000
 
 
 class BrokenLockError(ChannelClosed):
@@ -42,34 +45,56 @@ def _timeout(block, timeout):
     return timeout if timeout is None else max(timeout, 0)
 
 
+_SPILL = struct.Struct("=q")
+
+
 class Semaphore:
+    """Tokens in a channel. A plain Semaphore's value has no bound (the stdlib's is 2**31 - 1)
+    while its channel has one: what a release finds no room for goes into a spill channel of
+    counts (8-byte messages whose sum is the excess), and moves back into the token channel as
+    acquires make room. A release that spills then looks for room itself, and an acquire looks
+    for spilled counts after taking a token: of any acquire and release that race, one of them
+    moves the count, so the tokens never run out while counts are spilled. (On another node
+    than the semaphore's home, that look costs an acquire one more round trip.)"""
+
     _breaks = False  # its tokens have no holder; a Lock's has one (BrokenLockError)
 
-    def __init__(self, value=1, *, ctx=None, _capacity=None, _holder=None):
+    def __init__(self, value=1, *, ctx=None, _capacity=None, _holder=None, _spills=True):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        # Tokens are messages in a ring, so the value is capped: the stdlib's own classes ask
-        # for SEM_VALUE_MAX (2**31 - 1) to mean "no limit"; that becomes MAX_TOKENS.
-        value = min(value, MAX_TOKENS)
+        if _capacity is None and not _spills:
+            # A Condition's counts (one per waiter at most): no spill channel, whose check
+            # would cost a round trip per acquire on another node than its home.
+            _capacity = max(value, 1) + 4096
         if _capacity is None:
-            capacity = max(value, 1) + 4096
+            capacity = min(max(value, 1), MAX_TOKENS - 4096) + 4096
+            self._spill = _runtime.new_channel(_SPILL_SLOTS, 8)
         else:
+            # Bounded (a Lock, a BoundedSemaphore): its tokens are its whole value, which the
+            # channel's capacity bounds; the stdlib's classes that ask for SEM_VALUE_MAX
+            # (2**31 - 1) to mean "no limit" get MAX_TOKENS.
+            value = min(value, MAX_TOKENS)
             capacity = min(max(_capacity, 1), MAX_TOKENS)
-        capacity = min(capacity, MAX_TOKENS)
+            self._spill = None
         self._capacity = capacity
         self._channel = _runtime.new_channel(capacity, 8, track_holder=_holder is not None,
                                              holder_owns=_holder == "owns")
-        for _ in range(value):
+        for _ in range(min(value, capacity)):
             self._channel.send(_TOKEN, 0)
+        if value > capacity:
+            self._spill.send(_SPILL.pack(value - capacity), 0)
 
     def __getstate__(self):
         # Its descriptor is valid in every process of the runtime, on every node: acquire and
         # release are a receive and a send, whether zero is whether a receive would block.
-        return (self._capacity, self._channel.descriptor)
+        spill = None if self._spill is None else self._spill.descriptor
+        return (self._capacity, self._channel.descriptor, spill)
 
     def __setstate__(self, state):
-        self._capacity, descriptor = state
+        self._capacity, descriptor = state[:2]
         self._channel = _runtime.attach_channel(descriptor)
+        spill = state[2] if len(state) > 2 else None
+        self._spill = None if spill is None else _runtime.attach_channel(spill)
 
     def acquire(self, block=True, timeout=None):
         try:
@@ -80,6 +105,8 @@ class Semaphore:
             if self._breaks:
                 raise _broken(self, e) from None
             raise
+        if self._spill is not None and self._spill.readable():
+            self._unspill()
         if held:  # raw memory of another node held here (see _coherence)
             acquired()
         return True
@@ -91,15 +118,67 @@ class Semaphore:
             try:
                 self._channel.send(_TOKEN, 0)
             except TimeoutError:
-                raise ValueError("semaphore or lock released too many times") from None
+                if self._spill is None:
+                    raise ValueError("semaphore or lock released too many times") from None
+                self._spill_one()
             except ChannelClosed as e:
                 if self._breaks:
                     raise _broken(self, e) from None
                 raise
 
+    def _spill_one(self):
+        # Added to a spilled count if there is one (merged: the spill channel stays short),
+        # else as a count of its own; then room the acquires made meanwhile is filled.
+        with signals_held():
+            for _ in range(_SPILL_TRIES):
+                try:
+                    count = _SPILL.unpack(self._spill.recv(0))[0]
+                except TimeoutError:
+                    count = 0
+                try:
+                    self._spill.send(_SPILL.pack(count + 1), 0)
+                    break
+                except TimeoutError:  # others filled it meanwhile: give back what was taken
+                    if count:
+                        self._spill.send(_SPILL.pack(count), None)
+            else:
+                raise RuntimeError("the semaphore's spill channel stays full")
+        self._unspill()
+
+    def _unspill(self):
+        """Moves spilled counts into the token channel while it has room."""
+        with signals_held():
+            while True:
+                try:
+                    count = _SPILL.unpack(self._spill.recv(0))[0]
+                except TimeoutError:
+                    return
+                moved = 0
+                while moved < count:
+                    try:
+                        self._channel.send(_TOKEN, 0)
+                    except TimeoutError:
+                        break
+                    moved += 1
+                if moved < count:
+                    self._spill.send(_SPILL.pack(count - moved), None)
+                    return
+
     def get_value(self):
         # Of another node: NotImplementedError, as the stdlib's where sem_getvalue is missing.
-        return self._channel.size()
+        value = self._channel.size()
+        if self._spill is not None and self._spill.readable():
+            with signals_held():
+                counts = []
+                try:
+                    while True:
+                        counts.append(_SPILL.unpack(self._spill.recv(0))[0])
+                except TimeoutError:
+                    pass
+                for c in counts:
+                    self._spill.send(_SPILL.pack(c), None)
+            value += sum(counts)
+        return value
 
     def _is_zero(self):
         return not self._channel.readable()
@@ -144,8 +223,8 @@ class BoundedSemaphore(Semaphore):
         return super().__getstate__() + (self._never,)
 
     def __setstate__(self, state):
-        super().__setstate__(state[:2])
-        self._never = state[2]
+        super().__setstate__(state[:-1])
+        self._never = state[-1]
 
     def release(self, n=1):
         if self._never:
@@ -197,8 +276,8 @@ class Lock(Semaphore):
         return super().__getstate__() + (guards,)
 
     def __setstate__(self, state):
-        super().__setstate__(state[:2])
-        self._guards = weakref.WeakSet(state[2])
+        super().__setstate__(state[:-1])
+        self._guards = weakref.WeakSet(state[-1])
         self._mine = None
         self._use_guards()
 
@@ -336,9 +415,9 @@ class Condition:
 
     def __init__(self, lock=None, *, ctx=None):
         self._lock = lock or RLock(ctx=ctx)
-        self._sleeping_count = Semaphore(0, ctx=ctx)
-        self._wait_semaphore = Semaphore(0, ctx=ctx)
-        self._woken_count = Semaphore(0, ctx=ctx)
+        self._sleeping_count = Semaphore(0, ctx=ctx, _spills=False)
+        self._wait_semaphore = Semaphore(0, ctx=ctx, _spills=False)
+        self._woken_count = Semaphore(0, ctx=ctx, _spills=False)
 
     def __getstate__(self):
         context.assert_spawning(self)

@@ -236,6 +236,17 @@ def send_big(q, size):
     q.put(bytes(range(256)) * (size // 256))
 
 
+def release_many(sem, n):
+    for _ in range(n):
+        sem.release()
+
+
+def acquire_many(sem, n):
+    for _ in range(n):
+        if not sem.acquire(True, 60):
+            raise SystemExit(3)
+
+
 _global_event = None
 
 
@@ -1720,6 +1731,30 @@ class SharedValueTest(unittest.TestCase):
 
 
 class SynchronizeTest(unittest.TestCase):
+    def test_a_semaphore_counts_past_its_channel_from_every_process(self):
+        # The stdlib's Semaphore counts to 2**31 - 1; its tokens here live in a channel of a
+        # few thousand slots, the rest spilled: none may be lost or made up, also when
+        # processes release and acquire at once.
+        sem = CTX.Semaphore(0)
+        for _ in range(10000):
+            sem.release()
+        self.assertEqual(sem.get_value(), 10000)
+        big = CTX.Semaphore(100000)
+        self.assertEqual(big.get_value(), 100000)
+        procs = [CTX.Process(target=release_many, args=(sem, 3000)) for _ in range(2)]
+        procs += [CTX.Process(target=acquire_many, args=(sem, 4000)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(sem.get_value(), 10000 + 6000 - 8000)
+        taken = 0
+        while sem.acquire(False):
+            taken += 1
+        self.assertEqual(taken, 8000)
+        self.assertFalse(sem.acquire(True, 0.01))
+
     def test_a_condition_over_a_lock_refuses_a_thread_that_does_not_hold_it(self):
         import threading
         lock = CTX.Lock()
