@@ -192,7 +192,7 @@ Result<Value> parseValue(const KeySpec& spec, std::string_view raw) {
           {"m", 60 * kSecond}, {"min", 60 * kSecond}, {"h", 3600 * kSecond}};
       DRAGON_ASSIGN_OR_RETURN(v.number,
                               parseScaled(spec, text, kTimeUnits, "a duration (e.g. 250ms, 5s, 2m)",
-                                          "time unit", "ns, us, ms, s, m, h"));
+                                          "time unit", "ns, us, ms, s, m (or min), h"));
       break;
     }
     case Type::String:

@@ -792,6 +792,8 @@ int run(int argc, char** argv) {
     Options o;
     if (argc == 4 && std::strcmp(argv[2], "--socket") == 0) {
       o.socket = argv[3];
+    } else if (argc == 3 && std::strncmp(argv[2], "--socket=", 9) == 0 && argv[2][9] != '\0') {
+      o.socket = argv[2] + 9;
     } else if (argc != 2) {
       complain(std::string("usage: dragon ps [--socket PATH]"));
       return 2;

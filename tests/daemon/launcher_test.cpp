@@ -338,6 +338,14 @@ TEST_F(Launcher, UsesARunningDragondAndPsListsTheJob) {
   EXPECT_NE(listing.find("PUID"), std::string::npos) << listing;
   EXPECT_NE(listing.find("sleep 600"), std::string::npos) << listing;
   EXPECT_NE(listing.find("running"), std::string::npos) << listing;
+  // The socket named as elsewhere: --socket PATH or --socket=PATH.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"ps", "--socket", d->socket()},
+        std::vector<std::string>{"ps", "--socket=" + d->socket()}}) {
+    auto [named, named_listing] = finish(launch(args, runtime_));
+    EXPECT_EQ(testing::exitCodeOf(named), 0) << named_listing;
+    EXPECT_NE(named_listing.find("sleep 600"), std::string::npos) << named_listing;
+  }
   kill(l.pid, SIGTERM);
   auto [st, rest] = finish(l);
   EXPECT_EQ(testing::exitCodeOf(st), 128 + SIGTERM) << out << rest;
