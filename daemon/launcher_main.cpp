@@ -724,6 +724,22 @@ int runCluster(const Options& o, dragon::bootstrap::Bootstrap& b, dragon::Unique
     co.socketPath = servedBy;
     client = Client::connect(co);
     if (!client.has_value()) return fail(client.error().toString());
+    // Taking no part in the job, it ends of SIGTERM, SIGHUP or SIGQUIT as a process without a
+    // handler would (its node's serving launcher, which Slurm signals too, ends the node's
+    // part). Ctrl-C and the head's signals go to rank 0's launcher, as on the other ranks.
+    client->setInterrupt(sigfd.get(), [fd = sigfd.get()] {
+      signalfd_siginfo si{};
+      while (read(fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+        const int sig = static_cast<int>(si.ssi_signo);
+        if (sig == SIGINT || passedToHead(si.ssi_signo)) continue;
+        std::signal(sig, SIG_DFL);
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        sigprocmask(SIG_UNBLOCK, &one, nullptr);
+        raise(sig);
+      }
+    });
     auto end = client->waitJobEnd();
     if (!end.has_value()) {
       complain(end.error().toString());

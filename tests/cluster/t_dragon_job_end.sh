@@ -28,6 +28,36 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
 done
 wait_nothing_left
 
+# A launcher that takes no part (the second task of a node) ends of SIGTERM as a process
+# without a handler would, at once; the job goes on and ends with its head.
+log=$(mktemp)
+go=$(mktemp -u /tmp/dragon-job-end-go.XXXXXX)
+start_job "$log" --ntasks-per-node=2 -- -- sh -c "echo running; while [ ! -e $go ]; do sleep 0.05; done; echo head done"
+wait_for_line "$log" "^running$" 30
+second=
+for pid in $(pgrep -f -- "^$DRAGON -- sh -c echo running" || true); do
+  if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_LOCALID=1"; then
+    second=$pid
+    break
+  fi
+done
+[ -n "$second" ] || fail "no second launcher of a node found"
+kill -TERM "$second"
+deadline=$((SECONDS + 15))
+while kill -0 "$second" 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || fail "the second launcher of a node ignored SIGTERM"
+  sleep 0.05
+done
+grep -q "^head done$" "$log" && fail "the job ended with the second launcher"
+touch "$go"
+set +e
+wait "$SRUN_PID"
+set -e
+rm -f "$go"
+grep -q "^head done$" "$log" || { cat "$log"; fail "the head did not finish"; }
+rm -f "$log"
+wait_nothing_left
+
 set +e
 out=$("$CLUSTER" exec timeout -k 5 60 srun -I30 --mpi=none -N3 --ntasks-per-node=1 \
         env DRAGON_ALLOW_ROOT=true "$DRAGON" -- /bin/true 2>&1); rc=$?
