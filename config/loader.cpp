@@ -94,10 +94,10 @@ class Loader {
       return Status::fromErrno("cannot read configuration file " + path, errno);
     }
     struct stat st {};
-    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-      // An ifstream opens a directory and reads nothing from it: it would set nothing.
-      return invalid("configuration file " + path + " is not a regular file" +
-                     (S_ISDIR(st.st_mode) ? " (a directory)" : ""));
+    if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      // An ifstream opens a directory and reads nothing from it: it would set nothing. (A
+      // pipe or /dev/null is read as any file.)
+      return invalid("configuration file " + path + " is a directory");
     }
     std::stringstream text;
     text << in.rdbuf();

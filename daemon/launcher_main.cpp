@@ -452,27 +452,24 @@ int runHead(const Options& o, Client& client, const std::string& socket, int sig
   return exited->front().shellCode();
 }
 
-// The dragond a job of this launcher uses unless told (--socket): DRAGON_SOCKET, else where
-// the configuration puts dragond's socket (`socket`, `runtime_dir`: as dragond reads them),
-// else the default place.
-std::string sharedSocket(const Options& o) {
+// Where the configuration puts dragond's socket (`socket`, `runtime_dir`: as dragond reads
+// them), when DRAGON_SOCKET does not say; empty when it puts it nowhere special.
+std::string configuredSocket(const Options& o) {
   const char* env = std::getenv("DRAGON_SOCKET");
-  if (env == nullptr || env[0] == '\0') {
-    dragon::config::LoadOptions lo;
-    if (!o.config.empty()) lo.explicitFile = o.config;
-    auto cfg = dragon::config::Config::load(lo);
-    // A configuration that does not load: the private dragond started next reports why.
-    if (cfg.has_value()) {
-      std::string configured = dragon::config::configuredSocketPath(*cfg);
-      if (!configured.empty()) return configured;
-    }
-  }
-  return dragon::defaultSocketPath();
+  if (env != nullptr && env[0] != '\0') return {};
+  dragon::config::LoadOptions lo;
+  if (!o.config.empty()) lo.explicitFile = o.config;
+  auto cfg = dragon::config::Config::load(lo);
+  // A configuration that does not load: the private dragond started next reports why.
+  return cfg.has_value() ? dragon::config::configuredSocketPath(*cfg) : std::string();
 }
 
 int runJob(const Options& o, dragon::UniqueFd sigfd) {
   PrivateDaemon privateDaemon;
-  std::string socket = o.socket.empty() ? sharedSocket(o) : o.socket;
+  // Unless told (--socket): DRAGON_SOCKET, else the configuration's place for dragond's
+  // socket, then the default one (the system's per-user dragond, which listens where its
+  // unit says whatever the configuration); with none there, a private dragond.
+  std::string socket = o.socket.empty() ? dragon::defaultSocketPath() : o.socket;
   Client::Options co;
   co.name = "dragon launcher";
   co.socketPath = socket;
@@ -481,7 +478,21 @@ int runJob(const Options& o, dragon::UniqueFd sigfd) {
   // --config and --log-level are for a dragond of the job's own (a running one has its
   // configuration): they start one, as in a multi-node job.
   const bool ownDragond = o.forcePrivate || !o.config.empty() || !o.logLevel.empty();
-  if (!ownDragond) client = Client::connect(co);
+  if (!ownDragond && o.socket.empty()) {
+    const std::string configured = configuredSocket(o);
+    if (!configured.empty() && configured != socket) {
+      co.socketPath = configured;
+      client = Client::connect(co);
+      if (client.has_value() || client.error().code() != StatusCode::NotFound) {
+        socket = configured;
+      } else {
+        co.socketPath = socket;
+      }
+    }
+  }
+  if (!ownDragond && !client.has_value() && client.error().code() == StatusCode::NotFound) {
+    client = Client::connect(co);
+  }
   if (!client.has_value() && client.error().code() == StatusCode::NotFound && o.socket.empty()) {
     Status st = privateDaemon.start(o, socket);
     if (!st.isOk()) {

@@ -53,9 +53,11 @@ class Semaphore:
     while its channel has one: what a release finds no room for goes into a spill channel of
     counts (8-byte messages whose sum is the excess), and moves back into the token channel as
     acquires make room. A release that spills then looks for room itself, and an acquire looks
-    for spilled counts after taking a token: of any acquire and release that race, one of them
-    moves the count, so the tokens never run out while counts are spilled. (On another node
-    than the semaphore's home, that look costs an acquire one more round trip.)"""
+    for spilled counts after taking a token; whoever held the counts meanwhile (which hid them
+    from those looks) looks for room again once they are back, so the tokens never run out
+    while counts are spilled. A process killed while it holds a count loses at most the room
+    it saw. (On another node than the semaphore's home, the look costs an acquire one more
+    round trip.)"""
 
     _breaks = False  # its tokens have no holder; a Lock's has one (BrokenLockError)
 
@@ -127,42 +129,57 @@ class Semaphore:
                 raise
 
     def _spill_one(self):
-        # Added to a spilled count if there is one (merged: the spill channel stays short),
-        # else as a count of its own; then room the acquires made meanwhile is filled.
+        # Counted in the spill channel; then room the acquires made meanwhile is filled.
         with signals_held():
-            for _ in range(_SPILL_TRIES):
-                try:
-                    count = _SPILL.unpack(self._spill.recv(0))[0]
-                except TimeoutError:
-                    count = 0
-                try:
-                    self._spill.send(_SPILL.pack(count + 1), 0)
-                    break
-                except TimeoutError:  # others filled it meanwhile: give back what was taken
-                    if count:
-                        self._spill.send(_SPILL.pack(count), None)
-            else:
-                raise RuntimeError("the semaphore's spill channel stays full")
+            self._spill_back(1)
         self._unspill()
 
     def _unspill(self):
-        """Moves spilled counts into the token channel while it has room."""
+        """Moves spilled counts into the token channel while it has room. Of a count taken, what
+        there is no room for goes back before any token moves (a process killed in between
+        loses no more than the room it saw). Acquires that ran while it held a count saw no
+        spill: the room they made is looked for again after the count went back."""
         with signals_held():
             while True:
+                room = self._room()
+                if room == 0:
+                    return
                 try:
                     count = _SPILL.unpack(self._spill.recv(0))[0]
                 except TimeoutError:
                     return
+                take = min(count, room)
+                if count > take:
+                    self._spill.send(_SPILL.pack(count - take), None)
                 moved = 0
-                while moved < count:
+                while moved < take:
                     try:
                         self._channel.send(_TOKEN, 0)
                     except TimeoutError:
                         break
                     moved += 1
-                if moved < count:
-                    self._spill.send(_SPILL.pack(count - moved), None)
-                    return
+                if moved < take:
+                    self._spill_back(take - moved)
+
+    def _room(self):
+        """Tokens the channel has room for now (of another node's: 1 or 0, its size unknown)."""
+        if self._channel.is_remote:
+            return 1 if self._channel.writable() else 0
+        return max(self._capacity - self._channel.size(), 0)
+
+    def _spill_back(self, count):
+        # Merged with a count there if any (the spill channel stays short).
+        for _ in range(_SPILL_TRIES):
+            try:
+                count += _SPILL.unpack(self._spill.recv(0))[0]
+            except TimeoutError:
+                pass
+            try:
+                self._spill.send(_SPILL.pack(count), 0)
+                return
+            except TimeoutError:
+                continue
+        self._spill.send(_SPILL.pack(count), None)
 
     def get_value(self):
         # Of another node: NotImplementedError, as the stdlib's where sem_getvalue is missing.
@@ -175,9 +192,10 @@ class Semaphore:
                         counts.append(_SPILL.unpack(self._spill.recv(0))[0])
                 except TimeoutError:
                     pass
-                for c in counts:
-                    self._spill.send(_SPILL.pack(c), None)
+                if counts:
+                    self._spill_back(sum(counts))
             value += sum(counts)
+            self._unspill()  # acquires that ran meanwhile saw no spill
         return value
 
     def _is_zero(self):

@@ -147,9 +147,10 @@ TEST_F(ConfigTest, AConfigurationPathThatIsADirectoryIsAnError) {
   o.explicitFile = dir_;
   auto c = Config::load(o);
   ASSERT_FALSE(c.has_value()) << "a directory read as an empty file";
-  EXPECT_NE(c.error().toString().find(dir_ + " is not a regular file (a directory)"),
-            std::string::npos)
+  EXPECT_NE(c.error().toString().find(dir_ + " is a directory"), std::string::npos)
       << c.error().toString();
+  o.explicitFile = "/dev/null";  // not a regular file, but read as an empty one
+  EXPECT_TRUE(Config::load(o).has_value());
 }
 
 TEST_F(ConfigTest, MissingOptionalFilesAreFineAMissingExplicitOneIsNot) {

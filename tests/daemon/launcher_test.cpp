@@ -373,12 +373,17 @@ TEST_F(Launcher, FindsTheDragondWhereTheConfigurationPutsItAndConfigFlagsStartIt
   EXPECT_NE(out.find(served + "/dragond.sock\n"), std::string::npos) << out;
   EXPECT_TRUE(entries(runtime_ + "/dragon").empty()) << "no private dragond was started";
   d.reset();
-  testing::removeTree(home);
-  // --log-level (as --config) is for a dragond of the job's own: it starts one, also when
-  // one serves in the default place.
+  // Nothing there, and a dragond in the default place (as the system's per-user one, which
+  // listens where its unit says whatever the configuration): that one.
   ASSERT_TRUE(mkdir((runtime_ + "/dragon").c_str(), 0700) == 0 || errno == EEXIST);
   auto running = RunningDaemon::start({}, runtime_ + "/dragon", "dragond.sock");
   ASSERT_TRUE(running);
+  auto [st3, out3] = finish(launch({"/bin/sh", "-c", "echo $DRAGON_SOCKET"}, runtime_, {xdg}));
+  EXPECT_EQ(testing::exitCodeOf(st3), 0) << out3;
+  EXPECT_NE(out3.find(runtime_ + "/dragon/dragond.sock\n"), std::string::npos) << out3;
+  testing::removeTree(home);
+  // --log-level (as --config) is for a dragond of the job's own: it starts one, also when
+  // one serves in the default place.
   auto [st2, out2] =
       finish(launch({"--log-level", "warn", "/bin/sh", "-c", "echo $DRAGON_SOCKET"}, runtime_));
   EXPECT_EQ(testing::exitCodeOf(st2), 0) << out2;

@@ -441,7 +441,7 @@ TEST(Server, EveryConfigurationErrorStopsDragondWithWhereAndWhich) {
       {"--ready-fd x", "", "--ready-fd"},
       {"--ready-fd 1000", "", "--ready-fd wants an open fd"},
       {"--node-id 3", "", "--standalone and --node-id"},
-      {"--config " + dir, "", "is not a regular file (a directory)"},
+      {"--config " + dir, "", "is a directory"},
       {"--config " + write("two.yaml", "log_level: info\n---\nlog_level: debug\n"), "",
        "two.yaml:3:1"},
       {"stray", "", "stray"},

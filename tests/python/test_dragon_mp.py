@@ -255,7 +255,18 @@ def set_global_event(ev):
     _global_event = ev
 
 
+_calls = 0
+
+
+def count_call(i):
+    """(how many calls this process has run, this one included; i)"""
+    global _calls
+    _calls += 1
+    return _calls, i
+
+
 def wait_global_event(timeout):
+    count_call(0)
     return _global_event.wait(timeout)
 
 
@@ -1749,6 +1760,19 @@ class SynchronizeTest(unittest.TestCase):
             p.join(120)
             self.assertEqual(p.exitcode, 0)
         self.assertEqual(sem.get_value(), 10000 + 6000 - 8000)
+        # Many processes draining it at once, more than the channel holds: none may find it
+        # empty while counts are spilled (each takes its share, none times out).
+        for _ in range(2):
+            sem.release(3000)
+        procs = [CTX.Process(target=acquire_many, args=(sem, 3500)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            self.assertEqual(p.exitcode, 0)
+        self.assertEqual(sem.get_value(), 8000 + 6000 - 14000)
+        for _ in range(8000):
+            sem.release()
         taken = 0
         while sem.acquire(False):
             taken += 1
@@ -2072,10 +2096,11 @@ class PoolAndWaitTest(unittest.TestCase):
         ev = CTX.Event()
         with CTX.Pool(1, initializer=set_global_event, initargs=(ev,)) as pool:
             gate = pool.apply_async(wait_global_event, (60,))
-            results = [pool.apply_async(square, (i,)) for i in range(17000)]
+            results = [pool.apply_async(count_call, (i,)) for i in range(17000)]
             ev.set()
             self.assertTrue(gate.get(60))
-            self.assertEqual([r.get(60) for r in results], [i * i for i in range(17000)])
+            # The one worker ran them in the order they were submitted (the gate was its first).
+            self.assertEqual([r.get(60) for r in results], [(i + 2, i) for i in range(17000)])
 
     def test_a_pool_dropped_unclosed_is_collected_and_its_workers_end(self):
         import gc
