@@ -478,20 +478,20 @@ int runJob(const Options& o, dragon::UniqueFd sigfd) {
   // --config and --log-level are for a dragond of the job's own (a running one has its
   // configuration): they start one, as in a multi-node job.
   const bool ownDragond = o.forcePrivate || !o.config.empty() || !o.logLevel.empty();
-  if (!ownDragond && o.socket.empty()) {
-    const std::string configured = configuredSocket(o);
-    if (!configured.empty() && configured != socket) {
-      co.socketPath = configured;
+  if (!ownDragond) {
+    std::vector<std::string> places = {socket};
+    if (o.socket.empty()) {
+      const std::string configured = configuredSocket(o);
+      if (!configured.empty() && configured != socket) places.insert(places.begin(), configured);
+    }
+    for (const auto& place : places) {
+      co.socketPath = place;
       client = Client::connect(co);
       if (client.has_value() || client.error().code() != StatusCode::NotFound) {
-        socket = configured;
-      } else {
-        co.socketPath = socket;
+        socket = place;
+        break;
       }
     }
-  }
-  if (!ownDragond && !client.has_value() && client.error().code() == StatusCode::NotFound) {
-    client = Client::connect(co);
   }
   if (!client.has_value() && client.error().code() == StatusCode::NotFound && o.socket.empty()) {
     Status st = privateDaemon.start(o, socket);

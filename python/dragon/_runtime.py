@@ -86,9 +86,9 @@ def _stop_private():
     # At exit (registered after multiprocessing's exit function, so run before it): first
     # what the launcher's runtime has done by the time its dragond goes, in the same order:
     # multiprocessing's finalizers (a Pool left open) and this process's Pipe handles closed
-    # (its peers see end of file), then multiprocessing's
-    # exit (queues flushed, daemonic children terminated, the others joined: a program may
-    # end without joining them). Both are idempotent; their own atexit calls do nothing then.
+    # (its peers see end of file), then multiprocessing's exit (queues flushed, daemonic
+    # children terminated, the others joined: a program may end without joining them). Both
+    # are idempotent; their own atexit calls do nothing then.
     from multiprocessing import util
     from .connection import _at_exit
     _at_exit()

@@ -259,6 +259,8 @@ struct PyChannel {
   }
 
   void send(py::buffer data, const py::object& timeout);
+  // Sent now, or false: no room (the channel full, or its pool out of blocks).
+  bool trySend(py::buffer data);
   py::bytes recv(const py::object& timeout);
   // Queue messages (codec.cpp): put pickles (or not) and sends; get receives and unpickles.
   // put() reports an object that cannot be pickled to on_error(exception, obj) when given (and

@@ -17,14 +17,29 @@
 
 namespace dragon::python {
 
-void PyChannel::send(py::buffer data, const py::object& timeout) {
-  py::buffer_info info = data.request();
+namespace {
+
+// The bytes of a buffer to send: one contiguous run, or a ValueError.
+std::span<const std::byte> sendable(const py::buffer_info& info) {
   if (info.ndim > 1 && info.strides.back() != info.itemsize) {
     throw py::value_error("send needs a contiguous buffer");
   }
-  const auto* p = static_cast<const std::byte*>(info.ptr);
-  const std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
-  check(sendBytes({p, n}, timeoutOf(timeout)));
+  return {static_cast<const std::byte*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
+}
+
+}  // namespace
+
+void PyChannel::send(py::buffer data, const py::object& timeout) {
+  const py::buffer_info info = data.request();
+  check(sendBytes(sendable(info), timeoutOf(timeout)));
+}
+
+bool PyChannel::trySend(py::buffer data) {
+  const py::buffer_info info = data.request();
+  const Status st = sendBytes(sendable(info), dragon::Timeout::none());
+  if (!st.isOk() && isNotNow(st.code())) return false;
+  check(st);
+  return true;
 }
 
 py::bytes PyChannel::recv(const py::object& timeout) {
@@ -321,22 +336,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("capacity",
                              [](PyChannel& c) { return c.ch->capacity(); })
       .def("send", &PyChannel::send, py::arg("data"), py::arg("timeout") = py::none())
-      .def(
-          "try_send",
-          [](PyChannel& c, py::buffer data) {
-            // Sent now, or False: no room (the channel full, or its pool out of blocks).
-            py::buffer_info info = data.request();
-            if (info.ndim > 1 && info.strides.back() != info.itemsize) {
-              throw py::value_error("send needs a contiguous buffer");
-            }
-            const auto* p = static_cast<const std::byte*>(info.ptr);
-            const auto n = static_cast<std::size_t>(info.size * info.itemsize);
-            const Status st = c.sendBytes({p, n}, dragon::Timeout::none());
-            if (!st.isOk() && isNotNow(st.code())) return false;
-            check(st);
-            return true;
-          },
-          py::arg("data"))
+      .def("try_send", &PyChannel::trySend, py::arg("data"))
       .def("recv", &PyChannel::recv, py::arg("timeout") = py::none())
       .def("put", &PyChannel::put, py::arg("obj"), py::arg("block") = true,
            py::arg("timeout") = py::none(), py::arg("on_error") = py::none())

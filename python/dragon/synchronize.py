@@ -39,6 +39,24 @@ def _broken(sem, err):
     return BrokenLockError("%s is %s" % (type(sem).__name__, why))
 
 
+# This process's pid, kept up to date in a forked child: a Lock records its taker on every
+# acquire, where os.getpid() would be a system call each time.
+_pid = os.getpid()
+
+
+def _after_fork_in_child():
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _me():
+    """The calling process and thread."""
+    return (_pid, threading.get_ident())
+
+
 def _timeout(block, timeout):
     if not block:
         return 0
@@ -64,17 +82,16 @@ class Semaphore:
     def __init__(self, value=1, *, ctx=None, _capacity=None, _holder=None, _spills=True):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        if _capacity is None and not _spills:
-            # A Condition's counts (one per waiter at most): no spill channel, whose check
-            # would cost a round trip per acquire on another node than its home.
-            _capacity = max(value, 1) + 4096
-        if _capacity is None:
+        if _capacity is None and _spills:
             capacity = min(max(value, 1), MAX_TOKENS - 4096) + 4096
             self._spill = _runtime.new_channel(_SPILL_SLOTS, 8)
         else:
-            # Bounded (a Lock, a BoundedSemaphore): its tokens are its whole value, which the
-            # channel's capacity bounds; the stdlib's classes that ask for SEM_VALUE_MAX
-            # (2**31 - 1) to mean "no limit" get MAX_TOKENS.
+            # Its tokens are its whole value, which the channel's capacity bounds: a Lock's or
+            # a BoundedSemaphore's (the stdlib's classes that ask for SEM_VALUE_MAX, 2**31 - 1,
+            # to mean "no limit" get MAX_TOKENS), or a Condition's counts (one per waiter at
+            # most; a spill channel's look would cost an acquire a round trip on another node).
+            if _capacity is None:
+                _capacity = max(value, 1) + 4096
             value = min(value, MAX_TOKENS)
             capacity = min(max(_capacity, 1), MAX_TOKENS)
             self._spill = None
@@ -269,7 +286,7 @@ class Lock(Semaphore):
     def acquire(self, block=True, timeout=None):
         if not Semaphore.acquire(self, block, timeout):
             return False
-        self._mine = (os.getpid(), threading.get_ident())
+        self._mine = _me()
         return True
 
     def release(self):
@@ -279,7 +296,7 @@ class Lock(Semaphore):
     def _is_mine(self):
         """Whether the calling thread holds it (what a Condition over it checks): it took it,
         and it is still taken."""
-        return self._mine == (os.getpid(), threading.get_ident()) and self._is_zero()
+        return self._mine == _me() and self._is_zero()
 
     def _guard(self, buffer):
         # Held weakly: a Value or Array dropped while its lock lives is freed, as the stdlib's
@@ -316,7 +333,7 @@ class Lock(Semaphore):
         except BaseException:
             Semaphore.release(self)
             raise
-        self._mine = (os.getpid(), threading.get_ident())
+        self._mine = _me()
         return True
 
     def _release_flushing(self):
@@ -349,21 +366,18 @@ class RLock:
         self._owner = None
         self._count = 0
 
-    def _me(self):
-        return (os.getpid(), threading.get_ident())
-
     def acquire(self, block=True, timeout=None):
-        if self._owner == self._me():
+        if self._owner == _me():
             self._count += 1
             return True
         if not self._lock.acquire(block, timeout):
             return False
-        self._owner = self._me()
+        self._owner = _me()
         self._count = 1
         return True
 
     def release(self):
-        if self._owner != self._me():
+        if self._owner != _me():
             if _is_broken(self._lock):  # as for its owner: the lock is gone (the release at the
                 # end of a `with` whose Condition.wait could not take a broken lock back)
                 self._lock.release()
@@ -374,7 +388,7 @@ class RLock:
             self._lock.release()
 
     def _is_owned(self):
-        return self._owner == self._me()
+        return self._owner == _me()
 
     def _guard(self, buffer):
         self._lock._guard(buffer)

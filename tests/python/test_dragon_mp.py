@@ -1742,6 +1742,15 @@ class SharedValueTest(unittest.TestCase):
 
 
 class SynchronizeTest(unittest.TestCase):
+    def run_together(self, calls):
+        """Processes for `calls` ((target, args) pairs), started together; each must end 0."""
+        procs = [CTX.Process(target=target, args=args) for target, args in calls]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            self.assertEqual(p.exitcode, 0)
+
     def test_a_semaphore_counts_past_its_channel_from_every_process(self):
         # The stdlib's Semaphore counts to 2**31 - 1; its tokens here live in a channel of a
         # few thousand slots, the rest spilled: none may be lost or made up, also when
@@ -1752,24 +1761,13 @@ class SynchronizeTest(unittest.TestCase):
         self.assertEqual(sem.get_value(), 10000)
         big = CTX.Semaphore(100000)
         self.assertEqual(big.get_value(), 100000)
-        procs = [CTX.Process(target=release_many, args=(sem, 3000)) for _ in range(2)]
-        procs += [CTX.Process(target=acquire_many, args=(sem, 4000)) for _ in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            self.assertEqual(p.exitcode, 0)
+        self.run_together([(release_many, (sem, 3000))] * 2 + [(acquire_many, (sem, 4000))] * 2)
         self.assertEqual(sem.get_value(), 10000 + 6000 - 8000)
         # Many processes draining it at once, more than the channel holds: none may find it
         # empty while counts are spilled (each takes its share, none times out).
         for _ in range(2):
             sem.release(3000)
-        procs = [CTX.Process(target=acquire_many, args=(sem, 3500)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            self.assertEqual(p.exitcode, 0)
+        self.run_together([(acquire_many, (sem, 3500))] * 4)
         self.assertEqual(sem.get_value(), 8000 + 6000 - 14000)
         for _ in range(8000):
             sem.release()
