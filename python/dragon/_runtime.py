@@ -111,10 +111,26 @@ _socket = None  # the dragond this process (and a fork of it) talks to, once kno
 
 def _connect():
     global _socket
-    sock = _socket or os.environ.get("DRAGON_SOCKET") or _native.default_socket_path()
+    name = "python %d" % os.getpid()
+    sock = _socket or os.environ.get("DRAGON_SOCKET")
+    if not sock:
+        # As the launcher looks: where dragon.yaml (socket, runtime_dir) puts dragond, then the
+        # default place (the system's per-user dragond listens where its unit says). Children
+        # are told where it was found, as under the launcher.
+        sock = _native.default_socket_path()
+        configured = _native.configured_socket_path()
+        if configured and configured != sock:
+            try:
+                c = _native.Client(configured, name, PREFAULT)
+            except LookupError:
+                pass
+            else:
+                _socket = configured
+                os.environ["DRAGON_SOCKET"] = configured
+                return c
     # Pools map lazily: a process touches only the pages of the objects it uses, so a child
     # that attaches its parent's 64 MiB pool starts in microseconds, not milliseconds.
-    c = _native.Client(sock, "python %d" % os.getpid(), PREFAULT)
+    c = _native.Client(sock, name, PREFAULT)
     _socket = sock
     return c
 

@@ -3,6 +3,8 @@
 // Status becomes a Python exception; blocking calls release the GIL.
 #include "edge.hpp"
 
+#include "config/config.hpp"
+
 #include <dragon/client.hpp>
 
 #include <pybind11/functional.h>
@@ -241,6 +243,13 @@ PYBIND11_MODULE(_native, m) {
         py::arg("descriptor"), "The node that holds the object of a descriptor");
   m.def("default_socket_path", &dragon::defaultSocketPath);
   m.def("default_runtime_dir", &dragon::defaultRuntimeDir);
+  // Where dragon.yaml (and DRAGON_* variables) put dragond's socket, as the launcher reads
+  // them; "" when they put it nowhere special or do not load (a private dragond started next
+  // reports why).
+  m.def("configured_socket_path", [] {
+    auto cfg = dragon::config::Config::load(dragon::config::LoadOptions{});
+    return cfg.has_value() ? dragon::config::configuredSocketPath(*cfg) : std::string();
+  });
 
   py::class_<dragon::Pool, std::shared_ptr<dragon::Pool>>(m, "Pool")
       .def_property_readonly("descriptor",
