@@ -861,6 +861,14 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   }
   Connection* c = clientOf(rq);
   if (c == nullptr) return;
+  if (const std::uint64_t t = msg.channel_op().transfer();
+      t != 0 && (kind == pb::ChannelOp::SEND_PART || kind == pb::ChannelOp::SEND)) {
+    // A send in parts is keyed at its home by the node it comes from and its transfer id,
+    // which must be unique on this node: the client's own count (its low half) made so by the
+    // connection's id (pids, which clients put above it, repeat across pid namespaces). A
+    // RECV_PART's id is the home's own.
+    msg.mutable_channel_op()->set_transfer((c->id << 32) | (t & 0xffffffffu));
+  }
   std::span<const char> staged;
   if (msg.channel_op().has_staged()) {
     auto bytes = takeStaged(*msg.mutable_channel_op());

@@ -556,8 +556,9 @@ Status sendWhole(detail::ClientConnection& c, pb::ChannelOp& op, std::size_t siz
   return st;
 }
 
-// A transfer in parts (ChannelOp SEND_PART, RECV_PART): unique among this node's, as the home
-// dragond keys it by the node it comes from: this process's pid above a count of its own.
+// A transfer in parts (ChannelOp SEND_PART, RECV_PART): a count of this process's (the low 32
+// bits), which dragond makes unique on its node by the connection it came through (the
+// home dragond keys it by the node it comes from); the pid above it names it in logs.
 std::uint64_t newTransferId() {
   static std::atomic<std::uint32_t> count{0};
   return (std::uint64_t{static_cast<std::uint32_t>(getpid())} << 32) | ++count;

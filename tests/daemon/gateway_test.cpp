@@ -409,6 +409,40 @@ TEST_F(Gateway, AMessageLargerThanOnePartCrossesInPartsBothWays) {
   EXPECT_EQ(codeOf(*r), StatusCode::MessageTooLarge);
 }
 
+TEST_F(Gateway, SendsInPartsOfTwoProcessesWithTheSameTransferIdStayApart) {
+  // Clients number their transfers by pid and a count, and pids repeat across pid namespaces:
+  // two processes' sends in parts with one id, interleaved, must arrive as two messages.
+  RawConn a(d->socket());
+  RawConn b(d->socket());
+  const std::uint64_t transfer = (std::uint64_t{4242} << 32) | 1;
+  auto part = [&](pb::ChannelOp::Kind kind, std::uint64_t at, std::string data) {
+    pb::Envelope e = op(ch->descriptor(), kind, 0);
+    e.mutable_channel_op()->set_transfer(transfer);
+    e.mutable_channel_op()->set_part_offset(at);
+    e.mutable_channel_op()->set_total_size(10);
+    e.mutable_channel_op()->set_data(std::move(data));
+    return e;
+  };
+  for (auto [conn, first] : {std::pair{&a, "aaaaa"}, std::pair{&b, "bbbbb"}}) {
+    auto r = conn->reply(conn->post(part(pb::ChannelOp::SEND_PART, 0, first)), 10s);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  }
+  for (auto [conn, last] : {std::pair{&b, "BBBBB"}, std::pair{&a, "AAAAA"}}) {
+    auto r = conn->reply(conn->post(part(pb::ChannelOp::SEND, 5, last)), 10s);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  }
+  std::vector<std::string> got;
+  for (int i = 0; i < 2; ++i) {
+    auto m = ch->recvBytes(Timeout::after(10s));
+    ASSERT_TRUE(m.has_value()) << m.error().toString();
+    got.emplace_back(reinterpret_cast<const char*>(m->data()), m->size());
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{"bbbbbBBBBB", "aaaaaAAAAA"}));
+  EXPECT_EQ(ch->channel().size(), 0u);
+}
+
 TEST_F(Gateway, AStagedSendTakesItsBytesFromAnAllocationOfThisNode) {
   // What ClientChannel::send does with a large message: the bytes in its staging pool, the
   // request naming them (ChannelOp.staged), here over the raw protocol.
