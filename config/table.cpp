@@ -53,6 +53,11 @@ constexpr KeySpec kKeys[] = {
      "multi-node job (0s: it sleeps at once); a remote operation then costs no wake-up. For "
      "nodes where dragond has a core to itself",
      "", 0, kSecond / 100},
+    {"cluster.parked_send_bytes", Type::Size, "1GiB",
+     "bytes of waiting sends (to a full channel) that a dragond holds for its channels; past "
+     "it a sender's message waits on its own node, sent again 1 to 100 ms apart (one send is "
+     "always held)",
+     "", 0, kTiB},
     {"cluster.node_lost_grace", Type::Duration, "2s",
      "after a node is lost, how long the job's processes have to act on NodeLost before the "
      "job is ended", "", 0, 3600 * kSecond},

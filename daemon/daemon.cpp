@@ -55,7 +55,9 @@ class Daemon {
     if (st.isOk() && options_.exitWithFd >= 0) {
       st = loop_.add(options_.exitWithFd, EPOLLIN, [this](std::uint32_t) { onCreatorFd(); });
     }
-    if (st.isOk()) st = server_.start(objects_, processes_);
+    if (st.isOk()) {
+      st = server_.start(objects_, processes_, options_.config.getSize("cluster.parked_send_bytes"));
+    }
     if (st.isOk() && options_.nodeId >= 0) {
       auto cluster = Cluster::create(loop_, node_, options_.config);
       if (cluster.has_value()) {

@@ -162,6 +162,18 @@ pb::Envelope expired(const pb::ChannelOp& op) {
 }  // namespace
 
 struct Gateway::Op {
+  // A parked SEND's message, counted in Gateway::parkedSendBytes_ for as long as it is held.
+  struct Counted {
+    std::atomic<std::uint64_t>* total = nullptr;
+    std::uint64_t bytes = 0;
+    Counted() = default;
+    Counted(const Counted&) = delete;
+    Counted& operator=(const Counted&) = delete;
+    ~Counted() {
+      if (total != nullptr) total->fetch_sub(bytes);
+    }
+  };
+  Counted counted;
   std::uint32_t from = 0;
   std::uint64_t key = 0;
   std::uint64_t channelId = 0;
@@ -224,23 +236,23 @@ void Gateway::ring() {
   (void)bell_->send(std::span(&b, 1), Timeout::none());  // full: it rang already
 }
 
-void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
+bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply) {
   auto desc = pb::fromRef(op.channel());
   if (!desc.has_value()) {
     reply(errorOf(desc.error()));
-    return;
+    return true;
   }
   auto ch = objects_.channel(*desc);
   if (!ch.has_value()) {
     reply(errorOf(ch.error()));
-    return;
+    return true;
   }
   const bool poll = op.kind() == pb::ChannelOp::POLL;
   if ((op.kind() != pb::ChannelOp::SEND && op.kind() != pb::ChannelOp::RECV && !poll &&
        op.kind() != pb::ChannelOp::CLOSE) ||
       (poll && (op.events() == 0 || op.events() > 3))) {
     reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
-    return;
+    return true;
   }
   // The loop never waits on a lock of a process (one stopped inside a send would stall every
   // client of the node): a held lock hands the operation to the thread, which tries it again.
@@ -252,7 +264,7 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
   }
   if (a.done && !busy) {
     reply(std::move(a.answer));
-    return;
+    return true;
   }
   if (op.timeout_ns() == 0 && !busy) {
     if (op.kind() == pb::ChannelOp::POLL) {
@@ -262,13 +274,20 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     } else {
       reply(errorOf(a.wouldBlock));
     }
-    return;
+    return true;
+  }
+  // A send that waits holds its message here; past the limit, it waits on its sender's node
+  // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
+  const std::uint64_t held = parkedSendBytes_.load();
+  if (op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 && held != 0 &&
+      op.data().size() > parkedSendLimit_ - std::min(held, parkedSendLimit_)) {
+    return false;
   }
   // Park it with the thread, on the thread's own mapping of the pool.
   Status st = startThread();
   if (!st.isOk()) {
     reply(errorOf(st));
-    return;
+    return true;
   }
   std::shared_ptr<Pool> mine;
   if (auto it = mappings_.find(desc->poolId); it != mappings_.end()) mine = it->second.lock();
@@ -277,12 +296,12 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
     UniqueFd fd(grant.has_value() ? fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3) : -1);
     if (!fd) {
       reply(errorOf(grant.has_value() ? Status::fromErrno("dup", errno) : grant.error()));
-      return;
+      return true;
     }
     auto pool = Pool::attach(std::move(fd), grant->pool, /*prefault=*/false);
     if (!pool.has_value()) {
       reply(errorOf(pool.error()));
-      return;
+      return true;
     }
     mine = std::make_shared<Pool>(std::move(*pool));
     mappings_[desc->poolId] = mine;
@@ -290,15 +309,21 @@ void Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply reply) {
   auto own = Channel::attach(*mine, *desc);
   if (!own.has_value()) {
     reply(errorOf(own.error()));
-    return;
+    return true;
   }
   park(from, op, std::move(*own), std::move(mine), std::move(reply), op.timeout_ns() == 0);
+  return true;
 }
 
 void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
                    std::shared_ptr<Pool> pool, Reply reply, bool tryOnce) {
-  auto o = std::unique_ptr<Op>(new Op{from, op.op_key(), mine.id(), op, std::move(mine),
+  auto o = std::unique_ptr<Op>(new Op{{}, from, op.op_key(), mine.id(), op, std::move(mine),
                                       std::move(pool), 0, std::move(reply), false, tryOnce});
+  if (op.kind() == pb::ChannelOp::SEND) {
+    o->counted.bytes = op.data().size();
+    o->counted.total = &parkedSendBytes_;
+    parkedSendBytes_ += o->counted.bytes;
+  }
   const std::int64_t t = op.timeout_ns();
   const std::int64_t now = monotonicNowNs();
   o->deadlineNs = tryOnce || t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;

@@ -30,6 +30,7 @@
 #include <dragon/client.hpp>
 #include <dragon/unique_fd.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -57,8 +58,15 @@ class Gateway {
 
   // Does `op` (SEND, RECV or POLL) on the channel of this node it names and calls `reply` on
   // the loop thread with the answer: at once, or when the parked operation completes.
-  // `from` and op.op_key() name it for cancel().
-  void submit(std::uint32_t from, const protocol::ChannelOp& op, Reply reply);
+  // `from` and op.op_key() name it for cancel(). Returns false, leaving `reply` as it was, for
+  // a SEND that would wait while the waiting sends hold parkedSendLimit() bytes or more (one
+  // always may): the caller tells its sender to try again later (ChannelOpReply
+  // retry_after_ns), so that the bytes wait on the sender's node, as a local send's do.
+  [[nodiscard]] bool submit(std::uint32_t from, const protocol::ChannelOp& op, Reply&& reply);
+  void setParkedSendLimit(std::uint64_t bytes) { parkedSendLimit_ = bytes; }
+  std::uint64_t parkedSendLimit() const { return parkedSendLimit_; }
+  // The bytes of the waiting sends parked now.
+  std::uint64_t parkedSendBytes() const { return parkedSendBytes_.load(); }
   // Ends a parked operation whose requester no longer wants it, answered as a timeout.
   void cancel(std::uint32_t from, std::uint64_t opKey);
   // Drops every parked operation of a lost node (none is attempted after this returns).
@@ -88,6 +96,12 @@ class Gateway {
   EventLoop& loop_;
   ObjectManager& objects_;
   std::string loopBuf_;  // the loop's receive buffer for RECVs tried at once
+
+  std::uint64_t parkedSendLimit_ = std::uint64_t{1} << 30;
+  // Of the parked SENDs' messages: counted by the loop when it parks one, and given back when
+  // the operation is dropped (by the thread, or the loop). Declared before ops_, which holds
+  // what counts against it.
+  std::atomic<std::uint64_t> parkedSendBytes_{0};
 
   // Shared with the thread, under mu_.
   mutable std::mutex mu_;

@@ -75,6 +75,18 @@ Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op) {
   return Status::ok();
 }
 
+void PartStore::restore(std::uint32_t node, std::uint64_t transfer, std::uint64_t total,
+                        std::uint64_t lastOffset, std::string whole, std::int64_t nowNs) {
+  whole.resize(std::min<std::uint64_t>(lastOffset, whole.size()));
+  Kept& k = kept_[Key{node, false, transfer}];
+  keptSendBytes_ -= k.counted;  // none: assemble() ended the transfer
+  k.data = std::move(whole);
+  k.total = total;
+  k.counted = total;
+  k.touched = nowNs;
+  keptSendBytes_ += total;
+}
+
 void PartStore::split(std::uint32_t node, pb::ChannelOpReply& reply, std::int64_t nowNs) {
   if (reply.data().size() <= kPart) return;
   const std::uint64_t id = nextReceive_++;

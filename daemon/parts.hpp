@@ -32,6 +32,11 @@ class PartStore {
   // A SEND of a transfer's last part: op.data() becomes the whole message and the transfer
   // ends (its fields are cleared).
   Status assemble(std::uint32_t node, protocol::ChannelOp& op);
+  // Undoes assemble() of a SEND that the home could not take yet: the message, less its last
+  // part (from `lastOffset` on, which the sender sends again), is kept again as `transfer` of
+  // `total` bytes, counted whatever the limit (it was counted a moment ago).
+  void restore(std::uint32_t node, std::uint64_t transfer, std::uint64_t total,
+               std::uint64_t lastOffset, std::string whole, std::int64_t nowNs);
   // The reply to a RECV with parts: a message larger than one part keeps all but its first,
   // and the reply says the total size and the transfer the rest comes by.
   void split(std::uint32_t node, protocol::ChannelOpReply& reply, std::int64_t nowNs);

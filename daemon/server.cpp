@@ -36,10 +36,12 @@ Server::~Server() {
   conns_.clear();
 }
 
-Status Server::start(ObjectManager& objects, ProcessManager& processes) {
+Status Server::start(ObjectManager& objects, ProcessManager& processes,
+                     std::uint64_t parkedSendBytes) {
   objects_ = &objects;
   processes_ = &processes;
   gateway_ = std::make_unique<Gateway>(loop_, objects);
+  gateway_->setParkedSendLimit(parkedSendBytes);
   objects.setChannelGoneHook([this](std::uint64_t id) { gateway_->channelGone(id); });
   rma_ = std::make_unique<RmaRegions>(objects);
   objects.setPoolGoneHook([this](std::uint64_t id) { rma_->poolGone(id); });

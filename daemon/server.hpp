@@ -43,7 +43,9 @@ class Server {
   Server(EventLoop& loop, UniqueFd listener, NodeRegistry& global, std::uint32_t node);
   ~Server();
 
-  Status start(ObjectManager& objects, ProcessManager& processes);
+  // `parkedSendBytes`: config cluster.parked_send_bytes (Gateway::setParkedSendLimit).
+  Status start(ObjectManager& objects, ProcessManager& processes,
+               std::uint64_t parkedSendBytes = std::uint64_t{1} << 30);
   // A dragond of a multi-node job: requests may name other nodes, and other nodes' requests
   // arrive through `cluster` (server_cluster.cpp). `socketPath` is given to processes started
   // here for other nodes (as DRAGON_SOCKET).
@@ -193,6 +195,10 @@ class Server {
   // next runs; the client keeps its block until its answer).
   Result<std::span<const char>> takeStaged(protocol::ChannelOp& op);
   void armPartsSweep();
+  // A client's SEND that may wait: routed (routeChannelOp), and routed again while its home
+  // answers that it cannot hold it yet (retry_after_ns), until its deadline.
+  struct BlockedSend;
+  void routeSend(std::shared_ptr<BlockedSend> send);
   void cancelOp(std::uint32_t node, std::uint64_t key);
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);

@@ -17,6 +17,11 @@ namespace pb = dragon::protocol;
 
 namespace {
 
+// A SEND its home could not take yet (its gateway holds cluster.parked_send_bytes of waiting
+// sends) is sent again after what the home says, then twice as long each time, up to this.
+constexpr std::int64_t kBlockedSendRetryNs = 1'000'000;
+constexpr std::int64_t kBlockedSendRetryMaxNs = 100'000'000;
+
 Status statusOf(const pb::Envelope& e) {
   if (!e.has_error()) return Status::ok();
   return pb::statusFromError(e.error());
@@ -816,6 +821,15 @@ pb::Envelope Server::peerAttach(std::uint32_t from, const pb::Attach& attach) {
   return e;
 }
 
+struct Server::BlockedSend {
+  std::uint64_t cid = 0;
+  std::uint64_t key = 0;
+  pb::ChannelOp op;  // as the client sent it: its bytes (small), or where it staged them
+  Reply reply;
+  std::int64_t deadlineNs = INT64_MAX;
+  std::int64_t waitNs = 0;  // before the next try
+};
+
 void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   const pb::ChannelOp::Kind kind = msg.channel_op().kind();
   if (rq.fromPeer()) {
@@ -861,6 +875,7 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   }
   Connection* c = clientOf(rq);
   if (c == nullptr) return;
+  const bool mayWait = kind == pb::ChannelOp::SEND && msg.channel_op().timeout_ns() != 0;
   if (const std::uint64_t t = msg.channel_op().transfer();
       t != 0 && (kind == pb::ChannelOp::SEND_PART || kind == pb::ChannelOp::SEND)) {
     // A send in parts is keyed at its home by the node it comes from and its transfer id,
@@ -868,6 +883,18 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     // connection's id (pids, which clients put above it, repeat across pid namespaces). A
     // RECV_PART's id is the home's own.
     msg.mutable_channel_op()->set_transfer((c->id << 32) | (t & 0xffffffffu));
+  }
+  if (mayWait) {
+    auto send = std::make_shared<BlockedSend>();
+    send->cid = c->id;
+    send->key = nextOpKey_++;
+    send->op = std::move(*msg.mutable_channel_op());
+    send->reply = rq.later();
+    const std::int64_t t = send->op.timeout_ns();
+    const std::int64_t now = monotonicNowNs();
+    send->deadlineNs = t < 0 || t >= INT64_MAX - now ? INT64_MAX : now + t;
+    routeSend(std::move(send));
+    return;
   }
   std::span<const char> staged;
   if (msg.channel_op().has_staged()) {
@@ -890,6 +917,46 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
   routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), rq.later(), staged);
+}
+
+void Server::routeSend(std::shared_ptr<BlockedSend> send) {
+  pb::ChannelOp op = send->op;  // kept for another try: small bytes (a large message is staged)
+  std::span<const char> staged;
+  if (op.has_staged()) {
+    // Taken again for each try: the client keeps its block until its answer, and the check
+    // sees a pool or block it gave up meanwhile.
+    auto bytes = takeStaged(op);
+    if (!bytes.has_value()) {
+      send->reply(errorEnvelope(bytes.error()));
+      return;
+    }
+    staged = *bytes;
+  }
+  if (send->deadlineNs != INT64_MAX) {
+    op.set_timeout_ns(std::max<std::int64_t>(send->deadlineNs - monotonicNowNs(), 1));
+  }
+  routeChannelOp(send->cid, send->key, std::move(op), [this, send](pb::Envelope answer) {
+    const std::uint64_t after =
+        answer.has_channel_op_reply() ? answer.channel_op_reply().retry_after_ns() : 0;
+    if (after == 0) {
+      send->reply(std::move(answer));
+      return;
+    }
+    // Its home holds as many waiting sends as it may: this one waits here, and goes again.
+    const auto hint =
+        static_cast<std::int64_t>(std::min<std::uint64_t>(after, kBlockedSendRetryMaxNs));
+    send->waitNs = std::clamp<std::int64_t>(std::max(hint, 2 * send->waitNs), 1,
+                                            kBlockedSendRetryMaxNs);
+    if (send->deadlineNs != INT64_MAX && send->deadlineNs - monotonicNowNs() <= send->waitNs) {
+      send->reply(errorEnvelope(Status(StatusCode::Timeout,
+                                       "the channel's node held as many waiting sends as it may "
+                                       "(cluster.parked_send_bytes) until the deadline")));
+      return;
+    }
+    loop_.addTimerAfterNs(send->waitNs, [this, send] {
+      if (conns_.count(send->cid) != 0) routeSend(send);  // else its client has gone
+    });
+  }, staged);
 }
 
 Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
@@ -959,15 +1026,30 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
       reply(std::move(e));
       return;
     }
-    case pb::ChannelOp::SEND:
-      if (op.transfer() != 0) {
+    case pb::ChannelOp::SEND: {
+      const std::uint64_t transfer = op.transfer();
+      const std::uint64_t lastOffset = op.part_offset();
+      const std::uint64_t total = op.total_size();
+      if (transfer != 0) {
         Status st = parts_.assemble(from, op);
         if (!st.isOk()) {
           reply(errorEnvelope(st));
           return;
         }
       }
-      break;
+      if (gateway_->submit(from, op, std::move(reply))) return;
+      // It would wait, and the waiting sends hold all the gateway may: it waits on its
+      // sender's node (the sender's dragond sends it again; a message in parts keeps its
+      // other parts here for that).
+      if (transfer != 0) {
+        parts_.restore(from, transfer, total, lastOffset, std::move(*op.mutable_data()), now);
+        armPartsSweep();
+      }
+      pb::Envelope e;
+      e.mutable_channel_op_reply()->set_retry_after_ns(kBlockedSendRetryNs);
+      reply(std::move(e));
+      return;
+    }
     case pb::ChannelOp::RECV:
       if (op.parts() && !op.bounded()) {  // the gateway answers with the whole message
         reply = [this, from, reply = std::move(reply)](pb::Envelope e) {
@@ -982,7 +1064,10 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
     default:
       break;
   }
-  gateway_->submit(from, op, std::move(reply));
+  if (!gateway_->submit(from, op, std::move(reply))) {
+    reply(errorEnvelope(Status(StatusCode::Internal, "the gateway refused a " +
+                                                         pb::ChannelOp::Kind_Name(op.kind()))));
+  }
 }
 
 void Server::armPartsSweep() {

@@ -443,6 +443,79 @@ TEST_F(Gateway, SendsInPartsOfTwoProcessesWithTheSameTransferIdStayApart) {
   EXPECT_EQ(ch->channel().size(), 0u);
 }
 
+TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrder) {
+  // cluster.parked_send_bytes: the home holds 1 KiB of waiting sends; one more is answered
+  // "later" and its sender's dragond (here the same one) sends it again until it fits, a
+  // message in parts keeping its other parts at the home meanwhile. Without the limit the
+  // home held every waiting send's bytes however many came.
+  auto d = RunningDaemon::start({"--set", "cluster.parked_send_bytes=1KiB"});
+  ASSERT_TRUE(d);
+  Client client = d->connect();
+  auto pool = client.createPool(std::size_t{4} << 20);
+  ASSERT_TRUE(pool.has_value());
+  ChannelOptions o;
+  o.capacity = 1;
+  auto c = client.createChannel((*pool)->descriptor(), o);
+  ASSERT_TRUE(c.has_value());
+  ClientChannel& ch = **c;
+  ASSERT_TRUE(ch.send(bytesOf("first")).isOk());
+  const std::string a(800, 'a');
+  std::string b(1000, 'b');
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<char>('A' + i % 26);
+  RawConn ra(d->socket());
+  auto sendA = op(ch.descriptor(), pb::ChannelOp::SEND, -1);
+  sendA.mutable_channel_op()->set_data(a);
+  const auto idA = ra.post(sendA);  // held at the home: nothing else is
+  EXPECT_FALSE(ra.reply(idA, 100ms).has_value()) << "a send to a full channel waits";
+  // B: in two parts; its last part would be held past the limit.
+  RawConn rb(d->socket());
+  auto part = op(ch.descriptor(), pb::ChannelOp::SEND_PART, 0);
+  part.mutable_channel_op()->set_transfer(7);
+  part.mutable_channel_op()->set_total_size(b.size());
+  part.mutable_channel_op()->set_data(b.substr(0, 600));
+  auto r = rb.reply(rb.post(part), 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  auto last = op(ch.descriptor(), pb::ChannelOp::SEND, -1);
+  last.mutable_channel_op()->set_transfer(7);
+  last.mutable_channel_op()->set_part_offset(600);
+  last.mutable_channel_op()->set_total_size(b.size());
+  last.mutable_channel_op()->set_data(b.substr(600));
+  const auto idB = rb.post(last);
+  // C: past the limit until its deadline.
+  RawConn rc(d->socket());
+  auto sendC = op(ch.descriptor(), pb::ChannelOp::SEND, 300'000'000);
+  sendC.mutable_channel_op()->set_data(std::string(300, 'c'));
+  r = rc.reply(rc.post(sendC), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Timeout);
+  EXPECT_NE(r->error().message().find("cluster.parked_send_bytes"), std::string::npos)
+      << r->error().message();
+  // D: past the limit, and its client leaves: its message is never sent.
+  {
+    RawConn rd(d->socket());
+    auto sendD = op(ch.descriptor(), pb::ChannelOp::SEND, -1);
+    sendD.mutable_channel_op()->set_data(std::string(500, 'd'));
+    EXPECT_FALSE(rd.reply(rd.post(sendD), 50ms).has_value());
+  }
+  EXPECT_FALSE(rb.reply(idB, 100ms).has_value()) << "B waits while A is held";
+  std::vector<std::string> got;
+  for (int i = 0; i < 3; ++i) {
+    auto m = ch.recvBytes(Timeout::after(10s));
+    ASSERT_TRUE(m.has_value()) << m.error().toString();
+    got.emplace_back(reinterpret_cast<const char*>(m->data()), m->size());
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{"first", a, b}));
+  for (auto [conn, id] : {std::pair{&ra, idA}, std::pair{&rb, idB}}) {
+    r = conn->reply(id, 10s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+    EXPECT_EQ(r->channel_op_reply().retry_after_ns(), 0u) << "the client saw a retry";
+  }
+  auto stray = ch.recvBytes(Timeout::after(300ms));
+  EXPECT_FALSE(stray.has_value()) << "a message of a client that left was sent";
+}
+
 TEST_F(Gateway, AStagedSendTakesItsBytesFromAnAllocationOfThisNode) {
   // What ClientChannel::send does with a large message: the bytes in its staging pool, the
   // request naming them (ChannelOp.staged), here over the raw protocol.
