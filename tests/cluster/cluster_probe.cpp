@@ -627,6 +627,112 @@ int channelBench(Client& c, std::uint32_t node, int count, std::size_t size) {
   return 0;
 }
 
+// --- Waiting sends past the home's limit (cluster.parked_send_bytes) ---
+
+std::string crowdMessage(int index, std::size_t size) {
+  std::string m(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) m[i] = static_cast<char>((index * 131 + i * 7) % 251);
+  m[0] = static_cast<char>('A' + index);
+  return m;
+}
+
+// One of the crowd, on another node than CH's: says "sending INDEX" on REP, then sends its
+// message to CH, waiting as long as it takes.
+int crowdSender(Client& c, const std::string& chText, const std::string& repText, int index,
+                std::size_t size) {
+  auto chDesc = dragon::ObjectDescriptor::fromString(chText);
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!chDesc || !repDesc) return failWith("crowd: bad descriptors");
+  auto ch = c.attachChannel(*chDesc);
+  auto rep = c.attachChannel(*repDesc);
+  if (!ch || !rep) return failWith("crowd: attach");
+  if (!(*rep)->send(bytesOf("sending " + std::to_string(index))).isOk()) return failWith("crowd: rep");
+  dragon::Status st = (*ch)->send(bytesOf(crowdMessage(index, size)), Timeout::forever());
+  if (!st.isOk()) return failWith("crowd: send: " + st.toString());
+  return 0;
+}
+
+// The latecomer: sends to the full channel with a 500 ms deadline, up to 3 times, and says on
+// REP what the last Timeout said ("timeout: MESSAGE"), or what else happened.
+int crowdLate(Client& c, const std::string& chText, const std::string& repText) {
+  auto chDesc = dragon::ObjectDescriptor::fromString(chText);
+  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
+  if (!chDesc || !repDesc) return failWith("late: bad descriptors");
+  auto ch = c.attachChannel(*chDesc);
+  auto rep = c.attachChannel(*repDesc);
+  if (!ch || !rep) return failWith("late: attach");
+  std::string said;
+  for (int i = 0; i < 3; ++i) {
+    dragon::Status st = (*ch)->send(bytesOf(std::string(1000, 'z')), Timeout::after(500ms));
+    if (st.code() != StatusCode::Timeout) {
+      said = "not a timeout: " + st.toString();
+      break;
+    }
+    said = "timeout: " + std::string(st.message());
+    if (said.find("parked_send_bytes") != std::string::npos) break;
+  }
+  return (*rep)->send(bytesOf(said)).isOk() ? 0 : failWith("late: rep");
+}
+
+// COUNT processes of NODE send SIZE bytes each to a full 1-slot channel of this node, more than
+// its dragond may hold (the job runs with a small cluster.parked_send_bytes): the sends past
+// the limit wait on NODE and go again. A latecomer with a deadline must time out naming the
+// key; then every message arrives exactly once, intact.
+int crowd(Client& c, std::uint32_t node, int count, std::size_t size) {
+  auto pool = c.createPool(std::size_t{64} << 20);
+  if (!pool) return failWith("pool");
+  dragon::ChannelOptions o;
+  o.capacity = 1;
+  auto ch = c.createChannel((*pool)->descriptor(), o);
+  auto rep = c.createChannel((*pool)->descriptor(), {});
+  if (!ch || !rep) return failWith("channels");
+  if (!(*ch)->send(bytesOf("first")).isOk()) return failWith("fill");
+  std::vector<std::uint64_t> puids;
+  for (int i = 0; i < count; ++i) {
+    auto p = spawnSelf(c, {"crowd-sender", (*ch)->descriptor().toString(),
+                           (*rep)->descriptor().toString(), std::to_string(i), std::to_string(size)},
+                       node);
+    if (!p) return failWith("spawn: " + p.error().toString());
+    puids.push_back(p->front().puid);
+  }
+  for (int i = 0; i < count; ++i) {
+    auto m = (*rep)->recvBytes(Timeout::after(30s));
+    if (!m || textOf(*m).rfind("sending ", 0) != 0) return failWith("a sender did not start");
+  }
+  auto late = spawnSelf(c, {"crowd-late", (*ch)->descriptor().toString(), (*rep)->descriptor().toString()},
+                        node);
+  if (!late) return failWith("spawn: " + late.error().toString());
+  auto said = (*rep)->recvBytes(Timeout::after(30s));
+  if (!said) return failWith("the latecomer said nothing");
+  const std::string lateText = textOf(*said);
+  if (lateText.find("parked_send_bytes") == std::string::npos) {
+    return failWith("the latecomer: " + lateText);
+  }
+  std::set<int> seen;
+  auto first = (*ch)->recvBytes(Timeout::after(30s));
+  if (!first || textOf(*first) != "first") return failWith("the first message");
+  for (int i = 0; i < count; ++i) {
+    auto m = (*ch)->recvBytes(Timeout::after(30s));
+    if (!m) return failWith("message " + std::to_string(i) + ": " + m.error().toString());
+    const std::string text = textOf(*m);
+    const int index = text.empty() ? -1 : text[0] - 'A';
+    if (index < 0 || index >= count || text != crowdMessage(index, size) || !seen.insert(index).second) {
+      return failWith("a message changed, or came twice");
+    }
+  }
+  auto stray = (*ch)->recvBytes(Timeout::after(200ms));
+  if (stray) return failWith("a message came more than once");
+  puids.push_back(late->front().puid);
+  auto e = c.wait(puids, Timeout::after(30s));
+  if (!e) return failWith("wait: " + e.error().toString());
+  for (const auto& x : *e) {
+    if (x.exitCode != 0) return failWith("a sender failed");
+  }
+  std::printf("probe: ok crowd: %d sends of %zu B to a full channel of node 0 from node %u, each "
+              "once; the latecomer: %s\n", count, size, node, lateText.c_str());
+  return 0;
+}
+
 // --- Remote memory ---
 
 void fillPattern(void* p, std::size_t n, std::uint64_t seed) {
@@ -996,6 +1102,15 @@ int main(int argc, char** argv) {
     return memoryBench(*client, static_cast<std::uint32_t>(std::atoi(argv[2])),
                        std::strtoull(argv[3], nullptr, 10), std::atoi(argv[4]));
   }
+  if (mode == "crowd" && argc == 5) {
+    return crowd(*client, static_cast<std::uint32_t>(std::atoi(argv[2])), std::atoi(argv[3]),
+                 static_cast<std::size_t>(std::atoll(argv[4])));
+  }
+  if (mode == "crowd-sender" && argc == 6) {
+    return crowdSender(*client, argv[2], argv[3], std::atoi(argv[4]),
+                       static_cast<std::size_t>(std::atoll(argv[5])));
+  }
+  if (mode == "crowd-late" && argc == 4) return crowdLate(*client, argv[2], argv[3]);
   if (mode == "channels" && argc == 3) {
     return channels(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
   }
