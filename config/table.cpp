@@ -55,8 +55,8 @@ constexpr KeySpec kKeys[] = {
      "", 0, kSecond / 100},
     {"cluster.parked_send_bytes", Type::Size, "1GiB",
      "bytes of waiting sends (to a full channel) that a dragond holds for its channels; past "
-     "it a sender's message waits on its own node, sent again 1 to 100 ms apart (one send is "
-     "always held)",
+     "it a sender's message waits on its own node, whose dragond asks again 1 to 100 ms apart "
+     "(one send is always held, and one that has waited a second)",
      "", 0, kTiB},
     {"cluster.node_lost_grace", Type::Duration, "2s",
      "after a node is lost, how long the job's processes have to act on NodeLost before the "

@@ -166,11 +166,13 @@ struct Gateway::Op {
   struct Counted {
     std::atomic<std::uint64_t>* total = nullptr;
     std::uint64_t bytes = 0;
+    std::atomic<std::uint32_t>* overdue = nullptr;  // set when it counts there too
     Counted() = default;
     Counted(const Counted&) = delete;
     Counted& operator=(const Counted&) = delete;
     ~Counted() {
       if (total != nullptr) total->fetch_sub(bytes);
+      if (overdue != nullptr) overdue->fetch_sub(1);
     }
   };
   Counted counted;
@@ -278,9 +280,9 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
   }
   // A send that waits holds its message here; past the limit, it waits on its sender's node
   // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
-  const std::uint64_t held = parkedSendBytes_.load();
-  if (op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 && held != 0 &&
-      op.data().size() > parkedSendLimit_ - std::min(held, parkedSendLimit_)) {
+  if (op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 &&
+      !admits(parkedSendBytes_.load(), parkedSendLimit_, op.data().size(), op.overdue(),
+              parkedOverdue_.load())) {
     return false;
   }
   // Park it with the thread, on the thread's own mapping of the pool.
@@ -315,6 +317,20 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
   return true;
 }
 
+bool Gateway::admits(std::uint64_t held, std::uint64_t limit, std::uint64_t bytes, bool overdue,
+                     std::uint32_t overdueHeld) {
+  return held == 0 || bytes <= limit - std::min(held, limit) || (overdue && overdueHeld == 0);
+}
+
+bool Gateway::wouldTake(const pb::ChannelOp& ask) {
+  auto desc = pb::fromRef(ask.channel());
+  if (!desc.has_value()) return true;
+  auto ch = objects_.channel(*desc);
+  if (!ch.has_value() || ch->writable()) return true;
+  return admits(parkedSendBytes_.load(), parkedSendLimit_, ask.ask_room(), ask.overdue(),
+                parkedOverdue_.load());
+}
+
 void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
                    std::shared_ptr<Pool> pool, Reply reply, bool tryOnce) {
   auto o = std::unique_ptr<Op>(new Op{{}, from, op.op_key(), mine.id(), op, std::move(mine),
@@ -323,6 +339,10 @@ void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
     o->counted.bytes = op.data().size();
     o->counted.total = &parkedSendBytes_;
     parkedSendBytes_ += o->counted.bytes;
+    if (op.overdue()) {
+      o->counted.overdue = &parkedOverdue_;
+      ++parkedOverdue_;
+    }
   }
   const std::int64_t t = op.timeout_ns();
   const std::int64_t now = monotonicNowNs();

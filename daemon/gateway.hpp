@@ -63,6 +63,14 @@ class Gateway {
   // always may): the caller tells its sender to try again later (ChannelOpReply
   // retry_after_ns), so that the bytes wait on the sender's node, as a local send's do.
   [[nodiscard]] bool submit(std::uint32_t from, const protocol::ChannelOp& op, Reply&& reply);
+  // Would a SEND (ChannelOp.ask_room bytes) be taken now: its channel has room, or it may
+  // wait here? True for a channel that is not here (the send itself then fails).
+  bool wouldTake(const protocol::ChannelOp& ask);
+  // Whether a waiting send of `bytes` may be held, with `held` bytes of waiting sends held
+  // already under `limit`: when nothing is held, when it fits, or when it is overdue and no
+  // other overdue one is held (`overdueHeld`).
+  static bool admits(std::uint64_t held, std::uint64_t limit, std::uint64_t bytes, bool overdue,
+                     std::uint32_t overdueHeld);
   void setParkedSendLimit(std::uint64_t bytes) { parkedSendLimit_ = bytes; }
   std::uint64_t parkedSendLimit() const { return parkedSendLimit_; }
   // The bytes of the waiting sends parked now.
@@ -102,6 +110,7 @@ class Gateway {
   // the operation is dropped (by the thread, or the loop). Declared before ops_, which holds
   // what counts against it.
   std::atomic<std::uint64_t> parkedSendBytes_{0};
+  std::atomic<std::uint32_t> parkedOverdue_{0};  // of them, the sends parked overdue
 
   // Shared with the thread, under mu_.
   mutable std::mutex mu_;

@@ -126,6 +126,14 @@ void PartStore::dropNode(std::uint32_t node) {
   }
 }
 
+void PartStore::dropSend(std::uint32_t node, std::uint64_t transfer) {
+  if (auto it = kept_.find(Key{node, false, transfer}); it != kept_.end()) forget(it);
+}
+
+void PartStore::touch(std::uint32_t node, std::uint64_t transfer, std::int64_t nowNs) {
+  if (auto it = kept_.find(Key{node, false, transfer}); it != kept_.end()) it->second.touched = nowNs;
+}
+
 bool PartStore::expire(std::int64_t nowNs) {
   for (auto it = kept_.begin(); it != kept_.end();) {
     auto here = it++;

@@ -44,6 +44,10 @@ class PartStore {
   Result<std::string> next(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs);
 
   void dropNode(std::uint32_t node);
+  // The send `transfer` of `node` will not be finished (its sender gave up): its parts go.
+  void dropSend(std::uint32_t node, std::uint64_t transfer);
+  // The send `transfer` of `node` is still wanted (its sender waits to send its last part).
+  void touch(std::uint32_t node, std::uint64_t transfer, std::int64_t nowNs);
   // Drops the transfers idle since before nowNs - kIdleNs; true while any is left.
   bool expire(std::int64_t nowNs);
   std::size_t size() const noexcept { return kept_.size(); }

@@ -199,6 +199,11 @@ class Server {
   // answers that it cannot hold it yet (retry_after_ns), until its deadline.
   struct BlockedSend;
   void routeSend(std::shared_ptr<BlockedSend> send);
+  // Told "later" by its home (retry_after_ns): tries again after a while, or gives up at its
+  // deadline.
+  void retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t afterNs);
+  // It will not be sent: what its home keeps for it goes.
+  void giveUpSend(const BlockedSend& send);
   void cancelOp(std::uint32_t node, std::uint64_t key);
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);

@@ -21,6 +21,8 @@ namespace {
 // sends) is sent again after what the home says, then twice as long each time, up to this.
 constexpr std::int64_t kBlockedSendRetryNs = 1'000'000;
 constexpr std::int64_t kBlockedSendRetryMaxNs = 100'000'000;
+// Told "later" for this long, a send is overdue (ChannelOp.overdue).
+constexpr std::int64_t kOverdueNs = 1'000'000'000;
 
 Status statusOf(const pb::Envelope& e) {
   if (!e.has_error()) return Status::ok();
@@ -828,13 +830,16 @@ struct Server::BlockedSend {
   Reply reply;
   std::int64_t deadlineNs = INT64_MAX;
   std::int64_t waitNs = 0;  // before the next try
+  bool asking = false;      // told "later": asks for room (ChannelOp.ask_room) before it sends
+  std::int64_t refusedSinceNs = 0;  // first told "later" (0: never)
 };
 
 void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   const pb::ChannelOp::Kind kind = msg.channel_op().kind();
   if (rq.fromPeer()) {
     if (kind == pb::ChannelOp::CANCEL) {
-      gateway_->cancel(rq.node, msg.channel_op().op_key());
+      if (msg.channel_op().transfer() != 0) parts_.dropSend(rq.node, msg.channel_op().transfer());
+      if (msg.channel_op().op_key() != 0) gateway_->cancel(rq.node, msg.channel_op().op_key());
       rq.ok();
       return;
     }
@@ -875,6 +880,10 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   }
   Connection* c = clientOf(rq);
   if (c == nullptr) return;
+  if (msg.channel_op().ask_room() != 0 || msg.channel_op().overdue()) {
+    rq.fail(Status(StatusCode::InvalidArgument, "ask_room and overdue are between dragonds"));
+    return;
+  }
   const bool mayWait = kind == pb::ChannelOp::SEND && msg.channel_op().timeout_ns() != 0;
   if (const std::uint64_t t = msg.channel_op().transfer();
       t != 0 && (kind == pb::ChannelOp::SEND_PART || kind == pb::ChannelOp::SEND)) {
@@ -920,6 +929,33 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
 }
 
 void Server::routeSend(std::shared_ptr<BlockedSend> send) {
+  const std::int64_t now = monotonicNowNs();
+  const bool overdue = send->refusedSinceNs != 0 && now - send->refusedSinceNs >= kOverdueNs;
+  if (send->asking) {
+    // Told "later" before: first ask whether the home would take it now, without the bytes.
+    const pb::ChannelOp& op = send->op;
+    pb::ChannelOp ask;
+    *ask.mutable_channel() = op.channel();
+    ask.set_kind(pb::ChannelOp::SEND);
+    const std::uint64_t bytes = op.transfer() != 0 ? op.total_size()
+                                : op.has_staged()  ? op.staged_size()
+                                                   : op.data().size();
+    ask.set_ask_room(std::max<std::uint64_t>(bytes, 1));
+    ask.set_transfer(op.transfer());
+    ask.set_overdue(overdue);
+    routeChannelOp(send->cid, send->key, std::move(ask), [this, send](pb::Envelope answer) {
+      if (answer.has_channel_op_reply() && answer.channel_op_reply().room()) {
+        send->asking = false;
+        routeSend(send);
+      } else if (answer.has_channel_op_reply()) {
+        retrySendLater(send, answer.channel_op_reply().retry_after_ns());
+      } else {
+        giveUpSend(*send);
+        send->reply(std::move(answer));  // its node was lost, say
+      }
+    });
+    return;
+  }
   pb::ChannelOp op = send->op;  // kept for another try: small bytes (a large message is staged)
   std::span<const char> staged;
   if (op.has_staged()) {
@@ -927,14 +963,16 @@ void Server::routeSend(std::shared_ptr<BlockedSend> send) {
     // sees a pool or block it gave up meanwhile.
     auto bytes = takeStaged(op);
     if (!bytes.has_value()) {
+      giveUpSend(*send);
       send->reply(errorEnvelope(bytes.error()));
       return;
     }
     staged = *bytes;
   }
   if (send->deadlineNs != INT64_MAX) {
-    op.set_timeout_ns(std::max<std::int64_t>(send->deadlineNs - monotonicNowNs(), 1));
+    op.set_timeout_ns(std::max<std::int64_t>(send->deadlineNs - now, 1));
   }
+  op.set_overdue(overdue);
   routeChannelOp(send->cid, send->key, std::move(op), [this, send](pb::Envelope answer) {
     const std::uint64_t after =
         answer.has_channel_op_reply() ? answer.channel_op_reply().retry_after_ns() : 0;
@@ -942,21 +980,54 @@ void Server::routeSend(std::shared_ptr<BlockedSend> send) {
       send->reply(std::move(answer));
       return;
     }
-    // Its home holds as many waiting sends as it may: this one waits here, and goes again.
-    const auto hint =
-        static_cast<std::int64_t>(std::min<std::uint64_t>(after, kBlockedSendRetryMaxNs));
-    send->waitNs = std::clamp<std::int64_t>(std::max(hint, 2 * send->waitNs), 1,
-                                            kBlockedSendRetryMaxNs);
-    if (send->deadlineNs != INT64_MAX && send->deadlineNs - monotonicNowNs() <= send->waitNs) {
+    // Its home holds as many waiting sends as it may: this one waits here, and asks again.
+    send->asking = true;
+    if (send->refusedSinceNs == 0) send->refusedSinceNs = monotonicNowNs();
+    retrySendLater(send, after);
+  }, staged);
+}
+
+void Server::retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t afterNs) {
+  // After what the home said, then twice as long each time; a last time at the deadline.
+  const auto hint =
+      static_cast<std::int64_t>(std::min<std::uint64_t>(afterNs, kBlockedSendRetryMaxNs));
+  send->waitNs =
+      std::clamp<std::int64_t>(std::max(hint, 2 * send->waitNs), 1, kBlockedSendRetryMaxNs);
+  std::int64_t wait = send->waitNs;
+  if (send->deadlineNs != INT64_MAX) {
+    const std::int64_t left = send->deadlineNs - monotonicNowNs();
+    if (left <= 0) {
+      giveUpSend(*send);
       send->reply(errorEnvelope(Status(StatusCode::Timeout,
                                        "the channel's node held as many waiting sends as it may "
                                        "(cluster.parked_send_bytes) until the deadline")));
       return;
     }
-    loop_.addTimerAfterNs(send->waitNs, [this, send] {
-      if (conns_.count(send->cid) != 0) routeSend(send);  // else its client has gone
-    });
-  }, staged);
+    wait = std::min(wait, left);
+  }
+  loop_.addTimerAfterNs(wait, [this, send] {
+    if (conns_.count(send->cid) != 0) {
+      routeSend(send);
+    } else {
+      giveUpSend(*send);  // its client has gone
+    }
+  });
+}
+
+void Server::giveUpSend(const BlockedSend& send) {
+  // A message in parts has its other parts kept at the home for the next try: they go now.
+  const std::uint64_t transfer = send.op.transfer();
+  if (transfer == 0) return;
+  auto d = pb::fromRef(send.op.channel());
+  if (!d.has_value()) return;
+  if (d->node == node_ || cluster_ == nullptr) {
+    parts_.dropSend(node_, transfer);
+  } else if (cluster_->nodes().count(d->node) != 0) {
+    pb::Envelope fwd;
+    fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
+    fwd.mutable_channel_op()->set_transfer(transfer);
+    cluster_->forward(d->node, std::move(fwd), [](Result<pb::Envelope>) {});
+  }
 }
 
 Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
@@ -1027,6 +1098,17 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
       return;
     }
     case pb::ChannelOp::SEND: {
+      if (op.ask_room() != 0) {  // a sender told "later" asks again, without its bytes
+        if (op.transfer() != 0) parts_.touch(from, op.transfer(), now);
+        pb::Envelope e;
+        if (gateway_->wouldTake(op)) {
+          e.mutable_channel_op_reply()->set_room(true);
+        } else {
+          e.mutable_channel_op_reply()->set_retry_after_ns(kBlockedSendRetryNs);
+        }
+        reply(std::move(e));
+        return;
+      }
       const std::uint64_t transfer = op.transfer();
       const std::uint64_t lastOffset = op.part_offset();
       const std::uint64_t total = op.total_size();

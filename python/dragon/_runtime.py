@@ -115,8 +115,7 @@ def _connect():
     sock = _socket or os.environ.get("DRAGON_SOCKET")
     if not sock:
         # As the launcher looks: where dragon.yaml (socket, runtime_dir) puts dragond, then the
-        # default place (the system's per-user dragond listens where its unit says). Children
-        # are told where it was found, as under the launcher.
+        # default place (the system's per-user dragond listens where its unit says).
         sock = _native.default_socket_path()
         configured = _native.configured_socket_path()
         if configured and configured != sock:
@@ -125,13 +124,14 @@ def _connect():
             except LookupError:
                 pass
             else:
-                _socket = configured
-                os.environ["DRAGON_SOCKET"] = configured
+                _socket = os.environ["DRAGON_SOCKET"] = configured
                 return c
     # Pools map lazily: a process touches only the pages of the objects it uses, so a child
     # that attaches its parent's 64 MiB pool starts in microseconds, not milliseconds.
     c = _native.Client(sock, name, PREFAULT)
     _socket = sock
+    # Its children use the same dragond (and look for it no more), as under the launcher.
+    os.environ["DRAGON_SOCKET"] = sock
     return c
 
 

@@ -491,6 +491,34 @@ TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrde
   EXPECT_EQ(codeOf(*r), StatusCode::Timeout);
   EXPECT_NE(r->error().message().find("cluster.parked_send_bytes"), std::string::npos)
       << r->error().message();
+  // E: in parts, past the limit until its deadline: its kept parts go with it (a last part
+  // sent again finds no transfer).
+  RawConn re(d->socket());
+  auto partE = op(ch.descriptor(), pb::ChannelOp::SEND_PART, 0);
+  partE.mutable_channel_op()->set_transfer(9);
+  partE.mutable_channel_op()->set_total_size(1000);
+  partE.mutable_channel_op()->set_data(std::string(600, 'e'));
+  r = re.reply(re.post(partE), 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
+  auto lastE = op(ch.descriptor(), pb::ChannelOp::SEND, 300'000'000);
+  lastE.mutable_channel_op()->set_transfer(9);
+  lastE.mutable_channel_op()->set_part_offset(600);
+  lastE.mutable_channel_op()->set_total_size(1000);
+  lastE.mutable_channel_op()->set_data(std::string(400, 'E'));
+  r = re.reply(re.post(lastE), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::Timeout) << r->DebugString();
+  r = re.reply(re.post(lastE), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument) << r->DebugString();
+  EXPECT_NE(r->error().message().find("no transfer"), std::string::npos) << r->error().message();
+  // What only dragonds say to each other is refused from a client.
+  auto asking = op(ch.descriptor(), pb::ChannelOp::SEND, -1);
+  asking.mutable_channel_op()->set_ask_room(100);
+  r = re.reply(re.post(asking), 10s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(codeOf(*r), StatusCode::InvalidArgument);
   // D: past the limit, and its client leaves: its message is never sent.
   {
     RawConn rd(d->socket());

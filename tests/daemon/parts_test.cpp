@@ -3,6 +3,8 @@
 // nodes carries, sent or received in parts (daemon/parts.hpp).
 #include "daemon/parts.hpp"
 
+#include "daemon/gateway.hpp"
+
 #include <gtest/gtest.h>
 
 #include <string>
@@ -143,6 +145,48 @@ TEST(PartStore, AReceivePartAskedOutOfOrderEndsTheTransfer) {
   ask.set_part_offset(0);
   EXPECT_EQ(store.next(3, ask, 0).error().code(), StatusCode::InvalidArgument);
   EXPECT_EQ(store.size(), 0u);
+}
+
+TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped) {
+  // A SEND of a last part that the home could not take yet (cluster.parked_send_bytes): its
+  // other parts are kept again for the next try, counted, until it is taken or its sender
+  // gives up.
+  PartStore s;
+  const std::string whole = pattern(kPart + 10, 'r');
+  ASSERT_TRUE(s.keep(3, part(5, 0, whole.size(), whole.substr(0, kPart)), 1).isOk());
+  pb::ChannelOp last = part(5, kPart, whole.size(), whole.substr(kPart));
+  last.set_kind(pb::ChannelOp::SEND);
+  pb::ChannelOp first = last;
+  ASSERT_TRUE(s.assemble(3, first).isOk());
+  EXPECT_EQ(s.keptSendBytes(), 0u);
+  s.restore(3, 5, whole.size(), kPart, std::move(*first.mutable_data()), 2);
+  EXPECT_EQ(s.keptSendBytes(), whole.size());
+  pb::ChannelOp again = last;
+  ASSERT_TRUE(s.assemble(3, again).isOk());
+  EXPECT_TRUE(again.data() == whole) << "the message changed on its second assembly";
+  s.restore(3, 5, whole.size(), kPart, std::move(*again.mutable_data()), 3);
+  s.touch(3, 5, PartStore::kIdleNs + 10);
+  EXPECT_TRUE(s.expire(PartStore::kIdleNs + 5)) << "a touched transfer expired";
+  EXPECT_EQ(s.size(), 1u);
+  s.dropSend(3, 5);
+  EXPECT_EQ(s.size(), 0u);
+  EXPECT_EQ(s.keptSendBytes(), 0u);
+  pb::ChannelOp gone = last;
+  EXPECT_EQ(s.assemble(3, gone).code(), StatusCode::InvalidArgument);
+}
+
+TEST(GatewayLimit, AWaitingSendIsHeldWhenItFitsWhenNothingIsOrWhenItIsTheOneOverdue) {
+  // Gateway::admits, the rule of cluster.parked_send_bytes (gateway_test has it at work).
+  const std::uint64_t limit = 1000;
+  EXPECT_TRUE(Gateway::admits(0, limit, 5000, false, 0)) << "one is always held";
+  EXPECT_TRUE(Gateway::admits(600, limit, 400, false, 0));
+  EXPECT_FALSE(Gateway::admits(600, limit, 401, false, 0));
+  EXPECT_FALSE(Gateway::admits(1500, limit, 1, false, 0)) << "past the limit already";
+  EXPECT_TRUE(Gateway::admits(1500, limit, 5000, true, 0)) << "the one overdue";
+  EXPECT_FALSE(Gateway::admits(1500, limit, 5000, true, 1)) << "a second overdue";
+  EXPECT_TRUE(Gateway::admits(600, limit, 400, true, 1)) << "overdue and fitting";
+  EXPECT_TRUE(Gateway::admits(0, 0, 1, false, 0)) << "limit 0: one at a time";
+  EXPECT_FALSE(Gateway::admits(1, 0, 1, false, 0));
 }
 
 }  // namespace

@@ -2457,7 +2457,9 @@ class LauncherTest(unittest.TestCase):
     def test_plain_python_finds_the_dragond_that_dragon_yaml_puts_elsewhere(self):
         # dragon.yaml's `socket` moves dragond's socket; a plain python3 (no DRAGON_SOCKET)
         # looks there first, as the launcher does, and its children are told. It started a
-        # private dragond of its own instead, beside the user's.
+        # private dragond of its own instead, beside the user's. A dragond found in the
+        # default place is passed on to children too (they would look again, and could find
+        # another one started meanwhile).
         script = ("import multiprocessing as mp, os, dragon\n"
                   "from dragon import _runtime\n"
                   "def where(q):\n    q.put(os.environ.get('DRAGON_SOCKET'))\n"
@@ -2468,29 +2470,37 @@ class LauncherTest(unittest.TestCase):
                   "    print('socket', _runtime._socket, _runtime._private is None)\n")
         env, path = private_runtime_env("elsewhere.py", script)
         home = env["XDG_RUNTIME_DIR"]
-        sock = os.path.join(home, "elsewhere", "d.sock")
+        elsewhere = os.path.join(home, "elsewhere", "d.sock")
         os.makedirs(os.path.join(home, "config", "dragon"))
-        os.makedirs(os.path.dirname(sock), mode=0o700)
-        with open(os.path.join(home, "config", "dragon", "dragon.yaml"), "w") as f:
-            f.write("socket: %s\n" % sock)
+        os.makedirs(os.path.dirname(elsewhere), mode=0o700)
+        config = os.path.join(home, "config", "dragon", "dragon.yaml")
+        with open(config, "w") as f:
+            f.write("socket: %s\n" % elsewhere)
         env["XDG_CONFIG_HOME"] = os.path.join(home, "config")
         from dragon import _runtime
-        r, w = os.pipe()
-        daemon = subprocess.Popen([_runtime._daemon_path(), "--standalone", "--ready-fd", str(w)],
-                                  pass_fds=(w,), env=env, stdin=subprocess.DEVNULL)
-        os.close(w)
-        try:
-            with os.fdopen(r, "rb") as ready:
-                self.assertEqual(ready.read(5), b"ready")
-            self.assertTrue(os.path.exists(sock))
-            out = subprocess.run([sys.executable, path], capture_output=True, text=True,
-                                 timeout=120, env=env)
-            self.assertEqual(out.returncode, 0, out.stderr)
-            self.assertIn("child %s\n" % sock, out.stdout, out.stderr)
-            self.assertIn("socket %s True\n" % sock, out.stdout, out.stderr)
-        finally:
-            daemon.terminate()
-            self.assertEqual(daemon.wait(60), 0)
+
+        def served_at(sock):
+            r, w = os.pipe()
+            daemon = subprocess.Popen([_runtime._daemon_path(), "--standalone", "--ready-fd",
+                                       str(w)], pass_fds=(w,), env=env,
+                                      stdin=subprocess.DEVNULL)
+            os.close(w)
+            try:
+                with os.fdopen(r, "rb") as ready:
+                    self.assertEqual(ready.read(5), b"ready")
+                self.assertTrue(os.path.exists(sock))
+                out = subprocess.run([sys.executable, path], capture_output=True, text=True,
+                                     timeout=120, env=env)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertIn("child %s\n" % sock, out.stdout, out.stderr)
+                self.assertIn("socket %s True\n" % sock, out.stdout, out.stderr)
+            finally:
+                daemon.terminate()
+                self.assertEqual(daemon.wait(60), 0)
+
+        served_at(elsewhere)
+        os.unlink(config)
+        served_at(os.path.join(home, "dragon", "dragond.sock"))
 
     def test_an_interactive_session_starts_and_ends_a_private_runtime(self):
         session = ("import multiprocessing as mp, dragon, operator\n"
