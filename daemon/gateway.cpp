@@ -280,11 +280,10 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
   }
   // A send that waits holds its message here; past the limit, it waits on its sender's node
   // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
-  if (op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 &&
-      !admits(parkedSendBytes_.load(), parkedSendLimit_, op.data().size(), op.overdue(),
-              parkedOverdue_.load())) {
-    return false;
-  }
+  const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0;
+  const bool pastLimit =
+      mayWait && !admits(parkedSendBytes_.load(), parkedSendLimit_, op.data().size(), false, 0);
+  if (pastLimit && !(op.overdue() && parkedOverdue_.load() == 0)) return false;
   // Park it with the thread, on the thread's own mapping of the pool.
   Status st = startThread();
   if (!st.isOk()) {
@@ -313,7 +312,8 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
     reply(errorOf(own.error()));
     return true;
   }
-  park(from, op, std::move(*own), std::move(mine), std::move(reply), op.timeout_ns() == 0);
+  park(from, op, std::move(*own), std::move(mine), std::move(reply), op.timeout_ns() == 0,
+       pastLimit);
   return true;
 }
 
@@ -332,14 +332,14 @@ bool Gateway::wouldTake(const pb::ChannelOp& ask) {
 }
 
 void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
-                   std::shared_ptr<Pool> pool, Reply reply, bool tryOnce) {
+                   std::shared_ptr<Pool> pool, Reply reply, bool tryOnce, bool overdueSlot) {
   auto o = std::unique_ptr<Op>(new Op{{}, from, op.op_key(), mine.id(), op, std::move(mine),
                                       std::move(pool), 0, std::move(reply), false, tryOnce});
   if (op.kind() == pb::ChannelOp::SEND) {
     o->counted.bytes = op.data().size();
     o->counted.total = &parkedSendBytes_;
     parkedSendBytes_ += o->counted.bytes;
-    if (op.overdue()) {
+    if (overdueSlot) {
       o->counted.overdue = &parkedOverdue_;
       ++parkedOverdue_;
     }

@@ -95,8 +95,9 @@ class Gateway {
   Status startThread();
   void run();
   void ring();
+  // `overdueSlot`: a SEND held past the limit because it is overdue (parkedOverdue_).
   void park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
-            std::shared_ptr<Pool> pool, Reply reply, bool tryOnce);
+            std::shared_ptr<Pool> pool, Reply reply, bool tryOnce, bool overdueSlot);
   // Finishes the parked operations `which` selects, answering each with `answer` (if given).
   void fail(const std::function<bool(const Op&)>& which,
             const std::function<protocol::Envelope(const Op&)>& answer);
@@ -110,7 +111,7 @@ class Gateway {
   // the operation is dropped (by the thread, or the loop). Declared before ops_, which holds
   // what counts against it.
   std::atomic<std::uint64_t> parkedSendBytes_{0};
-  std::atomic<std::uint32_t> parkedOverdue_{0};  // of them, the sends parked overdue
+  std::atomic<std::uint32_t> parkedOverdue_{0};  // of them, those held past it as overdue
 
   // Shared with the thread, under mu_.
   mutable std::mutex mu_;

@@ -929,6 +929,10 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
 }
 
 void Server::routeSend(std::shared_ptr<BlockedSend> send) {
+  if (conns_.count(send->cid) == 0) {  // its client has gone (while it waited, or asked)
+    giveUpSend(*send);
+    return;
+  }
   const std::int64_t now = monotonicNowNs();
   const bool overdue = send->refusedSinceNs != 0 && now - send->refusedSinceNs >= kOverdueNs;
   if (send->asking) {
@@ -1005,13 +1009,7 @@ void Server::retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t aft
     }
     wait = std::min(wait, left);
   }
-  loop_.addTimerAfterNs(wait, [this, send] {
-    if (conns_.count(send->cid) != 0) {
-      routeSend(send);
-    } else {
-      giveUpSend(*send);  // its client has gone
-    }
-  });
+  loop_.addTimerAfterNs(wait, [this, send] { routeSend(send); });
 }
 
 void Server::giveUpSend(const BlockedSend& send) {
