@@ -638,16 +638,26 @@ std::string crowdMessage(int index, std::size_t size) {
 
 // One of the crowd, on another node than CH's: says "sending INDEX" on REP, then sends its
 // message to CH, waiting as long as it takes.
-int crowdSender(Client& c, const std::string& chText, const std::string& repText, int index,
-                std::size_t size) {
+// The channels CH and REP of the crowd's head, attached.
+Result<std::pair<std::unique_ptr<ClientChannel>, std::unique_ptr<ClientChannel>>> attachCrowd(
+    Client& c, const std::string& chText, const std::string& repText) {
   auto chDesc = dragon::ObjectDescriptor::fromString(chText);
   auto repDesc = dragon::ObjectDescriptor::fromString(repText);
-  if (!chDesc || !repDesc) return failWith("crowd: bad descriptors");
+  if (!chDesc || !repDesc) return dragon::Status(StatusCode::InvalidArgument, "bad descriptors");
   auto ch = c.attachChannel(*chDesc);
+  if (!ch) return ch.error();
   auto rep = c.attachChannel(*repDesc);
-  if (!ch || !rep) return failWith("crowd: attach");
-  if (!(*rep)->send(bytesOf("sending " + std::to_string(index))).isOk()) return failWith("crowd: rep");
-  dragon::Status st = (*ch)->send(bytesOf(crowdMessage(index, size)), Timeout::forever());
+  if (!rep) return rep.error();
+  return std::make_pair(std::move(*ch), std::move(*rep));
+}
+
+int crowdSender(Client& c, const std::string& chText, const std::string& repText, int index,
+                std::size_t size) {
+  auto both = attachCrowd(c, chText, repText);
+  if (!both) return failWith("crowd: " + both.error().toString());
+  auto& [ch, rep] = *both;
+  if (!rep->send(bytesOf("sending " + std::to_string(index))).isOk()) return failWith("crowd: rep");
+  dragon::Status st = ch->send(bytesOf(crowdMessage(index, size)), Timeout::forever());
   if (!st.isOk()) return failWith("crowd: send: " + st.toString());
   return 0;
 }
@@ -655,15 +665,12 @@ int crowdSender(Client& c, const std::string& chText, const std::string& repText
 // The latecomer: sends to the full channel with a 500 ms deadline, up to 3 times, and says on
 // REP what the last Timeout said ("timeout: MESSAGE"), or what else happened.
 int crowdLate(Client& c, const std::string& chText, const std::string& repText) {
-  auto chDesc = dragon::ObjectDescriptor::fromString(chText);
-  auto repDesc = dragon::ObjectDescriptor::fromString(repText);
-  if (!chDesc || !repDesc) return failWith("late: bad descriptors");
-  auto ch = c.attachChannel(*chDesc);
-  auto rep = c.attachChannel(*repDesc);
-  if (!ch || !rep) return failWith("late: attach");
+  auto both = attachCrowd(c, chText, repText);
+  if (!both) return failWith("late: " + both.error().toString());
+  auto& [ch, rep] = *both;
   std::string said;
   for (int i = 0; i < 3; ++i) {
-    dragon::Status st = (*ch)->send(bytesOf(std::string(1000, 'z')), Timeout::after(500ms));
+    dragon::Status st = ch->send(bytesOf(std::string(1000, 'z')), Timeout::after(500ms));
     if (st.code() != StatusCode::Timeout) {
       said = "not a timeout: " + st.toString();
       break;
@@ -671,7 +678,7 @@ int crowdLate(Client& c, const std::string& chText, const std::string& repText) 
     said = "timeout: " + std::string(st.message());
     if (said.find("parked_send_bytes") != std::string::npos) break;
   }
-  return (*rep)->send(bytesOf(said)).isOk() ? 0 : failWith("late: rep");
+  return rep->send(bytesOf(said)).isOk() ? 0 : failWith("late: rep");
 }
 
 // COUNT processes of NODE send SIZE bytes each to a full 1-slot channel of this node, more than

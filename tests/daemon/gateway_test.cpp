@@ -103,6 +103,18 @@ pb::Envelope op(const ObjectDescriptor& ch, pb::ChannelOp::Kind kind, std::int64
   return e;
 }
 
+// A SEND_PART, or the SEND of a transfer's last part: `data` at `at` of `total` bytes.
+pb::Envelope partOp(const ObjectDescriptor& ch, pb::ChannelOp::Kind kind, std::int64_t timeoutNs,
+                    std::uint64_t transfer, std::uint64_t at, std::uint64_t total,
+                    std::string data) {
+  pb::Envelope e = op(ch, kind, timeoutNs);
+  e.mutable_channel_op()->set_transfer(transfer);
+  e.mutable_channel_op()->set_part_offset(at);
+  e.mutable_channel_op()->set_total_size(total);
+  e.mutable_channel_op()->set_data(std::move(data));
+  return e;
+}
+
 StatusCode codeOf(const pb::Envelope& e) {
   return e.has_error() ? static_cast<StatusCode>(e.error().code()) : StatusCode::Ok;
 }
@@ -416,12 +428,7 @@ TEST_F(Gateway, SendsInPartsOfTwoProcessesWithTheSameTransferIdStayApart) {
   RawConn b(d->socket());
   const std::uint64_t transfer = (std::uint64_t{4242} << 32) | 1;
   auto part = [&](pb::ChannelOp::Kind kind, std::uint64_t at, std::string data) {
-    pb::Envelope e = op(ch->descriptor(), kind, 0);
-    e.mutable_channel_op()->set_transfer(transfer);
-    e.mutable_channel_op()->set_part_offset(at);
-    e.mutable_channel_op()->set_total_size(10);
-    e.mutable_channel_op()->set_data(std::move(data));
-    return e;
+    return partOp(ch->descriptor(), kind, 0, transfer, at, 10, std::move(data));
   };
   for (auto [conn, first] : {std::pair{&a, "aaaaa"}, std::pair{&b, "bbbbb"}}) {
     auto r = conn->reply(conn->post(part(pb::ChannelOp::SEND_PART, 0, first)), 10s);
@@ -469,19 +476,13 @@ TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrde
   EXPECT_FALSE(ra.reply(idA, 100ms).has_value()) << "a send to a full channel waits";
   // B: in two parts; its last part would be held past the limit.
   RawConn rb(d->socket());
-  auto part = op(ch.descriptor(), pb::ChannelOp::SEND_PART, 0);
-  part.mutable_channel_op()->set_transfer(7);
-  part.mutable_channel_op()->set_total_size(b.size());
-  part.mutable_channel_op()->set_data(b.substr(0, 600));
-  auto r = rb.reply(rb.post(part), 10s);
+  auto r = rb.reply(
+      rb.post(partOp(ch.descriptor(), pb::ChannelOp::SEND_PART, 0, 7, 0, b.size(), b.substr(0, 600))),
+      10s);
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
-  auto last = op(ch.descriptor(), pb::ChannelOp::SEND, -1);
-  last.mutable_channel_op()->set_transfer(7);
-  last.mutable_channel_op()->set_part_offset(600);
-  last.mutable_channel_op()->set_total_size(b.size());
-  last.mutable_channel_op()->set_data(b.substr(600));
-  const auto idB = rb.post(last);
+  const auto idB =
+      rb.post(partOp(ch.descriptor(), pb::ChannelOp::SEND, -1, 7, 600, b.size(), b.substr(600)));
   // C: past the limit until its deadline.
   RawConn rc(d->socket());
   auto sendC = op(ch.descriptor(), pb::ChannelOp::SEND, 300'000'000);
@@ -494,18 +495,13 @@ TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrde
   // E: in parts, past the limit until its deadline: its kept parts go with it (a last part
   // sent again finds no transfer).
   RawConn re(d->socket());
-  auto partE = op(ch.descriptor(), pb::ChannelOp::SEND_PART, 0);
-  partE.mutable_channel_op()->set_transfer(9);
-  partE.mutable_channel_op()->set_total_size(1000);
-  partE.mutable_channel_op()->set_data(std::string(600, 'e'));
-  r = re.reply(re.post(partE), 10s);
+  r = re.reply(re.post(partOp(ch.descriptor(), pb::ChannelOp::SEND_PART, 0, 9, 0, 1000,
+                              std::string(600, 'e'))),
+               10s);
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString();
-  auto lastE = op(ch.descriptor(), pb::ChannelOp::SEND, 300'000'000);
-  lastE.mutable_channel_op()->set_transfer(9);
-  lastE.mutable_channel_op()->set_part_offset(600);
-  lastE.mutable_channel_op()->set_total_size(1000);
-  lastE.mutable_channel_op()->set_data(std::string(400, 'E'));
+  const pb::Envelope lastE = partOp(ch.descriptor(), pb::ChannelOp::SEND, 300'000'000, 9, 600,
+                                    1000, std::string(400, 'E'));
   r = re.reply(re.post(lastE), 10s);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(codeOf(*r), StatusCode::Timeout) << r->DebugString();
