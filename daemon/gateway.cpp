@@ -281,9 +281,12 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
   // A send that waits holds its message here; past the limit, it waits on its sender's node
   // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
   const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0;
-  const bool pastLimit =
-      mayWait && !admits(parkedSendBytes_.load(), parkedSendLimit_, op.data().size(), false, 0);
-  if (pastLimit && !(op.overdue() && parkedOverdue_.load() == 0)) return false;
+  const std::uint64_t held = parkedSendBytes_.load();
+  const std::uint64_t bytes = op.data().size();
+  const bool pastLimit = mayWait && !admits(held, parkedSendLimit_, bytes, false, 0);
+  if (pastLimit && !admits(held, parkedSendLimit_, bytes, op.overdue(), parkedOverdue_.load())) {
+    return false;  // held only as the node's one overdue send, and that place is taken
+  }
   // Park it with the thread, on the thread's own mapping of the pool.
   Status st = startThread();
   if (!st.isOk()) {

@@ -59,9 +59,9 @@ class Gateway {
   // Does `op` (SEND, RECV or POLL) on the channel of this node it names and calls `reply` on
   // the loop thread with the answer: at once, or when the parked operation completes.
   // `from` and op.op_key() name it for cancel(). Returns false, leaving `reply` as it was, for
-  // a SEND that would wait while the waiting sends hold parkedSendLimit() bytes or more (one
-  // always may): the caller tells its sender to try again later (ChannelOpReply
-  // retry_after_ns), so that the bytes wait on the sender's node, as a local send's do.
+  // a SEND that would wait while the waiting sends hold the limit (setParkedSendLimit) or more
+  // (admits): the caller tells its sender to try again later (ChannelOpReply retry_after_ns),
+  // so that the bytes wait on the sender's node, as a local send's do.
   [[nodiscard]] bool submit(std::uint32_t from, const protocol::ChannelOp& op, Reply&& reply);
   // Would a SEND (ChannelOp.ask_room bytes) be taken now: its channel has room, or it may
   // wait here? True for a channel that is not here (the send itself then fails).
@@ -71,10 +71,9 @@ class Gateway {
   // other overdue one is held (`overdueHeld`).
   static bool admits(std::uint64_t held, std::uint64_t limit, std::uint64_t bytes, bool overdue,
                      std::uint32_t overdueHeld);
+  // cluster.parked_send_bytes.
+  static constexpr std::uint64_t kDefaultParkedSendLimit = std::uint64_t{1} << 30;
   void setParkedSendLimit(std::uint64_t bytes) { parkedSendLimit_ = bytes; }
-  std::uint64_t parkedSendLimit() const { return parkedSendLimit_; }
-  // The bytes of the waiting sends parked now.
-  std::uint64_t parkedSendBytes() const { return parkedSendBytes_.load(); }
   // Ends a parked operation whose requester no longer wants it, answered as a timeout.
   void cancel(std::uint32_t from, std::uint64_t opKey);
   // Drops every parked operation of a lost node (none is attempted after this returns).
@@ -106,7 +105,7 @@ class Gateway {
   ObjectManager& objects_;
   std::string loopBuf_;  // the loop's receive buffer for RECVs tried at once
 
-  std::uint64_t parkedSendLimit_ = std::uint64_t{1} << 30;
+  std::uint64_t parkedSendLimit_ = kDefaultParkedSendLimit;
   // Of the parked SENDs' messages: counted by the loop when it parks one, and given back when
   // the operation is dropped (by the thread, or the loop). Declared before ops_, which holds
   // what counts against it.

@@ -45,7 +45,7 @@ class Server {
 
   // `parkedSendBytes`: config cluster.parked_send_bytes (Gateway::setParkedSendLimit).
   Status start(ObjectManager& objects, ProcessManager& processes,
-               std::uint64_t parkedSendBytes = std::uint64_t{1} << 30);
+               std::uint64_t parkedSendBytes = Gateway::kDefaultParkedSendLimit);
   // A dragond of a multi-node job: requests may name other nodes, and other nodes' requests
   // arrive through `cluster` (server_cluster.cpp). `socketPath` is given to processes started
   // here for other nodes (as DRAGON_SOCKET).
@@ -204,7 +204,9 @@ class Server {
   void retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t afterNs);
   // It will not be sent: what its home keeps for it goes.
   void giveUpSend(const BlockedSend& send);
-  void cancelOp(std::uint32_t node, std::uint64_t key);
+  // Ends at its home the waiting op `key` (0: none) and, with `transfer`, the kept parts of
+  // that send of this node's (ChannelOp CANCEL).
+  void cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer = 0);
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);
   struct WaitAnyState;

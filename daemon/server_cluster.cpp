@@ -1014,18 +1014,8 @@ void Server::retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t aft
 
 void Server::giveUpSend(const BlockedSend& send) {
   // A message in parts has its other parts kept at the home for the next try: they go now.
-  const std::uint64_t transfer = send.op.transfer();
-  if (transfer == 0) return;
   auto d = pb::fromRef(send.op.channel());
-  if (!d.has_value()) return;
-  if (d->node == node_ || cluster_ == nullptr) {
-    parts_.dropSend(node_, transfer);
-  } else if (cluster_->nodes().count(d->node) != 0) {
-    pb::Envelope fwd;
-    fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
-    fwd.mutable_channel_op()->set_transfer(transfer);
-    cluster_->forward(d->node, std::move(fwd), [](Result<pb::Envelope>) {});
-  }
+  if (send.op.transfer() != 0 && d.has_value()) cancelOp(d->node, 0, send.op.transfer());
 }
 
 Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
@@ -1056,6 +1046,9 @@ Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
 
 void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
   const std::int64_t now = monotonicNowNs();
+  std::uint64_t transfer = 0;  // a SEND of a message in parts: its transfer, as sent
+  std::uint64_t lastOffset = 0;
+  std::uint64_t total = 0;
   switch (op.kind()) {
     case pb::ChannelOp::SEND_PART: {
       if (op.part_offset() == 0) {  // the channel must exist and take a message this large
@@ -1107,9 +1100,9 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
         reply(std::move(e));
         return;
       }
-      const std::uint64_t transfer = op.transfer();
-      const std::uint64_t lastOffset = op.part_offset();
-      const std::uint64_t total = op.total_size();
+      transfer = op.transfer();
+      lastOffset = op.part_offset();
+      total = op.total_size();
       if (transfer != 0) {
         Status st = parts_.assemble(from, op);
         if (!st.isOk()) {
@@ -1117,18 +1110,7 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
           return;
         }
       }
-      if (gateway_->submit(from, op, std::move(reply))) return;
-      // It would wait, and the waiting sends hold all the gateway may: it waits on its
-      // sender's node (the sender's dragond sends it again; a message in parts keeps its
-      // other parts here for that).
-      if (transfer != 0) {
-        parts_.restore(from, transfer, total, lastOffset, std::move(*op.mutable_data()), now);
-        armPartsSweep();
-      }
-      pb::Envelope e;
-      e.mutable_channel_op_reply()->set_retry_after_ns(kBlockedSendRetryNs);
-      reply(std::move(e));
-      return;
+      break;
     }
     case pb::ChannelOp::RECV:
       if (op.parts() && !op.bounded()) {  // the gateway answers with the whole message
@@ -1144,10 +1126,17 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
     default:
       break;
   }
-  if (!gateway_->submit(from, op, std::move(reply))) {
-    reply(errorEnvelope(Status(StatusCode::Internal, "the gateway refused a " +
-                                                         pb::ChannelOp::Kind_Name(op.kind()))));
+  if (gateway_->submit(from, op, std::move(reply))) return;
+  // A SEND that would wait while the waiting sends hold all the gateway may: it waits on its
+  // sender's node (the sender's dragond sends it again; a message in parts keeps its other
+  // parts here for that).
+  if (transfer != 0) {
+    parts_.restore(from, transfer, total, lastOffset, std::move(*op.mutable_data()), now);
+    armPartsSweep();
   }
+  pb::Envelope e;
+  e.mutable_channel_op_reply()->set_retry_after_ns(kBlockedSendRetryNs);
+  reply(std::move(e));
 }
 
 void Server::armPartsSweep() {
@@ -1316,13 +1305,15 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
   for (const auto& [node, key] : ops) cancelOp(node, key);
 }
 
-void Server::cancelOp(std::uint32_t node, std::uint64_t key) {
+void Server::cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer) {
   if (node == node_ || cluster_ == nullptr) {
-    gateway_->cancel(node_, key);
+    if (transfer != 0) parts_.dropSend(node_, transfer);
+    if (key != 0) gateway_->cancel(node_, key);
   } else if (cluster_->nodes().count(node) != 0) {
     pb::Envelope fwd;
     fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
     fwd.mutable_channel_op()->set_op_key(key);
+    fwd.mutable_channel_op()->set_transfer(transfer);
     cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
   }
 }
