@@ -315,6 +315,9 @@ class Server {
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<WaitAnyState>> waits_;
   // References this node's clients hold on other nodes' channels, given back when they leave.
   std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;
+  // Sends in parts this node's clients have begun and not finished: connection -> (transfer
+  // -> the channel's node). A client that leaves mid-send has its kept parts dropped at once.
+  std::map<std::uint64_t, std::map<std::uint64_t, std::uint32_t>> sendsInParts_;
 };
 
 }  // namespace dragon::daemon

@@ -891,7 +891,16 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     // which must be unique on this node: the client's own count (its low half) made so by the
     // connection's id (pids, which clients put above it, repeat across pid namespaces). A
     // RECV_PART's id is the home's own.
-    msg.mutable_channel_op()->set_transfer((c->id << 32) | (t & 0xffffffffu));
+    const std::uint64_t transfer = (c->id << 32) | (t & 0xffffffffu);
+    msg.mutable_channel_op()->set_transfer(transfer);
+    // Its parts wait at the home until the last one comes: they go when the client leaves
+    // before (killed mid-send, say), not after a minute idle (PartStore::kIdleNs).
+    if (kind == pb::ChannelOp::SEND_PART) {
+      sendsInParts_[c->id][transfer] = d->node;
+    } else if (auto it = sendsInParts_.find(c->id); it != sendsInParts_.end()) {
+      it->second.erase(transfer);  // the last part: the home takes the transfer over
+      if (it->second.empty()) sendsInParts_.erase(it);
+    }
   }
   if (mayWait) {
     auto send = std::make_shared<BlockedSend>();
@@ -1292,6 +1301,10 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
     } else {
       ++it;
     }
+  }
+  if (auto sends = sendsInParts_.find(connection); sends != sendsInParts_.end()) {
+    for (const auto& [transfer, node] : sends->second) cancelOp(node, 0, transfer);
+    sendsInParts_.erase(sends);
   }
   if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
     for (const auto& d : refs->second) dropRemoteRef(d);

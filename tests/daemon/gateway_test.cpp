@@ -20,6 +20,7 @@
 #include <optional>
 #include <set>
 #include <sys/wait.h>
+#include <thread>
 
 namespace dragon {
 namespace {
@@ -448,6 +449,42 @@ TEST_F(Gateway, SendsInPartsOfTwoProcessesWithTheSameTransferIdStayApart) {
   }
   EXPECT_EQ(got, (std::vector<std::string>{"bbbbbBBBBB", "aaaaaAAAAA"}));
   EXPECT_EQ(ch->channel().size(), 0u);
+}
+
+TEST_F(Gateway, AClientThatLeavesMidSendHasItsKeptPartsDroppedAtOnce) {
+  // A home keeps the parts of unfinished sends in parts, counted whole from the first, up to
+  // PartStore::kMaxKeptSendBytes. A sender killed after its first part must not hold that room
+  // until the parts' idle expiry (a minute): another send of over half of it fits once the
+  // first sender's connection is gone. Before, it was refused (PoolExhausted) for that minute.
+  constexpr std::uint64_t kKeptLimit = std::uint64_t{4} << 30;  // PartStore::kMaxKeptSendBytes
+  const std::uint64_t total = kKeptLimit / 2 + 1;
+  auto big = client.createPool(total + (std::size_t{64} << 20), {}, /*lazy=*/true);
+  ASSERT_TRUE(big.has_value()) << big.error().toString();
+  auto c = client.createChannel((*big)->descriptor(), {});
+  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  ASSERT_GE((*c)->maxMessageSize(), total);
+  auto first = [&](RawConn& conn, std::uint64_t transfer) {
+    auto r = conn.reply(conn.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0,
+                                         transfer, 0, total, "x")),
+                        10s);
+    EXPECT_TRUE(r.has_value());
+    return r.has_value() ? codeOf(*r) : StatusCode::Timeout;
+  };
+  auto gone = std::make_unique<RawConn>(d->socket());
+  ASSERT_EQ(first(*gone, 1), StatusCode::Ok);
+  RawConn other(d->socket());
+  ASSERT_EQ(first(other, 1), StatusCode::PoolExhausted) << "the first send holds no room";
+  gone.reset();  // its process ends between two parts
+  // Its connection closes on dragond's loop a moment later: bounded tries, each a new send.
+  StatusCode code = StatusCode::PoolExhausted;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  for (std::uint64_t t = 2; code == StatusCode::PoolExhausted &&
+                            std::chrono::steady_clock::now() < deadline;
+       ++t) {
+    code = first(other, t);
+    if (code == StatusCode::PoolExhausted) std::this_thread::yield();
+  }
+  EXPECT_EQ(code, StatusCode::Ok) << "the parts of a sender that left still held their room";
 }
 
 TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrder) {
