@@ -273,12 +273,11 @@ struct Client::Impl : detail::ClientConnection {
       if (!w.has_value()) {
         return w.error();
       }
-      if (!*w && !deadline.isForever()) {
-        DRAGON_TRY(readAvailable());  // what came just now
-        if (stash.count(id) != 0) continue;
+      DRAGON_TRY(readAvailable());
+      // The deadline holds also while other input (output lines, other replies) keeps coming.
+      if (!deadline.isForever() && (!*w || deadline.expired()) && stash.count(id) == 0) {
         return Status(StatusCode::Timeout);
       }
-      DRAGON_TRY(readAvailable());
     }
   }
 

@@ -197,6 +197,30 @@ TEST_F(Memory, ADestroyedPoolIsNotFoundAndDroppedTransfersStillComplete) {
   EXPECT_TRUE(ok->wait(Timeout::after(10s)).isOk());
 }
 
+TEST_F(Memory, AWaitsDeadlineHoldsWhileOtherInputKeepsComing) {
+  // MemoryTransfer::wait(timeout) returns Timeout at its deadline even when the client keeps
+  // being woken meanwhile (here its interrupt fd, left readable by a handler that does not
+  // drain it; output lines and other replies do the same). Before, it went on waiting until
+  // the transfer ended and answered Ok long past the deadline.
+  Client& c = client();
+  constexpr std::size_t kBytes = std::size_t{256} << 20;  // a copy of tens of milliseconds
+  Pools p = twoPools(c, kBytes);
+  ASSERT_TRUE(p.a && p.b);
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  ASSERT_EQ(write(fds[1], "x", 1), 1);
+  int woken = 0;
+  c.setInterrupt(fds[0], [&] { ++woken; });
+  auto t = c.put(rangeOf(*p.a, p.inA), rangeOf(*p.b, p.inB), kBytes);
+  ASSERT_TRUE(t.has_value()) << t.error().toString();
+  EXPECT_EQ(t->wait(Timeout::after(1ms)).code(), StatusCode::Timeout);
+  EXPECT_GT(woken, 0) << "the interrupt fd did not wake the wait";
+  c.setInterrupt(-1, {});
+  close(fds[0]);
+  close(fds[1]);
+  EXPECT_TRUE(t->wait(Timeout::after(30s)).isOk()) << "the transfer itself still completes";
+}
+
 TEST_F(Memory, TransfersAreWaitedOnTogetherWithChannels) {
   Client& c = client();
   constexpr std::size_t kBytes = 2 << 20;
