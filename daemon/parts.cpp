@@ -130,6 +130,10 @@ void PartStore::dropSend(std::uint32_t node, std::uint64_t transfer) {
   if (auto it = kept_.find(Key{node, false, transfer}); it != kept_.end()) forget(it);
 }
 
+void PartStore::dropReceive(std::uint32_t node, std::uint64_t transfer) {
+  if (auto it = kept_.find(Key{node, true, transfer}); it != kept_.end()) forget(it);
+}
+
 void PartStore::touch(std::uint32_t node, std::uint64_t transfer, std::int64_t nowNs) {
   if (auto it = kept_.find(Key{node, false, transfer}); it != kept_.end()) it->second.touched = nowNs;
 }

@@ -206,7 +206,10 @@ class Server {
   void giveUpSend(const BlockedSend& send);
   // Ends at its home the waiting op `key` (0: none) and, with `transfer`, the kept parts of
   // that send of this node's (ChannelOp CANCEL).
-  void cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer = 0);
+  // Cancels the waiting op `key` (0: none) at `node`, and drops what it keeps of `transfer` (0:
+  // none), a send's parts or, with `receive`, the rest of a receive.
+  void cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer = 0,
+                bool receive = false);
   // Gives back a reference this node's client held on another node's channel.
   void dropRemoteRef(const ObjectDescriptor& d);
   struct WaitAnyState;
@@ -227,6 +230,11 @@ class Server {
                        const ObjectDescriptor& d, Reply reply);
   // Tells the home nodes of a closed connection's waiting channel operations to drop them.
   void cancelRemoteOps(std::uint64_t connection);
+  // The reply to a client's RECV with parts or RECV_PART, noting the receive in parts that
+  // its home keeps the rest of until the client has fetched it (receivesInParts_).
+  Reply trackReceiveInParts(std::uint64_t cid, std::uint32_t node,
+                            const protocol::ChannelOp& op, Reply reply);
+  void forgetReceiveInParts(std::uint64_t cid, std::uint64_t transfer);
   // Who holds the references another node's clients took here: one owner per node.
   static std::uint64_t peerOwner(std::uint32_t node) {
     return (std::uint64_t{1} << 63) | node;
@@ -318,6 +326,13 @@ class Server {
   // Sends in parts this node's clients have begun and not finished: connection -> (transfer
   // -> the channel's node). A client that leaves mid-send has its kept parts dropped at once.
   std::map<std::uint64_t, std::map<std::uint64_t, std::uint32_t>> sendsInParts_;
+  // Receives in parts of this node's clients whose rest is still kept at the channel's home:
+  // connection -> (the home's transfer -> where it is), dropped there when the client leaves.
+  struct ReceiveInParts {
+    std::uint32_t node = 0;
+    std::uint64_t total = 0;
+  };
+  std::map<std::uint64_t, std::map<std::uint64_t, ReceiveInParts>> receivesInParts_;
 };
 
 }  // namespace dragon::daemon

@@ -838,7 +838,13 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   const pb::ChannelOp::Kind kind = msg.channel_op().kind();
   if (rq.fromPeer()) {
     if (kind == pb::ChannelOp::CANCEL) {
-      if (msg.channel_op().transfer() != 0) parts_.dropSend(rq.node, msg.channel_op().transfer());
+      if (const std::uint64_t t = msg.channel_op().transfer(); t != 0) {
+        if (msg.channel_op().parts()) {
+          parts_.dropReceive(rq.node, t);
+        } else {
+          parts_.dropSend(rq.node, t);
+        }
+      }
       if (msg.channel_op().op_key() != 0) gateway_->cancel(rq.node, msg.channel_op().op_key());
       rq.ok();
       return;
@@ -934,7 +940,50 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
         Channel::holderWord(node_, static_cast<std::uint32_t>(c->peer.pid)));
     if (d->node != node_ && cluster_ != nullptr) remoteReceivers_[c->peer.pid].insert(d->node);
   }
-  routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), rq.later(), staged);
+  Reply reply = rq.later();
+  if ((kind == pb::ChannelOp::RECV && msg.channel_op().parts()) ||
+      kind == pb::ChannelOp::RECV_PART) {
+    reply = trackReceiveInParts(c->id, d->node, msg.channel_op(), std::move(reply));
+  }
+  routeChannelOp(c->id, nextOpKey_++, std::move(*msg.mutable_channel_op()), std::move(reply),
+                 staged);
+}
+
+Server::Reply Server::trackReceiveInParts(std::uint64_t cid, std::uint32_t node,
+                                          const pb::ChannelOp& op, Reply reply) {
+  // The rest of a message taken in parts waits at its home until fetched: it goes when the
+  // client leaves before (killed mid-receive, say), not after a minute idle.
+  const std::uint64_t transfer = op.transfer();
+  const std::uint64_t offset = op.part_offset();
+  return [this, cid, node, transfer, offset, reply = std::move(reply)](pb::Envelope answer) {
+    if (!answer.has_channel_op_reply()) {
+      if (transfer != 0) forgetReceiveInParts(cid, transfer);  // the home dropped it
+    } else if (transfer == 0) {  // a RECV: the first part, and the transfer of the rest
+      const auto& r = answer.channel_op_reply();
+      if (r.transfer() != 0 && r.total_size() > r.data().size()) {
+        if (conns_.count(cid) == 0) {
+          cancelOp(node, 0, r.transfer(), /*receive=*/true);  // it left while it waited
+        } else {
+          receivesInParts_[cid][r.transfer()] = {node, r.total_size()};
+        }
+      }
+    } else if (auto it = receivesInParts_.find(cid); it != receivesInParts_.end()) {
+      // A RECV_PART: the last part ends the transfer at the home too.
+      auto t = it->second.find(transfer);
+      if (t != it->second.end() &&
+          offset + answer.channel_op_reply().data().size() >= t->second.total) {
+        forgetReceiveInParts(cid, transfer);
+      }
+    }
+    reply(std::move(answer));
+  };
+}
+
+void Server::forgetReceiveInParts(std::uint64_t cid, std::uint64_t transfer) {
+  auto it = receivesInParts_.find(cid);
+  if (it == receivesInParts_.end()) return;
+  it->second.erase(transfer);
+  if (it->second.empty()) receivesInParts_.erase(it);
 }
 
 void Server::routeSend(std::shared_ptr<BlockedSend> send) {
@@ -1306,6 +1355,12 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
     for (const auto& [transfer, node] : sends->second) cancelOp(node, 0, transfer);
     sendsInParts_.erase(sends);
   }
+  if (auto receives = receivesInParts_.find(connection); receives != receivesInParts_.end()) {
+    for (const auto& [transfer, at] : receives->second) {
+      cancelOp(at.node, 0, transfer, /*receive=*/true);
+    }
+    receivesInParts_.erase(receives);
+  }
   if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
     for (const auto& d : refs->second) dropRemoteRef(d);
     remoteRefs_.erase(refs);
@@ -1318,15 +1373,18 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
   for (const auto& [node, key] : ops) cancelOp(node, key);
 }
 
-void Server::cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer) {
+void Server::cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer,
+                      bool receive) {
   if (node == node_ || cluster_ == nullptr) {
-    if (transfer != 0) parts_.dropSend(node_, transfer);
+    if (transfer != 0 && receive) parts_.dropReceive(node_, transfer);
+    if (transfer != 0 && !receive) parts_.dropSend(node_, transfer);
     if (key != 0) gateway_->cancel(node_, key);
   } else if (cluster_->nodes().count(node) != 0) {
     pb::Envelope fwd;
     fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
     fwd.mutable_channel_op()->set_op_key(key);
     fwd.mutable_channel_op()->set_transfer(transfer);
+    fwd.mutable_channel_op()->set_parts(receive);
     cluster_->forward(node, std::move(fwd), [](Result<pb::Envelope>) {});
   }
 }

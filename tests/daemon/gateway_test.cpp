@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <sys/wait.h>
@@ -485,6 +486,46 @@ TEST_F(Gateway, AClientThatLeavesMidSendHasItsKeptPartsDroppedAtOnce) {
     if (code == StatusCode::PoolExhausted) std::this_thread::yield();
   }
   EXPECT_EQ(code, StatusCode::Ok) << "the parts of a sender that left still held their room";
+}
+
+// A process's anonymous memory in bytes (RssAnon), or -1.
+std::int64_t anonymousBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;
+  }
+  return -1;
+}
+
+TEST_F(Gateway, AClientThatLeavesMidReceiveHasTheRestOfItsMessageDroppedAtOnce) {
+  // A message taken in parts waits at its home, whole, until its receiver has fetched every
+  // part. A receiver killed after the first part must not leave it there until the parts'
+  // idle expiry (a minute): dragond's memory goes back by the message once it has left.
+  constexpr std::size_t kBytes = std::size_t{128} << 20;
+  auto big = client.createPool(kBytes + (std::size_t{64} << 20), {}, /*lazy=*/true);
+  ASSERT_TRUE(big.has_value()) << big.error().toString();
+  auto c = client.createChannel((*big)->descriptor(), {});
+  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  ASSERT_TRUE((*c)->send(std::vector<std::byte>(kBytes, std::byte{7})).isOk());
+  auto gone = std::make_unique<RawConn>(d->socket());
+  pb::Envelope take = op((*c)->descriptor(), pb::ChannelOp::RECV, 0);
+  take.mutable_channel_op()->set_parts(true);
+  auto r = gone->reply(gone->post(std::move(take)), 10s);
+  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "");
+  ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
+  const std::int64_t holding = anonymousBytes(d->pid());
+  ASSERT_GT(holding, static_cast<std::int64_t>(kBytes)) << "dragond does not hold the message";
+  gone.reset();  // its process ends between two parts
+  // dragond's connection buffers (a part each way) go too: the drop asked for is more.
+  const std::int64_t dropped = holding - static_cast<std::int64_t>(kBytes) * 5 / 8;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  std::int64_t now = holding;
+  while (now > dropped && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);  // polling a figure: there is no event to wait for
+    now = anonymousBytes(d->pid());
+  }
+  EXPECT_LE(now, dropped) << "dragond still holds " << now << " bytes (" << holding
+                          << " before its receiver left)";
 }
 
 TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrder) {

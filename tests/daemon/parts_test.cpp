@@ -147,6 +147,24 @@ TEST(PartStore, AReceivePartAskedOutOfOrderEndsTheTransfer) {
   EXPECT_EQ(store.size(), 0u);
 }
 
+TEST(PartStore, AReceiveWhoseReceiverLeftIsDroppedOnlyForItsNode) {
+  PartStore store;
+  pb::ChannelOpReply reply;
+  reply.set_data(pattern(kPart + 1, 'r'));
+  store.split(3, reply, 0);
+  ASSERT_EQ(store.size(), 1u);
+  store.dropSend(3, reply.transfer());     // a send's id is another transfer
+  store.dropReceive(4, reply.transfer());  // another node's
+  EXPECT_EQ(store.size(), 1u);
+  store.dropReceive(3, reply.transfer());
+  EXPECT_EQ(store.size(), 0u);
+  pb::ChannelOp ask;
+  ask.set_kind(pb::ChannelOp::RECV_PART);
+  ask.set_transfer(reply.transfer());
+  ask.set_part_offset(kPart);
+  EXPECT_EQ(store.next(3, ask, 0).error().code(), StatusCode::InvalidArgument);
+}
+
 TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped) {
   // A SEND of a last part that the home could not take yet (cluster.parked_send_bytes): its
   // other parts are kept again for the next try, counted, until it is taken or its sender
