@@ -204,8 +204,6 @@ class Server {
   void retrySendLater(std::shared_ptr<BlockedSend> send, std::uint64_t afterNs);
   // It will not be sent: what its home keeps for it goes.
   void giveUpSend(const BlockedSend& send);
-  // Ends at its home the waiting op `key` (0: none) and, with `transfer`, the kept parts of
-  // that send of this node's (ChannelOp CANCEL).
   // Cancels the waiting op `key` (0: none) at `node`, and drops what it keeps of `transfer` (0:
   // none), a send's parts or, with `receive`, the rest of a receive.
   void cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer = 0,
@@ -230,11 +228,14 @@ class Server {
                        const ObjectDescriptor& d, Reply reply);
   // Tells the home nodes of a closed connection's waiting channel operations to drop them.
   void cancelRemoteOps(std::uint64_t connection);
+  // (the channel's node, transfer) -> the message's size (sendsInParts_, receivesInParts_).
+  using TransfersInParts = std::map<std::pair<std::uint32_t, std::uint64_t>, std::uint64_t>;
   // The reply to a client's RECV with parts or RECV_PART, noting the receive in parts that
   // its home keeps the rest of until the client has fetched it (receivesInParts_).
   Reply trackReceiveInParts(std::uint64_t cid, std::uint32_t node,
                             const protocol::ChannelOp& op, Reply reply);
-  void forgetReceiveInParts(std::uint64_t cid, std::uint64_t transfer);
+  static void forgetTransfer(std::map<std::uint64_t, TransfersInParts>& all, std::uint64_t cid,
+                             std::uint32_t node, std::uint64_t transfer);
   // Who holds the references another node's clients took here: one owner per node.
   static std::uint64_t peerOwner(std::uint32_t node) {
     return (std::uint64_t{1} << 63) | node;
@@ -323,16 +324,12 @@ class Server {
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<WaitAnyState>> waits_;
   // References this node's clients hold on other nodes' channels, given back when they leave.
   std::map<std::uint64_t, std::vector<ObjectDescriptor>> remoteRefs_;
-  // Sends in parts this node's clients have begun and not finished: connection -> (transfer
-  // -> the channel's node). A client that leaves mid-send has its kept parts dropped at once.
-  std::map<std::uint64_t, std::map<std::uint64_t, std::uint32_t>> sendsInParts_;
-  // Receives in parts of this node's clients whose rest is still kept at the channel's home:
-  // connection -> (the home's transfer -> where it is), dropped there when the client leaves.
-  struct ReceiveInParts {
-    std::uint32_t node = 0;
-    std::uint64_t total = 0;
-  };
-  std::map<std::uint64_t, std::map<std::uint64_t, ReceiveInParts>> receivesInParts_;
+  // Transfers in parts of this node's clients that their homes keep parts of: connection ->
+  // ((the channel's node, transfer) -> the message's size). Sends are begun and not finished;
+  // receives have a rest not fetched yet. A client that leaves in the middle of one has what
+  // its home keeps dropped at once (ChannelOp CANCEL), and fetches only its own receives.
+  std::map<std::uint64_t, TransfersInParts> sendsInParts_;
+  std::map<std::uint64_t, TransfersInParts> receivesInParts_;
 };
 
 }  // namespace dragon::daemon

@@ -641,6 +641,12 @@ void Server::onNodeLost(std::uint32_t node, const Status& why) {
   // the locks of this node that its processes held break.
   gateway_->cancelFrom(node);
   parts_.dropNode(node);
+  for (auto* all : {&sendsInParts_, &receivesInParts_}) {  // what it kept went with it
+    for (auto it = all->begin(); it != all->end();) {
+      std::erase_if(it->second, [node](const auto& t) { return t.first.first == node; });
+      it = it->second.empty() ? all->erase(it) : std::next(it);
+    }
+  }
   const std::size_t broken =
       breakHolds([node](std::uint64_t h) { return (h >> 32) == node; }, false);
   if (broken != 0) {
@@ -902,10 +908,22 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     // Its parts wait at the home until the last one comes: they go when the client leaves
     // before (killed mid-send, say), not after a minute idle (PartStore::kIdleNs).
     if (kind == pb::ChannelOp::SEND_PART) {
-      sendsInParts_[c->id][transfer] = d->node;
-    } else if (auto it = sendsInParts_.find(c->id); it != sendsInParts_.end()) {
-      it->second.erase(transfer);  // the last part: the home takes the transfer over
-      if (it->second.empty()) sendsInParts_.erase(it);
+      sendsInParts_[c->id][{d->node, transfer}] = msg.channel_op().total_size();
+    } else {
+      // The last part: the home takes the transfer over (and drops it if this SEND fails
+      // there; one that fails here cancels it below).
+      forgetTransfer(sendsInParts_, c->id, d->node, transfer);
+    }
+  }
+  if (kind == pb::ChannelOp::RECV_PART) {
+    // The rest of a receive is its receiver's alone (a home numbers its receives in order).
+    auto mine = receivesInParts_.find(c->id);
+    if (mine == receivesInParts_.end() ||
+        mine->second.count({d->node, msg.channel_op().transfer()}) == 0) {
+      rq.fail(Status(StatusCode::InvalidArgument,
+                     "no transfer " + std::to_string(msg.channel_op().transfer()) +
+                         " of this connection's (it ended, or was dropped)"));
+      return;
     }
   }
   if (mayWait) {
@@ -924,6 +942,10 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   if (msg.channel_op().has_staged()) {
     auto bytes = takeStaged(*msg.mutable_channel_op());
     if (!bytes.has_value()) {
+      // The last part of a send in parts that goes nowhere: its other parts go too.
+      if (kind == pb::ChannelOp::SEND && msg.channel_op().transfer() != 0) {
+        cancelOp(d->node, 0, msg.channel_op().transfer());
+      }
       rq.fail(bytes.error());
       return;
     }
@@ -957,33 +979,34 @@ Server::Reply Server::trackReceiveInParts(std::uint64_t cid, std::uint32_t node,
   const std::uint64_t offset = op.part_offset();
   return [this, cid, node, transfer, offset, reply = std::move(reply)](pb::Envelope answer) {
     if (!answer.has_channel_op_reply()) {
-      if (transfer != 0) forgetReceiveInParts(cid, transfer);  // the home dropped it
+      // The home dropped it (or a RECV failed: nothing was taken).
+      if (transfer != 0) forgetTransfer(receivesInParts_, cid, node, transfer);
     } else if (transfer == 0) {  // a RECV: the first part, and the transfer of the rest
       const auto& r = answer.channel_op_reply();
       if (r.transfer() != 0 && r.total_size() > r.data().size()) {
         if (conns_.count(cid) == 0) {
           cancelOp(node, 0, r.transfer(), /*receive=*/true);  // it left while it waited
         } else {
-          receivesInParts_[cid][r.transfer()] = {node, r.total_size()};
+          receivesInParts_[cid][{node, r.transfer()}] = r.total_size();
         }
       }
     } else if (auto it = receivesInParts_.find(cid); it != receivesInParts_.end()) {
       // A RECV_PART: the last part ends the transfer at the home too.
-      auto t = it->second.find(transfer);
-      if (t != it->second.end() &&
-          offset + answer.channel_op_reply().data().size() >= t->second.total) {
-        forgetReceiveInParts(cid, transfer);
+      auto t = it->second.find({node, transfer});
+      if (t != it->second.end() && offset + answer.channel_op_reply().data().size() >= t->second) {
+        forgetTransfer(receivesInParts_, cid, node, transfer);
       }
     }
     reply(std::move(answer));
   };
 }
 
-void Server::forgetReceiveInParts(std::uint64_t cid, std::uint64_t transfer) {
-  auto it = receivesInParts_.find(cid);
-  if (it == receivesInParts_.end()) return;
-  it->second.erase(transfer);
-  if (it->second.empty()) receivesInParts_.erase(it);
+void Server::forgetTransfer(std::map<std::uint64_t, TransfersInParts>& all, std::uint64_t cid,
+                            std::uint32_t node, std::uint64_t transfer) {
+  auto it = all.find(cid);
+  if (it == all.end()) return;
+  it->second.erase({node, transfer});
+  if (it->second.empty()) all.erase(it);
 }
 
 void Server::routeSend(std::shared_ptr<BlockedSend> send) {
@@ -1351,15 +1374,12 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
       ++it;
     }
   }
-  if (auto sends = sendsInParts_.find(connection); sends != sendsInParts_.end()) {
-    for (const auto& [transfer, node] : sends->second) cancelOp(node, 0, transfer);
-    sendsInParts_.erase(sends);
-  }
-  if (auto receives = receivesInParts_.find(connection); receives != receivesInParts_.end()) {
-    for (const auto& [transfer, at] : receives->second) {
-      cancelOp(at.node, 0, transfer, /*receive=*/true);
+  for (const bool receive : {false, true}) {
+    auto& all = receive ? receivesInParts_ : sendsInParts_;
+    if (auto mine = all.find(connection); mine != all.end()) {
+      for (const auto& [at, size] : mine->second) cancelOp(at.first, 0, at.second, receive);
+      all.erase(mine);
     }
-    receivesInParts_.erase(receives);
   }
   if (auto refs = remoteRefs_.find(connection); refs != remoteRefs_.end()) {
     for (const auto& d : refs->second) dropRemoteRef(d);
@@ -1375,11 +1395,11 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
 
 void Server::cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer,
                       bool receive) {
-  if (node == node_ || cluster_ == nullptr) {
+  if (node == node_) {
     if (transfer != 0 && receive) parts_.dropReceive(node_, transfer);
     if (transfer != 0 && !receive) parts_.dropSend(node_, transfer);
     if (key != 0) gateway_->cancel(node_, key);
-  } else if (cluster_->nodes().count(node) != 0) {
+  } else if (cluster_ != nullptr && cluster_->nodes().count(node) != 0) {
     pb::Envelope fwd;
     fwd.mutable_channel_op()->set_kind(pb::ChannelOp::CANCEL);
     fwd.mutable_channel_op()->set_op_key(key);

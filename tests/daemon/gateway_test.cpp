@@ -479,13 +479,25 @@ TEST_F(Gateway, AClientThatLeavesMidSendHasItsKeptPartsDroppedAtOnce) {
   // Its connection closes on dragond's loop a moment later: bounded tries, each a new send.
   StatusCode code = StatusCode::PoolExhausted;
   const auto deadline = std::chrono::steady_clock::now() + 10s;
-  for (std::uint64_t t = 2; code == StatusCode::PoolExhausted &&
-                            std::chrono::steady_clock::now() < deadline;
-       ++t) {
-    code = first(other, t);
+  std::uint64_t kept = 1;  // the transfer `other` began
+  while (code == StatusCode::PoolExhausted && std::chrono::steady_clock::now() < deadline) {
+    code = first(other, ++kept);
     if (code == StatusCode::PoolExhausted) std::this_thread::yield();
   }
-  EXPECT_EQ(code, StatusCode::Ok) << "the parts of a sender that left still held their room";
+  ASSERT_EQ(code, StatusCode::Ok) << "the parts of a sender that left still held their room";
+  // A last part that fails before it leaves this dragond (its staged bytes are not there)
+  // ends its transfer: its other parts go at once too.
+  pb::Envelope last = partOp((*c)->descriptor(), pb::ChannelOp::SEND, 0, kept, 1, total, "");
+  auto* staged = last.mutable_channel_op()->mutable_staged();
+  ObjectDescriptor far = (*big)->descriptor();
+  far.node = 7;
+  *staged->mutable_pool() = pb::toRef(far);
+  last.mutable_channel_op()->set_staged_size(total - 1);
+  auto r = other.reply(other.post(std::move(last)), 10s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::InvalidArgument) << r->DebugString();
+  RawConn third(d->socket());
+  EXPECT_EQ(first(third, 1), StatusCode::Ok) << "the parts of a send that failed held their room";
 }
 
 // A process's anonymous memory in bytes (RssAnon), or -1.
@@ -513,6 +525,15 @@ TEST_F(Gateway, AClientThatLeavesMidReceiveHasTheRestOfItsMessageDroppedAtOnce) 
   auto r = gone->reply(gone->post(std::move(take)), 10s);
   ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "");
   ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
+  {  // The rest is its receiver's alone: another connection of this node cannot fetch it.
+    RawConn thief(d->socket());
+    pb::Envelope more = op((*c)->descriptor(), pb::ChannelOp::RECV_PART, 0);
+    more.mutable_channel_op()->set_transfer(r->channel_op_reply().transfer());
+    more.mutable_channel_op()->set_part_offset(r->channel_op_reply().data().size());
+    auto stolen = thief.reply(thief.post(std::move(more)), 10s);
+    ASSERT_TRUE(stolen.has_value());
+    EXPECT_EQ(codeOf(*stolen), StatusCode::InvalidArgument) << stolen->DebugString().substr(0, 200);
+  }
   const std::int64_t holding = anonymousBytes(d->pid());
   ASSERT_GT(holding, static_cast<std::int64_t>(kBytes)) << "dragond does not hold the message";
   gone.reset();  // its process ends between two parts
