@@ -11,6 +11,7 @@
 #include "pool/heap.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/socket_io.hpp"
+#include "support/raw_connection.hpp"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -30,70 +31,21 @@ using namespace std::chrono_literals;
 using testing::RunningDaemon;
 namespace pb = dragon::protocol;
 
-// A connection that speaks the protocol by hand: requests without waiting, replies with a
-// bounded wait.
-class RawConn {
+// A connection that speaks the protocol by hand (support/raw_connection.hpp), its Hello
+// answered or the test fails.
+class RawConn : public testing::RawConnection {
  public:
-  static int connectTo(const std::string& path) {
-    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    return fd;
-  }
   explicit RawConn(const std::string& path) : RawConn(connectTo(path)) {}
   // Over a connection another process made (dragond knows it as that process's).
-  explicit RawConn(int connected) {
-    fd_ = connected;
-    pb::Envelope hello;
-    hello.mutable_hello()->set_min_version(pb::kVersion);
-    hello.mutable_hello()->set_max_version(pb::kVersion);
-    const std::uint64_t id = post(hello);
-    auto r = reply(id, 10s);
-    EXPECT_TRUE(r.has_value() && r->has_hello_reply());
+  explicit RawConn(int connected) : RawConnection(connected) {
+    EXPECT_GE(connected, 0);
+    EXPECT_TRUE(hello(10s)) << "no HelloReply";
   }
-  ~RawConn() { closeNow(); }
-  void closeNow() {
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
   std::uint64_t post(pb::Envelope e) {
-    const std::uint64_t id = next_++;
-    e.set_request_id(id);
-    std::string frame;
-    EXPECT_TRUE(pb::encode(e, frame, std::size_t{64} << 20).isOk());
-    EXPECT_TRUE(pb::sendAll(fd_, frame, {}).isOk());
+    const std::uint64_t id = RawConnection::post(std::move(e));
+    EXPECT_NE(id, 0u) << "a request could not be sent";
     return id;
   }
-  // The reply to request `id`, or nothing when none came within `timeout`.
-  std::optional<pb::Envelope> reply(std::uint64_t id, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      if (auto it = got_.find(id); it != got_.end()) {
-        pb::Envelope e = std::move(it->second);
-        got_.erase(it);
-        return e;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return std::nullopt;
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char buf[65536];
-      const ssize_t n = read(fd_, buf, sizeof buf);
-      if (n <= 0) return std::nullopt;
-      dec_.feed(std::as_bytes(std::span<const char>(buf, static_cast<std::size_t>(n))));
-      for (auto m = dec_.next(); m.has_value(); m = dec_.next()) got_[m->request_id()] = *m;
-    }
-  }
-
- private:
-  int fd_ = -1;
-  std::uint64_t next_ = 1;
-  pb::FrameDecoder dec_{std::size_t{64} << 20};
-  std::map<std::uint64_t, pb::Envelope> got_;
 };
 
 pb::Envelope op(const ObjectDescriptor& ch, pb::ChannelOp::Kind kind, std::int64_t timeoutNs) {
