@@ -5,6 +5,7 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/socket_io.hpp"
+#include "support/raw_connection.hpp"
 
 #include <grp.h>
 #include <pwd.h>
@@ -23,17 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::RunningDaemon;
 
-int rawConnect(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+int rawConnect(const std::string& path) { return testing::RawConnection::connectTo(path); }
 
 // Reads until dragond closes the connection (bounded by a 10 s receive timeout); returns the
 // messages it sent and whether it closed.
