@@ -126,12 +126,8 @@ void PartStore::dropNode(std::uint32_t node) {
   }
 }
 
-void PartStore::dropSend(std::uint32_t node, std::uint64_t transfer) {
-  if (auto it = kept_.find(Key{node, false, transfer}); it != kept_.end()) forget(it);
-}
-
-void PartStore::dropReceive(std::uint32_t node, std::uint64_t transfer) {
-  if (auto it = kept_.find(Key{node, true, transfer}); it != kept_.end()) forget(it);
+void PartStore::drop(std::uint32_t node, std::uint64_t transfer, bool receive) {
+  if (auto it = kept_.find(Key{node, receive, transfer}); it != kept_.end()) forget(it);
 }
 
 void PartStore::touch(std::uint32_t node, std::uint64_t transfer, std::int64_t nowNs) {

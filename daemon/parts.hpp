@@ -44,10 +44,9 @@ class PartStore {
   Result<std::string> next(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs);
 
   void dropNode(std::uint32_t node);
-  // The send `transfer` of `node` will not be finished (its sender gave up): its parts go.
-  void dropSend(std::uint32_t node, std::uint64_t transfer);
-  // The receive `transfer` of `node` will not be fetched (its receiver left): the rest goes.
-  void dropReceive(std::uint32_t node, std::uint64_t transfer);
+  // The send `transfer` of `node` will not be finished (its sender gave up or left): its parts
+  // go; with `receive`, that receive will not be fetched (its receiver left): the rest goes.
+  void drop(std::uint32_t node, std::uint64_t transfer, bool receive);
   // The send `transfer` of `node` is still wanted (its sender waits to send its last part).
   void touch(std::uint32_t node, std::uint64_t transfer, std::int64_t nowNs);
   // Drops the transfers idle since before nowNs - kIdleNs; true while any is left.

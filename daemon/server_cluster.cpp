@@ -845,11 +845,7 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   if (rq.fromPeer()) {
     if (kind == pb::ChannelOp::CANCEL) {
       if (const std::uint64_t t = msg.channel_op().transfer(); t != 0) {
-        if (msg.channel_op().parts()) {
-          parts_.dropReceive(rq.node, t);
-        } else {
-          parts_.dropSend(rq.node, t);
-        }
+        parts_.drop(rq.node, t, /*receive=*/msg.channel_op().parts());
       }
       if (msg.channel_op().op_key() != 0) gateway_->cancel(rq.node, msg.channel_op().op_key());
       rq.ok();
@@ -1396,8 +1392,7 @@ void Server::cancelRemoteOps(std::uint64_t connection) {
 void Server::cancelOp(std::uint32_t node, std::uint64_t key, std::uint64_t transfer,
                       bool receive) {
   if (node == node_) {
-    if (transfer != 0 && receive) parts_.dropReceive(node_, transfer);
-    if (transfer != 0 && !receive) parts_.dropSend(node_, transfer);
+    if (transfer != 0) parts_.drop(node_, transfer, receive);
     if (key != 0) gateway_->cancel(node_, key);
   } else if (cluster_ != nullptr && cluster_->nodes().count(node) != 0) {
     pb::Envelope fwd;

@@ -153,10 +153,10 @@ TEST(PartStore, AReceiveWhoseReceiverLeftIsDroppedOnlyForItsNode) {
   reply.set_data(pattern(kPart + 1, 'r'));
   store.split(3, reply, 0);
   ASSERT_EQ(store.size(), 1u);
-  store.dropSend(3, reply.transfer());     // a send's id is another transfer
-  store.dropReceive(4, reply.transfer());  // another node's
+  store.drop(3, reply.transfer(), false);  // a send's id is another transfer
+  store.drop(4, reply.transfer(), true);   // another node's
   EXPECT_EQ(store.size(), 1u);
-  store.dropReceive(3, reply.transfer());
+  store.drop(3, reply.transfer(), true);
   EXPECT_EQ(store.size(), 0u);
   pb::ChannelOp ask;
   ask.set_kind(pb::ChannelOp::RECV_PART);
@@ -186,7 +186,7 @@ TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped
   s.touch(3, 5, PartStore::kIdleNs + 10);
   EXPECT_TRUE(s.expire(PartStore::kIdleNs + 5)) << "a touched transfer expired";
   EXPECT_EQ(s.size(), 1u);
-  s.dropSend(3, 5);
+  s.drop(3, 5, false);
   EXPECT_EQ(s.size(), 0u);
   EXPECT_EQ(s.keptSendBytes(), 0u);
   pb::ChannelOp gone = last;
