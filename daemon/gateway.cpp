@@ -40,7 +40,13 @@ struct Attempt {
   // A send found no free block in the channel's pool: a block freed wakes no channel wait,
   // so the operation is tried again after a while (as one that found a lock held).
   bool poolFull = false;
+  // A RECV with parts that took a message larger than one part: the message, in its block
+  // (the answer is a channel_op_reply without data; the caller sends it on in parts).
+  std::shared_ptr<WholeMessage> whole;
 };
+
+// A mapping of the channel's pool that the caller shares (a message taken whole holds it).
+using SharedMapping = std::function<Result<std::shared_ptr<Pool>>()>;
 
 // Whoever receives a lock's token holds it: the process its dragond named, which only a
 // process of the node the operation came from can be.
@@ -48,13 +54,24 @@ std::uint64_t holderOf(std::uint32_t from, const pb::ChannelOp& op) {
   return (op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0);
 }
 
-// A RECV with parts of a message larger than one part: the whole message (read in place when
-// it is a pool block), for the caller to send on in parts.
-Attempt receiveWhole(Channel& ch, std::uint32_t from, const pb::ChannelOp& op) {
+// A RECV with parts of a message larger than one part: the whole message, left in its pool
+// block (not copied: the caller hands it out in parts), received through a handle on `mapping`
+// so that the block stays readable for as long as the message is held.
+Attempt receiveWhole(Channel& ch, std::uint32_t from, const pb::ChannelOp& op,
+                     const SharedMapping& mapping) {
   Attempt a;
-  Message m;
-  ch.receiveAs(holderOf(from, op));
-  Status st = ch.recv(m, Timeout::none());
+  auto pool = mapping();
+  auto own = pool.has_value() ? Channel::attach(**pool, ch.descriptor())
+                              : Result<Channel>(pool.error());
+  if (!own.has_value()) {  // nothing was taken: the message stays queued
+    a.done = true;
+    a.answer = errorOf(own.error());
+    return a;
+  }
+  auto whole = std::make_shared<WholeMessage>();
+  whole->pool = std::move(*pool);
+  own->receiveAs(holderOf(from, op));
+  Status st = own->recv(whole->message, Timeout::none());
   if (st.code() == StatusCode::WouldBlock) {  // taken by another receiver meanwhile
     a.wouldBlock = st;
     return a;
@@ -64,20 +81,24 @@ Attempt receiveWhole(Channel& ch, std::uint32_t from, const pb::ChannelOp& op) {
     a.answer = errorOf(st);
     return a;
   }
-  const auto d = m.data();
-  a.answer.mutable_channel_op_reply()->set_data(reinterpret_cast<const char*>(d.data()),
-                                                d.size());
+  a.answer.mutable_channel_op_reply();
+  a.whole = std::move(whole);
   return a;
 }
 
 // `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
-// `from`: the node the operation comes from.
-Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf) {
+// `from`: the node the operation comes from. `mapping`: for a message a RECV with parts takes
+// whole. `block`: a SEND's message, in a block of the channel's pool.
+Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf,
+                const SharedMapping& mapping, PartBlock* block) {
   Attempt a;
   switch (op.kind()) {
     case pb::ChannelOp::SEND: {
-      Status st = ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
-                          Timeout::none());
+      Status st = block != nullptr
+                      ? ch.sendBlock(block->allocation(), block->length(), Timeout::none())
+                      : ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
+                                Timeout::none());
+      if (block != nullptr && st.isOk()) block->release();  // the channel's now
       if (st.code() == StatusCode::ChannelFull || st.code() == StatusCode::PoolExhausted) {
         a.wouldBlock = st;  // a try answers either, as the local try does
         a.poolFull = st.code() == StatusCode::PoolExhausted;
@@ -108,7 +129,7 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
       if (!n.has_value()) {
         Status st = n.error();
         if (st.code() == StatusCode::MessageTooLarge && op.parts() && !op.bounded()) {
-          return receiveWhole(ch, from, op);
+          return receiveWhole(ch, from, op, mapping);
         }
         if (st.code() == StatusCode::MessageTooLarge && max == Gateway::kMaxMessage) {
           st = Status(st.code(), std::string(st.message()) +
@@ -182,6 +203,7 @@ struct Gateway::Op {
   pb::ChannelOp op;
   Channel channel;             // on the thread's own mapping of the pool
   std::shared_ptr<Pool> pool;  // that mapping
+  std::shared_ptr<PartBlock> block;  // a SEND's message in a block of the pool
   std::int64_t deadlineNs = 0; // CLOCK_MONOTONIC; INT64_MAX: forever
   Reply reply;
   bool finished = false;       // answered or cancelled: the thread drops it
@@ -238,43 +260,51 @@ void Gateway::ring() {
   (void)bell_->send(std::span(&b, 1), Timeout::none());  // full: it rang already
 }
 
-bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply) {
+bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
+                     std::shared_ptr<PartBlock> block) {
   auto desc = pb::fromRef(op.channel());
   if (!desc.has_value()) {
-    reply(errorOf(desc.error()));
+    reply(errorOf(desc.error()), nullptr);
     return true;
   }
   auto ch = objects_.channel(*desc);
   if (!ch.has_value()) {
-    reply(errorOf(ch.error()));
+    reply(errorOf(ch.error()), nullptr);
     return true;
   }
   const bool poll = op.kind() == pb::ChannelOp::POLL;
   if ((op.kind() != pb::ChannelOp::SEND && op.kind() != pb::ChannelOp::RECV && !poll &&
        op.kind() != pb::ChannelOp::CLOSE) ||
       (poll && (op.events() == 0 || op.events() > 3))) {
-    reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")));
+    reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")), nullptr);
     return true;
   }
   // The loop never waits on a lock of a process (one stopped inside a send would stall every
   // client of the node): a held lock hands the operation to the thread, which tries it again.
+  // A message larger than one part that is not in a block yet (its pool had none free at its
+  // first part) is copied into the pool by the thread, as if a lock had been held: a copy of
+  // that size here would hold the loop, heartbeats included.
+  const bool copyOnThread = block == nullptr && op.kind() == pb::ChannelOp::SEND &&
+                            op.data().size() > kMaxMessage;
   Attempt a;
-  bool busy = false;
-  {
+  bool busy = copyOnThread;
+  if (!copyOnThread) {
     base::LockPatience patience(0);
-    busy = lockWasBusy([&] { a = attempt(*ch, from, op, loopBuf_); });
+    busy = lockWasBusy([&] {
+      a = attempt(*ch, from, op, loopBuf_, [&] { return sharedMapping(*desc); }, block.get());
+    });
   }
   if (a.done && !busy) {
-    reply(std::move(a.answer));
+    reply(std::move(a.answer), std::move(a.whole));
     return true;
   }
   if (op.timeout_ns() == 0 && !busy) {
     if (op.kind() == pb::ChannelOp::POLL) {
       pb::Envelope e;
       e.mutable_channel_op_reply()->set_ready(0);
-      reply(std::move(e));
+      reply(std::move(e), nullptr);
     } else {
-      reply(errorOf(a.wouldBlock));
+      reply(errorOf(a.wouldBlock), nullptr);
     }
     return true;
   }
@@ -290,34 +320,46 @@ bool Gateway::submit(std::uint32_t from, const pb::ChannelOp& op, Reply&& reply)
   // Park it with the thread, on the thread's own mapping of the pool.
   Status st = startThread();
   if (!st.isOk()) {
-    reply(errorOf(st));
+    reply(errorOf(st), nullptr);
     return true;
   }
-  std::shared_ptr<Pool> mine;
-  if (auto it = mappings_.find(desc->poolId); it != mappings_.end()) mine = it->second.lock();
-  if (!mine) {
-    auto grant = objects_.find(*desc);
-    UniqueFd fd(grant.has_value() ? fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3) : -1);
-    if (!fd) {
-      reply(errorOf(grant.has_value() ? Status::fromErrno("dup", errno) : grant.error()));
-      return true;
-    }
-    auto pool = Pool::attach(std::move(fd), grant->pool, /*prefault=*/false);
-    if (!pool.has_value()) {
-      reply(errorOf(pool.error()));
-      return true;
-    }
-    mine = std::make_shared<Pool>(std::move(*pool));
-    mappings_[desc->poolId] = mine;
+  auto mine = sharedMapping(*desc);
+  if (!mine.has_value()) {
+    reply(errorOf(mine.error()), nullptr);
+    return true;
   }
-  auto own = Channel::attach(*mine, *desc);
+  auto own = Channel::attach(**mine, *desc);
   if (!own.has_value()) {
-    reply(errorOf(own.error()));
+    reply(errorOf(own.error()), nullptr);
     return true;
   }
-  park(from, op, std::move(*own), std::move(mine), std::move(reply), op.timeout_ns() == 0,
-       pastLimit);
+  const bool tryOnce = op.timeout_ns() == 0;
+  park(from, std::move(op), std::move(*own), std::move(*mine), std::move(block), std::move(reply),
+       tryOnce, pastLimit);
   return true;
+}
+
+Result<std::shared_ptr<Pool>> Gateway::sharedMapping(const ObjectDescriptor& desc) {
+  if (auto it = mappings_.find(desc.poolId); it != mappings_.end()) {
+    if (auto mine = it->second.lock()) return mine;
+  }
+  auto grant = objects_.find(desc);
+  UniqueFd fd(grant.has_value() ? fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3) : -1);
+  if (!fd) return grant.has_value() ? Status::fromErrno("dup", errno) : grant.error();
+  DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::attach(std::move(fd), grant->pool, /*prefault=*/false));
+  auto mine = std::make_shared<Pool>(std::move(pool));
+  std::erase_if(mappings_, [](const auto& kv) { return kv.second.expired(); });  // unused now
+  mappings_[desc.poolId] = mine;
+  return mine;
+}
+
+std::shared_ptr<PartBlock> Gateway::blockFor(const ObjectDescriptor& desc, std::uint64_t bytes) {
+  auto mine = sharedMapping(desc);
+  if (!mine.has_value()) return nullptr;
+  base::LockPatience patience(0);  // never wait for a pool lock a process holds
+  auto a = (*mine)->alloc(bytes, Timeout::none());
+  if (!a.has_value()) return nullptr;
+  return std::make_shared<PartBlock>(std::move(*mine), *a, bytes);
 }
 
 bool Gateway::admits(std::uint64_t held, std::uint64_t limit, std::uint64_t bytes, bool overdue,
@@ -334,10 +376,16 @@ bool Gateway::wouldTake(const pb::ChannelOp& ask) {
                 parkedOverdue_.load());
 }
 
-void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
-                   std::shared_ptr<Pool> pool, Reply reply, bool tryOnce, bool overdueSlot) {
-  auto o = std::unique_ptr<Op>(new Op{{}, from, op.op_key(), mine.id(), op, std::move(mine),
-                                      std::move(pool), 0, std::move(reply), false, tryOnce});
+void Gateway::park(std::uint32_t from, pb::ChannelOp&& theOp, Channel mine,
+                   std::shared_ptr<Pool> pool, std::shared_ptr<PartBlock> block, Reply reply,
+                   bool tryOnce, bool overdueSlot) {
+  const std::uint64_t key = theOp.op_key();
+  const std::uint64_t channelId = mine.id();
+  // Moved, not copied: a send's message may be large.
+  auto o = std::unique_ptr<Op>(new Op{{}, from, key, channelId, std::move(theOp),
+                                      std::move(mine), std::move(pool), std::move(block), 0,
+                                      std::move(reply), false, tryOnce});
+  const pb::ChannelOp& op = o->op;
   if (op.kind() == pb::ChannelOp::SEND) {
     o->counted.bytes = op.data().size();
     o->counted.total = &parkedSendBytes_;
@@ -355,8 +403,6 @@ void Gateway::park(std::uint32_t from, const pb::ChannelOp& op, Channel mine,
     ops_.push_back(std::move(o));
   }
   ring();
-  // Forget mappings nobody uses any more (the thread holds the live ones).
-  std::erase_if(mappings_, [](const auto& kv) { return kv.second.expired(); });
 }
 
 void Gateway::fail(const std::function<bool(const Op&)>& which,
@@ -372,7 +418,7 @@ void Gateway::fail(const std::function<bool(const Op&)>& which,
     }
   }
   ring();  // the thread drops them
-  for (auto& [reply, e] : answers) reply(std::move(e));
+  for (auto& [reply, e] : answers) reply(std::move(e), nullptr);
 }
 
 void Gateway::cancel(std::uint32_t from, std::uint64_t opKey) {
@@ -457,15 +503,19 @@ void Gateway::run() {
         Op& o = **it;
         if (!o.finished) {
           Attempt a;
-          const bool held = lockWasBusy([&] { a = attempt(o.channel, o.from, o.op, buf); });
+          const bool held = lockWasBusy([&] {
+            a = attempt(o.channel, o.from, o.op, buf,
+                        [&] { return Result<std::shared_ptr<Pool>>(o.pool); }, o.block.get());
+          });
           busy = busy || held;
           if ((!held && (a.done || o.tryOnce)) || now >= o.deadlineNs) {
             pb::Envelope answer = !held && a.done ? std::move(a.answer)
                                   : !held && o.tryOnce ? errorOf(a.wouldBlock)
                                                        : expired(o.op);
             // Answered on the loop's thread, which owns the reply paths.
-            loop_.post([reply = std::move(o.reply), answer = std::move(answer)]() mutable {
-              reply(std::move(answer));
+            loop_.post([reply = std::move(o.reply), answer = std::move(answer),
+                        whole = std::move(a.whole)]() mutable {
+              reply(std::move(answer), std::move(whole));
             });
             o.finished = true;
           } else if (a.poolFull) {

@@ -7,9 +7,11 @@
 // and may wait is parked with the gateway's one thread, which sleeps in Channel::waitAny over
 // every parked channel (plus a doorbell channel that new work rings), completes the operation
 // as soon as the channel allows or answers Timeout at its deadline, and hands the answer back
-// to the loop with EventLoop::post. The thread maps each pool itself (a dup of the pool's memfd),
-// so a pool that the loop releases stays mapped for it; the loop cancels an operation before
-// its channel is destroyed, and the thread touches no channel of a cancelled one after that.
+// to the loop with EventLoop::post. So is a send of a message larger than one part that is not
+// in a block of its pool yet: the thread copies it there, not the loop. The thread's pools are
+// mapped by the loop for it (a dup of the pool's memfd, sharedMapping), so a pool that the
+// manager releases stays mapped for it; the loop cancels an operation before its channel is
+// destroyed, and the thread touches no channel of a cancelled one after that.
 //
 // Neither the loop nor the thread ever waits on a channel's send or receive lock that a process
 // holds (base::LockPatience): a process stopped inside a send, by a debugger or SIGSTOP, must
@@ -25,6 +27,7 @@
 #include "base/private.hpp"
 #include "daemon/event_loop.hpp"
 #include "daemon/object_manager.hpp"
+#include "daemon/parts.hpp"
 #include "protocol/codec.hpp"
 
 #include <dragon/client.hpp>
@@ -45,7 +48,9 @@ namespace dragon::daemon {
 
 class Gateway {
  public:
-  using Reply = std::function<void(protocol::Envelope)>;
+  // The answer; with it, for a RECV with parts that took a message larger than one part, the
+  // message (the answer then carries no data: the caller hands it out in parts).
+  using Reply = std::function<void(protocol::Envelope, std::shared_ptr<WholeMessage>)>;
 
   // The largest message a RECV takes: one that crosses nodes travels whole in one transport
   // message; a larger one stays queued and the receiver gets MessageTooLarge.
@@ -62,7 +67,13 @@ class Gateway {
   // a SEND that would wait while the waiting sends hold the limit (setParkedSendLimit) or more
   // (admits): the caller tells its sender to try again later (ChannelOpReply retry_after_ns),
   // so that the bytes wait on the sender's node, as a local send's do.
-  [[nodiscard]] bool submit(std::uint32_t from, const protocol::ChannelOp& op, Reply&& reply);
+  // `block`: a SEND's message, in a block of the channel's pool (its op carries no data).
+  // `op` is moved from only when it is parked (true is returned).
+  [[nodiscard]] bool submit(std::uint32_t from, protocol::ChannelOp&& op, Reply&& reply,
+                            std::shared_ptr<PartBlock> block = nullptr);
+  // A free block of `bytes` in the pool of channel `desc`, for a send in parts to be assembled
+  // in; null when there is none now (the pool is full, or a process holds its lock).
+  std::shared_ptr<PartBlock> blockFor(const ObjectDescriptor& desc, std::uint64_t bytes);
   // Would a SEND (ChannelOp.ask_room bytes) be taken now: its channel has room, or it may
   // wait here? True for a channel that is not here (the send itself then fails).
   bool wouldTake(const protocol::ChannelOp& ask);
@@ -92,11 +103,14 @@ class Gateway {
  private:
   struct Op;
   Status startThread();
+  // The loop's own shared mapping of the pool of channel `desc` (kept while anyone holds it).
+  Result<std::shared_ptr<Pool>> sharedMapping(const ObjectDescriptor& desc);
   void run();
   void ring();
   // `overdueSlot`: a SEND held past the limit because it is overdue (parkedOverdue_).
-  void park(std::uint32_t from, const protocol::ChannelOp& op, Channel mine,
-            std::shared_ptr<Pool> pool, Reply reply, bool tryOnce, bool overdueSlot);
+  void park(std::uint32_t from, protocol::ChannelOp&& op, Channel mine,
+            std::shared_ptr<Pool> pool, std::shared_ptr<PartBlock> block, Reply reply,
+            bool tryOnce, bool overdueSlot);
   // Finishes the parked operations `which` selects, answering each with `answer` (if given).
   void fail(const std::function<bool(const Op&)>& which,
             const std::function<protocol::Envelope(const Op&)>& answer);
@@ -121,7 +135,9 @@ class Gateway {
 
   std::unique_ptr<Pool> bellPool_;  // the doorbell: a one-slot channel of a private pool
   std::unique_ptr<Channel> bell_;
-  std::map<std::uint64_t, std::weak_ptr<Pool>> mappings_;  // the thread's own, by pool id
+  // The loop's shared mappings, by pool id: parked operations and messages taken whole hold
+  // them, so a pool the manager destroys stays mapped for them.
+  std::map<std::uint64_t, std::weak_ptr<Pool>> mappings_;
   std::thread thread_;
 };
 

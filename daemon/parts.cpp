@@ -2,6 +2,7 @@
 #include "daemon/parts.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace dragon::daemon {
 namespace pb = dragon::protocol;
@@ -14,12 +15,22 @@ Status badPart(const std::string& what) {
 
 }  // namespace
 
+void PartStore::append(Kept& k, const std::string& part) {
+  if (k.block) {
+    std::memcpy(k.block->bytes().data() + k.filled, part.data(), part.size());
+  } else {
+    k.data.append(part);
+  }
+  k.filled += part.size();
+}
+
 void PartStore::forget(std::map<Key, Kept>::iterator it) {
   keptSendBytes_ -= it->second.counted;
   kept_.erase(it);
 }
 
-Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t nowNs) {
+Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t nowNs,
+                       std::shared_ptr<PartBlock> block) {
   if (op.transfer() == 0) return badPart("no transfer id");
   if (op.data().empty() || op.data().size() >= op.total_size()) {
     return badPart("a part is of some bytes, and fewer than its message's");
@@ -31,43 +42,55 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
       forget(it);
       return badPart("transfer " + std::to_string(op.transfer()) + " began twice");
     }
-    if (op.total_size() > kMaxKeptSendBytes - keptSendBytes_) {  // no sum that could wrap
+    if (block && block->length() != op.total_size()) return badPart("a block of another size");
+    if (!block && op.total_size() > kMaxKeptSendBytes - keptSendBytes_) {  // no sum that wraps
       return Status(StatusCode::PoolExhausted,
                     "messages in parts being sent here hold " + std::to_string(keptSendBytes_) +
                         " bytes; one of " + std::to_string(op.total_size()) + " more is refused");
     }
     it = kept_.emplace(key, Kept{}).first;
-    it->second.total = op.total_size();
-    it->second.counted = op.total_size();  // counted whole from its first part
-    keptSendBytes_ += op.total_size();
-    it->second.data.reserve(op.total_size());  // one buffer: no copy per part as it grows
+    Kept& k = it->second;
+    k.total = op.total_size();
+    if (block) {
+      k.block = std::move(block);
+    } else {
+      k.counted = op.total_size();  // counted whole from its first part
+      keptSendBytes_ += op.total_size();
+      k.data.reserve(op.total_size());  // one buffer: no copy per part as it grows
+    }
   } else if (it == kept_.end()) {
     return badPart("no transfer " + std::to_string(op.transfer()) + " (it was dropped)");
   }
   Kept& k = it->second;
-  if (op.total_size() != k.total || op.part_offset() != k.data.size() ||
-      k.data.size() + op.data().size() >= k.total) {
+  if (op.total_size() != k.total || op.part_offset() != k.filled ||
+      k.filled + op.data().size() >= k.total) {
     forget(it);
     return badPart("a part out of order, or past the message's end");
   }
-  k.data.append(op.data());
+  append(k, op.data());
   k.touched = nowNs;
   return Status::ok();
 }
 
-Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op) {
+Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op,
+                           std::shared_ptr<PartBlock>& block) {
   auto it = kept_.find(Key{node, false, op.transfer()});
   if (it == kept_.end()) {
     return badPart("no transfer " + std::to_string(op.transfer()) + " (it was dropped)");
   }
   Kept& k = it->second;
-  if (op.total_size() != k.total || op.part_offset() != k.data.size() ||
-      k.data.size() + op.data().size() != k.total) {
+  if (op.total_size() != k.total || op.part_offset() != k.filled ||
+      k.filled + op.data().size() != k.total) {
     forget(it);
     return badPart("the last part does not complete the message");
   }
-  k.data.append(op.data());
-  op.mutable_data()->swap(k.data);
+  append(k, op.data());
+  if (k.block) {
+    block = std::move(k.block);
+    op.clear_data();
+  } else {
+    op.mutable_data()->swap(k.data);
+  }
   op.clear_transfer();
   op.clear_part_offset();
   op.clear_total_size();
@@ -76,26 +99,37 @@ Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op) {
 }
 
 void PartStore::restore(std::uint32_t node, std::uint64_t transfer, std::uint64_t total,
-                        std::uint64_t lastOffset, std::string whole, std::int64_t nowNs) {
-  whole.resize(std::min<std::uint64_t>(lastOffset, whole.size()));
+                        std::uint64_t lastOffset, std::string whole,
+                        std::shared_ptr<PartBlock> block, std::int64_t nowNs) {
   Kept& k = kept_[Key{node, false, transfer}];
   keptSendBytes_ -= k.counted;  // none: assemble() ended the transfer
-  k.data = std::move(whole);
   k.total = total;
-  k.counted = total;
   k.touched = nowNs;
+  k.counted = 0;
+  if (block) {
+    k.block = std::move(block);
+    k.filled = std::min<std::uint64_t>(lastOffset, k.block->length());
+    return;
+  }
+  whole.resize(std::min<std::uint64_t>(lastOffset, whole.size()));
+  k.filled = whole.size();
+  k.data = std::move(whole);
+  k.counted = total;
   keptSendBytes_ += total;
 }
 
-void PartStore::split(std::uint32_t node, pb::ChannelOpReply& reply, std::int64_t nowNs) {
-  if (reply.data().size() <= kPart) return;
+void PartStore::split(std::uint32_t node, pb::ChannelOpReply& reply,
+                      std::shared_ptr<const WholeMessage> whole, std::int64_t nowNs) {
+  const auto bytes = whole->message.data();
+  const std::uint64_t first = std::min<std::uint64_t>(kPart, bytes.size());
+  reply.set_data(reinterpret_cast<const char*>(bytes.data()), first);
+  if (first == bytes.size()) return;  // one part: nothing kept
   const std::uint64_t id = nextReceive_++;
   Kept k;
-  k.data.swap(*reply.mutable_data());
-  k.sent = kPart;
+  k.whole = std::move(whole);
+  k.sent = first;
   k.touched = nowNs;
-  reply.set_data(k.data.data(), kPart);
-  reply.set_total_size(k.data.size());
+  reply.set_total_size(bytes.size());
   reply.set_transfer(id);
   kept_.emplace(Key{node, true, id}, std::move(k));
 }
@@ -111,11 +145,12 @@ Result<std::string> PartStore::next(std::uint32_t node, const pb::ChannelOp& op,
     forget(it);
     return badPart("a part asked out of order");
   }
-  const std::uint64_t n = std::min<std::uint64_t>(kPart, k.data.size() - k.sent);
-  std::string part = k.data.substr(k.sent, n);
+  const auto bytes = k.whole->message.data();
+  const std::uint64_t n = std::min<std::uint64_t>(kPart, bytes.size() - k.sent);
+  std::string part(reinterpret_cast<const char*>(bytes.data()) + k.sent, n);
   k.sent += n;
   k.touched = nowNs;
-  if (k.sent == k.data.size()) forget(it);
+  if (k.sent == bytes.size()) forget(it);  // the block goes back to its pool
   return part;
 }
 

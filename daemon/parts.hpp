@@ -1,23 +1,65 @@
 // SPDX-License-Identifier: MIT
 // Channel messages larger than one message between nodes carries (kMaxMessageAcrossNodes),
 // moved in parts (ChannelOp SEND_PART and RECV_PART, see dragon.proto): what a channel's home
-// dragond keeps of each unfinished transfer, by the node it comes from. A send's parts are kept
-// until its last part comes with the SEND, which then carries the whole message; a receive
-// taken whole keeps all but its first part until the receiver has fetched them. Used on the
-// event loop only.
+// dragond keeps of each unfinished transfer, by the node it comes from. A send's parts go
+// straight into a block of the channel's pool (PartBlock) when one is free at its first part,
+// else into dragond's memory, until its last part comes with the SEND, which then sends the
+// block (or carries the whole message). A receive taken whole stays in its pool block
+// (WholeMessage), read in place, until the receiver has fetched every part. Either way the
+// home copies one part per request, never the whole message at once: its event loop would
+// answer nothing meanwhile, heartbeats included. Used on the event loop only.
 #pragma once
 
+#include <dragon/channel.hpp>
 #include <dragon/client.hpp>
+#include <dragon/pool.hpp>
 #include <dragon/result.hpp>
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 
 #include "dragon.pb.h"
 
 namespace dragon::daemon {
+
+// A message a receive in parts took from its channel: in place in its pool block, which the
+// Message frees when it goes, on a mapping of the pool that this holds, so that its bytes stay
+// readable after the channel and its pool are destroyed (as a local receiver's Message does).
+struct WholeMessage {
+  std::shared_ptr<Pool> pool;  // null for a message that is not a block (Message::fromBytes)
+  Message message;             // declared after pool: freed while the mapping is still there
+};
+
+// A block of a channel's pool that a send in parts is assembled in at the channel's home:
+// freed when it goes, unless the channel took it (release()). Holds a mapping of the pool.
+class PartBlock {
+ public:
+  PartBlock(std::shared_ptr<Pool> pool, PoolAllocation block, std::uint64_t length)
+      : pool_(std::move(pool)), block_(block), length_(length) {}
+  ~PartBlock() {
+    if (pool_) (void)pool_->free(block_);
+  }
+  PartBlock(const PartBlock&) = delete;
+  PartBlock& operator=(const PartBlock&) = delete;
+
+  // The message's bytes (`length` of the block).
+  std::span<std::byte> bytes() const noexcept {
+    return {static_cast<std::byte*>(pool_->pointer(block_)), length_};
+  }
+  const PoolAllocation& allocation() const noexcept { return block_; }
+  std::uint64_t length() const noexcept { return length_; }
+  // The channel owns the block now (Channel::sendBlock took it).
+  void release() noexcept { pool_.reset(); }
+
+ private:
+  std::shared_ptr<Pool> pool_;
+  PoolAllocation block_;
+  std::uint64_t length_;
+};
 
 class PartStore {
  public:
@@ -28,18 +70,27 @@ class PartStore {
   static constexpr std::int64_t kIdleNs = 60'000'000'000;
 
   // SEND_PART: keeps op.data() as the part at op.part_offset() of transfer op.transfer().
-  Status keep(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs);
-  // A SEND of a transfer's last part: op.data() becomes the whole message and the transfer
-  // ends (its fields are cleared).
-  Status assemble(std::uint32_t node, protocol::ChannelOp& op);
+  // `block` (a first part only): where the message is assembled, of op.total_size() bytes; it
+  // counts nothing against kMaxKeptSendBytes (it is the pool's memory). Without one, the parts
+  // are kept in this process's memory.
+  Status keep(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs,
+              std::shared_ptr<PartBlock> block = nullptr);
+  // A SEND of a transfer's last part: the transfer ends (its fields are cleared), and either
+  // `block` is set to the block that holds the whole message (op.data() is then cleared), or
+  // op.data() becomes the whole message.
+  Status assemble(std::uint32_t node, protocol::ChannelOp& op, std::shared_ptr<PartBlock>& block);
   // Undoes assemble() of a SEND that the home could not take yet: the message, less its last
   // part (from `lastOffset` on, which the sender sends again), is kept again as `transfer` of
-  // `total` bytes, counted whatever the limit (it was counted a moment ago).
+  // `total` bytes, in `block` or else as `whole`, counted whatever the limit (it was counted a
+  // moment ago).
   void restore(std::uint32_t node, std::uint64_t transfer, std::uint64_t total,
-               std::uint64_t lastOffset, std::string whole, std::int64_t nowNs);
-  // The reply to a RECV with parts: a message larger than one part keeps all but its first,
-  // and the reply says the total size and the transfer the rest comes by.
-  void split(std::uint32_t node, protocol::ChannelOpReply& reply, std::int64_t nowNs);
+               std::uint64_t lastOffset, std::string whole, std::shared_ptr<PartBlock> block,
+               std::int64_t nowNs);
+  // The reply to a RECV with parts that took `whole`: its first part (a copy) goes in `reply`;
+  // a message larger than one part is kept for the rest, and the reply says its total size
+  // and the transfer the rest comes by.
+  void split(std::uint32_t node, protocol::ChannelOpReply& reply,
+             std::shared_ptr<const WholeMessage> whole, std::int64_t nowNs);
   // RECV_PART: the next part of a receive kept by split(); the last one ends the transfer.
   Result<std::string> next(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs);
 
@@ -56,7 +107,10 @@ class PartStore {
 
  private:
   struct Kept {
-    std::string data;         // a send: its parts so far; a receive: the whole message
+    std::string data;         // a send without a block: its parts so far
+    std::shared_ptr<PartBlock> block;  // a send's block
+    std::uint64_t filled = 0;  // a send: the bytes it has so far
+    std::shared_ptr<const WholeMessage> whole;  // a receive: the message
     std::uint64_t total = 0;  // a send: the message's size
     std::uint64_t sent = 0;   // a receive: the bytes handed out so far
     std::uint64_t counted = 0;  // what it counts in keptSendBytes_
@@ -65,6 +119,7 @@ class PartStore {
   // (node, is a receive, transfer)
   using Key = std::tuple<std::uint32_t, bool, std::uint64_t>;
   void forget(std::map<Key, Kept>::iterator it);
+  static void append(Kept& k, const std::string& part);
 
   std::map<Key, Kept> kept_;
   std::uint64_t keptSendBytes_ = 0;

@@ -1126,6 +1126,7 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
   std::uint64_t transfer = 0;  // a SEND of a message in parts: its transfer, as sent
   std::uint64_t lastOffset = 0;
   std::uint64_t total = 0;
+  std::shared_ptr<PartBlock> block;  // a send in parts assembled in the channel's pool
   switch (op.kind()) {
     case pb::ChannelOp::SEND_PART: {
       if (op.part_offset() == 0) {  // the channel must exist and take a message this large
@@ -1142,8 +1143,11 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
                                          std::to_string(ch->maxMessageSize()))));
           return;
         }
+        // Assembled in a block of the channel's pool when one is free: no copy of the whole
+        // message at its last part.
+        block = gateway_->blockFor(*d, op.total_size());
       }
-      Status st = parts_.keep(from, op, now);
+      Status st = parts_.keep(from, op, now, std::move(block));
       armPartsSweep();
       if (!st.isOk()) {
         reply(errorEnvelope(st));
@@ -1181,7 +1185,7 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
       lastOffset = op.part_offset();
       total = op.total_size();
       if (transfer != 0) {
-        Status st = parts_.assemble(from, op);
+        Status st = parts_.assemble(from, op, block);
         if (!st.isOk()) {
           reply(errorEnvelope(st));
           return;
@@ -1189,26 +1193,25 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
       }
       break;
     }
-    case pb::ChannelOp::RECV:
-      if (op.parts() && !op.bounded()) {  // the gateway answers with the whole message
-        reply = [this, from, reply = std::move(reply)](pb::Envelope e) {
-          if (e.has_channel_op_reply()) {
-            parts_.split(from, *e.mutable_channel_op_reply(), monotonicNowNs());
-            armPartsSweep();
-          }
-          reply(std::move(e));
-        };
-      }
-      break;
     default:
       break;
   }
-  if (gateway_->submit(from, op, std::move(reply))) return;
+  // A RECV with parts of a message larger than one part: the gateway answers with the message
+  // in its pool block, handed out here a part at a time.
+  Gateway::Reply answer = [this, from, reply](pb::Envelope e, std::shared_ptr<WholeMessage> whole) {
+    if (whole && e.has_channel_op_reply()) {
+      parts_.split(from, *e.mutable_channel_op_reply(), std::move(whole), monotonicNowNs());
+      armPartsSweep();
+    }
+    reply(std::move(e));
+  };
+  if (gateway_->submit(from, std::move(op), std::move(answer), block)) return;
   // A SEND that would wait while the waiting sends hold all the gateway may: it waits on its
   // sender's node (the sender's dragond sends it again; a message in parts keeps its other
   // parts here for that).
   if (transfer != 0) {
-    parts_.restore(from, transfer, total, lastOffset, std::move(*op.mutable_data()), now);
+    parts_.restore(from, transfer, total, lastOffset, std::move(*op.mutable_data()),
+                   std::move(block), now);
     armPartsSweep();
   }
   pb::Envelope e;

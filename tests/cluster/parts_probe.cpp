@@ -2,27 +2,30 @@
 // The job program of t_dragon_parts_left.sh: a process of another node that leaves in the
 // middle of a message in parts (a send after its first part, a receive after its first part)
 // has what the channel's home kept of that message dropped at once, through its own dragond
-// (ChannelOp CANCEL between dragonds), not after the home's minute of idleness. The leaving
-// processes speak the protocol by hand (support/raw_connection.hpp): the client library never
-// stops between two parts.
+// (ChannelOp CANCEL between dragonds), not after the home's minute of idleness: the parts of
+// a send kept in the home's memory (its channel's pool had no room), the block of the pool a
+// send is assembled in, the block of a message taken in parts. The leaving processes speak the
+// protocol by hand (support/raw_connection.hpp): the client library never stops between two
+// parts.
 //
 //   parts_probe head NODE      on node 0: the whole test, its helpers placed on NODE
 //   parts_probe leave-send CH  begins a send in parts to CH and ends
 //   parts_probe send-after CH  begins one that only fits once the first one's parts are gone
+//   parts_probe stop-send CH REP   begins a send in parts to CH, says so on REP and waits to
+//                              be killed
 //   parts_probe leave-recv CH REP  takes the first part of CH's message, says so on REP and
 //                              waits to be killed
 #include <dragon/client.hpp>
 
 #include "support/raw_connection.hpp"
 
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
+#include <functional>
 #include <span>
 #include <string>
 #include <thread>
@@ -58,25 +61,6 @@ std::string selfPath() {
   return readlink("/proc/self/exe", exe, sizeof exe - 1) < 0 ? std::string() : std::string(exe);
 }
 
-// A process's anonymous memory in bytes (RssAnon), or -1.
-std::int64_t anonymousBytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;
-  }
-  return -1;
-}
-
-// The pid of this node's dragond: the peer of a connection to its socket.
-pid_t dragondPid() {
-  dragon::testing::RawConnection raw;
-  if (!raw.open(dragon::defaultSocketPath(), 10s)) return -1;
-  ucred cred{};
-  socklen_t len = sizeof cred;
-  if (getsockopt(raw.fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-  return cred.pid;
-}
-
 // The first part of a send in parts of kSendTotal bytes to `ch`, as transfer `transfer`.
 pb::Envelope firstPart(const ObjectDescriptor& ch, std::uint64_t transfer) {
   pb::Envelope e;
@@ -105,6 +89,35 @@ int runOn(Client& c, std::uint32_t node, const std::vector<std::string>& args) {
   return e->front().shellCode();
 }
 
+// Runs this program with `args` (its mode first) on `node` until it says something on `rep`,
+// then kills it. `check` (run while it waits) and `gone` (polled after it ended, for up to 10 s:
+// there is no event to wait for) say what is wrong, or nothing.
+int stopMidway(Client& c, std::uint32_t node, const std::vector<std::string>& args,
+               dragon::ClientChannel& rep, const std::function<std::string()>& check,
+               const std::function<std::string()>& gone) {
+  const std::string& mode = args.front();
+  std::printf("probe: %s on node %u\n", mode.c_str(), node);
+  std::fflush(stdout);
+  dragon::SpawnOptions so;
+  so.argv = {selfPath()};
+  so.argv.insert(so.argv.end(), args.begin(), args.end());
+  so.placement = dragon::Placement::onNode(node);
+  auto p = c.spawn(so);
+  if (!p) return failWith(mode + ": spawn: " + p.error().toString());
+  const std::uint64_t puid = p->front().puid;
+  auto said = rep.recvBytes(Timeout::after(60s));
+  std::string wrong = said ? check() : mode + " said nothing: " + said.error().toString();
+  (void)c.signal({puid}, SIGKILL);
+  auto e = c.wait({puid}, Timeout::after(60s));
+  if (!wrong.empty()) return failWith(wrong);
+  if (!e || e->front().signal != SIGKILL) return failWith(mode + " did not end by SIGKILL");
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!(wrong = gone()).empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  return wrong.empty() ? 0 : failWith(wrong);
+}
+
 int head(Client& c, std::uint32_t node) {
   auto pool = c.createPool(kSendTotal + (std::size_t{64} << 20), {}, /*lazy=*/true);
   if (!pool) return failWith("pool: " + pool.error().toString());
@@ -112,47 +125,60 @@ int head(Client& c, std::uint32_t node) {
   auto rep = c.createChannel((*pool)->descriptor(), {});
   if (!ch || !rep) return failWith("channels");
   const ObjectDescriptor d = (*ch)->descriptor();
+  const std::string repName = (*rep)->descriptor().toString();
+  auto used = [&]() -> std::int64_t {
+    auto st = (*pool)->stats();
+    return st ? static_cast<std::int64_t>(st->usedBytes) : -1;
+  };
+  const std::int64_t idle = used();
+
+  // With no room in the pool, the home keeps the parts in its own memory (at most 4 GiB).
+  auto full = (*pool)->alloc(kSendTotal);
+  if (!full) return failWith("filling the pool: " + full.error().toString());
   if (runOn(c, node, {"leave-send", d.toString()}) != 0) return failWith("leave-send");
   if (runOn(c, node, {"send-after", d.toString()}) != 0) return failWith("send-after");
+  if (!(*pool)->free(*full).isOk()) return failWith("freeing the pool");
+
+  // With room, a send is assembled in a block of the pool from its first part.
+  const auto sendBlock = [&]() -> std::string {
+    return used() >= idle + static_cast<std::int64_t>(kSendTotal)
+               ? ""
+               : "no block of the pool holds the send: " + std::to_string(used()) + " bytes used";
+  };
+  const auto blockGone = [&]() -> std::string {
+    return used() <= idle ? "" : "the block of a send whose sender ended is still held: " +
+                                     std::to_string(used()) + " bytes of the pool used";
+  };
+  if (stopMidway(c, node, {"stop-send", d.toString(), repName}, **rep, sendBlock, blockGone) !=
+      0) {
+    return 1;
+  }
 
   // A receive in parts whose receiver is killed after its first part.
-  const pid_t dragond = dragondPid();
-  if (anonymousBytes(dragond) < 0) return failWith("no RssAnon of this node's dragond");
   if (!(*ch)->send(std::vector<std::byte>(kReceived, std::byte{5})).isOk()) {
     return failWith("the message to receive");
   }
-  std::printf("probe: leave-recv on node %u\n", node);
-  std::fflush(stdout);
-  dragon::SpawnOptions so;
-  so.argv = {selfPath(), "leave-recv", d.toString(), (*rep)->descriptor().toString()};
-  so.placement = dragon::Placement::onNode(node);
-  auto receiver = c.spawn(so);
-  if (!receiver) return failWith("leave-recv: spawn: " + receiver.error().toString());
-  const std::uint64_t puid = receiver->front().puid;
-  auto got = (*rep)->recvBytes(Timeout::after(60s));
-  if (!got) return failWith("leave-recv said nothing: " + got.error().toString());
-  // The home holds the message whole now (and its buffers of the first part's way).
-  const std::int64_t holding = anonymousBytes(dragond);
-  if (!c.signal({puid}, SIGKILL).isOk()) return failWith("leave-recv: signal");
-  auto e = c.wait({puid}, Timeout::after(60s));
-  if (!e || e->front().signal != SIGKILL) return failWith("leave-recv did not end by SIGKILL");
-  // The message goes when the receiver's dragond says so (polled: there is no event to wait
-  // for). Without that, dragond's memory stayed where it was for a minute.
-  const std::int64_t dropped = holding - static_cast<std::int64_t>(kReceived) * 3 / 4;
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  std::int64_t now = holding;
-  while (now > dropped && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-    now = anonymousBytes(dragond);
+  const std::int64_t holding = used();
+  const auto received = [&]() -> std::string {
+    return (*ch)->channel().size() == 0 && used() == holding
+               ? ""
+               : "the message left its channel or its block: " + std::to_string(used()) +
+                     " bytes of the pool used, " + std::to_string(holding) + " before";
+  };
+  const auto messageGone = [&]() -> std::string {
+    return used() <= holding - static_cast<std::int64_t>(kReceived)
+               ? ""
+               : "the home still holds the message: the pool's use went from " +
+                     std::to_string(holding) + " to " + std::to_string(used()) + " bytes only";
+  };
+  if (stopMidway(c, node, {"leave-recv", d.toString(), repName}, **rep, received, messageGone) !=
+      0) {
+    return 1;
   }
-  if (now > dropped) {
-    return failWith("the home still holds the message: dragond's memory went from " +
-                    std::to_string(holding) + " to " + std::to_string(now) + " bytes only");
-  }
-  std::printf("probe: ok parts left: a send's first part and a receive's rest dropped at the "
-              "home (node 0) when their process of node %u ended (%lld bytes of dragond's "
-              "memory went)\n",
-              node, static_cast<long long>(holding - now));
+  std::printf("probe: ok parts left: a send's parts (kept in memory, or in a block of the "
+              "pool) and a receive's rest dropped at the home (node 0) when their process of "
+              "node %u ended\n",
+              node);
   return 0;
 }
 
@@ -178,6 +204,23 @@ int sendAfter(const ObjectDescriptor& ch) {
     if (codeOf(*r) != StatusCode::PoolExhausted) return failWith("send-after: " + r->DebugString());
   }
   return failWith("send-after: the parts of the sender that ended still hold their room");
+}
+
+int stopSend(Client& c, const ObjectDescriptor& ch, const ObjectDescriptor& repDesc) {
+  auto rep = c.attachChannel(repDesc);
+  if (!rep) return failWith("stop-send: attach: " + rep.error().toString());
+  dragon::testing::RawConnection raw;
+  if (!raw.open(dragon::defaultSocketPath(), 10s)) return failWith("stop-send: connect");
+  auto r = raw.reply(raw.post(firstPart(ch, 1)), 30s);
+  if (!r || codeOf(*r) != StatusCode::Ok) {
+    return failWith("stop-send: " + (r ? r->DebugString() : std::string("no answer")));
+  }
+  const std::string sent = "sent";
+  if (!(*rep)->send(std::as_bytes(std::span(sent.data(), sent.size()))).isOk()) {
+    return failWith("stop-send: rep");
+  }
+  pause();  // killed here, before its other parts
+  return 0;
 }
 
 int leaveRecv(Client& c, const ObjectDescriptor& ch, const ObjectDescriptor& repDesc) {
@@ -207,17 +250,18 @@ int leaveRecv(Client& c, const ObjectDescriptor& ch, const ObjectDescriptor& rep
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    return failWith("usage: parts_probe head NODE | leave-send|send-after CH | leave-recv CH REP");
+    return failWith(
+        "usage: parts_probe head NODE | leave-send|send-after CH | stop-send|leave-recv CH REP");
   }
   const std::string mode = argv[1];
-  if (mode == "head" || mode == "leave-recv") {
+  if (mode == "head" || mode == "leave-recv" || mode == "stop-send") {
     auto client = Client::connect();
     if (!client) return failWith("connect: " + client.error().toString());
     if (mode == "head") return head(*client, static_cast<std::uint32_t>(std::atoi(argv[2])));
     auto ch = ObjectDescriptor::fromString(argv[2]);
     auto rep = argc == 4 ? ObjectDescriptor::fromString(argv[3]) : ch;
-    if (!ch || !rep || argc != 4) return failWith("leave-recv: bad channels");
-    return leaveRecv(*client, *ch, *rep);
+    if (!ch || !rep || argc != 4) return failWith(mode + ": bad channels");
+    return mode == "stop-send" ? stopSend(*client, *ch, *rep) : leaveRecv(*client, *ch, *rep);
   }
   auto ch = ObjectDescriptor::fromString(argv[2]);
   if (!ch) return failWith("bad channel " + std::string(argv[2]));

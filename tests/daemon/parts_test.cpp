@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 namespace dragon::daemon {
@@ -32,7 +33,16 @@ std::string pattern(std::uint64_t n, char seed) {
   return s;
 }
 
+// A message taken whole, as the gateway hands it over (here not a pool block).
+std::shared_ptr<const WholeMessage> held(const std::string& bytes) {
+  auto w = std::make_shared<WholeMessage>();
+  const auto* p = reinterpret_cast<const std::byte*>(bytes.data());
+  w->message = Message::fromBytes(std::vector<std::byte>(p, p + bytes.size()));
+  return w;
+}
+
 TEST(PartStore, ASendInPartsBecomesTheWholeMessageWithItsLastPart) {
+  std::shared_ptr<PartBlock> noBlock;  // stays null: parts kept in memory
   PartStore store;
   const std::uint64_t total = 2 * kPart + 5;
   const std::string whole = pattern(total, 'a');
@@ -42,8 +52,8 @@ TEST(PartStore, ASendInPartsBecomesTheWholeMessageWithItsLastPart) {
   // The same transfer id from another node is another transfer.
   pb::ChannelOp last = part(7, 2 * kPart, total, whole.substr(2 * kPart));
   last.set_kind(pb::ChannelOp::SEND);
-  EXPECT_EQ(store.assemble(2, last).code(), StatusCode::InvalidArgument);
-  ASSERT_TRUE(store.assemble(1, last).isOk());
+  EXPECT_EQ(store.assemble(2, last, noBlock).code(), StatusCode::InvalidArgument);
+  ASSERT_TRUE(store.assemble(1, last, noBlock).isOk());
   EXPECT_EQ(last.data(), whole);
   EXPECT_EQ(last.transfer(), 0u);
   EXPECT_EQ(store.size(), 0u);
@@ -51,6 +61,7 @@ TEST(PartStore, ASendInPartsBecomesTheWholeMessageWithItsLastPart) {
 }
 
 TEST(PartStore, PartsOutOfOrderOrPastTheEndEndTheTransfer) {
+  std::shared_ptr<PartBlock> noBlock;  // stays null: parts kept in memory
   PartStore store;
   const std::uint64_t total = 3 * kPart;
   EXPECT_EQ(store.keep(1, part(0, 0, total, "x"), 0).code(), StatusCode::InvalidArgument);
@@ -70,7 +81,7 @@ TEST(PartStore, PartsOutOfOrderOrPastTheEndEndTheTransfer) {
             StatusCode::InvalidArgument);
   ASSERT_TRUE(store.keep(1, part(4, 0, kPart + 4, std::string(kPart, 'a')), 0).isOk());
   pb::ChannelOp last = part(4, kPart, kPart + 4, "abc");
-  EXPECT_EQ(store.assemble(1, last).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(store.assemble(1, last, noBlock).code(), StatusCode::InvalidArgument);
   EXPECT_EQ(store.size(), 0u);
   EXPECT_EQ(store.keptSendBytes(), 0u);
 }
@@ -105,15 +116,14 @@ TEST(PartStore, ASizeThatWouldWrapTheBoundIsRefusedNotReserved) {
 TEST(PartStore, AReceiveLargerThanOnePartIsHandedOutInOrder) {
   PartStore store;
   pb::ChannelOpReply small;
-  small.set_data("tiny");
-  store.split(3, small, 0);
+  store.split(3, small, held("tiny"), 0);
+  EXPECT_EQ(small.data(), "tiny");
   EXPECT_EQ(small.total_size(), 0u);  // one part: nothing kept
   EXPECT_EQ(store.size(), 0u);
 
   const std::string whole = pattern(2 * kPart + 9, 'k');
   pb::ChannelOpReply reply;
-  reply.set_data(whole);
-  store.split(3, reply, 0);
+  store.split(3, reply, held(whole), 0);
   ASSERT_EQ(reply.data().size(), kPart);
   EXPECT_EQ(reply.total_size(), whole.size());
   ASSERT_NE(reply.transfer(), 0u);
@@ -137,8 +147,7 @@ TEST(PartStore, AReceiveLargerThanOnePartIsHandedOutInOrder) {
 TEST(PartStore, AReceivePartAskedOutOfOrderEndsTheTransfer) {
   PartStore store;
   pb::ChannelOpReply reply;
-  reply.set_data(pattern(kPart + 1, 'z'));
-  store.split(3, reply, 0);
+  store.split(3, reply, held(pattern(kPart + 1, 'z')), 0);
   pb::ChannelOp ask;
   ask.set_kind(pb::ChannelOp::RECV_PART);
   ask.set_transfer(reply.transfer());
@@ -150,8 +159,7 @@ TEST(PartStore, AReceivePartAskedOutOfOrderEndsTheTransfer) {
 TEST(PartStore, AReceiveWhoseReceiverLeftIsDroppedOnlyForItsNode) {
   PartStore store;
   pb::ChannelOpReply reply;
-  reply.set_data(pattern(kPart + 1, 'r'));
-  store.split(3, reply, 0);
+  store.split(3, reply, held(pattern(kPart + 1, 'r')), 0);
   ASSERT_EQ(store.size(), 1u);
   store.drop(3, reply.transfer(), false);  // a send's id is another transfer
   store.drop(4, reply.transfer(), true);   // another node's
@@ -166,6 +174,7 @@ TEST(PartStore, AReceiveWhoseReceiverLeftIsDroppedOnlyForItsNode) {
 }
 
 TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped) {
+  std::shared_ptr<PartBlock> noBlock;  // stays null: parts kept in memory
   // A SEND of a last part that the home could not take yet (cluster.parked_send_bytes): its
   // other parts are kept again for the next try, counted, until it is taken or its sender
   // gives up.
@@ -175,14 +184,14 @@ TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped
   pb::ChannelOp last = part(5, kPart, whole.size(), whole.substr(kPart));
   last.set_kind(pb::ChannelOp::SEND);
   pb::ChannelOp first = last;
-  ASSERT_TRUE(s.assemble(3, first).isOk());
+  ASSERT_TRUE(s.assemble(3, first, noBlock).isOk());
   EXPECT_EQ(s.keptSendBytes(), 0u);
-  s.restore(3, 5, whole.size(), kPart, std::move(*first.mutable_data()), 2);
+  s.restore(3, 5, whole.size(), kPart, std::move(*first.mutable_data()), nullptr, 2);
   EXPECT_EQ(s.keptSendBytes(), whole.size());
   pb::ChannelOp again = last;
-  ASSERT_TRUE(s.assemble(3, again).isOk());
+  ASSERT_TRUE(s.assemble(3, again, noBlock).isOk());
   EXPECT_TRUE(again.data() == whole) << "the message changed on its second assembly";
-  s.restore(3, 5, whole.size(), kPart, std::move(*again.mutable_data()), 3);
+  s.restore(3, 5, whole.size(), kPart, std::move(*again.mutable_data()), nullptr, 3);
   s.touch(3, 5, PartStore::kIdleNs + 10);
   EXPECT_TRUE(s.expire(PartStore::kIdleNs + 5)) << "a touched transfer expired";
   EXPECT_EQ(s.size(), 1u);
@@ -190,7 +199,64 @@ TEST(PartStore, ASendRestoredAfterItsLastPartWasRefusedAssemblesAgainOrIsDropped
   EXPECT_EQ(s.size(), 0u);
   EXPECT_EQ(s.keptSendBytes(), 0u);
   pb::ChannelOp gone = last;
-  EXPECT_EQ(s.assemble(3, gone).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(s.assemble(3, gone, noBlock).code(), StatusCode::InvalidArgument);
+}
+
+TEST(PartStore, ASendInABlockOfThePoolIsAssembledThereAndTheBlockGoesWithTheTransfer) {
+  // A first part given a block of the channel's pool: the message is assembled in it (nothing
+  // counted against the home's limit), the SEND of the last part hands the block on, and a
+  // transfer dropped before that frees its block.
+  PoolOptions po;
+  po.size = std::size_t{64} << 20;
+  po.prefault = false;
+  auto created = Pool::create(po);
+  ASSERT_TRUE(created.has_value()) << created.error().toString();
+  auto pool = std::make_shared<Pool>(std::move(*created));
+  auto used = [&] { return pool->stats().value().allocationCount; };
+  auto blockOf = [&](std::uint64_t n) {
+    auto a = pool->alloc(n);
+    EXPECT_TRUE(a.has_value());
+    return a.has_value() ? std::make_shared<PartBlock>(pool, *a, n) : nullptr;
+  };
+  const std::uint64_t total = kPart + 7;
+  const std::string whole = pattern(total, 'b');
+  PartStore store;
+  EXPECT_EQ(store.keep(1, part(1, 0, total, whole.substr(0, kPart)), 0, blockOf(total - 1)).code(),
+            StatusCode::InvalidArgument) << "a block of another size was taken";
+  EXPECT_EQ(used(), 0u);
+  ASSERT_TRUE(store.keep(1, part(1, 0, total, whole.substr(0, kPart)), 0, blockOf(total)).isOk());
+  EXPECT_EQ(store.keptSendBytes(), 0u) << "a send in a block counted against the home's memory";
+  pb::ChannelOp last = part(1, kPart, total, whole.substr(kPart));
+  last.set_kind(pb::ChannelOp::SEND);
+  std::shared_ptr<PartBlock> block;
+  ASSERT_TRUE(store.assemble(1, last, block).isOk());
+  ASSERT_NE(block, nullptr);
+  EXPECT_TRUE(last.data().empty()) << "the message was copied out of its block";
+  ASSERT_EQ(block->length(), total);
+  EXPECT_EQ(std::memcmp(block->bytes().data(), whole.data(), total), 0);
+  EXPECT_EQ(store.size(), 0u);
+  EXPECT_EQ(used(), 1u);
+  // Restored (the home could not take the SEND yet): assembled again in the same block.
+  store.restore(1, 1, total, kPart, "", block, 0);
+  block.reset();
+  EXPECT_EQ(used(), 1u);
+  pb::ChannelOp again = part(1, kPart, total, whole.substr(kPart));
+  again.set_kind(pb::ChannelOp::SEND);
+  ASSERT_TRUE(store.assemble(1, again, block).isOk());
+  ASSERT_NE(block, nullptr);
+  EXPECT_EQ(std::memcmp(block->bytes().data(), whole.data(), total), 0);
+  block.reset();
+  EXPECT_EQ(used(), 0u) << "the block of a send nobody took stayed allocated";
+  // Dropped mid-transfer (its sender left): the block goes back at once.
+  ASSERT_TRUE(store.keep(2, part(9, 0, total, "x"), 0, blockOf(total)).isOk());
+  EXPECT_EQ(used(), 1u);
+  store.drop(2, 9, false);
+  EXPECT_EQ(used(), 0u);
+  // A block the channel took (released) is not freed again.
+  auto taken = blockOf(total);
+  taken->release();
+  taken.reset();
+  EXPECT_EQ(used(), 1u);
 }
 
 TEST(GatewayLimit, AWaitingSendIsHeldWhenItFitsWhenNothingIsOrWhenItIsTheOneOverdue) {
