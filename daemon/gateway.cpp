@@ -9,6 +9,7 @@
 #include <chrono>
 #include <thread>
 #include <cerrno>
+#include <cstring>
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -54,6 +55,13 @@ std::uint64_t holderOf(std::uint32_t from, const pb::ChannelOp& op) {
   return (op.holder() >> 32) == from ? op.holder() : Channel::holderWord(from, 0);
 }
 
+// A SEND of a message larger than one part that is not in a block of its pool: copying it into
+// one is the gateway thread's, outside its lock (Gateway::run), never an attempt's.
+bool needsBlock(const pb::ChannelOp& op, const PartBlock* block) {
+  return block == nullptr && op.kind() == pb::ChannelOp::SEND &&
+         op.data().size() > Gateway::kMaxMessage;
+}
+
 // A RECV with parts of a message larger than one part: the whole message, left in its pool
 // block (not copied: the caller hands it out in parts), received through a handle on `mapping`
 // so that the block stays readable for as long as the message is held.
@@ -94,6 +102,11 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
   Attempt a;
   switch (op.kind()) {
     case pb::ChannelOp::SEND: {
+      if (needsBlock(op, block)) {  // no block yet: the thread takes one first
+        a.wouldBlock = Status(StatusCode::PoolExhausted, "no free block for the message yet");
+        a.poolFull = true;
+        return a;
+      }
       Status st = block != nullptr
                       ? ch.sendBlock(block->allocation(), block->length(), Timeout::none())
                       : ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
@@ -201,7 +214,7 @@ struct Gateway::Op {
   std::uint64_t key = 0;
   std::uint64_t channelId = 0;
   pb::ChannelOp op;
-  Channel channel;             // on the thread's own mapping of the pool
+  Channel channel;             // on a mapping of the pool that the op holds
   std::shared_ptr<Pool> pool;  // that mapping
   std::shared_ptr<PartBlock> block;  // a SEND's message in a block of the pool
   std::int64_t deadlineNs = 0; // CLOCK_MONOTONIC; INT64_MAX: forever
@@ -284,8 +297,7 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
   // A message larger than one part that is not in a block yet (its pool had none free at its
   // first part) is copied into the pool by the thread, as if a lock had been held: a copy of
   // that size here would hold the loop, heartbeats included.
-  const bool copyOnThread = block == nullptr && op.kind() == pb::ChannelOp::SEND &&
-                            op.data().size() > kMaxMessage;
+  const bool copyOnThread = needsBlock(op, block.get());
   Attempt a;
   bool busy = copyOnThread;
   if (!copyOnThread) {
@@ -309,15 +321,17 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
     return true;
   }
   // A send that waits holds its message here; past the limit, it waits on its sender's node
-  // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
-  const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0;
+  // (the caller has it sent again later). A try waits only for a lock: it is held briefly, as
+  // is a message that goes to the thread only to be copied, while its channel has room.
+  const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 &&
+                       !(copyOnThread && ch->writable());
   const std::uint64_t held = parkedSendBytes_.load();
   const std::uint64_t bytes = op.data().size();
   const bool pastLimit = mayWait && !admits(held, parkedSendLimit_, bytes, false, 0);
   if (pastLimit && !admits(held, parkedSendLimit_, bytes, op.overdue(), parkedOverdue_.load())) {
     return false;  // held only as the node's one overdue send, and that place is taken
   }
-  // Park it with the thread, on the thread's own mapping of the pool.
+  // Park it with the thread, on a mapping of the pool it shares with the loop.
   Status st = startThread();
   if (!st.isOk()) {
     reply(errorOf(st), nullptr);
@@ -478,6 +492,35 @@ std::size_t Gateway::parked() const {
       std::count_if(ops_.begin(), ops_.end(), [](const auto& o) { return !o->finished; }));
 }
 
+// On the gateway thread: the parked sends whose message is not in a block of its pool yet
+// (needsBlock) are copied into one, outside mu_, so that the loop, which takes mu_ too, never
+// waits for such a copy. Only this thread erases ops_, so the ops stay; the loop reads an op's
+// ChannelOp under mu_ and never changes it. A pool without a free block leaves the op as it
+// is, its attempt answering PoolExhausted (tried again, as a send waits for a block).
+void Gateway::copyIntoBlocks(std::vector<Op*>& toCopy) {
+  toCopy.clear();
+  {
+    std::lock_guard lk(mu_);
+    for (auto& o : ops_) {
+      if (!o->finished && needsBlock(o->op, o->block.get())) toCopy.push_back(o.get());
+    }
+  }
+  for (Op* o : toCopy) {
+    const std::string& data = o->op.data();
+    auto a = o->pool->alloc(data.size(), Timeout::none());  // gives up on a held lock
+    if (!a.has_value()) continue;
+    auto block = std::make_shared<PartBlock>(o->pool, *a, data.size());
+    std::memcpy(block->bytes().data(), data.data(), data.size());
+    std::string gone;  // the message's old copy, freed after mu_ is let go
+    std::lock_guard lk(mu_);
+    o->block = std::move(block);
+    o->op.mutable_data()->swap(gone);
+    // This process holds the message no more: it no longer counts against the parked limit.
+    if (o->counted.total != nullptr) o->counted.total->fetch_sub(o->counted.bytes);
+    o->counted.bytes = 0;
+  }
+}
+
 // The gateway thread: completes parked operations as their channels allow.
 void Gateway::run() {
   // Attempts run under mu_, which the loop takes too: this thread never waits on a lock a
@@ -487,7 +530,9 @@ void Gateway::run() {
   std::vector<Channel::WaitItem> items;
   std::vector<std::uint64_t> waitedIds;
   std::size_t rotate = 0;
+  std::vector<Op*> toCopy;
   for (;;) {
+    copyIntoBlocks(toCopy);
     std::int64_t nextDeadline = INT64_MAX;
     bool partial = false;
     bool busy = false;  // an operation found its channel's lock held, or its pool full

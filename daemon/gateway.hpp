@@ -106,6 +106,7 @@ class Gateway {
   // The loop's own shared mapping of the pool of channel `desc` (kept while anyone holds it).
   Result<std::shared_ptr<Pool>> sharedMapping(const ObjectDescriptor& desc);
   void run();
+  void copyIntoBlocks(std::vector<Op*>& toCopy);
   void ring();
   // `overdueSlot`: a SEND held past the limit because it is overdue (parkedOverdue_).
   void park(std::uint32_t from, protocol::ChannelOp&& op, Channel mine,

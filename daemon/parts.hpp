@@ -6,8 +6,10 @@
 // else into dragond's memory, until its last part comes with the SEND, which then sends the
 // block (or carries the whole message). A receive taken whole stays in its pool block
 // (WholeMessage), read in place, until the receiver has fetched every part. Either way the
-// home copies one part per request, never the whole message at once: its event loop would
-// answer nothing meanwhile, heartbeats included. Used on the event loop only.
+// home's event loop copies one part per request, never the whole message at once: it would
+// answer nothing meanwhile, heartbeats included (a message kept in memory is copied into its
+// pool by the gateway thread). PartStore is used on the event loop only; a PartBlock or
+// WholeMessage it hands on may go on the gateway thread.
 #pragma once
 
 #include <dragon/channel.hpp>
@@ -81,8 +83,8 @@ class PartStore {
   Status assemble(std::uint32_t node, protocol::ChannelOp& op, std::shared_ptr<PartBlock>& block);
   // Undoes assemble() of a SEND that the home could not take yet: the message, less its last
   // part (from `lastOffset` on, which the sender sends again), is kept again as `transfer` of
-  // `total` bytes, in `block` or else as `whole`, counted whatever the limit (it was counted a
-  // moment ago).
+  // `total` bytes: in `block`, or else as `whole`, counted whatever the limit (it was counted
+  // a moment ago).
   void restore(std::uint32_t node, std::uint64_t transfer, std::uint64_t total,
                std::uint64_t lastOffset, std::string whole, std::shared_ptr<PartBlock> block,
                std::int64_t nowNs);

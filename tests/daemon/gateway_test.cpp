@@ -515,6 +515,62 @@ std::int64_t anonymousBytes(pid_t pid) {
   return -1;
 }
 
+TEST_F(Gateway, ASendKeptInMemoryIsCopiedIntoABlockByTheGatewayThreadWhileItWaits) {
+  // A message in parts that dragond kept in its memory (no free block at its first part)
+  // and whose channel is full waits at the home: the gateway thread copies it into a block of
+  // the pool once there is one, outside the lock the event loop takes, and dragond's own copy
+  // goes. Before, every wake of the thread copied it into a block under that lock and freed
+  // the block again on finding the channel full.
+  constexpr std::size_t kBytes = 4 * kMaxMessageAcrossNodes + 3;
+  auto big = client.createPool(2 * kBytes, {}, /*lazy=*/true);
+  ASSERT_TRUE(big.has_value()) << big.error().toString();
+  ChannelOptions o;
+  o.capacity = 1;
+  auto c = client.createChannel((*big)->descriptor(), o);
+  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  ASSERT_TRUE((*c)->send(bytesOf("first")).isOk());  // the channel is full
+  auto full = (*big)->alloc(2 * kBytes - (std::size_t{1} << 20));
+  ASSERT_TRUE(full.has_value()) << full.error().toString();
+  std::string payload(kBytes, '\0');
+  for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 3 % 233);
+  const std::uint64_t part = kMaxMessageAcrossNodes;
+  RawConn raw(d->socket());
+  std::uint64_t at = 0;
+  for (; at + part < kBytes; at += part) {
+    auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 5, at,
+                                       kBytes, payload.substr(at, part))),
+                       10s);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
+  }
+  ASSERT_TRUE((*big)->free(*full).isOk());
+  auto used = [&] { return (*big)->stats().value().usedBytes; };
+  const std::uint64_t before = used();
+  const std::int64_t holding = anonymousBytes(d->pid());
+  const std::uint64_t id = raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND,
+                                           30'000'000'000, 5, at, kBytes, payload.substr(at)));
+  // Polled (there is no event to wait for): a block holds it, and dragond's copy went.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while ((used() < before + kBytes ||
+          anonymousBytes(d->pid()) > holding - static_cast<std::int64_t>(kBytes) / 2) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GE(used(), before + kBytes) << "no block holds the waiting message";
+  EXPECT_LE(anonymousBytes(d->pid()), holding - static_cast<std::int64_t>(kBytes) / 2)
+      << "dragond still holds its copy of the waiting message (" << holding << " bytes before)";
+  EXPECT_FALSE(raw.reply(id, 0ms).has_value()) << "the send did not wait for room";
+  auto first = (*c)->recvBytes(Timeout::after(10s));
+  ASSERT_TRUE(first.has_value()) << first.error().toString();
+  auto r = raw.reply(id, 20s);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
+  auto m = (*c)->recvBytes(Timeout::after(10s));
+  ASSERT_TRUE(m.has_value()) << m.error().toString();
+  ASSERT_EQ(m->size(), kBytes);
+  EXPECT_EQ(std::memcmp(m->data(), payload.data(), kBytes), 0) << "the message changed";
+}
+
 TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLeaves) {
   // With a free block in the channel's pool, a send in parts is written there part by part
   // from its first (dragond's memory does not hold it, nor does its last part copy the whole
