@@ -9,9 +9,9 @@
 #   cluster_ucx_tag_rtt / cluster_ucx_tag_bw_1MiB
 #                           ucx_perftest n1<->n2 (tcp over the veths): 2 x tag_lat, and tag_bw
 #                           of 1 MiB messages
-#   cluster_channel_send_8B / cluster_channel_bw_1MiB
-#                           acknowledged sends from the head (n1) to a channel on n2, 8 B and
-#                           1 MiB (tests/cluster/cluster_probe channel-bench)
+#   cluster_channel_send_8B / cluster_channel_bw_1MiB / cluster_channel_bw_64MiB
+#                           acknowledged sends from the head (n1) to a channel on n2, 8 B,
+#                           1 MiB and 64 MiB (in parts) (tests/cluster/cluster_probe channel-bench)
 #   cluster_control_rtt     a request the head's own dragond answers (the control-plane floor)
 #   cluster_py_queue_rtt_8B 8 B through a Python Queue to a process on n2 and back through
 #                           another (bench/cluster_py_queue.py): one remote get and one remote
@@ -111,11 +111,14 @@ send8=$(for _ in 1 2 3; do probe channel-bench 1 5000 8; done |
   sed -n 's/^probe: channel-bench 8 B: \([0-9.]*\) us per send.*/\1/p' | median)
 bw=$(for _ in 1 2 3; do probe channel-bench 1 300 1048576; done |
   sed -n 's/^probe: channel-bench 1048576 B: .* \([0-9.]*\) MB\/s$/\1/p' | median)
+bw64=$(for _ in 1 2 3; do probe channel-bench 1 16 67108864; done |
+  sed -n 's/^probe: channel-bench 67108864 B: .* \([0-9.]*\) MB\/s$/\1/p' | median)
 ctl=$(for _ in 1 2 3; do probe control-rtt 5000; done |
   sed -n 's/^probe: control-rtt \([0-9.]*\) us$/\1/p' | median)
-[ -n "$send8" ] && [ -n "$bw" ] && [ -n "$ctl" ] || { echo "bench/cluster: no channel result" >&2; exit 1; }
+[ -n "$send8" ] && [ -n "$bw" ] && [ -n "$bw64" ] && [ -n "$ctl" ] || { echo "bench/cluster: no channel result" >&2; exit 1; }
 echo "metric cluster_channel_send_8B $send8 us"
 echo "metric cluster_channel_bw_1MiB $bw MB/s"
+echo "metric cluster_channel_bw_64MiB $bw64 MB/s"
 echo "metric cluster_control_rtt $ctl us"
 pyq=$(for _ in 1 2 3; do srun3 "${dragon[@]}" "$PWD/bench/cluster_py_queue.py" rtt 2000 2>&1; done |
   sed -n 's/^py-queue-rtt 8B: \([0-9.]*\) us$/\1/p' | median)

@@ -106,6 +106,10 @@ INFO = {
         # recv(), against recv() alone (a message that finds the far process asleep).
         ("cluster_py_wait_mixed_vs_recv_rtt_idle", "cluster_py_pipe_rtt_idle_wait_mixed",
          "cluster_py_pipe_rtt_idle_recv"),
+        # Messages of 64 MiB, which cross in parts into a block of the channel's pool at its
+        # home, against UCX's own large transfer between the same nodes.
+        ("cluster_channel_bw_64MiB_vs_ucx_get_bw", "cluster_channel_bw_64MiB",
+         "cluster_ucx_get_bw_16MiB"),
         # A request the local dragond answers itself: the floor under every remote operation.
         ("cluster_control_rtt_vs_ucx_tag_rtt", "cluster_control_rtt", "cluster_ucx_tag_rtt"),
         ("cluster_bringup_2nodes_vs_bare_srun", "cluster_bringup_dragon_N2", "cluster_bringup_bare_N2"),

@@ -354,15 +354,12 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
 }
 
 Result<std::shared_ptr<Pool>> Gateway::sharedMapping(const ObjectDescriptor& desc) {
-  if (auto it = mappings_.find(desc.poolId); it != mappings_.end()) {
-    if (auto mine = it->second.lock()) return mine;
-  }
+  if (auto it = mappings_.find(desc.poolId); it != mappings_.end()) return it->second;
   auto grant = objects_.find(desc);
   UniqueFd fd(grant.has_value() ? fcntl(grant->poolFd, F_DUPFD_CLOEXEC, 3) : -1);
   if (!fd) return grant.has_value() ? Status::fromErrno("dup", errno) : grant.error();
   DRAGON_ASSIGN_OR_RETURN(Pool pool, Pool::attach(std::move(fd), grant->pool, /*prefault=*/false));
   auto mine = std::make_shared<Pool>(std::move(pool));
-  std::erase_if(mappings_, [](const auto& kv) { return kv.second.expired(); });  // unused now
   mappings_[desc.poolId] = mine;
   return mine;
 }
@@ -375,6 +372,8 @@ std::shared_ptr<PartBlock> Gateway::blockFor(const ObjectDescriptor& desc, std::
   if (!a.has_value()) return nullptr;
   return std::make_shared<PartBlock>(std::move(*mine), *a, bytes);
 }
+
+void Gateway::poolGone(std::uint64_t poolId) { mappings_.erase(poolId); }
 
 bool Gateway::admits(std::uint64_t held, std::uint64_t limit, std::uint64_t bytes, bool overdue,
                      std::uint32_t overdueHeld) {

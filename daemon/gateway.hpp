@@ -97,13 +97,16 @@ class Gateway {
   // POLL for readable answers readable, as a closed channel's). Returns once the gateway
   // thread no longer touches the channel.
   void channelGone(std::uint64_t channelId);
+  // The pool is about to be destroyed: the gateway's own mapping of it goes (operations and
+  // messages that hold it keep it until they end).
+  void poolGone(std::uint64_t poolId);
   // Operations parked now (for the SIGUSR1 dump).
   std::size_t parked() const;
 
  private:
   struct Op;
   Status startThread();
-  // The loop's own shared mapping of the pool of channel `desc` (kept while anyone holds it).
+  // The loop's own shared mapping of the pool of channel `desc` (kept until the pool goes).
   Result<std::shared_ptr<Pool>> sharedMapping(const ObjectDescriptor& desc);
   void run();
   void copyIntoBlocks(std::vector<Op*>& toCopy);
@@ -136,9 +139,10 @@ class Gateway {
 
   std::unique_ptr<Pool> bellPool_;  // the doorbell: a one-slot channel of a private pool
   std::unique_ptr<Channel> bell_;
-  // The loop's shared mappings, by pool id: parked operations and messages taken whole hold
-  // them, so a pool the manager destroys stays mapped for them.
-  std::map<std::uint64_t, std::weak_ptr<Pool>> mappings_;
+  // The loop's shared mappings, by pool id, kept until the pool goes (poolGone): a page is
+  // faulted in once, not once per message. Parked operations and messages in parts hold them
+  // too, so a pool the manager destroys stays mapped for them.
+  std::map<std::uint64_t, std::shared_ptr<Pool>> mappings_;
   std::thread thread_;
 };
 

@@ -44,7 +44,10 @@ Status Server::start(ObjectManager& objects, ProcessManager& processes,
   gateway_->setParkedSendLimit(parkedSendBytes);
   objects.setChannelGoneHook([this](std::uint64_t id) { gateway_->channelGone(id); });
   rma_ = std::make_unique<RmaRegions>(objects);
-  objects.setPoolGoneHook([this](std::uint64_t id) { rma_->poolGone(id); });
+  objects.setPoolGoneHook([this](std::uint64_t id) {
+    rma_->poolGone(id);
+    gateway_->poolGone(id);
+  });
   registry_.setProcessHooks(nullptr, [this](const ProcessRecord& r) { processEnded(r); });
   return loop_.add(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
 }

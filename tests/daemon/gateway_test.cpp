@@ -21,6 +21,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <sys/wait.h>
 #include <thread>
 
@@ -515,6 +516,34 @@ std::int64_t anonymousBytes(pid_t pid) {
   return -1;
 }
 
+// The inode of the file that `pid` maps at `start` (a pool's memfd), or 0.
+std::uint64_t mappedInode(pid_t pid, const void* start) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  const auto want = reinterpret_cast<std::uintptr_t>(start);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string range, perms, offset, dev;
+    std::uint64_t inode = 0;
+    f >> range >> perms >> offset >> dev >> inode;
+    if (std::stoull(range.substr(0, range.find('-')), nullptr, 16) == want) return inode;
+  }
+  return 0;
+}
+
+// How many mappings of the file with `inode` process `pid` has.
+int mappingsOf(pid_t pid, std::uint64_t inode) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string range, perms, offset, dev;
+    std::uint64_t ino = 0;
+    f >> range >> perms >> offset >> dev >> ino;
+    if (ino == inode) ++n;
+  }
+  return n;
+}
+
 TEST_F(Gateway, ASendKeptInMemoryIsCopiedIntoABlockByTheGatewayThreadWhileItWaits) {
   // A message in parts that dragond kept in its memory (no free block at its first part)
   // and whose channel is full waits at the home: the gateway thread copies it into a block of
@@ -695,6 +724,9 @@ TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) 
   std::string got = r->channel_op_reply().data();
   const ObjectDescriptor cd = (*c)->descriptor();
   const ObjectDescriptor pd = (*big)->descriptor();
+  const std::uint64_t inode = mappedInode(getpid(), (*big)->pointerAt(0));
+  ASSERT_NE(inode, 0u) << "this process's mapping of the pool not found";
+  ASSERT_GT(mappingsOf(d->pid(), inode), 0);
   c->reset();
   big->reset();
   ASSERT_TRUE(client.destroy(cd).isOk());
@@ -710,6 +742,8 @@ TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) 
   }
   ASSERT_EQ(got.size(), kBytes);
   EXPECT_TRUE(std::memcmp(got.data(), payload.data(), kBytes) == 0) << "the message changed";
+  // The pool's memory goes with the last part: dragond maps it no more.
+  EXPECT_EQ(mappingsOf(d->pid(), inode), 0) << "dragond still maps the destroyed pool";
 }
 
 TEST(GatewayLimit, WaitingSendsPastTheLimitWaitOnTheirSendersNodeAndArriveInOrder) {
