@@ -1,8 +1,16 @@
 // SPDX-License-Identifier: MIT
 // The daemon group: dragond's spawn+reap rate against posix_spawn+waitpid done directly, and a
-// control request's round trip against a bare Unix-socket ping-pong, all in one run.
+// control request's round trip against a bare Unix-socket ping-pong, all in one run; and the
+// longest a control request waits while a large message crosses dragond in parts, as it does
+// for a process of another node (its ChannelOps spoken by hand, support/raw_connection.hpp).
 // Prints "metric <name> <value> <unit>" lines for bench/goals.py.
 #include <dragon/client.hpp>
+
+#include "support/raw_connection.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
 
 #include <cerrno>
 #include <chrono>
@@ -117,6 +125,88 @@ double controlRttUs(dragon::Client& c) {
   return secondsSince(t0) * 1e6 / kPings;
 }
 
+namespace pb = dragon::protocol;
+
+pb::Envelope channelOp(const dragon::ObjectDescriptor& ch, pb::ChannelOp::Kind kind) {
+  pb::Envelope e;
+  *e.mutable_channel_op()->mutable_channel() = pb::toRef(ch);
+  e.mutable_channel_op()->set_kind(kind);
+  return e;
+}
+
+bool answered(dragon::testing::RawConnection& raw, pb::Envelope e, pb::Envelope* out = nullptr) {
+  auto r = raw.reply(raw.post(std::move(e)), std::chrono::seconds(60));
+  if (!r.has_value() || r->has_error()) return false;
+  if (out != nullptr) *out = std::move(*r);
+  return true;
+}
+
+// The longest control round trip (us) of another client while a message of `bytes` crosses
+// dragond in parts, as for a process of another node: received (`receive`), or sent.
+double longestAnswerUs(dragon::Client& c, const std::string& socket, std::size_t bytes,
+                       bool receive) {
+  auto pool = c.createPool(bytes + (std::size_t{64} << 20), {}, /*lazy=*/true);
+  if (!pool.has_value()) std::abort();
+  auto ch = c.createChannel((*pool)->descriptor(), {});
+  if (!ch.has_value()) std::abort();
+  const dragon::ObjectDescriptor d = (*ch)->descriptor();
+  const std::string payload(bytes, 'm');
+  if (receive && !(*ch)->send(std::as_bytes(std::span(payload.data(), bytes))).isOk()) {
+    std::abort();
+  }
+  dragon::Client::Options o;
+  o.socketPath = socket;
+  auto other = dragon::Client::connect(o);
+  if (!other.has_value()) std::abort();
+  std::atomic<bool> stop{false};
+  double longest = 0;
+  std::thread asker([&] {
+    while (!stop.load()) {
+      const auto t0 = Clock::now();
+      if (!other->lookupName("bench").has_value()) std::abort();
+      longest = std::max(longest, secondsSince(t0) * 1e6);
+    }
+  });
+  dragon::testing::RawConnection raw;
+  if (!raw.open(socket, std::chrono::seconds(10))) std::abort();
+  const std::size_t part = dragon::kMaxMessageAcrossNodes;
+  bool ok = true;
+  if (receive) {
+    pb::Envelope take = channelOp(d, pb::ChannelOp::RECV);
+    take.mutable_channel_op()->set_parts(true);
+    pb::Envelope r;
+    ok = answered(raw, std::move(take), &r);
+    std::size_t got = r.channel_op_reply().data().size();
+    while (ok && got < bytes) {
+      pb::Envelope more = channelOp(d, pb::ChannelOp::RECV_PART);
+      more.mutable_channel_op()->set_transfer(r.channel_op_reply().transfer());
+      more.mutable_channel_op()->set_part_offset(got);
+      pb::Envelope m;
+      ok = answered(raw, std::move(more), &m) && !m.channel_op_reply().data().empty();
+      got += m.channel_op_reply().data().size();
+    }
+  } else {
+    for (std::size_t at = 0; ok && at < bytes; at += part) {
+      const bool last = at + part >= bytes;
+      pb::Envelope e = channelOp(d, last ? pb::ChannelOp::SEND : pb::ChannelOp::SEND_PART);
+      e.mutable_channel_op()->set_transfer(1);
+      e.mutable_channel_op()->set_part_offset(at);
+      e.mutable_channel_op()->set_total_size(bytes);
+      e.mutable_channel_op()->set_data(payload.substr(at, part));
+      ok = answered(raw, std::move(e));
+    }
+  }
+  stop = true;
+  asker.join();
+  if (!ok) {
+    std::fprintf(stderr, "bench_daemon: a message in parts was refused\n");
+    std::exit(1);
+  }
+  (void)c.destroy(d);
+  (void)c.destroy((*pool)->descriptor());
+  return longest;
+}
+
 pid_t startDragond(const std::string& socket) {
   int ready[2];
   if (pipe2(ready, O_CLOEXEC) != 0) std::abort();
@@ -171,6 +261,17 @@ int main() {
   metric("spawn_dragond_rate", viaDragond, "proc/s");
   metric("unix_socket_rtt", bare, "us");
   metric("control_rtt", control, "us");
+  // The median of 3 of the longest wait during each transfer.
+  constexpr std::size_t kLarge = std::size_t{200} << 20;
+  std::vector<double> recvs, sends;
+  for (int round = 0; round < 3; ++round) {
+    recvs.push_back(longestAnswerUs(*c, socket, kLarge, true));
+    sends.push_back(longestAnswerUs(*c, socket, kLarge, false));
+  }
+  std::sort(recvs.begin(), recvs.end());
+  std::sort(sends.begin(), sends.end());
+  metric("control_rtt_longest_during_200MiB_recv_in_parts", recvs[1], "us");
+  metric("control_rtt_longest_during_200MiB_send_in_parts", sends[1], "us");
 
   pool = dragon::Status(dragon::StatusCode::NotFound);
   c = dragon::Status(dragon::StatusCode::PeerLost);

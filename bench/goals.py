@@ -93,7 +93,14 @@ INFO = {
         ("tput_64B_msgs", "chan_tput_64B", None),
         ("copy_4KiB_vs_memcpy", "chan_copy_4KiB", "memcpy_4KiB"),
     ],
-    "daemon": [],
+    "daemon": [
+        # The longest a control request waits while a 200 MiB message crosses dragond in parts
+        # for a process of another node (cluster.node_timeout is 1.5 s).
+        ("control_rtt_longest_during_200MiB_recv_in_parts_vs_control_rtt",
+         "control_rtt_longest_during_200MiB_recv_in_parts", "control_rtt"),
+        ("control_rtt_longest_during_200MiB_send_in_parts_vs_control_rtt",
+         "control_rtt_longest_during_200MiB_send_in_parts", "control_rtt"),
+    ],
     "cluster": [
         # With cluster.poll=100us (off by default): dragond polls between events.
         ("cluster_channel_rtt_8B_poll_vs_ucx_tag_rtt", "cluster_channel_send_8B_poll",
