@@ -136,7 +136,9 @@ pb::Envelope channelOp(const dragon::ObjectDescriptor& ch, pb::ChannelOp::Kind k
 
 bool answered(dragon::testing::RawConnection& raw, pb::Envelope e, pb::Envelope* out = nullptr) {
   auto r = raw.reply(raw.post(std::move(e)), std::chrono::seconds(60));
-  if (!r.has_value() || r->has_error()) return false;
+  if (!r.has_value() || r->has_error() || r->channel_op_reply().retry_after_ns() != 0) {
+    return false;  // refused, or "later" (a send the home would not hold)
+  }
   if (out != nullptr) *out = std::move(*r);
   return true;
 }

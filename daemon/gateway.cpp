@@ -223,6 +223,10 @@ struct Gateway::Op {
   // A try (timeout 0) parked only because a lock was held: answered after one attempt that
   // got the lock, as the local try would be once it had waited for the lock.
   bool tryOnce = false;
+  // A SEND whose message is not in a block yet (needsBlock): the thread tried to copy it into
+  // one (copyIntoBlocks) and found no room, so an attempt may answer; or it never can be.
+  bool copyTried = false;
+  Status copyError;
 };
 
 namespace {
@@ -321,10 +325,8 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
     return true;
   }
   // A send that waits holds its message here; past the limit, it waits on its sender's node
-  // (the caller has it sent again later). A try waits only for a lock: it is held briefly, as
-  // is a message that goes to the thread only to be copied, while its channel has room.
-  const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0 &&
-                       !(copyOnThread && ch->writable());
+  // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
+  const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0;
   const std::uint64_t held = parkedSendBytes_.load();
   const std::uint64_t bytes = op.data().size();
   const bool pastLimit = mayWait && !admits(held, parkedSendLimit_, bytes, false, 0);
@@ -397,7 +399,7 @@ void Gateway::park(std::uint32_t from, pb::ChannelOp&& theOp, Channel mine,
   // Moved, not copied: a send's message may be large.
   auto o = std::unique_ptr<Op>(new Op{{}, from, key, channelId, std::move(theOp),
                                       std::move(mine), std::move(pool), std::move(block), 0,
-                                      std::move(reply), false, tryOnce});
+                                      std::move(reply), false, tryOnce, false, Status::ok()});
   const pb::ChannelOp& op = o->op;
   if (op.kind() == pb::ChannelOp::SEND) {
     o->counted.bytes = op.data().size();
@@ -480,9 +482,9 @@ void Gateway::channelGone(std::uint64_t channelId) {
     return errorOf(Status(StatusCode::ChannelClosed, "the channel was destroyed"));
   });
   // Before the channel's memory goes back to its pool, the thread must have left the wait
-  // that used it (fail() rang the doorbell).
+  // that used it (fail() rang the doorbell); copying a message into a block, it uses none.
   std::unique_lock lk(mu_);
-  passed_.wait(lk, [&] { return pass_ != pass || stop_; });
+  passed_.wait(lk, [&] { return pass_ != pass || !inWait_ || stop_; });
 }
 
 std::size_t Gateway::parked() const {
@@ -493,21 +495,37 @@ std::size_t Gateway::parked() const {
 
 // On the gateway thread: the parked sends whose message is not in a block of its pool yet
 // (needsBlock) are copied into one, outside mu_, so that the loop, which takes mu_ too, never
-// waits for such a copy. Only this thread erases ops_, so the ops stay; the loop reads an op's
-// ChannelOp under mu_ and never changes it. A pool without a free block leaves the op as it
-// is, its attempt answering PoolExhausted (tried again, as a send waits for a block).
+// waits for such a copy (channelGone does not wait for it either: it touches no channel).
+// Only this thread erases ops_, so the ops stay; the loop reads an op's ChannelOp under mu_
+// and never changes it. A pool without a free block leaves the op as it is, copyTried: its
+// attempt then answers PoolExhausted (a waiting send tries again, as a local send waits for a
+// block); one the message can never fit, MessageTooLarge; one whose lock a process holds, no
+// answer yet.
 void Gateway::copyIntoBlocks(std::vector<Op*>& toCopy) {
   toCopy.clear();
   {
     std::lock_guard lk(mu_);
+    inWait_ = false;
+    passed_.notify_all();
     for (auto& o : ops_) {
       if (!o->finished && needsBlock(o->op, o->block.get())) toCopy.push_back(o.get());
     }
   }
   for (Op* o : toCopy) {
     const std::string& data = o->op.data();
-    auto a = o->pool->alloc(data.size(), Timeout::none());  // gives up on a held lock
-    if (!a.has_value()) continue;
+    Result<PoolAllocation> a = Status(StatusCode::PoolExhausted);
+    const bool held = lockWasBusy([&] { a = o->pool->alloc(data.size(), Timeout::none()); });
+    if (!a.has_value()) {
+      if (held) continue;  // tried again on the next pass
+      std::lock_guard lk(mu_);
+      o->copyTried = true;
+      if (a.error().code() == StatusCode::InvalidArgument) {
+        o->copyError = Status(StatusCode::MessageTooLarge,
+                              "message of " + std::to_string(data.size()) +
+                                  " bytes can never fit the pool");
+      }
+      continue;
+    }
     auto block = std::make_shared<PartBlock>(o->pool, *a, data.size());
     std::memcpy(block->bytes().data(), data.data(), data.size());
     std::string gone;  // the message's old copy, freed after mu_ is let go
@@ -547,10 +565,18 @@ void Gateway::run() {
         Op& o = **it;
         if (!o.finished) {
           Attempt a;
-          const bool held = lockWasBusy([&] {
-            a = attempt(o.channel, o.from, o.op, buf,
-                        [&] { return Result<std::shared_ptr<Pool>>(o.pool); }, o.block.get());
-          });
+          bool held = false;
+          if (needsBlock(o.op, o.block.get()) && !o.copyTried) {
+            held = true;  // its copy into a block comes first (copyIntoBlocks)
+          } else if (!o.copyError.isOk()) {
+            a.done = true;
+            a.answer = errorOf(o.copyError);
+          } else {
+            held = lockWasBusy([&] {
+              a = attempt(o.channel, o.from, o.op, buf,
+                          [&] { return Result<std::shared_ptr<Pool>>(o.pool); }, o.block.get());
+            });
+          }
           busy = busy || held;
           if ((!held && (a.done || o.tryOnce)) || now >= o.deadlineNs) {
             pb::Envelope answer = !held && a.done ? std::move(a.answer)
@@ -601,6 +627,7 @@ void Gateway::run() {
         waitedIds.push_back(o.channelId);
       }
       ++rotate;
+      inWait_ = true;  // until copyIntoBlocks, after the wait
     }
     std::int64_t waitNs = nextDeadline == INT64_MAX ? Timeout::kForeverNs
                                                     : std::max<std::int64_t>(

@@ -135,6 +135,7 @@ class Gateway {
   std::list<std::unique_ptr<Op>> ops_;  // parked; the thread erases finished and cancelled ones
   bool stop_ = false;
   std::uint64_t pass_ = 0;      // the thread's passes: one begins after every wait
+  bool inWait_ = false;         // the thread waits on the parked channels (or sleeps)
   std::condition_variable passed_;
 
   std::unique_ptr<Pool> bellPool_;  // the doorbell: a one-slot channel of a private pool

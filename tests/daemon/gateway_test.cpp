@@ -507,6 +507,60 @@ TEST_F(Gateway, ASendInPartsWhosePoolHadNoRoomIsKeptInMemoryAndArrivesWholeLater
   EXPECT_EQ(std::memcmp(m->data(), payload.data(), kBytes), 0) << "the message changed";
 }
 
+TEST_F(Gateway, ASendKeptInMemoryIsTriedOnceWithRoomAndRefusedIfItCanNeverFit) {
+  // Kept in dragond's memory (no free block at its first part), then: a try with room in the
+  // pool by its last part is sent (copied by the gateway thread first, not answered
+  // PoolExhausted before the copy was tried); a message the pool can never hold (the size of
+  // its whole segment, which the channel's limit allows) is refused MessageTooLarge, not tried
+  // again until its deadline.
+  const std::uint64_t part = kMaxMessageAcrossNodes;
+  auto sendKept = [&](ClientChannel& to, std::uint64_t transfer, const std::string& payload,
+                      std::int64_t timeoutNs, Pool* fill) -> StatusCode {
+    std::optional<PoolAllocation> full;
+    if (fill != nullptr) {
+      auto f = fill->alloc(fill->stats().value().largestFreeBlock - 4096);
+      EXPECT_TRUE(f.has_value());
+      if (f.has_value()) full = *f;
+    }
+    RawConn raw(d->socket());
+    std::uint64_t at = 0;
+    for (; at + part < payload.size(); at += part) {
+      auto r = raw.reply(raw.post(partOp(to.descriptor(), pb::ChannelOp::SEND_PART, 0, transfer,
+                                         at, payload.size(), payload.substr(at, part))),
+                         10s);
+      if (!r.has_value() || codeOf(*r) != StatusCode::Ok) return StatusCode::Internal;
+    }
+    if (full) {
+      EXPECT_TRUE(fill->free(*full).isOk());
+    }
+    auto r = raw.reply(raw.post(partOp(to.descriptor(), pb::ChannelOp::SEND, timeoutNs, transfer,
+                                       at, payload.size(), payload.substr(at))),
+                       10s);
+    return r.has_value() ? codeOf(*r) : StatusCode::Timeout;
+  };
+  {
+    const std::string payload(2 * part + 1, 't');
+    auto big = client.createPool(2 * payload.size(), {}, /*lazy=*/true);
+    ASSERT_TRUE(big.has_value()) << big.error().toString();
+    auto c = client.createChannel((*big)->descriptor(), {});
+    ASSERT_TRUE(c.has_value()) << c.error().toString();
+    EXPECT_EQ(sendKept(**c, 1, payload, 0, big->get()), StatusCode::Ok);
+    auto m = (*c)->recvBytes(Timeout::after(10s));
+    ASSERT_TRUE(m.has_value()) << m.error().toString();
+    EXPECT_EQ(m->size(), payload.size());
+  }
+  {
+    const std::size_t segment = 2 * part + (std::size_t{8} << 20);
+    auto small = client.createPool(segment, {}, /*lazy=*/true);
+    ASSERT_TRUE(small.has_value()) << small.error().toString();
+    auto c = client.createChannel((*small)->descriptor(), {});
+    ASSERT_TRUE(c.has_value()) << c.error().toString();
+    const std::uint64_t limit = (*c)->maxMessageSize();
+    ASSERT_GT(limit, (*small)->stats().value().largestFreeBlock);
+    EXPECT_EQ(sendKept(**c, 2, std::string(limit, 'n'), -1, nullptr), StatusCode::MessageTooLarge);
+  }
+}
+
 // A process's anonymous memory in bytes (RssAnon), or -1.
 std::int64_t anonymousBytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
