@@ -74,8 +74,8 @@ pb::Envelope firstPart(const ObjectDescriptor& ch, std::uint64_t transfer) {
   return e;
 }
 
-// Runs this program with `args` (its mode first) on `node`, and gives its exit code.
-int runOn(Client& c, std::uint32_t node, const std::vector<std::string>& args) {
+// Starts this program with `args` (its mode first) on `node`: its puid, or 0 (said why).
+std::uint64_t startOn(Client& c, std::uint32_t node, const std::vector<std::string>& args) {
   std::printf("probe: %s on node %u\n", args.front().c_str(), node);
   std::fflush(stdout);
   dragon::SpawnOptions so;
@@ -83,8 +83,18 @@ int runOn(Client& c, std::uint32_t node, const std::vector<std::string>& args) {
   so.argv.insert(so.argv.end(), args.begin(), args.end());
   so.placement = dragon::Placement::onNode(node);
   auto p = c.spawn(so);
-  if (!p) return failWith(args.front() + ": spawn: " + p.error().toString());
-  auto e = c.wait({p->front().puid}, Timeout::after(60s));
+  if (!p) {
+    failWith(args.front() + ": spawn: " + p.error().toString());
+    return 0;
+  }
+  return p->front().puid;
+}
+
+// Runs this program with `args` (its mode first) on `node`, and gives its exit code.
+int runOn(Client& c, std::uint32_t node, const std::vector<std::string>& args) {
+  const std::uint64_t puid = startOn(c, node, args);
+  if (puid == 0) return 1;
+  auto e = c.wait({puid}, Timeout::after(60s));
   if (!e) return failWith(args.front() + ": wait: " + e.error().toString());
   return e->front().shellCode();
 }
@@ -96,15 +106,8 @@ int stopMidway(Client& c, std::uint32_t node, const std::vector<std::string>& ar
                dragon::ClientChannel& rep, const std::function<std::string()>& check,
                const std::function<std::string()>& gone) {
   const std::string& mode = args.front();
-  std::printf("probe: %s on node %u\n", mode.c_str(), node);
-  std::fflush(stdout);
-  dragon::SpawnOptions so;
-  so.argv = {selfPath()};
-  so.argv.insert(so.argv.end(), args.begin(), args.end());
-  so.placement = dragon::Placement::onNode(node);
-  auto p = c.spawn(so);
-  if (!p) return failWith(mode + ": spawn: " + p.error().toString());
-  const std::uint64_t puid = p->front().puid;
+  const std::uint64_t puid = startOn(c, node, args);
+  if (puid == 0) return 1;
   auto said = rep.recvBytes(Timeout::after(60s));
   std::string wrong = said ? check() : mode + " said nothing: " + said.error().toString();
   (void)c.signal({puid}, SIGKILL);

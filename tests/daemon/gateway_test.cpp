@@ -19,6 +19,7 @@
 #include <chrono>
 #include <csignal>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -76,6 +77,49 @@ StatusCode codeOf(const pb::Envelope& e) {
 
 std::span<const std::byte> bytesOf(std::string_view s) {
   return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+// Sends every part of `payload` but its last to `ch` as transfer `transfer` (SEND_PARTs of one
+// part each, every one answered Ok, else the test fails), calling `after` with the bytes sent
+// so far after each. The last part's offset; nothing when a part was refused.
+std::optional<std::uint64_t> sendAllButLast(
+    testing::RawConnection& raw, const ObjectDescriptor& ch, std::uint64_t transfer,
+    const std::string& payload, const std::function<void(std::uint64_t)>& after = {}) {
+  const std::uint64_t part = kMaxMessageAcrossNodes;
+  std::uint64_t at = 0;
+  for (; at + part < payload.size(); at += part) {
+    auto r = raw.reply(raw.post(partOp(ch, pb::ChannelOp::SEND_PART, 0, transfer, at,
+                                       payload.size(), payload.substr(at, part))),
+                       std::chrono::seconds(10));
+    if (!r.has_value() || codeOf(*r) != StatusCode::Ok) {
+      ADD_FAILURE() << "the part at " << at << " was refused: "
+                    << (r ? r->DebugString().substr(0, 300) : std::string("no answer"));
+      return std::nullopt;
+    }
+    if (after) after(at + part);
+  }
+  return at;
+}
+
+// The SEND of `payload`'s last part, from `at`, as transfer `transfer`.
+pb::Envelope lastPart(const ObjectDescriptor& ch, std::int64_t timeoutNs, std::uint64_t transfer,
+                      std::uint64_t at, const std::string& payload) {
+  return partOp(ch, pb::ChannelOp::SEND, timeoutNs, transfer, at, payload.size(),
+                payload.substr(at));
+}
+
+// The answer to a RECV with parts of `ch`'s next message: its first part, or nothing (the test
+// fails) when there was no such answer.
+std::optional<pb::Envelope> receiveFirstPart(testing::RawConnection& raw,
+                                             const ObjectDescriptor& ch) {
+  pb::Envelope take = op(ch, pb::ChannelOp::RECV, 0);
+  take.mutable_channel_op()->set_parts(true);
+  auto r = raw.reply(raw.post(std::move(take)), std::chrono::seconds(10));
+  if (!r.has_value() || !r->has_channel_op_reply()) {
+    ADD_FAILURE() << "no first part: " << (r ? r->DebugString() : std::string("no answer"));
+    return std::nullopt;
+  }
+  return r;
 }
 
 struct Gateway : ::testing::Test {
@@ -469,34 +513,18 @@ TEST_F(Gateway, ASendInPartsWhosePoolHadNoRoomIsKeptInMemoryAndArrivesWholeLater
   ASSERT_TRUE(full.has_value()) << full.error().toString();
   std::string payload(kBytes, '\0');
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 5 % 239);
-  const std::uint64_t part = kMaxMessageAcrossNodes;
   RawConn raw(d->socket());
-  std::uint64_t at = 0;
-  for (; at + part < kBytes; at += part) {
-    auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 8, at,
-                                       kBytes, payload.substr(at, part))),
-                       10s);
-    ASSERT_TRUE(r.has_value());
-    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
-  }
-  auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND, 0, 8, at, kBytes,
-                                     payload.substr(at))),
-                     10s);
+  auto at = sendAllButLast(raw, (*c)->descriptor(), 8, payload);
+  ASSERT_TRUE(at.has_value());
+  auto r = raw.reply(raw.post(lastPart((*c)->descriptor(), 0, 8, *at, payload)), 10s);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(codeOf(*r), StatusCode::PoolExhausted) << r->DebugString().substr(0, 300);
   EXPECT_EQ((*c)->channel().size(), 0u);
   // Its parts were dropped with that answer (the sender gives up, or starts again): again,
   // now waiting until room is made.
-  at = 0;
-  for (; at + part < kBytes; at += part) {
-    r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 9, at,
-                                  kBytes, payload.substr(at, part))),
-                  10s);
-    ASSERT_TRUE(r.has_value());
-    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
-  }
-  const std::uint64_t id = raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND,
-                                           10'000'000'000, 9, at, kBytes, payload.substr(at)));
+  at = sendAllButLast(raw, (*c)->descriptor(), 9, payload);
+  ASSERT_TRUE(at.has_value());
+  const std::uint64_t id = raw.post(lastPart((*c)->descriptor(), 10'000'000'000, 9, *at, payload));
   ASSERT_TRUE((*big)->free(*full).isOk());
   r = raw.reply(id, 20s);
   ASSERT_TRUE(r.has_value());
@@ -523,19 +551,12 @@ TEST_F(Gateway, ASendKeptInMemoryIsTriedOnceWithRoomAndRefusedIfItCanNeverFit) {
       if (f.has_value()) full = *f;
     }
     RawConn raw(d->socket());
-    std::uint64_t at = 0;
-    for (; at + part < payload.size(); at += part) {
-      auto r = raw.reply(raw.post(partOp(to.descriptor(), pb::ChannelOp::SEND_PART, 0, transfer,
-                                         at, payload.size(), payload.substr(at, part))),
-                         10s);
-      if (!r.has_value() || codeOf(*r) != StatusCode::Ok) return StatusCode::Internal;
-    }
+    auto at = sendAllButLast(raw, to.descriptor(), transfer, payload);
+    if (!at.has_value()) return StatusCode::Internal;
     if (full) {
       EXPECT_TRUE(fill->free(*full).isOk());
     }
-    auto r = raw.reply(raw.post(partOp(to.descriptor(), pb::ChannelOp::SEND, timeoutNs, transfer,
-                                       at, payload.size(), payload.substr(at))),
-                       10s);
+    auto r = raw.reply(raw.post(lastPart(to.descriptor(), timeoutNs, transfer, *at, payload)), 10s);
     return r.has_value() ? codeOf(*r) : StatusCode::Timeout;
   };
   {
@@ -560,6 +581,14 @@ TEST_F(Gateway, ASendKeptInMemoryIsTriedOnceWithRoomAndRefusedIfItCanNeverFit) {
     EXPECT_EQ(sendKept(**c, 2, std::string(limit, 'n'), -1, nullptr), StatusCode::MessageTooLarge);
   }
 }
+
+// Whether a process's RssAnon shows what it holds: ASan keeps freed memory in its quarantine,
+// so there a drop (or the absence of growth) says nothing, and those checks are not made.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssShowsWhatIsHeld = false;
+#else
+constexpr bool kRssShowsWhatIsHeld = true;
+#endif
 
 // A process's anonymous memory in bytes (RssAnon), or -1.
 std::int64_t anonymousBytes(pid_t pid) {
@@ -616,32 +645,27 @@ TEST_F(Gateway, ASendKeptInMemoryIsCopiedIntoABlockByTheGatewayThreadWhileItWait
   ASSERT_TRUE(full.has_value()) << full.error().toString();
   std::string payload(kBytes, '\0');
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 3 % 233);
-  const std::uint64_t part = kMaxMessageAcrossNodes;
   RawConn raw(d->socket());
-  std::uint64_t at = 0;
-  for (; at + part < kBytes; at += part) {
-    auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 5, at,
-                                       kBytes, payload.substr(at, part))),
-                       10s);
-    ASSERT_TRUE(r.has_value());
-    ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
-  }
+  auto at = sendAllButLast(raw, (*c)->descriptor(), 5, payload);
+  ASSERT_TRUE(at.has_value());
   ASSERT_TRUE((*big)->free(*full).isOk());
   auto used = [&] { return (*big)->stats().value().usedBytes; };
   const std::uint64_t before = used();
   const std::int64_t holding = anonymousBytes(d->pid());
-  const std::uint64_t id = raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND,
-                                           30'000'000'000, 5, at, kBytes, payload.substr(at)));
+  const std::uint64_t id = raw.post(lastPart((*c)->descriptor(), 30'000'000'000, 5, *at, payload));
   // Polled (there is no event to wait for): a block holds it, and dragond's copy went.
+  auto copyGone = [&] {
+    return !kRssShowsWhatIsHeld ||
+           anonymousBytes(d->pid()) <= holding - static_cast<std::int64_t>(kBytes) / 2;
+  };
   const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while ((used() < before + kBytes ||
-          anonymousBytes(d->pid()) > holding - static_cast<std::int64_t>(kBytes) / 2) &&
+  while ((used() < before + kBytes || !copyGone()) &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(10ms);
   }
   EXPECT_GE(used(), before + kBytes) << "no block holds the waiting message";
-  EXPECT_LE(anonymousBytes(d->pid()), holding - static_cast<std::int64_t>(kBytes) / 2)
-      << "dragond still holds its copy of the waiting message (" << holding << " bytes before)";
+  EXPECT_TRUE(copyGone()) << "dragond still holds its copy of the waiting message ("
+                          << anonymousBytes(d->pid()) << " bytes, " << holding << " before)";
   EXPECT_FALSE(raw.reply(id, 0ms).has_value()) << "the send did not wait for room";
   auto first = (*c)->recvBytes(Timeout::after(10s));
   ASSERT_TRUE(first.has_value()) << first.error().toString();
@@ -671,22 +695,17 @@ TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLea
   {
     RawConn raw(d->socket());
     std::int64_t rss = 0;  // after the first part: dragond's buffers of a part's way are grown
-    std::uint64_t at = 0;
-    for (; at + part < kBytes; at += part) {
-      if (at == part) rss = anonymousBytes(d->pid());
-      auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 3, at,
-                                         kBytes, payload.substr(at, part))),
-                         10s);
-      ASSERT_TRUE(r.has_value());
-      ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
+    auto at = sendAllButLast(raw, (*c)->descriptor(), 3, payload, [&](std::uint64_t sent) {
+      if (sent == part) rss = anonymousBytes(d->pid());
       EXPECT_GE(used(), before + kBytes) << "no block of the pool holds the message";
-    }
+    });
+    ASSERT_TRUE(at.has_value());
     const std::int64_t grown = anonymousBytes(d->pid()) - rss;
-    EXPECT_LT(grown, static_cast<std::int64_t>(2 * part))
-        << "dragond's memory grew by " << grown << " bytes over 4 parts: it holds them itself";
-    auto r = raw.reply(raw.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND, 0, 3, at, kBytes,
-                                       payload.substr(at))),
-                       10s);
+    if (kRssShowsWhatIsHeld) {
+      EXPECT_LT(grown, static_cast<std::int64_t>(2 * part))
+          << "dragond's memory grew by " << grown << " bytes over 4 parts: it holds them itself";
+    }
+    auto r = raw.reply(raw.post(lastPart((*c)->descriptor(), 0, 3, *at, payload)), 10s);
     ASSERT_TRUE(r.has_value());
     ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
   }
@@ -726,10 +745,8 @@ TEST_F(Gateway, AClientThatLeavesMidReceiveHasTheRestOfItsMessageDroppedAtOnce) 
   ASSERT_TRUE(c.has_value()) << c.error().toString();
   ASSERT_TRUE((*c)->send(std::vector<std::byte>(kBytes, std::byte{7})).isOk());
   auto gone = std::make_unique<RawConn>(d->socket());
-  pb::Envelope take = op((*c)->descriptor(), pb::ChannelOp::RECV, 0);
-  take.mutable_channel_op()->set_parts(true);
-  auto r = gone->reply(gone->post(std::move(take)), 10s);
-  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "");
+  auto r = receiveFirstPart(*gone, (*c)->descriptor());
+  ASSERT_TRUE(r.has_value());
   ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
   EXPECT_EQ((*c)->channel().size(), 0u) << "the message left the channel with its first part";
   {  // The rest is its receiver's alone: another connection of this node cannot fetch it.
@@ -766,10 +783,8 @@ TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) 
   ASSERT_TRUE((*c)->send(payload).isOk());
   const std::int64_t before = anonymousBytes(d->pid());
   RawConn raw(d->socket());
-  pb::Envelope take = op((*c)->descriptor(), pb::ChannelOp::RECV, 0);
-  take.mutable_channel_op()->set_parts(true);
-  auto r = raw.reply(raw.post(std::move(take)), 10s);
-  ASSERT_TRUE(r.has_value() && r->has_channel_op_reply()) << (r ? r->DebugString() : "");
+  auto r = receiveFirstPart(raw, (*c)->descriptor());
+  ASSERT_TRUE(r.has_value());
   ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
   const std::int64_t grown = anonymousBytes(d->pid()) - before;
   EXPECT_LT(grown, static_cast<std::int64_t>(kBytes) / 2)
