@@ -1198,13 +1198,15 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
   }
   // A RECV with parts of a message larger than one part: the gateway answers with the message
   // in its pool block, handed out here a part at a time.
-  Gateway::Reply answer = [this, from, reply](pb::Envelope e, std::shared_ptr<WholeMessage> whole) {
+  Gateway::Reply answer = [this, from, reply = std::move(reply)](
+                              pb::Envelope e, std::shared_ptr<WholeMessage> whole) {
     if (whole && e.has_channel_op_reply()) {
       parts_.split(from, *e.mutable_channel_op_reply(), std::move(whole), monotonicNowNs());
       armPartsSweep();
     }
     reply(std::move(e));
   };
+  // submit() leaves `answer` (and `op`) as they were when it returns false.
   if (gateway_->submit(from, std::move(op), std::move(answer), block)) return;
   // A SEND that would wait while the waiting sends hold all the gateway may: it waits on its
   // sender's node (the sender's dragond sends it again; a message in parts keeps its other
@@ -1216,7 +1218,7 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
   }
   pb::Envelope e;
   e.mutable_channel_op_reply()->set_retry_after_ns(kBlockedSendRetryNs);
-  reply(std::move(e));
+  answer(std::move(e), nullptr);
 }
 
 void Server::armPartsSweep() {

@@ -128,6 +128,18 @@ struct Gateway : ::testing::Test {
   std::shared_ptr<Pool> pool;
   std::unique_ptr<ClientChannel> ch;
 
+  // A channel (options `o`) of a lazy pool of its own of `bytes`, as a large message needs:
+  // `big` and `c`, or a fatal failure.
+  void lazyChannel(std::size_t bytes, std::shared_ptr<Pool>& big,
+                   std::unique_ptr<ClientChannel>& c, const ChannelOptions& o = {}) {
+    auto p = client.createPool(bytes, {}, /*lazy=*/true);
+    ASSERT_TRUE(p.has_value()) << p.error().toString();
+    auto made = client.createChannel((*p)->descriptor(), o);
+    ASSERT_TRUE(made.has_value()) << made.error().toString();
+    big = std::move(*p);
+    c = std::move(*made);
+  }
+
   void SetUp() override {
     auto p = client.createPool(std::size_t{4} << 20);
     ASSERT_TRUE(p.has_value()) << p.error().toString();
@@ -457,15 +469,14 @@ TEST_F(Gateway, AClientThatLeavesMidSendHasItsKeptPartsDroppedAtOnce) {
   // first sender's connection is gone. Before, it was refused (PoolExhausted) for that minute.
   constexpr std::uint64_t kKeptLimit = std::uint64_t{4} << 30;  // PartStore::kMaxKeptSendBytes
   const std::uint64_t total = kKeptLimit / 2 + 1;
-  auto big = client.createPool(total + (std::size_t{64} << 20), {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
-  auto c = client.createChannel((*big)->descriptor(), {});
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
-  ASSERT_GE((*c)->maxMessageSize(), total);
-  auto full = (*big)->alloc(total);  // the pool has no block for the parts
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(total + (std::size_t{64} << 20), big, c));
+  ASSERT_GE(c->maxMessageSize(), total);
+  auto full = big->alloc(total);  // the pool has no block for the parts
   ASSERT_TRUE(full.has_value()) << full.error().toString();
   auto first = [&](RawConn& conn, std::uint64_t transfer) {
-    auto r = conn.reply(conn.post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0,
+    auto r = conn.reply(conn.post(partOp(c->descriptor(), pb::ChannelOp::SEND_PART, 0,
                                          transfer, 0, total, "x")),
                         10s);
     EXPECT_TRUE(r.has_value());
@@ -487,9 +498,9 @@ TEST_F(Gateway, AClientThatLeavesMidSendHasItsKeptPartsDroppedAtOnce) {
   ASSERT_EQ(code, StatusCode::Ok) << "the parts of a sender that left still held their room";
   // A last part that fails before it leaves this dragond (its staged bytes are not there)
   // ends its transfer: its other parts go at once too.
-  pb::Envelope last = partOp((*c)->descriptor(), pb::ChannelOp::SEND, 0, kept, 1, total, "");
+  pb::Envelope last = partOp(c->descriptor(), pb::ChannelOp::SEND, 0, kept, 1, total, "");
   auto* staged = last.mutable_channel_op()->mutable_staged();
-  ObjectDescriptor far = (*big)->descriptor();
+  ObjectDescriptor far = big->descriptor();
   far.node = 7;
   *staged->mutable_pool() = pb::toRef(far);
   last.mutable_channel_op()->set_staged_size(total - 1);
@@ -505,31 +516,30 @@ TEST_F(Gateway, ASendInPartsWhosePoolHadNoRoomIsKeptInMemoryAndArrivesWholeLater
   // the send of the last part waits for room as the local send does (the copy into the pool is
   // then the gateway thread's); a try is answered as the local try.
   constexpr std::size_t kBytes = 2 * kMaxMessageAcrossNodes + 3;
-  auto big = client.createPool(kBytes + (std::size_t{8} << 20), {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
-  auto c = client.createChannel((*big)->descriptor(), {});
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
-  auto full = (*big)->alloc(kBytes);
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(kBytes + (std::size_t{8} << 20), big, c));
+  auto full = big->alloc(kBytes);
   ASSERT_TRUE(full.has_value()) << full.error().toString();
   std::string payload(kBytes, '\0');
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 5 % 239);
   RawConn raw(d->socket());
-  auto at = sendAllButLast(raw, (*c)->descriptor(), 8, payload);
+  auto at = sendAllButLast(raw, c->descriptor(), 8, payload);
   ASSERT_TRUE(at.has_value());
-  auto r = raw.reply(raw.post(lastPart((*c)->descriptor(), 0, 8, *at, payload)), 10s);
+  auto r = raw.reply(raw.post(lastPart(c->descriptor(), 0, 8, *at, payload)), 10s);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(codeOf(*r), StatusCode::PoolExhausted) << r->DebugString().substr(0, 300);
-  EXPECT_EQ((*c)->channel().size(), 0u);
+  EXPECT_EQ(c->channel().size(), 0u);
   // Its parts were dropped with that answer (the sender gives up, or starts again): again,
   // now waiting until room is made.
-  at = sendAllButLast(raw, (*c)->descriptor(), 9, payload);
+  at = sendAllButLast(raw, c->descriptor(), 9, payload);
   ASSERT_TRUE(at.has_value());
-  const std::uint64_t id = raw.post(lastPart((*c)->descriptor(), 10'000'000'000, 9, *at, payload));
-  ASSERT_TRUE((*big)->free(*full).isOk());
+  const std::uint64_t id = raw.post(lastPart(c->descriptor(), 10'000'000'000, 9, *at, payload));
+  ASSERT_TRUE(big->free(*full).isOk());
   r = raw.reply(id, 20s);
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
-  auto m = (*c)->recvBytes(Timeout::after(10s));
+  auto m = c->recvBytes(Timeout::after(10s));
   ASSERT_TRUE(m.has_value()) << m.error().toString();
   ASSERT_EQ(m->size(), kBytes);
   EXPECT_EQ(std::memcmp(m->data(), payload.data(), kBytes), 0) << "the message changed";
@@ -561,25 +571,34 @@ TEST_F(Gateway, ASendKeptInMemoryIsTriedOnceWithRoomAndRefusedIfItCanNeverFit) {
   };
   {
     const std::string payload(2 * part + 1, 't');
-    auto big = client.createPool(2 * payload.size(), {}, /*lazy=*/true);
-    ASSERT_TRUE(big.has_value()) << big.error().toString();
-    auto c = client.createChannel((*big)->descriptor(), {});
-    ASSERT_TRUE(c.has_value()) << c.error().toString();
-    EXPECT_EQ(sendKept(**c, 1, payload, 0, big->get()), StatusCode::Ok);
-    auto m = (*c)->recvBytes(Timeout::after(10s));
+    std::shared_ptr<Pool> big;
+    std::unique_ptr<ClientChannel> c;
+    ASSERT_NO_FATAL_FAILURE(lazyChannel(2 * payload.size(), big, c));
+    EXPECT_EQ(sendKept(*c, 1, payload, 0, big.get()), StatusCode::Ok);
+    auto m = c->recvBytes(Timeout::after(10s));
     ASSERT_TRUE(m.has_value()) << m.error().toString();
     EXPECT_EQ(m->size(), payload.size());
   }
   {
     const std::size_t segment = 2 * part + (std::size_t{8} << 20);
-    auto small = client.createPool(segment, {}, /*lazy=*/true);
-    ASSERT_TRUE(small.has_value()) << small.error().toString();
-    auto c = client.createChannel((*small)->descriptor(), {});
-    ASSERT_TRUE(c.has_value()) << c.error().toString();
-    const std::uint64_t limit = (*c)->maxMessageSize();
-    ASSERT_GT(limit, (*small)->stats().value().largestFreeBlock);
-    EXPECT_EQ(sendKept(**c, 2, std::string(limit, 'n'), -1, nullptr), StatusCode::MessageTooLarge);
+    std::shared_ptr<Pool> small;
+    std::unique_ptr<ClientChannel> c;
+    ASSERT_NO_FATAL_FAILURE(lazyChannel(segment, small, c));
+    const std::uint64_t limit = c->maxMessageSize();
+    ASSERT_GT(limit, small->stats().value().largestFreeBlock);
+    EXPECT_EQ(sendKept(*c, 2, std::string(limit, 'n'), -1, nullptr), StatusCode::MessageTooLarge);
   }
+}
+
+// Polls `holds` every 10 ms for up to 10 s, for a figure that no event announces (a pool's use,
+// a process's memory); whether it came to hold.
+bool pollUntil(const std::function<bool()>& holds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!holds()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 // Whether a process's RssAnon shows what it holds: ASan keeps freed memory in its quarantine,
@@ -634,45 +653,40 @@ TEST_F(Gateway, ASendKeptInMemoryIsCopiedIntoABlockByTheGatewayThreadWhileItWait
   // goes. Before, every wake of the thread copied it into a block under that lock and freed
   // the block again on finding the channel full.
   constexpr std::size_t kBytes = 4 * kMaxMessageAcrossNodes + 3;
-  auto big = client.createPool(2 * kBytes, {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
   ChannelOptions o;
   o.capacity = 1;
-  auto c = client.createChannel((*big)->descriptor(), o);
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
-  ASSERT_TRUE((*c)->send(bytesOf("first")).isOk());  // the channel is full
-  auto full = (*big)->alloc(2 * kBytes - (std::size_t{1} << 20));
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(2 * kBytes, big, c, o));
+  ASSERT_TRUE(c->send(bytesOf("first")).isOk());  // the channel is full
+  auto full = big->alloc(2 * kBytes - (std::size_t{1} << 20));
   ASSERT_TRUE(full.has_value()) << full.error().toString();
   std::string payload(kBytes, '\0');
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 3 % 233);
   RawConn raw(d->socket());
-  auto at = sendAllButLast(raw, (*c)->descriptor(), 5, payload);
+  auto at = sendAllButLast(raw, c->descriptor(), 5, payload);
   ASSERT_TRUE(at.has_value());
-  ASSERT_TRUE((*big)->free(*full).isOk());
-  auto used = [&] { return (*big)->stats().value().usedBytes; };
+  ASSERT_TRUE(big->free(*full).isOk());
+  auto used = [&] { return big->stats().value().usedBytes; };
   const std::uint64_t before = used();
   const std::int64_t holding = anonymousBytes(d->pid());
-  const std::uint64_t id = raw.post(lastPart((*c)->descriptor(), 30'000'000'000, 5, *at, payload));
+  const std::uint64_t id = raw.post(lastPart(c->descriptor(), 30'000'000'000, 5, *at, payload));
   // Polled (there is no event to wait for): a block holds it, and dragond's copy went.
   auto copyGone = [&] {
     return !kRssShowsWhatIsHeld ||
            anonymousBytes(d->pid()) <= holding - static_cast<std::int64_t>(kBytes) / 2;
   };
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while ((used() < before + kBytes || !copyGone()) &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
+  (void)pollUntil([&] { return used() >= before + kBytes && copyGone(); });  // checked below
   EXPECT_GE(used(), before + kBytes) << "no block holds the waiting message";
   EXPECT_TRUE(copyGone()) << "dragond still holds its copy of the waiting message ("
                           << anonymousBytes(d->pid()) << " bytes, " << holding << " before)";
   EXPECT_FALSE(raw.reply(id, 0ms).has_value()) << "the send did not wait for room";
-  auto first = (*c)->recvBytes(Timeout::after(10s));
+  auto first = c->recvBytes(Timeout::after(10s));
   ASSERT_TRUE(first.has_value()) << first.error().toString();
   auto r = raw.reply(id, 20s);
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
-  auto m = (*c)->recvBytes(Timeout::after(10s));
+  auto m = c->recvBytes(Timeout::after(10s));
   ASSERT_TRUE(m.has_value()) << m.error().toString();
   ASSERT_EQ(m->size(), kBytes);
   EXPECT_EQ(std::memcmp(m->data(), payload.data(), kBytes), 0) << "the message changed";
@@ -683,11 +697,10 @@ TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLea
   // from its first (dragond's memory does not hold it, nor does its last part copy the whole
   // message on the event loop); a sender that leaves in the middle has the block freed at once.
   constexpr std::size_t kBytes = 6 * kMaxMessageAcrossNodes + 5;
-  auto big = client.createPool(2 * kBytes, {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
-  auto c = client.createChannel((*big)->descriptor(), {});
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
-  auto used = [&] { return (*big)->stats().value().usedBytes; };
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(2 * kBytes, big, c));
+  auto used = [&] { return big->stats().value().usedBytes; };
   const std::uint64_t before = used();
   std::string payload(kBytes, '\0');
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<char>(i * 11 % 241);
@@ -695,7 +708,7 @@ TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLea
   {
     RawConn raw(d->socket());
     std::int64_t rss = 0;  // after the first part: dragond's buffers of a part's way are grown
-    auto at = sendAllButLast(raw, (*c)->descriptor(), 3, payload, [&](std::uint64_t sent) {
+    auto at = sendAllButLast(raw, c->descriptor(), 3, payload, [&](std::uint64_t sent) {
       if (sent == part) rss = anonymousBytes(d->pid());
       EXPECT_GE(used(), before + kBytes) << "no block of the pool holds the message";
     });
@@ -705,11 +718,11 @@ TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLea
       EXPECT_LT(grown, static_cast<std::int64_t>(2 * part))
           << "dragond's memory grew by " << grown << " bytes over 4 parts: it holds them itself";
     }
-    auto r = raw.reply(raw.post(lastPart((*c)->descriptor(), 0, 3, *at, payload)), 10s);
+    auto r = raw.reply(raw.post(lastPart(c->descriptor(), 0, 3, *at, payload)), 10s);
     ASSERT_TRUE(r.has_value());
     ASSERT_EQ(codeOf(*r), StatusCode::Ok) << r->DebugString().substr(0, 300);
   }
-  auto m = (*c)->recvBytes(Timeout::after(10s));
+  auto m = c->recvBytes(Timeout::after(10s));
   ASSERT_TRUE(m.has_value()) << m.error().toString();
   ASSERT_EQ(m->size(), kBytes);
   EXPECT_EQ(std::memcmp(m->data(), payload.data(), kBytes), 0) << "the message changed";
@@ -719,53 +732,45 @@ TEST_F(Gateway, ASendInPartsIsAssembledInABlockOfThePoolThatGoesWhenItsSenderLea
   // A sender that leaves between two parts: its block goes back to the pool.
   const std::uint64_t idle = used();
   auto gone = std::make_unique<RawConn>(d->socket());
-  auto r = gone->reply(gone->post(partOp((*c)->descriptor(), pb::ChannelOp::SEND_PART, 0, 4, 0,
+  auto r = gone->reply(gone->post(partOp(c->descriptor(), pb::ChannelOp::SEND_PART, 0, 4, 0,
                                          kBytes, payload.substr(0, part))),
                        10s);
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(codeOf(*r), StatusCode::Ok);
   ASSERT_GE(used(), idle + kBytes);
   gone.reset();
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (used() > idle && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);  // polling a figure: there is no event to wait for
-  }
-  EXPECT_EQ(used(), idle) << "the block of a sender that left is still allocated";
+  EXPECT_TRUE(pollUntil([&] { return used() == idle; }))
+      << "the block of a sender that left is still allocated: " << used() << " bytes used";
 }
-
 
 TEST_F(Gateway, AClientThatLeavesMidReceiveHasTheRestOfItsMessageDroppedAtOnce) {
   // A message taken in parts waits at its home, in its pool block, until its receiver has
   // fetched every part. A receiver killed after the first part must not leave it there until
   // the parts' idle expiry (a minute): the block goes back to the pool once it has left.
   constexpr std::size_t kBytes = std::size_t{128} << 20;
-  auto big = client.createPool(kBytes + (std::size_t{64} << 20), {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
-  auto c = client.createChannel((*big)->descriptor(), {});
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
-  ASSERT_TRUE((*c)->send(std::vector<std::byte>(kBytes, std::byte{7})).isOk());
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(kBytes + (std::size_t{64} << 20), big, c));
+  ASSERT_TRUE(c->send(std::vector<std::byte>(kBytes, std::byte{7})).isOk());
   auto gone = std::make_unique<RawConn>(d->socket());
-  auto r = receiveFirstPart(*gone, (*c)->descriptor());
+  auto r = receiveFirstPart(*gone, c->descriptor());
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
-  EXPECT_EQ((*c)->channel().size(), 0u) << "the message left the channel with its first part";
+  EXPECT_EQ(c->channel().size(), 0u) << "the message left the channel with its first part";
   {  // The rest is its receiver's alone: another connection of this node cannot fetch it.
     RawConn thief(d->socket());
-    pb::Envelope more = op((*c)->descriptor(), pb::ChannelOp::RECV_PART, 0);
+    pb::Envelope more = op(c->descriptor(), pb::ChannelOp::RECV_PART, 0);
     more.mutable_channel_op()->set_transfer(r->channel_op_reply().transfer());
     more.mutable_channel_op()->set_part_offset(r->channel_op_reply().data().size());
     auto stolen = thief.reply(thief.post(std::move(more)), 10s);
     ASSERT_TRUE(stolen.has_value());
     EXPECT_EQ(codeOf(*stolen), StatusCode::InvalidArgument) << stolen->DebugString().substr(0, 200);
   }
-  auto used = [&] { return (*big)->stats().value().usedBytes; };
+  auto used = [&] { return big->stats().value().usedBytes; };
   ASSERT_GT(used(), kBytes) << "the home does not hold the message in its block";
   gone.reset();  // its process ends between two parts
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (used() > kBytes && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);  // polling a figure: there is no event to wait for
-  }
-  EXPECT_LT(used(), kBytes) << "the message's block is still held";
+  EXPECT_TRUE(pollUntil([&] { return used() < kBytes; }))
+      << "the message's block is still held: " << used() << " bytes used";
 }
 
 TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) {
@@ -774,16 +779,15 @@ TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) 
   // included, for about a second per 200 MiB). The block stays readable, as a local
   // receiver's Message does, after the channel and its pool are destroyed.
   constexpr std::size_t kBytes = std::size_t{160} << 20;
-  auto big = client.createPool(kBytes + (std::size_t{64} << 20), {}, /*lazy=*/true);
-  ASSERT_TRUE(big.has_value()) << big.error().toString();
-  auto c = client.createChannel((*big)->descriptor(), {});
-  ASSERT_TRUE(c.has_value()) << c.error().toString();
+  std::shared_ptr<Pool> big;
+  std::unique_ptr<ClientChannel> c;
+  ASSERT_NO_FATAL_FAILURE(lazyChannel(kBytes + (std::size_t{64} << 20), big, c));
   std::vector<std::byte> payload(kBytes);
   for (std::size_t i = 0; i < kBytes; ++i) payload[i] = static_cast<std::byte>(i * 7 % 253);
-  ASSERT_TRUE((*c)->send(payload).isOk());
+  ASSERT_TRUE(c->send(payload).isOk());
   const std::int64_t before = anonymousBytes(d->pid());
   RawConn raw(d->socket());
-  auto r = receiveFirstPart(raw, (*c)->descriptor());
+  auto r = receiveFirstPart(raw, c->descriptor());
   ASSERT_TRUE(r.has_value());
   ASSERT_EQ(r->channel_op_reply().total_size(), kBytes);
   const std::int64_t grown = anonymousBytes(d->pid()) - before;
@@ -791,13 +795,13 @@ TEST_F(Gateway, AMessageReceivedInPartsIsNeverCopiedWholeAndOutlivesItsChannel) 
       << "dragond's memory grew by " << grown << " bytes: the message was copied whole";
   const std::uint64_t transfer = r->channel_op_reply().transfer();
   std::string got = r->channel_op_reply().data();
-  const ObjectDescriptor cd = (*c)->descriptor();
-  const ObjectDescriptor pd = (*big)->descriptor();
-  const std::uint64_t inode = mappedInode(getpid(), (*big)->pointerAt(0));
+  const ObjectDescriptor cd = c->descriptor();
+  const ObjectDescriptor pd = big->descriptor();
+  const std::uint64_t inode = mappedInode(getpid(), big->pointerAt(0));
   ASSERT_NE(inode, 0u) << "this process's mapping of the pool not found";
   ASSERT_GT(mappingsOf(d->pid(), inode), 0);
-  c->reset();
-  big->reset();
+  c.reset();
+  big.reset();
   ASSERT_TRUE(client.destroy(cd).isOk());
   ASSERT_TRUE(client.destroy(pd).isOk());
   while (got.size() < kBytes) {
