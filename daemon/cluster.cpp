@@ -235,8 +235,12 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
     }
     checkAllJoined();
   }
+  std::span<const char> data;  // a request's channel_op data, where the transport holds it
   auto msg = pb::decodeFrame(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())),
-                             kMaxPeerMessage);
+                             kMaxPeerMessage, &data);
+  if (msg.has_value() && !data.empty() && msg->peer_reply()) {
+    msg = Status(StatusCode::InvalidArgument, "an answer with data after its envelope");
+  }
   if (!msg.has_value()) {
     // Only a dragond holding the job secret gets here: a bug or a version mismatch, not an
     // attack. The message is dropped; the connection stays.
@@ -265,7 +269,7 @@ void Cluster::onMessage(std::uint32_t from, std::string_view bytes) {
   }
   if (!onRequest_) return;
   const std::uint64_t rid = msg->request_id();
-  onRequest_(from, *msg, [this, from, rid](pb::Envelope reply) {
+  onRequest_(from, *msg, data, [this, from, rid](pb::Envelope reply) {
     reply.set_request_id(rid);
     reply.set_peer_reply(true);
     if (lost(from)) return;

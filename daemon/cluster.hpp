@@ -44,8 +44,10 @@ class Cluster {
     std::int64_t lastHeardNs = 0;
   };
   using Reply = std::function<void(protocol::Envelope reply)>;
-  using RequestHandler =
-      std::function<void(std::uint32_t from, protocol::Envelope& request, Reply reply)>;
+  // `data`: the data of the request's channel_op when it came after the envelope, in place
+  // (protocol::kFlagData); valid during the call alone.
+  using RequestHandler = std::function<void(std::uint32_t from, protocol::Envelope& request,
+                                            std::span<const char> data, Reply reply)>;
   using LostHandler = std::function<void(std::uint32_t node, const Status& why)>;
   using Done = std::function<void(Result<protocol::Envelope> reply)>;
 
@@ -85,7 +87,8 @@ class Cluster {
 
   // Sends `request` to `node`; `done` runs once with its reply (an Error reply stays an
   // Envelope) or with NodeLost / NotFound when it cannot be answered. `data`, when given, is
-  // the data of the request's channel_op, read before forward returns (protocol::encode).
+  // the data of the request's channel_op, read before forward returns (protocol::encode): it
+  // travels after the envelope, and the receiver's handler finds it in place.
   void forward(std::uint32_t node, protocol::Envelope request, Done done,
                std::span<const char> data = {});
 

@@ -96,9 +96,10 @@ Attempt receiveWhole(Channel& ch, std::uint32_t from, const pb::ChannelOp& op,
 
 // `buf`: a receive buffer kept between calls (resized, so zero-filled only where it grows).
 // `from`: the node the operation comes from. `mapping`: for a message a RECV with parts takes
-// whole. `block`: a SEND's message, in a block of the channel's pool.
+// whole. `block`: a SEND's message, in a block of the channel's pool. `data`: a SEND's
+// message where it arrived, in place of op.data.
 Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::string& buf,
-                const SharedMapping& mapping, PartBlock* block) {
+                const SharedMapping& mapping, PartBlock* block, std::span<const char> data = {}) {
   Attempt a;
   switch (op.kind()) {
     case pb::ChannelOp::SEND: {
@@ -107,10 +108,10 @@ Attempt attempt(Channel& ch, std::uint32_t from, const pb::ChannelOp& op, std::s
         a.poolFull = true;
         return a;
       }
+      if (data.empty()) data = std::span(op.data().data(), op.data().size());
       Status st = block != nullptr
                       ? ch.sendBlock(block->allocation(), block->length(), Timeout::none())
-                      : ch.send(std::as_bytes(std::span(op.data().data(), op.data().size())),
-                                Timeout::none());
+                      : ch.send(std::as_bytes(data), Timeout::none());
       if (block != nullptr && st.isOk()) block->release();  // the channel's now
       if (st.code() == StatusCode::ChannelFull || st.code() == StatusCode::PoolExhausted) {
         a.wouldBlock = st;  // a try answers either, as the local try does
@@ -278,7 +279,7 @@ void Gateway::ring() {
 }
 
 bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
-                     std::shared_ptr<PartBlock> block) {
+                     std::shared_ptr<PartBlock> block, std::span<const char> data) {
   auto desc = pb::fromRef(op.channel());
   if (!desc.has_value()) {
     reply(errorOf(desc.error()), nullptr);
@@ -296,6 +297,10 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
     reply(errorOf(Status(StatusCode::InvalidArgument, "not a channel operation")), nullptr);
     return true;
   }
+  if (!data.empty() && (op.kind() != pb::ChannelOp::SEND || !op.data().empty() || block)) {
+    reply(errorOf(Status(StatusCode::InvalidArgument, "a send's message comes once")), nullptr);
+    return true;
+  }
   // The loop never waits on a lock of a process (one stopped inside a send would stall every
   // client of the node): a held lock hands the operation to the thread, which tries it again.
   // A message larger than one part that is not in a block yet (its pool had none free at its
@@ -307,7 +312,8 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
   if (!copyOnThread) {
     base::LockPatience patience(0);
     busy = lockWasBusy([&] {
-      a = attempt(*ch, from, op, loopBuf_, [&] { return sharedMapping(*desc); }, block.get());
+      a = attempt(*ch, from, op, loopBuf_, [&] { return sharedMapping(*desc); }, block.get(),
+                  data);
     });
   }
   if (a.done && !busy) {
@@ -328,7 +334,7 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
   // (the caller has it sent again later). A try waits only for a lock: it is held briefly.
   const bool mayWait = op.kind() == pb::ChannelOp::SEND && op.timeout_ns() != 0;
   const std::uint64_t held = parkedSendBytes_.load();
-  const std::uint64_t bytes = op.data().size();
+  const std::uint64_t bytes = data.empty() ? op.data().size() : data.size();
   const bool pastLimit = mayWait && !admits(held, parkedSendLimit_, bytes, false, 0);
   if (pastLimit && !admits(held, parkedSendLimit_, bytes, op.overdue(), parkedOverdue_.load())) {
     return false;  // held only as the node's one overdue send, and that place is taken
@@ -350,6 +356,7 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
     return true;
   }
   const bool tryOnce = op.timeout_ns() == 0;
+  if (!data.empty()) op.mutable_data()->assign(data.data(), data.size());  // it waits: kept
   park(from, std::move(op), std::move(*own), std::move(*mine), std::move(block), std::move(reply),
        tryOnce, pastLimit);
   return true;

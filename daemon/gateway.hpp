@@ -41,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -68,9 +69,13 @@ class Gateway {
   // (admits): the caller tells its sender to try again later (ChannelOpReply retry_after_ns),
   // so that the bytes wait on the sender's node, as a local send's do.
   // `block`: a SEND's message, in a block of the channel's pool (its op carries no data).
+  // `data`: a SEND's message where it arrived (its op carries none), valid during the call: a
+  // send that completes at once is copied from there into the channel, and one that waits
+  // keeps a copy.
   // `op` is moved from only when it is parked (true is returned).
   [[nodiscard]] bool submit(std::uint32_t from, protocol::ChannelOp&& op, Reply&& reply,
-                            std::shared_ptr<PartBlock> block = nullptr);
+                            std::shared_ptr<PartBlock> block = nullptr,
+                            std::span<const char> data = {});
   // A free block of `bytes` in the pool of channel `desc`, for a send in parts to be assembled
   // in; null when there is none now (the pool is full, or a process holds its lock).
   std::shared_ptr<PartBlock> blockFor(const ObjectDescriptor& desc, std::uint64_t bytes);

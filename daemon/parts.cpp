@@ -15,7 +15,7 @@ Status badPart(const std::string& what) {
 
 }  // namespace
 
-void PartStore::append(Kept& k, const std::string& part) {
+void PartStore::append(Kept& k, std::string_view part) {
   if (k.block) {
     std::memcpy(k.block->bytes().data() + k.filled, part.data(), part.size());
   } else {
@@ -30,9 +30,11 @@ void PartStore::forget(std::map<Key, Kept>::iterator it) {
 }
 
 Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t nowNs,
-                       std::shared_ptr<PartBlock> block) {
+                       std::shared_ptr<PartBlock> block, std::string_view part) {
   if (op.transfer() == 0) return badPart("no transfer id");
-  if (op.data().empty() || op.data().size() >= op.total_size()) {
+  if (!part.empty() && !op.data().empty()) return badPart("its bytes came twice");
+  if (part.empty()) part = op.data();
+  if (part.empty() || part.size() >= op.total_size()) {
     return badPart("a part is of some bytes, and fewer than its message's");
   }
   const Key key{node, false, op.transfer()};
@@ -63,11 +65,11 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
   }
   Kept& k = it->second;
   if (op.total_size() != k.total || op.part_offset() != k.filled ||
-      k.filled + op.data().size() >= k.total) {
+      k.filled + part.size() >= k.total) {
     forget(it);
     return badPart("a part out of order, or past the message's end");
   }
-  append(k, op.data());
+  append(k, part);
   k.touched = nowNs;
   return Status::ok();
 }

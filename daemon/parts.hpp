@@ -22,6 +22,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 
 #include "dragon.pb.h"
@@ -71,12 +72,13 @@ class PartStore {
   // A transfer without a part for this long is dropped (its sender or receiver went).
   static constexpr std::int64_t kIdleNs = 60'000'000'000;
 
-  // SEND_PART: keeps op.data() as the part at op.part_offset() of transfer op.transfer().
+  // SEND_PART: keeps the part at op.part_offset() of transfer op.transfer(): `part`, or
+  // op.data() when `part` is empty.
   // `block` (a first part only): where the message is assembled, of op.total_size() bytes; it
   // counts nothing against kMaxKeptSendBytes (it is the pool's memory). Without one, the parts
   // are kept in this process's memory.
   Status keep(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs,
-              std::shared_ptr<PartBlock> block = nullptr);
+              std::shared_ptr<PartBlock> block = nullptr, std::string_view part = {});
   // A SEND of a transfer's last part: the transfer ends (its fields are cleared), and either
   // `block` is set to the block that holds the whole message (op.data() is then cleared), or
   // op.data() becomes the whole message.
@@ -121,7 +123,7 @@ class PartStore {
   // (node, is a receive, transfer)
   using Key = std::tuple<std::uint32_t, bool, std::uint64_t>;
   void forget(std::map<Key, Kept>::iterator it);
-  static void append(Kept& k, const std::string& part);
+  static void append(Kept& k, std::string_view part);
 
   std::map<Key, Kept> kept_;
   std::uint64_t keptSendBytes_ = 0;

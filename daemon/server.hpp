@@ -126,6 +126,9 @@ class Server {
     std::uint64_t id = 0;          // the client's request id (0 from a peer)
     // Fds that came with it (a client's only); valid during dispatch() alone.
     std::vector<UniqueFd>* fds = nullptr;
+    // A peer's send: its channel_op's data, where it arrived (protocol::kFlagData); valid
+    // during dispatch() alone.
+    std::span<const char> data;
     Sink sink;
 
     bool fromPeer() const noexcept { return connection == 0; }
@@ -188,8 +191,10 @@ class Server {
   void routeChannelOp(std::uint64_t cid, std::uint64_t key, protocol::ChannelOp op, Reply reply,
                       std::span<const char> staged = {});
   // Runs `op` on a channel of this node for node `from`: the gateway's operations, and a
-  // message larger than one between nodes carries, in parts (parts_).
-  void submitHere(std::uint32_t from, protocol::ChannelOp op, Reply reply);
+  // message larger than one between nodes carries, in parts (parts_). `data`: a send's bytes
+  // (or its part's) where they are, in place of op.data, valid during the call.
+  void submitHere(std::uint32_t from, protocol::ChannelOp op, Reply reply,
+                  std::span<const char> data = {});
   // A client's send whose bytes are in a pool of this node (ChannelOp.staged): checks the
   // reference, clears it from the op, and gives the bytes where they are (valid until the loop
   // next runs; the client keeps its block until its answer).

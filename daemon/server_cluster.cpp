@@ -52,9 +52,12 @@ void Server::setCluster(Cluster& cluster, std::string socketPath, std::int64_t n
   socketPath_ = std::move(socketPath);
   nodeLostGraceNs_ = nodeLostGraceNs;
   // Another node's request takes the path of a client's, with the peer as its origin.
-  cluster_->setRequestHandler([this](std::uint32_t from, pb::Envelope& msg, Reply reply) {
-    dispatch(peerRequest(from, std::move(reply)), msg);
-  });
+  cluster_->setRequestHandler(
+      [this](std::uint32_t from, pb::Envelope& msg, std::span<const char> data, Reply reply) {
+        Request rq = peerRequest(from, std::move(reply));
+        rq.data = data;
+        dispatch(rq, msg);
+      });
   cluster_->setLostHandler([this](std::uint32_t node, const Status& why) { onNodeLost(node, why); });
   if (rma_ != nullptr) rma_->setCluster(cluster);
 }
@@ -868,13 +871,18 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
       rq.fail(Status(StatusCode::InvalidArgument, "staged bytes do not cross nodes"));
       return;
     }
+    if (!rq.data.empty() && kind != pb::ChannelOp::SEND && kind != pb::ChannelOp::SEND_PART) {
+      rq.fail(Status(StatusCode::InvalidArgument, "only a send's bytes come after its request"));
+      return;
+    }
     // The requester's dragond names the receiving process (holder): one of its own node.
     const std::uint64_t holder = msg.channel_op().holder();
     if (kind == pb::ChannelOp::RECV && holder != 0 && (holder >> 32) != rq.node) {
       rq.fail(Status(StatusCode::InvalidArgument, "a RECV names a holder of another node"));
       return;
     }
-    submitHere(rq.node, std::move(*msg.mutable_channel_op()), rq.later());
+    // A send's bytes are taken from where they arrived (no copy into the request).
+    submitHere(rq.node, std::move(*msg.mutable_channel_op()), rq.later(), rq.data);
     return;
   }
   auto d = pb::fromRef(msg.channel_op().channel());
@@ -1121,8 +1129,14 @@ Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
   return staged;
 }
 
-void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
+void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply,
+                        std::span<const char> data) {
   const std::int64_t now = monotonicNowNs();
+  if (!data.empty() && (!op.data().empty() || (op.kind() != pb::ChannelOp::SEND &&
+                                               op.kind() != pb::ChannelOp::SEND_PART))) {
+    reply(errorEnvelope(Status(StatusCode::InvalidArgument, "a send's message comes once")));
+    return;
+  }
   std::uint64_t transfer = 0;  // a SEND of a message in parts: its transfer, as sent
   std::uint64_t lastOffset = 0;
   std::uint64_t total = 0;
@@ -1147,7 +1161,8 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
         // message at its last part.
         block = gateway_->blockFor(*d, op.total_size());
       }
-      Status st = parts_.keep(from, op, now, std::move(block));
+      Status st = parts_.keep(from, op, now, std::move(block),
+                              std::string_view(data.data(), data.size()));
       armPartsSweep();
       if (!st.isOk()) {
         reply(errorEnvelope(st));
@@ -1185,6 +1200,8 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
       lastOffset = op.part_offset();
       total = op.total_size();
       if (transfer != 0) {
+        if (!data.empty()) op.mutable_data()->assign(data.data(), data.size());  // its last part
+        data = {};
         Status st = parts_.assemble(from, op, block);
         if (!st.isOk()) {
           reply(errorEnvelope(st));
@@ -1207,7 +1224,7 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply) {
     reply(std::move(e));
   };
   // submit() leaves `answer` (and `op`) as they were when it returns false.
-  if (gateway_->submit(from, std::move(op), std::move(answer), block)) return;
+  if (gateway_->submit(from, std::move(op), std::move(answer), block, data)) return;
   // A SEND that would wait while the waiting sends hold all the gateway may: it waits on its
   // sender's node (the sender's dragond sends it again; a message in parts keeps its other
   // parts here for that).
@@ -1249,8 +1266,7 @@ void Server::routeChannelOp(std::uint64_t cid, std::uint64_t key, pb::ChannelOp 
   };
   if (node == node_ || cluster_ == nullptr) {
     // A channel of this node (or no cluster: the gateway answers NotFound for another node's).
-    if (!staged.empty()) op.mutable_data()->assign(staged.data(), staged.size());
-    submitHere(node_, std::move(op), std::move(done));
+    submitHere(node_, std::move(op), std::move(done), staged);
     return;
   }
   if (!cluster_->joined() || cluster_->nodes().count(node) == 0) {

@@ -237,6 +237,6 @@ const BootstrapModule kModule{kAbiVersion, "pmix", &create};
 }  // namespace dragon::bootstrap
 
 extern "C" __attribute__((visibility("default"))) const dragon::bootstrap::BootstrapModule*
-dragon_bootstrap_module_v1() {
+dragon_bootstrap_module_v1() {  // NOLINT(readability-identifier-naming): the ABI symbol
   return &dragon::bootstrap::kModule;
 }

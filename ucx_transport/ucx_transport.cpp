@@ -55,7 +55,10 @@
 #include <iterator>
 #include <list>
 #include <map>
+#include <memory>
 #include <poll.h>
+#include <string>
+#include <string_view>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -190,11 +193,36 @@ struct SendOp {
 };
 
 // A rendezvous message being received into `data`.
+// A received message's bytes: a large one is written whole by UCX, so its buffer is never
+// zero-filled first (as a std::string's resize would).
+class Bytes {
+ public:
+  Bytes() = default;
+  static Bytes ofSize(std::size_t n) {
+    Bytes b;
+    if (n != 0) b.p_ = std::make_unique_for_overwrite<char[]>(n);
+    b.n_ = n;
+    return b;
+  }
+  static Bytes copyOf(const void* data, std::size_t n) {
+    Bytes b = ofSize(n);
+    if (n != 0) std::memcpy(b.p_.get(), data, n);
+    return b;
+  }
+  char* data() noexcept { return p_.get(); }
+  std::size_t size() const noexcept { return n_; }
+  std::string_view view() const noexcept { return {p_.get(), n_}; }
+
+ private:
+  std::unique_ptr<char[]> p_;
+  std::size_t n_ = 0;
+};
+
 struct RecvOp {
   UcxTransport* self = nullptr;
   std::uint32_t node = 0;
   std::uint64_t seq = 0;
-  std::string data;
+  Bytes data;
   ucs_status_t status = UCS_INPROGRESS;
   std::list<RecvOp>::iterator it;
 };
@@ -263,7 +291,7 @@ struct Slot {
   enum class State { Ready, Receiving, Skip };
   State state = State::Skip;
   Kind kind = Kind::Data;
-  std::string data;
+  Bytes data;
   RecvOp* op = nullptr;  // while Receiving
 };
 
@@ -762,7 +790,7 @@ ucs_status_t UcxTransport::onAm(const void* header, std::size_t headerLength, vo
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
     return receiveRendezvous(peer, slot, h.seq, data, length);
   }
-  if (length != 0) slot.data.assign(static_cast<const char*>(data), length);
+  slot.data = Bytes::copyOf(data, length);
   slot.state = Slot::State::Ready;
   return UCS_OK;
 }
@@ -774,7 +802,7 @@ ucs_status_t UcxTransport::receiveRendezvous(Peer& peer, Slot& slot, std::uint64
   op.self = this;
   op.node = peer.node;
   op.seq = seq;
-  op.data.resize(length);
+  op.data = Bytes::ofSize(length);
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   param.cb.recv_am = &UcxTransport::onRecvDone;
@@ -934,7 +962,7 @@ void UcxTransport::deliver() {
                                 "node " + std::to_string(node) + " shut down its transport"));
         break;
       }
-      if (callbacks_.onMessage) callbacks_.onMessage(node, slot.data);
+      if (callbacks_.onMessage) callbacks_.onMessage(node, slot.data.view());
       if (closing_) return;
     }
   }
@@ -1511,6 +1539,6 @@ const TransportModule kModule{kAbiVersion, "ucx", &createTransport};
 }  // namespace dragon::transport
 
 extern "C" __attribute__((visibility("default"))) const dragon::transport::TransportModule*
-dragon_transport_module_v1() {
+dragon_transport_module_v1() {  // NOLINT(readability-identifier-naming): the ABI symbol
   return &dragon::transport::kModule;
 }

@@ -22,26 +22,6 @@ void writeLe(std::string& out, std::uint32_t v, int n) {
   }
 }
 
-void appendVarint(std::string& out, std::uint64_t v) {
-  while (v >= 0x80) {
-    out += static_cast<char>((v & 0x7f) | 0x80);
-    v >>= 7;
-  }
-  out += static_cast<char>(v);
-}
-
-std::size_t varintSize(std::uint64_t v) {
-  std::size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
-// A length-delimited field's key.
-std::uint64_t bytesKey(int field) { return (static_cast<std::uint64_t>(field) << 3) | 2; }
-
 }  // namespace
 
 Status encode(const Envelope& msg, std::span<const char> data, std::string& out,
@@ -54,37 +34,24 @@ Status encode(const Envelope& msg, std::span<const char> data, std::string& out,
                   "data beside a message goes into a channel_op that has none");
   }
   const std::size_t size = msg.ByteSizeLong();
-  // The data as a second channel_op on the wire: key, length, then ChannelOp{data}.
-  const std::uint64_t opKey = bytesKey(Envelope::kChannelOpFieldNumber);
-  const std::uint64_t dataKey = bytesKey(ChannelOp::kDataFieldNumber);
-  const std::size_t inner = data.empty() ? 0
-                                         : varintSize(dataKey) + varintSize(data.size()) + data.size();
-  const std::size_t body =
-      size + (data.empty() ? 0 : varintSize(opKey) + varintSize(inner) + inner);
-  if (body > maxBody) {
-    return Status(StatusCode::InvalidArgument, "message of " + std::to_string(body) +
+  if (size > maxBody || data.size() > maxBody - size) {
+    return Status(StatusCode::InvalidArgument, "message of " + std::to_string(size + data.size()) +
                                                    " bytes exceeds the " +
                                                    std::to_string(maxBody) + "-byte limit");
   }
   const std::size_t start = out.size();
-  out.reserve(start + kHeaderSize + body);
+  out.reserve(start + kHeaderSize + size + data.size());
   out.append(kMagic, sizeof kMagic);
   writeLe(out, kVersion, 2);
-  writeLe(out, 0, 2);
-  writeLe(out, static_cast<std::uint32_t>(body), 4);
+  writeLe(out, data.empty() ? 0 : kFlagData, 2);
+  writeLe(out, static_cast<std::uint32_t>(size), 4);
   const std::size_t at = out.size();
   out.resize(at + size);
   if (!msg.SerializeToArray(out.data() + at, static_cast<int>(size))) {
     out.resize(start);
     return Status(StatusCode::Internal, "protobuf serialization failed");
   }
-  if (!data.empty()) {
-    appendVarint(out, opKey);
-    appendVarint(out, inner);
-    appendVarint(out, dataKey);
-    appendVarint(out, data.size());
-    out.append(data.data(), data.size());
-  }
+  out.append(data.data(), data.size());
   return Status::ok();
 }
 
@@ -113,7 +80,9 @@ namespace {
 // it is whole, InvalidArgument (what is wrong) for a header that must be refused, else the body's
 // length. The magic is judged as soon as its bytes arrive: never wait for a body that must be
 // refused.
-Result<std::uint32_t> judgeHeader(const char* p, std::size_t avail, std::size_t maxBody) {
+// `allowed`: the flags this reader takes; the header's are returned in *flags.
+Result<std::uint32_t> judgeHeader(const char* p, std::size_t avail, std::size_t maxBody,
+                                  std::uint16_t allowed = 0, std::uint16_t* flags = nullptr) {
   if (std::memcmp(p, kMagic, avail < 4 ? avail : 4) != 0) {
     return Status(StatusCode::InvalidArgument, "bad magic (not a Dragon control stream)");
   }
@@ -126,9 +95,12 @@ Result<std::uint32_t> judgeHeader(const char* p, std::size_t avail, std::size_t 
                   "protocol version " + std::to_string(version) +
                       " is not supported (this side speaks " + std::to_string(kVersion) + ")");
   }
-  if (readLe(p + 6, 2) != 0) {
-    return Status(StatusCode::InvalidArgument, "reserved flags are set");
+  const auto f = static_cast<std::uint16_t>(readLe(p + 6, 2));
+  if ((f & ~allowed) != 0) {
+    return Status(StatusCode::InvalidArgument, allowed == 0 ? "reserved flags are set"
+                                                            : "unknown flags are set");
   }
+  if (flags != nullptr) *flags = f;
   const std::uint32_t length = readLe(p + 8, 4);
   if (length > maxBody) {
     return Status(StatusCode::InvalidArgument, "body of " + std::to_string(length) +
@@ -179,12 +151,15 @@ Result<Envelope> FrameDecoder::next() {
   return msg;
 }
 
-Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody) {
+Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody,
+                             std::span<const char>* data) {
   const char* p = reinterpret_cast<const char*>(frame.data());
   auto bad = [](const Status& why) {
     return Status(StatusCode::InvalidArgument, "bad control frame: " + std::string(why.message()));
   };
-  Result<std::uint32_t> length = judgeHeader(p, frame.size(), maxBody);
+  if (data != nullptr) *data = {};
+  std::uint16_t flags = 0;
+  Result<std::uint32_t> length = judgeHeader(p, frame.size(), maxBody, kFlagData, &flags);
   if (!length.has_value()) {
     if (length.error().code() == StatusCode::WouldBlock) {
       return bad(Status(StatusCode::InvalidArgument,
@@ -192,14 +167,33 @@ Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBo
     }
     return bad(length.error());
   }
-  if (frame.size() != kHeaderSize + *length) {
+  const std::size_t after = frame.size() - kHeaderSize;  // the body, and the data with kFlagData
+  if (flags == 0 ? after != *length : after <= *length) {
     return bad(Status(StatusCode::InvalidArgument,
-                      "the header says " + std::to_string(*length) + " bytes of body, the frame has " +
-                          std::to_string(frame.size() - kHeaderSize)));
+                      "the header says " + std::to_string(*length) + " bytes of body" +
+                          (flags == 0 ? "" : " and data after it") + ", the frame has " +
+                          std::to_string(after)));
+  }
+  if (after > maxBody) {
+    return bad(Status(StatusCode::InvalidArgument, "body and data of " + std::to_string(after) +
+                                                       " bytes exceed the " +
+                                                       std::to_string(maxBody) + "-byte limit"));
   }
   Envelope msg;
   if (Status st = parseBody(p + kHeaderSize, *length, msg); !st.isOk()) {
     return bad(st);
+  }
+  if (flags != 0) {
+    if (!msg.has_channel_op() || !msg.channel_op().data().empty()) {
+      return bad(Status(StatusCode::InvalidArgument,
+                        "data after the body, and no channel_op without data for it"));
+    }
+    const std::span<const char> rest(p + kHeaderSize + *length, after - *length);
+    if (data != nullptr) {
+      *data = rest;
+    } else {
+      msg.mutable_channel_op()->set_data(rest.data(), rest.size());
+    }
   }
   return msg;
 }

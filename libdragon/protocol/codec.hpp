@@ -2,7 +2,7 @@
 // Framing of control messages. A frame is a 12-byte header, then one serialized Envelope:
 //   bytes 0-3  magic "DRGN"
 //   bytes 4-5  protocol version (little-endian)
-//   bytes 6-7  flags (0; reserved)
+//   bytes 6-7  flags: 0 on a stream; between dragonds, kFlagData (below) or 0
 //   bytes 8-11 body length (little-endian), at most the decoder's limit
 // Nothing a peer sends can crash the decoder or make it buffer more than one frame: bad
 // magic, an unsupported version, set flags, an oversized length, a body that does not parse
@@ -33,17 +33,24 @@ inline constexpr std::size_t kDefaultMaxBody = std::size_t{1} << 20;
 // larger than `maxBody`.
 Status encode(const Envelope& msg, std::string& out, std::size_t maxBody = kDefaultMaxBody);
 
+// A frame of one datagram (a message between dragonds) whose body is followed by the `data` of
+// its envelope's channel_op, raw: the receiver finds those bytes in place, with no parse that
+// copies them. Streams never carry it (FrameDecoder refuses any flag).
+inline constexpr std::uint16_t kFlagData = 1;
+
 // As encode, with `data` as the `data` of msg's channel_op (which msg must carry, with no data
-// of its own): the bytes go from where they are into the frame in one copy, never through a
-// message. The frame decodes into msg with channel_op.data == data (a message field seen twice
-// on the wire is merged).
+// of its own), for a datagram: the bytes go from where they are into the frame in one copy,
+// never through a message, after the body (kFlagData). The data counts against `maxBody`.
 Status encode(const Envelope& msg, std::span<const char> data, std::string& out,
               std::size_t maxBody = kDefaultMaxBody);
 
 // The message of one whole frame (a datagram: `frame` holds exactly one frame, as a message
 // between dragonds does), parsed in place. InvalidArgument as FrameDecoder::next, and for a
-// frame shorter or longer than its header says.
-Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody = kDefaultMaxBody);
+// frame shorter or longer than its header says. A frame with kFlagData: with `data`, *data is
+// set to its channel_op's data where it lies in `frame` (the envelope's own is empty); without,
+// the data is copied into the envelope. *data is empty for a frame without.
+Result<Envelope> decodeFrame(std::span<const std::byte> frame, std::size_t maxBody = kDefaultMaxBody,
+                             std::span<const char>* data = nullptr);
 
 // Incremental decoder for one connection's byte stream.
 class FrameDecoder {

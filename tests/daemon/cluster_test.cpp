@@ -14,6 +14,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
+#include <string>
 #include <vector>
 
 namespace dragon::daemon {
@@ -58,7 +60,8 @@ struct Fixture : ::testing::Test {
 
 TEST_F(Fixture, ForwardedRequestIsAnsweredThroughThePeersHandler) {
   joinAll(testConfig());
-  nodes[2]->setRequestHandler([](std::uint32_t from, pb::Envelope& req, Cluster::Reply reply) {
+  nodes[2]->setRequestHandler(
+      [](std::uint32_t from, pb::Envelope& req, std::span<const char>, Cluster::Reply reply) {
     pb::Envelope r;
     auto* e = r.mutable_process_list()->add_process();
     e->set_node(2);
@@ -77,9 +80,33 @@ TEST_F(Fixture, ForwardedRequestIsAnsweredThroughThePeersHandler) {
   EXPECT_EQ((*got)->process_list().process(0).signal(), 1);
 }
 
+TEST_F(Fixture, ARequestsDataTravelsAfterItsEnvelopeAndReachesTheHandlerWhole) {
+  joinAll(testConfig());
+  std::string seen;
+  bool inEnvelope = true;
+  nodes[2]->setRequestHandler(
+      [&](std::uint32_t, pb::Envelope& req, std::span<const char> data, Cluster::Reply reply) {
+        seen.assign(data.data(), data.size());
+        inEnvelope = !req.channel_op().data().empty();
+        reply(pb::Envelope(req));
+      });
+  std::string message(std::size_t{1} << 20, '\0');
+  for (std::size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(i * 7 + i / 251);
+  pb::Envelope req;
+  req.mutable_channel_op()->set_kind(pb::ChannelOp::SEND);
+  std::optional<Result<pb::Envelope>> got;
+  nodes[0]->forward(2, req, [&](Result<pb::Envelope> r) { got = std::move(r); },
+                    std::span<const char>(message));
+  ASSERT_TRUE(runUntil(*loop, [&] { return got.has_value(); }));
+  ASSERT_TRUE(got->has_value()) << got->error().toString();
+  EXPECT_FALSE(inEnvelope) << "the bytes are handed beside the request, not parsed into it";
+  EXPECT_TRUE(seen == message) << "the handler saw " << seen.size() << " bytes";
+}
+
 TEST_F(Fixture, RepliesKeepTheirRequestsApartAndArriveInOrder) {
   joinAll(testConfig());
-  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope& req, Cluster::Reply reply) {
+  nodes[1]->setRequestHandler(
+      [](std::uint32_t, pb::Envelope& req, std::span<const char>, Cluster::Reply reply) {
     pb::Envelope r;
     r.mutable_job_ended()->set_exit_code(req.peer_end_job().exit_code());
     reply(std::move(r));
@@ -99,7 +126,8 @@ TEST_F(Fixture, RepliesKeepTheirRequestsApartAndArriveInOrder) {
 TEST_F(Fixture, AFailedNodeFailsWhatWaitsOnItWithNodeLostAndIsReportedOnce) {
   joinAll(testConfig());
   std::vector<Cluster::Reply> held;  // node 2 never answers
-  nodes[2]->setRequestHandler([&](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+  nodes[2]->setRequestHandler(
+      [&](std::uint32_t, pb::Envelope&, std::span<const char>, Cluster::Reply reply) {
     held.push_back(std::move(reply));
   });
   std::vector<std::uint32_t> lostSeen;
@@ -131,7 +159,8 @@ TEST_F(Fixture, AFailedNodeFailsWhatWaitsOnItWithNodeLostAndIsReportedOnce) {
   nodes[0]->forward(2, req, [&](Result<pb::Envelope> r) { late = r.has_value() ? Status::ok() : r.error(); });
   ASSERT_TRUE(late.has_value());
   EXPECT_EQ(late->code(), StatusCode::NodeLost);
-  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+  nodes[1]->setRequestHandler(
+      [](std::uint32_t, pb::Envelope&, std::span<const char>, Cluster::Reply reply) {
     pb::Envelope r;
     r.mutable_ok();
     reply(std::move(r));
@@ -154,7 +183,8 @@ TEST_F(Fixture, ANodeThatFallsSilentIsLostAfterTheNodeTimeoutAndEveryNodeIsTold)
   ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }));
   ASSERT_TRUE(ready->isOk());
   // Node 2 forwards a request to node 1, which never answers it.
-  nodes[1]->setRequestHandler([](std::uint32_t, pb::Envelope&, Cluster::Reply) {});
+  nodes[1]->setRequestHandler(
+      [](std::uint32_t, pb::Envelope&, std::span<const char>, Cluster::Reply) {});
   std::optional<Status> fromNode1;
   pb::Envelope req;
   req.mutable_list_processes();
@@ -185,7 +215,8 @@ TEST_F(Fixture, ANodeHeardFromWhileItsMessagesWaitBehindALargeOneIsNotLost) {
   nodes[0]->whenAllJoined([&](Status st) { ready = st; });
   ASSERT_TRUE(runUntil(*loop, [&] { return ready.has_value(); }));
   ASSERT_TRUE(ready->isOk());
-  nodes[0]->setRequestHandler([](std::uint32_t, pb::Envelope& req, Cluster::Reply reply) {
+  nodes[0]->setRequestHandler(
+      [](std::uint32_t, pb::Envelope& req, std::span<const char>, Cluster::Reply reply) {
     reply(std::move(req));
   });
   transport::fakeHoldNode(hub, 1, true);
@@ -245,13 +276,24 @@ TEST_F(Fixture, AHeadNeverHeardFromIsLostAfterTheConnectAndNodeTimeouts) {
 TEST_F(Fixture, AMalformedMessageFromAPeerIsDroppedAndTheLinkStays) {
   joinAll(testConfig());
   int requests = 0;
-  nodes[0]->setRequestHandler([&](std::uint32_t, pb::Envelope&, Cluster::Reply reply) {
+  nodes[0]->setRequestHandler([&](std::uint32_t, pb::Envelope& asked, std::span<const char>,
+                                  Cluster::Reply reply) {
     ++requests;
+    // First an answer with data after its envelope, which no answer has: dropped, so the
+    // request is answered by the right one after it.
+    pb::Envelope bogus;
+    bogus.mutable_channel_op()->set_kind(pb::ChannelOp::SEND);
+    bogus.set_peer_reply(true);
+    bogus.set_request_id(asked.request_id());
+    std::string bad;
+    ASSERT_TRUE(pb::encode(bogus, std::span<const char>("data", 4), bad).isOk());
+    ASSERT_TRUE(raw[0]->send(1, std::move(bad)).isOk());
     pb::Envelope r;
     r.mutable_ok();
     reply(std::move(r));
   });
-  // Garbage, a truncated frame, and a frame with trailing bytes, all with the right secret.
+  // Garbage, a truncated frame, a frame with trailing bytes, and an answer with data, all with
+  // the right secret.
   ASSERT_TRUE(raw[1]->send(0, "not a frame at all").isOk());
   std::string frame;
   pb::Envelope req;

@@ -26,6 +26,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -110,11 +111,13 @@ struct Dispatch : ::testing::Test {
     }
   }
 
-  // `request` sent by node `from`'s dragond to the served node; its answer.
-  pb::Envelope ask(std::uint32_t from, pb::Envelope request) {
+  // `request` sent by node `from`'s dragond to the served node (with `data`, its channel_op's,
+  // after it); its answer.
+  pb::Envelope ask(std::uint32_t from, pb::Envelope request, std::span<const char> data = {}) {
     std::optional<Result<pb::Envelope>> answer;
-    nodes[from]->forward(kServed, std::move(request),
-                         [&answer](Result<pb::Envelope> r) { answer = std::move(r); });
+    nodes[from]->forward(
+        kServed, std::move(request),
+        [&answer](Result<pb::Envelope> r) { answer = std::move(r); }, data);
     EXPECT_TRUE(runUntil(*loop, [&] { return answer.has_value(); })) << "no answer";
     if (!answer.has_value() || !answer->has_value()) {
       pb::Envelope e;
@@ -348,6 +351,59 @@ TEST_F(Dispatch, ALockWhoseSendLockIsHeldBreaksOnceItIsFreeAndDragondWaitsForNot
       << "the lock did not break once its send lock was free";
 }
 
+TEST_F(Dispatch, APeersSendWhoseBytesFollowItsRequestArrivesWholeAlsoWhenItWaits) {
+  // A send from another node carries its message after the request (protocol::kFlagData), in
+  // the transport's buffer: a send that completes copies it from there into the channel, and
+  // one that waits must keep a copy of its own (the buffer goes when the handler returns).
+  auto pool = objects->createPool(7, std::uint64_t{4} << 20);
+  ASSERT_TRUE(pool.has_value());
+  ChannelOptions o;
+  o.capacity = 1;
+  auto ch = objects->createChannel(7, pool->object, o);
+  ASSERT_TRUE(ch.has_value());
+  auto channel = objects->channel(ch->object);
+  ASSERT_TRUE(channel.has_value());
+  auto message = [](char seed) {
+    std::string m(std::size_t{256} << 10, '\0');
+    for (std::size_t i = 0; i < m.size(); ++i) m[i] = static_cast<char>(seed + i * 13 + i / 4093);
+    return m;
+  };
+  const std::string first = message('a');
+  const std::string second = message('b');
+  const std::string third = message('c');
+  pb::Envelope send = channelOp(ch->object, pb::ChannelOp::SEND);
+  EXPECT_EQ(errorOf(ask(2, send, first)), "");
+  // The channel is full: the second waits at the gateway, and the third, a try, is refused.
+  pb::Envelope waits = send;
+  waits.mutable_channel_op()->set_timeout_ns(-1);
+  waits.mutable_channel_op()->set_op_key(2);
+  std::optional<Result<pb::Envelope>> waited;
+  nodes[2]->forward(
+      kServed, waits, [&](Result<pb::Envelope> r) { waited = std::move(r); }, second);
+  send.mutable_channel_op()->set_op_key(3);
+  const pb::Envelope refused = ask(2, send, third);  // after the second: messages keep order
+  EXPECT_TRUE(refused.has_error()) << refused.DebugString();
+  EXPECT_FALSE(waited.has_value()) << "the second did not wait";
+  std::string got(first.size() + 1, '\0');
+  auto n = channel->recv(std::as_writable_bytes(std::span(got)), Timeout::none());
+  ASSERT_TRUE(n.has_value()) << n.error().toString();
+  EXPECT_TRUE(got.substr(0, *n) == first);
+  ASSERT_TRUE(runUntil(*loop, [&] { return waited.has_value(); }));
+  ASSERT_TRUE(waited->has_value()) << waited->error().toString();
+  EXPECT_FALSE((*waited)->has_error()) << (*waited)->DebugString();
+  n = channel->recv(std::as_writable_bytes(std::span(got)), Timeout::none());
+  ASSERT_TRUE(n.has_value()) << n.error().toString();
+  EXPECT_EQ(*n, second.size());
+  EXPECT_TRUE(got.substr(0, *n) == second) << "the waiting send's bytes changed";
+  EXPECT_FALSE(channel->readable()) << "the refused try left a message";
+  // Bytes after anything but a send are refused, and nothing is received for them.
+  const std::byte token{1};
+  ASSERT_TRUE(channel->send(std::span(&token, 1), Timeout::none()).isOk());
+  pb::Envelope recv = channelOp(ch->object, pb::ChannelOp::RECV);
+  EXPECT_EQ(errorOf(ask(2, recv, first)), "only a send's bytes come after its request");
+  EXPECT_TRUE(channel->readable());
+}
+
 TEST_F(Dispatch, ThePeersRequestsAreRefusedFromALocalClient) {
   // A client of this node (a raw connection on the Unix socket: the Client API never sends
   // these) asks what only another node's dragond may: refused, and the lock stays as it is.
@@ -379,7 +435,8 @@ struct DispatchUnderALauncher : Dispatch {
 TEST_F(DispatchUnderALauncher, AGroupSignalThatCannotListTheGroupIsAnErrorAlsoWhenThisNodesMembersWereSignalled) {
   // Global services (node 0 here) cannot list the group: its members on other nodes are not
   // reached, so the requester must not hear Ok, though this node's members were signalled.
-  nodes[0]->setRequestHandler([](std::uint32_t, pb::Envelope& m, Cluster::Reply reply) {
+  nodes[0]->setRequestHandler(
+      [](std::uint32_t, pb::Envelope& m, std::span<const char>, Cluster::Reply reply) {
     pb::Envelope answer;
     if (m.has_list_processes()) {
       pb::fillError(*answer.mutable_error(), Status(StatusCode::Internal, "listing failed"));

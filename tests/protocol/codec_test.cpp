@@ -146,7 +146,7 @@ TEST(Codec, TheBufferNeverHoldsMoreThanTheUnreadPart) {
   }
 }
 
-TEST(Codec, DataBesideTheMessageDecodesAsTheChannelOpsData) {
+TEST(Codec, DataBesideTheMessageFollowsTheBodyAndDecodesInPlaceOrIntoTheChannelOp) {
   Envelope e;
   e.set_request_id(77);
   e.mutable_channel_op()->set_kind(ChannelOp::SEND);
@@ -157,12 +157,33 @@ TEST(Codec, DataBesideTheMessageDecodesAsTheChannelOpsData) {
     for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<char>(i * 131 + n);
     std::string f;
     ASSERT_TRUE(encode(e, std::span<const char>(data), f, std::size_t{2} << 20).isOk());
+    // The raw bytes end the frame, after the envelope: nothing re-encodes them.
+    ASSERT_EQ(f.substr(f.size() - n), data);
+    EXPECT_EQ(f[6], static_cast<char>(kFlagData));
     auto d = decodeFrame(bytesOf(f), std::size_t{2} << 20);
     ASSERT_TRUE(d.has_value()) << d.error().toString();
     Envelope want = e;
     want.mutable_channel_op()->set_data(data);
     EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*d, want)) << n << " bytes";
+    // In place: the envelope as sent, and the data where it lies in the frame.
+    std::span<const char> inPlace;
+    auto p = decodeFrame(bytesOf(f), std::size_t{2} << 20, &inPlace);
+    ASSERT_TRUE(p.has_value()) << p.error().toString();
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*p, e)) << n << " bytes";
+    EXPECT_EQ(inPlace.data(), f.data() + f.size() - n);
+    EXPECT_EQ(inPlace.size(), n);
+    // A stream never carries such a frame.
+    FrameDecoder stream(std::size_t{2} << 20);
+    stream.feed(bytesOf(f));
+    auto r = stream.next();
+    ASSERT_FALSE(r.has_value());
+    EXPECT_NE(r.error().toString().find("flags"), std::string::npos);
   }
+  const std::string plainFrame = frame(e);
+  std::span<const char> none(plainFrame.data(), 1);
+  auto plain = decodeFrame(bytesOf(plainFrame), kDefaultMaxBody, &none);
+  ASSERT_TRUE(plain.has_value());
+  EXPECT_TRUE(none.empty()) << "a frame without data says so";
   std::string f;
   EXPECT_TRUE(encode(e, std::span<const char>(), f).isOk()) << "no data: a plain frame";
   EXPECT_EQ(f, frame(e));
@@ -196,11 +217,47 @@ TEST(Codec, AWholeFrameDecodesInPlaceAndAnythingElseIsRefused) {
   EXPECT_NE(refused("").find("truncated header"), std::string::npos);
   EXPECT_NE(refused("XRGN" + f.substr(4)).find("bad magic"), std::string::npos);
   EXPECT_NE(refused(header(kVersion + 1, 0, 0)).find("not supported"), std::string::npos);
-  EXPECT_NE(refused(header(kVersion, 1, 0)).find("flags"), std::string::npos);
+  EXPECT_NE(refused(header(kVersion, 2, 0)).find("flags"), std::string::npos);
   EXPECT_NE(refused(f, 3).find("limit"), std::string::npos);
   EXPECT_NE(refused(header(kVersion, 0, 3) + "\xff\xff\xff").find("does not parse"),
             std::string::npos);
   EXPECT_NE(refused(header(kVersion, 0, 0)).find("carries no message"), std::string::npos);
+}
+
+TEST(Codec, DataAfterTheBodyIsRefusedWhereItHasNoChannelOpToGoInto) {
+  auto refused = [](const std::string& bytes, std::size_t maxBody = kDefaultMaxBody) {
+    std::span<const char> data;
+    auto r = decodeFrame(bytesOf(bytes), maxBody, &data);
+    EXPECT_FALSE(r.has_value());
+    EXPECT_TRUE(data.empty());
+    return r.has_value() ? std::string() : r.error().toString();
+  };
+  Envelope e;
+  e.mutable_channel_op()->set_kind(ChannelOp::SEND);
+  std::string f;
+  ASSERT_TRUE(encode(e, std::span<const char>("abcd", 4), f).isOk());
+  const std::string body = f.substr(kHeaderSize, f.size() - kHeaderSize - 4);
+  const auto length = static_cast<std::uint32_t>(body.size());
+  // The flag with nothing after the body.
+  EXPECT_NE(refused(header(kVersion, kFlagData, length) + body).find("data after it"),
+            std::string::npos);
+  // Data counts against the limit.
+  EXPECT_NE(refused(f, f.size() - kHeaderSize - 1).find("limit"), std::string::npos);
+  // Data for an envelope without a channel_op, or one that has data of its own.
+  Envelope line;
+  line.mutable_output_line()->set_line("x\n");
+  const std::string lineBody = frame(line).substr(kHeaderSize);
+  EXPECT_NE(refused(header(kVersion, kFlagData, static_cast<std::uint32_t>(lineBody.size())) +
+                    lineBody + "data")
+                .find("no channel_op"),
+            std::string::npos);
+  Envelope both = e;
+  both.mutable_channel_op()->set_data("own");
+  const std::string bothBody = frame(both).substr(kHeaderSize);
+  EXPECT_NE(refused(header(kVersion, kFlagData, static_cast<std::uint32_t>(bothBody.size())) +
+                    bothBody + "data")
+                .find("no channel_op"),
+            std::string::npos);
 }
 
 }  // namespace
