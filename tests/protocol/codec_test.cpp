@@ -244,20 +244,16 @@ TEST(Codec, DataAfterTheBodyIsRefusedWhereItHasNoChannelOpToGoInto) {
   // Data counts against the limit.
   EXPECT_NE(refused(f, f.size() - kHeaderSize - 1).find("limit"), std::string::npos);
   // Data for an envelope without a channel_op, or one that has data of its own.
+  auto withData = [](const Envelope& m) {
+    const std::string plain = frame(m).substr(kHeaderSize);
+    return header(kVersion, kFlagData, static_cast<std::uint32_t>(plain.size())) + plain + "data";
+  };
   Envelope line;
   line.mutable_output_line()->set_line("x\n");
-  const std::string lineBody = frame(line).substr(kHeaderSize);
-  EXPECT_NE(refused(header(kVersion, kFlagData, static_cast<std::uint32_t>(lineBody.size())) +
-                    lineBody + "data")
-                .find("no channel_op"),
-            std::string::npos);
+  EXPECT_NE(refused(withData(line)).find("no channel_op"), std::string::npos);
   Envelope both = e;
   both.mutable_channel_op()->set_data("own");
-  const std::string bothBody = frame(both).substr(kHeaderSize);
-  EXPECT_NE(refused(header(kVersion, kFlagData, static_cast<std::uint32_t>(bothBody.size())) +
-                    bothBody + "data")
-                .find("no channel_op"),
-            std::string::npos);
+  EXPECT_NE(refused(withData(both)).find("no channel_op"), std::string::npos);
 }
 
 }  // namespace
