@@ -298,8 +298,16 @@ bool Gateway::submit(std::uint32_t from, pb::ChannelOp&& op, Reply&& reply,
     return true;
   }
   if (!data.empty() && (op.kind() != pb::ChannelOp::SEND || !op.data().empty() || block)) {
-    reply(errorOf(Status(StatusCode::InvalidArgument, "a send's message comes once")), nullptr);
+    reply(errorOf(Status(StatusCode::InvalidArgument,
+                         "only a send carries a message, and only once")),
+          nullptr);
     return true;
+  }
+  if (data.size() > kMaxMessage) {
+    // Larger than one part (a peer's bug: its sender sends such a message in parts): copied
+    // into the pool by the thread, as any message not yet in a block.
+    op.mutable_data()->assign(data.data(), data.size());
+    data = {};
   }
   // The loop never waits on a lock of a process (one stopped inside a send would stall every
   // client of the node): a held lock hands the operation to the thread, which tries it again.

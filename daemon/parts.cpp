@@ -75,18 +75,20 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
 }
 
 Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op,
-                           std::shared_ptr<PartBlock>& block) {
+                           std::shared_ptr<PartBlock>& block, std::string_view part) {
+  if (!part.empty() && !op.data().empty()) return badPart("its bytes came twice");
+  if (part.empty()) part = op.data();
   auto it = kept_.find(Key{node, false, op.transfer()});
   if (it == kept_.end()) {
     return badPart("no transfer " + std::to_string(op.transfer()) + " (it was dropped)");
   }
   Kept& k = it->second;
   if (op.total_size() != k.total || op.part_offset() != k.filled ||
-      k.filled + op.data().size() != k.total) {
+      k.filled + part.size() != k.total) {
     forget(it);
     return badPart("the last part does not complete the message");
   }
-  append(k, op.data());
+  append(k, part);
   if (k.block) {
     block = std::move(k.block);
     op.clear_data();

@@ -79,10 +79,11 @@ class PartStore {
   // are kept in this process's memory.
   Status keep(std::uint32_t node, const protocol::ChannelOp& op, std::int64_t nowNs,
               std::shared_ptr<PartBlock> block = nullptr, std::string_view part = {});
-  // A SEND of a transfer's last part: the transfer ends (its fields are cleared), and either
-  // `block` is set to the block that holds the whole message (op.data() is then cleared), or
-  // op.data() becomes the whole message.
-  Status assemble(std::uint32_t node, protocol::ChannelOp& op, std::shared_ptr<PartBlock>& block);
+  // A SEND of a transfer's last part (`part`, or op.data() when `part` is empty): the transfer
+  // ends (its fields are cleared), and either `block` is set to the block that holds the whole
+  // message (op.data() is then cleared), or op.data() becomes the whole message.
+  Status assemble(std::uint32_t node, protocol::ChannelOp& op, std::shared_ptr<PartBlock>& block,
+                  std::string_view part = {});
   // Undoes assemble() of a SEND that the home could not take yet: the message, less its last
   // part (from `lastOffset` on, which the sender sends again), is kept again as `transfer` of
   // `total` bytes: in `block`, or else as `whole`, counted whatever the limit (it was counted

@@ -846,6 +846,10 @@ struct Server::BlockedSend {
 void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
   const pb::ChannelOp::Kind kind = msg.channel_op().kind();
   if (rq.fromPeer()) {
+    if (!rq.data.empty() && kind != pb::ChannelOp::SEND && kind != pb::ChannelOp::SEND_PART) {
+      rq.fail(Status(StatusCode::InvalidArgument, "only a send's bytes come after its request"));
+      return;
+    }
     if (kind == pb::ChannelOp::CANCEL) {
       if (const std::uint64_t t = msg.channel_op().transfer(); t != 0) {
         parts_.drop(rq.node, t, /*receive=*/msg.channel_op().parts());
@@ -869,10 +873,6 @@ void Server::handleChannelOp(const Request& rq, pb::Envelope& msg) {
     }
     if (msg.channel_op().has_staged()) {
       rq.fail(Status(StatusCode::InvalidArgument, "staged bytes do not cross nodes"));
-      return;
-    }
-    if (!rq.data.empty() && kind != pb::ChannelOp::SEND && kind != pb::ChannelOp::SEND_PART) {
-      rq.fail(Status(StatusCode::InvalidArgument, "only a send's bytes come after its request"));
       return;
     }
     // The requester's dragond names the receiving process (holder): one of its own node.
@@ -1134,7 +1134,8 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply,
   const std::int64_t now = monotonicNowNs();
   if (!data.empty() && (!op.data().empty() || (op.kind() != pb::ChannelOp::SEND &&
                                                op.kind() != pb::ChannelOp::SEND_PART))) {
-    reply(errorEnvelope(Status(StatusCode::InvalidArgument, "a send's message comes once")));
+    reply(errorEnvelope(Status(StatusCode::InvalidArgument,
+                               "only a send carries a message, and only once")));
     return;
   }
   std::uint64_t transfer = 0;  // a SEND of a message in parts: its transfer, as sent
@@ -1200,9 +1201,8 @@ void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply,
       lastOffset = op.part_offset();
       total = op.total_size();
       if (transfer != 0) {
-        if (!data.empty()) op.mutable_data()->assign(data.data(), data.size());  // its last part
-        data = {};
-        Status st = parts_.assemble(from, op, block);
+        Status st = parts_.assemble(from, op, block, std::string_view(data.data(), data.size()));
+        data = {};  // the message is in `block` or op.data now
         if (!st.isOk()) {
           reply(errorEnvelope(st));
           return;

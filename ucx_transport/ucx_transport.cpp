@@ -192,7 +192,6 @@ struct SendOp {
   std::list<SendOp>::iterator it;
 };
 
-// A rendezvous message being received into `data`.
 // A received message's bytes: a large one is written whole by UCX, so its buffer is never
 // zero-filled first (as a std::string's resize would).
 class Bytes {
@@ -218,6 +217,7 @@ class Bytes {
   std::size_t n_ = 0;
 };
 
+// A rendezvous message being received into `data`.
 struct RecvOp {
   UcxTransport* self = nullptr;
   std::uint32_t node = 0;
@@ -605,7 +605,7 @@ Status UcxTransport::addPeer(std::uint32_t node, std::string_view address) {
   if (raw.empty()) {
     return Status(StatusCode::InvalidArgument,
                   "the address of node " + std::to_string(node) +
-                      " is not a UCX transport address");
+                      " is not a UCX transport address (or is one of another Dragon version)");
   }
   auto peer = std::make_unique<Peer>();
   peer->self = this;

@@ -26,11 +26,14 @@ namespace dragon::transport::ucx_wire {
 // The one AM handler id.
 inline constexpr unsigned kAmId = 1;
 inline constexpr std::uint32_t kWireMagic = 0x4e475244;  // "DRGN"
-inline constexpr std::uint16_t kWireVersion = 1;
+// 2: a message may be a frame with data after its envelope (protocol::kFlagData), which a
+// dragond of version 1 drops; a job's dragonds must all speak the same version.
+inline constexpr std::uint16_t kWireVersion = 2;
 inline constexpr std::size_t kWireHeaderBytes = 32;
 inline constexpr std::size_t kMaxSecretBytes = 256;
 inline constexpr std::uint32_t kAddressMagic = 0x58435544;  // "DUCX"
-inline constexpr std::uint16_t kAddressVersion = 1;
+// Follows kWireVersion: a dragond of another version is refused at the job's start.
+inline constexpr std::uint16_t kAddressVersion = 2;
 inline constexpr std::size_t kAddressHeaderBytes = 16;
 
 // Bye: the sender shuts down after everything it sent before. ByeAck: the answer of a peer

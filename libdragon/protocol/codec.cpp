@@ -83,6 +83,7 @@ namespace {
 // `allowed`: the flags this reader takes; the header's are returned in *flags.
 Result<std::uint32_t> judgeHeader(const char* p, std::size_t avail, std::size_t maxBody,
                                   std::uint16_t allowed = 0, std::uint16_t* flags = nullptr) {
+  if (avail == 0) return StatusCode::WouldBlock;  // (p may be null)
   if (std::memcmp(p, kMagic, avail < 4 ? avail : 4) != 0) {
     return Status(StatusCode::InvalidArgument, "bad magic (not a Dragon control stream)");
   }

@@ -396,11 +396,30 @@ TEST_F(Dispatch, APeersSendWhoseBytesFollowItsRequestArrivesWholeAlsoWhenItWaits
   EXPECT_EQ(*n, second.size());
   EXPECT_TRUE(got.substr(0, *n) == second) << "the waiting send's bytes changed";
   EXPECT_FALSE(channel->readable()) << "the refused try left a message";
+  // A send in parts, each part after its request, the last one with the SEND.
+  const std::string whole = first + second + third;
+  const std::size_t part = first.size();
+  for (std::size_t at = 0; at < whole.size(); at += part) {
+    pb::Envelope p = channelOp(ch->object, at + part < whole.size() ? pb::ChannelOp::SEND_PART
+                                                                     : pb::ChannelOp::SEND);
+    p.mutable_channel_op()->set_transfer(77);
+    p.mutable_channel_op()->set_part_offset(at);
+    p.mutable_channel_op()->set_total_size(whole.size());
+    const pb::Envelope a = ask(2, p, std::span<const char>(whole).subspan(at, part));
+    ASSERT_FALSE(a.has_error()) << a.DebugString();
+  }
+  std::string all(whole.size() + 1, '\0');
+  n = channel->recv(std::as_writable_bytes(std::span(all)), Timeout::none());
+  ASSERT_TRUE(n.has_value()) << n.error().toString();
+  EXPECT_EQ(*n, whole.size());
+  EXPECT_TRUE(all.substr(0, *n) == whole) << "the parts did not make the message";
   // Bytes after anything but a send are refused, and nothing is received for them.
   const std::byte token{1};
   ASSERT_TRUE(channel->send(std::span(&token, 1), Timeout::none()).isOk());
   pb::Envelope recv = channelOp(ch->object, pb::ChannelOp::RECV);
   EXPECT_EQ(errorOf(ask(2, recv, first)), "only a send's bytes come after its request");
+  pb::Envelope cancel = channelOp(ch->object, pb::ChannelOp::CANCEL);
+  EXPECT_EQ(errorOf(ask(2, cancel, first)), "only a send's bytes come after its request");
   EXPECT_TRUE(channel->readable());
 }
 

@@ -215,6 +215,9 @@ TEST(Codec, AWholeFrameDecodesInPlaceAndAnythingElseIsRefused) {
   EXPECT_NE(refused(f + "x").find("the frame has"), std::string::npos);
   EXPECT_NE(refused(f.substr(0, 7)).find("truncated header"), std::string::npos);
   EXPECT_NE(refused("").find("truncated header"), std::string::npos);
+  auto none = decodeFrame(std::span<const std::byte>());  // no bytes at all, not even a pointer
+  ASSERT_FALSE(none.has_value());
+  EXPECT_NE(none.error().toString().find("truncated header"), std::string::npos);
   EXPECT_NE(refused("XRGN" + f.substr(4)).find("bad magic"), std::string::npos);
   EXPECT_NE(refused(header(kVersion + 1, 0, 0)).find("not supported"), std::string::npos);
   EXPECT_NE(refused(header(kVersion, 2, 0)).find("flags"), std::string::npos);
