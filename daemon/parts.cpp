@@ -13,6 +13,13 @@ Status badPart(const std::string& what) {
   return Status(StatusCode::InvalidArgument, "message part: " + what);
 }
 
+// A part's bytes: `part` (where they arrived), or else the op's own; not both.
+Result<std::string_view> bytesOf(const pb::ChannelOp& op, std::string_view part) {
+  if (part.empty()) return std::string_view(op.data());
+  if (!op.data().empty()) return badPart("its bytes came twice");
+  return part;
+}
+
 }  // namespace
 
 void PartStore::append(Kept& k, std::string_view part) {
@@ -32,8 +39,7 @@ void PartStore::forget(std::map<Key, Kept>::iterator it) {
 Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t nowNs,
                        std::shared_ptr<PartBlock> block, std::string_view part) {
   if (op.transfer() == 0) return badPart("no transfer id");
-  if (!part.empty() && !op.data().empty()) return badPart("its bytes came twice");
-  if (part.empty()) part = op.data();
+  DRAGON_ASSIGN_OR_RETURN(part, bytesOf(op, part));
   if (part.empty() || part.size() >= op.total_size()) {
     return badPart("a part is of some bytes, and fewer than its message's");
   }
@@ -76,8 +82,7 @@ Status PartStore::keep(std::uint32_t node, const pb::ChannelOp& op, std::int64_t
 
 Status PartStore::assemble(std::uint32_t node, pb::ChannelOp& op,
                            std::shared_ptr<PartBlock>& block, std::string_view part) {
-  if (!part.empty() && !op.data().empty()) return badPart("its bytes came twice");
-  if (part.empty()) part = op.data();
+  DRAGON_ASSIGN_OR_RETURN(part, bytesOf(op, part));
   auto it = kept_.find(Key{node, false, op.transfer()});
   if (it == kept_.end()) {
     return badPart("no transfer " + std::to_string(op.transfer()) + " (it was dropped)");

@@ -1131,13 +1131,9 @@ Result<std::span<const char>> Server::takeStaged(pb::ChannelOp& op) {
 
 void Server::submitHere(std::uint32_t from, pb::ChannelOp op, Reply reply,
                         std::span<const char> data) {
+  // `data` comes only with a SEND or SEND_PART whose op has none (handleChannelOp,
+  // takeStaged); parts_ and the gateway refuse it otherwise.
   const std::int64_t now = monotonicNowNs();
-  if (!data.empty() && (!op.data().empty() || (op.kind() != pb::ChannelOp::SEND &&
-                                               op.kind() != pb::ChannelOp::SEND_PART))) {
-    reply(errorEnvelope(Status(StatusCode::InvalidArgument,
-                               "only a send carries a message, and only once")));
-    return;
-  }
   std::uint64_t transfer = 0;  // a SEND of a message in parts: its transfer, as sent
   std::uint64_t lastOffset = 0;
   std::uint64_t total = 0;
